@@ -1,0 +1,155 @@
+"""MammothBackbone: the ``returnt`` contract and the flat parameter / gradient utilities."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from mammoth.errors import BackboneError
+
+RETURNT_VALUES = ("out", "features", "both", "full")
+
+
+class MammothBackbone(nn.Module):
+    """Base class of every backbone: one ``forward(x, returnt)`` dispatch for all of them.
+
+    A subclass defines ``self.stages`` (modules applied in order; the last one yields the
+    pre-classifier feature vector) and ``self.classifier`` (features -> logits), or overrides
+    :meth:`stage_outputs` / :meth:`extract_features` when its stages are not a plain chain.
+    It sets ``self.num_features`` (feature size) and ``self.num_classes`` (output size).
+    """
+
+    stages: Iterable[nn.Module]
+    classifier: nn.Module
+    num_features: int
+    num_classes: int
+
+    def forward(self, x: Tensor, returnt: str = "out") -> Tensor | tuple[Tensor, Tensor] | list[Tensor]:
+        """Run the network and return, by ``returnt``:
+
+        ``out``: the logits; ``features``: the features right before the classifier;
+        ``both``: ``(logits, features)``; ``full``: the output of every stage in order, whose
+        last two items are the features and the logits.
+        """
+        if returnt == "full":
+            outputs = self.stage_outputs(x)
+            return [*outputs, self.classifier(outputs[-1])]
+        if returnt not in RETURNT_VALUES:
+            raise BackboneError(f"invalid returnt {returnt!r}; allowed: {', '.join(RETURNT_VALUES)}")
+        features = self.extract_features(x)
+        if returnt == "features":
+            return features
+        logits = self.classifier(features)
+        return logits if returnt == "out" else (logits, features)
+
+    def features(self, x: Tensor) -> Tensor:
+        """The features right before the classifier; same as ``forward(x, returnt="features")``."""
+        return self.forward(x, returnt="features")
+
+    def stage_outputs(self, x: Tensor) -> list[Tensor]:
+        """The output of every stage, in order; the last one is the feature vector."""
+        outputs = []
+        for stage in self.stages:
+            x = stage(x)
+            outputs.append(x)
+        return outputs
+
+    def extract_features(self, x: Tensor) -> Tensor:
+        """Apply all stages and return the feature vector (keeps no intermediate outputs)."""
+        for stage in self.stages:
+            x = stage(x)
+        return x
+
+    # ---- flat utilities: one vector over all parameters, in ``parameters()`` order ----
+
+    def num_params(self) -> int:
+        """Number of scalars in all parameters (the length of the flat vectors)."""
+        return sum(parameter.numel() for parameter in self.parameters())
+
+    def get_params(self, out: Tensor | None = None) -> Tensor:
+        """All parameters concatenated into one 1-D tensor, in ``parameters()`` order.
+
+        Frozen parameters are included. The result is a copy; pass ``out`` (a 1-D tensor of
+        ``num_params()`` elements, same dtype and device) to reuse one buffer across steps.
+        """
+        parameters = list(self.parameters())
+        pieces = [parameter.detach().reshape(-1) for parameter in parameters]
+        return _concatenate(pieces, parameters, out)
+
+    def set_params(self, values: Tensor) -> None:
+        """Copy ``values`` (as returned by :meth:`get_params`) into all parameters, in order.
+
+        The parameters never alias ``values``; a wrong length, dtype or device raises.
+        """
+        parameters = list(self.parameters())
+        chunks = _split_checked(values, parameters, "set_params")
+        with torch.no_grad():
+            torch._foreach_copy_([parameter.data for parameter in parameters], chunks)
+
+    def get_grads(self, out: Tensor | None = None) -> Tensor:
+        """All gradients concatenated into one 1-D tensor, in ``parameters()`` order.
+
+        A parameter without a gradient (frozen, or not used by the loss) reads as zeros.
+        The result is a copy; ``out`` reuses a buffer as in :meth:`get_params`.
+        """
+        parameters = list(self.parameters())
+        pieces = [
+            parameter.grad.reshape(-1) if parameter.grad is not None else parameter.new_zeros(parameter.numel())
+            for parameter in parameters
+        ]
+        return _concatenate(pieces, parameters, out)
+
+    def set_grads(self, values: Tensor) -> None:
+        """Copy ``values`` (as returned by :meth:`get_grads`) into the ``.grad`` of all parameters.
+
+        A missing ``.grad`` is created (as a copy, never an alias of ``values``), frozen
+        parameters included; a wrong length, dtype or device raises.
+        """
+        parameters = list(self.parameters())
+        chunks = _split_checked(values, parameters, "set_grads")
+        existing = [(parameter.grad, chunk) for parameter, chunk in zip(parameters, chunks) if parameter.grad is not None]
+        if existing:
+            grads, sources = zip(*existing)
+            torch._foreach_copy_(list(grads), list(sources))
+        for parameter, chunk in zip(parameters, chunks):
+            if parameter.grad is None:
+                parameter.grad = chunk.clone()
+
+
+def _expected_vector(parameters: list[nn.Parameter]) -> tuple[int, torch.dtype | None, torch.device | None]:
+    total = sum(parameter.numel() for parameter in parameters)
+    if not parameters:
+        return 0, None, None
+    return total, parameters[0].dtype, parameters[0].device
+
+
+def _check_vector(vector: Tensor, parameters: list[nn.Parameter], what: str) -> None:
+    total, dtype, device = _expected_vector(parameters)
+    if not isinstance(vector, Tensor):
+        raise BackboneError(f"{what}: expected a 1-D tensor of {total} values, got {type(vector).__name__}")
+    if vector.dim() != 1 or vector.numel() != total:
+        raise BackboneError(
+            f"{what}: expected a 1-D tensor of {total} values (one per parameter scalar), "
+            f"got shape {tuple(vector.shape)} ({vector.numel()} values)"
+        )
+    if dtype is not None and vector.dtype != dtype:
+        raise BackboneError(f"{what}: expected dtype {dtype}, got {vector.dtype}")
+    if device is not None and vector.device != device:
+        raise BackboneError(f"{what}: expected a tensor on {device}, got one on {vector.device}")
+
+
+def _concatenate(pieces: list[Tensor], parameters: list[nn.Parameter], out: Tensor | None) -> Tensor:
+    if out is None:
+        return torch.cat(pieces) if pieces else torch.empty(0)
+    _check_vector(out, parameters, "out")
+    if pieces:
+        torch.cat(pieces, out=out)
+    return out
+
+
+def _split_checked(values: Tensor, parameters: list[nn.Parameter], what: str) -> list[Tensor]:
+    _check_vector(values, parameters, what)
+    chunks = values.split([parameter.numel() for parameter in parameters])
+    return [chunk.view_as(parameter) for chunk, parameter in zip(chunks, parameters)]

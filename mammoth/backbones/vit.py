@@ -1,0 +1,74 @@
+"""A small Vision Transformer for 32x32 inputs, trained from scratch, on torchvision's blocks."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from mammoth.backbones.base import MammothBackbone
+from mammoth.backbones.registry import register_backbone
+from mammoth.errors import BackboneError
+
+
+class PatchEmbedding(nn.Module):
+    """Image -> patch tokens with a class token and learned position embeddings."""
+
+    def __init__(self, in_channels: int, image_size: tuple[int, int], patch_size: int, width: int, dropout: float) -> None:
+        super().__init__()
+        self.projection = nn.Conv2d(in_channels, width, kernel_size=patch_size, stride=patch_size)
+        num_patches = (image_size[0] // patch_size) * (image_size[1] // patch_size)
+        self.class_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.position = nn.Parameter(torch.empty(1, num_patches + 1, width).normal_(std=0.02))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        tokens = self.projection(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.class_token.expand(x.shape[0], -1, -1), tokens], dim=1)
+        return self.dropout(tokens + self.position)
+
+
+class ClassTokenPooling(nn.Module):
+    """Final layer norm, then the class token as the feature vector."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width, eps=1e-6)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.norm(tokens)[:, 0]
+
+
+@register_backbone("vit")
+class VisionTransformer(MammothBackbone):
+    """ViT (Dosovitskiy et al. 2021) sized for small images: 4x4 patches, width 192, 6 blocks.
+
+    Stages: patch embedding, each encoder block, class-token pooling.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        input_shape: tuple[int, int, int],
+        patch_size: int = 4,
+        width: int = 192,
+        depth: int = 6,
+        heads: int = 3,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        channels, height, image_width = input_shape
+        if patch_size < 1 or height % patch_size or image_width % patch_size:
+            raise BackboneError(
+                f"invalid vit patch_size {patch_size!r}; allowed: a divisor of the input size {height}x{image_width}"
+            )
+        if width % heads:
+            raise BackboneError(f"invalid vit heads {heads!r}; allowed: a divisor of width={width}")
+        from torchvision.models.vision_transformer import EncoderBlock
+
+        mlp_width = int(width * mlp_ratio)
+        blocks = [EncoderBlock(heads, width, mlp_width, dropout, dropout) for _ in range(depth)]
+        embedding = PatchEmbedding(channels, (height, image_width), patch_size, width, dropout)
+        self.stages = nn.ModuleList([embedding, *blocks, ClassTokenPooling(width)])
+        self.num_features, self.num_classes = width, num_classes
+        self.classifier = nn.Linear(width, num_classes)

@@ -1,0 +1,44 @@
+"""The run-wide config schema and the schemas of the YAML config groups, stored in Hydra's ConfigStore.
+
+``conf/config.yaml`` (the primary config) and ``conf/dataset/*.yaml`` extend these schemas, so
+every setting is typed: ``seed=abc`` or ``dataset.batch_size=x`` fail at composition.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from omegaconf import MISSING
+
+from hydra.core.config_store import ConfigStore
+
+from mammoth.datasets.base import DatasetConfig
+
+#: ConfigStore names of the schemas that conf/ files extend.
+RUN_SCHEMA = "mammoth_schema"
+DATASET_SCHEMA = "base_dataset"
+
+
+@dataclass
+class RunConfig:
+    """Run-wide settings: seed, device, and the run directory's checkpointing controls."""
+
+    backbone: Any = MISSING
+    dataset: Any = MISSING
+    model: Any = MISSING
+    seed: int = 0
+    device: str = "auto"
+    resume: bool = False
+    stop_after_task: Optional[int] = None
+    output_dir: Optional[str] = None
+
+
+def store_schemas() -> None:
+    """Put the run and dataset schemas in Hydra's ConfigStore (idempotent)."""
+    store = ConfigStore.instance()
+    store.store(name=RUN_SCHEMA, node=RunConfig, provider="mammoth")
+    store.store(group="dataset", name=DATASET_SCHEMA, node=DatasetConfig, provider="mammoth")
+
+
+store_schemas()

@@ -1,0 +1,289 @@
+"""The dataset config schema, the task container and the ``ContinualDataset`` base class.
+
+A benchmark is a subclass of :class:`ContinualDataset` that declares its constants as class
+attributes and implements :meth:`ContinualDataset.load_source`. Everything else (task splits,
+per-task transformations, augmentation, normalisation) lives here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Optional
+
+import torch
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from mammoth.errors import DatasetError
+
+SETTINGS = ("class-il", "domain-il")
+AUGMENTATIONS = (None, "crop-flip")
+CROP_PADDING = 4
+
+
+@dataclass
+class DatasetConfig:
+    """Typed Hydra schema of the ``dataset`` config group.
+
+    ``n_tasks=None`` means the benchmark's default; only domain-IL benchmarks accept another value.
+    """
+
+    name: str = MISSING
+    root: str = "data"
+    download: bool = False
+    batch_size: int = MISSING
+    n_epochs: int = MISSING
+    n_tasks: Optional[int] = None
+
+
+@dataclass
+class TaskData:
+    """The data of one task: ``x`` are uint8 tensors (N, C, H, W) on CPU, ``y`` int64 tensors (N,)."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+
+def random_crop_flip(
+    x: torch.Tensor, padding: int = CROP_PADDING, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Randomly crop every image of the batch ``x`` (N, C, H, W) to H x W after zero padding
+    ``padding`` pixels on each side, then flip it horizontally with probability 0.5.
+
+    The whole batch is processed at once by tensor indexing. The random numbers are drawn on CPU
+    from ``generator`` (the global RNG when None), in this order: top offsets (N,), left offsets
+    (N,), flip draws (N,); they are then moved to ``x.device``.
+    """
+    if x.ndim != 4:
+        raise DatasetError(f"crop-flip expects a batch of shape (N, C, H, W), got shape {tuple(x.shape)}")
+    n, c, h, w = x.shape
+    top = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(x.device)
+    left = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(x.device)
+    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))
+    rows = top[:, None] + torch.arange(h, device=x.device)  # (N, H)
+    cols = left[:, None] + torch.arange(w, device=x.device)  # (N, W)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    batch_index = torch.arange(n, device=x.device)[:, None, None, None]
+    channel_index = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch_index, channel_index, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def coerce_config(config: DatasetConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """Return ``config`` as a plain dict; MISSING values and absent keys are left out."""
+    if isinstance(config, DatasetConfig):
+        values = dataclasses.asdict(config)
+    elif isinstance(config, DictConfig):
+        values = OmegaConf.to_container(config, resolve=True, throw_on_missing=False)
+    elif isinstance(config, Mapping):
+        values = dict(config)
+    else:
+        raise DatasetError(
+            f"dataset config of type {type(config).__name__} is not supported; expected a DatasetConfig or a mapping"
+        )
+    allowed = [f.name for f in dataclasses.fields(DatasetConfig)]
+    unknown = sorted(str(key) for key in values if key not in allowed)
+    if unknown:
+        raise DatasetError(f"unknown dataset config key(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
+    return {key: value for key, value in values.items() if value != MISSING}
+
+
+def check_positive_int(key: str, value: Any) -> int:
+    """Return ``value`` if it is an int >= 1, else raise a DatasetError naming ``dataset.<key>``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise DatasetError(f"dataset.{key}={value!r} is invalid; expected an integer >= 1")
+    return value
+
+
+def missing_files_error(
+    dataset: str, missing: list[str], expected: list[str], directory: Path, how: str
+) -> DatasetError:
+    """A DatasetError for files of ``dataset`` that are absent from ``directory``."""
+    return DatasetError(
+        f"{dataset}: missing {', '.join(missing)} in {directory} (expected: {', '.join(expected)})\n"
+        f"To get them: {how}"
+    )
+
+
+class ContinualDataset:
+    """Base class of the continual-learning benchmarks.
+
+    Subclasses declare the class attributes below and implement :meth:`load_source`; domain-IL
+    benchmarks also override :meth:`apply_task_transform`.
+    """
+
+    name: ClassVar[str]
+    setting: ClassVar[str]  # "class-il" or "domain-il"
+    default_n_tasks: ClassVar[int]
+    n_classes_per_task: ClassVar[int]
+    input_shape: ClassVar[tuple[int, int, int]]  # (C, H, W)
+    mean: ClassVar[tuple[float, ...]]
+    std: ClassVar[tuple[float, ...]]
+    augmentation: ClassVar[Optional[str]] = None  # None or "crop-flip"
+    default_backbone: ClassVar[str]
+    default_batch_size: ClassVar[int]
+    default_n_epochs: ClassVar[int]
+
+    def __init__(self, config: DatasetConfig | Mapping[str, Any], seed: int = 0) -> None:
+        """Validate ``config``; absent batch_size / n_epochs take the benchmark's defaults.
+
+        The source data is not read here but on the first :meth:`get_task`.
+        """
+        values = coerce_config(config)
+        name = values.get("name", self.name)
+        if name != self.name:
+            raise DatasetError(f"dataset.name={name!r} does not match the benchmark {self.name!r} being built")
+        self.config = DatasetConfig(
+            name=self.name,
+            root=str(values.get("root", "data")),
+            download=bool(values.get("download", False)),
+            batch_size=check_positive_int("batch_size", values.get("batch_size", self.default_batch_size)),
+            n_epochs=check_positive_int("n_epochs", values.get("n_epochs", self.default_n_epochs)),
+            n_tasks=self._check_n_tasks(values.get("n_tasks")),
+        )
+        self.seed = int(seed)
+        self._source: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def _check_n_tasks(self, n_tasks: Any) -> Optional[int]:
+        """Return ``n_tasks`` if this benchmark accepts it; class-IL ones only accept their own."""
+        if n_tasks is None:
+            return None
+        check_positive_int("n_tasks", n_tasks)
+        if self.setting == "class-il" and n_tasks != self.default_n_tasks:
+            raise DatasetError(
+                f"dataset.n_tasks={n_tasks} is not allowed for {self.name}; this class-IL benchmark has exactly "
+                f"{self.default_n_tasks} tasks (leave n_tasks unset, or use a domain-IL benchmark)"
+            )
+        return n_tasks
+
+    @property
+    def n_tasks(self) -> int:
+        """Number of tasks of this run."""
+        return self.config.n_tasks if self.config.n_tasks is not None else self.default_n_tasks
+
+    @property
+    def n_classes(self) -> int:
+        """Total number of classes the model must output."""
+        if self.setting == "class-il":
+            return self.n_tasks * self.n_classes_per_task
+        return self.n_classes_per_task
+
+    def _check_task(self, task: int) -> int:
+        """Return ``task`` if it is a valid task index."""
+        if isinstance(task, bool) or not isinstance(task, int) or not 0 <= task < self.n_tasks:
+            raise DatasetError(f"task {task!r} is out of range for {self.name}; allowed: 0..{self.n_tasks - 1}")
+        return task
+
+    def task_classes(self, task: int) -> range:
+        """Classes of ``task``: its own block of classes (class-IL) or all classes (domain-IL)."""
+        self._check_task(task)
+        if self.setting == "class-il":
+            return range(task * self.n_classes_per_task, (task + 1) * self.n_classes_per_task)
+        return range(self.n_classes_per_task)
+
+    def load_source(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Read the whole benchmark: ``(train_x, train_y, test_x, test_y)``, x uint8 (N, C, H, W), y int64."""
+        raise NotImplementedError(f"{type(self).__name__} must implement load_source()")
+
+    def source(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The source data, read on first use and cached."""
+        if self._source is None:
+            self._source = self._check_source(self.load_source())
+        return self._source
+
+    def _check_source(
+        self, source: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Check the shapes, dtypes and labels :meth:`load_source` returned."""
+        train_x, train_y, test_x, test_y = source
+        n_labels = self.n_tasks * self.n_classes_per_task if self.setting == "class-il" else self.n_classes_per_task
+        for split, x, y in (("train", train_x, train_y), ("test", test_x, test_y)):
+            if x.dtype != torch.uint8 or tuple(x.shape[1:]) != tuple(self.input_shape):
+                raise DatasetError(
+                    f"{self.name} {split} images have dtype {x.dtype} and shape {tuple(x.shape)}; "
+                    f"expected uint8 (N, {', '.join(map(str, self.input_shape))})"
+                )
+            if y.dtype != torch.int64 or y.shape != (x.shape[0],):
+                raise DatasetError(
+                    f"{self.name} {split} labels have dtype {y.dtype} and shape {tuple(y.shape)}; "
+                    f"expected int64 ({x.shape[0]},)"
+                )
+            if len(y) and (int(y.min()) < 0 or int(y.max()) >= n_labels):
+                raise DatasetError(
+                    f"{self.name} {split} labels span {int(y.min())}..{int(y.max())}; expected 0..{n_labels - 1} "
+                    "(the files are corrupt)"
+                )
+        return train_x, train_y, test_x, test_y
+
+    def apply_task_transform(self, task: int, x: torch.Tensor) -> torch.Tensor:
+        """Domain-IL: the input transformation of ``task`` applied to a whole uint8 tensor (identity here)."""
+        return x
+
+    def get_task(self, task: int) -> TaskData:
+        """The train and test data of ``task`` (uint8 images on CPU, int64 labels)."""
+        self._check_task(task)
+        train_x, train_y, test_x, test_y = self.source()
+        if self.setting == "class-il":
+            classes = self.task_classes(task)
+            train_mask = (train_y >= classes.start) & (train_y < classes.stop)
+            test_mask = (test_y >= classes.start) & (test_y < classes.stop)
+            return TaskData(train_x[train_mask], train_y[train_mask], test_x[test_mask], test_y[test_mask])
+        return TaskData(
+            self.apply_task_transform(task, train_x),
+            train_y.clone(),
+            self.apply_task_transform(task, test_x),
+            test_y.clone(),
+        )
+
+    @staticmethod
+    def to_float(x: torch.Tensor) -> torch.Tensor:
+        """uint8 images -> float32 in [0, 1]."""
+        if x.dtype != torch.uint8:
+            raise DatasetError(f"to_float expects a uint8 tensor, got dtype {x.dtype}")
+        return x.float().div_(255)
+
+    def _check_batch(self, x: torch.Tensor) -> None:
+        """Check that ``x`` is a float batch (N, C, H, W) with this benchmark's channel count."""
+        if x.ndim != 4 or x.shape[1] != self.input_shape[0] or not x.is_floating_point():
+            raise DatasetError(
+                f"{self.name} expects a float batch of shape (N, {self.input_shape[0]}, H, W), "
+                f"got dtype {x.dtype} and shape {tuple(x.shape)}"
+            )
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Subtract the per-channel mean and divide by the per-channel std, on ``x``'s device."""
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        return (x - mean) / std
+
+    def train_transform(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Training transform of a float batch in [0, 1] on any device: augmentation (if any), then normalisation."""
+        self._check_batch(x)
+        if self.augmentation == "crop-flip":
+            x = random_crop_flip(x, CROP_PADDING, generator)
+        return self.normalize(x)
+
+    def test_transform(self, x: torch.Tensor) -> torch.Tensor:
+        """Evaluation transform of a float batch in [0, 1]: normalisation only."""
+        self._check_batch(x)
+        return self.normalize(x)
+
+    def describe(self) -> dict[str, Any]:
+        """A summary for the README table and the results file (plain, YAML/JSON-serialisable values)."""
+        return {
+            "name": self.name,
+            "setting": self.setting,
+            "n_tasks": self.n_tasks,
+            "n_classes_per_task": self.n_classes_per_task,
+            "n_classes": self.n_classes,
+            "input_shape": list(self.input_shape),
+            "augmentation": self.augmentation,
+            "default_backbone": self.default_backbone,
+        }
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, n_tasks={self.n_tasks}, seed={self.seed})"

@@ -1,0 +1,187 @@
+"""ContinualModel, the interface of every CL method, and ReplayModel, its replay-buffer variant.
+
+The harness drives a method per task ``t``: ``x, y = model.training_data(t, x, y)``, then
+``model.begin_task(t)``, ``model.observe(inputs, labels, not_aug_inputs)`` per batch, and
+``model.end_task(t)``. A checkpoint holds ``model.state_dict()`` plus ``model.extra_state()``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+import torch
+from torch import Tensor, nn
+
+from mammoth.backbones.base import MammothBackbone
+from mammoth.buffer import ReplayBatch, ReplayBuffer
+from mammoth.errors import ConfigError
+
+OPTIMIZERS = ("sgd", "adam")
+BUFFER_DEVICES = ("training", "cpu")
+
+
+# ---- argument validation (messages name the config key, as ``model.<arg>``) ----
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_positive(key: str, value: Any) -> float:
+    """``value`` as a float if it is a number > 0, else a ConfigError naming ``key``."""
+    if not _is_number(value) or not value > 0:
+        raise ConfigError(f"{key}={value!r} is not positive; allowed: {key.split('.')[-1]} > 0")
+    return float(value)
+
+
+def check_non_negative(key: str, value: Any) -> float:
+    """``value`` as a float if it is a number >= 0, else a ConfigError naming ``key``."""
+    if not _is_number(value) or not value >= 0:
+        raise ConfigError(f"{key}={value!r} is negative or not a number; allowed: {key.split('.')[-1]} >= 0")
+    return float(value)
+
+
+def check_positive_int(key: str, value: Any) -> int:
+    """``value`` if it is an integer >= 1, else a ConfigError naming ``key``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{key}={value!r} is not a positive integer; allowed: {key.split('.')[-1]} >= 1")
+    return value
+
+
+def check_choice(key: str, value: Any, allowed: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``allowed``, else a ConfigError naming ``key`` and the choices."""
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not supported; allowed: {', '.join(allowed)}")
+    return value
+
+
+# ---- the base class ----
+
+
+class ContinualModel(nn.Module):
+    """Base class of the CL methods: trains the backbone ``self.net`` on a stream of tasks.
+
+    Subclasses implement :meth:`observe` and override the other hooks as needed. The optimizer
+    (``sgd`` with ``momentum``, or ``adam``; both with ``weight_decay``) is re-created over
+    ``self.net.parameters()`` at every :meth:`begin_task`.
+    """
+
+    def __init__(
+        self,
+        net: MammothBackbone,
+        dataset: Any,
+        lr: float = 0.1,
+        optimizer: Literal["sgd", "adam"] = "sgd",
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.lr = check_positive("model.lr", lr)
+        self.optimizer_name = check_choice("model.optimizer", optimizer, OPTIMIZERS)
+        self.momentum = check_non_negative("model.momentum", momentum)
+        self.weight_decay = check_non_negative("model.weight_decay", weight_decay)
+        self.net = net
+        self.dataset = dataset
+        self.loss = nn.CrossEntropyLoss()
+        self.current_task = 0
+        self.optimizer = self.make_optimizer()
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the backbone's parameters (CPU for a backbone without parameters)."""
+        parameter = next(self.net.parameters(), None)
+        return torch.device("cpu") if parameter is None else parameter.device
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        """A fresh optimizer over ``self.net.parameters()`` (``momentum`` applies to sgd only)."""
+        if self.optimizer_name == "adam":
+            return torch.optim.Adam(self.net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        return torch.optim.SGD(self.net.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The logits of the backbone."""
+        return self.net(x)
+
+    def training_data(self, task: int, train_x: Tensor, train_y: Tensor) -> tuple[Tensor, Tensor]:
+        """What the harness trains on for ``task``; by default the task's own data, unchanged."""
+        return train_x, train_y
+
+    def begin_task(self, task: int) -> None:
+        """Called before training ``task``: records it and re-creates the optimizer."""
+        self.current_task = task
+        self.optimizer = self.make_optimizer()
+
+    def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> float:
+        """One training step on a batch; returns the loss value.
+
+        ``inputs`` are augmented and normalised; ``not_aug_inputs`` are the same images in
+        [0, 1] without augmentation or normalisation (what a replay buffer stores).
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement observe")
+
+    def end_task(self, task: int) -> None:
+        """Called after training ``task``; nothing by default."""
+
+    def step(self, loss: Tensor) -> float:
+        """Back-propagate ``loss`` (after clearing old gradients), step the optimizer; return its value."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach().item())
+
+    def extra_state(self) -> dict[str, Any]:
+        """What a checkpoint needs beyond ``state_dict()`` (e.g. a replay buffer); empty by default."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`extra_state` returned; nothing by default."""
+
+
+# ---- shared by the rehearsal methods (er, der, derpp) ----
+
+
+class ReplayModel(ContinualModel):
+    """A ContinualModel with a reservoir :class:`ReplayBuffer` of ``buffer_size`` items.
+
+    ``minibatch_size`` is the replay batch size (None: that of the incoming batch);
+    ``buffer_device`` is ``training`` (the buffer lives on the device of the examples it is
+    given) or ``cpu``. Replay batches come back augmented by ``dataset.train_transform`` and
+    on the training device. The buffer is part of :meth:`extra_state`.
+    """
+
+    def __init__(
+        self,
+        net: MammothBackbone,
+        dataset: Any,
+        buffer_size: int,
+        minibatch_size: Optional[int] = None,
+        buffer_device: Literal["training", "cpu"] = "training",
+        lr: float = 0.1,
+        optimizer: Literal["sgd", "adam"] = "sgd",
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__(net, dataset, lr=lr, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay)
+        self.buffer_size = check_positive_int("model.buffer_size", buffer_size)
+        if minibatch_size is not None:
+            check_positive_int("model.minibatch_size", minibatch_size)
+        self.minibatch_size = minibatch_size
+        self.buffer_device = check_choice("model.buffer_device", buffer_device, BUFFER_DEVICES)
+        self.buffer = ReplayBuffer(self.buffer_size, device="cpu" if self.buffer_device == "cpu" else None)
+
+    def replay_batch(self, batch_size: int) -> Optional[ReplayBatch]:
+        """A replay minibatch (``minibatch_size`` items, else ``batch_size``); None while the buffer is empty."""
+        if self.buffer.is_empty():
+            return None
+        size = self.minibatch_size if self.minibatch_size is not None else batch_size
+        return self.buffer.sample(size, transform=self.dataset.train_transform).to(self.device)
+
+    def extra_state(self) -> dict[str, Any]:
+        """The replay buffer's state."""
+        return {"buffer": self.buffer.state_dict()}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore the replay buffer (on the training device when ``buffer_device`` is ``training``)."""
+        self.buffer.load_state_dict(state["buffer"])
+        if self.buffer_device == "training":
+            self.buffer.to(self.device)

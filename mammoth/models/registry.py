@@ -1,0 +1,37 @@
+"""register_model, build_model, list_models: the registry of continual-learning methods."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, TypeVar
+
+from omegaconf import DictConfig
+
+from mammoth.errors import ConfigError
+from mammoth.registry import Registry
+
+T = TypeVar("T")
+
+#: Arguments the harness passes at build time; they are not config fields.
+RUNTIME_ARGUMENTS = ("net", "dataset")
+
+MODELS = Registry(
+    kind="model", group="model", error_type=ConfigError, schema_suffix="ModelConfig", runtime_arguments=RUNTIME_ARGUMENTS
+)
+
+
+def register_model(name: str) -> Callable[[T], T]:
+    """Register a ``ContinualModel`` subclass as ``model=name``; its ``__init__`` arguments
+    (besides ``net`` and ``dataset``) become typed ``model.<arg>`` config fields."""
+    return MODELS.register(name)
+
+
+def list_models() -> list[str]:
+    """The registered model (CL method) names, sorted."""
+    return MODELS.names()
+
+
+def build_model(name_or_config: str | DictConfig, net: Any, dataset: Any, **values: Any) -> Any:
+    """Build a registered CL method around ``net`` for ``dataset`` from its name or config."""
+    entry, configured = MODELS.resolve(name_or_config)
+    checked = MODELS.check_values(entry, {**configured, **values})
+    return entry.target(net=net, dataset=dataset, **checked)

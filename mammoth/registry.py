@@ -1,0 +1,207 @@
+"""A registry of named, configurable callables: the one piece of global state in mammoth.
+
+Each registration infers the callable's arguments (:mod:`mammoth.schema`), emits a typed
+dataclass schema and stores it in Hydra's ConfigStore under ``group/name``, so the user picks
+it with ``group=name`` and sets its arguments with ``group.arg=value``. Backbones
+(:mod:`mammoth.backbones.registry`) and CL methods (:mod:`mammoth.models.registry`) each own
+one :class:`Registry`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+from typing import Any, Callable, Mapping, TypeVar
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from mammoth.errors import MammothError, unknown_name_message
+from mammoth.schema import Argument, ValueCheckError, check_value, make_schema, schema_class_name, signature_arguments
+
+T = TypeVar("T")
+_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+
+
+def canonical_name(name: str) -> str:
+    """Names are case-insensitive and ``_`` equals ``-``: ``ResNet_18`` -> ``resnet-18``."""
+    return str(name).strip().lower().replace("_", "-")
+
+
+def target_path(target: Callable) -> str:
+    """The import path Hydra's ``_target_`` uses for ``target`` (``module.QualName``)."""
+    return f"{target.__module__}.{target.__qualname__}"
+
+
+def _definition_site(target: Callable) -> str:
+    try:
+        file = inspect.getsourcefile(target)
+        line = inspect.getsourcelines(target)[1]
+        return f"{target_path(target)} ({file}:{line})"
+    except (OSError, TypeError):
+        return target_path(target)
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """A registered callable with its inferred arguments and config schema."""
+
+    name: str
+    target: Callable
+    arguments: tuple[Argument, ...]
+    schema: type
+
+    @property
+    def target_path(self) -> str:
+        """The ``_target_`` string of this entry's configs."""
+        return target_path(self.target)
+
+    @property
+    def definition(self) -> str:
+        """Where the target is defined, for error messages."""
+        return _definition_site(self.target)
+
+    def argument(self, name: str) -> Argument | None:
+        """The argument called ``name``, or None."""
+        return next((argument for argument in self.arguments if argument.name == name), None)
+
+    def describe_arguments(self) -> str:
+        """``depth: int = 18, width: int = 64`` for help texts and errors."""
+        return ", ".join(argument.describe() for argument in self.arguments) or "(none)"
+
+
+class Registry:
+    """Named callables of one kind (``backbone``, ``model``) and their Hydra config group."""
+
+    def __init__(
+        self,
+        kind: str,
+        group: str,
+        error_type: type[MammothError],
+        schema_suffix: str,
+        runtime_arguments: tuple[str, ...] = (),
+    ) -> None:
+        self.kind = kind
+        self.group = group
+        self.error_type = error_type
+        self.schema_suffix = schema_suffix
+        self.runtime_arguments = runtime_arguments
+        self._entries: dict[str, Entry] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator registering a class or a function under ``name``; returns it unchanged."""
+        key = canonical_name(name)
+        if not _NAME_PATTERN.match(key):
+            raise self.error_type(
+                f"invalid {self.kind} name {name!r}; allowed: letters, digits, '-' and '_', starting with a letter or digit"
+            )
+
+        def decorator(target: T) -> T:
+            if not callable(target):
+                raise self.error_type(f"cannot register {target!r} as {self.kind} {name!r}: not a class or function")
+            if key in self._entries:
+                raise self.error_type(
+                    f"duplicate {self.kind} name {key!r}: already registered by {self._entries[key].definition}, "
+                    f"registered again by {_definition_site(target)}"
+                )
+            self._entries[key] = self._make_entry(key, target)
+            self._store(self._entries[key])
+            return target
+
+        return decorator
+
+    def _make_entry(self, key: str, target: Callable) -> Entry:
+        arguments = tuple(signature_arguments(target, skip=self.runtime_arguments))
+        schema = make_schema(
+            cls_name=schema_class_name(key, self.schema_suffix),
+            module=target.__module__,
+            target_path=target_path(target),
+            arguments=list(arguments),
+            doc=inspect.getdoc(target),
+        )
+        return Entry(name=key, target=target, arguments=arguments, schema=schema)
+
+    def _store(self, entry: Entry) -> None:
+        from hydra.core.config_store import ConfigStore
+
+        ConfigStore.instance().store(group=self.group, name=entry.name, node=entry.schema, provider="mammoth")
+
+    def unregister(self, name: str) -> None:
+        """Remove an entry (for tests and notebooks that redefine a callable)."""
+        key = canonical_name(name)
+        self.get(key)
+        del self._entries[key]
+        from hydra.core.config_store import ConfigStore
+
+        ConfigStore.instance().repo.get(self.group, {}).pop(f"{key}.yaml", None)
+
+    def names(self) -> list[str]:
+        """The registered names, sorted."""
+        return sorted(self._entries)
+
+    def get(self, name: str) -> Entry:
+        """The entry registered as ``name`` (case-insensitive, ``_`` = ``-``)."""
+        entry = self._entries.get(canonical_name(name))
+        if entry is None:
+            raise self.error_type(unknown_name_message(self.kind, name, self.names()))
+        return entry
+
+    def find_by_target(self, path: str) -> Entry | None:
+        """The entry whose ``_target_`` is ``path``, or None when nothing registered has it."""
+        return next((entry for entry in self._entries.values() if entry.target_path == path), None)
+
+    def resolve(self, name_or_config: Any) -> tuple[Entry, dict[str, Any]]:
+        """The entry and the configured values of a registered name or a config node.
+
+        A config (DictConfig, mapping or schema dataclass) is matched by its ``_target_``;
+        one that names anything unregistered is refused, so a shared YAML file cannot make
+        mammoth call arbitrary code. Unset values come back as ``MISSING``.
+        """
+        if isinstance(name_or_config, str):
+            return self.get(name_or_config), {}
+        configured = self._as_container(name_or_config)
+        target = configured.pop("_target_", None)
+        entry = self.find_by_target(target) if isinstance(target, str) else None
+        if entry is None:
+            raise self.error_type(
+                f"refusing to build _target_ {target!r}: it is not a registered {self.kind}; "
+                f"registered {self.kind}s: {', '.join(self.names())}"
+            )
+        return entry, configured
+
+    def _as_container(self, config: Any) -> dict[str, Any]:
+        if dataclasses.is_dataclass(config):
+            config = OmegaConf.structured(config)
+        if isinstance(config, DictConfig):
+            return OmegaConf.to_container(config, resolve=True, throw_on_missing=False)
+        if isinstance(config, Mapping):
+            return dict(config)
+        raise self.error_type(
+            f"cannot build a {self.kind} from {type(config).__name__}; allowed: a registered name or a {self.kind} config"
+        )
+
+    def check_values(self, entry: Entry, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate ``values`` against the entry's arguments; return them converted.
+
+        Unknown names fail with the list of the entry's arguments; a missing required value
+        or a value of the wrong type or outside an allowed set fails naming the argument.
+        """
+        unknown = [name for name in values if entry.argument(name) is None]
+        if unknown:
+            raise self.error_type(
+                f"unknown argument {unknown[0]!r} for {self.kind} {entry.name!r}; "
+                f"its arguments: {entry.describe_arguments()}"
+            )
+        checked = {}
+        for argument in entry.arguments:
+            value = values.get(argument.name, argument.default)
+            if value is MISSING:
+                raise self.error_type(
+                    f"missing value for {self.group}.{argument.name} ({self.kind} {entry.name!r}); "
+                    f"set it with {self.group}.{argument.name}=..."
+                )
+            try:
+                checked[argument.name] = check_value(argument, value)
+            except ValueCheckError as error:
+                raise self.error_type(f"{self.group}.{argument.name}: {error}") from None
+        return checked

@@ -1,0 +1,140 @@
+"""mammoth.run(cfg): build the dataset, the backbone and the CL method, then train and evaluate."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from mammoth.errors import ConfigError
+
+log = logging.getLogger("mammoth")
+
+#: Settings that steer the run without changing its results; a resume may change them.
+RUN_CONTROL_KEYS = ("resume", "stop_after_task", "output_dir")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    text = str(name).strip().lower()
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device={name!r} is not supported; allowed: auto, cpu, cuda, cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={name!r} but CUDA is not available here; allowed: auto, cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device={name!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
+    return device
+
+
+def output_directory(cfg: DictConfig) -> Path:
+    """``output_dir`` if set, else Hydra's run directory, else the working directory."""
+    if cfg.get("output_dir"):
+        path = Path(cfg.output_dir)
+    else:
+        from hydra.core.hydra_config import HydraConfig
+
+        path = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path.cwd()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def summary_line(name: str, net: Any) -> str:
+    """``backbone resnet: 11,173,962 parameters, 512 features, 10 classes``."""
+    parameters = sum(p.numel() for p in net.parameters())
+    return (
+        f"backbone {name}: {parameters:,} parameters, {getattr(net, 'num_features', '?')} features, "
+        f"{getattr(net, 'num_classes', '?')} classes"
+    )
+
+
+def check_output_size(net: Any, dataset: Any, backbone_name: str) -> None:
+    """The backbone must output at least one logit per class of the dataset."""
+    sample = dataset.test_transform(dataset.to_float(dataset.get_task(0).test_x[:1]))
+    was_training = net.training
+    net.eval()
+    with torch.no_grad():
+        logits = net(sample.to(next(net.parameters()).device))
+    net.train(was_training)
+    if logits.dim() != 2 or logits.shape[1] < dataset.n_classes:
+        raise ConfigError(
+            f"backbone {backbone_name!r} outputs logits of shape {tuple(logits.shape)}; "
+            f"{dataset.name} needs (batch, {dataset.n_classes}) for its {dataset.n_classes} classes"
+        )
+
+
+def run(cfg: DictConfig) -> float:
+    """Run one continual-learning experiment from a composed config; return the final average
+    accuracy (Class-IL, or Domain-IL). Writes results.json, the plot and checkpoints."""
+    from mammoth.backbones import build_backbone
+    from mammoth.datasets import build_dataset
+    from mammoth.models import build_model
+    from mammoth.results import RESULTS_NAME
+
+    started = time.perf_counter()
+    run_dir = output_directory(cfg)
+    (run_dir / RESULTS_NAME).unlink(missing_ok=True)  # never leave an old, complete-looking file
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    dataset = build_dataset(cfg.dataset, seed=cfg.seed)
+    net = build_backbone(cfg.backbone, num_classes=dataset.n_classes, input_shape=dataset.input_shape).to(device)
+    backbone_name = OmegaConf.select(cfg, "hydra:runtime.choices.backbone", default=None) or cfg.backbone._target_
+    log.info(summary_line(backbone_name, net))
+    check_output_size(net, dataset, backbone_name)
+    model = build_model(cfg.model, net=net, dataset=dataset).to(device)
+    _check_buffer_fits(cfg, dataset)
+    return _train_and_report(cfg, model, dataset, device, run_dir, started)
+
+
+def _check_buffer_fits(cfg: DictConfig, dataset: Any) -> None:
+    buffer_size = cfg.model.get("buffer_size")
+    if buffer_size is None:
+        return
+    total = sum(len(dataset.get_task(task).train_y) for task in range(dataset.n_tasks)) if dataset.setting == "class-il" \
+        else len(dataset.get_task(0).train_y) * dataset.n_tasks
+    if buffer_size > total:
+        raise ConfigError(
+            f"model.buffer_size={buffer_size} is larger than the {total} training examples of {dataset.name}; "
+            f"allowed: at most {total} (a buffer that holds everything is joint training: model=joint)"
+        )
+
+
+def _train_and_report(cfg: DictConfig, model: Any, dataset: Any, device: torch.device, run_dir: Path, started: float) -> float:
+    from mammoth.results import PLOT_NAME, RESULTS_NAME, build_results, environment_versions, format_table, plot_results, write_json_atomic
+    from mammoth.training import run_tasks
+
+    config = OmegaConf.to_container(cfg, resolve=True)
+    comparable = {key: value for key, value in config.items() if key not in RUN_CONTROL_KEYS}
+    log.info("%s, %s: %d tasks on %s; writing to %s", dataset.name, cfg.model._target_.rsplit(".", 1)[-1],
+             dataset.n_tasks, device, run_dir)
+    state = run_tasks(
+        model, dataset, device, run_dir, cfg.seed, comparable, resume=cfg.resume,
+        stop_after_task=cfg.get("stop_after_task"),
+        on_task_end=lambda task, st: log.info(
+            "task %d/%d: %s", task + 1, dataset.n_tasks,
+            ", ".join(f"{kind} {sum(rows[-1]) / len(rows[-1]):.1f}" for kind, rows in st.accuracies.items())),
+    )
+    log.info("\n%s", format_table(state.accuracies, dataset.n_tasks))
+    if state.next_task < dataset.n_tasks:
+        log.info("Stopped after task %d of %d; continue with resume=true hydra.run.dir=%s", state.next_task, dataset.n_tasks, run_dir)
+        return float("nan")
+    results = build_results(
+        state.accuracies, dataset.n_tasks,
+        config=config, dataset=dataset.describe(), versions=environment_versions(), device=str(device),
+        timings={"train_seconds": state.train_seconds, "eval_seconds": state.eval_seconds,
+                 "total_seconds": time.perf_counter() - started},
+    )
+    plot_results(results, run_dir / PLOT_NAME)
+    write_json_atomic(run_dir / RESULTS_NAME, results)
+    first_kind = next(iter(state.accuracies))
+    return results[first_kind]["average"]
