@@ -15,7 +15,10 @@ from mammoth.errors import MammothError
 @hydra.main(config_path="pkg://mammoth.conf", config_name="config", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> float | None:
     """Run one experiment from the composed config; returns the final Class-IL average."""
-    return mammoth.run(cfg)
+    try:
+        return mammoth.run(cfg)
+    except MammothError as error:
+        exit_with(error, status=1)
 
 
 def main() -> None:

@@ -104,9 +104,9 @@ def _selected_options(group: str, selected: dict[str, list[str] | None]) -> list
     return sorted({get_dataset_class(name).default_backbone for name in datasets})
 
 
-def exit_with(error: MammothError) -> None:
-    """Print ``Error: <message>`` to stderr and exit with status 2 (a usage error)."""
+def exit_with(error: MammothError, status: int = 2) -> None:
+    """Print ``Error: <message>`` to stderr and exit (status 2: a usage error; 1: a failed run)."""
     import sys
 
     print(f"Error: {error}", file=sys.stderr)
-    raise SystemExit(2)
+    raise SystemExit(status)

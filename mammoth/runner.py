@@ -88,12 +88,19 @@ def run(cfg: DictConfig) -> float:
     torch.manual_seed(cfg.seed)
     dataset = build_dataset(cfg.dataset, seed=cfg.seed)
     net = build_backbone(cfg.backbone, num_classes=dataset.n_classes, input_shape=dataset.input_shape).to(device)
-    backbone_name = OmegaConf.select(cfg, "hydra:runtime.choices.backbone", default=None) or cfg.backbone._target_
+    backbone_name = _choice("backbone") or cfg.backbone._target_
     log.info(summary_line(backbone_name, net))
     check_output_size(net, dataset, backbone_name)
     model = build_model(cfg.model, net=net, dataset=dataset).to(device)
     _check_buffer_fits(cfg, dataset)
     return _train_and_report(cfg, model, dataset, device, run_dir, started)
+
+
+def _choice(group: str) -> str | None:
+    """The option Hydra selected for ``group`` (None outside a Hydra app)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get().runtime.choices.get(group) if HydraConfig.initialized() else None
 
 
 def _check_buffer_fits(cfg: DictConfig, dataset: Any) -> None:
@@ -110,19 +117,19 @@ def _check_buffer_fits(cfg: DictConfig, dataset: Any) -> None:
 
 
 def _train_and_report(cfg: DictConfig, model: Any, dataset: Any, device: torch.device, run_dir: Path, started: float) -> float:
-    from mammoth.results import PLOT_NAME, RESULTS_NAME, build_results, environment_versions, format_table, plot_results, write_json_atomic
+    from mammoth.results import KIND_TITLES, PLOT_NAME, RESULTS_NAME, build_results, environment_versions, format_table, plot_results, write_json_atomic
     from mammoth.training import run_tasks
 
     config = OmegaConf.to_container(cfg, resolve=True)
     comparable = {key: value for key, value in config.items() if key not in RUN_CONTROL_KEYS}
-    log.info("%s, %s: %d tasks on %s; writing to %s", dataset.name, cfg.model._target_.rsplit(".", 1)[-1],
+    log.info("%s, %s: %d tasks on %s; writing to %s", dataset.name, _choice("model") or cfg.model._target_,
              dataset.n_tasks, device, run_dir)
     state = run_tasks(
         model, dataset, device, run_dir, cfg.seed, comparable, resume=cfg.resume,
         stop_after_task=cfg.get("stop_after_task"),
         on_task_end=lambda task, st: log.info(
             "task %d/%d: %s", task + 1, dataset.n_tasks,
-            ", ".join(f"{kind} {sum(rows[-1]) / len(rows[-1]):.1f}" for kind, rows in st.accuracies.items())),
+            ", ".join(f"{KIND_TITLES[kind]} {sum(rows[-1]) / len(rows[-1]):.1f}" for kind, rows in st.accuracies.items())),
     )
     log.info("\n%s", format_table(state.accuracies, dataset.n_tasks))
     if state.next_task < dataset.n_tasks:

@@ -103,10 +103,8 @@ def missing_files_error(
     dataset: str, missing: list[str], expected: list[str], directory: Path, how: str
 ) -> DatasetError:
     """A DatasetError for files of ``dataset`` that are absent from ``directory``."""
-    return DatasetError(
-        f"{dataset}: missing {', '.join(missing)} in {directory} (expected: {', '.join(expected)})\n"
-        f"To get them: {how}"
-    )
+    also = "" if missing == expected else f" (expected: {', '.join(expected)})"
+    return DatasetError(f"{dataset}: missing {', '.join(missing)} in {directory}{also}\nTo get them: {how}")
 
 
 class ContinualDataset:

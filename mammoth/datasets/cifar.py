@@ -29,9 +29,11 @@ def lenient_cifar_class(torchvision_class: type) -> type:
 
     class LenientCIFAR(torchvision_class):
         def _check_integrity(self) -> bool:
+            """True when every batch and the meta file exist (no md5 check)."""
             return all(os.path.isfile(path) for path in expected_paths(self))
 
         def _load_meta(self) -> None:
+            """Read the class names from the meta file (no md5 check)."""
             with open(os.path.join(self.root, self.base_folder, self.meta["filename"]), "rb") as f:
                 self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
             self.class_to_idx = {name: index for index, name in enumerate(self.classes)}
@@ -40,17 +42,15 @@ def lenient_cifar_class(torchvision_class: type) -> type:
     return LenientCIFAR
 
 
-def expected_names(torchvision_class: Any) -> list[str]:
-    """File names torchvision's CIFAR class reads: the train and test batches, then the meta file."""
-    return [name for name, _ in torchvision_class.train_list + torchvision_class.test_list] + [
-        torchvision_class.meta["filename"]
-    ]
+def expected_names(reader: Any) -> list[str]:
+    """File names a torchvision CIFAR class (or instance) reads: the train and test batches, then the meta file."""
+    return [name for name, _ in reader.train_list + reader.test_list] + [reader.meta["filename"]]
 
 
-def expected_paths(torchvision_class: Any) -> list[str]:
-    """Full paths of :func:`expected_names` under the class's (or instance's) root."""
-    folder = os.path.join(torchvision_class.root, torchvision_class.base_folder)
-    return [os.path.join(folder, name) for name in expected_names(torchvision_class)]
+def expected_paths(reader: Any) -> list[str]:
+    """Full paths of :func:`expected_names` under the root of the torchvision CIFAR instance ``reader``."""
+    folder = os.path.join(reader.root, reader.base_folder)
+    return [os.path.join(folder, name) for name in expected_names(reader)]
 
 
 def unreadable_file(folder: Path, names: list[str], label_key: str, meta_key: str) -> tuple[str, str]:
@@ -68,6 +68,19 @@ def unreadable_file(folder: Path, names: list[str], label_key: str, meta_key: st
     return ", ".join(names), "inconsistent image and label arrays"
 
 
+def download_cifar(dataset: str, reader: Any, root: str) -> None:
+    """Download and extract the archive of the torchvision CIFAR class ``reader`` into ``root`` (md5-checked)."""
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    try:
+        download_and_extract_archive(reader.url, root, filename=reader.filename, md5=reader.tgz_md5)
+    except Exception as error:
+        raise DatasetError(
+            f"{dataset}: could not download {reader.url} into {root}: {error}\n"
+            f"Download it by hand and extract it in {root} (it creates {reader.base_folder}/)"
+        ) from error
+
+
 def read_cifar(dataset: str, class_name: str, root: str, download: bool) -> Source:
     """Read the CIFAR archive of ``class_name`` ("CIFAR10" or "CIFAR100") under ``root``."""
     from torchvision import datasets
@@ -78,16 +91,11 @@ def read_cifar(dataset: str, class_name: str, root: str, download: bool) -> Sour
         f"rerun with dataset.download=true on the command line, or download {tv_class.url} "
         f"and extract it in {root} (it creates {tv_class.base_folder}/)"
     )
-    if download:
-        try:
-            tv_class(root, train=True, download=True)
-        except Exception as error:
-            raise DatasetError(
-                f"{dataset}: could not download {tv_class.url} into {root}: {error}\n"
-                f"Download it by hand and extract it in {root} (it creates {tv_class.base_folder}/)"
-            ) from error
     names = expected_names(tv_class)
     missing = [name for name in names if not (folder / name).is_file()]
+    if missing and download:
+        download_cifar(dataset, tv_class, root)
+        missing = [name for name in names if not (folder / name).is_file()]
     if missing:
         raise missing_files_error(dataset, missing, names, folder, how)
     label_key = "labels" if class_name == "CIFAR10" else "fine_labels"

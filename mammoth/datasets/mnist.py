@@ -1,4 +1,4 @@
-"""MNIST-family benchmarks: ``seq-mnist``, ``seq-fashion-mnist`` (class-IL), ``perm-mnist`` and ``rot-mnist`` (domain-IL).
+"""MNIST-family benchmarks: ``seq-mnist``, ``seq-fashion-mnist`` (class-IL), ``perm-mnist``, ``rot-mnist`` (domain-IL).
 
 The files are the uncompressed IDX files under ``<root>/<MNIST|FashionMNIST>/raw/``, exactly where
 torchvision's ``datasets.MNIST`` / ``datasets.FashionMNIST`` look for them, and are read by them.
@@ -79,7 +79,7 @@ def corrupt_error(dataset: str, path: Path, problem: str, folder: str, raw: Path
 
 
 def download_idx(dataset: str, folder: str, root: str, raw: Path) -> None:
-    """Download and extract the IDX files of ``folder`` with torchvision (md5-checked)."""
+    """Download and extract the IDX files of ``folder`` with torchvision (md5-checked, tries its mirrors)."""
     from torchvision import datasets
 
     try:
@@ -96,7 +96,7 @@ def read_idx_dataset(dataset: str, folder: str, root: str, download: bool) -> So
     from torchvision import datasets
 
     raw = Path(root) / folder / "raw"
-    if download:
+    if download and not all((raw / name).is_file() for pair in IDX_FILES.values() for name in pair):
         download_idx(dataset, folder, root, raw)
     check_idx_files(dataset, folder, raw)
     splits = []
@@ -105,7 +105,8 @@ def read_idx_dataset(dataset: str, folder: str, root: str, download: bool) -> So
             data = getattr(datasets, folder)(root, train=split == "train", download=False)
             x, y = data.data, data.targets
         except Exception as error:
-            raise corrupt_error(dataset, raw / images, f"{images} or {labels} unreadable: {error}", folder, raw) from error
+            problem = f"{images} or {labels} unreadable: {error}"
+            raise corrupt_error(dataset, raw / images, problem, folder, raw) from error
         if len(x) != len(y):
             problem = f"{len(x)} images but {len(y)} labels in {labels}"
             raise corrupt_error(dataset, raw / images, problem, folder, raw)

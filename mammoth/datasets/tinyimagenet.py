@@ -119,7 +119,9 @@ def read_val_folders(dataset: str, val: Path, root: str, class_to_idx: dict[str,
     folder = read_image_folder(dataset, val, root)
     unknown = sorted(set(folder.classes) - set(class_to_idx))
     if unknown:
-        raise DatasetError(f"{dataset}: val/ has folders {', '.join(unknown[:5])} that are not wnids of train/ in {val}")
+        raise DatasetError(
+            f"{dataset}: val/ has folders {', '.join(unknown[:5])} that are not wnids of train/, in {val}"
+        )
     return [(path, class_to_idx[folder.classes[label]]) for path, label in folder.samples]
 
 

@@ -2,4 +2,7 @@
 
 from mammoth.models.registry import MODELS, build_model, list_models, register_model
 
+# Importing the method modules registers them.
+from mammoth.models import der, derpp, er, joint, sgd  # noqa: F401
+
 __all__ = ["MODELS", "build_model", "list_models", "register_model"]

@@ -183,5 +183,5 @@ class ReplayModel(ContinualModel):
     def load_extra_state(self, state: dict[str, Any]) -> None:
         """Restore the replay buffer (on the training device when ``buffer_device`` is ``training``)."""
         self.buffer.load_state_dict(state["buffer"])
-        if self.buffer_device == "training":
+        if self.buffer_device == "training" and not self.buffer.is_empty():
             self.buffer.to(self.device)

@@ -1,0 +1,58 @@
+"""der: Dark Experience Replay (Buzzega et al., 2020)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from mammoth.backbones.base import MammothBackbone
+from mammoth.models.base import ReplayModel, check_non_negative
+from mammoth.models.registry import register_model
+
+
+@register_model("der")
+class DER(ReplayModel):
+    """Dark Experience Replay: replayed examples are pulled towards the logits they had when stored.
+
+    loss = CE(net(inputs), labels) + alpha * MSE(net(replay examples), replay logits); the
+    incoming examples are stored with the logits the network produced for them.
+    """
+
+    def __init__(
+        self,
+        net: MammothBackbone,
+        dataset: Any,
+        buffer_size: int,
+        alpha: float = 0.3,
+        minibatch_size: Optional[int] = None,
+        buffer_device: Literal["training", "cpu"] = "training",
+        lr: float = 0.1,
+        optimizer: Literal["sgd", "adam"] = "sgd",
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__(
+            net,
+            dataset,
+            buffer_size=buffer_size,
+            minibatch_size=minibatch_size,
+            buffer_device=buffer_device,
+            lr=lr,
+            optimizer=optimizer,
+            momentum=momentum,
+            weight_decay=weight_decay,
+        )
+        self.alpha = check_non_negative("model.alpha", alpha)
+
+    def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> float:
+        """One step on CE plus the logit-matching replay term; returns the loss value."""
+        outputs = self.net(inputs)
+        loss = self.loss(outputs, labels)
+        replay = self.replay_batch(inputs.shape[0])
+        if replay is not None:
+            loss = loss + self.alpha * F.mse_loss(self.net(replay.examples), replay.logits)
+        value = self.step(loss)
+        self.buffer.add(not_aug_inputs, logits=outputs.detach())
+        return value

@@ -1,0 +1,25 @@
+"""Helpers to run mammoth and throwaway Hydra apps in subprocesses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_python(args: list[str], cwd: Path, timeout: int = 300, python: str = sys.executable) -> subprocess.CompletedProcess:
+    """Run ``python ARGS`` in ``cwd``; return the completed process (text output)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("HYDRA_")}
+    env["PYTHONPATH"] = str(cwd)
+    return subprocess.run([python, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """A fresh working directory far from the repository."""
+    return tmp_path

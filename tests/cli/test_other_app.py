@@ -1,0 +1,68 @@
+"""mammoth's configs composed into another Hydra app, and a wheel install used from anywhere."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import venv
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, run_python
+
+APP = '''
+import hydra
+from hydra.utils import instantiate
+
+import mammoth  # puts mammoth's backbone and model configs in Hydra's ConfigStore
+
+
+@hydra.main(config_path="conf", config_name="config", version_base="1.3")
+def app(cfg):
+    net = instantiate(cfg.backbone, num_classes=10, input_shape=(3, 32, 32))
+    built = mammoth.build_backbone(cfg.backbone, num_classes=10, input_shape=(3, 32, 32))
+    print("NET", type(net).__name__, net.depth, net.num_params() == built.num_params())
+    print("DATASET", cfg.dataset.name if "dataset" in cfg else None)
+
+
+app()
+'''
+
+
+def test_another_hydra_app_composes_mammoth_backbones(workdir: Path):
+    (workdir / "conf").mkdir()
+    (workdir / "conf" / "config.yaml").write_text("defaults:\n  - backbone: resnet\n  - _self_\n\nlr: 0.1\n")
+    (workdir / "app.py").write_text(APP)
+    result = run_python(["app.py", "backbone.depth=50", "backbone.width=8", "hydra.run.dir=."], workdir)
+    assert result.returncode == 0, result.stderr
+    assert "NET ResNet 50 True" in result.stdout
+    # mammoth's YAML groups (dataset/) come through the SearchPathPlugin
+    with_dataset = run_python(
+        ["app.py", "+dataset=seq-digits", "backbone=resnet", "backbone.depth=18", "backbone.width=8", "hydra.run.dir=."],
+        workdir,
+    )
+    assert with_dataset.returncode == 0, with_dataset.stderr
+    assert "NET ResNet 18 True" in with_dataset.stdout and "DATASET seq-digits" in with_dataset.stdout
+
+
+@pytest.mark.slow
+def test_wheel_installs_and_runs_from_any_directory(tmp_path: Path):
+    dist = tmp_path / "dist"
+    subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(REPO)],
+        check=True, capture_output=True, text=True, timeout=300,
+    )
+    wheel = next(dist.glob("mammoth_cl-*.whl"))
+    environment = tmp_path / "venv"
+    venv.create(environment, system_site_packages=True, with_pip=True)
+    python = str(environment / "bin" / "python")
+    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True, timeout=300)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    where = run_python(["-c", "import mammoth; print(mammoth.__file__)"], elsewhere, python=python)
+    assert str(environment) in where.stdout, where.stdout + where.stderr
+    result = run_python(["-m", "mammoth", "--cfg", "job"], elsewhere, python=python)
+    assert result.returncode == 0, result.stderr
+    assert "name: seq-digits" in result.stdout and "_target_: mammoth.backbones.mlp.MNISTMLP" in result.stdout

@@ -1,0 +1,115 @@
+"""seq-cifar10 and seq-cifar100 over fake pickled batches in the real archive layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import fake_datasets
+from mammoth.datasets import build_dataset
+from mammoth.errors import DatasetError
+
+
+@pytest.mark.parametrize(("name", "n_tasks", "per_task", "n_train", "n_test"), [
+    ("seq-cifar10", 5, 2, 50, 20),
+    ("seq-cifar100", 10, 10, 200, 100),
+])
+def test_class_il_tasks(fake_root: Path, name: str, n_tasks: int, per_task: int, n_train: int, n_test: int) -> None:
+    dataset = build_dataset({"name": name, "root": str(fake_root)})
+    train_total = test_total = 0
+    for task in range(n_tasks):
+        data = dataset.get_task(task)
+        assert data.train_x.dtype == torch.uint8 and data.train_x.shape[1:] == (3, 32, 32)
+        assert data.test_x.shape[1:] == (3, 32, 32) and data.train_y.dtype == torch.int64
+        expected = set(range(task * per_task, (task + 1) * per_task))
+        assert set(data.train_y.tolist()) == expected == set(data.test_y.tolist())
+        assert fake_datasets.label_mismatches(data.train_x, data.train_y) == 0
+        assert fake_datasets.label_mismatches(data.test_x, data.test_y) == 0
+        train_total += len(data.train_y)
+        test_total += len(data.test_y)
+    assert (train_total, test_total) == (n_train, n_test)
+
+
+def test_images_keep_their_layout(fake_root: Path) -> None:
+    train_x, train_y, _, _ = build_dataset({"name": "seq-cifar10", "root": str(fake_root)}).source()
+    expected = fake_datasets.fake_image(int(train_y[3]), 3, 32, 32, 3)  # example 3 of data_batch_1
+    assert torch.equal(train_x[3], torch.from_numpy(expected).permute(2, 0, 1))
+
+
+@pytest.mark.parametrize(("name", "folder", "first_file"), [
+    ("seq-cifar10", "cifar-10-batches-py", "data_batch_1"),
+    ("seq-cifar100", "cifar-100-python", "train"),
+])
+def test_missing_files(tmp_path: Path, name: str, folder: str, first_file: str) -> None:
+    with pytest.raises(DatasetError) as error:
+        build_dataset({"name": name, "root": str(tmp_path)}).get_task(0)
+    message = str(error.value)
+    first_line = message.splitlines()[0]
+    assert f"missing {first_file}" in first_line and str(tmp_path / folder) in first_line
+    assert "dataset.download=true" in message and "https://www.cs.toronto.edu/~kriz/" in message
+
+
+def test_one_missing_batch_is_named(tmp_path: Path) -> None:
+    folder = fake_datasets.write_cifar10(tmp_path, n_per_batch=2, n_test=2)
+    (folder / "data_batch_4").unlink()
+    with pytest.raises(DatasetError, match=r"seq-cifar10: missing data_batch_4 in .*cifar-10-batches-py \(expected: "):
+        build_dataset({"name": "seq-cifar10", "root": str(tmp_path)}).get_task(0)
+
+
+@pytest.mark.parametrize("bad_file", ["data_batch_3", "batches.meta", "test_batch"])
+def test_corrupt_cifar10_file_is_named(tmp_path: Path, bad_file: str) -> None:
+    folder = fake_datasets.write_cifar10(tmp_path, n_per_batch=2, n_test=2)
+    (folder / bad_file).write_bytes(b"\x80\x02garbage bytes, not a pickle")
+    with pytest.raises(DatasetError) as error:
+        build_dataset({"name": "seq-cifar10", "root": str(tmp_path)}).get_task(0)
+    first_line = str(error.value).splitlines()[0]
+    assert f"corrupt file {bad_file} in {folder}" in first_line
+
+
+def test_cifar100_without_fine_labels_is_corrupt(tmp_path: Path) -> None:
+    folder = fake_datasets.write_cifar100(tmp_path, n_train=4, n_test=4)
+    fake_datasets.dump(folder / "test", {"data": fake_datasets.fake_images([0], 32, 32, 3).reshape(1, -1)})
+    with pytest.raises(DatasetError, match=r"corrupt file test in .*cifar-100-python: has no key\(s\) fine_labels"):
+        build_dataset({"name": "seq-cifar100", "root": str(tmp_path)}).get_task(0)
+
+
+def test_download_skipped_when_files_exist(fake_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torchvision.datasets.utils
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("must not download: the files are there (only their md5 differs)")
+
+    monkeypatch.setattr(torchvision.datasets.utils, "download_and_extract_archive", no_network)
+    dataset = build_dataset({"name": "seq-cifar100", "root": str(fake_root), "download": True})
+    assert len(dataset.get_task(0).train_y) == 20
+
+
+def test_download_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torchvision.datasets.utils
+
+    calls = []
+
+    def failing_download(url, root, filename=None, md5=None):
+        calls.append((url, md5))
+        raise RuntimeError("File not found or corrupted.")
+
+    monkeypatch.setattr(torchvision.datasets.utils, "download_and_extract_archive", failing_download)
+    with pytest.raises(DatasetError) as error:
+        build_dataset({"name": "seq-cifar10", "root": str(tmp_path), "download": True}).get_task(0)
+    url = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+    assert calls == [(url, "c58f30108f718f92721af3b95e74349a")]  # the archive stays md5-checked
+    assert str(error.value).startswith(f"seq-cifar10: could not download {url} into {tmp_path}: File not found")
+
+
+def test_download_then_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torchvision.datasets.utils
+
+    def fake_download(url, root, filename=None, md5=None):
+        assert (url, filename) == ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "cifar-100-python.tar.gz")
+        fake_datasets.write_cifar100(root, n_train=100, n_test=100)
+
+    monkeypatch.setattr(torchvision.datasets.utils, "download_and_extract_archive", fake_download)
+    dataset = build_dataset({"name": "seq-cifar100", "root": str(tmp_path), "download": True})
+    assert set(dataset.get_task(9).train_y.tolist()) == set(range(90, 100))

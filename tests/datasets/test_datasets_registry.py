@@ -1,0 +1,151 @@
+"""Registry, config handling, Hydra config files and import laziness of mammoth.datasets."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+import mammoth.datasets as datasets
+from mammoth.datasets import ContinualDataset, DatasetConfig, build_dataset, get_dataset_class, list_datasets
+from mammoth.errors import DatasetError
+
+REPO = Path(__file__).resolve().parents[2]
+ALL = [
+    "perm-mnist",
+    "rot-mnist",
+    "seq-cifar10",
+    "seq-cifar100",
+    "seq-digits",
+    "seq-fashion-mnist",
+    "seq-mnist",
+    "seq-tinyimg",
+]
+
+
+def test_list_datasets_is_sorted_and_complete() -> None:
+    assert list_datasets() == ALL
+
+
+def test_unknown_name_lists_names_and_closest_match() -> None:
+    with pytest.raises(DatasetError) as error:
+        get_dataset_class("seq-cifar-10")
+    first_line = str(error.value).splitlines()[0]
+    assert "'seq-cifar-10'" in first_line
+    assert all(name in first_line for name in ALL)
+    assert "did you mean 'seq-cifar10'" in first_line
+
+
+def test_build_dataset_without_name_lists_names() -> None:
+    with pytest.raises(DatasetError, match="dataset.name is missing; allowed: perm-mnist"):
+        build_dataset({"root": "data"})
+
+
+def test_duplicate_registration_names_both_classes() -> None:
+    with pytest.raises(DatasetError) as error:
+
+        @datasets.register_dataset
+        class AnotherMNIST(get_dataset_class("seq-mnist")):
+            name = "seq-mnist"
+
+    message = str(error.value)
+    assert "'seq-mnist'" in message and "SequentialMNIST" in message and "AnotherMNIST" in message
+    assert get_dataset_class("seq-mnist").__name__ == "SequentialMNIST"
+
+
+def test_register_new_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(datasets, "_REGISTRY", dict(datasets._REGISTRY))
+
+    @datasets.register_dataset
+    class Tiny(get_dataset_class("seq-digits")):
+        name = "tiny-test"
+
+    assert "tiny-test" in list_datasets()
+    assert isinstance(build_dataset({"name": "tiny-test"}), Tiny)
+
+
+def test_register_rejects_bad_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(datasets, "_REGISTRY", dict(datasets._REGISTRY))
+    with pytest.raises(DatasetError, match="setting='task-il'; allowed: class-il, domain-il"):
+
+        @datasets.register_dataset
+        class Bad(get_dataset_class("seq-digits")):
+            name = "bad-setting"
+            setting = "task-il"
+
+
+def test_config_defaults_from_mapping_dataclass_and_dictconfig() -> None:
+    from_mapping = build_dataset({"name": "seq-mnist"})
+    assert (from_mapping.config.batch_size, from_mapping.config.n_epochs, from_mapping.config.root) == (64, 1, "data")
+    structured = OmegaConf.structured(DatasetConfig(name="seq-cifar10", root="/tmp/x"))  # batch_size is MISSING
+    from_dictconfig = build_dataset(structured, seed=3)
+    assert (from_dictconfig.config.batch_size, from_dictconfig.config.n_epochs) == (32, 50)
+    assert from_dictconfig.config.root == "/tmp/x" and from_dictconfig.seed == 3
+    from_dataclass = build_dataset(DatasetConfig(name="perm-mnist", batch_size=7, n_epochs=2, n_tasks=3))
+    assert (from_dataclass.config.batch_size, from_dataclass.config.n_epochs, from_dataclass.n_tasks) == (7, 2, 3)
+
+
+def test_building_reads_no_files(tmp_path: Path) -> None:
+    dataset = build_dataset({"name": "seq-tinyimg", "root": str(tmp_path / "nowhere")})
+    assert dataset.n_classes == 200 and not (tmp_path / "nowhere").exists()
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ({"name": "seq-mnist", "batch_size": 0}, "dataset.batch_size=0 is invalid; expected an integer >= 1"),
+        ({"name": "seq-mnist", "n_epochs": "x"}, "dataset.n_epochs='x' is invalid"),
+        ({"name": "seq-mnist", "colour": True}, "unknown dataset config key(s) colour; allowed: name, root"),
+        ({"name": "perm-mnist", "n_tasks": 0}, "dataset.n_tasks=0 is invalid"),
+    ],
+)
+def test_bad_config_values(config: dict, expected: str) -> None:
+    with pytest.raises(DatasetError) as error:
+        build_dataset(config)
+    assert expected in str(error.value).splitlines()[0]
+
+
+def test_name_mismatch_when_building_a_class_directly() -> None:
+    with pytest.raises(DatasetError, match="dataset.name='seq-mnist' does not match the benchmark 'seq-cifar10'"):
+        get_dataset_class("seq-cifar10")({"name": "seq-mnist"})
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_yaml_config_matches_class_defaults(name: str) -> None:
+    cls: type[ContinualDataset] = get_dataset_class(name)
+    path = REPO / "conf" / "dataset" / f"{name}.yaml"
+    assert path.read_text().startswith("# ")
+    config = OmegaConf.to_container(OmegaConf.load(path))
+    assert config["defaults"] == [
+        "base_dataset",
+        {"override /backbone@_global_.backbone": cls.default_backbone},
+        "_self_",
+    ]
+    assert config["name"] == name
+    assert config["batch_size"] == cls.default_batch_size
+    assert config["n_epochs"] == cls.default_n_epochs
+    if cls.setting == "domain-il":
+        assert config["n_tasks"] == cls.default_n_tasks
+    else:
+        assert "n_tasks" not in config
+    fields = {"name", "batch_size", "n_epochs", "n_tasks", "defaults"}
+    assert set(config) <= fields
+
+
+def test_yaml_files_are_exactly_the_registered_names() -> None:
+    assert sorted(p.stem for p in (REPO / "conf" / "dataset").glob("*.yaml")) == ALL
+
+
+def test_import_does_not_import_torchvision_sklearn_or_pil() -> None:
+    code = (
+        "import sys, mammoth.datasets; "
+        "print(','.join(m for m in ('torchvision', 'sklearn', 'PIL') if m in sys.modules) or 'none')"
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "none"

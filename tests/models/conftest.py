@@ -1,0 +1,74 @@
+"""Fixtures of the CL-method tests: a fake 2-task dataset, a tiny MLP, model and batch factories."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pytest
+import torch
+from torch import Tensor
+
+from mammoth.backbones.mlp import MNISTMLP
+from mammoth.models import build_model
+
+REPLAY_METHODS = ("er", "der", "derpp")
+ALL_METHODS = ("sgd", "joint", *REPLAY_METHODS)
+
+
+class FakeDataset:
+    """The parts of a dataset the methods use: 4 classes in 2 class-IL tasks, an affine train transform."""
+
+    n_classes = 4
+    n_tasks = 2
+    setting = "class-il"
+
+    def task_classes(self, task: int) -> range:
+        """Classes ``2*task`` and ``2*task + 1``."""
+        return range(2 * task, 2 * task + 2)
+
+    def train_transform(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Normalise [0, 1] to [-1, 1] (a stand-in for augmentation + normalisation)."""
+        return (x - 0.5) / 0.5
+
+
+@pytest.fixture
+def dataset() -> FakeDataset:
+    """A fresh fake dataset."""
+    return FakeDataset()
+
+
+def _net(seed: int) -> MNISTMLP:
+    torch.manual_seed(seed)
+    return MNISTMLP(num_classes=4, input_shape=(1, 4, 4), hidden_sizes=(16,))
+
+
+@pytest.fixture
+def make_net() -> Callable[..., MNISTMLP]:
+    """``make_net(seed=0)``: a tiny MNISTMLP with seeded initial weights."""
+    return lambda seed=0: _net(seed)
+
+
+@pytest.fixture
+def make_model(dataset: FakeDataset) -> Callable[..., Any]:
+    """``make_model(name, seed=0, **values)``: a registered method built with ``build_model``
+    (replay methods get ``buffer_size=32`` unless given)."""
+
+    def make(name: str, seed: int = 0, **values: Any) -> Any:
+        if name in REPLAY_METHODS:
+            values.setdefault("buffer_size", 32)
+        return build_model(name, net=_net(seed), dataset=dataset, **values)
+
+    return make
+
+
+@pytest.fixture
+def make_batch(dataset: FakeDataset) -> Callable[..., tuple[Tensor, Tensor, Tensor]]:
+    """``make_batch(task, size=8, seed=0)``: ``(inputs, labels, not_aug_inputs)`` of the task's classes."""
+
+    def make(task: int, size: int = 8, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+        generator = torch.Generator().manual_seed(1000 * seed + task)
+        not_aug = torch.rand(size, 1, 4, 4, generator=generator)
+        labels = dataset.task_classes(task).start + torch.randint(0, 2, (size,), generator=generator)
+        return dataset.train_transform(not_aug), labels, not_aug
+
+    return make
