@@ -178,7 +178,11 @@ def test_the_uniformity_check_accepts_a_correct_reference() -> None:
     assert _uniformity_failures(_keep_counts(CORRECT_REFERENCE)) == []
 
 
-@pytest.mark.parametrize("broken", [_keep_last, BATCH_START_BUG, FIRST_OF_BATCH_ONLY], ids=lambda f: f.__name__)
+@pytest.mark.parametrize(
+    "broken",
+    [_keep_last, BATCH_START_BUG, FIRST_OF_BATCH_ONLY],
+    ids=["keep_last", "batch_start_bug", "first_of_batch_only"],
+)
 def test_the_uniformity_check_rejects_biased_reservoirs(broken: StreamFn) -> None:
     assert _uniformity_failures(_keep_counts(broken)) != []
 
@@ -306,8 +310,8 @@ def test_replay_batch_to_moves_every_tensor() -> None:
 
 
 def _continue(buffer: ReplayBuffer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    buffer.add(torch.arange(100, 160, dtype=torch.float32).view(60, 1, 1, 1).expand(60, 1, 2, 2).contiguous(),
-               labels=torch.arange(100, 160), logits=torch.zeros(60, 1))
+    examples = torch.arange(100, 160, dtype=torch.float32).view(60, 1, 1, 1).expand(60, 1, 2, 2).contiguous()
+    buffer.add(examples, labels=torch.arange(100, 160), logits=torch.zeros(60, 1))
     batch = buffer.sample(7)
     return buffer.examples.clone(), buffer.labels.clone(), batch.indices
 

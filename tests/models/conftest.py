@@ -11,8 +11,7 @@ from torch import Tensor
 from mammoth.backbones.mlp import MNISTMLP
 from mammoth.models import build_model
 
-REPLAY_METHODS = ("er", "der", "derpp")
-ALL_METHODS = ("sgd", "joint", *REPLAY_METHODS)
+_REPLAY_METHODS = ("er", "der", "derpp")
 
 
 class FakeDataset:
@@ -54,7 +53,7 @@ def make_model(dataset: FakeDataset) -> Callable[..., Any]:
     (replay methods get ``buffer_size=32`` unless given)."""
 
     def make(name: str, seed: int = 0, **values: Any) -> Any:
-        if name in REPLAY_METHODS:
+        if name in _REPLAY_METHODS:
             values.setdefault("buffer_size", 32)
         return build_model(name, net=_net(seed), dataset=dataset, **values)
 

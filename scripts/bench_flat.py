@@ -1,0 +1,178 @@
+"""Benchmark the flat parameter / gradient utilities of ``MammothBackbone``.
+
+Times ``get_params`` / ``set_params`` / ``get_grads`` / ``set_grads`` (with and without a
+reused ``out=`` buffer) side by side with torch's ``parameters_to_vector`` /
+``vector_to_parameters`` and with one ``dst.copy_(src)`` of the same number of bytes into
+a preallocated tensor (the memory-bandwidth floor), then checks the targets:
+
+- with ``out=`` (and for ``set_*``): at most 1.25x the copy, for backbones above 1M parameters;
+- without ``out=``: not slower than torch's function (up to ``--tolerance`` of noise).
+
+Usage: ``python scripts/bench_flat.py [--quick] [--device auto|cpu|cuda]``.
+Ratios are medians of per-repetition ratios (candidates run interleaved), so they are far
+steadier than the absolute times, which are printed for reference only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import torch  # noqa: E402
+from torch.nn.utils import parameters_to_vector, vector_to_parameters  # noqa: E402
+
+import _timing  # noqa: E402
+import mammoth  # noqa: E402
+
+BACKBONES = {
+    "mnistmlp": (1, 28, 28),
+    "resnet18": (3, 32, 32),
+    "vit": (3, 32, 32),
+}
+TARGET_MIN_PARAMS = 1_000_000
+COPY_TARGET = 1.25
+
+COPY = "copy_ floor (dst.copy_(src))"
+P2V = "torch: parameters_to_vector(params)"
+V2P = "torch: vector_to_parameters(v, params) [aliases]"
+P2V_GRADS = "torch: parameters_to_vector(grads)"
+V2P_GRADS = "torch: vector_to_parameters(v, grads) [aliases]"
+
+# operation -> (torch counterpart, target kind): "copy" = within COPY_TARGET of the copy,
+# "torch" = not slower than the torch counterpart.
+OPERATIONS = {
+    "get_params(out=buf)": (P2V, "copy"),
+    "get_params()": (P2V, "torch"),
+    "set_params(v)": (V2P, "copy"),
+    "get_grads(out=buf)": (P2V_GRADS, "copy"),
+    "get_grads()": (P2V_GRADS, "torch"),
+    "set_grads(v)": (V2P_GRADS, "copy"),
+}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="few repetitions: a smoke run, not a measurement")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--repetitions", type=int, default=None, help="samples per candidate (default 41, --quick 5)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=list(BACKBONES))
+    parser.add_argument(
+        "--tolerance", type=float, default=0.05,
+        help="noise allowance of the 'not slower than torch' target (default 0.05 = 5%%)",
+    )
+    return parser.parse_args()
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: CUDA is not available")
+    return torch.device(name)
+
+
+def candidates_for(net: mammoth.MammothBackbone, device: torch.device) -> dict:
+    """Every timed callable for one backbone, the mammoth ones and the references."""
+    n = net.num_params()
+    dtype = next(net.parameters()).dtype
+    buf = torch.empty(n, dtype=dtype, device=device)
+    values = net.get_params().clone()
+    grads = net.get_grads().clone()
+    src = torch.randn(n, device=device).to(dtype)
+    dst = torch.empty_like(src)
+    # vector_to_parameters makes the parameters alias the vector, so it gets its own copy
+    # of the network (with its gradients) and leaves ``net`` as it was.
+    other = copy.deepcopy(net)
+    for mine, theirs in zip(net.parameters(), other.parameters()):
+        theirs.grad = None if mine.grad is None else mine.grad.clone()
+
+    return {
+        COPY: lambda: dst.copy_(src),
+        "get_params(out=buf)": lambda: net.get_params(out=buf),
+        "get_params()": lambda: net.get_params(),
+        P2V: lambda: parameters_to_vector(net.parameters()),
+        "set_params(v)": lambda: net.set_params(values),
+        V2P: lambda: vector_to_parameters(values, other.parameters()),
+        "get_grads(out=buf)": lambda: net.get_grads(out=buf),
+        "get_grads()": lambda: net.get_grads(),
+        P2V_GRADS: lambda: parameters_to_vector(p.grad for p in net.parameters()),
+        "set_grads(v)": lambda: net.set_grads(grads),
+        V2P_GRADS: lambda: vector_to_parameters(grads, (p.grad for p in other.parameters())),
+    }
+
+
+def paired_ratio(samples: dict[str, list[float]], name: str, reference: str) -> float:
+    """Median over repetitions of ``name / reference`` within the same repetition."""
+    return statistics.median(a / b for a, b in zip(samples[name], samples[reference]))
+
+
+def main() -> int:
+    args = parse_args()
+    device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    repetitions = args.repetitions or (5 if args.quick else 41)
+    min_sample_s = 0.002 if args.quick else 0.02
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
+
+    _timing.print_header(
+        "Flat parameter / gradient utilities",
+        {
+            "torch": torch.__version__,
+            "device": f"{device}{gpu}",
+            "torch threads": torch.get_num_threads(),
+            "repetitions": f"{repetitions} interleaved, >= {min_sample_s * 1e3:g} ms per sample"
+            + (" (--quick: smoke run, numbers not meaningful)" if args.quick else ""),
+            "ratios": "median of per-repetition ratios; median ms for reference only",
+        },
+    )
+
+    rows, verdicts = [], []
+    for name in args.backbones:
+        torch.manual_seed(0)
+        net = mammoth.build_backbone(name, num_classes=10, input_shape=BACKBONES[name]).to(device)
+        net.train()
+        net(torch.randn(2, *BACKBONES[name], device=device)).sum().backward()
+        missing = sum(p.grad is None for p in net.parameters())
+        if missing:
+            print(f"note: {name}: {missing} parameter(s) got no gradient (they read as zeros)")
+        n = net.num_params()
+        samples = _timing.interleaved(
+            candidates_for(net, device), repetitions=repetitions, warmup=2, min_sample_s=min_sample_s, sync=sync
+        )
+        for operation, values in samples.items():
+            vs_copy = paired_ratio(samples, operation, COPY)
+            torch_ref = OPERATIONS.get(operation, (None, None))[0]
+            vs_torch = paired_ratio(samples, operation, torch_ref) if torch_ref else None
+            rows.append([
+                name, f"{n:,}", operation, f"{statistics.median(values) * 1e3:.3f}",
+                f"{vs_copy:.2f}x", f"{vs_torch:.2f}x" if vs_torch is not None else "-",
+            ])
+            if operation in OPERATIONS and n > TARGET_MIN_PARAMS:
+                kind = OPERATIONS[operation][1]
+                if kind == "copy":
+                    verdicts.append((name, operation, f"vs copy {vs_copy:.2f}x <= {COPY_TARGET}x", vs_copy <= COPY_TARGET))
+                else:
+                    limit = 1.0 + args.tolerance
+                    verdicts.append((name, operation, f"vs torch {vs_torch:.2f}x <= {limit:.2f}x", vs_torch <= limit))
+
+    print(_timing.markdown_table(
+        ["backbone", "params", "operation", "median ms", "ratio vs copy", "ratio vs torch's function"], rows
+    ))
+    print("\nTargets (backbones above 1M parameters):\n")
+    for name, operation, text, ok in verdicts:
+        print(f"- {'PASS' if ok else 'MISS'}  {name:9s} {operation:20s} {text}")
+    misses = sum(not ok for *_, ok in verdicts)
+    print(f"\n{len(verdicts) - misses}/{len(verdicts)} targets met" + (" (--quick: indicative only)" if args.quick else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

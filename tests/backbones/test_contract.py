@@ -1,0 +1,265 @@
+"""The MammothBackbone contract, checked on every registered backbone.
+
+Parametrised over ``list_backbones()`` at collection time, so a newly registered backbone is
+covered without touching this file. Each backbone is built once per module and restored to
+its initial state after every test.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch.nn.utils import parameters_to_vector
+
+from mammoth.backbones import RETURNT_VALUES, MammothBackbone, build_backbone, list_backbones
+from mammoth.errors import BackboneError
+
+NUM_CLASSES = 10
+INPUT_SHAPE = (3, 32, 32)
+BATCH = 2
+
+
+@pytest.fixture(scope="module")
+def _built() -> dict:
+    return {}
+
+
+@pytest.fixture(params=list_backbones())
+def net(request: pytest.FixtureRequest, _built: dict) -> MammothBackbone:
+    name = request.param
+    if name not in _built:
+        torch.manual_seed(0)
+        model = build_backbone(name, num_classes=NUM_CLASSES, input_shape=INPUT_SHAPE)
+        _built[name] = (model, copy.deepcopy(model.state_dict()))
+    model, state = _built[name]
+    model.eval()
+    yield model
+    model.load_state_dict(state)
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+        parameter.grad = None
+
+
+@pytest.fixture
+def x() -> torch.Tensor:
+    generator = torch.Generator().manual_seed(1)
+    return torch.randn(BATCH, *INPUT_SHAPE, generator=generator)
+
+
+def concatenated_grads(model: torch.nn.Module) -> torch.Tensor:
+    """Reference: every .grad flattened in parameters() order, zeros where there is none."""
+    return torch.cat(
+        [p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel()) for p in model.parameters()]
+    )
+
+
+def backward_once(model: MammothBackbone, x: torch.Tensor) -> None:
+    model(x).square().mean().backward()
+
+
+def inside_storage(parameter: torch.Tensor, vector: torch.Tensor) -> bool:
+    start = vector.untyped_storage().data_ptr()
+    end = start + vector.untyped_storage().nbytes()
+    return start <= parameter.data_ptr() < end
+
+
+# ---- returnt ----
+
+
+def test_is_a_mammoth_backbone_with_sizes(net: MammothBackbone) -> None:
+    assert isinstance(net, MammothBackbone)
+    assert net.num_classes == NUM_CLASSES
+    assert isinstance(net.num_features, int) and net.num_features > 0
+
+
+def test_out_shape(net: MammothBackbone, x: torch.Tensor) -> None:
+    out = net(x, returnt="out")
+    assert out.shape == (BATCH, NUM_CLASSES)
+    torch.testing.assert_close(net(x), out)  # "out" is the default
+
+
+def test_features_shape(net: MammothBackbone, x: torch.Tensor) -> None:
+    assert net(x, returnt="features").shape == (BATCH, net.num_features)
+
+
+def test_both_is_out_and_features(net: MammothBackbone, x: torch.Tensor) -> None:
+    both = net(x, returnt="both")
+    assert isinstance(both, tuple) and len(both) == 2
+    torch.testing.assert_close(both[0], net(x, returnt="out"))
+    torch.testing.assert_close(both[1], net(x, returnt="features"))
+
+
+def test_classifier_maps_features_to_out(net: MammothBackbone, x: torch.Tensor) -> None:
+    torch.testing.assert_close(net.classifier(net(x, returnt="features")), net(x, returnt="out"))
+
+
+def test_features_method_equals_returnt_features(net: MammothBackbone, x: torch.Tensor) -> None:
+    torch.testing.assert_close(net.features(x), net(x, returnt="features"))
+
+
+def test_full_ends_with_features_and_out(net: MammothBackbone, x: torch.Tensor) -> None:
+    full = net(x, returnt="full")
+    assert isinstance(full, list) and len(full) >= 2
+    assert all(isinstance(item, torch.Tensor) and item.shape[0] == BATCH for item in full)
+    torch.testing.assert_close(full[-1], net(x, returnt="out"))
+    torch.testing.assert_close(full[-2], net(x, returnt="features"))
+
+
+def test_invalid_returnt_lists_allowed_values(net: MammothBackbone, x: torch.Tensor) -> None:
+    with pytest.raises(BackboneError) as info:
+        net(x, returnt="logits")
+    message = str(info.value)
+    assert "'logits'" in message
+    for allowed in ("out", "features", "both", "full"):
+        assert allowed in message
+    assert set(RETURNT_VALUES) == {"out", "features", "both", "full"}
+
+
+# ---- flat parameters ----
+
+
+def test_get_params_is_parameters_to_vector(net: MammothBackbone) -> None:
+    params = net.get_params()
+    assert params.dim() == 1
+    assert params.numel() == sum(p.numel() for p in net.parameters()) == net.num_params()
+    assert torch.equal(params, parameters_to_vector(net.parameters()))
+
+
+def test_get_params_is_a_copy(net: MammothBackbone) -> None:
+    params = net.get_params()
+    before = parameters_to_vector(net.parameters()).clone()
+    params.add_(1.0)
+    assert torch.equal(parameters_to_vector(net.parameters()), before)
+
+
+def test_set_params_round_trip(net: MammothBackbone) -> None:
+    original = [p.detach().clone() for p in net.parameters()]
+    net.set_params(net.get_params() + 1)
+    for parameter, before in zip(net.parameters(), original):
+        assert torch.equal(parameter.detach(), before + 1)
+    net.set_params(torch.cat([p.reshape(-1) for p in original]))
+    for parameter, before in zip(net.parameters(), original):
+        assert torch.equal(parameter.detach(), before)
+
+
+def test_set_params_copies_the_vector(net: MammothBackbone) -> None:
+    values = net.get_params() + 1
+    expected = values.clone()
+    net.set_params(values)
+    assert not any(inside_storage(p, values) for p in net.parameters())
+    values.mul_(0.0)
+    assert torch.equal(parameters_to_vector(net.parameters()), expected)
+
+
+# ---- flat gradients ----
+
+
+def test_get_grads_without_backward_is_zeros(net: MammothBackbone) -> None:
+    grads = net.get_grads()
+    assert torch.equal(grads, torch.zeros(net.num_params()))
+
+
+def test_get_grads_after_backward(net: MammothBackbone, x: torch.Tensor) -> None:
+    backward_once(net, x)
+    grads = net.get_grads()
+    assert grads.shape == (net.num_params(),)
+    assert torch.equal(grads, concatenated_grads(net))
+    assert grads.abs().sum() > 0
+
+
+def test_get_grads_frozen_parameter_reads_zeros(net: MammothBackbone, x: torch.Tensor) -> None:
+    frozen = next(net.parameters())
+    frozen.requires_grad_(False)
+    backward_once(net, x)
+    assert frozen.grad is None
+    grads = net.get_grads()
+    assert grads.numel() == net.num_params()  # frozen parameters keep their slot
+    assert torch.equal(grads[: frozen.numel()], torch.zeros(frozen.numel()))
+    assert torch.equal(grads, concatenated_grads(net))
+
+
+def test_set_grads_creates_missing_grads_as_copies(net: MammothBackbone) -> None:
+    frozen = next(net.parameters())
+    frozen.requires_grad_(False)
+    values = torch.randn(net.num_params(), generator=torch.Generator().manual_seed(2))
+    expected = values.clone()
+    net.set_grads(values)
+    offset = 0
+    for parameter in net.parameters():
+        assert parameter.grad is not None and parameter.grad.shape == parameter.shape
+        assert torch.equal(parameter.grad.reshape(-1), expected[offset : offset + parameter.numel()])
+        assert not inside_storage(parameter.grad, values)
+        offset += parameter.numel()
+    values.mul_(0.0)
+    assert torch.equal(net.get_grads(), expected)
+
+
+def test_set_grads_overwrites_existing_grads(net: MammothBackbone, x: torch.Tensor) -> None:
+    backward_once(net, x)
+    values = torch.randn(net.num_params(), generator=torch.Generator().manual_seed(3))
+    net.set_grads(values)
+    assert torch.equal(net.get_grads(), values)
+    assert torch.equal(concatenated_grads(net), values)
+
+
+# ---- out= buffers ----
+
+
+def test_get_params_fills_out_buffer(net: MammothBackbone) -> None:
+    buffer = torch.full((net.num_params(),), float("nan"))
+    result = net.get_params(out=buffer)
+    assert result is buffer
+    assert torch.equal(buffer, parameters_to_vector(net.parameters()))
+
+
+def test_get_grads_fills_out_buffer(net: MammothBackbone, x: torch.Tensor) -> None:
+    backward_once(net, x)
+    buffer = torch.full((net.num_params(),), float("nan"))
+    result = net.get_grads(out=buffer)
+    assert result is buffer
+    assert torch.equal(buffer, concatenated_grads(net))
+
+
+# ---- invalid vectors ----
+
+
+def _call(net: MammothBackbone, operation: str, vector: torch.Tensor) -> None:
+    if operation == "set_params":
+        net.set_params(vector)
+    elif operation == "set_grads":
+        net.set_grads(vector)
+    elif operation == "get_params_out":
+        net.get_params(out=vector)
+    else:
+        net.get_grads(out=vector)
+
+
+OPERATIONS = ["set_params", "set_grads", "get_params_out", "get_grads_out"]
+
+
+@pytest.mark.parametrize("operation", OPERATIONS)
+def test_wrong_length_names_both_lengths(net: MammothBackbone, operation: str) -> None:
+    n = net.num_params()
+    with pytest.raises(BackboneError) as info:
+        _call(net, operation, torch.zeros(n + 1))
+    assert str(n) in str(info.value) and str(n + 1) in str(info.value)
+
+
+@pytest.mark.parametrize("operation", OPERATIONS)
+def test_wrong_dtype_names_both_dtypes(net: MammothBackbone, operation: str) -> None:
+    before = parameters_to_vector(net.parameters()).clone()
+    with pytest.raises(BackboneError) as info:
+        _call(net, operation, torch.zeros(net.num_params(), dtype=torch.float64))
+    assert "float64" in str(info.value) and "float32" in str(info.value)
+    assert torch.equal(parameters_to_vector(net.parameters()), before)
+
+
+@pytest.mark.parametrize("operation", OPERATIONS)
+def test_two_dimensional_vector_is_refused(net: MammothBackbone, operation: str) -> None:
+    n = net.num_params()
+    with pytest.raises(BackboneError) as info:
+        _call(net, operation, torch.zeros(1, n))
+    message = str(info.value)
+    assert "1-D" in message and str(n) in message and f"(1, {n})" in message

@@ -1,0 +1,133 @@
+"""Behaviour shared by every CL method: training steps, optimizer re-creation, hooks, validation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mammoth.errors import ConfigError
+from mammoth.models.base import ContinualModel, ReplayModel
+from mammoth.models.sgd import SGD
+
+REPLAY_METHODS = ("er", "der", "derpp")
+ALL_METHODS = ("sgd", "joint", *REPLAY_METHODS)
+
+
+@pytest.mark.parametrize("name", ALL_METHODS)
+def test_observe_changes_the_parameters_and_returns_a_finite_float(name, make_model, make_batch) -> None:
+    model = make_model(name)
+    model.begin_task(0)
+    for step in range(2):  # the second step of a replay method replays the first batch
+        before = model.net.get_params()
+        loss = model.observe(*make_batch(0, seed=step))
+        assert isinstance(loss, float) and math.isfinite(loss) and loss > 0
+        assert not torch.equal(model.net.get_params(), before)
+
+
+@pytest.mark.parametrize("name", ALL_METHODS)
+def test_begin_task_recreates_the_optimizer(name, make_model, make_batch) -> None:
+    model = make_model(name, momentum=0.9)
+    model.begin_task(0)
+    model.observe(*make_batch(0))
+    first = model.optimizer
+    assert first.state  # momentum buffers after a step
+    model.begin_task(1)
+    assert model.current_task == 1
+    assert model.optimizer is not first and not model.optimizer.state
+    assert isinstance(model.optimizer, torch.optim.SGD)
+    assert model.optimizer.param_groups[0]["momentum"] == 0.9
+    optimised = [p for group in model.optimizer.param_groups for p in group["params"]]
+    assert [id(p) for p in optimised] == [id(p) for p in model.net.parameters()]
+
+
+@pytest.mark.parametrize("name", ALL_METHODS)
+def test_two_tasks_run_through_all_hooks(name, make_model, make_batch, dataset) -> None:
+    model = make_model(name)
+    for task in range(dataset.n_tasks):
+        inputs, labels, not_aug = make_batch(task, size=16)
+        x, y = model.training_data(task, not_aug, labels)
+        model.begin_task(task)
+        losses = [model.observe(dataset.train_transform(x[i : i + 8]), y[i : i + 8], x[i : i + 8]) for i in (0, 8)]
+        model.end_task(task)
+        assert all(math.isfinite(loss) for loss in losses)
+    assert model.current_task == 1
+
+
+def test_adam_optimizer_and_hyper_parameters(make_model) -> None:
+    model = make_model("sgd", optimizer="adam", lr=0.01, weight_decay=1e-4)
+    assert isinstance(model.optimizer, torch.optim.Adam)
+    assert model.optimizer.param_groups[0]["lr"] == 0.01
+    assert model.optimizer.param_groups[0]["weight_decay"] == 1e-4
+    model.begin_task(1)
+    assert isinstance(model.optimizer, torch.optim.Adam)
+
+
+def test_sgd_observe_is_one_cross_entropy_step(make_model, make_batch) -> None:
+    model = make_model("sgd", lr=0.5)
+    inputs, labels, not_aug = make_batch(0)
+    before = {name: p.detach().clone() for name, p in model.net.named_parameters()}
+    expected_loss = torch.nn.functional.cross_entropy(model.net(inputs), labels)
+    grads = torch.autograd.grad(expected_loss, list(model.net.parameters()))
+    loss = model.observe(inputs, labels, not_aug)
+    assert loss == pytest.approx(expected_loss.item(), rel=1e-6)
+    for (name, parameter), grad in zip(model.net.named_parameters(), grads):
+        assert torch.allclose(parameter, before[name] - 0.5 * grad, atol=1e-6)
+
+
+def test_base_hooks_and_defaults(make_net, dataset, make_batch) -> None:
+    model = SGD(make_net(), dataset)
+    assert (model.lr, model.optimizer_name, model.momentum, model.weight_decay) == (0.1, "sgd", 0.0, 0.0)
+    assert isinstance(model.loss, torch.nn.CrossEntropyLoss)
+    assert model.current_task == 0 and model.dataset is dataset
+    assert model.device == torch.device("cpu")
+    inputs, labels, not_aug = make_batch(0)
+    assert torch.equal(model(inputs), model.net(inputs))
+    x, y = model.training_data(0, not_aug, labels)
+    assert x is not_aug and y is labels
+    assert model.extra_state() == {}
+    with pytest.raises(NotImplementedError, match="ContinualModel does not implement observe"):
+        ContinualModel(make_net(), dataset).observe(inputs, labels, not_aug)
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"lr": -1.0}, "model.lr=-1.0 is not positive; allowed: lr > 0"),
+        ({"lr": 0}, "model.lr=0 is not positive; allowed: lr > 0"),
+        ({"lr": float("nan")}, "model.lr=nan is not positive; allowed: lr > 0"),
+        ({"momentum": -0.5}, "model.momentum=-0.5 is negative or not a number; allowed: momentum >= 0"),
+        ({"weight_decay": -1e-4}, "model.weight_decay=-0.0001 is negative or not a number; allowed: weight_decay >= 0"),
+        ({"optimizer": "rmsprop"}, "model.optimizer='rmsprop' is not supported; allowed: sgd, adam"),
+    ],
+)
+def test_invalid_hyper_parameters_raise_config_error(values, message, make_net, dataset) -> None:
+    with pytest.raises(ConfigError) as error:
+        SGD(make_net(), dataset, **values)
+    assert str(error.value).splitlines()[0] == message
+
+
+@pytest.mark.parametrize(
+    "name, values, message",
+    [
+        ("er", {"buffer_size": 0}, "model.buffer_size=0 is not a positive integer; allowed: buffer_size >= 1"),
+        ("der", {"buffer_size": -5}, "model.buffer_size=-5 is not a positive integer; allowed: buffer_size >= 1"),
+        ("er", {"minibatch_size": 0}, "model.minibatch_size=0 is not a positive integer; allowed: minibatch_size >= 1"),
+        ("der", {"alpha": -0.1}, "model.alpha=-0.1 is negative or not a number; allowed: alpha >= 0"),
+        ("derpp", {"alpha": -1.0}, "model.alpha=-1.0 is negative or not a number; allowed: alpha >= 0"),
+        ("derpp", {"beta": -0.5}, "model.beta=-0.5 is negative or not a number; allowed: beta >= 0"),
+    ],
+)
+def test_invalid_replay_arguments_raise_config_error(name, values, message, make_model) -> None:
+    with pytest.raises(ConfigError) as error:
+        make_model(name, **values)
+    assert str(error.value).splitlines()[0] == message
+
+
+@pytest.mark.parametrize("name", REPLAY_METHODS)
+def test_invalid_buffer_device_is_refused_when_built_or_constructed(name, make_model, make_net, dataset) -> None:
+    with pytest.raises(ConfigError, match=r"model\.buffer_device"):
+        make_model(name, buffer_device="gpu")
+    with pytest.raises(ConfigError, match=r"^model.buffer_device='gpu' is not supported; allowed: training, cpu"):
+        ReplayModel(make_net(), dataset, buffer_size=4, buffer_device="gpu")  # type: ignore[arg-type]

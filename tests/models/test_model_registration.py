@@ -1,0 +1,61 @@
+"""The five methods are registered with typed Hydra config schemas."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import pytest
+from hydra import compose, initialize
+from omegaconf import OmegaConf
+
+from mammoth.errors import ConfigError
+from mammoth.models import MODELS, build_model, list_models
+from mammoth.models.der import DER
+from mammoth.models.derpp import DERPP
+from mammoth.models.er import ER
+from mammoth.models.joint import Joint
+from mammoth.models.sgd import SGD
+
+OPTIMISATION = {"lr": (float, 0.1), "optimizer": (str, "sgd"), "momentum": (float, 0.0), "weight_decay": (float, 0.0)}
+REPLAY = {"buffer_size": (int, "???"), "minibatch_size": (Optional[int], None), "buffer_device": (str, "training")}
+EXPECTED_FIELDS = {
+    "sgd": OPTIMISATION,
+    "joint": OPTIMISATION,
+    "er": {**REPLAY, **OPTIMISATION},
+    "der": {**REPLAY, "alpha": (float, 0.3), **OPTIMISATION},
+    "derpp": {**REPLAY, "alpha": (float, 0.1), "beta": (float, 0.5), **OPTIMISATION},
+}
+
+
+def test_the_five_methods_are_registered() -> None:
+    assert {"sgd", "joint", "er", "der", "derpp"} <= set(list_models())
+    targets = {name: MODELS.get(name).target for name in EXPECTED_FIELDS}
+    assert targets == {"sgd": SGD, "joint": Joint, "er": ER, "der": DER, "derpp": DERPP}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_FIELDS))
+def test_schema_fields_have_the_right_types_and_defaults(name: str) -> None:
+    fields = {field.name: (field.type, field.default) for field in dataclasses.fields(MODELS.get(name).schema)}
+    assert fields.pop("_target_")[1] == MODELS.get(name).target_path
+    assert fields == EXPECTED_FIELDS[name]
+
+
+def test_buffer_size_is_required(make_net, dataset) -> None:
+    config = OmegaConf.structured(MODELS.get("er").schema)
+    assert OmegaConf.is_missing(config, "buffer_size")
+    with pytest.raises(ConfigError, match=r"model\.buffer_size"):
+        build_model("er", net=make_net(), dataset=dataset)
+
+
+def test_literal_choices_are_checked_at_build_time(make_net, dataset) -> None:
+    with pytest.raises(ConfigError, match=r"model\.optimizer.*'sgd', 'adam'"):
+        build_model("sgd", net=make_net(), dataset=dataset, optimizer="rmsprop")
+
+
+def test_compose_and_build_from_hydra_overrides(make_net, dataset) -> None:
+    with initialize(version_base=None, config_path=None):
+        config = compose(overrides=["+model=derpp", "model.buffer_size=50", "model.beta=1.0"])
+    model = build_model(config.model, net=make_net(), dataset=dataset)
+    assert isinstance(model, DERPP)
+    assert (model.buffer.capacity, model.alpha, model.beta, model.lr) == (50, 0.1, 1.0, 0.1)

@@ -1,0 +1,177 @@
+"""er, der, derpp: what the buffer stores, the exact replay losses, replay sizes, devices, checkpoints."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mammoth.buffer import ReplayBatch
+
+REPLAY_METHODS = ("er", "der", "derpp")
+
+
+class RecordingSample:
+    """Wraps ``buffer.sample`` with a seeded generator and records each call's size and result."""
+
+    def __init__(self, buffer) -> None:
+        self.sample, self.generator = buffer.sample, torch.Generator().manual_seed(7)
+        self.sizes: list[int] = []
+        self.batches: list[ReplayBatch] = []
+
+    def __call__(self, size, transform=None, generator=None) -> ReplayBatch:
+        batch = self.sample(size, transform=transform, generator=self.generator)
+        self.sizes.append(size)
+        self.batches.append(batch)
+        return batch
+
+
+def _observe_recorded(model, batch):
+    """Observe ``batch`` with a recorded buffer.sample; return (loss, the net before the step, recorder)."""
+    recorder = RecordingSample(model.buffer)
+    model.buffer.sample = recorder
+    net_before = copy.deepcopy(model.net)
+    loss = model.observe(*batch)
+    return loss, net_before, recorder
+
+
+# ---- what the buffer stores ----
+
+
+@pytest.mark.parametrize("name", REPLAY_METHODS)
+def test_the_buffer_stores_the_non_augmented_examples(name, make_model, make_batch) -> None:
+    model = make_model(name, buffer_size=32)
+    inputs, labels, not_aug = make_batch(0)
+    model.observe(inputs, labels, not_aug)
+    assert model.buffer.num_seen == 8
+    assert torch.equal(model.buffer.examples, not_aug)
+    assert not torch.equal(model.buffer.examples, inputs)
+
+
+@pytest.mark.parametrize("name, fields", [("er", ("examples", "labels")), ("der", ("examples", "logits")),
+                                          ("derpp", ("examples", "labels", "logits"))])
+def test_each_method_stores_its_fields(name, fields, make_model, make_batch) -> None:
+    model = make_model(name)
+    model.observe(*make_batch(0))
+    assert model.buffer.fields == fields
+    if "labels" in fields:
+        assert torch.equal(model.buffer.labels, make_batch(0)[1])
+
+
+@pytest.mark.parametrize("name", ["der", "derpp"])
+def test_der_stores_the_logits_the_network_produced(name, make_model, make_batch) -> None:
+    model = make_model(name)
+    model.observe(*make_batch(0))  # fills the buffer, so the next step also replays
+    inputs, labels, not_aug = make_batch(0, seed=1)
+    net_before = copy.deepcopy(model.net)
+    model.observe(inputs, labels, not_aug)
+    stored = model.buffer.logits[8:16]
+    assert torch.allclose(stored, net_before(inputs), atol=1e-6)
+    assert not torch.allclose(stored, model.net(inputs), atol=1e-4)  # not the logits after the step
+    assert not stored.requires_grad
+
+
+# ---- the losses ----
+
+
+@pytest.mark.parametrize("name", REPLAY_METHODS)
+def test_the_first_step_has_nothing_to_replay_and_matches_sgd(name, make_model, make_batch) -> None:
+    model, sgd = make_model(name), make_model("sgd")
+    batch = make_batch(0)
+    loss, _, recorder = _observe_recorded(model, batch)
+    assert recorder.sizes == []
+    assert loss == pytest.approx(sgd.observe(*batch), rel=1e-6)
+    assert torch.allclose(model.net.get_params(), sgd.net.get_params())
+
+
+def test_er_loss_is_cross_entropy_on_the_batch_joined_with_a_replay_minibatch(make_model, make_batch, dataset) -> None:
+    model = make_model("er")
+    model.observe(*make_batch(0))
+    inputs, labels, not_aug = make_batch(1)
+    loss, net, recorder = _observe_recorded(model, (inputs, labels, not_aug))
+    (replay,) = recorder.batches
+    assert recorder.sizes == [8]
+    stored = model.buffer.examples[replay.indices]
+    assert torch.equal(replay.examples, dataset.train_transform(stored))  # replayed examples are augmented
+    expected = F.cross_entropy(net(torch.cat([inputs, replay.examples])), torch.cat([labels, replay.labels]))
+    assert loss == pytest.approx(expected.item(), rel=1e-6)
+    assert loss != pytest.approx(F.cross_entropy(net(inputs), labels).item(), rel=1e-3)
+
+
+def test_der_loss_adds_alpha_times_the_logit_mse(make_model, make_batch) -> None:
+    model = make_model("der", alpha=0.7)
+    model.observe(*make_batch(0))
+    inputs, labels, not_aug = make_batch(1)
+    loss, net, recorder = _observe_recorded(model, (inputs, labels, not_aug))
+    (replay,) = recorder.batches
+    cross_entropy = F.cross_entropy(net(inputs), labels)
+    expected = cross_entropy + 0.7 * F.mse_loss(net(replay.examples), replay.logits)
+    assert loss == pytest.approx(expected.item(), rel=1e-6)
+    assert loss > cross_entropy.item() + 1e-4
+
+
+def test_derpp_loss_uses_two_independent_replay_samples(make_model, make_batch) -> None:
+    model = make_model("derpp", alpha=0.2, beta=0.9, buffer_size=64)
+    for seed in range(3):
+        model.observe(*make_batch(0, seed=seed))
+    inputs, labels, not_aug = make_batch(1)
+    loss, net, recorder = _observe_recorded(model, (inputs, labels, not_aug))
+    first, second = recorder.batches
+    assert recorder.sizes == [8, 8]
+    assert not torch.equal(first.indices, second.indices)
+    expected = (
+        F.cross_entropy(net(inputs), labels)
+        + 0.2 * F.mse_loss(net(first.examples), first.logits)
+        + 0.9 * F.cross_entropy(net(second.examples), second.labels)
+    )
+    assert loss == pytest.approx(expected.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("name", REPLAY_METHODS)
+def test_minibatch_size_sets_the_replay_size(name, make_model, make_batch) -> None:
+    model = make_model(name, minibatch_size=3)
+    model.observe(*make_batch(0))
+    _, _, recorder = _observe_recorded(model, make_batch(0, seed=1))
+    assert set(recorder.sizes) == {3}
+    assert all(len(batch.indices) == 3 for batch in recorder.batches)
+
+
+def test_er_buffer_holds_both_tasks_after_training_on_them(make_model, make_batch) -> None:
+    model = make_model("er", buffer_size=20)
+    for task in range(2):
+        model.begin_task(task)
+        for seed in range(10):
+            model.observe(*make_batch(task, seed=seed))
+    assert model.buffer.num_seen == 160 and len(model.buffer) == 20
+    assert set(model.buffer.labels.tolist()) == {0, 1, 2, 3}
+
+
+# ---- buffer device and checkpoints ----
+
+
+@pytest.mark.parametrize("name", REPLAY_METHODS)
+def test_buffer_device(name, make_model, make_batch) -> None:
+    on_cpu = make_model(name, buffer_device="cpu")
+    assert on_cpu.buffer.device == torch.device("cpu")
+    training = make_model(name)
+    assert training.buffer.device is None  # the device of the first examples it is given
+    training.observe(*make_batch(0))
+    assert training.buffer.device == training.device
+
+
+@pytest.mark.parametrize("name", REPLAY_METHODS)
+def test_extra_state_round_trip_restores_the_buffer(name, make_model, make_batch) -> None:
+    model = make_model(name, buffer_size=10)
+    for seed in range(3):
+        model.observe(*make_batch(0, seed=seed))
+    restored = make_model(name, buffer_size=10, seed=1)
+    restored.load_state_dict(model.state_dict())
+    restored.load_extra_state(copy.deepcopy(model.extra_state()))
+    assert restored.buffer.num_seen == 24
+    for field in model.buffer.fields:
+        assert torch.equal(getattr(restored.buffer, field), getattr(model.buffer, field))
+    batch = make_batch(1)
+    assert restored.observe(*batch) == pytest.approx(model.observe(*batch), rel=1e-6)
+    assert torch.equal(restored.buffer.examples, model.buffer.examples)
