@@ -168,14 +168,17 @@ class ReplayBuffer:
     def _check_batch(self, batch: dict[str, Any]) -> None:
         for name, value in batch.items():
             if not isinstance(value, Tensor) or value.dim() == 0:
-                raise ValueError(f"ReplayBuffer.add: {name} is {type(value).__name__}; allowed: a tensor with a batch dimension")
+                raise ValueError(
+                    f"ReplayBuffer.add: {name} is {type(value).__name__}; allowed: a tensor with a batch dimension"
+                )
         size = batch["examples"].shape[0]
         sizes = {name: value.shape[0] for name, value in batch.items()}
         if any(other != size for other in sizes.values()):
             raise ValueError(f"ReplayBuffer.add: batch sizes differ {sizes}; allowed: the same first dimension")
         if self._storage and set(batch) != set(self._storage):
             raise ValueError(
-                f"ReplayBuffer.add: got fields {sorted(batch)}; allowed: exactly the stored fields {sorted(self._storage)}"
+                f"ReplayBuffer.add: got fields {sorted(batch)}; "
+                f"allowed: exactly the stored fields {sorted(self._storage)}"
             )
         for name, value in batch.items():
             storage = self._storage.get(name)

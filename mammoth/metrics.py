@@ -48,7 +48,10 @@ def forgetting(matrix: AccuracyMatrix) -> float:
 
 
 def backward_transfer(matrix: AccuracyMatrix) -> float:
-    """Backward transfer (Lopez-Paz & Ranzato, 2017): mean of ``A[T-1][j] - A[j][j]`` over ``j < T-1``; 0.0 for one task."""
+    """Backward transfer (Lopez-Paz & Ranzato, 2017): mean of ``A[T-1][j] - A[j][j]`` over ``j < T-1``.
+
+    0.0 for a single task.
+    """
     rows = accuracy_rows(matrix)
     last = len(rows) - 1
     if last == 0:

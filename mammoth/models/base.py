@@ -96,7 +96,9 @@ class ContinualModel(nn.Module):
         """A fresh optimizer over ``self.net.parameters()`` (``momentum`` applies to sgd only)."""
         if self.optimizer_name == "adam":
             return torch.optim.Adam(self.net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        return torch.optim.SGD(self.net.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+        return torch.optim.SGD(
+            self.net.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         """The logits of the backbone."""

@@ -21,31 +21,54 @@ INPUT_SHAPE = (3, 32, 32)
 BATCH = 2
 
 
+class Probe:
+    """One built backbone, its initial state, and the results of one pass of each kind."""
+
+    def __init__(self, name: str) -> None:
+        torch.manual_seed(0)
+        self.net = build_backbone(name, num_classes=NUM_CLASSES, input_shape=INPUT_SHAPE).eval()
+        self.state = copy.deepcopy(self.net.state_dict())
+        self.x = torch.randn(BATCH, *INPUT_SHAPE, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            self.outputs = {returnt: self.net(self.x, returnt=returnt) for returnt in RETURNT_VALUES}
+            self.outputs["default"] = self.net(self.x)
+            self.outputs["features()"] = self.net.features(self.x)
+        # One backward with the first parameter frozen: it must read as zeros in get_grads.
+        self.frozen = next(self.net.parameters())
+        self.frozen.requires_grad_(False)
+        self.net(self.x).square().mean().backward()
+        self.grads = [None if p.grad is None else p.grad.clone() for p in self.net.parameters()]
+        self.reset()
+
+    def reset(self) -> None:
+        self.net.load_state_dict(self.state)
+        for parameter in self.net.parameters():
+            parameter.requires_grad_(True)
+            parameter.grad = None
+
+    def restore_grads(self) -> None:
+        """Put back the gradients of the recorded backward (first parameter frozen, no grad)."""
+        self.frozen.requires_grad_(False)
+        for parameter, grad in zip(self.net.parameters(), self.grads):
+            parameter.grad = None if grad is None else grad.clone()
+
+
 @pytest.fixture(scope="module")
-def _built() -> dict:
+def _probes() -> dict:
     return {}
 
 
 @pytest.fixture(params=list_backbones())
-def net(request: pytest.FixtureRequest, _built: dict) -> MammothBackbone:
-    name = request.param
-    if name not in _built:
-        torch.manual_seed(0)
-        model = build_backbone(name, num_classes=NUM_CLASSES, input_shape=INPUT_SHAPE)
-        _built[name] = (model, copy.deepcopy(model.state_dict()))
-    model, state = _built[name]
-    model.eval()
-    yield model
-    model.load_state_dict(state)
-    for parameter in model.parameters():
-        parameter.requires_grad_(True)
-        parameter.grad = None
+def probe(request: pytest.FixtureRequest, _probes: dict) -> Probe:
+    if request.param not in _probes:
+        _probes[request.param] = Probe(request.param)
+    yield _probes[request.param]
+    _probes[request.param].reset()
 
 
 @pytest.fixture
-def x() -> torch.Tensor:
-    generator = torch.Generator().manual_seed(1)
-    return torch.randn(BATCH, *INPUT_SHAPE, generator=generator)
+def net(probe: Probe) -> MammothBackbone:
+    return probe.net
 
 
 def concatenated_grads(model: torch.nn.Module) -> torch.Tensor:
@@ -53,10 +76,6 @@ def concatenated_grads(model: torch.nn.Module) -> torch.Tensor:
     return torch.cat(
         [p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel()) for p in model.parameters()]
     )
-
-
-def backward_once(model: MammothBackbone, x: torch.Tensor) -> None:
-    model(x).square().mean().backward()
 
 
 def inside_storage(parameter: torch.Tensor, vector: torch.Tensor) -> bool:
@@ -74,42 +93,44 @@ def test_is_a_mammoth_backbone_with_sizes(net: MammothBackbone) -> None:
     assert isinstance(net.num_features, int) and net.num_features > 0
 
 
-def test_out_shape(net: MammothBackbone, x: torch.Tensor) -> None:
-    out = net(x, returnt="out")
+def test_out_shape_and_default(probe: Probe) -> None:
+    out = probe.outputs["out"]
     assert out.shape == (BATCH, NUM_CLASSES)
-    torch.testing.assert_close(net(x), out)  # "out" is the default
+    torch.testing.assert_close(probe.outputs["default"], out)  # "out" is the default
 
 
-def test_features_shape(net: MammothBackbone, x: torch.Tensor) -> None:
-    assert net(x, returnt="features").shape == (BATCH, net.num_features)
+def test_features_shape(probe: Probe) -> None:
+    assert probe.outputs["features"].shape == (BATCH, probe.net.num_features)
 
 
-def test_both_is_out_and_features(net: MammothBackbone, x: torch.Tensor) -> None:
-    both = net(x, returnt="both")
+def test_both_is_out_and_features(probe: Probe) -> None:
+    both = probe.outputs["both"]
     assert isinstance(both, tuple) and len(both) == 2
-    torch.testing.assert_close(both[0], net(x, returnt="out"))
-    torch.testing.assert_close(both[1], net(x, returnt="features"))
+    torch.testing.assert_close(both[0], probe.outputs["out"])
+    torch.testing.assert_close(both[1], probe.outputs["features"])
 
 
-def test_classifier_maps_features_to_out(net: MammothBackbone, x: torch.Tensor) -> None:
-    torch.testing.assert_close(net.classifier(net(x, returnt="features")), net(x, returnt="out"))
+def test_classifier_maps_features_to_out(probe: Probe) -> None:
+    with torch.no_grad():
+        logits = probe.net.classifier(probe.outputs["features"])
+    torch.testing.assert_close(logits, probe.outputs["out"])
 
 
-def test_features_method_equals_returnt_features(net: MammothBackbone, x: torch.Tensor) -> None:
-    torch.testing.assert_close(net.features(x), net(x, returnt="features"))
+def test_features_method_equals_returnt_features(probe: Probe) -> None:
+    torch.testing.assert_close(probe.outputs["features()"], probe.outputs["features"])
 
 
-def test_full_ends_with_features_and_out(net: MammothBackbone, x: torch.Tensor) -> None:
-    full = net(x, returnt="full")
+def test_full_ends_with_features_and_out(probe: Probe) -> None:
+    full = probe.outputs["full"]
     assert isinstance(full, list) and len(full) >= 2
     assert all(isinstance(item, torch.Tensor) and item.shape[0] == BATCH for item in full)
-    torch.testing.assert_close(full[-1], net(x, returnt="out"))
-    torch.testing.assert_close(full[-2], net(x, returnt="features"))
+    torch.testing.assert_close(full[-1], probe.outputs["out"])
+    torch.testing.assert_close(full[-2], probe.outputs["features"])
 
 
-def test_invalid_returnt_lists_allowed_values(net: MammothBackbone, x: torch.Tensor) -> None:
+def test_invalid_returnt_lists_allowed_values(probe: Probe) -> None:
     with pytest.raises(BackboneError) as info:
-        net(x, returnt="logits")
+        probe.net(probe.x[:1], returnt="logits")
     message = str(info.value)
     assert "'logits'" in message
     for allowed in ("out", "features", "both", "full"):
@@ -157,27 +178,24 @@ def test_set_params_copies_the_vector(net: MammothBackbone) -> None:
 
 
 def test_get_grads_without_backward_is_zeros(net: MammothBackbone) -> None:
-    grads = net.get_grads()
-    assert torch.equal(grads, torch.zeros(net.num_params()))
+    assert torch.equal(net.get_grads(), torch.zeros(net.num_params()))
 
 
-def test_get_grads_after_backward(net: MammothBackbone, x: torch.Tensor) -> None:
-    backward_once(net, x)
-    grads = net.get_grads()
-    assert grads.shape == (net.num_params(),)
-    assert torch.equal(grads, concatenated_grads(net))
+def test_get_grads_after_backward(probe: Probe) -> None:
+    probe.restore_grads()
+    grads = probe.net.get_grads()
+    assert grads.shape == (probe.net.num_params(),)
+    assert torch.equal(grads, concatenated_grads(probe.net))
     assert grads.abs().sum() > 0
 
 
-def test_get_grads_frozen_parameter_reads_zeros(net: MammothBackbone, x: torch.Tensor) -> None:
-    frozen = next(net.parameters())
-    frozen.requires_grad_(False)
-    backward_once(net, x)
-    assert frozen.grad is None
-    grads = net.get_grads()
-    assert grads.numel() == net.num_params()  # frozen parameters keep their slot
-    assert torch.equal(grads[: frozen.numel()], torch.zeros(frozen.numel()))
-    assert torch.equal(grads, concatenated_grads(net))
+def test_get_grads_frozen_parameter_reads_zeros(probe: Probe) -> None:
+    probe.restore_grads()
+    assert probe.frozen.grad is None and not probe.frozen.requires_grad
+    grads = probe.net.get_grads()
+    assert grads.numel() == probe.net.num_params()  # frozen parameters keep their slot
+    assert torch.equal(grads[: probe.frozen.numel()], torch.zeros(probe.frozen.numel()))
+    assert torch.equal(grads[probe.frozen.numel() :], concatenated_grads(probe.net)[probe.frozen.numel() :])
 
 
 def test_set_grads_creates_missing_grads_as_copies(net: MammothBackbone) -> None:
@@ -196,12 +214,12 @@ def test_set_grads_creates_missing_grads_as_copies(net: MammothBackbone) -> None
     assert torch.equal(net.get_grads(), expected)
 
 
-def test_set_grads_overwrites_existing_grads(net: MammothBackbone, x: torch.Tensor) -> None:
-    backward_once(net, x)
-    values = torch.randn(net.num_params(), generator=torch.Generator().manual_seed(3))
-    net.set_grads(values)
-    assert torch.equal(net.get_grads(), values)
-    assert torch.equal(concatenated_grads(net), values)
+def test_set_grads_overwrites_existing_grads(probe: Probe) -> None:
+    probe.restore_grads()
+    values = torch.randn(probe.net.num_params(), generator=torch.Generator().manual_seed(3))
+    probe.net.set_grads(values)
+    assert torch.equal(probe.net.get_grads(), values)
+    assert torch.equal(concatenated_grads(probe.net), values)
 
 
 # ---- out= buffers ----
@@ -214,12 +232,12 @@ def test_get_params_fills_out_buffer(net: MammothBackbone) -> None:
     assert torch.equal(buffer, parameters_to_vector(net.parameters()))
 
 
-def test_get_grads_fills_out_buffer(net: MammothBackbone, x: torch.Tensor) -> None:
-    backward_once(net, x)
-    buffer = torch.full((net.num_params(),), float("nan"))
-    result = net.get_grads(out=buffer)
+def test_get_grads_fills_out_buffer(probe: Probe) -> None:
+    probe.restore_grads()
+    buffer = torch.full((probe.net.num_params(),), float("nan"))
+    result = probe.net.get_grads(out=buffer)
     assert result is buffer
-    assert torch.equal(buffer, concatenated_grads(net))
+    assert torch.equal(buffer, concatenated_grads(probe.net))
 
 
 # ---- invalid vectors ----

@@ -50,8 +50,10 @@ def test_the_buffer_stores_the_non_augmented_examples(name, make_model, make_bat
     assert not torch.equal(model.buffer.examples, inputs)
 
 
-@pytest.mark.parametrize("name, fields", [("er", ("examples", "labels")), ("der", ("examples", "logits")),
-                                          ("derpp", ("examples", "labels", "logits"))])
+@pytest.mark.parametrize(
+    "name, fields",
+    [("er", ("examples", "labels")), ("der", ("examples", "logits")), ("derpp", ("examples", "labels", "logits"))],
+)
 def test_each_method_stores_its_fields(name, fields, make_model, make_batch) -> None:
     model = make_model(name)
     model.observe(*make_batch(0))
