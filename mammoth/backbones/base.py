@@ -75,8 +75,14 @@ class MammothBackbone(nn.Module):
         ``num_params()`` elements, same dtype and device) to reuse one buffer across steps.
         """
         parameters = list(self.parameters())
-        pieces = [parameter.detach().reshape(-1) for parameter in parameters]
-        return _concatenate(pieces, parameters, out)
+        if out is None:
+            with torch.no_grad():
+                return _flatten(parameters)
+        _check_vector(out, parameters, "out")
+        if parameters:
+            with torch.no_grad():
+                torch._foreach_copy_(_views(out, parameters), parameters)
+        return out
 
     def set_params(self, values: Tensor) -> None:
         """Copy ``values`` (as returned by :meth:`get_params`) into all parameters, in order.
@@ -84,9 +90,11 @@ class MammothBackbone(nn.Module):
         The parameters never alias ``values``; a wrong length, dtype or device raises.
         """
         parameters = list(self.parameters())
-        chunks = _split_checked(values, parameters, "set_params")
+        _check_vector(values, parameters, "set_params")
+        if not parameters:
+            return
         with torch.no_grad():
-            torch._foreach_copy_([parameter.data for parameter in parameters], chunks)
+            torch._foreach_copy_([parameter.data for parameter in parameters], _views(values, parameters))
 
     def get_grads(self, out: Tensor | None = None) -> Tensor:
         """All gradients concatenated into one 1-D tensor, in ``parameters()`` order.
@@ -95,11 +103,30 @@ class MammothBackbone(nn.Module):
         The result is a copy; ``out`` reuses a buffer as in :meth:`get_params`.
         """
         parameters = list(self.parameters())
-        pieces = [
-            parameter.grad.reshape(-1) if parameter.grad is not None else parameter.new_zeros(parameter.numel())
-            for parameter in parameters
-        ]
-        return _concatenate(pieces, parameters, out)
+        grads = [parameter.grad for parameter in parameters]
+        complete = all(grad is not None for grad in grads)
+        if out is None:
+            if complete:
+                return _flatten(grads)
+            pieces = [
+                grad.reshape(-1) if grad is not None else parameter.new_zeros(parameter.numel())
+                for parameter, grad in zip(parameters, grads)
+            ]
+            return torch.cat(pieces)
+        _check_vector(out, parameters, "out")
+        if not parameters:
+            return out
+        views = _views(out, parameters)
+        with torch.no_grad():
+            if complete:
+                torch._foreach_copy_(views, grads)
+            else:
+                present = [(view, grad) for view, grad in zip(views, grads) if grad is not None]
+                if present:
+                    targets, sources = zip(*present)
+                    torch._foreach_copy_(list(targets), list(sources))
+                torch._foreach_zero_([view for view, grad in zip(views, grads) if grad is None])
+        return out
 
     def set_grads(self, values: Tensor) -> None:
         """Copy ``values`` (as returned by :meth:`get_grads`) into the ``.grad`` of all parameters.
@@ -108,7 +135,8 @@ class MammothBackbone(nn.Module):
         parameters included; a wrong length, dtype or device raises.
         """
         parameters = list(self.parameters())
-        chunks = _split_checked(values, parameters, "set_grads")
+        _check_vector(values, parameters, "set_grads")
+        chunks = _views(values, parameters)
         existing = [(parameter.grad, chunk) for parameter, chunk in zip(parameters, chunks) if parameter.grad is not None]
         if existing:
             grads, sources = zip(*existing)
@@ -119,10 +147,9 @@ class MammothBackbone(nn.Module):
 
 
 def _expected_vector(parameters: list[nn.Parameter]) -> tuple[int, torch.dtype | None, torch.device | None]:
-    total = sum(parameter.numel() for parameter in parameters)
     if not parameters:
         return 0, None, None
-    return total, parameters[0].dtype, parameters[0].device
+    return sum(map(Tensor.numel, parameters)), parameters[0].dtype, parameters[0].device
 
 
 def _check_vector(vector: Tensor, parameters: list[nn.Parameter], what: str) -> None:
@@ -140,16 +167,17 @@ def _check_vector(vector: Tensor, parameters: list[nn.Parameter], what: str) -> 
         raise BackboneError(f"{what}: expected a tensor on {device}, got one on {vector.device}")
 
 
-def _concatenate(pieces: list[Tensor], parameters: list[nn.Parameter], out: Tensor | None) -> Tensor:
-    if out is None:
-        return torch.cat(pieces) if pieces else torch.empty(0)
-    _check_vector(out, parameters, "out")
-    if pieces:
-        torch.cat(pieces, out=out)
-    return out
+def _flatten(tensors: list[Tensor]) -> Tensor:
+    """A new 1-D tensor holding ``tensors`` one after the other (never a view of them)."""
+    if not tensors:
+        return torch.empty(0)
+    if len(tensors) == 1:
+        return tensors[0].reshape(-1).clone()
+    # One C++ call: flatten each tensor and concatenate (parameters_to_vector's work without
+    # its per-parameter Python loop). With one tensor it would return a view, hence the clone.
+    return torch._C._nn.flatten_dense_tensors(tensors)
 
 
-def _split_checked(values: Tensor, parameters: list[nn.Parameter], what: str) -> list[Tensor]:
-    _check_vector(values, parameters, what)
-    chunks = values.split([parameter.numel() for parameter in parameters])
-    return [chunk.view_as(parameter) for chunk, parameter in zip(chunks, parameters)]
+def _views(vector: Tensor, like: list[Tensor]) -> list[Tensor]:
+    """Consecutive views of the (checked) 1-D ``vector``, shaped like each tensor of ``like``."""
+    return list(torch._C._nn.unflatten_dense_tensors(vector, like))
