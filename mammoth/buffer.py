@@ -24,6 +24,9 @@ FIELDS = ("examples", "labels", "logits", "task_labels")
 #: Random integers are drawn in [0, 2**62) and reduced modulo the number of candidate slots.
 _DRAW_HIGH = 2**62
 
+#: Batches up to this size are inserted by :meth:`ReplayBuffer._add_small` (same result, less overhead).
+_SMALL_BATCH = 256
+
 
 class ReplayBatch(NamedTuple):
     """Items sampled from a :class:`ReplayBuffer`; a field the buffer does not store is None."""
@@ -157,13 +160,40 @@ class ReplayBuffer:
         if not self._storage:
             self._allocate({name: (value.shape[1:], value.dtype, value.device) for name, value in batch.items()})
         size = examples.shape[0]
-        slots = reservoir_slots(self._num_seen, size, self.capacity, generator or self.generator)
-        targets, sources = last_writers(slots)
-        for name, value in batch.items():
-            storage = self._storage[name]
-            kept = value.detach()[sources.to(value.device)]
-            storage[targets.to(storage.device)] = kept.to(storage.device, storage.dtype)
+        generator = generator or self.generator
+        if size <= _SMALL_BATCH:
+            self._add_small(batch, size, generator)
+        else:
+            slots = reservoir_slots(self._num_seen, size, self.capacity, generator)
+            targets, sources = last_writers(slots)
+            for name, value in batch.items():
+                storage = self._storage[name]
+                kept = value.detach()[sources.to(value.device)]
+                storage[targets.to(storage.device)] = kept.to(storage.device, storage.dtype)
         self._num_seen += size
+
+    def _add_small(self, batch: dict[str, Tensor], size: int, generator: torch.Generator) -> None:
+        """:meth:`add` for a small batch, with the same random draws and the same result as
+        :func:`reservoir_slots` + :func:`last_writers`, in a few Python steps instead of a dozen
+        small tensor operations: the items that still find an empty slot are written as one
+        contiguous slice, then the items that won a replacement draw (the last one per slot)."""
+        start, capacity = self._num_seen, self.capacity
+        fill = min(size, max(capacity - start, 0))
+        replaced: dict[int, int] = {}
+        if size > fill:
+            draws = torch.randint(0, _DRAW_HIGH, (size - fill,), generator=generator, device=generator.device).tolist()
+            for item, draw in enumerate(draws, fill):
+                slot = draw % (start + item + 1)
+                if slot < capacity:
+                    replaced[slot] = item  # a later item of the batch overwrites an earlier one
+        targets = torch.tensor(list(replaced), dtype=torch.long) if replaced else None
+        sources = torch.tensor(list(replaced.values()), dtype=torch.long) if replaced else None
+        for name, value in batch.items():
+            storage, value = self._storage[name], value.detach()
+            if fill:
+                storage[start : start + fill] = value[:fill].to(storage.device, storage.dtype)
+            if targets is not None:
+                storage[targets.to(storage.device)] = value[sources.to(value.device)].to(storage.device, storage.dtype)
 
     def _check_batch(self, batch: dict[str, Any]) -> None:
         for name, value in batch.items():

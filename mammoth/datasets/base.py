@@ -254,8 +254,12 @@ class ContinualDataset:
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """Subtract the per-channel mean and divide by the per-channel std, on ``x``'s device."""
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        key = (x.dtype, x.device)
+        cache = self.__dict__.setdefault("_normalization", {})  # (dtype, device) -> (mean, std)
+        if key not in cache:
+            cache[key] = tuple(torch.tensor(values, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+                               for values in (self.mean, self.std))
+        mean, std = cache[key]
         return (x - mean) / std
 
     def train_transform(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
