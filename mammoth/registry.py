@@ -17,10 +17,18 @@ from typing import Any, Callable, Mapping, TypeVar
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from mammoth.errors import MammothError, unknown_name_message
-from mammoth.schema import Argument, ValueCheckError, check_value, make_schema, schema_class_name, signature_arguments
+from mammoth.schema import (
+    Argument,
+    ValueCheckError,
+    check_value,
+    is_missing,
+    make_schema,
+    schema_class_name,
+    signature_arguments,
+)
 
 T = TypeVar("T")
-_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]*$")
 
 
 def canonical_name(name: str) -> str:
@@ -93,7 +101,7 @@ class Registry:
         key = canonical_name(name)
         if not _NAME_PATTERN.match(key):
             raise self.error_type(
-                f"invalid {self.kind} name {name!r}; allowed: letters, digits, '-' and '_', starting with a letter or digit"
+                f"invalid {self.kind} name {name!r}; allowed: letters, digits, '-' and '_', starting with a letter"
             )
 
         def decorator(target: T) -> T:
@@ -112,13 +120,17 @@ class Registry:
 
     def _make_entry(self, key: str, target: Callable) -> Entry:
         arguments = tuple(signature_arguments(target, skip=self.runtime_arguments))
-        schema = make_schema(
-            cls_name=schema_class_name(key, self.schema_suffix),
-            module=target.__module__,
-            target_path=target_path(target),
-            arguments=list(arguments),
-            doc=inspect.getdoc(target),
-        )
+        try:
+            schema = make_schema(
+                cls_name=schema_class_name(key, self.schema_suffix),
+                module=target.__module__,
+                target_path=target_path(target),
+                arguments=list(arguments),
+                doc=inspect.getdoc(target),
+                key=f"{self.group}/{key}",
+            )
+        except TypeError as error:
+            raise self.error_type(f"cannot register {self.kind} {key!r}: {error}") from None
         return Entry(name=key, target=target, arguments=arguments, schema=schema)
 
     def _store(self, entry: Entry) -> None:
@@ -195,7 +207,7 @@ class Registry:
         checked = {}
         for argument in entry.arguments:
             value = values.get(argument.name, argument.default)
-            if value is MISSING:
+            if is_missing(value):
                 raise self.error_type(
                     f"missing value for {self.group}.{argument.name} ({self.kind} {entry.name!r}); "
                     f"set it with {self.group}.{argument.name}=..."

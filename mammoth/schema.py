@@ -37,12 +37,18 @@ class Argument:
     @property
     def required(self) -> bool:
         """True when the argument has no default (shown as ``???`` in the config)."""
-        return self.default is MISSING
+        return is_missing(self.default)
 
     def describe(self) -> str:
         """``name: type = default`` as shown in help texts and error messages."""
         default = "???" if self.required else repr(self.default)
         return f"{self.name}: {type_name(self.hint)} = {default}"
+
+
+def is_missing(value: Any) -> bool:
+    """True for OmegaConf's ``???`` marker, compared by value: a config that was pickled or
+    reloaded from YAML holds an equal but different string."""
+    return isinstance(value, str) and value == MISSING
 
 
 def type_name(hint: Any) -> str:
@@ -74,13 +80,19 @@ def signature_arguments(target: Callable, skip: tuple[str, ...] = ()) -> list[Ar
 def _resolved_hints(target: Callable) -> dict[str, Any]:
     function = target.__init__ if inspect.isclass(target) else target
     try:
-        return typing.get_type_hints(function, include_extras=False)
-    except Exception:  # unresolvable forward references: fall back to what is evaluated
-        return {
-            name: hint
-            for name, hint in getattr(function, "__annotations__", {}).items()
-            if not isinstance(hint, str)
-        }
+        return typing.get_type_hints(function)
+    except Exception:  # one unresolvable annotation: resolve the others one by one
+        namespace = getattr(function, "__globals__", {})
+        return {name: _resolve_one(hint, namespace) for name, hint in getattr(function, "__annotations__", {}).items()}
+
+
+def _resolve_one(hint: Any, namespace: dict[str, Any]) -> Any:
+    if not isinstance(hint, str):
+        return hint
+    try:
+        return eval(hint, dict(namespace))  # noqa: S307 - annotations of the registered code itself
+    except Exception:
+        return Any
 
 
 def _is_plain_default(value: Any) -> bool:
@@ -142,11 +154,13 @@ def make_schema(
     arguments: list[Argument],
     doc: str | None,
     extra_fields: dict[str, tuple[Any, Any]] | None = None,
+    key: str | None = None,
 ) -> type:
     """Build a dataclass schema with ``_target_`` and one typed field per argument.
 
     The class is set as attribute ``cls_name`` of ``module`` so that it is importable and
-    pickles (process-based launchers), and it carries ``doc`` as its docstring.
+    pickles (process-based launchers), and it carries ``doc`` as its docstring. ``key``
+    identifies the registration: only a schema of the same key may replace an existing one.
     """
     from hydra_zen import ZenField, make_config
 
@@ -160,9 +174,9 @@ def make_schema(
     schema.__doc__ = doc or f"Config of {target_path}."
     owner = sys.modules[module]
     existing = getattr(owner, cls_name, None)
-    if existing is not None and getattr(existing, "__mammoth_schema__", False) is not True:
-        raise TypeError(f"cannot create config class {module}.{cls_name}: the name is already taken")
-    schema.__mammoth_schema__ = True
+    if existing is not None and (not hasattr(existing, "__mammoth_key__") or existing.__mammoth_key__ != key):
+        raise TypeError(f"cannot create config class {module}.{cls_name}: the name is already taken by {existing!r}")
+    schema.__mammoth_key__ = key
     setattr(owner, cls_name, schema)
     return schema
 

@@ -139,29 +139,18 @@ def test_unregister_removes_name_and_config(temporary) -> None:
     assert get_backbone_entry("gone-net").target is tiny_net_factory
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: registry names may start with a digit (_NAME_PATTERN) but schema_class_name then yields an "
-    "invalid identifier and hydra-zen raises a raw ValueError",
-)
-def test_name_starting_with_a_digit(temporary) -> None:
-    temporary("3layer-net", TinyNet)
-    entry = get_backbone_entry("3layer-net")
-    assert getattr(sys.modules[__name__], entry.schema.__name__) is entry.schema
+def test_name_starting_with_a_digit_is_refused() -> None:
+    with pytest.raises(BackboneError, match="invalid backbone name '3layer-net'.*starting with a letter"):
+        register_backbone("3layer-net")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: 'tiny-1' and 'tiny1' both map to schema class Tiny1BackboneConfig in the same module; the "
-    "second silently replaces the first, whose schema no longer pickles",
-)
-def test_names_with_the_same_class_name_keep_both_schemas(temporary) -> None:
+def test_names_with_the_same_class_name_are_refused_not_replaced(temporary) -> None:
     temporary("tiny-1", TinyNet)
-    temporary("tiny1", other_factory)
-    first, second = get_backbone_entry("tiny-1").schema, get_backbone_entry("tiny1").schema
-    assert first is not second
+    first = get_backbone_entry("tiny-1").schema
+    with pytest.raises(BackboneError, match="cannot register backbone 'tiny1'.*already taken"):
+        temporary("tiny1", other_factory)
+    assert "tiny1" not in list_backbones()
     assert pickle.loads(pickle.dumps(first)) is first
-    assert pickle.loads(pickle.dumps(second)) is second
 
 
 # ---- listing and lookup ----

@@ -289,11 +289,6 @@ def test_registry_target_is_module_qualname() -> None:
         registry.unregister("inner")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: schema._resolved_hints drops every string annotation when one cannot be resolved "
-    "(e.g. a TYPE_CHECKING import), so 'num_classes: int' falls back to str",
-)
 def test_one_unresolvable_annotation_keeps_the_others() -> None:
     # with `from __future__ import annotations` (as in this module) both hints are strings
     def target(num_classes: int, act: NotDefinedAnywhere = None): ...  # noqa: F821

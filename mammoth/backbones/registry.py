@@ -9,6 +9,7 @@ from omegaconf import MISSING, DictConfig
 from mammoth.backbones.base import MammothBackbone
 from mammoth.errors import BackboneError
 from mammoth.registry import Entry, Registry
+from mammoth.schema import is_missing
 
 T = TypeVar("T")
 
@@ -66,7 +67,7 @@ def build_backbone(name_or_config: str | Mapping | DictConfig | Any, **values: A
 
 
 def _reconcile_data_value(key: str, configured: Any, data_value: Any) -> Any:
-    if configured is MISSING or configured is None:
+    if configured is None or is_missing(configured):
         return data_value
     if key == "num_classes" and configured < data_value:
         raise BackboneError(

@@ -59,7 +59,7 @@ class TorchvisionBackbone(MammothBackbone):
         """Outputs of the trunk's top-level children in call order, then the features."""
         outputs: list[Tensor] = []
         hooks = [
-            child.register_forward_hook(lambda _module, _inputs, output: outputs.append(output))
+            child.register_forward_hook(lambda _module, _inputs, output: outputs.append(output.clone()))
             for child in self.trunk.children()
             if not isinstance(child, nn.Identity)
         ]

@@ -176,7 +176,9 @@ class ReplayModel(ContinualModel):
         if self.buffer.is_empty():
             return None
         size = self.minibatch_size if self.minibatch_size is not None else batch_size
-        return self.buffer.sample(size, transform=self.dataset.train_transform).to(self.device)
+        batch = self.buffer.sample(size, transform=self.dataset.train_transform)
+        device = self.device
+        return batch if batch.examples.device == device else batch.to(device)
 
     def extra_state(self) -> dict[str, Any]:
         """The replay buffer's state."""

@@ -125,11 +125,6 @@ def test_literal_passes_compose_and_fails_build_with_allowed_values() -> None:
     assert "backbone.stem" in str(info.value) and "'cifar', 'imagenet'" in str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: registry.py _reconcile_data_value/check_values test `value is MISSING` by identity; a '???' "
-    "that went through pickle (process launchers) or YAML is an equal but distinct str -> TypeError",
-)
 @pytest.mark.parametrize("route", ["pickle", "yaml"])
 def test_missing_values_survive_pickle_and_yaml(route: str) -> None:
     config = resnet18_config(width=8)

@@ -226,11 +226,6 @@ def test_torchvision_builds_without_weights_by_default() -> None:
     assert count(net) == count(torchvision.models.resnet18(num_classes=7))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: zoo.py stage_outputs records children outputs by reference; torchvision's in-place "
-    "ReLU then overwrites the recorded bn1 output, so returnt='full' reports post-ReLU values for bn1",
-)
 def test_torchvision_full_keeps_each_stage_output(x: torch.Tensor) -> None:
     net = build_backbone("torchvision", num_classes=10, input_shape=CIFAR, arch="resnet18").eval()
     with torch.no_grad():
