@@ -61,11 +61,30 @@ def type_name(hint: Any) -> str:
 def signature_arguments(target: Callable, skip: tuple[str, ...] = ()) -> list[Argument]:
     """Infer the configurable arguments of a function or of a class's ``__init__``.
 
-    ``*args``/``**kwargs`` and the names in ``skip`` are left out, and so is an argument whose
-    default OmegaConf cannot hold (a function, a module): the callable's own default applies.
+    ``*args`` and the names in ``skip`` are left out, and so is an argument whose default
+    OmegaConf cannot hold (a function, a module): the callable's own default applies. A class
+    whose ``__init__`` takes ``**kwargs`` also gets the arguments of its parent's ``__init__``
+    (those it does not redefine), so a subclass lists only what it adds.
     """
-    signature = inspect.signature(target)
-    hints = _resolved_hints(target)
+    if not inspect.isclass(target):
+        return _function_arguments(target, inspect.signature(target), skip)
+    for index, owner in enumerate(target.__mro__):
+        if "__init__" in vars(owner):
+            break
+    else:
+        return []
+    signature = inspect.signature(owner.__init__)
+    parameters = list(signature.parameters.values())[1:]  # drop self
+    arguments = _function_arguments(owner.__init__, signature.replace(parameters=parameters), skip)
+    if any(parameter.kind is parameter.VAR_KEYWORD for parameter in parameters) and index + 1 < len(target.__mro__):
+        own = {argument.name for argument in arguments}
+        inherited = signature_arguments(target.__mro__[index + 1], skip + tuple(own))
+        arguments += inherited
+    return arguments
+
+
+def _function_arguments(function: Callable, signature: inspect.Signature, skip: tuple[str, ...]) -> list[Argument]:
+    hints = _resolved_hints(function)
     arguments = []
     for parameter in signature.parameters.values():
         if parameter.name in skip or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
@@ -77,8 +96,7 @@ def signature_arguments(target: Callable, skip: tuple[str, ...] = ()) -> list[Ar
     return arguments
 
 
-def _resolved_hints(target: Callable) -> dict[str, Any]:
-    function = target.__init__ if inspect.isclass(target) else target
+def _resolved_hints(function: Callable) -> dict[str, Any]:
     try:
         return typing.get_type_hints(function)
     except Exception:  # one unresolvable annotation: resolve the others one by one

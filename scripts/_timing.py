@@ -29,9 +29,18 @@ def print_header(title: str, extra: Mapping[str, object] | None = None) -> None:
     print(f"- command: `{command_line()}`")
     print(f"- python: {platform.python_version()} ({sys.executable})")
     print(f"- platform: {platform.platform()}; os.cpu_count()={os.cpu_count()}")
+    print(f"- load average at start: {load_average()}")
     for key, value in (extra or {}).items():
         print(f"- {key}: {value}")
     print()
+
+
+def load_average() -> str:
+    """The 1/5/15-minute load averages (a busy machine explains noisy figures)."""
+    try:
+        return " / ".join(f"{value:.2f}" for value in os.getloadavg())
+    except OSError:
+        return "unknown"
 
 
 def interleaved(

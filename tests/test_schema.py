@@ -10,7 +10,7 @@ import sys
 from typing import Any, Callable, Literal, Optional, Union
 
 import pytest
-from omegaconf import OmegaConf, ValidationError
+from omegaconf import MISSING, OmegaConf, ValidationError
 
 from mammoth.errors import ConfigError
 from mammoth.registry import Registry
@@ -334,3 +334,28 @@ def test_check_value_converts_int_to_float_and_accepts_optional_none() -> None:
     assert check_value(Argument("limit", Optional[int]), None) is None
     with pytest.raises(ValueCheckError):
         check_value(Argument("limit", int), None)
+
+
+class _Parent:
+    def __init__(self, lr: float = 0.1, name: str = "p", **kwargs) -> None:
+        self.lr = lr
+
+
+class _Child(_Parent):
+    def __init__(self, buffer_size: int, lr: float = 0.5, **kwargs) -> None:
+        super().__init__(lr=lr, **kwargs)
+
+
+class _Closed(_Parent):
+    def __init__(self, size: int = 3) -> None:
+        super().__init__()
+
+
+def test_kwargs_inherit_the_parent_arguments_not_redefined() -> None:
+    arguments = signature_arguments(_Child)
+    assert [(a.name, a.hint, a.default) for a in arguments] == [
+        ("buffer_size", int, MISSING),
+        ("lr", float, 0.5),
+        ("name", str, "p"),
+    ]
+    assert [a.name for a in signature_arguments(_Closed)] == ["size"]

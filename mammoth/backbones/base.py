@@ -79,9 +79,8 @@ class MammothBackbone(nn.Module):
             with torch.no_grad():
                 return _flatten(parameters)
         _check_vector(out, parameters, "out")
-        if parameters:
-            with torch.no_grad():
-                torch._foreach_copy_(_views(out, parameters), parameters)
+        with torch.no_grad():
+            _concatenate_into(out, parameters)
         return out
 
     def set_params(self, values: Tensor) -> None:
@@ -114,13 +113,11 @@ class MammothBackbone(nn.Module):
             ]
             return torch.cat(pieces)
         _check_vector(out, parameters, "out")
-        if not parameters:
-            return out
-        views = _views(out, parameters)
         with torch.no_grad():
             if complete:
-                torch._foreach_copy_(views, grads)
+                _concatenate_into(out, grads)
             else:
+                views = _views(out, parameters)
                 present = [(view, grad) for view, grad in zip(views, grads) if grad is not None]
                 if present:
                     targets, sources = zip(*present)
@@ -171,11 +168,32 @@ def _flatten(tensors: list[Tensor]) -> Tensor:
     """A new 1-D tensor holding ``tensors`` one after the other (never a view of them)."""
     if not tensors:
         return torch.empty(0)
+    out = tensors[0].new_empty(sum(map(Tensor.numel, tensors)))
+    try:
+        # One C++ call writing straight into the new tensor (measured ~10% faster than
+        # parameters_to_vector's torch.cat on CPU); refuses what _concatenate_into says,
+        # and out= tensors that autograd should track.
+        torch._chunk_cat(tensors, 0, 1, out=out.view(1, -1))
+        return out
+    except RuntimeError:
+        pass
     if len(tensors) == 1:
         return tensors[0].reshape(-1).clone()
-    # One C++ call: flatten each tensor and concatenate (parameters_to_vector's work without
-    # its per-parameter Python loop). With one tensor it would return a view, hence the clone.
+    # flatten_dense_tensors: torch.cat of the flattened tensors (type promotion included) in
+    # one C++ call; with a single tensor it would return a view, hence the clone above.
     return torch._C._nn.flatten_dense_tensors(tensors)
+
+
+def _concatenate_into(out: Tensor, tensors: list[Tensor]) -> None:
+    """Write ``tensors``, flattened, one after the other into the (checked) 1-D ``out``."""
+    if not tensors:
+        return
+    try:
+        # One C++ call, no per-tensor Python; refuses 0-d or empty tensors and mixed dtypes
+        # (checked before anything is written), which the general path below handles.
+        torch._chunk_cat(tensors, 0, 1, out=out.view(1, -1))
+    except RuntimeError:
+        torch.cat([tensor.reshape(-1) for tensor in tensors], out=out)
 
 
 def _views(vector: Tensor, like: list[Tensor]) -> list[Tensor]:

@@ -129,7 +129,7 @@ class ContinualModel(nn.Module):
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return float(loss.detach().item())
+        return loss.item()
 
     def extra_state(self) -> dict[str, Any]:
         """What a checkpoint needs beyond ``state_dict()`` (e.g. a replay buffer); empty by default."""
@@ -158,12 +158,9 @@ class ReplayModel(ContinualModel):
         buffer_size: int,
         minibatch_size: Optional[int] = None,
         buffer_device: Literal["training", "cpu"] = "training",
-        lr: float = 0.1,
-        optimizer: Literal["sgd", "adam"] = "sgd",
-        momentum: float = 0.0,
-        weight_decay: float = 0.0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(net, dataset, lr=lr, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay)
+        super().__init__(net, dataset, **kwargs)
         self.buffer_size = check_positive_int("model.buffer_size", buffer_size)
         if minibatch_size is not None:
             check_positive_int("model.minibatch_size", minibatch_size)
@@ -171,13 +168,15 @@ class ReplayModel(ContinualModel):
         self.buffer_device = check_choice("model.buffer_device", buffer_device, BUFFER_DEVICES)
         self.buffer = ReplayBuffer(self.buffer_size, device="cpu" if self.buffer_device == "cpu" else None)
 
-    def replay_batch(self, batch_size: int) -> Optional[ReplayBatch]:
-        """A replay minibatch (``minibatch_size`` items, else ``batch_size``); None while the buffer is empty."""
+    def replay_batch(self, batch_size: int, device: Optional[torch.device] = None) -> Optional[ReplayBatch]:
+        """A replay minibatch (``minibatch_size`` items, else ``batch_size``) on ``device`` (None: the
+        backbone's; ``observe`` passes its inputs' device, which is cheaper to get); None while the
+        buffer is empty."""
         if self.buffer.is_empty():
             return None
         size = self.minibatch_size if self.minibatch_size is not None else batch_size
         batch = self.buffer.sample(size, transform=self.dataset.train_transform)
-        device = self.device
+        device = self.device if device is None else device
         return batch if batch.examples.device == device else batch.to(device)
 
     def extra_state(self) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -26,31 +26,16 @@ class DER(ReplayModel):
         dataset: Any,
         buffer_size: int,
         alpha: float = 0.3,
-        minibatch_size: Optional[int] = None,
-        buffer_device: Literal["training", "cpu"] = "training",
-        lr: float = 0.1,
-        optimizer: Literal["sgd", "adam"] = "sgd",
-        momentum: float = 0.0,
-        weight_decay: float = 0.0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            net,
-            dataset,
-            buffer_size=buffer_size,
-            minibatch_size=minibatch_size,
-            buffer_device=buffer_device,
-            lr=lr,
-            optimizer=optimizer,
-            momentum=momentum,
-            weight_decay=weight_decay,
-        )
+        super().__init__(net, dataset, buffer_size=buffer_size, **kwargs)
         self.alpha = check_non_negative("model.alpha", alpha)
 
     def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> float:
         """One step on CE plus the logit-matching replay term; returns the loss value."""
         outputs = self.net(inputs)
         loss = self.loss(outputs, labels)
-        replay = self.replay_batch(inputs.shape[0])
+        replay = self.replay_batch(inputs.shape[0], inputs.device)
         if replay is not None:
             loss = loss + self.alpha * F.mse_loss(self.net(replay.examples), replay.logits)
         value = self.step(loss)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -27,24 +27,9 @@ class DERPP(ReplayModel):
         buffer_size: int,
         alpha: float = 0.1,
         beta: float = 0.5,
-        minibatch_size: Optional[int] = None,
-        buffer_device: Literal["training", "cpu"] = "training",
-        lr: float = 0.1,
-        optimizer: Literal["sgd", "adam"] = "sgd",
-        momentum: float = 0.0,
-        weight_decay: float = 0.0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            net,
-            dataset,
-            buffer_size=buffer_size,
-            minibatch_size=minibatch_size,
-            buffer_device=buffer_device,
-            lr=lr,
-            optimizer=optimizer,
-            momentum=momentum,
-            weight_decay=weight_decay,
-        )
+        super().__init__(net, dataset, buffer_size=buffer_size, **kwargs)
         self.alpha = check_non_negative("model.alpha", alpha)
         self.beta = check_non_negative("model.beta", beta)
 
@@ -52,10 +37,10 @@ class DERPP(ReplayModel):
         """One step on CE plus the logit and label replay terms; returns the loss value."""
         outputs = self.net(inputs)
         loss = self.loss(outputs, labels)
-        logit_replay = self.replay_batch(inputs.shape[0])
+        logit_replay = self.replay_batch(inputs.shape[0], inputs.device)
         if logit_replay is not None:
             loss = loss + self.alpha * F.mse_loss(self.net(logit_replay.examples), logit_replay.logits)
-            label_replay = self.replay_batch(inputs.shape[0])
+            label_replay = self.replay_batch(inputs.shape[0], inputs.device)
             loss = loss + self.beta * self.loss(self.net(label_replay.examples), label_replay.labels)
         value = self.step(loss)
         self.buffer.add(not_aug_inputs, labels=labels, logits=outputs.detach())

@@ -20,7 +20,7 @@ class ER(ReplayModel):
     def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> float:
         """One step on the batch plus a replay minibatch; returns the loss value."""
         all_inputs, all_labels = inputs, labels
-        replay = self.replay_batch(inputs.shape[0])
+        replay = self.replay_batch(inputs.shape[0], inputs.device)
         if replay is not None:
             all_inputs = torch.cat([inputs, replay.examples])
             all_labels = torch.cat([labels, replay.labels])

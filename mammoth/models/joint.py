@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -19,16 +19,8 @@ class Joint(SGD):
     The kept data is part of :meth:`extra_state`, so a resumed run still sees the earlier tasks.
     """
 
-    def __init__(
-        self,
-        net: MammothBackbone,
-        dataset: Any,
-        lr: float = 0.1,
-        optimizer: Literal["sgd", "adam"] = "sgd",
-        momentum: float = 0.0,
-        weight_decay: float = 0.0,
-    ) -> None:
-        super().__init__(net, dataset, lr=lr, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay)
+    def __init__(self, net: MammothBackbone, dataset: Any, **kwargs: Any) -> None:
+        super().__init__(net, dataset, **kwargs)
         self.seen_data: dict[int, tuple[Tensor, Tensor]] = {}
 
     def training_data(self, task: int, train_x: Tensor, train_y: Tensor) -> tuple[Tensor, Tensor]:
