@@ -101,7 +101,7 @@ def spread(values: Sequence[float]) -> float:
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A GitHub-flavoured Markdown table; numbers are right-aligned."""
     text = [[str(cell) for cell in row] for row in rows]
-    widths = [max(len(headers[i]), *(len(row[i]) for row in text)) if text else len(headers[i]) for i in range(len(headers))]
+    widths = [max([len(header), *(len(row[i]) for row in text)]) for i, header in enumerate(headers)]
     numeric = [all(_is_number(row[i]) for row in text) and bool(text) for i in range(len(headers))]
 
     def line(cells: Sequence[str]) -> str:

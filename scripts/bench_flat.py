@@ -160,7 +160,8 @@ def main() -> int:
             if operation in OPERATIONS and n > TARGET_MIN_PARAMS:
                 kind = OPERATIONS[operation][1]
                 if kind == "copy":
-                    verdicts.append((name, operation, f"vs copy {vs_copy:.3f}x <= {COPY_TARGET}x", vs_copy <= COPY_TARGET))
+                    text = f"vs copy {vs_copy:.3f}x <= {COPY_TARGET}x"
+                    verdicts.append((name, operation, text, vs_copy <= COPY_TARGET))
                 else:
                     limit = 1.0 + args.tolerance
                     verdicts.append((name, operation, f"vs torch {vs_torch:.3f}x <= {limit:.2f}x", vs_torch <= limit))
@@ -174,10 +175,12 @@ def main() -> int:
     if noisy:
         print(
             f"\nWARNING: noisy timings for {', '.join(noisy)}; load average now {_timing.load_average()}. "
-            "Other processes stall torch's worker threads: rerun on an idle machine, or with --threads 1."
+            "Other processes compete for the cores (and stall torch's worker threads): rerun on an idle "
+            "machine" + (", or with --threads 1." if torch.get_num_threads() > 1 else ".")
         )
     misses = sum(not ok for *_, ok in verdicts)
-    print(f"\n{len(verdicts) - misses}/{len(verdicts)} targets met" + (" (--quick: indicative only)" if args.quick else ""))
+    suffix = " (--quick: indicative only)" if args.quick else ""
+    print(f"\n{len(verdicts) - misses}/{len(verdicts)} targets met{suffix}")
     return 0
 
 

@@ -103,26 +103,16 @@ class MammothBackbone(nn.Module):
         """
         parameters = list(self.parameters())
         grads = [parameter.grad for parameter in parameters]
-        complete = all(grad is not None for grad in grads)
-        if out is None:
-            if complete:
-                return _flatten(grads)
-            pieces = [
-                grad.reshape(-1) if grad is not None else parameter.new_zeros(parameter.numel())
+        if any(grad is None for grad in grads):
+            grads = [
+                grad if grad is not None else parameter.new_zeros(parameter.shape)
                 for parameter, grad in zip(parameters, grads)
             ]
-            return torch.cat(pieces)
+        if out is None:
+            return _flatten(grads)
         _check_vector(out, parameters, "out")
         with torch.no_grad():
-            if complete:
-                _concatenate_into(out, grads)
-            else:
-                views = _views(out, parameters)
-                present = [(view, grad) for view, grad in zip(views, grads) if grad is not None]
-                if present:
-                    targets, sources = zip(*present)
-                    torch._foreach_copy_(list(targets), list(sources))
-                torch._foreach_zero_([view for view, grad in zip(views, grads) if grad is None])
+            _concatenate_into(out, grads)
         return out
 
     def set_grads(self, values: Tensor) -> None:
@@ -175,7 +165,7 @@ def _flatten(tensors: list[Tensor]) -> Tensor:
         # and out= tensors that autograd should track.
         torch._chunk_cat(tensors, 0, 1, out=out.view(1, -1))
         return out
-    except RuntimeError:
+    except (RuntimeError, AttributeError):  # AttributeError: torch < 2.3 has no _chunk_cat
         pass
     if len(tensors) == 1:
         return tensors[0].reshape(-1).clone()
@@ -192,7 +182,7 @@ def _concatenate_into(out: Tensor, tensors: list[Tensor]) -> None:
         # One C++ call, no per-tensor Python; refuses 0-d or empty tensors and mixed dtypes
         # (checked before anything is written), which the general path below handles.
         torch._chunk_cat(tensors, 0, 1, out=out.view(1, -1))
-    except RuntimeError:
+    except (RuntimeError, AttributeError):  # AttributeError: torch < 2.3 has no _chunk_cat
         torch.cat([tensor.reshape(-1) for tensor in tensors], out=out)
 
 
