@@ -24,8 +24,6 @@ FIELDS = ("examples", "labels", "logits", "task_labels")
 #: Random integers are drawn in [0, 2**62) and reduced modulo the number of candidate slots.
 _DRAW_HIGH = 2**62
 
-#: Batches up to this size are inserted by :meth:`ReplayBuffer._add_small` (same result, less overhead).
-_SMALL_BATCH = 256
 
 
 class ReplayBatch(NamedTuple):
@@ -42,37 +40,20 @@ class ReplayBatch(NamedTuple):
         return ReplayBatch(*(None if value is None else value.to(device) for value in self))
 
 
-def reservoir_slots(num_seen: int, batch_size: int, capacity: int, generator: torch.Generator) -> Tensor:
-    """The slot of each of ``batch_size`` items arriving after ``num_seen`` items, or -1 to drop it.
+def replacement_writes(first_position: int, count: int, capacity: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Where ``count`` items arriving at a FULL reservoir go: ``(targets, sources)``.
 
-    Item ``i`` arrives at position ``p = num_seen + i``: it fills slot ``p`` while ``p < capacity``;
-    afterwards it draws ``j`` uniform in ``[0, p]`` and replaces slot ``j`` if ``j < capacity``.
-    Only the items arriving after the buffer is full consume random numbers (one each, in order).
+    Item ``i`` arrives at position ``p = first_position + i`` (>= capacity), draws ``j`` uniform
+    in ``[0, p]`` (one draw per item, in order) and replaces slot ``j`` if ``j < capacity``. When
+    several items pick one slot the LAST wins, as in the one-at-a-time algorithm: ``targets``
+    are the slots written (ascending), ``sources`` the index of the item each one receives.
     """
-    positions = torch.arange(num_seen, num_seen + batch_size)
-    slots = positions.clone()
-    full = positions >= capacity
-    num_full = int(full.sum())
-    if num_full:
-        draws = torch.randint(0, _DRAW_HIGH, (num_full,), generator=generator, device=generator.device).cpu()
-        chosen = draws % (positions[full] + 1)
-        slots[full] = torch.where(chosen < capacity, chosen, torch.full_like(chosen, -1))
-    return slots
-
-
-def last_writers(slots: Tensor) -> tuple[Tensor, Tensor]:
-    """``(targets, sources)``: each slot some item picks, and the LAST item (index) that picks it.
-
-    Items with slot -1 are dropped. A stable sort groups equal slots with the items in arrival
-    order, so the last item of each group is the one a sequential insertion would leave there.
-    """
-    items = torch.arange(len(slots))[slots >= 0]
-    slots = slots[slots >= 0]
-    order = torch.argsort(slots, stable=True)
-    slots, items = slots[order], items[order]
-    is_last = torch.ones_like(slots, dtype=torch.bool)
-    is_last[:-1] = slots[1:] != slots[:-1]
-    return slots[is_last], items[is_last]
+    draws = torch.randint(0, _DRAW_HIGH, (count,), generator=generator, device=generator.device).cpu()
+    slots = (draws % torch.arange(first_position + 1, first_position + count + 1)).clamp_(max=capacity)
+    winner = torch.full((capacity + 1,), -1, dtype=torch.long)  # slot ``capacity`` collects the dropped
+    winner.scatter_reduce_(0, slots, torch.arange(count), reduce="amax")
+    targets = (winner[:capacity] >= 0).nonzero().squeeze(1)
+    return targets, winner[targets]
 
 
 class ReplayBuffer:
@@ -160,40 +141,18 @@ class ReplayBuffer:
         if not self._storage:
             self._allocate({name: (value.shape[1:], value.dtype, value.device) for name, value in batch.items()})
         size = examples.shape[0]
-        generator = generator or self.generator
-        if size <= _SMALL_BATCH:
-            self._add_small(batch, size, generator)
-        else:
-            slots = reservoir_slots(self._num_seen, size, self.capacity, generator)
-            targets, sources = last_writers(slots)
-            for name, value in batch.items():
-                storage = self._storage[name]
-                kept = value.detach()[sources.to(value.device)]
-                storage[targets.to(storage.device)] = kept.to(storage.device, storage.dtype)
-        self._num_seen += size
-
-    def _add_small(self, batch: dict[str, Tensor], size: int, generator: torch.Generator) -> None:
-        """:meth:`add` for a small batch, with the same random draws and the same result as
-        :func:`reservoir_slots` + :func:`last_writers`, in a few Python steps instead of a dozen
-        small tensor operations: the items that still find an empty slot are written as one
-        contiguous slice, then the items that won a replacement draw (the last one per slot)."""
-        start, capacity = self._num_seen, self.capacity
-        fill = min(size, max(capacity - start, 0))
-        replaced: dict[int, int] = {}
-        if size > fill:
-            draws = torch.randint(0, _DRAW_HIGH, (size - fill,), generator=generator, device=generator.device).tolist()
-            for item, draw in enumerate(draws, fill):
-                slot = draw % (start + item + 1)
-                if slot < capacity:
-                    replaced[slot] = item  # a later item of the batch overwrites an earlier one
-        targets = torch.tensor(list(replaced), dtype=torch.long) if replaced else None
-        sources = torch.tensor(list(replaced.values()), dtype=torch.long) if replaced else None
+        start, fill = self._num_seen, min(size, max(self.capacity - self._num_seen, 0))
+        targets = sources = None
+        if size > fill:  # items arriving at a full buffer: one draw each, the last writer wins
+            targets, sources = replacement_writes(start + fill, size - fill, self.capacity, generator or self.generator)
+            sources += fill
         for name, value in batch.items():
             storage, value = self._storage[name], value.detach()
             if fill:
                 storage[start : start + fill] = value[:fill].to(storage.device, storage.dtype)
-            if targets is not None:
+            if targets is not None and len(targets):
                 storage[targets.to(storage.device)] = value[sources.to(value.device)].to(storage.device, storage.dtype)
+        self._num_seen += size
 
     def _check_batch(self, batch: dict[str, Any]) -> None:
         for name, value in batch.items():

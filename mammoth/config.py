@@ -22,7 +22,7 @@ DATASET_SCHEMA = "base_dataset"
 
 @dataclass
 class RunConfig:
-    """Run-wide settings: seed, device, and the run directory's checkpointing controls."""
+    """Run-wide settings: seed, device, CPU threads, and the run directory's checkpointing controls."""
 
     backbone: Any = MISSING
     dataset: Any = MISSING
@@ -32,6 +32,7 @@ class RunConfig:
     resume: bool = False
     stop_after_task: Optional[int] = None
     output_dir: Optional[str] = None
+    threads: Optional[int] = None
 
 
 def store_schemas() -> None:

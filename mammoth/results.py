@@ -86,15 +86,13 @@ def format_table(accuracies: dict[str, list[list[float]]], n_tasks: int) -> str:
 def plot_results(results: dict[str, Any], path: Path) -> Path:
     """Save a PNG: the accuracy matrix of the first kind as a heatmap, and the average accuracy
     of every kind after each task as curves."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.figure import Figure  # no pyplot: no global figure state, no GUI backend
 
     kinds = [kind for kind in KIND_TITLES if kind in results]
     matrix = np.array(results[kinds[0]]["matrix"], dtype=float)
-    figure, (heat, curves) = plt.subplots(1, 2, figsize=(11, 4.5))
+    figure = Figure(figsize=(11, 4.5))
+    heat, curves = figure.subplots(1, 2)
     image = heat.imshow(matrix, vmin=0, vmax=100, cmap="viridis")
     heat.set(title=f"{KIND_TITLES[kinds[0]]} accuracy (%)", xlabel="evaluated on task", ylabel="after training task")
     ticks = range(matrix.shape[0])
@@ -112,5 +110,4 @@ def plot_results(results: dict[str, Any], path: Path) -> Path:
     curves.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)
     return path

@@ -85,6 +85,7 @@ def run(cfg: DictConfig) -> float:
     run_dir = output_directory(cfg)
     (run_dir / RESULTS_NAME).unlink(missing_ok=True)  # never leave an old, complete-looking file
     device = resolve_device(cfg.device)
+    _set_threads(cfg.get("threads"))
     torch.manual_seed(cfg.seed)
     dataset = build_dataset(cfg.dataset, seed=cfg.seed)
     net = build_backbone(cfg.backbone, num_classes=dataset.n_classes, input_shape=dataset.input_shape).to(device)
@@ -94,6 +95,14 @@ def run(cfg: DictConfig) -> float:
     model = build_model(cfg.model, net=net, dataset=dataset).to(device)
     _check_buffer_fits(cfg, dataset)
     return _train_and_report(cfg, model, dataset, device, run_dir, started)
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads is None:
+        return
+    if threads < 1:
+        raise ConfigError(f"threads={threads} is not positive; allowed: null (torch's default) or an integer >= 1")
+    torch.set_num_threads(threads)
 
 
 def _choice(group: str) -> str | None:
@@ -138,6 +147,7 @@ def _train_and_report(cfg: DictConfig, model: Any, dataset: Any, device: torch.d
     results = build_results(
         state.accuracies, dataset.n_tasks,
         config=config, dataset=dataset.describe(), versions=environment_versions(), device=str(device),
+        threads=torch.get_num_threads(),
         timings={"train_seconds": state.train_seconds, "eval_seconds": state.eval_seconds,
                  "total_seconds": time.perf_counter() - started},
     )

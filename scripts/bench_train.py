@@ -269,7 +269,13 @@ def main() -> int:
     print(_timing.markdown_table(
         ["method", "harness ms/epoch", "plain ms/epoch", "harness/plain", "IQR/median", "target", "result"], rows
     ))
-    print("\n(harness/plain: median of the per-round ratios; ms: medians, for reference only)\n")
+    print("\n(harness/plain: median of the per-round ratios; ms: medians, for reference only)")
+    noisy = [name for name in ("sgd", "er")
+             if _timing.spread([a / b for a, b in zip(samples[f"harness {name}"], samples[f"plain {name}"])]) > 0.25]
+    if noisy:
+        print(f"WARNING: noisy ratios ({', '.join(noisy)}: IQR/median > 0.25); with {torch.get_num_threads()} "
+              "threads on a loaded machine a step can stall on a descheduled thread; rerun, or use --threads 1")
+    print()
 
     micro = buffer_vs_step(dataset, x, y, repetitions=5 if args.quick else 21,
                            min_sample_s=0.002 if args.quick else 0.02)

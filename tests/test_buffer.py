@@ -10,7 +10,7 @@ from typing import Callable
 import pytest
 import torch
 
-from mammoth.buffer import FIELDS, ReplayBuffer, last_writers, reservoir_slots
+from mammoth.buffer import FIELDS, ReplayBuffer, replacement_writes
 from mammoth.errors import ConfigError
 
 # ---- construction and filling ----
@@ -190,18 +190,26 @@ def test_the_uniformity_check_rejects_biased_reservoirs(broken: StreamFn) -> Non
 # ---- later items win when several items of a batch pick the same slot ----
 
 
-def test_last_writers_keeps_the_last_item_of_each_slot() -> None:
-    targets, sources = last_writers(torch.tensor([2, 0, 2, -1, 0, 1, -1]))
-    assert targets.tolist() == [0, 1, 2]
-    assert sources.tolist() == [4, 5, 2]
-
-
-def test_reservoir_slots_fill_then_draw_in_range() -> None:
+def test_replacement_writes_keep_the_last_item_of_each_slot() -> None:
     generator = torch.Generator().manual_seed(0)
-    slots = reservoir_slots(num_seen=3, batch_size=4, capacity=5, generator=generator)
-    assert slots[:2].tolist() == [3, 4]
-    assert all(-1 <= slot < 5 for slot in slots[2:].tolist())
-    assert reservoir_slots(0, 0, 5, generator).numel() == 0
+    first, count, capacity = 5, 400, 5
+    draws = torch.randint(0, 2**62, (count,), generator=torch.Generator().manual_seed(0))
+    slots = (draws % torch.arange(first + 1, first + count + 1)).tolist()
+    expected = {}
+    for item, slot in enumerate(slots):
+        if slot < capacity:
+            expected[slot] = item
+    assert len(expected) == capacity and sum(slot < capacity for slot in slots) > capacity  # collisions happen
+    targets, sources = replacement_writes(first, count, capacity, generator)
+    assert targets.tolist() == sorted(expected)
+    assert sources.tolist() == [expected[slot] for slot in sorted(expected)]
+
+
+def test_replacement_writes_drop_items_that_draw_beyond_the_capacity() -> None:
+    generator = torch.Generator().manual_seed(3)
+    targets, sources = replacement_writes(10_000, 4, 5, generator)
+    assert len(targets) == len(sources) <= 4
+    assert all(0 <= slot < 5 for slot in targets.tolist())
 
 
 def _sequential_reference(batches: list[list[int]], capacity: int, seed: int) -> tuple[list[int], int]:

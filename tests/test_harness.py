@@ -87,8 +87,9 @@ def test_results_file_layout(method_results, tmp_path):
     assert len(results["timings"]["train_seconds"]) == 5
 
 
-def test_plot_is_a_png(tmp_path):
-    run_method(tmp_path, "sgd", "dataset.n_epochs=1")
+def test_plot_is_a_png_and_threads_are_recorded(tmp_path):
+    results = run_method(tmp_path, "sgd", "dataset.n_epochs=1", "threads=1")
+    assert results["threads"] == 1 and results["config"]["threads"] == 1
     png = (tmp_path / "sgd" / "accuracy.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
@@ -165,6 +166,7 @@ def test_failed_run_removes_a_stale_results_file(tmp_path):
         (("model=er",), "model.buffer_size"),
         (("model=er", "model.buffer_size=5000"), "larger than the 1438 training examples"),
         (("device=tpu",), "allowed: auto, cpu, cuda, cuda:N"),
+        (("threads=0",), "threads=0 is not positive"),
         (("backbone=mnistmlp", "backbone.num_classes=4"), "fewer than the 10 classes"),
     ],
 )
