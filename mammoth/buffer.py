@@ -40,20 +40,20 @@ class ReplayBatch(NamedTuple):
         return ReplayBatch(*(None if value is None else value.to(device) for value in self))
 
 
-def replacement_writes(first_position: int, count: int, capacity: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Where ``count`` items arriving at a FULL reservoir go: ``(targets, sources)``.
+def replacement_slots(first_position: int, count: int, capacity: int, generator: torch.Generator) -> Tensor:
+    """The slot each of ``count`` items arriving at a FULL reservoir writes to; ``capacity`` = none.
 
     Item ``i`` arrives at position ``p = first_position + i`` (>= capacity), draws ``j`` uniform
     in ``[0, p]`` (one draw per item, in order) and replaces slot ``j`` if ``j < capacity``. When
-    several items pick one slot the LAST wins, as in the one-at-a-time algorithm: ``targets``
-    are the slots written (ascending), ``sources`` the index of the item each one receives.
+    several items pick one slot only the LAST keeps it, as in the one-at-a-time algorithm; the
+    others, like the items that drew no slot, get ``capacity``: a scratch row whose content is
+    never read, so one scatter per field stores the batch without a loop or a compaction.
     """
     draws = torch.randint(0, _DRAW_HIGH, (count,), generator=generator, device=generator.device).cpu()
     slots = (draws % torch.arange(first_position + 1, first_position + count + 1)).clamp_(max=capacity)
-    winner = torch.full((capacity + 1,), -1, dtype=torch.long)  # slot ``capacity`` collects the dropped
-    winner.scatter_reduce_(0, slots, torch.arange(count), reduce="amax")
-    targets = (winner[:capacity] >= 0).nonzero().squeeze(1)
-    return targets, winner[targets]
+    items = torch.arange(count)
+    last_item = torch.full((capacity + 1,), -1, dtype=torch.long).scatter_reduce_(0, slots, items, reduce="amax")
+    return torch.where(last_item[slots] == items, slots, capacity)
 
 
 class ReplayBuffer:
@@ -142,16 +142,16 @@ class ReplayBuffer:
             self._allocate({name: (value.shape[1:], value.dtype, value.device) for name, value in batch.items()})
         size = examples.shape[0]
         start, fill = self._num_seen, min(size, max(self.capacity - self._num_seen, 0))
-        targets = sources = None
+        slots = None
         if size > fill:  # items arriving at a full buffer: one draw each, the last writer wins
-            targets, sources = replacement_writes(start + fill, size - fill, self.capacity, generator or self.generator)
-            sources += fill
+            slots = replacement_slots(start + fill, size - fill, self.capacity, generator or self.generator)
+            slots = slots.to(self.device)
         for name, value in batch.items():
-            storage, value = self._storage[name], value.detach()
+            storage, value = self._storage[name], value.detach().to(self.device, self._storage[name].dtype)
             if fill:
-                storage[start : start + fill] = value[:fill].to(storage.device, storage.dtype)
-            if targets is not None and len(targets):
-                storage[targets.to(storage.device)] = value[sources.to(value.device)].to(storage.device, storage.dtype)
+                storage[start : start + fill] = value[:fill]
+            if slots is not None:
+                storage.index_copy_(0, slots, value[fill:])
         self._num_seen += size
 
     def _check_batch(self, batch: dict[str, Any]) -> None:
@@ -178,11 +178,12 @@ class ReplayBuffer:
                 )
 
     def _allocate(self, layout: dict[str, tuple[torch.Size, torch.dtype, torch.device]]) -> None:
-        """Allocate every field at full capacity on ``self.device`` (default: the examples' device)."""
+        """Allocate every field at full capacity, plus the scratch row of :func:`replacement_slots`,
+        on ``self.device`` (default: the examples' device)."""
         if self.device is None:
             self.device = layout["examples"][2]
         self._storage = {
-            name: torch.zeros((self.capacity, *shape), dtype=dtype, device=self.device)
+            name: torch.zeros((self.capacity + 1, *shape), dtype=dtype, device=self.device)
             for name, (shape, dtype, _) in layout.items()
         }
 
@@ -206,7 +207,7 @@ class ReplayBuffer:
         generator = generator or self.generator
         order = torch.randperm(len(self), generator=generator, device=generator.device)
         indices = order[: min(size, len(self))].to(self.device)
-        values = {name: storage[indices] for name, storage in self._storage.items()}
+        values = {name: storage.index_select(0, indices) for name, storage in self._storage.items()}  # faster than [indices]
         if transform is not None:
             values["examples"] = transform(values["examples"])
         return ReplayBatch(indices=indices, **{name: values.get(name) for name in FIELDS})

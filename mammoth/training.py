@@ -53,9 +53,9 @@ def train_task(model: Any, dataset: Any, train_x: torch.Tensor, train_y: torch.T
             last_epoch_loss = 0.0
             for start in range(0, len(y), batch_size):
                 index = order[start : start + batch_size]
-                not_aug_inputs = dataset.to_float(x[index])
+                not_aug_inputs = dataset.to_float(x.index_select(0, index))  # faster than x[index]
                 inputs = dataset.train_transform(not_aug_inputs, generator)
-                last_epoch_loss += model.observe(inputs, y[index], not_aug_inputs)
+                last_epoch_loss += model.observe(inputs, y.index_select(0, index), not_aug_inputs)
                 progress.update()
             progress.set_postfix(loss=f"{last_epoch_loss / steps_per_epoch:.3f}")
     return last_epoch_loss / max(steps_per_epoch, 1)

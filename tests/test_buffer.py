@@ -10,7 +10,7 @@ from typing import Callable
 import pytest
 import torch
 
-from mammoth.buffer import FIELDS, ReplayBuffer, replacement_writes
+from mammoth.buffer import FIELDS, ReplayBuffer, replacement_slots
 from mammoth.errors import ConfigError
 
 # ---- construction and filling ----
@@ -190,26 +190,26 @@ def test_the_uniformity_check_rejects_biased_reservoirs(broken: StreamFn) -> Non
 # ---- later items win when several items of a batch pick the same slot ----
 
 
-def test_replacement_writes_keep_the_last_item_of_each_slot() -> None:
-    generator = torch.Generator().manual_seed(0)
+def test_replacement_slots_keep_the_last_item_of_each_slot() -> None:
     first, count, capacity = 5, 400, 5
     draws = torch.randint(0, 2**62, (count,), generator=torch.Generator().manual_seed(0))
     slots = (draws % torch.arange(first + 1, first + count + 1)).tolist()
-    expected = {}
+    last = {}
     for item, slot in enumerate(slots):
         if slot < capacity:
-            expected[slot] = item
-    assert len(expected) == capacity and sum(slot < capacity for slot in slots) > capacity  # collisions happen
-    targets, sources = replacement_writes(first, count, capacity, generator)
-    assert targets.tolist() == sorted(expected)
-    assert sources.tolist() == [expected[slot] for slot in sorted(expected)]
+            last[slot] = item
+    assert len(last) == capacity and sum(slot < capacity for slot in slots) > capacity  # collisions happen
+    expected = [capacity] * count  # the scratch row
+    for slot, item in last.items():
+        expected[item] = slot
+    assert replacement_slots(first, count, capacity, torch.Generator().manual_seed(0)).tolist() == expected
 
 
-def test_replacement_writes_drop_items_that_draw_beyond_the_capacity() -> None:
-    generator = torch.Generator().manual_seed(3)
-    targets, sources = replacement_writes(10_000, 4, 5, generator)
-    assert len(targets) == len(sources) <= 4
-    assert all(0 <= slot < 5 for slot in targets.tolist())
+def test_replacement_slots_send_items_beyond_the_capacity_to_the_scratch_row() -> None:
+    slots = replacement_slots(10_000, 64, 5, torch.Generator().manual_seed(3))
+    assert all(0 <= slot <= 5 for slot in slots.tolist())
+    kept = [slot for slot in slots.tolist() if slot < 5]
+    assert len(kept) == len(set(kept)) and slots.tolist().count(5) >= 64 - 5
 
 
 def _sequential_reference(batches: list[list[int]], capacity: int, seed: int) -> tuple[list[int], int]:

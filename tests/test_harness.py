@@ -174,3 +174,23 @@ def test_run_errors_name_the_bad_value(tmp_path, overrides, message):
     with pytest.raises(mammoth.MammothError, match=message):
         mammoth.run(compose_run(tmp_path, *overrides))
     assert not (tmp_path / "results.json").exists()
+
+
+def test_backbone_with_too_few_outputs_is_refused(tmp_path):
+    from torch import nn
+
+    from mammoth.backbones import BACKBONES
+
+    @mammoth.register_backbone("three-logits")
+    class ThreeLogits(mammoth.MammothBackbone):
+        def __init__(self, input_shape: tuple = (1, 8, 8)) -> None:
+            super().__init__()
+            self.stages = nn.ModuleList([nn.Flatten()])
+            self.num_features, self.num_classes = 64, 3
+            self.classifier = nn.Linear(64, 3)
+
+    try:
+        with pytest.raises(ConfigError, match=r"outputs logits of shape \(1, 3\); seq-digits needs \(batch, 10\)"):
+            mammoth.run(compose_run(tmp_path, "backbone=three-logits"))
+    finally:
+        BACKBONES.unregister("three-logits")

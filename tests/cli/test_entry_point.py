@@ -83,3 +83,47 @@ def test_backbone_registered_outside_the_package_is_selectable(workdir: Path):
     assert "_target_: my_backbones.TinyNet" in result.stdout and "scale: 2.5" in result.stdout
     bad = run_python(["run_mine.py", "backbone=tiny-net", "backbone.depth=3"], workdir)
     assert bad.returncode == 2 and "its arguments: num_classes" in bad.stderr
+
+
+def test_composing_imports_neither_torchvision_nor_sklearn(workdir: Path):
+    code = (
+        "import sys, mammoth\n"
+        "from hydra import compose, initialize_config_module\n"
+        "with initialize_config_module(config_module='mammoth.conf', version_base='1.3'):\n"
+        "    cfg = compose(config_name='config', overrides=['dataset=seq-cifar10', 'backbone=torchvision'])\n"
+        "print(cfg.backbone.arch, sorted(m for m in ('torchvision', 'sklearn', 'matplotlib') if m in sys.modules))\n"
+    )
+    result = run_python(["-c", code], workdir)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "resnet18 []"
+
+
+def test_default_run_prints_the_table_and_writes_its_files(workdir: Path):
+    result = run_python(["-m", "mammoth", "hydra.run.dir=run"], workdir)
+    assert result.returncode == 0, result.stderr
+    assert "backbone mnistmlp: 17,610 parameters, 100 features, 10 classes" in result.stdout
+    assert "after task |     T1     T2     T3     T4     T5 |  Class-IL   Task-IL" in result.stdout
+    run = workdir / "run"
+    results = json.loads((run / "results.json").read_text())
+    assert results["status"] == "complete" and results["dataset"]["name"] == "seq-digits"
+    assert f"Class-IL: average {results['class_il']['average']:.2f}" in result.stdout
+    assert (run / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    log = (run / "mammoth.log").read_text()
+    assert "task 5/5: Class-IL" in log and "[INFO]" in log
+    assert (run / ".hydra" / "config.yaml").exists()
+
+
+def test_resume_from_the_command_line_matches_an_uninterrupted_run(workdir: Path):
+    common = ["-m", "mammoth", "model=der", "model.buffer_size=100", "dataset.n_epochs=1"]
+    whole = run_python([*common, "hydra.run.dir=whole"], workdir)
+    assert whole.returncode == 0, whole.stderr
+    first = run_python([*common, "hydra.run.dir=part", "stop_after_task=3"], workdir)
+    assert first.returncode == 0, first.stderr
+    assert "Stopped after task 3 of 5; continue with resume=true" in first.stdout
+    assert not (workdir / "part" / "results.json").exists()
+    second = run_python([*common, "hydra.run.dir=part", "resume=true"], workdir)
+    assert second.returncode == 0, second.stderr
+    expected = json.loads((workdir / "whole" / "results.json").read_text())
+    resumed = json.loads((workdir / "part" / "results.json").read_text())
+    assert resumed["class_il"]["matrix"] == expected["class_il"]["matrix"]
+    assert resumed["task_il"]["matrix"] == expected["task_il"]["matrix"]
