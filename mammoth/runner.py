@@ -60,7 +60,7 @@ def summary_line(name: str, net: Any) -> str:
 
 def check_output_size(net: Any, dataset: Any, backbone_name: str) -> None:
     """The backbone must output at least one logit per class of the dataset."""
-    sample = dataset.test_transform(dataset.to_float(dataset.get_task(0).test_x[:1]))
+    sample = dataset.test_transform(dataset.to_float(dataset.source()[2][:1]))
     was_training = net.training
     net.eval()
     with torch.no_grad():
@@ -116,8 +116,8 @@ def _check_buffer_fits(cfg: DictConfig, dataset: Any) -> None:
     buffer_size = cfg.model.get("buffer_size")
     if buffer_size is None:
         return
-    total = sum(len(dataset.get_task(task).train_y) for task in range(dataset.n_tasks)) if dataset.setting == "class-il" \
-        else len(dataset.get_task(0).train_y) * dataset.n_tasks
+    train_y = dataset.source()[1]
+    total = int((train_y < dataset.n_classes).sum()) if dataset.setting == "class-il" else len(train_y) * dataset.n_tasks
     if buffer_size > total:
         raise ConfigError(
             f"model.buffer_size={buffer_size} is larger than the {total} training examples of {dataset.name}; "
