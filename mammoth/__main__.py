@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 import mammoth
 from mammoth.cli import exit_with, normalise_overrides
 from mammoth.errors import MammothError
+from mammoth.plugins import load_plugins
 
 
 @hydra.main(config_path="pkg://mammoth.conf", config_name="config", version_base="1.3")
@@ -25,6 +26,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
 def main() -> None:
     """Entry point: check the command-line overrides, then hand over to Hydra."""
     try:
+        load_plugins()
         is_override = [not arg.startswith("-") and "=" in arg for arg in sys.argv[1:]]
         normalised = iter(normalise_overrides([arg for arg, o in zip(sys.argv[1:], is_override) if o]))
         sys.argv[1:] = [next(normalised) if o else arg for arg, o in zip(sys.argv[1:], is_override)]

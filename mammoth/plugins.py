@@ -1,0 +1,37 @@
+"""Backbones and CL methods from installed packages, found through the ``mammoth.plugins`` entry points.
+
+A package that declares, in its ``pyproject.toml``,
+
+    [project.entry-points."mammoth.plugins"]
+    my_backbones = "my_package.backbones"
+
+has that module imported (so its ``@register_backbone`` / ``@register_model`` decorators run)
+before ``python -m mammoth`` composes its config: ``backbone=my-net`` works with no code change.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+
+from mammoth.errors import ConfigError
+
+ENTRY_POINT_GROUP = "mammoth.plugins"
+
+
+def load_plugins() -> list[str]:
+    """Import every module named by a ``mammoth.plugins`` entry point; return their names.
+
+    A plugin that fails to import raises a ConfigError naming the entry point and the error.
+    """
+    loaded = []
+    for entry_point in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda point: point.name):
+        try:
+            importlib.import_module(entry_point.value.split(":")[0])
+        except Exception as error:  # a broken plugin must say which one it is
+            raise ConfigError(
+                f"mammoth plugin {entry_point.name!r} ({entry_point.value}) failed to import: "
+                f"{type(error).__name__}: {error}"
+            ) from error
+        loaded.append(entry_point.name)
+    return loaded
