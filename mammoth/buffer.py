@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from mammoth.errors import ConfigError
+from mammoth.validation import check_positive_int
 
 #: The fields a buffer can store, in order; ``examples`` is always stored.
 FIELDS = ("examples", "labels", "logits", "task_labels")
@@ -66,8 +67,7 @@ class ReplayBuffer:
     """
 
     def __init__(self, capacity: int, device: str | torch.device | None = None, seed: int | None = None) -> None:
-        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
-            raise ConfigError(f"buffer capacity={capacity!r} is not a positive integer; allowed: capacity >= 1")
+        check_positive_int("buffer capacity", capacity)
         self.capacity = capacity
         self.device = None if device is None else torch.device(device)
         self.generator = torch.Generator()

@@ -17,6 +17,7 @@ import torch
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from mammoth.errors import DatasetError
+from mammoth.validation import check_positive_int
 
 SETTINGS = ("class-il", "domain-il")
 AUGMENTATIONS = (None, "crop-flip")
@@ -92,13 +93,6 @@ def coerce_config(config: DatasetConfig | Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in values.items() if value != MISSING}
 
 
-def check_positive_int(key: str, value: Any) -> int:
-    """Return ``value`` if it is an int >= 1, else raise a DatasetError naming ``dataset.<key>``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise DatasetError(f"dataset.{key}={value!r} is invalid; expected an integer >= 1")
-    return value
-
-
 def missing_files_error(
     dataset: str, missing: list[str], expected: list[str], directory: Path, how: str
 ) -> DatasetError:
@@ -139,8 +133,8 @@ class ContinualDataset:
             name=self.name,
             root=str(values.get("root", "data")),
             download=bool(values.get("download", False)),
-            batch_size=check_positive_int("batch_size", values.get("batch_size", self.default_batch_size)),
-            n_epochs=check_positive_int("n_epochs", values.get("n_epochs", self.default_n_epochs)),
+            batch_size=check_positive_int("dataset.batch_size", values.get("batch_size", self.default_batch_size), DatasetError),
+            n_epochs=check_positive_int("dataset.n_epochs", values.get("n_epochs", self.default_n_epochs), DatasetError),
             n_tasks=self._check_n_tasks(values.get("n_tasks")),
         )
         self.seed = int(seed)
@@ -150,7 +144,7 @@ class ContinualDataset:
         """Return ``n_tasks`` if this benchmark accepts it; class-IL ones only accept their own."""
         if n_tasks is None:
             return None
-        check_positive_int("n_tasks", n_tasks)
+        check_positive_int("dataset.n_tasks", n_tasks, DatasetError)
         if self.setting == "class-il" and n_tasks != self.default_n_tasks:
             raise DatasetError(
                 f"dataset.n_tasks={n_tasks} is not allowed for {self.name}; this class-IL benchmark has exactly "

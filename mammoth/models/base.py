@@ -15,44 +15,10 @@ from torch import Tensor, nn
 from mammoth.backbones.base import MammothBackbone
 from mammoth.buffer import ReplayBatch, ReplayBuffer
 from mammoth.errors import ConfigError
+from mammoth.validation import check_choice, check_non_negative, check_positive, check_positive_int
 
 OPTIMIZERS = ("sgd", "adam")
 BUFFER_DEVICES = ("training", "cpu")
-
-
-# ---- argument validation (messages name the config key, as ``model.<arg>``) ----
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def check_positive(key: str, value: Any) -> float:
-    """``value`` as a float if it is a number > 0, else a ConfigError naming ``key``."""
-    if not _is_number(value) or not value > 0:
-        raise ConfigError(f"{key}={value!r} is not positive; allowed: {key.split('.')[-1]} > 0")
-    return float(value)
-
-
-def check_non_negative(key: str, value: Any) -> float:
-    """``value`` as a float if it is a number >= 0, else a ConfigError naming ``key``."""
-    if not _is_number(value) or not value >= 0:
-        raise ConfigError(f"{key}={value!r} is negative or not a number; allowed: {key.split('.')[-1]} >= 0")
-    return float(value)
-
-
-def check_positive_int(key: str, value: Any) -> int:
-    """``value`` if it is an integer >= 1, else a ConfigError naming ``key``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{key}={value!r} is not a positive integer; allowed: {key.split('.')[-1]} >= 1")
-    return value
-
-
-def check_choice(key: str, value: Any, allowed: tuple[str, ...]) -> str:
-    """``value`` if it is one of ``allowed``, else a ConfigError naming ``key`` and the choices."""
-    if value not in allowed:
-        raise ConfigError(f"{key}={value!r} is not supported; allowed: {', '.join(allowed)}")
-    return value
 
 
 # ---- the base class ----

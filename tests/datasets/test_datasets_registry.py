@@ -97,10 +97,10 @@ def test_building_reads_no_files(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("config", "expected"),
     [
-        ({"name": "seq-mnist", "batch_size": 0}, "dataset.batch_size=0 is invalid; expected an integer >= 1"),
-        ({"name": "seq-mnist", "n_epochs": "x"}, "dataset.n_epochs='x' is invalid"),
+        ({"name": "seq-mnist", "batch_size": 0}, "dataset.batch_size=0 is not a positive integer; allowed: batch_size >= 1"),
+        ({"name": "seq-mnist", "n_epochs": "x"}, "dataset.n_epochs='x' is not a positive integer"),
         ({"name": "seq-mnist", "colour": True}, "unknown dataset config key(s) colour; allowed: name, root"),
-        ({"name": "perm-mnist", "n_tasks": 0}, "dataset.n_tasks=0 is invalid"),
+        ({"name": "perm-mnist", "n_tasks": 0}, "dataset.n_tasks=0 is not a positive integer"),
     ],
 )
 def test_bad_config_values(config: dict, expected: str) -> None:
