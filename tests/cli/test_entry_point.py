@@ -45,10 +45,11 @@ def test_bad_backbone_value_names_the_key_and_type(workdir: Path):
 
 
 @pytest.mark.slow
-def test_multirun_sweeps_the_backbone_depth(workdir: Path):
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])  # joblib: jobs in other processes (pickled configs)
+def test_multirun_sweeps_the_backbone_depth(workdir: Path, launcher: str):
     result = run_python(
-        ["-m", "mammoth", "-m", "backbone=resnet", "backbone.depth=18,34", "backbone.width=4",
-         "dataset.n_epochs=1", "hydra.sweep.dir=sweep"],
+        ["-m", "mammoth", "-m", f"hydra/launcher={launcher}", "backbone=resnet", "backbone.depth=18,34",
+         "backbone.width=4", "dataset.n_epochs=1", "hydra.sweep.dir=sweep"],
         workdir,
     )
     assert result.returncode == 0, result.stderr
