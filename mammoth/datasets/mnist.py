@@ -57,6 +57,24 @@ def idx_header_problem(path: Path, magic: int) -> str | None:
     return None
 
 
+def extract_gzipped_idx_files(raw: Path) -> list[str]:
+    """Decompress ``NAME.gz`` next to each missing IDX file ``NAME`` (as distributed, e.g. by
+    Debian's dataset-fashion-mnist); return the names written. Each is written atomically."""
+    import gzip
+    import shutil
+
+    written = []
+    for name in (name for pair in IDX_FILES.values() for name in pair):
+        target, packed = raw / name, raw / f"{name}.gz"
+        if not target.is_file() and packed.is_file():
+            temporary = target.with_name(target.name + ".tmp")
+            with gzip.open(packed, "rb") as source, open(temporary, "wb") as destination:
+                shutil.copyfileobj(source, destination)
+            temporary.replace(target)
+            written.append(name)
+    return written
+
+
 def check_idx_files(dataset: str, folder: str, raw: Path) -> None:
     """Raise a DatasetError if an IDX file of ``folder`` is missing from ``raw`` or has a bad header."""
     expected = [name for pair in IDX_FILES.values() for name in pair]
@@ -96,6 +114,7 @@ def read_idx_dataset(dataset: str, folder: str, root: str, download: bool) -> So
     from torchvision import datasets
 
     raw = Path(root) / folder / "raw"
+    extract_gzipped_idx_files(raw)
     if download and not all((raw / name).is_file() for pair in IDX_FILES.values() for name in pair):
         download_idx(dataset, folder, root, raw)
     check_idx_files(dataset, folder, raw)

@@ -153,3 +153,23 @@ def test_download_skipped_when_files_exist(fake_root: Path, monkeypatch: pytest.
     monkeypatch.setattr(torchvision.datasets.mnist, "download_and_extract_archive", no_network)
     dataset = build_dataset({"name": "seq-mnist", "root": str(fake_root), "download": True})
     assert len(dataset.get_task(4).train_y) == 8
+
+
+def test_gzipped_idx_files_are_extracted_and_read(tmp_path):
+    import gzip
+
+    from fake_datasets import write_mnist
+
+    from mammoth.datasets import build_dataset
+
+    raw = write_mnist(tmp_path, folder="FashionMNIST", n_train=40, n_test=20)
+    originals = {}
+    for path in list(raw.iterdir()):
+        originals[path.name] = path.read_bytes()
+        (raw / f"{path.name}.gz").write_bytes(gzip.compress(originals[path.name]))
+        path.unlink()
+    dataset = build_dataset({"name": "seq-fashion-mnist", "root": str(tmp_path)})
+    task = dataset.get_task(0)
+    assert sorted(task.train_y.unique().tolist()) == [0, 1] and task.train_x.shape[1:] == (1, 28, 28)
+    for name, content in originals.items():
+        assert (raw / name).read_bytes() == content
