@@ -194,3 +194,17 @@ def test_backbone_with_too_few_outputs_is_refused(tmp_path):
             mammoth.run(compose_run(tmp_path, "backbone=three-logits"))
     finally:
         BACKBONES.unregister("three-logits")
+
+
+def test_domain_il_run_reports_domain_il_accuracy(tmp_path):
+    from fake_datasets import write_mnist
+
+    write_mnist(tmp_path / "data", folder="MNIST", n_train=60, n_test=30)
+    cfg = compose_run(tmp_path / "run", "dataset=perm-mnist", f"dataset.root={tmp_path / 'data'}",
+                      "dataset.n_tasks=3", "model=er", "model.buffer_size=20")
+    mammoth.run(cfg)
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert set(results) & {"class_il", "task_il", "domain_il"} == {"domain_il"}
+    matrix = results["domain_il"]["matrix"]
+    assert len(matrix) == 3 and matrix[0][1] is None and matrix[2][2] is not None
+    assert results["dataset"]["setting"] == "domain-il" and results["dataset"]["n_tasks"] == 3
