@@ -105,9 +105,12 @@ def plot_results(results: dict[str, Any], path: Path) -> Path:
     for kind in kinds:
         averages = results[kind]["average_per_task"]
         curves.plot(range(1, len(averages) + 1), averages, marker="o", label=KIND_TITLES[kind])
-    curves.set(title="average accuracy on tasks seen so far", xlabel="after training task", ylabel="accuracy (%)", ylim=(0, 100))
+    curves.set(title="average accuracy on tasks seen so far", xlabel="after training task", ylabel="accuracy (%)", ylim=(0, 102))
+    curves.set_xticks(range(1, matrix.shape[0] + 1))
     curves.grid(alpha=0.3)
-    curves.legend()
+    curves.legend(loc="lower left")
+    if "title" in results:
+        figure.suptitle(results["title"])
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     return path

@@ -148,6 +148,7 @@ def _train_and_report(cfg: DictConfig, model: Any, dataset: Any, device: torch.d
         state.accuracies, dataset.n_tasks,
         config=config, dataset=dataset.describe(), versions=environment_versions(), device=str(device),
         threads=torch.get_num_threads(),
+        title=f"{dataset.name} · {_choice('model') or cfg.model._target_} · {_choice('backbone') or cfg.backbone._target_}",
         timings={"train_seconds": state.train_seconds, "eval_seconds": state.eval_seconds,
                  "total_seconds": time.perf_counter() - started},
     )
