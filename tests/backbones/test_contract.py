@@ -15,6 +15,7 @@ from torch.nn.utils import parameters_to_vector
 
 from mammoth.backbones import RETURNT_VALUES, MammothBackbone, build_backbone, list_backbones
 from mammoth.errors import BackboneError
+from flat_operations import OPERATIONS, call_flat_operation
 
 NUM_CLASSES = 10
 INPUT_SHAPE = (3, 32, 32)
@@ -250,25 +251,11 @@ def test_get_grads_fills_out_buffer(probe: Probe) -> None:
 # ---- invalid vectors ----
 
 
-def _call(net: MammothBackbone, operation: str, vector: torch.Tensor) -> None:
-    if operation == "set_params":
-        net.set_params(vector)
-    elif operation == "set_grads":
-        net.set_grads(vector)
-    elif operation == "get_params_out":
-        net.get_params(out=vector)
-    else:
-        net.get_grads(out=vector)
-
-
-OPERATIONS = ["set_params", "set_grads", "get_params_out", "get_grads_out"]
-
-
 @pytest.mark.parametrize("operation", OPERATIONS)
 def test_wrong_length_names_both_lengths(net: MammothBackbone, operation: str) -> None:
     n = net.num_params()
     with pytest.raises(BackboneError) as info:
-        _call(net, operation, torch.empty(n + 1))
+        call_flat_operation(net, operation, torch.empty(n + 1))
     assert str(n) in str(info.value) and str(n + 1) in str(info.value)
 
 
@@ -277,7 +264,7 @@ def test_wrong_dtype_names_both_dtypes(net: MammothBackbone, operation: str) -> 
     first = next(net.parameters())
     before = first.detach().clone()
     with pytest.raises(BackboneError) as info:
-        _call(net, operation, torch.empty(net.num_params(), dtype=torch.float64))
+        call_flat_operation(net, operation, torch.empty(net.num_params(), dtype=torch.float64))
     assert "float64" in str(info.value) and "float32" in str(info.value)
     assert torch.equal(first.detach(), before)  # nothing was written
 
@@ -286,6 +273,6 @@ def test_wrong_dtype_names_both_dtypes(net: MammothBackbone, operation: str) -> 
 def test_two_dimensional_vector_is_refused(net: MammothBackbone, operation: str) -> None:
     n = net.num_params()
     with pytest.raises(BackboneError) as info:
-        _call(net, operation, torch.empty(1, n))
+        call_flat_operation(net, operation, torch.empty(1, n))
     message = str(info.value)
     assert "1-D" in message and str(n) in message and f"(1, {n})" in message

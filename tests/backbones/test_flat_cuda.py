@@ -12,26 +12,13 @@ from torch.nn.utils import parameters_to_vector
 
 from mammoth.backbones import MammothBackbone, build_backbone
 from mammoth.errors import BackboneError
+from flat_operations import OPERATIONS, call_flat_operation
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-
-OPERATIONS = ["set_params", "set_grads", "get_params_out", "get_grads_out"]
-
 
 def small_net() -> MammothBackbone:
     torch.manual_seed(0)
     return build_backbone("mnistmlp", num_classes=3, input_shape=(1, 4, 4), hidden_sizes=[8, 6])
-
-
-def call(net: MammothBackbone, operation: str, vector: torch.Tensor) -> None:
-    if operation == "set_params":
-        net.set_params(vector)
-    elif operation == "set_grads":
-        net.set_grads(vector)
-    elif operation == "get_params_out":
-        net.get_params(out=vector)
-    else:
-        net.get_grads(out=vector)
 
 
 @pytest.mark.parametrize("operation", OPERATIONS)
@@ -40,7 +27,7 @@ def test_meta_vector_on_cpu_model_names_both_devices(operation: str) -> None:
     before = parameters_to_vector(net.parameters()).clone()
     vector = torch.empty(net.num_params(), device="meta")
     with pytest.raises(BackboneError) as info:
-        call(net, operation, vector)
+        call_flat_operation(net, operation, vector)
     message = str(info.value)
     assert "cpu" in message and "meta" in message
     assert torch.equal(parameters_to_vector(net.parameters()), before)
@@ -104,7 +91,7 @@ def test_cuda_out_buffers(cuda_net: MammothBackbone) -> None:
 @pytest.mark.parametrize("operation", OPERATIONS)
 def test_cpu_vector_on_cuda_model_names_both_devices(cuda_net: MammothBackbone, operation: str) -> None:
     with pytest.raises(BackboneError) as info:
-        call(cuda_net, operation, torch.zeros(cuda_net.num_params()))
+        call_flat_operation(cuda_net, operation, torch.zeros(cuda_net.num_params()))
     message = str(info.value)
     assert "cuda" in message and "cpu" in message
 
@@ -114,6 +101,6 @@ def test_cpu_vector_on_cuda_model_names_both_devices(cuda_net: MammothBackbone, 
 def test_cuda_vector_on_cpu_model_names_both_devices(operation: str) -> None:
     net = small_net()
     with pytest.raises(BackboneError) as info:
-        call(net, operation, torch.zeros(net.num_params(), device="cuda"))
+        call_flat_operation(net, operation, torch.zeros(net.num_params(), device="cuda"))
     message = str(info.value)
     assert "cuda" in message and "cpu" in message
