@@ -16,6 +16,7 @@ from flat_operations import OPERATIONS, call_flat_operation
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
+
 def small_net() -> MammothBackbone:
     torch.manual_seed(0)
     return build_backbone("mnistmlp", num_classes=3, input_shape=(1, 4, 4), hidden_sizes=[8, 6])
