@@ -98,7 +98,7 @@ def missing_files_error(
 ) -> DatasetError:
     """A DatasetError for files of ``dataset`` that are absent from ``directory``."""
     also = "" if missing == expected else f" (expected: {', '.join(expected)})"
-    return DatasetError(f"{dataset}: missing {', '.join(missing)} in {directory}{also}\nTo get them: {how}")
+    return DatasetError(f"{dataset}: missing {', '.join(missing)} in {directory.absolute()}{also}\nTo get them: {how}")
 
 
 class ContinualDataset:

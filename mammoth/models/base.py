@@ -46,6 +46,10 @@ class ContinualModel(nn.Module):
         self.optimizer_name = check_choice("model.optimizer", optimizer, OPTIMIZERS)
         self.momentum = check_non_negative("model.momentum", momentum)
         self.weight_decay = check_non_negative("model.weight_decay", weight_decay)
+        if self.optimizer_name == "adam" and self.momentum:
+            raise ConfigError(
+                f"model.momentum={momentum} has no effect with model.optimizer=adam; allowed: momentum=0 with adam"
+            )
         self.net = net
         self.dataset = dataset
         self.loss = nn.CrossEntropyLoss()
@@ -59,7 +63,7 @@ class ContinualModel(nn.Module):
         return torch.device("cpu") if parameter is None else parameter.device
 
     def make_optimizer(self) -> torch.optim.Optimizer:
-        """A fresh optimizer over ``self.net.parameters()`` (``momentum`` applies to sgd only)."""
+        """A fresh optimizer over ``self.net.parameters()`` (``momentum`` is for sgd; adam refuses it)."""
         if self.optimizer_name == "adam":
             return torch.optim.Adam(self.net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         return torch.optim.SGD(
