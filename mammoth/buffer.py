@@ -147,7 +147,8 @@ class ReplayBuffer:
             slots = replacement_slots(start + fill, size - fill, self.capacity, generator or self.generator)
             slots = slots.to(self.device)
         for name, value in batch.items():
-            storage, value = self._storage[name], value.detach().to(self.device, self._storage[name].dtype)
+            storage = self._storage[name]
+            value = value.detach().to(storage.device, storage.dtype)
             if fill:
                 storage[start : start + fill] = value[:fill]
             if slots is not None:

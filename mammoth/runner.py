@@ -90,11 +90,12 @@ def run(cfg: DictConfig) -> float:
     dataset = build_dataset(cfg.dataset, seed=cfg.seed)
     net = build_backbone(cfg.backbone, num_classes=dataset.n_classes, input_shape=dataset.input_shape).to(device)
     backbone_name = _choice("backbone") or cfg.backbone._target_
+    model_name = _choice("model") or cfg.model._target_
     log.info(summary_line(backbone_name, net))
     check_output_size(net, dataset, backbone_name)
     model = build_model(cfg.model, net=net, dataset=dataset).to(device)
     _check_buffer_fits(cfg, dataset)
-    return _train_and_report(cfg, model, dataset, device, run_dir, started)
+    return _train_and_report(cfg, model, dataset, device, run_dir, started, model_name, backbone_name)
 
 
 def _set_threads(threads: int | None) -> None:
@@ -125,14 +126,16 @@ def _check_buffer_fits(cfg: DictConfig, dataset: Any) -> None:
         )
 
 
-def _train_and_report(cfg: DictConfig, model: Any, dataset: Any, device: torch.device, run_dir: Path, started: float) -> float:
+def _train_and_report(
+    cfg: DictConfig, model: Any, dataset: Any, device: torch.device, run_dir: Path, started: float,
+    model_name: str, backbone_name: str,
+) -> float:
     from mammoth.results import KIND_TITLES, PLOT_NAME, RESULTS_NAME, build_results, environment_versions, format_table, plot_results, write_json_atomic
     from mammoth.training import run_tasks
 
     config = OmegaConf.to_container(cfg, resolve=True)
     comparable = {key: value for key, value in config.items() if key not in RUN_CONTROL_KEYS}
-    log.info("%s, %s: %d tasks on %s; writing to %s", dataset.name, _choice("model") or cfg.model._target_,
-             dataset.n_tasks, device, run_dir)
+    log.info("%s, %s: %d tasks on %s; writing to %s", dataset.name, model_name, dataset.n_tasks, device, run_dir)
     state = run_tasks(
         model, dataset, device, run_dir, cfg.seed, comparable, resume=cfg.resume,
         stop_after_task=cfg.get("stop_after_task"),
@@ -148,7 +151,7 @@ def _train_and_report(cfg: DictConfig, model: Any, dataset: Any, device: torch.d
         state.accuracies, dataset.n_tasks,
         config=config, dataset=dataset.describe(), versions=environment_versions(), device=str(device),
         threads=torch.get_num_threads(),
-        title=f"{dataset.name} · {_choice('model') or cfg.model._target_} · {_choice('backbone') or cfg.backbone._target_}",
+        title=f"{dataset.name} · {model_name} · {backbone_name}",
         timings={"train_seconds": state.train_seconds, "eval_seconds": state.eval_seconds,
                  "total_seconds": time.perf_counter() - started},
     )

@@ -171,7 +171,6 @@ def make_schema(
     target_path: str,
     arguments: list[Argument],
     doc: str | None,
-    extra_fields: dict[str, tuple[Any, Any]] | None = None,
     key: str | None = None,
 ) -> type:
     """Build a dataclass schema with ``_target_`` and one typed field per argument.
@@ -183,8 +182,6 @@ def make_schema(
     from hydra_zen import ZenField, make_config
 
     fields = [ZenField(name="_target_", hint=str, default=target_path)]
-    for name, (hint, default) in (extra_fields or {}).items():
-        fields.append(ZenField(name=name, hint=hint, default=default))
     for argument in arguments:
         # Required fields get the literal "???" default so the field order matches the signature.
         fields.append(ZenField(name=argument.name, hint=schema_hint(argument.hint), default=argument.default))
