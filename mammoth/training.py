@@ -35,11 +35,13 @@ class TrainingState:
 
 
 def train_task(model: Any, dataset: Any, train_x: torch.Tensor, train_y: torch.Tensor,
-               generator: torch.Generator, device: torch.device, description: str = "") -> float:
+               generator: torch.Generator, device: torch.device, description: str = "",
+               on_epoch_end: Callable[[int, float], None] | None = None) -> float:
     """Run ``dataset.config.n_epochs`` epochs of ``model.observe`` over one task's data.
 
     Batches are shuffled with ``generator``, converted and augmented as whole batches on
-    ``device``; returns the mean loss of the last epoch.
+    ``device``. After each epoch ``model.end_epoch(epoch)`` runs, then
+    ``on_epoch_end(epoch, mean loss of the epoch)``; returns the mean loss of the last epoch.
     """
     from tqdm.auto import tqdm
 
@@ -48,7 +50,7 @@ def train_task(model: Any, dataset: Any, train_x: torch.Tensor, train_y: torch.T
     steps_per_epoch = -(-len(y) // batch_size)
     last_epoch_loss = 0.0
     with tqdm(total=epochs * steps_per_epoch, desc=description, disable=None, leave=False) as progress:
-        for _ in range(epochs):
+        for epoch in range(epochs):
             order = torch.randperm(len(y), generator=generator).to(device)
             last_epoch_loss = 0.0
             for start in range(0, len(y), batch_size):
@@ -58,17 +60,22 @@ def train_task(model: Any, dataset: Any, train_x: torch.Tensor, train_y: torch.T
                 last_epoch_loss += model.observe(inputs, y.index_select(0, index), not_aug_inputs)
                 progress.update()
             progress.set_postfix(loss=f"{last_epoch_loss / steps_per_epoch:.3f}")
+            model.end_epoch(epoch)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, last_epoch_loss / max(steps_per_epoch, 1))
     return last_epoch_loss / max(steps_per_epoch, 1)
 
 
 def run_tasks(model: Any, dataset: Any, device: torch.device, run_dir: Path, seed: int, config: dict,
               resume: bool = False, stop_after_task: int | None = None,
-              on_task_end: Callable[[int, TrainingState], None] | None = None) -> TrainingState:
+              on_task_end: Callable[[int, TrainingState], None] | None = None,
+              on_epoch_end: Callable[[int, int, float], None] | None = None) -> TrainingState:
     """Train and evaluate task after task, with a checkpoint in ``run_dir`` after each one.
 
     With ``resume`` the loop continues after the last task of the checkpoint, whose config
     must match ``config``; it ends with the same results as an uninterrupted run.
-    ``stop_after_task`` stops (resumably) once that task is done.
+    ``stop_after_task`` stops (resumably) once that task is done. ``on_epoch_end(task, epoch,
+    loss)`` and ``on_task_end(task, state)`` report progress.
     """
     generator = torch.Generator().manual_seed(seed)
     state = TrainingState.empty(dataset.setting)
@@ -82,7 +89,8 @@ def run_tasks(model: Any, dataset: Any, device: torch.device, run_dir: Path, see
         started = time.perf_counter()
         model.begin_task(task)
         train_x, train_y = model.training_data(task, data.train_x, data.train_y)
-        train_task(model, dataset, train_x, train_y, generator, device, f"task {task + 1}/{dataset.n_tasks}")
+        train_task(model, dataset, train_x, train_y, generator, device, f"task {task + 1}/{dataset.n_tasks}",
+                   on_epoch_end=None if on_epoch_end is None else lambda epoch, loss, t=task: on_epoch_end(t, epoch, loss))
         model.end_task(task)
         state.train_seconds.append(time.perf_counter() - started)
         started = time.perf_counter()

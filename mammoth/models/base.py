@@ -91,6 +91,9 @@ class ContinualModel(nn.Module):
         """
         raise NotImplementedError(f"{type(self).__name__} does not implement observe")
 
+    def end_epoch(self, epoch: int) -> None:
+        """Called after each training epoch of the current task (``epoch`` counts from 0); nothing by default."""
+
     def end_task(self, task: int) -> None:
         """Called after training ``task``; nothing by default."""
 
