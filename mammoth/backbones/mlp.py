@@ -16,7 +16,8 @@ class MNISTMLP(MammothBackbone):
     """Flatten, then fully connected ReLU layers (``hidden_sizes``, two of 100 by default).
 
     The input size is the product of ``input_shape``. Stages: one per hidden layer; the last
-    hidden layer's output is the feature vector.
+    hidden layer's output is the feature vector. Every linear layer (the classifier included)
+    starts with Xavier-uniform weights and zero biases, as the original Mammoth's ``xavier``.
     """
 
     def __init__(
@@ -31,3 +32,11 @@ class MNISTMLP(MammothBackbone):
         self.stages = nn.ModuleList(layers)
         self.num_features, self.num_classes = sizes[-1], num_classes
         self.classifier = nn.Linear(sizes[-1], num_classes)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Xavier-uniform weights (bound sqrt(6 / (fan_in + fan_out))) and zero biases in every linear layer."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)

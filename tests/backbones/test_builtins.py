@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torchvision
@@ -137,6 +139,25 @@ def test_mnistmlp_default_hidden_sizes() -> None:
     with torch.no_grad():
         full = net(torch.randn(3, 1, 28, 28), returnt="full")
     assert [tuple(t.shape) for t in full] == [(3, 100), (3, 100), (3, 10)]
+
+
+def test_mnistmlp_starts_with_xavier_uniform_weights_and_zero_biases() -> None:
+    # The original Mammoth's backbone.xavier on every nn.Linear: U(-a, a), a = sqrt(3) * sqrt(2 / (fan_in + fan_out)).
+    torch.manual_seed(0)
+    net = build_backbone("mnistmlp", num_classes=10, input_shape=(1, 28, 28))
+    bounds = {(784, 100): math.sqrt(6 / 884), (100, 100): math.sqrt(6 / 200), (100, 10): math.sqrt(6 / 110)}
+    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    assert len(linears) == 3
+    for linear in linears:
+        bound = bounds[(linear.in_features, linear.out_features)]
+        weight = linear.weight.detach()
+        assert torch.count_nonzero(linear.bias) == 0
+        assert float(weight.abs().max()) <= bound
+        # uniform on [-a, a]: the largest |w| is close to a and the std is a / sqrt(3)
+        assert float(weight.abs().max()) > 0.95 * bound
+        assert abs(float(weight.std()) - bound / math.sqrt(3)) < 0.1 * bound / math.sqrt(3)
+    # PyTorch's default (kaiming_uniform with a=sqrt(5)) bound for 784 -> 100 is 1/sqrt(784) = 0.0357 < 0.0824
+    assert float(linears[0].weight.abs().max()) > 1 / math.sqrt(784)
 
 
 def test_mnistmlp_hidden_sizes_configurable() -> None:
