@@ -113,8 +113,8 @@ class ContinualDataset:
     default_n_tasks: ClassVar[int]
     n_classes_per_task: ClassVar[int]
     input_shape: ClassVar[tuple[int, int, int]]  # (C, H, W)
-    mean: ClassVar[tuple[float, ...]]
-    std: ClassVar[tuple[float, ...]]
+    mean: ClassVar[Optional[tuple[float, ...]]]  # None (with std None): no normalisation, inputs stay in [0, 1]
+    std: ClassVar[Optional[tuple[float, ...]]]
     augmentation: ClassVar[Optional[str]] = None  # None or "crop-flip"
     default_backbone: ClassVar[str]
     default_batch_size: ClassVar[int]
@@ -247,7 +247,10 @@ class ContinualDataset:
             )
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """Subtract the per-channel mean and divide by the per-channel std, on ``x``'s device."""
+        """Subtract the per-channel mean and divide by the per-channel std, on ``x``'s device
+        (``x`` itself when the benchmark has no normalisation, ``mean is None``)."""
+        if self.mean is None:
+            return x
         key = (x.dtype, x.device)
         cache = self.__dict__.setdefault("_normalization", {})  # (dtype, device) -> (mean, std)
         if key not in cache:

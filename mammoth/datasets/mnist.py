@@ -140,6 +140,8 @@ class _IDXBenchmark(ContinualDataset):
     input_shape = (1, 28, 28)
     n_classes_per_task = 2
     augmentation = None
+    mean = None  # no normalisation: pixels in [0, 1], as the original Mammoth feeds them
+    std = None
     default_backbone = "mnistmlp"
     default_n_epochs = 1
 
@@ -155,8 +157,6 @@ class SequentialMNIST(_IDXBenchmark):
     name = "seq-mnist"
     setting = "class-il"
     default_n_tasks = 5
-    mean = (0.1307,)
-    std = (0.3081,)
     default_batch_size = 64
 
 
@@ -168,8 +168,6 @@ class SequentialFashionMNIST(_IDXBenchmark):
     folder = "FashionMNIST"
     setting = "class-il"
     default_n_tasks = 5
-    mean = (0.2860,)
-    std = (0.3530,)
     default_batch_size = 64
 
 
@@ -186,8 +184,6 @@ class PermutedMNIST(_IDXBenchmark):
     setting = "domain-il"
     default_n_tasks = 20
     n_classes_per_task = 10
-    mean = (0.1307,)
-    std = (0.3081,)
     default_batch_size = 128
 
     def task_permutation(self, task: int) -> torch.Tensor:
@@ -218,8 +214,6 @@ class RotatedMNIST(_IDXBenchmark):
     setting = "domain-il"
     default_n_tasks = 20
     n_classes_per_task = 10
-    mean = (0.1307,)
-    std = (0.3081,)
     default_batch_size = 128
 
     def task_angle(self, task: int) -> float:

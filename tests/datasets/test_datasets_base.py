@@ -55,11 +55,14 @@ def test_to_float_and_normalisation() -> None:
     normalised = cifar.test_transform(x)
     expected = [(1 - m) / s for m, s in zip((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2615))]
     assert torch.allclose(normalised[0, :, 5, 5], torch.tensor(expected))
-    mnist = build_dataset({"name": "seq-mnist"})
-    half = torch.full((1, 1, 28, 28), 0.5, dtype=torch.float64)
-    out = mnist.train_transform(half)  # no augmentation: normalisation only, dtype kept
+    digits = build_dataset({"name": "seq-digits"})
+    half = torch.full((1, 1, 8, 8), 0.5, dtype=torch.float64)
+    out = digits.train_transform(half)  # no augmentation: normalisation only, dtype kept
     assert out.dtype == torch.float64
-    assert torch.allclose(out, torch.full_like(half, (0.5 - 0.1307) / 0.3081))
+    assert torch.allclose(out, torch.full_like(half, (0.5 - 0.3060) / 0.3763))
+    mnist = build_dataset({"name": "seq-mnist"})  # no normalisation, as the original Mammoth
+    half = torch.full((1, 1, 28, 28), 0.5, dtype=torch.float64)
+    assert torch.equal(mnist.train_transform(half), half)
 
 
 def test_transform_rejects_wrong_input() -> None:
