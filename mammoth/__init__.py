@@ -5,7 +5,7 @@ Registered backbones become typed Hydra configs (``backbone=name backbone.arg=va
 """
 
 from mammoth.backbones import MammothBackbone, build_backbone, list_backbones, register_backbone
-from mammoth.errors import BackboneError, ConfigError, DatasetError, MammothError
+from mammoth.errors import BackboneError, ConfigError, DatasetError, MammothError, TrainingError
 from mammoth import config as _config  # noqa: F401  stores the run and dataset schemas
 from mammoth import models as _models  # noqa: F401  registers the CL methods
 from mammoth.runner import run
@@ -18,6 +18,7 @@ __all__ = [
     "DatasetError",
     "MammothBackbone",
     "MammothError",
+    "TrainingError",
     "build_backbone",
     "list_backbones",
     "register_backbone",

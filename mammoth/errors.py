@@ -19,6 +19,10 @@ class DatasetError(MammothError, RuntimeError):
     """A dataset is unknown, missing on disk or corrupt."""
 
 
+class TrainingError(MammothError, RuntimeError):
+    """Training diverged: a loss or a weight became NaN or infinite (no results are written)."""
+
+
 def closest_match(name: str, allowed: "list[str] | tuple[str, ...]") -> str | None:
     """Return the allowed name closest to ``name`` (or None when nothing is close)."""
     import difflib

@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
 import logging
-import os
+import math
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from mammoth.errors import ConfigError
+from mammoth.errors import ConfigError, TrainingError
 from mammoth.evaluation import SETTING_METRICS, evaluate_tasks
+from mammoth.rundir import write_atomic
 
 CHECKPOINT_NAME = "checkpoint.pt"
-CHECKPOINT_FORMAT = 1
+#: Version of the checkpoint layout; a checkpoint of another version is refused on resume.
+CHECKPOINT_FORMAT = 2
+#: First bytes of every checkpoint file.
+CHECKPOINT_MAGIC = b"MAMMOTH-CHECKPOINT\n"
+CHECKPOINT_KEYS = ("format", "config", "state", "model", "model_extra", "generator", "torch_rng", "cuda_rng")
 log = logging.getLogger("mammoth")
 
 
@@ -57,9 +65,16 @@ def train_task(model: Any, dataset: Any, train_x: torch.Tensor, train_y: torch.T
                 index = order[start : start + batch_size]
                 not_aug_inputs = dataset.to_float(x.index_select(0, index))  # faster than x[index]
                 inputs = dataset.train_transform(not_aug_inputs, generator)
-                last_epoch_loss += model.observe(inputs, y.index_select(0, index), not_aug_inputs)
+                loss = model.observe(inputs, y.index_select(0, index), not_aug_inputs)
+                if not math.isfinite(loss):
+                    raise TrainingError(
+                        f"the loss became {loss} in {description or 'training'}, epoch {epoch + 1}/{epochs}, "
+                        f"step {start // batch_size + 1}/{steps_per_epoch}; the run stopped without results "
+                        "(lower model.lr, or check the data)"
+                    )
+                last_epoch_loss += loss
                 progress.update()
-            progress.set_postfix(loss=f"{last_epoch_loss / steps_per_epoch:.3f}")
+            progress.set_postfix(loss=f"{last_epoch_loss / max(steps_per_epoch, 1):.3f}")
             model.end_epoch(epoch)
             if on_epoch_end is not None:
                 on_epoch_end(epoch, last_epoch_loss / max(steps_per_epoch, 1))
@@ -74,8 +89,10 @@ def run_tasks(model: Any, dataset: Any, device: torch.device, run_dir: Path, see
 
     With ``resume`` the loop continues after the last task of the checkpoint, whose config
     must match ``config``; it ends with the same results as an uninterrupted run.
-    ``stop_after_task`` stops (resumably) once that task is done. ``on_epoch_end(task, epoch,
-    loss)`` and ``on_task_end(task, state)`` report progress.
+    ``stop_after_task`` stops (resumably) once that many tasks of the whole run are done (a
+    resume past it trains nothing). ``on_epoch_end(task, epoch, loss)`` and
+    ``on_task_end(task, state)`` report progress. A non-finite loss or weight raises a
+    TrainingError; the checkpoint of the last finished task stays.
     """
     generator = torch.Generator().manual_seed(seed)
     state = TrainingState.empty(dataset.setting)
@@ -84,6 +101,8 @@ def run_tasks(model: Any, dataset: Any, device: torch.device, run_dir: Path, see
         log.info("Resuming %s after task %d of %d", run_dir, state.next_task, dataset.n_tasks)
     test_sets = [_test_set(dataset, task) for task in range(state.next_task)]
     for task in range(state.next_task, dataset.n_tasks):
+        if stop_after_task is not None and task >= stop_after_task:
+            break
         data = dataset.get_task(task)
         test_sets.append((data.test_x, data.test_y))
         started = time.perf_counter()
@@ -92,18 +111,27 @@ def run_tasks(model: Any, dataset: Any, device: torch.device, run_dir: Path, see
         train_task(model, dataset, train_x, train_y, generator, device, f"task {task + 1}/{dataset.n_tasks}",
                    on_epoch_end=None if on_epoch_end is None else lambda epoch, loss, t=task: on_epoch_end(t, epoch, loss))
         model.end_task(task)
+        _check_finite_weights(model, task, dataset.n_tasks)
         state.train_seconds.append(time.perf_counter() - started)
         started = time.perf_counter()
-        for kind, row in evaluate_tasks(model.net, dataset, test_sets, device).items():
+        for kind, row in evaluate_tasks(model, dataset, test_sets, device).items():
             state.accuracies[kind].append(row)
         state.eval_seconds.append(time.perf_counter() - started)
         state.next_task = task + 1
         save_checkpoint(run_dir / CHECKPOINT_NAME, model, generator, state, config)
         if on_task_end is not None:
             on_task_end(task, state)
-        if stop_after_task is not None and task + 1 >= stop_after_task:
-            break
     return state
+
+
+def _check_finite_weights(model: Any, task: int, n_tasks: int) -> None:
+    """Raise a TrainingError if a weight of the model became NaN or infinite in ``task``."""
+    flags = [torch.isfinite(parameter).all() for parameter in model.parameters()]
+    if flags and not bool(torch.stack(flags).all()):  # one device sync for all parameters
+        raise TrainingError(
+            f"the weights became non-finite (nan or inf) in task {task + 1}/{n_tasks}; the run stopped "
+            "without results (lower model.lr, or check the data)"
+        )
 
 
 def _test_set(dataset: Any, task: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,7 +140,12 @@ def _test_set(dataset: Any, task: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def save_checkpoint(path: Path, model: Any, generator: torch.Generator, state: TrainingState, config: dict) -> None:
-    """Write the checkpoint atomically (a crash never leaves a half-written file)."""
+    """Write the checkpoint atomically: a crash or a full disk never leaves a half-written file,
+    and a failed write keeps the previous checkpoint (a one-line ConfigError says so).
+
+    The file is ``CHECKPOINT_MAGIC``, a header line ``format N sha256 HEX size BYTES``, then the
+    ``torch.save`` payload, which holds only what ``torch.load(weights_only=True)`` reads.
+    """
     checkpoint = {
         "format": CHECKPOINT_FORMAT,
         "config": config,
@@ -123,19 +156,84 @@ def save_checkpoint(path: Path, model: Any, generator: torch.Generator, state: T
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
-    temporary = path.with_suffix(".tmp")
-    torch.save(checkpoint, temporary)
-    os.replace(temporary, path)
+    _check_plain(checkpoint, "checkpoint")
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    payload = buffer.getbuffer()
+    header = f"format {CHECKPOINT_FORMAT} sha256 {hashlib.sha256(payload).hexdigest()} size {len(payload)}\n"
+    write_atomic(path, CHECKPOINT_MAGIC + header.encode("ascii") + payload, "checkpoint")
 
 
-def load_checkpoint(path: Path, model: Any, generator: torch.Generator, config: dict) -> TrainingState:
-    """Restore the model, the random generators and the loop state from ``path``."""
+def _check_plain(value: Any, where: str) -> None:
+    """Refuse what ``torch.load(weights_only=True)`` would not read back (e.g. a numpy array in
+    ``model.extra_state()``), naming where it is."""
+    if isinstance(value, (torch.Tensor, str, int, float, bool, type(None))):
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, (str, int)):
+                raise ConfigError(f"{where} has a key of type {type(key).__name__}; a checkpoint allows str and int keys")
+            _check_plain(item, f"{where}[{key!r}]")
+        return
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _check_plain(item, f"{where}[{index}]")
+        return
+    raise ConfigError(
+        f"{where} is a {type(value).__module__}.{type(value).__qualname__}; a checkpoint holds only tensors, "
+        "numbers, strings, None, lists, tuples and dicts (convert it in extra_state())"
+    )
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """Read and verify a checkpoint written by :func:`save_checkpoint`; nothing in it can run code.
+
+    A missing, foreign, truncated, corrupted or crafted file gives a one-line ConfigError naming
+    ``path`` and what to do.
+    """
     if not path.is_file():
         raise ConfigError(
             f"resume=true but there is no checkpoint at {path}; "
             "point hydra.run.dir at the directory of the run to resume"
         )
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    restart = "start the run again without resume=true (or in another directory)"
+    data = path.read_bytes()
+    if not data.startswith(CHECKPOINT_MAGIC):
+        raise ConfigError(f"{path} is not a mammoth checkpoint (or one from an older mammoth); {restart}")
+    header, newline, payload = data[len(CHECKPOINT_MAGIC):].partition(b"\n")
+    if not newline:
+        raise ConfigError(f"checkpoint {path} is truncated (it ends inside its header); {restart}")
+    fields = header.decode("ascii", errors="replace").split()
+    if len(fields) != 6 or fields[0::2] != ["format", "sha256", "size"] or not fields[5].isdigit():
+        raise ConfigError(f"checkpoint {path} has a corrupt header; {restart}")
+    if fields[1] != str(CHECKPOINT_FORMAT):
+        raise ConfigError(
+            f"checkpoint {path} has format {fields[1]}; this mammoth reads format {CHECKPOINT_FORMAT}; {restart}"
+        )
+    if len(payload) != int(fields[5]):
+        raise ConfigError(
+            f"checkpoint {path} is truncated or padded ({len(payload)} bytes of data, its header says {fields[5]}); {restart}"
+        )
+    if hashlib.sha256(payload).hexdigest() != fields[3]:
+        raise ConfigError(f"checkpoint {path} is corrupt (its sha256 checksum does not match); {restart}")
+    try:
+        checkpoint = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - whatever the payload holds, refuse it in one line
+        found = re.search(r"GLOBAL ([\w.]+)", str(error))
+        what = f"it references {found.group(1)}" if found else type(error).__name__
+        raise ConfigError(
+            f"checkpoint {path} holds objects mammoth does not write ({what}); it was refused unread; {restart}"
+        ) from None
+    missing = [key for key in CHECKPOINT_KEYS if not isinstance(checkpoint, dict) or key not in checkpoint]
+    if missing:
+        raise ConfigError(f"checkpoint {path} lacks {', '.join(missing)}; {restart}")
+    return checkpoint
+
+
+def load_checkpoint(path: Path, model: Any, generator: torch.Generator, config: dict) -> TrainingState:
+    """Restore the model, the random generators and the loop state from ``path`` (verified by
+    :func:`read_checkpoint`); the checkpoint's config must equal ``config``."""
+    checkpoint = read_checkpoint(path)
     differences = sorted(key for key in set(config) | set(checkpoint["config"])
                          if config.get(key) != checkpoint["config"].get(key))
     if differences:

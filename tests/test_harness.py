@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_module
 import mammoth
 from mammoth.errors import BackboneError, ConfigError
 from mammoth.models.base import ContinualModel
+from mammoth.training import read_checkpoint
 
 SEED = 1
 
@@ -135,7 +136,7 @@ def test_stop_after_task_then_resume(tmp_path):
     mammoth.run(compose_run(tmp_path / "whole", *overrides))
     expected = json.loads((tmp_path / "whole" / "results.json").read_text())
     assert math.isnan(mammoth.run(compose_run(tmp_path / "part", *overrides, "stop_after_task=2")))
-    assert torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=False)["state"]["next_task"] == 2
+    assert read_checkpoint(tmp_path / "part" / "checkpoint.pt")["state"]["next_task"] == 2
     assert not (tmp_path / "part" / "results.json").exists()
     mammoth.run(compose_run(tmp_path / "part", *overrides, "resume=true"))
     resumed = json.loads((tmp_path / "part" / "results.json").read_text())

@@ -1,0 +1,181 @@
+"""Checkpoint files: a round trip restores everything, only what mammoth writes is loaded (a
+crafted pickle runs nothing), and damaged or foreign files or a full disk give one line."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mammoth.errors import ConfigError
+from mammoth.training import CHECKPOINT_MAGIC, TrainingState, read_checkpoint, load_checkpoint, save_checkpoint
+
+CONFIG = {"seed": 3, "model": {"lr": 0.1}}
+
+
+class TinyModel(nn.Module):
+    """A model with parameters, a buffer and the kinds of extra state mammoth's methods keep."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Linear(3, 2)
+        self.register_buffer("steps", torch.zeros(1, dtype=torch.long))
+        self.kept: dict = {}
+
+    def extra_state(self) -> dict:
+        return self.kept
+
+    def load_extra_state(self, state: dict) -> None:
+        self.kept = state
+
+
+def _filled_model() -> TinyModel:
+    model = TinyModel()
+    with torch.no_grad():
+        model.net.weight.copy_(torch.arange(6, dtype=torch.float32).view(2, 3))
+    model.steps += 7
+    buffer_generator = torch.Generator().manual_seed(11)
+    model.kept = {
+        "buffer": {"capacity": 4, "num_seen": 5, "generator": buffer_generator.get_state(),
+                   "fields": {"examples": torch.ones(4, 3), "labels": torch.tensor([0, 1, 0, 1])}},
+        "seen_data": {0: {"x": torch.zeros(2, 3, dtype=torch.uint8), "y": torch.tensor([1, 0])}},
+        "names": ["a", "b"], "ratio": 0.5, "nothing": None,
+    }
+    return model
+
+
+def _state() -> TrainingState:
+    return TrainingState(2, {"class_il": [[90.0], [45.0, 80.0]]}, [1.0, 2.0], [0.1, 0.2])
+
+
+class RunsCode:
+    """Unpickling this calls os.system, which would create the marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def _with_header(payload: bytes, version: int = 2) -> bytes:
+    digest = hashlib.sha256(payload).hexdigest()
+    return CHECKPOINT_MAGIC + f"format {version} sha256 {digest} size {len(payload)}\n".encode() + payload
+
+
+def test_round_trip_restores_weights_extra_state_generators_and_loop_state(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    model, generator = _filled_model(), torch.Generator().manual_seed(5)
+    torch.randperm(10, generator=generator)  # advance it: the saved state is not the seed's
+    save_checkpoint(path, model, generator, _state(), CONFIG)
+    expected_next = torch.randperm(10, generator=generator).tolist()
+    assert path.read_bytes().startswith(CHECKPOINT_MAGIC)
+
+    restored, restored_generator = TinyModel(), torch.Generator()
+    state = load_checkpoint(path, restored, restored_generator, CONFIG)
+    assert state == _state()
+    assert restored.net.weight.tolist() == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
+    assert restored.steps.item() == 7
+    assert torch.randperm(10, generator=restored_generator).tolist() == expected_next
+    kept = restored.kept
+    assert kept["buffer"]["num_seen"] == 5 and kept["buffer"]["fields"]["labels"].tolist() == [0, 1, 0, 1]
+    assert torch.equal(kept["buffer"]["generator"], torch.Generator().manual_seed(11).get_state())
+    assert kept["seen_data"][0]["y"].tolist() == [1, 0] and kept["names"] == ["a", "b"] and kept["nothing"] is None
+
+
+def test_a_crafted_pickle_runs_nothing_and_is_refused_naming_the_file(tmp_path):
+    marker = tmp_path / "marker"
+    raw = tmp_path / "raw.pt"
+    raw.write_bytes(pickle.dumps(RunsCode(marker)))
+    with pytest.raises(ConfigError) as raw_error:
+        read_checkpoint(raw)
+    assert f"{raw} is not a mammoth checkpoint" in str(raw_error.value)
+
+    # The same object behind a valid header and checksum: weights_only refuses it.
+    buffer = io.BytesIO()
+    torch.save({"format": 2, "model": RunsCode(marker)}, buffer)
+    crafted = tmp_path / "checkpoint.pt"
+    crafted.write_bytes(_with_header(buffer.getvalue()))
+    with pytest.raises(ConfigError) as crafted_error:
+        read_checkpoint(crafted)
+    message = str(crafted_error.value)
+    assert message.startswith(f"checkpoint {crafted} holds objects mammoth does not write")
+    assert "system" in message and "\n" not in message
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda data: data[: len(data) - 100], "is truncated or padded"),
+        (lambda data: data[:-500] + bytes([data[-500] ^ 0x01]) + data[-499:], "is corrupt (its sha256 checksum does not match)"),
+        (lambda data: data[:40], "is truncated (it ends inside its header)"),
+        (lambda data: data[:10], "is not a mammoth checkpoint"),
+        (lambda data: data.replace(b"format 2 ", b"format 9 ", 1), "has format 9; this mammoth reads format 2"),
+        (lambda data: CHECKPOINT_MAGIC + b"garbage\n" + data, "has a corrupt header"),
+    ],
+    ids=["truncated", "flipped-byte", "header-only", "cut-in-magic", "other-version", "bad-header"],
+)
+def test_damaged_checkpoints_give_one_line_naming_the_file(tmp_path, damage, message):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, _filled_model(), torch.Generator(), _state(), CONFIG)
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(ConfigError) as error:
+        load_checkpoint(path, TinyModel(), torch.Generator(), CONFIG)
+    text = str(error.value)
+    assert f"{path}" in text and message in text and "\n" not in text
+    assert "without resume=true" in text  # what to do
+
+
+def test_a_foreign_torch_file_is_refused(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"format": 1, "model": TinyModel().state_dict()}, path)  # what mammoth 0.1 wrote
+    with pytest.raises(ConfigError, match="is not a mammoth checkpoint"):
+        read_checkpoint(path)
+    buffer = io.BytesIO()
+    torch.save({"weights": torch.ones(2)}, buffer)
+    path.write_bytes(_with_header(buffer.getvalue()))
+    with pytest.raises(ConfigError, match="lacks format, config, state"):
+        read_checkpoint(path)
+
+
+def test_a_failed_save_keeps_the_last_good_checkpoint_and_no_tmp_file(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, _filled_model(), torch.Generator(), _state(), CONFIG)
+    good = path.read_bytes()
+
+    def disk_full(descriptor):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("mammoth.rundir.os.fsync", disk_full)
+    later = TrainingState(3, {"class_il": [[1.0], [2.0, 3.0], [4.0, 5.0, 6.0]]}, [1.0] * 3, [0.1] * 3)
+    with pytest.raises(ConfigError) as error:
+        save_checkpoint(path, TinyModel(), torch.Generator(), later, CONFIG)
+    assert str(error.value) == (
+        f"could not write the checkpoint {path}: no space left on device (the disk is full); "
+        "the previous checkpoint is kept"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+    assert path.read_bytes() == good
+    assert read_checkpoint(path)["state"]["next_task"] == 2
+
+
+def test_extra_state_that_weights_only_cannot_read_is_refused_at_save(tmp_path):
+    model = _filled_model()
+    model.kept = {"buffer": {"examples": np.zeros(3)}}
+    with pytest.raises(ConfigError, match=r"checkpoint\['model_extra'\]\['buffer'\]\['examples'\] is a numpy.ndarray"):
+        save_checkpoint(tmp_path / "checkpoint.pt", model, torch.Generator(), _state(), CONFIG)
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_resume_without_a_checkpoint_names_the_path(tmp_path):
+    with pytest.raises(ConfigError, match=f"no checkpoint at {tmp_path / 'checkpoint.pt'}"):
+        read_checkpoint(tmp_path / "checkpoint.pt")
