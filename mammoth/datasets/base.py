@@ -119,6 +119,8 @@ class ContinualDataset:
     default_backbone: ClassVar[str]
     default_batch_size: ClassVar[int]
     default_n_epochs: ClassVar[int]
+    # The learning-rate milestones a model uses when its lr_milestones is None (the original's dataset default).
+    default_lr_milestones: ClassVar[tuple[int, ...]] = ()
 
     def __init__(self, config: DatasetConfig | Mapping[str, Any], seed: int = 0) -> None:
         """Validate ``config``; absent batch_size / n_epochs take the benchmark's defaults.
@@ -209,7 +211,20 @@ class ContinualDataset:
                     f"{self.name} {split} labels span {int(y.min())}..{int(y.max())}; expected 0..{n_labels - 1} "
                     "(the files are corrupt)"
                 )
+            self._check_every_task_has_examples(split, y, n_labels)
         return train_x, train_y, test_x, test_y
+
+    def _check_every_task_has_examples(self, split: str, y: torch.Tensor, n_labels: int) -> None:
+        """Refuse data that leaves a task without examples (fewer classes than the tasks need)."""
+        per_class = torch.bincount(y, minlength=n_labels)
+        per_task = per_class.view(-1, self.n_classes_per_task).sum(1) if self.setting == "class-il" else per_class.sum().view(1)
+        empty = (per_task == 0).nonzero().flatten().tolist()
+        if empty:
+            present = int((per_class > 0).sum())
+            raise DatasetError(
+                f"{self.name} has no {split} examples for task {empty[0] + 1} of {self.n_tasks}: its {split} data has "
+                f"{present} class(es), and {self.n_tasks} tasks x {self.n_classes_per_task} classes need {n_labels}"
+            )
 
     def apply_task_transform(self, task: int, x: torch.Tensor) -> torch.Tensor:
         """Domain-IL: the input transformation of ``task`` applied to a whole uint8 tensor (identity here)."""

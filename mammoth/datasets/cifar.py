@@ -156,3 +156,4 @@ class SequentialCIFAR100(_CIFARBenchmark):
     n_classes_per_task = 10
     mean = (0.5071, 0.4867, 0.4408)
     std = (0.2675, 0.2565, 0.2761)
+    default_lr_milestones = (35, 45)  # the original's default: --lr_scheduler multisteplr --lr_milestones 35 45

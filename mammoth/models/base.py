@@ -29,7 +29,12 @@ class ContinualModel(nn.Module):
 
     Subclasses implement :meth:`observe` and override the other hooks as needed. The optimizer
     (``sgd`` with ``momentum``, or ``adam``; both with ``weight_decay``) is re-created over
-    ``self.net.parameters()`` at every :meth:`begin_task`.
+    ``self.net.parameters()`` at every :meth:`begin_task`, and so is the learning-rate schedule:
+    the original Mammoth's multi-step schedule (``--lr_scheduler multisteplr``), torch's
+    ``MultiStepLR``, multiplies the learning rate by ``sched_multistep_lr_gamma`` at each of the
+    ``lr_milestones`` epochs of every task (stepped by :meth:`end_epoch`). ``lr_milestones=None``
+    takes the dataset's ``default_lr_milestones`` (the original's dataset default: ``[35, 45]``
+    for seq-cifar100, none elsewhere); an empty list keeps the learning rate constant.
     """
 
     def __init__(
@@ -40,6 +45,8 @@ class ContinualModel(nn.Module):
         optimizer: Literal["sgd", "adam"] = "sgd",
         momentum: float = 0.0,
         weight_decay: float = 0.0,
+        lr_milestones: Optional[tuple[int, ...]] = None,
+        sched_multistep_lr_gamma: float = 0.1,
     ) -> None:
         super().__init__()
         self.lr = check_positive("model.lr", lr)
@@ -50,11 +57,16 @@ class ContinualModel(nn.Module):
             raise ConfigError(
                 f"model.momentum={momentum} has no effect with model.optimizer=adam; allowed: momentum=0 with adam"
             )
+        if lr_milestones is None:
+            lr_milestones = tuple(getattr(dataset, "default_lr_milestones", ()))
+        self.lr_milestones = check_milestones("model.lr_milestones", lr_milestones)
+        self.sched_multistep_lr_gamma = check_positive("model.sched_multistep_lr_gamma", sched_multistep_lr_gamma)
         self.net = net
         self.dataset = dataset
         self.loss = nn.CrossEntropyLoss()
         self.current_task = 0
         self.optimizer = self.make_optimizer()
+        self.scheduler = self.make_scheduler()
 
     @property
     def device(self) -> torch.device:
@@ -70,6 +82,14 @@ class ContinualModel(nn.Module):
             self.net.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
         )
 
+    def make_scheduler(self) -> Optional[torch.optim.lr_scheduler.MultiStepLR]:
+        """A fresh ``MultiStepLR`` over ``self.optimizer`` (None without ``lr_milestones``)."""
+        if not self.lr_milestones:
+            return None
+        return torch.optim.lr_scheduler.MultiStepLR(
+            self.optimizer, milestones=list(self.lr_milestones), gamma=self.sched_multistep_lr_gamma
+        )
+
     def forward(self, x: Tensor) -> Tensor:
         """The logits of the backbone."""
         return self.net(x)
@@ -79,9 +99,10 @@ class ContinualModel(nn.Module):
         return train_x, train_y
 
     def begin_task(self, task: int) -> None:
-        """Called before training ``task``: records it and re-creates the optimizer."""
+        """Called before training ``task``: records it and re-creates the optimizer and its schedule."""
         self.current_task = task
         self.optimizer = self.make_optimizer()
+        self.scheduler = self.make_scheduler()
 
     def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> float:
         """One training step on a batch; returns the loss value.
@@ -92,7 +113,10 @@ class ContinualModel(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} does not implement observe")
 
     def end_epoch(self, epoch: int) -> None:
-        """Called after each training epoch of the current task (``epoch`` counts from 0); nothing by default."""
+        """Called after each training epoch of the current task (``epoch`` counts from 0): steps the
+        learning-rate schedule (an override must call ``super().end_epoch(epoch)``)."""
+        if self.scheduler is not None:
+            self.scheduler.step()
 
     def end_task(self, task: int) -> None:
         """Called after training ``task``; nothing by default."""
@@ -110,6 +134,19 @@ class ContinualModel(nn.Module):
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`extra_state` returned; nothing by default."""
+
+
+def check_milestones(key: str, milestones: Any) -> tuple[int, ...]:
+    """``milestones`` as a tuple if they are increasing positive integers (epochs), else a ConfigError."""
+    values = tuple(milestones) if isinstance(milestones, (list, tuple)) else None
+    if values is None or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values) or any(
+        b <= a for a, b in zip(values, values[1:])
+    ):
+        shown = list(milestones) if isinstance(milestones, (list, tuple)) else milestones
+        raise ConfigError(
+            f"{key}={shown!r} is not a list of increasing positive epochs; allowed: e.g. [35, 45], or [] for a constant lr"
+        )
+    return values
 
 
 # ---- shared by the rehearsal methods (er, der, derpp) ----

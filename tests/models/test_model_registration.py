@@ -17,7 +17,10 @@ from mammoth.models.er import ER
 from mammoth.models.joint import Joint
 from mammoth.models.sgd import SGD
 
-OPTIMISATION = {"lr": (float, 0.1), "optimizer": (str, "sgd"), "momentum": (float, 0.0), "weight_decay": (float, 0.0)}
+OPTIMISATION = {
+    "lr": (float, 0.1), "optimizer": (str, "sgd"), "momentum": (float, 0.0), "weight_decay": (float, 0.0),
+    "lr_milestones": (Optional[tuple[int, ...]], None), "sched_multistep_lr_gamma": (float, 0.1),
+}
 REPLAY = {"buffer_size": (int, "???"), "minibatch_size": (Optional[int], None), "buffer_device": (str, "training")}
 EXPECTED_FIELDS = {
     "sgd": OPTIMISATION,
