@@ -132,9 +132,9 @@ def read_job(directory: Path, name: str) -> JobRow:
     row = JobRow(name=name, directory=directory, overrides=overrides, status=status, error=error)
     if status == COMPLETE and results is not None:
         row.metrics = _final_metrics(results)
-        row.wall_seconds = _number((results.get("timings") or {}).get("total_seconds"))
-    if row.wall_seconds is None:
-        row.wall_seconds = _number(recorded.get("wall_seconds"))
+    row.wall_seconds = _number(recorded.get("wall_seconds"))  # the whole job, measured by the callback
+    if row.wall_seconds is None and status == COMPLETE and results is not None:
+        row.wall_seconds = _number((results.get("timings") or {}).get("total_seconds"))  # the run alone
     return row
 
 

@@ -148,6 +148,7 @@ def test_status_comes_from_the_files(tmp_path: Path):
     finished.wait()
     here = {"host": socket.gethostname()}
     write_job(tmp_path / "done", results=complete((1, 2, 3), (4, 5, 6), 1), status={"status": "running", **here, "pid": os.getpid()})
+    write_job(tmp_path / "timed", results=complete((1, 2, 3), (4, 5, 6), 1), status={"status": "complete", "wall_seconds": 7})
     write_job(tmp_path / "live", status={"status": "running", **here, "pid": os.getpid(), "overrides": ["seed=3"]})
     write_job(tmp_path / "killed", status={"status": "running", **here, "pid": finished.pid})
     write_job(tmp_path / "killed_late", status={"status": "running", **here, "pid": finished.pid}, checkpoint=True)
@@ -156,8 +157,9 @@ def test_status_comes_from_the_files(tmp_path: Path):
     write_job(tmp_path / "empty", overrides=["seed=0"])
     rows = {row.name: row for row in gather([tmp_path])}
     assert {name: row.status for name, row in rows.items()} == {
-        "done": "complete", "live": "running", "killed": "failed", "killed_late": "stopped early",
+        "done": "complete", "timed": "complete", "live": "running", "killed": "failed", "killed_late": "stopped early",
         "elsewhere": "running", "stopped": "stopped early", "empty": "failed"}
+    assert (rows["done"].wall_seconds, rows["timed"].wall_seconds) == (1, 7)  # the job's wall time wins over the run's
     assert rows["live"].overrides == ["seed=3"]  # from job.json when there is no .hydra/overrides.yaml
     assert rows["killed"].error == "ended without recording a result (killed or crashed)"
     assert rows["empty"].error == "no results.json and no checkpoint"
