@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -38,15 +39,17 @@ def resolve_device(name: str) -> torch.device:
 
 
 def output_directory(cfg: DictConfig) -> Path:
-    """``output_dir`` if set, else Hydra's run directory, else the working directory."""
-    if cfg.get("output_dir"):
-        path = Path(cfg.output_dir)
-    else:
-        from hydra.core.hydra_config import HydraConfig
+    """``output_dir`` if set, else Hydra's run directory, else the working directory; created if
+    needed. One that is a file or cannot be written raises a one-line ConfigError naming it."""
+    from mammoth.rundir import prepare_directory
 
-        path = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path.cwd()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    if cfg.get("output_dir"):
+        return prepare_directory(Path(cfg.output_dir), "output_dir")
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return prepare_directory(Path(HydraConfig.get().runtime.output_dir), "hydra.run.dir")
+    return prepare_directory(Path.cwd(), "the working directory")
 
 
 def summary_line(name: str, net: Any) -> str:
@@ -75,7 +78,18 @@ def check_output_size(net: Any, dataset: Any, backbone_name: str) -> None:
 
 def run(cfg: DictConfig) -> float:
     """Run one continual-learning experiment from a composed config; return the final average
-    accuracy (Class-IL, or Domain-IL). Writes results.json, the plot and checkpoints."""
+    accuracy (Class-IL, or Domain-IL). Writes results.json, the plot and checkpoints.
+
+    The run directory is locked for the duration: a second run in it is refused (ConfigError).
+    """
+    from mammoth.rundir import RunLock
+
+    with RunLock(output_directory(cfg)):
+        return _run(cfg)
+
+
+def _run(cfg: DictConfig) -> float:
+    """:func:`run` in its locked run directory."""
     from mammoth.backbones import build_backbone
     from mammoth.datasets import build_dataset
     from mammoth.models import build_model
@@ -83,10 +97,11 @@ def run(cfg: DictConfig) -> float:
 
     started = time.perf_counter()
     run_dir = output_directory(cfg)
-    (run_dir / RESULTS_NAME).unlink(missing_ok=True)  # never leave an old, complete-looking file
+    if not cfg.resume:  # never leave an old, complete-looking file; a refused resume keeps its run's
+        (run_dir / RESULTS_NAME).unlink(missing_ok=True)
     device = resolve_device(cfg.device)
     _set_threads(cfg.get("threads"))
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(_check_seed(cfg.seed))
     dataset = build_dataset(cfg.dataset, seed=cfg.seed)
     net = build_backbone(cfg.backbone, num_classes=dataset.n_classes, input_shape=dataset.input_shape).to(device)
     backbone_name = _choice("backbone") or cfg.backbone._target_
@@ -103,6 +118,11 @@ def _set_threads(threads: int | None) -> None:
         return
     if threads < 1:
         raise ConfigError(f"threads={threads} is not positive; allowed: null (torch's default) or an integer >= 1")
+    available = os.cpu_count() or 1
+    if threads > available:
+        raise ConfigError(
+            f"threads={threads} is more than the {available} CPU(s) of this machine; allowed: null or 1..{available}"
+        )
     torch.set_num_threads(threads)
 
 
@@ -111,6 +131,24 @@ def _choice(group: str) -> str | None:
     from hydra.core.hydra_config import HydraConfig
 
     return HydraConfig.get().runtime.choices.get(group) if HydraConfig.initialized() else None
+
+
+def _check_seed(seed: int) -> int:
+    """``seed`` if torch's generators take it as it is: an integer in 0 .. 2**64 - 1."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+        raise ConfigError(f"seed={seed!r} is outside 64 bits; allowed: an integer from 0 to {2**64 - 1}")
+    return seed
+
+
+def record_filled_values(config: dict[str, Any], dataset: Any) -> dict[str, Any]:
+    """``config`` with the backbone's ``num_classes`` / ``input_shape`` that the data filled in
+    (``???`` in the composed config) replaced by the values the backbone was built with."""
+    backbone = config.get("backbone")
+    if isinstance(backbone, dict):
+        for key, value in (("num_classes", dataset.n_classes), ("input_shape", list(dataset.input_shape))):
+            if backbone.get(key) == "???":
+                backbone[key] = value
+    return config
 
 
 def _check_buffer_fits(cfg: DictConfig, dataset: Any) -> None:
@@ -133,7 +171,7 @@ def _train_and_report(
     from mammoth.results import KIND_TITLES, PLOT_NAME, RESULTS_NAME, build_results, environment_versions, format_table, plot_results, write_json_atomic
     from mammoth.training import run_tasks
 
-    config = OmegaConf.to_container(cfg, resolve=True)
+    config = record_filled_values(OmegaConf.to_container(cfg, resolve=True), dataset)
     comparable = {key: value for key, value in config.items() if key not in RUN_CONTROL_KEYS}
     log.info("%s, %s: %d tasks on %s; writing to %s", dataset.name, model_name, dataset.n_tasks, device, run_dir)
     state = run_tasks(

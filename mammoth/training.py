@@ -17,6 +17,7 @@ import torch
 from mammoth.errors import ConfigError, TrainingError
 from mammoth.evaluation import SETTING_METRICS, evaluate_tasks
 from mammoth.rundir import write_atomic
+from mammoth.validation import check_positive_int
 
 CHECKPOINT_NAME = "checkpoint.pt"
 #: Version of the checkpoint layout; a checkpoint of another version is refused on resume.
@@ -94,6 +95,8 @@ def run_tasks(model: Any, dataset: Any, device: torch.device, run_dir: Path, see
     ``on_task_end(task, state)`` report progress. A non-finite loss or weight raises a
     TrainingError; the checkpoint of the last finished task stays.
     """
+    if stop_after_task is not None:
+        check_positive_int("stop_after_task", stop_after_task)
     generator = torch.Generator().manual_seed(seed)
     state = TrainingState.empty(dataset.setting)
     if resume:

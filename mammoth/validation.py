@@ -1,8 +1,13 @@
 """Value checks shared by the config-driven parts (models, datasets, buffer): each error names the
-config key, the bad value and what is allowed, e.g. ``model.lr=-1.0 is not positive; allowed: lr > 0``."""
+config key, the bad value and what is allowed, e.g. ``model.lr=-1.0 is not positive; allowed: lr > 0``.
+
+Real-valued settings must also be finite: ``inf`` and ``nan`` are refused before training. Large
+finite values are allowed (no upper bounds); a run they make diverge stops at the first
+non-finite loss (:class:`mammoth.errors.TrainingError`)."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from mammoth.errors import ConfigError, MammothError
@@ -17,15 +22,28 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _check_finite(key: str, value: Any, allowed: str, error_type: type[MammothError]) -> None:
+    if not _is_number(value):
+        return
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an int beyond float range
+        finite = False
+    if not finite:
+        raise error_type(f"{key}={value!r} is not a finite number; allowed: {allowed}")
+
+
 def check_positive(key: str, value: Any, error_type: type[MammothError] = ConfigError) -> float:
-    """``value`` as a float if it is a number > 0, else an ``error_type`` naming ``key``."""
+    """``value`` as a float if it is a finite number > 0, else an ``error_type`` naming ``key``."""
+    _check_finite(key, value, f"0 < {_name(key)} < inf", error_type)
     if not _is_number(value) or not value > 0:
         raise error_type(f"{key}={value!r} is not positive; allowed: {_name(key)} > 0")
     return float(value)
 
 
 def check_non_negative(key: str, value: Any, error_type: type[MammothError] = ConfigError) -> float:
-    """``value`` as a float if it is a number >= 0, else an ``error_type`` naming ``key``."""
+    """``value`` as a float if it is a finite number >= 0, else an ``error_type`` naming ``key``."""
+    _check_finite(key, value, f"0 <= {_name(key)} < inf", error_type)
     if not _is_number(value) or not value >= 0:
         raise error_type(f"{key}={value!r} is negative or not a number; allowed: {_name(key)} >= 0")
     return float(value)

@@ -40,6 +40,10 @@ def register_dataset(cls: DatasetClass) -> DatasetClass:
         raise DatasetError(f"dataset class {_qualified_name(cls)} has name={name!r}; expected a non-empty string")
     if cls.setting not in ("class-il", "domain-il"):
         raise DatasetError(f"dataset {name!r} has setting={cls.setting!r}; allowed: class-il, domain-il")
+    for attribute in ("default_n_tasks", "n_classes_per_task"):
+        value = getattr(cls, attribute, None)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise DatasetError(f"dataset {name!r} has {attribute}={value!r}; allowed: an integer >= 1")
     if cls.augmentation not in (None, "crop-flip"):
         raise DatasetError(f"dataset {name!r} has augmentation={cls.augmentation!r}; allowed: None, crop-flip")
     if name in _REGISTRY:

@@ -1,0 +1,163 @@
+"""A run never reports a wrong success: bad values are refused before training, a diverging run
+stops without results, a refused resume keeps the results it would have replaced, two runs never
+share a directory, and every fault is one line naming the bad value."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+
+import mammoth
+from mammoth.errors import ConfigError, DatasetError, TrainingError
+from mammoth.rundir import RunLock
+from mammoth.training import read_checkpoint
+
+
+def compose_run(output_dir: Path, *overrides: str):
+    with initialize_config_module(config_module="mammoth.conf", version_base="1.3"):
+        return compose(config_name="config",
+                       overrides=[f"output_dir={output_dir}", "device=cpu", "seed=1", "dataset.n_epochs=1", *overrides])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (("model.lr=inf",), "model.lr=inf is not a finite number; allowed: 0 < lr < inf"),
+        (("model.lr=nan",), "model.lr=nan is not a finite number"),
+        (("model.weight_decay=inf",), "model.weight_decay=inf is not a finite number; allowed: 0 <= weight_decay < inf"),
+        (("model.momentum=nan",), "model.momentum=nan is not a finite number"),
+        (("model=der", "model.buffer_size=10", "model.alpha=inf"), "model.alpha=inf is not a finite number"),
+        (("seed=-1",), "seed=-1 is outside 64 bits; allowed: an integer from 0 to 18446744073709551615"),
+        ((f"seed={2**64}",), f"seed={2**64} is outside 64 bits"),
+        ((f"threads={(os.cpu_count() or 1) + 1}",), f"is more than the {os.cpu_count()} CPU(s) of this machine"),
+        (("stop_after_task=0",), "stop_after_task=0 is not a positive integer; allowed: stop_after_task >= 1"),
+    ],
+)
+def test_bad_values_are_refused_before_training(tmp_path, overrides, message):
+    with pytest.raises(mammoth.MammothError) as error:
+        mammoth.run(compose_run(tmp_path, *overrides))
+    assert message in str(error.value) and "\n" not in str(error.value)
+    assert not (tmp_path / "results.json").exists() and not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_a_diverging_run_stops_at_the_first_non_finite_loss_without_results(tmp_path):
+    with pytest.raises(TrainingError) as error:
+        mammoth.run(compose_run(tmp_path, "model.lr=1e10"))
+    message = str(error.value)
+    # seq-digits task 1 has 288 training images: 9 steps of 32 per epoch.
+    assert message.startswith("the loss became nan in task 1/5, epoch 1/1, step ") and message.count("\n") == 0
+    step = int(message.split("step ")[1].split("/")[0])
+    assert 1 <= step <= 9 and "/9;" in message
+    assert not (tmp_path / "results.json").exists() and not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_weights_that_become_non_finite_stop_the_run(tmp_path, monkeypatch):
+    from mammoth.models.base import ContinualModel
+
+    end_task = ContinualModel.end_task
+
+    def poison_task_two(self, task):
+        end_task(self, task)
+        if task == 1:
+            with torch.no_grad():
+                next(self.net.parameters()).view(-1)[0] = float("inf")
+
+    monkeypatch.setattr(ContinualModel, "end_task", poison_task_two)
+    with pytest.raises(TrainingError, match=r"^the weights became non-finite \(nan or inf\) in task 2/5"):
+        mammoth.run(compose_run(tmp_path))
+    assert read_checkpoint(tmp_path / "checkpoint.pt")["state"]["next_task"] == 1  # task 1's stays
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_a_refused_resume_keeps_the_complete_results(tmp_path):
+    mammoth.run(compose_run(tmp_path))
+    complete = (tmp_path / "results.json").read_bytes()
+    assert json.loads(complete)["status"] == "complete"
+    with pytest.raises(ConfigError, match="differs from the checkpoint's in: model"):
+        mammoth.run(compose_run(tmp_path, "resume=true", "model.lr=0.5"))
+    assert (tmp_path / "results.json").read_bytes() == complete
+    checkpoint = tmp_path / "checkpoint.pt"
+    data = bytearray(checkpoint.read_bytes())
+    data[-10] ^= 0xFF
+    checkpoint.write_bytes(bytes(data))
+    with pytest.raises(ConfigError, match="is corrupt"):
+        mammoth.run(compose_run(tmp_path, "resume=true"))
+    assert (tmp_path / "results.json").read_bytes() == complete
+
+
+def test_a_second_run_in_the_same_directory_is_refused(tmp_path):
+    with RunLock(tmp_path):
+        with pytest.raises(ConfigError) as error:
+            mammoth.run(compose_run(tmp_path))
+    assert str(error.value) == (
+        f"another mammoth run (pid {os.getpid()}) is using {tmp_path}; "
+        "wait for it to end, or give this run another hydra.run.dir or output_dir"
+    )
+    assert not (tmp_path / "results.json").exists()
+    mammoth.run(compose_run(tmp_path, "stop_after_task=1"))  # released: the next run may go
+    assert read_checkpoint(tmp_path / "checkpoint.pt")["state"]["next_task"] == 1
+
+
+def test_output_dirs_that_cannot_be_used_give_one_line(tmp_path):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a directory")
+    with pytest.raises(ConfigError) as error:
+        mammoth.run(compose_run(a_file))
+    assert str(error.value) == f"output_dir={a_file} is a file, not a directory; allowed: a directory mammoth can write to"
+    with pytest.raises(ConfigError, match=rf"^output_dir={a_file / 'run'} cannot be written: not a directory;"):
+        mammoth.run(compose_run(a_file / "run"))
+    # sysfs refuses new files even to root, unlike a chmod-ed directory.
+    with pytest.raises(ConfigError, match=r"^output_dir=/sys/kernel cannot be written: (permission denied|operation not permitted);"):
+        mammoth.run(compose_run(Path("/sys/kernel")))
+
+
+def test_stop_after_task_counts_tasks_of_the_whole_run(tmp_path):
+    assert math.isnan(mammoth.run(compose_run(tmp_path, "stop_after_task=2")))
+    saved = read_checkpoint(tmp_path / "checkpoint.pt")
+    assert saved["state"]["next_task"] == 2
+    # Resuming with the same stop trains nothing more: the checkpoint is the one written before.
+    assert math.isnan(mammoth.run(compose_run(tmp_path, "stop_after_task=2", "resume=true")))
+    again = read_checkpoint(tmp_path / "checkpoint.pt")
+    assert again["state"] == saved["state"]
+    mammoth.run(compose_run(tmp_path, "stop_after_task=3", "resume=true"))
+    assert read_checkpoint(tmp_path / "checkpoint.pt")["state"]["next_task"] == 3
+
+
+def test_results_record_the_values_the_data_filled_in(tmp_path):
+    mammoth.run(compose_run(tmp_path))
+    backbone = json.loads((tmp_path / "results.json").read_text())["config"]["backbone"]
+    assert backbone["num_classes"] == 10 and backbone["input_shape"] == [1, 8, 8]  # seq-digits: 10 digits, 8x8
+
+
+def test_a_dataset_with_fewer_classes_than_its_tasks_is_refused(tmp_path):
+    from mammoth.datasets import _REGISTRY, register_dataset
+    from mammoth.datasets.digits import SequentialDigits, load_digits_split
+
+    @register_dataset
+    class FourDigits(SequentialDigits):
+        name = "four-digits"
+
+        def load_source(self):
+            x, y, test_x, test_y = load_digits_split()
+            return x[y < 4], y[y < 4], test_x[test_y < 4], test_y[test_y < 4]
+
+    try:
+        cfg = compose_run(tmp_path)
+        cfg.dataset.name = "four-digits"
+        with pytest.raises(DatasetError) as error:
+            mammoth.run(cfg)
+        assert str(error.value) == (
+            "four-digits has no train examples for task 3 of 5: its train data has 4 class(es), "
+            "and 5 tasks x 2 classes need 10"
+        )
+        with pytest.raises(DatasetError, match=r"has n_classes_per_task=0; allowed: an integer >= 1"):
+            register_dataset(type("NoClasses", (SequentialDigits,), {"name": "no-classes", "n_classes_per_task": 0}))
+    finally:
+        _REGISTRY.pop("four-digits", None)
+    assert not (tmp_path / "results.json").exists()
