@@ -36,6 +36,7 @@ STATUS_NAME = "job.json"
 OVERRIDES_PATH = Path(".hydra") / "overrides.yaml"
 CSV_NAME, MARKDOWN_NAME, PLOT_NAME = "summary.csv", "summary.md", "summary.png"
 LOCK_NAME = ".summary.lock"
+MAX_PLOTTED = 40  # configurations in summary.png; more would not be readable
 
 COMPLETE, FAILED, STOPPED, RUNNING = "complete", "failed", "stopped early", "running"
 METRIC_TITLES = {"average": "", "forgetting": " forgetting", "bwt": " BWT"}
@@ -349,15 +350,29 @@ def format_csv(rows: Sequence[JobRow]) -> str:
 # --- plot ---------------------------------------------------------------------------------
 
 
+def plotted_configurations(groups: Sequence[ConfigurationRow]) -> list[ConfigurationRow]:
+    """The configurations with complete jobs, in order; when there are more than ``MAX_PLOTTED``,
+    the ``MAX_PLOTTED`` with the best final average of the first accuracy kind, best first."""
+    shown = [group for group in groups if group.complete]
+    if len(shown) <= MAX_PLOTTED:
+        return shown
+    kind = next(kind for kind in KIND_TITLES if any(f"{kind}_average" in group.means for group in shown))
+    return sorted(shown, key=lambda group: -group.means.get(f"{kind}_average", -math.inf))[:MAX_PLOTTED]
+
+
 def plot_summary(groups: Sequence[ConfigurationRow], title: str) -> bytes:
     """PNG bytes: a horizontal bar per configuration and accuracy kind (final average), with
-    the standard deviation over seeds as error bars. Labels show the overrides that differ
+    the standard deviation over seeds as error bars (at most ``MAX_PLOTTED`` configurations: the
+    best by the first kind's average). Labels show the overrides that differ
     between configurations; the ones they share go in the title."""
     import numpy as np
     from matplotlib.figure import Figure  # no pyplot: no global figure state, no GUI backend
 
-    shown = [group for group in groups if group.complete]
+    shown = plotted_configurations(groups)
     kinds = [kind for kind in KIND_TITLES if any(f"{kind}_average" in group.means for group in shown)]
+    complete = sum(bool(group.complete) for group in groups)
+    if len(shown) < complete:
+        title = f"{title}: the {len(shown)} best of {complete} configurations ({KIND_TITLES[kinds[0]]})"
     common = set.intersection(*(set(group.overrides) for group in shown)) if shown else set()
     labels = [_overrides_text([item for item in group.overrides if item not in common]) for group in shown]
     if len(shown) == 1:
@@ -426,7 +441,11 @@ def summary_lock(root: Path) -> Iterator[None]:
         yield
         return
     with open(root / LOCK_NAME, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except OSError:  # a file system without locks (some network mounts): writes stay atomic
+            yield
+            return
         try:
             yield
         finally:
@@ -449,7 +468,8 @@ def update_summary(root: Path, others: Sequence[Path] = ()) -> list[JobRow]:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m mammoth.summary DIR [DIR ...] [--write]``: print the summary tables of the
     runs under the directories; with ``--write`` also write the files into the first one.
-    Returns the exit status (2: a usage error, such as a directory without runs)."""
+    Returns the exit status (2: a usage error, such as a directory without runs; 1: the files
+    cannot be written)."""
     parser = argparse.ArgumentParser(
         prog="python -m mammoth.summary",
         description="Summarise mammoth runs and sweeps: one row per job, one row per configuration "
@@ -463,9 +483,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     title = " ".join(str(path) for path in roots)
     try:
         rows = update_summary(roots[0], roots[1:]) if arguments.write else gather(roots)
-    except FileNotFoundError as error:
+    except FileNotFoundError as error:  # a directory that does not exist or holds no runs
         print(f"Error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # the summary files cannot be written
+        print(f"Error: cannot write the summary into {str(roots[0])!r}: {error}", file=sys.stderr)
+        return 1
     print(format_summary(rows, title), end="")
     if arguments.write:
         print(f"Wrote {', '.join(str(roots[0] / name) for name in (CSV_NAME, MARKDOWN_NAME, PLOT_NAME))}")

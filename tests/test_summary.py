@@ -21,7 +21,9 @@ from omegaconf import OmegaConf
 
 from mammoth.callbacks import SweepSummaryCallback, sweep_root
 from mammoth.errors import ConfigError
-from mammoth.summary import find_job_dirs, format_summary, gather, group_rows, main, update_summary
+from mammoth.summary import (
+    find_job_dirs, format_summary, gather, group_rows, main, plot_summary, plotted_configurations, update_summary,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -176,11 +178,19 @@ def test_command_line_prints_and_writes(sweep: Path):
     assert len((sweep / "summary.csv").read_text().splitlines()) == 6
 
 
-def test_command_line_refuses_a_missing_directory(tmp_path: Path):
-    result = subprocess.run([sys.executable, "-m", "mammoth.summary", str(tmp_path / "nope"), "--write"],
-                            capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert result.returncode == 2 and result.stdout == ""
-    assert result.stderr == f"Error: directory {str(tmp_path / 'nope')!r} does not exist; allowed: a run or sweep directory\n"
+def test_command_line_refuses_a_missing_directory(tmp_path: Path, capsys: pytest.CaptureFixture):
+    assert main([str(tmp_path / "nope"), "--write"]) == 2
+    output = capsys.readouterr()
+    assert output.out == ""
+    assert output.err == f"Error: directory {str(tmp_path / 'nope')!r} does not exist; allowed: a run or sweep directory\n"
+    assert not (tmp_path / "nope").exists()
+
+
+def test_command_line_reports_a_summary_it_cannot_write(sweep: Path, capsys: pytest.CaptureFixture):
+    (sweep / "summary.csv").mkdir()  # a directory where the file should go
+    assert main([str(sweep), "--write"]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith(f"Error: cannot write the summary into {str(sweep)!r}: ") and "summary.csv" in error
 
 
 def test_command_line_refuses_a_directory_without_runs(tmp_path: Path, capsys: pytest.CaptureFixture):
@@ -259,3 +269,14 @@ def test_callback_never_fails_the_sweep(tmp_path: Path, caplog: pytest.LogCaptur
 def test_sweep_root_strips_a_nested_subdir(tmp_path: Path):
     config = job_config(tmp_path / "sweep", "lr=0.1/seed=0", [])
     assert sweep_root(config) == tmp_path / "sweep"
+
+
+def test_the_plot_shows_at_most_the_40_best_configurations(tmp_path: Path):
+    for lr in range(45):  # Class-IL average = lr, so the best 40 are lr 44 down to 5
+        write_job(tmp_path / str(lr), ["seed=0", f"model.lr={lr}"], complete((lr, 0, 0), (50, 0, 0), 1))
+    groups = group_rows(gather([tmp_path]))
+    assert [group.overrides for group in plotted_configurations(groups)] == [[f"model.lr={lr}"] for lr in range(44, 4, -1)]
+    png = plot_summary(groups, "many")
+    # height in the PNG header: (1.6 + 0.45 inch per bar * 40 configurations * 2 kinds) * 100 dpi
+    assert (int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")) == (900, 3760)
+    assert plotted_configurations(groups[:3]) == groups[:3]
