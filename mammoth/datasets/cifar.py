@@ -1,13 +1,13 @@
 """CIFAR benchmarks: ``seq-cifar10`` (5 tasks x 2 classes) and ``seq-cifar100`` (10 tasks x 10 classes).
 
 The files are the pickled batches of the official "python version" archives, under
-``<root>/cifar-10-batches-py/`` and ``<root>/cifar-100-python/``, read by torchvision's
-``datasets.CIFAR10`` / ``datasets.CIFAR100``.
+``<root>/cifar-10-batches-py/`` and ``<root>/cifar-100-python/`` (the names torchvision's
+``datasets.CIFAR10`` / ``datasets.CIFAR100`` list). They are read by a restricted unpickler that
+only rebuilds numpy arrays, so a tampered file cannot run code; a file that tries is refused.
 """
 
 from __future__ import annotations
 
-import os
 import pickle
 from pathlib import Path
 from typing import Any
@@ -21,51 +21,64 @@ from mammoth.errors import DatasetError
 Source = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-def lenient_cifar_class(torchvision_class: type) -> type:
-    """A subclass of torchvision's CIFAR class that checks only that its files exist, not their md5.
+class BatchUnpickler(pickle.Unpickler):
+    """Reads a pickled CIFAR batch without running code: the only callables it resolves are
+    numpy's array reconstruction and ``_codecs.encode`` (how protocol 2 stores bytes); any
+    other global (``os.system``, ``builtins.eval``...) is refused before anything runs."""
 
-    Downloads stay md5-checked: ``download()`` still hands the archive's md5 to torchvision's helper.
-    """
+    def find_class(self, module: str, name: str) -> Any:
+        """The allowed callables; an UnpicklingError naming any other."""
+        import codecs
 
-    class LenientCIFAR(torchvision_class):
-        def _check_integrity(self) -> bool:
-            """True when every batch and the meta file exist (no md5 check)."""
-            return all(os.path.isfile(path) for path in expected_paths(self))
+        import numpy as np
 
-        def _load_meta(self) -> None:
-            """Read the class names from the meta file (no md5 check)."""
-            with open(os.path.join(self.root, self.base_folder, self.meta["filename"]), "rb") as f:
-                self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
-            self.class_to_idx = {name: index for index, name in enumerate(self.classes)}
+        if name == "_reconstruct" and module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+            return np.ndarray.__reduce__(np.zeros(0))[0]  # numpy's _reconstruct, whatever its module
+        allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype, ("_codecs", "encode"): codecs.encode}
+        if (module, name) in allowed:
+            return allowed[module, name]
+        raise pickle.UnpicklingError(f"refused global {module}.{name}")
 
-    LenientCIFAR.__name__ = LenientCIFAR.__qualname__ = f"Lenient{torchvision_class.__name__}"
-    return LenientCIFAR
+
+def unpickle_batch(path: Path) -> Any:
+    """The object pickled in ``path``, read by :class:`BatchUnpickler` (Python 2 strings as latin-1)."""
+    with open(path, "rb") as file:
+        return BatchUnpickler(file, encoding="latin1").load()
+
+
+def read_batch(path: Path, label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N, 3, 32, 32) uint8 and labels (N,) int64 of the batch file ``path``; a ValueError
+    (or an unpickling error) says why the file is not a CIFAR batch."""
+    import numpy as np
+
+    entry = unpickle_batch(path)
+    if not isinstance(entry, dict):
+        raise ValueError(f"holds a {type(entry).__name__}, not a dict")
+    missing = [key for key in ("data", label_key) if key not in entry]
+    if missing:
+        raise ValueError(f"has no key(s) {', '.join(missing)}")
+    data, labels = entry["data"], entry[label_key]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise ValueError(f"its data is not a uint8 array of shape (N, 3072): {getattr(data, 'dtype', type(data).__name__)} "
+                         f"{getattr(data, 'shape', '')}")
+    if not isinstance(labels, list) or not all(isinstance(label, int) and not isinstance(label, bool) for label in labels):
+        raise ValueError(f"its {label_key} are not a list of integers")
+    if len(labels) != len(data):
+        raise ValueError(f"{len(data)} images but {len(labels)} labels")
+    x = torch.from_numpy(np.ascontiguousarray(data)).view(-1, 3, 32, 32)
+    return x, torch.tensor(labels, dtype=torch.int64)
+
+
+def check_meta(path: Path, key: str) -> None:
+    """A ValueError (or an unpickling error) if ``path`` is not a meta file with a list of names under ``key``."""
+    entry = unpickle_batch(path)
+    if not isinstance(entry, dict) or key not in entry:
+        raise ValueError(f"has no key(s) {key}")
 
 
 def expected_names(reader: Any) -> list[str]:
     """File names a torchvision CIFAR class (or instance) reads: the train and test batches, then the meta file."""
     return [name for name, _ in reader.train_list + reader.test_list] + [reader.meta["filename"]]
-
-
-def expected_paths(reader: Any) -> list[str]:
-    """Full paths of :func:`expected_names` under the root of the torchvision CIFAR instance ``reader``."""
-    folder = os.path.join(reader.root, reader.base_folder)
-    return [os.path.join(folder, name) for name in expected_names(reader)]
-
-
-def unreadable_file(folder: Path, names: list[str], label_key: str, meta_key: str) -> tuple[str, str]:
-    """The first file of ``names`` that does not unpickle to the expected dict, and why."""
-    for name in names:
-        keys = (meta_key,) if name in ("batches.meta", "meta") else ("data", label_key)
-        try:
-            with open(folder / name, "rb") as f:
-                entry = pickle.load(f, encoding="latin1")
-            missing = [key for key in keys if key not in entry]
-        except Exception as error:  # noqa: BLE001 - any unpickling failure means the file is corrupt
-            return name, f"cannot be unpickled: {type(error).__name__}: {error}"
-        if missing:
-            return name, f"has no key(s) {', '.join(missing)}"
-    return ", ".join(names), "inconsistent image and label arrays"
 
 
 def download_cifar(dataset: str, reader: Any, root: str) -> None:
@@ -85,7 +98,7 @@ def read_cifar(dataset: str, class_name: str, root: str, download: bool) -> Sour
     """Read the CIFAR archive of ``class_name`` ("CIFAR10" or "CIFAR100") under ``root``."""
     from torchvision import datasets
 
-    tv_class = lenient_cifar_class(getattr(datasets, class_name))
+    tv_class = getattr(datasets, class_name)  # for its file names and URL; mammoth reads the files
     folder = Path(root) / tv_class.base_folder
     how = (
         f"rerun with dataset.download=true on the command line, or download {tv_class.url} "
@@ -99,23 +112,23 @@ def read_cifar(dataset: str, class_name: str, root: str, download: bool) -> Sour
     if missing:
         raise missing_files_error(dataset, missing, names, folder, how)
     label_key = "labels" if class_name == "CIFAR10" else "fine_labels"
+    splits = [[name for name, _ in tv_class.train_list], [name for name, _ in tv_class.test_list]]
     tensors = []
-    for train in (True, False):
+    for name in [*splits[0], *splits[1], tv_class.meta["filename"]]:
         try:
-            data = tv_class(root, train=train, download=False)
-            x = torch.from_numpy(data.data).permute(0, 3, 1, 2).contiguous()
-            y = torch.as_tensor(data.targets, dtype=torch.int64)
-            if len(x) != len(y):
-                raise ValueError(f"{len(x)} images but {len(y)} labels")
-        except Exception as error:
-            batches = [name for name, _ in (tv_class.train_list if train else tv_class.test_list)]
-            candidates = batches + [tv_class.meta["filename"]]
-            name, problem = unreadable_file(folder, candidates, label_key, tv_class.meta["key"])
-            raise DatasetError(
-                f"{dataset}: corrupt file {name} in {folder}: {problem}\nDelete {folder}, then {how}"
-            ) from error
-        tensors += [x, y]
-    return tensors[0], tensors[1], tensors[2], tensors[3]
+            if name == tv_class.meta["filename"]:
+                check_meta(folder / name, tv_class.meta["key"])
+            else:
+                tensors.append(read_batch(folder / name, label_key))
+        except Exception as error:  # noqa: BLE001 - whatever is wrong, name the file in one line
+            problem = str(error) if isinstance(error, ValueError) else f"cannot be unpickled: {type(error).__name__}: {error}"
+            if isinstance(error, pickle.UnpicklingError) and str(error).startswith("refused global"):
+                problem = f"it holds code to run ({str(error).removeprefix('refused global ')}), which a CIFAR file never does; refused unread"
+            raise DatasetError(f"{dataset}: corrupt file {name} in {folder}: {problem}\nDelete {folder}, then {how}") from None
+    n_train = len(splits[0])
+    train, test = tensors[:n_train], tensors[n_train:]
+    return (torch.cat([x for x, _ in train]), torch.cat([y for _, y in train]),
+            torch.cat([x for x, _ in test]), torch.cat([y for _, y in test]))
 
 
 class _CIFARBenchmark(ContinualDataset):

@@ -59,17 +59,24 @@ def idx_header_problem(path: Path, magic: int) -> str | None:
 
 def extract_gzipped_idx_files(raw: Path) -> list[str]:
     """Decompress ``NAME.gz`` next to each missing IDX file ``NAME`` (as distributed, e.g. by
-    Debian's dataset-fashion-mnist); return the names written. Each is written atomically."""
+    Debian's dataset-fashion-mnist); return the names written. Each is written atomically; a
+    corrupt or truncated ``.gz`` raises a ``ValueError`` naming it and leaves nothing behind."""
     import gzip
     import shutil
+    import zlib
 
     written = []
     for name in (name for pair in IDX_FILES.values() for name in pair):
         target, packed = raw / name, raw / f"{name}.gz"
         if not target.is_file() and packed.is_file():
             temporary = target.with_name(target.name + ".tmp")
-            with gzip.open(packed, "rb") as source, open(temporary, "wb") as destination:
-                shutil.copyfileobj(source, destination)
+            try:
+                with gzip.open(packed, "rb") as source, open(temporary, "wb") as destination:
+                    shutil.copyfileobj(source, destination)
+            except (gzip.BadGzipFile, EOFError, zlib.error) as error:
+                temporary.unlink(missing_ok=True)
+                reason = "it ends early (truncated)" if isinstance(error, EOFError) else str(error) or type(error).__name__
+                raise ValueError(f"{packed} is not a readable gzip file: {reason}") from None
             temporary.replace(target)
             written.append(name)
     return written
@@ -114,7 +121,10 @@ def read_idx_dataset(dataset: str, folder: str, root: str, download: bool) -> So
     from torchvision import datasets
 
     raw = Path(root) / folder / "raw"
-    extract_gzipped_idx_files(raw)
+    try:
+        extract_gzipped_idx_files(raw)
+    except ValueError as error:
+        raise DatasetError(f"{dataset}: corrupt file {error}\nDelete it, then {how_to_get(folder, raw)}") from None
     if download and not all((raw / name).is_file() for pair in IDX_FILES.values() for name in pair):
         download_idx(dataset, folder, root, raw)
     check_idx_files(dataset, folder, raw)

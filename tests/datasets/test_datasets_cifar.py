@@ -113,3 +113,79 @@ def test_download_then_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(torchvision.datasets.utils, "download_and_extract_archive", fake_download)
     dataset = build_dataset({"name": "seq-cifar100", "root": str(tmp_path), "download": True})
     assert set(dataset.get_task(9).train_y.tolist()) == set(range(90, 100))
+
+
+class _RunsCode:
+    """Unpickling this calls os.system, which would create the marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("bad_file", ["data_batch_2", "batches.meta"])
+def test_a_tampered_batch_runs_nothing_and_is_refused_naming_it(tmp_path: Path, bad_file: str) -> None:
+    folder = fake_datasets.write_cifar10(tmp_path, n_per_batch=2, n_test=2)
+    marker = tmp_path / "marker"
+    entry = fake_datasets.cifar_entry([0, 1], "labels", "tampered")
+    entry["filenames"] = _RunsCode(marker)
+    fake_datasets.dump(folder / bad_file, entry)
+    with pytest.raises(DatasetError) as error:
+        build_dataset({"name": "seq-cifar10", "root": str(tmp_path)}).get_task(0)
+    first_line = str(error.value).splitlines()[0]
+    assert first_line.startswith(f"seq-cifar10: corrupt file {bad_file} in {folder}: it holds code to run (")
+    assert "system" in first_line and first_line.endswith("which a CIFAR file never does; refused unread")
+    assert not marker.exists()
+
+
+def test_an_object_array_is_not_image_data(tmp_path: Path) -> None:
+    import numpy as np
+
+    folder = fake_datasets.write_cifar10(tmp_path, n_per_batch=2, n_test=2)
+    entry = fake_datasets.cifar_entry([0, 1], "labels", "objects")
+    entry["data"] = np.array([[1] * 3072, [2] * 3072], dtype=object)  # elements pickled as ints: allowed, wrong dtype
+    fake_datasets.dump(folder / "test_batch", entry)
+    with pytest.raises(DatasetError, match=r"corrupt file test_batch in .*: its data is not a uint8 array of shape \(N, 3072\)"):
+        build_dataset({"name": "seq-cifar10", "root": str(tmp_path)}).get_task(0)
+
+
+def _python2_pickle(entry: dict) -> bytes:
+    """``entry`` pickled as Python 2 wrote the official batches: keys and raw array data as
+    8-bit strings (BINSTRING opcodes), protocol 2."""
+    import io
+    import pickle
+    import struct
+
+    class Python2Pickler(pickle._Pickler):
+        dispatch = pickle._Pickler.dispatch.copy()
+
+        def save_bytes(self, obj: bytes) -> None:
+            if len(obj) < 256:
+                self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
+            else:
+                self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
+            self.memoize(obj)
+
+        dispatch[bytes] = save_bytes
+
+    buffer = io.BytesIO()
+    Python2Pickler(buffer, protocol=2).dump({key.encode(): value for key, value in entry.items()})
+    return buffer.getvalue()
+
+
+def test_batches_pickled_by_python_2_are_read(tmp_path: Path) -> None:
+    folder = fake_datasets.write_cifar10(tmp_path, n_per_batch=4, n_test=10)
+    for batch in range(1, 6):
+        labels = [(i + batch) % 10 for i in range(4)]
+        entry = fake_datasets.cifar_entry(labels, "labels", f"training batch {batch} of 5")
+        (folder / f"data_batch_{batch}").write_bytes(_python2_pickle(entry))
+    assert b"\x80\x02}q" in (folder / "data_batch_1").read_bytes()[:5] and b"U\x04data" in (folder / "data_batch_1").read_bytes()
+    train_x, train_y, _, _ = build_dataset({"name": "seq-cifar10", "root": str(tmp_path)}).source()
+    assert train_y.tolist()[:4] == [1, 2, 3, 4]  # batch 1: labels (i + 1) % 10
+    assert fake_datasets.label_mismatches(train_x, train_y) == 0
+    expected = fake_datasets.fake_image(3, 2, 32, 32, 3)  # example 2 of data_batch_1 has label 3
+    assert torch.equal(train_x[2], torch.from_numpy(expected).permute(2, 0, 1))

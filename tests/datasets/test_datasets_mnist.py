@@ -173,3 +173,31 @@ def test_gzipped_idx_files_are_extracted_and_read(tmp_path):
     assert sorted(task.train_y.unique().tolist()) == [0, 1] and task.train_x.shape[1:] == (1, 28, 28)
     for name, content in originals.items():
         assert (raw / name).read_bytes() == content
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (lambda packed: packed[: len(packed) // 2], "it ends early (truncated)"),
+        (lambda packed: b"not gzip at all" + packed, "Not a gzipped file"),
+        (lambda packed: packed[:20] + bytes([packed[20] ^ 0xFF]) + packed[21:], ""),
+    ],
+    ids=["truncated", "not-gzip", "flipped-byte"],
+)
+def test_a_corrupt_gz_is_one_line_naming_it(tmp_path, damage, reason):
+    import gzip
+
+    from fake_datasets import write_mnist
+
+    from mammoth.datasets import build_dataset
+
+    raw = write_mnist(tmp_path, folder="MNIST", n_train=40, n_test=20)
+    images = raw / "train-images-idx3-ubyte"
+    (raw / "train-images-idx3-ubyte.gz").write_bytes(damage(gzip.compress(images.read_bytes())))
+    images.unlink()
+    with pytest.raises(DatasetError) as error:
+        build_dataset({"name": "seq-mnist", "root": str(tmp_path)}).get_task(0)
+    first_line = str(error.value).splitlines()[0]
+    assert first_line.startswith(f"seq-mnist: corrupt file {raw / 'train-images-idx3-ubyte.gz'} is not a readable gzip file: ")
+    assert reason in first_line
+    assert sorted(path.name for path in raw.iterdir() if "train-images" in path.name) == ["train-images-idx3-ubyte.gz"]
