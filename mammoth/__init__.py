@@ -5,6 +5,7 @@ Registered backbones become typed Hydra configs (``backbone=name backbone.arg=va
 """
 
 from mammoth.backbones import MammothBackbone, build_backbone, list_backbones, register_backbone
+from mammoth.models import register_model
 from mammoth.errors import BackboneError, ConfigError, DatasetError, MammothError, TrainingError
 from mammoth import config as _config  # noqa: F401  stores the run and dataset schemas
 from mammoth import models as _models  # noqa: F401  registers the CL methods
@@ -22,5 +23,15 @@ __all__ = [
     "build_backbone",
     "list_backbones",
     "register_backbone",
+    "register_model",
     "run",
 ]
+
+from mammoth.plugins import load_plugins as _load_plugins
+from mammoth.datasets import store_default_backbones as _store_default_backbones
+
+# Installed ``mammoth.plugins`` entry points register their backbones, models and datasets now,
+# so build_backbone("their-net") works in plain Python; a broken one is a warning here and an
+# error under ``python -m mammoth``.
+_load_plugins(strict=False)
+_store_default_backbones()

@@ -1,38 +1,94 @@
-"""``python -m mammoth``: Hydra wiring only; the work is in :func:`mammoth.run`."""
+"""``python -m mammoth``: Hydra wiring only; the work is in :func:`mammoth.run`.
+
+Inside the task function a mammoth error is raised, so Hydra records a failed job and a sweep
+goes on with its other jobs (and a sweeper's ``max_failure_rate`` applies). Only this entry
+point turns it into the one line ``Error: ...`` and exit status 1, without a traceback.
+"""
 
 from __future__ import annotations
 
 import gc
+import logging
+import os
 import sys
+from contextlib import contextmanager
+from typing import Iterator
 
 import hydra
 from omegaconf import DictConfig
 
 import mammoth
-from mammoth.cli import exit_with, normalise_overrides
+from mammoth.cli import CONFIG_NAME, CONFIG_PATH, exit_with, prepare_arguments
 from mammoth.errors import MammothError
 from mammoth.plugins import load_plugins
 
+#: The job log's logger for a single run's error (its console line comes from :func:`main`).
+FAILURE_LOGGER = "mammoth.failure"
 
-@hydra.main(config_path="pkg://mammoth.conf", config_name="config", version_base="1.3")
+
+@hydra.main(config_path=CONFIG_PATH, config_name=CONFIG_NAME, version_base="1.3")
 def hydra_main(cfg: DictConfig) -> float | None:
-    """Run one experiment from the composed config; returns the final Class-IL average."""
+    """Run one experiment from the composed config; returns the value of ``optimized_metric``."""
     try:
         return mammoth.run(cfg)
     except MammothError as error:
-        exit_with(error, status=1)
+        log_failure(error)
+        raise
+
+
+def log_failure(error: MammothError) -> None:
+    """Write the error to the job's ``mammoth.log`` (and, in a multirun, to the console)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    logging.getLogger("mammoth" if multirun else FAILURE_LOGGER).error("Error: %s", error)
+
+
+@contextmanager
+def hydra_errors_raised() -> Iterator[bool]:
+    """Let Hydra raise errors to the caller instead of printing them and exiting (its
+    ``HYDRA_FULL_ERROR`` switch). Yields False when the user had set it: then nothing is caught."""
+    previous = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        yield previous != "1"
+    finally:
+        if previous is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = previous
+
+
+def report_hydra_error(error: Exception) -> None:
+    """Print a Hydra composition error the way Hydra does (its message, then its cause's)."""
+    print(str(error), file=sys.stderr)
+    if error.__cause__ is not None:
+        print(str(error.__cause__), file=sys.stderr)
 
 
 def main() -> None:
-    """Entry point: check the command-line overrides, then hand over to Hydra."""
+    """Entry point: check the command line against what Hydra composes, then run it with Hydra."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
     try:
         load_plugins()
-        is_override = [not arg.startswith("-") and "=" in arg for arg in sys.argv[1:]]
-        normalised = iter(normalise_overrides([arg for arg, o in zip(sys.argv[1:], is_override) if o]))
-        sys.argv[1:] = [next(normalised) if o else arg for arg, o in zip(sys.argv[1:], is_override)]
+        sys.argv[1:] = prepare_arguments(sys.argv[1:], hydra_main)
     except MammothError as error:
-        exit_with(error)
-    hydra_main()
+        exit_with(error, status=2)
+    with hydra_errors_raised() as catch:
+        try:
+            hydra_main()
+        except MammothError as error:
+            if not catch:
+                raise
+            exit_with(error, status=1)
+        except (HydraException, OmegaConfBaseException) as error:
+            if not catch:
+                raise
+            report_hydra_error(error)
+            raise SystemExit(1) from None
     # Everything left is torch's and Hydra's modules: exclude them from the collection at exit,
     # which otherwise walks every object once more (about a second).
     gc.freeze()

@@ -1,112 +1,161 @@
-"""Command-line checks that run before Hydra composes: friendly errors for names and arguments.
+"""The command line of ``python -m mammoth``, checked with Hydra's own parser and config loader.
 
-Hydra reports an unknown option or key without the closest match or the list of arguments;
-these checks give that message first, and normalise names (``backbone=ResNet_18`` ->
-``backbone=resnet-18``) so registered names are case-insensitive on the command line too.
+Before the run, the arguments are parsed by Hydra's argument parser and the config is composed
+by Hydra's config loader over the same search path the run will use (``--config-dir``,
+``--config-path``, ``-cn``, ``hydra.searchpath``, search-path plugins). So the checks see what
+Hydra sees:
+
+- group options are normalised (case-insensitive, ``_`` = ``-``, and ``resnet_18`` finds
+  ``resnet18``) against the options Hydra really has, user YAML included; an unknown one fails
+  with the choices and the closest one;
+- ``hydra.callbacks`` must name Hydra Callback classes (Hydra instantiates them before the run);
+- a single run's config is validated (:func:`mammoth.config_validation.validate_run_config`) so
+  an unknown argument fails before anything is written. In a multirun each job validates its
+  own config and only that job fails.
 """
 
 from __future__ import annotations
 
-import re
-from typing import Callable
+import os
+import sys
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 from mammoth.errors import ConfigError, MammothError, unknown_name_message
-from mammoth.registry import Registry, canonical_name
+from mammoth.registry import canonical_name
 
-#: Defaults of the primary config (conf/config.yaml), used to know which option is selected.
-DEFAULT_DATASET = "seq-digits"
-DEFAULT_MODEL = "sgd"
-_OVERRIDE = re.compile(r"^(?P<prefix>[+~]{0,2})(?P<key>[A-Za-z0-9_.\-/@]+)=(?P<value>.*)$")
-
-
-def _registries() -> dict[str, Registry]:
-    from mammoth.backbones import BACKBONES
-    from mammoth.models import MODELS
-
-    return {"backbone": BACKBONES, "model": MODELS}
+#: The primary config of ``python -m mammoth``.
+CONFIG_PATH = "pkg://mammoth.conf"
+CONFIG_NAME = "config"
+_PREFIXES = {"ADD": "+", "FORCE_ADD": "++"}
 
 
-def _dataset_names() -> list[str]:
-    from mammoth.datasets import list_datasets
-
-    return list_datasets()
-
-
-def _simple_choices(value: str) -> list[str] | None:
-    """``a,b`` -> [a, b]; None for sweep functions (``glob(...)``, ``range(...)``) we don't parse."""
-    if any(char in value for char in "()[]{}$'\""):
-        return None
-    return [choice.strip() for choice in value.split(",")]
+def loose_name(name: str) -> str:
+    """The name with case, ``-`` and ``_`` ignored: ``ResNet_18`` -> ``resnet18``."""
+    return canonical_name(name).replace("-", "")
 
 
-def normalise_overrides(overrides: list[str]) -> list[str]:
-    """Check and normalise Hydra overrides; raise a MammothError naming the bad value.
-
-    - ``backbone=``, ``model=``, ``dataset=``: case-insensitive, ``_`` = ``-``; unknown names
-      list the choices and the closest one.
-    - ``backbone.ARG=`` / ``model.ARG=``: ARG must be an argument of the selected option
-      (the one on the command line, else the default); else the error lists its arguments.
-    """
-    groups: dict[str, tuple[list[str], Callable[[str], str]]] = {
-        group: (registry.names(), canonical_name) for group, registry in _registries().items()
-    }
-    groups["dataset"] = (_dataset_names(), canonical_name)
-    normalised, selected = [], {}
-    for override in overrides:
-        match = _OVERRIDE.match(override)
-        if match and match["key"] in groups and not match["prefix"].startswith("~"):
-            override, selected[match["key"]] = _normalise_choice(match, *groups[match["key"]])
-        normalised.append(override)
-    if "experiment" not in " ".join(overrides):
-        _check_arguments(normalised, selected)
-    return normalised
+def normalise_choice(group: str, value: str, options: list[str]) -> str:
+    """The option of ``group`` that ``value`` names: itself, else the one equal up to case and
+    ``_``/``-``, else the only one equal ignoring separators; otherwise a ConfigError that lists
+    ``options`` and the closest one."""
+    if value in options:
+        return value
+    for key in (canonical_name, loose_name):
+        matches = [option for option in options if key(option) == key(value)]
+        if len(matches) == 1:
+            return matches[0]
+    raise ConfigError(unknown_name_message(group, value, sorted(options)))
 
 
-def _normalise_choice(match: re.Match, names: list[str], normalise: Callable[[str], str]) -> tuple[str, list[str] | None]:
-    choices = _simple_choices(match["value"])
-    if choices is None:
-        return match.group(0), None
-    fixed = []
-    for choice in choices:
-        name = normalise(choice)
-        if name not in names:
-            raise ConfigError(unknown_name_message(match["key"], choice, names))
-        fixed.append(name)
-    return f"{match['prefix']}{match['key']}={','.join(fixed)}", fixed
+def prepare_arguments(args: list[str], task_function: Callable, config_path: str = CONFIG_PATH,
+                      config_name: str = CONFIG_NAME) -> list[str]:
+    """Check ``args`` (``sys.argv[1:]``) as described in the module docstring; return them with
+    group options normalised. Raises a MammothError naming the first bad value."""
+    from hydra._internal.utils import get_args_parser
+
+    parsed = get_args_parser().parse_args(args)
+    if parsed.help or parsed.hydra_help or parsed.info or parsed.shell_completion:
+        return args  # Hydra's own screens
+    with main_hydra(parsed, task_function, config_path) as hydra:
+        name = parsed.config_name or config_name
+        overrides = normalise_overrides(hydra, name, parsed.overrides)
+        check_composed(hydra, name, overrides, multirun=parsed.multirun)
+    return _replace_overrides(args, parsed.overrides, overrides)
 
 
-def _check_arguments(overrides: list[str], selected: dict[str, list[str] | None]) -> None:
-    registries = _registries()
-    for override in overrides:
-        match = _OVERRIDE.match(override)
-        if not match or "." not in match["key"]:
-            continue
-        group, argument = match["key"].split(".", 1)
-        if group not in registries or "." in argument:
-            continue
-        for option in _selected_options(group, selected):
-            entry = registries[group].get(option)
-            if entry.argument(argument) is None:
-                raise ConfigError(
-                    f"unknown argument {argument!r} for {group} {option!r} ({group}.{argument}); "
-                    f"its arguments: {entry.describe_arguments()}"
-                )
+@contextmanager
+def main_hydra(parsed: Any, task_function: Callable, config_path: str) -> Iterator[Any]:
+    """Hydra's main object over the search path ``hydra.main`` builds for ``task_function``."""
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_automatic_config_search_path, detect_calling_file_or_module_from_task_function
+    from hydra.core.config_search_path import SearchPathQuery
+    from hydra.core.global_hydra import GlobalHydra
+
+    calling_file, calling_module = detect_calling_file_or_module_from_task_function(task_function)
+    search_path = create_automatic_config_search_path(calling_file, calling_module, parsed.config_path or config_path)
+    if parsed.config_dir is not None:
+        directory = os.path.abspath(parsed.config_dir)
+        if not os.path.isdir(directory):
+            raise ConfigError(f"--config-dir {parsed.config_dir!r} is not a directory ({directory}); allowed: a directory of YAML configs")
+        search_path.prepend(provider="command-line", path=f"file://{directory}", anchor=SearchPathQuery(provider="schema"))
+    hydra = Hydra.create_main_hydra2(task_name="mammoth", config_search_path=search_path)
+    try:
+        yield hydra
+    finally:
+        GlobalHydra.instance().clear()
 
 
-def _selected_options(group: str, selected: dict[str, list[str] | None]) -> list[str]:
-    if group in selected:
-        return selected[group] or []
-    if group == "model":
-        return [DEFAULT_MODEL]
-    from mammoth.datasets import get_dataset_class
+def normalise_overrides(hydra: Any, config_name: str, overrides: list[str]) -> list[str]:
+    """``overrides`` with every config-group choice replaced by the option it names."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    datasets = selected.get("dataset", [DEFAULT_DATASET]) or []
-    return sorted({get_dataset_class(name).default_backbone for name in datasets})
+    parser = OverridesParser.create()
+    result = []
+    for text in overrides:
+        override = parser.parse_override(text)
+        options = [] if override.is_delete() or "." in override.key_or_group else \
+            hydra.config_loader.get_group_options(override.key_or_group, config_name=config_name, overrides=overrides)
+        result.append(_normalise_override(override, options) if options else text)
+    return result
+
+
+def _normalise_override(override: Any, options: list[str]) -> str:
+    from hydra.core.override_parser.types import ChoiceSweep, ValueType
+
+    group = override.key_or_group
+    if override.value_type == ValueType.SIMPLE_CHOICE_SWEEP:
+        values = override.value().list
+    elif override.value_type == ValueType.ELEMENT:
+        values = override.value()
+    else:
+        return override.input_line  # range(), glob(), choice(): left to Hydra
+    if isinstance(values, list) and all(isinstance(value, str) for value in values):
+        fixed = [normalise_choice(group, value, options) for value in values]
+        text = ",".join(fixed) if isinstance(override.value(), ChoiceSweep) else f"[{','.join(fixed)}]"
+    elif isinstance(values, str):
+        text = normalise_choice(group, values, options)
+    else:
+        return override.input_line
+    return f"{_PREFIXES.get(override.type.name, '')}{override.get_key_element()}={text}"
+
+
+def check_composed(hydra: Any, config_name: str, overrides: list[str], multirun: bool) -> None:
+    """Compose as the run will; check options in defaults lists, callbacks and (single run) the config."""
+    from hydra.errors import HydraException, MissingConfigException
+    from hydra.types import RunMode
+    from omegaconf.errors import OmegaConfBaseException
+
+    from mammoth.config_validation import check_callbacks, validate_run_config
+
+    try:
+        mode = RunMode.MULTIRUN if multirun else hydra.get_mode(config_name=config_name, overrides=overrides)
+        mode = mode or RunMode.RUN
+        cfg = hydra.compose_config(config_name, list(overrides), run_mode=mode, with_log_configuration=False)
+    except MissingConfigException as error:
+        if error.options and error.missing_cfg_file and "/" in error.missing_cfg_file:
+            group, value = error.missing_cfg_file.rsplit("/", 1)
+            raise ConfigError(unknown_name_message(group, value, sorted(error.options))) from None
+        return  # Hydra reports it in its own words
+    except (HydraException, OmegaConfBaseException):
+        return  # Hydra reports composition errors itself, naming the key and the expected type
+    check_callbacks(cfg.hydra)
+    if mode == RunMode.RUN:
+        validate_run_config(cfg)
+
+
+def _replace_overrides(args: list[str], originals: list[str], replacements: list[str]) -> list[str]:
+    """``args`` with the override tokens (in order) replaced."""
+    pending = list(zip(originals, replacements))
+    result = []
+    for arg in args:
+        if pending and arg == pending[0][0]:
+            arg = pending.pop(0)[1]
+        result.append(arg)
+    return result
 
 
 def exit_with(error: MammothError, status: int = 2) -> None:
     """Print ``Error: <message>`` to stderr and exit (status 2: a usage error; 1: a failed run)."""
-    import sys
-
     print(f"Error: {error}", file=sys.stderr)
     raise SystemExit(status)

@@ -33,18 +33,19 @@ class RunConfig:
     stop_after_task: Optional[int] = None
     output_dir: Optional[str] = None
     threads: Optional[int] = None
+    #: What mammoth.run returns (what a sweeper optimises), ``KIND.FIELD`` of results.json; None =
+    #: class_il.average, or domain_il.average on a domain-IL dataset (mammoth.runner.check_optimized_metric).
+    optimized_metric: Optional[str] = None
+    #: The selected experiment loggers, ``{label: {name: ..., options}}`` (conf/logger/); None = none.
+    logger: Any = None
 
 
 def store_schemas() -> None:
-    """Put the run and dataset schemas in Hydra's ConfigStore, and register the search-path
-    plugin (idempotent). Hydra also discovers the plugin by itself in a regular install; an
-    editable install hides it from Hydra's scan of ``hydra_plugins``, so registering it here
-    makes ``import mammoth`` enough for another Hydra app to see mammoth's YAML configs."""
-    from hydra.core.plugins import Plugins
+    """Put the run and dataset schemas in Hydra's ConfigStore (idempotent).
 
-    from hydra_plugins.mammoth_searchpath import MammothSearchPathPlugin
-
-    Plugins.instance().register(MammothSearchPathPlugin)
+    Other Hydra apps reach them, and the backbone and model configs, through the
+    ``hydra_plugins/mammoth_searchpath`` plugins that Hydra discovers by itself.
+    """
     store = ConfigStore.instance()
     store.store(name=RUN_SCHEMA, node=RunConfig, provider="mammoth")
     store.store(group="dataset", name=DATASET_SCHEMA, node=DatasetConfig, provider="mammoth")

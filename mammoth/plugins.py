@@ -12,6 +12,7 @@ before ``python -m mammoth`` composes its config: ``backbone=my-net`` works with
 from __future__ import annotations
 
 import importlib
+import warnings
 from importlib.metadata import entry_points
 
 from mammoth.errors import ConfigError
@@ -19,19 +20,24 @@ from mammoth.errors import ConfigError
 ENTRY_POINT_GROUP = "mammoth.plugins"
 
 
-def load_plugins() -> list[str]:
+def load_plugins(strict: bool = True) -> list[str]:
     """Import every module named by a ``mammoth.plugins`` entry point; return their names.
 
-    A plugin that fails to import raises a ConfigError naming the entry point and the error.
+    A plugin that fails to import raises a ConfigError naming the entry point and the error
+    (``strict``), or is skipped with a warning saying the same.
     """
     loaded = []
     for entry_point in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda point: point.name):
         try:
             importlib.import_module(entry_point.value.split(":")[0])
         except Exception as error:  # a broken plugin must say which one it is
-            raise ConfigError(
+            message = (
                 f"mammoth plugin {entry_point.name!r} ({entry_point.value}) failed to import: "
                 f"{type(error).__name__}: {error}"
-            ) from error
+            )
+            if strict:
+                raise ConfigError(message) from error
+            warnings.warn(message, stacklevel=2)
+            continue
         loaded.append(entry_point.name)
     return loaded

@@ -36,6 +36,16 @@ def canonical_name(name: str) -> str:
     return str(name).strip().lower().replace("_", "-")
 
 
+def open_config_node(schema: type) -> DictConfig:
+    """The typed config of ``schema`` with struct mode off: its fields keep their types, and a
+    key it does not have is accepted at composition and refused, naming the fields, when the
+    run checks the composed config. So a sweep ``model=er,der model.buffer_size=200`` composes
+    although the default model has no ``buffer_size``, and only a job that lacks it fails."""
+    node = OmegaConf.structured(schema)
+    OmegaConf.set_struct(node, False)
+    return node
+
+
 def target_path(target: Callable) -> str:
     """The import path Hydra's ``_target_`` uses for ``target`` (``module.QualName``)."""
     return f"{target.__module__}.{target.__qualname__}"
@@ -136,7 +146,7 @@ class Registry:
     def _store(self, entry: Entry) -> None:
         from hydra.core.config_store import ConfigStore
 
-        ConfigStore.instance().store(group=self.group, name=entry.name, node=entry.schema, provider="mammoth")
+        ConfigStore.instance().store(group=self.group, name=entry.name, node=open_config_node(entry.schema), provider="mammoth")
 
     def unregister(self, name: str) -> None:
         """Remove an entry (for tests and notebooks that redefine a callable)."""
@@ -192,18 +202,22 @@ class Registry:
             f"cannot build a {self.kind} from {type(config).__name__}; allowed: a registered name or a {self.kind} config"
         )
 
+    def check_known_arguments(self, entry: Entry, values: Mapping[str, Any]) -> None:
+        """Every name in ``values`` is an argument of ``entry``; else the error lists its arguments."""
+        unknown = [name for name in values if entry.argument(name) is None]
+        if unknown:
+            raise self.error_type(
+                f"unknown argument {unknown[0]!r} for {self.kind} {entry.name!r} ({self.group}.{unknown[0]}); "
+                f"its arguments: {entry.describe_arguments()}"
+            )
+
     def check_values(self, entry: Entry, values: Mapping[str, Any]) -> dict[str, Any]:
         """Validate ``values`` against the entry's arguments; return them converted.
 
         Unknown names fail with the list of the entry's arguments; a missing required value
         or a value of the wrong type or outside an allowed set fails naming the argument.
         """
-        unknown = [name for name in values if entry.argument(name) is None]
-        if unknown:
-            raise self.error_type(
-                f"unknown argument {unknown[0]!r} for {self.kind} {entry.name!r}; "
-                f"its arguments: {entry.describe_arguments()}"
-            )
+        self.check_known_arguments(entry, values)
         checked = {}
         for argument in entry.arguments:
             value = values.get(argument.name, argument.default)

@@ -51,9 +51,13 @@ def train_task(model: Any, dataset: Any, train_x: torch.Tensor, train_y: torch.T
     Batches are shuffled with ``generator``, converted and augmented as whole batches on
     ``device``. After each epoch ``model.end_epoch(epoch)`` runs, then
     ``on_epoch_end(epoch, mean loss of the epoch)``; returns the mean loss of the last epoch.
+    Without data (a method that does not train on this task, e.g. ``joint`` before the last
+    task) nothing runs, no hook included, and the loss is 0.
     """
     from tqdm.auto import tqdm
 
+    if len(train_y) == 0:
+        return 0.0
     batch_size, epochs = dataset.config.batch_size, dataset.config.n_epochs
     x, y = train_x.to(device), train_y.to(device)
     steps_per_epoch = -(-len(y) // batch_size)

@@ -52,7 +52,38 @@ def register_dataset(cls: DatasetClass) -> DatasetClass:
             f"cannot register {_qualified_name(cls)} under the same name"
         )
     _REGISTRY[name] = cls
+    store_default_backbone(name)
     return cls
+
+
+#: Config group of the backbone each dataset uses when nothing else chose one; conf/config.yaml
+#: selects ``backbone: dataset-default/${dataset}`` (a Hydra defaults-list interpolation).
+DEFAULT_BACKBONE_GROUP = "backbone/dataset-default"
+
+
+def store_default_backbone(name: str) -> bool:
+    """Store the config of dataset ``name``'s default backbone as ``backbone/dataset-default/NAME``.
+
+    Returns False (and stores nothing) while that backbone is not registered yet; the run then
+    builds it from the dataset's ``default_backbone`` (see :func:`store_default_backbones`).
+    """
+    from hydra.core.config_store import ConfigStore
+
+    from mammoth.backbones import BACKBONES
+    from mammoth.registry import canonical_name, open_config_node
+
+    backbone = canonical_name(_REGISTRY[name].default_backbone)
+    if backbone not in BACKBONES.names():
+        return False
+    node = open_config_node(BACKBONES.get(backbone).schema)
+    ConfigStore.instance().store(group=DEFAULT_BACKBONE_GROUP, name=name, node=node, provider="mammoth")
+    return True
+
+
+def store_default_backbones() -> None:
+    """Store the default-backbone config of every registered dataset (after plugins registered more)."""
+    for name in list_datasets():
+        store_default_backbone(name)
 
 
 def list_datasets() -> list[str]:

@@ -9,7 +9,9 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
 import mammoth
-from mammoth.cli import normalise_overrides
+from mammoth.__main__ import hydra_main
+from mammoth.cli import normalise_choice, prepare_arguments
+from mammoth.config_validation import validate_run_config
 from mammoth.errors import ConfigError
 
 
@@ -43,8 +45,11 @@ def test_backbone_arguments_are_typed_fields():
 
 
 def test_only_the_selected_backbone_arguments_exist():
-    with pytest.raises(ConfigCompositionException):
-        compose_config("backbone=mnistmlp", "backbone.depth=18")
+    cfg = compose_config("backbone=mnistmlp", "backbone.depth=18")  # composes: the run refuses it
+    with pytest.raises(mammoth.BackboneError, match=r"unknown argument 'depth' for backbone 'mnistmlp' \(backbone.depth\)"):
+        validate_run_config(cfg)
+    with pytest.raises(ConfigCompositionException):  # the fields it has stay typed
+        compose_config("backbone=mnistmlp", "backbone.hidden_sizes=abc")
 
 
 def test_run_settings_are_typed():
@@ -59,38 +64,68 @@ def test_composed_backbone_builds_with_data_values():
     assert net.depth == 34 and net.classifier.out_features == 10
 
 
-def test_names_are_normalised_case_insensitively():
-    assert normalise_overrides(["backbone=Reduced_ResNet18", "model=SGD"]) == ["backbone=reduced-resnet18", "model=sgd"]
-    assert normalise_overrides(["backbone=resnet,VIT"]) == ["backbone=resnet,vit"]
+def prepare(*args: str) -> list[str]:
+    """``python -m mammoth ARGS``'s checks, in process."""
+    return prepare_arguments(list(args), hydra_main)
+
+
+def test_names_are_normalised_against_hydras_options():
+    assert prepare("backbone=Reduced_ResNet18", "model=SGD") == ["backbone=reduced-resnet18", "model=sgd"]
+    assert prepare("-m", "backbone=resnet,VIT", "dataset=SEQ_CIFAR10") == ["-m", "backbone=resnet,vit", "dataset=seq-cifar10"]
+    # separators are ignored when that names exactly one option
+    assert prepare("backbone=ResNet_18", "hydra/launcher=BASIC") == ["backbone=resnet18", "hydra/launcher=basic"]
+    assert normalise_choice("backbone", "res-net", ["resnet", "res_net"]) == "res_net"
+
+
+def test_ambiguous_loose_names_are_refused():
+    with pytest.raises(ConfigError, match="unknown backbone 'resnet-18'"):
+        normalise_choice("backbone", "resnet-18", ["resnet18", "res-net18"])
 
 
 def test_unknown_backbone_lists_the_names_and_the_closest():
     with pytest.raises(ConfigError) as error:
-        normalise_overrides(["backbone=resnt"])
+        prepare("backbone=resnt")
     first_line = str(error.value).splitlines()[0]
     assert "'resnt'" in first_line and "mnistmlp" in first_line and "did you mean 'resnet'" in first_line
 
 
 def test_unknown_dataset_and_model_names():
     with pytest.raises(ConfigError, match="did you mean 'seq-cifar10'"):
-        normalise_overrides(["dataset=seq-cifar1O"])
+        prepare("dataset=seq-cifar1O")
     with pytest.raises(ConfigError, match="unknown model 'dre'.*did you mean 'der'"):
-        normalise_overrides(["model=dre"])
+        prepare("-m", "model=sgd,dre")
 
 
 def test_argument_of_another_backbone_lists_the_selected_ones_arguments():
-    with pytest.raises(ConfigError) as error:
-        normalise_overrides(["backbone.depth=34"])  # the default dataset's backbone is mnistmlp
+    with pytest.raises(mammoth.BackboneError) as error:
+        prepare("backbone.depth=34")  # the default dataset's backbone is mnistmlp
     message = str(error.value)
     assert "'depth'" in message and "'mnistmlp'" in message and "hidden_sizes" in message
-    assert normalise_overrides(["backbone=resnet", "backbone.depth=34"]) == ["backbone=resnet", "backbone.depth=34"]
-    with pytest.raises(ConfigError, match="'vit'"):
-        normalise_overrides(["backbone=resnet,vit", "backbone.stem=cifar"])
+    assert prepare("backbone=resnet", "backbone.depth=34") == ["backbone=resnet", "backbone.depth=34"]
     # the dataset's default backbone is the selected one when backbone= is absent
-    assert normalise_overrides(["dataset=seq-cifar10", "backbone.stem=imagenet"])[1] == "backbone.stem=imagenet"
+    assert prepare("dataset=seq-cifar10", "backbone.stem=imagenet")[1] == "backbone.stem=imagenet"
+
+
+def test_a_sweep_defers_argument_checks_to_each_job():
+    # sgd (the default model) has no buffer_size: only a job that runs sgd may fail on it
+    assert prepare("-m", "model=er,der", "model.buffer_size=200")[-1] == "model.buffer_size=200"
 
 
 def test_unknown_model_argument_lists_the_model_arguments():
     with pytest.raises(ConfigError) as error:
-        normalise_overrides(["model=er", "model.bufer_size=10"])
-    assert "buffer_size" in str(error.value)
+        prepare("model=er", "model.bufer_size=10")
+    assert "buffer_size" in str(error.value) and "(model.bufer_size)" in str(error.value)
+
+
+def test_unknown_top_level_setting_is_refused_with_the_closest():
+    with pytest.raises(ConfigError, match="unknown setting 'seeed'.*did you mean 'seed'"):
+        prepare("+seeed=3")
+
+
+def test_callbacks_must_be_hydra_callback_classes():
+    with pytest.raises(ConfigError, match=r"hydra.callbacks.evil: _target_ 'torch.load' is not a Hydra Callback class"):
+        prepare("+hydra.callbacks.evil._target_=torch.load", "+hydra.callbacks.evil.f=/etc/passwd")
+    with pytest.raises(ConfigError, match="is not a Hydra Callback class"):
+        prepare("+hydra.callbacks.x._target_=no.such.Module")
+    allowed = prepare("+hydra.callbacks.log._target_=hydra.experimental.callbacks.LogJobReturnCallback")
+    assert allowed == ["+hydra.callbacks.log._target_=hydra.experimental.callbacks.LogJobReturnCallback"]

@@ -1,0 +1,89 @@
+"""Checks of a config Hydra composed: known settings, registered options, their arguments, callbacks.
+
+The run checks the config it is given (so user config dirs, ``-cn``, experiments and plugins
+are all seen) before anything trains. Group configs accept unknown keys at composition (see
+:func:`mammoth.registry.open_config_node`); these checks refuse them with the option's fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from mammoth.errors import ConfigError, unknown_name_message
+
+
+def _present(cfg: DictConfig, key: str) -> bool:
+    """Whether ``cfg`` has ``key`` set to something other than ``???`` or null."""
+    return key in cfg and not OmegaConf.is_missing(cfg, key) and cfg[key] is not None
+
+
+def check_settings(cfg: DictConfig) -> None:
+    """Every top-level key is a run setting (``+seeed=3`` is refused with the closest one)."""
+    from mammoth.config import RunConfig
+
+    allowed = [field.name for field in dataclasses.fields(RunConfig)]
+    for key in cfg:
+        if key != "hydra" and key not in allowed:
+            raise ConfigError(
+                f"{unknown_name_message('setting', key, allowed)}; "
+                f"a backbone, model or dataset argument goes under backbone., model. or dataset."
+            )
+
+
+def check_group_arguments(cfg: DictConfig) -> None:
+    """The ``backbone`` and ``model`` configs name registered options and only their arguments."""
+    from mammoth.backbones import BACKBONES
+    from mammoth.models import MODELS
+
+    for registry in (BACKBONES, MODELS):
+        if _present(cfg, registry.group):
+            node = cfg[registry.group]
+            entry, values = registry.resolve(node)
+            registry.check_known_arguments(entry, values)
+
+
+def check_dataset(cfg: DictConfig) -> None:
+    """The ``dataset`` config names a registered benchmark and has only dataset settings."""
+    from mammoth.datasets import DatasetConfig, get_dataset_class
+
+    if not _present(cfg, "dataset"):
+        raise ConfigError("no dataset selected; choose one with dataset=NAME")
+    if not _present(cfg.dataset, "name"):
+        raise ConfigError("dataset.name is missing; a dataset config needs the name of a registered benchmark")
+    get_dataset_class(cfg.dataset.name)
+    allowed = [field.name for field in dataclasses.fields(DatasetConfig)]
+    for key in cfg.dataset:
+        if key not in allowed:
+            raise ConfigError(
+                f"unknown dataset setting {key!r} (dataset.{key}); allowed: {', '.join(allowed)}"
+            )
+
+
+def check_callbacks(hydra_cfg: Any) -> None:
+    """Each ``hydra.callbacks`` entry names a Hydra ``Callback`` class, so Hydra instantiating it
+    cannot call an arbitrary function (``_target_: torch.load``)."""
+    from hydra.experimental.callback import Callback
+    from hydra.utils import get_class
+
+    callbacks = hydra_cfg.get("callbacks") if hydra_cfg is not None else None
+    for name, node in (callbacks or {}).items():
+        target = node.get("_target_") if isinstance(node, DictConfig) else None
+        try:
+            found = get_class(target) if isinstance(target, str) else None
+        except Exception:  # not importable, or not a class: refused below
+            found = None
+        if not (isinstance(found, type) and issubclass(found, Callback)):
+            raise ConfigError(
+                f"hydra.callbacks.{name}: _target_ {target!r} is not a Hydra Callback class; "
+                "allowed: a subclass of hydra.experimental.callback.Callback"
+            )
+
+
+def validate_run_config(cfg: DictConfig) -> None:
+    """All checks of a composed mammoth config; raises a MammothError naming the first bad value."""
+    check_settings(cfg)
+    check_dataset(cfg)
+    check_group_arguments(cfg)
