@@ -12,7 +12,7 @@ from mammoth.models.base import ContinualModel, ReplayModel
 from mammoth.models.sgd import SGD
 
 REPLAY_METHODS = ("er", "der", "derpp")
-ALL_METHODS = ("sgd", "joint", *REPLAY_METHODS)
+ALL_METHODS = ("sgd", "joint", "joint-cumulative", *REPLAY_METHODS)
 
 
 @pytest.mark.parametrize("name", ALL_METHODS)
@@ -49,9 +49,12 @@ def test_two_tasks_run_through_all_hooks(name, make_model, make_batch, dataset) 
         inputs, labels, not_aug = make_batch(task, size=16)
         x, y = model.training_data(task, not_aug, labels)
         model.begin_task(task)
-        losses = [model.observe(dataset.train_transform(x[i : i + 8]), y[i : i + 8], x[i : i + 8]) for i in (0, 8)]
+        losses = [model.observe(dataset.train_transform(x[i : i + 8]), y[i : i + 8], x[i : i + 8]) for i in range(0, len(x), 8)]
         model.end_task(task)
         assert all(math.isfinite(loss) for loss in losses)
+        # joint trains at the last task only, on both tasks' data; joint-cumulative on all data so far
+        expected = {"joint": [0, 4], "joint-cumulative": [2, 4]}.get(name, [2, 2])[task]
+        assert len(losses) == expected
     assert model.current_task == 1
 
 
