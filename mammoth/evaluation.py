@@ -25,31 +25,35 @@ def predictions(logits: Tensor, kind: str, seen_classes: int, task_classes: rang
 
 @torch.no_grad()
 def evaluate_tasks(
-    net: nn.Module, dataset: Any, test_sets: list[tuple[Tensor, Tensor]], device: torch.device, batch_size: int = 512
+    model: nn.Module, dataset: Any, test_sets: list[tuple[Tensor, Tensor]], device: torch.device, batch_size: int = 512
 ) -> dict[str, list[float]]:
     """Accuracy in percent on ``test_sets`` (uint8 images, labels of tasks ``0, 1, ...``, all seen
     so far), for each accuracy kind of the dataset's setting.
 
-    The network is put in eval mode for the duration and restored afterwards.
+    Predictions come from the method itself: ``model(x)`` (``ContinualModel.forward``, the one
+    prediction hook) returns scores over all classes; a method that predicts differently
+    (nearest-mean, a bias correction) overrides ``forward``. The backbone is never called
+    behind the method's back. ``model`` (and with it ``model.net``) is put in eval mode for the
+    duration and restored afterwards.
     """
     kinds = SETTING_METRICS[dataset.setting]
     last_task = len(test_sets) - 1
     seen_classes = dataset.n_classes if dataset.setting == "domain-il" else dataset.task_classes(last_task).stop
     accuracies: dict[str, list[float]] = {kind: [] for kind in kinds}
-    was_training = net.training
-    net.eval()
+    was_training = model.training
+    model.eval()
     try:
         for task, (test_x, test_y) in enumerate(test_sets):
             correct = dict.fromkeys(kinds, 0)
             for start in range(0, len(test_y), batch_size):
                 x = dataset.test_transform(dataset.to_float(test_x[start : start + batch_size].to(device)))
                 y = test_y[start : start + batch_size].to(device)
-                logits = net(x)
+                logits = model(x)
                 for kind in kinds:
                     predicted = predictions(logits, kind, seen_classes, dataset.task_classes(task))
                     correct[kind] += int((predicted == y).sum())
             for kind in kinds:
                 accuracies[kind].append(100.0 * correct[kind] / max(len(test_y), 1))
     finally:
-        net.train(was_training)
+        model.train(was_training)
     return accuracies

@@ -1,0 +1,99 @@
+"""Evaluation goes through the method (``model(x)``), never the backbone behind its back."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+
+import mammoth
+from mammoth.backbones import build_backbone
+from mammoth.datasets import build_dataset
+from mammoth.evaluation import evaluate_tasks
+from mammoth.models.sgd import SGD
+from mammoth.training import read_checkpoint
+
+
+class TwoTaskDigits:
+    """Just what evaluate_tasks reads: 2 class-IL tasks of 2 classes, identity transforms."""
+
+    setting = "class-il"
+    n_classes = 4
+
+    def task_classes(self, task: int) -> range:
+        return range(2 * task, 2 * task + 2)
+
+    @staticmethod
+    def to_float(x: torch.Tensor) -> torch.Tensor:
+        return x.float()
+
+    @staticmethod
+    def test_transform(x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class AlwaysClassOne(SGD):
+    """Predicts through forward only: scores prefer class 1 over class 0 and class 3 over class 2."""
+
+    def __init__(self, net, dataset) -> None:
+        super().__init__(net, dataset)
+        self.modes: list[tuple[bool, bool]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.modes.append((self.training, self.net.training))
+        return torch.tensor([0.0, 2.0, 0.5, 1.0]).expand(x.shape[0], 4)
+
+
+def test_evaluate_tasks_scores_the_methods_forward_in_eval_mode(make_net) -> None:
+    dataset = TwoTaskDigits()
+    model = AlwaysClassOne(make_net(), dataset)
+    model.net.forward = None  # calling the backbone directly would fail
+    images = torch.zeros(4, 1, 4, 4, dtype=torch.uint8)
+    test_sets = [(images, torch.tensor([0, 1, 1, 1])), (images, torch.tensor([2, 3, 3, 2]))]
+    accuracies = evaluate_tasks(model, dataset, test_sets, torch.device("cpu"), batch_size=3)
+    # Class-IL: argmax over the 4 seen classes is always 1 -> task 0: 3/4 correct, task 1: none.
+    assert accuracies["class_il"] == [75.0, 0.0]
+    # Task-IL: task 0 picks 1 among {0, 1} (3/4); task 1 picks 3 among {2, 3} (2/4).
+    assert accuracies["task_il"] == [75.0, 50.0]
+    assert model.modes == [(False, False)] * 4  # 2 tasks x 2 batches, all in eval mode
+    assert model.training and model.net.training  # restored
+
+
+def _compose(output_dir: Path, *overrides: str):
+    with initialize_config_module(config_module="mammoth.conf", version_base="1.3"):
+        return compose(config_name="config", overrides=[
+            f"output_dir={output_dir}", "device=cpu", "seed=3", "threads=1", "dataset.n_epochs=1", *overrides])
+
+
+@torch.no_grad()
+def _evaluate_backbone_directly(net, dataset) -> dict[str, list[float]]:
+    """The evaluation as it was before it went through the method: argmax of ``net(x)``."""
+    net.eval()
+    rows: dict[str, list[float]] = {"class_il": [], "task_il": []}
+    seen = dataset.task_classes(dataset.n_tasks - 1).stop
+    for task in range(dataset.n_tasks):
+        data = dataset.get_task(task)
+        logits = net(dataset.test_transform(dataset.to_float(data.test_x)))
+        classes = dataset.task_classes(task)
+        class_il = logits[:, :seen].argmax(1)
+        task_il = logits[:, classes.start : classes.stop].argmax(1) + classes.start
+        rows["class_il"].append(100.0 * int((class_il == data.test_y).sum()) / len(data.test_y))
+        rows["task_il"].append(100.0 * int((task_il == data.test_y).sum()) / len(data.test_y))
+    return rows
+
+
+@pytest.mark.parametrize("name, overrides", [("sgd", ()), ("er", ("model.buffer_size=100",))])
+def test_plain_methods_score_exactly_as_their_backbone(tmp_path, name, overrides) -> None:
+    mammoth.run(_compose(tmp_path, f"model={name}", *overrides))
+    results = json.loads((tmp_path / "results.json").read_text())
+    dataset = build_dataset({"name": "seq-digits", "n_epochs": 1}, seed=3)
+    net = build_backbone("mnistmlp", num_classes=dataset.n_classes, input_shape=dataset.input_shape)
+    state = read_checkpoint(tmp_path / "checkpoint.pt")["model"]
+    net.load_state_dict({key.removeprefix("net."): value for key, value in state.items() if key.startswith("net.")})
+    direct = _evaluate_backbone_directly(net, dataset)
+    assert results["class_il"]["matrix"][-1] == direct["class_il"]
+    assert results["task_il"]["matrix"][-1] == direct["task_il"]
+    assert 20.0 < sum(direct["task_il"]) / 5 <= 100.0  # a trained network, not a trivial comparison
