@@ -90,13 +90,11 @@ def run(cfg: DictConfig) -> float:
 
 def _run(cfg: DictConfig) -> float:
     """:func:`run` in its locked run directory."""
-    from mammoth.backbones import BACKBONES, build_backbone
-    from mammoth.config_validation import validate_run_config
+    from mammoth.backbones import build_backbone
     from mammoth.datasets import build_dataset
-    from mammoth.models import MODELS, build_model
+    from mammoth.models import build_model
     from mammoth.results import RESULTS_NAME
 
-    validate_run_config(cfg)
     started = time.perf_counter()
     run_dir = output_directory(cfg)
     if not cfg.resume:  # never leave an old, complete-looking file; a refused resume keeps its run's
@@ -105,10 +103,9 @@ def _run(cfg: DictConfig) -> float:
     _set_threads(cfg.get("threads"))
     torch.manual_seed(_check_seed(cfg.seed))
     dataset = build_dataset(cfg.dataset, seed=cfg.seed)
-    backbone = cfg.backbone if _is_set(cfg, "backbone") else dataset.default_backbone
-    net = build_backbone(backbone, num_classes=dataset.n_classes, input_shape=dataset.input_shape).to(device)
-    backbone_name = BACKBONES.resolve(backbone)[0].name
-    model_name = MODELS.resolve(cfg.model)[0].name
+    net = build_backbone(cfg.backbone, num_classes=dataset.n_classes, input_shape=dataset.input_shape).to(device)
+    backbone_name = _choice("backbone") or cfg.backbone._target_
+    model_name = _choice("model") or cfg.model._target_
     log.info(summary_line(backbone_name, net))
     check_output_size(net, dataset, backbone_name)
     model = build_model(cfg.model, net=net, dataset=dataset).to(device)
@@ -129,50 +126,11 @@ def _set_threads(threads: int | None) -> None:
     torch.set_num_threads(threads)
 
 
-def _is_set(cfg: DictConfig, key: str) -> bool:
-    """Whether ``cfg.key`` exists and is neither ``???`` nor null (no backbone: the dataset's default)."""
-    return key in cfg and not OmegaConf.is_missing(cfg, key) and cfg[key] is not None
-
-
-def job_overrides() -> list[str]:
-    """The command-line overrides of this job, without the run-control settings (empty outside Hydra)."""
+def _choice(group: str) -> str | None:
+    """The option Hydra selected for ``group`` (None outside a Hydra app)."""
     from hydra.core.hydra_config import HydraConfig
 
-    if not HydraConfig.initialized():
-        return []
-    overrides = list(HydraConfig.get().overrides.task)
-    return [text for text in overrides if text.split("=", 1)[0].lstrip("+~") not in ("resume", "stop_after_task")]
-
-
-def is_multirun_job() -> bool:
-    """Whether this run is a job of a Hydra multirun (a sweep)."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def _resumes(cfg: DictConfig, run_dir: Path) -> bool:
-    """``resume``, except for a sweep's job that never checkpointed: a resumed sweep starts it afresh."""
-    from mammoth.training import CHECKPOINT_NAME
-
-    if cfg.resume and is_multirun_job() and not (run_dir / CHECKPOINT_NAME).exists():
-        log.info("resume=true but %s has no checkpoint: this job of the sweep starts from the first task", run_dir)
-        return False
-    return bool(cfg.resume)
-
-
-def run_title(dataset: str, model: str, backbone: str) -> str:
-    """``seq-digits · er · mnistmlp``; a sweep's job adds its overrides, so jobs are told apart."""
-    title = f"{dataset} · {model} · {backbone}"
-    overrides = job_overrides() if is_multirun_job() else []
-    return f"{title} [{' '.join(overrides)}]" if overrides else title
-
-
-def resume_command(run_dir: Path) -> str:
-    """The command that continues this run (a sweep's job too) in ``run_dir``."""
-    words = ["python -m mammoth", *job_overrides(), "resume=true", f"hydra.run.dir={run_dir}"]
-    return " ".join(words)
+    return HydraConfig.get().runtime.choices.get(group) if HydraConfig.initialized() else None
 
 
 def _check_seed(seed: int) -> int:
@@ -210,32 +168,109 @@ def _train_and_report(
     cfg: DictConfig, model: Any, dataset: Any, device: torch.device, run_dir: Path, started: float,
     model_name: str, backbone_name: str,
 ) -> float:
+    """Train every task with the selected loggers (``cfg.logger``), write results.json and the
+    plot; return the run's ``optimized_metric`` (NaN when ``stop_after_task`` stopped it early)."""
+    from mammoth.loggers import RunInfo, build_loggers, close_loggers
+
+    metric = check_optimized_metric(cfg.get("optimized_metric"), dataset)
+    config = record_filled_values(OmegaConf.to_container(cfg, resolve=True), dataset)
+    title = f"{dataset.name} · {model_name} · {backbone_name}"
+    run_info = RunInfo(run_dir=run_dir, title=title, config=config, n_tasks=dataset.n_tasks,
+                       n_epochs=dataset.config.n_epochs, resume=bool(cfg.resume))
+    loggers = build_loggers(config.get("logger"), run_info)
+    try:
+        results = _train_and_write(cfg, config, model, dataset, device, run_dir, started, title, model_name, loggers)
+    except BaseException:
+        close_loggers(loggers, failed=True)
+        raise
+    close_loggers(loggers)
+    return float("nan") if results is None else optimized_value(results, metric)
+
+
+#: Settings that only choose what the run reports; a resume may change them too.
+REPORTING_KEYS = ("optimized_metric", "logger")
+#: What ``optimized_metric`` can name in each results block (``KIND.FIELD``), and the direction
+#: a sweeper should optimise it in: accuracy and backward transfer up, forgetting down.
+METRIC_DIRECTIONS = {"average": "maximize", "forgetting": "minimize", "bwt": "maximize"}
+
+
+def optimized_metric_names(setting: str) -> list[str]:
+    """The ``optimized_metric`` values of a setting: ``class_il.average`` ... ``task_il.bwt`` for
+    class-il, ``domain_il.average``, ``domain_il.forgetting``, ``domain_il.bwt`` for domain-il."""
+    from mammoth.evaluation import SETTING_METRICS
+
+    return [f"{kind}.{field}" for kind in SETTING_METRICS[setting] for field in METRIC_DIRECTIONS]
+
+
+def check_optimized_metric(name: str | None, dataset: Any) -> str:
+    """The metric the run returns: ``name``, or for None the setting's first average
+    (``class_il.average``, ``domain_il.average``). A name the dataset's setting does not report
+    raises a ConfigError listing the allowed ones."""
+    allowed = optimized_metric_names(dataset.setting)
+    if name is None:
+        return allowed[0]
+    if name not in allowed:
+        raise ConfigError(
+            f"optimized_metric={name!r} is not reported for {dataset.name} ({dataset.setting}); "
+            f"allowed: {', '.join(allowed)}"
+        )
+    return name
+
+
+def optimized_value(results: dict[str, Any], name: str) -> float:
+    """The value of ``KIND.FIELD`` in a results document (``class_il.average`` -> results["class_il"]["average"])."""
+    kind, field = name.split(".")
+    return float(results[kind][field])
+
+
+def progress_bars_shown() -> bool:
+    """Whether the training progress bars show: tqdm's ``disable=None`` hides them when stderr is not a terminal."""
+    import sys
+
+    return hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+
+
+def _train_and_write(
+    cfg: DictConfig, config: dict[str, Any], model: Any, dataset: Any, device: torch.device, run_dir: Path,
+    started: float, title: str, model_name: str, loggers: list[Any],
+) -> dict[str, Any] | None:
+    """The task loop with its progress reports, then results.json and the plot; None when stopped early."""
     from mammoth.results import KIND_TITLES, PLOT_NAME, RESULTS_NAME, build_results, environment_versions, format_table, plot_results, write_json_atomic
     from mammoth.training import run_tasks
 
-    config = record_filled_values(OmegaConf.to_container(cfg, resolve=True), dataset)
-    comparable = {key: value for key, value in config.items() if key not in RUN_CONTROL_KEYS}
+    comparable = {key: value for key, value in config.items() if key not in RUN_CONTROL_KEYS + REPORTING_KEYS}
+    log_epochs = not progress_bars_shown()
+
+    def on_epoch_end(task: int, epoch: int, loss: float) -> None:
+        if log_epochs:
+            log.info("task %d/%d, epoch %d/%d: loss %.4f", task + 1, dataset.n_tasks, epoch + 1, dataset.config.n_epochs, loss)
+        for logger in loggers:
+            logger.log_epoch(task, epoch, loss)
+
+    def on_task_end(task: int, state: Any) -> None:
+        log.info("task %d/%d: %s", task + 1, dataset.n_tasks,
+                 ", ".join(f"{KIND_TITLES[kind]} {sum(rows[-1]) / len(rows[-1]):.1f}" for kind, rows in state.accuracies.items()))
+        for logger in loggers:
+            logger.log_task(task, state.accuracies)
+
     log.info("%s, %s: %d tasks on %s; writing to %s", dataset.name, model_name, dataset.n_tasks, device, run_dir)
     state = run_tasks(
-        model, dataset, device, run_dir, cfg.seed, comparable, resume=_resumes(cfg, run_dir),
-        stop_after_task=cfg.get("stop_after_task"),
-        on_task_end=lambda task, st: log.info(
-            "task %d/%d: %s", task + 1, dataset.n_tasks,
-            ", ".join(f"{KIND_TITLES[kind]} {sum(rows[-1]) / len(rows[-1]):.1f}" for kind, rows in st.accuracies.items())),
+        model, dataset, device, run_dir, cfg.seed, comparable, resume=cfg.resume,
+        stop_after_task=cfg.get("stop_after_task"), on_task_end=on_task_end, on_epoch_end=on_epoch_end,
     )
     log.info("\n%s", format_table(state.accuracies, dataset.n_tasks))
     if state.next_task < dataset.n_tasks:
-        log.info("Stopped after task %d of %d; continue with: %s", state.next_task, dataset.n_tasks, resume_command(run_dir))
-        return float("nan")
+        log.info("Stopped after task %d of %d; continue with resume=true hydra.run.dir=%s", state.next_task, dataset.n_tasks, run_dir)
+        return None
     results = build_results(
         state.accuracies, dataset.n_tasks,
         config=config, dataset=dataset.describe(), versions=environment_versions(), device=str(device),
-        threads=torch.get_num_threads(),
-        title=run_title(dataset.name, model_name, backbone_name),
+        threads=torch.get_num_threads(), title=title,
         timings={"train_seconds": state.train_seconds, "eval_seconds": state.eval_seconds,
                  "total_seconds": time.perf_counter() - started},
     )
     plot_results(results, run_dir / PLOT_NAME)
     write_json_atomic(run_dir / RESULTS_NAME, results)
-    first_kind = next(iter(state.accuracies))
-    return results[first_kind]["average"]
+    for logger in loggers:
+        logger.log_results(results)
+    return results

@@ -1,0 +1,58 @@
+"""The Optuna presets (conf/hparams_search/): a real study on seq-digits, the presets' composition,
+and max_failure_rate: a failed trial is a failed job, not a dead sweep."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_module
+from hydra.types import RunMode
+
+from conftest import run_python
+
+
+def job_results(sweep: Path) -> dict[str, dict]:
+    """results.json of every job directory of ``sweep`` that has one, by directory name."""
+    return {job.name: json.loads((job / "results.json").read_text())
+            for job in sorted(sweep.iterdir()) if (job / "results.json").is_file()}
+
+
+@pytest.mark.slow
+def test_three_trial_study_on_seq_digits_reports_a_real_runs_value(workdir):
+    done = run_python(["-m", "mammoth", "-m", "hparams_search=seq-digits-optuna", "hydra.sweeper.n_trials=3",
+                       "dataset.n_epochs=1", "hydra.sweep.dir=sweep", "threads=1"], cwd=workdir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    best = yaml.safe_load((workdir / "sweep" / "optimization_results.yaml").read_text())
+    jobs = job_results(workdir / "sweep")
+    assert sorted(jobs) == ["0", "1", "2"]
+    averages = {name: results["class_il"]["average"] for name, results in jobs.items()}
+    best_job = max(averages, key=averages.get)  # direction: maximize
+    assert best["best_value"] == averages[best_job]
+    assert best["best_params"] == {"model.lr": jobs[best_job]["config"]["model"]["lr"]}
+    learning_rates = [results["config"]["model"]["lr"] for results in jobs.values()]
+    assert len(set(learning_rates)) == 3 and all(0.001 <= lr <= 0.5 for lr in learning_rates)
+    assert all(results["config"]["optimized_metric"] == "class_il.average" for results in jobs.values())
+
+
+def test_presets_compose_with_the_optuna_sweeper():
+    with initialize_config_module(config_module="mammoth.conf", version_base="1.3"):
+        lr_search = compose(config_name="config", overrides=["hparams_search=seq-digits-optuna"], return_hydra_config=True)
+        der_search = compose(config_name="config", overrides=["hparams_search=der-optuna"], return_hydra_config=True)
+    for cfg in (lr_search, der_search):
+        assert cfg.optimized_metric == "class_il.average"
+        assert cfg.hydra.sweeper._target_ == "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+        assert cfg.hydra.sweeper.direction == "maximize"
+        assert cfg.hydra.sweeper.sampler._target_ == "optuna.samplers.TPESampler"
+        assert cfg.hydra.sweeper.sampler.seed == 1234
+        assert cfg.hydra.mode == RunMode.MULTIRUN
+    assert dict(lr_search.hydra.sweeper.params) == {"model.lr": "tag(log, interval(0.001, 0.5))"}
+    assert lr_search.hydra.runtime.choices["model"] == "sgd"
+    assert der_search.hydra.runtime.choices["model"] == "der"
+    assert dict(der_search.hydra.sweeper.params) == {
+        "model.lr": "tag(log, interval(0.005, 0.3))",
+        "model.buffer_size": "choice(50, 100, 200, 500)",
+        "model.alpha": "choice(0.1, 0.2, 0.3, 0.5, 1.0)",
+    }
