@@ -63,3 +63,18 @@ def test_the_summary_can_be_turned_off(workdir: Path):
     assert result.returncode == 0, result.stderr
     assert (workdir / "sweep" / "0" / "results.json").exists()
     assert not (workdir / "sweep" / "summary.csv").exists() and not (workdir / "sweep" / "0" / "job.json").exists()
+
+
+@pytest.mark.slow
+def test_a_failed_job_is_failed_in_the_summary_and_the_other_complete(workdir: Path):
+    result = run_python(
+        ["-m", "mammoth", "-m", "model.lr=0.1,-1", "dataset.n_epochs=1", "hydra.sweep.dir=sweep"], workdir)
+    assert result.returncode != 0  # the sweep had a failed job
+    sweep = workdir / "sweep"
+    complete, failed = summary_rows(sweep)
+    assert (complete["overrides"], complete["status"]) == ("model.lr=0.1 dataset.n_epochs=1", "complete")
+    assert float(complete["class_il_average"]) == json.loads((sweep / "0" / "results.json").read_text())["class_il"]["average"]
+    assert (failed["overrides"], failed["status"], failed["class_il_average"]) == ("model.lr=-1 dataset.n_epochs=1", "failed", "")
+    assert failed["error"].startswith("ConfigError: model.lr=-1.0 is not positive")
+    assert not (sweep / "1" / "results.json").exists()
+    assert f"- `1` (model.lr=-1 dataset.n_epochs=1): {failed['error']}" in (sweep / "summary.md").read_text()
