@@ -41,15 +41,11 @@ class RunConfig:
 
 
 def store_schemas() -> None:
-    """Put the run and dataset schemas in Hydra's ConfigStore, and register the search-path
-    plugin (idempotent). Hydra also discovers the plugin by itself in a regular install; an
-    editable install hides it from Hydra's scan of ``hydra_plugins``, so registering it here
-    makes ``import mammoth`` enough for another Hydra app to see mammoth's YAML configs."""
-    from hydra.core.plugins import Plugins
+    """Put the run and dataset schemas in Hydra's ConfigStore (idempotent).
 
-    from hydra_plugins.mammoth_searchpath import MammothSearchPathPlugin
-
-    Plugins.instance().register(MammothSearchPathPlugin)
+    Other Hydra apps reach them, and the backbone and model configs, through the
+    ``hydra_plugins/mammoth_searchpath`` plugins that Hydra discovers by itself.
+    """
     store = ConfigStore.instance()
     store.store(name=RUN_SCHEMA, node=RunConfig, provider="mammoth")
     store.store(group="dataset", name=DATASET_SCHEMA, node=DatasetConfig, provider="mammoth")

@@ -90,11 +90,13 @@ def run(cfg: DictConfig) -> float:
 
 def _run(cfg: DictConfig) -> float:
     """:func:`run` in its locked run directory."""
-    from mammoth.backbones import build_backbone
+    from mammoth.backbones import BACKBONES, build_backbone
+    from mammoth.config_validation import validate_run_config
     from mammoth.datasets import build_dataset
-    from mammoth.models import build_model
+    from mammoth.models import MODELS, build_model
     from mammoth.results import RESULTS_NAME
 
+    validate_run_config(cfg)
     started = time.perf_counter()
     run_dir = output_directory(cfg)
     if not cfg.resume:  # never leave an old, complete-looking file; a refused resume keeps its run's
@@ -103,9 +105,10 @@ def _run(cfg: DictConfig) -> float:
     _set_threads(cfg.get("threads"))
     torch.manual_seed(_check_seed(cfg.seed))
     dataset = build_dataset(cfg.dataset, seed=cfg.seed)
-    net = build_backbone(cfg.backbone, num_classes=dataset.n_classes, input_shape=dataset.input_shape).to(device)
-    backbone_name = _choice("backbone") or cfg.backbone._target_
-    model_name = _choice("model") or cfg.model._target_
+    backbone = cfg.backbone if _is_set(cfg, "backbone") else dataset.default_backbone
+    net = build_backbone(backbone, num_classes=dataset.n_classes, input_shape=dataset.input_shape).to(device)
+    backbone_name = BACKBONES.resolve(backbone)[0].name
+    model_name = MODELS.resolve(cfg.model)[0].name
     log.info(summary_line(backbone_name, net))
     check_output_size(net, dataset, backbone_name)
     model = build_model(cfg.model, net=net, dataset=dataset).to(device)
@@ -126,11 +129,50 @@ def _set_threads(threads: int | None) -> None:
     torch.set_num_threads(threads)
 
 
-def _choice(group: str) -> str | None:
-    """The option Hydra selected for ``group`` (None outside a Hydra app)."""
+def _is_set(cfg: DictConfig, key: str) -> bool:
+    """Whether ``cfg.key`` exists and is neither ``???`` nor null (no backbone: the dataset's default)."""
+    return key in cfg and not OmegaConf.is_missing(cfg, key) and cfg[key] is not None
+
+
+def job_overrides() -> list[str]:
+    """The command-line overrides of this job, without the run-control settings (empty outside Hydra)."""
     from hydra.core.hydra_config import HydraConfig
 
-    return HydraConfig.get().runtime.choices.get(group) if HydraConfig.initialized() else None
+    if not HydraConfig.initialized():
+        return []
+    overrides = list(HydraConfig.get().overrides.task)
+    return [text for text in overrides if text.split("=", 1)[0].lstrip("+~") not in ("resume", "stop_after_task")]
+
+
+def is_multirun_job() -> bool:
+    """Whether this run is a job of a Hydra multirun (a sweep)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _resumes(cfg: DictConfig, run_dir: Path) -> bool:
+    """``resume``, except for a sweep's job that never checkpointed: a resumed sweep starts it afresh."""
+    from mammoth.training import CHECKPOINT_NAME
+
+    if cfg.resume and is_multirun_job() and not (run_dir / CHECKPOINT_NAME).exists():
+        log.info("resume=true but %s has no checkpoint: this job of the sweep starts from the first task", run_dir)
+        return False
+    return bool(cfg.resume)
+
+
+def run_title(dataset: str, model: str, backbone: str) -> str:
+    """``seq-digits · er · mnistmlp``; a sweep's job adds its overrides, so jobs are told apart."""
+    title = f"{dataset} · {model} · {backbone}"
+    overrides = job_overrides() if is_multirun_job() else []
+    return f"{title} [{' '.join(overrides)}]" if overrides else title
+
+
+def resume_command(run_dir: Path) -> str:
+    """The command that continues this run (a sweep's job too) in ``run_dir``."""
+    words = ["python -m mammoth", *job_overrides(), "resume=true", f"hydra.run.dir={run_dir}"]
+    return " ".join(words)
 
 
 def _check_seed(seed: int) -> int:
@@ -174,7 +216,7 @@ def _train_and_report(
 
     metric = check_optimized_metric(cfg.get("optimized_metric"), dataset)
     config = record_filled_values(OmegaConf.to_container(cfg, resolve=True), dataset)
-    title = f"{dataset.name} · {model_name} · {backbone_name}"
+    title = run_title(dataset.name, model_name, backbone_name)
     run_info = RunInfo(run_dir=run_dir, title=title, config=config, n_tasks=dataset.n_tasks,
                        n_epochs=dataset.config.n_epochs, resume=bool(cfg.resume))
     loggers = build_loggers(config.get("logger"), run_info)
@@ -255,12 +297,12 @@ def _train_and_write(
 
     log.info("%s, %s: %d tasks on %s; writing to %s", dataset.name, model_name, dataset.n_tasks, device, run_dir)
     state = run_tasks(
-        model, dataset, device, run_dir, cfg.seed, comparable, resume=cfg.resume,
+        model, dataset, device, run_dir, cfg.seed, comparable, resume=_resumes(cfg, run_dir),
         stop_after_task=cfg.get("stop_after_task"), on_task_end=on_task_end, on_epoch_end=on_epoch_end,
     )
     log.info("\n%s", format_table(state.accuracies, dataset.n_tasks))
     if state.next_task < dataset.n_tasks:
-        log.info("Stopped after task %d of %d; continue with resume=true hydra.run.dir=%s", state.next_task, dataset.n_tasks, run_dir)
+        log.info("Stopped after task %d of %d; continue with: %s", state.next_task, dataset.n_tasks, resume_command(run_dir))
         return None
     results = build_results(
         state.accuracies, dataset.n_tasks,
