@@ -80,6 +80,8 @@ def main() -> None:
     with hydra_errors_raised() as catch:
         try:
             hydra_main()
+        except KeyboardInterrupt as interruption:  # Ctrl-C or SIGTERM: run() logged how to resume
+            raise SystemExit(143 if str(interruption) == "SIGTERM" else 130) from None
         except MammothError as error:
             if not catch:
                 raise

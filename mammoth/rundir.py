@@ -56,6 +56,9 @@ def write_atomic(path: Path, data: bytes, what: str) -> Path:
         temporary.unlink(missing_ok=True)
         kept = f"the previous {what} is kept" if path.exists() else f"no {what} was written"
         raise ConfigError(f"could not write the {what} {path}: {_reason(error)}; {kept}") from None
+    except BaseException:  # Ctrl-C or SIGTERM mid-write: the previous file stays, no .tmp is left
+        temporary.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -81,10 +84,10 @@ class RunLock:
             fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             file.seek(0)
-            holder = file.read().strip() or "another process"
+            holder = file.read().strip()
             file.close()
             raise ConfigError(
-                f"another mammoth run (pid {holder}) is using {self.path.parent}; "
+                f"another mammoth run{f' (pid {holder})' if holder else ''} is using {self.path.parent}; "
                 "wait for it to end, or give this run another hydra.run.dir or output_dir"
             ) from None
         file.seek(0)

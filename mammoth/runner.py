@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -81,11 +82,49 @@ def run(cfg: DictConfig) -> float:
     accuracy (Class-IL, or Domain-IL). Writes results.json, the plot and checkpoints.
 
     The run directory is locked for the duration: a second run in it is refused (ConfigError).
+    SIGTERM interrupts the run like Ctrl-C (KeyboardInterrupt); either logs one line with the
+    command that resumes it, and the checkpoint of the last finished task stays intact.
     """
     from mammoth.rundir import RunLock
 
-    with RunLock(output_directory(cfg)):
-        return _run(cfg)
+    run_dir = output_directory(cfg)
+    with RunLock(run_dir), _sigterm_interrupts():
+        try:
+            return _run(cfg)
+        except KeyboardInterrupt as interruption:
+            log.error("%s", interrupted_line(run_dir, str(interruption) or "SIGINT"))
+            raise
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """While the block runs, SIGTERM raises ``KeyboardInterrupt("SIGTERM")`` (main thread only:
+    elsewhere Python cannot set signal handlers, and nothing changes)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signal_number: int, frame: Any) -> None:
+        raise KeyboardInterrupt(signal.Signals(signal_number).name)
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def interrupted_line(run_dir: Path, reason: str) -> str:
+    """One line for an interrupted run: the command that resumes it from its checkpoint, or,
+    before the first checkpoint, that there is nothing to resume."""
+    from mammoth.training import CHECKPOINT_NAME
+
+    if (run_dir / CHECKPOINT_NAME).is_file():
+        return f"Interrupted ({reason}); the checkpoint of the last finished task is intact. Resume with: {resume_command(run_dir)}"
+    return f"Interrupted ({reason}) before the first task finished: nothing to resume; start the run again"
 
 
 def _run(cfg: DictConfig) -> float:

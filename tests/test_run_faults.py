@@ -161,3 +161,28 @@ def test_a_dataset_with_fewer_classes_than_its_tasks_is_refused(tmp_path):
     finally:
         _REGISTRY.pop("four-digits", None)
     assert not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.parametrize(("task", "line"), [
+    (0, "Interrupted (SIGINT) before the first task finished: nothing to resume; start the run again"),
+    (2, "Interrupted (SIGINT); the checkpoint of the last finished task is intact. Resume with: python -m mammoth "
+        "resume=true hydra.run.dir={run_dir}"),
+])
+def test_ctrl_c_logs_one_line_saying_how_to_resume(tmp_path, monkeypatch, caplog, task, line):
+    from mammoth.models.base import ContinualModel
+
+    begin_task = ContinualModel.begin_task
+
+    def ctrl_c(self, index):
+        if index == task:
+            raise KeyboardInterrupt
+        begin_task(self, index)
+
+    monkeypatch.setattr(ContinualModel, "begin_task", ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        mammoth.run(compose_run(tmp_path))
+    errors = [record.getMessage() for record in caplog.records if record.levelname == "ERROR"]
+    assert errors == [line.format(run_dir=tmp_path)]
+    assert not (tmp_path / "results.json").exists() and not list(tmp_path.glob("*.tmp"))
+    if task:
+        assert read_checkpoint(tmp_path / "checkpoint.pt")["state"]["next_task"] == task

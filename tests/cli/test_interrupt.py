@@ -1,0 +1,55 @@
+"""Ctrl-C and SIGTERM: one line with the exact command that resumes the run, the last finished
+task's checkpoint intact, and a resumed run bit-for-bit equal to an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import run_python
+from mammoth.training import read_checkpoint
+
+#: Sends SIGTERM to itself after the first of two epochs of task 2, then runs ``python -m mammoth``.
+INTERRUPT = '''
+import os, signal
+from mammoth.models.base import ContinualModel
+end_epoch = ContinualModel.end_epoch
+def interrupting_end_epoch(self, epoch):
+    end_epoch(self, epoch)
+    if self.current_task == 1 and epoch == 0:
+        os.kill(os.getpid(), signal.SIGTERM)
+ContinualModel.end_epoch = interrupting_end_epoch
+from mammoth.__main__ import main
+main()
+'''
+OVERRIDES = ["model=derpp", "model.buffer_size=50", "dataset.n_epochs=2", "device=cpu", "seed=3"]
+
+
+@pytest.mark.slow
+def test_sigterm_prints_the_resume_command_and_resuming_is_bit_exact(workdir: Path):
+    whole = run_python(["-m", "mammoth", *OVERRIDES, "hydra.run.dir=whole"], workdir)
+    assert whole.returncode == 0, whole.stderr
+    (workdir / "interrupt.py").write_text(INTERRUPT)
+    part = workdir / "part"
+    interrupted = run_python(["interrupt.py", *OVERRIDES, "hydra.run.dir=part"], workdir)
+    assert interrupted.returncode == 143, interrupted.stderr  # 128 + SIGTERM
+    output = interrupted.stdout + interrupted.stderr
+    lines = [line for line in output.splitlines() if "Interrupted" in line]
+    assert len(lines) == 1 and "Traceback" not in output
+    assert lines[0].startswith("Interrupted (SIGTERM); the checkpoint of the last finished task is intact. Resume with: ")
+    command = shlex.split(lines[0].split("Resume with: ", 1)[1])
+    assert command == ["python", "-m", "mammoth", *OVERRIDES, "resume=true", f"hydra.run.dir={part}"]
+    assert read_checkpoint(part / "checkpoint.pt")["state"]["next_task"] == 1  # task 1's, intact
+    assert not (part / "results.json").exists() and not list(part.glob("*.tmp"))
+
+    resumed = run_python(command[1:], workdir, python=sys.executable)
+    assert resumed.returncode == 0, resumed.stderr
+    expected = json.loads((workdir / "whole" / "results.json").read_text())
+    actual = json.loads((part / "results.json").read_text())
+    assert actual["status"] == "complete"
+    for kind in ("class_il", "task_il"):
+        assert actual[kind]["matrix"] == expected[kind]["matrix"]
