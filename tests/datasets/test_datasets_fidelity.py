@@ -75,3 +75,23 @@ def test_augmentation_is_a_4_pixel_zero_padded_crop_and_a_horizontal_flip(name: 
     # the padding is black before normalisation: padded pixels are exactly (0 - mean) / std
     padded = out[:, 0][raw[:, 0] * 255 < 0.5]
     assert len(padded) > 0 and torch.allclose(padded, torch.full_like(padded, -mean[0] / std[0]), atol=1e-6)
+
+
+# name -> (batch_size, n_epochs, n_tasks, backbone): the original's get_batch_size, get_epochs,
+# N_TASKS and get_backbone (datasets/seq_mnist.py, perm_mnist.py, rot_mnist.py, seq_cifar10.py,
+# seq_cifar100.py, seq_tinyimagenet.py).
+ORIGINAL_DEFAULTS = {
+    "seq-mnist": (64, 1, 5, "mnistmlp"),
+    "perm-mnist": (128, 1, 20, "mnistmlp"),
+    "rot-mnist": (128, 1, 20, "mnistmlp"),
+    "seq-cifar10": (32, 50, 5, "resnet18"),
+    "seq-cifar100": (32, 50, 10, "resnet18"),
+    "seq-tinyimg": (32, 50, 10, "resnet18"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ORIGINAL_DEFAULTS))
+def test_training_defaults_are_the_originals(name: str) -> None:
+    dataset = _dataset(name)
+    found = (dataset.config.batch_size, dataset.config.n_epochs, dataset.n_tasks, dataset.default_backbone)
+    assert found == ORIGINAL_DEFAULTS[name]
