@@ -213,6 +213,11 @@ class ReplayBuffer:
             values["examples"] = transform(values["examples"])
         return ReplayBatch(indices=indices, **{name: values.get(name) for name in FIELDS})
 
+    def clear(self) -> None:
+        """Remove every item (``num_seen`` back to 0); the generator, device and capacity are kept."""
+        self._storage = {}
+        self._num_seen = 0
+
     # ---- device and checkpoints ----
 
     def to(self, device: str | torch.device) -> "ReplayBuffer":

@@ -11,15 +11,24 @@ from torch import Tensor
 from mammoth.backbones.mlp import MNISTMLP
 from mammoth.models import build_model
 
-_REPLAY_METHODS = ("er", "der", "derpp")
+_REPLAY_METHODS = ("er", "der", "derpp", "agem", "gem", "icarl", "er_ace", "gdumb", "bic", "mer")
+
+
+class FakeConfig:
+    """The dataset config fields the methods read."""
+
+    batch_size = 8
+    n_epochs = 1
 
 
 class FakeDataset:
     """The parts of a dataset the methods use: 4 classes in 2 class-IL tasks, an affine train transform."""
 
+    name = "fake"
     n_classes = 4
     n_tasks = 2
     setting = "class-il"
+    config = FakeConfig()
 
     def task_classes(self, task: int) -> range:
         """Classes ``2*task`` and ``2*task + 1``."""
@@ -28,6 +37,15 @@ class FakeDataset:
     def train_transform(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Normalise [0, 1] to [-1, 1] (a stand-in for augmentation + normalisation)."""
         return (x - 0.5) / 0.5
+
+    def test_transform(self, x: Tensor) -> Tensor:
+        """The same normalisation as :meth:`train_transform` (there is no augmentation)."""
+        return (x - 0.5) / 0.5
+
+    @staticmethod
+    def to_float(x: Tensor) -> Tensor:
+        """uint8 images -> float32 in [0, 1]."""
+        return x.float().div(255)
 
 
 @pytest.fixture

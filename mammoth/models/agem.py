@@ -1,0 +1,67 @@
+"""agem: Averaged Gradient Episodic Memory (Chaudhry et al., "Efficient Lifelong Learning with
+A-GEM", ICLR 2019)."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+from mammoth.backbones.base import MammothBackbone
+from mammoth.models.base import ReplayModel
+from mammoth.models.registry import register_model
+
+
+def project(gradient: Tensor, reference: Tensor) -> Tensor:
+    """A-GEM's projection, in place: if ``gradient . reference < 0``, remove the component of
+    ``gradient`` along ``reference`` (``g - (g.r / r.r) r``, then ``g.r = 0``); else leave it."""
+    dot = torch.dot(gradient, reference)
+    if dot < 0:
+        gradient.sub_(reference, alpha=float(dot / torch.dot(reference, reference)))
+    return gradient
+
+
+@register_model("agem")
+class AGem(ReplayModel):
+    """A-GEM: the step's gradient never increases the loss on a replayed minibatch, to first order.
+
+    The gradient ``g`` of the cross-entropy on the batch is projected (:func:`project`) on the
+    half-space ``g . g_ref >= 0`` of the gradient ``g_ref`` on a replay minibatch. As in the
+    original Mammoth, the episodic memory gets one random training batch (``batch_size``
+    non-augmented examples) of each finished task, through the reservoir buffer. Uses
+    ``get_grads`` / ``set_grads`` with reused ``out=`` buffers.
+    """
+
+    def __init__(self, net: MammothBackbone, dataset: Any, buffer_size: int, **kwargs: Any) -> None:
+        super().__init__(net, dataset, buffer_size=buffer_size, **kwargs)
+        self._task_data: Optional[tuple[Tensor, Tensor]] = None
+        self._gradient: Optional[Tensor] = None
+        self._reference: Optional[Tensor] = None
+
+    def training_data(self, task: int, train_x: Tensor, train_y: Tensor) -> tuple[Tensor, Tensor]:
+        """Keep a reference to the task's data for :meth:`end_task`."""
+        self._task_data = (train_x, train_y)
+        return train_x, train_y
+
+    def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> float:
+        """One step along the projected gradient; returns the cross-entropy on the batch."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss(self.net(inputs), labels)
+        loss.backward()
+        replay = self.replay_batch(inputs.shape[0], inputs.device)
+        if replay is not None:
+            self._gradient = self.net.get_grads(out=self._gradient)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.loss(self.net(replay.examples), replay.labels).backward()
+            self._reference = self.net.get_grads(out=self._reference)
+            self.net.set_grads(project(self._gradient, self._reference))
+        self.optimizer.step()
+        return loss.item()
+
+    def end_task(self, task: int) -> None:
+        """Offer one random batch of the task's non-augmented examples to the memory."""
+        train_x, train_y = self._task_data
+        self._task_data = None
+        index = torch.randperm(len(train_y))[: self.dataset.config.batch_size]
+        self.buffer.add(self.dataset.to_float(train_x[index].to(self.device)), labels=train_y[index].to(self.device))

@@ -1,0 +1,188 @@
+"""gdumb: Greedy sampler and Dumb learner (Prabhu, Torr and Dokania, "GDumb: A Simple Approach that
+Questions Our Progress in Continual Learning", ECCV 2020)."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+from mammoth.backbones.base import MammothBackbone
+from mammoth.models.base import ContinualModel
+from mammoth.models.registry import register_model
+from mammoth.models.utils import require_class_il
+from mammoth.validation import check_positive, check_positive_int
+
+
+class GreedyClassBalancedMemory:
+    """GDumb's memory of at most ``capacity`` items: an item is stored while there is room; when
+    full, an item whose class holds fewer than ``capacity // classes seen`` items replaces a
+    random item of the largest class (the smallest label among equally large ones)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.examples: Optional[Tensor] = None
+        self.labels: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def add(self, examples: Tensor, labels: Tensor) -> None:
+        """Offer a batch, one item at a time, in order (random choices from torch's global generator)."""
+        if self.examples is None:
+            self.examples = examples.new_zeros((self.capacity, *examples.shape[1:]))
+        for example, label in zip(examples, labels.tolist()):
+            slot = self._slot_for(label)
+            if slot is None:
+                continue
+            self.examples[slot] = example
+            if slot == len(self.labels):
+                self.labels.append(label)
+            else:
+                self.labels[slot] = label
+
+    def _slot_for(self, label: int) -> Optional[int]:
+        if len(self.labels) < self.capacity:
+            return len(self.labels)
+        counts: dict[int, int] = {}
+        for stored in self.labels:
+            counts[stored] = counts.get(stored, 0) + 1
+        n_classes = len(counts) + (label not in counts)
+        if counts.get(label, 0) >= self.capacity // n_classes:
+            return None
+        largest = max(sorted(counts), key=lambda c: counts[c])
+        members = [slot for slot, stored in enumerate(self.labels) if stored == largest]
+        return members[int(torch.randint(len(members), ()))]
+
+    def data(self) -> tuple[Tensor, Tensor]:
+        """The stored examples and labels, in slot order."""
+        labels = torch.tensor(self.labels, dtype=torch.long, device=self.examples.device)
+        return self.examples[: len(self.labels)], labels
+
+    def state_dict(self) -> dict[str, Any]:
+        """The stored items."""
+        return {"examples": None if self.examples is None else self.examples.clone(), "labels": list(self.labels)}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
+        """Restore :meth:`state_dict` onto ``device``."""
+        self.examples = None if state["examples"] is None else state["examples"].to(device)
+        self.labels = list(state["labels"])
+
+
+def cutmix(x: Tensor, y: Tensor, alpha: float, probability: float = 0.5) -> tuple[Tensor, Tensor, Tensor, float]:
+    """CutMix (Yun et al., 2019) as the original Mammoth applies it: with ``probability``, paste a
+    random box of a shuffled copy of the batch (box area ``~ 1 - Beta(alpha, alpha)``) into ``x``.
+    Returns ``(x, y_a, y_b, lam)``: the loss is ``lam * CE(y_a) + (1 - lam) * CE(y_b)``."""
+    if float(torch.rand(())) > probability:
+        return x, y, y, 1.0
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    index = torch.randperm(x.shape[0]).to(x.device)
+    width, height = x.shape[2], x.shape[3]
+    cut = (1.0 - lam) ** 0.5
+    cut_w, cut_h = int(width * cut), int(height * cut)
+    cx, cy = int(torch.randint(width, ())), int(torch.randint(height, ()))
+    x1, x2 = min(max(cx - cut_w // 2, 0), width), min(max(cx + cut_w // 2, 0), width)
+    y1, y2 = min(max(cy - cut_h // 2, 0), height), min(max(cy + cut_h // 2, 0), height)
+    x = x.clone()
+    x[:, :, x1:x2, y1:y2] = x[index, :, x1:x2, y1:y2]
+    lam = 1 - ((x2 - x1) * (y2 - y1) / (width * height))
+    return x, y, y[index], lam
+
+
+@register_model("gdumb")
+class GDumb(ContinualModel):
+    """GDumb: fills a greedy class-balanced memory, and after the last task trains the network from
+    its initial weights on the memory alone.
+
+    The memory is filled during each task's first epoch (GDumb needs one pass; later epochs do
+    nothing). After the last task: ``fitting_epochs`` epochs of SGD (``momentum``,
+    ``weight_decay``) with warm restarts (cosine, ``T_0=1``, ``T_mult=2``, from ``maxlr`` down to
+    ``minlr``; first epoch at ``maxlr / 10``) and CutMix (``cutmix_alpha``; null disables it).
+    As in the original, the network is not trained before the last task (``lr`` is unused), so
+    the earlier evaluations score the untrained network. Class-IL datasets only.
+    """
+
+    def __init__(
+        self,
+        net: MammothBackbone,
+        dataset: Any,
+        buffer_size: int,
+        maxlr: float = 0.05,
+        minlr: float = 0.0005,
+        fitting_epochs: int = 256,
+        cutmix_alpha: Optional[float] = 1.0,
+        **kwargs: Any,
+    ) -> None:
+        require_class_il("gdumb", dataset)
+        super().__init__(net, dataset, **kwargs)
+        self.buffer_size = check_positive_int("model.buffer_size", buffer_size)
+        self.maxlr = check_positive("model.maxlr", maxlr)
+        self.minlr = check_positive("model.minlr", minlr)
+        self.fitting_epochs = check_positive_int("model.fitting_epochs", fitting_epochs)
+        self.cutmix_alpha = None if cutmix_alpha is None else check_positive("model.cutmix_alpha", cutmix_alpha)
+        self.memory = GreedyClassBalancedMemory(self.buffer_size)
+        # The weights GDumb restarts from: the backbone's initialisation (the same on a resume,
+        # which rebuilds the backbone from the same seed).
+        self.initial_state = {name: value.detach().clone() for name, value in net.state_dict().items()}
+        self.epoch = 0
+
+    def begin_task(self, task: int) -> None:
+        """Start the task's first epoch."""
+        super().begin_task(task)
+        self.epoch = 0
+
+    def end_epoch(self, epoch: int) -> None:
+        """Count the epochs: only the first one fills the memory."""
+        self.epoch = epoch + 1
+
+    def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> float:
+        """Offer the batch to the memory during the first epoch; no training step (returns 0)."""
+        if self.epoch == 0:
+            self.memory.add(not_aug_inputs, labels)
+        return 0.0
+
+    def end_task(self, task: int) -> None:
+        """After the last task: restart from the initial weights and fit the memory."""
+        if task == self.dataset.n_tasks - 1 and len(self.memory):
+            self.net.load_state_dict(self.initial_state)
+            self.fit_memory()
+
+    def fit_memory(self) -> float:
+        """``fitting_epochs`` epochs on the memory; returns the last batch's loss."""
+        optimizer = torch.optim.SGD(self.net.parameters(), lr=self.maxlr, momentum=self.momentum,
+                                    weight_decay=self.weight_decay)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=1, T_mult=2, eta_min=self.minlr)
+        examples, labels = self.memory.data()
+        batch_size = self.dataset.config.batch_size
+        loss = torch.zeros(())
+        for epoch in range(self.fitting_epochs):
+            if epoch <= 1:
+                for group in optimizer.param_groups:
+                    group["lr"] = self.maxlr * (0.1 if epoch == 0 else 1.0)
+            else:
+                scheduler.step()
+            order = torch.randperm(len(labels)).to(labels.device)
+            inputs = self.dataset.train_transform(examples[order])
+            targets = labels[order]
+            for start in range(0, len(targets), batch_size):
+                x, y = inputs[start : start + batch_size], targets[start : start + batch_size]
+                optimizer.zero_grad()
+                if self.cutmix_alpha is not None:
+                    x, y_a, y_b, lam = cutmix(x, y, self.cutmix_alpha)
+                    outputs = self.net(x)
+                    loss = lam * self.loss(outputs, y_a) + (1 - lam) * self.loss(outputs, y_b)
+                else:
+                    loss = self.loss(self.net(x), y)
+                loss.backward()
+                optimizer.step()
+        return float(loss)
+
+    def extra_state(self) -> dict[str, Any]:
+        """The memory and the epoch counter."""
+        return {"memory": self.memory.state_dict(), "epoch": self.epoch}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore the memory and the epoch counter."""
+        self.memory.load_state_dict(state["memory"], self.device)
+        self.epoch = int(state["epoch"])

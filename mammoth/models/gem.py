@@ -1,0 +1,113 @@
+"""gem: Gradient Episodic Memory (Lopez-Paz and Ranzato, "Gradient Episodic Memory for Continual
+Learning", NeurIPS 2017)."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mammoth.backbones.base import MammothBackbone
+from mammoth.errors import ConfigError
+from mammoth.models.base import ReplayModel
+from mammoth.models.registry import register_model
+from mammoth.models.utils import keep_first_per_class, seen_classes
+from mammoth.validation import check_non_negative
+
+#: The ridge GEM adds to the Gram matrix of the memories' gradients (the original's ``eps``).
+QP_EPSILON = 1e-3
+
+
+def _quadprog() -> Any:
+    try:
+        import quadprog
+    except ImportError as error:
+        raise ConfigError(
+            "model=gem needs the quadprog package, which is not installed; "
+            "allowed: install it with pip install 'mammoth[gem]' (or pip install quadprog)"
+        ) from error
+    return quadprog
+
+
+def project_to_cone(gradient: Tensor, memories: Tensor, margin: float, eps: float = QP_EPSILON) -> Tensor:
+    """GEM's projection of ``gradient`` (p,) given the past tasks' gradients ``memories`` (t, p).
+
+    Solves the dual ``min_v 1/2 v^T (M M^T + eps I) v + (M g)^T v`` subject to ``v >= margin``
+    with quadprog (in double precision) and returns ``g + M^T v``, a new tensor like ``gradient``.
+    """
+    quadprog = _quadprog()
+    memories_np = memories.detach().cpu().double().numpy()
+    gradient_np = gradient.detach().cpu().double().numpy()
+    n_rows = memories_np.shape[0]
+    gram = memories_np @ memories_np.T
+    gram = 0.5 * (gram + gram.T) + eps * np.eye(n_rows)
+    linear = -(memories_np @ gradient_np)
+    v = quadprog.solve_qp(gram, linear, np.eye(n_rows), np.full(n_rows, margin))[0]
+    projected = v @ memories_np + gradient_np
+    return torch.from_numpy(projected).to(gradient.device, gradient.dtype)
+
+
+@register_model("gem")
+class Gem(ReplayModel):
+    """GEM: the step's gradient may not increase the loss of any past task's memory, to first order.
+
+    After each task the memory is refilled class-balanced (``buffer_size // seen classes``
+    random non-augmented examples per class; earlier classes keep their first ones), each
+    item with its task label. Each step computes one gradient per past task on all of its
+    memory; if the current gradient has a negative dot product with any of them, it is
+    replaced by the solution of GEM's quadratic program (:func:`project_to_cone`, margin
+    ``gamma``, solved by quadprog). Uses ``get_grads`` / ``set_grads``.
+    """
+
+    def __init__(self, net: MammothBackbone, dataset: Any, buffer_size: int, gamma: float = 0.5, **kwargs: Any) -> None:
+        _quadprog()
+        super().__init__(net, dataset, buffer_size=buffer_size, **kwargs)
+        self.gamma = check_non_negative("model.gamma", gamma)
+        self._task_data: Optional[tuple[Tensor, Tensor]] = None
+        self._gradient: Optional[Tensor] = None
+
+    def training_data(self, task: int, train_x: Tensor, train_y: Tensor) -> tuple[Tensor, Tensor]:
+        """Keep a reference to the task's data for :meth:`end_task`."""
+        self._task_data = (train_x, train_y)
+        return train_x, train_y
+
+    def memory_gradients(self) -> Tensor:
+        """One row per task in the memory: the gradient of the cross-entropy on all of its items."""
+        memory = self.buffer.sample(len(self.buffer), transform=self.dataset.train_transform)
+        rows = []
+        for task in memory.task_labels.unique():
+            chosen = memory.task_labels == task
+            self.optimizer.zero_grad(set_to_none=True)
+            self.loss(self.net(memory.examples[chosen]), memory.labels[chosen]).backward()
+            rows.append(self.net.get_grads())
+        return torch.stack(rows)
+
+    def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> float:
+        """One step along the (projected) gradient; returns the cross-entropy on the batch."""
+        memories = None if self.buffer.is_empty() else self.memory_gradients()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss(self.net(inputs), labels)
+        loss.backward()
+        if memories is not None:
+            self._gradient = self.net.get_grads(out=self._gradient)
+            if bool((memories @ self._gradient < 0).any()):
+                self.net.set_grads(project_to_cone(self._gradient, memories, self.gamma))
+        self.optimizer.step()
+        return loss.item()
+
+    def end_task(self, task: int) -> None:
+        """Refill the memory class-balanced with random examples of the task's classes."""
+        train_x, train_y = self._task_data
+        self._task_data = None
+        per_class = self.buffer_size // seen_classes(self.dataset, task)
+        keep_first_per_class(self.buffer, per_class)
+        for label in train_y.unique():
+            members = (train_y == label).nonzero().flatten()
+            index = members[torch.randperm(len(members))[:per_class]]
+            self.buffer.add(
+                self.dataset.to_float(train_x[index].to(self.device)),
+                labels=train_y[index].to(self.device),
+                task_labels=torch.full((len(index),), task, dtype=torch.long, device=self.device),
+            )

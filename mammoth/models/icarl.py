@@ -1,0 +1,161 @@
+"""icarl: Incremental Classifier and Representation Learning (Rebuffi et al., "iCaRL: Incremental
+Classifier and Representation Learning", CVPR 2017)."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mammoth.backbones.base import MammothBackbone
+from mammoth.errors import ConfigError
+from mammoth.models.base import ReplayModel
+from mammoth.models.registry import register_model
+from mammoth.models.utils import Frozen, class_bounds, keep_first_per_class, require_class_il, squared_norm
+
+
+def herding(features: Tensor, count: int) -> Tensor:
+    """The indices of ``count`` rows of ``features`` (N, D) chosen by herding, in the order chosen.
+
+    Step ``i`` picks the row that brings the mean of the chosen rows closest (L2) to the mean
+    of all rows; a row is chosen at most once.
+    """
+    features = features.clone()
+    target = features.mean(dim=0, keepdim=True)
+    running_sum = torch.zeros_like(target)
+    chosen = []
+    for i in range(min(count, features.shape[0])):
+        cost = (target - (features + running_sum) / (i + 1)).norm(p=2, dim=1)
+        index = int(cost.argmin())
+        chosen.append(index)
+        running_sum += features[index : index + 1]
+        features[index] += 1e6  # never chosen again
+    return torch.tensor(chosen, dtype=torch.long)
+
+
+def nearest_mean_scores(features: Tensor, class_means: Tensor) -> Tensor:
+    """``-||mean_c - f / ||f|| ||**2`` for every row ``f`` of ``features`` and every class mean."""
+    features = features / features.norm(dim=1, keepdim=True)
+    return -(class_means.unsqueeze(0) - features.unsqueeze(1)).pow(2).sum(dim=2)
+
+
+@register_model("icarl")
+class ICarl(ReplayModel):
+    """iCaRL: exemplars chosen by herding on the features, a nearest-mean-of-exemplars classifier,
+    and a sigmoid distillation of the previous network.
+
+    Each task trains on its data joined with the stored exemplars (uint8, as the data comes),
+    with binary cross-entropy on the logits: one-hot targets for the new classes, the sigmoid
+    of the frozen previous network for the past ones, plus ``opt_wd`` times the squared norm of
+    the weights (iCaRL's own weight decay; ``weight_decay`` must stay 0). After the task the
+    memory keeps ``buffer_size // seen classes`` exemplars per class (:func:`herding` on the
+    L2-normalised ``net(x, returnt="features")``). :meth:`forward` predicts with the nearest
+    class mean (features of the exemplars and of their horizontal flips, normalised), so the
+    evaluation scores the nearest-mean classifier. Class-IL datasets only.
+    """
+
+    def __init__(self, net: MammothBackbone, dataset: Any, buffer_size: int, opt_wd: float = 1e-5, **kwargs: Any) -> None:
+        require_class_il("icarl", dataset)
+        if kwargs.get("weight_decay"):
+            raise ConfigError(
+                f"model.weight_decay={kwargs['weight_decay']} has no effect with model=icarl, which has its own; "
+                "allowed: weight_decay=0 and model.opt_wd"
+            )
+        super().__init__(net, dataset, buffer_size=buffer_size, **kwargs)
+        self.opt_wd = float(opt_wd)
+        self.old_net: Optional[Frozen] = None
+        self.class_means: Optional[Tensor] = None
+        self._task_data: Optional[tuple[Tensor, Tensor]] = None
+
+    def training_data(self, task: int, train_x: Tensor, train_y: Tensor) -> tuple[Tensor, Tensor]:
+        """The task's data joined with the stored exemplars."""
+        self._task_data = (train_x, train_y)
+        if self.buffer.is_empty():
+            return train_x, train_y
+        return torch.cat([train_x, self.buffer.examples.cpu()]), torch.cat([train_y, self.buffer.labels.cpu()])
+
+    def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> float:
+        """One step on the binary cross-entropy with distilled targets for the past classes."""
+        self.class_means = None
+        outputs = self.net(inputs)
+        targets = F.one_hot(labels, outputs.shape[1]).to(outputs.dtype)
+        if self.old_net is not None and self.current_task > 0:
+            past = class_bounds(self.dataset, self.current_task)[0]
+            old = torch.sigmoid(self.old_net(inputs))
+            targets = torch.cat([old[:, :past], targets[:, past:]], dim=1)
+        loss = F.binary_cross_entropy_with_logits(outputs, targets) + self.opt_wd * squared_norm(self.net)
+        return self.step(loss)
+
+    def end_task(self, task: int) -> None:
+        """Freeze a copy of the network; rebuild the memory by herding."""
+        was_training = self.net.training
+        self.net.eval()
+        self.old_net = Frozen(self.net)
+        train_x, train_y = self._task_data
+        self._task_data = None
+        with torch.no_grad():
+            self.fill_memory(task, train_x, train_y)
+        self.class_means = None
+        self.net.train(was_training)
+
+    def features(self, x: Tensor) -> Tensor:
+        """``net(test_transform(x), returnt="features")`` for uint8 images, in batches of ``batch_size``."""
+        batch_size = self.dataset.config.batch_size
+        parts = [
+            self.net(self.dataset.test_transform(self.dataset.to_float(x[start : start + batch_size].to(self.device))),
+                     returnt="features")
+            for start in range(0, len(x), batch_size)
+        ]
+        return torch.cat(parts)
+
+    def fill_memory(self, task: int, train_x: Tensor, train_y: Tensor) -> None:
+        """Keep the first ``buffer_size // seen`` exemplars of the old classes; herd as many of each new one."""
+        per_class = self.buffer_size // class_bounds(self.dataset, task)[1]
+        keep_first_per_class(self.buffer, per_class)
+        features = self.features(train_x)
+        features = features / features.norm(dim=1, keepdim=True)
+        for label in train_y.unique():
+            members = (train_y == label).nonzero().flatten()
+            index = members[herding(features[members.to(features.device)], per_class)]
+            self.buffer.add(train_x[index].to(self.device), labels=train_y[index].to(self.device))
+
+    @torch.no_grad()
+    def compute_class_means(self) -> Tensor:
+        """One normalised mean feature per class in the memory (rows in increasing class order)."""
+        was_training = self.net.training
+        self.net.eval()
+        examples, labels = self.buffer.examples, self.buffer.labels
+        means = []
+        for label in labels.unique():
+            x = examples[labels == label]
+            plain = self.features(x)
+            flipped = self.features(torch.flip(x, dims=[-1]))
+            mean = ((plain / plain.norm(dim=1, keepdim=True)).mean(0)
+                    + (flipped / flipped.norm(dim=1, keepdim=True)).mean(0)) / 2
+            means.append(mean / mean.norm())
+        self.net.train(was_training)
+        return torch.stack(means)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Nearest-mean-of-exemplars scores over all classes (``-inf`` for classes without exemplars)."""
+        if self.buffer.is_empty():
+            return self.net(x)
+        if self.class_means is None:
+            self.class_means = self.compute_class_means()
+        classes = self.buffer.labels.unique()
+        scores = nearest_mean_scores(self.net(x, returnt="features"), self.class_means)
+        full = scores.new_full((x.shape[0], self.dataset.n_classes), float("-inf"))
+        full[:, classes] = scores
+        return full
+
+    def extra_state(self) -> dict[str, Any]:
+        """The exemplars and the frozen previous network."""
+        return {**super().extra_state(), "old_net": None if self.old_net is None else self.old_net.state_dict()}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore the exemplars and the frozen previous network."""
+        super().load_extra_state(state)
+        self.old_net = None if state["old_net"] is None else Frozen.restore(self.net, state["old_net"])
+        self.class_means = None

@@ -1,0 +1,96 @@
+"""Helpers shared by several CL methods: frozen network copies, class ranges, data batches."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Iterator, Optional
+
+import torch
+from torch import Tensor, nn
+
+from mammoth.errors import ConfigError
+
+
+class Frozen:
+    """A frozen copy of a network, kept outside the method's module tree.
+
+    Being no submodule, it is never put back in train mode by ``model.train()``, never
+    optimised, never in ``state_dict()``; a method that needs it across a checkpoint saves
+    :meth:`state_dict` in its ``extra_state``. Calls run in eval mode without gradients.
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        self.net = copy.deepcopy(net).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def __call__(self, x: Tensor, returnt: str = "out") -> Any:
+        """The frozen network's output for ``x`` (``returnt`` as in ``MammothBackbone.forward``)."""
+        return self.net(x, returnt=returnt)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The frozen weights."""
+        return self.net.state_dict()
+
+    @classmethod
+    def restore(cls, like: nn.Module, state: dict[str, Tensor]) -> "Frozen":
+        """A frozen copy of ``like`` with the weights ``state`` (from :meth:`state_dict`)."""
+        frozen = cls(like)
+        frozen.net.load_state_dict(state)
+        return frozen
+
+
+def class_bounds(dataset: Any, task: int) -> tuple[int, int]:
+    """``(past, seen)``: the number of classes of the tasks before ``task``, and up to ``task`` included."""
+    classes = dataset.task_classes(task)
+    return classes.start, classes.stop
+
+
+def require_class_il(name: str, dataset: Any) -> None:
+    """Refuse a dataset that is not class-incremental (the method splits logits by task)."""
+    if getattr(dataset, "setting", "class-il") != "class-il":
+        raise ConfigError(
+            f"model={name} does not support {dataset.setting} datasets ({getattr(dataset, 'name', '?')}); "
+            "allowed: class-il datasets"
+        )
+
+
+def batches(x: Tensor, y: Tensor, batch_size: int, shuffle: bool) -> Iterator[tuple[Tensor, Tensor]]:
+    """``(x, y)`` in batches of ``batch_size``; shuffled with torch's global generator when ``shuffle``."""
+    order: Optional[Tensor] = torch.randperm(len(y)) if shuffle else None
+    for start in range(0, len(y), batch_size):
+        if order is None:
+            yield x[start : start + batch_size], y[start : start + batch_size]
+        else:
+            index = order[start : start + batch_size]
+            yield x[index], y[index]
+
+
+def uint8_images(x: Tensor) -> Tensor:
+    """Float images in [0, 1] (as ``dataset.to_float`` makes them) back to the uint8 they came from."""
+    return x.mul(255).round_().to(torch.uint8)
+
+
+def squared_norm(net: nn.Module) -> Tensor:
+    """The sum of the squares of all parameters (differentiable)."""
+    return sum(parameter.pow(2).sum() for parameter in net.parameters())
+
+
+def keep_first_per_class(buffer: Any, per_class: int) -> None:
+    """Shrink ``buffer`` to the first ``per_class`` items of every class (classes in increasing
+    order, items in slot order), as the original Mammoth's ``fill_buffer`` does before adding a task."""
+    if buffer.is_empty():
+        return
+    fields = {name: getattr(buffer, name).clone() for name in buffer.fields}
+    buffer.clear()
+    labels = fields["labels"]
+    for label in labels.unique():
+        index = (labels == label).nonzero().flatten()[:per_class]
+        buffer.add(**{name: value[index] for name, value in fields.items()})
+
+
+def seen_classes(dataset: Any, task: int) -> int:
+    """How many classes the tasks up to ``task`` have shown, counted as the original Mammoth does
+    (``classes per task * (task + 1)``; in domain-IL each task counts its classes again)."""
+    if dataset.setting == "class-il":
+        return dataset.task_classes(task).stop
+    return dataset.n_classes * (task + 1)
