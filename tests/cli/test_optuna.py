@@ -56,3 +56,51 @@ def test_presets_compose_with_the_optuna_sweeper():
         "model.buffer_size": "choice(50, 100, 200, 500)",
         "model.alpha": "choice(0.1, 0.2, 0.3, 0.5, 1.0)",
     }
+
+
+FAILING_SEARCH = """\
+# @package _global_
+defaults:
+  - override /hydra/sweeper: optuna
+  - override /hydra/sweeper/sampler: random
+optimized_metric: class_il.average
+hydra:
+  sweeper:
+    direction: maximize
+    n_trials: 4
+    n_jobs: 1
+    max_failure_rate: 1.0
+    sampler:
+      seed: 0  # draws lr 0.05, -1.0, 0.05, 0.05 with optuna 2.10
+    params:
+      model.lr: choice(-1.0, 0.05)
+"""
+
+
+@pytest.mark.slow
+def test_max_failure_rate_decides_whether_a_failed_trial_stops_the_study(workdir):
+    search = workdir / "conf" / "hparams_search"
+    search.mkdir(parents=True)
+    (search / "failing.yaml").write_text(FAILING_SEARCH)
+    common = ["-m", "mammoth", "-m", "--config-dir", "conf", "hparams_search=failing", "dataset.n_epochs=1", "threads=1"]
+
+    tolerant = run_python([*common, "hydra.sweep.dir=tolerant"], cwd=workdir)
+    assert tolerant.returncode == 0, tolerant.stderr[-3000:]
+    jobs = sorted(path for path in (workdir / "tolerant").iterdir() if path.is_dir())
+    assert [job.name for job in jobs] == ["0", "1", "2", "3"]
+    failed = [job for job in jobs if "- model.lr=-1.0" in (job / ".hydra" / "overrides.yaml").read_text()]
+    complete = [job for job in jobs if job not in failed]
+    assert failed and complete
+    for job in failed:
+        assert not (job / "results.json").exists()
+        assert "Error: model.lr=-1.0 is not positive" in (job / "mammoth.log").read_text()
+    best = yaml.safe_load((workdir / "tolerant" / "optimization_results.yaml").read_text())
+    averages = [json.loads((job / "results.json").read_text())["class_il"]["average"] for job in complete]
+    assert best["best_value"] == max(averages)
+    assert best["best_params"] == {"model.lr": 0.05}
+
+    strict = run_python([*common, "hydra.sweep.dir=strict", "hydra.sweeper.max_failure_rate=0.0"], cwd=workdir)
+    assert strict.returncode == 1
+    assert "Error: model.lr=-1.0 is not positive; allowed: lr > 0" in strict.stderr
+    assert not (workdir / "strict" / "optimization_results.yaml").exists()
+    assert sorted(path.name for path in (workdir / "strict").iterdir() if path.is_dir()) == ["0", "1"]  # stopped at trial 1
