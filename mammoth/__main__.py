@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator, TextIO
 
 import hydra
 from omegaconf import DictConfig
@@ -60,6 +60,39 @@ def hydra_errors_raised() -> Iterator[bool]:
             os.environ["HYDRA_FULL_ERROR"] = previous
 
 
+#: What Hydra writes to stderr before it raises a failed job's error; a single run's own line says it all.
+HYDRA_FAILED_JOB_LINE = "Error executing job with overrides:"
+
+
+class _LineFilter:
+    """A text stream that drops what starts with ``prefix`` and passes the rest to ``stream``."""
+
+    def __init__(self, stream: TextIO, prefix: str) -> None:
+        self.stream, self.prefix = stream, prefix
+
+    def write(self, text: str) -> int:
+        """Write ``text`` unless it is the dropped line."""
+        return len(text) if text.startswith(self.prefix) else self.stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+@contextmanager
+def single_run_failure_line_dropped(active: bool) -> Iterator[None]:
+    """In a single run, drop Hydra's ``Error executing job with overrides: [...]`` line, so a failed
+    run prints only its one ``Error: ...`` line (a multirun keeps it: it names the failed job)."""
+    if not active:
+        yield
+        return
+    original = sys.stderr
+    sys.stderr = _LineFilter(original, HYDRA_FAILED_JOB_LINE)  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        sys.stderr = original
+
+
 def report_hydra_error(error: Exception) -> None:
     """Print a Hydra composition error the way Hydra does (its message, then its cause's)."""
     print(str(error), file=sys.stderr)
@@ -74,10 +107,11 @@ def main() -> None:
 
     try:
         load_plugins()
-        sys.argv[1:] = prepare_arguments(sys.argv[1:], hydra_main)
+        command_line = prepare_arguments(sys.argv[1:], hydra_main)
     except MammothError as error:
         exit_with(error, status=2)
-    with hydra_errors_raised() as catch:
+    sys.argv[1:] = command_line.args
+    with hydra_errors_raised() as catch, single_run_failure_line_dropped(not command_line.multirun):
         try:
             hydra_main()
         except KeyboardInterrupt as interruption:  # Ctrl-C or SIGTERM: run() logged how to resume

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import sys
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from mammoth.errors import ConfigError, MammothError, unknown_name_message
@@ -48,20 +49,30 @@ def normalise_choice(group: str, value: str, options: list[str]) -> str:
     raise ConfigError(unknown_name_message(group, value, sorted(options)))
 
 
+@dataclass(frozen=True)
+class CommandLine:
+    """The checked arguments, and whether they start a multirun (``-m`` or ``hydra.mode``)."""
+
+    args: list[str]
+    multirun: bool
+
+
 def prepare_arguments(args: list[str], task_function: Callable, config_path: str = CONFIG_PATH,
-                      config_name: str = CONFIG_NAME) -> list[str]:
+                      config_name: str = CONFIG_NAME) -> CommandLine:
     """Check ``args`` (``sys.argv[1:]``) as described in the module docstring; return them with
     group options normalised. Raises a MammothError naming the first bad value."""
     from hydra._internal.utils import get_args_parser
+    from hydra.types import RunMode
 
     parsed = get_args_parser().parse_args(args)
     if parsed.help or parsed.hydra_help or parsed.info or parsed.shell_completion:
-        return args  # Hydra's own screens
+        return CommandLine(args, multirun=False)  # Hydra's own screens
     with main_hydra(parsed, task_function, config_path) as hydra:
         name = parsed.config_name or config_name
         overrides = normalise_overrides(hydra, name, parsed.overrides)
-        check_composed(hydra, name, overrides, multirun=parsed.multirun)
-    return _replace_overrides(args, parsed.overrides, overrides)
+        mode = RunMode.MULTIRUN if parsed.multirun else hydra.get_mode(config_name=name, overrides=overrides)
+        check_composed(hydra, name, overrides, mode or RunMode.RUN)
+    return CommandLine(_replace_overrides(args, parsed.overrides, overrides), multirun=mode == RunMode.MULTIRUN)
 
 
 @contextmanager
@@ -120,21 +131,25 @@ def _normalise_override(override: Any, options: list[str]) -> str:
     return f"{_PREFIXES.get(override.type.name, '')}{override.get_key_element()}={text}"
 
 
-def check_composed(hydra: Any, config_name: str, overrides: list[str], multirun: bool) -> None:
+def check_composed(hydra: Any, config_name: str, overrides: list[str], mode: Any) -> None:
     """Compose as the run will; check options in defaults lists, callbacks and (single run) the config."""
     from hydra.errors import HydraException, MissingConfigException
     from hydra.types import RunMode
     from omegaconf.errors import OmegaConfBaseException
 
     from mammoth.config_validation import check_callbacks, validate_run_config
+    from mammoth.datasets import DEFAULT_BACKBONE_GROUP
 
     try:
-        mode = RunMode.MULTIRUN if multirun else hydra.get_mode(config_name=config_name, overrides=overrides)
-        mode = mode or RunMode.RUN
         cfg = hydra.compose_config(config_name, list(overrides), run_mode=mode, with_log_configuration=False)
     except MissingConfigException as error:
         if error.options and error.missing_cfg_file and "/" in error.missing_cfg_file:
             group, value = error.missing_cfg_file.rsplit("/", 1)
+            if group == DEFAULT_BACKBONE_GROUP:
+                raise ConfigError(
+                    f"dataset option {value!r} has no default backbone (no {group}/{value} config); "
+                    "allowed: choose one with backbone=NAME, or name a registered dataset"
+                ) from None
             raise ConfigError(unknown_name_message(group, value, sorted(error.options))) from None
         return  # Hydra reports it in its own words
     except (HydraException, OmegaConfBaseException):

@@ -66,7 +66,7 @@ def test_composed_backbone_builds_with_data_values():
 
 def prepare(*args: str) -> list[str]:
     """``python -m mammoth ARGS``'s checks, in process."""
-    return prepare_arguments(list(args), hydra_main)
+    return prepare_arguments(list(args), hydra_main).args
 
 
 def test_names_are_normalised_against_hydras_options():
@@ -75,6 +75,12 @@ def test_names_are_normalised_against_hydras_options():
     # separators are ignored when that names exactly one option
     assert prepare("backbone=ResNet_18", "hydra/launcher=BASIC") == ["backbone=resnet18", "hydra/launcher=basic"]
     assert normalise_choice("backbone", "res-net", ["resnet", "res_net"]) == "res_net"
+
+
+def test_multirun_is_known_from_the_flag_or_the_config():
+    assert prepare_arguments(["-m", "seed=1,2"], hydra_main).multirun
+    assert prepare_arguments(["hydra.mode=MULTIRUN", "seed=1,2"], hydra_main).multirun
+    assert not prepare_arguments(["seed=1"], hydra_main).multirun
 
 
 def test_ambiguous_loose_names_are_refused():

@@ -1,0 +1,194 @@
+"""mammoth used as a Hydra user would: user config dirs, search paths, -cn, failing sweep jobs,
+and mammoth's configs composed by another app that never imports mammoth."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import run_python
+
+
+def write(path: Path, text: str) -> Path:
+    """Write ``text`` (dedented) to ``path``, creating its folders."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.fixture
+def config_dir(workdir: Path) -> Path:
+    """A user config dir with a backbone option, an experiment and a primary config of its own."""
+    root = workdir / "myconf"
+    write(root / "backbone" / "wide-resnet.yaml", """\
+        defaults:
+          - resnet
+          - _self_
+        depth: 34
+        width: 8
+    """)
+    write(root / "myexp.yaml", """\
+        defaults:
+          - config
+          - override model: er
+          - _self_
+        model:
+          buffer_size: 50
+    """)
+    write(root / "typo.yaml", """\
+        defaults:
+          - config
+          - override backbone: resnt
+          - _self_
+    """)
+    return root
+
+
+def test_backbone_option_from_a_config_dir_is_normalised(workdir: Path, config_dir: Path):
+    result = run_python(["-m", "mammoth", "--config-dir", str(config_dir), "backbone=Wide_ResNet",
+                         "backbone.stem=imagenet", "--cfg", "job"], workdir)
+    assert result.returncode == 0, result.stderr
+    assert "_target_: mammoth.backbones.resnet.ResNet" in result.stdout
+    assert "depth: 34" in result.stdout and "width: 8" in result.stdout and "stem: imagenet" in result.stdout
+
+
+def test_backbone_option_from_hydra_searchpath(workdir: Path, config_dir: Path):
+    result = run_python(["-m", "mammoth", f"hydra.searchpath=[file://{config_dir}]", "backbone=wide-resnet",
+                         "--cfg", "job"], workdir)
+    assert result.returncode == 0, result.stderr
+    assert "depth: 34" in result.stdout
+    unknown = run_python(["-m", "mammoth", f"hydra.searchpath=[file://{config_dir}]", "backbone=wide-resnt"], workdir)
+    assert unknown.returncode == 2
+    first = unknown.stderr.strip().splitlines()[0]
+    assert "unknown backbone 'wide-resnt'" in first and "wide-resnet" in first and "did you mean 'wide-resnet'" in first
+
+
+def test_arguments_are_checked_against_the_model_a_primary_config_selects(workdir: Path, config_dir: Path):
+    base = ["-m", "mammoth", "--config-dir", str(config_dir), "-cn", "myexp"]
+    good = run_python([*base, "model.minibatch_size=10", "--cfg", "job"], workdir)
+    assert good.returncode == 0, good.stderr
+    assert "buffer_size: 50" in good.stdout and "minibatch_size: 10" in good.stdout
+    bad = run_python([*base, "model.alpha=0.3"], workdir)
+    assert bad.returncode == 2
+    assert "unknown argument 'alpha' for model 'er' (model.alpha); its arguments:" in bad.stderr
+    assert "buffer_size" in bad.stderr
+
+
+def test_unknown_option_in_a_user_defaults_list_has_the_closest(workdir: Path, config_dir: Path):
+    result = run_python(["-m", "mammoth", "--config-dir", str(config_dir), "-cn", "typo"], workdir)
+    assert result.returncode == 2
+    assert "unknown backbone 'resnt'" in result.stderr and "did you mean 'resnet'" in result.stderr
+
+
+def test_experiment_in_an_override_word_does_not_turn_checks_off(workdir: Path):
+    result = run_python(["-m", "mammoth", "experiment=der-seq-cifar10", "model.bufer_size=3"], workdir)
+    assert result.returncode == 2
+    assert "unknown argument 'bufer_size' for model 'der'" in result.stderr
+
+
+@pytest.mark.slow
+def test_a_failing_job_fails_alone_and_the_sweep_goes_on(workdir: Path):
+    # sgd has no buffer_size: its job fails naming the argument; er's job runs
+    result = run_python(["-m", "mammoth", "-m", "model=sgd,er", "model.buffer_size=100", "dataset.n_epochs=1",
+                         "hydra.sweep.dir=sweep"], workdir)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("Error: unknown argument 'buffer_size' for model 'sgd'")
+    assert "Traceback" not in result.stderr
+    failed, done = workdir / "sweep" / "0", workdir / "sweep" / "1"
+    assert not (failed / "results.json").exists()
+    assert "Error: unknown argument 'buffer_size' for model 'sgd' (model.buffer_size)" in (failed / "mammoth.log").read_text()
+    assert json.loads((done / "results.json").read_text())["status"] == "complete"
+
+
+def test_a_single_run_error_is_one_line_and_in_the_log(workdir: Path):
+    result = run_python(["-m", "mammoth", "model.lr=-1", "hydra.run.dir=run"], workdir)
+    assert result.returncode in (1, 2)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "model.lr" in lines[0]
+    assert not (workdir / "run" / "results.json").exists()
+
+
+def test_a_run_error_from_the_task_function_is_logged(workdir: Path):
+    # a buffer larger than the data is only known once the dataset is read: the run fails, not the checks
+    result = run_python(["-m", "mammoth", "model=er", "model.buffer_size=100000", "hydra.run.dir=run"], workdir)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [line for line in result.stderr.strip().splitlines() if line.startswith("Error: ")]
+    assert "model.buffer_size=100000 is larger than" in result.stderr
+    assert "model.buffer_size=100000 is larger than" in (workdir / "run" / "mammoth.log").read_text()
+    assert not (workdir / "run" / "results.json").exists()
+
+
+OTHER_APP = '''
+import hydra
+from hydra.utils import instantiate
+
+
+@hydra.main(config_path="conf", config_name="config", version_base="1.3")
+def app(cfg):
+    net = instantiate(cfg.backbone, num_classes=10, input_shape=(3, 32, 32))
+    print("NET", type(net).__name__, cfg.get("dataset", {}).get("name"))
+
+
+if __name__ == "__main__":
+    app()
+'''
+
+
+@pytest.fixture
+def other_app(workdir: Path) -> Path:
+    """A Hydra app that never imports mammoth, choosing a backbone and a dataset in its defaults."""
+    write(workdir / "app.py", OTHER_APP)
+    write(workdir / "conf" / "config.yaml", """\
+        defaults:
+          - backbone: vit
+          - dataset: seq-cifar10
+          - _self_
+        lr: 0.1
+    """)
+    return workdir
+
+
+def test_another_app_composes_without_importing_mammoth(other_app: Path):
+    run = run_python(["app.py", "backbone.depth=2", "hydra.run.dir=."], other_app)
+    assert run.returncode == 0, run.stderr
+    assert "NET VisionTransformer seq-cifar10" in run.stdout  # its own backbone choice wins over the dataset's
+    shown = run_python(["app.py", "backbone=resnet", "backbone.depth=50", "--cfg", "job"], other_app)
+    assert shown.returncode == 0, shown.stderr
+    assert "_target_: mammoth.backbones.resnet.ResNet" in shown.stdout and "depth: 50" in shown.stdout
+    helped = run_python(["app.py", "--help"], other_app)
+    backbone_line = next(line for line in helped.stdout.splitlines() if line.startswith("backbone:"))
+    assert "resnet" in backbone_line and "vit" in backbone_line
+    info = run_python(["app.py", "--info", "defaults"], other_app)
+    assert info.returncode == 0, info.stderr
+    assert "backbone/vit" in info.stdout and "dataset/seq-cifar10" in info.stdout
+
+
+def test_the_compose_api_finds_mammoth_configs_without_importing_it(other_app: Path):
+    code = textwrap.dedent('''
+        import sys
+        from hydra import compose, initialize
+        with initialize(config_path="conf", version_base="1.3"):
+            cfg = compose("config", overrides=["backbone=resnet", "backbone.depth=50"])
+        print(cfg.backbone._target_, cfg.backbone.depth, cfg.dataset.name)
+    ''')
+    result = run_python(["-c", code], other_app)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["mammoth.backbones.resnet.ResNet", "50", "seq-cifar10"]
+
+
+def test_dataset_default_backbone_applies_only_when_nothing_chose_one(workdir: Path):
+    chosen = run_python(["-m", "mammoth", "dataset=seq-cifar10", "--cfg", "job"], workdir)
+    assert "_target_: mammoth.backbones.resnet.resnet18" in chosen.stdout
+    experiment = workdir / "myconf" / "experiment" / "vit-cifar.yaml"
+    write(experiment, """\
+        # @package _global_
+        defaults:
+          - override /dataset: seq-cifar10
+          - override /backbone: vit
+    """)
+    result = run_python(["-m", "mammoth", "--config-dir", str(workdir / "myconf"), "experiment=vit-cifar", "--cfg", "job"], workdir)
+    assert result.returncode == 0, result.stderr
+    assert "_target_: mammoth.backbones.vit.VisionTransformer" in result.stdout and "name: seq-cifar10" in result.stdout
