@@ -176,7 +176,7 @@ class GDumb(ContinualModel):
                     loss = self.loss(self.net(x), y)
                 loss.backward()
                 optimizer.step()
-        return float(loss)
+        return float(loss.detach())
 
     def extra_state(self) -> dict[str, Any]:
         """The memory and the epoch counter."""

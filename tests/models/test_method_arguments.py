@@ -1,0 +1,40 @@
+"""The new methods' config fields: the original Mammoth's argument names, types and defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import pytest
+
+from mammoth.models import MODELS
+
+REPLAY = {"buffer_size": (int, "???"), "minibatch_size": (Optional[int], None), "buffer_device": (str, "training")}
+#: Each method's own fields (beyond those every method has: lr, optimizer, momentum, ...).
+EXPECTED = {
+    "lwf": {"alpha": (float, 0.5), "softmax_temp": (float, 2.0)},
+    "ewc_on": {"e_lambda": (float, "???"), "gamma": (float, "???")},
+    "si": {"c": (float, "???"), "xi": (float, "???")},
+    "agem": REPLAY,
+    "gem": {**REPLAY, "gamma": (float, 0.5)},
+    "icarl": {**REPLAY, "opt_wd": (float, 1e-5)},
+    "er_ace": {**REPLAY, "task_free": (bool, False), "use_custom_classifier": (bool, True)},
+    "gdumb": {"buffer_size": (int, "???"), "maxlr": (float, 0.05), "minlr": (float, 0.0005),
+              "fitting_epochs": (int, 256), "cutmix_alpha": (Optional[float], 1.0)},
+    "bic": {**REPLAY, "bic_epochs": (int, 250), "temp": (float, 2.0), "valset_split": (float, 0.1),
+            "wd_reg": (Optional[float], None), "distill_after_bic": (bool, True)},
+    "mer": {**REPLAY, "beta": (float, "???"), "gamma": (float, "???"), "batch_num": (int, 1)},
+}
+
+
+def _fields(name: str) -> dict:
+    return {field.name: (field.type, field.default) for field in dataclasses.fields(MODELS.get(name).schema)
+            if field.name != "_target_"}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_method_fields_match_the_original(name: str) -> None:
+    common = _fields("sgd")
+    own = {key: value for key, value in _fields(name).items() if key not in common}
+    assert own == EXPECTED[name]
+    assert set(common) <= set(_fields(name))
