@@ -1,57 +1,42 @@
 """joint and joint-cumulative: training on the data of every task, the upper bound of continual learning.
 
-``joint`` follows the original Mammoth's schedule: no training during tasks 1..T-1 (it only keeps
-their data; the evaluation after each of them sees the untrained network), then, at the last
-task, one training of ``n_epochs`` over the data of all tasks. ``joint-cumulative`` trains after
-every task on all the data seen so far (T trainings in all).
+``joint`` follows the original Mammoth's schedule: no training during tasks 1..T-1 (the evaluation
+after each of them sees the untrained network), then, at the last task, one training of
+``n_epochs`` over the data of all tasks. ``joint-cumulative`` trains after every task on all the
+data seen so far (T trainings in all).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor
 
-from mammoth.backbones.base import MammothBackbone
 from mammoth.models.registry import register_model
 from mammoth.models.sgd import SGD
 
 
 @register_model("joint")
 class Joint(SGD):
-    """Joint training as the original: keeps every task's training data, trains once on all of it at the last task.
+    """Joint training as the original: trains once, at the last task, on every task's training data.
 
-    The kept data is part of :meth:`extra_state`, so a resumed run still sees the earlier tasks.
+    The earlier tasks' data is read again from the dataset (``dataset.get_task``) when it is
+    needed, not kept: no copy in memory or in the checkpoints, and a resumed run sees it all.
     """
-
-    def __init__(self, net: MammothBackbone, dataset: Any, **kwargs: Any) -> None:
-        super().__init__(net, dataset, **kwargs)
-        self.seen_data: dict[int, tuple[Tensor, Tensor]] = {}
 
     def trains_after(self, task: int) -> bool:
         """Whether the harness trains at ``task``: only at the last task of the run."""
         return task == self.dataset.n_tasks - 1
 
     def training_data(self, task: int, train_x: Tensor, train_y: Tensor) -> tuple[Tensor, Tensor]:
-        """Keep ``task``'s data; return every task's data seen so far (in task order) when
-        :meth:`trains_after` ``task``, else no data (the harness then trains nothing)."""
-        self.seen_data[task] = (train_x, train_y)
+        """No data (the harness then trains nothing) unless :meth:`trains_after` ``task``; then the
+        training data of tasks 0..task in task order (``train_x``, ``train_y`` for ``task`` itself)."""
         if not self.trains_after(task):
             return train_x[:0], train_y[:0]
-        tasks = sorted(self.seen_data)
+        earlier = [self.dataset.get_task(t) for t in range(task)]
         return (
-            torch.cat([self.seen_data[t][0] for t in tasks]),
-            torch.cat([self.seen_data[t][1] for t in tasks]),
+            torch.cat([data.train_x for data in earlier] + [train_x]),
+            torch.cat([data.train_y for data in earlier] + [train_y]),
         )
-
-    def extra_state(self) -> dict[str, Any]:
-        """The kept data of every task seen so far."""
-        return {"seen_data": {task: {"x": x, "y": y} for task, (x, y) in self.seen_data.items()}}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        """Restore the kept data."""
-        self.seen_data = {int(task): (data["x"], data["y"]) for task, data in state["seen_data"].items()}
 
 
 @register_model("joint-cumulative")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import pytest
@@ -47,6 +48,19 @@ class FakeDataset:
         """uint8 images -> float32 in [0, 1]."""
         return x.float().div(255)
 
+    def get_task(self, task: int) -> SimpleNamespace:
+        """``train_x``, ``train_y`` of ``task``: 16 examples, those of ``make_batch(task, size=16)``."""
+        train_x, train_y = task_examples(self, task, 16, seed=0)
+        return SimpleNamespace(train_x=train_x, train_y=train_y)
+
+
+def task_examples(dataset: Any, task: int, size: int, seed: int) -> tuple[Tensor, Tensor]:
+    """``size`` random images in [0, 1] (N, 1, 4, 4) and labels of ``task``'s classes, seeded by task and seed."""
+    generator = torch.Generator().manual_seed(1000 * seed + task)
+    not_aug = torch.rand(size, 1, 4, 4, generator=generator)
+    labels = dataset.task_classes(task).start + torch.randint(0, 2, (size,), generator=generator)
+    return not_aug, labels
+
 
 @pytest.fixture
 def dataset() -> FakeDataset:
@@ -83,9 +97,7 @@ def make_batch(dataset: FakeDataset) -> Callable[..., tuple[Tensor, Tensor, Tens
     """``make_batch(task, size=8, seed=0)``: ``(inputs, labels, not_aug_inputs)`` of the task's classes."""
 
     def make(task: int, size: int = 8, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
-        generator = torch.Generator().manual_seed(1000 * seed + task)
-        not_aug = torch.rand(size, 1, 4, 4, generator=generator)
-        labels = dataset.task_classes(task).start + torch.randint(0, 2, (size,), generator=generator)
+        not_aug, labels = task_examples(dataset, task, size, seed)
         return dataset.train_transform(not_aug), labels, not_aug
 
     return make
