@@ -6,8 +6,8 @@ Used by every registry (backbones, models): a callable's signature becomes a lis
 including the types OmegaConf cannot hold (``Literal``, ``Union``, ``Callable``, classes).
 
 Inference rules (``reference/backbones.rst``): the annotation if there is one, else the type
-of the default, else ``str``; no default means required (``???``); a ``None`` default means
-optional.
+of the default, else ``str`` (``Any`` for the data-filled ``num_classes`` and ``input_shape``);
+no default means required (``???``); a ``None`` default means optional.
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ from typing import Any, Callable, Literal, Optional, Union
 from omegaconf import MISSING
 
 _NO_DEFAULT = inspect.Parameter.empty
+#: Arguments the data fills in (a backbone's output size and input shape): left unannotated and
+#: without a default (or with None), they are ``Any``, not ``str``, so the data's values pass.
+DATA_FILLED_ARGUMENTS = ("num_classes", "input_shape")
 _PLAIN_DEFAULT_TYPES = (bool, int, float, str, enum.Enum, type(None))
 
 
@@ -125,7 +128,8 @@ def _is_plain_default(value: Any) -> bool:
 
 def _infer_argument(name: str, hint: Any, default: Any) -> Argument:
     if hint is _NO_DEFAULT:
-        hint = _type_of_default(default)
+        filled_by_data = name in DATA_FILLED_ARGUMENTS and (default is _NO_DEFAULT or default is None)
+        hint = Any if filled_by_data else _type_of_default(default)
     if default is None and not _accepts_none(hint):
         hint = Optional[hint]
     return Argument(name=name, hint=hint, default=MISSING if default is _NO_DEFAULT else default)

@@ -9,12 +9,12 @@ from omegaconf import MISSING, DictConfig
 from mammoth.backbones.base import MammothBackbone
 from mammoth.errors import BackboneError
 from mammoth.registry import Entry, Registry
-from mammoth.schema import is_missing
+from mammoth.schema import DATA_FILLED_ARGUMENTS, is_missing
 
 T = TypeVar("T")
 
 #: Arguments whose value the data determines; callers pass them to :func:`build_backbone`.
-DATA_ARGUMENTS = ("num_classes", "input_shape")
+DATA_ARGUMENTS = DATA_FILLED_ARGUMENTS
 
 BACKBONES = Registry(kind="backbone", group="backbone", error_type=BackboneError, schema_suffix="BackboneConfig")
 

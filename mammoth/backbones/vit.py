@@ -62,8 +62,14 @@ class VisionTransformer(MammothBackbone):
             raise BackboneError(
                 f"invalid vit patch_size {patch_size!r}; allowed: a divisor of the input size {height}x{image_width}"
             )
-        if width % heads:
+        if width < 1 or depth < 0:
+            raise BackboneError(f"invalid vit width {width!r} / depth {depth!r}; allowed: width >= 1, depth >= 0")
+        if heads < 1 or width % heads:
             raise BackboneError(f"invalid vit heads {heads!r}; allowed: a divisor of width={width}")
+        if not 0 < mlp_ratio < float("inf") or int(width * mlp_ratio) < 1:
+            raise BackboneError(f"invalid vit mlp_ratio {mlp_ratio!r}; allowed: mlp_ratio > 0 with width * mlp_ratio >= 1")
+        if not 0.0 <= dropout <= 1.0:
+            raise BackboneError(f"invalid vit dropout {dropout!r}; allowed: 0 <= dropout <= 1")
         from torchvision.models.vision_transformer import EncoderBlock
 
         mlp_width = int(width * mlp_ratio)

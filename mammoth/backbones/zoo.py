@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 from torch import Tensor, nn
@@ -44,7 +45,7 @@ class TorchvisionBackbone(MammothBackbone):
         if arch not in allowed:
             raise BackboneError(unknown_name_message("torchvision arch", arch, allowed))
         options = {"aux_logits": False, "init_weights": True} if arch in ("googlenet", "inception_v3") else {}
-        self.trunk = torchvision.models.get_model(arch, weights=weights, **options)
+        self.trunk = _build_trunk(arch, weights, options)
         self.arch, self.num_classes = arch, num_classes
         self.num_features = _detach_head(self.trunk, arch)
         self.classifier = nn.Linear(self.num_features, num_classes)
@@ -69,6 +70,30 @@ class TorchvisionBackbone(MammothBackbone):
             for hook in hooks:
                 hook.remove()
         return [output for output in outputs if isinstance(output, Tensor)] + [features]
+
+
+def _build_trunk(arch: str, weights: Optional[str], options: dict) -> nn.Module:
+    """``torchvision.models.get_model``, with a one-line BackboneError for unknown ``weights`` or
+    pretrained weights that can be neither downloaded nor found in torch's hub cache."""
+    import torch
+    import torchvision.models
+
+    if weights is None:
+        return torchvision.models.get_model(arch, **options)
+    available = torchvision.models.get_model_weights(arch)
+    names = ["DEFAULT", *(member.name for member in available)]
+    if weights not in names:
+        raise BackboneError(unknown_name_message(f"torchvision weights for {arch}", weights, names))
+    try:
+        return torchvision.models.get_model(arch, weights=weights, **options)
+    except Exception as error:  # noqa: BLE001 - offline, proxy, corrupt cache...: one line naming the weights
+        url = (available.DEFAULT if weights == "DEFAULT" else available[weights]).url
+        cache = Path(torch.hub.get_dir()) / "checkpoints"
+        reason = (str(error).splitlines() or [""])[0]
+        raise BackboneError(
+            f"torchvision weights {weights!r} for {arch} could not be loaded ({type(error).__name__}: {reason}); "
+            f"they need a network connection once, or {Path(url).name} from {url} in {cache}"
+        ) from None
 
 
 def _detach_head(model: nn.Module, arch: str) -> int:

@@ -1,0 +1,81 @@
+"""Backbone arguments that used to raise raw tracebacks, pretrained weights offline, and
+backbones whose data-filled arguments carry no annotation."""
+
+from __future__ import annotations
+
+import urllib.error
+
+import pytest
+import torch
+from torch import nn
+
+from mammoth.backbones import BACKBONES, MammothBackbone, build_backbone, register_backbone
+from mammoth.errors import BackboneError
+
+CIFAR = (3, 32, 32)
+TINY_VIT = {"width": 8, "depth": 1, "heads": 2}
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    ({"dropout": 1.5}, "invalid vit dropout 1.5; allowed: 0 <= dropout <= 1"),
+    ({"dropout": -0.1}, "invalid vit dropout -0.1; allowed: 0 <= dropout <= 1"),
+    ({"dropout": float("nan")}, "invalid vit dropout nan"),
+    ({"heads": 0}, "invalid vit heads 0; allowed: a divisor of width=8"),
+    ({"mlp_ratio": 0.0}, "invalid vit mlp_ratio 0.0; allowed: mlp_ratio > 0"),
+    ({"width": 0, "heads": 1}, "invalid vit width 0 / depth 1; allowed: width >= 1, depth >= 0"),
+])
+def test_vit_arguments_out_of_range_are_one_line(arguments, message):
+    with pytest.raises(BackboneError) as error:
+        build_backbone("vit", num_classes=10, input_shape=CIFAR, **{**TINY_VIT, **arguments})
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_vit_dropout_bounds_are_allowed():
+    for dropout in (0.0, 1.0):
+        net = build_backbone("vit", num_classes=10, input_shape=CIFAR, **TINY_VIT, dropout=dropout)
+        assert net.stages[0].dropout.p == dropout
+
+
+def test_pretrained_weights_offline_name_the_weights_and_the_cache(tmp_path, monkeypatch):
+    import torchvision.models._api
+
+    def offline(url, *args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
+    with pytest.raises(BackboneError) as error:
+        build_backbone("torchvision", num_classes=10, input_shape=CIFAR, arch="resnet18", weights="IMAGENET1K_V1")
+    assert str(error.value) == (
+        "torchvision weights 'IMAGENET1K_V1' for resnet18 could not be loaded (URLError: <urlopen error "
+        "[Errno -3] Temporary failure in name resolution>); they need a network connection once, or "
+        f"resnet18-f37072fd.pth from https://download.pytorch.org/models/resnet18-f37072fd.pth in {tmp_path / 'hub' / 'checkpoints'}"
+    )
+
+
+def test_unknown_weights_list_the_allowed_ones():
+    with pytest.raises(BackboneError, match=r"unknown torchvision weights for resnet18 'IMAGENET'; allowed: DEFAULT, IMAGENET1K_V1"):
+        build_backbone("torchvision", num_classes=10, input_shape=CIFAR, arch="resnet18", weights="IMAGENET")
+
+
+def test_a_backbone_without_annotations_on_the_data_filled_arguments_builds():
+    @register_backbone("unannotated-net")
+    class Unannotated(MammothBackbone):
+        def __init__(self, num_classes, input_shape, hidden=4, label=None):
+            super().__init__()
+            channels, height, width = input_shape
+            self.stages = nn.ModuleList([nn.Flatten(), nn.Linear(channels * height * width, hidden)])
+            self.num_features, self.num_classes = hidden, num_classes
+            self.classifier = nn.Linear(hidden, num_classes)
+            self.label = label
+
+    try:
+        net = build_backbone("unannotated-net", num_classes=7, input_shape=(1, 2, 3))
+        assert net(torch.zeros(5, 1, 2, 3)).shape == (5, 7) and net.label is None
+        # Other unannotated arguments keep the rule: the type of the default, else str.
+        with pytest.raises(BackboneError, match=r"backbone.hidden: invalid value 'four' for argument 'hidden': expected an integer"):
+            build_backbone("unannotated-net", num_classes=7, input_shape=(1, 2, 3), hidden="four")
+        with pytest.raises(BackboneError, match=r"backbone.label: invalid value 3 for argument 'label'"):
+            build_backbone("unannotated-net", num_classes=7, input_shape=(1, 2, 3), label=3)
+    finally:
+        BACKBONES.unregister("unannotated-net")
