@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import site
 import subprocess
 import sys
 import textwrap
@@ -47,6 +48,20 @@ def test_another_hydra_app_composes_mammoth_backbones(workdir: Path):
     assert "NET ResNet 18 True" in with_dataset.stdout and "DATASET seq-digits" in with_dataset.stdout
 
 
+def venv_seeing_current_packages(environment: Path) -> str:
+    """A fresh venv at ``environment`` that also sees this interpreter's site-packages (torch,
+    hydra, pip...) through a ``.pth`` file, whether the tests run in a venv or not (a venv's
+    ``system_site_packages`` would only see the base interpreter's). The plain path lines do
+    not run the ``.pth`` files there, so an editable install of mammoth stays invisible."""
+    venv.create(environment, with_pip=False)
+    python = environment / "bin" / "python"
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    outer = [path for path in site.getsitepackages() if Path(path).is_dir()]
+    (Path(purelib) / "outer_site_packages.pth").write_text("".join(f"{path}\n" for path in outer))
+    return str(python)
+
+
 @pytest.mark.slow
 def test_wheel_installs_and_runs_from_any_directory(tmp_path: Path):
     dist = tmp_path / "dist"
@@ -56,9 +71,9 @@ def test_wheel_installs_and_runs_from_any_directory(tmp_path: Path):
     )
     wheel = next(dist.glob("mammoth_cl-*.whl"))
     environment = tmp_path / "venv"
-    venv.create(environment, system_site_packages=True, with_pip=True)
-    python = str(environment / "bin" / "python")
-    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True, timeout=300)
+    python = venv_seeing_current_packages(environment)
+    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--ignore-installed", str(wheel)],
+                   check=True, timeout=300)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     where = run_python(["-c", "import mammoth; print(mammoth.__file__)"], elsewhere, python=python)
