@@ -81,3 +81,61 @@ def test_wheel_installs_and_runs_from_any_directory(tmp_path: Path):
     result = run_python(["-m", "mammoth", "--cfg", "job"], elsewhere, python=python)
     assert result.returncode == 0, result.stderr
     assert "name: seq-digits" in result.stdout and "_target_: mammoth.backbones.mlp.MNISTMLP" in result.stdout
+
+NO_IMPORT_APP = '''
+import hydra
+from hydra.utils import instantiate
+
+
+@hydra.main(config_path="conf", config_name="config", version_base="1.3")
+def app(cfg):
+    net = instantiate(cfg.backbone, num_classes=10, input_shape=(3, 32, 32))
+    print("NET", type(net).__name__, net.depth)
+
+
+if __name__ == "__main__":
+    app()
+'''
+
+
+def check_app_without_import(python: str, root: Path) -> None:
+    """An app with ``defaults: [backbone: resnet, _self_]`` that never imports mammoth runs,
+    shows its config and help, and composes with the compose API, under ``python``."""
+    (root / "conf").mkdir(parents=True)
+    (root / "conf" / "config.yaml").write_text("defaults:\n  - backbone: resnet\n  - _self_\n")
+    (root / "app.py").write_text(NO_IMPORT_APP)
+    ran = run_python(["app.py", "backbone.depth=34", "backbone.width=4", "hydra.run.dir=."], root, python=python)
+    assert ran.returncode == 0, ran.stderr
+    assert "NET ResNet 34" in ran.stdout
+    shown = run_python(["app.py", "--cfg", "job"], root, python=python)
+    assert "_target_: mammoth.backbones.resnet.ResNet" in shown.stdout, shown.stderr
+    helped = run_python(["app.py", "--help"], root, python=python)
+    assert any(line.startswith("backbone:") and "resnet" in line for line in helped.stdout.splitlines()), helped.stderr
+    info = run_python(["app.py", "--info", "defaults"], root, python=python)
+    assert "backbone/resnet" in info.stdout, info.stderr
+    code = ("from hydra import compose, initialize\n"
+            "with initialize(config_path='conf', version_base='1.3'):\n"
+            "    print(compose('config', overrides=['backbone.depth=50']).backbone.depth)\n")
+    composed = run_python(["-c", code], root, python=python)
+    assert composed.stdout.strip() == "50", composed.stderr
+
+
+@pytest.mark.slow
+def test_an_app_composes_mammoth_without_importing_it_in_a_wheel_install(tmp_path: Path):
+    dist = tmp_path / "dist"
+    subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(REPO)],
+                   check=True, capture_output=True, text=True, timeout=300)
+    python = venv_seeing_current_packages(tmp_path / "venv")
+    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--ignore-installed",
+                    str(next(dist.glob("mammoth_cl-*.whl")))], check=True, timeout=300)
+    check_app_without_import(python, tmp_path / "app")
+
+
+@pytest.mark.slow
+def test_an_app_composes_mammoth_without_importing_it_in_an_editable_install(tmp_path: Path):
+    python = venv_seeing_current_packages(tmp_path / "venv")
+    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--ignore-installed",
+                    "-e", str(REPO)], check=True, timeout=300, capture_output=True)
+    where = run_python(["-c", "import hydra_plugins.mammoth_searchpath as p; print(p.__file__)"], tmp_path, python=python)
+    assert str(REPO) in where.stdout, where.stderr
+    check_app_without_import(python, tmp_path / "app")
