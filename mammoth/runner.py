@@ -334,7 +334,7 @@ def _train_and_write(
         for logger in loggers:
             logger.log_task(task, state.accuracies)
 
-    log.info("%s, %s: %d tasks on %s; writing to %s", dataset.name, model_name, dataset.n_tasks, device, run_dir)
+    log.info("%s: %d tasks on %s; writing to %s", title, dataset.n_tasks, device, run_dir)
     state = run_tasks(
         model, dataset, device, run_dir, cfg.seed, comparable, resume=_resumes(cfg, run_dir),
         stop_after_task=cfg.get("stop_after_task"), on_task_end=on_task_end, on_epoch_end=on_epoch_end,
