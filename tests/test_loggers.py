@@ -228,6 +228,9 @@ def test_wandb_offline_run_is_written_inside_the_run_dir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run_dir = tmp_path / "run"
     mammoth.run(compose_run(run_dir, "logger=wandb", "dataset.n_epochs=1", "logger.wandb.run_name=digits-test"))
+    import wandb
+
+    wandb.teardown()  # the wandb service writes the run file in the background; at exit it is complete
     runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     [records] = list(runs[0].glob("run-*.wandb"))
@@ -235,3 +238,14 @@ def test_wandb_offline_run_is_written_inside_the_run_dir(tmp_path, monkeypatch):
     for expected in (b"train/loss", b"class_il/average", b"task_il/forgetting", b"digits-test"):
         assert expected in content
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # nothing written outside the run dir
+
+
+def test_a_resume_may_change_the_loggers_and_metrics_csv_matches_an_uninterrupted_run(tmp_path):
+    mammoth.run(compose_run(tmp_path / "whole", "dataset.n_epochs=1"))
+    mammoth.run(compose_run(tmp_path / "part", "dataset.n_epochs=1", "stop_after_task=2"))
+    value = mammoth.run(compose_run(tmp_path / "part", "dataset.n_epochs=1", "resume=true",
+                                    "logger=[csv,tensorboard]", "optimized_metric=task_il.average"))
+    results = json.loads((tmp_path / "part" / "results.json").read_text())
+    assert value == results["task_il"]["average"]
+    assert (tmp_path / "part" / "metrics.csv").read_text() == (tmp_path / "whole" / "metrics.csv").read_text()
+    assert [step for step, _ in read_scalars(tmp_path / "part" / "tensorboard")["class_il/average"]] == [3, 4, 5]
