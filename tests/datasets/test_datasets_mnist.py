@@ -201,3 +201,29 @@ def test_a_corrupt_gz_is_one_line_naming_it(tmp_path, damage, reason):
     assert first_line.startswith(f"seq-mnist: corrupt file {raw / 'train-images-idx3-ubyte.gz'} is not a readable gzip file: ")
     assert reason in first_line
     assert sorted(path.name for path in raw.iterdir() if "train-images" in path.name) == ["train-images-idx3-ubyte.gz"]
+
+
+def test_rotation_moves_a_known_pixel_counter_clockwise_about_the_centre(fake_root: Path) -> None:
+    import math
+
+    dataset = build_dataset({"name": "rot-mnist", "root": str(fake_root)}, seed=4)
+    image = torch.zeros(1, 1, 28, 28, dtype=torch.uint8)
+    image[0, 0, 4:6, 20:22] = 255  # a 2x2 block centred on row 4.5, column 20.5
+    dx, dy = 20.5 - 13.5, 4.5 - 13.5  # offsets from the image centre (13.5, 13.5); y points down
+    for task in range(20):
+        theta = math.radians(dataset.task_angle(task))
+        # Counter-clockwise as displayed: (dx, dy) -> (dx cos + dy sin, -dx sin + dy cos).
+        col = 13.5 + dx * math.cos(theta) + dy * math.sin(theta)
+        row = 13.5 - dx * math.sin(theta) + dy * math.cos(theta)
+        lit = (dataset.apply_task_transform(task, image)[0, 0] > 127).nonzero().tolist()
+        assert lit, f"task {task}: the block vanished"
+        assert all(abs(r - row) <= 1.5 and abs(c - col) <= 1.5 for r, c in lit), (task, lit, row, col)
+
+
+def test_a_quarter_turn_sends_row_r_column_c_to_row_27_minus_c_column_r(fake_root: Path, monkeypatch) -> None:
+    dataset = build_dataset({"name": "rot-mnist", "root": str(fake_root)}, seed=4)
+    monkeypatch.setattr(dataset, "task_angle", lambda task: 90.0)
+    image = torch.zeros(1, 1, 28, 28, dtype=torch.uint8)
+    image[0, 0, 2, 20] = 200
+    rotated = dataset.apply_task_transform(0, image)
+    assert rotated[0, 0].nonzero().tolist() == [[7, 2]] and rotated[0, 0, 7, 2] == 200

@@ -23,7 +23,8 @@ class FakeConfig:
 
 
 class FakeDataset:
-    """The parts of a dataset the methods use: 4 classes in 2 class-IL tasks, an affine train transform."""
+    """The parts of a dataset the methods use: 4 classes in 2 class-IL tasks, a random train
+    augmentation (horizontal flips) that tests can tell from none."""
 
     name = "fake"
     n_classes = 4
@@ -36,11 +37,13 @@ class FakeDataset:
         return range(2 * task, 2 * task + 2)
 
     def train_transform(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Normalise [0, 1] to [-1, 1] (a stand-in for augmentation + normalisation)."""
-        return (x - 0.5) / 0.5
+        """Flip each image horizontally with probability 1/2 (drawn from ``generator``, else torch's
+        global generator), then normalise [0, 1] to [-1, 1]: random augmentation + normalisation."""
+        flip = torch.rand(len(x), generator=generator) < 0.5
+        return self.test_transform(torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x))
 
     def test_transform(self, x: Tensor) -> Tensor:
-        """The same normalisation as :meth:`train_transform` (there is no augmentation)."""
+        """Normalisation only: [0, 1] to [-1, 1]."""
         return (x - 0.5) / 0.5
 
     @staticmethod
