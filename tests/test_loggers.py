@@ -249,3 +249,13 @@ def test_a_resume_may_change_the_loggers_and_metrics_csv_matches_an_uninterrupte
     assert value == results["task_il"]["average"]
     assert (tmp_path / "part" / "metrics.csv").read_text() == (tmp_path / "whole" / "metrics.csv").read_text()
     assert [step for step, _ in read_scalars(tmp_path / "part" / "tensorboard")["class_il/average"]] == [3, 4, 5]
+
+
+@pytest.mark.parametrize(("name", "module"), [("tensorboard", "tensorboardX"), ("wandb", "wandb")])
+def test_a_logger_whose_package_is_missing_names_the_extra(tmp_path, monkeypatch, name, module):
+    import sys
+
+    monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
+    with pytest.raises(ConfigError, match=rf"^logger={name} needs the {module} package, which is not installed; "
+                                          r"install it with: pip install 'mammoth-cl\[loggers\]'$"):
+        build_loggers({name: {}}, RunInfo(run_dir=tmp_path, title="t", config={}, n_tasks=1, n_epochs=1))
