@@ -19,6 +19,12 @@ Then the replay buffer's cost per step (``ReplayBuffer.add`` + ``sample`` with t
 transform, as ``er`` does it, on a buffer past capacity) against the training step itself
 (forward + backward + optimizer step on the 32 + 32 concatenated batch), as a ratio.
 
+Last, the step time of every registered method as a ratio to ``er``'s: each method trains
+task 0 of seq-digits for one epoch (so replay, penalties and frozen copies are active), then
+``train_task`` on task 1 is timed, every method once per round in a rotating order; the ratio
+is the median over rounds of (method / er) in the same round. Only the steps are timed, not
+the work some methods do between tasks (Fisher, herding, BiC's fit, GDumb's final training).
+
 Usage: ``python scripts/bench_train.py [--quick] [--rounds N] [--threads N]``.
 """
 
@@ -231,6 +237,75 @@ def buffer_vs_step(dataset, x, y, repetitions: int, min_sample_s: float) -> dict
     )
 
 
+# ---- every method's step time relative to er ----
+
+#: Arguments each method needs beyond the defaults (the original's best ones for seq-mnist).
+METHOD_ARGUMENTS = {
+    "ewc-on": {"e_lambda": 90.0, "gamma": 1.0, "lr": 0.03},
+    "si": {"c": 1.0, "xi": 0.9},
+    "mer": {"beta": 1.0, "gamma": 1.0},
+}
+#: What the step of each method uses of the backbone contract (for the table).
+CONTRACT = {
+    "sgd": "net(x)", "joint-cumulative": "net(x)", "er": "net(x)", "der": "net(x)", "derpp": "net(x)",
+    "lwf": "net(x) of a frozen copy", "ewc-on": "get_params(out=), set_grads",
+    "si": "get_params(out=), get_grads(out=), set_grads", "agem": "get_grads(out=), set_grads",
+    "gem": "get_grads(out=), set_grads", "icarl": "net(x) of a frozen copy", "er-ace": "net(x)",
+    "gdumb": "- (stores only)", "bic": "net(x) of a frozen copy", "mer": "get_params(out=), set_params",
+}
+
+
+def prepared_method(name: str, dataset):
+    """``name`` after one epoch of task 0, at the start of task 1; returns (model, task 1 x, y)."""
+    from mammoth.models import MODELS
+
+    values = dict(METHOD_ARGUMENTS.get(name, {}))
+    if any(argument.name == "buffer_size" for argument in MODELS.get(name).arguments):
+        values["buffer_size"] = BUFFER_SIZE
+    model = build_model(name, net=fresh_net(dataset), dataset=dataset, **values)
+    generator = torch.Generator().manual_seed(SEED)
+    for task in (0, 1):
+        data = dataset.get_task(task)
+        model.begin_task(task)
+        x, y = model.training_data(task, data.train_x, data.train_y)
+        if task == 0:
+            train_task(model, dataset, x, y, generator, DEVICE)
+            model.end_task(0)
+    return model, x, y, generator
+
+
+def method_step_times(dataset, rounds: int) -> dict[str, list[float]]:
+    """``{method: [seconds per step of task 1, one per round]}``, every method once per round."""
+    import time
+
+    from mammoth.models import list_models
+
+    names = [name for name in list_models() if name != "joint"]  # joint trains at the last task only
+    steps = -(-len(dataset.get_task(1).train_y) // dataset.config.batch_size)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for repetition in range(rounds + 1):  # the first round warms up and is dropped
+        shift = repetition % len(names)
+        for name in names[shift:] + names[:shift]:
+            model, x, y, generator = prepared_method(name, dataset)
+            start = time.perf_counter()
+            train_task(model, dataset, x, y, generator, DEVICE)
+            elapsed = (time.perf_counter() - start) / steps
+            if repetition:
+                samples[name].append(elapsed)
+    return samples
+
+
+def print_method_ratios(rounds: int) -> None:
+    """The per-method table: median us per step and the ratio to er's."""
+    dataset = build_dataset({"name": "seq-digits", "n_epochs": 1}, seed=SEED)
+    samples = method_step_times(dataset, rounds)
+    print(f"Step time of every method on seq-digits task 2 (mnistmlp, batch {dataset.config.batch_size}, "
+          f"buffer {BUFFER_SIZE}; {rounds} rounds)\n")
+    rows = [[name, f"{statistics.median(values) * 1e6:.0f}", f"{paired(samples, name, 'er'):.2f}x",
+             CONTRACT.get(name, "?")] for name, values in samples.items()]
+    print(_timing.markdown_table(["method", "median us/step", "ratio to er", "backbone contract used"], rows))
+
+
 def paired(samples, name, reference) -> float:
     return statistics.median(a / b for a, b in zip(samples[name], samples[reference]))
 
@@ -287,6 +362,8 @@ def main() -> int:
     ))
     print(f"\nbuffer cost per ER step (mammoth add + sample) / training step: {paired(micro, 'ReplayBuffer add + sample', step):.2f}x")
     print(f"\n{sum(verdicts)}/{len(verdicts)} targets met" + (" (--quick: indicative only)" if args.quick else ""))
+    print()
+    print_method_ratios(rounds=2 if args.quick else 7)
     return 0
 
 

@@ -134,6 +134,7 @@ class GDumb(ContinualModel):
 
     def end_epoch(self, epoch: int) -> None:
         """Count the epochs: only the first one fills the memory."""
+        super().end_epoch(epoch)
         self.epoch = epoch + 1
 
     def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> float:
