@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_module
 
 import mammoth
 from mammoth.errors import ConfigError
-from mammoth.loggers import CSV_COLUMNS, CsvLogger, RunInfo, build_loggers, task_metrics
+from mammoth.loggers import CSV_COLUMNS, CsvLogger, RunInfo, RunLogger, build_loggers, register_logger, task_metrics
 
 N_TASKS, N_EPOCHS = 5, 2  # seq-digits
 
@@ -259,3 +259,74 @@ def test_a_logger_whose_package_is_missing_names_the_extra(tmp_path, monkeypatch
     with pytest.raises(ConfigError, match=rf"^logger={name} needs the {module} package, which is not installed; "
                                           r"install it with: pip install 'mammoth-cl\[loggers\]'$"):
         build_loggers({name: {}}, RunInfo(run_dir=tmp_path, title="t", config={}, n_tasks=1, n_epochs=1))
+
+
+class Recorder(RunLogger):
+    """Records every event; raises in log_task after task ``fail_at`` (from 0) when set."""
+
+    def __init__(self, run: RunInfo, fail_at: int | None = None) -> None:
+        super().__init__(run)
+        self.fail_at, self.events = fail_at, []
+        RECORDED.append(self)
+
+    def log_epoch(self, task, epoch, loss):
+        self.events.append(("epoch", task, epoch))
+
+    def log_task(self, task, accuracies):
+        self.events.append(("task", task, len(accuracies["class_il"])))
+        if task == self.fail_at:
+            raise RuntimeError("logger failed")
+
+    def log_results(self, results):
+        self.events.append(("results", results["status"]))
+
+    def close(self, failed=False):
+        self.events.append(("close", failed))
+
+
+RECORDED: list[Recorder] = []
+
+
+@pytest.fixture
+def recorder(monkeypatch):
+    import mammoth.loggers
+
+    monkeypatch.setattr(mammoth.loggers, "LOGGERS", dict(mammoth.loggers.LOGGERS))
+    register_logger("recorder", Recorder)
+    RECORDED.clear()
+    yield RECORDED
+
+
+def test_a_registered_logger_sees_the_runs_events_in_order(tmp_path, recorder):
+    with initialize_config_module(config_module="mammoth.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"output_dir={tmp_path}", "device=cpu", "threads=1",
+                                                       "dataset.n_epochs=2", "~logger"])
+    cfg.logger = {"rec": {"name": "recorder"}}
+    mammoth.run(cfg)
+    [logger] = recorder
+    assert logger.events == [
+        *[event for task in range(5) for event in (("epoch", task, 0), ("epoch", task, 1), ("task", task, task + 1))],
+        ("results", "complete"), ("close", False),
+    ]
+    assert logger.run.n_tasks == 5 and logger.run.n_epochs == 2 and logger.run.run_dir == tmp_path
+    assert logger.run.title == "seq-digits · sgd · mnistmlp"
+
+
+def test_loggers_are_closed_as_failed_when_the_run_fails(tmp_path, recorder):
+    with initialize_config_module(config_module="mammoth.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"output_dir={tmp_path}", "device=cpu", "threads=1",
+                                                       "dataset.n_epochs=1", "~logger"])
+    cfg.logger = {"rec": {"name": "recorder", "fail_at": 1}}
+    with pytest.raises(RuntimeError, match="logger failed"):
+        mammoth.run(cfg)
+    [logger] = recorder
+    assert logger.events == [("epoch", 0, 0), ("task", 0, 1), ("epoch", 1, 0), ("task", 1, 2), ("close", True)]
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_only_run_logger_classes_can_be_registered():
+    with pytest.raises(ConfigError, match=r"^cannot register <built-in function system> as logger 'shell': "
+                                          r"not a subclass of mammoth.loggers.RunLogger$"):
+        import os
+
+        register_logger("shell", os.system)
