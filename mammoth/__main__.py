@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 import mammoth
 from mammoth.cli import CONFIG_NAME, CONFIG_PATH, exit_with, prepare_arguments
-from mammoth.errors import MammothError
+from mammoth.errors import ConfigError, MammothError
 from mammoth.plugins import load_plugins
 
 #: The job log's logger for a single run's error (its console line comes from :func:`main`).
@@ -100,6 +100,13 @@ def report_hydra_error(error: Exception) -> None:
         print(str(error.__cause__), file=sys.stderr)
 
 
+def unwritable_error(error: OSError) -> ConfigError:
+    """A file-system error outside mammoth's own checks, as one line naming the path."""
+    reason = (error.strerror or str(error)).lower()
+    where = error.filename or "the run directory"
+    return ConfigError(f"cannot write {where}: {reason}; allowed: a hydra.run.dir (or output_dir) mammoth can write to")
+
+
 def main() -> None:
     """Entry point: check the command line against what Hydra composes, then run it with Hydra."""
     from hydra.errors import HydraException
@@ -125,6 +132,11 @@ def main() -> None:
                 raise
             report_hydra_error(error)
             raise SystemExit(1) from None
+        except (OSError, ValueError) as error:  # Hydra creating hydra.run.dir, its log file or .hydra/
+            cause = error if isinstance(error, OSError) else error.__cause__
+            if not catch or not isinstance(cause, OSError):
+                raise
+            exit_with(unwritable_error(cause), status=1)
     # Everything left is torch's and Hydra's modules: exclude them from the collection at exit,
     # which otherwise walks every object once more (about a second).
     gc.freeze()
