@@ -13,11 +13,9 @@ from omegaconf import MISSING
 
 from hydra.core.config_store import ConfigStore
 
-from mammoth.datasets.base import DatasetConfig
 
-#: ConfigStore names of the schemas that conf/ files extend.
+#: ConfigStore name of the run schema that conf/config.yaml extends.
 RUN_SCHEMA = "mammoth_schema"
-DATASET_SCHEMA = "base_dataset"
 
 
 @dataclass
@@ -41,14 +39,13 @@ class RunConfig:
 
 
 def store_schemas() -> None:
-    """Put the run and dataset schemas in Hydra's ConfigStore (idempotent).
+    """Put the run schema in Hydra's ConfigStore (idempotent); the backbone, model and dataset
+    options are stored by their registries.
 
-    Other Hydra apps reach them, and the backbone and model configs, through the
-    ``hydra_plugins/mammoth_searchpath`` plugins that Hydra discovers by itself.
+    Other Hydra apps reach them through the ``hydra_plugins/mammoth_searchpath`` plugins that
+    Hydra discovers by itself.
     """
-    store = ConfigStore.instance()
-    store.store(name=RUN_SCHEMA, node=RunConfig, provider="mammoth")
-    store.store(group="dataset", name=DATASET_SCHEMA, node=DatasetConfig, provider="mammoth")
+    ConfigStore.instance().store(name=RUN_SCHEMA, node=RunConfig, provider="mammoth")
 
 
 store_schemas()

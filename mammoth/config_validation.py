@@ -46,11 +46,16 @@ def check_group_arguments(cfg: DictConfig) -> None:
 
 
 def check_dataset(cfg: DictConfig) -> None:
-    """The ``dataset`` config names a registered benchmark and has only dataset settings."""
-    from mammoth.datasets import DatasetConfig, get_dataset_class
+    """The ``dataset`` config names a registered benchmark (by its ``_target_``, or by ``name``
+    in a config without one) and has only dataset settings."""
+    from mammoth.datasets import DATASETS, DatasetConfig, get_dataset_class
 
     if not _present(cfg, "dataset"):
         raise ConfigError("no dataset selected; choose one with dataset=NAME")
+    if "_target_" in cfg.dataset:
+        entry, values = DATASETS.resolve(cfg.dataset)
+        DATASETS.check_known_arguments(entry, values)
+        return
     if not _present(cfg.dataset, "name"):
         raise ConfigError("dataset.name is missing; a dataset config needs the name of a registered benchmark")
     get_dataset_class(cfg.dataset.name)

@@ -3,8 +3,8 @@
 Each registration infers the callable's arguments (:mod:`mammoth.schema`), emits a typed
 dataclass schema and stores it in Hydra's ConfigStore under ``group/name``, so the user picks
 it with ``group=name`` and sets its arguments with ``group.arg=value``. Backbones
-(:mod:`mammoth.backbones.registry`) and CL methods (:mod:`mammoth.models.registry`) each own
-one :class:`Registry`.
+(:mod:`mammoth.backbones.registry`), CL methods (:mod:`mammoth.models.registry`) and benchmarks
+(:mod:`mammoth.datasets`) each own one :class:`Registry`.
 """
 
 from __future__ import annotations
@@ -98,12 +98,15 @@ class Registry:
         error_type: type[MammothError],
         schema_suffix: str,
         runtime_arguments: tuple[str, ...] = (),
+        arguments_of: Callable[[Callable], list[Argument]] | None = None,
     ) -> None:
         self.kind = kind
         self.group = group
         self.error_type = error_type
         self.schema_suffix = schema_suffix
         self.runtime_arguments = runtime_arguments
+        #: How a target's arguments are found; None: from its signature (:func:`signature_arguments`).
+        self.arguments_of = arguments_of
         self._entries: dict[str, Entry] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -129,7 +132,10 @@ class Registry:
         return decorator
 
     def _make_entry(self, key: str, target: Callable) -> Entry:
-        arguments = tuple(signature_arguments(target, skip=self.runtime_arguments))
+        if self.arguments_of is not None:
+            arguments = tuple(self.arguments_of(target))
+        else:
+            arguments = tuple(signature_arguments(target, skip=self.runtime_arguments))
         try:
             schema = make_schema(
                 cls_name=schema_class_name(key, self.schema_suffix),

@@ -1,4 +1,4 @@
-"""Continual-learning benchmarks: a registry of :class:`ContinualDataset` subclasses, keyed by name.
+"""Continual-learning benchmarks: :class:`ContinualDataset` subclasses registered by name as typed configs.
 
 Importing this package registers every benchmark but reads no data and imports neither
 torchvision, scikit-learn nor PIL; those are imported when a benchmark first loads its files.
@@ -6,13 +6,19 @@ torchvision, scikit-learn nor PIL; those are imported when a benchmark first loa
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+from omegaconf import DictConfig
+
 from mammoth.datasets.base import ContinualDataset, DatasetConfig, TaskData, coerce_config, random_crop_flip
 from mammoth.errors import DatasetError, unknown_name_message
+from mammoth.registry import Registry, canonical_name
+from mammoth.schema import Argument, signature_arguments
 
 __all__ = [
+    "DATASETS",
     "ContinualDataset",
     "DatasetConfig",
     "TaskData",
@@ -23,9 +29,21 @@ __all__ = [
     "register_dataset",
 ]
 
-_REGISTRY: dict[str, type[ContinualDataset]] = {}
-
 DatasetClass = TypeVar("DatasetClass", bound=type[ContinualDataset])
+
+
+def dataset_arguments(cls: type[ContinualDataset]) -> list[Argument]:
+    """The config fields of a benchmark: those of :class:`DatasetConfig`, with the benchmark's
+    own name, batch size and number of epochs as defaults."""
+    defaults = {"name": cls.name, "batch_size": cls.default_batch_size, "n_epochs": cls.default_n_epochs}
+    return [dataclasses.replace(argument, default=defaults.get(argument.name, argument.default))
+            for argument in signature_arguments(DatasetConfig)]
+
+
+#: The registered benchmarks: ``dataset=NAME`` selects one, ``dataset.FIELD=...`` sets its typed fields.
+DATASETS = Registry(
+    kind="dataset", group="dataset", error_type=DatasetError, schema_suffix="DatasetConfig", arguments_of=dataset_arguments
+)
 
 
 def _qualified_name(cls: type) -> str:
@@ -33,11 +51,24 @@ def _qualified_name(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def register_dataset(cls: DatasetClass) -> DatasetClass:
-    """Class decorator: register a :class:`ContinualDataset` subclass under ``cls.name``."""
-    name = getattr(cls, "name", None)
+def register_dataset(name_or_class: str | DatasetClass) -> Any:
+    """Register a :class:`ContinualDataset` subclass as ``dataset=NAME``: ``@register_dataset("name")``,
+    or ``@register_dataset`` for a class whose ``name`` attribute says it.
+
+    Like backbones and models, it becomes a typed config (``dataset.root``, ``dataset.batch_size``,
+    ``dataset.n_epochs``, ... with the benchmark's defaults) in Hydra's ConfigStore; names are
+    case-insensitive, ``_`` equals ``-``, and a duplicate raises.
+    """
+    if isinstance(name_or_class, str):
+        return lambda cls: _register(cls, name_or_class)
+    return _register(name_or_class, getattr(name_or_class, "name", None))
+
+
+def _register(cls: DatasetClass, name: Any) -> DatasetClass:
     if not isinstance(name, str) or not name:
         raise DatasetError(f"dataset class {_qualified_name(cls)} has name={name!r}; expected a non-empty string")
+    if not (isinstance(cls, type) and issubclass(cls, ContinualDataset)):
+        raise DatasetError(f"cannot register {cls!r} as dataset {name!r}: not a ContinualDataset subclass")
     if cls.setting not in ("class-il", "domain-il"):
         raise DatasetError(f"dataset {name!r} has setting={cls.setting!r}; allowed: class-il, domain-il")
     for attribute in ("default_n_tasks", "n_classes_per_task"):
@@ -46,14 +77,35 @@ def register_dataset(cls: DatasetClass) -> DatasetClass:
             raise DatasetError(f"dataset {name!r} has {attribute}={value!r}; allowed: an integer >= 1")
     if cls.augmentation not in (None, "crop-flip"):
         raise DatasetError(f"dataset {name!r} has augmentation={cls.augmentation!r}; allowed: None, crop-flip")
-    if name in _REGISTRY:
-        raise DatasetError(
-            f"dataset name {name!r} is already registered by {_qualified_name(_REGISTRY[name])}; "
-            f"cannot register {_qualified_name(cls)} under the same name"
-        )
-    _REGISTRY[name] = cls
-    store_default_backbone(name)
+    cls.name = canonical_name(name)
+    DATASETS.register(cls.name)(cls)
+    store_default_backbone(cls.name)
     return cls
+
+
+def list_datasets() -> list[str]:
+    """Names of the registered benchmarks, sorted."""
+    return DATASETS.names()
+
+
+def get_dataset_class(name: str) -> type[ContinualDataset]:
+    """The benchmark class registered as ``name``; unknown names list the choices and the closest."""
+    if not isinstance(name, str):
+        raise DatasetError(unknown_name_message("dataset", name, list_datasets()))
+    return DATASETS.get(name).target
+
+
+def build_dataset(config: DatasetConfig | Mapping[str, Any], seed: int = 0) -> ContinualDataset:
+    """Build a benchmark from its composed config (``_target_`` a registered benchmark; one that
+    names anything else is refused) or from a mapping with its ``name``. Absent batch_size /
+    n_epochs take the benchmark's defaults."""
+    if isinstance(config, (Mapping, DictConfig)) and "_target_" in config:
+        entry, values = DATASETS.resolve(config)
+        return entry.target(DATASETS.check_values(entry, values), seed=seed)
+    name = coerce_config(config).get("name")
+    if name is None:
+        raise DatasetError(f"dataset.name is missing; allowed: {', '.join(list_datasets())}")
+    return get_dataset_class(name)(config, seed=seed)
 
 
 #: Config group of the backbone each dataset uses when nothing else chose one; conf/config.yaml
@@ -70,9 +122,9 @@ def store_default_backbone(name: str) -> bool:
     from hydra.core.config_store import ConfigStore
 
     from mammoth.backbones import BACKBONES
-    from mammoth.registry import canonical_name, open_config_node
+    from mammoth.registry import open_config_node
 
-    backbone = canonical_name(_REGISTRY[name].default_backbone)
+    backbone = canonical_name(get_dataset_class(name).default_backbone)
     if backbone not in BACKBONES.names():
         return False
     node = open_config_node(BACKBONES.get(backbone).schema)
@@ -84,26 +136,6 @@ def store_default_backbones() -> None:
     """Store the default-backbone config of every registered dataset (after plugins registered more)."""
     for name in list_datasets():
         store_default_backbone(name)
-
-
-def list_datasets() -> list[str]:
-    """Names of the registered benchmarks, sorted."""
-    return sorted(_REGISTRY)
-
-
-def get_dataset_class(name: str) -> type[ContinualDataset]:
-    """The benchmark class registered as ``name``."""
-    if not isinstance(name, str) or name not in _REGISTRY:
-        raise DatasetError(unknown_name_message("dataset", name, list_datasets()))
-    return _REGISTRY[name]
-
-
-def build_dataset(config: DatasetConfig | Mapping[str, Any], seed: int = 0) -> ContinualDataset:
-    """Build the benchmark named by ``config.name`` (absent batch_size / n_epochs take its defaults)."""
-    name = coerce_config(config).get("name")
-    if name is None:
-        raise DatasetError(f"dataset.name is missing; allowed: {', '.join(list_datasets())}")
-    return get_dataset_class(name)(config, seed=seed)
 
 
 # Importing the family modules registers their benchmarks.

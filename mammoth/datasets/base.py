@@ -122,12 +122,13 @@ class ContinualDataset:
     # The learning-rate milestones a model uses when its lr_milestones is None (the original's dataset default).
     default_lr_milestones: ClassVar[tuple[int, ...]] = ()
 
-    def __init__(self, config: DatasetConfig | Mapping[str, Any], seed: int = 0) -> None:
-        """Validate ``config``; absent batch_size / n_epochs take the benchmark's defaults.
+    def __init__(self, config: DatasetConfig | Mapping[str, Any] | None = None, seed: int = 0, **fields: Any) -> None:
+        """Validate ``config`` and the ``fields`` given as keywords (``root=...``, what Hydra's
+        ``instantiate`` passes); absent batch_size / n_epochs take the benchmark's defaults.
 
         The source data is not read here but on the first :meth:`get_task`.
         """
-        values = coerce_config(config)
+        values = {**coerce_config({} if config is None else config), **coerce_config(fields)}
         name = values.get("name", self.name)
         if name != self.name:
             raise DatasetError(f"dataset.name={name!r} does not match the benchmark {self.name!r} being built")

@@ -57,25 +57,44 @@ def test_duplicate_registration_names_both_classes() -> None:
     assert get_dataset_class("seq-mnist").__name__ == "SequentialMNIST"
 
 
-def test_register_new_name(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(datasets, "_REGISTRY", dict(datasets._REGISTRY))
+@pytest.fixture
+def registered_names():
+    """Names a test registers; unregistered afterwards."""
+    names: list[str] = []
+    yield names
+    for name in names:
+        datasets.DATASETS.unregister(name)
 
+
+def test_register_new_name(registered_names: list[str]) -> None:
     @datasets.register_dataset
     class Tiny(get_dataset_class("seq-digits")):
         name = "tiny-test"
 
+    registered_names.append("tiny-test")
     assert "tiny-test" in list_datasets()
     assert isinstance(build_dataset({"name": "tiny-test"}), Tiny)
 
 
-def test_register_rejects_bad_setting(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(datasets, "_REGISTRY", dict(datasets._REGISTRY))
+def test_register_by_name_normalises_it(registered_names: list[str]) -> None:
+    @datasets.register_dataset("My_Digits")
+    class MyDigits(get_dataset_class("seq-digits")):
+        default_n_epochs = 2
+
+    registered_names.append("my-digits")
+    assert MyDigits.name == "my-digits" and get_dataset_class("MY-DIGITS") is MyDigits
+    assert build_dataset({"name": "my-digits"}).config.n_epochs == 2
+
+
+def test_register_rejects_bad_setting() -> None:
     with pytest.raises(DatasetError, match="setting='task-il'; allowed: class-il, domain-il"):
 
         @datasets.register_dataset
         class Bad(get_dataset_class("seq-digits")):
             name = "bad-setting"
             setting = "task-il"
+
+    assert "bad-setting" not in list_datasets()
 
 
 def test_config_defaults_from_mapping_dataclass_and_dictconfig() -> None:
@@ -114,30 +133,38 @@ def test_name_mismatch_when_building_a_class_directly() -> None:
         get_dataset_class("seq-cifar10")({"name": "seq-mnist"})
 
 
+def compose_dataset(*overrides: str):
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="mammoth.conf", version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
 @pytest.mark.parametrize("name", ALL)
-def test_yaml_config_matches_class_defaults(name: str) -> None:
+def test_each_dataset_is_a_typed_config_with_its_class_defaults(name: str) -> None:
     cls: type[ContinualDataset] = get_dataset_class(name)
-    path = REPO / "conf" / "dataset" / f"{name}.yaml"
-    assert path.read_text().startswith("# ")
-    config = OmegaConf.to_container(OmegaConf.load(path))
-    assert config["defaults"] == [
-        "base_dataset",
-        {"override /backbone@_global_.backbone": cls.default_backbone},
-        "_self_",
-    ]
-    assert config["name"] == name
-    assert config["batch_size"] == cls.default_batch_size
-    assert config["n_epochs"] == cls.default_n_epochs
-    if cls.setting == "domain-il":
-        assert config["n_tasks"] == cls.default_n_tasks
-    else:
-        assert "n_tasks" not in config
-    fields = {"name", "batch_size", "n_epochs", "n_tasks", "defaults"}
-    assert set(config) <= fields
+    cfg = compose_dataset(f"dataset={name}")
+    assert cfg.dataset._target_ == f"{cls.__module__}.{cls.__qualname__}"
+    assert (cfg.dataset.name, cfg.dataset.batch_size, cfg.dataset.n_epochs) == (name, cls.default_batch_size, cls.default_n_epochs)
+    assert (cfg.dataset.root, cfg.dataset.download, cfg.dataset.n_tasks) == ("data", False, None)
+    built = build_dataset(cfg.dataset, seed=2)
+    assert type(built) is cls and built.n_tasks == cls.default_n_tasks and built.seed == 2
 
 
-def test_yaml_files_are_exactly_the_registered_names() -> None:
-    assert sorted(p.stem for p in (REPO / "conf" / "dataset").glob("*.yaml")) == ALL
+def test_dataset_fields_are_typed_and_instantiate_builds_the_benchmark() -> None:
+    from hydra.errors import ConfigCompositionException
+    from hydra.utils import instantiate
+
+    with pytest.raises(ConfigCompositionException):
+        compose_dataset("dataset=seq-mnist", "dataset.batch_size=abc")
+    cfg = compose_dataset("dataset=perm-mnist", "dataset.n_tasks=3", "dataset.batch_size=16")
+    dataset = instantiate(cfg.dataset)
+    assert type(dataset).__name__ == "PermutedMNIST" and (dataset.n_tasks, dataset.config.batch_size) == (3, 16)
+
+
+def test_a_config_naming_an_unregistered_target_is_refused() -> None:
+    with pytest.raises(DatasetError, match="refusing to build _target_ 'os.system': it is not a registered dataset"):
+        build_dataset({"_target_": "os.system", "name": "seq-mnist"})
 
 
 def test_import_does_not_import_torchvision_sklearn_or_pil() -> None:
