@@ -1,7 +1,8 @@
-"""The run-wide config schema and the schemas of the YAML config groups, stored in Hydra's ConfigStore.
+"""The run-wide config schema, stored in Hydra's ConfigStore.
 
-``conf/config.yaml`` (the primary config) and ``conf/dataset/*.yaml`` extend these schemas, so
-every setting is typed: ``seed=abc`` or ``dataset.batch_size=x`` fail at composition.
+``conf/config.yaml`` (the primary config) extends it, so every run setting is typed: ``seed=abc``
+fails at composition. The ``backbone``, ``model`` and ``dataset`` options are typed configs that
+their registries store.
 """
 
 from __future__ import annotations

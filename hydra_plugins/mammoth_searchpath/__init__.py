@@ -3,10 +3,10 @@
 Hydra imports this module when it scans ``hydra_plugins`` at start-up (in a regular and in an
 editable install), so it imports nothing heavy. It adds two entries to every app's search path:
 
-- ``pkg://mammoth.conf``: the YAML groups (``dataset/``, ``experiment/``, ...);
+- ``pkg://mammoth.conf``: the YAML groups (``experiment/``, ``logger/``, ``hparams_search/``);
 - ``mammoth://mammoth``: :class:`MammothConfigSource`, which imports ``mammoth`` when the app
   builds its config repository. The import stores the structured configs (``backbone/``,
-  ``model/``, the run schema) in Hydra's ConfigStore and loads the ``mammoth.plugins`` entry
+  ``model/``, ``dataset/``, the run schema) in Hydra's ConfigStore and loads the ``mammoth.plugins`` entry
   points, so what an app can compose never depends on what it imported, or in which order.
 """
 
