@@ -28,7 +28,6 @@ from mammoth.registry import canonical_name
 #: The primary config of ``python -m mammoth``.
 CONFIG_PATH = "pkg://mammoth.conf"
 CONFIG_NAME = "config"
-_PREFIXES = {"ADD": "+", "FORCE_ADD": "++"}
 
 
 def loose_name(name: str) -> str:
@@ -128,7 +127,7 @@ def _normalise_override(override: Any, options: list[str]) -> str:
         text = normalise_choice(group, values, options)
     else:
         return override.input_line
-    return f"{_PREFIXES.get(override.type.name, '')}{override.get_key_element()}={text}"
+    return f"{override.get_key_element()}={text}"  # the key element keeps its +, ++ prefix
 
 
 def check_composed(hydra: Any, config_name: str, overrides: list[str], mode: Any) -> None:

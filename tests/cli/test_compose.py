@@ -83,6 +83,13 @@ def test_multirun_is_known_from_the_flag_or_the_config():
     assert not prepare_arguments(["seed=1"], hydra_main).multirun
 
 
+def test_added_groups_keep_their_prefix(tmp_path):
+    (tmp_path / "extra").mkdir()
+    (tmp_path / "extra" / "foo-bar.yaml").write_text("# @package _global_\nseed: 7\n")
+    assert prepare("--config-dir", str(tmp_path), "+extra=Foo_Bar")[-1] == "+extra=foo-bar"
+    assert prepare("--config-dir", str(tmp_path), "++extra=FOO-BAR")[-1] == "++extra=foo-bar"
+
+
 def test_ambiguous_loose_names_are_refused():
     with pytest.raises(ConfigError, match="unknown backbone 'resnet-18'"):
         normalise_choice("backbone", "resnet-18", ["resnet18", "res-net18"])
