@@ -5,10 +5,10 @@ Registered backbones become typed Hydra configs (``backbone=name backbone.arg=va
 """
 
 from mammoth.backbones import MammothBackbone, build_backbone, list_backbones, register_backbone
-from mammoth.models import register_model
+from mammoth.datasets import ContinualDataset, build_dataset, list_datasets, register_dataset
+from mammoth.models import ContinualModel, ReplayModel, build_model, list_models, register_model
 from mammoth.errors import BackboneError, ConfigError, DatasetError, MammothError, TrainingError
-from mammoth import config as _config  # noqa: F401  stores the run and dataset schemas
-from mammoth import models as _models  # noqa: F401  registers the CL methods
+from mammoth import config as _config  # noqa: F401  stores the run schema
 from mammoth.runner import run
 
 __version__ = "0.1.0"
@@ -16,13 +16,21 @@ __version__ = "0.1.0"
 __all__ = [
     "BackboneError",
     "ConfigError",
+    "ContinualDataset",
+    "ContinualModel",
     "DatasetError",
     "MammothBackbone",
     "MammothError",
+    "ReplayModel",
     "TrainingError",
     "build_backbone",
+    "build_dataset",
+    "build_model",
     "list_backbones",
+    "list_datasets",
+    "list_models",
     "register_backbone",
+    "register_dataset",
     "register_model",
     "run",
 ]
