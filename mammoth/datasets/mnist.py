@@ -1,7 +1,8 @@
 """MNIST-family benchmarks: ``seq-mnist``, ``seq-fashion-mnist`` (class-IL), ``perm-mnist``, ``rot-mnist`` (domain-IL).
 
 The files are the uncompressed IDX files under ``<root>/<MNIST|FashionMNIST>/raw/``, exactly where
-torchvision's ``datasets.MNIST`` / ``datasets.FashionMNIST`` look for them, and are read by them.
+torchvision's ``datasets.MNIST`` / ``datasets.FashionMNIST`` look for them (and download them);
+mammoth parses them itself.
 """
 
 from __future__ import annotations
@@ -108,7 +109,10 @@ def download_idx(dataset: str, folder: str, root: str, raw: Path) -> None:
     from torchvision import datasets
 
     try:
-        getattr(datasets, folder)(root, train=True, download=True)
+        # download() alone: constructing the dataset would first load a legacy processed/*.pt file.
+        reader = object.__new__(getattr(datasets, folder))
+        reader.root = root
+        reader.download()
     except Exception as error:
         raise DatasetError(
             f"{dataset}: could not download the {folder} files into {raw}: {error}\n"
@@ -116,10 +120,23 @@ def download_idx(dataset: str, folder: str, root: str, raw: Path) -> None:
         ) from error
 
 
-def read_idx_dataset(dataset: str, folder: str, root: str, download: bool) -> Source:
-    """Read ``<root>/<folder>/raw/`` with torchvision's ``datasets.<folder>``: (train_x, train_y, test_x, test_y)."""
-    from torchvision import datasets
+def read_idx(path: Path, magic: int) -> torch.Tensor:
+    """The uint8 array of the IDX file ``path`` (its header already checked by :func:`idx_header_problem`)."""
+    import numpy as np
 
+    n_dims = magic & 0xFF
+    data = path.read_bytes()
+    dims = [int.from_bytes(data[4 * i : 4 * i + 4], "big") for i in range(1, n_dims + 1)]
+    return torch.from_numpy(np.frombuffer(data, dtype=np.uint8, offset=4 * (n_dims + 1)).reshape(dims).copy())
+
+
+def read_idx_dataset(dataset: str, folder: str, root: str, download: bool) -> Source:
+    """Read the IDX files of ``<root>/<folder>/raw/``: (train_x, train_y, test_x, test_y).
+
+    mammoth parses the IDX files itself: torchvision's readers would first load a legacy
+    ``<folder>/processed/*.pt`` file if one exists (with ``torch.load``, which older torchvision
+    versions call without ``weights_only``), so nothing in ``processed/`` is ever read.
+    """
     raw = Path(root) / folder / "raw"
     try:
         extract_gzipped_idx_files(raw)
@@ -129,13 +146,8 @@ def read_idx_dataset(dataset: str, folder: str, root: str, download: bool) -> So
         download_idx(dataset, folder, root, raw)
     check_idx_files(dataset, folder, raw)
     splits = []
-    for split, (images, labels) in IDX_FILES.items():
-        try:
-            data = getattr(datasets, folder)(root, train=split == "train", download=False)
-            x, y = data.data, data.targets
-        except Exception as error:
-            problem = f"{images} or {labels} unreadable: {error}"
-            raise corrupt_error(dataset, raw / images, problem, folder, raw) from error
+    for images, labels in IDX_FILES.values():
+        x, y = read_idx(raw / images, IMAGES_MAGIC), read_idx(raw / labels, LABELS_MAGIC)
         if len(x) != len(y):
             problem = f"{len(x)} images but {len(y)} labels in {labels}"
             raise corrupt_error(dataset, raw / images, problem, folder, raw)

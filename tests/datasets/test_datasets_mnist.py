@@ -227,3 +227,24 @@ def test_a_quarter_turn_sends_row_r_column_c_to_row_27_minus_c_column_r(fake_roo
     image[0, 0, 2, 20] = 200
     rotated = dataset.apply_task_transform(0, image)
     assert rotated[0, 0].nonzero().tolist() == [[7, 2]] and rotated[0, 0, 7, 2] == 200
+
+
+def test_a_legacy_processed_file_is_never_loaded(tmp_path):
+    import os
+    import pickle
+
+    from fake_datasets import label_mismatches, write_mnist
+
+    class RunsCode:
+        def __reduce__(self):
+            return os.system, (f"touch {tmp_path / 'marker'}",)
+
+    write_mnist(tmp_path, folder="MNIST", n_train=40, n_test=20)
+    processed = tmp_path / "MNIST" / "processed"
+    processed.mkdir()
+    for name in ("training.pt", "test.pt"):  # torchvision's legacy cache, which it would load first
+        (processed / name).write_bytes(pickle.dumps(RunsCode()))
+    train_x, train_y, test_x, test_y = build_dataset({"name": "seq-mnist", "root": str(tmp_path)}).source()
+    assert (len(train_y), len(test_y)) == (40, 20) and train_y.tolist()[:12] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+    assert label_mismatches(train_x, train_y) == 0 and label_mismatches(test_x, test_y) == 0
+    assert not (tmp_path / "marker").exists()
