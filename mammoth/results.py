@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -38,11 +37,11 @@ def build_results(accuracies: dict[str, list[list[float]]], n_tasks: int, **sect
 
 
 def write_json_atomic(path: Path, document: dict[str, Any]) -> Path:
-    """Write ``document`` to ``path`` via a temporary file, so readers never see half a file."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(document, indent=2) + "\n")
-    os.replace(temporary, path)
-    return path
+    """Write ``document`` to ``path`` via a temporary file, so readers never see half a file; a
+    failed write (disk full) is a one-line ConfigError and leaves no temporary file."""
+    from mammoth.rundir import write_atomic
+
+    return write_atomic(path, (json.dumps(document, indent=2) + "\n").encode(), "results file")
 
 
 def environment_versions() -> dict[str, str]:

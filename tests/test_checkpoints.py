@@ -179,3 +179,16 @@ def test_extra_state_that_weights_only_cannot_read_is_refused_at_save(tmp_path):
 def test_resume_without_a_checkpoint_names_the_path(tmp_path):
     with pytest.raises(ConfigError, match=f"no checkpoint at {tmp_path / 'checkpoint.pt'}"):
         read_checkpoint(tmp_path / "checkpoint.pt")
+
+
+def test_a_results_file_that_cannot_be_written_is_one_line_and_leaves_no_tmp(tmp_path, monkeypatch):
+    from mammoth.results import write_json_atomic
+
+    path = tmp_path / "results.json"
+    monkeypatch.setattr("mammoth.rundir.os.fsync", lambda descriptor: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full")))
+    with pytest.raises(ConfigError) as error:
+        write_json_atomic(path, {"status": "complete"})
+    assert str(error.value) == (
+        f"could not write the results file {path}: full (the disk is full); no results file was written"
+    )
+    assert list(tmp_path.iterdir()) == []
