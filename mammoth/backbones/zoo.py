@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Optional
 
@@ -84,16 +85,24 @@ def _build_trunk(arch: str, weights: Optional[str], options: dict) -> nn.Module:
     names = ["DEFAULT", *(member.name for member in available)]
     if weights not in names:
         raise BackboneError(unknown_name_message(f"torchvision weights for {arch}", weights, names))
+    url = (available.DEFAULT if weights == "DEFAULT" else available[weights]).url
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
     try:
-        return torchvision.models.get_model(arch, weights=weights, **options)
+        # torchvision has torch.hub load the (cached) file with weights_only=False: load it with
+        # weights_only=True first, so a tampered cache file is refused before anything in it runs.
+        torch.hub.load_state_dict_from_url(url, progress=False, check_hash=True, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise BackboneError(
+            f"the cached torchvision weights {cache / Path(url).name} for {arch} hold objects that weights never "
+            "hold; refused unread: delete the file (it is downloaded again)"
+        ) from None
     except Exception as error:  # noqa: BLE001 - offline, proxy, corrupt cache...: one line naming the weights
-        url = (available.DEFAULT if weights == "DEFAULT" else available[weights]).url
-        cache = Path(torch.hub.get_dir()) / "checkpoints"
         reason = (str(error).splitlines() or [""])[0]
         raise BackboneError(
             f"torchvision weights {weights!r} for {arch} could not be loaded ({type(error).__name__}: {reason}); "
             f"they need a network connection once, or {Path(url).name} from {url} in {cache}"
         ) from None
+    return torchvision.models.get_model(arch, weights=weights, **options)
 
 
 def _detach_head(model: nn.Module, arch: str) -> int:

@@ -36,21 +36,62 @@ def test_vit_dropout_bounds_are_allowed():
         assert net.stages[0].dropout.p == dropout
 
 
-def test_pretrained_weights_offline_name_the_weights_and_the_cache(tmp_path, monkeypatch):
-    import torchvision.models._api
+RESNET18_FILE = "resnet18-f37072fd.pth"  # the file name of torchvision's IMAGENET1K_V1 (= DEFAULT) weights
 
-    def offline(url, *args, **kwargs):
+
+def _offline(monkeypatch, tmp_path) -> None:
+    import torch.hub
+
+    def no_network(url, *args, **kwargs):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+
+
+def test_pretrained_weights_offline_name_the_weights_and_the_cache(tmp_path, monkeypatch):
+    _offline(monkeypatch, tmp_path)
     with pytest.raises(BackboneError) as error:
         build_backbone("torchvision", num_classes=10, input_shape=CIFAR, arch="resnet18", weights="IMAGENET1K_V1")
     assert str(error.value) == (
         "torchvision weights 'IMAGENET1K_V1' for resnet18 could not be loaded (URLError: <urlopen error "
         "[Errno -3] Temporary failure in name resolution>); they need a network connection once, or "
-        f"resnet18-f37072fd.pth from https://download.pytorch.org/models/resnet18-f37072fd.pth in {tmp_path / 'hub' / 'checkpoints'}"
+        f"{RESNET18_FILE} from https://download.pytorch.org/models/{RESNET18_FILE} in {tmp_path / 'hub' / 'checkpoints'}"
     )
+
+
+def test_pretrained_weights_load_offline_from_the_cache(tmp_path, monkeypatch):
+    import torchvision
+
+    _offline(monkeypatch, tmp_path)
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.manual_seed(7)
+    saved = torchvision.models.resnet18().state_dict()
+    torch.save(saved, cache / RESNET18_FILE)
+    net = build_backbone("torchvision", num_classes=10, input_shape=CIFAR, arch="resnet18", weights="DEFAULT")
+    assert torch.equal(net.trunk.conv1.weight, saved["conv1.weight"])
+    assert torch.equal(net.trunk.layer4[1].bn2.running_var, saved["layer4.1.bn2.running_var"])
+
+
+def test_a_tampered_cached_weights_file_runs_nothing(tmp_path, monkeypatch):
+    import os
+
+    class RunsCode:
+        def __reduce__(self):
+            return os.system, (f"touch {tmp_path / 'marker'}",)
+
+    _offline(monkeypatch, tmp_path)
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save({"conv1.weight": RunsCode()}, cache / RESNET18_FILE)
+    with pytest.raises(BackboneError) as error:
+        build_backbone("torchvision", num_classes=10, input_shape=CIFAR, arch="resnet18", weights="DEFAULT")
+    assert str(error.value) == (
+        f"the cached torchvision weights {cache / RESNET18_FILE} for resnet18 hold objects that weights never hold; "
+        "refused unread: delete the file (it is downloaded again)"
+    )
+    assert not (tmp_path / "marker").exists()
 
 
 def test_unknown_weights_list_the_allowed_ones():
