@@ -248,10 +248,17 @@ def load_checkpoint(path: Path, model: Any, generator: torch.Generator, config: 
             f"resume=true with a config that differs from the checkpoint's in: {', '.join(differences)}; "
             "resume with the same settings"
         )
-    model.load_state_dict(checkpoint["model"])
-    model.load_extra_state(checkpoint["model_extra"])
-    generator.set_state(checkpoint["generator"])
-    torch.set_rng_state(checkpoint["torch_rng"])
-    if checkpoint["cuda_rng"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(checkpoint["cuda_rng"])
-    return TrainingState(**checkpoint["state"])
+    try:
+        model.load_state_dict(checkpoint["model"])
+        model.load_extra_state(checkpoint["model_extra"])
+        generator.set_state(checkpoint["generator"])
+        torch.set_rng_state(checkpoint["torch_rng"])
+        if checkpoint["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(checkpoint["cuda_rng"])
+        return TrainingState(**checkpoint["state"])
+    except (RuntimeError, KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
+        reason = (str(error).strip().splitlines() or [""])[0]
+        raise ConfigError(
+            f"checkpoint {path} does not fit this run ({type(error).__name__}: {reason}); "
+            "start the run again without resume=true (or in another directory)"
+        ) from None

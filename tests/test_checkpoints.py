@@ -192,3 +192,18 @@ def test_a_results_file_that_cannot_be_written_is_one_line_and_leaves_no_tmp(tmp
         f"could not write the results file {path}: full (the disk is full); no results file was written"
     )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_well_formed_checkpoint_that_does_not_fit_the_model_is_one_line(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, _filled_model(), torch.Generator(), _state(), CONFIG)
+    checkpoint = read_checkpoint(path)
+    checkpoint["model"]["net.weight"] = torch.zeros(5, 5)  # another network's shape
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    path.write_bytes(_with_header(buffer.getvalue()))
+    with pytest.raises(ConfigError) as error:
+        load_checkpoint(path, TinyModel(), torch.Generator(), CONFIG)
+    message = str(error.value)
+    assert message.startswith(f"checkpoint {path} does not fit this run (RuntimeError: Error(s) in loading state_dict")
+    assert "\n" not in message and message.endswith("start the run again without resume=true (or in another directory)")
