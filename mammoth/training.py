@@ -234,6 +234,9 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     missing = [key for key in CHECKPOINT_KEYS if not isinstance(checkpoint, dict) or key not in checkpoint]
     if missing:
         raise ConfigError(f"checkpoint {path} lacks {', '.join(missing)}; {restart}")
+    malformed = [key for key in ("config", "state", "model", "model_extra") if not isinstance(checkpoint[key], dict)]
+    if malformed:
+        raise ConfigError(f"checkpoint {path} has a malformed {', '.join(malformed)}; {restart}")
     return checkpoint
 
 

@@ -145,6 +145,12 @@ def test_a_foreign_torch_file_is_refused(tmp_path):
     path.write_bytes(_with_header(buffer.getvalue()))
     with pytest.raises(ConfigError, match="lacks format, config, state"):
         read_checkpoint(path)
+    buffer = io.BytesIO()
+    torch.save({key: [] for key in ("format", "config", "state", "model", "model_extra", "generator", "torch_rng",
+                                    "cuda_rng")}, buffer)
+    path.write_bytes(_with_header(buffer.getvalue()))
+    with pytest.raises(ConfigError, match="has a malformed config, state, model, model_extra; start the run again"):
+        read_checkpoint(path)
 
 
 def test_a_failed_save_keeps_the_last_good_checkpoint_and_no_tmp_file(tmp_path, monkeypatch):
