@@ -281,12 +281,12 @@ def method_step_times(dataset, rounds: int) -> dict[str, list[float]]:
     from mammoth.models import list_models
 
     names = [name for name in list_models() if name != "joint"]  # joint trains at the last task only
-    steps = -(-len(dataset.get_task(1).train_y) // dataset.config.batch_size)
     samples: dict[str, list[float]] = {name: [] for name in names}
     for repetition in range(rounds + 1):  # the first round warms up and is dropped
         shift = repetition % len(names)
         for name in names[shift:] + names[:shift]:
             model, x, y, generator = prepared_method(name, dataset)
+            steps = -(-len(y) // dataset.config.batch_size)  # icarl and bic add the memory to the task's data
             start = time.perf_counter()
             train_task(model, dataset, x, y, generator, DEVICE)
             elapsed = (time.perf_counter() - start) / steps
