@@ -208,9 +208,22 @@ def run_title(dataset: str, model: str, backbone: str) -> str:
     return f"{title} [{' '.join(overrides)}]" if overrides else title
 
 
+def _program() -> str:
+    """How this run was started: ``python -m mammoth``, the ``mammoth`` script, or ``python SCRIPT``."""
+    import sys
+
+    script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if script is not None and script.name == "mammoth":
+        return "mammoth"
+    launcher_worker = script is None or any(part in ("site-packages", "dist-packages") for part in script.parts)
+    if launcher_worker or script.suffix != ".py" or script.parts[-2:] == ("mammoth", "__main__.py"):
+        return "python -m mammoth"  # also a launcher's worker process (joblib, submitit, ray)
+    return f"python {sys.argv[0]}"
+
+
 def resume_command(run_dir: Path) -> str:
     """The command that continues this run (a sweep's job too) in ``run_dir``."""
-    words = ["python -m mammoth", *job_overrides(), "resume=true", f"hydra.run.dir={run_dir}"]
+    words = [_program(), *job_overrides(), "resume=true", f"hydra.run.dir={run_dir}"]
     return " ".join(words)
 
 
