@@ -8,7 +8,8 @@ Hydra sees:
 - group options are normalised (case-insensitive, ``_`` = ``-``, and ``resnet_18`` finds
   ``resnet18``) against the options Hydra really has, user YAML included; an unknown one fails
   with the choices and the closest one;
-- ``hydra.callbacks`` must name Hydra Callback classes (Hydra instantiates them before the run);
+- ``hydra.callbacks`` must name Hydra Callback classes, and the logging configs only logging
+  Handler, Formatter and Filter classes (Hydra instantiates both before the run);
 - a single run's config is validated (:func:`mammoth.config_validation.validate_run_config`) so
   an unknown argument fails before anything is written. In a multirun each job validates its
   own config and only that job fails.
@@ -61,6 +62,7 @@ def prepare_arguments(args: list[str], task_function: Callable, config_path: str
     """Check ``args`` (``sys.argv[1:]``) as described in the module docstring; return them with
     group options normalised. Raises a MammothError naming the first bad value."""
     from hydra._internal.utils import get_args_parser
+    from hydra.errors import HydraException
     from hydra.types import RunMode
 
     parsed = get_args_parser().parse_args(args)
@@ -68,7 +70,10 @@ def prepare_arguments(args: list[str], task_function: Callable, config_path: str
         return CommandLine(args, multirun=False)  # Hydra's own screens
     with main_hydra(parsed, task_function, config_path) as hydra:
         name = parsed.config_name or config_name
-        overrides = normalise_overrides(hydra, name, parsed.overrides)
+        try:
+            overrides = normalise_overrides(hydra, name, parsed.overrides)
+        except HydraException:  # an override Hydra cannot parse: Hydra says why, in its words
+            return CommandLine(args, multirun=parsed.multirun)
         mode = RunMode.MULTIRUN if parsed.multirun else hydra.get_mode(config_name=name, overrides=overrides)
         check_composed(hydra, name, overrides, mode or RunMode.RUN)
     return CommandLine(_replace_overrides(args, parsed.overrides, overrides), multirun=mode == RunMode.MULTIRUN)
@@ -136,7 +141,7 @@ def check_composed(hydra: Any, config_name: str, overrides: list[str], mode: Any
     from hydra.types import RunMode
     from omegaconf.errors import OmegaConfBaseException
 
-    from mammoth.config_validation import check_callbacks, validate_run_config
+    from mammoth.config_validation import check_callbacks, check_logging, validate_run_config
     from mammoth.datasets import DEFAULT_BACKBONE_GROUP
 
     try:
@@ -154,6 +159,7 @@ def check_composed(hydra: Any, config_name: str, overrides: list[str], mode: Any
     except (HydraException, OmegaConfBaseException):
         return  # Hydra reports composition errors itself, naming the key and the expected type
     check_callbacks(cfg.hydra)
+    check_logging(cfg.hydra)
     if mode == RunMode.RUN:
         validate_run_config(cfg)
 

@@ -142,3 +142,19 @@ def test_callbacks_must_be_hydra_callback_classes():
         prepare("+hydra.callbacks.x._target_=no.such.Module")
     allowed = prepare("+hydra.callbacks.log._target_=hydra.experimental.callbacks.LogJobReturnCallback")
     assert allowed == ["+hydra.callbacks.log._target_=hydra.experimental.callbacks.LogJobReturnCallback"]
+
+
+def test_logging_configs_name_only_logging_classes():
+    with pytest.raises(ConfigError, match=r"hydra.job_logging.handlers.evil.class: 'os.system' is not a logging Handler"):
+        prepare("+hydra.job_logging.handlers.evil.class=os.system")
+    from omegaconf import OmegaConf
+
+    from mammoth.config_validation import check_logging
+
+    factory = OmegaConf.create({"hydra_logging": {"formatters": {"f": {"()": "builtins.eval"}}}})
+    with pytest.raises(ConfigError, match=r"hydra.hydra_logging.formatters.f.\(\): 'builtins.eval' is not a logging"):
+        check_logging(factory)
+    allowed = OmegaConf.create({"job_logging": {"formatters": {"f": {"()": "logging.Formatter"}},
+                                                "handlers": {"h": {"class": "logging.handlers.RotatingFileHandler"}}}})
+    assert check_logging(allowed) is None
+    assert prepare("hydra/job_logging=disabled") == ["hydra/job_logging=disabled"]

@@ -192,3 +192,19 @@ def test_dataset_default_backbone_applies_only_when_nothing_chose_one(workdir: P
     result = run_python(["-m", "mammoth", "--config-dir", str(workdir / "myconf"), "experiment=vit-cifar", "--cfg", "job"], workdir)
     assert result.returncode == 0, result.stderr
     assert "_target_: mammoth.backbones.vit.VisionTransformer" in result.stdout and "name: seq-cifar10" in result.stdout
+
+
+def test_a_shared_experiment_cannot_make_hydra_call_a_function(workdir: Path):
+    marker = workdir / "called"
+    write(workdir / "shared" / "experiment" / "evil.yaml", f"""\
+        # @package _global_
+        hydra:
+          callbacks:
+            evil:
+              _target_: pathlib.Path.touch
+              self: {marker}
+    """)
+    result = run_python(["-m", "mammoth", "--config-dir", str(workdir / "shared"), "experiment=evil"], workdir)
+    assert result.returncode == 2
+    assert "hydra.callbacks.evil: _target_ 'pathlib.Path.touch' is not a Hydra Callback class" in result.stderr
+    assert not marker.exists()
