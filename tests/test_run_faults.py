@@ -136,7 +136,7 @@ def test_results_record_the_values_the_data_filled_in(tmp_path):
 
 
 def test_a_dataset_with_fewer_classes_than_its_tasks_is_refused(tmp_path):
-    from mammoth.datasets import _REGISTRY, register_dataset
+    from mammoth.datasets import DATASETS, register_dataset
     from mammoth.datasets.digits import SequentialDigits, load_digits_split
 
     @register_dataset
@@ -148,8 +148,7 @@ def test_a_dataset_with_fewer_classes_than_its_tasks_is_refused(tmp_path):
             return x[y < 4], y[y < 4], test_x[test_y < 4], test_y[test_y < 4]
 
     try:
-        cfg = compose_run(tmp_path)
-        cfg.dataset.name = "four-digits"
+        cfg = compose_run(tmp_path, "dataset=four-digits")
         with pytest.raises(DatasetError) as error:
             mammoth.run(cfg)
         assert str(error.value) == (
@@ -159,7 +158,7 @@ def test_a_dataset_with_fewer_classes_than_its_tasks_is_refused(tmp_path):
         with pytest.raises(DatasetError, match=r"has n_classes_per_task=0; allowed: an integer >= 1"):
             register_dataset(type("NoClasses", (SequentialDigits,), {"name": "no-classes", "n_classes_per_task": 0}))
     finally:
-        _REGISTRY.pop("four-digits", None)
+        DATASETS.unregister("four-digits")
     assert not (tmp_path / "results.json").exists()
 
 

@@ -13,7 +13,8 @@ import pytest
 from conftest import run_python
 from mammoth.training import read_checkpoint
 
-#: Sends SIGTERM to itself after the first of two epochs of task 2, then runs ``python -m mammoth``.
+#: Imported at start-up by the interrupted run only (a sitecustomize on its PYTHONPATH): sends
+#: SIGTERM to the process after the first of two epochs of task 2 of ``python -m mammoth``.
 INTERRUPT = '''
 import os, signal
 from mammoth.models.base import ContinualModel
@@ -23,8 +24,6 @@ def interrupting_end_epoch(self, epoch):
     if self.current_task == 1 and epoch == 0:
         os.kill(os.getpid(), signal.SIGTERM)
 ContinualModel.end_epoch = interrupting_end_epoch
-from mammoth.__main__ import main
-main()
 '''
 OVERRIDES = ["model=derpp", "model.buffer_size=50", "dataset.n_epochs=2", "device=cpu", "seed=3"]
 
@@ -33,9 +32,11 @@ OVERRIDES = ["model=derpp", "model.buffer_size=50", "dataset.n_epochs=2", "devic
 def test_sigterm_prints_the_resume_command_and_resuming_is_bit_exact(workdir: Path):
     whole = run_python(["-m", "mammoth", *OVERRIDES, "hydra.run.dir=whole"], workdir)
     assert whole.returncode == 0, whole.stderr
-    (workdir / "interrupt.py").write_text(INTERRUPT)
+    injected = workdir / "injected"
+    injected.mkdir()
+    (injected / "sitecustomize.py").write_text(INTERRUPT)
     part = workdir / "part"
-    interrupted = run_python(["interrupt.py", *OVERRIDES, "hydra.run.dir=part"], workdir)
+    interrupted = run_python(["-m", "mammoth", *OVERRIDES, f"hydra.run.dir={part}"], injected)
     assert interrupted.returncode == 143, interrupted.stderr  # 128 + SIGTERM
     output = interrupted.stdout + interrupted.stderr
     lines = [line for line in output.splitlines() if "Interrupted" in line]
