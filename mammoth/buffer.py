@@ -218,6 +218,17 @@ class ReplayBuffer:
         self._storage = {}
         self._num_seen = 0
 
+    def update(self, indices: Tensor, **values: Tensor) -> None:
+        """Overwrite stored fields of the filled slots ``indices`` (as :meth:`sample` returns them),
+        e.g. ``update(batch.indices, logits=new_logits)``; examples keep their place."""
+        for name, value in values.items():
+            storage = self._storage.get(name)
+            if storage is None:
+                raise ValueError(f"ReplayBuffer.update: {name!r} is not stored; allowed: {', '.join(self.fields)}")
+            if indices.numel() and int(indices.max()) >= len(self):
+                raise ValueError(f"ReplayBuffer.update: slot {int(indices.max())} is not filled; allowed: 0..{len(self) - 1}")
+            storage.index_copy_(0, indices.to(storage.device), value.detach().to(storage.device, storage.dtype))
+
     # ---- device and checkpoints ----
 
     def to(self, device: str | torch.device) -> "ReplayBuffer":

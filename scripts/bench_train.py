@@ -244,6 +244,7 @@ METHOD_ARGUMENTS = {
     "ewc-on": {"e_lambda": 90.0, "gamma": 1.0, "lr": 0.03},
     "si": {"c": 1.0, "xi": 0.9},
     "mer": {"beta": 1.0, "gamma": 1.0},
+    "xder": {"alpha": 0.3, "beta": 0.8},
 }
 #: What the step of each method uses of the backbone contract (for the table).
 CONTRACT = {
@@ -252,6 +253,7 @@ CONTRACT = {
     "si": "get_params(out=), get_grads(out=), set_grads", "agem": "get_grads(out=), set_grads",
     "gem": "get_grads(out=), set_grads", "icarl": "net(x) of a frozen copy", "er-ace": "net(x)",
     "gdumb": "- (stores only)", "bic": "net(x) of a frozen copy", "mer": "get_params(out=), set_params",
+    "xder": "net(x)",
 }
 
 

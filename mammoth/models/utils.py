@@ -94,3 +94,22 @@ def seen_classes(dataset: Any, task: int) -> int:
     if dataset.setting == "class-il":
         return dataset.task_classes(task).stop
     return dataset.n_classes * (task + 1)
+
+
+class bn_track_stats:
+    """``with bn_track_stats(net, False):`` batch-norm layers in train mode normalise with the batch's
+    statistics without updating their running ones (the original Mammoth's ``bn_track_stats``)."""
+
+    def __init__(self, net: nn.Module, enabled: bool) -> None:
+        self.layers = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self.enabled = enabled
+
+    def __enter__(self) -> None:
+        self.previous = [layer.track_running_stats for layer in self.layers]
+        if not self.enabled:
+            for layer in self.layers:
+                layer.track_running_stats = False
+
+    def __exit__(self, *exc: Any) -> None:
+        for layer, previous in zip(self.layers, self.previous):
+            layer.track_running_stats = previous

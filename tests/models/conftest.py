@@ -12,7 +12,7 @@ from torch import Tensor
 from mammoth.backbones.mlp import MNISTMLP
 from mammoth.models import build_model
 
-_REPLAY_METHODS = ("er", "der", "derpp", "agem", "gem", "icarl", "er_ace", "gdumb", "bic", "mer")
+_REPLAY_METHODS = ("er", "der", "derpp", "agem", "gem", "icarl", "er_ace", "gdumb", "bic", "mer", "xder")
 
 
 class FakeConfig:

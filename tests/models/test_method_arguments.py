@@ -24,6 +24,9 @@ EXPECTED = {
     "bic": {**REPLAY, "bic_epochs": (int, 250), "temp": (float, 2.0), "valset_split": (float, 0.1),
             "wd_reg": (Optional[float], None), "distill_after_bic": (bool, True)},
     "mer": {**REPLAY, "beta": (float, "???"), "gamma": (float, "???"), "batch_num": (int, 1)},
+    "xder": {**REPLAY, "alpha": (float, "???"), "beta": (float, "???"), "gamma": (float, 0.85),
+             "constr_eta": (float, 0.1), "constr_margin": (float, 0.3), "past_constraint": (bool, False),
+             "future_constraint": (bool, True), "align_bn": (bool, True)},
 }
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 REQUIRED = {"ewc_on": {"e_lambda": 1.0, "gamma": 1.0}, "si": {"c": 1.0, "xi": 1.0}, "mer": {"beta": 1.0, "gamma": 1.0},
-            "bic": {"bic_epochs": 2}, "gdumb": {"fitting_epochs": 2}}
-METHODS = ("lwf", "ewc_on", "si", "agem", "gem", "icarl", "er_ace", "gdumb", "bic", "mer")
+            "bic": {"bic_epochs": 2}, "gdumb": {"fitting_epochs": 2}, "xder": {"alpha": 0.3, "beta": 0.8}}
+METHODS = ("lwf", "ewc_on", "si", "agem", "gem", "icarl", "er_ace", "gdumb", "bic", "mer", "xder")
 
 
 @pytest.mark.parametrize("name", METHODS)

@@ -1,0 +1,221 @@
+"""xder: eXtended Dark Experience Replay (Boschini et al., "Class-Incremental Continual Learning into
+the eXtended DER-verse", TPAMI 2022), without its contrastive consistency term."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mammoth.backbones.base import MammothBackbone
+from mammoth.models.base import ReplayModel
+from mammoth.models.registry import register_model
+from mammoth.models.utils import bn_track_stats, class_bounds, require_class_il
+from mammoth.validation import check_non_negative
+
+
+def update_logits(old: Tensor, new: Tensor, labels: Tensor, first_head: int, n_heads: int, classes_per_task: int,
+                  gamma: float) -> Tensor:
+    """X-DER's logit update, in place in ``old``: the heads ``first_head .. first_head + n_heads - 1``
+    of ``old`` become those of ``new``, scaled down where their maximum exceeds the item's
+    ground-truth logit in ``old`` so that the maximum becomes ``gamma`` times that logit."""
+    columns = slice(first_head * classes_per_task, (first_head + n_heads) * classes_per_task)
+    transplant = new[:, columns].clone()
+    ground_truth = old[torch.arange(len(labels), device=old.device), labels]
+    maximum = transplant.max(dim=1).values
+    coefficient = (gamma * ground_truth / maximum).unsqueeze(1).expand_as(transplant)
+    mask = (maximum > ground_truth).unsqueeze(1).expand_as(transplant)
+    transplant[mask] *= coefficient[mask]
+    old[:, columns] = transplant
+    return old
+
+
+def _remove_duplicates(indices: Tensor) -> Tensor:
+    """A mask keeping the first occurrence of every slot index."""
+    keep = torch.ones(len(indices), dtype=torch.bool, device=indices.device)
+    seen: set[int] = set()
+    for position, index in enumerate(indices.tolist()):
+        keep[position] = index not in seen
+        seen.add(index)
+    return keep
+
+
+@register_model("xder")
+class XDer(ReplayModel):
+    """X-DER: DER++ whose stored logits are revised, with constraints on the future heads.
+
+    Each step: cross-entropy of the current head on the incoming batch, ``alpha`` times the MSE
+    to the stored logits of a replay minibatch, ``beta`` times the cross-entropy of a second
+    one over the past heads, and (``future_constraint``) a hinge ``constr_eta * [max future
+    logit + constr_margin - max logit of the right head]_+``; ``past_constraint`` adds the same
+    on the softmax of past vs current head. Replayed items of past tasks get their current and
+    future heads rewritten with the network's outputs (:func:`update_logits`, ``gamma``), each
+    at most about once per task. After a task the memory is rebalanced (``buffer_size //
+    seen classes`` per class) and filled with the task's examples and their logits.
+    ``align_bn`` keeps the batch-norm statistics of the current batch only. Left out: the
+    original's SupCon consistency term on future heads (``lambd``, ``simclr_*``) and its
+    distance-preserving term (``dp_weight``, 0 by default). Class-IL datasets only.
+    """
+
+    def __init__(
+        self,
+        net: MammothBackbone,
+        dataset: Any,
+        buffer_size: int,
+        alpha: float,
+        beta: float,
+        gamma: float = 0.85,
+        constr_eta: float = 0.1,
+        constr_margin: float = 0.3,
+        past_constraint: bool = False,
+        future_constraint: bool = True,
+        align_bn: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        require_class_il("xder", dataset)
+        super().__init__(net, dataset, buffer_size=buffer_size, **kwargs)
+        self.alpha = check_non_negative("model.alpha", alpha)
+        self.beta = check_non_negative("model.beta", beta)
+        self.gamma = check_non_negative("model.gamma", gamma)
+        self.constr_eta = check_non_negative("model.constr_eta", constr_eta)
+        self.constr_margin = float(constr_margin)
+        self.past_constraint, self.future_constraint, self.align_bn = bool(past_constraint), bool(future_constraint), bool(align_bn)
+        self.cpt = len(dataset.task_classes(0))
+        self.update_counter = torch.zeros(self.buffer_size)
+        self._task_data: Optional[tuple[Tensor, Tensor]] = None
+
+    def _update(self, outputs: Tensor, logits: Tensor, labels: Tensor) -> Tensor:
+        task = self.current_task
+        return update_logits(logits, outputs, labels, task, self.dataset.n_tasks - task, self.cpt, self.gamma)
+
+    def training_data(self, task: int, train_x: Tensor, train_y: Tensor) -> tuple[Tensor, Tensor]:
+        """Keep a reference to the task's data for :meth:`end_task`."""
+        self._task_data = (train_x, train_y)
+        return train_x, train_y
+
+    def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> float:
+        """One step of X-DER (see the class docstring); returns the loss value."""
+        task = self.current_task
+        past, seen = class_bounds(self.dataset, task)
+        with bn_track_stats(self.net, not self.align_bn or task == 0):
+            outputs = self.net(inputs)
+        loss = self.loss(outputs[:, past:seen], labels - past)
+        replay_outputs = replay_labels = None
+        if not self.buffer.is_empty():
+            size = self.minibatch_size if self.minibatch_size is not None else inputs.shape[0]
+            first = self.replay_batch(inputs.shape[0], inputs.device)
+            first_inputs = first.examples
+            if self.align_bn:
+                first_inputs = torch.cat([first_inputs, inputs[: size // max(task, 1)]])
+            first_outputs = self.net(first_inputs)[: len(first.indices)]
+            loss = loss + self.alpha * F.mse_loss(first_outputs, first.logits)
+            second = self.replay_batch(inputs.shape[0], inputs.device)
+            with bn_track_stats(self.net, not self.align_bn):
+                second_outputs = self.net(second.examples)
+            loss = loss + self.beta * self.loss(second_outputs[:, :past], second.labels)
+            indices = torch.cat([first.indices, second.indices])
+            keep = _remove_duplicates(indices)
+            indices, replay_labels = indices[keep], torch.cat([first.labels, second.labels])[keep]
+            replay_outputs = torch.cat([first_outputs, second_outputs])[keep]
+            replay_logits = torch.cat([first.logits, second.logits])[keep]
+            self._update_future_past(indices, replay_labels, replay_logits, replay_outputs.detach())
+        if task < self.dataset.n_tasks - 1 and self.future_constraint:
+            loss = loss + self._future_constraint(outputs, replay_outputs, replay_labels)
+        if self.past_constraint and task > 0:
+            probabilities = F.softmax(outputs[:, :seen], dim=1)
+            hinge = (probabilities[:, :past].max(1).values.detach() + self.constr_margin
+                     - probabilities[:, past:seen].max(1).values)
+            if (hinge > 0).any():
+                loss = loss + self.constr_eta * hinge[hinge > 0].mean()
+        return self.step(loss)
+
+    @torch.no_grad()
+    def _update_future_past(self, indices: Tensor, labels: Tensor, logits: Tensor, outputs: Tensor) -> None:
+        """Rewrite the current and future heads of replayed past-task items (each about once per task)."""
+        chosen = (labels // self.cpt) < self.current_task
+        counter_index = indices[chosen].cpu()
+        self.update_counter[counter_index] += 1
+        draws = torch.rand(int(chosen.sum())) * self.update_counter[counter_index] < 1
+        chosen[chosen.clone()] = draws.to(chosen.device)
+        if chosen.any():
+            updated = self._update(outputs[chosen], logits[chosen].clone(), labels[chosen])
+            self.buffer.update(indices[chosen], logits=updated,
+                               task_labels=torch.full((int(chosen.sum()),), self.current_task, device=indices.device))
+
+    def _future_constraint(self, outputs: Tensor, replay_outputs: Optional[Tensor], replay_labels: Optional[Tensor]) -> Tensor:
+        """``constr_eta * mean([max future logit + margin - max logit of the right head]_+)``."""
+        task = self.current_task
+        bad = outputs[:, (task + 1) * self.cpt :]
+        good = outputs[:, task * self.cpt : (task + 1) * self.cpt]
+        if replay_outputs is not None:
+            heads = torch.stack(replay_outputs.split(self.cpt, dim=1), dim=1)
+            bad = torch.cat([bad, replay_outputs[:, (task + 1) * self.cpt :]])
+            good = torch.cat([good, heads[torch.arange(len(replay_labels)), replay_labels // self.cpt]])
+        hinge = bad.max(1).values + self.constr_margin - good.max(1).values
+        if not (hinge > 0).any():
+            return outputs.new_zeros(())
+        return self.constr_eta * hinge[hinge > 0].mean()
+
+    def end_task(self, task: int) -> None:
+        """Rebalance the memory, add this task's examples with their logits, update the past ones'."""
+        train_x, train_y = self._task_data
+        self._task_data = None
+        was_training = self.net.training
+        self.net.train()
+        with torch.no_grad(), bn_track_stats(self.net, False):
+            if task > 0:
+                self._shrink(self.buffer_size // ((task + 1) * self.cpt))
+            self._add_task(task, train_x, train_y)
+            self._update_stored_past(task)
+        self.update_counter = torch.zeros(self.buffer_size)
+        self.net.train(was_training)
+
+    def _shrink(self, per_class: int) -> None:
+        fields = {name: getattr(self.buffer, name).clone() for name in self.buffer.fields}
+        self.buffer.clear()
+        for label in fields["labels"].unique():
+            index = (fields["labels"] == label).nonzero().flatten()[:per_class]
+            self.buffer.add(**{name: value[index] for name, value in fields.items()})
+
+    def _add_task(self, task: int, train_x: Tensor, train_y: Tensor) -> None:
+        free = self.buffer_size - len(self.buffer)
+        quota = torch.full((self.cpt,), free // self.cpt, dtype=torch.long)
+        quota[torch.randperm(self.cpt)[: free - (free // self.cpt) * self.cpt]] += 1
+        batch_size = self.dataset.config.batch_size
+        order = torch.randperm(len(train_y))
+        for start in range(0, len(train_y), batch_size):
+            if (quota == 0).all():
+                break
+            index = order[start : start + batch_size]
+            not_aug = self.dataset.to_float(train_x[index].to(self.device))
+            labels = train_y[index].to(self.device)
+            outputs = self.net(self.dataset.train_transform(not_aug))
+            if task > 0:
+                outputs = update_logits(outputs, outputs, labels, 0, task, self.cpt, self.gamma)
+            flags = torch.zeros(len(labels), dtype=torch.bool)
+            for j, label in enumerate(labels.tolist()):
+                if quota[label % self.cpt] > 0:
+                    flags[j] = True
+                    quota[label % self.cpt] -= 1
+            flags = flags.to(self.device)
+            if flags.any():
+                self.buffer.add(not_aug[flags], labels=labels[flags], logits=outputs[flags],
+                                task_labels=torch.full((int(flags.sum()),), task, device=self.device))
+
+    def _update_stored_past(self, task: int) -> None:
+        memory = self.buffer.sample(len(self.buffer), transform=self.dataset.train_transform)
+        batch_size = self.dataset.config.batch_size
+        outputs = torch.cat([self.net(memory.examples[start : start + batch_size])
+                             for start in range(0, len(memory.indices), batch_size)])
+        chosen = (memory.labels // self.cpt) < task
+        if chosen.any():
+            updated = update_logits(memory.logits[chosen].clone(), outputs[chosen], memory.labels[chosen], task,
+                                    self.dataset.n_tasks - task, self.cpt, self.gamma)
+            self.buffer.update(memory.indices[chosen], logits=updated,
+                               task_labels=torch.full((int(chosen.sum()),), task, device=memory.indices.device))
+
+    def extra_state(self) -> dict[str, Any]:
+        """The memory (with its revised logits)."""
+        return super().extra_state()
