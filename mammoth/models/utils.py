@@ -65,11 +65,6 @@ def batches(x: Tensor, y: Tensor, batch_size: int, shuffle: bool) -> Iterator[tu
             yield x[index], y[index]
 
 
-def uint8_images(x: Tensor) -> Tensor:
-    """Float images in [0, 1] (as ``dataset.to_float`` makes them) back to the uint8 they came from."""
-    return x.mul(255).round_().to(torch.uint8)
-
-
 def squared_norm(net: nn.Module) -> Tensor:
     """The sum of the squares of all parameters (differentiable)."""
     return sum(parameter.pow(2).sum() for parameter in net.parameters())
