@@ -58,7 +58,7 @@ class Gem(ReplayModel):
     item with its task label. Each step computes one gradient per past task on all of its
     memory; if the current gradient has a negative dot product with any of them, it is
     replaced by the solution of GEM's quadratic program (:func:`project_to_cone`, margin
-    ``gamma``, solved by quadprog). Uses ``get_grads`` / ``set_grads``.
+    ``gamma``, solved by quadprog). Uses ``get_grads`` / ``set_grads``, with reused ``out=`` buffers.
     """
 
     def __init__(self, net: MammothBackbone, dataset: Any, buffer_size: int, gamma: float = 0.5, **kwargs: Any) -> None:
@@ -67,6 +67,7 @@ class Gem(ReplayModel):
         self.gamma = check_non_negative("model.gamma", gamma)
         self._task_data: Optional[tuple[Tensor, Tensor]] = None
         self._gradient: Optional[Tensor] = None
+        self._memories: Optional[Tensor] = None  # one row per past task, reused every step
 
     def training_data(self, task: int, train_x: Tensor, train_y: Tensor) -> tuple[Tensor, Tensor]:
         """Keep a reference to the task's data for :meth:`end_task`."""
@@ -76,13 +77,15 @@ class Gem(ReplayModel):
     def memory_gradients(self) -> Tensor:
         """One row per task in the memory: the gradient of the cross-entropy on all of its items."""
         memory = self.buffer.sample(len(self.buffer), transform=self.dataset.train_transform)
-        rows = []
-        for task in memory.task_labels.unique():
+        tasks = memory.task_labels.unique()
+        if self._memories is None or self._memories.shape[0] < len(tasks):
+            self._memories = torch.empty(len(tasks), self.net.num_params(), device=self.device)
+        for row, task in enumerate(tasks):
             chosen = memory.task_labels == task
             self.optimizer.zero_grad(set_to_none=True)
             self.loss(self.net(memory.examples[chosen]), memory.labels[chosen]).backward()
-            rows.append(self.net.get_grads())
-        return torch.stack(rows)
+            self.net.get_grads(out=self._memories[row])
+        return self._memories[: len(tasks)]
 
     def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> float:
         """One step along the (projected) gradient; returns the cross-entropy on the batch."""
