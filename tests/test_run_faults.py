@@ -185,3 +185,22 @@ def test_ctrl_c_logs_one_line_saying_how_to_resume(tmp_path, monkeypatch, caplog
     assert not (tmp_path / "results.json").exists() and not list(tmp_path.glob("*.tmp"))
     if task:
         assert read_checkpoint(tmp_path / "checkpoint.pt")["state"]["next_task"] == task
+
+
+def test_a_run_in_another_process_holds_the_directory_until_it_ends(tmp_path):
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from pathlib import Path; from mammoth.rundir import RunLock\n"
+         f"with RunLock(Path({str(tmp_path)!r})):\n    print('locked', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(ConfigError, match=rf"^another mammoth run \(pid {holder.pid}\) is using {tmp_path}; "):
+            mammoth.run(compose_run(tmp_path, "stop_after_task=1"))
+    finally:
+        holder.communicate("", timeout=60)  # end of its input: it leaves the lock and exits
+    mammoth.run(compose_run(tmp_path, "stop_after_task=1"))  # the operating system released the lock
+    assert read_checkpoint(tmp_path / "checkpoint.pt")["state"]["next_task"] == 1
