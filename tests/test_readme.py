@@ -1,0 +1,275 @@
+"""Every snippet of README.md runs as written, and its output examples are what mammoth prints.
+
+The files the README shows (``# name.py`` / ``# conf/config.yaml`` blocks) are written into one
+working directory, the ``/data`` it mentions is replaced by tiny files in the real formats, and
+every command of its ``bash`` blocks and every ``$ command`` of its output blocks runs there. Each
+command needs an entry in :data:`CASES` (what to append so it runs in seconds, what it must
+leave), so a README command without a test fails here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+
+from fake_datasets import write_cifar10
+
+REPO = Path(__file__).resolve().parents[1]
+README = (REPO / "README.md").read_text()
+FAST = ("dataset.n_epochs=1", "threads=1")
+pytestmark = pytest.mark.slow
+
+
+def fenced_blocks(text: str) -> list[tuple[str, str]]:
+    """(language, body) of every fenced code block."""
+    return [(match[1], match[2]) for match in re.finditer(r"```(\w*)\n(.*?)```", text, re.S)]
+
+
+def readme_files() -> dict[str, str]:
+    """Blocks whose first line is ``# PATH``: the files the README asks you to write."""
+    files = {}
+    for language, body in fenced_blocks(README):
+        first = body.splitlines()[0]
+        if language in ("python", "yaml") and re.fullmatch(r"# [\w./-]+\.(py|yaml)", first):
+            files[first[2:]] = body
+    return files
+
+
+def readme_commands() -> list[str]:
+    """Every command line of the bash blocks (comments dropped) and every ``$ command``."""
+    commands = []
+    for language, body in fenced_blocks(README):
+        for line in body.splitlines():
+            if language == "bash" and line.strip():
+                commands.append(re.split(r"\s{2,}#", line)[0].strip())
+            elif language == "" and line.startswith("$ "):
+                commands.append(line[2:].strip())
+    return commands
+
+
+def output_after(command: str) -> str:
+    """The line the README shows right after ``$ command``."""
+    lines = README.splitlines()
+    return lines[lines.index(f"$ {command}") + 1]
+
+
+@dataclass
+class Case:
+    """How a README command is run here and what it must leave behind."""
+
+    extra: tuple[str, ...] = FAST
+    returncode: int = 0
+    check: Callable[["Result"], None] | None = None
+    run: bool = True
+
+
+@dataclass
+class Result:
+    """A finished command: its process and the directory it wrote into."""
+
+    process: subprocess.CompletedProcess
+    directory: Path
+    workdir: Path = field(default=Path("."))
+
+    def results(self, subdir: str = "") -> dict:
+        """The run's results.json."""
+        return json.loads((self.directory / subdir / "results.json").read_text())
+
+
+def complete(result: Result) -> None:
+    assert result.results()["status"] == "complete"
+
+
+def default_run_matches_the_readme(result: Result) -> None:
+    shown = README[README.index("Accuracy (%) on each task (Class-IL) and averages"):].split("```")[0].strip()
+    assert shown in result.process.stdout
+    assert "seq-digits · sgd · mnistmlp: 5 tasks on cpu" in result.process.stdout
+
+
+def first_error_line_matches(command: str) -> Callable[[Result], None]:
+    def check(result: Result) -> None:
+        assert result.process.stderr.strip().splitlines()[0] == output_after(command)
+    return check
+
+
+def printed(*words: str) -> Callable[[Result], None]:
+    def check(result: Result) -> None:
+        assert all(word in result.process.stdout for word in words), result.process.stdout
+    return check
+
+
+def sweep_of(n_complete: int, n_failed: int = 0) -> Callable[[Result], None]:
+    def check(result: Result) -> None:
+        statuses = [json.loads(path.read_text())["status"] for path in result.directory.glob("*/job.json")]
+        assert sorted(statuses) == sorted(["complete"] * n_complete + ["failed"] * n_failed)
+        assert len(list(result.directory.glob("*/results.json"))) == n_complete
+        assert (result.directory / "summary.csv").exists() and (result.directory / "summary.png").exists()
+    return check
+
+
+def optuna_study(result: Result) -> None:
+    found = (result.directory / "optimization_results.yaml").read_text()
+    best = float(re.search(r"best_value: ([\d.]+)", found)[1])
+    averages = [json.loads(path.read_text())["class_il"]["average"] for path in result.directory.glob("*/results.json")]
+    assert best == pytest.approx(max(averages))
+
+
+def files_written(*names: str, absent: tuple[str, ...] = ()) -> Callable[[Result], None]:
+    def check(result: Result) -> None:
+        complete(result)
+        assert all((result.directory / name).exists() for name in names)
+        assert not any((result.directory / name).exists() for name in absent)
+    return check
+
+
+def resumed_to_the_end(result: Result) -> None:
+    complete(result)
+    assert "Resuming" in result.process.stdout
+
+
+def stopped_after_two(result: Result) -> None:
+    assert "Stopped after task 2 of 5; continue with: python -m mammoth" in result.process.stdout
+    assert not (result.directory / "results.json").exists()
+
+
+RESNET_SMALL = ("backbone.width=4",)
+CASES: dict[str, Case] = {
+    "pip install -e . && python -m mammoth": Case(run=False),  # the install is CI's own; the run is below
+    'pip install -e ".[test]" && python -m pytest -q': Case(run=False),  # what .ci/run does
+    'pip install -e ".[sweepers]"': Case(run=False),  # in the test extras
+    "python -m mammoth": Case(extra=(), check=default_run_matches_the_readme),
+    "python -m mammoth dataset=seq-cifar10 dataset.root=/data model=der model.buffer_size=500 backbone=resnet backbone.depth=34":
+        Case(extra=FAST + RESNET_SMALL, check=complete),
+    "python -m mammoth experiment=der-seq-cifar10-500 dataset.root=/data": Case(extra=FAST + RESNET_SMALL, check=complete),
+    "python -m mammoth hydra.run.dir=runs/a model=er model.buffer_size=200 stop_after_task=2": Case(check=stopped_after_two),
+    "python -m mammoth hydra.run.dir=runs/a model=er model.buffer_size=200 resume=true": Case(check=resumed_to_the_end),
+    "python -m mammoth backbone=resnt": Case(returncode=2, check=first_error_line_matches("python -m mammoth backbone=resnt")),
+    "python -m mammoth backbone.depth=34": Case(returncode=2, check=first_error_line_matches("python -m mammoth backbone.depth=34")),
+    "python run.py backbone=tiny-cnn backbone.channels=64": Case(check=complete),
+    "python app.py backbone.depth=50": Case(extra=(), check=printed("ResNet 23,520,842 parameters")),
+    "python app.py +dataset=seq-cifar10 backbone=vit backbone.depth=2": Case(extra=(), check=printed("VisionTransformer")),
+    "python run.py dataset=blobs model=er model.buffer_size=100": Case(extra=(), check=complete),
+    "python run.py dataset=my-images dataset.root=data backbone=resnet18 backbone.width=8": Case(check=complete),
+    "python run.py model=weighted-er model.buffer_size=200 model.replay_weight=0.5": Case(check=complete),
+    "python -m mammoth -m backbone=resnet backbone.depth=18,34 model=er,der model.buffer_size=200":
+        Case(extra=FAST + RESNET_SMALL, check=sweep_of(4)),
+    "python -m mammoth -m model=sgd,er model.buffer_size=200 seed=0,1,2": Case(returncode=1, check=sweep_of(3, 3)),
+    "python -m mammoth hparams_search=seq-digits-optuna": Case(extra=FAST + ("hydra.sweeper.n_trials=2",), check=optuna_study),
+    "python -m mammoth hparams_search=der-optuna hydra.sweeper.n_trials=50":
+        Case(extra=FAST + ("hydra.sweeper.n_trials=2",), check=optuna_study),
+    "python -m mammoth logger=tensorboard": Case(check=files_written("tensorboard", absent=("metrics.csv",))),
+    "WANDB_MODE=offline python -m mammoth logger=wandb": Case(check=files_written("wandb")),
+    "python -m mammoth 'logger=[csv,tensorboard]'": Case(check=files_written("metrics.csv", "tensorboard")),
+    "python -m mammoth 'logger=[]'": Case(check=files_written("results.json", absent=("metrics.csv", "tensorboard"))),
+}
+
+
+def write_image_folder(root: Path) -> None:
+    """``root/my-images/{train,test}/<class>/*.png``: 4 classes of noisy 40x40 images."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 12), ("test", 4)):
+        for label in range(4):
+            folder = root / "my-images" / split / f"class{label}"
+            folder.mkdir(parents=True)
+            for index in range(count):
+                pixels = (rng.integers(0, 50, (40, 40, 3)) + 50 * label).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{index}.png")
+
+
+def write_plugin_distribution(root: Path) -> None:
+    """An installed distribution on PYTHONPATH whose entry points are the README's toml block."""
+    toml = next(body for language, body in fenced_blocks(README) if language == "toml")
+    group = re.search(r'\[project\.entry-points\."([\w.]+)"\]', toml)[1]
+    entries = re.findall(r'^(\w+) = "([\w.:]+)"$', toml, re.M)
+    info = root / "my_plugins-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: my-plugins\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[{group}]\n" + "".join(f"{name} = {value}\n" for name, value in entries))
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory with the README's files and the data its commands read."""
+    root = tmp_path_factory.mktemp("readme")
+    for name, body in readme_files().items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(body)
+    write_cifar10(root / "fake-data", n_per_batch=120, n_test=40)
+    write_image_folder(root / "data")
+    return root
+
+
+def run_readme_command(command: str, case: Case, workdir: Path, index: int) -> Result:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("HYDRA_", "WANDB_"))}
+    env["PYTHONPATH"] = str(workdir)
+    words = shlex.split(command.replace("dataset.root=/data", f"dataset.root={workdir / 'fake-data'}"))
+    while "=" in words[0]:  # VARIABLE=value before the command
+        key, value = words.pop(0).split("=", 1)
+        env[key] = value
+    assert words[0] == "python"
+    arguments = words[3:] if words[1] == "-m" else words[2:]  # after `python -m mammoth` / `python script.py`
+    multirun = "-m" in arguments or "hparams_search=" in command
+    directory = workdir / f"out{index}"
+    if "hydra.run.dir=" in command:
+        directory = workdir / next(word for word in words if word.startswith("hydra.run.dir=")).split("=", 1)[1]
+        place = []
+    elif words[1] == "app.py":
+        place = [f"hydra.run.dir={directory}"]
+    else:
+        place = [f"hydra.sweep.dir={directory}" if multirun else f"hydra.run.dir={directory}"]
+    args = [sys.executable, *words[1:], *case.extra, *place]
+    process = subprocess.run(args, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+    return Result(process=process, directory=directory, workdir=workdir)
+
+
+def test_every_readme_command_has_a_case():
+    assert sorted(set(readme_commands())) == sorted(CASES)
+
+
+def test_ci_runs_the_readme_test_command_in_a_fresh_venv():
+    ci = (REPO / ".ci" / "run").read_text()
+    assert 'python3 -m venv "$environment"' in ci
+    assert 'python -m pip install -q -e ".[test]"' in ci and "\npython -m pytest -q\n" in ci
+    install_and_test = [line for line in README.splitlines() if line.startswith("pip install")][:2]
+    assert install_and_test[1].startswith('pip install -e ".[test]" && python -m pytest -q')
+
+
+@pytest.mark.parametrize("command", [command for command, case in CASES.items() if case.run])
+def test_readme_command(command: str, workdir: Path):
+    case = CASES[command]
+    result = run_readme_command(command, case, workdir, list(CASES).index(command))
+    assert result.process.returncode == case.returncode, result.process.stderr[-3000:]
+    if case.check is not None:
+        case.check(result)
+
+
+def test_replay_claim_of_the_quick_start(workdir: Path):
+    # "a replay method does not: python -m mammoth model=er model.buffer_size=200 ends at Class-IL ~91 %"
+    result = run_readme_command("python -m mammoth model=er model.buffer_size=200", Case(extra=()), workdir, 99)
+    assert result.process.returncode == 0, result.process.stderr
+    assert 86 <= result.results()["class_il"]["average"] <= 96
+
+
+def test_plugin_entry_point_of_the_readme(tmp_path: Path):
+    (tmp_path / "my_backbones.py").write_text(readme_files()["my_backbones.py"])
+    write_plugin_distribution(tmp_path)
+    command = "python -m mammoth backbone=tiny-cnn backbone.channels=8"
+    result = run_readme_command(command, Case(), tmp_path, 0)
+    assert result.process.returncode == 0, result.process.stderr
+    assert result.results()["config"]["backbone"]["_target_"] == "my_backbones.TinyCNN"
+    code = "import mammoth; print(type(mammoth.build_backbone('tiny-cnn', num_classes=3, input_shape=(1, 8, 8))).__name__)"
+    built = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)},
+                           capture_output=True, text=True, timeout=300)
+    assert built.stdout.strip() == "TinyCNN", built.stderr
