@@ -262,13 +262,16 @@ def test_replay_claim_of_the_quick_start(workdir: Path):
     assert 86 <= result.results()["class_il"]["average"] <= 96
 
 
-def test_plugin_entry_point_of_the_readme(tmp_path: Path):
-    (tmp_path / "my_backbones.py").write_text(readme_files()["my_backbones.py"])
+def test_plugin_entry_points_of_the_readme(tmp_path: Path):
+    for name in ("my_backbones.py", "my_datasets.py", "my_methods.py"):
+        (tmp_path / name).write_text(readme_files()[name])
     write_plugin_distribution(tmp_path)
-    command = "python -m mammoth backbone=tiny-cnn backbone.channels=8"
+    command = "python -m mammoth dataset=blobs backbone=tiny-cnn backbone.channels=8 model=weighted-er model.buffer_size=50"
     result = run_readme_command(command, Case(), tmp_path, 0)
     assert result.process.returncode == 0, result.process.stderr
-    assert result.results()["config"]["backbone"]["_target_"] == "my_backbones.TinyCNN"
+    config = result.results()["config"]
+    assert (config["backbone"]["_target_"], config["dataset"]["name"]) == ("my_backbones.TinyCNN", "blobs")
+    assert config["model"]["_target_"] == "my_methods.WeightedER"
     code = "import mammoth; print(type(mammoth.build_backbone('tiny-cnn', num_classes=3, input_shape=(1, 8, 8))).__name__)"
     built = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)},
                            capture_output=True, text=True, timeout=300)

@@ -12,7 +12,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run_python(args: list[str], cwd: Path, timeout: int = 300, python: str = sys.executable) -> subprocess.CompletedProcess:
+def run_python(args: list[str], cwd: Path, timeout: int = 900, python: str = sys.executable) -> subprocess.CompletedProcess:
     """Run ``python ARGS`` in ``cwd``; return the completed process (text output)."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("HYDRA_")}
     env["PYTHONPATH"] = str(cwd)
