@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from hand_dataset import HandDataset
 from mammoth.evaluation import evaluate_tasks
 
 CPU = torch.device("cpu")
@@ -25,27 +26,6 @@ class LookupModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.modes.append(self.training)
         return self.logits[x.flatten(1)[:, 0].long()]
-
-
-class HandDataset:
-    """``n_tasks`` tasks of ``per_task`` classes; images are their index as one pixel, no transform."""
-
-    def __init__(self, setting: str, n_tasks: int, per_task: int) -> None:
-        self.setting, self.n_tasks, self.per_task = setting, n_tasks, per_task
-        self.n_classes = n_tasks * per_task if setting == "class-il" else per_task
-
-    def task_classes(self, task: int) -> range:
-        if self.setting == "class-il":
-            return range(task * self.per_task, (task + 1) * self.per_task)
-        return range(self.per_task)
-
-    @staticmethod
-    def to_float(x: torch.Tensor) -> torch.Tensor:
-        return x.float()
-
-    @staticmethod
-    def test_transform(x: torch.Tensor) -> torch.Tensor:
-        return x
 
 
 def make_test_set(indices: list[int], labels: list[int]) -> tuple[torch.Tensor, torch.Tensor]:

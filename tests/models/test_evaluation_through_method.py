@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hand_dataset import HandDataset
 from hydra import compose, initialize_config_module
 
 import mammoth
@@ -15,24 +16,6 @@ from mammoth.datasets import build_dataset
 from mammoth.evaluation import evaluate_tasks
 from mammoth.models.sgd import SGD
 from mammoth.training import read_checkpoint
-
-
-class TwoTaskDigits:
-    """Just what evaluate_tasks reads: 2 class-IL tasks of 2 classes, identity transforms."""
-
-    setting = "class-il"
-    n_classes = 4
-
-    def task_classes(self, task: int) -> range:
-        return range(2 * task, 2 * task + 2)
-
-    @staticmethod
-    def to_float(x: torch.Tensor) -> torch.Tensor:
-        return x.float()
-
-    @staticmethod
-    def test_transform(x: torch.Tensor) -> torch.Tensor:
-        return x
 
 
 class AlwaysClassOne(SGD):
@@ -48,7 +31,7 @@ class AlwaysClassOne(SGD):
 
 
 def test_evaluate_tasks_scores_the_methods_forward_in_eval_mode(make_net) -> None:
-    dataset = TwoTaskDigits()
+    dataset = HandDataset("class-il", n_tasks=2, per_task=2)
     model = AlwaysClassOne(make_net(), dataset)
     model.net.forward = None  # calling the backbone directly would fail
     images = torch.zeros(4, 1, 4, 4, dtype=torch.uint8)
