@@ -120,7 +120,7 @@ def test_resume_from_the_command_line_matches_an_uninterrupted_run(workdir: Path
     assert whole.returncode == 0, whole.stderr
     first = run_python([*common, "hydra.run.dir=part", "stop_after_task=3"], workdir)
     assert first.returncode == 0, first.stderr
-    assert "Stopped after task 3 of 5; continue with: python -m mammoth model=der model.buffer_size=100 dataset.n_epochs=1 hydra.run.dir=part resume=true hydra.run.dir=" in first.stdout
+    assert "Stopped after task 3 of 5; continue with: python -m mammoth model=der model.buffer_size=100 dataset.n_epochs=1 resume=true hydra.run.dir=" in first.stdout
     assert not (workdir / "part" / "results.json").exists()
     second = run_python([*common, "hydra.run.dir=part", "resume=true"], workdir)
     assert second.returncode == 0, second.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import site
 import subprocess
 import sys
@@ -48,6 +49,18 @@ def test_another_hydra_app_composes_mammoth_backbones(workdir: Path):
     assert "NET ResNet 18 True" in with_dataset.stdout and "DATASET seq-digits" in with_dataset.stdout
 
 
+def build_wheel(tmp_path: Path) -> Path:
+    """A wheel of the repository's files as they are now, built in a copy (a ``build/`` folder
+    left in the repository by an earlier build would otherwise add files deleted since)."""
+    source = tmp_path / "source"
+    shutil.copytree(REPO, source, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", "build", "dist", "*.egg-info", "outputs", "multirun", "data", "__pycache__", ".pytest_cache"))
+    dist = tmp_path / "dist"
+    subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(source)],
+                   check=True, capture_output=True, text=True, timeout=300)
+    return next(dist.glob("mammoth_cl-*.whl"))
+
+
 def venv_seeing_current_packages(environment: Path) -> str:
     """A fresh venv at ``environment`` that also sees this interpreter's site-packages (torch,
     hydra, pip...) through a ``.pth`` file, whether the tests run in a venv or not (a venv's
@@ -64,12 +77,7 @@ def venv_seeing_current_packages(environment: Path) -> str:
 
 @pytest.mark.slow
 def test_wheel_installs_and_runs_from_any_directory(tmp_path: Path):
-    dist = tmp_path / "dist"
-    subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(REPO)],
-        check=True, capture_output=True, text=True, timeout=300,
-    )
-    wheel = next(dist.glob("mammoth_cl-*.whl"))
+    wheel = build_wheel(tmp_path)
     environment = tmp_path / "venv"
     python = venv_seeing_current_packages(environment)
     subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--ignore-installed", str(wheel)],
@@ -122,12 +130,10 @@ def check_app_without_import(python: str, root: Path) -> None:
 
 @pytest.mark.slow
 def test_an_app_composes_mammoth_without_importing_it_in_a_wheel_install(tmp_path: Path):
-    dist = tmp_path / "dist"
-    subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(REPO)],
-                   check=True, capture_output=True, text=True, timeout=300)
+    wheel = build_wheel(tmp_path)
     python = venv_seeing_current_packages(tmp_path / "venv")
-    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--ignore-installed",
-                    str(next(dist.glob("mammoth_cl-*.whl")))], check=True, timeout=300)
+    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--ignore-installed", str(wheel)],
+                   check=True, timeout=300)
     check_app_without_import(python, tmp_path / "app")
 
 
