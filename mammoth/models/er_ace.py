@@ -64,7 +64,7 @@ class ErACE(ReplayModel):
         use_custom_classifier: bool = True,
         **kwargs: Any,
     ) -> None:
-        require_class_il("er_ace", dataset)
+        require_class_il("er-ace", dataset)
         if use_custom_classifier:
             if not isinstance(getattr(net, "classifier", None), nn.Linear):
                 raise ConfigError(

@@ -178,3 +178,14 @@ def test_required_arguments_and_their_errors(make_net, dataset) -> None:
         build_model("si", net=make_net(), dataset=dataset, c=1.0, xi=0.0)
     with pytest.raises(ConfigError, match=r"^model=lwf does not support domain-il datasets"):
         build_model("lwf", net=make_net(), dataset=ScalarData())
+
+
+@pytest.mark.parametrize("name", ["lwf", "icarl", "er_ace", "gdumb", "bic", "xder"])
+def test_class_il_methods_refuse_a_domain_il_dataset(name: str, make_net) -> None:
+    from mammoth.errors import ConfigError
+
+    required = {"buffer_size": 10, "alpha": 0.3, "beta": 0.5} if name == "xder" else {}
+    if name not in ("lwf",):
+        required.setdefault("buffer_size", 10)
+    with pytest.raises(ConfigError, match=rf"^model={name.replace('_', '-')} does not support domain-il datasets"):
+        build_model(name, net=make_net(), dataset=ScalarData(), **required)
