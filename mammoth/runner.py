@@ -234,14 +234,18 @@ def _check_seed(seed: int) -> int:
     return seed
 
 
-def record_filled_values(config: dict[str, Any], dataset: Any) -> dict[str, Any]:
-    """``config`` with the backbone's ``num_classes`` / ``input_shape`` that the data filled in
-    (``???`` in the composed config) replaced by the values the backbone was built with."""
+def record_filled_values(config: dict[str, Any], dataset: Any, model: Any = None) -> dict[str, Any]:
+    """``config`` with the values the run filled in: the backbone's ``num_classes`` /
+    ``input_shape`` (``???`` in the composed config) and the method's ``lr_milestones`` (null:
+    the dataset's default), as the backbone and the method were built with."""
     backbone = config.get("backbone")
     if isinstance(backbone, dict):
         for key, value in (("num_classes", dataset.n_classes), ("input_shape", list(dataset.input_shape))):
             if backbone.get(key) == "???":
                 backbone[key] = value
+    method = config.get("model")
+    if isinstance(method, dict) and method.get("lr_milestones", ...) is None and hasattr(model, "lr_milestones"):
+        method["lr_milestones"] = list(model.lr_milestones)
     return config
 
 
@@ -267,7 +271,7 @@ def _train_and_report(
     from mammoth.loggers import RunInfo, build_loggers, close_loggers
 
     metric = check_optimized_metric(cfg.get("optimized_metric"), dataset)
-    config = record_filled_values(OmegaConf.to_container(cfg, resolve=True), dataset)
+    config = record_filled_values(OmegaConf.to_container(cfg, resolve=True), dataset, model)
     title = run_title(dataset.name, model_name, backbone_name)
     run_info = RunInfo(run_dir=run_dir, title=title, config=config, n_tasks=dataset.n_tasks,
                        n_epochs=dataset.config.n_epochs, resume=bool(cfg.resume))

@@ -5,6 +5,7 @@ share a directory, and every fault is one line naming the bad value."""
 from __future__ import annotations
 
 import json
+import types
 import math
 import os
 import re
@@ -132,8 +133,22 @@ def test_stop_after_task_counts_tasks_of_the_whole_run(tmp_path):
 
 def test_results_record_the_values_the_data_filled_in(tmp_path):
     mammoth.run(compose_run(tmp_path))
-    backbone = json.loads((tmp_path / "results.json").read_text())["config"]["backbone"]
+    config = json.loads((tmp_path / "results.json").read_text())["config"]
+    backbone = config["backbone"]
     assert backbone["num_classes"] == 10 and backbone["input_shape"] == [1, 8, 8]  # seq-digits: 10 digits, 8x8
+    assert config["model"]["lr_milestones"] == []  # null: seq-digits' default, no schedule
+
+
+def test_results_record_the_dataset_default_schedule():
+    from mammoth.runner import record_filled_values
+
+    class Method:
+        lr_milestones = (35, 45)  # what a method built for seq-cifar100 with lr_milestones=null holds
+
+    config = {"model": {"lr_milestones": None}, "backbone": {"num_classes": 5}}
+    data = types.SimpleNamespace(n_classes=100, input_shape=(3, 32, 32))
+    filled = record_filled_values(config, dataset=data, model=Method())
+    assert filled == {"model": {"lr_milestones": [35, 45]}, "backbone": {"num_classes": 5}}
 
 
 def test_a_dataset_with_fewer_classes_than_its_tasks_is_refused(tmp_path):
