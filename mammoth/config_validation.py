@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from mammoth.errors import ConfigError, unknown_name_message
 
 
-def _present(cfg: DictConfig, key: str) -> bool:
+def is_set(cfg: DictConfig, key: str) -> bool:
     """Whether ``cfg`` has ``key`` set to something other than ``???`` or null."""
     return key in cfg and not OmegaConf.is_missing(cfg, key) and cfg[key] is not None
 
@@ -39,7 +39,7 @@ def check_group_arguments(cfg: DictConfig) -> None:
     from mammoth.models import MODELS
 
     for registry in (BACKBONES, MODELS):
-        if _present(cfg, registry.group):
+        if is_set(cfg, registry.group):
             node = cfg[registry.group]
             entry, values = registry.resolve(node)
             registry.check_known_arguments(entry, values)
@@ -50,13 +50,13 @@ def check_dataset(cfg: DictConfig) -> None:
     in a config without one) and has only dataset settings."""
     from mammoth.datasets import DATASETS, DatasetConfig, get_dataset_class
 
-    if not _present(cfg, "dataset"):
+    if not is_set(cfg, "dataset"):
         raise ConfigError("no dataset selected; choose one with dataset=NAME")
     if "_target_" in cfg.dataset:
         entry, values = DATASETS.resolve(cfg.dataset)
         DATASETS.check_known_arguments(entry, values)
         return
-    if not _present(cfg.dataset, "name"):
+    if not is_set(cfg.dataset, "name"):
         raise ConfigError("dataset.name is missing; a dataset config needs the name of a registered benchmark")
     get_dataset_class(cfg.dataset.name)
     allowed = [field.name for field in dataclasses.fields(DatasetConfig)]

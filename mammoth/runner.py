@@ -85,12 +85,14 @@ def run(cfg: DictConfig) -> float:
     SIGTERM interrupts the run like Ctrl-C (KeyboardInterrupt); either logs one line with the
     command that resumes it, and the checkpoint of the last finished task stays intact.
     """
+    from mammoth.config_validation import validate_run_config
     from mammoth.rundir import RunLock
 
+    validate_run_config(cfg)
     run_dir = output_directory(cfg)
     with RunLock(run_dir), _sigterm_interrupts():
         try:
-            return _run(cfg)
+            return _run(cfg, run_dir)
         except KeyboardInterrupt as interruption:
             log.error("%s", interrupted_line(run_dir, str(interruption) or "SIGINT"))
             raise
@@ -127,24 +129,22 @@ def interrupted_line(run_dir: Path, reason: str) -> str:
     return f"Interrupted ({reason}) before the first task finished: nothing to resume; start the run again"
 
 
-def _run(cfg: DictConfig) -> float:
+def _run(cfg: DictConfig, run_dir: Path) -> float:
     """:func:`run` in its locked run directory."""
     from mammoth.backbones import BACKBONES, build_backbone
-    from mammoth.config_validation import validate_run_config
+    from mammoth.config_validation import is_set
     from mammoth.datasets import build_dataset
     from mammoth.models import MODELS, build_model
     from mammoth.results import RESULTS_NAME
 
-    validate_run_config(cfg)
     started = time.perf_counter()
-    run_dir = output_directory(cfg)
     if not cfg.resume:  # never leave an old, complete-looking file; a refused resume keeps its run's
         (run_dir / RESULTS_NAME).unlink(missing_ok=True)
     device = resolve_device(cfg.device)
     _set_threads(cfg.get("threads"))
     torch.manual_seed(_check_seed(cfg.seed))
     dataset = build_dataset(cfg.dataset, seed=cfg.seed)
-    backbone = cfg.backbone if _is_set(cfg, "backbone") else dataset.default_backbone
+    backbone = cfg.backbone if is_set(cfg, "backbone") else dataset.default_backbone  # unset: the dataset's
     net = build_backbone(backbone, num_classes=dataset.n_classes, input_shape=dataset.input_shape).to(device)
     backbone_name = BACKBONES.resolve(backbone)[0].name
     model_name = MODELS.resolve(cfg.model)[0].name
@@ -166,11 +166,6 @@ def _set_threads(threads: int | None) -> None:
             f"threads={threads} is more than the {available} CPU(s) of this machine; allowed: null or 1..{available}"
         )
     torch.set_num_threads(threads)
-
-
-def _is_set(cfg: DictConfig, key: str) -> bool:
-    """Whether ``cfg.key`` exists and is neither ``???`` nor null (no backbone: the dataset's default)."""
-    return key in cfg and not OmegaConf.is_missing(cfg, key) and cfg[key] is not None
 
 
 def job_overrides() -> list[str]:
