@@ -9,19 +9,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 
 import mammoth
 from mammoth.errors import BackboneError, ConfigError
 from mammoth.models.base import ContinualModel
 from mammoth.training import read_checkpoint
+import composing
 
 SEED = 1
 
 
 def compose_run(output_dir: Path, *overrides: str):
-    with initialize_config_module(config_module="mammoth.conf", version_base="1.3"):
-        return compose(config_name="config", overrides=[f"output_dir={output_dir}", "device=cpu", f"seed={SEED}", *overrides])
+    return composing.compose_run(output_dir, *overrides, seed=SEED)
 
 
 def run_method(tmp_path: Path, name: str, *overrides: str) -> dict:

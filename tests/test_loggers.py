@@ -11,19 +11,17 @@ import struct
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
 
 import mammoth
 from mammoth.errors import ConfigError
 from mammoth.loggers import CSV_COLUMNS, CsvLogger, RunInfo, RunLogger, build_loggers, register_logger, task_metrics
+import composing
 
 N_TASKS, N_EPOCHS = 5, 2  # seq-digits
 
 
 def compose_run(output_dir: Path, *overrides: str):
-    with initialize_config_module(config_module="mammoth.conf", version_base="1.3"):
-        return compose(config_name="config", overrides=[f"output_dir={output_dir}", "device=cpu", "seed=1", "threads=1",
-                                                        f"dataset.n_epochs={N_EPOCHS}", *overrides])
+    return composing.compose_run(output_dir, "threads=1", f"dataset.n_epochs={N_EPOCHS}", *overrides)
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -298,9 +296,7 @@ def recorder(monkeypatch):
 
 
 def test_a_registered_logger_sees_the_runs_events_in_order(tmp_path, recorder):
-    with initialize_config_module(config_module="mammoth.conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"output_dir={tmp_path}", "device=cpu", "threads=1",
-                                                       "dataset.n_epochs=2", "~logger"])
+    cfg = composing.compose_mammoth(f"output_dir={tmp_path}", "device=cpu", "threads=1", "dataset.n_epochs=2", "~logger")
     cfg.logger = {"rec": {"name": "recorder"}}
     mammoth.run(cfg)
     [logger] = recorder
@@ -313,9 +309,7 @@ def test_a_registered_logger_sees_the_runs_events_in_order(tmp_path, recorder):
 
 
 def test_loggers_are_closed_as_failed_when_the_run_fails(tmp_path, recorder):
-    with initialize_config_module(config_module="mammoth.conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"output_dir={tmp_path}", "device=cpu", "threads=1",
-                                                       "dataset.n_epochs=1", "~logger"])
+    cfg = composing.compose_mammoth(f"output_dir={tmp_path}", "device=cpu", "threads=1", "dataset.n_epochs=1", "~logger")
     cfg.logger = {"rec": {"name": "recorder", "fail_at": 1}}
     with pytest.raises(RuntimeError, match="logger failed"):
         mammoth.run(cfg)

@@ -8,20 +8,18 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from hydra import compose, initialize_config_module
 
 import mammoth
 from mammoth.errors import ConfigError
 from mammoth.runner import METRIC_DIRECTIONS, check_optimized_metric, optimized_metric_names, optimized_value
+import composing
 
 CLASS_IL = SimpleNamespace(name="seq-digits", setting="class-il")
 DOMAIN_IL = SimpleNamespace(name="perm-mnist", setting="domain-il")
 
 
 def compose_run(output_dir: Path, *overrides: str):
-    with initialize_config_module(config_module="mammoth.conf", version_base="1.3"):
-        return compose(config_name="config", overrides=[f"output_dir={output_dir}", "device=cpu", "seed=1", "threads=1",
-                                                        "dataset.n_epochs=1", "~logger", *overrides])
+    return composing.compose_run(output_dir, "threads=1", "dataset.n_epochs=1", "~logger", *overrides)
 
 
 def test_allowed_names_per_setting():

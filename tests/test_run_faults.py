@@ -13,18 +13,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 
 import mammoth
 from mammoth.errors import ConfigError, DatasetError, TrainingError
 from mammoth.rundir import RunLock
 from mammoth.training import read_checkpoint
+import composing
 
 
 def compose_run(output_dir: Path, *overrides: str):
-    with initialize_config_module(config_module="mammoth.conf", version_base="1.3"):
-        return compose(config_name="config",
-                       overrides=[f"output_dir={output_dir}", "device=cpu", "seed=1", "dataset.n_epochs=1", *overrides])
+    return composing.compose_run(output_dir, "dataset.n_epochs=1", *overrides)
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from hydra import compose, initialize_config_module
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
@@ -13,11 +12,11 @@ from mammoth.__main__ import hydra_main
 from mammoth.cli import normalise_choice, prepare_arguments
 from mammoth.config_validation import validate_run_config
 from mammoth.errors import ConfigError
+from composing import compose_mammoth
 
 
 def compose_config(*overrides: str):
-    with initialize_config_module(config_module="mammoth.conf", version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+    return compose_mammoth(*overrides)
 
 
 def test_default_config_selects_the_embedded_dataset_and_its_backbone():
