@@ -57,3 +57,15 @@ def test_a_stopped_sweep_resumes_in_place(workdir: Path):
     assert whole.returncode == 0, whole.stderr
     expected = json.loads((workdir / "whole" / "results.json").read_text())
     assert json.loads((job / "results.json").read_text())["class_il"]["matrix"] == expected["class_il"]["matrix"]
+
+
+@pytest.mark.slow
+def test_a_resumed_sweep_starts_the_jobs_that_never_ran(workdir: Path):
+    result = run_python(["-m", "mammoth", "-m", "seed=0,1", "dataset.n_epochs=1", "threads=1", "resume=true",
+                         "hydra.sweep.dir=sweep"], workdir)
+    assert result.returncode == 0, result.stderr
+    for job in ("0", "1"):
+        assert "has no checkpoint: this job of the sweep starts from the first task" in (workdir / "sweep" / job / "mammoth.log").read_text()
+        assert json.loads((workdir / "sweep" / job / "results.json").read_text())["status"] == "complete"
+    single = run_python(["-m", "mammoth", "resume=true", "hydra.run.dir=nowhere"], workdir)
+    assert single.returncode == 1 and "resume=true but there is no checkpoint" in single.stderr
