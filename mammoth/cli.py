@@ -63,7 +63,6 @@ def prepare_arguments(args: list[str], task_function: Callable, config_path: str
     group options normalised. Raises a MammothError naming the first bad value."""
     from hydra._internal.utils import get_args_parser
     from hydra.errors import HydraException
-    from hydra.types import RunMode
 
     parsed = get_args_parser().parse_args(args)
     if parsed.help or parsed.hydra_help or parsed.info or parsed.shell_completion:
@@ -74,9 +73,8 @@ def prepare_arguments(args: list[str], task_function: Callable, config_path: str
             overrides = normalise_overrides(hydra, name, parsed.overrides)
         except HydraException:  # an override Hydra cannot parse: Hydra says why, in its words
             return CommandLine(args, multirun=parsed.multirun)
-        mode = RunMode.MULTIRUN if parsed.multirun else hydra.get_mode(config_name=name, overrides=overrides)
-        check_composed(hydra, name, overrides, mode or RunMode.RUN)
-    return CommandLine(_replace_overrides(args, parsed.overrides, overrides), multirun=mode == RunMode.MULTIRUN)
+        multirun = check_composed(hydra, name, overrides, multirun=parsed.multirun)
+    return CommandLine(_replace_overrides(args, parsed.overrides, overrides), multirun=multirun)
 
 
 @contextmanager
@@ -103,14 +101,15 @@ def main_hydra(parsed: Any, task_function: Callable, config_path: str) -> Iterat
 
 def normalise_overrides(hydra: Any, config_name: str, overrides: list[str]) -> list[str]:
     """``overrides`` with every config-group choice replaced by the option it names."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.object_type import ObjectType
 
-    parser = OverridesParser.create()
+    # One repository over the search path these overrides give (hydra.searchpath included), as
+    # Hydra's own get_group_options builds it, for every group they name.
+    parsed, repository = hydra.config_loader._parse_overrides_and_create_caching_repo(config_name, overrides)
     result = []
-    for text in overrides:
-        override = parser.parse_override(text)
+    for text, override in zip(overrides, parsed):
         options = [] if override.is_delete() or "." in override.key_or_group else \
-            hydra.config_loader.get_group_options(override.key_or_group, config_name=config_name, overrides=overrides)
+            repository.get_group_options(override.key_or_group, ObjectType.CONFIG)
         result.append(_normalise_override(override, options) if options else text)
     return result
 
@@ -135,17 +134,37 @@ def _normalise_override(override: Any, options: list[str]) -> str:
     return f"{override.get_key_element()}={text}"  # the key element keeps its +, ++ prefix
 
 
-def check_composed(hydra: Any, config_name: str, overrides: list[str], mode: Any) -> None:
-    """Compose as the run will; check options in defaults lists, callbacks and (single run) the config."""
-    from hydra.errors import HydraException, MissingConfigException
+def check_composed(hydra: Any, config_name: str, overrides: list[str], multirun: bool) -> bool:
+    """Compose as the run will; check options in defaults lists, callbacks, logging and (single
+    run) the config. Returns whether the command is a multirun (``-m``, or ``hydra.mode`` set
+    by a config such as an ``hparams_search`` preset)."""
     from hydra.types import RunMode
-    from omegaconf.errors import OmegaConfBaseException
 
     from mammoth.config_validation import check_callbacks, check_logging, validate_run_config
+
+    cfg = _compose(hydra, config_name, overrides, RunMode.MULTIRUN if multirun else RunMode.RUN)
+    if cfg is None and not multirun and hydra.get_mode(config_name=config_name, overrides=overrides) == RunMode.MULTIRUN:
+        multirun, cfg = True, _compose(hydra, config_name, overrides, RunMode.MULTIRUN)  # sweeps without -m
+    if cfg is None:
+        return multirun  # Hydra reports what it cannot compose, in its own words
+    multirun = multirun or cfg.hydra.mode == RunMode.MULTIRUN
+    check_callbacks(cfg.hydra)
+    check_logging(cfg.hydra)
+    if not multirun:
+        validate_run_config(cfg)
+    return multirun
+
+
+def _compose(hydra: Any, config_name: str, overrides: list[str], mode: Any) -> Any:
+    """The config Hydra composes (None when Hydra cannot: it will say why); an unknown option in
+    a defaults list raises a ConfigError with the choices and the closest one."""
+    from hydra.errors import HydraException, MissingConfigException
+    from omegaconf.errors import OmegaConfBaseException
+
     from mammoth.datasets import DEFAULT_BACKBONE_GROUP
 
     try:
-        cfg = hydra.compose_config(config_name, list(overrides), run_mode=mode, with_log_configuration=False)
+        return hydra.compose_config(config_name, list(overrides), run_mode=mode, with_log_configuration=False)
     except MissingConfigException as error:
         if error.options and error.missing_cfg_file and "/" in error.missing_cfg_file:
             group, value = error.missing_cfg_file.rsplit("/", 1)
@@ -155,13 +174,9 @@ def check_composed(hydra: Any, config_name: str, overrides: list[str], mode: Any
                     "allowed: choose one with backbone=NAME, or name a registered dataset"
                 ) from None
             raise ConfigError(unknown_name_message(group, value, sorted(error.options))) from None
-        return  # Hydra reports it in its own words
+        return None
     except (HydraException, OmegaConfBaseException):
-        return  # Hydra reports composition errors itself, naming the key and the expected type
-    check_callbacks(cfg.hydra)
-    check_logging(cfg.hydra)
-    if mode == RunMode.RUN:
-        validate_run_config(cfg)
+        return None
 
 
 def _replace_overrides(args: list[str], originals: list[str], replacements: list[str]) -> list[str]:
