@@ -62,7 +62,8 @@ class SweepSummaryCallback(Callback):
     def _write_status(self, config: DictConfig, document: dict[str, Any]) -> None:
         """Write ``document`` plus the job's overrides, times, host and pid to its job.json;
         log (never raise) a failure."""
-        from mammoth.summary import STATUS_NAME, write_atomic
+        from mammoth.rundir import write_atomic
+        from mammoth.summary import STATUS_NAME
 
         try:
             document = {
@@ -73,7 +74,7 @@ class SweepSummaryCallback(Callback):
                 "host": socket.gethostname(),
                 "pid": os.getpid(),
             }
-            write_atomic(results_directory(config) / STATUS_NAME, (json.dumps(document, indent=2) + "\n").encode())
+            write_atomic(results_directory(config) / STATUS_NAME, (json.dumps(document, indent=2) + "\n").encode(), "job status")
         except Exception as error:  # noqa: BLE001  a status file must never fail the job
             log.warning("could not write the job status %s: %s", STATUS_NAME, error)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import tempfile
 from pathlib import Path
 from types import TracebackType
 
@@ -42,22 +43,28 @@ def prepare_directory(path: Path, key: str) -> Path:
 def write_atomic(path: Path, data: bytes, what: str) -> Path:
     """Write ``data`` to ``path`` through a temporary file, so ``path`` is always whole.
 
-    On failure (disk full, read-only disk) the temporary file is removed, ``path`` keeps its
-    previous content, and a one-line ConfigError names ``what`` (e.g. ``checkpoint``) and ``path``.
+    The temporary file has a unique name beside ``path``, so processes writing the same file at
+    once (a sweep's jobs updating its summary) never share one. On failure (disk full, read-only
+    disk) the temporary file is removed, ``path`` keeps its previous content, and a one-line
+    ConfigError names ``what`` (e.g. ``checkpoint``) and ``path``.
     """
-    temporary = path.with_name(path.name + ".tmp")
+    temporary = None
     try:
-        with open(temporary, "wb") as file:
+        descriptor, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        temporary = Path(name)
+        with os.fdopen(descriptor, "wb") as file:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
     except OSError as error:
-        temporary.unlink(missing_ok=True)
+        if temporary is not None:
+            temporary.unlink(missing_ok=True)
         kept = f"the previous {what} is kept" if path.exists() else f"no {what} was written"
         raise ConfigError(f"could not write the {what} {path}: {_reason(error)}; {kept}") from None
     except BaseException:  # Ctrl-C or SIGTERM mid-write: the previous file stays, no .tmp is left
-        temporary.unlink(missing_ok=True)
+        if temporary is not None:
+            temporary.unlink(missing_ok=True)
         raise
     return path
 

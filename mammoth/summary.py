@@ -24,12 +24,13 @@ import re
 import socket
 import statistics
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from mammoth.errors import ConfigError
 from mammoth.results import KIND_TITLES, RESULTS_NAME
+from mammoth.rundir import write_atomic
 from mammoth.training import CHECKPOINT_NAME
 
 STATUS_NAME = "job.json"
@@ -406,28 +407,13 @@ def plot_summary(groups: Sequence[ConfigurationRow], title: str) -> bytes:
 # --- writing ------------------------------------------------------------------------------
 
 
-def write_atomic(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a uniquely named temporary file in the same directory and
-    ``os.replace``, so readers (and concurrent writers) never see half a file."""
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-    return path
-
-
 def write_summary(root: Path, rows: Sequence[JobRow], title: str | None = None) -> list[Path]:
     """Write summary.csv, summary.md and summary.png of ``rows`` into ``root``; return their paths."""
     title = title or str(root)
     return [
-        write_atomic(root / CSV_NAME, format_csv(rows).encode()),
-        write_atomic(root / MARKDOWN_NAME, format_summary(rows, title).encode()),
-        write_atomic(root / PLOT_NAME, plot_summary(group_rows(rows), title)),
+        write_atomic(root / CSV_NAME, format_csv(rows).encode(), "summary"),
+        write_atomic(root / MARKDOWN_NAME, format_summary(rows, title).encode(), "summary"),
+        write_atomic(root / PLOT_NAME, plot_summary(group_rows(rows), title), "summary"),
     ]
 
 
@@ -486,7 +472,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as error:  # a directory that does not exist or holds no runs
         print(f"Error: {error}", file=sys.stderr)
         return 2
-    except OSError as error:  # the summary files cannot be written
+    except (OSError, ConfigError) as error:  # the summary files cannot be written
         print(f"Error: cannot write the summary into {str(roots[0])!r}: {error}", file=sys.stderr)
         return 1
     print(format_summary(rows, title), end="")
