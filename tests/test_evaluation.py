@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from hand_dataset import HandDataset
+from mammoth.errors import TrainingError
 from mammoth.evaluation import evaluate_tasks
 
 CPU = torch.device("cpu")
@@ -93,3 +94,26 @@ def test_the_mode_is_restored_when_the_forward_fails():
     with pytest.raises(RuntimeError, match="boom"):
         evaluate_tasks(model, HandDataset("class-il", 2, 2), [TASK_0], CPU)
     assert model.training
+
+
+@pytest.mark.parametrize(("bad_row", "what"), [
+    ([float("nan"), 0.0, 0.0, 0.0], "nan"),
+    ([0.0, float("inf"), 0.0, 0.0], "+inf"),
+    ([float("-inf")] * 4, "no finite score"),
+])
+def test_non_finite_scores_are_refused_naming_the_task_evaluated(bad_row, what):
+    logits = [list(row) for row in CLASS_IL_LOGITS]
+    logits[4] = bad_row  # example 4 is in task 1's test set
+    with pytest.raises(TrainingError) as error:
+        evaluate_tasks(LookupModel(logits), HandDataset("class-il", 2, 2), [TASK_0, TASK_1], CPU, batch_size=2)
+    assert str(error.value) == (
+        "the model's outputs became non-finite (nan or inf) on the test data of task 2, evaluated after task 2/2; "
+        "the run stopped without results (lower model.lr, or check the data)"
+    ), what
+
+
+def test_minus_inf_rules_a_class_out_and_is_allowed():
+    logits = [list(row) for row in CLASS_IL_LOGITS]
+    logits[4] = [float("-inf"), float("-inf"), 1.0, 2.0]  # label 3: still right everywhere
+    accuracies = evaluate_tasks(LookupModel(logits), HandDataset("class-il", 2, 2), [TASK_0, TASK_1], CPU)
+    assert accuracies["class_il"] == [0.0, 50.0] and accuracies["task_il"] == [pytest.approx(200 / 3), 100.0]

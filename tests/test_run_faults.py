@@ -218,3 +218,26 @@ def test_a_run_in_another_process_holds_the_directory_until_it_ends(tmp_path):
         holder.communicate("", timeout=60)  # end of its input: it leaves the lock and exits
     mammoth.run(compose_run(tmp_path, "stop_after_task=1"))  # the operating system released the lock
     assert read_checkpoint(tmp_path / "checkpoint.pt")["state"]["next_task"] == 1
+
+
+def test_finite_weights_with_non_finite_outputs_stop_the_run_without_results(tmp_path, monkeypatch):
+    from mammoth.models.base import ContinualModel
+
+    end_task = ContinualModel.end_task
+
+    def overflow_task_two(self, task):  # what lr=1e30 does: huge but finite weights, logits that overflow
+        end_task(self, task)
+        if task == 1:
+            with torch.no_grad():
+                for parameter in self.net.parameters():
+                    parameter.mul_(1e30)
+
+    monkeypatch.setattr(ContinualModel, "end_task", overflow_task_two)
+    with pytest.raises(TrainingError) as error:
+        mammoth.run(compose_run(tmp_path))
+    assert str(error.value) == (
+        "the model's outputs became non-finite (nan or inf) on the test data of task 1, evaluated after task 2/5; "
+        "the run stopped without results (lower model.lr, or check the data)"
+    )
+    assert read_checkpoint(tmp_path / "checkpoint.pt")["state"]["next_task"] == 1  # task 1's stays
+    assert not (tmp_path / "results.json").exists()
