@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from mammoth.errors import ConfigError
-from mammoth.training import CHECKPOINT_MAGIC, TrainingState, read_checkpoint, load_checkpoint, save_checkpoint
+from mammoth.training import CHECKPOINT_FORMAT, CHECKPOINT_MAGIC, TrainingState, read_checkpoint, load_checkpoint, save_checkpoint
 
 CONFIG = {"seed": 3, "model": {"lr": 0.1}}
 
@@ -66,7 +66,7 @@ class RunsCode:
         return os.system, (f"touch {self.marker}",)
 
 
-def _with_header(payload: bytes, version: int = 2) -> bytes:
+def _with_header(payload: bytes, version: int = CHECKPOINT_FORMAT) -> bytes:
     digest = hashlib.sha256(payload).hexdigest()
     return CHECKPOINT_MAGIC + f"format {version} sha256 {digest} size {len(payload)}\n".encode() + payload
 
@@ -101,7 +101,7 @@ def test_a_crafted_pickle_runs_nothing_and_is_refused_naming_the_file(tmp_path):
 
     # The same object behind a valid header and checksum: weights_only refuses it.
     buffer = io.BytesIO()
-    torch.save({"format": 2, "model": RunsCode(marker)}, buffer)
+    torch.save({"format": CHECKPOINT_FORMAT, "model": RunsCode(marker)}, buffer)
     crafted = tmp_path / "checkpoint.pt"
     crafted.write_bytes(_with_header(buffer.getvalue()))
     with pytest.raises(ConfigError) as crafted_error:
@@ -119,7 +119,8 @@ def test_a_crafted_pickle_runs_nothing_and_is_refused_naming_the_file(tmp_path):
         (lambda data: data[:-500] + bytes([data[-500] ^ 0x01]) + data[-499:], "is corrupt (its sha256 checksum does not match)"),
         (lambda data: data[:40], "is truncated (it ends inside its header)"),
         (lambda data: data[:10], "is not a mammoth checkpoint"),
-        (lambda data: data.replace(b"format 2 ", b"format 9 ", 1), "has format 9; this mammoth reads format 2"),
+        (lambda data: data.replace(f"format {CHECKPOINT_FORMAT} ".encode(), b"format 9 ", 1),
+         f"has format 9; this mammoth reads format {CHECKPOINT_FORMAT}"),
         (lambda data: CHECKPOINT_MAGIC + b"garbage\n" + data, "has a corrupt header"),
     ],
     ids=["truncated", "flipped-byte", "header-only", "cut-in-magic", "other-version", "bad-header"],
@@ -143,11 +144,11 @@ def test_a_foreign_torch_file_is_refused(tmp_path):
     buffer = io.BytesIO()
     torch.save({"weights": torch.ones(2)}, buffer)
     path.write_bytes(_with_header(buffer.getvalue()))
-    with pytest.raises(ConfigError, match="lacks format, config, state"):
+    with pytest.raises(ConfigError, match="lacks format, config, data, state"):
         read_checkpoint(path)
     buffer = io.BytesIO()
-    torch.save({key: [] for key in ("format", "config", "state", "model", "model_extra", "generator", "torch_rng",
-                                    "cuda_rng")}, buffer)
+    torch.save({key: [] for key in ("format", "config", "data", "state", "model", "model_extra", "generator",
+                                    "torch_rng", "cuda_rng")}, buffer)
     path.write_bytes(_with_header(buffer.getvalue()))
     with pytest.raises(ConfigError, match="has a malformed config, state, model, model_extra; start the run again"):
         read_checkpoint(path)
@@ -213,3 +214,141 @@ def test_a_well_formed_checkpoint_that_does_not_fit_the_model_is_one_line(tmp_pa
     message = str(error.value)
     assert message.startswith(f"checkpoint {path} does not fit this run (RuntimeError: Error(s) in loading state_dict")
     assert "\n" not in message and message.endswith("start the run again without resume=true (or in another directory)")
+
+
+# ---- contents checked against the checkpoint's own counts and the run's data (issue 12 §3) ----
+
+
+def _digits():
+    from mammoth.datasets.digits import SequentialDigits
+
+    return SequentialDigits(seed=0)
+
+
+def _digits_state(next_task: int = 2) -> TrainingState:
+    rows = [[50.0 + row] * (row + 1) for row in range(next_task)]
+    return TrainingState(next_task, {"class_il": rows, "task_il": [list(row) for row in rows]},
+                         [1.0] * next_task, [0.1] * next_task)
+
+
+def _rewrite(path: Path, change) -> None:
+    """Apply ``change`` to the checkpoint's dict and write it back behind a valid header and checksum."""
+    checkpoint = read_checkpoint(path)
+    change(checkpoint)
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    path.write_bytes(_with_header(buffer.getvalue()))
+
+
+def test_a_checkpoint_of_the_same_data_resumes(tmp_path):
+    dataset = _digits()
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, _filled_model(), torch.Generator(), _digits_state(), CONFIG, data=dataset.fingerprint())
+    assert read_checkpoint(path)["data"]["train labels"]["shape"] == [len(dataset.source()[1])]
+    assert load_checkpoint(path, TinyModel(), torch.Generator(), CONFIG, dataset=_digits()) == _digits_state()
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda data: data["train images"].update(sha256="0" * 64), "train images (different contents)"),
+    (lambda data: data["test labels"].update(shape=[3]), "test labels (shape [3] then, [{n_test}] now)"),
+])
+def test_a_resume_on_other_data_names_the_dataset_and_what_changed(tmp_path, change, message):
+    dataset = _digits()
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, _filled_model(), torch.Generator(), _digits_state(), CONFIG, data=dataset.fingerprint())
+    _rewrite(path, lambda checkpoint: change(checkpoint["data"]))
+    with pytest.raises(ConfigError) as error:
+        load_checkpoint(path, TinyModel(), torch.Generator(), CONFIG, dataset=dataset)
+    expected = message.format(n_test=len(dataset.source()[3]))
+    assert str(error.value) == (
+        f"resume=true on different data: the seq-digits data under data changed since the checkpoint {path} was "
+        f"written: {expected}; resume with the data the run started on, or start the run again without "
+        "resume=true (or in another directory)"
+    )
+
+
+def _set_state(key, value):
+    return lambda checkpoint: checkpoint["state"].__setitem__(key, value)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (_set_state("accuracies", {"class_il": [[50.0]], "task_il": [[50.0], [1.0, 2.0]]}),
+     "class_il has 1 accuracy rows for 2 finished task(s)"),
+    (_set_state("accuracies", {"class_il": [[50.0], [1.0]], "task_il": [[50.0], [1.0, 2.0]]}),
+     "class_il row 2 is [1.0]; expected 2 percentage(s) in 0..100"),
+    (_set_state("accuracies", {"class_il": [[50.0], [1.0, 1e9]], "task_il": [[50.0], [1.0, 2.0]]}),
+     "class_il row 2 is [1.0, 1000000000.0]; expected 2 percentage(s) in 0..100"),
+    (_set_state("accuracies", {"class_il": [[50.0], [1.0, 2.0]]}),
+     "its accuracies are of class_il; expected class_il, task_il"),
+    (_set_state("next_task", 9), "next_task=9; allowed: 0..5"),
+    (_set_state("next_task", 10**15), "next_task=1000000000000000; allowed: 0..5"),
+    (_set_state("train_seconds", [1.0]), "train_seconds is [1.0]; expected 2 time(s) >= 0"),
+    (_set_state("eval_seconds", [0.1, float("nan")]), "eval_seconds is [0.1, nan]; expected 2 time(s) >= 0"),
+    (lambda checkpoint: checkpoint["model_extra"]["buffer"].__setitem__("num_seen", 10**15),
+     "model_extra['buffer']['num_seen']=1000000000000000; allowed: 0..{bound}, the most examples this run can have seen"),
+    (lambda checkpoint: checkpoint["model_extra"]["buffer"].__setitem__("num_seen", -1),
+     "model_extra['buffer']['num_seen']=-1; allowed: 0..{bound}, the most examples this run can have seen"),
+], ids=["rows-short", "row-short", "row-not-a-percentage", "kind-missing", "next-task-past-the-end",
+        "next-task-huge", "times-short", "time-nan", "num-seen-huge", "num-seen-negative"])
+def test_inconsistent_contents_behind_a_valid_checksum_are_refused_in_one_line(tmp_path, change, message):
+    dataset = _digits()
+    path = tmp_path / "checkpoint.pt"
+    model = _filled_model()
+    save_checkpoint(path, model, torch.Generator(), _digits_state(), CONFIG, data=dataset.fingerprint())
+    _rewrite(path, change)
+    restored = TinyModel()
+    with pytest.raises(ConfigError) as error:
+        load_checkpoint(path, restored, torch.Generator(), CONFIG, dataset=dataset)
+    # 2 tasks x (every epoch + once at the end) x every training image, twice (a memory rebuilt).
+    bound = 2 * 2 * (dataset.config.n_epochs + 1) * len(dataset.source()[1])
+    assert str(error.value) == (
+        f"checkpoint {path} is inconsistent: {message.format(bound=bound)}; "
+        "start the run again without resume=true (or in another directory)"
+    )
+    assert restored.kept == {} and restored.steps.item() == 0  # nothing was restored
+
+
+def test_a_symlinked_checkpoint_is_refused_and_its_target_left_alone(tmp_path):
+    target = tmp_path / "elsewhere.pt"
+    save_checkpoint(target, _filled_model(), torch.Generator(), _state(), CONFIG)
+    before = target.read_bytes()
+    link = tmp_path / "checkpoint.pt"
+    link.symlink_to(target)
+    with pytest.raises(ConfigError) as error:
+        load_checkpoint(link, TinyModel(), torch.Generator(), CONFIG)
+    assert str(error.value) == (
+        f"checkpoint {link} is a symbolic link; refused unread: a run's checkpoint is a regular file; "
+        "start the run again without resume=true (or in another directory)"
+    )
+    assert target.read_bytes() == before
+
+
+def test_a_huge_file_is_refused_from_its_header_before_its_payload_is_read(tmp_path):
+    import tracemalloc
+
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, _filled_model(), torch.Generator(), _state(), CONFIG)
+    data = path.read_bytes()
+    prefix = len(CHECKPOINT_MAGIC) + data[len(CHECKPOINT_MAGIC):].index(b"\n") + 1
+    declared = len(data) - prefix
+    with open(path, "r+b") as file:
+        file.truncate(6 * 10**9)  # a sparse 6 GB file behind a valid header: nothing on disk
+    tracemalloc.start()
+    try:
+        with pytest.raises(ConfigError) as error:
+            read_checkpoint(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(error.value) == (
+        f"checkpoint {path} is truncated or padded ({6 * 10**9 - prefix} bytes of data, its header says {declared}); "
+        "start the run again without resume=true (or in another directory)"
+    )
+    assert peak < 10**6  # the header only: not the 6 GB
+
+
+def test_a_checkpoint_that_is_not_a_regular_file_is_refused_unread(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    os.mkfifo(path)  # reading a FIFO would wait for a writer forever
+    with pytest.raises(ConfigError, match=rf"^checkpoint {path} is not a regular file; refused unread; start the run again"):
+        read_checkpoint(path)

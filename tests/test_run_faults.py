@@ -241,3 +241,27 @@ def test_finite_weights_with_non_finite_outputs_stop_the_run_without_results(tmp
     )
     assert read_checkpoint(tmp_path / "checkpoint.pt")["state"]["next_task"] == 1  # task 1's stays
     assert not (tmp_path / "results.json").exists()
+
+
+def test_a_resume_after_the_files_under_the_dataset_root_changed_is_refused(tmp_path):
+    import fake_datasets
+
+    raw = fake_datasets.write_mnist(tmp_path / "data", n_train=40, n_test=20)
+    run_dir, overrides = tmp_path / "run", ("dataset=seq-mnist", f"dataset.root={tmp_path / 'data'}")
+    mammoth.run(compose_run(run_dir, *overrides, "stop_after_task=1"))
+    images = raw / "train-images-idx3-ubyte"
+    data = bytearray(images.read_bytes())
+    data[-1] ^= 0xFF  # one pixel of the last training image: the file keeps its size and its header
+    images.write_bytes(bytes(data))
+    with pytest.raises(ConfigError) as error:
+        mammoth.run(compose_run(run_dir, *overrides, "resume=true"))
+    assert str(error.value) == (
+        f"resume=true on different data: the seq-mnist data under {tmp_path / 'data'} changed since the checkpoint "
+        f"{run_dir / 'checkpoint.pt'} was written: train images (different contents); resume with the data the run "
+        "started on, or start the run again without resume=true (or in another directory)"
+    )
+    assert not (run_dir / "results.json").exists()
+    data[-1] ^= 0xFF  # the files as they were: the resume goes on to the end
+    images.write_bytes(bytes(data))
+    mammoth.run(compose_run(run_dir, *overrides, "resume=true"))
+    assert json.loads((run_dir / "results.json").read_text())["status"] == "complete"
