@@ -87,6 +87,7 @@ def _build_trunk(arch: str, weights: Optional[str], options: dict) -> nn.Module:
         raise BackboneError(unknown_name_message(f"torchvision weights for {arch}", weights, names))
     url = (available.DEFAULT if weights == "DEFAULT" else available[weights]).url
     cache = Path(torch.hub.get_dir()) / "checkpoints"
+    check_cached_weights(cache / Path(url).name, arch)
     try:
         # torchvision has torch.hub load the (cached) file with weights_only=False: load it with
         # weights_only=True first, so a tampered cache file is refused before anything in it runs.
@@ -103,6 +104,27 @@ def _build_trunk(arch: str, weights: Optional[str], options: dict) -> nn.Module:
             f"they need a network connection once, or {Path(url).name} from {url} in {cache}"
         ) from None
     return torchvision.models.get_model(arch, weights=weights, **options)
+
+
+def check_cached_weights(path: Path, arch: str) -> None:
+    """A cached weights file ``name-<hex>.pth`` must have a sha256 that starts with ``<hex>``, as
+    ``torch.hub`` checks a download (``check_hash``) but never the cached file; a one-line
+    BackboneError names the file otherwise. Nothing to check when there is no such file yet."""
+    import hashlib
+
+    import torch.hub
+
+    match = torch.hub.HASH_REGEX.search(path.name)
+    if match is None or not match.group(1) or not path.is_file():
+        return
+    prefix = match.group(1)
+    with open(path, "rb") as file:
+        digest = hashlib.file_digest(file, "sha256").hexdigest()
+    if not digest.startswith(prefix):
+        raise BackboneError(
+            f"the cached torchvision weights {path} for {arch} do not match the sha256 in their name ({prefix}; the "
+            f"file's begins {digest[:len(prefix)]}); refused: delete the file (it is downloaded again)"
+        )
 
 
 def _detach_head(model: nn.Module, arch: str) -> int:

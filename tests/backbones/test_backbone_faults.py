@@ -60,7 +60,11 @@ def test_pretrained_weights_offline_name_the_weights_and_the_cache(tmp_path, mon
     )
 
 
-def test_pretrained_weights_load_offline_from_the_cache(tmp_path, monkeypatch):
+def _cache_weights(tmp_path, monkeypatch, name: str | None = None) -> tuple[dict, str]:
+    """Random resnet18 weights in the hub cache under ``name`` (default: named with their own
+    sha256 prefix, the URL of IMAGENET1K_V1 pointed at that name); returns them and the name."""
+    import hashlib
+
     import torchvision
 
     _offline(monkeypatch, tmp_path)
@@ -68,14 +72,42 @@ def test_pretrained_weights_load_offline_from_the_cache(tmp_path, monkeypatch):
     cache.mkdir(parents=True)
     torch.manual_seed(7)
     saved = torchvision.models.resnet18().state_dict()
-    torch.save(saved, cache / RESNET18_FILE)
+    staged = cache / "staged.pth"
+    torch.save(saved, staged)
+    if name is None:
+        name = f"resnet18-{hashlib.sha256(staged.read_bytes()).hexdigest()[:10]}.pth"
+        weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.value
+        monkeypatch.setattr(weights, "url", f"https://download.pytorch.org/models/{name}")
+    staged.rename(cache / name)
+    return saved, name
+
+
+def test_pretrained_weights_load_offline_from_the_cache(tmp_path, monkeypatch):
+    saved, _ = _cache_weights(tmp_path, monkeypatch)
     net = build_backbone("torchvision", num_classes=10, input_shape=CIFAR, arch="resnet18", weights="DEFAULT")
     assert torch.equal(net.trunk.conv1.weight, saved["conv1.weight"])
     assert torch.equal(net.trunk.layer4[1].bn2.running_var, saved["layer4.1.bn2.running_var"])
 
 
+def test_cached_weights_that_do_not_match_the_hash_in_their_name_are_refused(tmp_path, monkeypatch):
+    import hashlib
+
+    _cache_weights(tmp_path, monkeypatch, name=RESNET18_FILE)  # other weights under the real name
+    path = tmp_path / "hub" / "checkpoints" / RESNET18_FILE
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    with pytest.raises(BackboneError) as error:
+        build_backbone("torchvision", num_classes=10, input_shape=CIFAR, arch="resnet18", weights="DEFAULT")
+    assert str(error.value) == (
+        f"the cached torchvision weights {path} for resnet18 do not match the sha256 in their name (f37072fd; the "
+        f"file's begins {digest[:8]}); refused: delete the file (it is downloaded again)"
+    )
+
+
 def test_a_tampered_cached_weights_file_runs_nothing(tmp_path, monkeypatch):
+    import hashlib
     import os
+
+    import torchvision
 
     class RunsCode:
         def __reduce__(self):
@@ -84,11 +116,16 @@ def test_a_tampered_cached_weights_file_runs_nothing(tmp_path, monkeypatch):
     _offline(monkeypatch, tmp_path)
     cache = tmp_path / "hub" / "checkpoints"
     cache.mkdir(parents=True)
-    torch.save({"conv1.weight": RunsCode()}, cache / RESNET18_FILE)
+    staged = cache / "staged.pth"
+    torch.save({"conv1.weight": RunsCode()}, staged)
+    name = f"resnet18-{hashlib.sha256(staged.read_bytes()).hexdigest()[:8]}.pth"  # passes the hash check
+    staged.rename(cache / name)
+    monkeypatch.setattr(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.value, "url",
+                        f"https://download.pytorch.org/models/{name}")
     with pytest.raises(BackboneError) as error:
         build_backbone("torchvision", num_classes=10, input_shape=CIFAR, arch="resnet18", weights="DEFAULT")
     assert str(error.value) == (
-        f"the cached torchvision weights {cache / RESNET18_FILE} for resnet18 hold objects that weights never hold; "
+        f"the cached torchvision weights {cache / name} for resnet18 hold objects that weights never hold; "
         "refused unread: delete the file (it is downloaded again)"
     )
     assert not (tmp_path / "marker").exists()
