@@ -1,0 +1,110 @@
+"""Before Hydra writes anything: the run (or sweep) directory is locked and checked, so a refused run
+changes nothing there, sweeps and jobs never share a directory, planted symlinks are refused, and
+nothing in the working directory is imported."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mammoth.__main__ import hydra_main
+from mammoth.cli import prepare_arguments
+from mammoth.errors import ConfigError
+from mammoth.rundir import RunLock
+from conftest import run_python
+
+
+def refused(*args: str) -> str:
+    with pytest.raises(ConfigError) as error:
+        prepare_arguments(list(args), hydra_main)
+    return str(error.value).splitlines()[0]
+
+
+def listing(directory: Path) -> list[str]:
+    return sorted(str(path.relative_to(directory)) for path in directory.rglob("*"))
+
+
+def test_a_run_refused_by_the_lock_changes_nothing_in_the_directory(workdir: Path):
+    run_dir = workdir / "run"
+    run_dir.mkdir()
+    with RunLock(run_dir):
+        before = listing(run_dir)
+        result = run_python(["-m", "mammoth", f"hydra.run.dir={run_dir}", "dataset.n_epochs=1"], workdir)
+        assert listing(run_dir) == before == [".mammoth.lock"]
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"Error: another mammoth run (pid {os.getpid()}) is using {run_dir}; wait for it to end, "
+        "or give this run another hydra.run.dir or output_dir"]
+
+
+def test_the_run_directory_is_resolved_once_and_pinned(workdir: Path):
+    command = prepare_arguments(["dataset.n_epochs=1", f"hydra.run.dir={workdir}/runs/${{now:%H-%M-%S}}"], hydra_main)
+    assert command.directory is not None and command.directory.parent == workdir / "runs"
+    assert command.hydra_arguments() == ["dataset.n_epochs=1", f"hydra.run.dir={workdir}/runs/${{now:%H-%M-%S}}",
+                                         f"hydra.run.dir='{command.directory}'"]
+    # the pinning override joins the overrides, before options that follow them; printing a config pins nothing
+    options = prepare_arguments(["-m", "seed=0,1", "--config-name", "config"], hydra_main)
+    assert options.hydra_arguments() == ["-m", "seed=0,1", f"hydra.sweep.dir='{options.directory}'", "--config-name", "config"]
+    assert prepare_arguments(["seed=1", "--cfg", "job"], hydra_main).directory is None
+
+
+def test_a_planted_symlink_in_the_run_directory_is_refused_and_its_target_untouched(workdir: Path):
+    target = workdir / "bashrc"
+    target.write_text("untouched\n")
+    for name in ("mammoth.log", ".hydra"):
+        run_dir = workdir / f"run-{name}"
+        run_dir.mkdir()
+        (run_dir / name).symlink_to(target)
+        line = refused(f"hydra.run.dir={run_dir}")
+        assert line == (f"{run_dir / name} is a symbolic link (to {target}); mammoth does not write through links in a "
+                        "run directory; allowed: a regular file or no file at that path (remove the link)")
+    assert target.read_text() == "untouched\n"
+
+
+def test_a_second_sweep_into_one_sweep_directory_is_refused(workdir: Path):
+    sweep = workdir / "sweep"
+    sweep.mkdir()
+    (sweep / "multirun.yaml").write_text("hydra: {}\n")
+    assert refused("-m", "seed=0,1", f"hydra.sweep.dir={sweep}") == (
+        f"hydra.sweep.dir={sweep} already holds a sweep (multirun.yaml); allowed: resume=true to continue that sweep, "
+        "or another hydra.sweep.dir")
+    assert prepare_arguments(["-m", "seed=0,1", f"hydra.sweep.dir={sweep}", "resume=true"], hydra_main).directory == sweep
+
+
+def test_jobs_that_would_share_a_directory_or_leave_the_sweep_are_refused(workdir: Path):
+    sweep = workdir / "sweep"
+    assert refused("-m", "seed=0,1", f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=same") == (
+        f"jobs 0 and 1 of the sweep would both write {sweep}/same; allowed: a hydra.sweep.subdir that differs between "
+        "jobs (e.g. ${hydra.job.num} or ${hydra.job.override_dirname})")
+    # a subdirectory named by a swept value: each job's is checked
+    line = refused("-m", "+tag=b,..", f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=${tag}")
+    assert line == (f"hydra.sweep.subdir of job 1 resolves to {workdir}, outside the sweep directory {sweep}; "
+                    "allowed: a relative subdirectory without '..' (e.g. ${hydra.job.num})")
+    assert not sweep.exists()
+
+
+def test_a_resume_under_other_overrides_is_refused_before_hydra_rewrites_them(workdir: Path):
+    run_dir = workdir / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text("- model=er\n- model.buffer_size=50\n- stop_after_task=2\n")
+    line = refused(f"hydra.run.dir={run_dir}", "resume=true", "model=der", "model.buffer_size=50")
+    assert line == (f"hydra.run.dir {run_dir} holds a run with other overrides (model.buffer_size=50 model=er); this one has "
+                    "model.buffer_size=50 model=der; allowed: resume it with the same overrides, or start this run in another directory")
+    assert (run_dir / ".hydra" / "overrides.yaml").read_text().startswith("- model=er\n")
+    same = prepare_arguments([f"hydra.run.dir={run_dir}", "resume=true", "model=er", "model.buffer_size=50", "threads=1"], hydra_main)
+    assert same.directory == run_dir
+
+
+def test_search_path_entries_never_import_python_files_from_the_working_directory(workdir: Path):
+    package = workdir / "planted"
+    package.mkdir()
+    (package / "__init__.py").write_text("open('IMPORTED', 'w').close()\n")
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("HYDRA_", "PYTHONPATH"))}
+    result = subprocess.run([sys.executable, "-m", "mammoth", "hydra.searchpath=[pkg://planted]", "--cfg", "job"],
+                            cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+    assert not (workdir / "IMPORTED").exists(), result.stderr
+    assert "seed: 0" in result.stdout
