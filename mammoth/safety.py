@@ -117,6 +117,8 @@ class _Resolver:
             runtime["output_dir"] = RUN_DIRECTORY_PLACEHOLDER
         #: The run directory the config's paths must stay in (its placeholder before Hydra made it).
         self.run_directory = runtime["output_dir"]
+        #: The sweep's root, as its config resolves it (None when it does not resolve).
+        self.sweep_directory = self._resolve_hydra(("hydra", "sweep", "dir"), None)
         job = self.hydra_tree.setdefault("job", {})
         for key, default in (("num", 0), ("id", "0")):
             if job.get(key) in (None, "???"):
@@ -259,16 +261,15 @@ def _check_logging_node(path: tuple[str, ...], value: Any, resolve: _Resolver) -
         _check_log_file(where, resolve(path, value), resolve.run_directory)
 
 
-def _check_log_file(where: str, filename: Any, run_dir: str) -> None:
-    """A log handler's file is inside the run directory."""
-    if not isinstance(filename, str):
-        raise ConfigError(f"{where}={filename!r} does not resolve to a path; allowed: a file inside the run directory, e.g. ${{hydra.runtime.output_dir}}/NAME.log")
-    normal = os.path.normpath(filename)
-    if os.path.commonpath([normal, os.path.normpath(run_dir)]) != os.path.normpath(run_dir):
-        raise ConfigError(
-            f"{where}={filename!r} is outside the run directory; allowed: a file inside it, e.g. "
-            "${hydra.runtime.output_dir}/NAME.log"
-        )
+def _check_log_file(where: str, filename: Any, run_dir: str | None, what: str = "the run directory") -> None:
+    """A file (or folder) Hydra or a plugin writes is inside ``run_dir`` (``what``)."""
+    example = "${hydra.runtime.output_dir}/NAME.log" if what == "the run directory" else "${hydra.sweep.dir}/NAME"
+    if not isinstance(filename, str) or run_dir is None:
+        raise ConfigError(f"{where}={filename!r} does not resolve to a path; allowed: a path inside {what}, e.g. {example}")
+    normal = os.path.normpath(os.path.abspath(filename))
+    base = os.path.normpath(os.path.abspath(run_dir))
+    if os.path.commonpath([normal, base]) != base:
+        raise ConfigError(f"{where}={filename!r} is outside {what}; allowed: a path inside it, e.g. {example}")
 
 
 def _check_hydra_node(path: tuple[str, ...], value: Any, tree: dict, resolve: _Resolver) -> None:
@@ -287,10 +288,30 @@ def _check_hydra_node(path: tuple[str, ...], value: Any, tree: dict, resolve: _R
                 f"{where} sets an environment variable from a config file; allowed there: names starting "
                 f"with {', '.join(HARMLESS_ENVIRONMENT_PREFIXES)}; others only on the command line"
             )
+    elif path in (("hydra", "run", "dir"), ("hydra", "sweep", "dir")) and not _set_on_command_line(tree, where):
+        _check_relative(where, resolve(path, value), "the working directory")
+    elif len(path) == 3 and path[:2] == ("hydra", "launcher") and path[2].endswith(PATH_KEY_SUFFIXES + ("folder",)):
+        _check_log_file(where, resolve(path, value), resolve.sweep_directory, "the sweep directory")
+    elif path == ("hydra", "sweeper", "storage") and isinstance(value, str) and not _set_on_command_line(tree, where):
+        text = str(value)
+        if not text.startswith("sqlite:///") or text.startswith("sqlite:////"):
+            raise ConfigError(f"{where}={text!r} was set by a config file; allowed there: null or sqlite:///RELATIVE.db; others only on the command line")
+        _check_relative(where, text[len("sqlite:///"):], "the working directory")
     elif path == ("hydra", "searchpath") and isinstance(value, list):
         for entry in value:
             if not isinstance(entry, str) or not entry.startswith(("pkg://", "file://")) and "://" in entry:
                 raise ConfigError(f"hydra.searchpath entry {entry!r} is not allowed; allowed: file://DIR, pkg://PACKAGE or a directory")
+
+
+def _check_relative(where: str, value: Any, base: str) -> None:
+    """A directory a config file chooses is relative to ``base`` and does not leave it."""
+    text = str(value) if value is not None else ""
+    path = PurePosixPath(text.replace("\\", "/"))
+    if not text or path.is_absolute() or ".." in path.parts or (len(text) > 1 and text[1] == ":"):
+        raise ConfigError(
+            f"{where}={text!r} was set by a config file and leaves {base}; allowed there: a relative path without "
+            "'..'; another place only on the command line"
+        )
 
 
 def _set_on_command_line(tree: dict, key: str) -> bool:

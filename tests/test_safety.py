@@ -87,7 +87,7 @@ def test_a_log_file_outside_the_run_directory_is_refused(tmp_path: Path):
     target = write(tmp_path / "bashrc", "untouched\n")
     line = refused(f"hydra.job_logging.handlers.file.filename={target}")
     assert line == (f"hydra.job_logging.handlers.file.filename={str(target)!r} is outside the run directory; "
-                    "allowed: a file inside it, e.g. ${hydra.runtime.output_dir}/NAME.log")
+                    "allowed: a path inside it, e.g. ${hydra.runtime.output_dir}/NAME.log")
     assert "is outside the run directory" in refused("hydra.job_logging.handlers.file.filename=${hydra.runtime.output_dir}/../../x.log")
     assert target.read_text() == "untouched\n"
     inside = "hydra.job_logging.handlers.file.filename=${hydra.runtime.output_dir}/logs/run.log"
@@ -170,3 +170,19 @@ def test_the_run_checks_its_config_with_the_same_gate(tmp_path: Path):
     with pytest.raises(ConfigError, match=r"^model.helper._target_='os.system': a _target_ is not allowed here"):
         mammoth.run(cfg)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_where_the_run_goes_is_chosen_on_the_command_line_not_by_a_shared_file(tmp_path: Path):
+    write(tmp_path / "experiment" / "elsewhere.yaml", "# @package _global_\nhydra:\n  run:\n    dir: /etc/cron.d\n")
+    line = refused("--config-dir", str(tmp_path), "experiment=elsewhere")
+    assert line == ("hydra.run.dir='/etc/cron.d' was set by a config file and leaves the working directory; allowed there: "
+                    "a relative path without '..'; another place only on the command line")
+    assert prepare(f"hydra.run.dir={tmp_path / 'run'}").directory == tmp_path / "run"
+    write(tmp_path / "experiment" / "db.yaml", "# @package _global_\nhydra:\n  sweeper:\n    storage: sqlite:////home/user/.db\n")
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    line = refused("-m", "--config-dir", str(tmp_path), "hydra/sweeper=optuna", "experiment=db", "model.lr=interval(0.01,0.1)")
+    assert line.startswith("hydra.sweeper.storage='sqlite:////home/user/.db' was set by a config file")
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    line = refused("-m", "hydra/launcher=submitit_local", "hydra.launcher.submitit_folder=/tmp/elsewhere", "seed=0,1")
+    assert line == ("hydra.launcher.submitit_folder='/tmp/elsewhere' is outside the sweep directory; allowed: a path inside it, "
+                    "e.g. ${hydra.sweep.dir}/NAME")
