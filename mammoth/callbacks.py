@@ -79,6 +79,53 @@ class SweepSummaryCallback(Callback):
             log.warning("could not write the job status %s: %s", STATUS_NAME, error)
 
 
+#: The most bytes of a job.json :func:`record_interruption` reads (what the callback writes is < 4 KB).
+MAX_STATUS_BYTES = 1 << 20
+
+
+def record_interruption(run_dir: Path, reason: str) -> None:
+    """Mark the job in ``run_dir`` ``stopped early`` in its job.json after Ctrl-C or SIGTERM
+    (``reason``): Hydra calls no ``on_job_end`` for a KeyboardInterrupt, so the runner calls this.
+
+    Only a job.json that this process marked ``running`` is changed (none exists when the
+    callback is off); it is opened without following a symbolic link. A failure is logged,
+    never raised: the interruption goes on.
+    """
+    from mammoth.rundir import write_atomic
+    from mammoth.summary import RUNNING, STATUS_NAME, STOPPED
+
+    path = run_dir / STATUS_NAME
+    try:
+        document = _read_own_status(path)
+        if document is None or document.get("status") != RUNNING or document.get("pid") != os.getpid():
+            return
+        now = time.time()
+        document = {**document, "status": STOPPED, "interrupted": reason, "updated": _timestamp(now)}
+        started = document.get("started")
+        if isinstance(started, str):
+            document["wall_seconds"] = now - datetime.fromisoformat(started).timestamp()
+        write_atomic(path, (json.dumps(document, indent=2) + "\n").encode(), "job status")
+    except Exception as error:  # noqa: BLE001  a status file must never hide the interruption
+        log.warning("could not record the interruption in %s: %s", path, error)
+
+
+def _read_own_status(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``, read without following a symbolic link; None when there is no
+    regular file of at most MAX_STATUS_BYTES or it does not hold an object."""
+    import stat
+
+    try:
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    with os.fdopen(descriptor, "rb") as file:
+        status = os.fstat(file.fileno())
+        if not stat.S_ISREG(status.st_mode) or status.st_size > MAX_STATUS_BYTES:
+            return None
+        document = json.loads(file.read(MAX_STATUS_BYTES))
+    return document if isinstance(document, dict) else None
+
+
 def error_line(error: Any) -> str:
     """``ConfigError: model.lr=-1 is not positive; ...``: the type and the first line of the message."""
     if not isinstance(error, BaseException):
@@ -127,7 +174,7 @@ def _update_summary(config: DictConfig, find_root: Callable[[DictConfig], Path],
 
     try:
         root = find_root(config)
-        rows = update_summary(root)
+        rows = update_summary(root, ended=report)  # report: the sweep has ended
     except Exception as error:  # noqa: BLE001  a summary must never stop a sweep
         log.warning("could not write the sweep summary: %s", error)
         return

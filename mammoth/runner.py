@@ -94,7 +94,10 @@ def run(cfg: DictConfig) -> float:
         try:
             return _run(cfg, run_dir)
         except KeyboardInterrupt as interruption:
+            from mammoth.callbacks import record_interruption
+
             log.error("%s", interrupted_line(run_dir, str(interruption) or "SIGINT"))
+            record_interruption(run_dir, str(interruption) or "SIGINT")  # Hydra calls no on_job_end here
             raise
 
 

@@ -17,6 +17,7 @@ from mammoth.training import read_checkpoint
 #: SIGTERM to the process after the first of two epochs of task 2 of ``python -m mammoth``.
 INTERRUPT = '''
 import os, signal
+print("pid", os.getpid(), flush=True)
 from mammoth.models.base import ContinualModel
 end_epoch = ContinualModel.end_epoch
 def interrupting_end_epoch(self, epoch):
@@ -46,6 +47,9 @@ def test_sigterm_prints_the_resume_command_and_resuming_is_bit_exact(workdir: Pa
     assert command == ["python", "-m", "mammoth", *OVERRIDES, "resume=true", f"hydra.run.dir={part}"]
     assert read_checkpoint(part / "checkpoint.pt")["state"]["next_task"] == 1  # task 1's, intact
     assert not (part / "results.json").exists() and not list(part.glob("*.tmp"))
+    status = json.loads((part / "job.json").read_text())
+    assert status["status"] == "stopped early" and status["interrupted"] == "SIGTERM", status
+    assert status["pid"] == interrupted_pid(interrupted) and status["wall_seconds"] > 0
 
     resumed = run_python(command[1:], workdir, python=sys.executable)
     assert resumed.returncode == 0, resumed.stderr
@@ -54,3 +58,23 @@ def test_sigterm_prints_the_resume_command_and_resuming_is_bit_exact(workdir: Pa
     assert actual["status"] == "complete"
     for kind in ("class_il", "task_il"):
         assert actual[kind]["matrix"] == expected[kind]["matrix"]
+    assert json.loads((part / "job.json").read_text())["status"] == "complete"
+
+
+def interrupted_pid(process) -> int:
+    """The pid the injected interrupter printed (the run's own process)."""
+    return int(next(line for line in process.stdout.splitlines() if line.startswith("pid ")).split()[1])
+
+
+@pytest.mark.slow
+def test_ctrl_c_before_the_first_checkpoint_leaves_job_json_stopped_early(workdir: Path):
+    injected = workdir / "injected"
+    injected.mkdir()
+    (injected / "sitecustomize.py").write_text(INTERRUPT.replace("SIGTERM", "SIGINT").replace("current_task == 1", "current_task == 0"))
+    run_dir = workdir / "run"
+    interrupted = run_python(["-m", "mammoth", *OVERRIDES, f"hydra.run.dir={run_dir}"], injected)
+    assert interrupted.returncode == 130, interrupted.stderr  # 128 + SIGINT
+    status = json.loads((run_dir / "job.json").read_text())
+    assert status["status"] == "stopped early" and status["interrupted"] == "SIGINT", status
+    assert status["overrides"] == OVERRIDES
+    assert not (run_dir / "checkpoint.pt").exists() and not (run_dir / "results.json").exists()

@@ -1,1 +1,0 @@
-"""mammoth's Hydra configs, shipped inside the package as ``mammoth.conf`` (``pkg://mammoth.conf``)."""
