@@ -41,6 +41,16 @@ def test_a_run_refused_by_the_lock_changes_nothing_in_the_directory(workdir: Pat
         "or give this run another hydra.run.dir or output_dir"]
 
 
+def test_a_second_sweep_while_one_runs_in_its_directory_is_refused_unwritten(workdir: Path):
+    sweep = workdir / "sweep"
+    sweep.mkdir()
+    with RunLock(sweep):
+        result = run_python(["-m", "mammoth", "-m", "seed=0,1", f"hydra.sweep.dir={sweep}", "dataset.n_epochs=1"], workdir)
+        assert listing(sweep) == [".mammoth.lock"]
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(f"Error: another mammoth run (pid {os.getpid()}) is using {sweep};")
+
+
 def test_the_run_directory_is_resolved_once_and_pinned(workdir: Path):
     command = prepare_arguments(["dataset.n_epochs=1", f"hydra.run.dir={workdir}/runs/${{now:%H-%M-%S}}"], hydra_main)
     assert command.directory is not None and command.directory.parent == workdir / "runs"
