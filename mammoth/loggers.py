@@ -26,6 +26,7 @@ from typing import Any, Mapping
 from mammoth.errors import ConfigError, unknown_name_message
 from mammoth.metrics import summarise
 from mammoth.registry import canonical_name
+from mammoth.rundir import open_nofollow, path_inside
 
 log = logging.getLogger("mammoth")
 
@@ -61,7 +62,15 @@ def task_metrics(accuracies: Mapping[str, list[list[float]]]) -> dict[str, float
 
 
 class RunLogger:
-    """Base class of the loggers: every hook does nothing; subclasses write somewhere."""
+    """Base class of the loggers: every hook does nothing; subclasses write somewhere.
+
+    ``PATH_OPTIONS`` names the options that are paths inside the run directory (checked with
+    :func:`mammoth.rundir.path_inside` before the logger is built); ``DIRECTORIES`` the fixed
+    subdirectories it writes into.
+    """
+
+    PATH_OPTIONS: tuple[str, ...] = ()
+    DIRECTORIES: tuple[str, ...] = ()
 
     def __init__(self, run: RunInfo) -> None:
         self.run = run
@@ -95,9 +104,12 @@ class CsvLogger(RunLogger):
     A resumed run keeps the rows of the tasks finished before it and rewrites the rest.
     """
 
+    PATH_OPTIONS = ("filename",)
+
     def __init__(self, run: RunInfo, filename: str = "metrics.csv") -> None:
         super().__init__(run)
-        self.path = run.run_dir / filename
+        self.path = path_inside(run.run_dir, filename, "logger.csv.filename")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = None
         if not run.resume or not self.path.is_file():
             self._open(keep_before_task=None)
@@ -105,9 +117,9 @@ class CsvLogger(RunLogger):
     def _open(self, keep_before_task: int | None) -> None:
         kept: list[list[str]] = []
         if keep_before_task is not None:
-            with self.path.open(newline="") as existing:
+            with open_nofollow(self.path, "r", newline="") as existing:
                 kept = [row for row in list(csv.reader(existing))[1:] if row and int(row[0]) <= keep_before_task]
-        self._file = self.path.open("w", newline="")
+        self._file = open_nofollow(self.path, "w", newline="")
         self._writer = csv.writer(self._file)
         self._writer.writerows([list(CSV_COLUMNS), *kept])
         self._file.flush()
@@ -143,10 +155,12 @@ class TensorBoardLogger(RunLogger):
     View with ``tensorboard --logdir RUN_DIR``.
     """
 
+    PATH_OPTIONS = ("log_dir",)
+
     def __init__(self, run: RunInfo, log_dir: str = "tensorboard") -> None:
         super().__init__(run)
+        self.log_dir = path_inside(run.run_dir, log_dir, "logger.tensorboard.log_dir")
         SummaryWriter = _optional_import("tensorboardX", "tensorboard").SummaryWriter
-        self.log_dir = run.run_dir / log_dir
         self._writer = SummaryWriter(logdir=str(self.log_dir))
 
     def log_epoch(self, task: int, epoch: int, loss: float) -> None:
@@ -170,9 +184,12 @@ class WandbLogger(RunLogger):
     wandb's default. ``run_name`` null: the run title.
     """
 
+    DIRECTORIES = ("wandb",)
+
     def __init__(self, run: RunInfo, project: str = "mammoth", entity: str | None = None, mode: str | None = None,
                  group: str | None = None, tags: list[str] | None = None, run_name: str | None = None) -> None:
         super().__init__(run)
+        path_inside(run.run_dir, "wandb", "logger.wandb")
         wandb = _optional_import("wandb", "wandb")
         self._run = wandb.init(
             project=project, entity=entity, mode=mode, group=group, tags=list(tags or []),
@@ -212,6 +229,7 @@ def build_loggers(selection: Mapping[str, Any] | None, run: RunInfo) -> list[Run
 
     Unknown names and options raise a ConfigError listing the allowed ones.
     """
+    check_output_paths(selection, run.run_dir)
     loggers: list[RunLogger] = []
     try:
         for label, options in (selection or {}).items():
@@ -220,6 +238,33 @@ def build_loggers(selection: Mapping[str, Any] | None, run: RunInfo) -> list[Run
         close_loggers(loggers, failed=True)
         raise
     return loggers
+
+
+def output_paths(selection: Mapping[str, Any] | None) -> dict[str, str]:
+    """The paths inside the run directory that the loggers of the ``logger`` config would write,
+    defaults included: ``{"logger.csv.filename": "metrics.csv", ...}`` (a fixed directory such
+    as wandb's under ``logger.LABEL``). Unknown logger names are left to :func:`build_loggers`."""
+    paths: dict[str, str] = {}
+    for label, options in (selection or {}).items():
+        options = dict(options or {})
+        cls = LOGGERS.get(canonical_name(options.get("name", label)))
+        if cls is None:
+            continue
+        defaults = inspect.signature(cls.__init__).parameters
+        for option in cls.PATH_OPTIONS:
+            value = options.get(option, defaults[option].default if option in defaults else None)
+            if value is not None:
+                paths[f"logger.{label}.{option}"] = str(value)
+        for directory in cls.DIRECTORIES:
+            paths[f"logger.{label}"] = directory
+    return paths
+
+
+def check_output_paths(selection: Mapping[str, Any] | None, run_dir: Path) -> None:
+    """Raise a one-line ConfigError for a logger path that would leave ``run_dir`` (see
+    :func:`mammoth.rundir.path_inside`)."""
+    for key, value in output_paths(selection).items():
+        path_inside(run_dir, value, key)
 
 
 def close_loggers(loggers: list[RunLogger], failed: bool = False) -> None:

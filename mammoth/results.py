@@ -83,8 +83,20 @@ def format_table(accuracies: dict[str, list[list[float]]], n_tasks: int) -> str:
 
 
 def plot_results(results: dict[str, Any], path: Path) -> Path:
-    """Save a PNG: the accuracy matrix of the first kind as a heatmap, and the average accuracy
-    of every kind after each task as curves."""
+    """Save a PNG to ``path`` (atomically, never through a symlink planted there): the accuracy
+    matrix of the first kind as a heatmap, and the average accuracy of every kind after each
+    task as curves."""
+    import io
+
+    from mammoth.rundir import write_atomic
+
+    buffer = io.BytesIO()
+    results_figure(results).savefig(buffer, format="png", dpi=100)
+    return write_atomic(path, buffer.getvalue(), "plot")
+
+
+def results_figure(results: dict[str, Any]) -> Any:
+    """The matplotlib Figure of :func:`plot_results` (not saved)."""
     import numpy as np
     from matplotlib.figure import Figure  # no pyplot: no global figure state, no GUI backend
 
@@ -111,5 +123,4 @@ def plot_results(results: dict[str, Any], path: Path) -> Path:
     if "title" in results:
         figure.suptitle(results["title"])
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    return path
+    return figure

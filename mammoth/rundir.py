@@ -3,11 +3,17 @@ two runs out of the same directory."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import re
+import secrets
+import stat
 import tempfile
+import time
 from pathlib import Path
 from types import TracebackType
+from typing import IO, Any, BinaryIO, Iterator
 
 from mammoth.errors import ConfigError
 
@@ -30,9 +36,9 @@ def prepare_directory(path: Path, key: str) -> Path:
         raise ConfigError(f"{key}={path} is a file, not a directory; allowed: a directory mammoth can write to")
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".mammoth-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        descriptor, probe = tempfile.mkstemp(dir=path, prefix=".mammoth-write-test-")  # O_EXCL: never a planted link
+        os.close(descriptor)
+        os.unlink(probe)
     except OSError as error:
         raise ConfigError(
             f"{key}={path} cannot be written: {_reason(error)}; allowed: a directory mammoth can write to"
@@ -40,33 +46,200 @@ def prepare_directory(path: Path, key: str) -> Path:
     return path
 
 
-def write_atomic(path: Path, data: bytes, what: str) -> Path:
-    """Write ``data`` to ``path`` through a temporary file, so ``path`` is always whole.
+def path_inside(run_dir: Path, value: str | os.PathLike[str], key: str) -> Path:
+    """``run_dir / value`` for a path a config gives for output (``logger.csv.filename``,
+    ``logger.tensorboard.log_dir``, ...), checked to stay inside ``run_dir``.
 
-    The temporary file has a unique name beside ``path``, so processes writing the same file at
-    once (a sweep's jobs updating its summary) never share one. On failure (disk full, read-only
-    disk) the temporary file is removed, ``path`` keeps its previous content, and a one-line
-    ConfigError names ``what`` (e.g. ``checkpoint``) and ``path``.
+    Raises a one-line ConfigError naming ``key`` and ``value`` when ``value`` is empty,
+    absolute, contains ``..``, or leads out of ``run_dir`` through a symlink that exists.
     """
+    text = os.fspath(value)
+    allowed = "allowed: a relative path inside the run directory, without '..' and without symlinks leading out"
+    if not text.strip() or "\x00" in text:
+        raise ConfigError(f"{key}={text!r} is not a path; {allowed}")
+    relative = Path(text)
+    if relative.is_absolute() or relative.drive:
+        raise ConfigError(f"{key}={text} is an absolute path; {allowed}")
+    if ".." in relative.parts:
+        raise ConfigError(f"{key}={text} goes up with '..'; {allowed}")
+    base = Path(run_dir).resolve()
+    resolved = (base / relative).resolve()
+    if resolved != base and base not in resolved.parents:
+        raise ConfigError(f"{key}={text} leads out of the run directory {run_dir} through a symlink (to {resolved}); {allowed}")
+    return Path(run_dir) / relative
+
+
+_OPEN_FLAGS = {
+    "r": os.O_RDONLY,
+    "w": os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+    "a": os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+    "a+": os.O_RDWR | os.O_CREAT | os.O_APPEND,
+}
+
+
+def open_nofollow(path: Path, mode: str = "w", **options: Any) -> IO[Any]:
+    """``open(path, mode, **options)`` for a file in a run directory, never through a symlink.
+
+    ``mode`` is ``r``, ``w``, ``a`` or ``a+``, with ``b`` for bytes. The file is opened with
+    ``O_NOFOLLOW`` (and ``O_CREAT`` to write), so a symlink planted at ``path`` is refused,
+    its target untouched, in a one-line ConfigError that names the link; so is anything but a
+    regular file (a FIFO is not waited on).
+    """
+    text_mode = mode.replace("b", "")
+    if text_mode not in _OPEN_FLAGS:
+        raise ValueError(f"mode={mode!r} is not supported; allowed: r, w, a, a+ (with b for bytes)")
+    flags = _OPEN_FLAGS[text_mode] | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    if not _NOFOLLOW and os.path.islink(path):  # no O_NOFOLLOW (Windows): check first
+        raise _link_error(path)
+    try:
+        descriptor = os.open(path, flags, 0o666)
+    except OSError as error:
+        if error.errno in (errno.ELOOP, errno.EMLINK) and os.path.islink(path):
+            raise _link_error(path) from None
+        if error.errno == errno.ENXIO:  # a FIFO without a reader
+            raise _not_regular_error(path) from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise _not_regular_error(path)
+        if flags & getattr(os, "O_NONBLOCK", 0):
+            os.set_blocking(descriptor, True)
+        return os.fdopen(descriptor, mode, **options)
+    except BaseException:
+        os.close(descriptor)
+        raise
+
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _link_error(path: Path) -> ConfigError:
+    return ConfigError(
+        f"{path} is a symbolic link (to {os.readlink(path)}); mammoth does not follow links in a run "
+        "directory; allowed: a regular file or no file at that path (remove the link)"
+    )
+
+
+def _not_regular_error(path: Path) -> ConfigError:
+    return ConfigError(f"{path} is not a regular file; allowed: a regular file or no file at that path")
+
+
+#: ``.NAME.XXXXXXXX.tmp``: the temporary files of :func:`write_atomic` (and :func:`atomic_file`).
+TEMPORARY_PATTERN = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path, what: str) -> Iterator[BinaryIO]:
+    """A binary file to write ``path`` through, so ``path`` is always whole: the block writes a
+    temporary file beside it (``.NAME.XXXXXXXX.tmp``, a unique name, created without following
+    symlinks and locked while written), which replaces ``path`` when the block ends.
+
+    The directory is opened once, so the temporary file and the rename stay in it even if its
+    path is swapped for a symlink meanwhile. Processes writing the same file at once (a sweep's
+    jobs updating its summary) never share a temporary file. On failure (disk full, read-only
+    disk, Ctrl-C) the temporary file is removed, ``path`` keeps its previous content, and an
+    OSError becomes a one-line ConfigError naming ``what`` (e.g. ``checkpoint``) and ``path``.
+    """
+    directory = _open_directory(path.parent)
     temporary = None
     try:
-        descriptor, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        temporary = Path(name)
+        temporary, descriptor = _create_temporary(directory, path)
         with os.fdopen(descriptor, "wb") as file:
-            file.write(data)
+            _lock_quietly(descriptor)  # held until closed: stale-file cleanup leaves a live writer's file alone
+            yield file
             file.flush()
             os.fsync(file.fileno())
-        os.replace(temporary, path)
+        os.replace(_name(directory, path.parent, temporary), _name(directory, path.parent, path.name),
+                   src_dir_fd=directory, dst_dir_fd=directory)
+        temporary = None
     except OSError as error:
-        if temporary is not None:
-            temporary.unlink(missing_ok=True)
         kept = f"the previous {what} is kept" if path.exists() else f"no {what} was written"
         raise ConfigError(f"could not write the {what} {path}: {_reason(error)}; {kept}") from None
-    except BaseException:  # Ctrl-C or SIGTERM mid-write: the previous file stays, no .tmp is left
+    finally:
         if temporary is not None:
-            temporary.unlink(missing_ok=True)
-        raise
+            with contextlib.suppress(OSError):
+                os.unlink(_name(directory, path.parent, temporary), dir_fd=directory)
+        if directory is not None:
+            os.close(directory)
+
+
+def write_atomic(path: Path, data: bytes, what: str) -> Path:
+    """Write ``data`` to ``path`` through :func:`atomic_file`, so ``path`` is always whole; a
+    failed write is a one-line ConfigError naming ``what`` and ``path``, and leaves no temporary file."""
+    with atomic_file(path, what) as file:
+        file.write(data)
     return path
+
+
+def _open_directory(path: Path) -> int | None:
+    """A descriptor of the directory ``path``, or None where ``os.open`` takes no ``dir_fd`` (Windows)."""
+    if os.open not in os.supports_dir_fd:
+        return None
+    try:
+        return os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError as error:
+        raise ConfigError(f"could not open the directory {path}: {_reason(error)}") from None
+
+
+def _name(directory: int | None, parent: Path, name: str) -> str:
+    """``name`` relative to the open ``directory``, or the full path when there is none."""
+    return name if directory is not None else str(parent / name)
+
+
+def _create_temporary(directory: int | None, path: Path) -> tuple[str, int]:
+    """A new, unique ``.NAME.XXXXXXXX.tmp`` beside ``path``: (its name, a write descriptor)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        name = f".{path.name}.{''.join(secrets.choice(_TEMPORARY_LETTERS) for _ in range(8))}.tmp"
+        try:
+            return name, os.open(_name(directory, path.parent, name), flags, 0o666, dir_fd=directory)
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, f"no unused temporary name beside {path}")
+
+
+_TEMPORARY_LETTERS = "abcdefghijklmnopqrstuvwxyz0123456789_"
+
+
+def _lock_quietly(descriptor: int, blocking: bool = True) -> bool:
+    """``flock`` the descriptor exclusively; False where it cannot be locked (held elsewhere, no fcntl)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        return not blocking
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except OSError:
+        return False
+    return True
+
+
+def remove_stale_temporaries(directory: Path, before: float) -> list[str]:
+    """Remove the temporary files a crashed writer left in ``directory`` (``.NAME.XXXXXXXX.tmp``,
+    regular files last changed before ``before``, a ``time.time()``, and not locked by a live
+    writer); return their names. Files that cannot be removed are left alone."""
+    removed = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for entry in entries:
+        try:
+            if not (TEMPORARY_PATTERN.match(entry.name) and entry.is_file(follow_symlinks=False)
+                    and entry.stat(follow_symlinks=False).st_mtime < before):
+                continue
+            descriptor = os.open(entry.path, os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
+        except OSError:
+            continue
+        try:
+            if _lock_quietly(descriptor, blocking=False):
+                os.unlink(entry.path)
+                removed.append(entry.name)
+        except OSError:
+            pass
+        finally:
+            os.close(descriptor)
+    return removed
 
 
 class RunLock:
@@ -74,19 +247,29 @@ class RunLock:
     ``__enter__`` to ``__exit__``; the operating system releases it if the process dies.
 
     A second run in the same directory gets a one-line ConfigError instead of both writing.
-    Where ``fcntl`` does not exist (Windows) nothing is locked.
+    Within one process the lock is re-entrant: ``python -m mammoth`` takes it before Hydra
+    writes into the directory, and :func:`mammoth.run` takes it again inside. Where ``fcntl``
+    does not exist (Windows) nothing is locked.
     """
+
+    #: The lock files this process holds (a lock is the process's, as flock's is).
+    _held: set[str] = set()
 
     def __init__(self, directory: Path) -> None:
         self.path = directory / LOCK_NAME
         self._file = None
+        self._key = os.path.abspath(self.path)
+        self._nested = False
 
     def __enter__(self) -> "RunLock":
         try:
             import fcntl
         except ImportError:  # Windows: no advisory locks; runs are not kept apart
             return self
-        file = open(self.path, "a+")
+        if self._key in RunLock._held:
+            self._nested = True
+            return self
+        file = open_nofollow(self.path, "a+")
         try:
             fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -102,9 +285,12 @@ class RunLock:
         file.write(str(os.getpid()))
         file.flush()
         self._file = file
+        RunLock._held.add(self._key)
+        remove_stale_temporaries(self.path.parent, before=time.time())
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
         if self._file is not None:
             self._file.close()  # closing the descriptor releases the flock
             self._file = None
+            RunLock._held.discard(self._key)

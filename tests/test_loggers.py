@@ -14,7 +14,9 @@ import pytest
 
 import mammoth
 from mammoth.errors import ConfigError
-from mammoth.loggers import CSV_COLUMNS, CsvLogger, RunInfo, RunLogger, build_loggers, register_logger, task_metrics
+from mammoth.loggers import (
+    CSV_COLUMNS, CsvLogger, RunInfo, RunLogger, build_loggers, output_paths, register_logger, task_metrics,
+)
 import composing
 
 N_TASKS, N_EPOCHS = 5, 2  # seq-digits
@@ -195,6 +197,70 @@ def test_a_user_logger_config_picks_a_registered_logger_by_name(tmp_path):
     assert [type(logger) for logger in loggers] == [CsvLogger]
     loggers[0].close()
     assert (tmp_path / "mine.csv").read_text().splitlines() == [",".join(CSV_COLUMNS)]
+
+
+INSIDE = "allowed: a relative path inside the run directory, without '..' and without symlinks leading out"
+
+
+@pytest.mark.parametrize(("selection", "message"), [
+    ({"mine": {"name": "csv", "filename": "/tmp/metrics.csv"}}, "logger.mine.filename=/tmp/metrics.csv is an absolute path"),
+    ({"csv": {"filename": "../../.bashrc"}}, "logger.csv.filename=../../.bashrc goes up with '..'"),
+    ({"tensorboard": {"log_dir": "../tb"}}, "logger.tensorboard.log_dir=../tb goes up with '..'"),
+])
+def test_logger_paths_outside_the_run_directory_are_refused_before_anything_is_written(tmp_path, selection, message):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with pytest.raises(ConfigError) as error:
+        build_loggers(selection, RunInfo(run_dir=run_dir, title="t", config={}, n_tasks=1, n_epochs=1))
+    assert str(error.value) == f"{message}; {INSIDE}"
+    assert sorted(path.name for path in tmp_path.rglob("*")) == ["run"]
+
+
+def test_a_logger_directory_planted_as_a_symlink_out_is_refused(tmp_path):
+    run_dir, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    run_dir.mkdir()
+    elsewhere.mkdir()
+    (run_dir / "wandb").symlink_to(elsewhere)
+    with pytest.raises(ConfigError) as error:
+        build_loggers({"wandb": {"mode": "offline"}}, RunInfo(run_dir=run_dir, title="t", config={}, n_tasks=1, n_epochs=1))
+    assert str(error.value) == (
+        f"logger.wandb=wandb leads out of the run directory {run_dir} through a symlink (to {elsewhere}); {INSIDE}")
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_output_paths_lists_every_loggers_paths_with_their_defaults():
+    selection = {"csv": {}, "tb": {"name": "tensorboard", "log_dir": "runs/tb"}, "wandb": {"mode": "offline"}}
+    assert output_paths(selection) == {"logger.csv.filename": "metrics.csv", "logger.tb.log_dir": "runs/tb",
+                                       "logger.wandb": "wandb"}
+
+
+def test_a_metrics_csv_planted_as_a_symlink_out_is_refused_and_its_target_untouched(tmp_path):
+    run_dir, target = tmp_path / "run", tmp_path / "shell_rc"
+    run_dir.mkdir()
+    target.write_text("export PATH=/usr/bin\n")
+    (run_dir / "metrics.csv").symlink_to(target)
+    with pytest.raises(ConfigError) as error:
+        mammoth.run(compose_run(run_dir, "dataset.n_epochs=1"))
+    assert str(error.value) == (
+        f"logger.csv.filename=metrics.csv leads out of the run directory {run_dir} through a symlink (to {target}); {INSIDE}")
+    assert target.read_text() == "export PATH=/usr/bin\n"
+    assert not (run_dir / "results.json").exists()
+
+
+def test_a_metrics_csv_linked_to_another_file_of_the_run_is_refused_and_that_file_untouched(tmp_path):
+    (tmp_path / "results.json").write_text("{}")
+    (tmp_path / "metrics.csv").symlink_to(tmp_path / "results.json")
+    with pytest.raises(ConfigError, match=rf"^{tmp_path / 'metrics.csv'} is a symbolic link \(to {tmp_path / 'results.json'}\); "):
+        CsvLogger(RunInfo(run_dir=tmp_path, title="t", config={}, n_tasks=1, n_epochs=1))
+    assert (tmp_path / "results.json").read_text() == "{}"
+
+
+def test_a_csv_file_in_a_subdirectory_of_the_run_is_written_there(tmp_path):
+    logger = CsvLogger(RunInfo(run_dir=tmp_path, title="t", config={}, n_tasks=1, n_epochs=1), filename="logs/m.csv")
+    logger.log_epoch(0, 0, 0.5)
+    logger.close()
+    assert read_csv(tmp_path / "logs" / "m.csv") == [
+        {"task": "1", "epoch": "1", "kind": "train", "metric": "loss", "evaluated_task": "", "value": "0.5"}]
 
 
 def test_no_logger_writes_no_metrics_file(tmp_path):

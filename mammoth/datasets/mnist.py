@@ -14,7 +14,7 @@ import torch
 
 from mammoth.datasets import register_dataset
 from mammoth.datasets.base import ContinualDataset, missing_files_error
-from mammoth.errors import DatasetError
+from mammoth.errors import ConfigError, DatasetError
 
 IMAGES_MAGIC = 2051
 LABELS_MAGIC = 2049
@@ -60,25 +60,26 @@ def idx_header_problem(path: Path, magic: int) -> str | None:
 
 def extract_gzipped_idx_files(raw: Path) -> list[str]:
     """Decompress ``NAME.gz`` next to each missing IDX file ``NAME`` (as distributed, e.g. by
-    Debian's dataset-fashion-mnist); return the names written. Each is written atomically; a
-    corrupt or truncated ``.gz`` raises a ``ValueError`` naming it and leaves nothing behind."""
+    Debian's dataset-fashion-mnist); return the names written. Each is written atomically
+    through a temporary file of its own, so runs extracting at once never collide; a corrupt or
+    truncated ``.gz`` raises a ``ValueError`` naming it and leaves nothing behind."""
     import gzip
     import shutil
     import zlib
+
+    from mammoth.rundir import atomic_file
 
     written = []
     for name in (name for pair in IDX_FILES.values() for name in pair):
         target, packed = raw / name, raw / f"{name}.gz"
         if not target.is_file() and packed.is_file():
-            temporary = target.with_name(target.name + ".tmp")
-            try:
-                with gzip.open(packed, "rb") as source, open(temporary, "wb") as destination:
-                    shutil.copyfileobj(source, destination)
-            except (gzip.BadGzipFile, EOFError, zlib.error) as error:
-                temporary.unlink(missing_ok=True)
-                reason = "it ends early (truncated)" if isinstance(error, EOFError) else str(error) or type(error).__name__
-                raise ValueError(f"{packed} is not a readable gzip file: {reason}") from None
-            temporary.replace(target)
+            with atomic_file(target, "extracted file") as destination:
+                try:
+                    with gzip.open(packed, "rb") as source:
+                        shutil.copyfileobj(source, destination)
+                except (gzip.BadGzipFile, EOFError, zlib.error) as error:
+                    reason = "it ends early (truncated)" if isinstance(error, EOFError) else str(error) or type(error).__name__
+                    raise ValueError(f"{packed} is not a readable gzip file: {reason}") from None
             written.append(name)
     return written
 
@@ -140,6 +141,8 @@ def read_idx_dataset(dataset: str, folder: str, root: str, download: bool) -> So
     raw = Path(root) / folder / "raw"
     try:
         extract_gzipped_idx_files(raw)
+    except ConfigError as error:  # the extracted file cannot be written (disk full, read-only)
+        raise DatasetError(f"{dataset}: {error}") from None
     except ValueError as error:
         raise DatasetError(f"{dataset}: corrupt file {error}\nDelete it, then {how_to_get(folder, raw)}") from None
     if download and not all((raw / name).is_file() for pair in IDX_FILES.values() for name in pair):
