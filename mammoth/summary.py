@@ -22,6 +22,7 @@ import math
 import os
 import re
 import socket
+import stat
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from typing import Any, Iterator, Sequence
 
 from mammoth.errors import ConfigError
 from mammoth.results import KIND_TITLES, RESULTS_NAME
-from mammoth.rundir import write_atomic
+from mammoth.rundir import open_nofollow, write_atomic
 from mammoth.training import CHECKPOINT_NAME
 
 STATUS_NAME = "job.json"
@@ -40,6 +41,11 @@ LOCK_NAME = ".summary.lock"
 MAX_PLOTTED = 40  # configurations in summary.png; more would not be readable
 
 COMPLETE, FAILED, STOPPED, RUNNING = "complete", "failed", "stopped early", "running"
+UNREADABLE = "unreadable"  # a job file that is too large, malformed, or not a regular file
+#: The most bytes read from a job's results.json, and from its job.json or .hydra/overrides.yaml;
+#: a larger file makes the job ``unreadable`` without being read.
+MAX_RESULTS_BYTES, MAX_SMALL_FILE_BYTES = 8 * 2**20, 2**20
+MAX_ERROR_CHARACTERS = 500
 METRIC_TITLES = {"average": "", "forgetting": " forgetting", "bwt": " BWT"}
 #: Overrides that do not define a configuration: rows that differ only in these are one group.
 NOT_A_CONFIGURATION = ("seed", "resume", "stop_after_task", "threads", "output_dir")
@@ -57,6 +63,7 @@ class JobRow:
     error: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)  # "class_il_average": 91.2, ...
     wall_seconds: float | None = None
+    dataset: str | None = None  # from a complete job's results.json
 
 
 @dataclass
@@ -69,6 +76,12 @@ class ConfigurationRow:
     complete: int
     means: dict[str, float]
     stds: dict[str, float | None]  # None with fewer than two complete jobs
+    statuses: dict[str, int] = field(default_factory=dict)  # status -> number of jobs
+
+    @property
+    def not_complete(self) -> dict[str, int]:
+        """The statuses of the jobs that did not complete: ``{"failed": 2}``."""
+        return {status: number for status, number in self.statuses.items() if status != COMPLETE and number}
 
 
 # --- finding and reading jobs -------------------------------------------------------------
@@ -100,44 +113,141 @@ def _natural_key(text: str) -> list[Any]:
     return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text)]
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    """The JSON object in ``path``; None when it is missing, unreadable or not an object."""
+class UnreadableFile(Exception):
+    """A job file that is present but cannot be used; the message says which and why."""
+
+
+def read_limited(path: Path, limit: int, name: str) -> bytes | None:
+    """The bytes of the regular file ``path``, or None when there is none. Raises UnreadableFile
+    naming it (as ``name``) when it is larger than ``limit`` bytes (checked before reading), is
+    not a regular file (a FIFO is not waited on), or cannot be read."""
     try:
-        document = json.loads(path.read_text())
-    except (OSError, ValueError):
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
         return None
-    return document if isinstance(document, dict) else None
+    except OSError as error:
+        raise UnreadableFile(f"{name} cannot be read: {(error.strerror or str(error)).lower()}") from None
+    with os.fdopen(descriptor, "rb") as file:
+        info = os.fstat(descriptor)
+        if not stat.S_ISREG(info.st_mode):
+            raise UnreadableFile(f"{name} is not a regular file")
+        if info.st_size > limit:
+            raise UnreadableFile(f"{name} is {info.st_size:,} bytes, over the limit of {limit:,}")
+        data = file.read(limit + 1)
+    if len(data) > limit:  # it grew while being read
+        raise UnreadableFile(f"{name} is over the limit of {limit:,} bytes")
+    return data
 
 
-def read_overrides(directory: Path) -> list[str] | None:
-    """The job's overrides from Hydra's ``.hydra/overrides.yaml`` (a plain YAML list, read with
-    ``yaml.safe_load``); None when there is no such readable list."""
+def _read_json(path: Path, limit: int, name: str) -> dict[str, Any] | None:
+    """The JSON object in ``path``; None when there is no such file; UnreadableFile when it is
+    too large, not JSON or not an object."""
+    data = read_limited(path, limit, name)
+    if data is None:
+        return None
+    try:
+        document = json.loads(data)
+    except (ValueError, RecursionError) as error:
+        raise UnreadableFile(f"{name} is not valid JSON: {str(error).splitlines()[0] if str(error) else 'too deeply nested'}") from None
+    if not isinstance(document, dict):
+        raise UnreadableFile(f"{name} is not a JSON object")
+    return document
+
+
+def safe_yaml(data: bytes | str) -> Any:
+    """``yaml.safe_load`` that refuses anchors and aliases (a few hundred bytes of aliases expand
+    to gigabytes); raises ``yaml.YAMLError`` for them as for malformed YAML."""
     import yaml
 
+    class NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            event = self.peek_event()
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+                raise yaml.YAMLError("YAML anchors and aliases are refused")
+            return super().compose_node(parent, index)
+
+    loader = NoAliasLoader(data)
     try:
-        overrides = yaml.safe_load((directory / OVERRIDES_PATH).read_text())
-    except (OSError, yaml.YAMLError):
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def _read_overrides_file(directory: Path) -> list[str] | None:
+    """The list in ``.hydra/overrides.yaml``; None when there is none; UnreadableFile otherwise."""
+    import yaml
+
+    name = OVERRIDES_PATH.as_posix()
+    data = read_limited(directory / OVERRIDES_PATH, MAX_SMALL_FILE_BYTES, name)
+    if data is None:
         return None
-    if not isinstance(overrides, list):
-        return None
+    try:
+        overrides = safe_yaml(data)
+    except (yaml.YAMLError, RecursionError) as error:
+        raise UnreadableFile(f"{name} is not readable YAML: {str(error).splitlines()[0] if str(error) else 'too deeply nested'}") from None
+    if not isinstance(overrides, list) or not all(isinstance(item, (str, int, float, bool)) for item in overrides):
+        raise UnreadableFile(f"{name} is not a list of overrides")
     return [str(item) for item in overrides]
 
 
+def read_overrides(directory: Path) -> list[str] | None:
+    """The job's overrides from Hydra's ``.hydra/overrides.yaml`` (a plain YAML list, at most
+    ``MAX_SMALL_FILE_BYTES``, read without anchors or aliases); None when there is no such
+    readable list."""
+    try:
+        return _read_overrides_file(directory)
+    except UnreadableFile:
+        return None
+
+
 def read_job(directory: Path, name: str) -> JobRow:
-    """The row of the run in ``directory``, from its results.json, job.json and overrides."""
-    results = _read_json(directory / RESULTS_NAME)
-    recorded = _read_json(directory / STATUS_NAME) or {}
-    overrides = read_overrides(directory)
+    """The row of the run in ``directory``, from its results.json, job.json and overrides; a
+    file that is too large or malformed makes the row ``unreadable``, with the reason as its error."""
+    problems: list[str] = []
+
+    def attempt(read: Any, *arguments: Any) -> Any:
+        try:
+            return read(*arguments)
+        except UnreadableFile as problem:
+            problems.append(str(problem))
+            return None
+
+    results = attempt(_read_json, directory / RESULTS_NAME, MAX_RESULTS_BYTES, RESULTS_NAME)
+    recorded = attempt(_read_json, directory / STATUS_NAME, MAX_SMALL_FILE_BYTES, STATUS_NAME) or {}
+    overrides = attempt(_read_overrides_file, directory)
     if overrides is None:
-        overrides = [str(item) for item in recorded.get("overrides") or []]
+        listed = recorded.get("overrides")
+        overrides = [str(item) for item in listed] if isinstance(listed, list) else []
+    if problems:
+        return JobRow(name=name, directory=directory, overrides=overrides, status=UNREADABLE, error="; ".join(problems))
     status, error = job_status(directory, results, recorded)
-    row = JobRow(name=name, directory=directory, overrides=overrides, status=status, error=error)
+    row = JobRow(name=name, directory=directory, overrides=overrides, status=status, error=_error_text(error))
     if status == COMPLETE and results is not None:
         row.metrics = _final_metrics(results)
+        row.dataset = _dataset_name(results)
     row.wall_seconds = _number(recorded.get("wall_seconds"))  # the whole job, measured by the callback
     if row.wall_seconds is None and status == COMPLETE and results is not None:
-        row.wall_seconds = _number((results.get("timings") or {}).get("total_seconds"))  # the run alone
+        timings = results.get("timings")
+        row.wall_seconds = _number(timings.get("total_seconds")) if isinstance(timings, dict) else None  # the run alone
     return row
+
+
+def _error_text(error: Any) -> str | None:
+    """The first line of a recorded error, at most ``MAX_ERROR_CHARACTERS`` long."""
+    if error is None:
+        return None
+    lines = str(error).strip().splitlines() or [""]
+    line = lines[0]
+    return line if len(line) <= MAX_ERROR_CHARACTERS else line[: MAX_ERROR_CHARACTERS - 1] + "…"
+
+
+def _dataset_name(results: dict[str, Any]) -> str | None:
+    """The dataset a results document names (``seq-digits``), or None."""
+    config = results.get("config") if isinstance(results.get("config"), dict) else {}
+    for block in (results.get("dataset"), config.get("dataset")):
+        if isinstance(block, dict) and isinstance(block.get("name"), str):
+            return block["name"]
+    return None
 
 
 def job_status(directory: Path, results: dict[str, Any] | None, recorded: dict[str, Any]) -> tuple[str, str | None]:
@@ -164,7 +274,7 @@ def job_status(directory: Path, results: dict[str, Any] | None, recorded: dict[s
 def _may_be_running(recorded: dict[str, Any]) -> bool:
     """False only when the recording process was on this machine and no longer exists."""
     pid = recorded.get("pid")
-    if recorded.get("host") != socket.gethostname() or not isinstance(pid, int):
+    if recorded.get("host") != socket.gethostname() or not isinstance(pid, int) or not 0 < pid < 2**31:
         return True
     try:
         os.kill(pid, 0)
@@ -260,7 +370,10 @@ def group_rows(rows: Sequence[JobRow]) -> list[ConfigurationRow]:
             if values:
                 means[name] = statistics.fmean(values)
                 stds[name] = statistics.stdev(values) if len(values) > 1 else None
-        grouped.append(ConfigurationRow(configuration(members[0].overrides), len(members), len(complete), means, stds))
+        statuses: dict[str, int] = {}
+        for row in members:
+            statuses[row.status] = statuses.get(row.status, 0) + 1
+        grouped.append(ConfigurationRow(configuration(members[0].overrides), len(members), len(complete), means, stds, statuses))
     return grouped
 
 
@@ -291,9 +404,23 @@ def _mean_std(group: ConfigurationRow, name: str) -> str:
     return _format(group.means[name], digits) + ("" if std is None else f" ± {_format(std, digits)}")
 
 
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*\[\]|])")
+_CONTROL = re.compile(r"\r\n|[\x00-\x1f\x7f]")
+
+
+def markdown_text(value: object) -> str:
+    """``value`` as inert Markdown text on one line: ``\\``, backticks, ``*``, brackets and ``|``
+    backslash-escaped, ``&``, ``<`` and ``>`` as HTML entities (no raw HTML), and newlines and
+    other control characters shown as ``\\n``-style escapes instead of breaking the line."""
+    text = _CONTROL.sub(lambda match: repr(match.group())[1:-1], str(value))
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A markdown table with padded columns (readable as plain text too); ``|`` in cells escaped."""
-    cells = [[str(cell).replace("|", "\\|") for cell in line] for line in [header, *rows]]
+    """A markdown table with padded columns (readable as plain text too); every cell escaped
+    with :func:`markdown_text`."""
+    cells = [[markdown_text(cell) for cell in line] for line in [header, *rows]]
     widths = [max(len(line[i]) for line in cells) for i in range(len(header))]
     lines = ["| " + " | ".join(cell.ljust(width) for cell, width in zip(line, widths)) + " |" for line in cells]
     lines.insert(1, "|" + "|".join("-" * (width + 2) for width in widths) + "|")
@@ -308,8 +435,7 @@ def format_summary(rows: Sequence[JobRow], title: str) -> str:
     """The markdown summary: counts, the configurations table and the jobs table, and the
     error of every failed job."""
     names = metric_names(rows)
-    counts = {status: sum(row.status == status for row in rows) for status in (COMPLETE, FAILED, STOPPED, RUNNING)}
-    count_text = ", ".join(f"{number} {status}" for status, number in counts.items() if number)
+    count_text = status_counts(rows)
     groups = group_rows(rows)
     configurations = markdown_table(
         ["configuration", "n", "jobs", *(metric_title(name) for name in names), "wall (s)"],
@@ -322,29 +448,47 @@ def format_summary(rows: Sequence[JobRow], title: str) -> str:
           *(_format(row.metrics.get(name)) for name in names), _format(row.wall_seconds, 1)] for row in rows],
     )
     parts = [
-        f"# Summary of {title}",
+        f"# Summary of {markdown_text(title)}",
         f"{len(rows)} job{'s' if len(rows) != 1 else ''}: {count_text}. Accuracies in percent (final "
         "average, forgetting, backward transfer); configurations: the overrides without `seed` and "
         "run-control settings, mean ± sample standard deviation over the n complete jobs.",
         "## Configurations", configurations, "## Jobs", jobs,
     ]
-    errors = [f"- `{row.name}` ({_overrides_text(row.overrides)}): {row.error}" for row in rows if row.status == FAILED]
+    errors = [f"- {markdown_text(row.name)} ({markdown_text(_overrides_text(row.overrides))}): {markdown_text(row.error)}"
+              for row in rows if row.status in (FAILED, UNREADABLE)]
     if errors:
         parts += ["## Failed jobs", "\n".join(errors)]
     return "\n\n".join(parts) + "\n"
 
 
+def status_counts(rows: Sequence[JobRow], always: Sequence[str] = ()) -> str:
+    """``3 complete, 1 failed``: the number of jobs of each status present (and of the
+    ``always`` ones, even when 0)."""
+    counts = {status: sum(row.status == status for row in rows) for status in (COMPLETE, FAILED, STOPPED, RUNNING, UNREADABLE)}
+    return ", ".join(f"{number} {status}" for status, number in counts.items() if number or status in always)
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(value: str) -> str:
+    """A text cell that no spreadsheet runs as a formula: one starting with ``=``, ``+``, ``-``,
+    ``@``, a tab or a carriage return gets a ``'`` in front (OWASP's CSV injection advice)."""
+    return "'" + value if value.startswith(_FORMULA_START) else value
+
+
 def format_csv(rows: Sequence[JobRow]) -> str:
     """One line per job: job, status, overrides (space-separated), the metrics, wall seconds,
-    error; empty cells for missing values."""
+    error; empty cells for missing values. Text cells are escaped with :func:`csv_text`;
+    numbers are written as numbers (``-48.0``)."""
     names = metric_names(rows)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["job", "status", "overrides", *names, "wall_seconds", "error"])
     for row in rows:
         values = [row.metrics.get(name) for name in names] + [row.wall_seconds]
-        writer.writerow([row.name, row.status, " ".join(row.overrides),
-                         *("" if value is None else repr(value) for value in values), row.error or ""])
+        writer.writerow([csv_text(row.name), csv_text(row.status), csv_text(" ".join(row.overrides)),
+                         *("" if value is None else repr(value) for value in values), csv_text(row.error or "")])
     return buffer.getvalue()
 
 
@@ -361,59 +505,251 @@ def plotted_configurations(groups: Sequence[ConfigurationRow]) -> list[Configura
     return sorted(shown, key=lambda group: -group.means.get(f"{kind}_average", -math.inf))[:MAX_PLOTTED]
 
 
-def plot_summary(groups: Sequence[ConfigurationRow], title: str) -> bytes:
-    """PNG bytes: a horizontal bar per configuration and accuracy kind (final average), with
-    the standard deviation over seeds as error bars (at most ``MAX_PLOTTED`` configurations: the
-    best by the first kind's average). Labels show the overrides that differ
-    between configurations; the ones they share go in the title."""
+_FLOAT = re.compile(r"(?<![\w.])-?(?:\d+\.\d*|\.\d+|\d+(?=[eE]))(?:[eE][-+]?\d+)?(?![\w.])")
+
+
+def short_floats(text: str) -> str:
+    """``model.lr=0.10000000001`` -> ``model.lr=0.1``: every decimal number in ``text`` with at
+    most 6 significant digits; other text unchanged."""
+    return _FLOAT.sub(lambda match: format(float(match.group()), ".6g"), text)
+
+
+@dataclass
+class Study:
+    """An Optuna sweep, read from the sweep's ``multirun.yaml``: the searched parameters
+    (override key -> search expression), the direction and the optimised metric
+    (``class_il_average``; None: the first kind's average)."""
+
+    params: dict[str, str]
+    direction: str
+    metric: str | None
+
+
+def read_study(root: Path) -> Study | None:
+    """The Optuna study of the sweep at ``root``; None when it is not one (or its
+    ``multirun.yaml`` cannot be read)."""
+    try:
+        data = read_limited(root / "multirun.yaml", MAX_SMALL_FILE_BYTES, "multirun.yaml")
+        document = safe_yaml(data) if data is not None else None
+    except Exception:  # noqa: BLE001  unreadable: summarised as a plain sweep
+        return None
+    hydra = document.get("hydra") if isinstance(document, dict) else None
+    sweeper = hydra.get("sweeper") if isinstance(hydra, dict) else None
+    if not isinstance(sweeper, dict) or "optuna" not in str(sweeper.get("_target_", "")).lower():
+        return None
+    params = sweeper.get("params")
+    if not isinstance(params, dict) or not params:
+        return None
+    direction = sweeper.get("direction")
+    metric = document.get("optimized_metric")
+    return Study(params={str(key): str(value) for key, value in params.items()},
+                 direction=direction if direction in ("maximize", "minimize") else "maximize",
+                 metric=metric.replace(".", "_") if isinstance(metric, str) else None)
+
+
+def figure_heading(rows: Sequence[JobRow], name: str, ended: bool | None) -> str:
+    """The first lines of the summary picture: the dataset(s) the runs trained on (``name``, e.g.
+    the sweep directory's name, when no complete run says), then the count of jobs by status:
+    ``4 complete, 1 failed`` once the sweep has ended (``ended`` None: when no job is running),
+    ``in progress: ...`` before."""
+    datasets = sorted({row.dataset for row in rows if row.dataset})
+    heading = ", ".join(datasets) if datasets else name
+    if ended is None:
+        ended = not any(row.status == RUNNING for row in rows)
+    if ended:
+        return f"{heading}\n{status_counts(rows, always=(COMPLETE, FAILED))}"
+    return f"{heading}\nin progress: {status_counts(rows) or 'no job yet'}"
+
+
+def summary_figure(rows: Sequence[JobRow], name: str = "", ended: bool | None = None, study: Study | None = None) -> Any:
+    """The matplotlib Figure of the summary picture (not saved): for an Optuna ``study``, the
+    metric against each searched parameter with the best trial marked; otherwise one bar per
+    configuration (see :func:`bar_figure`). Titled by :func:`figure_heading`."""
+    heading = figure_heading(rows, name, ended)
+    if study is not None and any(row.status == COMPLETE for row in rows):
+        return study_figure(rows, study, heading)
+    return bar_figure(group_rows(rows), heading)
+
+
+def bar_figure(groups: Sequence[ConfigurationRow], heading: str) -> Any:
+    """A horizontal bar per configuration and accuracy kind (final average), the standard
+    deviation over seeds as error bars and the values written on the bars, on an axis that
+    spans the values (not from 0). At most ``MAX_PLOTTED`` configurations with complete jobs
+    (the best by the first kind's average); then every configuration without a complete job,
+    marked with its jobs' statuses. Labels show the overrides that differ between
+    configurations (numbers shortened); the ones they share go in the title."""
     import numpy as np
     from matplotlib.figure import Figure  # no pyplot: no global figure state, no GUI backend
 
-    shown = plotted_configurations(groups)
+    complete_groups = plotted_configurations(groups)
+    unfinished = [group for group in groups if not group.complete][:MAX_PLOTTED]
+    shown = complete_groups + unfinished
     kinds = [kind for kind in KIND_TITLES if any(f"{kind}_average" in group.means for group in shown)]
-    complete = sum(bool(group.complete) for group in groups)
-    if len(shown) < complete:
-        title = f"{title}: the {len(shown)} best of {complete} configurations ({KIND_TITLES[kinds[0]]})"
-    common = set.intersection(*(set(group.overrides) for group in shown)) if shown else set()
-    labels = [_overrides_text([item for item in group.overrides if item not in common]) for group in shown]
-    if len(shown) == 1:
-        labels = [_overrides_text(shown[0].overrides)]
+    n_complete = sum(bool(group.complete) for group in groups)
+    if len(complete_groups) < n_complete:
+        heading += f"\nthe {len(complete_groups)} best of {n_complete} configurations ({KIND_TITLES[kinds[0]]})"
+    common = set.intersection(*(set(group.overrides) for group in shown)) if len(shown) > 1 else set()
+    labels = [short_floats(_overrides_text([item for item in group.overrides if item not in common])) + "  " + _jobs_note(group)
+              for group in shown]
     figure = Figure(figsize=(9, 1.6 + 0.45 * max(len(shown), 1) * max(len(kinds), 1)), layout="constrained")
     axes = figure.subplots()
+    if common:
+        heading += f"\nall: {short_floats(' '.join(sorted(common)))}"
+    figure.suptitle(heading, fontsize=10)
     if not shown:
-        axes.text(0.5, 0.5, "no complete jobs yet", ha="center", va="center", transform=axes.transAxes)
+        axes.text(0.5, 0.5, "no jobs", ha="center", va="center", transform=axes.transAxes)
         axes.set_axis_off()
+        return figure
+    left, right = _value_range(complete_groups, kinds)
     height = 0.8 / max(len(kinds), 1)
     positions = np.arange(len(shown))
     for k, kind in enumerate(kinds):
         name = f"{kind}_average"
         means = [group.means.get(name, np.nan) for group in shown]
         errors = [np.nan if group.stds.get(name) is None else group.stds[name] for group in shown]
-        axes.barh(positions + (k - (len(kinds) - 1) / 2) * height, means, height, xerr=errors, capsize=3,
-                  label=KIND_TITLES[kind])
-    if shown:
-        axes.set_yticks(positions, [f"{label}  (n={group.complete})" for label, group in zip(labels, shown)])
-        axes.invert_yaxis()
-        axes.set(xlim=(0, 100), xlabel="final average accuracy (%), mean ± std over seeds")
-        axes.grid(axis="x", alpha=0.3)
+        offsets = positions + (k - (len(kinds) - 1) / 2) * height
+        axes.barh(offsets, means, height, xerr=errors, capsize=3, label=KIND_TITLES[kind])
+        for y, mean, error in zip(offsets, means, errors):
+            if not np.isnan(mean):
+                text = f"{mean:.1f}" + ("" if np.isnan(error) else f" ± {error:.1f}")
+                axes.text(left + 0.01 * (right - left), y, text, va="center", ha="left", fontsize=8)
+    for position, group in zip(positions, shown):
+        if not group.complete:
+            axes.text(left + 0.01 * (right - left), position, f"✗ no complete job ({_status_text(group)})",
+                      va="center", ha="left", fontsize=8, color="tab:red")
+    axes.set_yticks(positions, labels)
+    for tick, group in zip(axes.get_yticklabels(), shown):
+        if not group.complete:
+            tick.set_color("tab:red")
+    axes.set_ylim(len(shown) - 0.5, -0.5)  # top to bottom; rows without bars keep their place
+    axis_note = f"; the axis starts at {left:g}" if left > 0 else ""
+    axes.set(xlim=(left, right), xlabel=f"final average accuracy (%), mean ± std over seeds{axis_note}")
+    axes.grid(axis="x", alpha=0.3)
+    if kinds:
         axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1))
-    subtitle = f"\nall: {' '.join(sorted(common))}" if common and len(shown) > 1 else ""
-    figure.suptitle(f"Summary of {title}{subtitle}", fontsize=10)
+    return figure
+
+
+def _jobs_note(group: ConfigurationRow) -> str:
+    """``(n=2)``, ``(n=1, 1 failed)`` or ``(2 failed)``: a configuration's complete jobs and the others."""
+    parts = [f"n={group.complete}"] if group.complete else []
+    parts += [f"{number} {status}" for status, number in group.not_complete.items()]
+    return f"({', '.join(parts)})"
+
+
+def _status_text(group: ConfigurationRow) -> str:
+    return ", ".join(f"{number} {status}" for status, number in group.not_complete.items()) or "no jobs"
+
+
+def _value_range(groups: Sequence[ConfigurationRow], kinds: Sequence[str]) -> tuple[float, float]:
+    """An x range that shows the differences between the plotted averages (± std), within 0..100."""
+    lows, highs = [], []
+    for group in groups:
+        for kind in kinds:
+            mean = group.means.get(f"{kind}_average")
+            if mean is not None and math.isfinite(mean):
+                std = group.stds.get(f"{kind}_average") or 0.0
+                lows.append(mean - std)
+                highs.append(mean + std)
+    if not lows:
+        return 0.0, 100.0
+    low, high = min(lows), max(highs)
+    pad = max(0.25 * (high - low), 2.0)
+    left = max(0.0, math.floor(low - pad))
+    right = max(min(100.0, math.ceil(high + pad)), high)
+    return left, max(right, left + 1.0)
+
+
+def study_figure(rows: Sequence[JobRow], study: Study, heading: str) -> Any:
+    """For an Optuna study: the optimised metric of each trial against each searched parameter
+    (one panel each; log scale for ``log`` searches; choices as categories), the best trial
+    marked with a star and its value, failed trials as red crosses along the bottom."""
+    from matplotlib.figure import Figure  # no pyplot: no global figure state, no GUI backend
+
+    metric = study.metric or next(name for name in metric_names(rows) if name.endswith("_average"))
+    trials = [(row, row.metrics.get(metric)) for row in rows]
+    scored = [(row, value) for row, value in trials if row.status == COMPLETE and value is not None and math.isfinite(value)]
+    pick = max if study.direction == "maximize" else min
+    best = pick(scored, key=lambda item: item[1])[0] if scored else None
+    unfinished = [row for row, value in trials if row.status != COMPLETE]
+    columns = min(len(study.params), 3)
+    rows_of_panels = math.ceil(len(study.params) / columns)
+    figure = Figure(figsize=(4.2 * columns, 1.2 + 3.2 * rows_of_panels), layout="constrained")
+    panels = figure.subplots(rows_of_panels, columns, squeeze=False).ravel()
+    metric_label = _metric_label(metric)
+    values = [value for _, value in scored]
+    bottom = min(values) - 0.08 * ((max(values) - min(values)) or 1.0) if values else 0.0  # failed trials, below the rest
+    figure.suptitle(f"{heading}\nOptuna study: {metric_label}, {study.direction}", fontsize=10)
+    for axes, (key, expression) in zip(panels, study.params.items()):
+        positions, ticks = _parameter_positions([_override_value(row, key) for row in rows])
+        xs = [positions.get(_override_value(row, key)) for row, _ in scored]
+        axes.scatter([x for x in xs if x is not None], [v for x, (_, v) in zip(xs, scored) if x is not None],
+                     color="tab:blue", label="trial")
+        crosses = [positions.get(_override_value(row, key)) for row in unfinished]
+        crosses = [x for x in crosses if x is not None]
+        if crosses:
+            axes.scatter(crosses, [bottom] * len(crosses), marker="x", color="tab:red", label="failed or unfinished")
+        if best is not None and positions.get(_override_value(best, key)) is not None:
+            x, y = positions[_override_value(best, key)], best.metrics[metric]
+            axes.scatter([x], [y], marker="*", s=250, color="tab:orange", edgecolor="black", zorder=3, label="best")
+            axes.annotate(f"best {y:.2f} ({key}={short_floats(_override_value(best, key) or '')})", (x, y),
+                          textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
+        if ticks:
+            axes.set_xticks(range(len(ticks)), ticks)
+        elif "log" in expression and all(isinstance(x, float) and x > 0 for x in positions.values()):
+            axes.set_xscale("log")
+        axes.set(title=key, xlabel=short_floats(expression), ylabel=metric_label)
+        axes.margins(x=0.12, y=0.15)  # room for the best trial's note
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=7, loc="best")
+    for axes in panels[len(study.params):]:
+        axes.set_axis_off()
+    return figure
+
+
+def _metric_label(metric: str) -> str:
+    kind, field_name = metric.rsplit("_", 1)
+    words = {"average": "average accuracy (%)", "forgetting": "forgetting", "bwt": "backward transfer"}
+    return f"{KIND_TITLES.get(kind, kind)} {words.get(field_name, field_name)}"
+
+
+def _override_value(row: JobRow, key: str) -> str | None:
+    """The value ``row``'s overrides give ``key`` (``model.lr=0.01`` -> ``0.01``), or None."""
+    for item in row.overrides:
+        if override_key(item) == key and "=" in item:
+            return item.split("=", 1)[1]
+    return None
+
+
+def _parameter_positions(values: Sequence[str | None]) -> tuple[dict[str, float], list[str]]:
+    """x positions of a parameter's values: the numbers themselves, or (when some value is not a
+    number) one position per category, with the category names as tick labels."""
+    present = [value for value in dict.fromkeys(values) if value is not None]
+    try:
+        return {value: float(value) for value in present}, []
+    except ValueError:
+        return {value: float(index) for index, value in enumerate(present)}, present
+
+
+def plot_summary(rows: Sequence[JobRow], name: str = "", ended: bool | None = None, study: Study | None = None) -> bytes:
+    """PNG bytes of :func:`summary_figure`."""
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
+    summary_figure(rows, name, ended, study).savefig(buffer, format="png", dpi=100)
     return buffer.getvalue()
 
 
 # --- writing ------------------------------------------------------------------------------
 
 
-def write_summary(root: Path, rows: Sequence[JobRow], title: str | None = None) -> list[Path]:
-    """Write summary.csv, summary.md and summary.png of ``rows`` into ``root``; return their paths."""
+def write_summary(root: Path, rows: Sequence[JobRow], title: str | None = None, ended: bool | None = None) -> list[Path]:
+    """Write summary.csv, summary.md and summary.png of ``rows`` into ``root``; return their
+    paths. ``ended``: whether the sweep has ended (None: when no job is running)."""
     title = title or str(root)
+    picture = plot_summary(rows, root.absolute().name, ended, read_study(root))
     return [
         write_atomic(root / CSV_NAME, format_csv(rows).encode(), "summary"),
         write_atomic(root / MARKDOWN_NAME, format_summary(rows, title).encode(), "summary"),
-        write_atomic(root / PLOT_NAME, plot_summary(group_rows(rows), title), "summary"),
+        write_atomic(root / PLOT_NAME, picture, "summary"),
     ]
 
 
@@ -426,7 +762,7 @@ def summary_lock(root: Path) -> Iterator[None]:
     except ImportError:  # Windows
         yield
         return
-    with open(root / LOCK_NAME, "a") as lock:
+    with open_nofollow(root / LOCK_NAME, "a") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
         except OSError:  # a file system without locks (some network mounts): writes stay atomic
@@ -438,13 +774,13 @@ def summary_lock(root: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def update_summary(root: Path, others: Sequence[Path] = ()) -> list[JobRow]:
+def update_summary(root: Path, others: Sequence[Path] = (), ended: bool | None = None) -> list[JobRow]:
     """Under the lock of ``root``: gather the runs under ``root`` and ``others`` and write the
-    summary files into ``root``. Returns the rows."""
+    summary files into ``root`` (``ended`` as in :func:`write_summary`). Returns the rows."""
     check_directory(root)
     with summary_lock(root):
         rows = gather([root, *others])
-        write_summary(root, rows, " ".join(str(path) for path in [root, *others]))
+        write_summary(root, rows, " ".join(str(path) for path in [root, *others]), ended)
     return rows
 
 

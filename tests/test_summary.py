@@ -22,7 +22,8 @@ from omegaconf import OmegaConf
 from mammoth.callbacks import SweepSummaryCallback, sweep_root
 from mammoth.errors import ConfigError
 from mammoth.summary import (
-    find_job_dirs, format_summary, gather, group_rows, main, plot_summary, plotted_configurations, update_summary,
+    find_job_dirs, format_csv, format_summary, gather, group_rows, main, markdown_text, plot_summary,
+    plotted_configurations, read_overrides, safe_yaml, short_floats, summary_figure, update_summary,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,7 +111,7 @@ def test_markdown_has_both_tables_and_the_errors(sweep: Path):
     job_line = next(line for line in text.splitlines() if line.startswith("| 4 "))
     assert [cell.strip() for cell in job_line.strip("|").split("|")] == [
         "4", "seed=2 model.lr=0.1 dataset.n_epochs=1", "stopped early", "-", "-", "-", "-", "-", "-", "-"]
-    assert "- `3` (seed=1 model.lr=0.1 dataset.n_epochs=1): ConfigError: model.lr=0.1 is refused" in text
+    assert "- 3 (seed=1 model.lr=0.1 dataset.n_epochs=1): ConfigError: model.lr=0.1 is refused" in text
 
 
 def test_update_writes_csv_markdown_and_png(sweep: Path):
@@ -276,7 +277,7 @@ def test_the_plot_shows_at_most_the_40_best_configurations(tmp_path: Path):
         write_job(tmp_path / str(lr), ["seed=0", f"model.lr={lr}"], complete((lr, 0, 0), (50, 0, 0), 1))
     groups = group_rows(gather([tmp_path]))
     assert [group.overrides for group in plotted_configurations(groups)] == [[f"model.lr={lr}"] for lr in range(44, 4, -1)]
-    png = plot_summary(groups, "many")
+    png = plot_summary(gather([tmp_path]), "many")
     # height in the PNG header: (1.6 + 0.45 inch per bar * 40 configurations * 2 kinds) * 100 dpi
     assert (int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")) == (900, 3760)
     assert plotted_configurations(groups[:3]) == groups[:3]

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import run_python
 
+from mammoth.summary import markdown_text
+
 
 def summary_rows(sweep: Path) -> list[dict[str, str]]:
     with open(sweep / "summary.csv", newline="") as file:
@@ -77,4 +79,4 @@ def test_a_failed_job_is_failed_in_the_summary_and_the_other_complete(workdir: P
     assert (failed["overrides"], failed["status"], failed["class_il_average"]) == ("model.lr=-1 dataset.n_epochs=1", "failed", "")
     assert failed["error"].startswith("ConfigError: model.lr=-1.0 is not positive")
     assert not (sweep / "1" / "results.json").exists()
-    assert f"- `1` (model.lr=-1 dataset.n_epochs=1): {failed['error']}" in (sweep / "summary.md").read_text()
+    assert f"- 1 (model.lr=-1 dataset.n_epochs=1): {markdown_text(failed['error'])}" in (sweep / "summary.md").read_text()
