@@ -66,9 +66,11 @@ def check_sweep_directory(directory: Path, cfg: DictConfig, jobs: Any) -> None:
             f"hydra.sweep.dir={directory} already holds a sweep (multirun.yaml); allowed: resume=true to "
             "continue that sweep, or another hydra.sweep.dir"
         )
-    if not jobs.exact:
-        return
     from mammoth.sweep_jobs import job_directory
+
+    if not jobs.exact:
+        _check_trials_numbered(jobs.configs[0])
+        return
 
     seen: dict[str, int] = {}
     for number, job in enumerate(jobs.configs):
@@ -90,6 +92,25 @@ def check_sweep_directory(directory: Path, cfg: DictConfig, jobs: Any) -> None:
         check_no_links(Path(path))
         if cfg.get("resume"):
             _check_same_overrides(Path(path), list(job.hydra.overrides.task), f"job {number}'s directory")
+
+
+def _check_trials_numbered(job: DictConfig) -> None:
+    """A sweeper that picks its trials while it runs (Optuna) numbers them: ``hydra.sweep.subdir``
+    must differ between job numbers, or every trial would write one directory."""
+    from omegaconf import open_dict
+
+    from mammoth.sweep_jobs import job_directory
+
+    directories = set()
+    for number in (0, 1):
+        with open_dict(job):
+            job.hydra.job.num, job.hydra.job.id = number, f"job_id_for_{number}"
+        directories.add(job_directory(job))
+    if len(directories) == 1 and None not in directories:
+        raise ConfigError(
+            f"hydra.sweep.subdir={OmegaConf.to_container(job.hydra.sweep, resolve=False)['subdir']!r} names one directory for every trial of "
+            "the search; allowed: a subdirectory that includes ${hydra.job.num}"
+        )
 
 
 def _check_same_overrides(directory: Path, overrides: list[str], what: str) -> None:

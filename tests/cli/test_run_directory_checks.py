@@ -118,3 +118,12 @@ def test_search_path_entries_never_import_python_files_from_the_working_director
                             cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
     assert not (workdir / "IMPORTED").exists(), result.stderr
     assert "seed: 0" in result.stdout
+
+
+def test_an_optuna_search_whose_trials_would_share_a_directory_is_refused(workdir: Path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    search = ["-m", "hydra/sweeper=optuna", "model.lr=interval(0.01,0.1)", f"hydra.sweep.dir={workdir / 'search'}"]
+    assert refused(*search, "hydra.sweep.subdir=trial") == (
+        "hydra.sweep.subdir='trial' names one directory for every trial of the search; allowed: a subdirectory that "
+        "includes ${hydra.job.num}")
+    assert prepare_arguments([*search, "hydra.sweep.subdir=trial-${hydra.job.num}"], hydra_main).multirun
