@@ -75,7 +75,7 @@ def check_config_safety(cfg: DictConfig, hydra: Any = None, output_dir_in_run_di
     if not output_dir_in_run_directory:
         tree.pop("output_dir", None)
     resolver = _Resolver(cfg, hydra)
-    for path, value in _walk(tree, ()):
+    for path, value in _walk(tree, (), resolver):
         _check_node(path, value, tree, resolver)
 
 
@@ -93,15 +93,23 @@ def check_output_path(key: str, value: Any) -> None:
         )
 
 
-def _walk(node: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], Any]]:
-    """Every (path, value) of a container tree, the containers themselves included."""
+def _walk(node: Any, path: tuple[str, ...], resolve: "_Resolver") -> Iterator[tuple[tuple[str, ...], Any]]:
+    """Every (path, value) of a container tree, the containers themselves included; an
+    interpolation that resolves to a container (``${oc.decode:...}``, ``${oc.create:...}``) is
+    walked as what it becomes, since Hydra instantiates what it resolves to."""
     yield path, node
-    if isinstance(node, dict):
+    if isinstance(node, str) and "${" in node:
+        resolved = resolve(path, node)
+        if OmegaConf.is_config(resolved):
+            resolved = OmegaConf.to_container(resolved, resolve=False)
+        if isinstance(resolved, (dict, list)):
+            yield from _walk(resolved, path, resolve)
+    elif isinstance(node, dict):
         for key, value in node.items():
-            yield from _walk(value, (*path, str(key)))
+            yield from _walk(value, (*path, str(key)), resolve)
     elif isinstance(node, list):
         for index, value in enumerate(node):
-            yield from _walk(value, (*path, str(index)))
+            yield from _walk(value, (*path, str(index)), resolve)
 
 
 class _Resolver:
@@ -117,6 +125,9 @@ class _Resolver:
             runtime["output_dir"] = RUN_DIRECTORY_PLACEHOLDER
         #: The run directory the config's paths must stay in (its placeholder before Hydra made it).
         self.run_directory = runtime["output_dir"]
+        self.hydra_config = OmegaConf.create({"hydra": self.hydra_tree})
+        if "hydra" in cfg:  # the same ${now:...} values as the composed config
+            OmegaConf.copy_cache(from_config=cfg, to_config=self.hydra_config)
         #: The sweep's root, as its config resolves it (None when it does not resolve).
         self.sweep_directory = self._resolve_hydra(("hydra", "sweep", "dir"), None)
         job = self.hydra_tree.setdefault("job", {})
@@ -136,7 +147,7 @@ class _Resolver:
 
     def _resolve_hydra(self, path: tuple[str, ...], raw: Any) -> Any:
         try:
-            return OmegaConf.select(OmegaConf.create({"hydra": self.hydra_tree}), ".".join(path), throw_on_missing=True)
+            return OmegaConf.select(self.hydra_config, ".".join(path), throw_on_missing=True)
         except Exception:  # noqa: BLE001
             return None
 

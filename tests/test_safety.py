@@ -186,3 +186,11 @@ def test_where_the_run_goes_is_chosen_on_the_command_line_not_by_a_shared_file(t
     line = refused("-m", "hydra/launcher=submitit_local", "hydra.launcher.submitit_folder=/tmp/elsewhere", "seed=0,1")
     assert line == ("hydra.launcher.submitit_folder='/tmp/elsewhere' is outside the sweep directory; allowed: a path inside it, "
                     "e.g. ${hydra.sweep.dir}/NAME")
+
+
+def test_an_interpolation_that_becomes_a_target_is_walked_as_what_it_becomes(tmp_path: Path):
+    write(tmp_path / "experiment" / "decoded.yaml", "# @package _global_\nhydra:\n  callbacks:\n    sweep_summary:\n"
+          "      payload: \"${oc.decode:'{_target_: os.system, _args_: [touch pwned]}'}\"\n")
+    line = refused("--config-dir", str(tmp_path), "experiment=decoded")
+    assert line.startswith("hydra.callbacks.sweep_summary.payload._target_='os.system': a _target_ is not allowed here")
+    assert not (tmp_path / "pwned").exists()
