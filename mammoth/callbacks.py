@@ -112,15 +112,15 @@ def record_interruption(run_dir: Path, reason: str) -> None:
 def _read_own_status(path: Path) -> dict[str, Any] | None:
     """The JSON object in ``path``, read without following a symbolic link; None when there is no
     regular file of at most MAX_STATUS_BYTES or it does not hold an object."""
-    import stat
+    from mammoth.errors import ConfigError
+    from mammoth.rundir import open_nofollow
 
     try:
-        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
-    except OSError:
+        file = open_nofollow(path, "rb")
+    except (OSError, ConfigError):  # none, a symbolic link, not a regular file
         return None
-    with os.fdopen(descriptor, "rb") as file:
-        status = os.fstat(file.fileno())
-        if not stat.S_ISREG(status.st_mode) or status.st_size > MAX_STATUS_BYTES:
+    with file:
+        if os.fstat(file.fileno()).st_size > MAX_STATUS_BYTES:
             return None
         document = json.loads(file.read(MAX_STATUS_BYTES))
     return document if isinstance(document, dict) else None

@@ -9,7 +9,6 @@ import logging
 import math
 import os
 import re
-import stat
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -18,7 +17,7 @@ import torch
 
 from mammoth.errors import ConfigError, TrainingError
 from mammoth.evaluation import SETTING_METRICS, evaluate_tasks
-from mammoth.rundir import write_atomic
+from mammoth.rundir import open_nofollow, write_atomic
 from mammoth.validation import check_positive_int
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -232,21 +231,16 @@ def _read_verified_payload(path: Path) -> tuple[list[str], bytes]:
     """The header fields and the payload of the checkpoint ``path``: the magic and the header are
     read first, then the file's size (``fstat`` of a descriptor opened with ``O_NOFOLLOW``) is
     compared with the header's, and only then is the payload read."""
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        descriptor = os.open(path, flags)
+        file = open_nofollow(path, "rb")  # a symbolic link or a FIFO: a one-line ConfigError naming it
     except FileNotFoundError:
         raise ConfigError(
             f"resume=true but there is no checkpoint at {path}; point hydra.run.dir at the directory of the run to resume"
         ) from None
     except OSError as error:
-        if os.path.islink(path):
-            raise ConfigError(f"checkpoint {path} is a symbolic link; refused unread: a run's checkpoint is a regular file; {RESTART}") from None
         raise ConfigError(f"checkpoint {path} cannot be read: {(error.strerror or str(error)).lower()}; {RESTART}") from None
-    with os.fdopen(descriptor, "rb") as file:
+    with file:
         status = os.fstat(file.fileno())
-        if not stat.S_ISREG(status.st_mode):
-            raise ConfigError(f"checkpoint {path} is not a regular file; refused unread; {RESTART}")
         if file.read(len(CHECKPOINT_MAGIC)) != CHECKPOINT_MAGIC:
             raise ConfigError(f"{path} is not a mammoth checkpoint (or one from an older mammoth); {RESTART}")
         header = file.readline(MAX_HEADER_BYTES)

@@ -317,8 +317,8 @@ def test_a_symlinked_checkpoint_is_refused_and_its_target_left_alone(tmp_path):
     with pytest.raises(ConfigError) as error:
         load_checkpoint(link, TinyModel(), torch.Generator(), CONFIG)
     assert str(error.value) == (
-        f"checkpoint {link} is a symbolic link; refused unread: a run's checkpoint is a regular file; "
-        "start the run again without resume=true (or in another directory)"
+        f"{link} is a symbolic link (to {target}); mammoth does not follow links in a run directory; "
+        "allowed: a regular file or no file at that path (remove the link)"
     )
     assert target.read_bytes() == before
 
@@ -350,5 +350,5 @@ def test_a_huge_file_is_refused_from_its_header_before_its_payload_is_read(tmp_p
 def test_a_checkpoint_that_is_not_a_regular_file_is_refused_unread(tmp_path):
     path = tmp_path / "checkpoint.pt"
     os.mkfifo(path)  # reading a FIFO would wait for a writer forever
-    with pytest.raises(ConfigError, match=rf"^checkpoint {path} is not a regular file; refused unread; start the run again"):
+    with pytest.raises(ConfigError, match=rf"^{path} is not a regular file; allowed: a regular file or no file at that path$"):
         read_checkpoint(path)
