@@ -8,7 +8,6 @@ from mammoth.backbones import MammothBackbone, build_backbone, list_backbones, r
 from mammoth.datasets import ContinualDataset, build_dataset, list_datasets, register_dataset
 from mammoth.models import ContinualModel, ReplayModel, build_model, list_models, register_model
 from mammoth.errors import BackboneError, ConfigError, DatasetError, MammothError, TrainingError
-from mammoth import config as _config  # noqa: F401  stores the run schema
 from mammoth.runner import run
 
 __version__ = "0.1.0"
@@ -36,10 +35,9 @@ __all__ = [
 ]
 
 from mammoth.plugins import load_plugins as _load_plugins
-from mammoth.datasets import store_default_backbones as _store_default_backbones
 
 # Installed ``mammoth.plugins`` entry points register their backbones, models and datasets now,
-# so build_backbone("their-net") works in plain Python; a broken one is a warning here and an
-# error under ``python -m mammoth``.
+# so build_backbone("their-net") works in plain Python and ``backbone=their-net`` in a Hydra app
+# that opted in (pkg://mammoth.conf); a broken one is a warning here and an error under
+# ``python -m mammoth``.
 _load_plugins(strict=False)
-_store_default_backbones()

@@ -18,6 +18,7 @@ import hydra
 from omegaconf import DictConfig
 
 import mammoth
+import mammoth.app_conf  # noqa: F401  the run schema, stored before Hydra copies the ConfigStore (--info)
 from mammoth.cli import CONFIG_NAME, CONFIG_PATH, exit_with, prepare_arguments
 from mammoth.errors import ConfigError, MammothError
 from mammoth.plugins import load_plugins

@@ -27,7 +27,7 @@ from mammoth.errors import ConfigError, MammothError, unknown_name_message
 from mammoth.registry import canonical_name
 
 #: The primary config of ``python -m mammoth``.
-CONFIG_PATH = "pkg://mammoth.conf"
+CONFIG_PATH = "pkg://mammoth.app_conf"
 CONFIG_NAME = "config"
 
 

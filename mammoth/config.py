@@ -1,8 +1,9 @@
-"""The run-wide config schema, stored in Hydra's ConfigStore.
+"""The run-wide config schema of ``python -m mammoth``, stored in Hydra's ConfigStore by its app
+config package (:mod:`mammoth.app_conf`), not by ``import mammoth``.
 
-``conf/config.yaml`` (the primary config) extends it, so every run setting is typed: ``seed=abc``
-fails at composition. The ``backbone``, ``model`` and ``dataset`` options are typed configs that
-their registries store.
+``mammoth/app_conf/config.yaml`` (the primary config) extends it, so every run setting is typed:
+``seed=abc`` fails at composition. The ``backbone``, ``model`` and ``dataset`` options are typed
+configs that their registries store.
 """
 
 from __future__ import annotations
@@ -15,8 +16,12 @@ from omegaconf import MISSING
 from hydra.core.config_store import ConfigStore
 
 
-#: ConfigStore name of the run schema that conf/config.yaml extends.
+#: ConfigStore name of the run schema that mammoth/app_conf/config.yaml extends.
 RUN_SCHEMA = "mammoth_schema"
+
+#: OmegaConf resolver that names a dataset's default backbone option; the primary config selects
+#: ``backbone: ${mammoth_default_backbone:${dataset}}`` (a Hydra defaults-list interpolation).
+DEFAULT_BACKBONE_RESOLVER = "mammoth_default_backbone"
 
 
 @dataclass
@@ -35,18 +40,18 @@ class RunConfig:
     #: What mammoth.run returns (what a sweeper optimises), ``KIND.FIELD`` of results.json; None =
     #: class_il.average, or domain_il.average on a domain-IL dataset (mammoth.runner.check_optimized_metric).
     optimized_metric: Optional[str] = None
-    #: The selected experiment loggers, ``{label: {name: ..., options}}`` (conf/logger/); None = none.
+    #: The selected experiment loggers, ``{label: {name: ..., options}}`` (mammoth/app_conf/logger/); None = none.
     logger: Any = None
 
 
-def store_schemas() -> None:
-    """Put the run schema in Hydra's ConfigStore (idempotent); the backbone, model and dataset
-    options are stored by their registries.
+def store_app_configs() -> None:
+    """Make what only mammoth's own primary config uses available (idempotent): the run schema in
+    Hydra's ConfigStore and the default-backbone resolver. The backbone, model and dataset options
+    are stored by their registries when :mod:`mammoth` is imported."""
+    from omegaconf import OmegaConf
 
-    Other Hydra apps reach them through the ``hydra_plugins/mammoth_searchpath`` plugins that
-    Hydra discovers by itself.
-    """
+    from mammoth.datasets import default_backbone_option
+
     ConfigStore.instance().store(name=RUN_SCHEMA, node=RunConfig, provider="mammoth")
-
-
-store_schemas()
+    if not OmegaConf.has_resolver(DEFAULT_BACKBONE_RESOLVER):
+        OmegaConf.register_new_resolver(DEFAULT_BACKBONE_RESOLVER, default_backbone_option)

@@ -35,7 +35,7 @@ import json, sys, time
 start = time.perf_counter()
 import mammoth
 from hydra import compose, initialize_config_module
-with initialize_config_module(config_module="mammoth.conf", version_base="1.3"):
+with initialize_config_module(config_module="mammoth.app_conf", version_base="1.3"):
     cfg = compose(config_name="config", overrides={overrides!r})
 print(json.dumps({{"seconds": time.perf_counter() - start,
                   "present": sorted(m for m in {names!r} if m in sys.modules)}}))

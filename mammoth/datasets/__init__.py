@@ -79,7 +79,6 @@ def _register(cls: DatasetClass, name: Any) -> DatasetClass:
         raise DatasetError(f"dataset {name!r} has augmentation={cls.augmentation!r}; allowed: None, crop-flip")
     cls.name = canonical_name(name)
     DATASETS.register(cls.name)(cls)
-    store_default_backbone(cls.name)
     return cls
 
 
@@ -108,34 +107,29 @@ def build_dataset(config: DatasetConfig | Mapping[str, Any], seed: int = 0) -> C
     return get_dataset_class(name)(config, seed=seed)
 
 
-#: Config group of the backbone each dataset uses when nothing else chose one; conf/config.yaml
-#: selects ``backbone: dataset-default/${dataset}`` (a Hydra defaults-list interpolation).
+#: Where the primary config of ``python -m mammoth`` looks for a dataset's default backbone when
+#: the dataset has none that is registered: Hydra then reports the missing
+#: ``backbone/dataset-default/NAME`` config (no such group exists, so nothing lists it).
 DEFAULT_BACKBONE_GROUP = "backbone/dataset-default"
 
 
-def store_default_backbone(name: str) -> bool:
-    """Store the config of dataset ``name``'s default backbone as ``backbone/dataset-default/NAME``.
+def default_backbone_option(dataset: str) -> str:
+    """The ``backbone`` option that dataset option ``dataset`` uses when nothing else chose one.
 
-    Returns False (and stores nothing) while that backbone is not registered yet; the run then
-    builds it from the dataset's ``default_backbone`` (see :func:`store_default_backbones`).
+    mammoth's primary config selects ``backbone: ${mammoth_default_backbone:${dataset}}`` with
+    this function as the resolver (:func:`mammoth.config.store_app_configs`), so the default is
+    an ordinary backbone option (``hydra.runtime.choices.backbone`` names it) and is looked up when
+    Hydra composes, after any plugin registered more datasets. A dataset that is not registered,
+    or whose default backbone is not, gives ``dataset-default/DATASET``, which Hydra cannot find.
     """
-    from hydra.core.config_store import ConfigStore
-
     from mammoth.backbones import BACKBONES
-    from mammoth.registry import open_config_node
 
+    name = canonical_name(dataset) if isinstance(dataset, str) else dataset
+    missing = f"{DEFAULT_BACKBONE_GROUP.split('/', 1)[1]}/{dataset}"
+    if name not in DATASETS.names():
+        return missing
     backbone = canonical_name(get_dataset_class(name).default_backbone)
-    if backbone not in BACKBONES.names():
-        return False
-    node = open_config_node(BACKBONES.get(backbone).schema)
-    ConfigStore.instance().store(group=DEFAULT_BACKBONE_GROUP, name=name, node=node, provider="mammoth")
-    return True
-
-
-def store_default_backbones() -> None:
-    """Store the default-backbone config of every registered dataset (after plugins registered more)."""
-    for name in list_datasets():
-        store_default_backbone(name)
+    return backbone if backbone in BACKBONES.names() else missing
 
 
 # Importing the family modules registers their benchmarks.

@@ -25,6 +25,9 @@ def test_help_lists_the_backbone_options(workdir: Path):
     backbone_line = next(line for line in result.stdout.splitlines() if line.startswith("backbone:"))
     for name in ("mnistmlp", "resnet", "resnet18", "reduced-resnet18", "vit", "torchvision"):
         assert name in backbone_line
+    groups = result.stdout.split("== Config groups", 1)[1].split("== Composed config ==", 1)[0].splitlines()[1:]
+    assert [line.split(":")[0] for line in groups if line] == [
+        "backbone", "dataset", "experiment", "hparams_search", "logger", "model"]  # no internal helper group
 
 
 def test_unknown_backbone_fails_with_the_list_and_closest(workdir: Path):
@@ -90,7 +93,7 @@ def test_composing_imports_neither_torchvision_nor_sklearn(workdir: Path):
     code = (
         "import sys, mammoth\n"
         "from hydra import compose, initialize_config_module\n"
-        "with initialize_config_module(config_module='mammoth.conf', version_base='1.3'):\n"
+        "with initialize_config_module(config_module='mammoth.app_conf', version_base='1.3'):\n"
         "    cfg = compose(config_name='config', overrides=['dataset=seq-cifar10', 'backbone=torchvision'])\n"
         "print(cfg.backbone.arch, sorted(m for m in ('torchvision', 'sklearn', 'matplotlib') if m in sys.modules))\n"
     )

@@ -1,9 +1,13 @@
 """mammoth used as a Hydra user would: user config dirs, search paths, -cn, failing sweep jobs,
-and mammoth's configs composed by another app that never imports mammoth."""
+tab completion, hydra.verbose, and mammoth's configs composed by another app that opted in and
+never imports mammoth."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -139,13 +143,15 @@ if __name__ == "__main__":
 
 @pytest.fixture
 def other_app(workdir: Path) -> Path:
-    """A Hydra app that never imports mammoth, choosing a backbone and a dataset in its defaults."""
+    """A Hydra app that opted in and never imports mammoth, choosing a backbone and a dataset in its defaults."""
     write(workdir / "app.py", OTHER_APP)
     write(workdir / "conf" / "config.yaml", """\
         defaults:
           - backbone: vit
           - dataset: seq-cifar10
           - _self_
+        hydra:
+          searchpath: [pkg://mammoth.conf]
         lr: 0.1
     """)
     return workdir
@@ -208,3 +214,64 @@ def test_a_shared_experiment_cannot_make_hydra_call_a_function(workdir: Path):
     assert result.returncode == 2
     assert "hydra.callbacks.evil: _target_ 'pathlib.Path.touch' is not a Hydra Callback class" in result.stderr
     assert not marker.exists()
+
+
+def complete(line: str, cwd: Path) -> list[str]:
+    """What Hydra's bash completion offers after ``mammoth LINE`` (the console script's ``-sc query=bash``)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("HYDRA_")}
+    env["COMP_LINE"] = f"mammoth {line}"
+    mammoth = str(Path(sys.executable).parent / "mammoth")
+    result = subprocess.run([mammoth, "-sc", "query=bash"], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()
+
+
+def test_tab_completion_lists_options_and_hides_internal_groups(workdir: Path):
+    backbones = complete("backbone=", workdir)
+    assert {"backbone=resnet", "backbone=resnet18", "backbone=mnistmlp", "backbone=vit"} <= set(backbones)
+    assert all(option.startswith("backbone=") and "/" not in option for option in backbones)
+    assert complete("backbone/", workdir) == []  # no helper group such as backbone/dataset-default
+    top = complete("", workdir)
+    assert {"dataset=", "model=", "experiment=", "hparams_search=", "seed="} <= set(top)
+    assert not [word for word in top if "dataset-default" in word]
+    assert complete("model.buffer", workdir) == []  # sgd has no buffer_size
+    assert "model.buffer_size=" in complete("model=er model.buffer", workdir)
+    installed = subprocess.run([str(Path(sys.executable).parent / "mammoth"), "-sc", "install=bash"], cwd=workdir,
+                               capture_output=True, text=True, timeout=900)
+    assert installed.stdout.rstrip().endswith("complete -o nospace -o default -F hydra_bash_completion mammoth")
+
+
+VERBOSE_LOGGING = textwrap.dedent("""
+    import logging
+    from importlib import resources
+
+    from hydra.core.utils import configure_log
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.create(resources.files("mammoth.app_conf").joinpath("hydra/job_logging/mammoth.yaml").read_text())
+    config.handlers.file.filename = "mammoth.log"
+    if QUIET is not None:
+        config.loggers = {name: level for name, level in config.loggers.items() if name in QUIET}
+    configure_log(config, True)  # what hydra.verbose=true does with mammoth's job logging
+    logging.getLogger("mammoth.runner").debug("a mammoth debug line")
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots()
+    axes.set_title("accuracy")
+    figure.savefig("plot.png")
+""")
+
+
+def test_verbose_shows_mammoth_debug_lines_not_matplotlib_font_lookups(workdir: Path):
+    quiet = run_python(["-c", "QUIET = None\n" + VERBOSE_LOGGING], workdir)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "a mammoth debug line" in quiet.stdout.splitlines()
+    assert "findfont" not in quiet.stdout + quiet.stderr and "matplotlib" not in quiet.stdout
+    assert "a mammoth debug line" in (workdir / "mammoth.log").read_text()
+    # the same logging without the matplotlib entry: its font lookups flood the console
+    noisy = run_python(["-c", "QUIET = ['mammoth.failure']\n" + VERBOSE_LOGGING], workdir)
+    assert noisy.returncode == 0, noisy.stderr
+    assert sum("findfont" in line for line in noisy.stdout.splitlines()) > 10

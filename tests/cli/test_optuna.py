@@ -38,7 +38,7 @@ def test_three_trial_study_on_seq_digits_reports_a_real_runs_value(workdir):
 
 
 def test_presets_compose_with_the_optuna_sweeper():
-    with initialize_config_module(config_module="mammoth.conf", version_base="1.3"):
+    with initialize_config_module(config_module="mammoth.app_conf", version_base="1.3"):
         lr_search = compose(config_name="config", overrides=["hparams_search=seq-digits-optuna"], return_hydra_config=True)
         der_search = compose(config_name="config", overrides=["hparams_search=der-optuna"], return_hydra_config=True)
     for cfg in (lr_search, der_search):

@@ -1,0 +1,14 @@
+"""The configs of mammoth's own app, ``python -m mammoth`` (``pkg://mammoth.app_conf``).
+
+``config.yaml`` (the primary config), ``experiment/`` (the original Mammoth's best arguments),
+``hparams_search/`` (Optuna searches), ``logger/`` and ``hydra/`` (help and job logging). Other
+Hydra apps do not see these; they opt in to the reusable groups with ``pkg://mammoth.conf``.
+
+Hydra imports this package when it first looks at the search path, so importing it stores what
+only mammoth's app composes: the run schema ``config.yaml`` extends and the resolver that picks a
+dataset's default backbone (:func:`mammoth.config.store_app_configs`).
+"""
+
+from mammoth.config import store_app_configs
+
+store_app_configs()

@@ -1,0 +1,12 @@
+"""mammoth's configs for other Hydra apps: opt in with one line in the app's primary config,
+
+    hydra:
+      searchpath: [pkg://mammoth.conf]
+
+(or ``hydra.searchpath=[pkg://mammoth.conf]`` on the command line). Hydra then imports this
+package when it checks the search path, which imports :mod:`mammoth`: the registered ``backbone``,
+``model`` and ``dataset`` options (and those of installed ``mammoth.plugins`` entry points) are put
+in Hydra's ConfigStore, whatever the app imported, and in whichever order. Nothing else comes with
+them: mammoth's own primary config, presets and Hydra overrides are in :mod:`mammoth.app_conf`,
+which only ``python -m mammoth`` searches.
+"""
