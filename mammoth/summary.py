@@ -25,13 +25,14 @@ import socket
 import stat
 import statistics
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from mammoth.errors import ConfigError
 from mammoth.results import KIND_TITLES, RESULTS_NAME
-from mammoth.rundir import open_nofollow, write_atomic
+from mammoth.rundir import open_nofollow, remove_stale_temporaries, write_atomic
 from mammoth.training import CHECKPOINT_NAME
 
 STATUS_NAME = "job.json"
@@ -779,6 +780,7 @@ def update_summary(root: Path, others: Sequence[Path] = (), ended: bool | None =
     summary files into ``root`` (``ended`` as in :func:`write_summary`). Returns the rows."""
     check_directory(root)
     with summary_lock(root):
+        remove_stale_temporaries(root, before=time.time())  # a writer killed mid-write; live ones hold theirs locked
         rows = gather([root, *others])
         write_summary(root, rows, " ".join(str(path) for path in [root, *others]), ended)
     return rows

@@ -145,3 +145,14 @@ def test_a_live_writers_temporary_file_and_a_new_one_are_kept(run_dir: Path):
         file.write(b"png")
     assert removed == [old.name]
     assert sorted(path.name for path in run_dir.iterdir()) == [new.name, "summary.png"]
+
+
+def test_a_directory_swapped_for_a_symlink_mid_write_is_not_followed(tmp_path: Path, outside: Path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with atomic_file(run_dir / "results.json", "results file") as file:
+        file.write(b"{}\n")
+        run_dir.rename(tmp_path / "moved")
+        run_dir.symlink_to(outside.parent)  # the path now leads elsewhere; the open directory does not
+    assert (tmp_path / "moved" / "results.json").read_bytes() == b"{}\n"
+    assert sorted(path.name for path in outside.parent.iterdir()) == ["precious.txt"]

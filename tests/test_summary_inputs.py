@@ -150,3 +150,17 @@ def test_the_command_line_reports_an_unreadable_job_as_a_row(tmp_path: Path):
     assert "- 1 ((none)): .hydra/overrides.yaml is not readable YAML: YAML anchors and aliases are refused" in result.stdout
     statuses = [line["status"] for line in csv_rows((tmp_path / "sweep" / "summary.csv").read_text())]
     assert statuses == ["complete", "unreadable"]
+
+
+def test_updating_a_summary_removes_the_temporary_files_a_killed_writer_left(tmp_path: Path):
+    import time
+
+    from mammoth.summary import update_summary
+
+    write_job(tmp_path / "0", ["seed=0"], complete((1, 2, 3), (4, 5, 6), 1))
+    left = tmp_path / ".summary.png.abcd1234.tmp"
+    left.write_bytes(b"half a png")
+    os.utime(left, (time.time() - 600, time.time() - 600))
+    update_summary(tmp_path)
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        ".summary.lock", "0", "summary.csv", "summary.md", "summary.png"]

@@ -67,8 +67,12 @@ def extract_gzipped_idx_files(raw: Path) -> list[str]:
     import shutil
     import zlib
 
-    from mammoth.rundir import atomic_file
+    import time
 
+    from mammoth.rundir import atomic_file, remove_stale_temporaries
+
+    if raw.is_dir():
+        remove_stale_temporaries(raw, before=time.time())  # an extraction killed mid-write
     written = []
     for name in (name for pair in IDX_FILES.values() for name in pair):
         target, packed = raw / name, raw / f"{name}.gz"

@@ -79,3 +79,16 @@ def test_a_disk_full_extraction_is_one_line_and_leaves_nothing(tmp_path: Path, m
         "no extracted file was written"
     )
     assert all(path.name.endswith(".gz") for path in raw.iterdir())
+
+
+def test_a_temporary_file_left_by_a_killed_extraction_is_removed_by_the_next(tmp_path: Path):
+    import os
+    import time
+
+    raw = write_mnist(tmp_path, n_train=40, n_test=20)
+    originals = gzip_all(raw)
+    left = raw / ".train-images-idx3-ubyte.k1ll3d_x.tmp"
+    left.write_bytes(b"half an image file")
+    os.utime(left, (time.time() - 600, time.time() - 600))
+    extract_gzipped_idx_files(raw)
+    assert sorted(path.name for path in raw.iterdir()) == sorted([*originals, *(f"{name}.gz" for name in originals)])
