@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from mammoth.errors import ConfigError, MammothError, unknown_name_message
+from mammoth.group_arguments import check_argument_overrides
 from mammoth.registry import canonical_name
 
 #: The primary config of ``python -m mammoth``.
@@ -73,6 +74,7 @@ def prepare_arguments(args: list[str], task_function: Callable, config_path: str
             overrides = normalise_overrides(hydra, name, parsed.overrides)
         except HydraException:  # an override Hydra cannot parse: Hydra says why, in its words
             return CommandLine(args, multirun=parsed.multirun)
+        overrides = check_argument_overrides(hydra, name, overrides, multirun=parsed.multirun)
         multirun = check_composed(hydra, name, overrides, multirun=parsed.multirun)
     return CommandLine(_replace_overrides(args, parsed.overrides, overrides), multirun=multirun)
 

@@ -1,8 +1,9 @@
 """Checks of a config Hydra composed: known settings, registered options, their arguments, callbacks.
 
 The run checks the config it is given (so user config dirs, ``-cn``, experiments and plugins
-are all seen) before anything trains. Group configs accept unknown keys at composition (see
-:func:`mammoth.registry.open_config_node`); these checks refuse them with the option's fields.
+are all seen) before anything trains. The group schemas are closed (:func:`mammoth.registry.schema_node`),
+so an unknown key reaches these checks only when added on purpose (``++model.buffer_size=200`` in a
+sweep over methods whose arguments differ); they refuse it with the option's fields.
 """
 
 from __future__ import annotations
@@ -27,22 +28,30 @@ def check_settings(cfg: DictConfig) -> None:
     allowed = [field.name for field in dataclasses.fields(RunConfig)]
     for key in cfg:
         if key != "hydra" and key not in allowed:
-            raise ConfigError(
-                f"{unknown_name_message('setting', key, allowed)}; "
-                f"a backbone, model or dataset argument goes under backbone., model. or dataset."
-            )
+            raise ConfigError(unknown_setting_message(key, allowed))
+
+
+def unknown_setting_message(key: str, allowed: list[str]) -> str:
+    """``unknown setting 'seeed'; allowed: ... (did you mean 'seed'?)`` and where arguments go."""
+    return (f"{unknown_name_message('setting', key, allowed)}; "
+            "a backbone, model or dataset argument goes under backbone., model. or dataset.")
 
 
 def check_group_arguments(cfg: DictConfig) -> None:
-    """The ``backbone`` and ``model`` configs name registered options and only their arguments."""
+    """The ``backbone`` and ``model`` configs name registered options, only their arguments, and
+    a value for every required one (all missing ones named at once; the data fills a backbone's
+    ``num_classes`` and ``input_shape``)."""
     from mammoth.backbones import BACKBONES
     from mammoth.models import MODELS
 
-    for registry in (BACKBONES, MODELS):
+    from mammoth.backbones.registry import DATA_ARGUMENTS
+
+    for registry, filled in ((BACKBONES, DATA_ARGUMENTS), (MODELS, ())):
         if is_set(cfg, registry.group):
             node = cfg[registry.group]
             entry, values = registry.resolve(node)
             registry.check_known_arguments(entry, values)
+            registry.check_required(entry, values, skip=filled)
 
 
 def check_dataset(cfg: DictConfig) -> None:
@@ -55,6 +64,7 @@ def check_dataset(cfg: DictConfig) -> None:
     if "_target_" in cfg.dataset:
         entry, values = DATASETS.resolve(cfg.dataset)
         DATASETS.check_known_arguments(entry, values)
+        DATASETS.check_required(entry, values)
         return
     if not is_set(cfg.dataset, "name"):
         raise ConfigError("dataset.name is missing; a dataset config needs the name of a registered benchmark")

@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping, TypeVar
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from mammoth.errors import MammothError, unknown_name_message
+from mammoth.errors import MammothError, closest_match, unknown_name_message
 from mammoth.schema import (
     Argument,
     ValueCheckError,
@@ -36,13 +36,12 @@ def canonical_name(name: str) -> str:
     return str(name).strip().lower().replace("_", "-")
 
 
-def open_config_node(schema: type) -> DictConfig:
-    """The typed config of ``schema`` with struct mode off: its fields keep their types, and a
-    key it does not have is accepted at composition and refused, naming the fields, when the
-    run checks the composed config. So a sweep ``model=er,der model.buffer_size=200`` composes
-    although the default model has no ``buffer_size``, and only a job that lacks it fails."""
+def schema_node(schema: type) -> DictConfig:
+    """The typed, closed config of ``schema``: its fields keep their types and a key it does not
+    have fails where Hydra composes (``backbone.deptth=34``: "Key 'deptth' is not in struct"), in
+    every app and in the compose API. Hydra's ``++group.key=value`` still adds one on purpose."""
     node = OmegaConf.structured(schema)
-    OmegaConf.set_struct(node, False)
+    OmegaConf.set_struct(node, True)
     return node
 
 
@@ -58,6 +57,14 @@ def _definition_site(target: Callable) -> str:
         return f"{target_path(target)} ({file}:{line})"
     except (OSError, TypeError):
         return target_path(target)
+
+
+def unknown_argument_message(group: str, option: str, argument: str, fields: list[str], description: str) -> str:
+    """``unknown argument 'deptth' for backbone 'resnet' (backbone.deptth); its arguments: ...
+    (did you mean 'depth'?)``: the option's arguments, then the closest one."""
+    message = f"unknown argument {argument!r} for {group} {option!r} ({group}.{argument}); its arguments: {description}"
+    suggestion = closest_match(argument, fields)
+    return message + (f" (did you mean {suggestion!r}?)" if suggestion else "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,7 +159,7 @@ class Registry:
     def _store(self, entry: Entry) -> None:
         from hydra.core.config_store import ConfigStore
 
-        ConfigStore.instance().store(group=self.group, name=entry.name, node=open_config_node(entry.schema), provider="mammoth")
+        ConfigStore.instance().store(group=self.group, name=entry.name, node=schema_node(entry.schema), provider="mammoth")
 
     def unregister(self, name: str) -> None:
         """Remove an entry (for tests and notebooks that redefine a callable)."""
@@ -212,9 +219,21 @@ class Registry:
         """Every name in ``values`` is an argument of ``entry``; else the error lists its arguments."""
         unknown = [name for name in values if entry.argument(name) is None]
         if unknown:
+            fields = [argument.name for argument in entry.arguments]
             raise self.error_type(
-                f"unknown argument {unknown[0]!r} for {self.kind} {entry.name!r} ({self.group}.{unknown[0]}); "
-                f"its arguments: {entry.describe_arguments()}"
+                unknown_argument_message(self.group, entry.name, unknown[0], fields, entry.describe_arguments())
+            )
+
+    def check_required(self, entry: Entry, values: Mapping[str, Any], skip: tuple[str, ...] = ()) -> None:
+        """Every required argument of ``entry`` (but those in ``skip``) has a value in ``values``;
+        else one error names all that are missing."""
+        missing = [f"{self.group}.{argument.name}" for argument in entry.arguments
+                   if argument.name not in skip and is_missing(values.get(argument.name, argument.default))]
+        if missing:
+            plural = len(missing) > 1
+            raise self.error_type(
+                f"missing value{'s' if plural else ''} for {', '.join(missing)} ({self.kind} {entry.name!r}); "
+                f"set {'them' if plural else 'it'} with {' '.join(f'{key}=...' for key in missing)}"
             )
 
     def check_values(self, entry: Entry, values: Mapping[str, Any]) -> dict[str, Any]:
@@ -224,14 +243,10 @@ class Registry:
         or a value of the wrong type or outside an allowed set fails naming the argument.
         """
         self.check_known_arguments(entry, values)
+        self.check_required(entry, values)
         checked = {}
         for argument in entry.arguments:
             value = values.get(argument.name, argument.default)
-            if is_missing(value):
-                raise self.error_type(
-                    f"missing value for {self.group}.{argument.name} ({self.kind} {entry.name!r}); "
-                    f"set it with {self.group}.{argument.name}=..."
-                )
             try:
                 checked[argument.name] = check_value(argument, value)
             except ValueCheckError as error:

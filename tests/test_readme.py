@@ -35,10 +35,10 @@ def fenced_blocks(text: str) -> list[tuple[str, str]]:
     return [(match[1], match[2]) for match in re.finditer(r"```(\w*)\n(.*?)```", text, re.S)]
 
 
-def readme_files() -> dict[str, str]:
-    """Blocks whose first line is ``# PATH``: the files the README asks you to write."""
+def readme_files(text: str = README) -> dict[str, str]:
+    """Blocks whose first line is ``# PATH``: the files the README (or ``text``) asks you to write."""
     files = {}
-    for language, body in fenced_blocks(README):
+    for language, body in fenced_blocks(text):
         first = body.splitlines()[0]
         if language in ("python", "yaml") and re.fullmatch(r"# [\w./-]+\.(py|yaml)", first):
             files[first[2:]] = body
@@ -161,9 +161,11 @@ CASES: dict[str, Case] = {
     "python run.py dataset=blobs model=er model.buffer_size=100": Case(extra=(), check=complete),
     "python run.py dataset=my-images dataset.root=data backbone=resnet18 backbone.width=8": Case(check=complete),
     "python run.py model=weighted-er model.buffer_size=200 model.replay_weight=0.5": Case(check=complete),
-    "python -m mammoth -m backbone=resnet backbone.depth=18,34 model=er,der model.buffer_size=200":
+    "python -m mammoth -m backbone=resnet backbone.depth=18,34 model=er,der model.buffer_size=200 model.lr=0.03":
         Case(extra=FAST + RESNET_SMALL, check=sweep_of(4)),
-    "python -m mammoth -m model=sgd,er model.buffer_size=200 seed=0,1,2": Case(returncode=1, check=sweep_of(3, 3)),
+    "python -m mammoth -m model=sgd,er ++model.buffer_size=200 seed=0,1,2": Case(returncode=1, check=sweep_of(3, 3)),
+    "python -m mammoth -m model=sgd,er model.buffer_size=200":
+        Case(returncode=2, check=first_error_line_matches("python -m mammoth -m model=sgd,er model.buffer_size=200")),
     "python -m mammoth hparams_search=seq-digits-optuna": Case(extra=FAST + ("hydra.sweeper.n_trials=2",), check=optuna_study),
     "python -m mammoth hparams_search=der-optuna hydra.sweeper.n_trials=50":
         Case(extra=FAST + ("hydra.sweeper.n_trials=2",), check=optuna_study),
@@ -260,6 +262,21 @@ def test_replay_claim_of_the_quick_start(workdir: Path):
     result = run_readme_command("python -m mammoth model=er model.buffer_size=200", Case(extra=()), workdir, 99)
     assert result.process.returncode == 0, result.process.stderr
     assert 86 <= result.results()["class_il"]["average"] <= 96
+
+
+def test_the_backbone_example_runs_with_only_the_files_shown_up_to_it(tmp_path: Path):
+    command = "python run.py backbone=tiny-cnn backbone.channels=64"
+    files = readme_files(README[:README.index(command)])
+    assert sorted(files) == ["my_backbones.py", "run.py"]
+    for name, body in files.items():
+        (tmp_path / name).write_text(body)
+    result = run_readme_command(command, Case(), tmp_path, 0)
+    assert result.process.returncode == 0, result.process.stderr
+    complete(result)
+    typo = run_readme_command("python run.py backbone=tiny-cnn backbone.chanels=64", Case(), tmp_path, 1)
+    assert typo.process.returncode == 2 and typo.process.stderr.startswith(
+        "Error: unknown argument 'chanels' for backbone 'tiny-cnn' (backbone.chanels); its arguments: ")
+    assert typo.process.stderr.rstrip().endswith("(did you mean 'channels'?)") and not typo.directory.exists()
 
 
 def test_plugin_entry_points_of_the_readme(tmp_path: Path):

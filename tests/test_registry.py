@@ -7,8 +7,11 @@ import sys
 
 import pytest
 import torch
+from hydra import compose, initialize
 from hydra.core.config_store import ConfigStore
-from omegaconf import OmegaConf
+from hydra.errors import ConfigCompositionException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError
 from torch import nn
 
 from mammoth.backbones import BACKBONES, MammothBackbone, build_backbone, get_backbone_entry, list_backbones, register_backbone
@@ -234,3 +237,62 @@ def test_private_registry_resolve(widgets: Registry) -> None:
     assert entry.target is widget and values == {}
     with pytest.raises(ConfigError, match="not a registered widget"):
         widgets.resolve({"_target_": f"{__name__}.tiny_net_factory"})
+
+
+def test_private_registry_names_every_missing_value_at_once(widgets: Registry) -> None:
+    entry = widgets.get("wid-get")
+    with pytest.raises(ConfigError) as info:
+        widgets.check_required(entry, {"color": "???"})
+    assert str(info.value) == ("missing values for test_widget.size, test_widget.color (widget 'wid-get'); "
+                               "set them with test_widget.size=... test_widget.color=...")
+    widgets.check_required(entry, {"color": "???"}, skip=("size", "color"))  # skipped: the data fills them
+
+
+def test_unknown_argument_names_the_closest(widgets: Registry) -> None:
+    with pytest.raises(ConfigError) as info:
+        widgets.check_values(widgets.get("wid-get"), {"size": 3, "colour": "blue"})
+    assert str(info.value) == ("unknown argument 'colour' for test_widget 'wid-get' (test_widget.colour); "
+                               "its arguments: size: int = ???, color: str = 'red' (did you mean 'color'?)")
+
+
+# ---- closed schemas: unknown keys fail where Hydra composes ----
+
+
+def test_stored_options_are_closed_typed_schemas(temporary) -> None:
+    temporary("tiny-net", TinyNet)
+    node = backbone_repo()["tiny-net.yaml"].node
+    assert OmegaConf.is_struct(node) and OmegaConf.get_type(node) is get_backbone_entry("tiny-net").schema
+    with pytest.raises(ConfigAttributeError, match="Key 'hiden' not in 'TinyNetBackboneConfig'"):
+        node.hiden = 3
+
+
+def compose_app(*overrides: str) -> DictConfig:
+    """A ConfigStore-only Hydra app (no YAML, no mammoth primary config) that selects backbone=resnet."""
+    ConfigStore.instance().store(name="registry_test_app", node={"defaults": [{"backbone": "resnet"}, {"model": "er"}, "_self_"]})
+    with initialize(version_base="1.3"):
+        return compose(config_name="registry_test_app", overrides=list(overrides))
+
+
+def test_the_compose_api_refuses_an_unknown_key_naming_the_key_and_the_option() -> None:
+    assert compose_app("backbone.depth=34").backbone.depth == 34
+    for override, key, schema in [("backbone.deptth=34", "deptth", "ResnetBackboneConfig"),
+                                  ("model.buffersize=200", "buffersize", "ErModelConfig")]:
+        with pytest.raises(ConfigCompositionException) as info:
+            compose_app(override)
+        assert str(info.value).startswith(f"Could not override '{override.split('=')[0]}'")
+        cause = str(info.value.__cause__)
+        assert f"Key '{key}' not in '{schema}'" in cause and f"full_key: {override.split('=')[0]}" in cause
+    assert compose_app("++model.extra=1").model.extra == 1  # Hydra's ++ still adds on purpose
+
+
+def test_hydra_zen_refuses_an_unknown_key(tmp_path) -> None:
+    from hydra_zen import launch, make_config
+
+    app = make_config(hydra_defaults=["_self_", {"backbone": "resnet"}], backbone=None)
+    seen = []
+    job = launch(app, lambda cfg: seen.append(cfg.backbone.depth), overrides=["backbone.depth=34", f"hydra.run.dir={tmp_path}"],
+                 version_base="1.3")
+    assert seen == [34] and job.status.name == "COMPLETED"
+    with pytest.raises(ConfigCompositionException) as info:
+        launch(app, lambda cfg: None, overrides=["backbone.deptth=34"], version_base="1.3")
+    assert "Key 'deptth' not in 'ResnetBackboneConfig'" in str(info.value.__cause__)

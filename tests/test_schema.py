@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import inspect
 import math
 import pickle
 import sys
@@ -11,7 +12,9 @@ from typing import Any, Callable, Literal, Optional, Union
 
 import pytest
 from omegaconf import MISSING, OmegaConf, ValidationError
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
+from mammoth.backbones.resnet import ResnetBackboneConfig
 from mammoth.errors import ConfigError
 from mammoth.registry import Registry
 from mammoth.schema import (
@@ -359,3 +362,45 @@ def test_kwargs_inherit_the_parent_arguments_not_redefined() -> None:
         ("name", str, "p"),
     ]
     assert [a.name for a in signature_arguments(_Closed)] == ["size"]
+
+
+# ---- the generated classes in a user's own dataclasses ----
+
+
+def test_registered_schemas_are_importable_from_the_registering_module() -> None:
+    from mammoth.backbones import get_backbone_entry
+    from mammoth.backbones.resnet import ResNet
+    from mammoth.datasets.digits import SeqDigitsDatasetConfig
+    from mammoth.models.er import ErModelConfig
+
+    assert get_backbone_entry("resnet").schema is ResnetBackboneConfig
+    assert ResnetBackboneConfig.__doc__ == inspect.getdoc(ResNet)
+    assert ErModelConfig().buffer_size == MISSING and SeqDigitsDatasetConfig().batch_size == 32
+
+
+@dataclasses.dataclass
+class WideResnet(ResnetBackboneConfig):
+    """A user's preset that extends a registered schema."""
+
+    width: int = 128
+    dropout: float = 0.0
+
+
+@dataclasses.dataclass
+class AppConfig:
+    """A user's app config that nests one."""
+
+    backbone: ResnetBackboneConfig = dataclasses.field(default_factory=WideResnet)
+    epochs: int = 1
+
+
+def test_a_user_dataclass_nests_and_extends_a_schema_and_stays_closed() -> None:
+    config = OmegaConf.structured(AppConfig)
+    assert (config.backbone.depth, config.backbone.width, config.backbone.dropout) == (18, 128, 0.0)
+    assert config.backbone._target_ == "mammoth.backbones.resnet.ResNet"
+    with pytest.raises(ConfigAttributeError, match="Key 'deptth' not in 'WideResnet'"):
+        config.backbone.deptth = 34
+    with pytest.raises(ConfigKeyError, match="Key 'deptth' not in 'ResnetBackboneConfig'"):
+        OmegaConf.merge(OmegaConf.structured(ResnetBackboneConfig), {"deptth": 34})
+    with pytest.raises(ValidationError):
+        config.backbone.depth = "deep"
