@@ -156,3 +156,18 @@ def test_a_directory_swapped_for_a_symlink_mid_write_is_not_followed(tmp_path: P
         run_dir.symlink_to(outside.parent)  # the path now leads elsewhere; the open directory does not
     assert (tmp_path / "moved" / "results.json").read_bytes() == b"{}\n"
     assert sorted(path.name for path in outside.parent.iterdir()) == ["precious.txt"]
+
+
+def test_a_run_replaces_a_planted_plot_link_and_removes_a_crashs_temporary_file(run_dir: Path, outside: Path):
+    import json
+
+    import mammoth
+    from composing import compose_run
+
+    (run_dir / "accuracy.png").symlink_to(outside)
+    crashed = stale(run_dir / ".checkpoint.pt.zz99yy88.tmp")
+    mammoth.run(compose_run(run_dir, "dataset.n_epochs=1", "threads=1"))
+    assert json.loads((run_dir / "results.json").read_text())["status"] == "complete"
+    assert not (run_dir / "accuracy.png").is_symlink() and (run_dir / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    assert outside.read_bytes() == b"do not touch\n"
+    assert not crashed.exists() and not list(run_dir.glob(".*.tmp"))
