@@ -116,10 +116,16 @@ class CsvLogger(RunLogger):
 
     def _open(self, keep_before_task: int | None) -> None:
         kept: list[list[str]] = []
-        if keep_before_task is not None:
-            with open_nofollow(self.path, "r", newline="") as existing:
-                kept = [row for row in list(csv.reader(existing))[1:] if row and int(row[0]) <= keep_before_task]
-        self._file = open_nofollow(self.path, "w", newline="")
+        try:
+            if keep_before_task is not None:
+                with open_nofollow(self.path, "r", newline="") as existing:
+                    kept = [row for row in list(csv.reader(existing))[1:] if row and int(row[0]) <= keep_before_task]
+            self._file = open_nofollow(self.path, "w", newline="")
+        except OSError as error:  # a directory at that path, a read-only run directory
+            raise ConfigError(
+                f"logger.csv.filename: cannot write {self.path}: {(error.strerror or str(error)).lower()}; "
+                "allowed: a file name inside the run directory"
+            ) from None
         self._writer = csv.writer(self._file)
         self._writer.writerows([list(CSV_COLUMNS), *kept])
         self._file.flush()

@@ -69,6 +69,7 @@ def path_inside(run_dir: Path, value: str | os.PathLike[str], key: str) -> Path:
     return Path(run_dir) / relative
 
 
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # 0 where it does not exist (Windows): links are checked first
 _OPEN_FLAGS = {
     "r": os.O_RDONLY,
     "w": os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
@@ -110,9 +111,6 @@ def open_nofollow(path: Path, mode: str = "w", **options: Any) -> IO[Any]:
         raise
 
 
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-
-
 def _link_error(path: Path) -> ConfigError:
     return ConfigError(
         f"{path} is a symbolic link (to {os.readlink(path)}); mammoth does not follow links in a run "
@@ -126,6 +124,7 @@ def _not_regular_error(path: Path) -> ConfigError:
 
 #: ``.NAME.XXXXXXXX.tmp``: the temporary files of :func:`write_atomic` (and :func:`atomic_file`).
 TEMPORARY_PATTERN = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+_TEMPORARY_LETTERS = "abcdefghijklmnopqrstuvwxyz0123456789_"
 
 
 @contextlib.contextmanager
@@ -196,9 +195,6 @@ def _create_temporary(directory: int | None, path: Path) -> tuple[str, int]:
         except FileExistsError:
             continue
     raise FileExistsError(errno.EEXIST, f"no unused temporary name beside {path}")
-
-
-_TEMPORARY_LETTERS = "abcdefghijklmnopqrstuvwxyz0123456789_"
 
 
 def _lock_quietly(descriptor: int, blocking: bool = True) -> bool:

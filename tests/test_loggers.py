@@ -390,3 +390,24 @@ def test_only_run_logger_classes_can_be_registered():
         import os
 
         register_logger("shell", os.system)
+
+
+def test_a_csv_filename_that_is_a_directory_is_one_line(tmp_path):
+    (tmp_path / "logs").mkdir()
+    with pytest.raises(ConfigError) as error:
+        CsvLogger(RunInfo(run_dir=tmp_path, title="t", config={}, n_tasks=1, n_epochs=1), filename="logs")
+    assert str(error.value) == (
+        f"logger.csv.filename: cannot write {tmp_path / 'logs'}: is a directory; allowed: a file name inside the run directory")
+
+
+def test_a_tensorboard_directory_planted_as_a_symlink_out_is_refused(tmp_path):
+    run_dir, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    run_dir.mkdir()
+    elsewhere.mkdir()
+    (run_dir / "tensorboard").symlink_to(elsewhere)
+    with pytest.raises(ConfigError) as error:
+        build_loggers({"tensorboard": {}}, RunInfo(run_dir=run_dir, title="t", config={}, n_tasks=1, n_epochs=1))
+    assert str(error.value) == (
+        f"logger.tensorboard.log_dir=tensorboard leads out of the run directory {run_dir} through a symlink "
+        f"(to {elsewhere}); {INSIDE}")
+    assert list(elsewhere.iterdir()) == []
