@@ -200,6 +200,31 @@ def test_dataset_default_backbone_applies_only_when_nothing_chose_one(workdir: P
     assert "_target_: mammoth.backbones.vit.VisionTransformer" in result.stdout and "name: seq-cifar10" in result.stdout
 
 
+def test_a_dataset_default_backbone_is_an_ordinary_option(workdir: Path):
+    from mammoth.datasets import default_backbone_option
+
+    assert default_backbone_option("Seq_CIFAR10") == "resnet18" and default_backbone_option("seq-digits") == "mnistmlp"
+    assert default_backbone_option("my-digits") == "dataset-default/my-digits"
+    chosen = run_python(["-m", "mammoth", "dataset=seq-cifar10", "--info", "defaults"], workdir)
+    assert "| backbone/resnet18 " in chosen.stdout, chosen.stderr
+    # a dataset option of your own (not a registered name) has no default: choose a backbone
+    write(workdir / "myconf" / "dataset" / "my-digits.yaml", """\
+        defaults:
+          - seq-digits
+          - _self_
+        n_epochs: 1
+    """)
+    base = ["-m", "mammoth", "--config-dir", str(workdir / "myconf"), "dataset=my-digits"]
+    missing = run_python(base, workdir)
+    assert missing.returncode == 2
+    assert missing.stderr.strip() == (
+        "Error: dataset option 'my-digits' has no default backbone (no backbone/dataset-default/my-digits config); "
+        "allowed: choose one with backbone=NAME, or name a registered dataset")
+    chosen = run_python([*base, "backbone=mnistmlp", "--cfg", "job"], workdir)
+    assert "  _target_: mammoth.backbones.mlp.MNISTMLP" in chosen.stdout.splitlines(), chosen.stderr
+    assert "  n_epochs: 1" in chosen.stdout.splitlines()
+
+
 def test_a_shared_experiment_cannot_make_hydra_call_a_function(workdir: Path):
     marker = workdir / "called"
     write(workdir / "shared" / "experiment" / "evil.yaml", f"""\
