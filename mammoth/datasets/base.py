@@ -112,6 +112,51 @@ def missing_files_error(
     return DatasetError(f"{dataset}: missing {', '.join(missing)} in {directory.absolute()}{also}\nTo get them: {how}")
 
 
+def download_and_extract_privately(url: str, root: str | Path, folder: str, **options: Any) -> None:
+    """torchvision's ``download_and_extract_archive(url, ..., **options)`` into a temporary
+    directory of its own under ``root``, then ``folder`` (what the archive creates) moved into
+    ``root``: in one rename when ``root/folder`` does not exist, else file by file for the files it
+    lacks (never overwriting one). Runs downloading at once never write the same file, and a
+    reader never sees a half-extracted file. The temporary directory is always removed."""
+    import shutil
+    import tempfile
+
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    Path(root).mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{folder}.", suffix=".tmp"))
+    try:
+        download_and_extract_archive(url, str(staging), **options)
+        _move_missing(staging / folder, Path(root) / folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _move_missing(source: Path, target: Path) -> None:
+    """Move ``source`` to ``target`` if it is not there; else move, recursively, what ``target`` lacks."""
+    import errno
+    import os
+
+    if not source.is_dir():
+        try:
+            os.link(source, target, follow_symlinks=False)  # whole or absent, and never over an existing file
+        except FileExistsError:
+            pass
+        except OSError:  # a file system without hard links
+            if not os.path.lexists(target):
+                os.replace(source, target)
+        return
+    try:
+        os.rename(source, target)  # a directory: in one step unless target is a non-empty directory or a file
+        return
+    except OSError as error:
+        if error.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
+            raise
+    if target.is_dir() and not target.is_symlink():
+        for entry in source.iterdir():
+            _move_missing(entry, target / entry.name)
+
+
 class ContinualDataset:
     """Base class of the continual-learning benchmarks.
 

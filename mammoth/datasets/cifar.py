@@ -82,11 +82,12 @@ def expected_names(reader: Any) -> list[str]:
 
 
 def download_cifar(dataset: str, reader: Any, root: str) -> None:
-    """Download and extract the archive of the torchvision CIFAR class ``reader`` into ``root`` (md5-checked)."""
-    from torchvision.datasets.utils import download_and_extract_archive
+    """Download and extract the archive of the torchvision CIFAR class ``reader`` into ``root``
+    (md5-checked; through a temporary directory, so runs downloading at once never collide)."""
+    from mammoth.datasets.base import download_and_extract_privately
 
     try:
-        download_and_extract_archive(reader.url, root, filename=reader.filename, md5=reader.tgz_md5)
+        download_and_extract_privately(reader.url, root, reader.base_folder, filename=reader.filename, md5=reader.tgz_md5)
     except Exception as error:
         raise DatasetError(
             f"{dataset}: could not download {reader.url} into {root}: {error}\n"

@@ -34,13 +34,14 @@ def how_to_get(root: str) -> str:
 
 
 def download_tinyimagenet(dataset: str, root: str) -> None:
-    """Download and unzip the archive into ``root`` (md5-checked) unless ``train/`` is already there."""
-    from torchvision.datasets.utils import download_and_extract_archive
+    """Download and unzip the archive into ``root`` (md5-checked; through a temporary directory, so
+    runs downloading at once never collide) unless ``train/`` is already there."""
+    from mammoth.datasets.base import download_and_extract_privately
 
     if (Path(root) / FOLDER / "train").is_dir():
         return
     try:
-        download_and_extract_archive(URL, download_root=root, md5=MD5)
+        download_and_extract_privately(URL, root, FOLDER, md5=MD5)
     except Exception as error:
         raise DatasetError(
             f"{dataset}: could not download {URL} into {root}: {error}\nDownload it by hand and unzip it in {root}"

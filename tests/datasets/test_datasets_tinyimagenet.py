@@ -88,7 +88,9 @@ def test_download_extracts_the_archive(tmp_path: Path, monkeypatch: pytest.Monke
     dataset = build_dataset({"name": "seq-tinyimg", "root": str(tmp_path), "download": True})
     assert len(dataset.get_task(0).train_y) == 20
     url, md5 = "http://cs231n.stanford.edu/tiny-imagenet-200.zip", "90528d7ca1a48142e341f4ef8d21d0de"
-    assert calls == [(url, str(tmp_path), md5)]
+    assert [(called_url, called_md5) for called_url, _, called_md5 in calls] == [(url, md5)]
+    staging = Path(calls[0][1])  # a private directory under the root, removed once the files moved in
+    assert staging.parent == tmp_path and staging.name.startswith(".tiny-imagenet-200.") and not staging.exists()
     dataset = build_dataset({"name": "seq-tinyimg", "root": str(tmp_path), "download": True})
     dataset.get_task(0)
     assert len(calls) == 1  # already there: not downloaded again
