@@ -174,7 +174,7 @@ def _update_summary(config: DictConfig, find_root: Callable[[DictConfig], Path],
 
     try:
         root = find_root(config)
-        rows = update_summary(root, ended=report)  # report: the sweep has ended
+        rows = update_summary(root, ended=True if report else None)  # report: the sweep has ended; else judged from the jobs
     except Exception as error:  # noqa: BLE001  a summary must never stop a sweep
         log.warning("could not write the sweep summary: %s", error)
         return

@@ -526,17 +526,60 @@ class Study:
     metric: str | None
 
 
-def read_study(root: Path) -> Study | None:
-    """The Optuna study of the sweep at ``root``; None when it is not one (or its
-    ``multirun.yaml`` cannot be read)."""
+def sweep_config(root: Path) -> dict[str, Any]:
+    """The config Hydra saved at the start of the sweep at ``root`` (``multirun.yaml``, read with
+    the summary's limits); empty when there is none or it cannot be read."""
     try:
         data = read_limited(root / "multirun.yaml", MAX_SMALL_FILE_BYTES, "multirun.yaml")
         document = safe_yaml(data) if data is not None else None
     except Exception:  # noqa: BLE001  unreadable: summarised as a plain sweep
-        return None
-    hydra = document.get("hydra") if isinstance(document, dict) else None
+        return {}
+    return document if isinstance(document, dict) else {}
+
+
+def _sweeper(document: dict[str, Any]) -> dict[str, Any]:
+    hydra = document.get("hydra")
     sweeper = hydra.get("sweeper") if isinstance(hydra, dict) else None
-    if not isinstance(sweeper, dict) or "optuna" not in str(sweeper.get("_target_", "")).lower():
+    return sweeper if isinstance(sweeper, dict) else {}
+
+
+def planned_jobs(document: dict[str, Any]) -> int | None:
+    """How many jobs the sweep of ``document`` (:func:`sweep_config`) runs: the product of its
+    sweeps for Hydra's basic sweeper, ``n_trials`` for Optuna; None when unknown."""
+    sweeper = _sweeper(document)
+    target = str(sweeper.get("_target_", ""))
+    if "optuna" in target.lower():
+        trials = sweeper.get("n_trials")
+        return trials if isinstance(trials, int) and not isinstance(trials, bool) else None
+    if not target.endswith("BasicSweeper"):
+        return None
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = sweeper.get("params") if isinstance(sweeper.get("params"), dict) else {}
+    task = ((document.get("hydra") or {}).get("overrides") or {}).get("task") or []
+    try:
+        overrides = OverridesParser.create().parse_overrides([f"{key}={value}" for key, value in params.items()]
+                                                            + [str(item) for item in task])
+        return sum(len(batch) for batch in BasicSweeper.split_arguments(overrides, None))
+    except Exception:  # noqa: BLE001  a sweep Hydra's parser cannot read again: unknown
+        return None
+
+
+def has_ended(rows: Sequence[JobRow], planned: int | None) -> bool:
+    """Whether a sweep has ended: no job is running and, when the number of ``planned`` jobs is
+    known, that many have a result."""
+    if any(row.status == RUNNING for row in rows):
+        return False
+    return planned is None or len(rows) >= planned
+
+
+def read_study(root: Path) -> Study | None:
+    """The Optuna study of the sweep at ``root``; None when it is not one (or its
+    ``multirun.yaml`` cannot be read)."""
+    document = sweep_config(root)
+    sweeper = _sweeper(document)
+    if "optuna" not in str(sweeper.get("_target_", "")).lower():
         return None
     params = sweeper.get("params")
     if not isinstance(params, dict) or not params:
@@ -548,25 +591,27 @@ def read_study(root: Path) -> Study | None:
                  metric=metric.replace(".", "_") if isinstance(metric, str) else None)
 
 
-def figure_heading(rows: Sequence[JobRow], name: str, ended: bool | None) -> str:
+def figure_heading(rows: Sequence[JobRow], name: str, ended: bool | None, planned: int | None = None) -> str:
     """The first lines of the summary picture: the dataset(s) the runs trained on (``name``, e.g.
     the sweep directory's name, when no complete run says), then the count of jobs by status:
-    ``4 complete, 1 failed`` once the sweep has ended (``ended`` None: when no job is running),
-    ``in progress: ...`` before."""
+    ``4 complete, 1 failed`` once the sweep has ended (``ended`` None: :func:`has_ended`),
+    ``in progress: ... of N jobs`` before (N: the ``planned`` jobs, when known)."""
     datasets = sorted({row.dataset for row in rows if row.dataset})
     heading = ", ".join(datasets) if datasets else name
     if ended is None:
-        ended = not any(row.status == RUNNING for row in rows)
+        ended = has_ended(rows, planned)
     if ended:
         return f"{heading}\n{status_counts(rows, always=(COMPLETE, FAILED))}"
-    return f"{heading}\nin progress: {status_counts(rows) or 'no job yet'}"
+    of = f" of {planned} jobs" if planned else ""
+    return f"{heading}\nin progress: {status_counts(rows) or 'no job has ended'}{of}"
 
 
-def summary_figure(rows: Sequence[JobRow], name: str = "", ended: bool | None = None, study: Study | None = None) -> Any:
+def summary_figure(rows: Sequence[JobRow], name: str = "", ended: bool | None = None, study: Study | None = None,
+                   planned: int | None = None) -> Any:
     """The matplotlib Figure of the summary picture (not saved): for an Optuna ``study``, the
     metric against each searched parameter with the best trial marked; otherwise one bar per
     configuration (see :func:`bar_figure`). Titled by :func:`figure_heading`."""
-    heading = figure_heading(rows, name, ended)
+    heading = figure_heading(rows, name, ended, planned)
     if study is not None and any(row.status == COMPLETE for row in rows):
         return study_figure(rows, study, heading)
     return bar_figure(group_rows(rows), heading)
@@ -732,10 +777,11 @@ def _parameter_positions(values: Sequence[str | None]) -> tuple[dict[str, float]
         return {value: float(index) for index, value in enumerate(present)}, present
 
 
-def plot_summary(rows: Sequence[JobRow], name: str = "", ended: bool | None = None, study: Study | None = None) -> bytes:
+def plot_summary(rows: Sequence[JobRow], name: str = "", ended: bool | None = None, study: Study | None = None,
+                 planned: int | None = None) -> bytes:
     """PNG bytes of :func:`summary_figure`."""
     buffer = io.BytesIO()
-    summary_figure(rows, name, ended, study).savefig(buffer, format="png", dpi=100)
+    summary_figure(rows, name, ended, study, planned).savefig(buffer, format="png", dpi=100)
     return buffer.getvalue()
 
 
@@ -744,9 +790,10 @@ def plot_summary(rows: Sequence[JobRow], name: str = "", ended: bool | None = No
 
 def write_summary(root: Path, rows: Sequence[JobRow], title: str | None = None, ended: bool | None = None) -> list[Path]:
     """Write summary.csv, summary.md and summary.png of ``rows`` into ``root``; return their
-    paths. ``ended``: whether the sweep has ended (None: when no job is running)."""
+    paths. ``ended``: whether the sweep has ended (None: :func:`has_ended`, with the jobs its
+    ``multirun.yaml`` plans)."""
     title = title or str(root)
-    picture = plot_summary(rows, root.absolute().name, ended, read_study(root))
+    picture = plot_summary(rows, root.absolute().name, ended, read_study(root), planned_jobs(sweep_config(root)))
     return [
         write_atomic(root / CSV_NAME, format_csv(rows).encode(), "summary"),
         write_atomic(root / MARKDOWN_NAME, format_summary(rows, title).encode(), "summary"),

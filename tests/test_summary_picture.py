@@ -151,3 +151,47 @@ def test_a_plain_sweep_or_an_unreadable_multirun_yaml_is_no_study(tmp_path: Path
     (tmp_path / "multirun.yaml").write_text("- &a [x]\n- *a\n")
     assert read_study(tmp_path) is None
     assert read_study(tmp_path / "missing") is None
+
+
+BASIC_MULTIRUN_YAML = """\
+hydra:
+  sweeper:
+    _target_: hydra._internal.core_plugins.basic_sweeper.BasicSweeper
+    max_batch_size: null
+    params: {params}
+  overrides:
+    task:
+    - model.lr=0.05,0.1,-1
+    - seed=0,1
+    - dataset.n_epochs=1
+"""
+
+
+@pytest.mark.parametrize(("params", "planned"), [("null", 6), ("{model.name: 'sgd,er'}", 12)])
+def test_the_planned_jobs_come_from_the_sweeps_multirun_yaml(tmp_path: Path, params: str, planned: int):
+    from mammoth.summary import planned_jobs, sweep_config
+
+    (tmp_path / "multirun.yaml").write_text(BASIC_MULTIRUN_YAML.format(params=params))
+    assert planned_jobs(sweep_config(tmp_path)) == planned
+    (tmp_path / "multirun.yaml").write_text(MULTIRUN_YAML.format(direction="maximize", metric="null")
+                                            .replace("params:", "n_trials: 20\n    params:"))
+    assert planned_jobs(sweep_config(tmp_path)) == 20
+    assert planned_jobs(sweep_config(tmp_path / "missing")) is None
+
+
+def test_a_sequential_sweep_half_way_is_in_progress_and_says_of_how_many(sweep: Path, monkeypatch: pytest.MonkeyPatch):
+    import mammoth.summary
+
+    (sweep / "multirun.yaml").write_text(BASIC_MULTIRUN_YAML.format(params="null").replace(
+        "model.lr=0.05,0.1,-1", "model.lr=0.05,0.10000000001,1e30,2e30"))  # 8 jobs, 6 have ended
+    rows = gather([sweep])
+    assert summary_figure(rows, "sweep", planned=8)._suptitle.get_text().splitlines()[1] == (
+        "in progress: 3 complete, 3 failed of 8 jobs")
+    assert summary_figure(rows, "sweep", planned=6)._suptitle.get_text().splitlines()[1] == "3 complete, 3 failed"
+    figures = []
+    build = mammoth.summary.summary_figure
+    monkeypatch.setattr(mammoth.summary, "summary_figure", lambda *args: figures.append(build(*args)) or figures[-1])
+    mammoth.summary.update_summary(sweep)  # the callback after a job: planned jobs read from multirun.yaml
+    mammoth.summary.update_summary(sweep, ended=True)  # the callback when the sweep ends
+    assert [figure._suptitle.get_text().splitlines()[:2] for figure in figures] == [
+        ["seq-digits", "in progress: 3 complete, 3 failed of 8 jobs"], ["seq-digits", "3 complete, 3 failed"]]
