@@ -277,7 +277,8 @@ def load_checkpoint(path: Path, model: Any, generator: torch.Generator, config: 
     ``model_extra`` a count of examples. With ``dataset`` (what :func:`run_tasks` passes) the
     checkpoint must also have been trained on the same data (``dataset.fingerprint()``), have at
     most ``dataset.n_tasks`` tasks and the accuracy kinds of its setting, and its counters must
-    not exceed the examples a run of that many tasks can have seen.
+    not exceed the examples a run of that many tasks can have seen, nor a replay buffer's labels
+    the classes seen so far.
     """
     checkpoint = read_checkpoint(path)
     differences = sorted(key for key in set(config) | set(checkpoint["config"])
@@ -290,7 +291,8 @@ def load_checkpoint(path: Path, model: Any, generator: torch.Generator, config: 
     if dataset is not None:
         _check_same_data(path, checkpoint["data"], dataset)
     state = _checked_state(path, checkpoint["state"], dataset)
-    _check_counters(path, checkpoint["model_extra"], "model_extra", _examples_bound(dataset, state.next_task))
+    _check_counters(path, checkpoint["model_extra"], "model_extra", _examples_bound(dataset, state.next_task),
+                    *_seen_classes_and_tasks(dataset, state.next_task))
     try:
         model.load_state_dict(checkpoint["model"])
         model.load_extra_state(checkpoint["model_extra"])
@@ -369,10 +371,31 @@ def _examples_bound(dataset: Any, finished_tasks: int) -> int | None:
     return 2 * finished_tasks * (dataset.config.n_epochs + 1) * n_train
 
 
-def _check_counters(path: Path, value: Any, where: str, bound: int | None) -> None:
+def _seen_classes_and_tasks(dataset: Any, finished_tasks: int) -> tuple[int | None, int | None]:
+    """The labels and task labels a memory can hold after ``finished_tasks`` tasks (None, None without a dataset)."""
+    if dataset is None or finished_tasks == 0:
+        return None, None
+    classes = dataset.task_classes(finished_tasks - 1).stop if dataset.setting == "class-il" else dataset.n_classes
+    return classes, finished_tasks
+
+
+def _check_counters(path: Path, value: Any, where: str, bound: int | None, labels: int | None = None,
+                    tasks: int | None = None) -> None:
     """Every ``num_seen`` in ``value`` (a method's extra state: replay buffers) must be an integer
-    in ``0..bound``; a ConfigError names the first that is not."""
+    in ``0..bound``, and a replay buffer's stored ``labels`` below ``labels`` (the classes seen so
+    far) and ``task_labels`` below ``tasks``; a ConfigError names the first that is not."""
     if isinstance(value, dict):
+        fields = value.get("fields") if "num_seen" in value else None
+        if isinstance(fields, dict):
+            for key, limit in (("labels", labels), ("task_labels", tasks)):
+                stored = fields.get(key)
+                if limit is not None and isinstance(stored, torch.Tensor) and stored.numel() and (
+                        stored.is_floating_point() or int(stored.min()) < 0 or int(stored.max()) >= limit):
+                    raise ConfigError(
+                        f"checkpoint {path} is inconsistent: {where}['fields'][{key!r}] holds "
+                        f"{stored.dtype} values {stored.min().item()}..{stored.max().item()}; allowed: integers "
+                        f"0..{limit - 1}, the {'classes' if key == 'labels' else 'tasks'} seen so far; {RESTART}"
+                    )
         for key, item in value.items():
             name = f"{where}[{key!r}]"
             if key == "num_seen":
@@ -381,7 +404,7 @@ def _check_counters(path: Path, value: Any, where: str, bound: int | None) -> No
                     limit = f"0..{bound}, the most examples this run can have seen" if bound is not None else "an integer >= 0"
                     raise ConfigError(f"checkpoint {path} is inconsistent: {name}={item!r}; allowed: {limit}; {RESTART}")
             else:
-                _check_counters(path, item, name, bound)
+                _check_counters(path, item, name, bound, labels, tasks)
     elif isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
-            _check_counters(path, item, f"{where}[{index}]", bound)
+            _check_counters(path, item, f"{where}[{index}]", bound, labels, tasks)

@@ -288,8 +288,15 @@ def _set_state(key, value):
      "model_extra['buffer']['num_seen']=1000000000000000; allowed: 0..{bound}, the most examples this run can have seen"),
     (lambda checkpoint: checkpoint["model_extra"]["buffer"].__setitem__("num_seen", -1),
      "model_extra['buffer']['num_seen']=-1; allowed: 0..{bound}, the most examples this run can have seen"),
+    (lambda checkpoint: checkpoint["model_extra"]["buffer"]["fields"].__setitem__("labels", torch.tensor([0, 1, 7, 1])),
+     "model_extra['buffer']['fields']['labels'] holds torch.int64 values 0..7; allowed: integers 0..3, the classes "
+     "seen so far"),  # seq-digits after 2 tasks: classes 0..3
+    (lambda checkpoint: checkpoint["model_extra"]["buffer"]["fields"].__setitem__("task_labels", torch.tensor([0, 0, 1, 2])),
+     "model_extra['buffer']['fields']['task_labels'] holds torch.int64 values 0..2; allowed: integers 0..1, the tasks "
+     "seen so far"),
 ], ids=["rows-short", "row-short", "row-not-a-percentage", "kind-missing", "next-task-past-the-end",
-        "next-task-huge", "times-short", "time-nan", "num-seen-huge", "num-seen-negative"])
+        "next-task-huge", "times-short", "time-nan", "num-seen-huge", "num-seen-negative", "label-of-a-future-class",
+        "task-label-of-a-future-task"])
 def test_inconsistent_contents_behind_a_valid_checksum_are_refused_in_one_line(tmp_path, change, message):
     dataset = _digits()
     path = tmp_path / "checkpoint.pt"
