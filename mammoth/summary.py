@@ -526,13 +526,27 @@ class Study:
     metric: str | None
 
 
-def sweep_config(root: Path) -> dict[str, Any]:
-    """The config Hydra saved at the start of the sweep at ``root`` (``multirun.yaml``, read with
-    the summary's limits); empty when there is none or it cannot be read."""
+def sweep_config(root: Path, rows: Sequence[JobRow] = ()) -> dict[str, Any]:
+    """The config Hydra saved at the start of the sweep at ``root`` (``multirun.yaml``); when
+    there is none (the Optuna sweeper writes none), the sweeper and ``optimized_metric`` of the
+    first job in ``rows`` (its ``.hydra/hydra.yaml`` and ``config.yaml``). Read with the
+    summary's limits; empty when nothing can be read."""
+    document = _read_yaml(root / "multirun.yaml")
+    if document or not rows:
+        return document
+    sweeper = _sweeper(_read_yaml(rows[0].directory / ".hydra" / "hydra.yaml"))
+    if not sweeper:
+        return {}
+    metric = _read_yaml(rows[0].directory / ".hydra" / "config.yaml").get("optimized_metric")
+    return {"hydra": {"sweeper": sweeper}, "optimized_metric": metric}
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    """The YAML mapping in ``path`` (size-limited, no aliases); empty when missing or unreadable."""
     try:
-        data = read_limited(root / "multirun.yaml", MAX_SMALL_FILE_BYTES, "multirun.yaml")
+        data = read_limited(path, MAX_SMALL_FILE_BYTES, path.name)
         document = safe_yaml(data) if data is not None else None
-    except Exception:  # noqa: BLE001  unreadable: summarised as a plain sweep
+    except Exception:  # noqa: BLE001  unreadable: summarised without it
         return {}
     return document if isinstance(document, dict) else {}
 
@@ -551,13 +565,14 @@ def planned_jobs(document: dict[str, Any]) -> int | None:
     if "optuna" in target.lower():
         trials = sweeper.get("n_trials")
         return trials if isinstance(trials, int) and not isinstance(trials, bool) else None
-    if not target.endswith("BasicSweeper"):
+    hydra = document.get("hydra") or {}
+    if not target.endswith("BasicSweeper") or "overrides" not in hydra:  # a job's own config: its sweep unknown
         return None
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     params = sweeper.get("params") if isinstance(sweeper.get("params"), dict) else {}
-    task = ((document.get("hydra") or {}).get("overrides") or {}).get("task") or []
+    task = (hydra.get("overrides") or {}).get("task") or []
     try:
         overrides = OverridesParser.create().parse_overrides([f"{key}={value}" for key, value in params.items()]
                                                             + [str(item) for item in task])
@@ -574,10 +589,8 @@ def has_ended(rows: Sequence[JobRow], planned: int | None) -> bool:
     return planned is None or len(rows) >= planned
 
 
-def read_study(root: Path) -> Study | None:
-    """The Optuna study of the sweep at ``root``; None when it is not one (or its
-    ``multirun.yaml`` cannot be read)."""
-    document = sweep_config(root)
+def read_study(document: dict[str, Any]) -> Study | None:
+    """The Optuna study of a sweep's config (:func:`sweep_config`); None when it is not one."""
     sweeper = _sweeper(document)
     if "optuna" not in str(sweeper.get("_target_", "")).lower():
         return None
@@ -720,7 +733,7 @@ def study_figure(rows: Sequence[JobRow], study: Study, heading: str) -> Any:
     unfinished = [row for row, value in trials if row.status != COMPLETE]
     columns = min(len(study.params), 3)
     rows_of_panels = math.ceil(len(study.params) / columns)
-    figure = Figure(figsize=(4.2 * columns, 1.2 + 3.2 * rows_of_panels), layout="constrained")
+    figure = Figure(figsize=(max(4.5 * columns, 6.5), 1.2 + 3.4 * rows_of_panels), layout="constrained")
     panels = figure.subplots(rows_of_panels, columns, squeeze=False).ravel()
     metric_label = _metric_label(metric)
     values = [value for _, value in scored]
@@ -737,15 +750,14 @@ def study_figure(rows: Sequence[JobRow], study: Study, heading: str) -> Any:
             axes.scatter(crosses, [bottom] * len(crosses), marker="x", color="tab:red", label="failed or unfinished")
         if best is not None and positions.get(_override_value(best, key)) is not None:
             x, y = positions[_override_value(best, key)], best.metrics[metric]
-            axes.scatter([x], [y], marker="*", s=250, color="tab:orange", edgecolor="black", zorder=3, label="best")
-            axes.annotate(f"best {y:.2f} ({key}={short_floats(_override_value(best, key) or '')})", (x, y),
-                          textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
+            axes.scatter([x], [y], marker="*", s=250, color="tab:orange", edgecolor="black", zorder=3,
+                         label=f"best {y:.2f} ({key}={short_floats(_override_value(best, key) or '')})")
         if ticks:
             axes.set_xticks(range(len(ticks)), ticks)
         elif "log" in expression and all(isinstance(x, float) and x > 0 for x in positions.values()):
             axes.set_xscale("log")
         axes.set(title=key, xlabel=short_floats(expression), ylabel=metric_label)
-        axes.margins(x=0.12, y=0.15)  # room for the best trial's note
+        axes.margins(x=0.12, y=0.15)
         axes.grid(alpha=0.3)
         axes.legend(fontsize=7, loc="best")
     for axes in panels[len(study.params):]:
@@ -793,7 +805,8 @@ def write_summary(root: Path, rows: Sequence[JobRow], title: str | None = None, 
     paths. ``ended``: whether the sweep has ended (None: :func:`has_ended`, with the jobs its
     ``multirun.yaml`` plans)."""
     title = title or str(root)
-    picture = plot_summary(rows, root.absolute().name, ended, read_study(root), planned_jobs(sweep_config(root)))
+    sweep = sweep_config(root, rows)
+    picture = plot_summary(rows, root.absolute().name, ended, read_study(sweep), planned_jobs(sweep))
     return [
         write_atomic(root / CSV_NAME, format_csv(rows).encode(), "summary"),
         write_atomic(root / MARKDOWN_NAME, format_summary(rows, title).encode(), "summary"),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mammoth.summary import gather, read_study, short_floats, summary_figure
+from mammoth.summary import gather, planned_jobs, read_study, short_floats, summary_figure, sweep_config
 from test_summary import complete, write_job
 
 
@@ -120,37 +120,52 @@ def study(tmp_path: Path) -> Path:
 
 
 def offsets(axes, label: str) -> list[tuple[float, float]]:
-    (collection,) = [c for c in axes.collections if c.get_label() == label]
+    """The points of the scatter whose legend label is ``label`` (or starts with it and a space)."""
+    (collection,) = [c for c in axes.collections if c.get_label() == label or c.get_label().startswith(label + " ")]
     return [tuple(point) for point in collection.get_offsets().tolist()]
 
 
 def test_an_optuna_study_plots_the_metric_against_each_parameter_with_the_best_trial(study: Path):
     (study / "multirun.yaml").write_text(MULTIRUN_YAML.format(direction="maximize", metric="class_il.average"))
-    figure = summary_figure(gather([study]), study.name, ended=True, study=read_study(study))
+    figure = summary_figure(gather([study]), study.name, ended=True, study=read_study(sweep_config(study)))
     lr, name = figure.axes[:2]
     assert figure._suptitle.get_text() == "seq-digits\n3 complete, 1 failed\nOptuna study: Class-IL average accuracy (%), maximize"
     assert (lr.get_title(), lr.get_xscale(), lr.get_ylabel()) == ("model.lr", "log", "Class-IL average accuracy (%)")
     assert offsets(lr, "trial") == [(0.001, 40), (0.01, 60), (0.1, 55)]
     assert offsets(lr, "best") == [(0.01, 60)]
     assert offsets(lr, "failed or unfinished") == [(0.5, pytest.approx(38.4))]  # 8% of 40..60 below the lowest
-    assert texts(lr) == ["best 60.00 (model.lr=0.01)"]
+    assert [text.get_text() for text in lr.get_legend().get_texts()] == [
+        "trial", "failed or unfinished", "best 60.00 (model.lr=0.01)"]
     assert [tick.get_text() for tick in name.get_xticklabels()] == ["sgd", "er"]
     assert offsets(name, "best") == [(1, 60)]
 
 
 def test_a_minimised_metric_marks_the_lowest_trial(study: Path):
     (study / "multirun.yaml").write_text(MULTIRUN_YAML.format(direction="minimize", metric="class_il.forgetting"))
-    figure = summary_figure(gather([study]), study.name, ended=True, study=read_study(study))
+    figure = summary_figure(gather([study]), study.name, ended=True, study=read_study(sweep_config(study)))
     assert offsets(figure.axes[0], "best") == [(0.1, 10)]
     assert figure.axes[0].get_ylabel() == "Class-IL forgetting"
 
 
 def test_a_plain_sweep_or_an_unreadable_multirun_yaml_is_no_study(tmp_path: Path):
     (tmp_path / "multirun.yaml").write_text("hydra:\n  sweeper:\n    _target_: hydra._internal.core_plugins.basic_sweeper.BasicSweeper\n")
-    assert read_study(tmp_path) is None
+    assert read_study(sweep_config(tmp_path)) is None
     (tmp_path / "multirun.yaml").write_text("- &a [x]\n- *a\n")
-    assert read_study(tmp_path) is None
-    assert read_study(tmp_path / "missing") is None
+    assert sweep_config(tmp_path) == {} and read_study(sweep_config(tmp_path)) is None
+    assert sweep_config(tmp_path / "missing") == {}
+
+
+def test_without_multirun_yaml_the_study_comes_from_a_trials_hydra_config(study: Path):
+    # the Optuna sweeper writes no multirun.yaml; every trial has .hydra/hydra.yaml and config.yaml
+    trial = study / "0" / ".hydra"
+    sweeper = MULTIRUN_YAML.format(direction="minimize", metric="x").split("optimized_metric")[0]
+    (trial / "hydra.yaml").write_text(sweeper.replace("params:", "n_trials: 4\n    params:"))
+    (trial / "config.yaml").write_text("seed: 1\noptimized_metric: class_il.forgetting\n")
+    rows = gather([study])
+    found = read_study(sweep_config(study, rows))
+    assert (found.params, found.direction, found.metric) == (
+        {"model.lr": "tag(log, interval(0.001, 0.5))", "model.name": "choice(sgd, er)"}, "minimize", "class_il_forgetting")
+    assert planned_jobs(sweep_config(study, rows)) == 4
 
 
 BASIC_MULTIRUN_YAML = """\
@@ -169,8 +184,6 @@ hydra:
 
 @pytest.mark.parametrize(("params", "planned"), [("null", 6), ("{model.name: 'sgd,er'}", 12)])
 def test_the_planned_jobs_come_from_the_sweeps_multirun_yaml(tmp_path: Path, params: str, planned: int):
-    from mammoth.summary import planned_jobs, sweep_config
-
     (tmp_path / "multirun.yaml").write_text(BASIC_MULTIRUN_YAML.format(params=params))
     assert planned_jobs(sweep_config(tmp_path)) == planned
     (tmp_path / "multirun.yaml").write_text(MULTIRUN_YAML.format(direction="maximize", metric="null")
