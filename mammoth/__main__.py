@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator, TextIO
 
 import hydra
@@ -108,20 +109,45 @@ def unwritable_error(error: OSError) -> ConfigError:
     return ConfigError(f"cannot write {where}: {reason}; allowed: a hydra.run.dir (or output_dir) mammoth can write to")
 
 
+def working_directory_not_importable() -> None:
+    """Take the working directory off the front of ``sys.path``, where ``python -m`` puts it (as
+    ``-P`` / ``PYTHONSAFEPATH`` would), so nothing a config names (a ``pkg://`` search-path entry, a
+    ``_target_``'s module) imports a Python file that merely lies where the command runs. Installed
+    packages, ``PYTHONPATH`` and the modules a user's own script imported before calling
+    :func:`main` stay."""
+    if sys.path and (sys.path[0] == "" or os.path.realpath(sys.path[0]) == os.path.realpath(os.getcwd())):
+        del sys.path[0]
+
+
+@contextmanager
+def directory_locked(directory: Path | None, key: str) -> Iterator[None]:
+    """Hold the run (or sweep) directory's lock while Hydra runs, so a run refused by it finds
+    the directory as it was: no ``.hydra/``, log line or ``job.json`` of its own."""
+    from mammoth.rundir import RunLock, prepare_directory
+
+    if directory is None:
+        yield
+        return
+    with RunLock(prepare_directory(directory, key)):
+        yield
+
+
 def main() -> None:
     """Entry point: check the command line against what Hydra composes, then run it with Hydra."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    working_directory_not_importable()
     try:
         load_plugins()
         command_line = prepare_arguments(sys.argv[1:], hydra_main)
     except MammothError as error:
         exit_with(error, status=2)
-    sys.argv[1:] = command_line.args
+    sys.argv[1:] = command_line.hydra_arguments()
     with hydra_errors_raised() as catch, single_run_failure_line_dropped(not command_line.multirun):
         try:
-            hydra_main()
+            with directory_locked(command_line.directory, 'hydra.sweep.dir' if command_line.multirun else 'hydra.run.dir'):
+                hydra_main()
         except KeyboardInterrupt as interruption:  # Ctrl-C or SIGTERM: run() logged how to resume
             raise SystemExit(143 if str(interruption) == "SIGTERM" else 130) from None
         except MammothError as error:

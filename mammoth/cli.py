@@ -21,6 +21,7 @@ import os
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from mammoth.errors import ConfigError, MammothError, unknown_name_message
@@ -52,10 +53,24 @@ def normalise_choice(group: str, value: str, options: list[str]) -> str:
 
 @dataclass(frozen=True)
 class CommandLine:
-    """The checked arguments, and whether they start a multirun (``-m`` or ``hydra.mode``)."""
+    """The checked arguments, whether they start a multirun (``-m`` or ``hydra.mode``), and the
+    run (or sweep) directory they write, pinned by an override so Hydra writes there and nowhere
+    else (None when it could not be resolved before the run: the run locks it itself)."""
 
     args: list[str]
     multirun: bool
+    directory: Path | None = None
+
+    #: Where the pinning override goes in :attr:`args`: right after the last override (argparse
+    #: takes the overrides as one run of positional arguments).
+    pin_at: int = 0
+
+    def hydra_arguments(self) -> list[str]:
+        """What ``hydra.main`` gets: :attr:`args` and the override that pins :attr:`directory`."""
+        if self.directory is None:
+            return list(self.args)
+        pin = f"hydra.{'sweep' if self.multirun else 'run'}.dir={quote_override_value(str(self.directory))}"
+        return [*self.args[:self.pin_at], pin, *self.args[self.pin_at:]]
 
 
 def prepare_arguments(args: list[str], task_function: Callable, config_path: str = CONFIG_PATH,
@@ -66,6 +81,11 @@ def prepare_arguments(args: list[str], task_function: Callable, config_path: str
     from hydra.errors import HydraException
 
     parsed = get_args_parser().parse_args(args)
+    if parsed.experimental_rerun is not None:
+        raise ConfigError(
+            f"--experimental-rerun {parsed.experimental_rerun!r} is refused: it unpickles a file, which can run "
+            "any code; allowed: rerun with the overrides in the run's .hydra/overrides.yaml"
+        )
     if parsed.help or parsed.hydra_help or parsed.info or parsed.shell_completion:
         return CommandLine(args, multirun=False)  # Hydra's own screens
     with main_hydra(parsed, task_function, config_path) as hydra:
@@ -75,8 +95,11 @@ def prepare_arguments(args: list[str], task_function: Callable, config_path: str
         except HydraException:  # an override Hydra cannot parse: Hydra says why, in its words
             return CommandLine(args, multirun=parsed.multirun)
         overrides = check_argument_overrides(hydra, name, overrides, multirun=parsed.multirun)
-        multirun = check_composed(hydra, name, overrides, multirun=parsed.multirun)
-    return CommandLine(_replace_overrides(args, parsed.overrides, overrides), multirun=multirun)
+        checked = check_composed(hydra, name, overrides, multirun=parsed.multirun)
+    arguments = _replace_overrides(args, parsed.overrides, overrides)
+    pin_at = max((index + 1 for index, arg in enumerate(arguments) if overrides and arg == overrides[-1]), default=0)
+    directory = None if parsed.cfg or parsed.resolve else checked.directory  # printing a config writes nothing
+    return CommandLine(arguments, multirun=checked.multirun, directory=directory, pin_at=pin_at)
 
 
 @contextmanager
@@ -136,25 +159,54 @@ def _normalise_override(override: Any, options: list[str]) -> str:
     return f"{override.get_key_element()}={text}"  # the key element keeps its +, ++ prefix
 
 
-def check_composed(hydra: Any, config_name: str, overrides: list[str], multirun: bool) -> bool:
-    """Compose as the run will; check options in defaults lists, callbacks, logging and (single
-    run) the config. Returns whether the command is a multirun (``-m``, or ``hydra.mode`` set
-    by a config such as an ``hparams_search`` preset)."""
+@dataclass(frozen=True)
+class CheckedCommand:
+    """What :func:`check_composed` found: whether the command is a multirun, and the directory it
+    writes (the run directory, or the sweep's root), resolved once."""
+
+    multirun: bool
+    directory: Path | None = None
+
+
+def check_composed(hydra: Any, config_name: str, overrides: list[str], multirun: bool) -> CheckedCommand:
+    """Compose as the run will; every config that will run passes the safety gate
+    (:func:`mammoth.safety.check_config_safety`): the single run's, or each job's of a sweep;
+    options in defaults lists are checked and a single run's config is validated. Returns whether
+    the command is a multirun (``-m``, or ``hydra.mode`` set by a config such as an
+    ``hparams_search`` preset) and the directory it writes."""
     from hydra.types import RunMode
 
-    from mammoth.config_validation import check_callbacks, check_logging, validate_run_config
+    from mammoth.config_validation import validate_run_config
+    from mammoth.directory_checks import check_run_directory, check_sweep_directory, resolved_directory
+    from mammoth.safety import check_config_safety
 
     cfg = _compose(hydra, config_name, overrides, RunMode.MULTIRUN if multirun else RunMode.RUN)
     if cfg is None and not multirun and hydra.get_mode(config_name=config_name, overrides=overrides) == RunMode.MULTIRUN:
         multirun, cfg = True, _compose(hydra, config_name, overrides, RunMode.MULTIRUN)  # sweeps without -m
     if cfg is None:
-        return multirun  # Hydra reports what it cannot compose, in its own words
+        return CheckedCommand(multirun)  # Hydra reports what it cannot compose, in its own words
     multirun = multirun or cfg.hydra.mode == RunMode.MULTIRUN
-    check_callbacks(cfg.hydra)
-    check_logging(cfg.hydra)
+    check_config_safety(cfg)
     if not multirun:
         validate_run_config(cfg)
-    return multirun
+        directory = resolved_directory(cfg, "hydra.run.dir")
+        if directory is not None:
+            check_run_directory(directory, cfg)
+        return CheckedCommand(False, directory)
+    from mammoth.sweep_jobs import sweep_job_configs
+
+    jobs = sweep_job_configs(hydra, cfg)
+    for job in jobs.configs:
+        check_config_safety(job)
+    directory = resolved_directory(cfg, "hydra.sweep.dir")
+    if directory is not None:
+        check_sweep_directory(directory, cfg, jobs)
+    return CheckedCommand(True, directory)
+
+
+def quote_override_value(text: str) -> str:
+    """``text`` (free of quotes, backslashes and ``$``) as a quoted value of Hydra's override grammar."""
+    return f"'{text}'"
 
 
 def _compose(hydra: Any, config_name: str, overrides: list[str], mode: Any) -> Any:

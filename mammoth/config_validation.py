@@ -77,67 +77,6 @@ def check_dataset(cfg: DictConfig) -> None:
             )
 
 
-def check_callbacks(hydra_cfg: Any) -> None:
-    """Each ``hydra.callbacks`` entry names a Hydra ``Callback`` class, so Hydra instantiating it
-    cannot call an arbitrary function (``_target_: torch.load``)."""
-    from hydra.experimental.callback import Callback
-
-    callbacks = hydra_cfg.get("callbacks") if hydra_cfg is not None else None
-    for name, node in (callbacks or {}).items():
-        target = node.get("_target_") if isinstance(node, DictConfig) else None
-        if not _names_class_of(target, (Callback,)):
-            raise ConfigError(
-                f"hydra.callbacks.{name}: _target_ {target!r} is not a Hydra Callback class; "
-                "allowed: a subclass of hydra.experimental.callback.Callback"
-            )
-
-
-#: What a logging config may name (Python's logging.config.dictConfig calls what it names).
-_LOGGING_FACTORY_KEYS = {"class": "a logging.Handler", "()": "a logging Formatter, Filter or Handler"}
-
-
-def check_logging(hydra_cfg: Any) -> None:
-    """Every ``class`` / ``()`` in ``hydra.job_logging`` and ``hydra.hydra_logging`` names a logging
-    Handler, Formatter or Filter class, so the logging config cannot call an arbitrary function."""
-    import logging
-
-    allowed = (logging.Handler, logging.Formatter, logging.Filter)
-    for section in ("job_logging", "hydra_logging"):
-        node = hydra_cfg.get(section) if hydra_cfg is not None else None
-        if isinstance(node, DictConfig):
-            container = OmegaConf.to_container(node, resolve=False)
-            for path, target in _factories(container, f"hydra.{section}"):
-                if not _names_class_of(target, allowed):
-                    raise ConfigError(
-                        f"{path}: {target!r} is not a logging Handler, Formatter or Filter class; "
-                        "allowed: such a class (e.g. logging.StreamHandler)"
-                    )
-
-
-def _factories(node: Any, path: str) -> list[tuple[str, Any]]:
-    """(path, value) of every ``class`` or ``()`` key in a nested logging config."""
-    found = []
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key in _LOGGING_FACTORY_KEYS:
-                found.append((f"{path}.{key}", value))
-            else:
-                found.extend(_factories(value, f"{path}.{key}"))
-    return found
-
-
-def _names_class_of(target: Any, bases: tuple[type, ...]) -> bool:
-    """Whether the dotted path ``target`` names a subclass of ``bases`` (found as Hydra finds a
-    ``_target_``, without calling anything)."""
-    from hydra._internal.utils import _locate
-
-    try:
-        found = _locate(target) if isinstance(target, str) else None
-    except Exception:  # not importable
-        return False
-    return isinstance(found, type) and issubclass(found, bases)
-
-
 def validate_run_config(cfg: DictConfig) -> None:
     """All checks of a composed mammoth config; raises a MammothError naming the first bad value."""
     check_settings(cfg)

@@ -17,7 +17,7 @@ from mammoth.errors import ConfigError
 log = logging.getLogger("mammoth")
 
 #: Settings that steer the run without changing its results; a resume may change them.
-RUN_CONTROL_KEYS = ("resume", "stop_after_task", "output_dir")
+RUN_CONTROL_KEYS = ("resume", "stop_after_task", "output_dir", "threads")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -44,12 +44,17 @@ def output_directory(cfg: DictConfig) -> Path:
     needed. One that is a file or cannot be written raises a one-line ConfigError naming it."""
     from mammoth.rundir import prepare_directory
 
-    if cfg.get("output_dir"):
-        return prepare_directory(Path(cfg.output_dir), "output_dir")
     from hydra.core.hydra_config import HydraConfig
 
-    if HydraConfig.initialized():
-        return prepare_directory(Path(HydraConfig.get().runtime.output_dir), "hydra.run.dir")
+    hydra_directory = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
+    if cfg.get("output_dir"):
+        if hydra_directory is not None and not Path(cfg.output_dir).is_absolute():
+            from mammoth.rundir import path_inside
+
+            return prepare_directory(path_inside(hydra_directory, cfg.output_dir, "output_dir"), "output_dir")
+        return prepare_directory(Path(cfg.output_dir), "output_dir")
+    if hydra_directory is not None:
+        return prepare_directory(hydra_directory, "hydra.run.dir")
     return prepare_directory(Path.cwd(), "the working directory")
 
 
@@ -87,7 +92,9 @@ def run(cfg: DictConfig) -> float:
     """
     from mammoth.config_validation import validate_run_config
     from mammoth.rundir import RunLock
+    from mammoth.safety import check_config_safety
 
+    check_config_safety(cfg, hydra=_hydra_node(), output_dir_in_run_directory=False)  # python -m mammoth checked it
     validate_run_config(cfg)
     run_dir = output_directory(cfg)
     with RunLock(run_dir), _sigterm_interrupts():
@@ -99,6 +106,13 @@ def run(cfg: DictConfig) -> float:
             log.error("%s", interrupted_line(run_dir, str(interruption) or "SIGINT"))
             record_interruption(run_dir, str(interruption) or "SIGINT")  # Hydra calls no on_job_end here
             raise
+
+
+def _hydra_node() -> Any:
+    """The running job's Hydra config (None outside a Hydra job)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get() if HydraConfig.initialized() else None
 
 
 @contextlib.contextmanager
