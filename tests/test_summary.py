@@ -22,8 +22,7 @@ from omegaconf import OmegaConf
 from mammoth.callbacks import SweepSummaryCallback, sweep_root
 from mammoth.errors import ConfigError
 from mammoth.summary import (
-    find_job_dirs, format_csv, format_summary, gather, group_rows, main, markdown_text, plot_summary,
-    plotted_configurations, read_overrides, safe_yaml, short_floats, summary_figure, update_summary,
+    find_job_dirs, format_summary, gather, group_rows, main, plot_summary, plotted_configurations, update_summary,
 )
 
 REPO = Path(__file__).resolve().parents[1]

@@ -4,7 +4,6 @@ shows their differences, short numbers in labels, and an Optuna study's trials p
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
