@@ -7,6 +7,12 @@ agree: ``results.json`` with status ``complete`` -> complete; else the status re
 ``job.json`` by :class:`mammoth.callbacks.SweepSummaryCallback`; else ``stopped early`` when a
 ``checkpoint.pt`` exists and ``failed`` when none does. Checkpoints are never opened.
 
+Job directories may come from elsewhere, so what is read is bounded (``results.json`` at most
+``MAX_RESULTS_BYTES``, ``job.json`` and ``.hydra/overrides.yaml`` at most ``MAX_SMALL_FILE_BYTES``,
+YAML without anchors or aliases; a job whose files break these rules is ``unreadable``), and what
+is written is escaped (no spreadsheet formulas in ``summary.csv``, no Markdown or HTML from
+overrides in ``summary.md``).
+
     python -m mammoth.summary multirun/2026-01-01/12-00-00            # print the tables
     python -m mammoth.summary sweep_a sweep_b --write                   # and write the files into sweep_a
 """
