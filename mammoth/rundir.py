@@ -210,10 +210,16 @@ def _lock_quietly(descriptor: int, blocking: bool = True) -> bool:
     return True
 
 
-def remove_stale_temporaries(directory: Path, before: float) -> list[str]:
-    """Remove the temporary files a crashed writer left in ``directory`` (``.NAME.XXXXXXXX.tmp``,
-    regular files last changed before ``before``, a ``time.time()``, and not locked by a live
-    writer); return their names. Files that cannot be removed are left alone."""
+#: The files a run writes through :func:`atomic_file` (results.json, the checkpoint, job.json,
+#: the plot): the names whose temporary files the run lock cleans up.
+RUN_FILES = ("results.json", "checkpoint.pt", "job.json", "accuracy.png")
+
+
+def remove_stale_temporaries(directory: Path, before: float, names: tuple[str, ...] | list[str]) -> list[str]:
+    """Remove the temporary files a crashed writer of one of ``names`` left in ``directory``
+    (``.NAME.XXXXXXXX.tmp``, regular files last changed before ``before``, a ``time.time()``,
+    and not locked by a live writer); return their names. Anything else, a file of the user's
+    that looks alike included, and files that cannot be removed are left alone."""
     removed = []
     try:
         entries = list(os.scandir(directory))
@@ -221,8 +227,8 @@ def remove_stale_temporaries(directory: Path, before: float) -> list[str]:
         return removed
     for entry in entries:
         try:
-            if not (TEMPORARY_PATTERN.match(entry.name) and entry.is_file(follow_symlinks=False)
-                    and entry.stat(follow_symlinks=False).st_mtime < before):
+            if not (TEMPORARY_PATTERN.match(entry.name) and entry.name[1:-13] in names
+                    and entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < before):
                 continue
             descriptor = os.open(entry.path, os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
         except OSError:
@@ -282,7 +288,7 @@ class RunLock:
         file.flush()
         self._file = file
         RunLock._held.add(self._key)
-        remove_stale_temporaries(self.path.parent, before=time.time())
+        remove_stale_temporaries(self.path.parent, before=time.time(), names=RUN_FILES)
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:

@@ -846,7 +846,7 @@ def update_summary(root: Path, others: Sequence[Path] = (), ended: bool | None =
     summary files into ``root`` (``ended`` as in :func:`write_summary`). Returns the rows."""
     check_directory(root)
     with summary_lock(root):
-        remove_stale_temporaries(root, before=time.time())  # a writer killed mid-write; live ones hold theirs locked
+        remove_stale_temporaries(root, before=time.time(), names=(CSV_NAME, MARKDOWN_NAME, PLOT_NAME))  # a writer killed mid-write
         rows = gather([root, *others])
         write_summary(root, rows, " ".join(str(path) for path in [root, *others]), ended)
     return rows

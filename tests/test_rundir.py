@@ -126,11 +126,12 @@ def test_taking_the_lock_removes_the_temporary_files_a_crash_left(run_dir: Path,
     stale(run_dir / ".checkpoint.pt.ab12cd_9.tmp")
     stale(run_dir / ".results.json.zzzzzzzz.tmp")
     stale(run_dir / "notes.tmp")  # not a name write_atomic uses: the user's
+    stale(run_dir / ".notes.txt.abcdefgh.tmp")  # the pattern, but not a file a run writes: the user's too
     stale(run_dir / ".checkpoint.pt.tmp")  # no random part: not ours either
     (run_dir / ".metrics.csv.abcdefgh.tmp").symlink_to(outside)  # a link: left alone, its target too
     with RunLock(run_dir):
         remaining = sorted(path.name for path in run_dir.iterdir())
-    assert remaining == [".checkpoint.pt.tmp", LOCK_NAME, ".metrics.csv.abcdefgh.tmp", "notes.tmp"]
+    assert remaining == [".checkpoint.pt.tmp", LOCK_NAME, ".metrics.csv.abcdefgh.tmp", ".notes.txt.abcdefgh.tmp", "notes.tmp"]
     assert outside.read_bytes() == b"do not touch\n"
 
 
@@ -141,7 +142,7 @@ def test_a_live_writers_temporary_file_and_a_new_one_are_kept(run_dir: Path):
     with atomic_file(run_dir / "summary.png", "summary") as file:  # a live writer holds its file locked
         (writing,) = [path for path in run_dir.iterdir() if path.name.startswith(".summary.png.")]
         os.utime(writing, (time.time() - 3600, time.time() - 3600))
-        removed = remove_stale_temporaries(run_dir, before=time.time() - 60)
+        removed = remove_stale_temporaries(run_dir, before=time.time() - 60, names=["summary.csv", "summary.md", "summary.png"])
         file.write(b"png")
     assert removed == [old.name]
     assert sorted(path.name for path in run_dir.iterdir()) == [new.name, "summary.png"]

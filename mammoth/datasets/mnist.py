@@ -71,10 +71,11 @@ def extract_gzipped_idx_files(raw: Path) -> list[str]:
 
     from mammoth.rundir import atomic_file, remove_stale_temporaries
 
+    names = [name for pair in IDX_FILES.values() for name in pair]
     if raw.is_dir():
-        remove_stale_temporaries(raw, before=time.time())  # an extraction killed mid-write
+        remove_stale_temporaries(raw, before=time.time(), names=names)  # an extraction killed mid-write
     written = []
-    for name in (name for pair in IDX_FILES.values() for name in pair):
+    for name in names:
         target, packed = raw / name, raw / f"{name}.gz"
         if not target.is_file() and packed.is_file():
             with atomic_file(target, "extracted file") as destination:
