@@ -164,3 +164,17 @@ def test_updating_a_summary_removes_the_temporary_files_a_killed_writer_left(tmp
     update_summary(tmp_path)
     assert sorted(path.name for path in tmp_path.iterdir()) == [
         ".summary.lock", "0", "summary.csv", "summary.md", "summary.png"]
+
+
+def test_a_planted_summary_lock_link_is_refused_and_its_target_untouched(tmp_path: Path, capsys: pytest.CaptureFixture):
+    from mammoth.summary import main
+
+    write_job(tmp_path / "sweep" / "0", ["seed=0"], complete((1, 2, 3), (4, 5, 6), 1))
+    target = tmp_path / "profile"
+    target.write_text("keep me\n")
+    (tmp_path / "sweep" / ".summary.lock").symlink_to(target)
+    assert main([str(tmp_path / "sweep"), "--write"]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith(f"Error: cannot write the summary into {str(tmp_path / 'sweep')!r}: "
+                            f"{tmp_path / 'sweep' / '.summary.lock'} is a symbolic link (to {target}); ")
+    assert target.read_text() == "keep me\n" and not (tmp_path / "sweep" / "summary.csv").exists()
