@@ -140,10 +140,12 @@ def is_multirun(config: DictConfig) -> bool:
 
 
 def results_directory(config: DictConfig) -> Path:
-    """Where mammoth writes the job's results: ``output_dir`` if set, else the job's Hydra directory."""
+    """Where mammoth writes the job's results: ``output_dir`` if set (a relative one inside the
+    job's Hydra directory, as :func:`mammoth.runner.output_directory` puts it), else the job's Hydra directory."""
+    hydra_directory = Path(str(config.hydra.runtime.output_dir))
     if config.get("output_dir"):
-        return Path(str(config.output_dir)).absolute()
-    return Path(str(config.hydra.runtime.output_dir))
+        return hydra_directory / str(config.output_dir)  # an absolute output_dir replaces the Hydra directory
+    return hydra_directory
 
 
 def sweep_root(config: DictConfig) -> Path:

@@ -280,3 +280,13 @@ def test_the_plot_shows_at_most_the_40_best_configurations(tmp_path: Path):
     # height in the PNG header: (1.6 + 0.45 inch per bar * 40 configurations * 2 kinds) * 100 dpi
     assert (int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")) == (900, 3760)
     assert plotted_configurations(groups[:3]) == groups[:3]
+
+
+def test_callback_writes_job_json_into_a_relative_output_dir_inside_the_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(tmp_path)
+    config = job_config(tmp_path / "sweep", "0", ["seed=0", "output_dir=out"])
+    config.output_dir = "out"  # the runner puts a relative output_dir inside the job's Hydra directory
+    (tmp_path / "sweep" / "0" / "out").mkdir(parents=True)
+    SweepSummaryCallback().on_job_start(config=config, task_function=None)
+    assert json.loads((tmp_path / "sweep" / "0" / "out" / "job.json").read_text())["status"] == "running"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["sweep"]  # nothing beside the sweep
