@@ -301,7 +301,8 @@ def _check_hydra_node(path: tuple[str, ...], value: Any, tree: dict, resolve: _R
             )
     elif path in (("hydra", "run", "dir"), ("hydra", "sweep", "dir")) and not _set_on_command_line(tree, where):
         _check_relative(where, resolve(path, value), "the working directory")
-    elif len(path) == 3 and path[:2] == ("hydra", "launcher") and path[2].endswith(PATH_KEY_SUFFIXES + ("folder",)):
+    elif len(path) == 3 and path[:2] == ("hydra", "launcher") and path[2].endswith(PATH_KEY_SUFFIXES + ("folder",)) \
+            and value is not None:
         _check_log_file(where, resolve(path, value), resolve.sweep_directory, "the sweep directory")
     elif path == ("hydra", "sweeper", "storage") and isinstance(value, str) and not _set_on_command_line(tree, where):
         text = str(value)

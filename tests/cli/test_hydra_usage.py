@@ -237,8 +237,11 @@ def test_a_shared_experiment_cannot_make_hydra_call_a_function(workdir: Path):
     """)
     result = run_python(["-m", "mammoth", "--config-dir", str(workdir / "shared"), "experiment=evil"], workdir)
     assert result.returncode == 2
-    assert "hydra.callbacks.evil: _target_ 'pathlib.Path.touch' is not a Hydra Callback class" in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "Error: hydra.callbacks.evil._target_='pathlib.Path.touch' is not a Hydra Callback class (a subclass of "
+        "hydra.experimental.callback.Callback); allowed: a Hydra Callback class (a subclass of hydra.experimental.callback.Callback)")
     assert not marker.exists()
+    assert sorted(path.name for path in workdir.iterdir()) == ["shared"]  # no run directory was made
 
 
 def complete(line: str, cwd: Path) -> list[str]:
