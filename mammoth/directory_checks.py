@@ -11,6 +11,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from mammoth.errors import ConfigError
+from mammoth.rundir import link_error
 
 #: What a second run with other settings must not write over in a directory: Hydra's records.
 HYDRA_OUTPUT_SUBDIR = ".hydra"
@@ -35,19 +36,12 @@ def check_no_links(directory: Path) -> None:
     """No symlink directly in ``directory`` or in its ``.hydra/``: Hydra and mammoth write there."""
     for folder in (directory, directory / HYDRA_OUTPUT_SUBDIR):
         if folder != directory and folder.is_symlink():
-            _refuse_link(folder)
+            raise link_error(folder)
         if not folder.is_dir() or folder.is_symlink():
             continue
         for entry in os.scandir(folder):
             if entry.is_symlink():
-                _refuse_link(Path(entry.path))
-
-
-def _refuse_link(path: Path) -> None:
-    raise ConfigError(
-        f"{path} is a symbolic link (to {os.readlink(path)}); mammoth does not write through links in a run "
-        "directory; allowed: a regular file or no file at that path (remove the link)"
-    )
+                raise link_error(Path(entry.path))
 
 
 def check_run_directory(directory: Path, cfg: DictConfig) -> None:

@@ -91,12 +91,12 @@ def open_nofollow(path: Path, mode: str = "w", **options: Any) -> IO[Any]:
         raise ValueError(f"mode={mode!r} is not supported; allowed: r, w, a, a+ (with b for bytes)")
     flags = _OPEN_FLAGS[text_mode] | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
     if not _NOFOLLOW and os.path.islink(path):  # no O_NOFOLLOW (Windows): check first
-        raise _link_error(path)
+        raise link_error(path)
     try:
         descriptor = os.open(path, flags, 0o666)
     except OSError as error:
         if error.errno in (errno.ELOOP, errno.EMLINK) and os.path.islink(path):
-            raise _link_error(path) from None
+            raise link_error(path) from None
         if error.errno == errno.ENXIO:  # a FIFO without a reader
             raise _not_regular_error(path) from None
         raise
@@ -111,7 +111,8 @@ def open_nofollow(path: Path, mode: str = "w", **options: Any) -> IO[Any]:
         raise
 
 
-def _link_error(path: Path) -> ConfigError:
+def link_error(path: Path) -> ConfigError:
+    """The one-line refusal of a symlink planted in a run directory."""
     return ConfigError(
         f"{path} is a symbolic link (to {os.readlink(path)}); mammoth does not follow links in a run "
         "directory; allowed: a regular file or no file at that path (remove the link)"

@@ -70,7 +70,7 @@ def test_a_planted_symlink_in_the_run_directory_is_refused_and_its_target_untouc
         run_dir.mkdir()
         (run_dir / name).symlink_to(target)
         line = refused(f"hydra.run.dir={run_dir}")
-        assert line == (f"{run_dir / name} is a symbolic link (to {target}); mammoth does not write through links in a "
+        assert line == (f"{run_dir / name} is a symbolic link (to {target}); mammoth does not follow links in a "
                         "run directory; allowed: a regular file or no file at that path (remove the link)")
     assert target.read_text() == "untouched\n"
 
