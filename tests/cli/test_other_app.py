@@ -322,6 +322,7 @@ def test_wheel_runs_mammoth_from_any_directory_and_apps_opt_in(wheel_install: tu
     elsewhere.mkdir()
     where = run_python(["-c", "import mammoth; print(mammoth.__file__)"], elsewhere, python=python)
     assert str(tmp_path / "venv") in where.stdout, where.stdout + where.stderr
+    assert Path(where.stdout.strip()).with_name("py.typed").is_file()  # PEP 561: typed for type checkers
     result = run_python(["-m", "mammoth", "--cfg", "job"], elsewhere, python=python)
     assert result.returncode == 0, result.stderr
     assert "name: seq-digits" in result.stdout and "_target_: mammoth.backbones.mlp.MNISTMLP" in result.stdout
