@@ -1,8 +1,10 @@
 """A registry of named, configurable callables: the one piece of global state in mammoth.
 
 Each registration infers the callable's arguments (:mod:`mammoth.schema`), emits a typed
-dataclass schema and stores it in Hydra's ConfigStore under ``group/name``, so the user picks
-it with ``group=name`` and sets its arguments with ``group.arg=value``. Backbones
+dataclass schema (an attribute of the callable's module, ``<Name><Kind>Config``) and stores it,
+closed (struct), in Hydra's ConfigStore under ``group/name``, so the user picks it with
+``group=name`` and sets its arguments with ``group.arg=value``; any other key fails where Hydra
+composes. Backbones
 (:mod:`mammoth.backbones.registry`), CL methods (:mod:`mammoth.models.registry`) and benchmarks
 (:mod:`mammoth.datasets`) each own one :class:`Registry`.
 """

@@ -24,8 +24,11 @@ def register_backbone(name: str) -> Callable[[T], T]:
 
     Its arguments are inferred from the signature (the annotation, else the type of the
     default, else ``str``; no default = required) and become the typed config
-    ``backbone=name`` with fields ``backbone.<arg>``. Names are case-insensitive and ``_``
-    equals ``-``; a duplicate name raises.
+    ``backbone=name`` with fields ``backbone.<arg>``, closed to other keys. The config's dataclass
+    is set on the module that defines the backbone, named after it: ``tiny-cnn`` in
+    ``my_backbones`` gives ``my_backbones.TinyCnnBackboneConfig`` (``resnet`` gives
+    ``mammoth.backbones.resnet.ResnetBackboneConfig``), for dataclasses that nest or extend it.
+    Names are case-insensitive and ``_`` equals ``-``; a duplicate name raises.
     """
     return BACKBONES.register(name)
 

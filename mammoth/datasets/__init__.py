@@ -56,8 +56,10 @@ def register_dataset(name_or_class: str | DatasetClass) -> Any:
     or ``@register_dataset`` for a class whose ``name`` attribute says it.
 
     Like backbones and models, it becomes a typed config (``dataset.root``, ``dataset.batch_size``,
-    ``dataset.n_epochs``, ... with the benchmark's defaults) in Hydra's ConfigStore; names are
-    case-insensitive, ``_`` equals ``-``, and a duplicate raises.
+    ``dataset.n_epochs``, ... with the benchmark's defaults) in Hydra's ConfigStore, closed to
+    other keys, whose dataclass is set on the benchmark's module (``seq-digits`` gives
+    ``mammoth.datasets.digits.SeqDigitsDatasetConfig``); names are case-insensitive, ``_`` equals
+    ``-``, and a duplicate raises.
     """
     if isinstance(name_or_class, str):
         return lambda cls: _register(cls, name_or_class)

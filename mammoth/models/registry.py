@@ -21,7 +21,8 @@ MODELS = Registry(
 
 def register_model(name: str) -> Callable[[T], T]:
     """Register a ``ContinualModel`` subclass as ``model=name``; its ``__init__`` arguments
-    (besides ``net`` and ``dataset``) become typed ``model.<arg>`` config fields."""
+    (besides ``net`` and ``dataset``) become typed ``model.<arg>`` config fields, closed to other
+    keys, in a dataclass set on the method's module (``er`` gives ``mammoth.models.er.ErModelConfig``)."""
     return MODELS.register(name)
 
 
