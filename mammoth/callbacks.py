@@ -74,7 +74,9 @@ class SweepSummaryCallback(Callback):
                 "host": socket.gethostname(),
                 "pid": os.getpid(),
             }
-            write_atomic(results_directory(config) / STATUS_NAME, (json.dumps(document, indent=2) + "\n").encode(), "job status")
+            directory = results_directory(config)
+            directory.mkdir(parents=True, exist_ok=True)  # a relative output_dir, before the run makes it
+            write_atomic(directory / STATUS_NAME, (json.dumps(document, indent=2) + "\n").encode(), "job status")
         except Exception as error:  # noqa: BLE001  a status file must never fail the job
             log.warning("could not write the job status %s: %s", STATUS_NAME, error)
 
