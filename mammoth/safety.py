@@ -309,10 +309,6 @@ def _check_hydra_node(path: tuple[str, ...], value: Any, tree: dict, resolve: _R
         if not text.startswith("sqlite:///") or text.startswith("sqlite:////"):
             raise ConfigError(f"{where}={text!r} was set by a config file; allowed there: null or sqlite:///RELATIVE.db; others only on the command line")
         _check_relative(where, text[len("sqlite:///"):], "the working directory")
-    elif path == ("hydra", "searchpath") and isinstance(value, list):
-        for entry in value:
-            if not isinstance(entry, str) or not entry.startswith(("pkg://", "file://")) and "://" in entry:
-                raise ConfigError(f"hydra.searchpath entry {entry!r} is not allowed; allowed: file://DIR, pkg://PACKAGE or a directory")
 
 
 def _check_relative(where: str, value: Any, base: str) -> None:

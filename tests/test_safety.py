@@ -194,3 +194,4 @@ def test_an_interpolation_that_becomes_a_target_is_walked_as_what_it_becomes(tmp
     line = refused("--config-dir", str(tmp_path), "experiment=decoded")
     assert line.startswith("hydra.callbacks.sweep_summary.payload._target_='os.system': a _target_ is not allowed here")
     assert not (tmp_path / "pwned").exists()
+
