@@ -13,8 +13,8 @@ naming the ``++`` form that runs it (the jobs whose option lacks the argument th
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
-from dataclasses import dataclass
 from typing import Any
 
 from omegaconf import DictConfig
@@ -26,7 +26,7 @@ from mammoth.registry import unknown_argument_message
 REGISTRY_GROUPS = ("backbone", "model", "dataset")
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class ComposedOption:
     """One option of a group as a job composes it: its name and its fields."""
 
@@ -42,7 +42,7 @@ def check_argument_overrides(hydra: Any, config_name: str, overrides: list[str],
 
     parsed, repository = hydra.config_loader._parse_overrides_and_create_caching_repo(config_name, overrides)
     choices = [override for override in parsed if _is_group_choice(override, repository)]
-    composer = _Composer(hydra, config_name, parsed, choices)
+    composer = _Composer(hydra, config_name, parsed, choices, repository)
     if composer.sweep_values is None:
         return overrides  # a sweep Hydra expands from the repository (glob): Hydra checks it
     multirun = multirun or any(override.is_sweep_override() for override in parsed)
@@ -52,8 +52,8 @@ def check_argument_overrides(hydra: Any, config_name: str, overrides: list[str],
             continue
         group, _, rest = override.key_or_group.partition(".")
         if not rest:
-            _check_setting(composer, override)
-        elif group in REGISTRY_GROUPS and composer.base() is not None:
+            _check_setting(override)
+        elif group in REGISTRY_GROUPS:
             if _check_argument(composer, override, group, rest.split(".")[0], multirun):
                 result[index] = f"++{overrides[index]}"
     return result
@@ -63,13 +63,13 @@ def _is_group_choice(override: Any, repository: Any) -> bool:
     return "." not in override.key_or_group and repository.group_exists(override.key_or_group)
 
 
-def _check_setting(composer: "_Composer", override: Any) -> None:
-    """A top-level ``key=value`` without ``+`` names a setting the config has."""
+def _check_setting(override: Any) -> None:
+    """A top-level ``key=value`` without ``+`` names a run setting (the run refuses any other key)."""
+    from mammoth.config import RunConfig
     from mammoth.config_validation import unknown_setting_message
 
-    cfg = composer.base()
-    if cfg is not None and override.key_or_group not in cfg:
-        allowed = [key for key in cfg if key != "hydra"]
+    allowed = [field.name for field in dataclasses.fields(RunConfig)]
+    if override.key_or_group not in allowed:
         raise ConfigError(f"{override.input_line}: {unknown_setting_message(override.key_or_group, allowed)}")
 
 
@@ -102,10 +102,10 @@ def _names(group: str, options: list[ComposedOption]) -> str:
 class _Composer:
     """Composes the config each combination of swept group choices gives (cached)."""
 
-    def __init__(self, hydra: Any, config_name: str, parsed: list[Any], choices: list[Any]) -> None:
+    def __init__(self, hydra: Any, config_name: str, parsed: list[Any], choices: list[Any], repository: Any) -> None:
         from hydra.core.override_parser.types import OverrideType
 
-        self.hydra, self.config_name = hydra, config_name
+        self.hydra, self.config_name, self.repository = hydra, config_name, repository
         self.choices = choices
         # What decides the options: group choices, and keys added or deleted on purpose.
         self.fixed = [override.input_line for override in parsed
@@ -140,12 +140,30 @@ class _Composer:
         keys = list(combinations)
         found: dict[str, ComposedOption] = {}
         for values in itertools.product(*(combinations[key] for key in keys)):
-            fixed = {key: value[0] for key, value in self.sweep_values.items() if len(value) == 1}
-            fixed.update(zip(keys, values))
-            option = self.option(group, self.compose(tuple(f"{key}={value}" for key, value in fixed.items())))
+            option = self.registered(group, values[0]) if own else None
+            if option is None:
+                fixed = {key: value[0] for key, value in self.sweep_values.items() if len(value) == 1}
+                fixed.update(zip(keys, values))
+                option = self.option(group, self.compose(tuple(f"{key}={value}" for key, value in fixed.items())))
             if option is not None:
                 found.setdefault(option.name, option)
         return list(found.values())
+
+    def registered(self, group: str, name: str) -> ComposedOption | None:
+        """Option ``name`` of ``group`` without composing, when Hydra finds it as mammoth's registry
+        stored it (not a user's YAML of that name) and nothing on the command line adds keys to it."""
+        if any(line.lstrip("+~").startswith(f"{group}.") for line in self.fixed):
+            return None
+        try:
+            found = self.repository.load_config(f"{group}/{name}")
+        except Exception:  # noqa: BLE001 - Hydra reports what it cannot load
+            return None
+        if found is None or found.provider != "mammoth" or not found.path.startswith("structured://"):
+            return None
+        entry = _registry_entry(group, found.config.get("_target_"))
+        if entry is None:
+            return None
+        return ComposedOption(entry.name, tuple(argument.name for argument in entry.arguments), entry.describe_arguments())
 
     @staticmethod
     def option(group: str, cfg: DictConfig | None) -> ComposedOption | None:
