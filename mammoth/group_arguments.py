@@ -106,7 +106,6 @@ class _Composer:
         from hydra.core.override_parser.types import OverrideType
 
         self.hydra, self.config_name, self.repository = hydra, config_name, repository
-        self.choices = choices
         # What decides the options: group choices, and keys added or deleted on purpose.
         self.fixed = [override.input_line for override in parsed
                       if (override.type != OverrideType.CHANGE or override.is_hydra_override())
