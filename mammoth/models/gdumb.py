@@ -3,16 +3,20 @@ Questions Our Progress in Continual Learning", ECCV 2020)."""
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import torch
 from torch import Tensor
 
 from mammoth.backbones.base import MammothBackbone
+from mammoth.buffer import ReplayBuffer
 from mammoth.models.base import ContinualModel
 from mammoth.models.registry import register_model
 from mammoth.models.utils import require_class_il
-from mammoth.validation import check_positive, check_positive_int
+from mammoth.validation import check_choice, check_positive, check_positive_int
+
+#: How GDumb fills its memory: the original Mammoth's reservoir, or the paper's greedy class-balanced sampler.
+SAMPLERS = ("reservoir", "greedy")
 
 
 class GreedyClassBalancedMemory:
@@ -92,15 +96,26 @@ def cutmix(x: Tensor, y: Tensor, alpha: float, probability: float = 0.5) -> tupl
 
 @register_model("gdumb")
 class GDumb(ContinualModel):
-    """GDumb: fills a greedy class-balanced memory, and after the last task trains the network from
-    its initial weights on the memory alone.
+    """GDumb: fills a memory of ``buffer_size`` examples, and after the last task trains the network
+    from its initial weights on the memory alone.
 
-    The memory is filled during each task's first epoch (GDumb needs one pass; later epochs do
-    nothing). After the last task: ``fitting_epochs`` epochs of SGD (``momentum``,
-    ``weight_decay``) with warm restarts (cosine, ``T_0=1``, ``T_mult=2``, from ``maxlr`` down to
-    ``minlr``; first epoch at ``maxlr / 10``) and CutMix (``cutmix_alpha``; null disables it).
-    As in the original, the network is not trained before the last task (``lr`` is unused), so
-    the earlier evaluations score the untrained network. Class-IL datasets only.
+    ``sampler`` chooses how the memory is filled. ``reservoir`` (the default) is the original
+    Mammoth's: its ``models/gdumb.py`` stores every example in a reservoir ``Buffer``, so the
+    memory is a uniform sample of the stream (drawn from the memory's own generator, seeded from
+    the run's seed). ``greedy`` is the paper's greedy class-balanced sampler
+    (:class:`GreedyClassBalancedMemory`): an example is stored while its class holds fewer than
+    ``buffer_size // classes seen`` items, evicting one of the largest class. On an unbalanced
+    stream the two memories differ, and so do the accuracies.
+
+    The memory is filled during each task's first epoch (the original forces ``n_epochs=1``;
+    later epochs here do nothing). After the last task: ``fitting_epochs`` epochs of SGD
+    (``momentum``, ``weight_decay``) with warm restarts (cosine, ``T_0=1``, ``T_mult=2``, from
+    ``maxlr`` down to ``minlr``; first epoch at ``maxlr / 10``) and CutMix (``cutmix_alpha``;
+    null disables it), on batches of ``dataset.batch_size`` augmented by the dataset's train
+    transform once per epoch, as the original. The original restarts from a newly drawn
+    initialisation; this restarts from the backbone's initial weights (same distribution, and a
+    resume restarts from the same weights). The network is not trained before the last task
+    (``lr`` is unused), so the earlier evaluations score the untrained network. Class-IL datasets only.
     """
 
     def __init__(
@@ -112,6 +127,7 @@ class GDumb(ContinualModel):
         minlr: float = 0.0005,
         fitting_epochs: int = 256,
         cutmix_alpha: Optional[float] = 1.0,
+        sampler: Literal["reservoir", "greedy"] = "reservoir",
         **kwargs: Any,
     ) -> None:
         require_class_il("gdumb", dataset)
@@ -121,7 +137,10 @@ class GDumb(ContinualModel):
         self.minlr = check_positive("model.minlr", minlr)
         self.fitting_epochs = check_positive_int("model.fitting_epochs", fitting_epochs)
         self.cutmix_alpha = None if cutmix_alpha is None else check_positive("model.cutmix_alpha", cutmix_alpha)
-        self.memory = GreedyClassBalancedMemory(self.buffer_size)
+        self.sampler = check_choice("model.sampler", sampler, SAMPLERS)
+        self.memory: ReplayBuffer | GreedyClassBalancedMemory = (
+            ReplayBuffer(self.buffer_size) if sampler == "reservoir" else GreedyClassBalancedMemory(self.buffer_size)
+        )
         # The weights GDumb restarts from: the backbone's initialisation (the same on a resume,
         # which rebuilds the backbone from the same seed).
         self.initial_state = {name: value.detach().clone() for name, value in net.state_dict().items()}
@@ -149,12 +168,18 @@ class GDumb(ContinualModel):
             self.net.load_state_dict(self.initial_state)
             self.fit_memory()
 
+    def memory_data(self) -> tuple[Tensor, Tensor]:
+        """The stored examples and labels, in slot order."""
+        if isinstance(self.memory, ReplayBuffer):
+            return self.memory.examples, self.memory.labels
+        return self.memory.data()
+
     def fit_memory(self) -> float:
         """``fitting_epochs`` epochs on the memory; returns the last batch's loss."""
         optimizer = torch.optim.SGD(self.net.parameters(), lr=self.maxlr, momentum=self.momentum,
                                     weight_decay=self.weight_decay)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=1, T_mult=2, eta_min=self.minlr)
-        examples, labels = self.memory.data()
+        examples, labels = self.memory_data()
         batch_size = self.dataset.config.batch_size
         loss = torch.zeros(())
         for epoch in range(self.fitting_epochs):
@@ -185,5 +210,10 @@ class GDumb(ContinualModel):
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         """Restore the memory and the epoch counter."""
-        self.memory.load_state_dict(state["memory"], self.device)
+        if isinstance(self.memory, ReplayBuffer):
+            self.memory.load_state_dict(state["memory"])
+            if not self.memory.is_empty():
+                self.memory.to(self.device)
+        else:
+            self.memory.load_state_dict(state["memory"], self.device)
         self.epoch = int(state["epoch"])

@@ -152,7 +152,7 @@ def test_gdumb_trains_only_after_the_last_task_from_the_initial_weights(make_mod
         if task == 0:
             model.end_task(task)
             assert torch.equal(model.net.get_params(), initial)
-    assert len(model.memory) == 8 and sorted(set(model.memory.labels)) == [0, 1, 2, 3]
+    assert len(model.memory) == 8 and model.memory.num_seen == 16  # the reservoir saw the first epochs only
     other = copy.deepcopy(model)
     other.net.set_params(torch.zeros_like(initial))  # whatever the weights were, the fit restarts
     torch.manual_seed(0)
