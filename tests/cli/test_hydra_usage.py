@@ -95,8 +95,8 @@ def test_experiment_in_an_override_word_does_not_turn_checks_off(workdir: Path):
 
 @pytest.mark.slow
 def test_a_failing_job_fails_alone_and_the_sweep_goes_on(workdir: Path):
-    # sgd has no buffer_size: its job fails naming the argument; er's job runs
-    result = run_python(["-m", "mammoth", "-m", "model=sgd,er", "model.buffer_size=100", "dataset.n_epochs=1",
+    # sgd has no buffer_size: with ++ its job composes and fails naming the argument; er's job runs
+    result = run_python(["-m", "mammoth", "-m", "model=sgd,er", "++model.buffer_size=100", "dataset.n_epochs=1",
                          "hydra.sweep.dir=sweep"], workdir)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("Error: unknown argument 'buffer_size' for model 'sgd'")
