@@ -19,7 +19,11 @@ written: the single run's, each job's of a sweep and each alternative an Optuna 
   ``hydra.sweep.subdir``) are relative and stay inside the run directory;
 - what runs shell commands or sets the environment of a job (``hydra.launcher.setup``,
   ``srun_args``, ``additional_parameters``; ``hydra.job.env_set`` beyond a list of harmless
-  variables) is accepted only from the command line, never from a config file.
+  variables), a run or sweep directory outside the working directory and an Optuna storage other
+  than a relative SQLite file are accepted only from the command line, never from a config file;
+  a launcher's folders stay inside the sweep directory.
+
+An interpolation that resolves to a container (``${oc.decode:...}``) is walked as what it becomes.
 """
 
 from __future__ import annotations
