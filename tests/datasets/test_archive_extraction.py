@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from concurrently import run_concurrently
 from mammoth.datasets.base import download_and_extract_privately
 
 
@@ -34,19 +35,8 @@ def test_two_runs_extracting_at_once_get_whole_files_and_leave_no_temporary_dire
     files = {"cifar-10-batches-py/data_batch_1": b"a" * 1000, "cifar-10-batches-py/batches.meta": b"m" * 100}
     extract, roots = fake_archive(files, threading.Barrier(2, timeout=30))
     monkeypatch.setattr(torchvision.datasets.utils, "download_and_extract_archive", extract)
-    errors: list[BaseException] = []
-
-    def download() -> None:
-        try:
-            download_and_extract_privately("https://example.org/cifar.tgz", tmp_path, "cifar-10-batches-py", md5="x")
-        except BaseException as error:  # noqa: BLE001 - reported by the assertion below
-            errors.append(error)
-
-    threads = [threading.Thread(target=download) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    errors = run_concurrently(
+        lambda: download_and_extract_privately("https://example.org/cifar.tgz", tmp_path, "cifar-10-batches-py", md5="x"))
     assert errors == [] and len(set(roots)) == 2  # each run extracted in a directory of its own
     for name, content in files.items():
         assert (tmp_path / name).read_bytes() == content

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from concurrently import run_concurrently
 from fake_datasets import write_mnist
 from mammoth.datasets.mnist import extract_gzipped_idx_files
 from mammoth.errors import DatasetError
@@ -39,19 +40,7 @@ def test_two_extractions_at_once_both_succeed_with_whole_files(tmp_path: Path, m
 
     monkeypatch.setattr(shutil, "copyfileobj", copy_together)
     written: list[list[str]] = []
-    errors: list[BaseException] = []
-
-    def extract() -> None:
-        try:
-            written.append(extract_gzipped_idx_files(raw))
-        except BaseException as error:  # noqa: BLE001 - reported by the assertion below
-            errors.append(error)
-
-    threads = [threading.Thread(target=extract) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    errors = run_concurrently(lambda: written.append(extract_gzipped_idx_files(raw)))
     assert errors == []
     assert [sorted(names) for names in written] == [sorted(originals)] * 2  # each extracted every file
     for name, content in originals.items():
