@@ -9,7 +9,6 @@ sweep over methods whose arguments differ); they refuse it with the option's fie
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 

@@ -16,7 +16,7 @@ import inspect
 import re
 from typing import Any, Callable, Mapping, TypeVar
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from mammoth.errors import MammothError, closest_match, unknown_name_message
 from mammoth.schema import (

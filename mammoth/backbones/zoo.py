@@ -40,7 +40,6 @@ class TorchvisionBackbone(MammothBackbone):
         weights: Optional[str] = None,
     ) -> None:
         super().__init__()
-        import torchvision.models
 
         allowed = torchvision_architectures()
         if arch not in allowed:
