@@ -29,8 +29,17 @@ class AGem(ReplayModel):
     The gradient ``g`` of the cross-entropy on the batch is projected (:func:`project`) on the
     half-space ``g . g_ref >= 0`` of the gradient ``g_ref`` on a replay minibatch. As in the
     original Mammoth, the episodic memory gets one random training batch (``batch_size``
-    non-augmented examples) of each finished task, through the reservoir buffer. Uses
+    non-augmented examples) of each finished task, through the reservoir buffer, and the replay
+    minibatch is drawn without replacement and augmented like the training batches. Uses
     ``get_grads`` / ``set_grads`` with reused ``out=`` buffers.
+
+    The replay minibatch has ``minibatch_size`` examples (null: the incoming batch's size). The
+    original Mammoth since December 2023 overwrites ``--minibatch_size`` with ``--batch_size``
+    (``extend_args`` in its ``main.py``; every dataset sets a batch size), so it always replays
+    ``batch_size`` examples: with its best seq-mnist arguments (``--batch_size 10
+    --minibatch_size 128``) it replays 10 where ``model.minibatch_size=128`` replays up to 128, as
+    the original did when its published tables were made. That is the whole gap measured side by
+    side (``scripts/compare_original.py``); leave ``minibatch_size`` null to run as today's original.
     """
 
     def __init__(self, net: MammothBackbone, dataset: Any, buffer_size: int, **kwargs: Any) -> None:

@@ -29,6 +29,13 @@ class Mer(ReplayModel):
     theta_0)``; the example is then offered to the buffer and the across-batch update
     ``theta = theta_A + gamma * (theta - theta_A)`` applies. Returns the loss of the last step.
     Uses ``get_params(out=)`` / ``set_params`` with reused buffers.
+
+    Each step's replay minibatch has ``minibatch_size`` examples (null: the incoming batch's
+    size). The original Mammoth since December 2023 overwrites ``--minibatch_size`` with
+    ``--batch_size`` before forcing ``batch_size=1``, so ``--batch_size B`` replays ``B`` examples
+    per step (1 by default, whatever ``--minibatch_size`` says); ``dataset.batch_size=B`` with
+    ``minibatch_size`` null is that run. An explicit ``minibatch_size`` replays that many, as the
+    original did when its published tables were made.
     """
 
     def __init__(
