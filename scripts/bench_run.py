@@ -1,7 +1,7 @@
 """Benchmark the end-to-end time of a DER run on Sequential Fashion-MNIST, as a subprocess.
 
 Times ``python -m mammoth dataset=seq-fashion-mnist dataset.root=ROOT model=der
-model.buffer_size=500 dataset.batch_size=64 dataset.n_epochs=1 output_dir=TMP`` (5 tasks,
+model.buffer_size=500 dataset.batch_size=64 dataset.n_epochs=1 hydra.run.dir=TMP`` (5 tasks,
 one epoch each, mnistmlp: the dataset's defaults, set explicitly) twice per round, with
 torch's default intra-op threads and with ``OMP_NUM_THREADS=1``, side by side with the floor
 ``python -c "import torch, hydra"``; all three interleaved (rotating order), median of N runs
@@ -88,7 +88,7 @@ def import_torchvision_first(original):
 
 import mammoth.datasets.mnist as mnist
 mnist.read_idx_dataset = import_torchvision_first(mnist.read_idx_dataset)
-timed(mammoth.datasets.base.ContinualDataset, "get_task", "data: read files + task splits")
+timed(mammoth.datasets.base.ContinualDataset, "source", "data: read files + task splits")
 timed(mammoth.backbones, "build_backbone", "build backbone")
 timed(mammoth.models, "build_model", "build model (+ optimizer)")
 timed(mammoth.training, "train_task", "training")
@@ -147,7 +147,7 @@ def environment(threads: str) -> dict[str, str]:
 def run_mammoth(root: str, work: Path, threads: str, index: int) -> tuple[float, dict]:
     """Wall seconds of one ``python -m mammoth`` run, and its results.json timings."""
     out = work / f"run-{threads}-{index}"
-    command = [sys.executable, "-m", "mammoth", *OVERRIDES, f"dataset.root={root}", f"output_dir={out}"]
+    command = [sys.executable, "-m", "mammoth", *OVERRIDES, f"dataset.root={root}", f"hydra.run.dir={out}"]
     start = time.perf_counter()
     result = subprocess.run(command, cwd=work, env=environment(threads), capture_output=True, text=True)
     seconds = time.perf_counter() - start
@@ -167,7 +167,7 @@ def instrumented(root: str, work: Path, threads: str) -> tuple[float, dict, dict
     out = work / f"instrumented-{threads}"
     report = work / f"instrumented-{threads}.json"
     env = {**environment(threads), "BENCH_OUT": str(report)}
-    command = [sys.executable, "-c", INSTRUMENTED, *OVERRIDES, f"dataset.root={root}", f"output_dir={out}"]
+    command = [sys.executable, "-c", INSTRUMENTED, *OVERRIDES, f"dataset.root={root}", f"hydra.run.dir={out}"]
     start = time.perf_counter()
     result = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
@@ -239,7 +239,7 @@ def main() -> int:
                 "torch": torch.__version__,
                 "torch default threads": f"{torch.get_num_threads()} (os.cpu_count()={os.cpu_count()}); "
                                          f"{' '.join(f'{v}={os.environ[v]}' for v in THREAD_VARIABLES if v in os.environ) or 'no thread variables set'}",
-                "mammoth command": f"`python -m mammoth {' '.join(OVERRIDES)} dataset.root=ROOT output_dir=TMP`",
+                "mammoth command": f"`python -m mammoth {' '.join(OVERRIDES)} dataset.root=ROOT hydra.run.dir=TMP`",
                 "ROOT": source,
                 "runs": f"{runs} of each, interleaved (rotating order)"
                         + (" (--quick: smoke run, numbers not meaningful)" if args.quick else ""),

@@ -70,7 +70,10 @@ def interrupted_pid(process) -> int:
 def test_ctrl_c_before_the_first_checkpoint_leaves_job_json_stopped_early(workdir: Path):
     injected = workdir / "injected"
     injected.mkdir()
-    (injected / "sitecustomize.py").write_text(INTERRUPT.replace("SIGTERM", "SIGINT").replace("current_task == 1", "current_task == 0"))
+    # Ctrl-C as in a terminal: a process started in the background has SIGINT ignored, so restore Python's handler
+    interrupt = INTERRUPT.replace("SIGTERM", "SIGINT").replace("current_task == 1", "current_task == 0")
+    interrupt += "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+    (injected / "sitecustomize.py").write_text(interrupt)
     run_dir = workdir / "run"
     interrupted = run_python(["-m", "mammoth", *OVERRIDES, f"hydra.run.dir={run_dir}"], injected)
     assert interrupted.returncode == 130, interrupted.stderr  # 128 + SIGINT
