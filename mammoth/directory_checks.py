@@ -91,15 +91,9 @@ def check_sweep_directory(directory: Path, cfg: DictConfig, jobs: Any) -> None:
 def _check_trials_numbered(job: DictConfig) -> None:
     """A sweeper that picks its trials while it runs (Optuna) numbers them: ``hydra.sweep.subdir``
     must differ between job numbers, or every trial would write one directory."""
-    from omegaconf import open_dict
+    from mammoth.sweep_jobs import job_directory, number_job
 
-    from mammoth.sweep_jobs import job_directory
-
-    directories = set()
-    for number in (0, 1):
-        with open_dict(job):
-            job.hydra.job.num, job.hydra.job.id = number, f"job_id_for_{number}"
-        directories.add(job_directory(job))
+    directories = {job_directory(number_job(job, number)) for number in (0, 1)}
     if len(directories) == 1 and None not in directories:
         raise ConfigError(
             f"hydra.sweep.subdir={OmegaConf.to_container(job.hydra.sweep, resolve=False)['subdir']!r} names one directory for every trial of "

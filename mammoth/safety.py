@@ -89,12 +89,17 @@ def check_output_path(key: str, value: Any) -> None:
     if value is None:
         return
     text = str(value)
-    path = PurePosixPath(text.replace("\\", "/"))
-    if not text or path.is_absolute() or ".." in path.parts or (len(text) > 1 and text[1] == ":"):
+    if _leaves_its_directory(text):
         raise ConfigError(
             f"{key}={text!r} leaves the run directory; allowed: a relative path inside it without '..' "
             "(choose where the run directory is with hydra.run.dir / hydra.sweep.dir)"
         )
+
+
+def _leaves_its_directory(text: str) -> bool:
+    """Whether a path is empty, absolute (a drive letter too) or climbs with ``..``."""
+    path = PurePosixPath(text.replace("\\", "/"))
+    return not text or path.is_absolute() or ".." in path.parts or (len(text) > 1 and text[1] == ":")
 
 
 def _walk(node: Any, path: tuple[str, ...], resolve: "_Resolver") -> Iterator[tuple[tuple[str, ...], Any]]:
@@ -318,8 +323,7 @@ def _check_hydra_node(path: tuple[str, ...], value: Any, tree: dict, resolve: _R
 def _check_relative(where: str, value: Any, base: str) -> None:
     """A directory a config file chooses is relative to ``base`` and does not leave it."""
     text = str(value) if value is not None else ""
-    path = PurePosixPath(text.replace("\\", "/"))
-    if not text or path.is_absolute() or ".." in path.parts or (len(text) > 1 and text[1] == ":"):
+    if _leaves_its_directory(text):
         raise ConfigError(
             f"{where}={text!r} was set by a config file and leaves {base}; allowed there: a relative path without "
             "'..'; another place only on the command line"

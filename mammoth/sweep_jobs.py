@@ -71,7 +71,11 @@ def _alternatives(parsed: list[Any]) -> list[list[str]]:
 
 def _job_config(hydra: Any, sweep_config: DictConfig, overrides: list[str], number: int) -> DictConfig:
     """The job's config as Hydra's launchers compose it, with its job number."""
-    job = hydra.config_loader.load_sweep_config(sweep_config, list(overrides))
+    return number_job(hydra.config_loader.load_sweep_config(sweep_config, list(overrides)), number)
+
+
+def number_job(job: DictConfig, number: int) -> DictConfig:
+    """``job`` with the number and id Hydra's launchers give the job at ``number``."""
     with open_dict(job):
         job.hydra.job.num = number
         job.hydra.job.id = f"job_id_for_{number}"
