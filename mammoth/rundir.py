@@ -145,7 +145,6 @@ def atomic_file(path: Path, what: str) -> Iterator[BinaryIO]:
     try:
         temporary, descriptor = _create_temporary(directory, path)
         with os.fdopen(descriptor, "wb") as file:
-            _lock_quietly(descriptor)  # held until closed: stale-file cleanup leaves a live writer's file alone
             yield file
             file.flush()
             os.fsync(file.fileno())
@@ -187,14 +186,20 @@ def _name(directory: int | None, parent: Path, name: str) -> str:
 
 
 def _create_temporary(directory: int | None, path: Path) -> tuple[str, int]:
-    """A new, unique ``.NAME.XXXXXXXX.tmp`` beside ``path``: (its name, a write descriptor)."""
+    """A new, unique ``.NAME.XXXXXXXX.tmp`` beside ``path``: (its name, a write descriptor),
+    locked until closed, so stale-file cleanup leaves a live writer's file alone. A file that a
+    cleanup removed between its creation and the lock (no link left) is replaced by a new one."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | getattr(os, "O_BINARY", 0)
     for _ in range(100):
         name = f".{path.name}.{''.join(secrets.choice(_TEMPORARY_LETTERS) for _ in range(8))}.tmp"
         try:
-            return name, os.open(_name(directory, path.parent, name), flags, 0o666, dir_fd=directory)
+            descriptor = os.open(_name(directory, path.parent, name), flags, 0o666, dir_fd=directory)
         except FileExistsError:
             continue
+        _lock_quietly(descriptor)
+        if os.fstat(descriptor).st_nlink > 0:
+            return name, descriptor
+        os.close(descriptor)
     raise FileExistsError(errno.EEXIST, f"no unused temporary name beside {path}")
 
 
