@@ -8,7 +8,7 @@ from mammoth.backbones import MammothBackbone, build_backbone, list_backbones, r
 from mammoth.datasets import ContinualDataset, build_dataset, list_datasets, register_dataset
 from mammoth.models import ContinualModel, ReplayModel, build_model, list_models, register_model
 from mammoth.errors import BackboneError, ConfigError, DatasetError, MammothError, TrainingError
-from mammoth.runner import run
+from mammoth.engine.runner import run
 
 __version__ = "0.1.0"
 

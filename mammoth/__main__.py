@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 import mammoth
 import mammoth.app_conf  # noqa: F401  the run schema, stored before Hydra copies the ConfigStore (--info)
-from mammoth.cli import CONFIG_NAME, CONFIG_PATH, exit_with, prepare_arguments
+from mammoth.config.preflight import CONFIG_NAME, CONFIG_PATH, exit_with, prepare_arguments
 from mammoth.errors import ConfigError, MammothError
 from mammoth.plugins import load_plugins
 
@@ -123,7 +123,7 @@ def working_directory_not_importable() -> None:
 def directory_locked(directory: Path | None, key: str) -> Iterator[None]:
     """Hold the run (or sweep) directory's lock while Hydra runs, so a run refused by it finds
     the directory as it was: no ``.hydra/``, log line or ``job.json`` of its own."""
-    from mammoth.rundir import RunLock, prepare_directory
+    from mammoth.engine.rundir import RunLock, prepare_directory
 
     if directory is None:
         yield

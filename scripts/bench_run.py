@@ -72,7 +72,7 @@ def timed(owner, attribute, phase):
 
 import torch, hydra
 marks["import torch + hydra"] = time.perf_counter() - T0
-import mammoth, mammoth.backbones, mammoth.datasets, mammoth.datasets.base, mammoth.models, mammoth.results, mammoth.training
+import mammoth, mammoth.backbones, mammoth.datasets, mammoth.datasets.base, mammoth.models, mammoth.reporting.results, mammoth.engine.loop
 marks["import mammoth"] = time.perf_counter() - T0 - marks["import torch + hydra"]
 
 def import_torchvision_first(original):
@@ -91,11 +91,11 @@ mnist.read_idx_dataset = import_torchvision_first(mnist.read_idx_dataset)
 timed(mammoth.datasets.base.ContinualDataset, "source", "data: read files + task splits")
 timed(mammoth.backbones, "build_backbone", "build backbone")
 timed(mammoth.models, "build_model", "build model (+ optimizer)")
-timed(mammoth.training, "train_task", "training")
-timed(mammoth.training, "evaluate_tasks", "evaluation")
-timed(mammoth.training, "save_checkpoint", "checkpoints")
-timed(mammoth.results, "plot_results", "plot (results.png)")
-timed(mammoth.results, "write_json_atomic", "results.json")
+timed(mammoth.engine.loop, "train_task", "training")
+timed(mammoth.engine.loop, "evaluate_tasks", "evaluation")
+timed(mammoth.engine.loop, "save_checkpoint", "checkpoints")
+timed(mammoth.reporting.results, "plot_results", "plot (results.png)")
+timed(mammoth.reporting.results, "write_json_atomic", "results.json")
 timed(mammoth, "run", "mammoth.run")
 sys.argv = ["mammoth", *sys.argv[1:]]
 try:

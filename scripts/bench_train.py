@@ -4,7 +4,7 @@ One epoch of ``sgd`` and of ``er`` (buffer_size 200) with ``mnistmlp`` on ``seq-
 over ALL 5 tasks' training data (1,438 examples, concatenated; batch 32 = the dataset's
 default, 45 steps), run two ways:
 
-- harness: ``mammoth.training.train_task`` with a model from ``mammoth.models.build_model``;
+- harness: ``mammoth.engine.loop.train_task`` with a model from ``mammoth.models.build_model``;
 - plain: a hand-written loop with the same data tensors, batch size, shuffling
   (``torch.randperm`` with a generator of the same seed), uint8 -> float / 255 and
   normalisation, the same ``torch.optim.SGD`` and lr, one cross-entropy per step and
@@ -43,10 +43,10 @@ import torch.nn.functional as F  # noqa: E402
 
 import _timing  # noqa: E402
 from mammoth.backbones import build_backbone  # noqa: E402
-from mammoth.buffer import ReplayBuffer  # noqa: E402
+from mammoth.models.buffer import ReplayBuffer  # noqa: E402
 from mammoth.datasets import build_dataset  # noqa: E402
 from mammoth.models import build_model  # noqa: E402
-from mammoth.training import train_task  # noqa: E402
+from mammoth.engine.loop import train_task  # noqa: E402
 
 TARGET = 1.10
 BUFFER_SIZE = 200

@@ -6,9 +6,9 @@ Hydra apps do not see these; they opt in to the reusable groups with ``pkg://mam
 
 Hydra imports this package when it first looks at the search path, so importing it stores what
 only mammoth's app composes: the run schema ``config.yaml`` extends and the resolver that picks a
-dataset's default backbone (:func:`mammoth.config.store_app_configs`).
+dataset's default backbone (:func:`mammoth.config.run_settings.store_app_configs`).
 """
 
-from mammoth.config import store_app_configs
+from mammoth.config.run_settings import store_app_configs
 
 store_app_configs()

@@ -8,8 +8,8 @@ from omegaconf import MISSING, DictConfig
 
 from mammoth.backbones.base import MammothBackbone
 from mammoth.errors import BackboneError
-from mammoth.registry import Entry, Registry
-from mammoth.schema import DATA_FILLED_ARGUMENTS, is_missing
+from mammoth.config.registry import Entry, Registry
+from mammoth.config.schema import DATA_FILLED_ARGUMENTS, is_missing
 
 T = TypeVar("T")
 

@@ -14,8 +14,8 @@ from omegaconf import DictConfig
 
 from mammoth.datasets.base import ContinualDataset, DatasetConfig, TaskData, coerce_config, random_crop_flip
 from mammoth.errors import DatasetError, unknown_name_message
-from mammoth.registry import Registry, canonical_name
-from mammoth.schema import Argument, signature_arguments
+from mammoth.config.registry import Registry, canonical_name
+from mammoth.config.schema import Argument, signature_arguments
 
 __all__ = [
     "DATASETS",
@@ -119,7 +119,7 @@ def default_backbone_option(dataset: str) -> str:
     """The ``backbone`` option that dataset option ``dataset`` uses when nothing else chose one.
 
     mammoth's primary config selects ``backbone: ${mammoth_default_backbone:${dataset}}`` with
-    this function as the resolver (:func:`mammoth.config.store_app_configs`), so the default is
+    this function as the resolver (:func:`mammoth.config.run_settings.store_app_configs`), so the default is
     an ordinary backbone option (``hydra.runtime.choices.backbone`` names it) and is looked up when
     Hydra composes, after any plugin registered more datasets. A dataset that is not registered,
     or whose default backbone is not, gives ``dataset-default/DATASET``, which Hydra cannot find.

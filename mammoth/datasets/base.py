@@ -17,7 +17,7 @@ import torch
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from mammoth.errors import DatasetError
-from mammoth.validation import check_positive_int
+from mammoth.config.value_checks import check_positive_int
 
 SETTINGS = ("class-il", "domain-il")
 AUGMENTATIONS = (None, "crop-flip")

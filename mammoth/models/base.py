@@ -13,9 +13,9 @@ import torch
 from torch import Tensor, nn
 
 from mammoth.backbones.base import MammothBackbone
-from mammoth.buffer import ReplayBatch, ReplayBuffer
+from mammoth.models.buffer import ReplayBatch, ReplayBuffer
 from mammoth.errors import ConfigError
-from mammoth.validation import check_choice, check_non_negative, check_positive, check_positive_int
+from mammoth.config.value_checks import check_choice, check_non_negative, check_positive, check_positive_int
 
 OPTIMIZERS = ("sgd", "adam")
 BUFFER_DEVICES = ("training", "cpu")

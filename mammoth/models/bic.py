@@ -12,7 +12,7 @@ from mammoth.backbones.base import MammothBackbone
 from mammoth.models.base import ReplayModel
 from mammoth.models.registry import register_model
 from mammoth.models.utils import Frozen, batches, class_bounds, require_class_il, squared_norm
-from mammoth.validation import check_non_negative, check_positive
+from mammoth.config.value_checks import check_non_negative, check_positive
 
 
 def correct_logits(logits: Tensor, factors: Tensor, classes: range) -> Tensor:

@@ -12,7 +12,7 @@ from torch import Tensor
 from mammoth.backbones.base import MammothBackbone
 from mammoth.models.base import ContinualModel
 from mammoth.models.registry import register_model
-from mammoth.validation import check_non_negative
+from mammoth.config.value_checks import check_non_negative
 
 
 @register_model("ewc_on")

@@ -9,11 +9,11 @@ import torch
 from torch import Tensor
 
 from mammoth.backbones.base import MammothBackbone
-from mammoth.buffer import ReplayBuffer
+from mammoth.models.buffer import ReplayBuffer
 from mammoth.models.base import ContinualModel
 from mammoth.models.registry import register_model
 from mammoth.models.utils import require_class_il
-from mammoth.validation import check_choice, check_positive, check_positive_int
+from mammoth.config.value_checks import check_choice, check_positive, check_positive_int
 
 #: How GDumb fills its memory: the original Mammoth's reservoir, or the paper's greedy class-balanced sampler.
 SAMPLERS = ("reservoir", "greedy")

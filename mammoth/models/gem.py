@@ -14,7 +14,7 @@ from mammoth.errors import ConfigError
 from mammoth.models.base import ReplayModel
 from mammoth.models.registry import register_model
 from mammoth.models.utils import keep_first_per_class, seen_classes
-from mammoth.validation import check_non_negative
+from mammoth.config.value_checks import check_non_negative
 
 #: The ridge GEM adds to the Gram matrix of the memories' gradients (the original's ``eps``).
 QP_EPSILON = 1e-3

@@ -11,7 +11,7 @@ from mammoth.backbones.base import MammothBackbone
 from mammoth.models.base import ContinualModel
 from mammoth.models.registry import register_model
 from mammoth.models.utils import Frozen, batches, class_bounds, require_class_il
-from mammoth.validation import check_non_negative, check_positive
+from mammoth.config.value_checks import check_non_negative, check_positive
 
 
 def smooth(probabilities: Tensor, temperature: float) -> Tensor:

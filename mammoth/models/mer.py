@@ -11,7 +11,7 @@ from torch import Tensor
 from mammoth.backbones.base import MammothBackbone
 from mammoth.models.base import ReplayModel
 from mammoth.models.registry import register_model
-from mammoth.validation import check_non_negative, check_positive_int
+from mammoth.config.value_checks import check_non_negative, check_positive_int
 
 
 def reptile(start: Tensor, current: Tensor, rate: float) -> Tensor:

@@ -7,7 +7,7 @@ from typing import Any, Callable, TypeVar
 from omegaconf import DictConfig
 
 from mammoth.errors import ConfigError
-from mammoth.registry import Registry
+from mammoth.config.registry import Registry
 
 T = TypeVar("T")
 

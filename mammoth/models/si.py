@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from mammoth.backbones.base import MammothBackbone
 from mammoth.models.base import ContinualModel
 from mammoth.models.registry import register_model
-from mammoth.validation import check_non_negative, check_positive
+from mammoth.config.value_checks import check_non_negative, check_positive
 
 
 @register_model("si")

@@ -13,7 +13,7 @@ from mammoth.backbones.base import MammothBackbone
 from mammoth.models.base import ReplayModel
 from mammoth.models.registry import register_model
 from mammoth.models.utils import bn_track_stats, class_bounds, require_class_il
-from mammoth.validation import check_non_negative
+from mammoth.config.value_checks import check_non_negative
 
 
 def update_logits(old: Tensor, new: Tensor, labels: Tensor, first_head: int, n_heads: int, classes_per_task: int,

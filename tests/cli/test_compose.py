@@ -9,8 +9,8 @@ from omegaconf.errors import ValidationError
 
 import mammoth
 from mammoth.__main__ import hydra_main
-from mammoth.cli import normalise_choice, prepare_arguments
-from mammoth.config_validation import validate_run_config
+from mammoth.config.preflight import normalise_choice, prepare_arguments
+from mammoth.config.run_checks import validate_run_config
 from mammoth.errors import ConfigError
 from composing import compose_mammoth
 

@@ -281,7 +281,7 @@ VERBOSE_LOGGING = textwrap.dedent("""
     if QUIET is not None:
         config.loggers = {name: level for name, level in config.loggers.items() if name in QUIET}
     configure_log(config, True)  # what hydra.verbose=true does with mammoth's job logging
-    logging.getLogger("mammoth.runner").debug("a mammoth debug line")
+    logging.getLogger("mammoth.engine.runner").debug("a mammoth debug line")
 
     import matplotlib
     matplotlib.use("Agg")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_python
-from mammoth.training import read_checkpoint
+from mammoth.engine.checkpoint import read_checkpoint
 
 #: Imported at start-up by the interrupted run only (a sitecustomize on its PYTHONPATH): sends
 #: SIGTERM to the process after the first of two epochs of task 2 of ``python -m mammoth``.

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from mammoth.__main__ import hydra_main
-from mammoth.cli import prepare_arguments
+from mammoth.config.preflight import prepare_arguments
 from mammoth.errors import ConfigError
-from mammoth.rundir import RunLock
+from mammoth.engine.rundir import RunLock
 from conftest import run_python
 
 

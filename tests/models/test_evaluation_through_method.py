@@ -13,9 +13,9 @@ from hydra import compose, initialize_config_module
 import mammoth
 from mammoth.backbones import build_backbone
 from mammoth.datasets import build_dataset
-from mammoth.evaluation import evaluate_tasks
+from mammoth.engine.evaluation import evaluate_tasks
 from mammoth.models.sgd import SGD
-from mammoth.training import read_checkpoint
+from mammoth.engine.checkpoint import read_checkpoint
 
 
 class AlwaysClassOne(SGD):

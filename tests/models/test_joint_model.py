@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mammoth.models.joint import Joint, JointCumulative
-from mammoth.training import train_task
+from mammoth.engine.loop import train_task
 
 
 def _task_data(task: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:

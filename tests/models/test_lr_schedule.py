@@ -10,7 +10,7 @@ import torch
 from mammoth.datasets import get_dataset_class
 from mammoth.errors import ConfigError
 from mammoth.models import build_model
-from mammoth.training import train_task
+from mammoth.engine.loop import train_task
 
 
 def _lr(model) -> float:

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from mammoth.models import MODELS
-from mammoth.training import TrainingState, load_checkpoint, save_checkpoint, train_task
+from mammoth.engine.loop import TrainingState, train_task
+from mammoth.engine.checkpoint import load_checkpoint, save_checkpoint
 
 
 def _train_two_tasks(model, dataset) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mammoth.buffer import ReplayBuffer
+from mammoth.models.buffer import ReplayBuffer
 from mammoth.errors import ConfigError
 from mammoth.models.gdumb import GreedyClassBalancedMemory
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mammoth.buffer import ReplayBatch
+from mammoth.models.buffer import ReplayBatch
 
 REPLAY_METHODS = ("er", "der", "derpp")
 

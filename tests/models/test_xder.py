@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mammoth.buffer import ReplayBuffer
+from mammoth.models.buffer import ReplayBuffer
 from mammoth.models.xder import _remove_duplicates, update_logits
 
 

@@ -1,0 +1,203 @@
+"""The command line's ``group.argument=value`` and ``setting=value`` overrides, checked against
+the options every job will compose, before Hydra composes anything.
+
+The backbone, model and dataset schemas are closed (struct mode), so Hydra refuses a key an
+option lacks. These checks say it in one line, with the option's fields and the closest one
+(``backbone.deptth``: did you mean ``depth``?), and handle sweeps across options whose
+arguments differ: Hydra composes a sweep's config with the primary's default options and
+applies every non-swept override to it, so ``-m model=er,der model.buffer_size=200`` would fail
+on the default ``sgd``. When every swept option has the argument, the override is passed on as
+``++model.buffer_size=200``; when some lack it, the sweep is refused before any job starts,
+naming the ``++`` form that runs it (the jobs whose option lacks the argument then fail alone).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Any
+
+from omegaconf import DictConfig
+
+from mammoth.errors import ConfigError
+from mammoth.config.registry import unknown_argument_message
+
+#: The config groups whose options are closed schemas from mammoth's registries.
+REGISTRY_GROUPS = ("backbone", "model", "dataset")
+
+
+@dataclasses.dataclass(frozen=True)
+class ComposedOption:
+    """One option of a group as a job composes it: its name and its fields."""
+
+    name: str
+    fields: tuple[str, ...]
+    description: str
+
+
+def check_argument_overrides(hydra: Any, config_name: str, overrides: list[str], multirun: bool) -> list[str]:
+    """``overrides`` checked as the module docstring says; returns them with the non-swept
+    arguments of a swept group rewritten to ``++``. Raises a ConfigError naming the first bad one."""
+    from hydra.core.override_parser.types import OverrideType
+
+    parsed, repository = hydra.config_loader._parse_overrides_and_create_caching_repo(config_name, overrides)
+    choices = [override for override in parsed if _is_group_choice(override, repository)]
+    composer = _Composer(hydra, config_name, parsed, choices, repository)
+    if composer.sweep_values is None:
+        return overrides  # a sweep Hydra expands from the repository (glob): Hydra checks it
+    multirun = multirun or any(override.is_sweep_override() for override in parsed)
+    result = list(overrides)
+    for index, override in enumerate(parsed):
+        if override.type != OverrideType.CHANGE or override.is_hydra_override() or override in choices:
+            continue
+        group, _, rest = override.key_or_group.partition(".")
+        if not rest:
+            _check_setting(override)
+        elif group in REGISTRY_GROUPS:
+            if _check_argument(composer, override, group, rest.split(".")[0], multirun):
+                result[index] = f"++{overrides[index]}"
+    return result
+
+
+def _is_group_choice(override: Any, repository: Any) -> bool:
+    return "." not in override.key_or_group and repository.group_exists(override.key_or_group)
+
+
+def _check_setting(override: Any) -> None:
+    """A top-level ``key=value`` without ``+`` names a run setting (the run refuses any other key)."""
+    from mammoth.config.run_settings import RunConfig
+    from mammoth.config.run_checks import unknown_setting_message
+
+    allowed = [field.name for field in dataclasses.fields(RunConfig)]
+    if override.key_or_group not in allowed:
+        raise ConfigError(f"{override.input_line}: {unknown_setting_message(override.key_or_group, allowed)}")
+
+
+def _check_argument(composer: "_Composer", override: Any, group: str, argument: str, multirun: bool) -> bool:
+    """Check ``group.argument=...`` against every option the jobs compose; True when the
+    override must become ``++`` (a sweep's own config, composed with the default option, lacks it)."""
+    options = composer.options(group)
+    lacking = [option for option in options if argument not in option.fields]
+    if lacking and len(lacking) == len(options):
+        option = lacking[0]
+        raise ConfigError(unknown_argument_message(group, option.name, argument, list(option.fields), option.description))
+    if lacking:
+        having = [option.name for option in options if option not in lacking]
+        raise ConfigError(
+            f"{override.input_line}: {_names(group, lacking)} {'has' if len(lacking) == 1 else 'have'} no "
+            f"argument {argument!r} ({', '.join(having)} {'has' if len(having) == 1 else 'have'}); to sweep "
+            f"{group}s whose arguments differ, use ++{override.input_line} (the jobs of "
+            f"{', '.join(option.name for option in lacking)} then fail alone)"
+        )
+    if not multirun or override.is_sweep_override():
+        return False  # a swept value is applied to each job's own config only
+    sweep_option = composer.option(group, composer.base())
+    return sweep_option is not None and argument not in sweep_option.fields
+
+
+def _names(group: str, options: list[ComposedOption]) -> str:
+    return f"{group} {', '.join(repr(option.name) for option in options)}"
+
+
+class _Composer:
+    """Composes the config each combination of swept group choices gives (cached)."""
+
+    def __init__(self, hydra: Any, config_name: str, parsed: list[Any], choices: list[Any], repository: Any) -> None:
+        from hydra.core.override_parser.types import OverrideType
+
+        self.hydra, self.config_name, self.repository = hydra, config_name, repository
+        # What decides the options: group choices, and keys added or deleted on purpose.
+        self.fixed = [override.input_line for override in parsed
+                      if (override.type != OverrideType.CHANGE or override.is_hydra_override())
+                      and not override.is_sweep_override() and override not in choices]
+        self.sweep_values = _sweep_values(choices)
+        self._cache: dict[tuple[str, ...], DictConfig | None] = {}
+
+    def compose(self, choices: tuple[str, ...]) -> DictConfig | None:
+        """The config of one job's group choices (None where Hydra cannot compose it: it says why)."""
+        if choices not in self._cache:
+            from hydra.errors import HydraException
+            from hydra.types import RunMode
+            from omegaconf.errors import OmegaConfBaseException
+
+            try:
+                self._cache[choices] = self.hydra.compose_config(
+                    self.config_name, [*self.fixed, *choices], run_mode=RunMode.RUN, with_log_configuration=False)
+            except (HydraException, OmegaConfBaseException):
+                self._cache[choices] = None
+        return self._cache[choices]
+
+    def base(self) -> DictConfig | None:
+        """The config a sweep composes: its non-swept choices, the primary's defaults for the others."""
+        return self.compose(tuple(f"{key}={values[0]}" for key, values in self.sweep_values.items() if len(values) == 1))
+
+    def options(self, group: str) -> list[ComposedOption]:
+        """The distinct options of ``group`` over every job (a choice of ``group`` on the command
+        line decides alone; otherwise every combination of swept choices)."""
+        own = {key: values for key, values in self.sweep_values.items() if key.lstrip("+") == group}
+        combinations = own or self.sweep_values
+        keys = list(combinations)
+        found: dict[str, ComposedOption] = {}
+        for values in itertools.product(*(combinations[key] for key in keys)):
+            option = self.registered(group, values[0]) if own else None
+            if option is None:
+                fixed = {key: value[0] for key, value in self.sweep_values.items() if len(value) == 1}
+                fixed.update(zip(keys, values))
+                option = self.option(group, self.compose(tuple(f"{key}={value}" for key, value in fixed.items())))
+            if option is not None:
+                found.setdefault(option.name, option)
+        return list(found.values())
+
+    def registered(self, group: str, name: str) -> ComposedOption | None:
+        """Option ``name`` of ``group`` without composing, when Hydra finds it as mammoth's registry
+        stored it (not a user's YAML of that name) and nothing on the command line adds keys to it."""
+        if any(line.lstrip("+~").startswith(f"{group}.") for line in self.fixed):
+            return None
+        try:
+            found = self.repository.load_config(f"{group}/{name}")
+        except Exception:  # noqa: BLE001 - Hydra reports what it cannot load
+            return None
+        if found is None or found.provider != "mammoth" or not found.path.startswith("structured://"):
+            return None
+        entry = _registry_entry(group, found.config.get("_target_"))
+        if entry is None:
+            return None
+        return ComposedOption(entry.name, tuple(argument.name for argument in entry.arguments), entry.describe_arguments())
+
+    @staticmethod
+    def option(group: str, cfg: DictConfig | None) -> ComposedOption | None:
+        """``group``'s option in ``cfg``, named as registered (else by Hydra's choice), with its fields."""
+        if cfg is None or not isinstance(cfg.get(group), DictConfig):
+            return None
+        node = cfg[group]
+        fields = tuple(str(key) for key in node if key != "_target_")
+        entry = _registry_entry(group, node.get("_target_"))
+        if entry is not None:
+            return ComposedOption(entry.name, fields, entry.describe_arguments())
+        name = str(cfg.hydra.runtime.choices.get(group, group)) if "hydra" in cfg else group
+        return ComposedOption(name, fields, ", ".join(fields) or "(none)")
+
+
+def _sweep_values(choices: list[Any]) -> dict[str, list[str]] | None:
+    """Each group choice's values (one for a plain choice); None for a sweep known only to Hydra."""
+    from hydra.core.override_parser.types import ValueType
+
+    values = {}
+    for override in choices:
+        if override.value_type == ValueType.GLOB_CHOICE_SWEEP:
+            return None
+        key = override.get_key_element()
+        if override.is_sweep_override():
+            values[key] = list(override.sweep_string_iterator())
+        else:
+            values[key] = [override.input_line.split("=", 1)[1]]
+    return values
+
+
+def _registry_entry(group: str, target: Any) -> Any:
+    from mammoth.backbones import BACKBONES
+    from mammoth.datasets import DATASETS
+    from mammoth.models import MODELS
+
+    registry = {"backbone": BACKBONES, "model": MODELS, "dataset": DATASETS}[group]
+    return registry.find_by_target(target) if isinstance(target, str) else None

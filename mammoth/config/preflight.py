@@ -1,0 +1,250 @@
+"""The command line of ``python -m mammoth``, checked with Hydra's own parser and config loader.
+
+Before the run, the arguments are parsed by Hydra's argument parser and the config is composed
+by Hydra's config loader over the same search path the run will use (``--config-dir``,
+``--config-path``, ``-cn``, ``hydra.searchpath``, search-path plugins). So the checks see what
+Hydra sees:
+
+- group options are normalised (case-insensitive, ``_`` = ``-``, and ``resnet_18`` finds
+  ``resnet18``) against the options Hydra really has, user YAML included; an unknown one fails
+  with the choices and the closest one;
+- ``hydra.callbacks`` must name Hydra Callback classes, and the logging configs only logging
+  Handler, Formatter and Filter classes (Hydra instantiates both before the run);
+- a single run's config is validated (:func:`mammoth.config.run_checks.validate_run_config`) so
+  an unknown argument fails before anything is written. In a multirun each job validates its
+  own config and only that job fails.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from mammoth.errors import ConfigError, MammothError, unknown_name_message
+from mammoth.config.group_arguments import check_argument_overrides
+from mammoth.config.registry import canonical_name
+
+#: The primary config of ``python -m mammoth``.
+CONFIG_PATH = "pkg://mammoth.app_conf"
+CONFIG_NAME = "config"
+
+
+def loose_name(name: str) -> str:
+    """The name with case, ``-`` and ``_`` ignored: ``ResNet_18`` -> ``resnet18``."""
+    return canonical_name(name).replace("-", "")
+
+
+def normalise_choice(group: str, value: str, options: list[str]) -> str:
+    """The option of ``group`` that ``value`` names: itself, else the one equal up to case and
+    ``_``/``-``, else the only one equal ignoring separators; otherwise a ConfigError that lists
+    ``options`` and the closest one."""
+    if value in options:
+        return value
+    for key in (canonical_name, loose_name):
+        matches = [option for option in options if key(option) == key(value)]
+        if len(matches) == 1:
+            return matches[0]
+    raise ConfigError(unknown_name_message(group, value, sorted(options)))
+
+
+@dataclass(frozen=True)
+class CommandLine:
+    """The checked arguments, whether they start a multirun (``-m`` or ``hydra.mode``), and the
+    run (or sweep) directory they write, pinned by an override so Hydra writes there and nowhere
+    else (None when it could not be resolved before the run: the run locks it itself)."""
+
+    args: list[str]
+    multirun: bool
+    directory: Path | None = None
+
+    #: Where the pinning override goes in :attr:`args`: right after the last override (argparse
+    #: takes the overrides as one run of positional arguments).
+    pin_at: int = 0
+
+    def hydra_arguments(self) -> list[str]:
+        """What ``hydra.main`` gets: :attr:`args` and the override that pins :attr:`directory`."""
+        if self.directory is None:
+            return list(self.args)
+        pin = f"hydra.{'sweep' if self.multirun else 'run'}.dir={quote_override_value(str(self.directory))}"
+        return [*self.args[:self.pin_at], pin, *self.args[self.pin_at:]]
+
+
+def prepare_arguments(args: list[str], task_function: Callable, config_path: str = CONFIG_PATH,
+                      config_name: str = CONFIG_NAME) -> CommandLine:
+    """Check ``args`` (``sys.argv[1:]``) as described in the module docstring; return them with
+    group options normalised. Raises a MammothError naming the first bad value."""
+    from hydra._internal.utils import get_args_parser
+    from hydra.errors import HydraException
+
+    parsed = get_args_parser().parse_args(args)
+    if parsed.experimental_rerun is not None:
+        raise ConfigError(
+            f"--experimental-rerun {parsed.experimental_rerun!r} is refused: it unpickles a file, which can run "
+            "any code; allowed: rerun with the overrides in the run's .hydra/overrides.yaml"
+        )
+    if parsed.help or parsed.hydra_help or parsed.info or parsed.shell_completion:
+        return CommandLine(args, multirun=False)  # Hydra's own screens
+    with main_hydra(parsed, task_function, config_path) as hydra:
+        name = parsed.config_name or config_name
+        try:
+            overrides = normalise_overrides(hydra, name, parsed.overrides)
+        except HydraException:  # an override Hydra cannot parse: Hydra says why, in its words
+            return CommandLine(args, multirun=parsed.multirun)
+        overrides = check_argument_overrides(hydra, name, overrides, multirun=parsed.multirun)
+        checked = check_composed(hydra, name, overrides, multirun=parsed.multirun)
+    arguments = _replace_overrides(args, parsed.overrides, overrides)
+    pin_at = max((index + 1 for index, arg in enumerate(arguments) if overrides and arg == overrides[-1]), default=0)
+    directory = None if parsed.cfg or parsed.resolve else checked.directory  # printing a config writes nothing
+    return CommandLine(arguments, multirun=checked.multirun, directory=directory, pin_at=pin_at)
+
+
+@contextmanager
+def main_hydra(parsed: Any, task_function: Callable, config_path: str) -> Iterator[Any]:
+    """Hydra's main object over the search path ``hydra.main`` builds for ``task_function``."""
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_automatic_config_search_path, detect_calling_file_or_module_from_task_function
+    from hydra.core.config_search_path import SearchPathQuery
+    from hydra.core.global_hydra import GlobalHydra
+
+    calling_file, calling_module = detect_calling_file_or_module_from_task_function(task_function)
+    search_path = create_automatic_config_search_path(calling_file, calling_module, parsed.config_path or config_path)
+    if parsed.config_dir is not None:
+        directory = os.path.abspath(parsed.config_dir)
+        if not os.path.isdir(directory):
+            raise ConfigError(f"--config-dir {parsed.config_dir!r} is not a directory ({directory}); allowed: a directory of YAML configs")
+        search_path.prepend(provider="command-line", path=f"file://{directory}", anchor=SearchPathQuery(provider="schema"))
+    hydra = Hydra.create_main_hydra2(task_name="mammoth", config_search_path=search_path)
+    try:
+        yield hydra
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def normalise_overrides(hydra: Any, config_name: str, overrides: list[str]) -> list[str]:
+    """``overrides`` with every config-group choice replaced by the option it names."""
+    from hydra.core.object_type import ObjectType
+
+    # One repository over the search path these overrides give (hydra.searchpath included), as
+    # Hydra's own get_group_options builds it, for every group they name.
+    parsed, repository = hydra.config_loader._parse_overrides_and_create_caching_repo(config_name, overrides)
+    result = []
+    for text, override in zip(overrides, parsed):
+        options = [] if override.is_delete() or "." in override.key_or_group else \
+            repository.get_group_options(override.key_or_group, ObjectType.CONFIG)
+        result.append(_normalise_override(override, options) if options else text)
+    return result
+
+
+def _normalise_override(override: Any, options: list[str]) -> str:
+    from hydra.core.override_parser.types import ChoiceSweep, ValueType
+
+    group = override.key_or_group
+    if override.value_type == ValueType.SIMPLE_CHOICE_SWEEP:
+        values = override.value().list
+    elif override.value_type == ValueType.ELEMENT:
+        values = override.value()
+    else:
+        return override.input_line  # range(), glob(), choice(): left to Hydra
+    if isinstance(values, list) and all(isinstance(value, str) for value in values):
+        fixed = [normalise_choice(group, value, options) for value in values]
+        text = ",".join(fixed) if isinstance(override.value(), ChoiceSweep) else f"[{','.join(fixed)}]"
+    elif isinstance(values, str):
+        text = normalise_choice(group, values, options)
+    else:
+        return override.input_line
+    return f"{override.get_key_element()}={text}"  # the key element keeps its +, ++ prefix
+
+
+@dataclass(frozen=True)
+class CheckedCommand:
+    """What :func:`check_composed` found: whether the command is a multirun, and the directory it
+    writes (the run directory, or the sweep's root), resolved once."""
+
+    multirun: bool
+    directory: Path | None = None
+
+
+def check_composed(hydra: Any, config_name: str, overrides: list[str], multirun: bool) -> CheckedCommand:
+    """Compose as the run will; every config that will run passes the safety gate
+    (:func:`mammoth.config.safety.check_config_safety`): the single run's, or each job's of a sweep;
+    options in defaults lists are checked and a single run's config is validated. Returns whether
+    the command is a multirun (``-m``, or ``hydra.mode`` set by a config such as an
+    ``hparams_search`` preset) and the directory it writes."""
+    from hydra.types import RunMode
+
+    from mammoth.config.run_checks import validate_run_config
+    from mammoth.engine.directory_checks import check_run_directory, check_sweep_directory, resolved_directory
+    from mammoth.config.safety import check_config_safety
+
+    cfg = _compose(hydra, config_name, overrides, RunMode.MULTIRUN if multirun else RunMode.RUN)
+    if cfg is None and not multirun and hydra.get_mode(config_name=config_name, overrides=overrides) == RunMode.MULTIRUN:
+        multirun, cfg = True, _compose(hydra, config_name, overrides, RunMode.MULTIRUN)  # sweeps without -m
+    if cfg is None:
+        return CheckedCommand(multirun)  # Hydra reports what it cannot compose, in its own words
+    multirun = multirun or cfg.hydra.mode == RunMode.MULTIRUN
+    check_config_safety(cfg)
+    if not multirun:
+        validate_run_config(cfg)
+        directory = resolved_directory(cfg, "hydra.run.dir")
+        if directory is not None:
+            check_run_directory(directory, cfg)
+        return CheckedCommand(False, directory)
+    from mammoth.config.sweep_jobs import sweep_job_configs
+
+    jobs = sweep_job_configs(hydra, cfg)
+    for job in jobs.configs:
+        check_config_safety(job)
+    directory = resolved_directory(cfg, "hydra.sweep.dir")
+    if directory is not None:
+        check_sweep_directory(directory, cfg, jobs)
+    return CheckedCommand(True, directory)
+
+
+def quote_override_value(text: str) -> str:
+    """``text`` (free of quotes, backslashes and ``$``) as a quoted value of Hydra's override grammar."""
+    return f"'{text}'"
+
+
+def _compose(hydra: Any, config_name: str, overrides: list[str], mode: Any) -> Any:
+    """The config Hydra composes (None when Hydra cannot: it will say why); an unknown option in
+    a defaults list raises a ConfigError with the choices and the closest one."""
+    from hydra.errors import HydraException, MissingConfigException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from mammoth.datasets import DEFAULT_BACKBONE_GROUP
+
+    try:
+        return hydra.compose_config(config_name, list(overrides), run_mode=mode, with_log_configuration=False)
+    except MissingConfigException as error:
+        if error.options and error.missing_cfg_file and "/" in error.missing_cfg_file:
+            group, value = error.missing_cfg_file.rsplit("/", 1)
+            if group == DEFAULT_BACKBONE_GROUP:
+                raise ConfigError(
+                    f"dataset option {value!r} has no default backbone (no {group}/{value} config); "
+                    "allowed: choose one with backbone=NAME, or name a registered dataset"
+                ) from None
+            raise ConfigError(unknown_name_message(group, value, sorted(error.options))) from None
+        return None
+    except (HydraException, OmegaConfBaseException):
+        return None
+
+
+def _replace_overrides(args: list[str], originals: list[str], replacements: list[str]) -> list[str]:
+    """``args`` with the override tokens (in order) replaced."""
+    pending = list(zip(originals, replacements))
+    result = []
+    for arg in args:
+        if pending and arg == pending[0][0]:
+            arg = pending.pop(0)[1]
+        result.append(arg)
+    return result
+
+
+def exit_with(error: MammothError, status: int = 2) -> None:
+    """Print ``Error: <message>`` to stderr and exit (status 2: a usage error; 1: a failed run)."""
+    print(f"Error: {error}", file=sys.stderr)
+    raise SystemExit(status)

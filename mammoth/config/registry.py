@@ -1,0 +1,256 @@
+"""A registry of named, configurable callables: the one piece of global state in mammoth.
+
+Each registration infers the callable's arguments (:mod:`mammoth.config.schema`), emits a typed
+dataclass schema (an attribute of the callable's module, ``<Name><Kind>Config``) and stores it,
+closed (struct), in Hydra's ConfigStore under ``group/name``, so the user picks it with
+``group=name`` and sets its arguments with ``group.arg=value``; any other key fails where Hydra
+composes. Backbones
+(:mod:`mammoth.backbones.registry`), CL methods (:mod:`mammoth.models.registry`) and benchmarks
+(:mod:`mammoth.datasets`) each own one :class:`Registry`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+from typing import Any, Callable, Mapping, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+
+from mammoth.errors import MammothError, closest_match, unknown_name_message
+from mammoth.config.schema import (
+    Argument,
+    ValueCheckError,
+    check_value,
+    is_missing,
+    make_schema,
+    schema_class_name,
+    signature_arguments,
+)
+
+T = TypeVar("T")
+_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]*$")
+
+
+def canonical_name(name: str) -> str:
+    """Names are case-insensitive and ``_`` equals ``-``: ``ResNet_18`` -> ``resnet-18``."""
+    return str(name).strip().lower().replace("_", "-")
+
+
+def schema_node(schema: type) -> DictConfig:
+    """The typed, closed config of ``schema``: its fields keep their types and a key it does not
+    have fails where Hydra composes (``backbone.deptth=34``: "Key 'deptth' is not in struct"), in
+    every app and in the compose API. Hydra's ``++group.key=value`` still adds one on purpose."""
+    node = OmegaConf.structured(schema)
+    OmegaConf.set_struct(node, True)
+    return node
+
+
+def target_path(target: Callable) -> str:
+    """The import path Hydra's ``_target_`` uses for ``target`` (``module.QualName``)."""
+    return f"{target.__module__}.{target.__qualname__}"
+
+
+def _definition_site(target: Callable) -> str:
+    try:
+        file = inspect.getsourcefile(target)
+        line = inspect.getsourcelines(target)[1]
+        return f"{target_path(target)} ({file}:{line})"
+    except (OSError, TypeError):
+        return target_path(target)
+
+
+def unknown_argument_message(group: str, option: str, argument: str, fields: list[str], description: str) -> str:
+    """``unknown argument 'deptth' for backbone 'resnet' (backbone.deptth); its arguments: ...
+    (did you mean 'depth'?)``: the option's arguments, then the closest one."""
+    message = f"unknown argument {argument!r} for {group} {option!r} ({group}.{argument}); its arguments: {description}"
+    suggestion = closest_match(argument, fields)
+    return message + (f" (did you mean {suggestion!r}?)" if suggestion else "")
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """A registered callable with its inferred arguments and config schema."""
+
+    name: str
+    target: Callable
+    arguments: tuple[Argument, ...]
+    schema: type
+
+    @property
+    def target_path(self) -> str:
+        """The ``_target_`` string of this entry's configs."""
+        return target_path(self.target)
+
+    @property
+    def definition(self) -> str:
+        """Where the target is defined, for error messages."""
+        return _definition_site(self.target)
+
+    def argument(self, name: str) -> Argument | None:
+        """The argument called ``name``, or None."""
+        return next((argument for argument in self.arguments if argument.name == name), None)
+
+    def describe_arguments(self) -> str:
+        """``depth: int = 18, width: int = 64`` for help texts and errors."""
+        return ", ".join(argument.describe() for argument in self.arguments) or "(none)"
+
+
+class Registry:
+    """Named callables of one kind (``backbone``, ``model``) and their Hydra config group."""
+
+    def __init__(
+        self,
+        kind: str,
+        group: str,
+        error_type: type[MammothError],
+        schema_suffix: str,
+        runtime_arguments: tuple[str, ...] = (),
+        arguments_of: Callable[[Callable], list[Argument]] | None = None,
+    ) -> None:
+        self.kind = kind
+        self.group = group
+        self.error_type = error_type
+        self.schema_suffix = schema_suffix
+        self.runtime_arguments = runtime_arguments
+        #: How a target's arguments are found; None: from its signature (:func:`signature_arguments`).
+        self.arguments_of = arguments_of
+        self._entries: dict[str, Entry] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator registering a class or a function under ``name``; returns it unchanged."""
+        key = canonical_name(name)
+        if not _NAME_PATTERN.match(key):
+            raise self.error_type(
+                f"invalid {self.kind} name {name!r}; allowed: letters, digits, '-' and '_', starting with a letter"
+            )
+
+        def decorator(target: T) -> T:
+            if not callable(target):
+                raise self.error_type(f"cannot register {target!r} as {self.kind} {name!r}: not a class or function")
+            if key in self._entries:
+                raise self.error_type(
+                    f"duplicate {self.kind} name {key!r}: already registered by {self._entries[key].definition}, "
+                    f"registered again by {_definition_site(target)}"
+                )
+            self._entries[key] = self._make_entry(key, target)
+            self._store(self._entries[key])
+            return target
+
+        return decorator
+
+    def _make_entry(self, key: str, target: Callable) -> Entry:
+        if self.arguments_of is not None:
+            arguments = tuple(self.arguments_of(target))
+        else:
+            arguments = tuple(signature_arguments(target, skip=self.runtime_arguments))
+        try:
+            schema = make_schema(
+                cls_name=schema_class_name(key, self.schema_suffix),
+                module=target.__module__,
+                target_path=target_path(target),
+                arguments=list(arguments),
+                doc=inspect.getdoc(target),
+                key=f"{self.group}/{key}",
+            )
+        except TypeError as error:
+            raise self.error_type(f"cannot register {self.kind} {key!r}: {error}") from None
+        return Entry(name=key, target=target, arguments=arguments, schema=schema)
+
+    def _store(self, entry: Entry) -> None:
+        from hydra.core.config_store import ConfigStore
+
+        ConfigStore.instance().store(group=self.group, name=entry.name, node=schema_node(entry.schema), provider="mammoth")
+
+    def unregister(self, name: str) -> None:
+        """Remove an entry (for tests and notebooks that redefine a callable)."""
+        key = canonical_name(name)
+        self.get(key)
+        del self._entries[key]
+        from hydra.core.config_store import ConfigStore
+
+        ConfigStore.instance().repo.get(self.group, {}).pop(f"{key}.yaml", None)
+
+    def names(self) -> list[str]:
+        """The registered names, sorted."""
+        return sorted(self._entries)
+
+    def get(self, name: str) -> Entry:
+        """The entry registered as ``name`` (case-insensitive, ``_`` = ``-``)."""
+        entry = self._entries.get(canonical_name(name))
+        if entry is None:
+            raise self.error_type(unknown_name_message(self.kind, name, self.names()))
+        return entry
+
+    def find_by_target(self, path: str) -> Entry | None:
+        """The entry whose ``_target_`` is ``path``, or None when nothing registered has it."""
+        return next((entry for entry in self._entries.values() if entry.target_path == path), None)
+
+    def resolve(self, name_or_config: Any) -> tuple[Entry, dict[str, Any]]:
+        """The entry and the configured values of a registered name or a config node.
+
+        A config (DictConfig, mapping or schema dataclass) is matched by its ``_target_``;
+        one that names anything unregistered is refused, so a shared YAML file cannot make
+        mammoth call arbitrary code. Unset values come back as ``MISSING``.
+        """
+        if isinstance(name_or_config, str):
+            return self.get(name_or_config), {}
+        configured = self._as_container(name_or_config)
+        target = configured.pop("_target_", None)
+        entry = self.find_by_target(target) if isinstance(target, str) else None
+        if entry is None:
+            raise self.error_type(
+                f"refusing to build _target_ {target!r}: it is not a registered {self.kind}; "
+                f"registered {self.kind}s: {', '.join(self.names())}"
+            )
+        return entry, configured
+
+    def _as_container(self, config: Any) -> dict[str, Any]:
+        if dataclasses.is_dataclass(config):
+            config = OmegaConf.structured(config)
+        if isinstance(config, DictConfig):
+            return OmegaConf.to_container(config, resolve=True, throw_on_missing=False)
+        if isinstance(config, Mapping):
+            return dict(config)
+        raise self.error_type(
+            f"cannot build a {self.kind} from {type(config).__name__}; allowed: a registered name or a {self.kind} config"
+        )
+
+    def check_known_arguments(self, entry: Entry, values: Mapping[str, Any]) -> None:
+        """Every name in ``values`` is an argument of ``entry``; else the error lists its arguments."""
+        unknown = [name for name in values if entry.argument(name) is None]
+        if unknown:
+            fields = [argument.name for argument in entry.arguments]
+            raise self.error_type(
+                unknown_argument_message(self.group, entry.name, unknown[0], fields, entry.describe_arguments())
+            )
+
+    def check_required(self, entry: Entry, values: Mapping[str, Any], skip: tuple[str, ...] = ()) -> None:
+        """Every required argument of ``entry`` (but those in ``skip``) has a value in ``values``;
+        else one error names all that are missing."""
+        missing = [f"{self.group}.{argument.name}" for argument in entry.arguments
+                   if argument.name not in skip and is_missing(values.get(argument.name, argument.default))]
+        if missing:
+            plural = len(missing) > 1
+            raise self.error_type(
+                f"missing value{'s' if plural else ''} for {', '.join(missing)} ({self.kind} {entry.name!r}); "
+                f"set {'them' if plural else 'it'} with {' '.join(f'{key}=...' for key in missing)}"
+            )
+
+    def check_values(self, entry: Entry, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate ``values`` against the entry's arguments; return them converted.
+
+        Unknown names fail with the list of the entry's arguments; a missing required value
+        or a value of the wrong type or outside an allowed set fails naming the argument.
+        """
+        self.check_known_arguments(entry, values)
+        self.check_required(entry, values)
+        checked = {}
+        for argument in entry.arguments:
+            value = values.get(argument.name, argument.default)
+            try:
+                checked[argument.name] = check_value(argument, value)
+            except ValueCheckError as error:
+                raise self.error_type(f"{self.group}.{argument.name}: {error}") from None
+        return checked

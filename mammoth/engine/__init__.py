@@ -1,0 +1,1 @@
+"""The engine: the run, the task loop, evaluation, checkpoints and the run directory."""

@@ -1,0 +1,1 @@
+"""Reporting: metrics, results.json and its plot, experiment loggers, Hydra callbacks, sweep summaries."""

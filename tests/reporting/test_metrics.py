@@ -1,0 +1,93 @@
+"""Accuracy-matrix metrics against hand-computed values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mammoth.reporting.metrics import accuracy_rows, average_accuracy, backward_transfer, forgetting, summarise
+
+# A[i][j]: accuracy on task j after training task i. Entries above the diagonal (tasks not yet
+# trained) are present but ignored.
+THREE_TASKS = [
+    [90.0, 10.0, 5.0],
+    [95.0, 80.0, 12.0],
+    [70.0, 50.0, 75.0],
+]
+
+
+def test_single_task() -> None:
+    assert summarise([[80.0]]) == {"matrix": [[80.0]], "average": 80.0, "forgetting": 0.0, "bwt": 0.0}
+
+
+def test_two_tasks() -> None:
+    matrix = [[90.0, 0.0], [70.0, 85.0]]
+    assert average_accuracy(matrix) == pytest.approx(77.5)
+    assert forgetting(matrix) == pytest.approx(20.0)
+    assert backward_transfer(matrix) == pytest.approx(-20.0)
+
+
+def test_three_tasks() -> None:
+    # average: (70 + 50 + 75) / 3 = 65
+    # forgetting: task 0: max(90, 95) - 70 = 25; task 1: 80 - 50 = 30; mean 27.5
+    # bwt: task 0: 70 - 90 = -20; task 1: 50 - 80 = -30; mean -25
+    assert average_accuracy(THREE_TASKS) == pytest.approx(65.0)
+    assert forgetting(THREE_TASKS) == pytest.approx(27.5)
+    assert backward_transfer(THREE_TASKS) == pytest.approx(-25.0)
+
+
+def test_positive_backward_transfer_gives_negative_forgetting() -> None:
+    matrix = [[50.0, 0.0], [60.0, 70.0]]
+    assert backward_transfer(matrix) == pytest.approx(10.0)
+    assert forgetting(matrix) == pytest.approx(-10.0)
+
+
+def test_four_tasks_with_forgetting_measured_from_the_best_past_accuracy() -> None:
+    matrix = [
+        [60.0],
+        [80.0, 90.0],
+        [40.0, 95.0, 70.0],
+        [50.0, 85.0, 70.0, 99.0],
+    ]
+    # forgetting: task 0: max(60, 80, 40) - 50 = 30; task 1: max(90, 95) - 85 = 10; task 2: 70 - 70 = 0
+    # bwt: (50 - 60) + (85 - 90) + (70 - 70) = -15, / 3 = -5
+    assert average_accuracy(matrix) == pytest.approx((50 + 85 + 70 + 99) / 4)
+    assert forgetting(matrix) == pytest.approx(40.0 / 3)
+    assert backward_transfer(matrix) == pytest.approx(-5.0)
+
+
+def test_lower_triangular_rows_give_the_same_results_as_the_full_matrix() -> None:
+    ragged = [row[: i + 1] for i, row in enumerate(THREE_TASKS)]
+    assert summarise(ragged)["average"] == summarise(THREE_TASKS)["average"]
+    assert summarise(ragged)["forgetting"] == summarise(THREE_TASKS)["forgetting"]
+    assert summarise(ragged)["bwt"] == summarise(THREE_TASKS)["bwt"]
+
+
+def test_rows_so_far_ignore_the_columns_of_tasks_not_trained_yet() -> None:
+    after_two_of_three = [[90.0, 10.0, 5.0], [70.0, 80.0, 12.0]]
+    assert average_accuracy(after_two_of_three) == pytest.approx(75.0)
+
+
+@pytest.mark.parametrize("convert", [torch.tensor, np.array], ids=["tensor", "numpy"])
+def test_accepts_tensors_and_arrays(convert) -> None:
+    result = summarise(convert(THREE_TASKS))
+    assert result == {"matrix": THREE_TASKS, "average": 65.0, "forgetting": 27.5, "bwt": -25.0}
+    assert all(isinstance(value, float) for value in result["matrix"][0])
+
+
+def test_summarise_keys_and_values() -> None:
+    result = summarise(THREE_TASKS)
+    assert set(result) == {"matrix", "average", "forgetting", "bwt"}
+    assert result["matrix"] == THREE_TASKS
+    assert result["average"] == pytest.approx(65.0)
+    assert result["forgetting"] == pytest.approx(27.5)
+    assert result["bwt"] == pytest.approx(-25.0)
+
+
+def test_invalid_matrices() -> None:
+    with pytest.raises(ValueError, match="has no rows; allowed: one row per task trained so far"):
+        summarise([])
+    with pytest.raises(ValueError, match=r"row 1 has 1 entries; allowed: at least 2 \(tasks 0..1\)"):
+        forgetting([[1.0], [2.0]])
+    assert accuracy_rows([[1, 2]]) == [[1.0, 2.0]]
