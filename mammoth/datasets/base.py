@@ -16,8 +16,9 @@ from typing import Any, ClassVar, Optional
 import torch
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from mammoth.errors import DatasetError
 from mammoth.config.value_checks import check_positive_int
+from mammoth.datasets.source import DataSource, InMemorySource
+from mammoth.errors import DatasetError
 
 SETTINGS = ("class-il", "domain-il")
 AUGMENTATIONS = (None, "crop-flip")
@@ -41,7 +42,8 @@ class DatasetConfig:
 
 @dataclass
 class TaskData:
-    """The data of one task: ``x`` are uint8 tensors (N, C, H, W) on CPU, ``y`` int64 tensors (N,)."""
+    """The data of one task: ``x`` are uint8 images (N, C, H, W) or float features (N, *input_shape)
+    on CPU, ``y`` int64 tensors (N,)."""
 
     train_x: torch.Tensor
     train_y: torch.Tensor
@@ -168,7 +170,7 @@ class ContinualDataset:
     setting: ClassVar[str]  # "class-il" or "domain-il"
     default_n_tasks: ClassVar[int]
     n_classes_per_task: ClassVar[int]
-    input_shape: ClassVar[tuple[int, int, int]]  # (C, H, W)
+    input_shape: ClassVar[tuple[int, ...]]  # (C, H, W) for images; any shape for float features
     mean: ClassVar[Optional[tuple[float, ...]]]  # None (with std None): no normalisation, inputs stay in [0, 1]
     std: ClassVar[Optional[tuple[float, ...]]]
     augmentation: ClassVar[Optional[str]] = None  # None or "crop-flip"
@@ -238,7 +240,8 @@ class ContinualDataset:
         return range(self.n_classes_per_task)
 
     def load_source(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Read the whole benchmark: ``(train_x, train_y, test_x, test_y)``, x uint8 (N, C, H, W), y int64."""
+        """Read the whole benchmark: ``(train_x, train_y, test_x, test_y)``, x uint8 images (N, C, H, W)
+        or float features (N, *input_shape), y int64."""
         raise NotImplementedError(f"{type(self).__name__} must implement load_source()")
 
     def source(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -264,10 +267,10 @@ class ContinualDataset:
         train_x, train_y, test_x, test_y = source
         n_labels = self.n_tasks * self.n_classes_per_task if self.setting == "class-il" else self.n_classes_per_task
         for split, x, y in (("train", train_x, train_y), ("test", test_x, test_y)):
-            if x.dtype != torch.uint8 or tuple(x.shape[1:]) != tuple(self.input_shape):
+            if not (x.dtype == torch.uint8 or x.is_floating_point()) or tuple(x.shape[1:]) != tuple(self.input_shape):
                 raise DatasetError(
                     f"{self.name} {split} images have dtype {x.dtype} and shape {tuple(x.shape)}; "
-                    f"expected uint8 (N, {', '.join(map(str, self.input_shape))})"
+                    f"expected uint8 images or float features (N, {', '.join(map(str, self.input_shape))})"
                 )
             if y.dtype != torch.int64 or y.shape != (x.shape[0],):
                 raise DatasetError(
@@ -298,8 +301,27 @@ class ContinualDataset:
         """Domain-IL: the input transformation of ``task`` applied to a whole uint8 tensor (identity here)."""
         return x
 
+    def task_source(self, task: int) -> DataSource:
+        """The training data of ``task``, served batch by batch (what the harness trains on)."""
+        return self._split_source(task, 0)
+
+    def test_source(self, task: int) -> DataSource:
+        """The test data of ``task``, served batch by batch (what the harness evaluates on)."""
+        return self._split_source(task, 2)
+
+    def _split_source(self, task: int, first: int) -> DataSource:
+        """The train (``first=0``) or test (``first=2``) data of ``task``: a view of the source
+        (class-IL), or the task's transformation of all of it (domain-IL)."""
+        self._check_task(task)
+        x, y = self.source()[first : first + 2]
+        if self.setting == "class-il":
+            classes = self.task_classes(task)
+            return InMemorySource(x, y).subset(((y >= classes.start) & (y < classes.stop)).nonzero().flatten())
+        return InMemorySource(self.apply_task_transform(task, x), y)
+
     def get_task(self, task: int) -> TaskData:
-        """The train and test data of ``task`` (uint8 images on CPU, int64 labels)."""
+        """The train and test data of ``task`` as whole tensors (uint8 images or float features on CPU,
+        int64 labels); the harness reads :meth:`task_source` and :meth:`test_source` instead."""
         self._check_task(task)
         train_x, train_y, test_x, test_y = self.source()
         if self.setting == "class-il":
@@ -316,16 +338,29 @@ class ContinualDataset:
 
     @staticmethod
     def to_float(x: torch.Tensor) -> torch.Tensor:
-        """uint8 images -> float32 in [0, 1]."""
+        """uint8 images -> float32 in [0, 1]; float features are returned as they are."""
+        if x.is_floating_point():
+            return x
         if x.dtype != torch.uint8:
-            raise DatasetError(f"to_float expects a uint8 tensor, got dtype {x.dtype}")
+            raise DatasetError(f"to_float expects a uint8 or float tensor, got dtype {x.dtype}")
         return x.float().div_(255)
 
+    def _is_image(self) -> bool:
+        """Whether the examples are images (N, C, H, W), which crop-flip and per-channel statistics need."""
+        return len(self.input_shape) == 3
+
     def _check_batch(self, x: torch.Tensor) -> None:
-        """Check that ``x`` is a float batch (N, C, H, W) with this benchmark's channel count."""
-        if x.ndim != 4 or x.shape[1] != self.input_shape[0] or not x.is_floating_point():
+        """Check that ``x`` is a float batch of this benchmark's examples: (N, C, H, W) with its
+        channel count for images, (N, *input_shape) for features."""
+        if self._is_image():
+            if x.ndim != 4 or x.shape[1] != self.input_shape[0] or not x.is_floating_point():
+                raise DatasetError(
+                    f"{self.name} expects a float batch of shape (N, {self.input_shape[0]}, H, W), "
+                    f"got dtype {x.dtype} and shape {tuple(x.shape)}"
+                )
+        elif tuple(x.shape[1:]) != tuple(self.input_shape) or not x.is_floating_point():
             raise DatasetError(
-                f"{self.name} expects a float batch of shape (N, {self.input_shape[0]}, H, W), "
+                f"{self.name} expects a float batch of shape (N, {', '.join(map(str, self.input_shape))}), "
                 f"got dtype {x.dtype} and shape {tuple(x.shape)}"
             )
 
@@ -337,15 +372,16 @@ class ContinualDataset:
         key = (x.dtype, x.device)
         cache = self.__dict__.setdefault("_normalization", {})  # (dtype, device) -> (mean, std)
         if key not in cache:
-            cache[key] = tuple(torch.tensor(values, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+            shape = (1, -1, *([1] * (len(self.input_shape) - 1)))  # per channel (images) or per leading feature
+            cache[key] = tuple(torch.tensor(values, dtype=x.dtype, device=x.device).view(shape)
                                for values in (self.mean, self.std))
         mean, std = cache[key]
         return (x - mean) / std
 
     def train_transform(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Training transform of a float batch in [0, 1] on any device: augmentation (if any), then normalisation."""
+        """Training transform of a float batch on any device: augmentation (if any; images only), then normalisation."""
         self._check_batch(x)
-        if self.augmentation == "crop-flip":
+        if self.augmentation == "crop-flip" and self._is_image():
             x = random_crop_flip(x, CROP_PADDING, generator)
         return self.normalize(x)
 

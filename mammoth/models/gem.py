@@ -13,7 +13,7 @@ from mammoth.backbones.base import MammothBackbone
 from mammoth.errors import ConfigError
 from mammoth.models.base import ReplayModel
 from mammoth.models.registry import register_model
-from mammoth.models.utils import keep_first_per_class, seen_classes
+from mammoth.models.utils import keep_first, seen_classes
 from mammoth.config.value_checks import check_non_negative
 
 #: The ridge GEM adds to the Gram matrix of the memories' gradients (the original's ``eps``).
@@ -105,7 +105,7 @@ class Gem(ReplayModel):
         train_x, train_y = self._task_data
         self._task_data = None
         per_class = self.buffer_size // seen_classes(self.dataset, task)
-        keep_first_per_class(self.buffer, per_class)
+        keep_first(self.buffer, per_class)
         for label in train_y.unique():
             members = (train_y == label).nonzero().flatten()
             index = members[torch.randperm(len(members))[:per_class]]

@@ -69,8 +69,10 @@ def test_transform_rejects_wrong_input() -> None:
     cifar = build_dataset({"name": "seq-cifar10"})
     with pytest.raises(DatasetError, match=r"expects a float batch of shape \(N, 3, H, W\), got dtype torch.float32"):
         cifar.train_transform(torch.zeros(3, 32, 32))
-    with pytest.raises(DatasetError, match="to_float expects a uint8 tensor, got dtype torch.float32"):
-        cifar.to_float(torch.zeros(1, 3, 32, 32))
+    with pytest.raises(DatasetError, match="to_float expects a uint8 or float tensor, got dtype torch.int32"):
+        cifar.to_float(torch.zeros(1, 3, 32, 32, dtype=torch.int32))
+    features = torch.rand(1, 3, 32, 32)
+    assert cifar.to_float(features) is features  # float data is read as it is
 
 
 def expected_crop_flip(x: torch.Tensor, seed: int) -> torch.Tensor:

@@ -1,0 +1,153 @@
+"""TrainingContext: everything the harness hands a method, and the one training loop (``fit``).
+
+A method (``ContinualModel``) reads its batch size, device, transforms, the run's generator and
+any task's data through ``self.context``, set by ``model.attach(context)`` before the first
+task; it never reaches into the dataset. The main loop and every inner loop of a method (a
+warm-up, a correction, a Fisher pass) run through :meth:`TrainingContext.fit`, with the same
+non-finite checks, progress bar and epoch reports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+from torch import Tensor, nn
+
+from mammoth.datasets.source import DataSource
+from mammoth.errors import TrainingError
+
+#: ``report(description, epoch, mean loss)``: what :meth:`TrainingContext.fit` says after each epoch.
+EpochReport = Callable[[str, int, float], None]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One training (or evaluation) batch, on the context's device except ``indices``."""
+
+    inputs: Tensor  # augmented + normalised (train) or normalised (eval)
+    labels: Tensor
+    not_aug_inputs: Tensor  # the same examples as read: float in [0, 1], no augmentation or normalisation
+    indices: Tensor  # positions in the source (CPU)
+
+
+@contextlib.contextmanager
+def evaluation_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` in eval mode for the ``with`` block, then back in the mode it was in."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+
+
+class TrainingContext:
+    """What the harness hands a method (``model.context``): the run's facts, transforms, generator,
+    device, each task's data, and :meth:`fit` for training loops.
+
+    Attributes: ``batch_size``, ``n_epochs`` (the dataset's), ``device``, ``generator`` (THE run's
+    CPU generator, seeded with ``seed`` and saved in every checkpoint), and the benchmark's
+    ``n_tasks``, ``n_classes``, ``setting``, ``input_shape``.
+    """
+
+    def __init__(self, dataset: Any, device: torch.device, generator: torch.Generator,
+                 report: Optional[EpochReport] = None) -> None:
+        self._dataset = dataset
+        self.batch_size: int = int(dataset.config.batch_size)
+        self.n_epochs: int = int(dataset.config.n_epochs)
+        self.device = torch.device(device)
+        self.generator = generator
+        self.n_tasks: int = int(dataset.n_tasks)
+        self.n_classes: int = int(dataset.n_classes)
+        self.setting: str = dataset.setting
+        self.input_shape: tuple[int, ...] = tuple(getattr(dataset, "input_shape", ()))
+        self.report = report
+
+    def __repr__(self) -> str:
+        return (f"TrainingContext(batch_size={self.batch_size}, n_epochs={self.n_epochs}, device={self.device}, "
+                f"n_tasks={self.n_tasks}, n_classes={self.n_classes}, setting={self.setting!r})")
+
+    # ---- facts and transforms ----
+
+    def task_classes(self, task: int) -> range:
+        """The classes of ``task``: its own block (class-IL) or all classes (domain-IL)."""
+        return self._dataset.task_classes(task)
+
+    def train_transform(self, x: Tensor) -> Tensor:
+        """Augment (drawing from :attr:`generator`) and normalise a float batch, on its device."""
+        return self._dataset.train_transform(x, self.generator)
+
+    def test_transform(self, x: Tensor) -> Tensor:
+        """Normalise a float batch, on its device."""
+        return self._dataset.test_transform(x)
+
+    def task_data(self, task: int) -> DataSource:
+        """The training data of ``task`` (any task of the run, e.g. earlier ones for joint training)."""
+        return self._dataset.task_source(task)
+
+    # ---- batches and the training loop ----
+
+    def batches(self, source: DataSource, batch_size: Optional[int] = None, shuffle: bool = True,
+                augment: bool = True) -> Iterator[Batch]:
+        """``source`` in batches of ``batch_size`` (None: :attr:`batch_size`), in an order drawn from
+        :attr:`generator` when ``shuffle``; each batch is read and moved to :attr:`device` on its
+        own, and transformed with :meth:`train_transform` (``augment``) or :meth:`test_transform`."""
+        size = self.batch_size if batch_size is None else batch_size
+        count = len(source)
+        order = torch.randperm(count, generator=self.generator) if shuffle else torch.arange(count)
+        labels = source.labels
+        for start in range(0, count, size):
+            indices = order[start : start + size]
+            not_aug_inputs = source.read(indices, self.device)
+            inputs = self.train_transform(not_aug_inputs) if augment else self.test_transform(not_aug_inputs)
+            yield Batch(inputs, labels.index_select(0, indices).to(self.device), not_aug_inputs, indices)
+
+    def fit(self, step: Callable[[Batch], float], source: DataSource, epochs: int, description: str,
+            batch_size: Optional[int] = None, augment: bool = True,
+            end_epoch: Optional[Callable[[int], None]] = None) -> float:
+        """``epochs`` passes of ``step(batch)`` (which returns the loss value) over :meth:`batches` of
+        ``source``; returns the mean loss of the last epoch.
+
+        A non-finite loss raises a TrainingError naming ``description``, the epoch and the step.
+        One progress bar (hidden when stderr is no terminal); after each epoch ``end_epoch(epoch)``,
+        then :attr:`report` ``(description, epoch, mean loss)``. An empty source trains nothing,
+        calls nothing and returns 0.
+        """
+        from tqdm.auto import tqdm
+
+        if len(source) == 0:
+            return 0.0
+        size = self.batch_size if batch_size is None else batch_size
+        steps = -(-len(source) // size)
+        mean_loss = 0.0
+        with tqdm(total=epochs * steps, desc=description, disable=None, leave=False) as progress:
+            for epoch in range(epochs):
+                total = 0.0
+                for number, batch in enumerate(self.batches(source, size, shuffle=True, augment=augment)):
+                    loss = step(batch)
+                    if not math.isfinite(loss):
+                        raise TrainingError(
+                            f"the loss became {loss} in {description or 'training'}, epoch {epoch + 1}/{epochs}, "
+                            f"step {number + 1}/{steps}; the run stopped without results "
+                            "(lower model.lr, or check the data)"
+                        )
+                    total += loss
+                    progress.update()
+                mean_loss = total / steps
+                progress.set_postfix(loss=f"{mean_loss:.3f}")
+                if end_epoch is not None:
+                    end_epoch(epoch)
+                if self.report is not None:
+                    self.report(description, epoch, mean_loss)
+        return mean_loss
+
+
+def build_context(dataset: Any, device: torch.device | str, generator: torch.Generator,
+                  report: Optional[EpochReport] = None) -> TrainingContext:
+    """The context of a run on ``dataset`` (a ContinualDataset), training on ``device`` with the run's
+    ``generator``; ``report(description, epoch, loss)`` receives every epoch's mean loss."""
+    return TrainingContext(dataset, torch.device(device), generator, report)

@@ -1,0 +1,85 @@
+"""TrainingContext: batches from the run's generator, fit's loop, reports and non-finite checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from mammoth.datasets import build_dataset
+from mammoth.engine.context import Batch, build_context, evaluation_mode
+from mammoth.errors import TrainingError
+
+
+def _context(seed: int = 0, **report_to: list):
+    digits = build_dataset({"name": "seq-digits", "batch_size": 16, "n_epochs": 2})
+    reports = report_to.get("reports")
+    report = None if reports is None else lambda *args: reports.append(args)
+    return digits, build_context(digits, "cpu", torch.Generator().manual_seed(seed), report)
+
+
+def test_context_facts_come_from_the_dataset() -> None:
+    digits, context = _context()
+    assert (context.batch_size, context.n_epochs, context.n_tasks) == (16, 2, digits.n_tasks)
+    assert (context.n_classes, context.setting, context.input_shape) == (10, "class-il", tuple(digits.input_shape))
+    assert context.task_classes(1) == range(2, 4)
+    assert torch.equal(context.task_data(2).labels, digits.task_source(2).labels)
+
+
+def test_batches_cover_the_source_once_in_an_order_from_the_generator() -> None:
+    digits, context = _context(seed=3)
+    source = context.task_data(0)
+    batches = list(context.batches(source, augment=False))
+    assert all(isinstance(batch, Batch) for batch in batches)
+    assert [len(batch.labels) for batch in batches[:-1]] == [16] * (len(batches) - 1)
+    indices = torch.cat([batch.indices for batch in batches])
+    assert torch.equal(indices, torch.randperm(len(source), generator=torch.Generator().manual_seed(3)))
+    first = batches[0]
+    assert torch.equal(first.not_aug_inputs, source.read(first.indices, "cpu"))
+    assert torch.equal(first.inputs, digits.test_transform(first.not_aug_inputs))
+    assert torch.equal(first.labels, source.labels[first.indices])
+    ordered = list(context.batches(source, batch_size=1000, shuffle=False, augment=False))
+    assert len(ordered) == 1 and torch.equal(ordered[0].indices, torch.arange(len(source)))
+
+
+def test_fit_runs_every_batch_of_every_epoch_and_reports_the_mean_loss() -> None:
+    reports: list = []
+    _, context = _context(reports=reports)
+    source = context.task_data(0)
+    seen, ends = [], []
+    losses = iter(float(i) for i in range(1000))
+    result = context.fit(lambda batch: (seen.append(len(batch.labels)), next(losses))[1], source, epochs=2,
+                         description="warm-up", end_epoch=ends.append)
+    steps = -(-len(source) // 16)
+    assert sum(seen) == 2 * len(source) and len(seen) == 2 * steps
+    assert ends == [0, 1]
+    first_mean = sum(range(steps)) / steps
+    last_mean = sum(range(steps, 2 * steps)) / steps
+    assert reports == [("warm-up", 0, first_mean), ("warm-up", 1, last_mean)]
+    assert result == last_mean
+
+
+def test_fit_on_an_empty_source_calls_nothing() -> None:
+    reports: list = []
+    _, context = _context(reports=reports)
+    empty = context.task_data(0).subset(torch.zeros(0, dtype=torch.long))
+    assert context.fit(lambda batch: pytest.fail("step called"), empty, 3, "x", end_epoch=lambda e: pytest.fail()) == 0.0
+    assert reports == []
+
+
+def test_fit_refuses_a_non_finite_loss_naming_where() -> None:
+    _, context = _context()
+    steps = iter([1.0, 1.0, float("nan")])
+    with pytest.raises(TrainingError, match=r"the loss became nan in bias correction, epoch 1/4, step 3/\d+; the run stopped"):
+        context.fit(lambda batch: next(steps), context.task_data(0), 4, "bias correction")
+
+
+def test_evaluation_mode_restores_the_mode() -> None:
+    net = nn.Sequential(nn.Linear(2, 2))
+    with evaluation_mode(net):
+        assert not net.training and not net[0].training
+    assert net.training
+    net.eval()
+    with pytest.raises(RuntimeError), evaluation_mode(net):
+        raise RuntimeError
+    assert not net.training
