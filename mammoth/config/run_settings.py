@@ -8,7 +8,7 @@ configs that their registries store.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
 from omegaconf import MISSING
@@ -24,6 +24,11 @@ RUN_SCHEMA = "mammoth_schema"
 DEFAULT_BACKBONE_RESOLVER = "mammoth_default_backbone"
 
 
+#: Field metadata of a run setting that steers the run without changing its results, or only
+#: chooses what it reports: a resume may change it, and it is not part of a run's configuration.
+RUN_CONTROL = {"run_control": True}
+
+
 @dataclass
 class RunConfig:
     """Run-wide settings: seed, device, CPU threads, and the run directory's checkpointing controls."""
@@ -33,15 +38,37 @@ class RunConfig:
     model: Any = MISSING
     seed: int = 0
     device: str = "auto"
-    resume: bool = False
-    stop_after_task: Optional[int] = None
-    output_dir: Optional[str] = None
-    threads: Optional[int] = None
+    resume: bool = field(default=False, metadata=RUN_CONTROL)
+    stop_after_task: Optional[int] = field(default=None, metadata=RUN_CONTROL)
+    output_dir: Optional[str] = field(default=None, metadata=RUN_CONTROL)
+    threads: Optional[int] = field(default=None, metadata=RUN_CONTROL)
     #: What mammoth.run returns (what a sweeper optimises), ``KIND.FIELD`` of results.json; None =
-    #: class_il.average, or domain_il.average on a domain-IL dataset (mammoth.engine.runner.check_optimized_metric).
-    optimized_metric: Optional[str] = None
+    #: class_il.average, or domain_il.average on a domain-IL dataset (mammoth.reporting.optimized_metric).
+    optimized_metric: Optional[str] = field(default=None, metadata=RUN_CONTROL)
     #: The selected experiment loggers, ``{label: {name: ..., options}}`` (mammoth/app_conf/logger/); None = none.
-    logger: Any = None
+    logger: Any = field(default=None, metadata=RUN_CONTROL)
+
+
+#: The run-control settings (``resume``, ``stop_after_task``, ``output_dir``, ``threads``, and the
+#: reporting ones ``optimized_metric``, ``logger``), in RunConfig's order: left out of the config a
+#: resume compares, of the overrides a resumed run directory must share, of a sweep job's
+#: ``override_dirname`` (mammoth/app_conf/config.yaml) and of a summary's configurations.
+RUN_CONTROL_KEYS: tuple[str, ...] = tuple(item.name for item in fields(RunConfig) if item.metadata.get("run_control"))
+
+
+def setting_names() -> list[str]:
+    """Every top-level key of a mammoth config (RunConfig's fields)."""
+    return [item.name for item in fields(RunConfig)]
+
+
+def override_key(text: str) -> str:
+    """The key an override sets: ``++threads=2`` -> ``threads``, ``~logger`` -> ``logger``."""
+    return str(text).split("=", 1)[0].lstrip("+~")
+
+
+def is_run_control_override(text: str) -> bool:
+    """Whether the override ``text`` sets a run-control setting (:data:`RUN_CONTROL_KEYS`) or one of its fields."""
+    return override_key(text).split(".", 1)[0] in RUN_CONTROL_KEYS
 
 
 def store_app_configs() -> None:

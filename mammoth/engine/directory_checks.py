@@ -10,13 +10,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from mammoth.errors import ConfigError
+from mammoth.errors import ConfigError, MammothError
 from mammoth.engine.rundir import link_error
 
 #: What a second run with other settings must not write over in a directory: Hydra's records.
 HYDRA_OUTPUT_SUBDIR = ".hydra"
-#: Overrides that steer a run without changing its results (may differ when it resumes).
-RESUMABLE_KEYS = ("resume", "stop_after_task", "threads")
 
 
 def resolved_directory(cfg: DictConfig, key: str) -> Path | None:
@@ -102,21 +100,46 @@ def _check_trials_numbered(job: DictConfig) -> None:
 
 
 def _check_same_overrides(directory: Path, overrides: list[str], what: str) -> None:
-    """A directory that holds a run continues only under the same overrides (``RESUMABLE_KEYS``
-    aside), so Hydra never relabels one run's results with another's overrides."""
+    """A directory that holds a run continues only under the same overrides (run-control settings
+    aside, and ``device`` compared as the device it resolves to), so Hydra never relabels one
+    run's results with another's overrides."""
     from mammoth.reporting.summary import read_overrides
 
     recorded = read_overrides(directory) if (directory / HYDRA_OUTPUT_SUBDIR / "overrides.yaml").exists() else None
     if recorded is None:
         return
-    before, now = _comparable(recorded), _comparable(overrides)
-    if before != now:
+    if _comparable(recorded) != _comparable(overrides):
+        before, now = _shown(recorded), _shown(overrides)
         raise ConfigError(
-            f"{what} {directory} holds a run with other overrides ({' '.join(sorted(before)) or 'none'}); "
-            f"this one has {' '.join(sorted(now)) or 'none'}; allowed: resume it with the same overrides, "
+            f"{what} {directory} holds a run with other overrides ({' '.join(before) or 'none'}); "
+            f"this one has {' '.join(now) or 'none'}; allowed: resume it with the same overrides, "
             "or start this run in another directory"
         )
 
 
-def _comparable(overrides: list[str]) -> set[str]:
-    return {text for text in map(str, overrides) if text.split("=", 1)[0].lstrip("+~") not in RESUMABLE_KEYS}
+def _shown(overrides: list[str]) -> list[str]:
+    """The overrides a resume must repeat, as given (run-control settings left out), sorted."""
+    from mammoth.config.run_settings import is_run_control_override
+
+    return sorted({text for text in map(str, overrides) if not is_run_control_override(text)})
+
+
+def _comparable(overrides: list[str]) -> tuple[set[str], str]:
+    """What a resume must repeat: the overrides other than run-control settings and ``device``, and
+    the device the run would use (``device=auto``, also when not given, is ``cpu`` without CUDA)."""
+    from mammoth.config.run_settings import override_key
+
+    kept = set(_shown(overrides))
+    devices = [text for text in kept if override_key(text) == "device"]
+    device = devices[-1].split("=", 1)[1] if devices else "auto"
+    return kept.difference(devices), _resolved_device_name(device)
+
+
+def _resolved_device_name(name: str) -> str:
+    """The device ``name`` resolves to here (``name`` itself when it does not: the run will say why)."""
+    from mammoth.engine.device import resolve_device
+
+    try:
+        return str(resolve_device(name))
+    except MammothError:
+        return name

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -15,28 +14,6 @@ from omegaconf import DictConfig, OmegaConf
 from mammoth.errors import ConfigError
 
 log = logging.getLogger("mammoth")
-
-#: Settings that steer the run without changing its results; a resume may change them.
-RUN_CONTROL_KEYS = ("resume", "stop_after_task", "output_dir", "threads")
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
-    text = str(name).strip().lower()
-    if text == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(text)
-    except RuntimeError:
-        device = None
-    if device is None or device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"device={name!r} is not supported; allowed: auto, cpu, cuda, cuda:N")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device={name!r} but CUDA is not available here; allowed: auto, cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"device={name!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
-    return device
 
 
 def output_directory(cfg: DictConfig) -> Path:
@@ -151,6 +128,7 @@ def _run(cfg: DictConfig, run_dir: Path) -> float:
     from mammoth.backbones import BACKBONES, build_backbone
     from mammoth.config.run_checks import is_set
     from mammoth.datasets import build_dataset
+    from mammoth.engine.device import resolve_device, set_threads
     from mammoth.models import MODELS, build_model
     from mammoth.reporting.results import RESULTS_NAME
 
@@ -158,7 +136,7 @@ def _run(cfg: DictConfig, run_dir: Path) -> float:
     if not cfg.resume:  # never leave an old, complete-looking file; a refused resume keeps its run's
         (run_dir / RESULTS_NAME).unlink(missing_ok=True)
     device = resolve_device(cfg.device)
-    _set_threads(cfg.get("threads"))
+    set_threads(cfg.get("threads"))
     torch.manual_seed(_check_seed(cfg.seed))
     dataset = build_dataset(cfg.dataset, seed=cfg.seed)
     backbone = cfg.backbone if is_set(cfg, "backbone") else dataset.default_backbone  # unset: the dataset's
@@ -170,19 +148,6 @@ def _run(cfg: DictConfig, run_dir: Path) -> float:
     model = build_model(cfg.model, net=net, dataset=dataset).to(device)
     _check_buffer_fits(cfg, dataset)
     return _train_and_report(cfg, model, dataset, device, run_dir, started, model_name, backbone_name)
-
-
-def _set_threads(threads: int | None) -> None:
-    if threads is None:
-        return
-    if threads < 1:
-        raise ConfigError(f"threads={threads} is not positive; allowed: null (torch's default) or an integer >= 1")
-    available = os.cpu_count() or 1
-    if threads > available:
-        raise ConfigError(
-            f"threads={threads} is more than the {available} CPU(s) of this machine; allowed: null or 1..{available}"
-        )
-    torch.set_num_threads(threads)
 
 
 def job_overrides() -> list[str]:
@@ -297,8 +262,6 @@ def _train_and_report(
     return float("nan") if results is None else optimized_value(results, metric)
 
 
-#: Settings that only choose what the run reports; a resume may change them too.
-REPORTING_KEYS = ("optimized_metric", "logger")
 #: What ``optimized_metric`` can name in each results block (``KIND.FIELD``), and the direction
 #: a sweeper should optimise it in: accuracy and backward transfer up, forgetting down.
 METRIC_DIRECTIONS = {"average": "maximize", "forgetting": "minimize", "bwt": "maximize"}
@@ -348,7 +311,10 @@ def _train_and_write(
     from mammoth.reporting.results import KIND_TITLES, PLOT_NAME, RESULTS_NAME, build_results, environment_versions, format_table, plot_results, write_json_atomic
     from mammoth.engine.loop import run_tasks
 
-    comparable = {key: value for key, value in config.items() if key not in RUN_CONTROL_KEYS + REPORTING_KEYS}
+    from mammoth.config.run_settings import RUN_CONTROL_KEYS
+
+    comparable = {key: value for key, value in config.items() if key not in RUN_CONTROL_KEYS}
+    comparable["device"] = str(device)  # device=auto resumes as device=cpu where auto is the CPU
     log_epochs = not progress_bars_shown()
 
     def on_epoch_end(task: int, epoch: int, loss: float) -> None:

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from mammoth.config.run_settings import RUN_CONTROL_KEYS
 from mammoth.errors import ConfigError
 from mammoth.reporting.results import KIND_TITLES, RESULTS_NAME
 from mammoth.engine.rundir import open_nofollow, remove_stale_temporaries, write_atomic
@@ -55,7 +56,7 @@ MAX_RESULTS_BYTES, MAX_SMALL_FILE_BYTES = 8 * 2**20, 2**20
 MAX_ERROR_CHARACTERS = 500
 METRIC_TITLES = {"average": "", "forgetting": " forgetting", "bwt": " BWT"}
 #: Overrides that do not define a configuration: rows that differ only in these are one group.
-NOT_A_CONFIGURATION = ("seed", "resume", "stop_after_task", "threads", "output_dir")
+NOT_A_CONFIGURATION = ("seed", *RUN_CONTROL_KEYS)
 _OVERRIDE_KEY = re.compile(r"^[+~]*(?P<key>[^=]+)")
 
 
