@@ -1,0 +1,264 @@
+"""Any timm model as a MammothBackbone (``backbone=timm backbone.name=...``), and named presets
+for the pretrained weights continual-learning papers start from (``backbone=vit-b16-in21k``).
+
+timm is imported when a model is built, never when mammoth is imported. The model is built
+without its classifier (``num_classes=0``: it returns the pre-logits features) and a new linear
+head with the dataset's classes is put on top. Weights are read only from a safetensors file or
+a torch file of tensors (``weights_only=True``), found in timm's Hugging Face hub cache
+(``pretrained=true``) or at ``weights=PATH``, and checked against ``weights_sha256`` when set.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping
+from typing import Any, Optional
+
+from torch import Tensor, nn
+
+from mammoth.backbones.base import MammothBackbone
+from mammoth.backbones.registry import register_backbone
+from mammoth.backbones.weights import (
+    WeightsFile,
+    check_sha256_pin,
+    hub_weights_file,
+    local_weights_file,
+    read_state_dict,
+)
+from mammoth.errors import BackboneError, unknown_name_message
+
+#: ``freeze`` values besides a list of parameter-name patterns.
+FREEZE_CHOICES = ("none", "all-but-head")
+
+
+def import_timm() -> Any:
+    """The timm package, or a one-line BackboneError saying how to install it."""
+    try:
+        import timm
+    except ImportError:
+        raise BackboneError(
+            "backbone=timm needs the timm package, which is not installed; install it with: pip install timm"
+        ) from None
+    return timm
+
+
+@register_backbone("timm")
+class TimmBackbone(MammothBackbone):
+    """A timm model: ``name`` is a timm name with its pretrained tag (``vit_base_patch16_224.augreg_in21k``)
+    or one of :data:`PRESETS` (``vit-b16-in21k``), the weights papers start from.
+
+    ``pretrained``: load the weights timm publishes for ``name`` (from the Hugging Face hub cache;
+    fetched once if missing, unless ``HF_HUB_OFFLINE`` is set). ``weights``: load a local file
+    instead. ``weights_sha256``: refuse any other file. ``freeze``: ``none``, ``all-but-head``
+    (only the new classifier trains), or a list of timm parameter-name patterns (``blocks.0.*``);
+    frozen parameters have ``requires_grad=False`` and the modules holding only frozen parameters
+    stay in eval mode. ``model_args`` go to ``timm.create_model`` (e.g. ``{depth: 2}``);
+    ``img_size`` is set from the data for models that take it (ViTs).
+    Stages (``returnt='full'``): the intermediate outputs of timm's ``forward_intermediates``
+    (every block of a ViT, every stage of a ResNet), then the features.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        input_shape: tuple[int, int, int],
+        name: str = "vit_tiny_patch16_224",
+        pretrained: bool = False,
+        weights: Optional[str] = None,
+        weights_sha256: Optional[str] = None,
+        freeze: Any = "none",
+        model_args: Any = None,
+    ) -> None:
+        super().__init__()
+        name, published_sha256 = resolve_timm_name(name)
+        pin = check_sha256_pin(weights_sha256) or (published_sha256 if pretrained else None)
+        if weights is not None and pretrained:
+            raise BackboneError(
+                f"backbone.weights={weights!r} and backbone.pretrained=true both choose weights; allowed: one of them"
+            )
+        if model_args is not None and not isinstance(model_args, Mapping):
+            raise BackboneError(
+                f"backbone.model_args={model_args!r} is not a mapping; allowed: null or {{argument: value}} for timm.create_model"
+            )
+        self.trunk = create_timm_model(name, input_shape, dict(model_args or {}))
+        self.weights: WeightsFile | None = None
+        if weights is not None or pretrained:
+            self.weights = load_timm_weights(self.trunk, name, weights, pin)
+        elif weights_sha256 is not None:
+            raise BackboneError(
+                "backbone.weights_sha256 is set but no weights are loaded; allowed: with backbone.pretrained=true "
+                "or backbone.weights=PATH"
+            )
+        self.name, self.num_classes = name, num_classes
+        self.num_features = int(getattr(self.trunk, "head_hidden_size", None) or self.trunk.num_features)
+        self.classifier = nn.Linear(self.num_features, num_classes)
+        self.frozen_parameters = freeze_parameters(self.trunk, freeze)
+        self.train()
+
+    @property
+    def weights_sha256(self) -> str | None:
+        """The sha256 of the loaded weights file (None when randomly initialised)."""
+        return None if self.weights is None else self.weights.sha256
+
+    @property
+    def pretrained_config(self) -> dict[str, Any]:
+        """timm's pretrained config of the model (its ``mean``, ``std``, ``input_size``...)."""
+        return dict(getattr(self.trunk, "pretrained_cfg", {}) or {})
+
+    def extract_features(self, x: Tensor) -> Tensor:
+        """The pre-logits features (a ViT's class token after its final norm, a ResNet's pooled map)."""
+        return self.trunk(x)
+
+    def stage_outputs(self, x: Tensor) -> list[Tensor]:
+        """timm's intermediate outputs, then the features."""
+        if not hasattr(self.trunk, "forward_intermediates"):
+            return [self.trunk(x)]
+        final, intermediates = self.trunk.forward_intermediates(x)
+        return [*intermediates, self.trunk.forward_head(final, pre_logits=True)]
+
+    def train(self, mode: bool = True) -> "TimmBackbone":
+        """Set the training mode; modules whose parameters are all frozen stay in eval mode."""
+        super().train(mode)
+        if mode:
+            for module in frozen_modules(self.trunk):
+                module.eval()
+        return self
+
+
+def create_timm_model(name: str, input_shape: tuple[int, int, int], model_args: dict[str, Any]) -> nn.Module:
+    """``timm.create_model(name, num_classes=0, in_chans=..., img_size=...)`` with randomly
+    initialised weights; an unknown name lists the closest timm models."""
+    timm = import_timm()
+    if not timm.is_model(name):
+        raise BackboneError(unknown_timm_model_message(timm, name))
+    arguments = {"pretrained": False, "num_classes": 0, "in_chans": input_shape[0], **model_args}
+    try:
+        return timm.create_model(name, img_size=tuple(input_shape[1:]), **arguments)
+    except TypeError as error:
+        if "img_size" not in str(error):
+            raise BackboneError(f"timm model {name!r} refused its arguments: {error}") from None
+    try:
+        return timm.create_model(name, **arguments)  # a model without img_size (a ResNet)
+    except TypeError as error:
+        raise BackboneError(f"timm model {name!r} refused its arguments: {error}") from None
+
+
+def unknown_timm_model_message(timm: Any, name: str) -> str:
+    """``unknown timm model 'x'; allowed: ...`` listing the models of the same architecture, or
+    the five closest names of ``timm.list_models()`` (it has over a thousand)."""
+    import difflib
+
+    pattern = f"{name.split('.')[0]}*"
+    same_architecture = set(timm.list_models(pattern)) | set(timm.list_models(pattern, pretrained=True))
+    if same_architecture:
+        return unknown_name_message("timm model", name, sorted(same_architecture))
+    closest = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.5)
+    hint = f" (closest: {', '.join(closest)})" if closest else ""
+    return f"unknown timm model {name!r}; allowed: a name of timm.list_models() with its pretrained tag{hint}"
+
+
+def load_timm_weights(model: nn.Module, name: str, path: Optional[str], pin: Optional[str]) -> WeightsFile:
+    """Find, verify and load the weights (``path``, else the hub's for ``name``) into ``model``
+    through timm's own loader, which adapts them (position embeddings to the input size, input
+    channels, the classifier dropped); returns the file that was loaded."""
+    from timm.models import load_pretrained
+
+    config = dict(getattr(model, "pretrained_cfg", {}) or {})
+    what = f"timm model {name!r}"
+    if path is not None:
+        weights = local_weights_file(path, pin, what)
+    elif config.get("hf_hub_id"):
+        weights = hub_weights_file(config["hf_hub_id"], name, pin, config.get("hf_hub_filename"))
+    else:
+        raise BackboneError(
+            f"timm publishes no Hugging Face hub weights for {name!r}; allowed: backbone.weights=PATH to a local file"
+        )
+    state_dict = read_state_dict(weights, what)
+    model.pretrained_cfg = {**config, "state_dict": state_dict}
+    try:
+        load_pretrained(model, num_classes=0, in_chans=_input_channels(model), filter_fn=_filter_function(model))
+    except RuntimeError as error:
+        first = (str(error).splitlines() or [""])[0]
+        raise BackboneError(f"the weights file {weights.path} does not fit {what}: {first}") from None
+    finally:
+        model.pretrained_cfg = config  # never keep a second copy of the weights
+    return weights
+
+
+def _input_channels(model: nn.Module) -> int:
+    """The input channels of a timm model (its first convolution's, else 3)."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            return module.in_channels
+    return 3
+
+
+def _filter_function(model: nn.Module) -> Any:
+    """The ``checkpoint_filter_fn`` of the model's timm module (it maps published checkpoints to
+    the model: position embeddings resized, old layouts renamed), or None."""
+    import sys
+
+    return getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+
+
+def freeze_parameters(model: nn.Module, freeze: Any) -> list[str]:
+    """Freeze the parameters of ``model`` that ``freeze`` selects; return their names.
+
+    ``none`` freezes nothing, ``all-but-head`` everything (the head is the backbone's own
+    classifier, outside ``model``), a list freezes the names matching any of its patterns
+    (``fnmatch``); a pattern that matches nothing is an error."""
+    names = [name for name, _ in model.named_parameters()]
+    if isinstance(freeze, str):
+        if freeze not in FREEZE_CHOICES:
+            raise BackboneError(
+                f"backbone.freeze={freeze!r} is not supported; allowed: {', '.join(FREEZE_CHOICES)}, or a list of "
+                "parameter-name patterns (e.g. ['patch_embed.*', 'blocks.0.*'])"
+            )
+        selected = names if freeze == "all-but-head" else []
+    elif isinstance(freeze, (list, tuple)) and all(isinstance(pattern, str) for pattern in freeze):
+        selected = []
+        for pattern in freeze:
+            matches = fnmatch.filter(names, pattern)
+            if not matches:
+                raise BackboneError(
+                    f"backbone.freeze pattern {pattern!r} matches no parameter; allowed: patterns over names such as "
+                    f"{', '.join(names[:3])}"
+                )
+            selected.extend(match for match in matches if match not in selected)
+    else:
+        raise BackboneError(
+            f"backbone.freeze={freeze!r} is not supported; allowed: {', '.join(FREEZE_CHOICES)}, or a list of patterns"
+        )
+    parameters = dict(model.named_parameters())
+    for name in selected:
+        parameters[name].requires_grad_(False)
+    return selected
+
+
+def frozen_modules(model: nn.Module) -> list[nn.Module]:
+    """The modules of ``model`` that hold parameters, all of them frozen (their dropout and
+    normalisation statistics must not change)."""
+    result = []
+    for module in model.modules():
+        own = list(module.parameters())
+        if own and not any(parameter.requires_grad for parameter in own):
+            result.append(module)
+    return result
+
+
+# ---- the weights continual-learning papers start from ----
+
+#: ``backbone.name`` presets: ``name -> (timm name, sha256 of the published weights file or None)``.
+#: The original Mammoth's prompt methods start from the first two (its ``backbone/vit.py``,
+#: ``pretrain_type`` in21k and in21k-ft-in1k); ``resnet50-in1k`` is timm's default ResNet-50.
+PRESETS: dict[str, tuple[str, Optional[str]]] = {
+    "vit-b16-in21k": ("vit_base_patch16_224.augreg_in21k", None),
+    "vit-b16-in21k-ft-in1k": ("vit_base_patch16_224.augreg2_in21k_ft_in1k", None),
+    "resnet50-in1k": ("resnet50.a1_in1k", None),
+}
+
+
+def resolve_timm_name(name: str) -> tuple[str, Optional[str]]:
+    """The timm model a ``backbone.name`` means (itself, or a preset's), with the sha256 its
+    published weights must have (None when not pinned)."""
+    return PRESETS.get(name, (name, None))
