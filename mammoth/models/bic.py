@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from mammoth.backbones.base import MammothBackbone
+from mammoth.engine.context import Batch, evaluation_mode
 from mammoth.models.base import ReplayModel
 from mammoth.models.registry import register_model
-from mammoth.models.utils import Frozen, batches, class_bounds, require_class_il, squared_norm
+from mammoth.datasets.source import InMemorySource, concat_sources
+from mammoth.models.utils import Frozen, class_bounds, keep_first, require_class_il, squared_norm
 from mammoth.config.value_checks import check_non_negative, check_positive
+
+if TYPE_CHECKING:
+    from mammoth.datasets.source import DataSource
 
 
 def correct_logits(logits: Tensor, factors: Tensor, classes: range) -> Tensor:
@@ -37,9 +42,11 @@ class BiC(ReplayModel):
     * KL-style distillation`` from the frozen previous network (its own correction applied when
     ``distill_after_bic``). After the task, ``(b, a)`` starting at ``(0, 1)`` are fitted by Adam
     (lr 0.001, ``bic_epochs`` epochs) so that ``a * logit + b`` on the new classes minimises the
-    held-out cross-entropy; :meth:`forward` applies them, so the evaluation scores the corrected
-    logits. The memory keeps ``buffer_size // (t + 1)`` examples of every task (uint8, with task
-    labels). ``wd_reg`` adds ``wd_reg * sum(theta**2)``. Class-IL datasets only.
+    held-out cross-entropy (through ``context.fit``); :meth:`forward` applies them, so the
+    evaluation scores the corrected logits. The memory keeps ``buffer_size // (t + 1)`` examples
+    of every task (as read from the task's source, with task labels). The held-out split and the
+    memory's choices draw from ``context.generator``. ``wd_reg`` adds ``wd_reg * sum(theta**2)``.
+    Class-IL datasets only.
     """
 
     def __init__(
@@ -65,8 +72,7 @@ class BiC(ReplayModel):
         self.old_corr: Optional[Tensor] = None
         self.old_net: Optional[Frozen] = None
         self.lamda = 0.0
-        self._task_data: Optional[tuple[Tensor, Tensor]] = None
-        self._validation: Optional[tuple[Tensor, Tensor]] = None
+        self._validation: Optional[DataSource] = None
 
     def begin_task(self, task: int) -> None:
         """From the second task: freeze the network and its correction; the distillation weight is 1/(t+1)."""
@@ -77,32 +83,29 @@ class BiC(ReplayModel):
             self.lamda = 1 / (task + 1)
         self.corr_factors = None
 
-    def training_data(self, task: int, train_x: Tensor, train_y: Tensor) -> tuple[Tensor, Tensor]:
-        """From the second task: the task's data and the memory, minus a held-out validation part."""
-        self._task_data = (train_x, train_y)
+    def training_data(self, task: int, data: DataSource) -> DataSource:
+        """From the second task: the task's data and the memory, minus a held-out validation part
+        (``valset_split`` of the memory, and as many of the task's examples)."""
         self._validation = None
         if task == 0 or self.buffer.is_empty():
-            return train_x, train_y
-        memory_x, memory_y = self.buffer.examples.cpu(), self.buffer.labels.cpu()
-        memory_held_out = torch.rand(len(memory_y)) < self.valset_split
-        task_held_out = torch.zeros(len(train_y), dtype=torch.bool)
-        task_held_out[torch.randperm(len(train_y))[: int(memory_held_out.sum())]] = True
-        self._validation = (
-            torch.cat([train_x[task_held_out], memory_x[memory_held_out]]),
-            torch.cat([train_y[task_held_out], memory_y[memory_held_out]]),
-        )
-        return (torch.cat([train_x[~task_held_out], memory_x[~memory_held_out]]),
-                torch.cat([train_y[~task_held_out], memory_y[~memory_held_out]]))
+            return data
+        generator = self.context.generator
+        memory = InMemorySource(self.buffer.examples.cpu(), self.buffer.labels.cpu())
+        memory_held_out = torch.rand(len(memory), generator=generator) < self.valset_split
+        task_held_out = torch.zeros(len(data), dtype=torch.bool)
+        task_held_out[torch.randperm(len(data), generator=generator)[: int(memory_held_out.sum())]] = True
+        self._validation = concat_sources([data.subset(task_held_out), memory.subset(memory_held_out)])
+        return concat_sources([data.subset(~task_held_out), memory.subset(~memory_held_out)])
 
     def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> float:
         """One step on the weighted cross-entropy and distillation losses."""
-        past, seen = class_bounds(self.dataset, self.current_task)
+        past, seen = class_bounds(self.context, self.current_task)
         outputs = self.net(inputs)
         distillation = outputs.new_zeros(())
         if self.old_net is not None and self.current_task > 0:
             old_outputs = self.old_net(inputs)
             if self.distill_after_bic and self.old_corr is not None:
-                old_outputs = correct_logits(old_outputs, self.old_corr, self.dataset.task_classes(self.current_task - 1))
+                old_outputs = correct_logits(old_outputs, self.old_corr, self.context.task_classes(self.current_task - 1))
             log_new = F.log_softmax(outputs[:, :past] / self.temp, dim=1)
             old = F.softmax(old_outputs[:, :past] / self.temp, dim=1)
             distillation = -(log_new * old).sum(dim=1).mean()
@@ -111,51 +114,49 @@ class BiC(ReplayModel):
             loss = loss + self.wd_reg * squared_norm(self.net)
         return self.step(loss)
 
-    def end_task(self, task: int) -> None:
+    def end_task(self, task: int, data: DataSource) -> None:
         """From the second task: fit the correction on the held-out data; then update the memory."""
         if task > 0:
             self.corr_factors = self.fit_correction(task)
         self.old_net = None
-        self.build_buffer(task)
-        self._task_data = self._validation = None
+        self._validation = None
+        self.build_buffer(task, data)
 
     def fit_correction(self, task: int) -> Tensor:
-        """``(b, a)``, fitted by Adam on the held-out data's cross-entropy over the seen classes."""
-        factors = torch.tensor([0.0, 1.0], device=self.device, requires_grad=True)
-        if self._validation is None or len(self._validation[1]) == 0:
+        """``(b, a)``, fitted by Adam on the held-out data's cross-entropy over the seen classes
+        (``bic_epochs`` epochs of ``context.fit``, the network in eval mode)."""
+        factors = torch.tensor([0.0, 1.0], device=self.context.device, requires_grad=True)
+        if self._validation is None or len(self._validation) == 0:
             return factors.detach()
         optimizer = torch.optim.Adam([factors], lr=0.001)
-        new_classes, seen = self.dataset.task_classes(task), class_bounds(self.dataset, task)[1]
-        was_training = self.net.training
-        self.net.eval()
-        for _ in range(self.bic_epochs):
-            for x, y in batches(*self._validation, self.dataset.config.batch_size, shuffle=True):
-                inputs = self.dataset.train_transform(self.dataset.to_float(x.to(self.device)))
-                optimizer.zero_grad()
-                with torch.no_grad():
-                    logits = self.net(inputs)
-                loss = self.loss(correct_logits(logits, factors, new_classes)[:, :seen], y.to(self.device))
-                loss.backward()
-                optimizer.step()
-        self.net.train(was_training)
+        new_classes, seen = self.context.task_classes(task), class_bounds(self.context, task)[1]
+
+        def step(batch: Batch) -> float:
+            optimizer.zero_grad()
+            with torch.no_grad():
+                logits = self.net(batch.inputs)
+            loss = self.loss(correct_logits(logits, factors, new_classes)[:, :seen], batch.labels)
+            loss.backward()
+            optimizer.step()
+            return loss.item()
+
+        if self.bic_epochs:
+            with evaluation_mode(self.net):
+                self.context.fit(step, self._validation, self.bic_epochs,
+                                 f"bic correction, task {task + 1}/{self.context.n_tasks}")
         return factors.detach()
 
-    def build_buffer(self, task: int) -> None:
+    def build_buffer(self, task: int, data: DataSource) -> None:
         """Keep the first ``buffer_size // (task + 1)`` items of every earlier task; add as many random
-        examples of this task (uint8, with labels and task labels)."""
+        examples of this task (with labels and task labels)."""
         per_task = self.buffer_size // (task + 1)
-        if not self.buffer.is_empty():
-            fields = {name: getattr(self.buffer, name).clone() for name in self.buffer.fields}
-            self.buffer.clear()
-            for label in fields["task_labels"].unique():
-                index = (fields["task_labels"] == label).nonzero().flatten()[:per_task]
-                self.buffer.add(**{name: value[index] for name, value in fields.items()})
-        train_x, train_y = self._task_data
-        index = torch.randperm(len(train_y))[:per_task]
+        keep_first(self.buffer, per_task, by="task_labels")
+        index = torch.randperm(len(data), generator=self.context.generator)[:per_task]
+        device = self.context.device
         self.buffer.add(
-            train_x[index].to(self.device),
-            labels=train_y[index].to(self.device),
-            task_labels=torch.full((len(index),), task, dtype=torch.long, device=self.device),
+            data.read(index, device),
+            labels=data.labels[index].to(device),
+            task_labels=torch.full((len(index),), task, dtype=torch.long, device=device),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -163,7 +164,7 @@ class BiC(ReplayModel):
         logits = self.net(x)
         if self.corr_factors is None:
             return logits
-        return correct_logits(logits, self.corr_factors, self.dataset.task_classes(self.current_task))
+        return correct_logits(logits, self.corr_factors, self.context.task_classes(self.current_task))
 
     def extra_state(self) -> dict[str, Any]:
         """The memory and the current correction factors."""

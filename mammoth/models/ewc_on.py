@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +14,9 @@ from mammoth.models.base import ContinualModel
 from mammoth.models.registry import register_model
 from mammoth.config.value_checks import check_non_negative
 
+if TYPE_CHECKING:
+    from mammoth.datasets.source import DataSource
+
 
 @register_model("ewc_on")
 class EwcOn(ContinualModel):
@@ -21,8 +24,9 @@ class EwcOn(ContinualModel):
     diagonal Fisher information.
 
     After each task, ``fisher = gamma * fisher + F`` with ``F`` the mean over the task's
-    examples of ``p(y|x) * (d log p(y|x) / d theta)**2`` (one example at a time; the mean
-    divides by ``batches * batch_size`` as the original code does), and the anchor
+    (augmented) examples of ``p(y|x) * (d log p(y|x) / d theta)**2`` (one example at a time, in
+    one pass of ``context.batches``; the mean divides by ``batches * batch_size`` as the
+    original code does), and the anchor
     ``theta*`` becomes the current weights. Each step adds the penalty's gradient
     ``2 * e_lambda * fisher * (theta - theta*)`` to the cross-entropy's; the returned loss is
     the cross-entropy. Uses ``get_params`` / ``get_grads`` / ``set_grads`` (``out=`` buffers).
@@ -34,7 +38,6 @@ class EwcOn(ContinualModel):
         self.gamma = check_non_negative("model.gamma", gamma)
         self.fisher: Optional[Tensor] = None
         self.checkpoint: Optional[Tensor] = None
-        self._task_data: Optional[tuple[Tensor, Tensor]] = None
         self._params: Optional[Tensor] = None
 
     def penalty(self) -> Tensor:
@@ -48,11 +51,6 @@ class EwcOn(ContinualModel):
         self._params = self.net.get_params(out=self._params if self._params is not None else None)
         return self._params.sub_(self.checkpoint).mul_(self.fisher).mul_(2 * self.e_lambda)
 
-    def training_data(self, task: int, train_x: Tensor, train_y: Tensor) -> tuple[Tensor, Tensor]:
-        """Keep a reference to the task's data for the Fisher information at :meth:`end_task`."""
-        self._task_data = (train_x, train_y)
-        return train_x, train_y
-
     def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> float:
         """One step on the cross-entropy plus the penalty's gradient; returns the cross-entropy."""
         self.optimizer.zero_grad(set_to_none=True)
@@ -64,30 +62,27 @@ class EwcOn(ContinualModel):
         self.optimizer.step()
         return loss.item()
 
-    def end_task(self, task: int) -> None:
+    def end_task(self, task: int, data: DataSource) -> None:
         """Fold this task's Fisher information into the running one; anchor at the current weights."""
-        fisher = self.fisher_information(*self._task_data)
-        self._task_data = None
+        fisher = self.fisher_information(data)
         self.fisher = fisher if self.fisher is None else self.fisher.mul_(self.gamma).add_(fisher)
         self.checkpoint = self.net.get_params()
 
-    def fisher_information(self, train_x: Tensor, train_y: Tensor) -> Tensor:
-        """The diagonal empirical Fisher of the task's (augmented) examples, one example at a time."""
-        batch_size = self.dataset.config.batch_size
-        fisher = torch.zeros(self.net.num_params(), device=self.device)
+    def fisher_information(self, data: DataSource) -> Tensor:
+        """The diagonal empirical Fisher of the task's augmented examples, one example at a time."""
+        fisher = torch.zeros(self.net.num_params(), device=self.context.device)
         grads = torch.empty_like(fisher)
         n_batches = 0
-        for start in range(0, len(train_y), batch_size):
+        for batch in self.context.batches(data, shuffle=False):
             n_batches += 1
-            x = self.dataset.train_transform(self.dataset.to_float(train_x[start : start + batch_size].to(self.device)))
-            for example, label in zip(x, train_y[start : start + batch_size].to(self.device)):
+            for example, label in zip(batch.inputs, batch.labels):
                 self.net.zero_grad(set_to_none=True)
                 log_likelihood = -F.cross_entropy(self.net(example.unsqueeze(0)), label.unsqueeze(0))
                 log_likelihood.backward()
                 self.net.get_grads(out=grads)
                 fisher.add_(grads.pow_(2).mul_(log_likelihood.detach().exp()))
         self.net.zero_grad(set_to_none=True)
-        return fisher.div_(n_batches * batch_size)
+        return fisher.div_(n_batches * self.context.batch_size)
 
     def extra_state(self) -> dict[str, Any]:
         """The running Fisher information and the anchor weights (None before the first task ends)."""

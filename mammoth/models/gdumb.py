@@ -3,17 +3,22 @@ Questions Our Progress in Continual Learning", ECCV 2020)."""
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
 import torch
 from torch import Tensor
 
 from mammoth.backbones.base import MammothBackbone
+from mammoth.datasets.source import InMemorySource, empty_source
+from mammoth.engine.context import Batch, TrainingContext
 from mammoth.models.buffer import ReplayBuffer
 from mammoth.models.base import ContinualModel
 from mammoth.models.registry import register_model
 from mammoth.models.utils import require_class_il
 from mammoth.config.value_checks import check_choice, check_positive, check_positive_int
+
+if TYPE_CHECKING:
+    from mammoth.datasets.source import DataSource
 
 #: How GDumb fills its memory: the original Mammoth's reservoir, or the paper's greedy class-balanced sampler.
 SAMPLERS = ("reservoir", "greedy")
@@ -32,12 +37,13 @@ class GreedyClassBalancedMemory:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def add(self, examples: Tensor, labels: Tensor) -> None:
-        """Offer a batch, one item at a time, in order (random choices from torch's global generator)."""
+    def add(self, examples: Tensor, labels: Tensor, generator: Optional[torch.Generator] = None) -> None:
+        """Offer a batch, one item at a time, in order (random choices from ``generator``, else
+        torch's global one)."""
         if self.examples is None:
             self.examples = examples.new_zeros((self.capacity, *examples.shape[1:]))
         for example, label in zip(examples, labels.tolist()):
-            slot = self._slot_for(label)
+            slot = self._slot_for(label, generator)
             if slot is None:
                 continue
             self.examples[slot] = example
@@ -46,7 +52,7 @@ class GreedyClassBalancedMemory:
             else:
                 self.labels[slot] = label
 
-    def _slot_for(self, label: int) -> Optional[int]:
+    def _slot_for(self, label: int, generator: Optional[torch.Generator]) -> Optional[int]:
         if len(self.labels) < self.capacity:
             return len(self.labels)
         counts: dict[int, int] = {}
@@ -57,7 +63,7 @@ class GreedyClassBalancedMemory:
             return None
         largest = max(sorted(counts), key=lambda c: counts[c])
         members = [slot for slot, stored in enumerate(self.labels) if stored == largest]
-        return members[int(torch.randint(len(members), ()))]
+        return members[int(torch.randint(len(members), (), generator=generator))]
 
     def data(self) -> tuple[Tensor, Tensor]:
         """The stored examples and labels, in slot order."""
@@ -74,18 +80,29 @@ class GreedyClassBalancedMemory:
         self.labels = list(state["labels"])
 
 
-def cutmix(x: Tensor, y: Tensor, alpha: float, probability: float = 0.5) -> tuple[Tensor, Tensor, Tensor, float]:
+def beta_sample(alpha: float, generator: torch.Generator) -> float:
+    """One draw of ``Beta(alpha, alpha)`` determined by ``generator`` (torch's Beta sampler takes
+    no generator: it runs on torch's global one, forked and seeded from ``generator``)."""
+    seed = int(torch.randint(0, 2**62, (), generator=generator))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return float(torch.distributions.Beta(alpha, alpha).sample())
+
+
+def cutmix(x: Tensor, y: Tensor, alpha: float, generator: torch.Generator,
+           probability: float = 0.5) -> tuple[Tensor, Tensor, Tensor, float]:
     """CutMix (Yun et al., 2019) as the original Mammoth applies it: with ``probability``, paste a
     random box of a shuffled copy of the batch (box area ``~ 1 - Beta(alpha, alpha)``) into ``x``.
-    Returns ``(x, y_a, y_b, lam)``: the loss is ``lam * CE(y_a) + (1 - lam) * CE(y_b)``."""
-    if float(torch.rand(())) > probability:
+    Every draw comes from ``generator``. Returns ``(x, y_a, y_b, lam)``: the loss is
+    ``lam * CE(y_a) + (1 - lam) * CE(y_b)``."""
+    if float(torch.rand((), generator=generator)) > probability:
         return x, y, y, 1.0
-    lam = float(torch.distributions.Beta(alpha, alpha).sample())
-    index = torch.randperm(x.shape[0]).to(x.device)
+    lam = beta_sample(alpha, generator)
+    index = torch.randperm(x.shape[0], generator=generator).to(x.device)
     width, height = x.shape[2], x.shape[3]
     cut = (1.0 - lam) ** 0.5
     cut_w, cut_h = int(width * cut), int(height * cut)
-    cx, cy = int(torch.randint(width, ())), int(torch.randint(height, ()))
+    cx, cy = int(torch.randint(width, (), generator=generator)), int(torch.randint(height, (), generator=generator))
     x1, x2 = min(max(cx - cut_w // 2, 0), width), min(max(cx + cut_w // 2, 0), width)
     y1, y2 = min(max(cy - cut_h // 2, 0), height), min(max(cy + cut_h // 2, 0), height)
     x = x.clone()
@@ -102,20 +119,22 @@ class GDumb(ContinualModel):
     ``sampler`` chooses how the memory is filled. ``reservoir`` (the default) is the original
     Mammoth's: its ``models/gdumb.py`` stores every example in a reservoir ``Buffer``, so the
     memory is a uniform sample of the stream (drawn from the memory's own generator, seeded from
-    the run's seed). ``greedy`` is the paper's greedy class-balanced sampler
-    (:class:`GreedyClassBalancedMemory`): an example is stored while its class holds fewer than
-    ``buffer_size // classes seen`` items, evicting one of the largest class. On an unbalanced
-    stream the two memories differ, and so do the accuracies.
+    the run's generator and saved with the memory). ``greedy`` is the paper's greedy class-balanced
+    sampler (:class:`GreedyClassBalancedMemory`): an example is stored while its class holds fewer
+    than ``buffer_size // classes seen`` items, evicting one of the largest class. On an
+    unbalanced stream the two memories differ, and so do the accuracies.
 
-    The memory is filled during each task's first epoch (the original forces ``n_epochs=1``;
-    later epochs here do nothing). After the last task: ``fitting_epochs`` epochs of SGD
-    (``momentum``, ``weight_decay``) with warm restarts (cosine, ``T_0=1``, ``T_mult=2``, from
-    ``maxlr`` down to ``minlr``; first epoch at ``maxlr / 10``) and CutMix (``cutmix_alpha``;
-    null disables it), on batches of ``dataset.batch_size`` augmented by the dataset's train
-    transform once per epoch, as the original. The original restarts from a newly drawn
-    initialisation; this restarts from the backbone's initial weights (same distribution, and a
-    resume restarts from the same weights). The network is not trained before the last task
-    (``lr`` is unused), so the earlier evaluations score the untrained network. Class-IL datasets only.
+    GDumb trains on nothing during the tasks (:meth:`training_data` is empty): :meth:`end_task`
+    offers the task's examples to the memory once, in an order drawn from ``context.generator``
+    (the original forces ``n_epochs=1``). After the last task: ``fitting_epochs`` epochs of SGD
+    (``momentum``, ``weight_decay``) through ``context.fit``, with warm restarts (cosine,
+    ``T_0=1``, ``T_mult=2``, from ``maxlr`` down to ``minlr``; first epoch at ``maxlr / 10``) and
+    CutMix (``cutmix_alpha``; null disables it), on batches of ``batch_size`` augmented by the
+    train transform, as the original. Every other random choice (the greedy memory's, the
+    order, CutMix) draws from ``context.generator``. The original restarts from a newly drawn initialisation; this
+    restarts from the backbone's initial weights (same distribution, and a resume restarts from
+    the same weights). The network is not trained before the last task (``lr`` is unused), so
+    the earlier evaluations score the untrained network. Class-IL datasets only.
     """
 
     def __init__(
@@ -139,32 +158,36 @@ class GDumb(ContinualModel):
         self.cutmix_alpha = None if cutmix_alpha is None else check_positive("model.cutmix_alpha", cutmix_alpha)
         self.sampler = check_choice("model.sampler", sampler, SAMPLERS)
         self.memory: ReplayBuffer | GreedyClassBalancedMemory = (
-            ReplayBuffer(self.buffer_size) if sampler == "reservoir" else GreedyClassBalancedMemory(self.buffer_size)
+            ReplayBuffer(self.buffer_size, seed=0) if sampler == "reservoir" else GreedyClassBalancedMemory(self.buffer_size)
         )
         # The weights GDumb restarts from: the backbone's initialisation (the same on a resume,
         # which rebuilds the backbone from the same seed).
         self.initial_state = {name: value.detach().clone() for name, value in net.state_dict().items()}
-        self.epoch = 0
 
-    def begin_task(self, task: int) -> None:
-        """Start the task's first epoch."""
-        super().begin_task(task)
-        self.epoch = 0
+    def training_data(self, task: int, data: DataSource) -> DataSource:
+        """Nothing: GDumb does not train during the tasks."""
+        return empty_source(data)
 
-    def end_epoch(self, epoch: int) -> None:
-        """Count the epochs: only the first one fills the memory."""
-        super().end_epoch(epoch)
-        self.epoch = epoch + 1
+    def attach(self, context: TrainingContext) -> None:
+        """Receive the context; a reservoir memory's own generator is seeded from the run's generator."""
+        super().attach(context)
+        if isinstance(self.memory, ReplayBuffer):
+            self.memory.generator.manual_seed(int(torch.randint(0, 2**62, (1,), generator=context.generator)))
 
     def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> float:
-        """Offer the batch to the memory during the first epoch; no training step (returns 0)."""
-        if self.epoch == 0:
-            self.memory.add(not_aug_inputs, labels)
+        """Offer the batch to the memory (no training step; returns 0)."""
+        if isinstance(self.memory, ReplayBuffer):
+            self.memory.add(not_aug_inputs, labels=labels)
+        else:
+            self.memory.add(not_aug_inputs, labels, generator=self.context.generator)
         return 0.0
 
-    def end_task(self, task: int) -> None:
-        """After the last task: restart from the initial weights and fit the memory."""
-        if task == self.dataset.n_tasks - 1 and len(self.memory):
+    def end_task(self, task: int, data: DataSource) -> None:
+        """Offer the task's examples to the memory; after the last task, restart from the initial
+        weights and fit the memory."""
+        for batch in self.context.batches(data, augment=False):
+            self.observe(batch.inputs, batch.labels, batch.not_aug_inputs)
+        if task == self.context.n_tasks - 1 and len(self.memory):
             self.net.load_state_dict(self.initial_state)
             self.fit_memory()
 
@@ -175,45 +198,47 @@ class GDumb(ContinualModel):
         return self.memory.data()
 
     def fit_memory(self) -> float:
-        """``fitting_epochs`` epochs on the memory; returns the last batch's loss."""
+        """``fitting_epochs`` epochs of ``context.fit`` on the memory; returns the last epoch's mean loss."""
         optimizer = torch.optim.SGD(self.net.parameters(), lr=self.maxlr, momentum=self.momentum,
                                     weight_decay=self.weight_decay)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=1, T_mult=2, eta_min=self.minlr)
+        for group in optimizer.param_groups:  # the first epoch at maxlr / 10; the schedule keeps maxlr
+            group["lr"] = self.maxlr * 0.1
         examples, labels = self.memory_data()
-        batch_size = self.dataset.config.batch_size
-        loss = torch.zeros(())
-        for epoch in range(self.fitting_epochs):
-            if epoch <= 1:
+        generator = self.context.generator
+
+        def step(batch: Batch) -> float:
+            optimizer.zero_grad()
+            if self.cutmix_alpha is None:
+                loss = self.loss(self.net(batch.inputs), batch.labels)
+            else:
+                x, y_a, y_b, lam = cutmix(batch.inputs, batch.labels, self.cutmix_alpha, generator)
+                outputs = self.net(x)
+                loss = lam * self.loss(outputs, y_a) + (1 - lam) * self.loss(outputs, y_b)
+            loss.backward()
+            optimizer.step()
+            return loss.item()
+
+        def end_epoch(epoch: int) -> None:
+            # The original's schedule: epoch 0 at maxlr / 10, epoch 1 at maxlr, then warm restarts.
+            if epoch == 0:
                 for group in optimizer.param_groups:
-                    group["lr"] = self.maxlr * (0.1 if epoch == 0 else 1.0)
+                    group["lr"] = self.maxlr
             else:
                 scheduler.step()
-            order = torch.randperm(len(labels)).to(labels.device)
-            inputs = self.dataset.train_transform(examples[order])
-            targets = labels[order]
-            for start in range(0, len(targets), batch_size):
-                x, y = inputs[start : start + batch_size], targets[start : start + batch_size]
-                optimizer.zero_grad()
-                if self.cutmix_alpha is not None:
-                    x, y_a, y_b, lam = cutmix(x, y, self.cutmix_alpha)
-                    outputs = self.net(x)
-                    loss = lam * self.loss(outputs, y_a) + (1 - lam) * self.loss(outputs, y_b)
-                else:
-                    loss = self.loss(self.net(x), y)
-                loss.backward()
-                optimizer.step()
-        return float(loss.detach())
+
+        return self.context.fit(step, InMemorySource(examples.cpu(), labels.cpu()), self.fitting_epochs,
+                                "gdumb fit of the memory", end_epoch=end_epoch)
 
     def extra_state(self) -> dict[str, Any]:
-        """The memory and the epoch counter."""
-        return {"memory": self.memory.state_dict(), "epoch": self.epoch}
+        """The memory."""
+        return {"memory": self.memory.state_dict()}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        """Restore the memory and the epoch counter."""
+        """Restore the memory."""
         if isinstance(self.memory, ReplayBuffer):
             self.memory.load_state_dict(state["memory"])
             if not self.memory.is_empty():
                 self.memory.to(self.device)
         else:
             self.memory.load_state_dict(state["memory"], self.device)
-        self.epoch = int(state["epoch"])

@@ -3,17 +3,22 @@ Classifier and Representation Learning", CVPR 2017)."""
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from mammoth.backbones.base import MammothBackbone
+from mammoth.datasets.source import InMemorySource, concat_sources
+from mammoth.engine.context import evaluation_mode
 from mammoth.errors import ConfigError
 from mammoth.models.base import ReplayModel
 from mammoth.models.registry import register_model
-from mammoth.models.utils import Frozen, class_bounds, keep_first_per_class, require_class_il, squared_norm
+from mammoth.models.utils import Frozen, class_bounds, keep_first, require_class_il, squared_norm
+
+if TYPE_CHECKING:
+    from mammoth.datasets.source import DataSource
 
 
 def herding(features: Tensor, count: int) -> Tensor:
@@ -46,12 +51,13 @@ class ICarl(ReplayModel):
     """iCaRL: exemplars chosen by herding on the features, a nearest-mean-of-exemplars classifier,
     and a sigmoid distillation of the previous network.
 
-    Each task trains on its data joined with the stored exemplars (uint8, as the data comes),
-    with binary cross-entropy on the logits: one-hot targets for the new classes, the sigmoid
+    Each task trains on its data joined with the stored exemplars (as read from the task's
+    source: float in [0, 1]), with binary cross-entropy on the logits: one-hot targets for the new classes, the sigmoid
     of the frozen previous network for the past ones, plus ``opt_wd`` times the squared norm of
     the weights (iCaRL's own weight decay; ``weight_decay`` must stay 0). After the task the
     memory keeps ``buffer_size // seen classes`` exemplars per class (:func:`herding` on the
-    L2-normalised ``net(x, returnt="features")``). :meth:`forward` predicts with the nearest
+    L2-normalised ``net(x, returnt="features")`` of the task's data, read in one pass of
+    ``context.batches``). :meth:`forward` predicts with the nearest
     class mean (features of the exemplars and of their horizontal flips, normalised), so the
     evaluation scores the nearest-mean classifier. Class-IL datasets only.
     """
@@ -67,14 +73,12 @@ class ICarl(ReplayModel):
         self.opt_wd = float(opt_wd)
         self.old_net: Optional[Frozen] = None
         self.class_means: Optional[Tensor] = None
-        self._task_data: Optional[tuple[Tensor, Tensor]] = None
 
-    def training_data(self, task: int, train_x: Tensor, train_y: Tensor) -> tuple[Tensor, Tensor]:
+    def training_data(self, task: int, data: DataSource) -> DataSource:
         """The task's data joined with the stored exemplars."""
-        self._task_data = (train_x, train_y)
         if self.buffer.is_empty():
-            return train_x, train_y
-        return torch.cat([train_x, self.buffer.examples.cpu()]), torch.cat([train_y, self.buffer.labels.cpu()])
+            return data
+        return concat_sources([data, InMemorySource(self.buffer.examples.cpu(), self.buffer.labels.cpu())])
 
     def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> float:
         """One step on the binary cross-entropy with distilled targets for the past classes."""
@@ -82,60 +86,51 @@ class ICarl(ReplayModel):
         outputs = self.net(inputs)
         targets = F.one_hot(labels, outputs.shape[1]).to(outputs.dtype)
         if self.old_net is not None and self.current_task > 0:
-            past = class_bounds(self.dataset, self.current_task)[0]
+            past = class_bounds(self.context, self.current_task)[0]
             old = torch.sigmoid(self.old_net(inputs))
             targets = torch.cat([old[:, :past], targets[:, past:]], dim=1)
         loss = F.binary_cross_entropy_with_logits(outputs, targets) + self.opt_wd * squared_norm(self.net)
         return self.step(loss)
 
-    def end_task(self, task: int) -> None:
-        """Freeze a copy of the network; rebuild the memory by herding."""
-        was_training = self.net.training
-        self.net.eval()
-        self.old_net = Frozen(self.net)
-        train_x, train_y = self._task_data
-        self._task_data = None
-        with torch.no_grad():
-            self.fill_memory(task, train_x, train_y)
+    def end_task(self, task: int, data: DataSource) -> None:
+        """Freeze a copy of the network; rebuild the memory by herding on the task's data."""
+        with evaluation_mode(self.net), torch.no_grad():
+            self.old_net = Frozen(self.net)
+            self.fill_memory(task, data)
         self.class_means = None
-        self.net.train(was_training)
 
-    def features(self, x: Tensor) -> Tensor:
-        """``net(test_transform(x), returnt="features")`` for uint8 images, in batches of ``batch_size``."""
-        batch_size = self.dataset.config.batch_size
-        parts = [
-            self.net(self.dataset.test_transform(self.dataset.to_float(x[start : start + batch_size].to(self.device))),
-                     returnt="features")
-            for start in range(0, len(x), batch_size)
-        ]
-        return torch.cat(parts)
+    def features(self, source: DataSource) -> Tensor:
+        """``net(test_transform(x), returnt="features")`` of every example of ``source``, in order."""
+        return torch.cat([self.net(batch.inputs, returnt="features")
+                          for batch in self.context.batches(source, shuffle=False, augment=False)])
 
-    def fill_memory(self, task: int, train_x: Tensor, train_y: Tensor) -> None:
+    def fill_memory(self, task: int, data: DataSource) -> None:
         """Keep the first ``buffer_size // seen`` exemplars of the old classes; herd as many of each new one."""
-        per_class = self.buffer_size // class_bounds(self.dataset, task)[1]
-        keep_first_per_class(self.buffer, per_class)
-        features = self.features(train_x)
+        per_class = self.buffer_size // class_bounds(self.context, task)[1]
+        keep_first(self.buffer, per_class)
+        features = self.features(data)
         features = features / features.norm(dim=1, keepdim=True)
-        for label in train_y.unique():
-            members = (train_y == label).nonzero().flatten()
+        labels, device = data.labels, self.context.device
+        for label in labels.unique():
+            members = (labels == label).nonzero().flatten()
             index = members[herding(features[members.to(features.device)], per_class)]
-            self.buffer.add(train_x[index].to(self.device), labels=train_y[index].to(self.device))
+            self.buffer.add(data.read(index, device), labels=labels[index].to(device))
 
     @torch.no_grad()
     def compute_class_means(self) -> Tensor:
-        """One normalised mean feature per class in the memory (rows in increasing class order)."""
-        was_training = self.net.training
-        self.net.eval()
+        """One normalised mean feature per class in the memory (rows in increasing class order), over
+        the exemplars and their horizontal flips."""
         examples, labels = self.buffer.examples, self.buffer.labels
         means = []
-        for label in labels.unique():
-            x = examples[labels == label]
-            plain = self.features(x)
-            flipped = self.features(torch.flip(x, dims=[-1]))
-            mean = ((plain / plain.norm(dim=1, keepdim=True)).mean(0)
-                    + (flipped / flipped.norm(dim=1, keepdim=True)).mean(0)) / 2
-            means.append(mean / mean.norm())
-        self.net.train(was_training)
+        with evaluation_mode(self.net):
+            for label in labels.unique():
+                x = examples[labels == label]
+                class_labels = labels[labels == label].cpu()
+                plain = self.features(InMemorySource(x, class_labels))
+                flipped = self.features(InMemorySource(torch.flip(x, dims=[-1]), class_labels))
+                mean = ((plain / plain.norm(dim=1, keepdim=True)).mean(0)
+                        + (flipped / flipped.norm(dim=1, keepdim=True)).mean(0)) / 2
+                means.append(mean / mean.norm())
         return torch.stack(means)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -146,7 +141,7 @@ class ICarl(ReplayModel):
             self.class_means = self.compute_class_means()
         classes = self.buffer.labels.unique()
         scores = nearest_mean_scores(self.net(x, returnt="features"), self.class_means)
-        full = scores.new_full((x.shape[0], self.dataset.n_classes), float("-inf"))
+        full = scores.new_full((x.shape[0], self.context.n_classes), float("-inf"))
         full[:, classes] = scores
         return full
 

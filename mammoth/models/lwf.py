@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 from torch import Tensor
 
 from mammoth.backbones.base import MammothBackbone
+from mammoth.engine.context import Batch, evaluation_mode
 from mammoth.models.base import ContinualModel
 from mammoth.models.registry import register_model
-from mammoth.models.utils import Frozen, batches, class_bounds, require_class_il
+from mammoth.models.utils import Frozen, class_bounds, require_class_il
 from mammoth.config.value_checks import check_non_negative, check_positive
+
+if TYPE_CHECKING:
+    from mammoth.datasets.source import DataSource
 
 
 def smooth(probabilities: Tensor, temperature: float) -> Tensor:
@@ -32,8 +36,9 @@ def distillation_loss(old_logits: Tensor, new_logits: Tensor, temperature: float
 class LwF(ContinualModel):
     """Learning without Forgetting: distils the outputs of the network as it was before each task.
 
-    Before a task ``t > 0`` the new classes' classifier is warmed up (``n_epochs`` of SGD at
-    ``lr`` on the frozen features), then a frozen copy of the network is taken. Each step:
+    At the beginning of a task ``t > 0`` the new classes' classifier is warmed up on the task's
+    data (``n_epochs`` of SGD at ``lr`` on the frozen features, through ``context.fit``), then a
+    frozen copy of the network is taken. Each step:
     ``CE(logits[:, :seen], labels) + alpha * distillation_loss(copy(x)[:, :past], logits[:, :past],
     softmax_temp)``, where the copy sees the non-augmented inputs (the logits the original code
     precomputes on them). Uses the logits of a frozen copy (``net(x)``, ``net.classifier``).
@@ -49,41 +54,42 @@ class LwF(ContinualModel):
         self.softmax_temp = check_positive("model.softmax_temp", softmax_temp)
         self.old_net: Optional[Frozen] = None
 
-    def training_data(self, task: int, train_x: Tensor, train_y: Tensor) -> tuple[Tensor, Tensor]:
+    def begin_task(self, task: int) -> None:
         """For ``task > 0``: warm up the new classes' classifier on the task's data, then freeze a copy."""
+        super().begin_task(task)
         if task > 0:
-            self.warm_up_classifier(task, train_x, train_y)
+            self.warm_up_classifier(task)
             self.old_net = Frozen(self.net)
-        return train_x, train_y
 
-    def warm_up_classifier(self, task: int, train_x: Tensor, train_y: Tensor) -> None:
-        """``n_epochs`` of SGD on the classifier only, over the new classes' logits (features frozen)."""
-        past, seen = class_bounds(self.dataset, task)
+    def warm_up_classifier(self, task: int) -> float:
+        """``n_epochs`` of SGD on the classifier only, over the new classes' logits (features frozen,
+        network in eval mode), through ``context.fit``; returns the last epoch's mean loss."""
+        past, seen = class_bounds(self.context, task)
         optimizer = torch.optim.SGD(self.net.classifier.parameters(), lr=self.lr)
-        config = self.dataset.config
-        was_training = self.net.training
-        self.net.eval()
-        for _ in range(config.n_epochs):
-            for x, y in batches(train_x, train_y, config.batch_size, shuffle=True):
-                inputs = self.dataset.train_transform(self.dataset.to_float(x.to(self.device)))
-                optimizer.zero_grad()
-                with torch.no_grad():
-                    features = self.net(inputs, returnt="features")
-                outputs = self.net.classifier(features)[:, past:seen]
-                self.loss(outputs, y.to(self.device) - past).backward()
-                optimizer.step()
-        self.net.train(was_training)
+
+        def step(batch: Batch) -> float:
+            optimizer.zero_grad()
+            with torch.no_grad():
+                features = self.net(batch.inputs, returnt="features")
+            loss = self.loss(self.net.classifier(features)[:, past:seen], batch.labels - past)
+            loss.backward()
+            optimizer.step()
+            return loss.item()
+
+        with evaluation_mode(self.net):
+            return self.context.fit(step, self.context.task_data(task), self.context.n_epochs,
+                                    f"lwf warm-up, task {task + 1}/{self.context.n_tasks}")
 
     def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> float:
         """Cross-entropy on the seen classes plus the distillation term on the past ones."""
-        past, seen = class_bounds(self.dataset, self.current_task)
+        past, seen = class_bounds(self.context, self.current_task)
         outputs = self.net(inputs)
         loss = self.loss(outputs[:, :seen], labels)
         if self.old_net is not None and past > 0:
-            old_logits = self.old_net(self.dataset.test_transform(not_aug_inputs))
+            old_logits = self.old_net(self.context.test_transform(not_aug_inputs))
             loss = loss + self.alpha * distillation_loss(old_logits[:, :past], outputs[:, :past], self.softmax_temp)
         return self.step(loss)
 
-    def end_task(self, task: int) -> None:
+    def end_task(self, task: int, data: DataSource) -> None:
         """Drop the frozen copy (the next task takes a new one), so checkpoints need no extra state."""
         self.old_net = None

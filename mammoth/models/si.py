@@ -3,7 +3,7 @@ Intelligence", ICML 2017)."""
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 from torch import Tensor, nn
@@ -12,6 +12,9 @@ from mammoth.backbones.base import MammothBackbone
 from mammoth.models.base import ContinualModel
 from mammoth.models.registry import register_model
 from mammoth.config.value_checks import check_non_negative, check_positive
+
+if TYPE_CHECKING:
+    from mammoth.datasets.source import DataSource
 
 
 @register_model("si")
@@ -77,7 +80,7 @@ class SI(ContinualModel):
         self.small_omega.addcmul_(grads, before.sub_(after))
         return loss.item()
 
-    def end_task(self, task: int) -> None:
+    def end_task(self, task: int, data: DataSource) -> None:
         """Fold the path integral into ``big_omega``; anchor at the current weights; reset ``small_omega``."""
         params = self.net.get_params()
         importance = self.small_omega / ((params - self.checkpoint) ** 2 + self.xi)

@@ -1,9 +1,11 @@
-"""Helpers shared by several CL methods: frozen network copies, class ranges, data batches."""
+"""Helpers shared by several CL methods: frozen network copies, class ranges, buffer shrinking,
+the train/eval mode of a network for a block, batch-norm statistics."""
 
 from __future__ import annotations
 
 import copy
-from typing import Any, Iterator, Optional
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -39,9 +41,10 @@ class Frozen:
         return frozen
 
 
-def class_bounds(dataset: Any, task: int) -> tuple[int, int]:
-    """``(past, seen)``: the number of classes of the tasks before ``task``, and up to ``task`` included."""
-    classes = dataset.task_classes(task)
+def class_bounds(benchmark: Any, task: int) -> tuple[int, int]:
+    """``(past, seen)``: the number of classes of the tasks before ``task``, and up to ``task`` included
+    (``benchmark``: anything with ``task_classes``, e.g. the model's ``context``)."""
+    classes = benchmark.task_classes(task)
     return classes.start, classes.stop
 
 
@@ -54,33 +57,35 @@ def require_class_il(name: str, dataset: Any) -> None:
         )
 
 
-def batches(x: Tensor, y: Tensor, batch_size: int, shuffle: bool) -> Iterator[tuple[Tensor, Tensor]]:
-    """``(x, y)`` in batches of ``batch_size``; shuffled with torch's global generator when ``shuffle``."""
-    order: Optional[Tensor] = torch.randperm(len(y)) if shuffle else None
-    for start in range(0, len(y), batch_size):
-        if order is None:
-            yield x[start : start + batch_size], y[start : start + batch_size]
-        else:
-            index = order[start : start + batch_size]
-            yield x[index], y[index]
-
-
 def squared_norm(net: nn.Module) -> Tensor:
     """The sum of the squares of all parameters (differentiable)."""
     return sum(parameter.pow(2).sum() for parameter in net.parameters())
 
 
-def keep_first_per_class(buffer: Any, per_class: int) -> None:
-    """Shrink ``buffer`` to the first ``per_class`` items of every class (classes in increasing
-    order, items in slot order), as the original Mammoth's ``fill_buffer`` does before adding a task."""
+def keep_first(buffer: Any, per_group: int, by: str = "labels") -> None:
+    """Shrink ``buffer`` to the first ``per_group`` items of every value of its field ``by``
+    (``labels``: per class; ``task_labels``: per task), values in increasing order, items in
+    slot order, as the original Mammoth's ``fill_buffer`` does before adding a task."""
     if buffer.is_empty():
         return
     fields = {name: getattr(buffer, name).clone() for name in buffer.fields}
     buffer.clear()
-    labels = fields["labels"]
-    for label in labels.unique():
-        index = (labels == label).nonzero().flatten()[:per_class]
-        buffer.add(**{name: value[index] for name, value in fields.items()})
+    groups = fields[by]
+    for value in groups.unique():
+        index = (groups == value).nonzero().flatten()[:per_group]
+        buffer.add(**{name: stored[index] for name, stored in fields.items()})
+
+
+@contextmanager
+def training_mode(net: nn.Module, training: bool) -> Iterator[nn.Module]:
+    """``with training_mode(net, False):`` runs the block with ``net`` in eval mode (``True``: train
+    mode), then puts back the mode it had, even if the block raises."""
+    was_training = net.training
+    net.train(training)
+    try:
+        yield net
+    finally:
+        net.train(was_training)
 
 
 def seen_classes(dataset: Any, task: int) -> int:

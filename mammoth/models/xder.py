@@ -3,7 +3,7 @@ the eXtended DER-verse", TPAMI 2022), without its contrastive consistency term."
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -12,8 +12,12 @@ from torch import Tensor
 from mammoth.backbones.base import MammothBackbone
 from mammoth.models.base import ReplayModel
 from mammoth.models.registry import register_model
-from mammoth.models.utils import bn_track_stats, class_bounds, require_class_il
+from mammoth.datasets.source import InMemorySource
+from mammoth.models.utils import bn_track_stats, class_bounds, keep_first, require_class_il, training_mode
 from mammoth.config.value_checks import check_non_negative
+
+if TYPE_CHECKING:
+    from mammoth.datasets.source import DataSource
 
 
 def update_logits(old: Tensor, new: Tensor, labels: Tensor, first_head: int, n_heads: int, classes_per_task: int,
@@ -53,7 +57,9 @@ class XDer(ReplayModel):
     on the softmax of past vs current head. Replayed items of past tasks get their current and
     future heads rewritten with the network's outputs (:func:`update_logits`, ``gamma``), each
     at most about once per task. After a task the memory is rebalanced (``buffer_size //
-    seen classes`` per class) and filled with the task's examples and their logits.
+    seen classes`` per class) and filled with the task's examples and their logits (one pass of
+    ``context.batches`` over the task's data, one over the memory to revise the past items'
+    logits). Every random draw comes from ``context.generator``.
     ``align_bn`` keeps the batch-norm statistics of the current batch only. Left out: the
     original's SupCon consistency term on future heads (``lambd``, ``simclr_*``) and its
     distance-preserving term (``dp_weight``, 0 by default). Class-IL datasets only.
@@ -84,21 +90,15 @@ class XDer(ReplayModel):
         self.past_constraint, self.future_constraint, self.align_bn = bool(past_constraint), bool(future_constraint), bool(align_bn)
         self.cpt = len(dataset.task_classes(0))
         self.update_counter = torch.zeros(self.buffer_size)
-        self._task_data: Optional[tuple[Tensor, Tensor]] = None
 
     def _update(self, outputs: Tensor, logits: Tensor, labels: Tensor) -> Tensor:
         task = self.current_task
-        return update_logits(logits, outputs, labels, task, self.dataset.n_tasks - task, self.cpt, self.gamma)
-
-    def training_data(self, task: int, train_x: Tensor, train_y: Tensor) -> tuple[Tensor, Tensor]:
-        """Keep a reference to the task's data for :meth:`end_task`."""
-        self._task_data = (train_x, train_y)
-        return train_x, train_y
+        return update_logits(logits, outputs, labels, task, self.context.n_tasks - task, self.cpt, self.gamma)
 
     def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> float:
         """One step of X-DER (see the class docstring); returns the loss value."""
         task = self.current_task
-        past, seen = class_bounds(self.dataset, task)
+        past, seen = class_bounds(self.context, task)
         with bn_track_stats(self.net, not self.align_bn or task == 0):
             outputs = self.net(inputs)
         loss = self.loss(outputs[:, past:seen], labels - past)
@@ -121,7 +121,7 @@ class XDer(ReplayModel):
             replay_outputs = torch.cat([first_outputs, second_outputs])[keep]
             replay_logits = torch.cat([first.logits, second.logits])[keep]
             self._update_future_past(indices, replay_labels, replay_logits, replay_outputs.detach())
-        if task < self.dataset.n_tasks - 1 and self.future_constraint:
+        if task < self.context.n_tasks - 1 and self.future_constraint:
             loss = loss + self._future_constraint(outputs, replay_outputs, replay_labels)
         if self.past_constraint and task > 0:
             probabilities = F.softmax(outputs[:, :seen], dim=1)
@@ -137,7 +137,7 @@ class XDer(ReplayModel):
         chosen = (labels // self.cpt) < self.current_task
         counter_index = indices[chosen].cpu()
         self.update_counter[counter_index] += 1
-        draws = torch.rand(int(chosen.sum())) * self.update_counter[counter_index] < 1
+        draws = torch.rand(int(chosen.sum()), generator=self.context.generator) * self.update_counter[counter_index] < 1
         chosen[chosen.clone()] = draws.to(chosen.device)
         if chosen.any():
             updated = self._update(outputs[chosen], logits[chosen].clone(), labels[chosen])
@@ -158,64 +158,50 @@ class XDer(ReplayModel):
             return outputs.new_zeros(())
         return self.constr_eta * hinge[hinge > 0].mean()
 
-    def end_task(self, task: int) -> None:
-        """Rebalance the memory, add this task's examples with their logits, update the past ones'."""
-        train_x, train_y = self._task_data
-        self._task_data = None
-        was_training = self.net.training
-        self.net.train()
-        with torch.no_grad(), bn_track_stats(self.net, False):
+    def end_task(self, task: int, data: DataSource) -> None:
+        """Rebalance the memory, add this task's examples with their logits, update the past ones'
+        (the network in train mode, its batch-norm statistics untouched)."""
+        with training_mode(self.net, True), torch.no_grad(), bn_track_stats(self.net, False):
             if task > 0:
-                self._shrink(self.buffer_size // ((task + 1) * self.cpt))
-            self._add_task(task, train_x, train_y)
+                keep_first(self.buffer, self.buffer_size // ((task + 1) * self.cpt))
+            self._add_task(task, data)
             self._update_stored_past(task)
         self.update_counter = torch.zeros(self.buffer_size)
-        self.net.train(was_training)
 
-    def _shrink(self, per_class: int) -> None:
-        fields = {name: getattr(self.buffer, name).clone() for name in self.buffer.fields}
-        self.buffer.clear()
-        for label in fields["labels"].unique():
-            index = (fields["labels"] == label).nonzero().flatten()[:per_class]
-            self.buffer.add(**{name: value[index] for name, value in fields.items()})
-
-    def _add_task(self, task: int, train_x: Tensor, train_y: Tensor) -> None:
+    def _add_task(self, task: int, data: DataSource) -> None:
+        """Fill the free slots with the task's examples, an equal quota per class, in an order drawn
+        from the generator, with their logits (past heads revised)."""
+        generator = self.context.generator
         free = self.buffer_size - len(self.buffer)
         quota = torch.full((self.cpt,), free // self.cpt, dtype=torch.long)
-        quota[torch.randperm(self.cpt)[: free - (free // self.cpt) * self.cpt]] += 1
-        batch_size = self.dataset.config.batch_size
-        order = torch.randperm(len(train_y))
-        for start in range(0, len(train_y), batch_size):
+        quota[torch.randperm(self.cpt, generator=generator)[: free - (free // self.cpt) * self.cpt]] += 1
+        for batch in self.context.batches(data):
             if (quota == 0).all():
                 break
-            index = order[start : start + batch_size]
-            not_aug = self.dataset.to_float(train_x[index].to(self.device))
-            labels = train_y[index].to(self.device)
-            outputs = self.net(self.dataset.train_transform(not_aug))
+            outputs = self.net(batch.inputs)
             if task > 0:
-                outputs = update_logits(outputs, outputs, labels, 0, task, self.cpt, self.gamma)
-            flags = torch.zeros(len(labels), dtype=torch.bool)
-            for j, label in enumerate(labels.tolist()):
+                outputs = update_logits(outputs, outputs, batch.labels, 0, task, self.cpt, self.gamma)
+            flags = torch.zeros(len(batch.labels), dtype=torch.bool)
+            for j, label in enumerate(batch.labels.tolist()):
                 if quota[label % self.cpt] > 0:
                     flags[j] = True
                     quota[label % self.cpt] -= 1
-            flags = flags.to(self.device)
+            flags = flags.to(batch.labels.device)
             if flags.any():
-                self.buffer.add(not_aug[flags], labels=labels[flags], logits=outputs[flags],
-                                task_labels=torch.full((int(flags.sum()),), task, device=self.device))
+                self.buffer.add(batch.not_aug_inputs[flags], labels=batch.labels[flags], logits=outputs[flags],
+                                task_labels=torch.full((int(flags.sum()),), task, device=batch.labels.device))
 
     def _update_stored_past(self, task: int) -> None:
-        memory = self.buffer.sample(len(self.buffer), transform=self.dataset.train_transform)
-        batch_size = self.dataset.config.batch_size
-        outputs = torch.cat([self.net(memory.examples[start : start + batch_size])
-                             for start in range(0, len(memory.indices), batch_size)])
-        chosen = (memory.labels // self.cpt) < task
-        if chosen.any():
-            updated = update_logits(memory.logits[chosen].clone(), outputs[chosen], memory.labels[chosen], task,
-                                    self.dataset.n_tasks - task, self.cpt, self.gamma)
-            self.buffer.update(memory.indices[chosen], logits=updated,
-                               task_labels=torch.full((int(chosen.sum()),), task, device=memory.indices.device))
-
-    def extra_state(self) -> dict[str, Any]:
-        """The memory (with its revised logits)."""
-        return super().extra_state()
+        """Rewrite the current and future heads of the stored past-task items with the network's
+        outputs on their augmented examples."""
+        device = self.buffer.labels.device
+        memory = InMemorySource(self.buffer.examples, self.buffer.labels.cpu())
+        for batch in self.context.batches(memory):
+            slots = batch.indices.to(device)
+            labels, logits = self.buffer.labels[slots], self.buffer.logits[slots]
+            chosen = (labels // self.cpt) < task
+            if chosen.any():
+                updated = update_logits(logits[chosen].clone(), self.net(batch.inputs)[chosen].to(device),
+                                        labels[chosen], task, self.context.n_tasks - task, self.cpt, self.gamma)
+                self.buffer.update(slots[chosen], logits=updated,
+                                   task_labels=torch.full((int(chosen.sum()),), task, device=device))

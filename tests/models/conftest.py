@@ -10,6 +10,8 @@ import torch
 from torch import Tensor
 
 from mammoth.backbones.mlp import MNISTMLP
+from mammoth.datasets.source import DataSource, InMemorySource
+from mammoth.engine.context import build_context
 from mammoth.models import build_model
 
 _REPLAY_METHODS = ("er", "der", "derpp", "agem", "gem", "icarl", "er_ace", "gdumb", "bic", "mer", "xder")
@@ -51,6 +53,10 @@ class FakeDataset:
         """uint8 images -> float32 in [0, 1]."""
         return x.float().div(255)
 
+    def task_source(self, task: int) -> DataSource:
+        """The training data of ``task``: 16 float examples, those of ``make_batch(task, size=16)``."""
+        return InMemorySource(*task_examples(self, task, 16, seed=0))
+
     def get_task(self, task: int) -> SimpleNamespace:
         """``train_x``, ``train_y`` of ``task``: 16 examples, those of ``make_batch(task, size=16)``."""
         train_x, train_y = task_examples(self, task, 16, seed=0)
@@ -84,13 +90,16 @@ def make_net() -> Callable[..., MNISTMLP]:
 
 @pytest.fixture
 def make_model(dataset: FakeDataset) -> Callable[..., Any]:
-    """``make_model(name, seed=0, **values)``: a registered method built with ``build_model``
-    (replay methods get ``buffer_size=32`` unless given)."""
+    """``make_model(name, seed=0, **values)``: a registered method built with ``build_model`` and
+    attached to a CPU context whose generator is seeded with ``seed`` (replay methods get
+    ``buffer_size=32`` unless given)."""
 
     def make(name: str, seed: int = 0, **values: Any) -> Any:
         if name in _REPLAY_METHODS:
             values.setdefault("buffer_size", 32)
-        return build_model(name, net=_net(seed), dataset=dataset, **values)
+        model = build_model(name, net=_net(seed), dataset=dataset, **values)
+        model.attach(build_context(dataset, "cpu", torch.Generator().manual_seed(seed)))
+        return model
 
     return make
 
@@ -104,3 +113,20 @@ def make_batch(dataset: FakeDataset) -> Callable[..., tuple[Tensor, Tensor, Tens
         return dataset.train_transform(not_aug), labels, not_aug
 
     return make
+
+
+def _run_task(model: Any, task: int, epochs: int | None = None) -> None:
+    context = model.context
+    data = context.task_data(task)
+    model.begin_task(task)
+    source = model.training_data(task, data)
+    context.fit(lambda batch: model.observe(batch.inputs, batch.labels, batch.not_aug_inputs), source,
+                context.n_epochs if epochs is None else epochs, f"task {task + 1}", end_epoch=model.end_epoch)
+    model.end_task(task, data)
+
+
+@pytest.fixture
+def run_task() -> Callable[..., None]:
+    """``run_task(model, task, epochs=None)``: one task of ``model.context``'s data through the hooks
+    in the harness's order (begin_task, training_data, fit with observe and end_epoch, end_task)."""
+    return _run_task

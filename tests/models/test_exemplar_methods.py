@@ -13,8 +13,9 @@ from mammoth.models.gdumb import GreedyClassBalancedMemory, cutmix
 from mammoth.models.icarl import herding, nearest_mean_scores
 
 
-def _uint8(not_aug: torch.Tensor) -> torch.Tensor:
-    return (not_aug * 255).round().to(torch.uint8)
+def _rows(source) -> torch.Tensor:
+    """Every example of ``source``, in order."""
+    return source.read(torch.arange(len(source)), "cpu")
 
 
 # ---- icarl ----
@@ -40,22 +41,24 @@ def test_nearest_mean_scores_predict_the_known_class() -> None:
 
 def test_icarl_memory_forward_and_targets(make_model, make_batch) -> None:
     model = make_model("icarl", buffer_size=8)
-    _, labels, not_aug = make_batch(0, size=16)
-    x = model.training_data(0, _uint8(not_aug), labels)[0]
-    assert len(x) == 16  # nothing stored yet
+    data = model.context.task_data(0)
     model.begin_task(0)
+    assert model.training_data(0, data) is data  # nothing stored yet
     model.observe(*make_batch(0))
-    model.end_task(0)
+    model.end_task(0, data)
     assert sorted(model.buffer.labels.tolist()) == [0] * 4 + [1] * 4  # 8 // 2 seen classes each
-    assert model.buffer.examples.dtype == torch.uint8
+    # the exemplars are examples of the task as read (float in [0, 1]), each of its own label
+    examples, rows = model.buffer.examples, _rows(data)
+    matches = (examples.flatten(1).unsqueeze(1) == rows.flatten(1).unsqueeze(0)).all(2)
+    assert matches.any(1).all() and torch.equal(data.labels[matches.float().argmax(1)], model.buffer.labels)
     assert model.old_net is not None
     scores = model(make_batch(0)[0])
     assert scores.shape == (8, 4) and torch.isinf(scores[:, 2:]).all() and torch.isfinite(scores[:, :2]).all()
     # task 1 trains on its data joined with the 8 exemplars, distilling the old classes
-    _, labels1, not_aug1 = make_batch(1, size=16)
-    x1, y1 = model.training_data(1, _uint8(not_aug1), labels1)
-    assert len(x1) == 24 and torch.equal(y1[16:], model.buffer.labels)
     model.begin_task(1)
+    joined = model.training_data(1, model.context.task_data(1))
+    assert len(joined) == 24 and torch.equal(joined.labels[16:], model.buffer.labels)
+    assert torch.equal(_rows(joined)[16:], model.buffer.examples)
     inputs, labels, not_aug = make_batch(1)
     old = torch.sigmoid(model.old_net(inputs))
     outputs = model.net(inputs)
@@ -81,32 +84,46 @@ def test_bic_correction_changes_only_the_new_class_logits() -> None:
     assert corrected.tolist() == [[1.0, 2.0, 7.0, 9.0, 5.0, 6.0]]
 
 
-def test_bic_forward_corrects_the_newest_task_and_the_fit_lowers_the_held_out_loss(make_model, make_batch) -> None:
+def test_bic_forward_corrects_the_newest_task_and_the_fit_lowers_the_held_out_loss(make_model, run_task) -> None:
     model = make_model("bic", buffer_size=8, valset_split=0.5, bic_epochs=30)
-    for task in range(2):
-        _, labels, not_aug = make_batch(task, size=16)
-        model.begin_task(task)
-        x, y = model.training_data(task, _uint8(not_aug), labels)
-        for start in range(0, len(y), 8):
-            batch = model.dataset.to_float(x[start : start + 8])
-            model.observe(model.dataset.train_transform(batch), y[start : start + 8], batch)
-        if task == 1:
-            val_x, val_y = model._validation
-            assert len(val_y) > 0 and len(x) + len(val_y) == 16 + 8
-        model.end_task(task)
+    run_task(model, 0)
+    assert model.corr_factors is None and sorted(model.buffer.task_labels.tolist()) == [0] * 8
+    data = model.context.task_data(1)
+    model.begin_task(1)
+    source = model.training_data(1, data)
+    validation = model._validation
+    # as many of the task's examples held out as of the memory's, all of them somewhere
+    assert len(validation) > 0 and len(source) + len(validation) == 16 + 8
+    held_memory = int((validation.labels < 2).sum())
+    assert int((validation.labels >= 2).sum()) == held_memory and int((source.labels < 2).sum()) == 8 - held_memory
+    model.context.fit(lambda b: model.observe(b.inputs, b.labels, b.not_aug_inputs), source, 1, "task 2")
+    val_x, val_y = model.context.test_transform(_rows(validation)), validation.labels
+    model.end_task(1, data)
+    assert model._validation is None
     assert model.corr_factors is not None and model.corr_factors.tolist() != [0.0, 1.0]
-    inputs = make_batch(1)[0]
+    inputs = val_x[:8]
     raw, corrected = model.net(inputs), model(inputs)
     assert torch.equal(corrected[:, :2], raw[:, :2])
     b, a = model.corr_factors.tolist()
     assert torch.allclose(corrected[:, 2:], a * raw[:, 2:] + b)
     # the fitted factors lower the held-out cross-entropy over the seen classes
-    val = model.dataset.test_transform(model.dataset.to_float(val_x))
     with torch.no_grad():
-        before = torch.nn.functional.cross_entropy(model.net(val), val_y)
-        after = torch.nn.functional.cross_entropy(model(val), val_y)
+        before = torch.nn.functional.cross_entropy(model.net(val_x), val_y)
+        after = torch.nn.functional.cross_entropy(model(val_x), val_y)
     assert after < before
     assert sorted(model.buffer.task_labels.tolist()) == [0] * 4 + [1] * 4  # 8 // 2 tasks each
+
+
+def test_bic_held_out_split_comes_from_the_run_generator(make_model, run_task) -> None:
+    splits = []
+    for _ in range(2):
+        model = make_model("bic", buffer_size=8, valset_split=0.5, bic_epochs=1)
+        run_task(model, 0)
+        model.begin_task(1)
+        model.training_data(1, model.context.task_data(1))
+        splits.append(model._validation.labels)
+    torch.manual_seed(123)  # torch's global generator plays no part
+    assert torch.equal(splits[0], splits[1])
 
 
 # ---- gdumb ----
@@ -129,35 +146,33 @@ def test_gdumb_memory_is_greedy_and_class_balanced() -> None:
 
 
 def test_cutmix_pastes_a_box_and_lam_is_the_kept_area() -> None:
-    torch.manual_seed(3)
     x = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 1, 8, 8).contiguous()
-    mixed, y_a, y_b, lam = cutmix(x, torch.arange(4), alpha=1.0, probability=1.0)
+    mixed, y_a, y_b, lam = cutmix(x, torch.arange(4), 1.0, torch.Generator().manual_seed(3), probability=1.0)
+    assert lam < 1.0
     for i in range(4):
         kept = (mixed[i] == x[i]).float().mean().item()
         if int(y_b[i]) != i:
             assert kept == pytest.approx(lam)
     assert torch.equal(y_a, torch.arange(4))
-    unchanged = cutmix(x, torch.arange(4), alpha=1.0, probability=0.0)
+    again = cutmix(x, torch.arange(4), 1.0, torch.Generator().manual_seed(3), probability=1.0)
+    assert torch.equal(again[0], mixed) and again[3] == lam  # every draw from the generator
+    unchanged = cutmix(x, torch.arange(4), 1.0, torch.Generator(), probability=0.0)
     assert unchanged[3] == 1.0 and unchanged[0] is x
 
 
-def test_gdumb_trains_only_after_the_last_task_from_the_initial_weights(make_model, make_batch) -> None:
-    model = make_model("gdumb", buffer_size=8, fitting_epochs=2)
-    initial = model.net.get_params()
-    for task in range(2):
-        model.begin_task(task)
-        assert model.observe(*make_batch(task, size=8)) == 0.0
-        model.end_epoch(0)
-        model.observe(*make_batch(task, size=8, seed=5))  # second epoch: not stored
-        if task == 0:
-            model.end_task(task)
-            assert torch.equal(model.net.get_params(), initial)
-    assert len(model.memory) == 8 and model.memory.num_seen == 16  # the reservoir saw the first epochs only
-    other = copy.deepcopy(model)
-    other.net.set_params(torch.zeros_like(initial))  # whatever the weights were, the fit restarts
-    torch.manual_seed(0)
-    model.end_task(1)
-    torch.manual_seed(0)
-    other.end_task(1)
-    assert not torch.equal(model.net.get_params(), initial)
-    assert torch.equal(model.net.get_params(), other.net.get_params())
+def test_gdumb_trains_only_after_the_last_task_from_the_initial_weights(make_model, run_task) -> None:
+    models = [make_model("gdumb", buffer_size=8, fitting_epochs=2) for _ in range(2)]
+    initial = models[0].net.get_params()
+    for model in models:
+        data = model.context.task_data(0)
+        model.begin_task(0)
+        assert len(model.training_data(0, data)) == 0  # nothing to train on during the tasks
+        model.end_task(0, data)
+        assert torch.equal(model.net.get_params(), initial)
+        assert len(model.memory) == 8 and model.memory.num_seen == 16  # each example offered once
+    models[1].net.set_params(torch.zeros_like(initial))  # whatever the weights were, the fit restarts
+    for model in models:
+        run_task(model, 1)
+    assert models[0].memory.num_seen == 32
+    assert not torch.equal(models[0].net.get_params(), initial)
+    assert torch.equal(models[0].net.get_params(), models[1].net.get_params())

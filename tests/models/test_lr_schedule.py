@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
 from mammoth.datasets import get_dataset_class
+from mammoth.datasets.source import InMemorySource
 from mammoth.errors import ConfigError
 from mammoth.models import build_model
-from mammoth.engine.loop import train_task
 
 
 def _lr(model) -> float:
@@ -91,19 +89,15 @@ def test_bad_gamma_is_refused(make_model, gamma) -> None:
         make_model("sgd", lr_milestones=[1], sched_multistep_lr_gamma=gamma)
 
 
-def test_the_harness_trains_each_epoch_at_the_scheduled_lr(make_model, dataset) -> None:
+def test_the_harness_trains_each_epoch_at_the_scheduled_lr(make_model) -> None:
     model = make_model("sgd", lr=1.0, lr_milestones=[1, 3], sched_multistep_lr_gamma=0.5)
     seen: list[float] = []
     observe = model.observe
     model.observe = lambda *batch: seen.append(_lr(model)) or observe(*batch)
-    fake = SimpleNamespace(
-        config=SimpleNamespace(batch_size=4, n_epochs=4),
-        to_float=lambda x: x,
-        train_transform=dataset.train_transform,
-    )
     for task in range(2):
         model.begin_task(task)
-        x, y = torch.rand(8, 1, 4, 4), torch.tensor([2 * task] * 8)
-        train_task(model, fake, x, y, torch.Generator().manual_seed(0), torch.device("cpu"))
+        source = InMemorySource(torch.rand(8, 1, 4, 4), torch.tensor([2 * task] * 8))
+        model.context.fit(lambda b: model.observe(b.inputs, b.labels, b.not_aug_inputs), source, 4, f"task {task + 1}",
+                          batch_size=4, end_epoch=model.end_epoch)
     # two batches per epoch; epochs 0, 1-2, 3 at 1.0, 0.5, 0.25; the second task starts again at 1.0
     assert seen == [1.0, 1.0, 0.5, 0.5, 0.5, 0.5, 0.25, 0.25] * 2

@@ -1,5 +1,6 @@
-"""Every new method through all the harness's hooks on two fake tasks: finite losses, predictions
-over all classes, and an extra state that survives a round trip (values checked on seq-digits)."""
+"""Every new method through all the harness's hooks on two fake tasks, in the harness's order:
+finite losses, finite predictions over all classes, and an extra state that survives a round trip
+(values checked on seq-digits)."""
 
 from __future__ import annotations
 
@@ -9,32 +10,36 @@ import math
 import pytest
 import torch
 
+from mammoth.engine.context import build_context
+from mammoth.errors import TrainingError
+
 REQUIRED = {"ewc_on": {"e_lambda": 1.0, "gamma": 1.0}, "si": {"c": 1.0, "xi": 1.0}, "mer": {"beta": 1.0, "gamma": 1.0},
             "bic": {"bic_epochs": 2}, "gdumb": {"fitting_epochs": 2}, "xder": {"alpha": 0.3, "beta": 0.8}}
 METHODS = ("lwf", "ewc_on", "si", "agem", "gem", "icarl", "er_ace", "gdumb", "bic", "mer", "xder")
 
 
 @pytest.mark.parametrize("name", METHODS)
-def test_two_tasks_through_every_hook(name, make_model, make_batch, dataset) -> None:
+def test_two_tasks_through_every_hook(name, make_model, make_batch, dataset, run_task) -> None:
     model = make_model(name, **REQUIRED.get(name, {}))
+    losses: list = []
+    observe = model.observe
+    model.observe = lambda *batch: losses.append(observe(*batch)) or losses[-1]
     for task in range(dataset.n_tasks):
-        model.begin_task(task)
-        _, labels, not_aug = make_batch(task, size=16)
-        x, y = model.training_data(task, (not_aug * 255).round().to(torch.uint8), labels)
-        assert x.dtype == torch.uint8 and len(x) == len(y) >= 16
-        for epoch in range(2):
-            for start in range(0, len(y), 8):
-                batch = dataset.to_float(x[start : start + 8])
-                loss = model.observe(dataset.train_transform(batch), y[start : start + 8], batch)
-                assert isinstance(loss, float) and math.isfinite(loss)
-            model.end_epoch(epoch)
-        model.end_task(task)
+        run_task(model, task, epochs=2)
+    del model.observe
+    # gdumb trains on nothing during the tasks: its end_task offers each task's 2 batches to the
+    # memory once; every other method steps on every batch of 2 epochs of 16 examples (or more:
+    # the stored ones) per task, in batches of 8
+    if name == "gdumb":
+        assert losses == [0.0] * 4 and model.memory.num_seen == 32
+    else:
+        assert len(losses) >= 2 * 2 * 2 and all(isinstance(loss, float) and math.isfinite(loss) for loss in losses)
     model.eval()
     inputs = dataset.test_transform(make_batch(1)[2])
     with torch.no_grad():
         scores = model(inputs)
-    assert scores.shape == (8, 4) and not torch.isnan(scores).any()
-    assert scores[:, :4].argmax(1).max() < 4
+    # every class has been seen (icarl scores -inf for a class without exemplars; a nan would show too)
+    assert scores.shape == (8, 4) and torch.isfinite(scores).all()
     saved = io.BytesIO()
     torch.save(model.extra_state(), saved)  # what a checkpoint holds, read back as the harness does
     restored = make_model(name, seed=1, **REQUIRED.get(name, {}))
@@ -44,3 +49,41 @@ def test_two_tasks_through_every_hook(name, make_model, make_batch, dataset) -> 
     restored.eval()
     with torch.no_grad():
         assert torch.equal(restored(inputs), scores)
+
+
+INNER_LOOPS = {"lwf": "lwf warm-up, task 2/2", "bic": "bic correction, task 2/2", "gdumb": "gdumb fit of the memory"}
+INNER_VALUES = {"lwf": {}, "bic": {"bic_epochs": 2, "buffer_size": 8, "valset_split": 0.5}, "gdumb": {"fitting_epochs": 2}}
+
+
+def _second_task(model, break_before_end_task: bool = False) -> None:
+    """Task 2 in the harness's order; with ``break_before_end_task`` the classifier's weights become
+    nan after training (before ``end_task``)."""
+    data = model.context.task_data(1)
+    model.begin_task(1)
+    source = model.training_data(1, data)
+    model.context.fit(lambda b: model.observe(b.inputs, b.labels, b.not_aug_inputs), source, 1, "task 2/2")
+    if break_before_end_task:
+        with torch.no_grad():
+            model.net.classifier.weight.fill_(float("nan"))
+    model.end_task(1, data)
+
+
+@pytest.mark.parametrize("name", sorted(INNER_LOOPS))
+def test_inner_loops_report_through_the_context_and_stop_on_a_non_finite_loss(name, make_model, dataset, run_task):
+    model = make_model(name, **INNER_VALUES[name])
+    reports: list = []
+    model.attach(build_context(dataset, "cpu", torch.Generator().manual_seed(0), lambda *args: reports.append(args)))
+    run_task(model, 0)
+    _second_task(model)
+    inner = [(epoch, loss) for description, epoch, loss in reports if description == INNER_LOOPS[name]]
+    epochs = {"lwf": 1, "bic": 2, "gdumb": 2}[name]  # n_epochs, bic_epochs, fitting_epochs
+    assert [epoch for epoch, _ in inner] == list(range(epochs)) and all(math.isfinite(loss) for _, loss in inner)
+
+    broken = make_model(name, **INNER_VALUES[name])
+    run_task(broken, 0)
+    if name != "bic":  # lwf warms up with the classifier's weights, gdumb restarts from its initial ones
+        weights = broken.initial_state["classifier.weight"] if name == "gdumb" else broken.net.classifier.weight
+        with torch.no_grad():
+            weights.fill_(float("nan"))
+    with pytest.raises(TrainingError, match=rf"^the loss became nan in {INNER_LOOPS[name]}, epoch 1/{epochs}, step 1/"):
+        _second_task(broken, break_before_end_task=name == "bic")

@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mammoth.backbones.base import MammothBackbone
+from mammoth.datasets.source import InMemorySource
+from mammoth.engine.context import build_context
 from mammoth.models import build_model
 from mammoth.models.ewc_on import EwcOn
 from mammoth.models.lwf import distillation_loss
@@ -54,6 +56,12 @@ def scalars(*values: float) -> torch.Tensor:
     return torch.tensor(values).view(-1, 1, 1, 1)
 
 
+def attached(model):
+    """``model`` attached to a CPU context on :class:`ScalarData`."""
+    model.attach(build_context(ScalarData(), "cpu", torch.Generator().manual_seed(0)))
+    return model
+
+
 # ---- lwf ----
 
 
@@ -68,29 +76,30 @@ def test_lwf_distillation_of_hand_logits() -> None:
     assert distillation_loss(old, old, 2.0).item() == pytest.approx(entropy, rel=1e-6)
 
 
-def test_lwf_warm_up_trains_only_the_new_classes_rows_then_distils(make_model, make_batch) -> None:
+def test_lwf_warm_up_trains_only_the_new_classes_rows_then_distils(make_model, make_batch, run_task) -> None:
     model = make_model("lwf", alpha=0.5, softmax_temp=2.0)
-    model.begin_task(0)
-    model.observe(*make_batch(0))
+    run_task(model, 0)
     stages = [p.detach().clone() for p in model.net.stages.parameters()]
     weight = model.net.classifier.weight.detach().clone()
-    model.begin_task(1)
-    _, labels, not_aug = make_batch(1, size=16)
-    model.training_data(1, (not_aug * 255).round().to(torch.uint8), labels)
+    model.begin_task(1)  # warms up on the task's data, through the context
     assert all(torch.equal(a, b) for a, b in zip(stages, model.net.stages.parameters()))
     assert torch.equal(model.net.classifier.weight[:2], weight[:2])  # old classes untouched
     assert not torch.equal(model.net.classifier.weight[2:], weight[2:])  # new classes warmed up
+    assert model.net.training  # the warm-up ran in eval mode and put the mode back
     assert model.old_net is not None and not model.old_net.net.training
+    assert torch.equal(model.old_net.net.classifier.weight, model.net.classifier.weight)  # frozen after the warm-up
+    data = model.context.task_data(1)
+    assert model.training_data(1, data) is data
     inputs, labels, not_aug = make_batch(1)
     net, old = [p.detach().clone() for p in model.net.parameters()], model.old_net
     outputs = model.net(inputs)
-    old_p = torch.softmax(old(model.dataset.test_transform(not_aug))[:, :2], 1).sqrt()
+    old_p = torch.softmax(old(model.context.test_transform(not_aug))[:, :2], 1).sqrt()
     new_p = torch.softmax(outputs[:, :2], 1).sqrt()
     old_p, new_p = old_p / old_p.sum(1, keepdim=True), new_p / new_p.sum(1, keepdim=True)
     expected = F.cross_entropy(outputs[:, :4], labels) - 0.5 * (old_p * new_p.log()).sum(1).mean()
     assert model.observe(inputs, labels, not_aug) == pytest.approx(expected.item(), rel=1e-5)
     assert not all(torch.equal(a, b) for a, b in zip(net, model.net.parameters()))
-    model.end_task(1)
+    model.end_task(1, data)
     assert model.old_net is None and model.extra_state() == {}
 
 
@@ -98,7 +107,7 @@ def test_lwf_warm_up_trains_only_the_new_classes_rows_then_distils(make_model, m
 
 
 def test_ewc_penalty_and_its_gradient_on_a_two_parameter_net() -> None:
-    model = EwcOn(TwoWeights(1.5, -1.0), ScalarData(), e_lambda=2.0, gamma=1.0)
+    model = attached(EwcOn(TwoWeights(1.5, -1.0), ScalarData(), e_lambda=2.0, gamma=1.0))
     assert model.penalty().item() == 0.0
     model.fisher, model.checkpoint = torch.tensor([0.5, 3.0]), torch.tensor([1.0, 0.0])
     # 2 * (0.5 * (1.5 - 1)**2 + 3 * (-1 - 0)**2) = 2 * (0.125 + 3) = 6.25
@@ -108,7 +117,8 @@ def test_ewc_penalty_and_its_gradient_on_a_two_parameter_net() -> None:
 
 
 def test_ewc_step_adds_the_penalty_gradient_to_the_cross_entropy_one() -> None:
-    model = EwcOn(TwoWeights(1.5, -1.0), ScalarData(), e_lambda=2.0, gamma=1.0, lr=0.1)
+    model = attached(EwcOn(TwoWeights(1.5, -1.0), ScalarData(), e_lambda=2.0, gamma=1.0, lr=0.1))
+    model.begin_task(1)
     model.fisher, model.checkpoint = torch.tensor([0.5, 3.0]), torch.tensor([1.0, 0.0])
     # x = 1, y = 0: logits (1.5, -1), p0 = 1 / (1 + e^-2.5); dCE/dw0 = -(1 - p0), dCE/dw1 = 1 - p0.
     p1 = 1 / (1 + math.exp(2.5))
@@ -119,16 +129,16 @@ def test_ewc_step_adds_the_penalty_gradient_to_the_cross_entropy_one() -> None:
 
 
 def test_ewc_fisher_is_the_likelihood_weighted_squared_gradient() -> None:
-    model = EwcOn(TwoWeights(0.0, 0.0), ScalarData(), e_lambda=1.0, gamma=0.5)
-    x, y = scalars(1.0, 2.0), torch.tensor([0, 1])
-    model.training_data(0, x, y)
-    model.end_task(0)
+    model = attached(EwcOn(TwoWeights(0.0, 0.0), ScalarData(), e_lambda=1.0, gamma=0.5))
+    data = InMemorySource(scalars(1.0, 2.0), torch.tensor([0, 1]))
+    model.begin_task(0)
+    model.end_task(0, data)
     # w = 0: p = (1/2, 1/2). (x=1, y=0): grad log p = (1/2, -1/2) -> 1/2 * 1/4 each;
     # (x=2, y=1): grad log p = (-1, 1) -> 1/2 * 1 each. Sum 0.625, over 1 batch * batch_size 8.
     assert model.fisher.tolist() == pytest.approx([0.625 / 8, 0.625 / 8])
     assert model.checkpoint.tolist() == [0.0, 0.0]
-    model.training_data(1, x, y)
-    model.end_task(1)
+    model.begin_task(1)
+    model.end_task(1, data)
     assert model.fisher.tolist() == pytest.approx([1.5 * 0.625 / 8] * 2)  # gamma * F + F
 
 
@@ -136,13 +146,13 @@ def test_ewc_fisher_is_the_likelihood_weighted_squared_gradient() -> None:
 
 
 def test_si_accumulates_minus_gradient_times_delta_and_folds_it_at_the_end_of_the_task() -> None:
-    model = SI(TwoWeights(0.0, 0.0), ScalarData(), c=1.0, xi=0.1, lr=0.5)
+    model = attached(SI(TwoWeights(0.0, 0.0), ScalarData(), c=1.0, xi=0.1, lr=0.5))
     model.begin_task(0)
     # x = 1, y = 0 at w = 0: g = (-1/2, 1/2); the step moves w by delta = -0.5 * g = (0.25, -0.25).
     model.observe(scalars(1.0), torch.tensor([0]), scalars(1.0))
     assert model.net.get_params().tolist() == pytest.approx([0.25, -0.25])
     assert model.small_omega.tolist() == pytest.approx([0.125, 0.125])  # -g * delta = 0.5 * g**2
-    model.end_task(0)
+    model.end_task(0, InMemorySource(scalars(1.0), torch.tensor([0])))
     # big_omega = 0.125 / (0.25**2 + 0.1) = 0.125 / 0.1625 = 10 / 13
     assert model.big_omega.tolist() == pytest.approx([10 / 13, 10 / 13])
     assert model.checkpoint.tolist() == pytest.approx([0.25, -0.25])
@@ -150,7 +160,7 @@ def test_si_accumulates_minus_gradient_times_delta_and_folds_it_at_the_end_of_th
 
 
 def test_si_clips_the_step_but_accumulates_the_unclipped_gradient() -> None:
-    model = SI(TwoWeights(0.0, 0.0), ScalarData(), c=1.0, xi=0.1, lr=0.5)
+    model = attached(SI(TwoWeights(0.0, 0.0), ScalarData(), c=1.0, xi=0.1, lr=0.5))
     model.begin_task(0)
     # x = 4, y = 0: g = (-2, 2), clipped to (-1, 1); delta = (0.5, -0.5); -g * delta = (1, 1).
     model.observe(scalars(4.0), torch.tensor([0]), scalars(4.0))
@@ -159,7 +169,7 @@ def test_si_clips_the_step_but_accumulates_the_unclipped_gradient() -> None:
 
 
 def test_si_penalty_gradient_pulls_towards_the_anchor() -> None:
-    model = SI(TwoWeights(0.0, 0.0), ScalarData(), c=2.0, xi=0.1, lr=0.1)
+    model = attached(SI(TwoWeights(0.0, 0.0), ScalarData(), c=2.0, xi=0.1, lr=0.1))
     model.begin_task(1)
     model.big_omega, model.checkpoint = torch.tensor([0.5, 0.25]), torch.tensor([-1.0, 0.4])
     assert model.penalty().item() == pytest.approx(0.5 * 1.0 + 0.25 * 0.16)

@@ -43,19 +43,34 @@ def test_buffer_update_overwrites_the_given_slots_only() -> None:
         buffer.update(torch.tensor([3]), logits=torch.zeros(1, 2))
 
 
-def test_xder_memory_after_two_tasks_is_balanced_and_revised(make_model, make_batch, dataset) -> None:
+def test_xder_memory_after_two_tasks_is_balanced_and_revised(make_model, run_task) -> None:
     model = make_model("xder", alpha=0.3, beta=0.8, buffer_size=8)
-    for task in range(2):
-        model.begin_task(task)
-        _, labels, not_aug = make_batch(task, size=16)
-        x, y = model.training_data(task, (not_aug * 255).round().to(torch.uint8), labels)
-        for start in (0, 8):
-            batch = dataset.to_float(x[start : start + 8])
-            model.observe(dataset.train_transform(batch), y[start : start + 8], batch)
-        model.end_task(task)
-        if task == 0:
-            assert sorted(model.buffer.labels.tolist()) == [0] * 4 + [1] * 4
+    run_task(model, 0)
+    assert sorted(model.buffer.labels.tolist()) == [0] * 4 + [1] * 4
+    # the stored examples are examples of the task as read, with the network's logits at the end of the task
+    data = model.context.task_data(0)
+    rows = data.read(torch.arange(len(data)), "cpu").flatten(1)
+    assert (model.buffer.examples.flatten(1).unsqueeze(1) == rows.unsqueeze(0)).all(2).any(1).all()
+    stored_examples, stored_logits = model.buffer.examples.flatten(1).clone(), model.buffer.logits.clone()
+    run_task(model, 1)
     # 8 // 4 seen classes = 2 per old class, then 2 per new class; every stored item is revised
     # for the last task's heads
     assert sorted(model.buffer.labels.tolist()) == [0, 0, 1, 1, 2, 2, 3, 3]
     assert model.buffer.task_labels.tolist() == [1] * 8
+    # the kept items of task 1 have new logits on the second task's head (the first head as stored)
+    old = (model.buffer.labels < 2).nonzero().flatten()
+    same = (model.buffer.examples.flatten(1)[old].unsqueeze(1) == stored_examples.unsqueeze(0)).all(2)
+    before = stored_logits[same.float().argmax(1)]
+    assert same.any(1).all() and torch.equal(model.buffer.logits[old][:, :2], before[:, :2])
+    assert not torch.isclose(model.buffer.logits[old][:, 2:], before[:, 2:]).any()
+
+
+def test_xder_draws_come_from_the_run_generator(make_model, run_task) -> None:
+    buffers = []
+    for global_seed in (1, 2):
+        model = make_model("xder", alpha=0.3, beta=0.8, buffer_size=8)
+        torch.manual_seed(global_seed)  # torch's global generator plays no part
+        run_task(model, 0)
+        run_task(model, 1)
+        buffers.append((model.buffer.examples, model.buffer.logits, model.net.get_params()))
+    assert all(torch.equal(a, b) for a, b in zip(*buffers))
