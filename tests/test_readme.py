@@ -143,6 +143,17 @@ def stopped_after_two(result: Result) -> None:
 
 
 RESNET_SMALL = ("backbone.width=4",)
+def fine_tuned_on_the_buffer(epochs: int) -> Callable[[Result], None]:
+    def check(result: Result) -> None:
+        complete(result)
+        log = (result.directory / "mammoth.log").read_text()
+        reported = re.findall(r"buffer fine-tuning, task (\d+), epoch (\d+): loss ([\d.]+)", log)
+        n_tasks = len(result.results()["class_il"]["matrix"])
+        assert [(int(t), int(e)) for t, e, _ in reported] == [
+            (task, epoch) for task in range(1, n_tasks + 1) for epoch in range(1, epochs + 1)]
+    return check
+
+
 CASES: dict[str, Case] = {
     "pip install -e . && python -m mammoth": Case(run=False),  # the install is CI's own; the run is below
     'pip install -e ".[test]" && python -m pytest -q': Case(run=False),  # what .ci/run does
@@ -161,6 +172,8 @@ CASES: dict[str, Case] = {
     "python run.py dataset=blobs model=er model.buffer_size=100": Case(extra=(), check=complete),
     "python run.py dataset=my-images dataset.root=data backbone=resnet18 backbone.width=8": Case(check=complete),
     "python run.py model=weighted-er model.buffer_size=200 model.replay_weight=0.5": Case(check=complete),
+    "python run.py model=weighted-er model.buffer_size=200 model.finetune_epochs=2":
+        Case(check=fine_tuned_on_the_buffer(epochs=2)),
     "python -m mammoth -m backbone=resnet backbone.depth=18,34 model=er,der model.buffer_size=200 model.lr=0.03":
         Case(extra=FAST + RESNET_SMALL, check=sweep_of(4)),
     "python -m mammoth -m model=sgd,er ++model.buffer_size=200 seed=0,1,2": Case(returncode=1, check=sweep_of(3, 3)),
