@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
+
+from mammoth.engine.context import TrainingContext, build_context
 
 
 class HandDataset:
     """``n_tasks`` tasks of ``per_task`` classes; images are their index as one pixel, no transform."""
 
+    config = SimpleNamespace(batch_size=512, n_epochs=1)
+
     def __init__(self, setting: str, n_tasks: int, per_task: int) -> None:
         self.setting, self.n_tasks, self.per_task = setting, n_tasks, per_task
         self.n_classes = n_tasks * per_task if setting == "class-il" else per_task
+
+    def context(self) -> TrainingContext:
+        """A CPU context of this dataset (what evaluate_tasks reads)."""
+        return build_context(self, "cpu", torch.Generator().manual_seed(0))
 
     def task_classes(self, task: int) -> range:
         if self.setting == "class-il":
@@ -23,4 +33,8 @@ class HandDataset:
 
     @staticmethod
     def test_transform(x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    @staticmethod
+    def train_transform(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return x

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
+from mammoth.datasets.source import DataSource
+from mammoth.engine.context import TrainingContext, evaluation_mode
 from mammoth.errors import TrainingError
 
 #: The accuracy kinds of each setting, as keys of the results file.
@@ -27,10 +29,11 @@ def predictions(logits: Tensor, kind: str, seen_classes: int, task_classes: rang
 
 @torch.no_grad()
 def evaluate_tasks(
-    model: nn.Module, dataset: Any, test_sets: list[tuple[Tensor, Tensor]], device: torch.device, batch_size: int = 512
+    model: nn.Module, context: TrainingContext, test_sources: Sequence[DataSource], batch_size: int = 512
 ) -> dict[str, list[float]]:
-    """Accuracy in percent on ``test_sets`` (uint8 images, labels of tasks ``0, 1, ...``, all seen
-    so far), for each accuracy kind of the dataset's setting.
+    """Accuracy in percent on ``test_sources`` (the test data of tasks ``0, 1, ...``, all seen so
+    far), for each accuracy kind of the context's setting; each source is read batch by batch,
+    normalised, on ``context.device``.
 
     Predictions come from the method itself: ``model(x)`` (``ContinualModel.forward``, the one
     prediction hook) returns scores over all classes; a method that predicts differently
@@ -42,34 +45,28 @@ def evaluate_tasks(
     naming the task evaluated, as a non-finite loss does in training (``-inf`` is allowed: a
     method may rule a class out, as iCaRL does for classes without exemplars).
     """
-    kinds = SETTING_METRICS[dataset.setting]
-    last_task = len(test_sets) - 1
-    seen_classes = dataset.n_classes if dataset.setting == "domain-il" else dataset.task_classes(last_task).stop
+    kinds = SETTING_METRICS[context.setting]
+    last_task = len(test_sources) - 1
+    seen_classes = context.n_classes if context.setting == "domain-il" else context.task_classes(last_task).stop
     accuracies: dict[str, list[float]] = {kind: [] for kind in kinds}
-    was_training = model.training
-    model.eval()
-    try:
-        for task, (test_x, test_y) in enumerate(test_sets):
+    with evaluation_mode(model):
+        for task, source in enumerate(test_sources):
             correct = dict.fromkeys(kinds, 0)
-            valid = torch.ones((), dtype=torch.bool, device=device)
-            for start in range(0, len(test_y), batch_size):
-                x = dataset.test_transform(dataset.to_float(test_x[start : start + batch_size].to(device)))
-                y = test_y[start : start + batch_size].to(device)
-                logits = model(x)
+            valid = torch.ones((), dtype=torch.bool, device=context.device)
+            for batch in context.batches(source, batch_size, shuffle=False, augment=False):
+                logits = model(batch.inputs)
                 valid &= _scores_are_valid(logits)
                 for kind in kinds:
-                    predicted = predictions(logits, kind, seen_classes, dataset.task_classes(task))
-                    correct[kind] += int((predicted == y).sum())
+                    predicted = predictions(logits, kind, seen_classes, context.task_classes(task))
+                    correct[kind] += int((predicted == batch.labels).sum())
             if not bool(valid):  # one device sync per task
                 raise TrainingError(
                     f"the model's outputs became non-finite (nan or inf) on the test data of task {task + 1}, "
-                    f"evaluated after task {last_task + 1}/{dataset.n_tasks}; the run stopped without results "
+                    f"evaluated after task {last_task + 1}/{context.n_tasks}; the run stopped without results "
                     "(lower model.lr, or check the data)"
                 )
             for kind in kinds:
-                accuracies[kind].append(100.0 * correct[kind] / max(len(test_y), 1))
-    finally:
-        model.train(was_training)
+                accuracies[kind].append(100.0 * correct[kind] / max(len(source), 1))
     return accuracies
 
 

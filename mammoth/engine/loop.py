@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -11,54 +10,33 @@ from typing import Any, Callable
 import torch
 
 from mammoth.config.value_checks import check_positive_int
+from mammoth.datasets.source import DataSource
 from mammoth.engine.checkpoint import CHECKPOINT_NAME, TrainingState, load_checkpoint, save_checkpoint
+from mammoth.engine.context import EpochReport, TrainingContext, build_context
 from mammoth.engine.evaluation import evaluate_tasks
 from mammoth.errors import TrainingError
 
 log = logging.getLogger("mammoth")
 
 
-def train_task(model: Any, dataset: Any, train_x: torch.Tensor, train_y: torch.Tensor,
-               generator: torch.Generator, device: torch.device, description: str = "",
-               on_epoch_end: Callable[[int, float], None] | None = None) -> float:
-    """Run ``dataset.config.n_epochs`` epochs of ``model.observe`` over one task's data.
+def train_task(model: Any, context: TrainingContext, task: int, data: DataSource) -> float:
+    """Train ``model`` on ``task`` in the harness's order: ``begin_task(task)``, ``source =
+    training_data(task, data)``, ``context.fit`` of ``observe`` over ``source`` for
+    ``context.n_epochs`` (``end_epoch`` after each epoch; nothing on an empty source), then
+    ``end_task(task, data)``. Returns the mean loss of the last epoch (0 without training)."""
+    model.begin_task(task)
+    source = model.training_data(task, data)
+    loss = context.fit(
+        lambda batch: model.observe(batch.inputs, batch.labels, batch.not_aug_inputs),
+        source, context.n_epochs, task_description(task, context.n_tasks), end_epoch=model.end_epoch,
+    )
+    model.end_task(task, data)
+    return loss
 
-    Batches are shuffled with ``generator``, converted and augmented as whole batches on
-    ``device``. After each epoch ``model.end_epoch(epoch)`` runs, then
-    ``on_epoch_end(epoch, mean loss of the epoch)``; returns the mean loss of the last epoch.
-    Without data (a method that does not train on this task, e.g. ``joint`` before the last
-    task) nothing runs, no hook included, and the loss is 0.
-    """
-    from tqdm.auto import tqdm
 
-    if len(train_y) == 0:
-        return 0.0
-    batch_size, epochs = dataset.config.batch_size, dataset.config.n_epochs
-    x, y = train_x.to(device), train_y.to(device)
-    steps_per_epoch = -(-len(y) // batch_size)
-    last_epoch_loss = 0.0
-    with tqdm(total=epochs * steps_per_epoch, desc=description, disable=None, leave=False) as progress:
-        for epoch in range(epochs):
-            order = torch.randperm(len(y), generator=generator).to(device)
-            last_epoch_loss = 0.0
-            for start in range(0, len(y), batch_size):
-                index = order[start : start + batch_size]
-                not_aug_inputs = dataset.to_float(x.index_select(0, index))  # faster than x[index]
-                inputs = dataset.train_transform(not_aug_inputs, generator)
-                loss = model.observe(inputs, y.index_select(0, index), not_aug_inputs)
-                if not math.isfinite(loss):
-                    raise TrainingError(
-                        f"the loss became {loss} in {description or 'training'}, epoch {epoch + 1}/{epochs}, "
-                        f"step {start // batch_size + 1}/{steps_per_epoch}; the run stopped without results "
-                        "(lower model.lr, or check the data)"
-                    )
-                last_epoch_loss += loss
-                progress.update()
-            progress.set_postfix(loss=f"{last_epoch_loss / max(steps_per_epoch, 1):.3f}")
-            model.end_epoch(epoch)
-            if on_epoch_end is not None:
-                on_epoch_end(epoch, last_epoch_loss / max(steps_per_epoch, 1))
-    return last_epoch_loss / max(steps_per_epoch, 1)
+def task_description(task: int, n_tasks: int) -> str:
+    """``task 2/5``: the main loop's name in progress bars, errors and epoch reports."""
+    return f"task {task + 1}/{n_tasks}"
 
 
 def run_tasks(model: Any, dataset: Any, device: torch.device, run_dir: Path, seed: int, config: dict,
@@ -77,27 +55,24 @@ def run_tasks(model: Any, dataset: Any, device: torch.device, run_dir: Path, see
     if stop_after_task is not None:
         check_positive_int("stop_after_task", stop_after_task)
     generator = torch.Generator().manual_seed(seed)
+    context = build_context(dataset, device, generator, _epoch_report(dataset.n_tasks, on_epoch_end))
+    model.attach(context)
     state = TrainingState.empty(dataset.setting)
     fingerprint = dataset.fingerprint()
     if resume:
         state = load_checkpoint(run_dir / CHECKPOINT_NAME, model, generator, config, dataset=dataset)
         log.info("Resuming %s after task %d of %d", run_dir, state.next_task, dataset.n_tasks)
-    test_sets = [_test_set(dataset, task) for task in range(state.next_task)]
+    test_sources = [dataset.test_source(task) for task in range(state.next_task)]
     for task in range(state.next_task, dataset.n_tasks):
         if stop_after_task is not None and task >= stop_after_task:
             break
-        data = dataset.get_task(task)
-        test_sets.append((data.test_x, data.test_y))
         started = time.perf_counter()
-        model.begin_task(task)
-        train_x, train_y = model.training_data(task, data.train_x, data.train_y)
-        train_task(model, dataset, train_x, train_y, generator, device, f"task {task + 1}/{dataset.n_tasks}",
-                   on_epoch_end=None if on_epoch_end is None else lambda epoch, loss, t=task: on_epoch_end(t, epoch, loss))
-        model.end_task(task)
+        train_task(model, context, task, dataset.task_source(task))
         _check_finite_weights(model, task, dataset.n_tasks)
         state.train_seconds.append(time.perf_counter() - started)
         started = time.perf_counter()
-        for kind, row in evaluate_tasks(model, dataset, test_sets, device).items():
+        test_sources.append(dataset.test_source(task))
+        for kind, row in evaluate_tasks(model, context, test_sources).items():
             state.accuracies[kind].append(row)
         state.eval_seconds.append(time.perf_counter() - started)
         state.next_task = task + 1
@@ -105,6 +80,21 @@ def run_tasks(model: Any, dataset: Any, device: torch.device, run_dir: Path, see
         if on_task_end is not None:
             on_task_end(task, state)
     return state
+
+
+def _epoch_report(n_tasks: int, on_epoch_end: Callable[[int, int, float], None] | None) -> EpochReport:
+    """The context's epoch report: the main loop's epochs go to ``on_epoch_end(task, epoch, loss)``,
+    an inner loop's (a method's warm-up, correction, ...) to the log, named by its description."""
+    main = {task_description(task, n_tasks): task for task in range(n_tasks)}
+
+    def report(description: str, epoch: int, loss: float) -> None:
+        if description in main:
+            if on_epoch_end is not None:
+                on_epoch_end(main[description], epoch, loss)
+        else:
+            log.info("%s, epoch %d: loss %.4f", description, epoch + 1, loss)
+
+    return report
 
 
 def _check_finite_weights(model: Any, task: int, n_tasks: int) -> None:
@@ -115,8 +105,3 @@ def _check_finite_weights(model: Any, task: int, n_tasks: int) -> None:
             f"the weights became non-finite (nan or inf) in task {task + 1}/{n_tasks}; the run stopped "
             "without results (lower model.lr, or check the data)"
         )
-
-
-def _test_set(dataset: Any, task: int) -> tuple[torch.Tensor, torch.Tensor]:
-    data = dataset.get_task(task)
-    return data.test_x, data.test_y

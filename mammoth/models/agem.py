@@ -3,7 +3,7 @@ A-GEM", ICLR 2019)."""
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 from torch import Tensor
@@ -11,6 +11,9 @@ from torch import Tensor
 from mammoth.backbones.base import MammothBackbone
 from mammoth.models.base import ReplayModel
 from mammoth.models.registry import register_model
+
+if TYPE_CHECKING:
+    from mammoth.datasets.source import DataSource
 
 
 def project(gradient: Tensor, reference: Tensor) -> Tensor:
@@ -44,14 +47,8 @@ class AGem(ReplayModel):
 
     def __init__(self, net: MammothBackbone, dataset: Any, buffer_size: int, **kwargs: Any) -> None:
         super().__init__(net, dataset, buffer_size=buffer_size, **kwargs)
-        self._task_data: Optional[tuple[Tensor, Tensor]] = None
         self._gradient: Optional[Tensor] = None
         self._reference: Optional[Tensor] = None
-
-    def training_data(self, task: int, train_x: Tensor, train_y: Tensor) -> tuple[Tensor, Tensor]:
-        """Keep a reference to the task's data for :meth:`end_task`."""
-        self._task_data = (train_x, train_y)
-        return train_x, train_y
 
     def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> float:
         """One step along the projected gradient; returns the cross-entropy on the batch."""
@@ -68,9 +65,7 @@ class AGem(ReplayModel):
         self.optimizer.step()
         return loss.item()
 
-    def end_task(self, task: int) -> None:
-        """Offer one random batch of the task's non-augmented examples to the memory."""
-        train_x, train_y = self._task_data
-        self._task_data = None
-        index = torch.randperm(len(train_y))[: self.dataset.config.batch_size]
-        self.buffer.add(self.dataset.to_float(train_x[index].to(self.device)), labels=train_y[index].to(self.device))
+    def end_task(self, task: int, data: DataSource) -> None:
+        """Offer one random batch (drawn from the run's generator) of the task's non-augmented examples to the memory."""
+        index = torch.randperm(len(data), generator=self.context.generator)[: self.context.batch_size]
+        self.buffer.add(data.read(index, self.device), labels=data.labels[index].to(self.device))

@@ -1,21 +1,36 @@
 """ContinualModel, the interface of every CL method, and ReplayModel, its replay-buffer variant.
 
-The harness drives a method per task ``t``: ``x, y = model.training_data(t, x, y)``, then
-``model.begin_task(t)``, ``model.observe(inputs, labels, not_aug_inputs)`` per batch, and
-``model.end_task(t)``. A checkpoint holds ``model.state_dict()`` plus ``model.extra_state()``.
+The harness hands a method everything it may use through one object, ``model.context`` (a
+:class:`~mammoth.engine.context.TrainingContext`: batch size, epochs, device, transforms, the
+run's generator, any task's data, ``fit`` for inner loops), set by ``model.attach(context)``
+before the first task (and again on resume, before the checkpoint is loaded). Then, per task ``t``:
+
+1. ``model.begin_task(t)``: the optimizer and its schedule are (re-)created;
+2. ``source = model.training_data(t, data)``: what the task trains on (``data``, the task's
+   DataSource, by default);
+3. ``context.fit`` over ``source``: ``model.observe(inputs, labels, not_aug_inputs)`` per batch,
+   ``model.end_epoch(epoch)`` after each epoch (nothing runs on an empty source);
+4. ``model.end_task(t, data)``, with the task's own DataSource.
+
+A checkpoint holds ``model.state_dict()`` plus ``model.extra_state()``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+import inspect
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
 import torch
 from torch import Tensor, nn
 
 from mammoth.backbones.base import MammothBackbone
-from mammoth.models.buffer import ReplayBatch, ReplayBuffer
-from mammoth.errors import ConfigError
 from mammoth.config.value_checks import check_choice, check_non_negative, check_positive, check_positive_int
+from mammoth.errors import ConfigError, MammothError
+from mammoth.models.buffer import ReplayBatch, ReplayBuffer
+
+if TYPE_CHECKING:
+    from mammoth.datasets.source import DataSource
+    from mammoth.engine.context import TrainingContext
 
 OPTIMIZERS = ("sgd", "adam")
 BUFFER_DEVICES = ("training", "cpu")
@@ -27,9 +42,11 @@ BUFFER_DEVICES = ("training", "cpu")
 class ContinualModel(nn.Module):
     """Base class of the CL methods: trains the backbone ``self.net`` on a stream of tasks.
 
-    Subclasses implement :meth:`observe` and override the other hooks as needed. The optimizer
-    (``sgd`` with ``momentum``, or ``adam``; both with ``weight_decay``) is re-created over
-    ``self.net.parameters()`` at every :meth:`begin_task`, and so is the learning-rate schedule:
+    Subclasses implement :meth:`observe` and override the other hooks as needed. The model keeps
+    only static facts of the ``dataset`` it is built for (the default milestones); at run time
+    it reads everything from :attr:`context`. The optimizer (``sgd`` with ``momentum``, or
+    ``adam``; both with ``weight_decay``) is created over ``self.net.parameters()`` at every
+    :meth:`begin_task` (None before the first), and so is the learning-rate schedule:
     the original Mammoth's multi-step schedule (``--lr_scheduler multisteplr``), torch's
     ``MultiStepLR``, multiplies the learning rate by ``sched_multistep_lr_gamma`` at each of the
     ``lr_milestones`` epochs of every task (stepped by :meth:`end_epoch`). ``lr_milestones=None``
@@ -62,11 +79,25 @@ class ContinualModel(nn.Module):
         self.lr_milestones = check_milestones("model.lr_milestones", lr_milestones)
         self.sched_multistep_lr_gamma = check_positive("model.sched_multistep_lr_gamma", sched_multistep_lr_gamma)
         self.net = net
-        self.dataset = dataset
         self.loss = nn.CrossEntropyLoss()
         self.current_task = 0
-        self.optimizer = self.make_optimizer()
-        self.scheduler = self.make_scheduler()
+        self.optimizer: Optional[torch.optim.Optimizer] = None
+        self.scheduler: Optional[torch.optim.lr_scheduler.MultiStepLR] = None
+        self._context: Optional[TrainingContext] = None
+
+    @property
+    def context(self) -> "TrainingContext":
+        """What the harness hands this method (set by :meth:`attach`)."""
+        if self._context is None:
+            raise MammothError(
+                f"{type(self).__name__} has no training context; allowed: call "
+                "model.attach(build_context(dataset, device, generator)) (mammoth.engine.context) before training"
+            )
+        return self._context
+
+    def attach(self, context: "TrainingContext") -> None:
+        """Receive the run's context, before the first task (and on resume, before the checkpoint loads)."""
+        self._context = context
 
     @property
     def device(self) -> torch.device:
@@ -94,15 +125,16 @@ class ContinualModel(nn.Module):
         """The logits of the backbone."""
         return self.net(x)
 
-    def training_data(self, task: int, train_x: Tensor, train_y: Tensor) -> tuple[Tensor, Tensor]:
-        """What the harness trains on for ``task``; by default the task's own data, unchanged."""
-        return train_x, train_y
-
     def begin_task(self, task: int) -> None:
-        """Called before training ``task``: records it and re-creates the optimizer and its schedule."""
+        """Called first for ``task``: records it and (re-)creates the optimizer and its schedule."""
         self.current_task = task
         self.optimizer = self.make_optimizer()
         self.scheduler = self.make_scheduler()
+
+    def training_data(self, task: int, data: "DataSource") -> "DataSource":
+        """What the harness trains on for ``task`` (called after :meth:`begin_task`); by default
+        ``data``, the task's own DataSource, unchanged."""
+        return data
 
     def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> float:
         """One training step on a batch; returns the loss value.
@@ -118,8 +150,8 @@ class ContinualModel(nn.Module):
         if self.scheduler is not None:
             self.scheduler.step()
 
-    def end_task(self, task: int) -> None:
-        """Called after training ``task``; nothing by default."""
+    def end_task(self, task: int, data: "DataSource") -> None:
+        """Called after training ``task``, with the task's own DataSource ``data``; nothing by default."""
 
     def step(self, loss: Tensor) -> float:
         """Back-propagate ``loss`` (after clearing old gradients), step the optimizer; return its value."""
@@ -157,8 +189,9 @@ class ReplayModel(ContinualModel):
 
     ``minibatch_size`` is the replay batch size (None: that of the incoming batch);
     ``buffer_device`` is ``training`` (the buffer lives on the device of the examples it is
-    given) or ``cpu``. Replay batches come back augmented by ``dataset.train_transform`` and
-    on the training device. The buffer is part of :meth:`extra_state`.
+    given) or ``cpu``. Replay batches come back augmented by ``context.train_transform`` and
+    on the training device. The buffer's generator is seeded from the run's generator in
+    :meth:`attach`; the buffer is part of :meth:`extra_state`.
     """
 
     def __init__(
@@ -185,9 +218,14 @@ class ReplayModel(ContinualModel):
         if self.buffer.is_empty():
             return None
         size = self.minibatch_size if self.minibatch_size is not None else batch_size
-        batch = self.buffer.sample(size, transform=self.dataset.train_transform)
+        batch = self.buffer.sample(size, transform=self.context.train_transform)
         device = self.device if device is None else device
         return batch if batch.examples.device == device else batch.to(device)
+
+    def attach(self, context: "TrainingContext") -> None:
+        """Receive the context and seed the buffer's generator from the run's generator."""
+        super().attach(context)
+        self.buffer.generator.manual_seed(int(torch.randint(0, 2**62, (1,), generator=context.generator)))
 
     def extra_state(self) -> dict[str, Any]:
         """The replay buffer's state."""

@@ -3,7 +3,7 @@ Learning", NeurIPS 2017)."""
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import torch
@@ -15,6 +15,9 @@ from mammoth.models.base import ReplayModel
 from mammoth.models.registry import register_model
 from mammoth.models.utils import keep_first, seen_classes
 from mammoth.config.value_checks import check_non_negative
+
+if TYPE_CHECKING:
+    from mammoth.datasets.source import DataSource
 
 #: The ridge GEM adds to the Gram matrix of the memories' gradients (the original's ``eps``).
 QP_EPSILON = 1e-3
@@ -65,18 +68,12 @@ class Gem(ReplayModel):
         _quadprog()
         super().__init__(net, dataset, buffer_size=buffer_size, **kwargs)
         self.gamma = check_non_negative("model.gamma", gamma)
-        self._task_data: Optional[tuple[Tensor, Tensor]] = None
         self._gradient: Optional[Tensor] = None
         self._memories: Optional[Tensor] = None  # one row per past task, reused every step
 
-    def training_data(self, task: int, train_x: Tensor, train_y: Tensor) -> tuple[Tensor, Tensor]:
-        """Keep a reference to the task's data for :meth:`end_task`."""
-        self._task_data = (train_x, train_y)
-        return train_x, train_y
-
     def memory_gradients(self) -> Tensor:
         """One row per task in the memory: the gradient of the cross-entropy on all of its items."""
-        memory = self.buffer.sample(len(self.buffer), transform=self.dataset.train_transform)
+        memory = self.buffer.sample(len(self.buffer), transform=self.context.train_transform)
         tasks = memory.task_labels.unique()
         if self._memories is None or self._memories.shape[0] < len(tasks):
             self._memories = torch.empty(len(tasks), self.net.num_params(), device=self.device)
@@ -100,17 +97,17 @@ class Gem(ReplayModel):
         self.optimizer.step()
         return loss.item()
 
-    def end_task(self, task: int) -> None:
-        """Refill the memory class-balanced with random examples of the task's classes."""
-        train_x, train_y = self._task_data
-        self._task_data = None
-        per_class = self.buffer_size // seen_classes(self.dataset, task)
+    def end_task(self, task: int, data: DataSource) -> None:
+        """Refill the memory class-balanced with random examples (drawn from the run's generator)
+        of the task's classes."""
+        per_class = self.buffer_size // seen_classes(self.context, task)
         keep_first(self.buffer, per_class)
-        for label in train_y.unique():
-            members = (train_y == label).nonzero().flatten()
-            index = members[torch.randperm(len(members))[:per_class]]
+        labels = data.labels
+        for label in labels.unique():
+            members = (labels == label).nonzero().flatten()
+            index = members[torch.randperm(len(members), generator=self.context.generator)[:per_class]]
             self.buffer.add(
-                self.dataset.to_float(train_x[index].to(self.device)),
-                labels=train_y[index].to(self.device),
+                data.read(index, self.device),
+                labels=labels[index].to(self.device),
                 task_labels=torch.full((len(index),), task, dtype=torch.long, device=self.device),
             )

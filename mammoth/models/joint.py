@@ -8,9 +8,7 @@ data seen so far (T trainings in all).
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
-
+from mammoth.datasets.source import DataSource, concat_sources, empty_source
 from mammoth.models.registry import register_model
 from mammoth.models.sgd import SGD
 
@@ -19,24 +17,20 @@ from mammoth.models.sgd import SGD
 class Joint(SGD):
     """Joint training as the original: trains once, at the last task, on every task's training data.
 
-    The earlier tasks' data is read again from the dataset (``dataset.get_task``) when it is
+    The earlier tasks' data is read again through the context (``context.task_data``) when it is
     needed, not kept: no copy in memory or in the checkpoints, and a resumed run sees it all.
     """
 
     def trains_after(self, task: int) -> bool:
         """Whether the harness trains at ``task``: only at the last task of the run."""
-        return task == self.dataset.n_tasks - 1
+        return task == self.context.n_tasks - 1
 
-    def training_data(self, task: int, train_x: Tensor, train_y: Tensor) -> tuple[Tensor, Tensor]:
+    def training_data(self, task: int, data: DataSource) -> DataSource:
         """No data (the harness then trains nothing) unless :meth:`trains_after` ``task``; then the
-        training data of tasks 0..task in task order (``train_x``, ``train_y`` for ``task`` itself)."""
+        training data of tasks 0..task in task order (``data`` for ``task`` itself)."""
         if not self.trains_after(task):
-            return train_x[:0], train_y[:0]
-        earlier = [self.dataset.get_task(t) for t in range(task)]
-        return (
-            torch.cat([data.train_x for data in earlier] + [train_x]),
-            torch.cat([data.train_y for data in earlier] + [train_y]),
-        )
+            return empty_source(data)
+        return concat_sources([self.context.task_data(t) for t in range(task)] + [data])
 
 
 @register_model("joint-cumulative")

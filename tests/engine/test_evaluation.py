@@ -10,10 +10,9 @@ import torch
 from torch import nn
 
 from hand_dataset import HandDataset
-from mammoth.errors import TrainingError
+from mammoth.datasets.source import InMemorySource
 from mammoth.engine.evaluation import evaluate_tasks
-
-CPU = torch.device("cpu")
+from mammoth.errors import TrainingError
 
 
 class LookupModel(nn.Module):
@@ -29,8 +28,8 @@ class LookupModel(nn.Module):
         return self.logits[x.flatten(1)[:, 0].long()]
 
 
-def make_test_set(indices: list[int], labels: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.tensor(indices, dtype=torch.uint8).view(-1, 1, 1, 1), torch.tensor(labels)
+def make_test_set(indices: list[int], labels: list[int]) -> InMemorySource:
+    return InMemorySource(torch.tensor(indices, dtype=torch.float32).view(-1, 1, 1, 1), torch.tensor(labels))
 
 
 # Two class-IL tasks: classes 0, 1 then 2, 3.
@@ -47,7 +46,7 @@ TASK_0, TASK_1 = make_test_set([0, 1, 2], [0, 1, 1]), make_test_set([3, 4], [2, 
 @pytest.mark.parametrize("batch_size", [512, 2])
 def test_after_the_first_task_unseen_classes_are_hidden(batch_size):
     model = LookupModel(CLASS_IL_LOGITS)
-    accuracies = evaluate_tasks(model, HandDataset("class-il", 2, 2), [TASK_0], CPU, batch_size=batch_size)
+    accuracies = evaluate_tasks(model, HandDataset("class-il", 2, 2).context(), [TASK_0], batch_size=batch_size)
     # Class-IL over classes {0, 1} only: examples 0 and 1 right (their top logits, 9 and 7, are
     # unseen classes), 2 wrong: 2 of 3. Task-IL over task 0's classes: the same 2 of 3.
     assert accuracies == {"class_il": [pytest.approx(200 / 3)], "task_il": [pytest.approx(200 / 3)]}
@@ -56,7 +55,7 @@ def test_after_the_first_task_unseen_classes_are_hidden(batch_size):
 @pytest.mark.parametrize("batch_size", [512, 2])
 def test_after_the_second_task_task_il_offsets_each_task_to_its_classes(batch_size):
     model = LookupModel(CLASS_IL_LOGITS)
-    accuracies = evaluate_tasks(model, HandDataset("class-il", 2, 2), [TASK_0, TASK_1], CPU, batch_size=batch_size)
+    accuracies = evaluate_tasks(model, HandDataset("class-il", 2, 2).context(), [TASK_0, TASK_1], batch_size=batch_size)
     # Class-IL over all four classes: task 0 0 of 3; task 1 only example 4: 1 of 2.
     # Task-IL: task 0 over {0, 1}: 2 of 3; task 1 over {2, 3} (offset by 2): both right.
     assert accuracies["class_il"] == [0.0, 50.0]
@@ -70,8 +69,8 @@ def test_domain_il_scores_the_shared_label_space_of_every_task():
         [0.0, 0.0, 5.0],  # 2: label 2, right
         [6.0, 1.0, 1.0],  # 3: label 0, right
     ])
-    dataset = HandDataset("domain-il", 2, 3)
-    accuracies = evaluate_tasks(model, dataset, [make_test_set([0, 1], [1, 2]), make_test_set([2, 3], [2, 0])], CPU)
+    context = HandDataset("domain-il", 2, 3).context()
+    accuracies = evaluate_tasks(model, context, [make_test_set([0, 1], [1, 2]), make_test_set([2, 3], [2, 0])])
     # Task 0: 1 of 2; task 1: 2 of 2. Only the domain_il kind is reported.
     assert accuracies == {"domain_il": [50.0, 100.0]}
 
@@ -80,7 +79,7 @@ def test_domain_il_scores_the_shared_label_space_of_every_task():
 def test_the_model_is_evaluated_in_eval_mode_and_left_as_it_was(training):
     model = LookupModel(CLASS_IL_LOGITS)
     model.train(training)
-    evaluate_tasks(model, HandDataset("class-il", 2, 2), [TASK_0, TASK_1], CPU, batch_size=2)
+    evaluate_tasks(model, HandDataset("class-il", 2, 2).context(), [TASK_0, TASK_1], batch_size=2)
     assert model.modes and not any(model.modes)  # every forward ran in eval mode
     assert model.training is training
 
@@ -92,7 +91,7 @@ def test_the_mode_is_restored_when_the_forward_fails():
 
     model = Failing(CLASS_IL_LOGITS).train()
     with pytest.raises(RuntimeError, match="boom"):
-        evaluate_tasks(model, HandDataset("class-il", 2, 2), [TASK_0], CPU)
+        evaluate_tasks(model, HandDataset("class-il", 2, 2).context(), [TASK_0])
     assert model.training
 
 
@@ -105,7 +104,7 @@ def test_non_finite_scores_are_refused_naming_the_task_evaluated(bad_row, what):
     logits = [list(row) for row in CLASS_IL_LOGITS]
     logits[4] = bad_row  # example 4 is in task 1's test set
     with pytest.raises(TrainingError) as error:
-        evaluate_tasks(LookupModel(logits), HandDataset("class-il", 2, 2), [TASK_0, TASK_1], CPU, batch_size=2)
+        evaluate_tasks(LookupModel(logits), HandDataset("class-il", 2, 2).context(), [TASK_0, TASK_1], batch_size=2)
     assert str(error.value) == (
         "the model's outputs became non-finite (nan or inf) on the test data of task 2, evaluated after task 2/2; "
         "the run stopped without results (lower model.lr, or check the data)"
@@ -115,5 +114,5 @@ def test_non_finite_scores_are_refused_naming_the_task_evaluated(bad_row, what):
 def test_minus_inf_rules_a_class_out_and_is_allowed():
     logits = [list(row) for row in CLASS_IL_LOGITS]
     logits[4] = [float("-inf"), float("-inf"), 1.0, 2.0]  # label 3: still right everywhere
-    accuracies = evaluate_tasks(LookupModel(logits), HandDataset("class-il", 2, 2), [TASK_0, TASK_1], CPU)
+    accuracies = evaluate_tasks(LookupModel(logits), HandDataset("class-il", 2, 2).context(), [TASK_0, TASK_1])
     assert accuracies["class_il"] == [0.0, 50.0] and accuracies["task_il"] == [pytest.approx(200 / 3), 100.0]

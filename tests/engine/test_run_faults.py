@@ -61,8 +61,8 @@ def test_weights_that_become_non_finite_stop_the_run(tmp_path, monkeypatch):
 
     end_task = ContinualModel.end_task
 
-    def poison_task_two(self, task):
-        end_task(self, task)
+    def poison_task_two(self, task, data):
+        end_task(self, task, data)
         if task == 1:
             with torch.no_grad():
                 next(self.net.parameters()).view(-1)[0] = float("inf")

@@ -7,7 +7,9 @@ import math
 import pytest
 import torch
 
-from mammoth.errors import ConfigError
+from mammoth.engine.context import build_context
+from mammoth.engine.loop import train_task
+from mammoth.errors import ConfigError, MammothError
 from mammoth.models.base import ContinualModel, ReplayModel
 from mammoth.models.sgd import SGD
 
@@ -43,23 +45,27 @@ def test_begin_task_recreates_the_optimizer(name, make_model, make_batch) -> Non
 
 
 @pytest.mark.parametrize("name", ALL_METHODS)
-def test_two_tasks_run_through_all_hooks(name, make_model, make_batch, dataset) -> None:
+def test_two_tasks_run_through_all_hooks(name, make_model, dataset) -> None:
     model = make_model(name)
+    calls: list[str] = []
+    for hook in ("begin_task", "training_data", "observe", "end_epoch", "end_task"):
+        original = getattr(model, hook)
+        setattr(model, hook, lambda *args, hook=hook, original=original: (calls.append(hook), original(*args))[1])
     for task in range(dataset.n_tasks):
-        inputs, labels, not_aug = make_batch(task, size=16)
-        x, y = model.training_data(task, not_aug, labels)
-        model.begin_task(task)
-        losses = [model.observe(dataset.train_transform(x[i : i + 8]), y[i : i + 8], x[i : i + 8]) for i in range(0, len(x), 8)]
-        model.end_task(task)
-        assert all(math.isfinite(loss) for loss in losses)
-        # joint trains at the last task only, on both tasks' data; joint-cumulative on all data so far
-        expected = {"joint": [0, 4], "joint-cumulative": [2, 4]}.get(name, [2, 2])[task]
-        assert len(losses) == expected
+        calls.clear()
+        train_task(model, model.context, task, model.context.task_data(task))
+        # 16 examples a task in batches of 8; joint trains at the last task only, on both tasks'
+        # data; joint-cumulative on all data so far. No data: no observe and no end_epoch.
+        steps = {"joint": [0, 4], "joint-cumulative": [2, 4]}.get(name, [2, 2])[task]
+        epoch = ["observe"] * steps + ["end_epoch"] if steps else []
+        assert calls == ["begin_task", "training_data", *epoch, "end_task"]
     assert model.current_task == 1
 
 
 def test_adam_optimizer_and_hyper_parameters(make_model) -> None:
     model = make_model("sgd", optimizer="adam", lr=0.01, weight_decay=1e-4)
+    assert model.optimizer is None and model.scheduler is None  # built by begin_task, not __init__
+    model.begin_task(0)
     assert isinstance(model.optimizer, torch.optim.Adam)
     assert model.optimizer.param_groups[0]["lr"] == 0.01
     assert model.optimizer.param_groups[0]["weight_decay"] == 1e-4
@@ -69,6 +75,7 @@ def test_adam_optimizer_and_hyper_parameters(make_model) -> None:
 
 def test_sgd_observe_is_one_cross_entropy_step(make_model, make_batch) -> None:
     model = make_model("sgd", lr=0.5)
+    model.begin_task(0)
     inputs, labels, not_aug = make_batch(0)
     before = {name: p.detach().clone() for name, p in model.net.named_parameters()}
     expected_loss = torch.nn.functional.cross_entropy(model.net(inputs), labels)
@@ -83,12 +90,17 @@ def test_base_hooks_and_defaults(make_net, dataset, make_batch) -> None:
     model = SGD(make_net(), dataset)
     assert (model.lr, model.optimizer_name, model.momentum, model.weight_decay) == (0.1, "sgd", 0.0, 0.0)
     assert isinstance(model.loss, torch.nn.CrossEntropyLoss)
-    assert model.current_task == 0 and model.dataset is dataset
+    assert model.current_task == 0 and not hasattr(model, "dataset")  # only static facts are kept
     assert model.device == torch.device("cpu")
+    with pytest.raises(MammothError, match=r"^SGD has no training context; allowed: call model\.attach\(build_context"):
+        model.context
+    context = build_context(dataset, "cpu", torch.Generator())
+    model.attach(context)
+    assert model.context is context
     inputs, labels, not_aug = make_batch(0)
     assert torch.equal(model(inputs), model.net(inputs))
-    x, y = model.training_data(0, not_aug, labels)
-    assert x is not_aug and y is labels
+    data = context.task_data(0)
+    assert model.training_data(0, data) is data
     assert model.extra_state() == {}
     with pytest.raises(NotImplementedError, match="ContinualModel does not implement observe"):
         ContinualModel(make_net(), dataset).observe(inputs, labels, not_aug)

@@ -13,6 +13,7 @@ from hydra import compose, initialize_config_module
 import mammoth
 from mammoth.backbones import build_backbone
 from mammoth.datasets import build_dataset
+from mammoth.datasets.source import InMemorySource
 from mammoth.engine.evaluation import evaluate_tasks
 from mammoth.models.sgd import SGD
 from mammoth.engine.checkpoint import read_checkpoint
@@ -35,8 +36,8 @@ def test_evaluate_tasks_scores_the_methods_forward_in_eval_mode(make_net) -> Non
     model = AlwaysClassOne(make_net(), dataset)
     model.net.forward = None  # calling the backbone directly would fail
     images = torch.zeros(4, 1, 4, 4, dtype=torch.uint8)
-    test_sets = [(images, torch.tensor([0, 1, 1, 1])), (images, torch.tensor([2, 3, 3, 2]))]
-    accuracies = evaluate_tasks(model, dataset, test_sets, torch.device("cpu"), batch_size=3)
+    test_sets = [InMemorySource(images, torch.tensor([0, 1, 1, 1])), InMemorySource(images, torch.tensor([2, 3, 3, 2]))]
+    accuracies = evaluate_tasks(model, dataset.context(), test_sets, batch_size=3)
     # Class-IL: argmax over the 4 seen classes is always 1 -> task 0: 3/4 correct, task 1: none.
     assert accuracies["class_il"] == [75.0, 0.0]
     # Task-IL: task 0 picks 1 among {0, 1} (3/4); task 1 picks 3 among {2, 3} (2/4).

@@ -12,6 +12,18 @@ from mammoth.models.agem import project
 from mammoth.models.gem import project_to_cone
 
 
+@pytest.fixture
+def make_model(make_model):
+    """The conftest's ``make_model``, begun on task 0 (as the harness does before the first batch)."""
+
+    def make(name: str, **values):
+        model = make_model(name, **values)
+        model.begin_task(0)
+        return model
+
+    return make
+
+
 # ---- agem ----
 
 
@@ -31,10 +43,11 @@ def test_agem_projection_leaves_a_non_conflicting_gradient_unchanged() -> None:
 
 def test_agem_step_follows_the_projected_gradient(make_model, make_batch) -> None:
     model = make_model("agem", lr=0.1, buffer_size=16)
-    task0_x, task0_y, _ = make_batch(0, size=16)
-    model.training_data(0, (make_batch(0, size=16)[2] * 255).round().to(torch.uint8), task0_y)
-    model.end_task(0)
+    data = model.context.task_data(0)
+    model.end_task(0, data)
     assert len(model.buffer) == 8  # one batch (batch_size 8) of the finished task
+    stored = data.read(torch.arange(len(data)), "cpu")
+    assert all(any(torch.equal(example, row) for row in stored) for example in model.buffer.examples)
     model.begin_task(1)
     inputs, labels, not_aug = make_batch(1)
     net = copy.deepcopy(model.net)
@@ -94,10 +107,9 @@ def test_gem_solution_satisfies_every_constraint_of_a_random_problem() -> None:
 def test_gem_memory_is_class_balanced_with_task_labels(make_model, make_batch) -> None:
     model = make_model("gem", buffer_size=8)
     for task in range(2):
-        _, labels, not_aug = make_batch(task, size=16)
         model.begin_task(task)
-        model.training_data(task, (not_aug * 255).round().to(torch.uint8), labels)
-        model.end_task(task)
+        data = model.training_data(task, model.context.task_data(task))
+        model.end_task(task, data)
     # 8 // 4 seen classes = 2 per class; task 0's classes keep their first 2 of 4.
     assert sorted(model.buffer.labels.tolist()) == [0, 0, 1, 1, 2, 2, 3, 3]
     assert model.buffer.task_labels.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]

@@ -4,8 +4,6 @@ and dicts, and a restored model continues exactly as the original."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
@@ -14,17 +12,10 @@ from mammoth.engine.loop import TrainingState, train_task
 from mammoth.engine.checkpoint import load_checkpoint, save_checkpoint
 
 
-def _train_two_tasks(model, dataset) -> None:
-    """Both tasks of the fake dataset, in the harness's order of hooks (one epoch, batches of 8)."""
-    harness_view = SimpleNamespace(config=SimpleNamespace(batch_size=8, n_epochs=1), to_float=lambda x: x,
-                                   train_transform=dataset.train_transform)
-    generator = torch.Generator().manual_seed(0)
+def _train_two_tasks(model) -> None:
+    """Both tasks of the fake dataset through the harness's ``train_task`` (one epoch, batches of 8)."""
     for task in range(2):
-        model.begin_task(task)
-        data = dataset.get_task(task)
-        train_x, train_y = model.training_data(task, data.train_x, data.train_y)
-        train_task(model, harness_view, train_x, train_y, generator, torch.device("cpu"))
-        model.end_task(task)
+        train_task(model, model.context, task, model.context.task_data(task))
 
 
 def _required_values(name: str) -> dict:
@@ -39,7 +30,7 @@ def _required_values(name: str) -> dict:
 @pytest.mark.parametrize("name", MODELS.names())
 def test_a_trained_method_round_trips_through_a_weights_only_checkpoint(tmp_path, name, make_model, make_batch, dataset):
     model = make_model(name, **_required_values(name))
-    _train_two_tasks(model, dataset)
+    _train_two_tasks(model)
     path = tmp_path / "checkpoint.pt"
     state = TrainingState(2, {"class_il": [[50.0], [25.0, 75.0]]}, [1.0, 1.0], [0.1, 0.1])
     save_checkpoint(path, model, torch.Generator().manual_seed(3), state, {"model": name})

@@ -103,25 +103,29 @@ def test_gdumb_reservoir_memory_resumes_identically(make_model, make_batch) -> N
 
 def test_agem_memory_is_one_non_augmented_batch_of_each_finished_task(make_model, dataset) -> None:
     model = make_model("agem", buffer_size=32)
-    task = dataset.get_task(0)
-    train_x = (task.train_x * 255).round().to(torch.uint8)
-    model.training_data(0, train_x, task.train_y)
-    model.end_task(0)
+    model.begin_task(0)
+    data = model.context.task_data(0)
+    model.end_task(0, data)
     # the original's end_task: next(iter(train_loader)) -> batch_size (8) random non-augmented examples
     stored = model.buffer.examples
     assert stored.shape == (8, 1, 4, 4)
-    rows = [int(torch.nonzero((dataset.to_float(train_x) == example).flatten(1).all(1))[0]) for example in stored]
+    train_x = data.read(torch.arange(len(data)), "cpu")
+    rows = [int(torch.nonzero((train_x == example).flatten(1).all(1))[0]) for example in stored]
     assert len(set(rows)) == 8
-    assert torch.equal(model.buffer.labels, task.train_y[rows])
+    assert torch.equal(model.buffer.labels, data.labels[rows])
+    # the 8 are drawn from the run's generator: the same run draws the same 8
+    again = make_model("agem", buffer_size=32)
+    again.begin_task(0)
+    again.end_task(0, again.context.task_data(0))
+    assert torch.equal(again.buffer.examples, stored)
 
 
 @pytest.mark.parametrize(("minibatch_size", "expected"), [(None, 4), (6, 6), (128, 8)])
 def test_agem_replay_batch_is_the_incoming_batch_size_unless_minibatch_size_is_set(
         make_model, make_batch, dataset, minibatch_size, expected) -> None:
     model = make_model("agem", buffer_size=32, minibatch_size=minibatch_size)
-    task = dataset.get_task(0)
-    model.training_data(0, (task.train_x * 255).round().to(torch.uint8), task.train_y)
-    model.end_task(0)
+    model.begin_task(0)
+    model.end_task(0, model.context.task_data(0))
     model.begin_task(1)
     recorded = _record_samples(model)
     model.observe(*make_batch(1, size=4))

@@ -13,6 +13,18 @@ from mammoth.models.er_ace import MASKED_LOGIT, CosineClassifier, ace_mask
 from mammoth.models.mer import reptile
 
 
+@pytest.fixture
+def make_model(make_model):
+    """The conftest's ``make_model``, begun on task 0 (as the harness does before the first batch)."""
+
+    def make(name: str, **values):
+        model = make_model(name, **values)
+        model.begin_task(0)
+        return model
+
+    return make
+
+
 # ---- er_ace ----
 
 
@@ -85,6 +97,15 @@ def test_mer_first_example_is_an_sgd_step_scaled_by_beta_times_gamma(make_model,
 
 
 def test_mer_processes_the_batch_one_example_at_a_time(make_model, make_batch) -> None:
-    model = make_model("mer", beta=1.0, gamma=1.0, batch_num=2)
-    model.observe(*make_batch(0, size=3))
-    assert model.buffer.num_seen == 3  # each example offered once, after its batch_num steps
+    # a batch of 3 ends exactly where 3 batches of 1 in turn end (same generators, replay batches
+    # of 2); one step on the whole batch would end elsewhere
+    whole, one_by_one = (make_model("mer", beta=0.7, gamma=0.6, batch_num=2, minibatch_size=2) for _ in range(2))
+    start = whole.net.get_params()
+    inputs, labels, not_aug = make_batch(0, size=3)
+    whole.observe(inputs, labels, not_aug)
+    for i in range(3):
+        one_by_one.observe(inputs[i : i + 1], labels[i : i + 1], not_aug[i : i + 1])
+    assert whole.buffer.num_seen == 3  # each example offered once, after its batch_num steps
+    assert not torch.equal(whole.net.get_params(), start)
+    assert torch.equal(whole.net.get_params(), one_by_one.net.get_params())
+    assert torch.equal(whole.buffer.examples, one_by_one.buffer.examples)
