@@ -12,6 +12,7 @@ from torch import Tensor
 from mammoth.backbones.mlp import MNISTMLP
 from mammoth.datasets.source import DataSource, InMemorySource
 from mammoth.engine.context import build_context
+from mammoth.engine.loop import train_task
 from mammoth.models import build_model
 
 _REPLAY_METHODS = ("er", "der", "derpp", "agem", "gem", "icarl", "er_ace", "gdumb", "bic", "mer", "xder")
@@ -115,18 +116,12 @@ def make_batch(dataset: FakeDataset) -> Callable[..., tuple[Tensor, Tensor, Tens
     return make
 
 
-def _run_task(model: Any, task: int, epochs: int | None = None) -> None:
-    context = model.context
-    data = context.task_data(task)
-    model.begin_task(task)
-    source = model.training_data(task, data)
-    context.fit(lambda batch: model.observe(batch.inputs, batch.labels, batch.not_aug_inputs), source,
-                context.n_epochs if epochs is None else epochs, f"task {task + 1}", end_epoch=model.end_epoch)
-    model.end_task(task, data)
+def _run_task(model: Any, task: int) -> float:
+    return train_task(model, model.context, task, model.context.task_data(task))
 
 
 @pytest.fixture
-def run_task() -> Callable[..., None]:
-    """``run_task(model, task, epochs=None)``: one task of ``model.context``'s data through the hooks
-    in the harness's order (begin_task, training_data, fit with observe and end_epoch, end_task)."""
+def run_task() -> Callable[..., float]:
+    """``run_task(model, task)``: one task of ``model.context``'s data through the harness's
+    ``train_task`` (begin_task, training_data, fit with observe and end_epoch, end_task)."""
     return _run_task

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -20,12 +21,13 @@ METHODS = ("lwf", "ewc_on", "si", "agem", "gem", "icarl", "er_ace", "gdumb", "bi
 
 @pytest.mark.parametrize("name", METHODS)
 def test_two_tasks_through_every_hook(name, make_model, make_batch, dataset, run_task) -> None:
+    dataset.config = SimpleNamespace(batch_size=8, n_epochs=2)
     model = make_model(name, **REQUIRED.get(name, {}))
     losses: list = []
     observe = model.observe
     model.observe = lambda *batch: losses.append(observe(*batch)) or losses[-1]
     for task in range(dataset.n_tasks):
-        run_task(model, task, epochs=2)
+        run_task(model, task)
     del model.observe
     # gdumb trains on nothing during the tasks: its end_task offers each task's 2 batches to the
     # memory once; every other method steps on every batch of 2 epochs of 16 examples (or more:
