@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from mammoth.backbones.base import MammothBackbone
 from mammoth.backbones.registry import register_backbone
+from mammoth.backbones.tokens import Prefix, check_block_index, check_prefix, timm_attention
 from mammoth.backbones.weights import (
     WeightsFile,
     check_sha256_pin,
@@ -115,6 +116,47 @@ class TimmBackbone(MammothBackbone):
             return [self.trunk(x)]
         final, intermediates = self.trunk.forward_intermediates(x)
         return [*intermediates, self.trunk.forward_head(final, pre_logits=True)]
+
+    # ---- the token interface (mammoth.backbones.tokens), for timm Vision Transformers ----
+
+    @property
+    def supports_tokens(self) -> bool:
+        """Whether the model is a timm ``VisionTransformer`` (the token interface needs its parts)."""
+        return all(hasattr(self.trunk, part) for part in ("patch_embed", "_pos_embed", "blocks", "norm", "forward_head"))
+
+    @property
+    def num_blocks(self) -> int:
+        """The number of transformer blocks."""
+        return len(self._token_trunk().blocks)
+
+    def embed_tokens(self, x: Tensor) -> Tensor:
+        """Prefix (class) tokens and patch tokens with position embeddings, as timm's forward_features makes them."""
+        trunk = self._token_trunk()
+        return trunk.norm_pre(trunk.patch_drop(trunk._pos_embed(trunk.patch_embed(x))))
+
+    def run_block(self, index: int, tokens: Tensor, prefix: Prefix | None = None) -> Tensor:
+        """Block ``index``, with ``prefix`` keys and values prepended in its attention (timm ``Block``s)."""
+        block = self._token_trunk().blocks[check_block_index(index, self.num_blocks)]
+        if prefix is None:
+            return block(tokens)
+        check_prefix(prefix, tokens)
+        if type(block).__name__ != "Block":
+            raise BackboneError(f"timm model {self.name!r} has {type(block).__name__} blocks; a prefix needs timm's Block")
+        attended = tokens + block.drop_path1(block.ls1(timm_attention(block.attn, block.norm1(tokens), prefix)))
+        return attended + block.drop_path2(block.ls2(block.mlp(block.norm2(attended))))
+
+    def final_norm(self, tokens: Tensor) -> Tensor:
+        """The norm after the last block."""
+        return self._token_trunk().norm(tokens)
+
+    def pool_tokens(self, normed: Tensor) -> Tensor:
+        """The model's own pooling of the normed tokens (its class token), then its ``fc_norm``: the features."""
+        return self._token_trunk().forward_head(normed, pre_logits=True)
+
+    def _token_trunk(self) -> nn.Module:
+        if not self.supports_tokens:
+            raise BackboneError(f"timm model {self.name!r} is not a Vision Transformer; the token interface needs one")
+        return self.trunk
 
     def train(self, mode: bool = True) -> "TimmBackbone":
         """Set the training mode; modules whose parameters are all frozen stay in eval mode."""

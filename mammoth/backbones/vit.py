@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from mammoth.backbones.base import MammothBackbone
 from mammoth.backbones.registry import register_backbone
+from mammoth.backbones.tokens import Prefix, check_block_index, check_prefix, multihead_attention
 from mammoth.errors import BackboneError
 
 
@@ -42,8 +43,11 @@ class ClassTokenPooling(nn.Module):
 class VisionTransformer(MammothBackbone):
     """ViT (Dosovitskiy et al. 2021) sized for small images: 4x4 patches, width 192, 6 blocks.
 
-    Stages: patch embedding, each encoder block, class-token pooling.
+    Stages: patch embedding, each encoder block, class-token pooling. Serves the token interface
+    (:mod:`mammoth.backbones.tokens`) that prompt methods use.
     """
+
+    supports_tokens = True
 
     def __init__(
         self,
@@ -78,3 +82,31 @@ class VisionTransformer(MammothBackbone):
         self.stages = nn.ModuleList([embedding, *blocks, ClassTokenPooling(width)])
         self.num_features, self.num_classes = width, num_classes
         self.classifier = nn.Linear(width, num_classes)
+
+    # ---- the token interface (mammoth.backbones.tokens) ----
+
+    @property
+    def num_blocks(self) -> int:
+        """The number of encoder blocks."""
+        return len(self.stages) - 2
+
+    def embed_tokens(self, x: Tensor) -> Tensor:
+        """Class token and patch tokens with position embeddings, ``(batch, 1 + patches, width)``."""
+        return self.stages[0](x)
+
+    def run_block(self, index: int, tokens: Tensor, prefix: Prefix | None = None) -> Tensor:
+        """Encoder block ``index``, with ``prefix`` keys and values prepended in its attention."""
+        block = self.stages[1 + check_block_index(index, self.num_blocks)]
+        if prefix is None:
+            return block(tokens)
+        check_prefix(prefix, tokens)
+        attended = block.dropout(multihead_attention(block.self_attention, block.ln_1(tokens), prefix)) + tokens
+        return attended + block.mlp(block.ln_2(attended))
+
+    def final_norm(self, tokens: Tensor) -> Tensor:
+        """The layer norm after the last block."""
+        return self.stages[-1].norm(tokens)
+
+    def pool_tokens(self, normed: Tensor) -> Tensor:
+        """The class token of the normed tokens: the features."""
+        return normed[:, 0]
