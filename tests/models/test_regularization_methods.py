@@ -42,10 +42,6 @@ class ScalarData:
         return range(2)
 
     @staticmethod
-    def to_float(x):
-        return x.float()
-
-    @staticmethod
     def train_transform(x, generator=None):
         return x
 
