@@ -1,0 +1,49 @@
+"""model=simplecil: prototypes are the per-class mean features, scores their cosine similarity,
+and the backbone never changes."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+import mammoth.models.simplecil  # noqa: F401  registers model=simplecil
+from mammoth.engine.evaluation import evaluate_tasks
+
+
+def test_prototypes_are_class_means_and_the_backbone_is_untouched(make_model, run_task) -> None:
+    model = make_model("simplecil")
+    before = model.net.get_params()
+    for task in range(2):
+        run_task(model, task)
+    assert torch.equal(model.net.get_params(), before)
+    expected = torch.zeros(4, model.net.num_features)
+    model.net.eval()
+    with torch.no_grad():
+        for task in range(2):
+            data = model.context.task_data(task)
+            features = model.net(model.context.test_transform(data.read(torch.arange(len(data)), "cpu")), returnt="features")
+            for label in model.context.task_classes(task):
+                expected[label] = features[data.labels == label].mean(0)
+    assert torch.allclose(model.prototypes, expected, atol=1e-5)
+    x = torch.rand(3, 1, 4, 4)
+    scores = model(x)
+    reference = F.normalize(model.net(x, returnt="features"), dim=1) @ F.normalize(expected, dim=1).T
+    assert torch.allclose(scores, reference, atol=1e-5)
+
+
+def test_classes_without_a_prototype_score_minus_infinity(make_model, run_task) -> None:
+    model = make_model("simplecil")
+    run_task(model, 0)
+    scores = model(torch.rand(2, 1, 4, 4))
+    assert torch.isfinite(scores[:, :2]).all() and (scores[:, 2:] == float("-inf")).all()
+    accuracy = evaluate_tasks(model, model.context, [model.context.task_data(0)])
+    assert accuracy["class_il"][0] > 50.0  # nearest mean on its own training data beats chance (50%)
+
+
+def test_prototypes_survive_a_checkpoint(make_model, run_task) -> None:
+    model = make_model("simplecil")
+    run_task(model, 0)
+    restored = make_model("simplecil")
+    restored.load_state_dict(model.state_dict())
+    x = torch.rand(2, 1, 4, 4)
+    assert torch.equal(restored(x), model(x))
