@@ -209,7 +209,8 @@ class ReplayModel(ContinualModel):
             check_positive_int("model.minibatch_size", minibatch_size)
         self.minibatch_size = minibatch_size
         self.buffer_device = check_choice("model.buffer_device", buffer_device, BUFFER_DEVICES)
-        self.buffer = ReplayBuffer(self.buffer_size, device="cpu" if self.buffer_device == "cpu" else None)
+        # seed 0 until attach() seeds it from the run's generator: building a model draws nothing
+        self.buffer = ReplayBuffer(self.buffer_size, device="cpu" if self.buffer_device == "cpu" else None, seed=0)
 
     def replay_batch(self, batch_size: int, device: Optional[torch.device] = None) -> Optional[ReplayBatch]:
         """A replay minibatch (``minibatch_size`` items, else ``batch_size``) on ``device`` (None: the

@@ -26,7 +26,6 @@ FIELDS = ("examples", "labels", "logits", "task_labels")
 _DRAW_HIGH = 2**62
 
 
-
 class ReplayBatch(NamedTuple):
     """Items sampled from a :class:`ReplayBuffer`; a field the buffer does not store is None."""
 
@@ -63,7 +62,8 @@ class ReplayBuffer:
     The stored fields (any of ``examples``, ``labels``, ``logits``, ``task_labels``; examples
     always) are fixed by the first :meth:`add` and allocated then at full capacity with the
     incoming shapes and dtypes. Random draws use the buffer's own generator (seeded with ``seed``,
-    or from torch's global generator when None), which :meth:`state_dict` saves.
+    or from torch's global generator when None), which :meth:`state_dict` saves; a method's buffer
+    is seeded from the run's generator (``ReplayModel.attach``).
     """
 
     def __init__(self, capacity: int, device: str | torch.device | None = None, seed: int | None = None) -> None:

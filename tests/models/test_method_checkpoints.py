@@ -7,9 +7,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mammoth.models import MODELS
-from mammoth.engine.loop import TrainingState, train_task
+from mammoth.backbones import build_backbone
+from mammoth.datasets import build_dataset
 from mammoth.engine.checkpoint import load_checkpoint, save_checkpoint
+from mammoth.engine.loop import TrainingState, run_tasks, train_task
+from mammoth.models import MODELS, build_model
+
+#: The methods whose resume is checked bit-exact against an uninterrupted run (every registered one).
+RESUMED_METHODS = sorted(MODELS.names())
 
 
 def _train_two_tasks(model) -> None:
@@ -45,3 +50,51 @@ def test_a_trained_method_round_trips_through_a_weights_only_checkpoint(tmp_path
     model.eval(), restored.eval()
     with torch.no_grad():
         assert torch.equal(model(batch[0]), restored(batch[0]))  # the same predictions, method hooks included
+
+
+def _run(name: str, run_dir, stop_after_task: int, resume: bool = False):
+    """A run of ``name`` on seq-digits (1 epoch, batches of 32, seed 7) up to ``stop_after_task`` tasks,
+    built as ``mammoth.run`` builds it (torch's global generator seeded before the backbone)."""
+    dataset = build_dataset({"name": "seq-digits", "n_epochs": 1, "batch_size": 32}, seed=7)
+    torch.manual_seed(7)
+    net = build_backbone("mnistmlp", num_classes=dataset.n_classes, input_shape=dataset.input_shape, hidden_sizes=[32])
+    values = {**_required_values(name), "buffer_size": 64} if "buffer_size" in _required_values(name) else _required_values(name)
+    model = build_model(name, net=net, dataset=dataset, **values)
+    state = run_tasks(model, dataset, torch.device("cpu"), run_dir, 7, {"model": name}, resume=resume,
+                      stop_after_task=stop_after_task)
+    return model, state
+
+
+@pytest.mark.parametrize("name", RESUMED_METHODS)
+def test_a_run_stopped_after_task_one_and_resumed_is_bit_exact(tmp_path, name):
+    (tmp_path / "whole").mkdir(), (tmp_path / "resumed").mkdir()
+    whole, whole_state = _run(name, tmp_path / "whole", stop_after_task=2)
+    _run(name, tmp_path / "resumed", stop_after_task=1)
+    torch.manual_seed(12345)  # a resumed process starts with other global random state
+    resumed, resumed_state = _run(name, tmp_path / "resumed", stop_after_task=2, resume=True)
+    assert resumed_state.next_task == whole_state.next_task == 2
+    assert resumed_state.accuracies == whole_state.accuracies
+    for (key, value), (_, resumed_value) in zip(whole.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(value, resumed_value), key
+    assert _plain(whole.extra_state()) == _plain(resumed.extra_state())
+
+
+def _plain(value):
+    """``value`` with tensors as nested lists (and generator states as bytes), comparable with ``==``."""
+    if isinstance(value, torch.Tensor):
+        return (str(value.dtype), value.tolist())
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+@pytest.mark.parametrize("name", RESUMED_METHODS)
+def test_a_method_draws_nothing_from_torchs_global_generator(name, make_model):
+    """Every random draw (batch order, augmentation, buffer sampling, memory selection, inner loops)
+    comes from the run's generator: two tasks leave torch's global generator where it was."""
+    model = make_model(name, **_required_values(name))
+    before = torch.get_rng_state()
+    _train_two_tasks(model)
+    assert torch.equal(torch.get_rng_state(), before)

@@ -8,6 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mammoth.engine.context import build_context
+from mammoth.models.base import ReplayModel
 from mammoth.models.buffer import ReplayBatch
 
 
@@ -199,3 +201,16 @@ def test_extra_state_round_trip_restores_the_buffer(name, make_model, make_batch
     torch.manual_seed(99)  # torch's global generator is not used
     assert restored_loss == pytest.approx(model.observe(*batch), rel=1e-6)
     assert torch.equal(restored.buffer.examples, model.buffer.examples)
+
+
+@pytest.mark.parametrize("name", REPLAY_METHODS)
+def test_the_buffer_generator_is_seeded_from_the_runs_generator(name, make_model, make_net, dataset) -> None:
+    net = make_net()
+    before = torch.get_rng_state()
+    built = ReplayModel(net, dataset, buffer_size=4)
+    built.attach(build_context(dataset, "cpu", torch.Generator().manual_seed(4)))
+    assert torch.equal(torch.get_rng_state(), before)  # building and attaching draw nothing from torch's generator
+    same, again, other = make_model(name, seed=4), make_model(name, seed=4), make_model(name, seed=5)
+    assert torch.equal(built.buffer.generator.get_state(), same.buffer.generator.get_state())
+    assert torch.equal(same.buffer.generator.get_state(), again.buffer.generator.get_state())
+    assert not torch.equal(same.buffer.generator.get_state(), other.buffer.generator.get_state())
