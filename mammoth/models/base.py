@@ -34,6 +34,13 @@ if TYPE_CHECKING:
 
 OPTIMIZERS = ("sgd", "adam")
 BUFFER_DEVICES = ("training", "cpu")
+#: The hooks whose signature changed, with their old number of parameters after ``self``.
+OLD_HOOKS = {"training_data": 3, "end_task": 1}
+OLD_SIGNATURES = {"training_data": "(self, task, train_x, train_y)", "end_task": "(self, task)"}
+NEW_SIGNATURES = (
+    "training_data(self, task, data) -> DataSource and end_task(self, task, data), where data is the "
+    "task's DataSource and self.context serves the rest"
+)
 
 
 # ---- the base class ----
@@ -53,6 +60,17 @@ class ContinualModel(nn.Module):
     takes the dataset's ``default_lr_milestones`` (the original's dataset default: ``[35, 45]``
     for seq-cifar100, none elsewhere); an empty list keeps the learning rate constant.
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Refuse a subclass written against the old hooks, when its class is defined."""
+        super().__init_subclass__(**kwargs)
+        for hook, old_arity in OLD_HOOKS.items():
+            method = cls.__dict__.get(hook)
+            if callable(method) and _positional_arity(method) == old_arity:
+                raise ConfigError(
+                    f"{cls.__module__}.{cls.__qualname__}.{hook}{OLD_SIGNATURES[hook]} is an old hook; "
+                    f"allowed: {NEW_SIGNATURES} (README: Write your own method)"
+                )
 
     def __init__(
         self,
@@ -166,6 +184,17 @@ class ContinualModel(nn.Module):
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`extra_state` returned; nothing by default."""
+
+
+def _positional_arity(function: Any) -> int | None:
+    """The number of positional parameters of ``function`` after ``self`` (None with ``*args``)."""
+    try:
+        parameters = list(inspect.signature(function).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return None
+    if any(parameter.kind is parameter.VAR_POSITIONAL for parameter in parameters):
+        return None
+    return sum(parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD) for parameter in parameters)
 
 
 def check_milestones(key: str, milestones: Any) -> tuple[int, ...]:

@@ -148,3 +148,34 @@ def test_invalid_buffer_device_is_refused_when_built_or_constructed(name, make_m
         make_model(name, buffer_device="gpu")
     with pytest.raises(ConfigError, match=r"^model.buffer_device='gpu' is not supported; allowed: training, cpu"):
         ReplayModel(make_net(), dataset, buffer_size=4, buffer_device="gpu")  # type: ignore[arg-type]
+
+
+def test_a_method_written_against_the_old_hooks_is_refused_when_defined() -> None:
+    with pytest.raises(ConfigError) as error:
+
+        class OldData(SGD):
+            def training_data(self, task, train_x, train_y):
+                return train_x, train_y
+
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith(
+        f"{__name__}.test_a_method_written_against_the_old_hooks_is_refused_when_defined.<locals>.OldData"
+        ".training_data(self, task, train_x, train_y) is an old hook; allowed: training_data(self, task, data) "
+        "-> DataSource and end_task(self, task, data)"
+    )
+    assert message.endswith("(README: Write your own method)")
+    with pytest.raises(ConfigError, match=r"OldEnd\.end_task\(self, task\) is an old hook; allowed: "):
+
+        class OldEnd(ReplayModel):
+            def end_task(self, task):
+                pass
+
+    class New(SGD):  # the new hooks, and hooks taking *args, are accepted
+        def training_data(self, task, data):
+            return data
+
+        def end_task(self, *args):
+            pass
+
+    assert New.training_data is not SGD.training_data
