@@ -157,6 +157,7 @@ def fine_tuned_on_the_buffer(epochs: int) -> Callable[[Result], None]:
 CASES: dict[str, Case] = {
     "pip install -e . && python -m mammoth": Case(run=False),  # the install is CI's own; the run is below
     'pip install -e ".[test]" && python -m pytest -q': Case(run=False),  # what .ci/run does
+    "python -m pytest -q -m distributed": Case(run=False),  # what .ci/run does second
     'pip install -e ".[sweepers]"': Case(run=False),  # in the test extras
     "python -m mammoth": Case(extra=(), check=default_run_matches_the_readme),
     "python -m mammoth dataset=seq-cifar10 dataset.root=/data model=der model.buffer_size=500 backbone=resnet backbone.depth=34":
@@ -257,6 +258,7 @@ def test_ci_runs_the_readme_test_command_in_a_fresh_venv():
     ci = (REPO / ".ci" / "run").read_text()
     assert 'python3 -m venv "$environment"' in ci
     assert 'python -m pip install -q -e ".[test]"' in ci and "\npython -m pytest -q\n" in ci
+    assert "\npython -m pytest -q -m distributed\n" in ci
     install_and_test = [line for line in README.splitlines() if line.startswith("pip install")][:2]
     assert install_and_test[1].startswith('pip install -e ".[test]" && python -m pytest -q')
 

@@ -1,0 +1,107 @@
+"""mammoth.engine.distributed: launches read from torchrun's environment, and (second suite,
+``-m distributed``) the collectives on two real processes started by torchrun with gloo."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mammoth.engine.distributed import Launch, backend_for, detect_launch, process_device
+from mammoth.errors import ConfigError
+
+TORCHRUN = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+
+
+def test_torchrun_variables_give_the_launch() -> None:
+    assert detect_launch(TORCHRUN) == Launch(rank=1, world_size=2, local_rank=1, launcher="torchrun")
+    assert not detect_launch(TORCHRUN).is_main
+    assert detect_launch({**TORCHRUN, "RANK": "0"}).is_main
+
+
+def test_one_process_is_no_launch() -> None:
+    assert detect_launch({}) is None
+    assert detect_launch({**TORCHRUN, "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}) is None
+    assert detect_launch({"SUBMITIT_EXECUTOR": "local", "SLURM_NTASKS": "1"}) is None
+
+
+def test_incomplete_or_inconsistent_variables_are_one_line_errors() -> None:
+    partial = {key: value for key, value in TORCHRUN.items() if key != "MASTER_PORT"}
+    with pytest.raises(ConfigError, match=r"^RANK and WORLD_SIZE are set but MASTER_PORT not; allowed: start every process with torchrun"):
+        detect_launch(partial)
+    with pytest.raises(ConfigError, match=r"^rank 2 of world size 2; allowed: 0..1"):
+        detect_launch({**TORCHRUN, "RANK": "2"})
+    with pytest.raises(ConfigError, match=r"^environment variable LOCAL_RANK='x' is not a non-negative integer"):
+        detect_launch({**TORCHRUN, "LOCAL_RANK": "x"})
+
+
+def test_backend_and_device_per_rank() -> None:
+    assert backend_for(torch.device("cpu")) == "gloo" and backend_for(torch.device("cuda", 0)) == "nccl"
+    assert process_device(detect_launch(TORCHRUN), torch.device("cpu")) == torch.device("cpu")
+    if torch.cuda.device_count() < 2:
+        with pytest.raises(ConfigError, match=r"^local rank 1 has no CUDA device of its own"):
+            process_device(detect_launch(TORCHRUN), torch.device("cuda"))
+
+
+# ---- two real processes (second suite: python -m pytest -q -m distributed) ----
+
+WORKER = textwrap.dedent("""
+    import json, sys, torch
+    from mammoth.engine.distributed import (broadcast_text, detect_launch, gather_rows, start_process_group,
+                                            stop_process_group, sum_over_ranks)
+
+    launch = detect_launch()
+    start_process_group(launch, torch.device("cpu"), timeout_seconds=float(sys.argv[2]))
+    if sys.argv[3] == "die" and launch.rank == 1:
+        sys.exit(3)  # this rank fails before the collective; rank 0 must not wait forever
+    text = broadcast_text("runs/2026-12-04/ü" if launch.is_main else None)
+    rows = gather_rows(torch.full((launch.rank + 1, 2), float(launch.rank)))
+    total = sum_over_ranks(torch.tensor([launch.rank + 1]))
+    with open(f"{sys.argv[1]}/rank{launch.rank}.json", "w") as file:
+        json.dump({"text": text, "rows": rows.tolist(), "total": total.tolist(), "launcher": launch.launcher}, file)
+    stop_process_group()
+""")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def torchrun(tmp_path: Path, mode: str, timeout_seconds: float = 60) -> subprocess.CompletedProcess:
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+               str(script), str(tmp_path), str(timeout_seconds), mode]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+
+
+@pytest.mark.distributed
+def test_collectives_on_two_processes(tmp_path: Path) -> None:
+    result = torchrun(tmp_path, "run")
+    assert result.returncode == 0, result.stderr[-2000:]
+    reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
+    for report in reports:
+        assert report["text"] == "runs/2026-12-04/ü"  # rank 0's choice, on every rank
+        assert report["rows"] == [[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]]  # 1 row of rank 0, then 2 of rank 1
+        assert report["total"] == [3] and report["launcher"] == "torchrun"
+
+
+@pytest.mark.distributed
+def test_a_failed_rank_stops_the_run_in_bounded_time(tmp_path: Path) -> None:
+    started = time.monotonic()
+    result = torchrun(tmp_path, "die", timeout_seconds=20)
+    assert result.returncode != 0
+    assert time.monotonic() - started < 200  # the 300 s subprocess limit was never needed
+    assert re.search(r"Root Cause \(first observed failure\):.*?rank\s*: 1 \(local_rank: 1\)\s+exitcode\s*: 3",
+                     result.stderr, re.S)  # torchrun names the failed rank; it stopped rank 0
+    assert not (tmp_path / "rank0.json").exists()
