@@ -20,8 +20,6 @@ from mammoth.config.value_checks import check_positive_int
 from mammoth.datasets.source import DataSource, InMemorySource
 from mammoth.errors import DatasetError
 
-SETTINGS = ("class-il", "domain-il")
-AUGMENTATIONS = (None, "crop-flip")
 CROP_PADDING = 4
 
 

@@ -35,14 +35,20 @@ class Batch:
 
 
 @contextlib.contextmanager
-def evaluation_mode(module: nn.Module) -> Iterator[nn.Module]:
-    """``module`` in eval mode for the ``with`` block, then back in the mode it was in."""
+def training_mode(module: nn.Module, training: bool) -> Iterator[nn.Module]:
+    """``module`` in train mode (``training``) or eval mode for the ``with`` block, then back in
+    the mode it was in, even if the block raises."""
     was_training = module.training
-    module.eval()
+    module.train(training)
     try:
         yield module
     finally:
         module.train(was_training)
+
+
+def evaluation_mode(module: nn.Module) -> contextlib.AbstractContextManager[nn.Module]:
+    """``with evaluation_mode(module):`` the block runs with ``module`` in eval mode, then its mode is restored."""
+    return training_mode(module, False)
 
 
 class TrainingContext:

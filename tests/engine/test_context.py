@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from mammoth.datasets import build_dataset
-from mammoth.engine.context import Batch, build_context, evaluation_mode
+from mammoth.engine.context import Batch, build_context, evaluation_mode, training_mode
 from mammoth.errors import TrainingError
 
 
@@ -83,3 +83,10 @@ def test_evaluation_mode_restores_the_mode() -> None:
     with pytest.raises(RuntimeError), evaluation_mode(net):
         raise RuntimeError
     assert not net.training
+
+
+def test_training_mode_sets_and_restores_either_mode() -> None:
+    net = nn.Sequential(nn.Linear(2, 2)).eval()
+    with training_mode(net, True):
+        assert net.training and net[0].training
+    assert not net.training and not net[0].training
