@@ -2,42 +2,55 @@
 
 Registered backbones become typed Hydra configs (``backbone=name backbone.arg=value``);
 ``python -m mammoth`` trains and evaluates a continual-learning run.
+
+``import mammoth`` is cheap: it imports neither torch nor the built-ins. Each public name is
+imported on first use (``mammoth.list_backbones`` imports :mod:`mammoth.backbones`, which
+registers the built-in backbones); the first registry lookup also imports the installed
+``mammoth.plugins`` entry points (:mod:`mammoth.plugins`).
 """
 
-from mammoth.backbones import MammothBackbone, build_backbone, list_backbones, register_backbone
-from mammoth.datasets import ContinualDataset, build_dataset, list_datasets, register_dataset
-from mammoth.models import ContinualModel, ReplayModel, build_model, list_models, register_model
-from mammoth.errors import BackboneError, ConfigError, DatasetError, MammothError, TrainingError
-from mammoth.engine.runner import run
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "BackboneError",
-    "ConfigError",
-    "ContinualDataset",
-    "ContinualModel",
-    "DatasetError",
-    "MammothBackbone",
-    "MammothError",
-    "ReplayModel",
-    "TrainingError",
-    "build_backbone",
-    "build_dataset",
-    "build_model",
-    "list_backbones",
-    "list_datasets",
-    "list_models",
-    "register_backbone",
-    "register_dataset",
-    "register_model",
-    "run",
-]
+#: Public name -> the module that defines it (imported on first access, PEP 562).
+_PUBLIC_NAMES = {
+    "BackboneError": "mammoth.errors",
+    "ConfigError": "mammoth.errors",
+    "ContinualDataset": "mammoth.datasets",
+    "ContinualModel": "mammoth.models",
+    "DatasetError": "mammoth.errors",
+    "MammothBackbone": "mammoth.backbones",
+    "MammothError": "mammoth.errors",
+    "ReplayModel": "mammoth.models",
+    "TrainingError": "mammoth.errors",
+    "build_backbone": "mammoth.backbones",
+    "build_dataset": "mammoth.datasets",
+    "build_model": "mammoth.models",
+    "list_backbones": "mammoth.backbones",
+    "list_datasets": "mammoth.datasets",
+    "list_models": "mammoth.models",
+    "register_backbone": "mammoth.backbones",
+    "register_dataset": "mammoth.datasets",
+    "register_model": "mammoth.models",
+    "run": "mammoth.engine.runner",
+}
 
-from mammoth.plugins import load_plugins as _load_plugins
+__all__ = sorted(_PUBLIC_NAMES)
 
-# Installed ``mammoth.plugins`` entry points register their backbones, models and datasets now,
-# so build_backbone("their-net") works in plain Python and ``backbone=their-net`` in a Hydra app
-# that opted in (pkg://mammoth.conf); a broken one is a warning here and an error under
-# ``python -m mammoth``.
-_load_plugins(strict=False)
+
+def __getattr__(name: str) -> object:
+    """Import the module of public name ``name`` and return the name (kept for later accesses)."""
+    module = _PUBLIC_NAMES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mammoth' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """The public names (imported or not) and ``__version__``."""
+    return sorted([*__all__, "__version__"])

@@ -7,10 +7,15 @@ A package that declares, in its ``pyproject.toml``,
 
 has that module imported (so its ``@register_backbone`` / ``@register_model`` decorators run)
 before ``python -m mammoth`` composes its config: ``backbone=my-net`` works with no code change.
+
+``import mammoth`` imports nothing of this: the entry points are imported once, on the first
+lookup in any registry (``list_backbones()``, ``build_model(...)``, ...), or when Hydra imports
+``mammoth.conf`` / ``mammoth.app_conf`` (:func:`load_registries`).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import warnings
 from importlib.metadata import entry_points
@@ -18,6 +23,8 @@ from importlib.metadata import entry_points
 from mammoth.errors import ConfigError
 
 ENTRY_POINT_GROUP = "mammoth.plugins"
+#: The packages of built-ins; importing one registers all of its modules' entries.
+BUILTIN_PACKAGES = ("mammoth.backbones", "mammoth.datasets", "mammoth.models")
 
 
 def load_plugins(strict: bool = True) -> list[str]:
@@ -41,3 +48,17 @@ def load_plugins(strict: bool = True) -> list[str]:
             continue
         loaded.append(entry_point.name)
     return loaded
+
+
+@functools.cache
+def load_plugins_once() -> None:
+    """:func:`load_plugins` the first time it is called (a broken plugin is a warning); nothing after."""
+    load_plugins(strict=False)
+
+
+def load_registries() -> None:
+    """Register every built-in backbone, dataset and model and those of the installed plugins,
+    in Hydra's ConfigStore too (what an app that opted in with ``pkg://mammoth.conf`` composes)."""
+    for package in BUILTIN_PACKAGES:
+        importlib.import_module(package)
+    load_plugins_once()

@@ -9,9 +9,7 @@ from mammoth.backbones.registry import (
     list_backbones,
     register_backbone,
 )
-
-# Built-in families register themselves on import.
-from mammoth.backbones import mlp, resnet, vit, zoo  # noqa: E402,F401  isort: skip
+from mammoth.config.registry import import_modules
 
 __all__ = [
     "BACKBONES",
@@ -23,3 +21,6 @@ __all__ = [
     "list_backbones",
     "register_backbone",
 ]
+
+# Every module of this package registers its built-in backbones on import.
+import_modules(__name__, __path__)

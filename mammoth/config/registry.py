@@ -5,16 +5,24 @@ dataclass schema (an attribute of the callable's module, ``<Name><Kind>Config``)
 closed (struct), in Hydra's ConfigStore under ``group/name``, so the user picks it with
 ``group=name`` and sets its arguments with ``group.arg=value``; any other key fails where Hydra
 composes. Backbones
-(:mod:`mammoth.backbones.registry`), CL methods (:mod:`mammoth.models.registry`) and benchmarks
-(:mod:`mammoth.datasets`) each own one :class:`Registry`.
+(:mod:`mammoth.backbones.registry`), CL methods (:mod:`mammoth.models.registry`), benchmarks
+(:mod:`mammoth.datasets`) and loggers (:mod:`mammoth.reporting.loggers`, not stored) each own
+one :class:`Registry`.
+
+Built-ins are found without a hand-kept list: a package of them ends with
+:func:`import_modules`, which imports every module of the package whose name does not start
+with ``_``. Installed ``mammoth.plugins`` entry points are imported on the first lookup of any
+registry (:func:`mammoth.plugins.load_plugins_once`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import inspect
+import pkgutil
 import re
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -36,6 +44,20 @@ _NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]*$")
 def canonical_name(name: str) -> str:
     """Names are case-insensitive and ``_`` equals ``-``: ``ResNet_18`` -> ``resnet-18``."""
     return str(name).strip().lower().replace("_", "-")
+
+
+def import_modules(package: str, path: Iterable[str]) -> list[str]:
+    """Import every module of ``package`` (found on ``path``, its ``__path__``) whose name does not
+    start with ``_``, so the built-ins they define register themselves; return their names, sorted.
+
+    A new module dropped in the package is registered with no list to edit; a helper module that
+    must not be imported eagerly starts with ``_``. Importing a module that registers nothing
+    (``base``, ``registry``, ``utils``) is harmless: its importers load it anyway.
+    """
+    names = sorted(info.name for info in pkgutil.iter_modules(list(path)) if not info.name.startswith("_"))
+    for name in names:
+        importlib.import_module(f"{package}.{name}")
+    return names
 
 
 def schema_node(schema: type) -> DictConfig:
@@ -67,6 +89,12 @@ def unknown_argument_message(group: str, option: str, argument: str, fields: lis
     message = f"unknown argument {argument!r} for {group} {option!r} ({group}.{argument}); its arguments: {description}"
     suggestion = closest_match(argument, fields)
     return message + (f" (did you mean {suggestion!r}?)" if suggestion else "")
+
+
+def _load_plugins() -> None:
+    from mammoth.plugins import load_plugins_once
+
+    load_plugins_once()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +136,7 @@ class Registry:
         schema_suffix: str,
         runtime_arguments: tuple[str, ...] = (),
         arguments_of: Callable[[Callable], list[Argument]] | None = None,
+        stored: bool = True,
     ) -> None:
         self.kind = kind
         self.group = group
@@ -116,6 +145,8 @@ class Registry:
         self.runtime_arguments = runtime_arguments
         #: How a target's arguments are found; None: from its signature (:func:`signature_arguments`).
         self.arguments_of = arguments_of
+        #: Whether each entry's schema is put in Hydra's ConfigStore as option ``group/name``.
+        self.stored = stored
         self._entries: dict[str, Entry] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -159,6 +190,8 @@ class Registry:
         return Entry(name=key, target=target, arguments=arguments, schema=schema)
 
     def _store(self, entry: Entry) -> None:
+        if not self.stored:
+            return
         from hydra.core.config_store import ConfigStore
 
         ConfigStore.instance().store(group=self.group, name=entry.name, node=schema_node(entry.schema), provider="mammoth")
@@ -168,16 +201,20 @@ class Registry:
         key = canonical_name(name)
         self.get(key)
         del self._entries[key]
+        if not self.stored:
+            return
         from hydra.core.config_store import ConfigStore
 
         ConfigStore.instance().repo.get(self.group, {}).pop(f"{key}.yaml", None)
 
     def names(self) -> list[str]:
-        """The registered names, sorted."""
+        """The registered names (the installed plugins' included), sorted."""
+        _load_plugins()
         return sorted(self._entries)
 
     def get(self, name: str) -> Entry:
         """The entry registered as ``name`` (case-insensitive, ``_`` = ``-``)."""
+        _load_plugins()
         entry = self._entries.get(canonical_name(name))
         if entry is None:
             raise self.error_type(unknown_name_message(self.kind, name, self.names()))
@@ -185,6 +222,7 @@ class Registry:
 
     def find_by_target(self, path: str) -> Entry | None:
         """The entry whose ``_target_`` is ``path``, or None when nothing registered has it."""
+        _load_plugins()
         return next((entry for entry in self._entries.values() if entry.target_path == path), None)
 
     def resolve(self, name_or_config: Any) -> tuple[Entry, dict[str, Any]]:

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from mammoth.datasets.base import ContinualDataset, DatasetConfig, TaskData, coerce_config, random_crop_flip
 from mammoth.errors import DatasetError, unknown_name_message
-from mammoth.config.registry import Registry, canonical_name
+from mammoth.config.registry import Registry, canonical_name, import_modules
 from mammoth.config.schema import Argument, signature_arguments
 
 __all__ = [
@@ -134,5 +134,5 @@ def default_backbone_option(dataset: str) -> str:
     return backbone if backbone in BACKBONES.names() else missing
 
 
-# Importing the family modules registers their benchmarks.
-from mammoth.datasets import cifar, digits, mnist, tinyimagenet  # noqa: E402,F401
+# Every module of this package registers its benchmarks on import.
+import_modules(__name__, __path__)

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import shutil
+import subprocess
 import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +21,7 @@ from torch import nn
 
 from mammoth.backbones import BACKBONES, MammothBackbone, build_backbone, get_backbone_entry, list_backbones, register_backbone
 from mammoth.errors import BackboneError, ConfigError
-from mammoth.config.registry import Registry, canonical_name
+from mammoth.config.registry import Registry, canonical_name, import_modules
 
 BUILT_INS = ["mnistmlp", "resnet", "resnet18", "resnet34", "resnet50", "reduced-resnet18", "vit", "torchvision"]
 
@@ -267,8 +272,12 @@ def test_stored_options_are_closed_typed_schemas(temporary) -> None:
 
 
 def compose_app(*overrides: str) -> DictConfig:
-    """A ConfigStore-only Hydra app (no YAML, no mammoth primary config) that selects backbone=resnet."""
-    ConfigStore.instance().store(name="registry_test_app", node={"defaults": [{"backbone": "resnet"}, {"model": "er"}, "_self_"]})
+    """A ConfigStore-only Hydra app (no YAML, no mammoth primary config) that opts in to mammoth's
+    groups (``pkg://mammoth.conf``) and selects backbone=resnet and model=er."""
+    ConfigStore.instance().store(name="registry_test_app", node={
+        "defaults": [{"backbone": "resnet"}, {"model": "er"}, "_self_"],
+        "hydra": {"searchpath": ["pkg://mammoth.conf"]},
+    })
     with initialize(version_base="1.3"):
         return compose(config_name="registry_test_app", overrides=list(overrides))
 
@@ -296,3 +305,82 @@ def test_hydra_zen_refuses_an_unknown_key(tmp_path) -> None:
     with pytest.raises(ConfigCompositionException) as info:
         launch(app, lambda cfg: None, overrides=["backbone.deptth=34"], version_base="1.3")
     assert "Key 'deptth' not in 'ResnetBackboneConfig'" in str(info.value.__cause__)
+
+
+def test_a_registry_that_is_not_stored_keeps_the_config_store_as_it_was() -> None:
+    registry = Registry(kind="thing", group="test_unstored", error_type=ConfigError, schema_suffix="ThingConfig",
+                        stored=False)
+    registry.register("wid-get")(widget)
+    try:
+        assert registry.names() == ["wid-get"] and registry.get("Wid_Get").target is widget
+        assert "test_unstored" not in ConfigStore.instance().repo
+    finally:
+        registry.unregister("wid-get")
+    assert registry.names() == []
+
+
+# ---- built-ins found without a list ----
+
+#: Modules dropped into a copy of the package: one per kind that registers, and a ``_`` module
+#: that would fail if it were imported.
+DROPPED_IN = {
+    "models/dropped_method.py": """
+        from mammoth.models.base import ContinualModel
+        from mammoth.models.registry import register_model
+
+        @register_model("dropped-method")
+        class DroppedMethod(ContinualModel):
+            pass
+    """,
+    "backbones/dropped_net.py": """
+        from mammoth.backbones.mlp import MNISTMLP
+        from mammoth.backbones.registry import register_backbone
+
+        register_backbone("dropped-net")(MNISTMLP)
+    """,
+    "datasets/dropped_digits.py": """
+        from mammoth.datasets import register_dataset
+        from mammoth.datasets.digits import SequentialDigits
+
+        @register_dataset("dropped-digits")
+        class DroppedDigits(SequentialDigits):
+            pass
+    """,
+    "models/_not_a_method.py": "raise RuntimeError('a module starting with _ is not imported')\n",
+}
+
+
+def test_a_module_dropped_into_a_package_is_registered_without_editing_a_list(tmp_path: Path) -> None:
+    package = Path(__file__).resolve().parents[2] / "mammoth"
+    shutil.copytree(package, tmp_path / "mammoth", ignore=shutil.ignore_patterns("__pycache__"))
+    for relative, source in DROPPED_IN.items():
+        (tmp_path / "mammoth" / relative).write_text(textwrap.dedent(source))
+    code = ("import mammoth\n"
+            "print(mammoth.__file__)\n"
+            "print(mammoth.list_models(), mammoth.list_backbones(), mammoth.list_datasets(), sep='\\n')\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    where, models, backbones, datasets = result.stdout.splitlines()
+    assert where == str(tmp_path / "mammoth" / "__init__.py")
+    assert "'dropped-method'" in models and "'sgd'" in models
+    assert "'dropped-net'" in backbones and "'resnet18'" in backbones
+    assert "'dropped-digits'" in datasets and "'seq-digits'" in datasets
+
+
+def test_import_modules_imports_the_modules_not_starting_with_an_underscore(tmp_path: Path, monkeypatch) -> None:
+    package = tmp_path / "dropin_package"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "first.py").write_text("LOADED = True\n")
+    (package / "second.py").write_text("LOADED = True\n")
+    (package / "_private.py").write_text("raise RuntimeError('imported')\n")
+    (package / "notes.txt").write_text("not a module\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        assert import_modules("dropin_package", [str(package)]) == ["first", "second"]
+        assert sys.modules["dropin_package.first"].LOADED and "dropin_package._private" not in sys.modules
+    finally:
+        for name in [name for name in sys.modules if name.split(".")[0] == "dropin_package"]:
+            del sys.modules[name]

@@ -1,0 +1,130 @@
+"""``import mammoth`` is cheap; the public names, the built-ins and the ``mammoth.plugins`` entry
+points load on first use, once (mammoth/__init__.py, mammoth/plugins.py). Each test runs a fresh
+interpreter, where nothing of mammoth is imported yet."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: A plugin module using the public API at import time, as the README's plugins do.
+PLUGIN = '''
+from torch import nn
+
+from mammoth import MammothBackbone, register_backbone
+
+
+@register_backbone("plug-net")
+class PlugNet(MammothBackbone):
+    def __init__(self, num_classes: int, input_shape: tuple, hidden: int = 7):
+        super().__init__()
+        self.stages = nn.ModuleList([nn.Sequential(nn.Flatten(), nn.LazyLinear(hidden))])
+        self.num_features, self.num_classes = hidden, num_classes
+        self.classifier = nn.Linear(hidden, num_classes)
+'''
+
+
+def install_plugin(root: Path, source: str) -> None:
+    """A distribution in ``root`` (a sys.path entry) whose ``mammoth.plugins`` entry point is ``plugpkg``."""
+    (root / "plugpkg.py").write_text(source)
+    info = root / "plugpkg-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: plugpkg\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[mammoth.plugins]\nplug = plugpkg\n")
+
+
+def run_code(code: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter in ``cwd`` (on its sys.path); the last stdout line is JSON."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("HYDRA_")}
+    env["PYTHONPATH"] = str(cwd)
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def last_json(result: subprocess.CompletedProcess) -> dict:
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+HEAVY = ("torch", "omegaconf", "hydra", "mammoth.backbones", "mammoth.models", "mammoth.datasets", "plugpkg")
+
+
+def test_import_mammoth_imports_neither_torch_nor_the_builtins_and_they_load_on_first_use(tmp_path: Path) -> None:
+    install_plugin(tmp_path, PLUGIN)
+    seen = last_json(run_code(f'''
+        import json, sys
+        import mammoth
+        after_import = sorted(name for name in {HEAVY!r} if name in sys.modules)
+        import mammoth.plugins as plugins
+        calls = []
+        load = plugins.load_plugins
+        plugins.load_plugins = lambda strict=True: calls.append(strict) or load(strict)
+        backbones = mammoth.list_backbones()
+        models, datasets = mammoth.list_models(), mammoth.list_datasets()
+        net = mammoth.build_backbone("plug-net", num_classes=3, input_shape=(1, 2, 2))
+        print(json.dumps({{"after_import": after_import, "dir": dir(mammoth), "all": mammoth.__all__,
+                           "backbones": backbones, "models": models, "datasets": datasets, "calls": calls,
+                           "net": type(net).__name__, "torch": "torch" in sys.modules}}))
+    ''', tmp_path))
+    assert seen["after_import"] == []
+    assert seen["dir"] == sorted([*seen["all"], "__version__"]) and "register_backbone" in seen["all"]
+    assert {"resnet18", "mnistmlp", "plug-net"} <= set(seen["backbones"])
+    assert {"sgd", "er", "der"} <= set(seen["models"]) and "seq-digits" in seen["datasets"]
+    assert seen["calls"] == [False]  # the entry points were imported once, at the first lookup
+    assert seen["net"] == "PlugNet" and seen["torch"] is True
+
+
+def test_an_unknown_public_name_is_an_attribute_error(tmp_path: Path) -> None:
+    seen = last_json(run_code('''
+        import json, mammoth
+        try:
+            mammoth.list_backbone
+        except AttributeError as error:
+            print(json.dumps({"error": str(error), "has": hasattr(mammoth, "run")}))
+    ''', tmp_path))
+    assert seen == {"error": "module 'mammoth' has no attribute 'list_backbone'", "has": True}
+
+
+def test_a_broken_plugin_is_a_warning_at_the_first_lookup_not_at_import(tmp_path: Path) -> None:
+    install_plugin(tmp_path, "raise RuntimeError('boom')\n")
+    result = run_code('''
+        import json, warnings
+        import mammoth
+        with warnings.catch_warnings(record=True) as at_import:
+            warnings.simplefilter("always")
+            import mammoth.backbones
+        with warnings.catch_warnings(record=True) as at_lookup:
+            warnings.simplefilter("always")
+            names = mammoth.list_backbones()
+            mammoth.list_models()
+        print(json.dumps({"at_import": [str(w.message) for w in at_import],
+                          "at_lookup": [str(w.message) for w in at_lookup], "resnet18": "resnet18" in names}))
+    ''', tmp_path)
+    seen = last_json(result)
+    assert seen["at_import"] == []
+    assert seen["at_lookup"] == ["mammoth plugin 'plug' (plugpkg) failed to import: RuntimeError: boom"]
+    assert seen["resnet18"] is True
+
+
+def test_an_app_that_opts_in_composes_builtins_and_plugins_without_importing_mammoth(tmp_path: Path) -> None:
+    install_plugin(tmp_path, PLUGIN)
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "config.yaml").write_text(
+        "defaults:\n  - backbone: resnet18\n  - _self_\n\nhydra:\n  searchpath: [pkg://mammoth.conf]\n")
+    seen = last_json(run_code('''
+        import json
+        from hydra import compose, initialize
+        with initialize(config_path="conf", version_base="1.3"):
+            builtin = compose("config", overrides=["backbone.width=4", "+model=er"])
+            plugin = compose("config", overrides=["backbone=plug-net", "backbone.hidden=3"])
+        print(json.dumps({"builtin": [builtin.backbone._target_, builtin.backbone.width, builtin.model._target_],
+                          "plugin": [plugin.backbone._target_, plugin.backbone.hidden]}))
+    ''', tmp_path))
+    assert seen == {"builtin": ["mammoth.backbones.resnet.resnet18", 4, "mammoth.models.er.ER"],
+                    "plugin": ["plugpkg.PlugNet", 3]}
