@@ -23,9 +23,9 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping
 
-from mammoth.errors import ConfigError, unknown_name_message
+from mammoth.errors import ConfigError
 from mammoth.reporting.metrics import summarise
-from mammoth.config.registry import canonical_name
+from mammoth.config.registry import Registry, canonical_name
 from mammoth.engine.rundir import open_nofollow, path_inside
 
 log = logging.getLogger("mammoth")
@@ -218,16 +218,23 @@ class WandbLogger(RunLogger):
         self._run.finish(exit_code=1 if failed else 0)
 
 
-#: Logger name -> class: the only classes a ``logger`` config can select.
-LOGGERS: dict[str, type[RunLogger]] = {"csv": CsvLogger, "tensorboard": TensorBoardLogger, "wandb": WandbLogger}
+#: The registered loggers: the only classes a ``logger`` config can select (by ``name``). Their
+#: options are given under ``logger.LABEL``, not as a config group, so nothing is put in Hydra's ConfigStore.
+LOGGERS = Registry(kind="logger", group="logger", error_type=ConfigError, schema_suffix="LoggerConfig",
+                   runtime_arguments=("run",), stored=False)
 
 
 def register_logger(name: str, cls: type[RunLogger]) -> type[RunLogger]:
-    """Add a logger class under ``name`` (e.g. from a plugin); returns it unchanged."""
+    """Add a logger class under ``name`` (e.g. from a plugin); returns it unchanged. Names are
+    case-insensitive, ``_`` equals ``-``, and a duplicate raises."""
     if not (inspect.isclass(cls) and issubclass(cls, RunLogger)):
         raise ConfigError(f"cannot register {cls!r} as logger {name!r}: not a subclass of mammoth.reporting.loggers.RunLogger")
-    LOGGERS[canonical_name(name)] = cls
-    return cls
+    return LOGGERS.register(name)(cls)
+
+
+register_logger("csv", CsvLogger)
+register_logger("tensorboard", TensorBoardLogger)
+register_logger("wandb", WandbLogger)
 
 
 def build_loggers(selection: Mapping[str, Any] | None, run: RunInfo) -> list[RunLogger]:
@@ -253,9 +260,10 @@ def output_paths(selection: Mapping[str, Any] | None) -> dict[str, str]:
     paths: dict[str, str] = {}
     for label, options in (selection or {}).items():
         options = dict(options or {})
-        cls = LOGGERS.get(canonical_name(options.get("name", label)))
-        if cls is None:
+        name = canonical_name(options.get("name", label))
+        if name not in LOGGERS.names():
             continue
+        cls = LOGGERS.get(name).target
         defaults = inspect.signature(cls.__init__).parameters
         for option in cls.PATH_OPTIONS:
             value = options.get(option, defaults[option].default if option in defaults else None)
@@ -284,10 +292,8 @@ def close_loggers(loggers: list[RunLogger], failed: bool = False) -> None:
 
 
 def _build_one(label: str, options: dict[str, Any], run: RunInfo) -> RunLogger:
-    name = canonical_name(options.pop("name", label))
-    if name not in LOGGERS:
-        raise ConfigError(unknown_name_message("logger", name, sorted(LOGGERS)))
-    cls = LOGGERS[name]
+    entry = LOGGERS.get(options.pop("name", label))
+    name, cls = entry.name, entry.target
     allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "run")]
     unknown = sorted(set(options) - set(allowed))
     if unknown:

@@ -355,13 +355,13 @@ RECORDED: list[Recorder] = []
 
 
 @pytest.fixture
-def recorder(monkeypatch):
-    import mammoth.reporting.loggers
+def recorder():
+    from mammoth.reporting.loggers import LOGGERS
 
-    monkeypatch.setattr(mammoth.reporting.loggers, "LOGGERS", dict(mammoth.reporting.loggers.LOGGERS))
     register_logger("recorder", Recorder)
     RECORDED.clear()
     yield RECORDED
+    LOGGERS.unregister("recorder")
 
 
 def test_a_registered_logger_sees_the_runs_events_in_order(tmp_path, recorder):
@@ -385,6 +385,19 @@ def test_loggers_are_closed_as_failed_when_the_run_fails(tmp_path, recorder):
     [logger] = recorder
     assert logger.events == [("epoch", 0, 0), ("task", 0, 1), ("epoch", 1, 0), ("task", 1, 2), ("close", True)]
     assert not (tmp_path / "results.json").exists()
+
+
+def test_a_duplicate_logger_name_is_refused_and_the_first_kept(recorder):
+    from mammoth.reporting.loggers import LOGGERS
+
+    class Other(Recorder):
+        pass
+
+    with pytest.raises(ConfigError) as error:
+        register_logger("Recorder", Other)
+    assert str(error.value).startswith(f"duplicate logger name 'recorder': already registered by {__name__}.Recorder (")
+    assert f"registered again by {__name__}.{Other.__qualname__} (" in str(error.value)
+    assert LOGGERS.get("recorder").target is Recorder and LOGGERS.names() == ["csv", "recorder", "tensorboard", "wandb"]
 
 
 def test_only_run_logger_classes_can_be_registered():
