@@ -234,7 +234,7 @@ class Registry:
         """
         if isinstance(name_or_config, str):
             return self.get(name_or_config), {}
-        configured = self._as_container(name_or_config)
+        configured = self.configured_values(name_or_config)
         target = configured.pop("_target_", None)
         entry = self.find_by_target(target) if isinstance(target, str) else None
         if entry is None:
@@ -244,7 +244,9 @@ class Registry:
             )
         return entry, configured
 
-    def _as_container(self, config: Any) -> dict[str, Any]:
+    def configured_values(self, config: Any) -> dict[str, Any]:
+        """The keys and values of a config (DictConfig, mapping or schema dataclass) as a plain
+        dict, interpolations resolved and unset values left as ``MISSING``."""
         if dataclasses.is_dataclass(config):
             config = OmegaConf.structured(config)
         if isinstance(config, DictConfig):

@@ -10,12 +10,10 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-from omegaconf import DictConfig
-
-from mammoth.datasets.base import ContinualDataset, DatasetConfig, TaskData, coerce_config, random_crop_flip
+from mammoth.datasets.base import ContinualDataset, DatasetConfig, TaskData, random_crop_flip
 from mammoth.errors import DatasetError, unknown_name_message
 from mammoth.config.registry import Registry, canonical_name, import_modules
-from mammoth.config.schema import Argument, signature_arguments
+from mammoth.config.schema import Argument, is_missing, signature_arguments
 
 __all__ = [
     "DATASETS",
@@ -96,17 +94,21 @@ def get_dataset_class(name: str) -> type[ContinualDataset]:
     return DATASETS.get(name).target
 
 
-def build_dataset(config: DatasetConfig | Mapping[str, Any], seed: int = 0) -> ContinualDataset:
-    """Build a benchmark from its composed config (``_target_`` a registered benchmark; one that
-    names anything else is refused) or from a mapping with its ``name``. Absent batch_size /
-    n_epochs take the benchmark's defaults."""
-    if isinstance(config, (Mapping, DictConfig)) and "_target_" in config:
-        entry, values = DATASETS.resolve(config)
-        return entry.target(DATASETS.check_values(entry, values), seed=seed)
-    name = coerce_config(config).get("name")
-    if name is None:
+def build_dataset(config: str | DatasetConfig | Mapping[str, Any], seed: int = 0) -> ContinualDataset:
+    """Build a registered benchmark from its name, its composed config (``_target_`` a registered
+    benchmark; one that names anything else is refused) or a mapping or :class:`DatasetConfig`
+    with its ``name``. Fields left out (or ``???``) take the benchmark's defaults; the others are
+    checked against its typed fields, as in a composed config."""
+    values = DATASETS.configured_values({"name": config} if isinstance(config, str) else config)
+    if "_target_" in values:
+        entry, values = DATASETS.resolve(values)
+    elif values.get("name") is None:
         raise DatasetError(f"dataset.name is missing; allowed: {', '.join(list_datasets())}")
-    return get_dataset_class(name)(config, seed=seed)
+    else:
+        entry = DATASETS.get(values["name"])
+        values["name"] = entry.name  # names are case-insensitive, ``_`` equals ``-``
+    present = {key: value for key, value in values.items() if not is_missing(value)}
+    return entry.target(DATASETS.check_values(entry, present), seed=seed)
 
 
 #: Where the primary config of ``python -m mammoth`` looks for a dataset's default backbone when

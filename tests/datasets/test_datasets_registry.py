@@ -117,8 +117,10 @@ def test_building_reads_no_files(tmp_path: Path) -> None:
     ("config", "expected"),
     [
         ({"name": "seq-mnist", "batch_size": 0}, "dataset.batch_size=0 is not a positive integer; allowed: batch_size >= 1"),
-        ({"name": "seq-mnist", "n_epochs": "x"}, "dataset.n_epochs='x' is not a positive integer"),
-        ({"name": "seq-mnist", "colour": True}, "unknown dataset config key(s) colour; allowed: name, root"),
+        ({"name": "seq-mnist", "n_epochs": "x"}, "dataset.n_epochs: invalid value 'x' for argument 'n_epochs': expected an integer"),
+        ({"name": "seq-mnist", "colour": True},
+         "unknown argument 'colour' for dataset 'seq-mnist' (dataset.colour); its arguments: name: str = 'seq-mnist', root"),
+        ({"_target_": "mammoth.datasets.mnist.SequentialMNIST", "colour": True}, "unknown argument 'colour' for dataset 'seq-mnist'"),
         ({"name": "perm-mnist", "n_tasks": 0}, "dataset.n_tasks=0 is not a positive integer"),
     ],
 )
@@ -126,6 +128,15 @@ def test_bad_config_values(config: dict, expected: str) -> None:
     with pytest.raises(DatasetError) as error:
         build_dataset(config)
     assert expected in str(error.value).splitlines()[0]
+
+
+def test_a_name_a_mapping_a_dataclass_and_a_composed_config_build_the_same_way() -> None:
+    composed = compose_dataset("dataset=perm-mnist", "dataset.n_tasks=3", "dataset.batch_size=16")
+    built = [build_dataset("Perm_MNIST", seed=1), build_dataset({"name": "perm-mnist", "n_tasks": 3, "batch_size": 16}),
+             build_dataset(DatasetConfig(name="perm-mnist", n_tasks=3, batch_size=16)), build_dataset(composed.dataset)]
+    assert [type(dataset).__name__ for dataset in built] == ["PermutedMNIST"] * 4
+    assert [(dataset.n_tasks, dataset.config.batch_size) for dataset in built] == [(20, 128), (3, 16), (3, 16), (3, 16)]
+    assert built[0].seed == 1 and built[1].config == built[2].config == built[3].config
 
 
 def test_name_mismatch_when_building_a_class_directly() -> None:
