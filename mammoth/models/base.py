@@ -173,6 +173,11 @@ class ContinualModel(nn.Module):
 
     def step(self, loss: Tensor) -> float:
         """Back-propagate ``loss`` (after clearing old gradients), step the optimizer; return its value."""
+        if self.optimizer is None:
+            raise MammothError(
+                f"{type(self).__name__} has no optimizer yet; allowed: training after begin_task(task), "
+                "which creates it (the harness calls begin_task first)"
+            )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

@@ -65,6 +65,8 @@ def test_two_tasks_run_through_all_hooks(name, make_model, dataset) -> None:
 def test_adam_optimizer_and_hyper_parameters(make_model) -> None:
     model = make_model("sgd", optimizer="adam", lr=0.01, weight_decay=1e-4)
     assert model.optimizer is None and model.scheduler is None  # built by begin_task, not __init__
+    with pytest.raises(MammothError, match=r"^SGD has no optimizer yet; allowed: training after begin_task\(task\)"):
+        model.step(model.loss(model.net(torch.zeros(2, 1, 4, 4)), torch.tensor([0, 1])))
     model.begin_task(0)
     assert isinstance(model.optimizer, torch.optim.Adam)
     assert model.optimizer.param_groups[0]["lr"] == 0.01
