@@ -203,6 +203,17 @@ def _create_temporary(directory: int | None, path: Path) -> tuple[str, int]:
     raise FileExistsError(errno.EEXIST, f"no unused temporary name beside {path}")
 
 
+@contextlib.contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` (``fcntl.flock``; created if absent, never
+    through a symbolic link) while the block runs, after waiting for any other holder, so
+    processes that update the same files take turns. Where there are no locks (Windows, some
+    network file systems) the block runs unlocked: the writes in it stay atomic."""
+    with open_nofollow(path, "a") as file:
+        _lock_quietly(file.fileno())
+        yield  # closing the file releases the lock
+
+
 def _lock_quietly(descriptor: int, blocking: bool = True) -> bool:
     """``flock`` the descriptor exclusively; False where it cannot be locked (held elsewhere, no fcntl)."""
     try:
@@ -270,24 +281,18 @@ class RunLock:
         self._nested = False
 
     def __enter__(self) -> "RunLock":
-        try:
-            import fcntl
-        except ImportError:  # Windows: no advisory locks; runs are not kept apart
-            return self
         if self._key in RunLock._held:
             self._nested = True
             return self
         file = open_nofollow(self.path, "a+")
-        try:
-            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        if not _lock_quietly(file.fileno(), blocking=False):  # held by another run (Windows: always free)
             file.seek(0)
             holder = file.read().strip()
             file.close()
             raise ConfigError(
                 f"another mammoth run{f' (pid {holder})' if holder else ''} is using {self.path.parent}; "
                 "wait for it to end, or give this run another hydra.run.dir or output_dir"
-            ) from None
+            )
         file.seek(0)
         file.truncate()
         file.write(str(os.getpid()))

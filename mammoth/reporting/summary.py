@@ -20,7 +20,6 @@ overrides in ``summary.md``).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import io
 import json
@@ -34,12 +33,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 from mammoth.config.run_settings import RUN_CONTROL_KEYS
 from mammoth.errors import ConfigError
 from mammoth.reporting.results import KIND_TITLES, RESULTS_NAME
-from mammoth.engine.rundir import open_nofollow, remove_stale_temporaries, write_atomic
+from mammoth.engine.rundir import exclusive_lock, open_nofollow, remove_stale_temporaries, write_atomic
 from mammoth.engine.checkpoint import CHECKPOINT_NAME
 
 STATUS_NAME = "job.json"
@@ -821,32 +820,11 @@ def write_summary(root: Path, rows: Sequence[JobRow], title: str | None = None, 
     ]
 
 
-@contextlib.contextmanager
-def summary_lock(root: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``root/.summary.lock`` (``fcntl.flock``; no lock where fcntl
-    does not exist), so processes that update one summary take turns."""
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        yield
-        return
-    with open_nofollow(root / LOCK_NAME, "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        except OSError:  # a file system without locks (some network mounts): writes stay atomic
-            yield
-            return
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def update_summary(root: Path, others: Sequence[Path] = (), ended: bool | None = None) -> list[JobRow]:
     """Under the lock of ``root``: gather the runs under ``root`` and ``others`` and write the
     summary files into ``root`` (``ended`` as in :func:`write_summary`). Returns the rows."""
     check_directory(root)
-    with summary_lock(root):
+    with exclusive_lock(root / LOCK_NAME):  # processes that update one summary take turns
         remove_stale_temporaries(root, before=time.time(), names=(CSV_NAME, MARKDOWN_NAME, PLOT_NAME))  # a writer killed mid-write
         rows = gather([root, *others])
         write_summary(root, rows, " ".join(str(path) for path in [root, *others]), ended)

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from mammoth.errors import ConfigError
-from mammoth.engine.rundir import LOCK_NAME, RunLock, atomic_file, open_nofollow, path_inside, remove_stale_temporaries, write_atomic
+from mammoth.engine.rundir import (
+    LOCK_NAME, RunLock, atomic_file, exclusive_lock, open_nofollow, path_inside, remove_stale_temporaries, write_atomic,
+)
 
 ALLOWED = "allowed: a relative path inside the run directory, without '..' and without symlinks leading out"
 
@@ -172,3 +174,48 @@ def test_a_run_replaces_a_planted_plot_link_and_removes_a_crashs_temporary_file(
     assert not (run_dir / "accuracy.png").is_symlink() and (run_dir / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
     assert outside.read_bytes() == b"do not touch\n"
     assert not crashed.exists() and not list(run_dir.glob(".*.tmp"))
+
+
+def can_lock(path: Path) -> bool:
+    """Whether a new open file of ``path`` gets an exclusive flock at once (flock locks are held by
+    open files, so this conflicts with a lock taken through another open file, in any process)."""
+    import fcntl
+
+    with open(path, "a") as file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+
+def test_the_exclusive_lock_is_held_for_the_block_and_released_after(run_dir: Path):
+    path = run_dir / ".summary.lock"
+    with exclusive_lock(path):
+        assert path.is_file() and not can_lock(path)
+    assert can_lock(path)
+    with pytest.raises(RuntimeError), exclusive_lock(path):
+        raise RuntimeError("a failed update")
+    assert can_lock(path)
+
+
+def test_the_exclusive_lock_refuses_a_planted_symlink(run_dir: Path, outside: Path):
+    (run_dir / ".summary.lock").symlink_to(outside)
+    with pytest.raises(ConfigError, match=rf"^{run_dir / '.summary.lock'} is a symbolic link \(to {outside}\)"):
+        with exclusive_lock(run_dir / ".summary.lock"):
+            pass
+    assert outside.read_bytes() == b"do not touch\n"
+
+
+def test_the_run_lock_refuses_a_second_holder_naming_its_pid_and_is_free_after(run_dir: Path):
+    with open(run_dir / LOCK_NAME, "w") as other:  # another process's lock: another open file
+        import fcntl
+
+        other.write("4242")
+        other.flush()
+        fcntl.flock(other, fcntl.LOCK_EX)
+        with pytest.raises(ConfigError, match=rf"^another mammoth run \(pid 4242\) is using {run_dir}; wait for it"):
+            RunLock(run_dir).__enter__()
+    with RunLock(run_dir) as lock:
+        assert not can_lock(lock.path) and (run_dir / LOCK_NAME).read_text() == str(os.getpid())
+    assert can_lock(run_dir / LOCK_NAME)
