@@ -38,7 +38,7 @@ from typing import Any, Sequence
 from mammoth.config.run_settings import RUN_CONTROL_KEYS
 from mammoth.errors import ConfigError
 from mammoth.reporting.results import KIND_TITLES, RESULTS_NAME
-from mammoth.engine.rundir import exclusive_lock, open_nofollow, remove_stale_temporaries, write_atomic
+from mammoth.engine.rundir import exclusive_lock, remove_stale_temporaries, write_atomic
 from mammoth.engine.checkpoint import CHECKPOINT_NAME
 
 STATUS_NAME = "job.json"
