@@ -7,6 +7,11 @@ Then lists the slowest imports of mammoth / hydra_zen modules (``python -X impor
 the third-party imports that mammoth modules trigger directly, and checks that composing a
 config leaves ``torchvision`` and ``sklearn`` unimported.
 
+Last, the cost of ``import mammoth`` itself, side by side with the bare interpreter
+(``python -c pass``), ``import torch, hydra`` and the first use (``mammoth.list_backbones()``,
+which imports torch, the built-ins and the plugins): ``import mammoth`` should cost about
+nothing over the bare interpreter (it imports neither torch nor the built-ins).
+
 Usage: ``python scripts/bench_startup.py [--quick] [--runs N] [--override '~model' ...]``.
 """
 
@@ -113,6 +118,48 @@ def importtime_report(command: list[str], cwd: str, runs: int) -> None:
     ))
 
 
+#: What ``import mammoth`` costs, side by side (label -> ``python -c`` code); ratios are to the first.
+IMPORT_COMMANDS = {
+    "python -c pass": "pass",
+    "import mammoth": "import mammoth",
+    "import mammoth; mammoth.list_backbones()": "import mammoth; mammoth.list_backbones()",
+    "import torch, hydra": "import torch, hydra",
+}
+
+
+def import_cost_report(python: str, cwd: str, runs: int) -> bool:
+    """Time each of :data:`IMPORT_COMMANDS` ``runs`` times, interleaved; print medians and ratios
+    to the bare interpreter, and whether ``import mammoth`` left torch unimported. False on a failure."""
+    times: dict[str, list[float]] = {label: [] for label in IMPORT_COMMANDS}
+    labels = list(IMPORT_COMMANDS)
+    for index in range(runs + 1):  # the first round is an untimed warm-up
+        shift = index % len(labels)
+        for label in labels[shift:] + labels[:shift]:
+            seconds, result = run_once([python, "-c", IMPORT_COMMANDS[label]], cwd)
+            if result.returncode != 0:
+                print(f"FAILED (exit {result.returncode}): python -c {IMPORT_COMMANDS[label]!r}\n{result.stderr[-3000:]}")
+                return False
+            if index:
+                times[label].append(seconds)
+    floor = statistics.median(times[labels[0]])
+    print(f"\n## The cost of `import mammoth` (median of {runs} interleaved runs)\n")
+    print(_timing.markdown_table(
+        ["command", "median s", "min s", "over python -c pass s", "ratio vs python -c pass"],
+        [[f"python -c {IMPORT_COMMANDS[label]!r}", f"{statistics.median(times[label]):.3f}", f"{min(times[label]):.3f}",
+          f"{statistics.median(times[label]) - floor:.3f}", f"{statistics.median(times[label]) / floor:.2f}x"]
+         for label in labels],
+    ))
+    check = subprocess.run([python, "-c", "import sys, mammoth; print('torch' in sys.modules)"], cwd=cwd,
+                           capture_output=True, text=True)
+    lazy = check.stdout.strip() == "False"
+    print(f"\n- {'PASS' if lazy else 'MISS'}  `import mammoth` leaves torch unimported")
+    importtime = subprocess.run([python, "-X", "importtime", "-c", "import mammoth"], cwd=cwd, capture_output=True, text=True)
+    own = [node for node in parse_importtime(importtime.stderr) if node[0] == "mammoth"]
+    if own:
+        print(f"- info: `python -X importtime -c 'import mammoth'`: mammoth cumulative {own[-1][2]:.1f} ms")
+    return lazy
+
+
 def main() -> int:
     args = parse_args()
     runs = args.runs or (3 if args.quick else 7)
@@ -173,6 +220,8 @@ def main() -> int:
         others = [m for m in ALSO_REPORTED if m in report["present"]]
         print(f"- info: also imported: {', '.join(others) or 'none'} (of {', '.join(ALSO_REPORTED)})")
         print(f"- info: import mammoth + compose took {report['seconds']:.2f} s in-process")
+        if not import_cost_report(python, cwd, runs):
+            return 1
     return 0
 
 
