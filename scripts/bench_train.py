@@ -4,7 +4,8 @@ One epoch of ``sgd`` and of ``er`` (buffer_size 200) with ``mnistmlp`` on ``seq-
 over ALL 5 tasks' training data (1,438 examples, concatenated; batch 32 = the dataset's
 default, 45 steps), run two ways:
 
-- harness: ``mammoth.engine.loop.train_task`` with a model from ``mammoth.models.build_model``;
+- harness: the harness's loop (``TrainingContext.fit`` of ``model.observe``, batches read from an
+  ``InMemorySource``) with a model from ``mammoth.models.build_model``;
 - plain: a hand-written loop with the same data tensors, batch size, shuffling
   (``torch.randperm`` with a generator of the same seed), uint8 -> float / 255 and
   normalisation, the same ``torch.optim.SGD`` and lr, one cross-entropy per step and
@@ -21,7 +22,7 @@ transform, as ``er`` does it, on a buffer past capacity) against the training st
 
 Last, the step time of every registered method as a ratio to ``er``'s: each method trains
 task 0 of seq-digits for one epoch (so replay, penalties and frozen copies are active), then
-``train_task`` on task 1 is timed, every method once per round in a rotating order; the ratio
+``context.fit`` on task 1 is timed, every method once per round in a rotating order; the ratio
 is the median over rounds of (method / er) in the same round. Only the steps are timed, not
 the work some methods do between tasks (Fisher, herding, BiC's fit, GDumb's final training).
 
@@ -46,6 +47,8 @@ from mammoth.backbones import build_backbone  # noqa: E402
 from mammoth.models.buffer import ReplayBuffer  # noqa: E402
 from mammoth.datasets import build_dataset  # noqa: E402
 from mammoth.models import build_model  # noqa: E402
+from mammoth.datasets.source import InMemorySource  # noqa: E402
+from mammoth.engine.context import build_context  # noqa: E402
 from mammoth.engine.loop import train_task  # noqa: E402
 
 TARGET = 1.10
@@ -67,7 +70,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def load_data():
-    dataset = build_dataset({"name": "seq-digits", "n_epochs": 1}, seed=SEED)  # one epoch per train_task
+    dataset = build_dataset({"name": "seq-digits", "n_epochs": 1}, seed=SEED)  # one epoch per training
     tasks = [dataset.get_task(task) for task in range(dataset.n_tasks)]
     x = torch.cat([task.train_x for task in tasks])
     y = torch.cat([task.train_y for task in tasks])
@@ -84,6 +87,15 @@ def harness_model(name, dataset):
     model = build_model(name, net=net, dataset=dataset, **({"buffer_size": BUFFER_SIZE} if name == "er" else {}))
     model.begin_task(0)
     return model
+
+
+def harness_epoch(model, dataset, x, y, generator):
+    """One epoch of the harness's loop over ``(x, y)``: ``context.fit`` of ``model.observe``, as a callable."""
+    context = build_context(dataset, DEVICE, generator)
+    model.attach(context)
+    source = InMemorySource(x, y)
+    return lambda: context.fit(lambda batch: model.observe(batch.inputs, batch.labels, batch.not_aug_inputs),
+                               source, 1, "benchmark", end_epoch=model.end_epoch)
 
 
 # ---- the plain loop ----
@@ -166,8 +178,7 @@ def epoch_rounds(dataset, x, y, rounds: int) -> dict[str, list[float]]:
 
     def harness(name):
         model = harness_model(name, dataset)
-        generator = torch.Generator().manual_seed(SEED)
-        return lambda: train_task(model, dataset, x, y, generator, DEVICE), model
+        return harness_epoch(model, dataset, x, y, torch.Generator().manual_seed(SEED)), model
 
     lr = harness_model("sgd", dataset).lr  # the models' default lr (model.lr)
 
@@ -195,7 +206,7 @@ def epoch_rounds(dataset, x, y, rounds: int) -> dict[str, list[float]]:
 def sgd_weights_match(dataset, x, y) -> bool:
     """The plain SGD loop ends with exactly the harness's weights (same work, same order)."""
     model = harness_model("sgd", dataset)
-    train_task(model, dataset, x, y, torch.Generator().manual_seed(SEED), DEVICE)
+    harness_epoch(model, dataset, x, y, torch.Generator().manual_seed(SEED))()
     trainer = PlainTrainer(dataset, model.lr, replay=False)
     trainer.epoch(x, y, dataset.config.batch_size, torch.Generator().manual_seed(SEED))
     return all(torch.equal(a, b) for a, b in zip(model.net.parameters(), trainer.net.parameters()))
@@ -258,22 +269,19 @@ CONTRACT = {
 
 
 def prepared_method(name: str, dataset):
-    """``name`` after one epoch of task 0, at the start of task 1; returns (model, task 1 x, y)."""
+    """``name`` after one epoch of task 0, at the start of task 1; returns (model, what it trains on
+    in task 1, its context)."""
     from mammoth.models import MODELS
 
     values = dict(METHOD_ARGUMENTS.get(name, {}))
     if any(argument.name == "buffer_size" for argument in MODELS.get(name).arguments):
         values["buffer_size"] = BUFFER_SIZE
     model = build_model(name, net=fresh_net(dataset), dataset=dataset, **values)
-    generator = torch.Generator().manual_seed(SEED)
-    for task in (0, 1):
-        data = dataset.get_task(task)
-        model.begin_task(task)
-        x, y = model.training_data(task, data.train_x, data.train_y)
-        if task == 0:
-            train_task(model, dataset, x, y, generator, DEVICE)
-            model.end_task(0)
-    return model, x, y, generator
+    context = build_context(dataset, DEVICE, torch.Generator().manual_seed(SEED))
+    model.attach(context)
+    train_task(model, context, 0, dataset.task_source(0))
+    model.begin_task(1)
+    return model, model.training_data(1, dataset.task_source(1)), context
 
 
 def method_step_times(dataset, rounds: int) -> dict[str, list[float]]:
@@ -287,10 +295,13 @@ def method_step_times(dataset, rounds: int) -> dict[str, list[float]]:
     for repetition in range(rounds + 1):  # the first round warms up and is dropped
         shift = repetition % len(names)
         for name in names[shift:] + names[:shift]:
-            model, x, y, generator = prepared_method(name, dataset)
-            steps = -(-len(y) // dataset.config.batch_size)  # icarl and bic add the memory to the task's data
+            model, source, context = prepared_method(name, dataset)
+            if not len(source):  # gdumb trains at the end of the run only
+                continue
+            steps = -(-len(source) // dataset.config.batch_size)  # icarl and bic add the memory to the task's data
             start = time.perf_counter()
-            train_task(model, dataset, x, y, generator, DEVICE)
+            context.fit(lambda batch: model.observe(batch.inputs, batch.labels, batch.not_aug_inputs),
+                        source, 1, "task 2", end_epoch=model.end_epoch)
             elapsed = (time.perf_counter() - start) / steps
             if repetition:
                 samples[name].append(elapsed)
@@ -304,7 +315,7 @@ def print_method_ratios(rounds: int) -> None:
     print(f"Step time of every method on seq-digits task 2 (mnistmlp, batch {dataset.config.batch_size}, "
           f"buffer {BUFFER_SIZE}; {rounds} rounds)\n")
     rows = [[name, f"{statistics.median(values) * 1e6:.0f}", f"{paired(samples, name, 'er'):.2f}x",
-             CONTRACT.get(name, "?")] for name, values in samples.items()]
+             CONTRACT.get(name, "?")] for name, values in samples.items() if values]
     print(_timing.markdown_table(["method", "median us/step", "ratio to er", "backbone contract used"], rows))
 
 
