@@ -78,3 +78,30 @@ def test_dataset_serves_task_sources_equal_to_its_tasks() -> None:
         assert torch.equal(train.labels, data.train_y) and torch.equal(test.labels, data.test_y)
         assert torch.equal(train.read(torch.arange(len(train)), "cpu"), digits.to_float(data.train_x))
         assert torch.equal(test.read(torch.tensor([0]), "cpu"), digits.to_float(data.test_x[:1]))
+
+
+def test_domain_il_task_sources_are_the_tasks_transformed_data(fake_root) -> None:
+    perm = build_dataset({"name": "perm-mnist", "root": str(fake_root), "n_tasks": 3})
+    for task in (0, 2):
+        data = perm.get_task(task)
+        train, test = perm.task_source(task), perm.test_source(task)
+        assert torch.equal(train.read(torch.arange(len(train)), "cpu"), perm.to_float(data.train_x))
+        assert torch.equal(test.read(torch.arange(len(test)), "cpu"), perm.to_float(data.test_x))
+    assert not torch.equal(perm.task_source(0).read(torch.arange(4), "cpu"), perm.task_source(2).read(torch.arange(4), "cpu"))
+
+
+def test_a_benchmark_of_integer_features_is_refused_naming_what_is_allowed() -> None:
+    from mammoth.datasets.base import ContinualDataset
+
+    class IntegerFeatures(ContinualDataset):
+        name, setting, default_n_tasks, n_classes_per_task = "integers", "class-il", 1, 2
+        input_shape, mean, std = (3,), None, None
+        default_backbone, default_batch_size, default_n_epochs = "mnistmlp", 4, 1
+
+        def load_source(self):
+            x, y = torch.zeros(4, 3, dtype=torch.int32), torch.tensor([0, 1, 0, 1])
+            return x, y, x, y
+
+    with pytest.raises(DatasetError, match=r"^integers train images have dtype torch.int32 and shape \(4, 3\); "
+                                           r"expected uint8 images or float features \(N, 3\)$"):
+        IntegerFeatures().task_source(0)
