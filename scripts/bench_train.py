@@ -300,7 +300,7 @@ def method_step_times(dataset, rounds: int) -> dict[str, list[float]]:
                 continue
             steps = -(-len(source) // dataset.config.batch_size)  # icarl and bic add the memory to the task's data
             start = time.perf_counter()
-            context.fit(lambda batch: model.observe(batch.inputs, batch.labels, batch.not_aug_inputs),
+            context.fit(lambda batch, model=model: model.observe(batch.inputs, batch.labels, batch.not_aug_inputs),
                         source, 1, "task 2", end_epoch=model.end_epoch)
             elapsed = (time.perf_counter() - start) / steps
             if repetition:

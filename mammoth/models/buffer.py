@@ -16,8 +16,8 @@ from typing import Any, Callable, NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from mammoth.errors import ConfigError
 from mammoth.config.value_checks import check_positive_int
+from mammoth.errors import ConfigError
 
 #: The fields a buffer can store, in order; ``examples`` is always stored.
 FIELDS = ("examples", "labels", "logits", "task_labels")

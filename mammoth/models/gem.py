@@ -10,11 +10,11 @@ import torch
 from torch import Tensor
 
 from mammoth.backbones.base import MammothBackbone
+from mammoth.config.value_checks import check_non_negative
 from mammoth.errors import ConfigError
 from mammoth.models.base import ReplayModel
 from mammoth.models.registry import register_model
 from mammoth.models.utils import keep_first, seen_classes
-from mammoth.config.value_checks import check_non_negative
 
 if TYPE_CHECKING:
     from mammoth.datasets.source import DataSource

@@ -63,7 +63,7 @@ def _count_steps(model, n_tasks: int) -> list[int]:
     observe = model.observe
     for task in range(n_tasks):
         counted = [0]
-        model.observe = lambda *args: counted.__setitem__(0, counted[0] + 1) or observe(*args)
+        model.observe = lambda *args, counted=counted: counted.__setitem__(0, counted[0] + 1) or observe(*args)
         train_task(model, model.context, task, model.context.task_data(task))
         steps.append(counted[0])
     return steps
