@@ -40,11 +40,9 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
 def log_failure(error: MammothError) -> None:
     """Write the error to the job's ``mammoth.log`` (and, in a multirun, to the console)."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
+    from mammoth.engine.job import is_multirun
 
-    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    logging.getLogger("mammoth" if multirun else FAILURE_LOGGER).error("Error: %s", error)
+    logging.getLogger("mammoth" if is_multirun() else FAILURE_LOGGER).error("Error: %s", error)
 
 
 @contextmanager

@@ -35,12 +35,15 @@ class ComposedOption:
     description: str
 
 
-def check_argument_overrides(hydra: Any, config_name: str, overrides: list[str], multirun: bool) -> list[str]:
-    """``overrides`` checked as the module docstring says; returns them with the non-swept
+def check_argument_overrides(hydra: Any, config_name: str, repository: Any, overrides: list[str],
+                             multirun: bool) -> list[str]:
+    """``overrides`` checked as the module docstring says, against the options of ``repository``
+    (:func:`mammoth.config.preflight.config_repository`); returns them with the non-swept
     arguments of a swept group rewritten to ``++``. Raises a ConfigError naming the first bad one."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import OverrideType
 
-    parsed, repository = hydra.config_loader._parse_overrides_and_create_caching_repo(config_name, overrides)
+    parsed = OverridesParser.create().parse_overrides(overrides)
     choices = [override for override in parsed if _is_group_choice(override, repository)]
     composer = _Composer(hydra, config_name, parsed, choices, repository)
     if composer.sweep_values is None:
@@ -65,10 +68,10 @@ def _is_group_choice(override: Any, repository: Any) -> bool:
 
 def _check_setting(override: Any) -> None:
     """A top-level ``key=value`` without ``+`` names a run setting (the run refuses any other key)."""
-    from mammoth.config.run_settings import RunConfig
-    from mammoth.config.run_checks import unknown_setting_message
+    from mammoth.config.run_settings import setting_names
+    from mammoth.config.run_spec import unknown_setting_message
 
-    allowed = [field.name for field in dataclasses.fields(RunConfig)]
+    allowed = setting_names()
     if override.key_or_group not in allowed:
         raise ConfigError(f"{override.input_line}: {unknown_setting_message(override.key_or_group, allowed)}")
 
@@ -91,7 +94,7 @@ def _check_argument(composer: "_Composer", override: Any, group: str, argument: 
         )
     if not multirun or override.is_sweep_override():
         return False  # a swept value is applied to each job's own config only
-    sweep_option = composer.option(group, composer.base())
+    sweep_option = composer.option_of(group, composer.base_choices())
     return sweep_option is not None and argument not in sweep_option.fields
 
 
@@ -100,7 +103,9 @@ def _names(group: str, options: list[ComposedOption]) -> str:
 
 
 class _Composer:
-    """Composes the config each combination of swept group choices gives (cached)."""
+    """The options each combination of swept group choices gives: from Hydra's defaults list and
+    mammoth's registries, composing a job's config only for an option that is not mammoth's own
+    (a user's YAML) or that the command line adds keys to (cached)."""
 
     def __init__(self, hydra: Any, config_name: str, parsed: list[Any], choices: list[Any], repository: Any) -> None:
         from hydra.core.override_parser.types import OverrideType
@@ -112,6 +117,7 @@ class _Composer:
                       and not override.is_sweep_override() and override not in choices]
         self.sweep_values = _sweep_values(choices)
         self._cache: dict[tuple[str, ...], DictConfig | None] = {}
+        self._choices: dict[tuple[str, ...], dict[str, Any] | None] = {}
 
     def compose(self, choices: tuple[str, ...]) -> DictConfig | None:
         """The config of one job's group choices (None where Hydra cannot compose it: it says why)."""
@@ -127,9 +133,33 @@ class _Composer:
                 self._cache[choices] = None
         return self._cache[choices]
 
-    def base(self) -> DictConfig | None:
-        """The config a sweep composes: its non-swept choices, the primary's defaults for the others."""
-        return self.compose(tuple(f"{key}={values[0]}" for key, values in self.sweep_values.items() if len(values) == 1))
+    def base_choices(self) -> tuple[str, ...]:
+        """The group choices a sweep's own config has: its non-swept choices (the primary's defaults for the others)."""
+        return tuple(f"{key}={values[0]}" for key, values in self.sweep_values.items() if len(values) == 1)
+
+    def known_choices(self, choices: tuple[str, ...]) -> dict[str, Any] | None:
+        """Every group's option under one job's group choices, from Hydra's defaults list (no
+        composition); None where Hydra cannot compute it (it says why when it composes)."""
+        if choices not in self._choices:
+            from hydra.errors import HydraException
+            from hydra.types import RunMode
+            from omegaconf.errors import OmegaConfBaseException
+
+            try:
+                defaults = self.hydra.config_loader.compute_defaults_list(
+                    self.config_name, [*self.fixed, *choices], RunMode.RUN)
+                self._choices[choices] = dict(defaults.overrides.known_choices)
+            except (HydraException, OmegaConfBaseException):
+                self._choices[choices] = None
+        return self._choices[choices]
+
+    def option_of(self, group: str, choices: tuple[str, ...]) -> ComposedOption | None:
+        """``group``'s option under one job's group choices: from its registry entry when Hydra
+        finds mammoth's own (no composition), else from the composed config."""
+        known = self.known_choices(choices)
+        name = known.get(group) if known else None
+        option = self.registered(group, name) if isinstance(name, str) else None
+        return option if option is not None else self.option(group, self.compose(choices))
 
     def options(self, group: str) -> list[ComposedOption]:
         """The distinct options of ``group`` over every job (a choice of ``group`` on the command
@@ -143,7 +173,7 @@ class _Composer:
             if option is None:
                 fixed = {key: value[0] for key, value in self.sweep_values.items() if len(value) == 1}
                 fixed.update(zip(keys, values))
-                option = self.option(group, self.compose(tuple(f"{key}={value}" for key, value in fixed.items())))
+                option = self.option_of(group, tuple(f"{key}={value}" for key, value in fixed.items()))
             if option is not None:
                 found.setdefault(option.name, option)
         return list(found.values())

@@ -10,9 +10,10 @@ Hydra sees:
   with the choices and the closest one;
 - ``hydra.callbacks`` must name Hydra Callback classes, and the logging configs only logging
   Handler, Formatter and Filter classes (Hydra instantiates both before the run);
-- a single run's config is validated (:func:`mammoth.config.run_checks.validate_run_config`) so
-  an unknown argument fails before anything is written. In a multirun each job validates its
-  own config and only that job fails.
+- a single run's config is resolved and checked by :func:`mammoth.config.run_spec.resolve_run`,
+  the function :func:`mammoth.run` then calls on Hydra's composition of the same command, so an
+  unknown argument fails before anything is written. In a multirun each job resolves its own
+  config and only that job fails.
 """
 
 from __future__ import annotations
@@ -77,10 +78,9 @@ def prepare_arguments(args: list[str], task_function: Callable, config_path: str
                       config_name: str = CONFIG_NAME) -> CommandLine:
     """Check ``args`` (``sys.argv[1:]``) as described in the module docstring; return them with
     group options normalised. Raises a MammothError naming the first bad value."""
-    from hydra._internal.utils import get_args_parser
     from hydra.errors import HydraException
 
-    parsed = get_args_parser().parse_args(args)
+    parsed = parse_command_line(args)
     if parsed.experimental_rerun is not None:
         raise ConfigError(
             f"--experimental-rerun {parsed.experimental_rerun!r} is refused: it unpickles a file, which can run "
@@ -91,10 +91,11 @@ def prepare_arguments(args: list[str], task_function: Callable, config_path: str
     with main_hydra(parsed, task_function, config_path) as hydra:
         name = parsed.config_name or config_name
         try:
-            overrides = normalise_overrides(hydra, name, parsed.overrides)
+            repository = config_repository(hydra, name, parsed.overrides)
+            overrides = normalise_overrides(repository, parsed.overrides)
         except HydraException:  # an override Hydra cannot parse: Hydra says why, in its words
             return CommandLine(args, multirun=parsed.multirun)
-        overrides = check_argument_overrides(hydra, name, overrides, multirun=parsed.multirun)
+        overrides = check_argument_overrides(hydra, name, repository, overrides, multirun=parsed.multirun)
         checked = check_composed(hydra, name, overrides, multirun=parsed.multirun)
     arguments = _replace_overrides(args, parsed.overrides, overrides)
     pin_at = max((index + 1 for index, arg in enumerate(arguments) if overrides and arg == overrides[-1]), default=0)
@@ -102,9 +103,21 @@ def prepare_arguments(args: list[str], task_function: Callable, config_path: str
     return CommandLine(arguments, multirun=checked.multirun, directory=directory, pin_at=pin_at)
 
 
+def parse_command_line(args: list[str]) -> Any:
+    """``args`` parsed by Hydra's own argument parser. Private Hydra API on purpose: ``-m``,
+    ``-cn``, ``--config-dir``, ``-cp`` and the overrides must be read exactly as ``hydra.main``
+    will read them, and Hydra has no public parser."""
+    from hydra._internal.utils import get_args_parser
+
+    return get_args_parser().parse_args(args)
+
+
 @contextmanager
 def main_hydra(parsed: Any, task_function: Callable, config_path: str) -> Iterator[Any]:
-    """Hydra's main object over the search path ``hydra.main`` builds for ``task_function``."""
+    """Hydra's main object over the search path ``hydra.main`` builds for ``task_function``.
+    Private Hydra API on purpose: the public ``initialize_config_*`` take one config directory or
+    module, while ``hydra.main`` builds its search path from the task function's file, ``-cp``
+    and ``--config-dir`` (prepended before the ConfigStore), which the checks must see as it will."""
     from hydra._internal.hydra import Hydra
     from hydra._internal.utils import create_automatic_config_search_path, detect_calling_file_or_module_from_task_function
     from hydra.core.config_search_path import SearchPathQuery
@@ -124,13 +137,21 @@ def main_hydra(parsed: Any, task_function: Callable, config_path: str) -> Iterat
         GlobalHydra.instance().clear()
 
 
-def normalise_overrides(hydra: Any, config_name: str, overrides: list[str]) -> list[str]:
+def config_repository(hydra: Any, config_name: str, overrides: list[str]) -> Any:
+    """The config repository over the search path that ``overrides`` give (``hydra.searchpath``
+    included), as Hydra builds it to compose ``config_name``; built once for every check of the
+    command line. The one use of Hydra's private loader API here: the public
+    ``ConfigLoader.get_group_options`` builds such a repository at each call and answers only
+    the option names, not whether an option is mammoth's registered schema or a user's YAML."""
+    return hydra.config_loader._parse_overrides_and_create_caching_repo(config_name, overrides)[1]
+
+
+def normalise_overrides(repository: Any, overrides: list[str]) -> list[str]:
     """``overrides`` with every config-group choice replaced by the option it names."""
     from hydra.core.object_type import ObjectType
+    from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    # One repository over the search path these overrides give (hydra.searchpath included), as
-    # Hydra's own get_group_options builds it, for every group they name.
-    parsed, repository = hydra.config_loader._parse_overrides_and_create_caching_repo(config_name, overrides)
+    parsed = OverridesParser.create().parse_overrides(overrides)
     result = []
     for text, override in zip(overrides, parsed):
         options = [] if override.is_delete() or "." in override.key_or_group else \
@@ -176,7 +197,6 @@ def check_composed(hydra: Any, config_name: str, overrides: list[str], multirun:
     ``hparams_search`` preset) and the directory it writes."""
     from hydra.types import RunMode
 
-    from mammoth.config.run_checks import validate_run_config
     from mammoth.engine.directory_checks import check_run_directory, check_sweep_directory, resolved_directory
     from mammoth.config.safety import check_config_safety
 
@@ -188,7 +208,7 @@ def check_composed(hydra: Any, config_name: str, overrides: list[str], multirun:
     multirun = multirun or cfg.hydra.mode == RunMode.MULTIRUN
     check_config_safety(cfg)
     if not multirun:
-        validate_run_config(cfg)
+        _resolve(cfg)
         directory = resolved_directory(cfg, "hydra.run.dir")
         if directory is not None:
             check_run_directory(directory, cfg)
@@ -202,6 +222,19 @@ def check_composed(hydra: Any, config_name: str, overrides: list[str], multirun:
     if directory is not None:
         check_sweep_directory(directory, cfg, jobs)
     return CheckedCommand(True, directory)
+
+
+def _resolve(cfg: Any) -> None:
+    """:func:`mammoth.config.run_spec.resolve_run` on a single run's config; a value that resolves
+    only inside the running job (``${hydra:...}``) is left to the run, which resolves it the same way."""
+    from omegaconf.errors import InterpolationResolutionError
+
+    from mammoth.config.run_spec import resolve_run
+
+    try:
+        resolve_run(cfg)
+    except InterpolationResolutionError:
+        return
 
 
 def quote_override_value(text: str) -> str:

@@ -43,7 +43,7 @@ class RunConfig:
     output_dir: Optional[str] = field(default=None, metadata=RUN_CONTROL)
     threads: Optional[int] = field(default=None, metadata=RUN_CONTROL)
     #: What mammoth.run returns (what a sweeper optimises), ``KIND.FIELD`` of results.json; None =
-    #: class_il.average, or domain_il.average on a domain-IL dataset (mammoth.reporting.optimized_metric).
+    #: class_il.average, or domain_il.average on a domain-IL dataset (mammoth.reporting.optimized_metric.check_optimized_metric).
     optimized_metric: Optional[str] = field(default=None, metadata=RUN_CONTROL)
     #: The selected experiment loggers, ``{label: {name: ..., options}}`` (mammoth/app_conf/logger/); None = none.
     logger: Any = field(default=None, metadata=RUN_CONTROL)

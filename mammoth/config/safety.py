@@ -248,8 +248,6 @@ def _expected_class(parent: tuple[str, ...]) -> tuple[str, Any] | None:
 def _names_class_of(target: Any, bases: tuple[type, ...]) -> bool:
     """Whether the dotted path ``target`` names a subclass of ``bases`` (found as Hydra finds a
     ``_target_``: importing its module, calling nothing)."""
-    from hydra._internal.utils import _locate
-
     if not bases or not isinstance(target, str):
         return False
     try:
@@ -257,6 +255,24 @@ def _names_class_of(target: Any, bases: tuple[type, ...]) -> bool:
     except Exception:  # noqa: BLE001  not importable
         return False
     return isinstance(found, type) and issubclass(found, bases)
+
+
+def _locate(path: str) -> Any:
+    """The object a dotted path names, as Hydra finds a ``_target_``: the longest importable module
+    prefix, then attributes (Hydra's own ``_locate`` is private; its public ``get_object`` logs an
+    error for a path that does not import)."""
+    import importlib
+
+    parts = path.split(".")
+    for split in range(len(parts), 0, -1):
+        try:
+            found: Any = importlib.import_module(".".join(parts[:split]))
+        except ImportError:
+            continue
+        for part in parts[split:]:
+            found = getattr(found, part)
+        return found
+    raise ImportError(f"no module in {path!r}")
 
 
 def _check_logging_node(path: tuple[str, ...], value: Any, resolve: _Resolver) -> None:

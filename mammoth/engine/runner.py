@@ -1,38 +1,115 @@
-"""mammoth.run(cfg): build the dataset, the backbone and the CL method, then train and evaluate."""
+"""mammoth.run(cfg): resolve the config once, build the dataset, the backbone and the CL method,
+then train and evaluate task after task and write the results."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from mammoth.errors import ConfigError
 
 log = logging.getLogger("mammoth")
 
 
-def output_directory(cfg: DictConfig) -> Path:
-    """``output_dir`` if set, else Hydra's run directory, else the working directory; created if
-    needed. One that is a file or cannot be written raises a one-line ConfigError naming it."""
-    from mammoth.engine.rundir import prepare_directory
+def run(cfg: DictConfig) -> float:
+    """Run one continual-learning experiment from a composed config; return the value of its
+    ``optimized_metric`` (the final Class-IL average by default; NaN when stopped early). Writes
+    results.json, the plot and checkpoints.
 
-    from hydra.core.hydra_config import HydraConfig
+    The run directory is locked for the duration: a second run in it is refused (ConfigError).
+    SIGTERM interrupts the run like Ctrl-C (KeyboardInterrupt); either logs one line with the
+    command that resumes it, and the checkpoint of the last finished task stays intact.
+    """
+    from mammoth.config.run_spec import resolve_run
+    from mammoth.config.safety import check_config_safety
+    from mammoth.engine.job import hydra_node, output_directory
+    from mammoth.engine.rundir import RunLock
 
-    hydra_directory = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
-    if cfg.get("output_dir"):
-        if hydra_directory is not None and not Path(cfg.output_dir).is_absolute():
-            from mammoth.engine.rundir import path_inside
+    check_config_safety(cfg, hydra=hydra_node(), output_dir_in_run_directory=False)  # python -m mammoth checked it
+    spec = resolve_run(cfg)
+    run_dir = output_directory(spec.output_dir)
+    with RunLock(run_dir), _sigterm_interrupts():
+        try:
+            return _run(spec, run_dir)
+        except KeyboardInterrupt as interruption:
+            from mammoth.engine.resume import interrupted_line
+            from mammoth.reporting.callbacks import record_interruption
 
-            return prepare_directory(path_inside(hydra_directory, cfg.output_dir, "output_dir"), "output_dir")
-        return prepare_directory(Path(cfg.output_dir), "output_dir")
-    if hydra_directory is not None:
-        return prepare_directory(hydra_directory, "hydra.run.dir")
-    return prepare_directory(Path.cwd(), "the working directory")
+            log.error("%s", interrupted_line(run_dir, str(interruption) or "SIGINT"))
+            record_interruption(run_dir, str(interruption) or "SIGINT")  # Hydra calls no on_job_end here
+            raise
+
+
+@dataclass(frozen=True)
+class BuiltRun:
+    """A run ready to train: its specification, directory, device, dataset and method, the
+    config it records (with the values the data filled in) and its title."""
+
+    spec: Any
+    run_dir: Path
+    device: torch.device
+    dataset: Any
+    model: Any
+    config: dict[str, Any]
+    title: str
+    started: float
+
+
+def _run(spec: Any, run_dir: Path) -> float:
+    """:func:`run` in its locked run directory: build, then train and report."""
+    from mammoth.engine.device import resolve_device, set_threads
+    from mammoth.engine.job import run_title
+    from mammoth.reporting.optimized_metric import check_optimized_metric
+    from mammoth.reporting.results import RESULTS_NAME
+
+    started = time.perf_counter()
+    if not spec.resume:  # never leave an old, complete-looking file; a refused resume keeps its run's
+        (run_dir / RESULTS_NAME).unlink(missing_ok=True)
+    device = resolve_device(spec.device)
+    set_threads(spec.threads)
+    torch.manual_seed(spec.seed)
+    dataset = build_dataset_of(spec)
+    net, backbone_name = build_backbone_of(spec, dataset, device)
+    model = spec.model.entry.target(net=net, dataset=dataset, **spec.model.checked_values()).to(device)
+    _check_buffer_fits(spec.model.values.get("buffer_size"), dataset)
+    metric = check_optimized_metric(spec.optimized_metric, dataset)
+    config = record_filled_values(dict(spec.config), dataset, model)
+    title = run_title(dataset.name, spec.model.name, backbone_name)
+    return _train_and_report(BuiltRun(spec, run_dir, device, dataset, model, config, title, started), metric)
+
+
+def build_dataset_of(spec: Any) -> Any:
+    """The run's benchmark, from its resolved registry entry (or, for a config by ``name``, the config)."""
+    from mammoth.datasets import build_dataset
+
+    if spec.dataset is None:
+        return build_dataset(spec.dataset_config, seed=spec.seed)
+    return spec.dataset.entry.target(spec.dataset.checked_values(), seed=spec.seed)
+
+
+def build_backbone_of(spec: Any, dataset: Any, device: torch.device) -> tuple[Any, str]:
+    """The run's backbone on ``device`` (the dataset's default when none is chosen), its
+    ``num_classes`` and ``input_shape`` filled from the data, and its registered name."""
+    from mammoth.backbones import BACKBONES, build_backbone
+
+    if spec.backbone is None:
+        name = BACKBONES.get(dataset.default_backbone).name
+        net = build_backbone(name, num_classes=dataset.n_classes, input_shape=dataset.input_shape)
+    else:
+        name = spec.backbone.name
+        config = {"_target_": spec.backbone.entry.target_path, **spec.backbone.values}
+        net = build_backbone(config, num_classes=dataset.n_classes, input_shape=dataset.input_shape)
+    net = net.to(device)
+    log.info(summary_line(name, net))
+    check_output_size(net, dataset, name)
+    return net, name
 
 
 def summary_line(name: str, net: Any) -> str:
@@ -59,39 +136,6 @@ def check_output_size(net: Any, dataset: Any, backbone_name: str) -> None:
         )
 
 
-def run(cfg: DictConfig) -> float:
-    """Run one continual-learning experiment from a composed config; return the final average
-    accuracy (Class-IL, or Domain-IL). Writes results.json, the plot and checkpoints.
-
-    The run directory is locked for the duration: a second run in it is refused (ConfigError).
-    SIGTERM interrupts the run like Ctrl-C (KeyboardInterrupt); either logs one line with the
-    command that resumes it, and the checkpoint of the last finished task stays intact.
-    """
-    from mammoth.config.run_checks import validate_run_config
-    from mammoth.engine.rundir import RunLock
-    from mammoth.config.safety import check_config_safety
-
-    check_config_safety(cfg, hydra=_hydra_node(), output_dir_in_run_directory=False)  # python -m mammoth checked it
-    validate_run_config(cfg)
-    run_dir = output_directory(cfg)
-    with RunLock(run_dir), _sigterm_interrupts():
-        try:
-            return _run(cfg, run_dir)
-        except KeyboardInterrupt as interruption:
-            from mammoth.reporting.callbacks import record_interruption
-
-            log.error("%s", interrupted_line(run_dir, str(interruption) or "SIGINT"))
-            record_interruption(run_dir, str(interruption) or "SIGINT")  # Hydra calls no on_job_end here
-            raise
-
-
-def _hydra_node() -> Any:
-    """The running job's Hydra config (None outside a Hydra job)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    return HydraConfig.get() if HydraConfig.initialized() else None
-
-
 @contextlib.contextmanager
 def _sigterm_interrupts() -> Iterator[None]:
     """While the block runs, SIGTERM raises ``KeyboardInterrupt("SIGTERM")`` (main thread only:
@@ -113,104 +157,6 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def interrupted_line(run_dir: Path, reason: str) -> str:
-    """One line for an interrupted run: the command that resumes it from its checkpoint, or,
-    before the first checkpoint, that there is nothing to resume."""
-    from mammoth.engine.checkpoint import CHECKPOINT_NAME
-
-    if (run_dir / CHECKPOINT_NAME).is_file():
-        return f"Interrupted ({reason}); the checkpoint of the last finished task is intact. Resume with: {resume_command(run_dir)}"
-    return f"Interrupted ({reason}) before the first task finished: nothing to resume; start the run again"
-
-
-def _run(cfg: DictConfig, run_dir: Path) -> float:
-    """:func:`run` in its locked run directory."""
-    from mammoth.backbones import BACKBONES, build_backbone
-    from mammoth.config.run_checks import is_set
-    from mammoth.datasets import build_dataset
-    from mammoth.engine.device import resolve_device, set_threads
-    from mammoth.models import MODELS, build_model
-    from mammoth.reporting.results import RESULTS_NAME
-
-    started = time.perf_counter()
-    if not cfg.resume:  # never leave an old, complete-looking file; a refused resume keeps its run's
-        (run_dir / RESULTS_NAME).unlink(missing_ok=True)
-    device = resolve_device(cfg.device)
-    set_threads(cfg.get("threads"))
-    torch.manual_seed(_check_seed(cfg.seed))
-    dataset = build_dataset(cfg.dataset, seed=cfg.seed)
-    backbone = cfg.backbone if is_set(cfg, "backbone") else dataset.default_backbone  # unset: the dataset's
-    net = build_backbone(backbone, num_classes=dataset.n_classes, input_shape=dataset.input_shape).to(device)
-    backbone_name = BACKBONES.resolve(backbone)[0].name
-    model_name = MODELS.resolve(cfg.model)[0].name
-    log.info(summary_line(backbone_name, net))
-    check_output_size(net, dataset, backbone_name)
-    model = build_model(cfg.model, net=net, dataset=dataset).to(device)
-    _check_buffer_fits(cfg, dataset)
-    return _train_and_report(cfg, model, dataset, device, run_dir, started, model_name, backbone_name)
-
-
-def job_overrides() -> list[str]:
-    """The command-line overrides of this job, without the run-control settings (empty outside Hydra)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return []
-    overrides = list(HydraConfig.get().overrides.task)
-    return [text for text in overrides if text.split("=", 1)[0].lstrip("+~") not in ("resume", "stop_after_task")]
-
-
-def is_multirun_job() -> bool:
-    """Whether this run is a job of a Hydra multirun (a sweep)."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def _resumes(cfg: DictConfig, run_dir: Path) -> bool:
-    """``resume``, except for a sweep's job that never checkpointed: a resumed sweep starts it afresh."""
-    from mammoth.engine.checkpoint import CHECKPOINT_NAME
-
-    if cfg.resume and is_multirun_job() and not (run_dir / CHECKPOINT_NAME).exists():
-        log.info("resume=true but %s has no checkpoint: this job of the sweep starts from the first task", run_dir)
-        return False
-    return bool(cfg.resume)
-
-
-def run_title(dataset: str, model: str, backbone: str) -> str:
-    """``seq-digits · er · mnistmlp``; a sweep's job adds its overrides, so jobs are told apart."""
-    title = f"{dataset} · {model} · {backbone}"
-    overrides = job_overrides() if is_multirun_job() else []
-    return f"{title} [{' '.join(overrides)}]" if overrides else title
-
-
-def _program() -> str:
-    """How this run was started: ``python -m mammoth``, the ``mammoth`` script, or ``python SCRIPT``."""
-    import sys
-
-    script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
-    if script is not None and script.name == "mammoth":
-        return "mammoth"
-    launcher_worker = script is None or any(part in ("site-packages", "dist-packages") for part in script.parts)
-    if launcher_worker or script.suffix != ".py" or script.parts[-2:] == ("mammoth", "__main__.py"):
-        return "python -m mammoth"  # also a launcher's worker process (joblib, submitit, ray)
-    return f"python {sys.argv[0]}"
-
-
-def resume_command(run_dir: Path) -> str:
-    """The command that continues this run (a sweep's job too) in ``run_dir``."""
-    words = [_program(), *job_overrides(), "resume=true", f"hydra.run.dir={run_dir}"]
-    return " ".join(words)
-
-
-def _check_seed(seed: int) -> int:
-    """``seed`` if torch's generators take it as it is: an integer in 0 .. 2**64 - 1."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
-        raise ConfigError(f"seed={seed!r} is outside 64 bits; allowed: an integer from 0 to {2**64 - 1}")
-    return seed
-
-
 def record_filled_values(config: dict[str, Any], dataset: Any, model: Any = None) -> dict[str, Any]:
     """``config`` with the values the run filled in: the backbone's ``num_classes`` /
     ``input_shape`` (``???`` in the composed config) and the method's ``lr_milestones`` (null:
@@ -226,8 +172,7 @@ def record_filled_values(config: dict[str, Any], dataset: Any, model: Any = None
     return config
 
 
-def _check_buffer_fits(cfg: DictConfig, dataset: Any) -> None:
-    buffer_size = cfg.model.get("buffer_size")
+def _check_buffer_fits(buffer_size: int | None, dataset: Any) -> None:
     if buffer_size is None:
         return
     train_y = dataset.source()[1]
@@ -239,61 +184,22 @@ def _check_buffer_fits(cfg: DictConfig, dataset: Any) -> None:
         )
 
 
-def _train_and_report(
-    cfg: DictConfig, model: Any, dataset: Any, device: torch.device, run_dir: Path, started: float,
-    model_name: str, backbone_name: str,
-) -> float:
-    """Train every task with the selected loggers (``cfg.logger``), write results.json and the
-    plot; return the run's ``optimized_metric`` (NaN when ``stop_after_task`` stopped it early)."""
+def _train_and_report(built: BuiltRun, metric: str) -> float:
+    """Train every task with the selected loggers, write results.json and the plot; return the
+    run's ``metric`` (NaN when ``stop_after_task`` stopped it early)."""
     from mammoth.reporting.loggers import RunInfo, build_loggers, close_loggers
+    from mammoth.reporting.optimized_metric import optimized_value
 
-    metric = check_optimized_metric(cfg.get("optimized_metric"), dataset)
-    config = record_filled_values(OmegaConf.to_container(cfg, resolve=True), dataset, model)
-    title = run_title(dataset.name, model_name, backbone_name)
-    run_info = RunInfo(run_dir=run_dir, title=title, config=config, n_tasks=dataset.n_tasks,
-                       n_epochs=dataset.config.n_epochs, resume=bool(cfg.resume))
-    loggers = build_loggers(config.get("logger"), run_info)
+    run_info = RunInfo(run_dir=built.run_dir, title=built.title, config=built.config, n_tasks=built.dataset.n_tasks,
+                       n_epochs=built.dataset.config.n_epochs, resume=built.spec.resume)
+    loggers = build_loggers(built.config.get("logger"), run_info)
     try:
-        results = _train_and_write(cfg, config, model, dataset, device, run_dir, started, title, model_name, loggers)
+        results = _train_and_write(built, loggers)
     except BaseException:
         close_loggers(loggers, failed=True)
         raise
     close_loggers(loggers)
     return float("nan") if results is None else optimized_value(results, metric)
-
-
-#: What ``optimized_metric`` can name in each results block (``KIND.FIELD``), and the direction
-#: a sweeper should optimise it in: accuracy and backward transfer up, forgetting down.
-METRIC_DIRECTIONS = {"average": "maximize", "forgetting": "minimize", "bwt": "maximize"}
-
-
-def optimized_metric_names(setting: str) -> list[str]:
-    """The ``optimized_metric`` values of a setting: ``class_il.average`` ... ``task_il.bwt`` for
-    class-il, ``domain_il.average``, ``domain_il.forgetting``, ``domain_il.bwt`` for domain-il."""
-    from mammoth.engine.evaluation import SETTING_METRICS
-
-    return [f"{kind}.{field}" for kind in SETTING_METRICS[setting] for field in METRIC_DIRECTIONS]
-
-
-def check_optimized_metric(name: str | None, dataset: Any) -> str:
-    """The metric the run returns: ``name``, or for None the setting's first average
-    (``class_il.average``, ``domain_il.average``). A name the dataset's setting does not report
-    raises a ConfigError listing the allowed ones."""
-    allowed = optimized_metric_names(dataset.setting)
-    if name is None:
-        return allowed[0]
-    if name not in allowed:
-        raise ConfigError(
-            f"optimized_metric={name!r} is not reported for {dataset.name} ({dataset.setting}); "
-            f"allowed: {', '.join(allowed)}"
-        )
-    return name
-
-
-def optimized_value(results: dict[str, Any], name: str) -> float:
-    """The value of ``KIND.FIELD`` in a results document (``class_il.average`` -> results["class_il"]["average"])."""
-    kind, field = name.split(".")
-    return float(results[kind][field])
 
 
 def progress_bars_shown() -> bool:
@@ -303,18 +209,14 @@ def progress_bars_shown() -> bool:
     return hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
 
 
-def _train_and_write(
-    cfg: DictConfig, config: dict[str, Any], model: Any, dataset: Any, device: torch.device, run_dir: Path,
-    started: float, title: str, model_name: str, loggers: list[Any],
-) -> dict[str, Any] | None:
+def _train_and_write(built: BuiltRun, loggers: list[Any]) -> dict[str, Any] | None:
     """The task loop with its progress reports, then results.json and the plot; None when stopped early."""
-    from mammoth.reporting.results import KIND_TITLES, PLOT_NAME, RESULTS_NAME, build_results, environment_versions, format_table, plot_results, write_json_atomic
     from mammoth.engine.loop import run_tasks
+    from mammoth.engine.resume import resumes, resume_command
+    from mammoth.reporting.results import KIND_TITLES, PLOT_NAME, RESULTS_NAME, build_results, environment_versions, format_table, plot_results, write_json_atomic
 
-    from mammoth.config.run_settings import RUN_CONTROL_KEYS
-
-    comparable = {key: value for key, value in config.items() if key not in RUN_CONTROL_KEYS}
-    comparable["device"] = str(device)  # device=auto resumes as device=cpu where auto is the CPU
+    dataset, run_dir, device = built.dataset, built.run_dir, built.device
+    comparable = {**built.spec.comparable, "device": str(device)}  # device=auto resumes as the device it chose
     log_epochs = not progress_bars_shown()
 
     def on_epoch_end(task: int, epoch: int, loss: float) -> None:
@@ -329,10 +231,10 @@ def _train_and_write(
         for logger in loggers:
             logger.log_task(task, state.accuracies)
 
-    log.info("%s: %d tasks on %s; writing to %s", title, dataset.n_tasks, device, run_dir)
+    log.info("%s: %d tasks on %s; writing to %s", built.title, dataset.n_tasks, device, run_dir)
     state = run_tasks(
-        model, dataset, device, run_dir, cfg.seed, comparable, resume=_resumes(cfg, run_dir),
-        stop_after_task=cfg.get("stop_after_task"), on_task_end=on_task_end, on_epoch_end=on_epoch_end,
+        built.model, dataset, device, run_dir, built.spec.seed, comparable, resume=resumes(built.spec.resume, run_dir),
+        stop_after_task=built.spec.stop_after_task, on_task_end=on_task_end, on_epoch_end=on_epoch_end,
     )
     log.info("\n%s", format_table(state.accuracies, dataset.n_tasks))
     if state.next_task < dataset.n_tasks:
@@ -340,10 +242,10 @@ def _train_and_write(
         return None
     results = build_results(
         state.accuracies, dataset.n_tasks,
-        config=config, dataset=dataset.describe(), versions=environment_versions(), device=str(device),
-        threads=torch.get_num_threads(), title=title,
+        config=built.config, dataset=dataset.describe(), versions=environment_versions(), device=str(device),
+        threads=torch.get_num_threads(), title=built.title,
         timings={"train_seconds": state.train_seconds, "eval_seconds": state.eval_seconds,
-                 "total_seconds": time.perf_counter() - started},
+                 "total_seconds": time.perf_counter() - built.started},
     )
     plot_results(results, run_dir / PLOT_NAME)
     write_json_atomic(run_dir / RESULTS_NAME, results)

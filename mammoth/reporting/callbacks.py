@@ -13,8 +13,9 @@ from typing import Any, Callable
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
-from hydra.types import RunMode
 from omegaconf import DictConfig
+
+from mammoth.engine.job import is_multirun
 
 log = logging.getLogger("mammoth")
 
@@ -136,14 +137,9 @@ def error_line(error: Any) -> str:
     return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
-def is_multirun(config: DictConfig) -> bool:
-    """Whether the job is part of a multirun (``-m``)."""
-    return config.hydra.get("mode") == RunMode.MULTIRUN
-
-
 def results_directory(config: DictConfig) -> Path:
     """Where mammoth writes the job's results: ``output_dir`` if set (a relative one inside the
-    job's Hydra directory, as :func:`mammoth.engine.runner.output_directory` puts it), else the job's Hydra directory."""
+    job's Hydra directory, as :func:`mammoth.engine.job.output_directory` puts it), else the job's Hydra directory."""
     hydra_directory = Path(str(config.hydra.runtime.output_dir))
     if config.get("output_dir"):
         return hydra_directory / str(config.output_dir)  # an absolute output_dir replaces the Hydra directory

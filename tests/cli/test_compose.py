@@ -10,7 +10,7 @@ from omegaconf.errors import ValidationError
 import mammoth
 from mammoth.__main__ import hydra_main
 from mammoth.config.preflight import normalise_choice, prepare_arguments
-from mammoth.config.run_checks import validate_run_config
+from mammoth.config.run_spec import resolve_run
 from mammoth.errors import ConfigError
 from composing import compose_mammoth
 
@@ -68,18 +68,19 @@ def test_added_keys_compose_and_the_run_refuses_them():
     cfg = compose_config("model=sgd", "++model.buffer_size=200")  # ++ adds a key on purpose
     assert cfg.model.buffer_size == 200
     with pytest.raises(ConfigError, match=r"unknown argument 'buffer_size' for model 'sgd' \(model.buffer_size\)"):
-        validate_run_config(cfg)
+        resolve_run(cfg)
 
 
 def test_missing_required_values_are_named_at_once():
     cfg = compose_config("model=ewc-on")
     with pytest.raises(ConfigError) as error:
-        validate_run_config(cfg)
+        resolve_run(cfg)
     assert str(error.value) == ("missing values for model.e_lambda, model.gamma (model 'ewc-on'); "
                                 "set them with model.e_lambda=... model.gamma=...")
     with pytest.raises(ConfigError, match=r"^missing value for model.buffer_size \(model 'er'\); set it with model.buffer_size=\.\.\.$"):
-        validate_run_config(compose_config("model=er"))
-    validate_run_config(compose_config("model=ewc-on", "model.e_lambda=10", "model.gamma=1.0"))  # the data fills the backbone's
+        resolve_run(compose_config("model=er"))
+    spec = resolve_run(compose_config("model=ewc-on", "model.e_lambda=10", "model.gamma=1.0"))  # the data fills the backbone's
+    assert (spec.model.name, spec.model.values["e_lambda"], spec.model.values["gamma"]) == ("ewc-on", 10, 1.0)
 
 
 def test_run_settings_are_typed():

@@ -11,7 +11,7 @@ import pytest
 
 import mammoth
 from mammoth.errors import ConfigError
-from mammoth.engine.runner import METRIC_DIRECTIONS, check_optimized_metric, optimized_metric_names, optimized_value
+from mammoth.reporting.optimized_metric import METRIC_DIRECTIONS, check_optimized_metric, optimized_metric_names, optimized_value
 import composing
 
 CLASS_IL = SimpleNamespace(name="seq-digits", setting="class-il")

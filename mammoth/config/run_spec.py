@@ -1,0 +1,172 @@
+"""One resolution of a composed config into a checked, frozen run specification.
+
+:func:`resolve_run` is the one place a composed mammoth config is checked: the pre-flight of
+``python -m mammoth`` (:mod:`mammoth.config.preflight`) and :func:`mammoth.run` call it on the
+same config, and the run builds from what it returns, so each registry option is resolved once
+and each key checked once:
+
+- every top-level key is a run setting (``+seeed=3`` is refused with the closest one);
+- ``dataset``, ``backbone`` and ``model`` name registered options (by their ``_target_``), have
+  only their arguments (the schemas are closed, so an unknown key reaches this check only when
+  added on purpose with ``++``) and a value for every required one (all missing ones named at
+  once; the data fills a backbone's ``num_classes`` and ``input_shape``);
+- ``seed`` fits torch's generators and ``threads`` this machine's CPUs.
+
+The values of the arguments (types, ranges) are converted when the run builds each object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from omegaconf import DictConfig, OmegaConf
+
+from mammoth.errors import ConfigError, unknown_name_message
+
+
+@dataclass(frozen=True)
+class ResolvedOption:
+    """A registry entry and the values its config gives (unset ones are ``???``), known and complete."""
+
+    registry: Any
+    entry: Any
+    values: Mapping[str, Any]
+
+    @property
+    def name(self) -> str:
+        """The option's registered name."""
+        return self.entry.name
+
+    def checked_values(self, **filled: Any) -> dict[str, Any]:
+        """The arguments converted to their types and checked (``filled`` added first); a bad one
+        raises the registry's error naming ``group.argument``."""
+        from mammoth.config.schema import ValueCheckError, check_value
+
+        values = {**self.values, **filled}
+        checked = {}
+        for argument in self.entry.arguments:
+            try:
+                checked[argument.name] = check_value(argument, values.get(argument.name, argument.default))
+            except ValueCheckError as error:
+                raise self.registry.error_type(f"{self.registry.group}.{argument.name}: {error}") from None
+        return checked
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """A composed config, resolved and checked once: what :func:`mammoth.run` builds and runs.
+
+    ``dataset`` is None for a dataset config that names its benchmark by ``name`` (no ``_target_``;
+    ``dataset_config`` holds it), ``backbone`` None when the dataset's default backbone is used.
+    ``config`` is the plain resolved config (what results.json records); ``comparable`` the part
+    that a resume must repeat (without the run-control settings).
+    """
+
+    dataset: ResolvedOption | None
+    backbone: ResolvedOption | None
+    model: ResolvedOption
+    seed: int
+    device: str
+    threads: int | None
+    resume: bool
+    stop_after_task: int | None
+    output_dir: str | None
+    optimized_metric: str | None
+    loggers: Mapping[str, Any] | None
+    config: Mapping[str, Any]
+    dataset_config: Any = None
+
+    @property
+    def comparable(self) -> dict[str, Any]:
+        """``config`` without the run-control settings: what a resumed run must share with its checkpoint."""
+        from mammoth.config.run_settings import RUN_CONTROL_KEYS
+
+        return {key: value for key, value in self.config.items() if key not in RUN_CONTROL_KEYS}
+
+
+def resolve_run(cfg: DictConfig) -> RunSpec:
+    """``cfg`` (a composed mammoth config) checked as the module docstring says and resolved into a
+    :class:`RunSpec`. Raises a MammothError naming the first bad value."""
+    from mammoth.backbones import BACKBONES
+    from mammoth.backbones.registry import DATA_ARGUMENTS
+    from mammoth.engine.device import check_threads
+    from mammoth.models import MODELS
+
+    check_settings(cfg)
+    dataset = _resolve_dataset(cfg)
+    backbone = _resolve_option(BACKBONES, cfg, skip=DATA_ARGUMENTS) if is_set(cfg, "backbone") else None
+    if not is_set(cfg, "model"):
+        raise ConfigError("no model selected; choose one with model=NAME")
+    model = _resolve_option(MODELS, cfg)
+    config = _plain(cfg)
+    return RunSpec(
+        dataset=dataset, backbone=backbone, model=model, seed=check_seed(cfg.get("seed", 0)),
+        device=str(cfg.get("device", "auto")), threads=check_threads(cfg.get("threads")),
+        resume=bool(cfg.get("resume", False)), stop_after_task=cfg.get("stop_after_task"),
+        output_dir=cfg.get("output_dir"), optimized_metric=cfg.get("optimized_metric"),
+        loggers=config.get("logger"), config=config, dataset_config=None if dataset else cfg.dataset,
+    )
+
+
+def is_set(cfg: DictConfig, key: str) -> bool:
+    """Whether ``cfg`` has ``key`` set to something other than ``???`` or null."""
+    return key in cfg and not OmegaConf.is_missing(cfg, key) and cfg[key] is not None
+
+
+def check_settings(cfg: DictConfig) -> None:
+    """Every top-level key is a run setting (``+seeed=3`` is refused with the closest one)."""
+    from mammoth.config.run_settings import setting_names
+
+    allowed = setting_names()
+    for key in cfg:
+        if key != "hydra" and key not in allowed:
+            raise ConfigError(unknown_setting_message(key, allowed))
+
+
+def unknown_setting_message(key: str, allowed: list[str]) -> str:
+    """``unknown setting 'seeed'; allowed: ... (did you mean 'seed'?)`` and where arguments go."""
+    return (f"{unknown_name_message('setting', key, allowed)}; "
+            "a backbone, model or dataset argument goes under backbone., model. or dataset.")
+
+
+def check_seed(seed: Any) -> int:
+    """``seed`` if torch's generators take it as it is: an integer in 0 .. 2**64 - 1."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+        raise ConfigError(f"seed={seed!r} is outside 64 bits; allowed: an integer from 0 to {2**64 - 1}")
+    return seed
+
+
+def _resolve_option(registry: Any, cfg: DictConfig, skip: tuple[str, ...] = ()) -> ResolvedOption:
+    """The option of ``registry.group`` in ``cfg``: registered, only its arguments, none missing (but ``skip``)."""
+    entry, values = registry.resolve(cfg[registry.group])
+    registry.check_known_arguments(entry, values)
+    registry.check_required(entry, values, skip=skip)
+    return ResolvedOption(registry, entry, values)
+
+
+def _resolve_dataset(cfg: DictConfig) -> ResolvedOption | None:
+    """The dataset option (None for a config that names its benchmark by ``name``: it is checked
+    against the benchmark's settings and built from the config)."""
+    from mammoth.datasets import DATASETS, DatasetConfig, get_dataset_class
+
+    if not is_set(cfg, "dataset"):
+        raise ConfigError("no dataset selected; choose one with dataset=NAME")
+    if "_target_" in cfg.dataset:
+        return _resolve_option(DATASETS, cfg)
+    if not is_set(cfg.dataset, "name"):
+        raise ConfigError("dataset.name is missing; a dataset config needs the name of a registered benchmark")
+    get_dataset_class(cfg.dataset.name)
+    allowed = [field.name for field in dataclasses.fields(DatasetConfig)]
+    for key in cfg.dataset:
+        if key not in allowed:
+            raise ConfigError(
+                f"unknown dataset setting {key!r} (dataset.{key}); allowed: {', '.join(allowed)}"
+            )
+    return None
+
+
+def _plain(cfg: DictConfig) -> dict[str, Any]:
+    """The config as plain containers, interpolations resolved, Hydra's own node left out."""
+    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"]), resolve=True)

@@ -1,0 +1,59 @@
+"""resolve_run: one composed config becomes one checked, frozen run specification."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import pytest
+
+import composing
+from mammoth.config.run_spec import resolve_run
+from mammoth.errors import ConfigError
+
+
+def test_a_composed_config_resolves_to_its_entries_settings_and_plain_config():
+    spec = resolve_run(composing.compose_mammoth("model=er", "model.buffer_size=50", "backbone=resnet",
+                                                 "backbone.depth=34", "seed=7", "threads=1", "stop_after_task=2"))
+    assert (spec.dataset.name, spec.backbone.name, spec.model.name) == ("seq-digits", "resnet", "er")
+    assert spec.model.values["buffer_size"] == 50 and spec.backbone.values["depth"] == 34
+    assert spec.backbone.values["num_classes"] == "???"  # the data fills it when the run builds the backbone
+    assert (spec.seed, spec.device, spec.threads, spec.resume, spec.stop_after_task) == (7, "auto", 1, False, 2)
+    assert spec.config["model"]["buffer_size"] == 50 and "hydra" not in spec.config
+    assert spec.loggers == spec.config["logger"] and set(spec.loggers) == {"csv"}
+    assert "threads" not in spec.comparable and "logger" not in spec.comparable
+    assert spec.comparable["seed"] == 7 and spec.comparable["model"] == spec.config["model"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.seed = 3  # type: ignore[misc]
+
+
+def test_the_dataset_default_backbone_stays_unresolved_until_the_data_is_known():
+    cfg = composing.compose_mammoth()
+    cfg.backbone = None
+    assert resolve_run(cfg).backbone is None
+
+
+def test_the_values_are_converted_when_the_run_builds():
+    spec = resolve_run(composing.compose_mammoth("model.lr=0.5"))
+    assert spec.model.checked_values()["lr"] == 0.5
+    bad = resolve_run(composing.compose_mammoth("model.optimizer=rmsprop"))  # the run reports it (exit status 1)
+    with pytest.raises(ConfigError) as error:
+        bad.model.checked_values()
+    assert str(error.value).startswith("model.optimizer: ") and "rmsprop" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (("+seeed=3",), "unknown setting 'seeed'"),
+        (("seed=-1",), "seed=-1 is outside 64 bits; allowed: an integer from 0 to 18446744073709551615"),
+        (("threads=0",), "threads=0 is not positive; allowed: null (torch's default) or an integer >= 1"),
+        ((f"threads={(os.cpu_count() or 1) + 1}",), f"is more than the {os.cpu_count() or 1} CPU(s) of this machine"),
+        (("model=sgd", "++model.buffer_size=3"), "unknown argument 'buffer_size' for model 'sgd'"),
+        (("model=er",), "missing value for model.buffer_size (model 'er')"),
+    ],
+)
+def test_bad_settings_are_refused_with_one_line(overrides, message):
+    with pytest.raises(ConfigError) as error:
+        resolve_run(composing.compose_mammoth(*overrides))
+    assert message in str(error.value) and "\n" not in str(error.value)
