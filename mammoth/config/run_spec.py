@@ -80,10 +80,15 @@ class RunSpec:
 
     @property
     def comparable(self) -> dict[str, Any]:
-        """``config`` without the run-control settings: what a resumed run must share with its checkpoint."""
-        from mammoth.config.run_settings import RUN_CONTROL_KEYS
+        """``config`` without the run-control settings (:func:`comparable_config`)."""
+        return comparable_config(self.config)
 
-        return {key: value for key, value in self.config.items() if key not in RUN_CONTROL_KEYS}
+
+def comparable_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A plain config without the run-control settings: what a resumed run must share with its checkpoint."""
+    from mammoth.config.run_settings import RUN_CONTROL_KEYS
+
+    return {key: value for key, value in config.items() if key not in RUN_CONTROL_KEYS}
 
 
 def resolve_run(cfg: DictConfig) -> RunSpec:

@@ -4,16 +4,20 @@ then train and evaluate task after task and write the results."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 from omegaconf import DictConfig
 
 from mammoth.errors import ConfigError
+
+if TYPE_CHECKING:
+    from mammoth.config.run_spec import RunSpec
 
 log = logging.getLogger("mammoth")
 
@@ -52,7 +56,7 @@ class BuiltRun:
     """A run ready to train: its specification, directory, device, dataset and method, the
     config it records (with the values the data filled in) and its title."""
 
-    spec: Any
+    spec: RunSpec
     run_dir: Path
     device: torch.device
     dataset: Any
@@ -62,7 +66,7 @@ class BuiltRun:
     started: float
 
 
-def _run(spec: Any, run_dir: Path) -> float:
+def _run(spec: RunSpec, run_dir: Path) -> float:
     """:func:`run` in its locked run directory: build, then train and report."""
     from mammoth.engine.device import resolve_device, set_threads
     from mammoth.engine.job import run_title
@@ -80,12 +84,12 @@ def _run(spec: Any, run_dir: Path) -> float:
     model = spec.model.entry.target(net=net, dataset=dataset, **spec.model.checked_values()).to(device)
     _check_buffer_fits(spec.model.values.get("buffer_size"), dataset)
     metric = check_optimized_metric(spec.optimized_metric, dataset)
-    config = record_filled_values(dict(spec.config), dataset, model)
+    config = record_filled_values(copy.deepcopy(dict(spec.config)), dataset, model)
     title = run_title(dataset.name, spec.model.name, backbone_name)
     return _train_and_report(BuiltRun(spec, run_dir, device, dataset, model, config, title, started), metric)
 
 
-def build_dataset_of(spec: Any) -> Any:
+def build_dataset_of(spec: RunSpec) -> Any:
     """The run's benchmark, from its resolved registry entry (or, for a config by ``name``, the config)."""
     from mammoth.datasets import build_dataset
 
@@ -94,7 +98,7 @@ def build_dataset_of(spec: Any) -> Any:
     return spec.dataset.entry.target(spec.dataset.checked_values(), seed=spec.seed)
 
 
-def build_backbone_of(spec: Any, dataset: Any, device: torch.device) -> tuple[Any, str]:
+def build_backbone_of(spec: RunSpec, dataset: Any, device: torch.device) -> tuple[Any, str]:
     """The run's backbone on ``device`` (the dataset's default when none is chosen), its
     ``num_classes`` and ``input_shape`` filled from the data, and its registered name."""
     from mammoth.backbones import BACKBONES, build_backbone
@@ -211,12 +215,13 @@ def progress_bars_shown() -> bool:
 
 def _train_and_write(built: BuiltRun, loggers: list[Any]) -> dict[str, Any] | None:
     """The task loop with its progress reports, then results.json and the plot; None when stopped early."""
+    from mammoth.config.run_spec import comparable_config
     from mammoth.engine.loop import run_tasks
     from mammoth.engine.resume import resumes, resume_command
     from mammoth.reporting.results import KIND_TITLES, PLOT_NAME, RESULTS_NAME, build_results, environment_versions, format_table, plot_results, write_json_atomic
 
     dataset, run_dir, device = built.dataset, built.run_dir, built.device
-    comparable = {**built.spec.comparable, "device": str(device)}  # device=auto resumes as the device it chose
+    comparable = {**comparable_config(built.config), "device": str(device)}  # device=auto resumes as the device it chose
     log_epochs = not progress_bars_shown()
 
     def on_epoch_end(task: int, epoch: int, loss: float) -> None:
