@@ -124,12 +124,12 @@ class ContinualModel(nn.Module):
         return torch.device("cpu") if parameter is None else parameter.device
 
     def make_optimizer(self) -> torch.optim.Optimizer:
-        """A fresh optimizer over ``self.net.parameters()`` (``momentum`` is for sgd; adam refuses it)."""
+        """A fresh optimizer over the backbone's trainable parameters (frozen ones, e.g. by
+        ``backbone.freeze``, are left out); ``momentum`` is for sgd, adam refuses it."""
+        parameters = [parameter for parameter in self.net.parameters() if parameter.requires_grad]
         if self.optimizer_name == "adam":
-            return torch.optim.Adam(self.net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        return torch.optim.SGD(
-            self.net.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
-        )
+            return torch.optim.Adam(parameters, lr=self.lr, weight_decay=self.weight_decay)
+        return torch.optim.SGD(parameters, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
 
     def make_scheduler(self) -> Optional[torch.optim.lr_scheduler.MultiStepLR]:
         """A fresh ``MultiStepLR`` over ``self.optimizer`` (None without ``lr_milestones``)."""

@@ -1,11 +1,11 @@
 """Helpers shared by several CL methods: frozen network copies, class ranges, buffer shrinking,
-the train/eval mode of a network for a block, batch-norm statistics."""
+batch-norm statistics (the train/eval mode of a network for a block is
+:func:`mammoth.engine.context.training_mode`)."""
 
 from __future__ import annotations
 
 import copy
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -74,18 +74,6 @@ def keep_first(buffer: Any, per_group: int, by: str = "labels") -> None:
     for value in groups.unique():
         index = (groups == value).nonzero().flatten()[:per_group]
         buffer.add(**{name: stored[index] for name, stored in fields.items()})
-
-
-@contextmanager
-def training_mode(net: nn.Module, training: bool) -> Iterator[nn.Module]:
-    """``with training_mode(net, False):`` runs the block with ``net`` in eval mode (``True``: train
-    mode), then puts back the mode it had, even if the block raises."""
-    was_training = net.training
-    net.train(training)
-    try:
-        yield net
-    finally:
-        net.train(was_training)
 
 
 def seen_classes(dataset: Any, task: int) -> int:

@@ -29,7 +29,8 @@ SHAPE = (3, 32, 32)
 
 def tiny_vit(**options) -> TimmBackbone:
     options.setdefault("name", NAME)
-    return build_backbone("timm", num_classes=5, input_shape=SHAPE, model_args=dict(TINY), **options)
+    options.setdefault("model_args", dict(TINY))
+    return build_backbone("timm", num_classes=5, input_shape=SHAPE, **options)
 
 
 def tiny_state() -> dict[str, torch.Tensor]:
@@ -239,3 +240,37 @@ def test_a_preset_pins_its_published_file(offline_hub: Path, monkeypatch: pytest
     monkeypatch.setitem(PRESETS, "tiny-preset", (NAME, "e" * 64))
     with pytest.raises(BackboneError, match=f"has sha256 {published}, not the pinned {'e' * 64}"):
         tiny_vit(name="tiny-preset", pretrained=True)
+
+
+def test_frozen_parameters_stay_out_of_the_optimizer_and_do_not_change() -> None:
+    from mammoth.engine.context import build_context
+    from mammoth.models import build_model
+
+    class Benchmark:  # what a method reads of a dataset
+        n_classes, n_tasks, setting, input_shape = 5, 1, "class-il", SHAPE
+
+        class config:
+            batch_size, n_epochs = 4, 1
+
+        def task_classes(self, task: int) -> range:
+            return range(5)
+
+        def train_transform(self, x, generator=None):
+            return x
+
+        def test_transform(self, x):
+            return x
+
+    net = tiny_vit(freeze="all-but-head", model_args={"depth": 2, "embed_dim": 32, "num_heads": 2, "drop_rate": 0.5})
+    model = build_model("sgd", net=net, dataset=Benchmark(), lr=0.5)
+    model.attach(build_context(Benchmark(), "cpu", torch.Generator().manual_seed(0)))
+    model.begin_task(0)
+    optimised = [parameter for group in model.optimizer.param_groups for parameter in group["params"]]
+    assert optimised == [net.classifier.weight, net.classifier.bias]
+    trunk, head = net.trunk.state_dict(), net.classifier.weight.detach().clone()
+    x = torch.rand(4, *SHAPE)
+    model.train()
+    model.observe(x, torch.tensor([0, 1, 2, 3]), x)
+    assert all(torch.equal(value, trunk[key]) for key, value in net.trunk.state_dict().items())
+    assert not torch.equal(net.classifier.weight, head)
+    assert not net.trunk.training  # its dropout is off while the head trains
