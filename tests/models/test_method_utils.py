@@ -1,13 +1,11 @@
-"""models/utils: the one buffer-shrinking function and the train/eval mode of a block."""
+"""models/utils: the one buffer-shrinking function."""
 
 from __future__ import annotations
 
-import pytest
 import torch
-from torch import nn
 
 from mammoth.models.buffer import ReplayBuffer
-from mammoth.models.utils import keep_first, training_mode
+from mammoth.models.utils import keep_first
 
 
 def _buffer() -> ReplayBuffer:
@@ -32,13 +30,3 @@ def test_keep_first_groups_by_the_field_given() -> None:
     empty = ReplayBuffer(4, seed=0)
     keep_first(empty, 1)
     assert empty.is_empty()
-
-
-@pytest.mark.parametrize("training", [True, False])
-def test_training_mode_sets_the_mode_for_the_block_and_restores_it_after_an_error(training: bool) -> None:
-    net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)).train(not training)
-    with pytest.raises(RuntimeError, match="inside"):
-        with training_mode(net, training):
-            assert net.training == training and net[1].training == training
-            raise RuntimeError("inside")
-    assert net.training == (not training) and net[1].training == (not training)
