@@ -57,7 +57,7 @@ class TrainingContext:
 
     Attributes: ``batch_size``, ``n_epochs`` (the dataset's), ``device``, ``generator`` (THE run's
     CPU generator, seeded with ``seed`` and saved in every checkpoint), and the benchmark's
-    ``n_tasks``, ``n_classes``, ``setting``, ``input_shape``.
+    ``name``, ``n_tasks``, ``n_classes``, ``setting``, ``input_shape``.
     """
 
     def __init__(self, dataset: Any, device: torch.device, generator: torch.Generator,
@@ -70,6 +70,7 @@ class TrainingContext:
         self.n_tasks: int = int(dataset.n_tasks)
         self.n_classes: int = int(dataset.n_classes)
         self.setting: str = dataset.setting
+        self.name: str = str(getattr(dataset, "name", type(dataset).__name__))
         self.input_shape: tuple[int, ...] = tuple(getattr(dataset, "input_shape", ()))
         self.report = report
 

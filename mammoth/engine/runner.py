@@ -82,7 +82,6 @@ def _run(spec: RunSpec, run_dir: Path) -> float:
     dataset = build_dataset_of(spec)
     net, backbone_name = build_backbone_of(spec, dataset, device)
     model = spec.model.entry.target(net=net, dataset=dataset, **spec.model.checked_values()).to(device)
-    _check_buffer_fits(spec.model.values.get("buffer_size"), dataset)
     metric = check_optimized_metric(spec.optimized_metric, dataset)
     config = record_filled_values(copy.deepcopy(dict(spec.config)), dataset, model)
     title = run_title(dataset.name, spec.model.name, backbone_name)
@@ -127,12 +126,12 @@ def summary_line(name: str, net: Any) -> str:
 
 def check_output_size(net: Any, dataset: Any, backbone_name: str) -> None:
     """The backbone must output at least one logit per class of the dataset."""
-    sample = dataset.test_transform(dataset.to_float(dataset.source()[2][:1]))
-    was_training = net.training
-    net.eval()
-    with torch.no_grad():
-        logits = net(sample.to(next(net.parameters()).device))
-    net.train(was_training)
+    from mammoth.engine.context import evaluation_mode
+
+    device = next(net.parameters()).device
+    sample = dataset.test_transform(dataset.test_source(0).read(torch.zeros(1, dtype=torch.long), device))
+    with evaluation_mode(net), torch.no_grad():
+        logits = net(sample)
     if logits.dim() != 2 or logits.shape[1] < dataset.n_classes:
         raise ConfigError(
             f"backbone {backbone_name!r} outputs logits of shape {tuple(logits.shape)}; "
@@ -176,18 +175,6 @@ def record_filled_values(config: dict[str, Any], dataset: Any, model: Any = None
     return config
 
 
-def _check_buffer_fits(buffer_size: int | None, dataset: Any) -> None:
-    if buffer_size is None:
-        return
-    train_y = dataset.source()[1]
-    total = int((train_y < dataset.n_classes).sum()) if dataset.setting == "class-il" else len(train_y) * dataset.n_tasks
-    if buffer_size > total:
-        raise ConfigError(
-            f"model.buffer_size={buffer_size} is larger than the {total} training examples of {dataset.name}; "
-            f"allowed: at most {total} (a buffer that holds everything is joint training: model=joint)"
-        )
-
-
 def _train_and_report(built: BuiltRun, metric: str) -> float:
     """Train every task with the selected loggers, write results.json and the plot; return the
     run's ``metric`` (NaN when ``stop_after_task`` stopped it early)."""
@@ -204,6 +191,15 @@ def _train_and_report(built: BuiltRun, metric: str) -> float:
         raise
     close_loggers(loggers)
     return float("nan") if results is None else optimized_value(results, metric)
+
+
+def weights_section(net: Any) -> dict[str, Any]:
+    """``{"weights": {"file": ..., "sha256": ...}}`` for a backbone that loaded pretrained weights
+    (``backbone=timm`` with ``pretrained`` or ``weights``), else nothing: what results.json records."""
+    weights = getattr(net, "weights", None)
+    if weights is None or not hasattr(weights, "sha256"):
+        return {}
+    return {"weights": {"file": str(weights.path), "sha256": weights.sha256}}
 
 
 def progress_bars_shown() -> bool:
@@ -247,7 +243,8 @@ def _train_and_write(built: BuiltRun, loggers: list[Any]) -> dict[str, Any] | No
         return None
     results = build_results(
         state.accuracies, dataset.n_tasks,
-        config=built.config, dataset=dataset.describe(), versions=environment_versions(), device=str(device),
+        config=built.config, dataset=dataset.describe(), **weights_section(built.model.net),
+        versions=environment_versions(), device=str(device),
         threads=torch.get_num_threads(), title=built.title,
         timings={"train_seconds": state.train_seconds, "eval_seconds": state.eval_seconds,
                  "total_seconds": time.perf_counter() - built.started},

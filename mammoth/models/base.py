@@ -215,6 +215,17 @@ def check_milestones(key: str, milestones: Any) -> tuple[int, ...]:
     return values
 
 
+def check_memory_fits(buffer_size: int, context: "TrainingContext") -> None:
+    """A memory of ``buffer_size`` examples must not exceed the run's training examples (all its
+    tasks'): a one-line ConfigError says a memory that holds everything is joint training."""
+    total = sum(len(context.task_data(task)) for task in range(context.n_tasks))
+    if buffer_size > total:
+        raise ConfigError(
+            f"model.buffer_size={buffer_size} is larger than the {total} training examples of {context.name}; "
+            f"allowed: at most {total} (a buffer that holds everything is joint training: model=joint)"
+        )
+
+
 # ---- shared by the rehearsal methods (er, der, derpp) ----
 
 
@@ -258,7 +269,9 @@ class ReplayModel(ContinualModel):
         return batch if batch.examples.device == device else batch.to(device)
 
     def attach(self, context: "TrainingContext") -> None:
-        """Receive the context and seed the buffer's generator from the run's generator."""
+        """Receive the context (the buffer must fit in the run's training data) and seed the
+        buffer's generator from the run's generator."""
+        check_memory_fits(self.buffer_size, context)
         super().attach(context)
         self.buffer.generator.manual_seed(int(torch.randint(0, 2**62, (1,), generator=context.generator)))
 

@@ -12,7 +12,7 @@ from mammoth.backbones.base import MammothBackbone
 from mammoth.datasets.source import InMemorySource, empty_source
 from mammoth.engine.context import Batch, TrainingContext
 from mammoth.models.buffer import ReplayBuffer
-from mammoth.models.base import ContinualModel
+from mammoth.models.base import ContinualModel, check_memory_fits
 from mammoth.models.registry import register_model
 from mammoth.models.utils import require_class_il
 from mammoth.config.value_checks import check_choice, check_positive, check_positive_int
@@ -169,7 +169,9 @@ class GDumb(ContinualModel):
         return empty_source(data)
 
     def attach(self, context: TrainingContext) -> None:
-        """Receive the context; a reservoir memory's own generator is seeded from the run's generator."""
+        """Receive the context (the memory must fit in the run's training data); a reservoir
+        memory's own generator is seeded from the run's generator."""
+        check_memory_fits(self.buffer_size, context)
         super().attach(context)
         if isinstance(self.memory, ReplayBuffer):
             self.memory.generator.manual_seed(int(torch.randint(0, 2**62, (1,), generator=context.generator)))

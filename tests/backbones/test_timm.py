@@ -274,3 +274,25 @@ def test_frozen_parameters_stay_out_of_the_optimizer_and_do_not_change() -> None
     assert all(torch.equal(value, trunk[key]) for key, value in net.trunk.state_dict().items())
     assert not torch.equal(net.classifier.weight, head)
     assert not net.trunk.training  # its dropout is off while the head trains
+
+
+def test_a_run_records_the_weights_file_and_its_sha256(tmp_path: Path) -> None:
+    import json
+
+    import mammoth
+    from composing import compose_run
+
+    args = {"depth": 1, "embed_dim": 16, "num_heads": 2, "patch_size": 4}
+    torch.manual_seed(5)
+    state = {key: value.contiguous() for key, value in create_timm_model(NAME, (1, 8, 8), dict(args)).state_dict().items()}
+    weights = tmp_path / "vit.safetensors"
+    save_file(state, str(weights))
+    mammoth.run(compose_run(tmp_path / "run", "backbone=timm", f"backbone.name={NAME}", f"backbone.weights={weights}",
+                            "backbone.model_args={depth:1,embed_dim:16,num_heads:2,patch_size:4}",
+                            "dataset.n_epochs=1", "threads=1"))
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["weights"] == {"file": str(weights), "sha256": sha256(weights)}
+    unweighted = tmp_path / "plain"
+    mammoth.run(compose_run(unweighted, "backbone=timm", f"backbone.name={NAME}", "dataset.n_epochs=1", "threads=1",
+                            "backbone.model_args={depth:1,embed_dim:16,num_heads:2,patch_size:4}"))
+    assert "weights" not in json.loads((unweighted / "results.json").read_text())

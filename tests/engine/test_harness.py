@@ -164,7 +164,8 @@ def test_failed_run_removes_a_stale_results_file(tmp_path):
         (("dataset.n_epochs=0",), "n_epochs"),
         (("dataset.batch_size=-5",), "batch_size"),
         (("model=er",), "model.buffer_size"),
-        (("model=er", "model.buffer_size=5000"), "larger than the 1438 training examples"),
+        (("model=er", "model.buffer_size=5000"), "larger than the 1438 training examples of seq-digits"),
+        (("model=gdumb", "model.buffer_size=5000"), "larger than the 1438 training examples of seq-digits"),
         (("device=tpu",), "allowed: auto, cpu, cuda, cuda:N"),
         (("threads=0",), "threads=0 is not positive"),
         (("backbone=mnistmlp", "backbone.num_classes=4"), "fewer than the 10 classes"),
@@ -173,7 +174,7 @@ def test_failed_run_removes_a_stale_results_file(tmp_path):
 def test_run_errors_name_the_bad_value(tmp_path, overrides, message):
     with pytest.raises(mammoth.MammothError, match=message):
         mammoth.run(compose_run(tmp_path, *overrides))
-    assert not (tmp_path / "results.json").exists()
+    assert not (tmp_path / "results.json").exists() and not (tmp_path / "checkpoint.pt").exists()
 
 
 def test_backbone_with_too_few_outputs_is_refused(tmp_path):

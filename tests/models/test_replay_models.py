@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from mammoth.engine.context import build_context
+from mammoth.errors import ConfigError
 from mammoth.models.base import ReplayModel
 from mammoth.models.buffer import ReplayBatch
 
@@ -134,7 +135,7 @@ def test_der_loss_adds_alpha_times_the_logit_mse(make_model, make_batch) -> None
 
 
 def test_derpp_loss_uses_two_independent_replay_samples(make_model, make_batch) -> None:
-    model = make_model("derpp", alpha=0.2, beta=0.9, buffer_size=64)
+    model = make_model("derpp", alpha=0.2, beta=0.9, buffer_size=32)
     for seed in range(3):
         model.observe(*make_batch(0, seed=seed))
     inputs, labels, not_aug = make_batch(1)
@@ -214,3 +215,11 @@ def test_the_buffer_generator_is_seeded_from_the_runs_generator(name, make_model
     assert torch.equal(built.buffer.generator.get_state(), same.buffer.generator.get_state())
     assert torch.equal(same.buffer.generator.get_state(), again.buffer.generator.get_state())
     assert not torch.equal(same.buffer.generator.get_state(), other.buffer.generator.get_state())
+
+
+def test_a_memory_larger_than_the_runs_training_data_is_refused_at_attach(make_model) -> None:
+    with pytest.raises(ConfigError, match=r"^model.buffer_size=33 is larger than the 32 training examples of fake; allowed: at most 32"):
+        make_model("er", buffer_size=33)
+    with pytest.raises(ConfigError, match=r"^model.buffer_size=33 is larger than the 32 training examples of fake"):
+        make_model("gdumb", buffer_size=33)
+    assert make_model("er", buffer_size=32).buffer_size == 32
