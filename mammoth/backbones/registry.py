@@ -52,6 +52,14 @@ def build_backbone(name_or_config: str | Mapping | DictConfig | Any, **values: A
     ignored. A config whose ``_target_`` is not a registered backbone is refused.
     """
     entry, configured = BACKBONES.resolve(name_or_config)
+    return build_resolved_backbone(entry, configured, **values)
+
+
+def build_resolved_backbone(entry: Entry, configured: Mapping[str, Any], checked: bool = False,
+                            **values: Any) -> MammothBackbone:
+    """Build the backbone of a resolved registry ``entry`` from its ``configured`` values, with
+    ``values`` as in :func:`build_backbone`. ``checked``: the configured names were checked already
+    (a resolved run), so only the types are; otherwise unknown and missing ones fail too."""
     arguments = dict(configured)
     for key, value in values.items():
         if key in DATA_ARGUMENTS:
@@ -59,8 +67,8 @@ def build_backbone(name_or_config: str | Mapping | DictConfig | Any, **values: A
                 arguments[key] = _reconcile_data_value(key, arguments.get(key, MISSING), value)
         else:
             arguments[key] = value
-    checked = BACKBONES.check_values(entry, arguments)
-    network = entry.target(**checked)
+    converted = BACKBONES.convert_values(entry, arguments) if checked else BACKBONES.check_values(entry, arguments)
+    network = entry.target(**converted)
     if not isinstance(network, MammothBackbone):
         raise BackboneError(
             f"backbone {entry.name!r}: {entry.target_path} returned {type(network).__name__}, "

@@ -286,11 +286,17 @@ class Registry:
         """
         self.check_known_arguments(entry, values)
         self.check_required(entry, values)
-        checked = {}
+        return self.convert_values(entry, values)
+
+    def convert_values(self, entry: Entry, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Every argument of ``entry`` from ``values`` (else its default), converted to its type; a
+        wrong type or a value outside an allowed set fails naming the argument. Unknown and
+        missing names are :meth:`check_values`' concern (a resolved run checked them already)."""
+        converted = {}
         for argument in entry.arguments:
             value = values.get(argument.name, argument.default)
             try:
-                checked[argument.name] = check_value(argument, value)
+                converted[argument.name] = check_value(argument, value)
             except ValueCheckError as error:
                 raise self.error_type(f"{self.group}.{argument.name}: {error}") from None
-        return checked
+        return converted

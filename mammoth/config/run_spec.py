@@ -42,16 +42,7 @@ class ResolvedOption:
     def checked_values(self, **filled: Any) -> dict[str, Any]:
         """The arguments converted to their types and checked (``filled`` added first); a bad one
         raises the registry's error naming ``group.argument``."""
-        from mammoth.config.schema import ValueCheckError, check_value
-
-        values = {**self.values, **filled}
-        checked = {}
-        for argument in self.entry.arguments:
-            try:
-                checked[argument.name] = check_value(argument, values.get(argument.name, argument.default))
-            except ValueCheckError as error:
-                raise self.registry.error_type(f"{self.registry.group}.{argument.name}: {error}") from None
-        return checked
+        return self.registry.convert_values(self.entry, {**self.values, **filled})
 
 
 @dataclass(frozen=True)

@@ -100,15 +100,17 @@ def build_dataset_of(spec: RunSpec) -> Any:
 def build_backbone_of(spec: RunSpec, dataset: Any, device: torch.device) -> tuple[Any, str]:
     """The run's backbone on ``device`` (the dataset's default when none is chosen), its
     ``num_classes`` and ``input_shape`` filled from the data, and its registered name."""
-    from mammoth.backbones import BACKBONES, build_backbone
+    from mammoth.backbones import BACKBONES
+    from mammoth.backbones.registry import build_resolved_backbone
 
+    data = {"num_classes": dataset.n_classes, "input_shape": dataset.input_shape}
     if spec.backbone is None:
-        name = BACKBONES.get(dataset.default_backbone).name
-        net = build_backbone(name, num_classes=dataset.n_classes, input_shape=dataset.input_shape)
+        entry = BACKBONES.get(dataset.default_backbone)
+        net = build_resolved_backbone(entry, {}, **data)
     else:
-        name = spec.backbone.name
-        config = {"_target_": spec.backbone.entry.target_path, **spec.backbone.values}
-        net = build_backbone(config, num_classes=dataset.n_classes, input_shape=dataset.input_shape)
+        entry = spec.backbone.entry
+        net = build_resolved_backbone(entry, spec.backbone.values, checked=True, **data)
+    name = entry.name
     net = net.to(device)
     log.info(summary_line(name, net))
     check_output_size(net, dataset, name)
