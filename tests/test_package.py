@@ -11,33 +11,9 @@ import sys
 import textwrap
 from pathlib import Path
 
+from fake_plugins import install_plugin
+
 REPO = Path(__file__).resolve().parents[1]
-
-#: A plugin module using the public API at import time, as the README's plugins do.
-PLUGIN = '''
-from torch import nn
-
-from mammoth import MammothBackbone, register_backbone
-
-
-@register_backbone("plug-net")
-class PlugNet(MammothBackbone):
-    def __init__(self, num_classes: int, input_shape: tuple, hidden: int = 7):
-        super().__init__()
-        self.stages = nn.ModuleList([nn.Sequential(nn.Flatten(), nn.LazyLinear(hidden))])
-        self.num_features, self.num_classes = hidden, num_classes
-        self.classifier = nn.Linear(hidden, num_classes)
-'''
-
-
-def install_plugin(root: Path, source: str) -> None:
-    """A distribution in ``root`` (a sys.path entry) whose ``mammoth.plugins`` entry point is ``plugpkg``."""
-    (root / "plugpkg.py").write_text(source)
-    info = root / "plugpkg-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: plugpkg\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[mammoth.plugins]\nplug = plugpkg\n")
-
 
 def run_code(code: str, cwd: Path) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter in ``cwd`` (on its sys.path); the last stdout line is JSON."""
@@ -56,7 +32,7 @@ HEAVY = ("torch", "omegaconf", "hydra", "mammoth.backbones", "mammoth.models", "
 
 
 def test_import_mammoth_imports_neither_torch_nor_the_builtins_and_they_load_on_first_use(tmp_path: Path) -> None:
-    install_plugin(tmp_path, PLUGIN)
+    install_plugin(tmp_path)
     seen = last_json(run_code(f'''
         import json, sys
         import mammoth
@@ -113,7 +89,7 @@ def test_a_broken_plugin_is_a_warning_at_the_first_lookup_not_at_import(tmp_path
 
 
 def test_an_app_that_opts_in_composes_builtins_and_plugins_without_importing_mammoth(tmp_path: Path) -> None:
-    install_plugin(tmp_path, PLUGIN)
+    install_plugin(tmp_path)
     (tmp_path / "conf").mkdir()
     (tmp_path / "conf" / "config.yaml").write_text(
         "defaults:\n  - backbone: resnet18\n  - _self_\n\nhydra:\n  searchpath: [pkg://mammoth.conf]\n")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_python
+from fake_plugins import install_plugin
 
 
 def test_cfg_job_prints_the_typed_backbone_config(workdir: Path):
@@ -133,35 +134,15 @@ def test_resume_from_the_command_line_matches_an_uninterrupted_run(workdir: Path
     assert resumed["task_il"]["matrix"] == expected["task_il"]["matrix"]
 
 
-def _install_fake_plugin(root: Path, module_source: str) -> None:
-    """A distribution on sys.path (PYTHONPATH) declaring a ``mammoth.plugins`` entry point."""
-    (root / "plugpkg.py").write_text(textwrap.dedent(module_source))
-    info = root / "plugpkg-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: plugpkg\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[mammoth.plugins]\nplug = plugpkg\n")
-
-
 def test_backbone_from_an_installed_plugin_is_selectable(workdir: Path):
-    _install_fake_plugin(workdir, '''
-        from torch import nn
-        from mammoth import MammothBackbone, register_backbone
-
-        @register_backbone("plug-net")
-        class PlugNet(MammothBackbone):
-            def __init__(self, num_classes: int, input_shape: tuple, hidden: int = 7):
-                super().__init__()
-                self.stages = nn.ModuleList([nn.Sequential(nn.Flatten(), nn.LazyLinear(hidden))])
-                self.num_features, self.num_classes = hidden, num_classes
-                self.classifier = nn.Linear(hidden, num_classes)
-    ''')
+    install_plugin(workdir)
     result = run_python(["-m", "mammoth", "backbone=Plug_Net", "backbone.hidden=9", "--cfg", "job"], workdir)
     assert result.returncode == 0, result.stderr
     assert "_target_: plugpkg.PlugNet" in result.stdout and "hidden: 9" in result.stdout
 
 
 def test_broken_plugin_is_named(workdir: Path):
-    _install_fake_plugin(workdir, "raise RuntimeError('boom')\n")
+    install_plugin(workdir, "raise RuntimeError('boom')\n")
     result = run_python(["-m", "mammoth", "--cfg", "job"], workdir)
     assert result.returncode == 2
     assert "mammoth plugin 'plug' (plugpkg) failed to import: RuntimeError: boom" in result.stderr

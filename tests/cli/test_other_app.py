@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, run_python
+from fake_plugins import PLUG_NET
 
 #: What each app prints when it runs: its own config and whether torch or mammoth were imported.
 REPORT = 'print("RAN", {values}, sorted(name for name in ("torch", "mammoth") if name in sys.modules))'
@@ -110,21 +111,6 @@ if __name__ == "__main__":
 
 OPT_IN_LINE = "hydra:\n  searchpath: [pkg://mammoth.conf]\n"
 
-#: An installed plugin: a module with a backbone, declared by a ``mammoth.plugins`` entry point.
-PLUGIN_MODULE = '''
-from torch import nn
-
-from mammoth import MammothBackbone, register_backbone
-
-
-@register_backbone("plugin-net")
-class PluginNet(MammothBackbone):
-    def __init__(self, num_classes: int, input_shape: tuple, hidden: int = 5):
-        super().__init__()
-        self.stages = nn.ModuleList([nn.Sequential(nn.Flatten(), nn.LazyLinear(hidden))])
-        self.num_features, self.num_classes = hidden, num_classes
-        self.classifier = nn.Linear(hidden, num_classes)
-'''
 
 
 def write_files(root: Path, files: dict[str, str]) -> Path:
@@ -244,26 +230,26 @@ def check_opted_in_app(python: str, root: Path) -> None:
         "conf/config.yaml": "defaults:\n  - backbone: resnet\n  - _self_\n\n" + OPT_IN_LINE + "\nlr: 0.1\n",
         "conf/bare.yaml": "lr: 0.1\n",
     })
-    add_distribution(folder, "plugin_for_mammoth", "[mammoth.plugins]\nnet = plugin_for_mammoth\n", PLUGIN_MODULE)
+    add_distribution(folder, "plugin_for_mammoth", "[mammoth.plugins]\nnet = plugin_for_mammoth\n", PLUG_NET)
     ran = run_python(["app.py", "backbone.depth=34", "backbone.width=4", "hydra.run.dir=run"], folder, python=python)
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.splitlines() == ["NET ResNet 10 34"]
-    plugin = run_python(["app.py", "backbone=plugin-net", "backbone.hidden=3", "hydra.run.dir=run"], folder, python=python)
-    assert plugin.stdout.splitlines() == ["NET PluginNet 10 None"], plugin.stderr
+    plugin = run_python(["app.py", "backbone=plug-net", "backbone.hidden=3", "hydra.run.dir=run"], folder, python=python)
+    assert plugin.stdout.splitlines() == ["NET PlugNet 10 None"], plugin.stderr
     shown = run_python(["app.py", "--cfg", "job"], folder, python=python)
     assert shown.stdout.splitlines()[:2] == ["backbone:", "  _target_: mammoth.backbones.resnet.ResNet"], shown.stderr
     assert shown.stdout.splitlines()[-1] == "lr: 0.1"
     helped = run_python(["app.py", "--help"], folder, python=python)
     groups = help_groups(helped.stdout)
     assert sorted(groups) == ["backbone", "dataset", "model"], helped.stdout
-    assert "resnet" in groups["backbone"] and "plugin-net" in groups["backbone"] and "der" in groups["model"]
+    assert "resnet" in groups["backbone"] and "plug-net" in groups["backbone"] and "der" in groups["model"]
     assert helped.stdout.startswith("app is powered by Hydra."), helped.stdout  # Hydra's help, not mammoth's
     info = run_python(["app.py", "--info", "all"], folder, python=python)
     assert info.returncode == 0, info.stderr
     assert "| hydra.searchpath in main | pkg://mammoth.conf" in info.stdout and "backbone/resnet" in info.stdout
     assert "mammoth_schema" not in info.stdout and "job_logging/mammoth" not in info.stdout
     completed = completion(python, folder, "backbone=")
-    assert {"backbone=resnet", "backbone=vit", "backbone=plugin-net"} <= set(completed.stdout.split())
+    assert {"backbone=resnet", "backbone=vit", "backbone=plug-net"} <= set(completed.stdout.split())
     assert completion(python, folder, "backbone/").stdout.split() == []  # no helper group under backbone/
     # the same line on the command line; the compose API, with mammoth imported before or never
     command_line = run_python(["app.py", "-cn", "bare", "hydra.searchpath=[pkg://mammoth.conf]", "+model=er",

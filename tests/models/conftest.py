@@ -106,6 +106,19 @@ def make_model(dataset: FakeDataset) -> Callable[..., Any]:
 
 
 @pytest.fixture
+def make_begun_model(make_model: Callable[..., Any]) -> Callable[..., Any]:
+    """``make_begun_model(name, **values)``: ``make_model``'s model after ``begin_task(0)``, as the
+    harness has it when the first batch of task 0 arrives."""
+
+    def make(name: str, **values: Any) -> Any:
+        model = make_model(name, **values)
+        model.begin_task(0)
+        return model
+
+    return make
+
+
+@pytest.fixture
 def make_batch(dataset: FakeDataset) -> Callable[..., tuple[Tensor, Tensor, Tensor]]:
     """``make_batch(task, size=8, seed=0)``: ``(inputs, labels, not_aug_inputs)`` of the task's classes."""
 

@@ -13,15 +13,9 @@ from mammoth.models.gem import project_to_cone
 
 
 @pytest.fixture
-def make_model(make_model):
-    """The conftest's ``make_model``, begun on task 0 (as the harness does before the first batch)."""
-
-    def make(name: str, **values):
-        model = make_model(name, **values)
-        model.begin_task(0)
-        return model
-
-    return make
+def make_model(make_begun_model):
+    """Models begun on task 0, as the harness begins them before the first batch."""
+    return make_begun_model
 
 
 # ---- agem ----
