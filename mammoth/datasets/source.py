@@ -152,7 +152,12 @@ def concat_sources(sources: Sequence[DataSource]) -> DataSource:
     sources = list(sources)
     if not sources:
         raise DatasetError("concat_sources got no source; allowed: one source or more")
-    return sources[0] if len(sources) == 1 else ConcatSource(sources)
+    if len(sources) == 1:
+        return sources[0]
+    if all(isinstance(source, IndexedSource) and source.parent is sources[0].parent for source in sources):
+        # subsets of one source (joint's earlier tasks): one subset, read with one index per batch
+        return IndexedSource(sources[0].parent, torch.cat([source.indices for source in sources]))
+    return ConcatSource(sources)
 
 
 def empty_source(like: DataSource) -> DataSource:

@@ -105,3 +105,13 @@ def test_a_benchmark_of_integer_features_is_refused_naming_what_is_allowed() -> 
     with pytest.raises(DatasetError, match=r"^integers train images have dtype torch.int32 and shape \(4, 3\); "
                                            r"expected uint8 images or float features \(N, 3\)$"):
         IntegerFeatures().task_source(0)
+
+
+def test_subsets_of_one_source_concatenate_into_one_subset() -> None:
+    x = torch.arange(6, dtype=torch.float32).view(6, 1)
+    base = InMemorySource(x, torch.arange(6))
+    joined = concat_sources([base.subset(torch.tensor([4, 1])), base.subset(torch.tensor([0])), base.subset(torch.tensor([5, 2]))])
+    assert joined.parent is base and joined.labels.tolist() == [4, 1, 0, 5, 2]
+    assert joined.read(torch.tensor([4, 0, 2]), "cpu").flatten().tolist() == [2.0, 4.0, 0.0]
+    mixed = concat_sources([base.subset(torch.tensor([3])), InMemorySource(x[:1] + 10, torch.tensor([0]))])
+    assert mixed.labels.tolist() == [3, 0] and mixed.read(torch.tensor([1, 0]), "cpu").flatten().tolist() == [10.0, 3.0]
