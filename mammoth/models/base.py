@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from mammoth.engine.context import TrainingContext
 
 OPTIMIZERS = ("sgd", "adam")
+LR_SCHEDULERS = ("multisteplr", "cosine")
 BUFFER_DEVICES = ("training", "cpu")
 #: The hooks whose signature changed, with their old number of parameters after ``self``.
 OLD_HOOKS = {"training_data": 3, "end_task": 1}
@@ -59,6 +60,8 @@ class ContinualModel(nn.Module):
     ``lr_milestones`` epochs of every task (stepped by :meth:`end_epoch`). ``lr_milestones=None``
     takes the dataset's ``default_lr_milestones`` (the original's dataset default: ``[35, 45]``
     for seq-cifar100, none elsewhere); an empty list keeps the learning rate constant.
+    ``lr_scheduler=cosine`` anneals the rate to 0 over each task's epochs instead (the original's
+    ``--lr_scheduler cosine``, which its prompt methods use).
     """
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -82,6 +85,7 @@ class ContinualModel(nn.Module):
         weight_decay: float = 0.0,
         lr_milestones: Optional[tuple[int, ...]] = None,
         sched_multistep_lr_gamma: float = 0.1,
+        lr_scheduler: Literal["multisteplr", "cosine"] = "multisteplr",
     ) -> None:
         super().__init__()
         self.lr = check_positive("model.lr", lr)
@@ -91,6 +95,12 @@ class ContinualModel(nn.Module):
         if self.optimizer_name == "adam" and self.momentum:
             raise ConfigError(
                 f"model.momentum={momentum} has no effect with model.optimizer=adam; allowed: momentum=0 with adam"
+            )
+        self.lr_scheduler = check_choice("model.lr_scheduler", lr_scheduler, LR_SCHEDULERS)
+        if lr_milestones is not None and len(lr_milestones) and self.lr_scheduler == "cosine":
+            raise ConfigError(
+                f"model.lr_milestones={list(lr_milestones)} apply to lr_scheduler=multisteplr; allowed: "
+                "lr_scheduler=multisteplr with milestones, or lr_scheduler=cosine without them"
             )
         if lr_milestones is None:
             lr_milestones = tuple(getattr(dataset, "default_lr_milestones", ()))
@@ -131,8 +141,13 @@ class ContinualModel(nn.Module):
             return torch.optim.Adam(parameters, lr=self.lr, weight_decay=self.weight_decay)
         return torch.optim.SGD(parameters, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
 
-    def make_scheduler(self) -> Optional[torch.optim.lr_scheduler.MultiStepLR]:
-        """A fresh ``MultiStepLR`` over ``self.optimizer`` (None without ``lr_milestones``)."""
+    def make_scheduler(self) -> Optional[torch.optim.lr_scheduler.LRScheduler]:
+        """A fresh schedule over ``self.optimizer``, stepped after every epoch: ``cosine`` anneals the
+        rate to 0 over the task's ``n_epochs`` (torch's ``CosineAnnealingLR``, as the original's
+        ``--lr_scheduler cosine``); ``multisteplr`` is ``MultiStepLR`` at ``lr_milestones`` (None
+        without milestones: a constant rate)."""
+        if self.lr_scheduler == "cosine":
+            return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=self.context.n_epochs)
         if not self.lr_milestones:
             return None
         return torch.optim.lr_scheduler.MultiStepLR(

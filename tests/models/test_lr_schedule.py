@@ -101,3 +101,32 @@ def test_the_harness_trains_each_epoch_at_the_scheduled_lr(make_model) -> None:
                           batch_size=4, end_epoch=model.end_epoch)
     # two batches per epoch; epochs 0, 1-2, 3 at 1.0, 0.5, 0.25; the second task starts again at 1.0
     assert seen == [1.0, 1.0, 0.5, 0.5, 0.5, 0.5, 0.25, 0.25] * 2
+
+
+def test_cosine_anneals_the_rate_over_each_tasks_epochs(make_model, make_batch) -> None:
+    """The original's ``--lr_scheduler cosine``: CosineAnnealingLR with T_max = n_epochs, per epoch."""
+    import math
+
+    model = make_model("sgd", lr=0.2, lr_scheduler="cosine")
+    epochs = model.context.n_epochs = 4
+    model.begin_task(0)
+    expected = [0.2 * (1 + math.cos(math.pi * (epoch + 1) / epochs)) / 2 for epoch in range(epochs)]
+    assert _epochs(model, make_batch, epochs) == pytest.approx(expected, abs=1e-12)
+    assert expected[-1] == pytest.approx(0.0, abs=1e-12)
+    model.begin_task(1)
+    assert _lr(model) == 0.2  # it restarts at every task, as the multi-step schedule
+
+
+def test_cosine_with_milestones_is_refused(make_model) -> None:
+    with pytest.raises(ConfigError, match=r"^model.lr_milestones=\[3\] apply to lr_scheduler=multisteplr; allowed"):
+        make_model("sgd", lr_scheduler="cosine", lr_milestones=[3])
+    with pytest.raises(ConfigError, match=r"^model.lr_scheduler: invalid value 'step'.*allowed values: 'multisteplr', 'cosine'"):
+        make_model("sgd", lr_scheduler="step")
+
+
+def test_cosine_from_the_command_line_reaches_every_method() -> None:
+    from composing import compose_mammoth
+
+    for method in ("sgd", "der", "lwf"):
+        cfg = compose_mammoth(f"model={method}", "model.lr_scheduler=cosine")
+        assert cfg.model.lr_scheduler == "cosine"
