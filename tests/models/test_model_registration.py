@@ -20,6 +20,7 @@ from mammoth.models.sgd import SGD
 OPTIMISATION = {
     "lr": (float, 0.1), "optimizer": (str, "sgd"), "momentum": (float, 0.0), "weight_decay": (float, 0.0),
     "lr_milestones": (Optional[tuple[int, ...]], None), "sched_multistep_lr_gamma": (float, 0.1),
+    "lr_scheduler": (str, "multisteplr"),
 }
 REPLAY = {"buffer_size": (int, "???"), "minibatch_size": (Optional[int], None), "buffer_device": (str, "training")}
 EXPECTED_FIELDS = {
