@@ -52,14 +52,15 @@ def build_backbone(name_or_config: str | Mapping | DictConfig | Any, **values: A
     ignored. A config whose ``_target_`` is not a registered backbone is refused.
     """
     entry, configured = BACKBONES.resolve(name_or_config)
-    return build_resolved_backbone(entry, configured, **values)
+    return build_resolved_backbone(entry, configured, values)
 
 
-def build_resolved_backbone(entry: Entry, configured: Mapping[str, Any], checked: bool = False,
-                            **values: Any) -> MammothBackbone:
+def build_resolved_backbone(entry: Entry, configured: Mapping[str, Any], values: Mapping[str, Any],
+                            checked: bool = False) -> MammothBackbone:
     """Build the backbone of a resolved registry ``entry`` from its ``configured`` values, with
-    ``values`` as in :func:`build_backbone`. ``checked``: the configured names were checked already
-    (a resolved run), so only the types are; otherwise unknown and missing ones fail too."""
+    ``values`` as in :func:`build_backbone` (a mapping, so no backbone argument can clash with
+    ``checked``). ``checked``: the configured names were checked already (a resolved run), so only
+    the types are; otherwise unknown and missing ones fail too."""
     arguments = dict(configured)
     for key, value in values.items():
         if key in DATA_ARGUMENTS:

@@ -123,7 +123,7 @@ def broadcast_text(text: Optional[str], source: int = 0) -> str:
     buffer = torch.empty(int(length), dtype=torch.uint8, device=device) if payload is None else payload.to(device)
     if int(length):
         dist.broadcast(buffer, source)
-    return bytes(buffer.cpu().tolist()).decode("utf-8")
+    return buffer.cpu().numpy().tobytes().decode("utf-8")
 
 
 def gather_rows(tensor: Tensor) -> Tensor:

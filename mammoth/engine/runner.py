@@ -106,10 +106,10 @@ def build_backbone_of(spec: RunSpec, dataset: Any, device: torch.device) -> tupl
     data = {"num_classes": dataset.n_classes, "input_shape": dataset.input_shape}
     if spec.backbone is None:
         entry = BACKBONES.get(dataset.default_backbone)
-        net = build_resolved_backbone(entry, {}, **data)
+        net = build_resolved_backbone(entry, {}, data)
     else:
         entry = spec.backbone.entry
-        net = build_resolved_backbone(entry, spec.backbone.values, checked=True, **data)
+        net = build_resolved_backbone(entry, spec.backbone.values, data, checked=True)
     name = entry.name
     net = net.to(device)
     log.info(summary_line(name, net))

@@ -283,3 +283,19 @@ def test_unknown_name_lists_names_and_closest_match() -> None:
     assert "'resnt18'" in message
     assert all(name in message for name in list_backbones())
     assert "did you mean 'resnet18'" in message
+
+
+def test_a_backbone_argument_named_checked_reaches_the_backbone() -> None:
+    @register_backbone("checked-net")
+    class CheckedNet(MammothBackbone):
+        def __init__(self, num_classes: int, input_shape: tuple, checked: bool = False) -> None:
+            super().__init__()
+            self.stages = nn.ModuleList([nn.Flatten()])
+            self.num_features, self.num_classes, self.checked = 4, num_classes, checked
+            self.classifier = nn.Linear(4, num_classes)
+
+    try:
+        net = build_backbone("checked-net", num_classes=2, input_shape=(1, 2, 2), checked=True)
+        assert net.checked is True and net.num_classes == 2
+    finally:
+        BACKBONES.unregister("checked-net")
