@@ -1,17 +1,29 @@
 """One run on several processes, on torch.distributed: where the processes come from (torchrun,
 or a job of Hydra's submitit launcher with several tasks), how the process group starts (``gloo``
-on CPU, ``nccl`` on CUDA, one device per local rank), and the collectives the harness needs.
+on CPU, ``nccl`` on CUDA, one device per local rank), and what keeps the ranks one experiment.
+
+The ranks run the same program on the same data in the same order (every random draw comes
+from generators seeded alike), so everything they hold is identical; only the work of each
+training batch is split. :func:`observe_on_shard` gives each rank a contiguous shard of the
+batch (and of every replay minibatch, :meth:`ReplayModel.replay_batch`); gradient hooks
+(:func:`average_gradients`) average every backward pass over the ranks, weighted by the shards'
+sizes; the examples a method stores in ``observe`` are gathered from every rank before the
+reservoir sees them; BatchNorm statistics are averaged after each task's training
+(:func:`average_batchnorm_statistics`); evaluation is sharded and its correct counts summed.
+Rank 0 alone writes files.
 
 Nothing here pickles: strings travel as bytes in tensors, so what a rank receives cannot run code.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import timedelta
-from typing import Optional
+from pathlib import Path
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
@@ -61,7 +73,7 @@ def detect_launch(environ: Optional[Mapping[str, str]] = None) -> Optional[Launc
             )
         launch = Launch(_integer(environ, "RANK"), _integer(environ, "WORLD_SIZE"), _integer(environ, "LOCAL_RANK"),
                         "torchrun")
-    elif environ.get("SUBMITIT_EXECUTOR") and int(environ.get("SLURM_NTASKS", "1") or 1) > 1:
+    elif environ.get("SUBMITIT_EXECUTOR") and int(environ.get("SLURM_NTASKS") or environ.get("SUBMITIT_LOCAL_NTASKS") or 1) > 1:
         launch = _submitit_launch()
     else:
         return None
@@ -97,14 +109,23 @@ def process_device(launch: Launch, requested: torch.device) -> torch.device:
     return torch.device("cuda", launch.local_rank)
 
 
-def start_process_group(launch: Launch, device: torch.device, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS) -> None:
-    """Join the run's process group (``env://``) with the backend of ``device``; a collective that
-    waits longer than ``timeout_seconds`` for another rank fails instead of hanging."""
+def start_process_group(launch: Launch, device: Optional[torch.device] = None,
+                        timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS) -> None:
+    """Join the run's process group (``env://``) with the backend of ``device`` (None, before the
+    config is read: ``gloo`` for CPU tensors plus ``nccl`` for CUDA ones where CUDA is present); a
+    collective that waits longer than ``timeout_seconds`` for another rank fails instead of hanging."""
     if dist.is_initialized():
         return
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    dist.init_process_group(backend_for(device), rank=launch.rank, world_size=launch.world_size,
+    if device is None:
+        cuda = torch.cuda.is_available() and dist.is_nccl_available() and launch.local_rank < torch.cuda.device_count()
+        backend = "cpu:gloo,cuda:nccl" if cuda else "gloo"
+        if cuda:
+            torch.cuda.set_device(launch.local_rank)
+    else:
+        backend = backend_for(device)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+    dist.init_process_group(backend, rank=launch.rank, world_size=launch.world_size,
                             timeout=timedelta(seconds=timeout_seconds))
 
 
@@ -150,5 +171,208 @@ def sum_over_ranks(tensor: Tensor) -> Tensor:
 
 
 def _collective_device() -> torch.device:
-    """Where this rank's collectives run: its CUDA device under nccl, else the CPU."""
+    """Where this rank's collectives run: its CUDA device under nccl alone, else the CPU (gloo)."""
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+
+# ---- this process's place (torch's process group is the state; one process without one) ----
+
+
+def rank() -> int:
+    """This process's rank in the run's process group (0 without one)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    """How many processes run the experiment (1 without a process group)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def is_main_process() -> bool:
+    """Whether this process writes the run's files: rank 0, or the only process."""
+    return rank() == 0
+
+
+# ---- one run directory, one writer ----
+
+
+def join_command_line(command_line: Any) -> Any:
+    """Under a multi-process launch, start the process group and put every rank in rank 0's run
+    directory (the pre-flight's ``command_line.directory``: Hydra's time-stamped directory may
+    differ between ranks). Rank 0 keeps its command line (it locks the directory and writes
+    ``.hydra/``); the others get rank 0's directory pinned by ``hydra.run.dir`` and
+    ``hydra.output_subdir=null``, and no directory to lock. One process: ``command_line``
+    unchanged. A multirun, or a run directory that resolves only while the job runs, is refused
+    in one line."""
+    from mammoth.config.preflight import quote_override_value
+
+    launch = detect_launch()
+    if launch is None:
+        return command_line
+    if command_line.multirun:
+        raise ConfigError(
+            f"--multirun on {launch.world_size} processes started by {launch.launcher}; allowed: one run per "
+            "torchrun (a sweep of distributed runs: hydra/launcher=submitit_slurm with tasks_per_node)"
+        )
+    start_process_group(launch)
+    chosen = broadcast_text(str(command_line.directory or "") if launch.is_main else None)
+    if not chosen:
+        raise ConfigError(
+            "hydra.run.dir does not resolve before the run; allowed: on several processes, a run directory that "
+            "resolves from the command line (the default runs/${now:...}, or an explicit path)"
+        )
+    if launch.is_main:
+        return command_line
+    follower = [f"hydra.run.dir={quote_override_value(chosen)}", "hydra.output_subdir=null"]
+    args, at = list(command_line.args), command_line.pin_at
+    return replace(command_line, args=[*args[:at], *follower, *args[at:]], pin_at=at + len(follower), directory=None)
+
+
+def shared_run_directory(run_dir: Path) -> Path:
+    """Rank 0's run directory, on every rank (``run_dir`` itself in one process)."""
+    if world_size() == 1:
+        return run_dir
+    return Path(broadcast_text(str(run_dir) if is_main_process() else None))
+
+
+def rank_log_name(process_rank: int) -> str:
+    """``rank1.log``: where rank ``process_rank`` (> 0) logs, in the run directory."""
+    return f"rank{process_rank}.log"
+
+
+def log_to_rank_file(run_dir: Path) -> None:
+    """On a rank other than 0: the root logger writes only to ``run_dir/rankN.log`` (no console,
+    not the run's ``mammoth.log``). Nothing on rank 0 or in one process."""
+    if is_main_process():
+        return
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        if isinstance(handler, logging.FileHandler):
+            handler.close()
+    handler = logging.FileHandler(run_dir / rank_log_name(rank()))
+    handler.setFormatter(logging.Formatter(f"[%(asctime)s][rank {rank()}][%(name)s][%(levelname)s] %(message)s"))
+    root.addHandler(handler)
+
+
+# ---- training: a shard of every batch, averaged gradients ----
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Rows ``start:stop`` of a batch of ``size`` rows: this rank's part. A batch of fewer rows than
+    ranks is not split (every rank trains on all of it, each weighing ``1 / world_size``)."""
+
+    start: int
+    stop: int
+    size: int
+    weight: float
+
+    def rows(self, tensor: Tensor) -> Tensor:
+        """This rank's rows of ``tensor`` (its first dimension is the batch)."""
+        return tensor[self.start : self.stop]
+
+    @property
+    def local_size(self) -> int:
+        """How many rows this rank trains on."""
+        return self.stop - self.start
+
+
+def shard_of(size: int, process_rank: Optional[int] = None, processes: Optional[int] = None) -> Shard:
+    """This rank's contiguous shard of a batch of ``size`` rows: ranks in order cover the batch in
+    order (so rows gathered in rank order are the batch), the first ``size % world_size`` ranks one
+    row more; weight ``rows / size``, which sums to 1 over the ranks."""
+    process_rank = rank() if process_rank is None else process_rank
+    processes = world_size() if processes is None else processes
+    if size < processes:
+        return Shard(0, size, size, 1.0 / processes)
+    base, extra = divmod(size, processes)
+    start = process_rank * base + min(process_rank, extra)
+    stop = start + base + (process_rank < extra)
+    return Shard(start, stop, size, (stop - start) / size)
+
+
+def observe_on_shard(model: Any) -> Callable[[Any], float]:
+    """The main loop's step: ``model.observe`` on this rank's shard of each batch (the whole batch
+    in one process), inside ``model.sharded(shard)``; returns the batch's loss, the shards' losses
+    weighted by :attr:`Shard.weight` and summed over the ranks (the same value on every rank, so a
+    non-finite loss stops every rank at the same step)."""
+    if world_size() == 1:
+        return lambda batch: model.observe(batch.inputs, batch.labels, batch.not_aug_inputs)
+    average_gradients(model)
+
+    def step(batch: Any) -> float:
+        shard = shard_of(int(batch.labels.shape[0]))
+        with model.sharded(shard):
+            loss = model.observe(shard.rows(batch.inputs), shard.rows(batch.labels), shard.rows(batch.not_aug_inputs))
+        return float(sum_over_ranks(torch.tensor([loss * shard.weight], dtype=torch.float64)))
+
+    return step
+
+
+def average_gradients(model: Any) -> None:
+    """Make every backward pass through ``model`` average its gradients over the ranks: a hook on
+    each trainable parameter (not hooked yet) scales its accumulated gradient by the current
+    shard's weight (``1 / world_size`` outside a sharded step) and sums it over the ranks, so a
+    method that reads gradients after its own ``backward`` (gem, agem, si) reads averaged ones."""
+    hooked = model.__dict__.setdefault("_distributed_hooks", {})
+
+    def hook(parameter: Tensor) -> None:
+        shard = getattr(model, "shard", None)
+        parameter.grad.mul_(shard.weight if shard is not None else 1.0 / world_size())
+        dist.all_reduce(parameter.grad)
+
+    for parameter in model.parameters():
+        if parameter.requires_grad and id(parameter) not in hooked:
+            hooked[id(parameter)] = parameter.register_post_accumulate_grad_hook(hook)
+
+
+def average_batchnorm_statistics(model: Any) -> None:
+    """Average the running mean and variance of every BatchNorm layer over the ranks (each rank
+    normalised its own shards; the running averages are linear in the batches' statistics, so one
+    average after training equals averaging after every step). Nothing in one process."""
+    if world_size() == 1:
+        return
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+            for statistic in (module.running_mean, module.running_var):
+                if statistic is not None:
+                    statistic.copy_(sum_over_ranks(statistic) / world_size())
+
+
+def synchronised_batchnorm(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``net`` with torch's SyncBatchNorm (batch statistics over every rank) on CUDA with several
+    processes; unchanged on the CPU, where SyncBatchNorm does not run (each rank normalises its own
+    shard; :func:`average_batchnorm_statistics` averages the running statistics)."""
+    if world_size() == 1 or device.type != "cuda":
+        return net
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+
+
+# ---- evaluation: sharded, correct counts summed ----
+
+
+def evaluate_on_ranks(evaluate: Callable[..., dict[str, list[float]]], model: Any, context: Any,
+                      test_sources: Sequence[Any], **options: Any) -> dict[str, list[float]]:
+    """``evaluate(model, context, test_sources, **options)``, each rank on its
+    ``source.shard(rank, world_size)``; the correct counts (each percentage times its shard's
+    size) are summed over the ranks, so the accuracies are those of one process."""
+    if world_size() == 1:
+        return evaluate(model, context, test_sources, **options)
+    shards = [source.shard(rank(), world_size()) for source in test_sources]
+    local = evaluate(model, context, shards, **options)
+    kinds = list(local)
+    counts = torch.tensor([[round(local[kind][task] * len(shards[task]) / 100.0) if task < len(local[kind]) else 0
+                            for task in range(len(shards))] for kind in kinds], dtype=torch.int64)
+    totals = sum_over_ranks(counts)
+    return {kind: [100.0 * int(totals[row, task]) / max(len(test_sources[task]), 1) for task in range(len(local[kind]))]
+            for row, kind in enumerate(kinds)}
+
+
+# ---- the replay buffer: what one rank stores, every rank stores ----
+
+
+def gather_in_rank_order(tensor: Tensor) -> Tensor:
+    """``tensor``'s rows from every rank, in rank order (:func:`gather_rows`); itself in one process."""
+    return tensor if world_size() == 1 else gather_rows(tensor.contiguous())
