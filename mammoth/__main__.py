@@ -139,6 +139,10 @@ def main() -> None:
     try:
         load_plugins()
         command_line = prepare_arguments(sys.argv[1:], hydra_main)
+        if "WORLD_SIZE" in os.environ:  # torchrun: every rank in rank 0's run directory (torch imported only then)
+            from mammoth.engine.distributed import join_command_line
+
+            command_line = join_command_line(command_line)
     except MammothError as error:
         exit_with(error, status=2)
     sys.argv[1:] = command_line.hydra_arguments()

@@ -54,7 +54,12 @@ def save_checkpoint(path: Path, model: Any, generator: torch.Generator, state: T
 
     The file is ``CHECKPOINT_MAGIC``, a header line ``format N sha256 HEX size BYTES``, then the
     ``torch.save`` payload, which holds only what ``torch.load(weights_only=True)`` reads.
+    On several processes only rank 0 writes it (every rank holds the same state).
     """
+    from mammoth.engine.distributed import is_main_process
+
+    if not is_main_process():
+        return
     checkpoint = {
         "format": CHECKPOINT_FORMAT,
         "config": config,

@@ -131,7 +131,10 @@ class TrainingContext:
         size = self.batch_size if batch_size is None else batch_size
         steps = -(-len(source) // size)
         mean_loss = 0.0
-        with tqdm(total=epochs * steps, desc=description, disable=None, leave=False) as progress:
+        from mammoth.engine.distributed import is_main_process
+
+        with tqdm(total=epochs * steps, desc=description, disable=None if is_main_process() else True,
+                  leave=False) as progress:
             for epoch in range(epochs):
                 total = 0.0
                 for number, batch in enumerate(self.batches(source, size, shuffle=True, augment=augment)):

@@ -13,6 +13,7 @@ from mammoth.config.value_checks import check_positive_int
 from mammoth.datasets.source import DataSource
 from mammoth.engine.checkpoint import CHECKPOINT_NAME, TrainingState, load_checkpoint, save_checkpoint
 from mammoth.engine.context import EpochReport, TrainingContext, build_context
+from mammoth.engine.distributed import average_batchnorm_statistics, evaluate_on_ranks, observe_on_shard
 from mammoth.engine.evaluation import evaluate_tasks
 from mammoth.errors import TrainingError
 
@@ -27,9 +28,10 @@ def train_task(model: Any, context: TrainingContext, task: int, data: DataSource
     model.begin_task(task)
     source = model.training_data(task, data)
     loss = context.fit(
-        lambda batch: model.observe(batch.inputs, batch.labels, batch.not_aug_inputs),
-        source, context.n_epochs, task_description(task, context.n_tasks), end_epoch=model.end_epoch,
+        observe_on_shard(model), source, context.n_epochs, task_description(task, context.n_tasks),
+        end_epoch=model.end_epoch,
     )
+    average_batchnorm_statistics(model)
     model.end_task(task, data)
     return loss
 
@@ -72,7 +74,7 @@ def run_tasks(model: Any, dataset: Any, device: torch.device, run_dir: Path, see
         state.train_seconds.append(time.perf_counter() - started)
         started = time.perf_counter()
         test_sources.append(dataset.test_source(task))
-        for kind, row in evaluate_tasks(model, context, test_sources).items():
+        for kind, row in evaluate_on_ranks(evaluate_tasks, model, context, test_sources).items():
             state.accuracies[kind].append(row)
         state.eval_seconds.append(time.perf_counter() - started)
         state.next_task = task + 1

@@ -33,22 +33,44 @@ def run(cfg: DictConfig) -> float:
     """
     from mammoth.config.run_spec import resolve_run
     from mammoth.config.safety import check_config_safety
+    from mammoth.engine.distributed import log_to_rank_file, shared_run_directory
     from mammoth.engine.job import hydra_node, output_directory
     from mammoth.engine.rundir import RunLock
 
     check_config_safety(cfg, hydra=hydra_node(), output_dir_in_run_directory=False)  # python -m mammoth checked it
     spec = resolve_run(cfg)
-    run_dir = output_directory(spec.output_dir)
-    with RunLock(run_dir), _sigterm_interrupts():
-        try:
-            return _run(spec, run_dir)
-        except KeyboardInterrupt as interruption:
-            from mammoth.engine.resume import interrupted_line
-            from mammoth.reporting.callbacks import record_interruption
+    with _process_group() as main:
+        run_dir = shared_run_directory(output_directory(spec.output_dir))
+        log_to_rank_file(run_dir)
+        with RunLock(run_dir) if main else contextlib.nullcontext(), _sigterm_interrupts():
+            try:
+                return _run(spec, run_dir)
+            except KeyboardInterrupt as interruption:
+                from mammoth.engine.resume import interrupted_line
+                from mammoth.reporting.callbacks import record_interruption
 
-            log.error("%s", interrupted_line(run_dir, str(interruption) or "SIGINT"))
-            record_interruption(run_dir, str(interruption) or "SIGINT")  # Hydra calls no on_job_end here
-            raise
+                log.error("%s", interrupted_line(run_dir, str(interruption) or "SIGINT"))
+                if main:
+                    record_interruption(run_dir, str(interruption) or "SIGINT")  # Hydra calls no on_job_end here
+                raise
+
+
+@contextlib.contextmanager
+def _process_group() -> Iterator[bool]:
+    """Under torchrun (or a submitit job of several tasks), the block runs in the run's process
+    group (started here unless ``python -m mammoth`` started it), which is left afterwards. Yields
+    whether this process writes the run's files (rank 0, or the only process)."""
+    from mammoth.engine.distributed import detect_launch, is_main_process, start_process_group, stop_process_group
+
+    launch = detect_launch()
+    if launch is None:
+        yield True
+        return
+    start_process_group(launch)
+    try:
+        yield is_main_process()
+    finally:
+        stop_process_group()
 
 
 @dataclass(frozen=True)
@@ -69,23 +91,52 @@ class BuiltRun:
 def _run(spec: RunSpec, run_dir: Path) -> float:
     """:func:`run` in its locked run directory: build, then train and report."""
     from mammoth.engine.device import resolve_device, set_threads
+    from mammoth.engine.distributed import is_main_process, synchronised_batchnorm
     from mammoth.engine.job import run_title
     from mammoth.reporting.optimized_metric import check_optimized_metric
     from mammoth.reporting.results import RESULTS_NAME
 
     started = time.perf_counter()
-    if not spec.resume:  # never leave an old, complete-looking file; a refused resume keeps its run's
+    check_distributed_support(spec.model.name, spec.model.entry.target)
+    if not spec.resume and is_main_process():  # never leave an old, complete-looking file; a refused resume keeps its run's
         (run_dir / RESULTS_NAME).unlink(missing_ok=True)
-    device = resolve_device(spec.device)
+    device = rank_device(resolve_device(spec.device))
     set_threads(spec.threads)
     torch.manual_seed(spec.seed)
     dataset = build_dataset_of(spec)
     net, backbone_name = build_backbone_of(spec, dataset, device)
+    net = synchronised_batchnorm(net, device)
     model = spec.model.entry.target(net=net, dataset=dataset, **spec.model.checked_values()).to(device)
     metric = check_optimized_metric(spec.optimized_metric, dataset)
     config = record_filled_values(copy.deepcopy(dict(spec.config)), dataset, model)
     title = run_title(dataset.name, spec.model.name, backbone_name)
     return _train_and_report(BuiltRun(spec, run_dir, device, dataset, model, config, title, started), metric)
+
+
+def check_distributed_support(name: str, method: Any) -> None:
+    """On several processes, a method that does not declare ``supports_distributed`` is refused
+    in one line, before anything is built or trained."""
+    from mammoth.engine.distributed import world_size
+    from mammoth.models import MODELS
+
+    processes = world_size()
+    if processes == 1 or getattr(method, "supports_distributed", False):
+        return
+    supported = sorted(entry for entry in MODELS.names() if getattr(MODELS.get(entry).target, "supports_distributed", False))
+    raise ConfigError(
+        f"model={name} does not support training on {processes} processes (its steps keep state of their own "
+        f"batch); allowed: one process, or one of {', '.join(supported)}"
+    )
+
+
+def rank_device(requested: torch.device) -> torch.device:
+    """The device of this process: ``requested`` in one process; on several, ``cuda:LOCAL_RANK``
+    when CUDA is requested, else the CPU."""
+    from mammoth.engine.distributed import detect_launch, process_device, world_size
+
+    if world_size() == 1:
+        return requested
+    return process_device(detect_launch(), requested)
 
 
 def build_dataset_of(spec: RunSpec) -> Any:
@@ -180,12 +231,13 @@ def record_filled_values(config: dict[str, Any], dataset: Any, model: Any = None
 def _train_and_report(built: BuiltRun, metric: str) -> float:
     """Train every task with the selected loggers, write results.json and the plot; return the
     run's ``metric`` (NaN when ``stop_after_task`` stopped it early)."""
+    from mammoth.engine.distributed import is_main_process
     from mammoth.reporting.loggers import RunInfo, build_loggers, close_loggers
     from mammoth.reporting.optimized_metric import optimized_value
 
     run_info = RunInfo(run_dir=built.run_dir, title=built.title, config=built.config, n_tasks=built.dataset.n_tasks,
                        n_epochs=built.dataset.config.n_epochs, resume=built.spec.resume)
-    loggers = build_loggers(built.config.get("logger"), run_info)
+    loggers = build_loggers(built.config.get("logger"), run_info) if is_main_process() else []
     try:
         results = _train_and_write(built, loggers)
     except BaseException:
@@ -214,6 +266,7 @@ def progress_bars_shown() -> bool:
 def _train_and_write(built: BuiltRun, loggers: list[Any]) -> dict[str, Any] | None:
     """The task loop with its progress reports, then results.json and the plot; None when stopped early."""
     from mammoth.config.run_spec import comparable_config
+    from mammoth.engine.distributed import is_main_process
     from mammoth.engine.loop import run_tasks
     from mammoth.engine.resume import resumes, resume_command
     from mammoth.reporting.results import KIND_TITLES, PLOT_NAME, RESULTS_NAME, build_results, environment_versions, format_table, plot_results, write_json_atomic
@@ -251,6 +304,8 @@ def _train_and_write(built: BuiltRun, loggers: list[Any]) -> dict[str, Any] | No
         timings={"train_seconds": state.train_seconds, "eval_seconds": state.eval_seconds,
                  "total_seconds": time.perf_counter() - built.started},
     )
+    if not is_main_process():
+        return results
     plot_results(results, run_dir / PLOT_NAME)
     write_json_atomic(run_dir / RESULTS_NAME, results)
     for logger in loggers:

@@ -45,6 +45,8 @@ class AGem(ReplayModel):
     side (``scripts/compare_original.py``); leave ``minibatch_size`` null to run as today's original.
     """
 
+    supports_distributed = True
+
     def __init__(self, net: MammothBackbone, dataset: Any, buffer_size: int, **kwargs: Any) -> None:
         super().__init__(net, dataset, buffer_size=buffer_size, **kwargs)
         self._gradient: Optional[Tensor] = None

@@ -13,12 +13,17 @@ before the first task (and again on resume, before the checkpoint is loaded). Th
 4. ``model.end_task(t, data)``, with the task's own DataSource.
 
 A checkpoint holds ``model.state_dict()`` plus ``model.extra_state()``.
+
+On several processes (``torchrun``) each rank's ``observe`` gets its shard of the batch, inside
+:meth:`ContinualModel.sharded`; a method declares ``supports_distributed = True`` when that is
+the same experiment as one process (README: Distributed training); the others are refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from typing import TYPE_CHECKING, Any, Literal, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Literal, Optional
 
 import torch
 from torch import Tensor, nn
@@ -31,6 +36,7 @@ from mammoth.models.buffer import ReplayBatch, ReplayBuffer
 if TYPE_CHECKING:
     from mammoth.datasets.source import DataSource
     from mammoth.engine.context import TrainingContext
+    from mammoth.engine.distributed import Shard
 
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULERS = ("multisteplr", "cosine")
@@ -63,6 +69,11 @@ class ContinualModel(nn.Module):
     ``lr_scheduler=cosine`` anneals the rate to 0 over each task's epochs instead (the original's
     ``--lr_scheduler cosine``, which its prompt methods use).
     """
+
+    #: Whether training on several processes (each ``observe`` on its shard of the batch, gradients
+    #: averaged over the ranks, what ``observe`` stores in a ReplayBuffer gathered from every rank)
+    #: is the same experiment as one process; a method that keeps its own per-batch state is not.
+    supports_distributed: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Refuse a subclass written against the old hooks, when its class is defined."""
@@ -112,6 +123,17 @@ class ContinualModel(nn.Module):
         self.optimizer: Optional[torch.optim.Optimizer] = None
         self.scheduler: Optional[torch.optim.lr_scheduler.MultiStepLR] = None
         self._context: Optional[TrainingContext] = None
+        #: This rank's shard of the batch being observed (None outside a sharded step, and in one process).
+        self.shard: Optional[Shard] = None
+
+    @contextlib.contextmanager
+    def sharded(self, shard: "Shard") -> Iterator[None]:
+        """The block is one step on this rank's ``shard`` of a batch (the harness's distributed step)."""
+        self.shard = shard
+        try:
+            yield
+        finally:
+            self.shard = None
 
     @property
     def context(self) -> "TrainingContext":
@@ -278,10 +300,31 @@ class ReplayModel(ContinualModel):
         buffer is empty."""
         if self.buffer.is_empty():
             return None
+        shard = self.shard
+        if shard is not None and batch_size == shard.local_size:  # the batch observed is this rank's shard
+            batch_size = shard.size
         size = self.minibatch_size if self.minibatch_size is not None else batch_size
         batch = self.buffer.sample(size, transform=self.context.train_transform)
+        if shard is not None:  # drawn whole on every rank (the generators stay alike); this rank's part
+            from mammoth.engine.distributed import shard_of
+
+            rows = shard_of(len(batch.indices))
+            batch = ReplayBatch(*(None if value is None else rows.rows(value) for value in batch))
         device = self.device if device is None else device
         return batch if batch.examples.device == device else batch.to(device)
+
+    @contextlib.contextmanager
+    def sharded(self, shard: "Shard") -> Iterator[None]:
+        """As :meth:`ContinualModel.sharded`; what the block adds to (or updates in) the buffer is
+        gathered from every rank first, in rank order: the reservoir sees the whole batch."""
+        from mammoth.engine.distributed import gather_in_rank_order
+
+        self.buffer.gather = gather_in_rank_order
+        try:
+            with super().sharded(shard):
+                yield
+        finally:
+            self.buffer.gather = None
 
     def attach(self, context: "TrainingContext") -> None:
         """Receive the context (the buffer must fit in the run's training data) and seed the

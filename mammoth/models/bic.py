@@ -49,6 +49,8 @@ class BiC(ReplayModel):
     Class-IL datasets only.
     """
 
+    supports_distributed = True
+
     def __init__(
         self,
         net: MammothBackbone,

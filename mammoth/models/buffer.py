@@ -74,6 +74,9 @@ class ReplayBuffer:
         self.generator.manual_seed(int(torch.randint(0, _DRAW_HIGH, (1,)).item()) if seed is None else seed)
         self._storage: dict[str, Tensor] = {}
         self._num_seen = 0
+        #: While set, :meth:`add` and :meth:`update` first pass every field through it (a distributed
+        #: step: the rows of every rank, in rank order), so every rank's buffer stays the same.
+        self.gather: Optional[Callable[[Tensor], Tensor]] = None
 
     # ---- size ----
 
@@ -138,6 +141,9 @@ class ReplayBuffer:
         batch = {"examples": examples, "labels": labels, "logits": logits, "task_labels": task_labels}
         batch = {name: value for name, value in batch.items() if value is not None}
         self._check_batch(batch)
+        if self.gather is not None:
+            batch = {name: self.gather(value.detach()) for name, value in batch.items()}
+            examples = batch["examples"]
         if not self._storage:
             self._allocate({name: (value.shape[1:], value.dtype, value.device) for name, value in batch.items()})
         size = examples.shape[0]
@@ -221,6 +227,9 @@ class ReplayBuffer:
     def update(self, indices: Tensor, **values: Tensor) -> None:
         """Overwrite stored fields of the filled slots ``indices`` (as :meth:`sample` returns them),
         e.g. ``update(batch.indices, logits=new_logits)``; examples keep their place."""
+        if self.gather is not None:
+            indices = self.gather(indices.to(self.device))
+            values = {name: self.gather(value.detach()) for name, value in values.items()}
         for name, value in values.items():
             storage = self._storage.get(name)
             if storage is None:

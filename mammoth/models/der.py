@@ -20,6 +20,8 @@ class DER(ReplayModel):
     incoming examples are stored with the logits the network produced for them.
     """
 
+    supports_distributed = True
+
     def __init__(
         self,
         net: MammothBackbone,

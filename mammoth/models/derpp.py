@@ -20,6 +20,8 @@ class DERPP(ReplayModel):
     the incoming examples are stored with their labels and the logits the network produced.
     """
 
+    supports_distributed = True
+
     def __init__(
         self,
         net: MammothBackbone,

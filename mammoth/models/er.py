@@ -17,6 +17,8 @@ class ER(ReplayModel):
     their labels are offered to the buffer.
     """
 
+    supports_distributed = True
+
     def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> float:
         """One step on the batch plus a replay minibatch; returns the loss value."""
         all_inputs, all_labels = inputs, labels

@@ -32,6 +32,8 @@ class EwcOn(ContinualModel):
     the cross-entropy. Uses ``get_params`` / ``get_grads`` / ``set_grads`` (``out=`` buffers).
     """
 
+    supports_distributed = True
+
     def __init__(self, net: MammothBackbone, dataset: Any, e_lambda: float, gamma: float, **kwargs: Any) -> None:
         super().__init__(net, dataset, **kwargs)
         self.e_lambda = check_non_negative("model.e_lambda", e_lambda)

@@ -137,6 +137,8 @@ class GDumb(ContinualModel):
     the earlier evaluations score the untrained network. Class-IL datasets only.
     """
 
+    supports_distributed = True
+
     def __init__(
         self,
         net: MammothBackbone,

@@ -64,6 +64,8 @@ class Gem(ReplayModel):
     ``gamma``, solved by quadprog). Uses ``get_grads`` / ``set_grads``, with reused ``out=`` buffers.
     """
 
+    supports_distributed = True
+
     def __init__(self, net: MammothBackbone, dataset: Any, buffer_size: int, gamma: float = 0.5, **kwargs: Any) -> None:
         _quadprog()
         super().__init__(net, dataset, buffer_size=buffer_size, **kwargs)

@@ -62,6 +62,8 @@ class ICarl(ReplayModel):
     evaluation scores the nearest-mean classifier. Class-IL datasets only.
     """
 
+    supports_distributed = True
+
     def __init__(self, net: MammothBackbone, dataset: Any, buffer_size: int, opt_wd: float = 1e-5, **kwargs: Any) -> None:
         require_class_il("icarl", dataset)
         if kwargs.get("weight_decay"):

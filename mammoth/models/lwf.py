@@ -45,6 +45,8 @@ class LwF(ContinualModel):
     Class-IL datasets only.
     """
 
+    supports_distributed = True
+
     def __init__(
         self, net: MammothBackbone, dataset: Any, alpha: float = 0.5, softmax_temp: float = 2.0, **kwargs: Any
     ) -> None:

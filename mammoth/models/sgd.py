@@ -12,6 +12,8 @@ from mammoth.models.registry import register_model
 class SGD(ContinualModel):
     """Fine-tuning: one cross-entropy step per batch of the current task, nothing against forgetting."""
 
+    supports_distributed = True
+
     def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> float:
         """One cross-entropy step on ``inputs``; returns the loss value."""
         return self.step(self.loss(self.net(inputs), labels))

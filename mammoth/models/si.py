@@ -30,6 +30,8 @@ class SI(ContinualModel):
     Uses ``get_params`` / ``get_grads`` / ``set_grads`` every step, into reused ``out=`` buffers.
     """
 
+    supports_distributed = True
+
     def __init__(self, net: MammothBackbone, dataset: Any, c: float, xi: float, **kwargs: Any) -> None:
         super().__init__(net, dataset, **kwargs)
         self.c = check_non_negative("model.c", c)

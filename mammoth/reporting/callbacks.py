@@ -20,6 +20,11 @@ from mammoth.engine.job import is_multirun
 log = logging.getLogger("mammoth")
 
 
+def first_rank() -> bool:
+    """Whether this process is rank 0 of its job (or its only process), from torchrun's or submitit's environment."""
+    return all(os.environ.get(name, "0") in ("", "0") for name in ("RANK", "SLURM_PROCID", "SUBMITIT_LOCAL_GLOBALID"))
+
+
 class SweepSummaryCallback(Callback):
     """Keeps a summary of a multirun at its sweep root: ``summary.csv``, ``summary.md`` and
     ``summary.png`` (see :mod:`mammoth.reporting.summary`), regenerated as each job ends, so a sweep that
@@ -39,12 +44,15 @@ class SweepSummaryCallback(Callback):
     def on_job_start(self, config: DictConfig, *, task_function: Any = None, **kwargs: Any) -> None:
         """Record the start time; mark the job ``running`` in its job.json."""
         self._started = time.time()
-        self._write_status(config, {"status": "running"})
+        if first_rank():
+            self._write_status(config, {"status": "running"})
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         """Record the job's status in job.json; in a multirun, update the sweep's summary."""
         from mammoth.reporting.summary import COMPLETE, FAILED, RESULTS_NAME, STOPPED
 
+        if not first_rank():  # a distributed run's other ranks: rank 0 writes the job's files
+            return
         if job_return.status == JobStatus.FAILED:
             document: dict[str, Any] = {"status": FAILED, "error": error_line(job_return._return_value)}
         else:
