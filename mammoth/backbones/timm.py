@@ -134,6 +134,20 @@ class TimmBackbone(MammothBackbone):
         trunk = self._token_trunk()
         return trunk.norm_pre(trunk.patch_drop(trunk._pos_embed(trunk.patch_embed(x))))
 
+    @property
+    def num_prefix_tokens(self) -> int:
+        """The tokens before the patch tokens (the class token and any register tokens)."""
+        return int(getattr(self._token_trunk(), "num_prefix_tokens", 1))
+
+    def class_position(self) -> Tensor:
+        """The class token's position embedding, ``(width,)``: zeros for a model without a class
+        token, without position embeddings, or whose class token gets none (``no_embed_class``)."""
+        trunk = self._token_trunk()
+        position, class_token = getattr(trunk, "pos_embed", None), getattr(trunk, "cls_token", None)
+        if position is None or class_token is None or getattr(trunk, "no_embed_class", False):
+            return self.classifier.weight.new_zeros(self.num_features)
+        return position[0, 0]
+
     def run_block(self, index: int, tokens: Tensor, prefix: Prefix | None = None) -> Tensor:
         """Block ``index``, with ``prefix`` keys and values prepended in its attention (timm ``Block``s)."""
         block = self._token_trunk().blocks[check_block_index(index, self.num_blocks)]

@@ -12,6 +12,12 @@ backbones whose model is a timm ``VisionTransformer``) lets them run the network
   the plain forward runs it.
 - ``final_norm(tokens)``: the norm after the last block; ``pool_tokens(normed)``: the pre-logits
   features from the normed tokens (the class token, through the model's own pooling).
+- ``num_prefix_tokens``: how many tokens precede the patch tokens (1: the class token), and
+  ``class_position()``: the position embedding the class token received, ``(width,)`` (zeros for
+  a model that gives it none). Prompt tuning (L2P) inserts its prompt tokens between the prefix
+  and the patch tokens, each plus ``class_position()`` (:func:`insert_prompts`): the original's
+  L2P does exactly that, extending the position embeddings of a pretrained ViT over its prompts
+  with copies of the class token's.
 
 For any input, ``pool_tokens(final_norm(run_block(n-1, ... run_block(0, embed_tokens(x)))))``
 equals ``net(x, returnt="features")`` (:func:`token_features` runs exactly that), so a method that
@@ -48,6 +54,14 @@ def token_features(net: nn.Module, x: Tensor, prefixes: Optional[dict[int, Prefi
     for index in range(net.num_blocks):
         tokens = net.run_block(index, tokens, (prefixes or {}).get(index))
     return net.pool_tokens(net.final_norm(tokens))
+
+
+def insert_prompts(net: nn.Module, tokens: Tensor, prompts: Tensor) -> Tensor:
+    """``tokens`` (from ``embed_tokens``) with ``prompts`` ``(batch, length, width)``, each plus the
+    class token's position embedding, inserted after the prefix (class) tokens."""
+    prefix = net.num_prefix_tokens
+    prompts = prompts + net.class_position().to(prompts.dtype)
+    return torch.cat([tokens[:, :prefix], prompts.to(tokens.dtype), tokens[:, prefix:]], dim=1)
 
 
 def split_heads(x: Tensor, heads: int) -> Tensor:

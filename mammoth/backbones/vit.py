@@ -94,6 +94,15 @@ class VisionTransformer(MammothBackbone):
         """Class token and patch tokens with position embeddings, ``(batch, 1 + patches, width)``."""
         return self.stages[0](x)
 
+    @property
+    def num_prefix_tokens(self) -> int:
+        """One token (the class token) precedes the patch tokens."""
+        return 1
+
+    def class_position(self) -> Tensor:
+        """The class token's position embedding, ``(width,)``."""
+        return self.stages[0].position[0, 0]
+
     def run_block(self, index: int, tokens: Tensor, prefix: Prefix | None = None) -> Tensor:
         """Encoder block ``index``, with ``prefix`` keys and values prepended in its attention."""
         block = self.stages[1 + check_block_index(index, self.num_blocks)]

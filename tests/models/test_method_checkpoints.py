@@ -13,8 +13,9 @@ from mammoth.engine.checkpoint import load_checkpoint, save_checkpoint
 from mammoth.engine.loop import TrainingState, run_tasks, train_task
 from mammoth.models import MODELS, build_model
 
-#: The methods whose resume is checked bit-exact against an uninterrupted run (every registered one).
-RESUMED_METHODS = sorted(MODELS.names())
+#: The methods whose resume is checked bit-exact against an uninterrupted run (every registered one
+#: that trains an MLP; those needing a ViT's tokens are checked in test_prompt_methods.py).
+RESUMED_METHODS = sorted(name for name in MODELS.names() if not getattr(MODELS.get(name).target, "requires_tokens", False))
 
 
 def _train_two_tasks(model) -> None:
@@ -32,7 +33,7 @@ def _required_values(name: str) -> dict:
     return values
 
 
-@pytest.mark.parametrize("name", MODELS.names())
+@pytest.mark.parametrize("name", RESUMED_METHODS)
 def test_a_trained_method_round_trips_through_a_weights_only_checkpoint(tmp_path, name, make_model, make_batch, dataset):
     model = make_model(name, **_required_values(name))
     _train_two_tasks(model)

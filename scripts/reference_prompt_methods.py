@@ -1,0 +1,399 @@
+"""Reference numbers of the ORIGINAL Mammoth's l2p, dualprompt and coda_prompt, for
+``tests/models/test_prompt_fidelity.py``.
+
+For each method, the script builds mammoth-cl's model (``backbone=timm``, a 2-block ViT of
+width 24 with 3 heads, 8-pixel patches, 32-pixel images, seeded) to get its initial weights,
+copies them into the original's own classes (its prompted ViT, frozen query ViT, prompt modules
+and its ``ContinualModel`` subclass, whose ``observe``, ``begin_task`` and ``forward`` run
+unchanged), feeds both tasks' batches, and stores in ``tests/models/data/prompt_reference.safetensors``:
+the initial weights (``backbone.*``, ``<method>.init.*``), the loss of every step, the prompts chosen in every
+training step (l2p) and at test, the test logits after both tasks, and for coda_prompt the
+components the original re-initialised at task 2 (its Gram-Schmidt draws from torch's global
+generator, ours from the run's: the test copies these in and checks ours separately).
+
+Rerun it (about 10 s on a CPU):
+
+    git -C /work/.mirror/aimagelab+mammoth/repo archive HEAD | tar -x -C /tmp/orig-mammoth
+    python scripts/reference_prompt_methods.py /tmp/orig-mammoth
+
+The stored file was made from the original at commit e75a491c69fd729edeb01431afb753d9157d9a81
+with timm 1.0.31 and torch 2.14.1 (CPU). The original's modules import kornia and its
+``datasets`` package at import time, which these methods never call on this path; the script
+stubs them (``kornia*``, ``datasets*``). coda_prompt's ``Model`` hard-codes a 224-pixel
+ViT-B (width 768); the script assembles the same ``Model`` from the original's
+``VisionTransformer`` and ``CodaPrompt`` classes at width 24 (``key_dim=24``) instead. The
+original's coda_prompt cannot train on a CPU at all (an in-place add to a leaf tensor that only
+a CUDA copy avoids); the script gives its ViT module a ``torch.zeros`` that makes that copy on
+the CPU too (:class:`_CudaLikeZeros`), which changes no number.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import json
+import sys
+import types
+from argparse import Namespace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+OUTPUT = Path(__file__).resolve().parents[1] / "tests" / "models" / "data" / "prompt_reference.safetensors"
+
+#: The shared recipe (stored in the file's metadata; the test reads it from there).
+RECIPE: dict[str, Any] = {
+    "seed": 0,
+    "n_classes": 4,
+    "n_tasks": 2,
+    "batch_size": 6,
+    "steps": 3,
+    "backbone": {"name": "vit_tiny_patch16_224", "input_shape": [3, 32, 32],
+                 "model_args": {"depth": 2, "embed_dim": 24, "num_heads": 3, "patch_size": 8}},
+    "methods": {
+        "l2p": {"pool_size_l2p": 6, "length": 2, "top_k": 2, "lr": 1.0},
+        "dualprompt": {"g_prompt_layer_idx": [0], "e_prompt_layer_idx": [1], "g_prompt_length": 2, "size": 4,
+                       "length": 2, "top_k": 1, "lr": 1.0},
+        "coda_prompt": {"pool_size": 10, "prompt_len": 4, "ortho_mu": 0.1, "mu": 0.5, "lr": 0.01},
+    },
+}
+
+
+def batch(task: int, step: int, size: int) -> tuple[Tensor, Tensor]:
+    """The normalised inputs and labels of ``step`` of ``task`` (``step=-1``: the test batch)."""
+    generator = torch.Generator().manual_seed(1000 + 100 * task + step)
+    inputs = (torch.rand(size, 3, 32, 32, generator=generator) - 0.5) / 0.5
+    labels = 2 * task + torch.randint(0, 2, (size,), generator=generator)
+    return inputs, labels
+
+
+# ---- importing the original ----
+
+
+class _Stub(types.ModuleType):
+    """A module whose every attribute is itself (a base class, a callable, an index)."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return self
+
+    def __call__(self, *args: Any, **kwargs: Any) -> "_Stub":
+        return self
+
+    def __getitem__(self, key: Any) -> "_Stub":
+        return self
+
+    def __mro_entries__(self, bases: tuple) -> tuple:
+        return (object,)
+
+
+class _StubFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Finds ``kornia``, ``datasets`` and their submodules as stubs."""
+
+    PREFIXES = ("kornia", "datasets")
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+        if name.split(".")[0] in self.PREFIXES:
+            return importlib.machinery.ModuleSpec(name, self, is_package=True)
+        return None
+
+    def create_module(self, spec: Any) -> types.ModuleType:
+        module = _Stub(spec.name)
+        module.__path__ = []
+        return module
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        pass
+
+
+def import_original(root: Path) -> dict[str, Any]:
+    """The original's classes this script runs."""
+    sys.meta_path.insert(0, _StubFinder())
+    sys.path.insert(0, str(root))
+    from models.coda_prompt import CodaPrompt as CodaMethod
+    from models.coda_prompt_utils.model import CodaPrompt as CodaPool, Model as CodaModel
+    from models.coda_prompt_utils.vit import VisionTransformer as CodaViT
+    from models.dualprompt import DualPrompt
+    from models.dualprompt_utils.model import Model as DualModel
+    from models.dualprompt_utils.vision_transformer import VisionTransformer as DualViT
+    from models.l2p import L2P
+    from models.l2p_utils.l2p_model import L2PModel
+    from models.l2p_utils.vit_prompt import VisionTransformer as L2PViT
+
+    import models.coda_prompt_utils.vit as coda_vit
+
+    coda_vit.torch = _CudaLikeZeros()
+    return {"L2P": L2P, "L2PModel": L2PModel, "L2PViT": L2PViT, "DualPrompt": DualPrompt, "DualModel": DualModel,
+            "DualViT": DualViT, "CodaMethod": CodaMethod, "CodaModel": CodaModel, "CodaPool": CodaPool,
+            "CodaViT": CodaViT}
+
+
+class _CudaLikeZeros(types.SimpleNamespace):
+    """``torch`` for the original's ``coda_prompt_utils/vit.py``, whose ``torch.zeros((1,),
+    requires_grad=True).to(x.device)`` is a leaf on a CPU (``.to`` returns it) and its next line
+    adds to it in place, which torch refuses; on CUDA ``.to`` copies it. Here ``zeros`` returns
+    that copy on every device; everything else is torch's."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(torch, name)
+
+    @staticmethod
+    def zeros(*args: Any, **kwargs: Any) -> Tensor:
+        value = torch.zeros(*args, **kwargs)
+        return value.clone() if value.requires_grad else value
+
+
+# ---- building ours and the original's ----
+
+
+def build_ours(name: str) -> nn.Module:
+    """mammoth-cl's model of the recipe (not attached: only its initial weights are used)."""
+    from mammoth.backbones.timm import TimmBackbone
+    from mammoth.models import build_model
+
+    torch.manual_seed(RECIPE["seed"])
+    spec = RECIPE["backbone"]
+    net = TimmBackbone(RECIPE["n_classes"], tuple(spec["input_shape"]), name=spec["name"], model_args=spec["model_args"])
+    dataset = Namespace(n_classes=RECIPE["n_classes"], n_tasks=RECIPE["n_tasks"])
+    return build_model(name, net=net, dataset=dataset, **RECIPE["methods"][name])
+
+
+def vit_kwargs() -> dict[str, Any]:
+    """The original's ViT arguments for the recipe's backbone."""
+    args = RECIPE["backbone"]["model_args"]
+    return {"img_size": 32, "patch_size": args["patch_size"], "embed_dim": args["embed_dim"], "depth": args["depth"],
+            "num_heads": args["num_heads"], "num_classes": RECIPE["n_classes"], "drop_rate": 0.0,
+            "drop_path_rate": 0.0}
+
+
+def trunk_state(ours: nn.Module) -> dict[str, Tensor]:
+    """Our backbone's timm weights (the original's ViTs use timm's parameter names)."""
+    return {key: value.clone() for key, value in ours.net.trunk.state_dict().items()}
+
+
+def load_into(module: nn.Module, state: dict[str, Tensor], allowed_missing: tuple[str, ...]) -> None:
+    """Load ``state`` into ``module``; only parameters named with ``allowed_missing`` may stay unset."""
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    left = [key for key in missing if not key.startswith(allowed_missing)]
+    assert not left and not unexpected, (left, unexpected)
+
+
+def original_method(cls: type, net: nn.Module, args: Namespace) -> Any:
+    """An instance of the original's ContinualModel subclass ``cls`` around ``net``, with the
+    state its hooks read (built without its ``__init__``, which would build a ViT-B)."""
+    method = cls.__new__(cls)
+    nn.Module.__init__(method)
+    method.net, method.args, method.loss = net, args, F.cross_entropy
+    method._current_task, method._epoch_iteration, method._task_iteration = 0, 0, 0
+    method.dataset = Namespace(get_offsets=lambda task: (2 * task, 2 * task + 2))
+    return method
+
+
+def set_task(method: Any, task: int) -> None:
+    """The counters the original's ``meta_begin_task`` sets."""
+    method._current_task, method._epoch_iteration = task, 0
+    method._n_past_classes, method._n_seen_classes = 2 * task, 2 * task + 2
+    method.offset_1, method.offset_2 = 2 * task, 2 * task + 2
+
+
+# ---- the three methods ----
+
+
+def run_l2p(original: dict[str, Any]) -> dict[str, Tensor]:
+    """The original's L2P on the recipe."""
+    settings = RECIPE["methods"]["l2p"]
+    ours = build_ours("l2p")
+    state = trunk_state(ours)
+    prompt_tokens = settings["length"] * settings["top_k"]
+    query_vit = original["L2PViT"](args=Namespace(), **vit_kwargs())
+    prompted = original["L2PViT"](
+        args=Namespace(), prompt_length=settings["length"], embedding_key="cls", prompt_init="uniform", prompt_pool=True,
+        prompt_key=True, pool_size=settings["pool_size_l2p"], top_k=settings["top_k"], batchwise_prompt=False,
+        prompt_key_init="uniform", head_type="prompt", use_prompt_mask=False, **vit_kwargs())
+    load_into(query_vit, state, ("head",))
+    position = state["pos_embed"]
+    extended = {**state, "pos_embed": torch.cat([position[:, :1].expand(-1, 1 + prompt_tokens, -1), position[:, 1:]], 1),
+                "prompt.prompt": ours.prompt.detach().clone(), "prompt.prompt_key": ours.prompt_key.detach().clone(),
+                "head.weight": ours.head.weight.detach().clone(), "head.bias": ours.head.bias.detach().clone()}
+    load_into(prompted, extended, ())
+    net = original["L2PModel"].__new__(original["L2PModel"])
+    nn.Module.__init__(net)
+    net.original_model, net.model = query_vit, prompted
+    freeze(net, ["blocks", "patch_embed", "cls_token", "norm", "pos_embed"])
+    args = Namespace(pull_constraint=True, pull_constraint_coeff=0.1, clip_grad=1.0, optimizer="adam", optim_wd=0.0,
+                     lr=settings["lr"] * RECIPE["batch_size"] / 256.0, batchwise_prompt=False)
+    method = original_method(original["L2P"], net, args)
+    result = initial_state("l2p", ours)
+
+    def chosen(inputs: Tensor) -> Tensor:
+        with torch.no_grad():
+            features = net.original_model(inputs)["pre_logits"]
+            return net.model(inputs, task_id=-1, cls_features=features, train=net.training)["prompt_idx"]
+
+    losses, train_index = [], []
+    for task in range(RECIPE["n_tasks"]):
+        set_task(method, task)
+        method.train()
+        method.opt = method.get_optimizer()
+        method.begin_task(None)
+        for step in range(RECIPE["steps"]):
+            inputs, labels = batch(task, step, RECIPE["batch_size"])
+            train_index.append(chosen(inputs))
+            losses.append(method.observe(inputs, labels, inputs))
+    method.eval()
+    test_inputs, _ = batch(0, -1, RECIPE["batch_size"])
+    with torch.no_grad():
+        result["l2p.test_logits"] = method.forward(test_inputs)
+    result["l2p.test_index"] = chosen(test_inputs)
+    result["l2p.losses"] = torch.tensor(losses, dtype=torch.float64)
+    result["l2p.train_index"] = torch.stack(train_index)
+    return result
+
+
+def run_dualprompt(original: dict[str, Any]) -> dict[str, Tensor]:
+    """The original's DualPrompt on the recipe (its defaults: batch-wise prompts at test, no permute fix)."""
+    settings = RECIPE["methods"]["dualprompt"]
+    ours = build_ours("dualprompt")
+    state = trunk_state(ours)
+    width, heads = RECIPE["backbone"]["model_args"]["embed_dim"], RECIPE["backbone"]["model_args"]["num_heads"]
+    args = Namespace(use_permute_fix=False, pull_constraint=True, pull_constraint_coeff=1.0, clip_grad=1.0,
+                     optimizer="adam", optim_wd=0.0, lr=settings["lr"] * RECIPE["batch_size"] / 256.0,
+                     top_k=settings["top_k"], size=settings["size"], use_prefix_tune_for_e_prompt=True)
+    query_vit = original["DualViT"](args=args, **vit_kwargs())
+    prompted = original["DualViT"](
+        args=args, prompt_length=settings["length"], embedding_key="cls", prompt_init="uniform", prompt_pool=True,
+        prompt_key=True, pool_size=settings["size"], top_k=settings["top_k"], batchwise_prompt=True,
+        prompt_key_init="uniform", head_type="token", use_prompt_mask=True, use_g_prompt=True,
+        g_prompt_length=settings["g_prompt_length"], g_prompt_layer_idx=settings["g_prompt_layer_idx"],
+        use_prefix_tune_for_g_prompt=True, use_e_prompt=True, e_prompt_layer_idx=settings["e_prompt_layer_idx"],
+        use_prefix_tune_for_e_prompt=True, same_key_value=False, **vit_kwargs())
+    load_into(query_vit, state, ("head",))
+    per_head = (heads, width // heads)
+    load_into(prompted, {
+        **state,
+        "g_prompt": ours.g_prompt.detach().reshape(*ours.g_prompt.shape[:-1], *per_head).clone(),
+        "e_prompt.prompt": ours.e_prompt.detach().reshape(*ours.e_prompt.shape[:-1], *per_head).clone(),
+        "e_prompt.prompt_key": ours.prompt_key.detach().clone(),
+        "head.weight": ours.head.weight.detach().clone(), "head.bias": ours.head.bias.detach().clone(),
+    }, ())
+    net = original["DualModel"].__new__(original["DualModel"])
+    nn.Module.__init__(net)
+    net.original_model, net.model, net.n_classes = query_vit, prompted, RECIPE["n_classes"]
+    freeze(net, ["blocks", "patch_embed", "cls_token", "norm", "pos_embed"])
+    method = original_method(original["DualPrompt"], net, args)
+    result = initial_state("dualprompt", ours)
+
+    def chosen(inputs: Tensor, task: int, train: bool) -> Tensor:
+        with torch.no_grad():
+            features = net.original_model(inputs)["pre_logits"]
+            return net.model(inputs, task_id=task, cls_features=features, train=train)["prompt_idx"]
+
+    losses = []
+    for task in range(RECIPE["n_tasks"]):
+        set_task(method, task)
+        method.train()
+        method.opt = method.get_optimizer()
+        method.begin_task(None)
+        for step in range(RECIPE["steps"]):
+            inputs, labels = batch(task, step, RECIPE["batch_size"])
+            losses.append(method.observe(inputs, labels, inputs))
+    method.eval()
+    test_inputs, _ = batch(0, -1, RECIPE["batch_size"])
+    with torch.no_grad():
+        result["dualprompt.test_logits"] = method.forward(test_inputs)
+    result["dualprompt.test_index"] = chosen(test_inputs, -1, False)
+    result["dualprompt.losses"] = torch.tensor(losses, dtype=torch.float64)
+    return result
+
+
+def run_coda_prompt(original: dict[str, Any]) -> dict[str, Tensor]:
+    """The original's CODA-Prompt on the recipe (its Model assembled at width 24)."""
+    settings = RECIPE["methods"]["coda_prompt"]
+    ours = build_ours("coda_prompt")
+    state = trunk_state(ours)
+    kwargs = {key: value for key, value in vit_kwargs().items() if key not in ("num_classes", "drop_rate")}
+    vit = original["CodaViT"](args=Namespace(), **kwargs)
+    load_into(vit, state, ("head",))
+    width = RECIPE["backbone"]["model_args"]["embed_dim"]
+    pool = original["CodaPool"](width, RECIPE["n_tasks"], [settings["pool_size"], settings["prompt_len"],
+                                                             settings["ortho_mu"]], key_dim=width)
+    layers = [layer for layer in range(5) if layer < RECIPE["backbone"]["model_args"]["depth"]]
+    with torch.no_grad():
+        for layer in layers:
+            for name in ("p", "k", "a"):
+                getattr(pool, f"e_{name}_{layer}").copy_(getattr(ours, f"e_{name}_{layer}"))
+    net = original["CodaModel"].__new__(original["CodaModel"])
+    nn.Module.__init__(net)
+    net.task_id, net.feat, net.prompt = 0, vit, pool
+    net.last = nn.Linear(width, RECIPE["n_classes"])
+    net.last.load_state_dict(ours.head.state_dict())
+    args = Namespace(lr=settings["lr"], optim_wd=0.0, optimizer="adam", mu=settings["mu"], virtual_bs_iterations=1,
+                     n_epochs=2)
+    method = original_method(original["CodaMethod"], net, args)
+    result = initial_state("coda_prompt", ours)
+    losses = []
+    for task in range(RECIPE["n_tasks"]):
+        set_task(method, task)
+        method.train()
+        method.opt = method.get_optimizer()
+        method.begin_task(None)
+        if task == 1:
+            for layer in layers:
+                for name in ("p", "k", "a"):
+                    result[f"coda_prompt.task1.e_{name}_{layer}"] = getattr(pool, f"e_{name}_{layer}").detach().clone()
+        for step in range(RECIPE["steps"]):
+            inputs, labels = batch(task, step, RECIPE["batch_size"])
+            losses.append(method.observe(inputs, labels, inputs))
+            method._epoch_iteration += 1
+    method.eval()
+    test_inputs, _ = batch(0, -1, RECIPE["batch_size"])
+    with torch.no_grad():
+        result["coda_prompt.test_logits"] = method.forward(test_inputs)
+    result["coda_prompt.losses"] = torch.tensor(losses, dtype=torch.float64)
+    return result
+
+
+def initial_state(name: str, ours: nn.Module) -> dict[str, Tensor]:
+    """Our model's initial weights: ``backbone.*`` (the same for every method, seeded alike)
+    and the method's own ``<name>.init.*``."""
+    state = {f"backbone.{key}": value.detach().clone() for key, value in ours.net.state_dict().items()}
+    state.update({f"{name}.init.{key}": value.detach().clone() for key, value in ours.state_dict().items()
+                  if not key.startswith("net.")})
+    return state
+
+
+def freeze(net: nn.Module, prefixes: list[str]) -> None:
+    """The original's freezing: the query ViT entirely, the prompted one's ``prefixes``."""
+    for parameter in net.original_model.parameters():
+        parameter.requires_grad = False
+    for name, parameter in net.model.named_parameters():
+        if name.startswith(tuple(prefixes)):
+            parameter.requires_grad = False
+
+
+def main() -> None:
+    """Run the three methods of the original and write the reference file."""
+    from safetensors.torch import save_file
+
+    root = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/orig-mammoth")
+    original = import_original(root)
+    tensors: dict[str, Tensor] = {}
+    for run in (run_l2p, run_dualprompt, run_coda_prompt):
+        result = run(original)
+        for key, value in result.items():
+            assert key not in tensors or torch.equal(tensors[key], value), f"{key} differs between methods"
+        tensors.update(result)
+    OUTPUT.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {key: value.contiguous() for key, value in tensors.items()}
+    save_file(tensors, str(OUTPUT), metadata={"recipe": json.dumps(RECIPE)})
+    for key in sorted(key for key in tensors if key.endswith("losses")):
+        print(key, [round(value, 6) for value in tensors[key].tolist()])
+    print(f"wrote {OUTPUT} ({OUTPUT.stat().st_size} bytes)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""l2p, dualprompt and coda-prompt against the ORIGINAL Mammoth's code: the same tiny ViT and
+initial weights, the same batches and settings give the losses, chosen prompts and test logits
+that ``scripts/reference_prompt_methods.py`` stored from the original's own classes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor
+
+from mammoth.backbones.timm import TimmBackbone
+from mammoth.datasets.source import InMemorySource
+from mammoth.engine.context import build_context
+from mammoth.models import build_model
+
+REFERENCE = Path(__file__).parent / "data" / "prompt_reference.safetensors"
+#: float32 on a CPU, 6 Adam steps; our attention is torch's fused one, the original's partly a softmax by hand.
+LOSS_TOLERANCE, LOGIT_TOLERANCE = 1e-5, 1e-4
+
+
+def _reference() -> tuple[dict[str, Tensor], dict[str, Any]]:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(REFERENCE), "pt") as handle:
+        recipe = json.loads(handle.metadata()["recipe"])
+    return load_file(str(REFERENCE)), recipe
+
+
+TENSORS, RECIPE = _reference()
+
+
+def batch(task: int, step: int, size: int) -> tuple[Tensor, Tensor]:
+    """The script's batches: normalised inputs and labels of ``step`` of ``task`` (-1: the test batch)."""
+    generator = torch.Generator().manual_seed(1000 + 100 * task + step)
+    inputs = (torch.rand(size, 3, 32, 32, generator=generator) - 0.5) / 0.5
+    labels = 2 * task + torch.randint(0, 2, (size,), generator=generator)
+    return inputs, labels
+
+
+class RecipeDataset:
+    """The recipe's benchmark: 4 classes in 2 tasks, batches of 6, no augmentation."""
+
+    name = "prompt-recipe"
+    n_classes, n_tasks, setting = RECIPE["n_classes"], RECIPE["n_tasks"], "class-il"
+    config = SimpleNamespace(batch_size=RECIPE["batch_size"], n_epochs=1)
+
+    def task_classes(self, task: int) -> range:
+        return range(2 * task, 2 * task + 2)
+
+    def train_transform(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return x
+
+    def test_transform(self, x: Tensor) -> Tensor:
+        return x
+
+    def task_source(self, task: int) -> InMemorySource:
+        inputs, labels = batch(task, 0, RECIPE["batch_size"])
+        return InMemorySource(inputs, labels)
+
+
+def build(name: str) -> Any:
+    """Our ``name`` on the recipe's ViT, with the reference's initial weights, attached."""
+    spec = RECIPE["backbone"]
+    net = TimmBackbone(RECIPE["n_classes"], tuple(spec["input_shape"]), name=spec["name"], model_args=spec["model_args"])
+    dataset = RecipeDataset()
+    model = build_model(name, net=net, dataset=dataset, **RECIPE["methods"][name])
+    state = {f"net.{key[len('backbone.'):]}": value for key, value in TENSORS.items() if key.startswith("backbone.")}
+    prefix = f"{name}.init."
+    state.update({key[len(prefix):]: value for key, value in TENSORS.items() if key.startswith(prefix)})
+    model.load_state_dict(state)
+    model.attach(build_context(dataset, "cpu", torch.Generator().manual_seed(0)))
+    return model
+
+
+def train_recipe(model: Any, name: str) -> tuple[list[float], list[Tensor]]:
+    """Both tasks' steps of the recipe; the losses and (l2p) the prompts chosen before each step."""
+    losses, chosen = [], []
+    for task in range(RECIPE["n_tasks"]):
+        model.train()
+        model.begin_task(task)
+        if name == "coda_prompt" and task == 1:
+            copy_reinitialised_components(model, task)
+        for step in range(RECIPE["steps"]):
+            inputs, labels = batch(task, step, RECIPE["batch_size"])
+            if name == "l2p":
+                with torch.no_grad():
+                    chosen.append(model.prompted(inputs)["index"])
+            losses.append(model.observe(inputs, labels, inputs))
+    model.eval()
+    return losses, chosen
+
+
+def copy_reinitialised_components(model: Any, task: int) -> None:
+    """The original's Gram-Schmidt draws for ``task``'s components (torch's global generator) in
+    place of ours (the run's generator); test_coda_prompt checks ours on their own."""
+    start, end = task * model.per_task, (task + 1) * model.per_task
+    with torch.no_grad():
+        for layer in model.layers:
+            for part in ("p", "k", "a"):
+                getattr(model, f"e_{part}_{layer}")[start:end] = TENSORS[f"coda_prompt.task1.e_{part}_{layer}"][start:end]
+
+
+@pytest.mark.parametrize("name", ["l2p", "dualprompt", "coda_prompt"])
+def test_losses_and_test_logits_match_the_original(name: str) -> None:
+    model = build(name)
+    losses, _ = train_recipe(model, name)
+    expected = TENSORS[f"{name}.losses"]
+    assert torch.allclose(torch.tensor(losses, dtype=torch.float64), expected, atol=LOSS_TOLERANCE, rtol=0), \
+        (losses, expected.tolist())
+    test_inputs, _ = batch(0, -1, RECIPE["batch_size"])
+    with torch.no_grad():
+        logits = model(test_inputs)
+    reference = TENSORS[f"{name}.test_logits"]
+    assert logits.shape == (RECIPE["batch_size"], RECIPE["n_classes"]) == reference.shape
+    assert torch.allclose(logits, reference, atol=LOGIT_TOLERANCE, rtol=0), (logits - reference).abs().max()
+
+
+def test_l2p_chooses_the_original_prompts_in_training_and_at_test() -> None:
+    model = build("l2p")
+    _, chosen = train_recipe(model, "l2p")
+    assert torch.equal(torch.stack(chosen), TENSORS["l2p.train_index"])
+    with torch.no_grad():
+        test_index = model.prompted(batch(0, -1, RECIPE["batch_size"])[0])["index"]
+    assert torch.equal(test_index, TENSORS["l2p.test_index"])
+
+
+def test_dualprompt_chooses_the_original_prompts_at_test() -> None:
+    model = build("dualprompt")
+    train_recipe(model, "dualprompt")
+    with torch.no_grad():
+        test_index = model.prompted(batch(0, -1, RECIPE["batch_size"])[0], train=False)["index"]
+    assert torch.equal(test_index, TENSORS["dualprompt.test_index"])
+    assert test_index.shape == (RECIPE["batch_size"], 1) and len(test_index.unique()) == 1  # batch-wise vote
