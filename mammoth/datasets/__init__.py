@@ -10,7 +10,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-from mammoth.datasets.base import ContinualDataset, DatasetConfig, TaskData, random_crop_flip
+from mammoth.datasets.base import AUGMENTATIONS, ContinualDataset, DatasetConfig, TaskData, random_crop_flip
 from mammoth.errors import DatasetError, unknown_name_message
 from mammoth.config.registry import Registry, canonical_name, import_modules
 from mammoth.config.schema import Argument, is_missing, signature_arguments
@@ -75,8 +75,9 @@ def _register(cls: DatasetClass, name: Any) -> DatasetClass:
         value = getattr(cls, attribute, None)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise DatasetError(f"dataset {name!r} has {attribute}={value!r}; allowed: an integer >= 1")
-    if cls.augmentation not in (None, "crop-flip"):
-        raise DatasetError(f"dataset {name!r} has augmentation={cls.augmentation!r}; allowed: None, crop-flip")
+    if cls.augmentation not in AUGMENTATIONS:
+        raise DatasetError(f"dataset {name!r} has augmentation={cls.augmentation!r}; "
+                           f"allowed: {', '.join(map(str, AUGMENTATIONS))}")
     cls.name = canonical_name(name)
     DATASETS.register(cls.name)(cls)
     return cls

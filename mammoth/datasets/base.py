@@ -17,8 +17,12 @@ import torch
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from mammoth.config.value_checks import check_positive_int
-from mammoth.datasets.source import DataSource, InMemorySource
+from mammoth.datasets import labels as label_settings
+from mammoth.datasets.source import DataSource, InMemorySource, RelabeledSource
 from mammoth.errors import DatasetError
+
+#: ``augmentation`` values: what :meth:`ContinualDataset.train_transform` does before normalising.
+AUGMENTATIONS = (None, "crop-flip", "random-resized-crop-flip", "random-crop-flip")
 
 CROP_PADDING = 4
 
@@ -27,7 +31,12 @@ CROP_PADDING = 4
 class DatasetConfig:
     """Typed Hydra schema of the ``dataset`` config group.
 
-    ``n_tasks=None`` means the benchmark's default; only domain-IL benchmarks accept another value.
+    ``n_tasks=None`` means the benchmark's default; a class-IL benchmark accepts any number of
+    tasks that divides its classes evenly, a domain-IL one any number. ``num_workers``: processes
+    reading batches (0: the main process). ``validation``: the fraction of each class's training
+    data held out and evaluated on instead of the test set. ``class_order``: ``permute`` (drawn
+    from the seed) or the list of classes in the order they are trained. ``noise_type`` /
+    ``noise_rate``: label noise on the training data. See :mod:`mammoth.datasets.labels`.
     """
 
     name: str = MISSING
@@ -36,6 +45,26 @@ class DatasetConfig:
     batch_size: int = MISSING
     n_epochs: int = MISSING
     n_tasks: Optional[int] = None
+    num_workers: int = 0
+    validation: Optional[float] = None
+    class_order: Any = None
+    noise_type: str = "symmetric"
+    noise_rate: float = 0.0
+
+
+@dataclass(frozen=True)
+class PreparedLabels:
+    """The dataset settings applied to labels and indices (see :meth:`ContinualDataset.prepared`):
+    ``train_labels`` / ``eval_labels`` label every example of the training / evaluation source
+    (the test set, or the training set when a validation split is held out), ``train_indices`` /
+    ``eval_indices`` select the examples used, ``order`` the class order (None: natural)."""
+
+    train_labels: torch.Tensor
+    train_indices: torch.Tensor
+    eval_labels: torch.Tensor
+    eval_indices: torch.Tensor
+    eval_on_train: bool
+    order: Optional[list[int]]
 
 
 @dataclass
@@ -171,7 +200,16 @@ class ContinualDataset:
     input_shape: ClassVar[tuple[int, ...]]  # (C, H, W) for images; any shape for float features
     mean: ClassVar[Optional[tuple[float, ...]]]  # None (with std None): no normalisation, inputs stay in [0, 1]
     std: ClassVar[Optional[tuple[float, ...]]]
-    augmentation: ClassVar[Optional[str]] = None  # None or "crop-flip"
+    augmentation: ClassVar[Optional[str]] = None  # one of AUGMENTATIONS
+    # The shape load_source's images have when it differs from input_shape (seq-cifar100-224: 32x32
+    # images, resized to 224 by the transforms); None: input_shape.
+    source_shape: ClassVar[Optional[tuple[int, ...]]] = None
+    # RandomResizedCrop's scale for augmentation="random-resized-crop-flip".
+    crop_scale: ClassVar[tuple[float, float]] = (0.08, 1.0)
+    # Asymmetric label noise this benchmark defines (the original's): None, "cifar10" or "cifar100".
+    asymmetric_noise: ClassVar[Optional[str]] = None
+    # Whether load_sources streams from disk (no load_source tensors).
+    streaming: ClassVar[bool] = False
     default_backbone: ClassVar[str]
     default_batch_size: ClassVar[int]
     default_n_epochs: ClassVar[int]
@@ -188,28 +226,56 @@ class ContinualDataset:
         name = values.get("name", self.name)
         if name != self.name:
             raise DatasetError(f"dataset.name={name!r} does not match the benchmark {self.name!r} being built")
+        n_tasks = self._check_n_tasks(values.get("n_tasks"))
+        noise = label_settings.check_noise(values.get("noise_type", "symmetric"), values.get("noise_rate", 0.0),
+                                           self.asymmetric_noise, self.name)
         self.config = DatasetConfig(
             name=self.name,
             root=str(values.get("root", "data")),
             download=bool(values.get("download", False)),
             batch_size=check_positive_int("dataset.batch_size", values.get("batch_size", self.default_batch_size), DatasetError),
             n_epochs=check_positive_int("dataset.n_epochs", values.get("n_epochs", self.default_n_epochs), DatasetError),
-            n_tasks=self._check_n_tasks(values.get("n_tasks")),
+            n_tasks=n_tasks,
+            num_workers=self._check_num_workers(values.get("num_workers", 0)),
+            validation=label_settings.check_validation(values.get("validation")),
+            class_order=label_settings.check_class_order(values.get("class_order"), self._total_classes()),
+            noise_type=noise[0],
+            noise_rate=noise[1],
         )
         self.seed = int(seed)
         self._source: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._sources: tuple[DataSource, DataSource] | None = None
+        self._prepared: PreparedLabels | None = None
         self._fingerprint: dict[str, dict[str, Any]] | None = None
 
+    def _total_classes(self) -> int:
+        """The number of classes of the benchmark, whatever its number of tasks."""
+        cls = type(self)
+        return cls.default_n_tasks * cls.n_classes_per_task if cls.setting == "class-il" else cls.n_classes_per_task
+
+    @staticmethod
+    def _check_num_workers(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise DatasetError(f"dataset.num_workers={value!r} is not allowed; allowed: an integer >= 0 "
+                               "(0: batches are read in the main process)")
+        return value
+
     def _check_n_tasks(self, n_tasks: Any) -> Optional[int]:
-        """Return ``n_tasks`` if this benchmark accepts it; class-IL ones only accept their own."""
-        if n_tasks is None:
-            return None
-        check_positive_int("dataset.n_tasks", n_tasks, DatasetError)
-        if self.setting == "class-il" and n_tasks != self.default_n_tasks:
+        """Return ``n_tasks`` if this benchmark accepts it: any for domain-IL, a divisor of the number
+        of classes for class-IL (which sets this run's ``n_classes_per_task``)."""
+        if n_tasks is not None:
+            check_positive_int("dataset.n_tasks", n_tasks, DatasetError)
+        if self.setting != "class-il":
+            return n_tasks
+        total, wanted = self._total_classes(), self.default_n_tasks if n_tasks is None else n_tasks
+        if total % wanted:
+            divisors = [str(d) for d in range(1, total + 1) if total % d == 0]
             raise DatasetError(
-                f"dataset.n_tasks={n_tasks} is not allowed for {self.name}; this class-IL benchmark has exactly "
-                f"{self.default_n_tasks} tasks (leave n_tasks unset, or use a domain-IL benchmark)"
+                f"dataset.n_tasks={wanted} is not allowed for {self.name}; allowed: a number of tasks that divides "
+                f"its {total} classes evenly: {', '.join(divisors)} (default {self.default_n_tasks})"
             )
+        if total // wanted != self.n_classes_per_task:
+            self.n_classes_per_task = total // wanted
         return n_tasks
 
     @property
@@ -242,33 +308,111 @@ class ContinualDataset:
         or float features (N, *input_shape), y int64."""
         raise NotImplementedError(f"{type(self).__name__} must implement load_source()")
 
+    def load_sources(self) -> tuple[DataSource, DataSource]:
+        """The whole benchmark as ``(train, test)`` DataSources, labels in ``0..n_classes-1``.
+        In-memory benchmarks get :class:`InMemorySource` views of :meth:`source`; a streaming
+        benchmark (``streaming = True``) overrides this to read files per batch."""
+        train_x, train_y, test_x, test_y = self.source()
+        return InMemorySource(train_x, train_y), InMemorySource(test_x, test_y)
+
+    def evaluation_view(self, train: DataSource) -> DataSource:
+        """The training source read as evaluation data (what a validation split evaluates on);
+        a streaming benchmark returns its training files with the test decoding."""
+        return train
+
+    def sources(self) -> tuple[DataSource, DataSource]:
+        """``(train, test)`` of :meth:`load_sources`, read on first use and cached."""
+        if self._sources is None:
+            train, test = self.load_sources()
+            for split, source in (("train", train), ("test", test)):
+                labels = source.labels
+                if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= self._n_labels()):
+                    raise DatasetError(f"{self.name} {split} labels span {int(labels.min())}..{int(labels.max())}; "
+                                       f"expected 0..{self._n_labels() - 1} (the files are corrupt)")
+            self._sources = (train, test)
+        return self._sources
+
     def source(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The source data, read on first use and cached."""
+        """The source data of an in-memory benchmark, read on first use and cached."""
+        if self.streaming:
+            raise DatasetError(f"{self.name} streams its images from disk and holds no tensors; "
+                               "allowed: task_source(t) / test_source(t) / sources()")
         if self._source is None:
             self._source = self._check_source(self.load_source())
         return self._source
 
+    def train_labels(self) -> torch.Tensor:
+        """The labels of the whole training set as read (before any dataset setting)."""
+        return self.sources()[0].labels
+
     def fingerprint(self) -> dict[str, dict[str, Any]]:
-        """What the source data is, for a checkpoint to record: for each of ``train images``,
-        ``train labels``, ``test images`` and ``test labels``, the tensor's shape and the sha256 of
-        its bytes (the decoded uint8 images and int64 labels of :meth:`source`, before any task
-        transformation). Computed once; about 0.2 s for CIFAR-100's 184 MB of images."""
+        """What the source data is, for a checkpoint to record. In memory: for each of ``train
+        images``, ``train labels``, ``test images`` and ``test labels``, the tensor's shape and the
+        sha256 of its bytes (the decoded uint8 images and int64 labels of :meth:`source`, before
+        any task transformation; about 0.2 s for CIFAR-100's 184 MB of images). Streaming: for
+        ``train files`` and ``test files``, their count and the sha256 over (path relative to
+        ``dataset.root``, size in bytes, label) of every file (no image is decoded; see
+        :meth:`stream_fingerprint`). Computed once."""
         if self._fingerprint is None:
-            names = ("train images", "train labels", "test images", "test labels")
-            self._fingerprint = {name: tensor_fingerprint(tensor) for name, tensor in zip(names, self.source())}
+            if self.streaming:
+                self._fingerprint = self.stream_fingerprint()
+            else:
+                names = ("train images", "train labels", "test images", "test labels")
+                self._fingerprint = {name: tensor_fingerprint(tensor) for name, tensor in zip(names, self.source())}
         return self._fingerprint
+
+    def stream_fingerprint(self) -> dict[str, dict[str, Any]]:
+        """The fingerprint of a streaming benchmark whose sources are ImageFileSources."""
+        from mammoth.datasets.image_files import files_fingerprint
+
+        train, test = self.sources()
+        return {f"{split} files": files_fingerprint(self.config.root, source.paths, source.labels)
+                for split, source in (("train", train), ("test", test))}
+
+    def _n_labels(self) -> int:
+        return self.n_tasks * self.n_classes_per_task if self.setting == "class-il" else self.n_classes_per_task
+
+    def prepared(self) -> PreparedLabels:
+        """The dataset settings applied to the labels, computed once, in the original's order:
+        the class order relabels train and test data, then the validation split holds out part of
+        every class of the training data (evaluated on instead of the test set), then label noise
+        changes the remaining training labels."""
+        if self._prepared is None:
+            train, test = self.sources()
+            order = label_settings.class_order(self.config.class_order, self.n_classes, self.seed)
+            mapping = None if order is None else label_settings.label_mapping(order)
+            train_labels = train.labels if mapping is None else mapping[train.labels]
+            test_labels = test.labels if mapping is None else mapping[test.labels]
+            train_indices = torch.arange(len(train_labels))
+            eval_labels, eval_indices = test_labels, torch.arange(len(test_labels))
+            if self.config.validation is not None:
+                train_indices, eval_indices = label_settings.validation_split(train_labels, self.config.validation, self.seed)
+                eval_labels = train_labels
+            if self.config.noise_rate > 0:
+                noisy = label_settings.noisy_labels(train_labels[train_indices], self.config.noise_type,
+                                                    self.config.noise_rate, self.seed, self.asymmetric_noise)
+                train_labels = train_labels.clone()
+                train_labels[train_indices] = noisy
+            n_labels = self._n_labels()
+            self._check_every_task_has_examples("train", train_labels[train_indices], n_labels)
+            self._check_every_task_has_examples("validation" if self.config.validation else "test",
+                                                eval_labels[eval_indices], n_labels)
+            self._prepared = PreparedLabels(train_labels, train_indices, eval_labels, eval_indices,
+                                            self.config.validation is not None, order)
+        return self._prepared
 
     def _check_source(
         self, source: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Check the shapes, dtypes and labels :meth:`load_source` returned."""
         train_x, train_y, test_x, test_y = source
-        n_labels = self.n_tasks * self.n_classes_per_task if self.setting == "class-il" else self.n_classes_per_task
+        n_labels = self._n_labels()
+        shape = self.source_shape or self.input_shape
         for split, x, y in (("train", train_x, train_y), ("test", test_x, test_y)):
-            if not (x.dtype == torch.uint8 or x.is_floating_point()) or tuple(x.shape[1:]) != tuple(self.input_shape):
+            if not (x.dtype == torch.uint8 or x.is_floating_point()) or tuple(x.shape[1:]) != tuple(shape):
                 raise DatasetError(
                     f"{self.name} {split} images have dtype {x.dtype} and shape {tuple(x.shape)}; "
-                    f"expected uint8 images or float features (N, {', '.join(map(str, self.input_shape))})"
+                    f"expected uint8 images or float features (N, {', '.join(map(str, shape))})"
                 )
             if y.dtype != torch.int64 or y.shape != (x.shape[0],):
                 raise DatasetError(
@@ -301,38 +445,63 @@ class ContinualDataset:
 
     def task_source(self, task: int) -> DataSource:
         """The training data of ``task``, served batch by batch (what the harness trains on)."""
-        return self._split_source(task, 0)
+        return self._split_source(task, train=True)
 
     def test_source(self, task: int) -> DataSource:
-        """The test data of ``task``, served batch by batch (what the harness evaluates on)."""
-        return self._split_source(task, 2)
+        """The evaluation data of ``task`` (its test data, or its validation split with
+        ``dataset.validation``), served batch by batch (what the harness evaluates on)."""
+        return self._split_source(task, train=False)
 
-    def _split_source(self, task: int, first: int) -> DataSource:
-        """The train (``first=0``) or test (``first=2``) data of ``task``: a view of the source
-        (class-IL), or the task's transformation of all of it (domain-IL)."""
+    def _task_indices(self, task: int, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(labels of every example of the split's source, the positions of ``task``'s examples)."""
         self._check_task(task)
-        x, y = self.source()[first : first + 2]
+        prepared = self.prepared()
+        labels, indices = ((prepared.train_labels, prepared.train_indices) if train
+                           else (prepared.eval_labels, prepared.eval_indices))
         if self.setting == "class-il":
             classes = self.task_classes(task)
-            return InMemorySource(x, y).subset(((y >= classes.start) & (y < classes.stop)).nonzero().flatten())
-        return InMemorySource(self.apply_task_transform(task, x), y)
+            chosen = labels.index_select(0, indices)
+            indices = indices[(chosen >= classes.start) & (chosen < classes.stop)]
+        return labels, indices
+
+    def _split_source(self, task: int, train: bool) -> DataSource:
+        """The train or evaluation data of ``task``: a view of the source (class-IL), or the task's
+        transformation of it (domain-IL), with the prepared labels."""
+        labels, indices = self._task_indices(task, train)
+        train_source, test_source = self.sources()
+        prepared = self.prepared()
+        if train:
+            base = train_source
+        else:
+            base = self.evaluation_view(train_source) if prepared.eval_on_train else test_source
+        if self.setting == "domain-il":
+            base = InMemorySource(self.apply_task_transform(task, base.x), base.y)  # domain-IL benchmarks are in memory
+        if labels is not base.labels and not torch.equal(labels, base.labels):
+            base = self._relabeled(base, labels)
+        if self.setting == "domain-il" and len(indices) == len(base) and torch.equal(indices, torch.arange(len(base))):
+            return base
+        return base.subset(indices)
+
+    def _relabeled(self, base: DataSource, labels: torch.Tensor) -> DataSource:
+        """``base`` with ``labels``, one wrapper per source and labels (so subsets of it share a parent)."""
+        cache = self.__dict__.setdefault("_relabeled_cache", {})
+        key = (id(base), id(labels))
+        if key not in cache:
+            cache[key] = (base, labels, RelabeledSource(base, labels))
+        return cache[key][2]
 
     def get_task(self, task: int) -> TaskData:
-        """The train and test data of ``task`` as whole tensors (uint8 images or float features on CPU,
-        int64 labels); the harness reads :meth:`task_source` and :meth:`test_source` instead."""
+        """The train and evaluation data of ``task`` as whole tensors (uint8 images or float features
+        on CPU, int64 labels) of an in-memory benchmark; the harness reads :meth:`task_source` and
+        :meth:`test_source` instead."""
         self._check_task(task)
-        train_x, train_y, test_x, test_y = self.source()
-        if self.setting == "class-il":
-            classes = self.task_classes(task)
-            train_mask = (train_y >= classes.start) & (train_y < classes.stop)
-            test_mask = (test_y >= classes.start) & (test_y < classes.stop)
-            return TaskData(train_x[train_mask], train_y[train_mask], test_x[test_mask], test_y[test_mask])
-        return TaskData(
-            self.apply_task_transform(task, train_x),
-            train_y.clone(),
-            self.apply_task_transform(task, test_x),
-            test_y.clone(),
-        )
+        train_x, _, test_x, _ = self.source()
+        train_labels, train_indices = self._task_indices(task, True)
+        eval_labels, eval_indices = self._task_indices(task, False)
+        eval_x = train_x if self.prepared().eval_on_train else test_x
+        if self.setting == "domain-il":
+            train_x, eval_x = self.apply_task_transform(task, train_x), self.apply_task_transform(task, eval_x)
+        return TaskData(train_x[train_indices], train_labels[train_indices], eval_x[eval_indices], eval_labels[eval_indices])
 
     @staticmethod
     def to_float(x: torch.Tensor) -> torch.Tensor:
@@ -377,15 +546,32 @@ class ContinualDataset:
         return (x - mean) / std
 
     def train_transform(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Training transform of a float batch on any device: augmentation (if any; images only), then normalisation."""
+        """Training transform of a float batch on any device: augmentation (if any; images only,
+        random numbers from ``generator``), then normalisation. ``crop-flip``: pad 4, crop, flip;
+        ``random-resized-crop-flip``: the original's ``RandomResizedCrop(input size, crop_scale,
+        BICUBIC)`` + flip; ``random-crop-flip``: ``RandomCrop(input size)`` + flip (see
+        :mod:`mammoth.datasets.transforms`)."""
+        from mammoth.datasets import transforms
+
         self._check_batch(x)
-        if self.augmentation == "crop-flip" and self._is_image():
-            x = random_crop_flip(x, CROP_PADDING, generator)
+        if self._is_image() and self.augmentation is not None:
+            size = tuple(self.input_shape[1:])
+            if self.augmentation == "crop-flip":
+                x = random_crop_flip(x, CROP_PADDING, generator)
+            elif self.augmentation == "random-resized-crop-flip":
+                x = transforms.random_resized_crop_flip(x, size, generator, scale=self.crop_scale)
+            else:
+                x = transforms.random_crop_flip(x, size, generator)
         return self.normalize(x)
 
     def test_transform(self, x: torch.Tensor) -> torch.Tensor:
-        """Evaluation transform of a float batch in [0, 1]: normalisation only."""
+        """Evaluation transform of a float batch in [0, 1]: images of another size than the input
+        are resized to it (bicubic, as the original's ``Resize``), then normalised."""
+        from mammoth.datasets import transforms
+
         self._check_batch(x)
+        if self._is_image() and tuple(x.shape[-2:]) != tuple(self.input_shape[1:]):
+            x = transforms.resize(x, tuple(self.input_shape[1:]))
         return self.normalize(x)
 
     def describe(self) -> dict[str, Any]:
@@ -399,7 +585,25 @@ class ContinualDataset:
             "input_shape": list(self.input_shape),
             "augmentation": self.augmentation,
             "default_backbone": self.default_backbone,
+            **self._describe_settings(),
         }
+
+    def _describe_settings(self) -> dict[str, Any]:
+        """The dataset settings a run changed from the defaults, as recorded in results.json:
+        ``class_order`` (the classes in training order), ``validation``, ``noise_type`` and
+        ``noise_rate``, ``num_workers``, and ``streaming`` for benchmarks read from disk."""
+        settings: dict[str, Any] = {}
+        if self.streaming:
+            settings["streaming"] = True
+        if self.config.class_order is not None:
+            settings["class_order"] = label_settings.class_order(self.config.class_order, self.n_classes, self.seed)
+        if self.config.validation is not None:
+            settings["validation"] = self.config.validation
+        if self.config.noise_rate > 0:
+            settings["noise_type"], settings["noise_rate"] = self.config.noise_type, self.config.noise_rate
+        if self.config.num_workers:
+            settings["num_workers"] = self.config.num_workers
+        return settings
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, n_tasks={self.n_tasks}, seed={self.seed})"

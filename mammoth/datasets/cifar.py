@@ -158,6 +158,7 @@ class SequentialCIFAR10(_CIFARBenchmark):
     n_classes_per_task = 2
     mean = (0.4914, 0.4822, 0.4465)
     std = (0.2470, 0.2435, 0.2615)
+    asymmetric_noise = "cifar10"
 
 
 @register_dataset
@@ -171,3 +172,24 @@ class SequentialCIFAR100(_CIFARBenchmark):
     mean = (0.5071, 0.4867, 0.4408)
     std = (0.2675, 0.2565, 0.2761)
     default_lr_milestones = (35, 45)  # the original's default: --lr_scheduler multisteplr --lr_milestones 35 45
+    asymmetric_noise = "cifar100"
+
+
+@register_dataset
+class SequentialCIFAR100224(SequentialCIFAR100):
+    """Sequential CIFAR-100 at 224 pixels (the original's ``seq-cifar100-224``, for pretrained ViTs):
+    the files and tasks of ``seq-cifar100``, held in memory at 32x32 and upscaled per batch.
+    Training: ``RandomResizedCrop(224, BICUBIC)`` + flip of the 32x32 image; test: ``Resize(224,
+    BICUBIC)``; ImageNet's mean and std. The examples' ``not_aug_inputs`` are the 32x32 images,
+    as in the original."""
+
+    name = "seq-cifar100-224"
+    input_shape = (3, 224, 224)
+    source_shape = (3, 32, 32)
+    mean = (0.485, 0.456, 0.406)
+    std = (0.229, 0.224, 0.225)
+    augmentation = "random-resized-crop-flip"
+    default_backbone = "timm"
+    default_batch_size = 128
+    default_n_epochs = 20
+    default_lr_milestones = ()

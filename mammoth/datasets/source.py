@@ -114,6 +114,27 @@ class IndexedSource(DataSource):
         return IndexedSource(self.parent, self.indices.index_select(0, _check_indices(indices, len(self))))
 
 
+class RelabeledSource(DataSource):
+    """The examples of ``parent`` with other labels (a class order, label noise): ``labels``
+    replace the parent's, one per example; reads go to the parent."""
+
+    def __init__(self, parent: DataSource, labels: Tensor) -> None:
+        if not isinstance(labels, Tensor) or labels.dtype != torch.int64 or tuple(labels.shape) != (len(parent),):
+            raise DatasetError(f"labels of shape {tuple(getattr(labels, 'shape', ()))} for a source of {len(parent)}; "
+                               f"allowed: int64 ({len(parent)},)")
+        self.parent, self._labels = parent, labels
+
+    def __len__(self) -> int:
+        return len(self.parent)
+
+    @property
+    def labels(self) -> Tensor:
+        return self._labels
+
+    def read(self, indices: Tensor, device: torch.device | str) -> Tensor:
+        return self.parent.read(indices, device)
+
+
 class ConcatSource(DataSource):
     """Several sources one after the other (what :func:`concat_sources` returns)."""
 

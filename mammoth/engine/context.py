@@ -72,6 +72,7 @@ class TrainingContext:
         self.setting: str = dataset.setting
         self.name: str = str(getattr(dataset, "name", type(dataset).__name__))
         self.input_shape: tuple[int, ...] = tuple(getattr(dataset, "input_shape", ()))
+        self.num_workers: int = int(getattr(dataset.config, "num_workers", 0) or 0)
         self.report = report
 
     def __repr__(self) -> str:
@@ -102,16 +103,32 @@ class TrainingContext:
                 augment: bool = True) -> Iterator[Batch]:
         """``source`` in batches of ``batch_size`` (None: :attr:`batch_size`), in an order drawn from
         :attr:`generator` when ``shuffle``; each batch is read and moved to :attr:`device` on its
-        own, and transformed with :meth:`train_transform` (``augment``) or :meth:`test_transform`."""
+        own, and transformed with :meth:`train_transform` (``augment``) or :meth:`test_transform`.
+
+        The order is drawn up front; with :attr:`num_workers` (``dataset.num_workers``) > 0 the
+        batches are read ahead by a torch ``DataLoader`` of that many worker processes (pinned
+        memory on CUDA), and transformed here, so the random draws of the augmentation come from
+        :attr:`generator` in the same order and a run is the same with any number of workers."""
         size = self.batch_size if batch_size is None else batch_size
         count = len(source)
         order = torch.randperm(count, generator=self.generator) if shuffle else torch.arange(count)
         labels = source.labels
-        for start in range(0, count, size):
-            indices = order[start : start + size]
-            not_aug_inputs = source.read(indices, self.device)
+        chunks = [order[start : start + size] for start in range(0, count, size)]
+        for indices, read in zip(chunks, self._read_batches(source, chunks)):
+            not_aug_inputs = read.to(self.device, non_blocking=True)
             inputs = self.train_transform(not_aug_inputs) if augment else self.test_transform(not_aug_inputs)
             yield Batch(inputs, labels.index_select(0, indices).to(self.device), not_aug_inputs, indices)
+
+    def _read_batches(self, source: DataSource, chunks: list[Tensor]) -> Iterator[Tensor]:
+        """``source.read`` of each chunk of indices: here on :attr:`device` (no workers), or on CPU by
+        :attr:`num_workers` DataLoader workers, in order."""
+        if self.num_workers == 0 or len(chunks) == 0:
+            return (source.read(indices, self.device) for indices in chunks)
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(_BatchReads(source, chunks), batch_size=None, shuffle=False, num_workers=self.num_workers,
+                            pin_memory=self.device.type == "cuda")
+        return iter(loader)
 
     def fit(self, step: Callable[[Batch], float], source: DataSource, epochs: int, description: str,
             batch_size: Optional[int] = None, augment: bool = True,
@@ -154,6 +171,19 @@ class TrainingContext:
                 if self.report is not None:
                     self.report(description, epoch, mean_loss)
         return mean_loss
+
+
+class _BatchReads(torch.utils.data.Dataset):
+    """Item ``i`` is ``source.read(chunks[i], "cpu")``: what a DataLoader's workers read ahead."""
+
+    def __init__(self, source: DataSource, chunks: list[Tensor]) -> None:
+        self.source, self.chunks = source, chunks
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, number: int) -> Tensor:
+        return self.source.read(self.chunks[number], "cpu")
 
 
 def build_context(dataset: Any, device: torch.device | str, generator: torch.Generator,

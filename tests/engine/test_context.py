@@ -90,3 +90,35 @@ def test_training_mode_sets_and_restores_either_mode() -> None:
     with training_mode(net, True):
         assert net.training and net[0].training
     assert not net.training and not net[0].training
+
+
+def _image_folder(root) -> None:
+    import numpy as np
+    from PIL import Image
+
+    for label in range(5):
+        (root / f"c{label}").mkdir(parents=True)
+        for index in range(6):
+            pixels = np.random.default_rng(10 * label + index).integers(0, 256, (12, 16, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / f"c{label}" / f"{index}.{'png' if index % 2 else 'jpg'}")
+
+
+def test_batches_are_the_same_with_0_and_2_worker_processes(tmp_path) -> None:
+    """dataset.num_workers reads batches ahead in worker processes; the order and the augmentation
+    are drawn here from the run's generator, so the batches are identical."""
+    _image_folder(tmp_path)
+    runs = []
+    for workers in (0, 2):
+        dataset = build_dataset({"name": "image-folder", "root": str(tmp_path), "batch_size": 2, "num_workers": workers})
+        context = build_context(dataset, "cpu", torch.Generator().manual_seed(7))
+        assert context.num_workers == workers
+        source = dataset.task_source(0)
+        runs.append([*context.batches(source), *context.batches(dataset.test_source(1), shuffle=False, augment=False)])
+        runs[-1].append(context.generator.get_state())
+    zero, two = runs
+    assert len(zero) == len(two) == 3 + 1 + 1  # 5 training images (one of 6 is test data) in 3 batches, 1 test batch, the state
+    for first, second in zip(zero[:-1], two[:-1]):
+        for name in ("inputs", "labels", "not_aug_inputs", "indices"):
+            assert torch.equal(getattr(first, name), getattr(second, name)), name
+    assert zero[0].inputs.shape == (2, 3, 224, 224) and not torch.equal(zero[0].inputs, zero[0].not_aug_inputs)
+    assert torch.equal(zero[-1], two[-1])  # the generator drew the same numbers

@@ -1,0 +1,230 @@
+"""Benchmarks streamed from image files (seq-imagenet-r, seq-cub200, image-folder) on small
+folders in the real layouts, written here as JPEG and PNG files of a few pixels."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms
+
+from mammoth.datasets import build_dataset, get_dataset_class
+from mammoth.datasets.image_files import Decode, ImageFileSource, decode_image
+from mammoth.datasets.streaming import read_imagenet_r_split
+from mammoth.errors import DatasetError
+
+
+def write_image(path: Path, seed: int, size: tuple[int, int] = (18, 26)) -> None:
+    """A random RGB image, PNG or JPEG by ``path``'s suffix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+
+
+def image_folder(root: Path, n_classes: int = 5, per_class: int = 5) -> Path:
+    for label in range(n_classes):
+        for index in range(per_class):
+            write_image(root / f"class{label}" / f"{index}.{'png' if index % 2 else 'jpg'}", 10 * label + index)
+    return root
+
+
+def test_decode_is_the_originals_pil_transform(tmp_path: Path) -> None:
+    path = tmp_path / "a.jpg"
+    write_image(path, 0, (30, 44))
+    with Image.open(path) as file:
+        image = file.convert("RGB")
+        for decode, original in [
+            (Decode((16, 16)), transforms.Resize((16, 16), transforms.InterpolationMode.BICUBIC)),
+            (Decode((20, 20), crop=16), transforms.Compose([transforms.Resize((20, 20), transforms.InterpolationMode.BICUBIC),
+                                                            transforms.CenterCrop(16)])),
+            (Decode(17, crop=15), transforms.Compose([transforms.Resize(17, transforms.InterpolationMode.BICUBIC),
+                                                      transforms.CenterCrop(15)])),
+        ]:
+            expected = transforms.functional.pil_to_tensor(original(image))
+            assert torch.equal(decode_image(path, decode), expected)
+
+
+# ---- image-folder ----
+
+def test_image_folder_splits_its_classes_into_tasks(tmp_path: Path) -> None:
+    root = image_folder(tmp_path / "data", n_classes=6, per_class=5)
+    dataset = build_dataset({"name": "image-folder", "root": str(root), "n_tasks": 3})
+    assert (dataset.n_tasks, dataset.n_classes_per_task, dataset.n_classes) == (3, 2, 6)
+    train, test = dataset.sources()
+    assert (len(train), len(test)) == (24, 6)  # 20% of each class (1 of 5) is test data
+    task = dataset.task_source(1)
+    assert set(task.labels.tolist()) == {2, 3} and len(task) == 8
+    images = task.read(torch.arange(3), "cpu")
+    assert images.shape == (3, 3, 224, 224) and images.dtype == torch.float32
+    assert dataset.test_source(2).read(torch.arange(2), "cpu").shape == (2, 3, 224, 224)
+    described = dataset.describe()
+    assert described["streaming"] is True and described["classes"] == [f"class{c}" for c in range(6)]
+
+
+def test_image_folder_with_train_and_test_folders_and_named_class_order(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    image_folder(root / "train", n_classes=4, per_class=3)
+    image_folder(root / "test", n_classes=4, per_class=1)
+    dataset = build_dataset({"name": "image-folder", "root": str(root), "n_tasks": 2,
+                             "class_order": ["class3", "class0", "class1", "class2"]})
+    train, test = dataset.sources()
+    assert (len(train), len(test)) == (12, 4)
+    first = dataset.task_source(0)
+    assert sorted(train.paths[i].parent.name for i in first.indices.tolist()) == ["class0"] * 3 + ["class3"] * 3
+    assert sorted(first.labels.tolist()) == [0, 0, 0, 1, 1, 1]  # class3 is trained first, as class 0
+    assert dataset.describe()["class_order"] == [3, 0, 1, 2]
+
+
+def test_image_folder_errors_are_one_line(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError) as error:
+        build_dataset({"name": "image-folder", "root": str(tmp_path / "absent")})
+    assert str(error.value).startswith(f"image-folder: dataset.root='{tmp_path / 'absent'}' is not a directory; allowed:")
+    root = image_folder(tmp_path / "data", n_classes=3)
+    with pytest.raises(DatasetError, match=r"^dataset.n_tasks=5 is not allowed for image-folder; allowed: .* 1, 3 \(default 5\)"):
+        build_dataset({"name": "image-folder", "root": str(root)})
+    with pytest.raises(DatasetError, match=r"^dataset.class_order names 'dog', not class folders"):
+        build_dataset({"name": "image-folder", "root": str(root), "n_tasks": 3, "class_order": ["dog", "class0", "class1"]})
+
+
+def test_validation_on_a_streaming_benchmark_reads_training_files_as_test_files(tmp_path: Path) -> None:
+    root = image_folder(tmp_path / "data", n_classes=5, per_class=5)
+    dataset = build_dataset({"name": "image-folder", "root": str(root), "validation": 0.25}, seed=1)
+    held_out = dataset.test_source(0)
+    train = dataset.sources()[0]
+    assert len(held_out) == 1 and len(dataset.task_source(0)) == 3  # ceil(4 * 0.25) of the 4 training images
+    assert held_out.indices.tolist()[0] not in dataset.task_source(0).indices.tolist()
+    expected = decode_image(train.paths[int(held_out.indices[0])], get_dataset_class("image-folder").test_decode)
+    assert torch.equal(held_out.read(torch.tensor([0]), "cpu")[0], expected.float() / 255)
+
+
+def test_fingerprint_hashes_paths_sizes_and_labels_without_decoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = image_folder(tmp_path / "data", n_classes=5, per_class=5)
+    monkeypatch.setattr("mammoth.datasets.image_files.decode_image", lambda *args: pytest.fail("decoded"))
+    first = build_dataset({"name": "image-folder", "root": str(root)}).fingerprint()
+    assert first["train files"]["count"] == 20 and first["test files"]["count"] == 5
+    assert first == build_dataset({"name": "image-folder", "root": str(root)}).fingerprint()
+    write_image(root / "class0" / "1.png", 99, (40, 40))  # another size
+    assert build_dataset({"name": "image-folder", "root": str(root)}).fingerprint() != first
+
+
+def test_a_streaming_benchmark_holds_no_tensors(tmp_path: Path) -> None:
+    dataset = build_dataset({"name": "image-folder", "root": str(image_folder(tmp_path / "data"))})
+    with pytest.raises(DatasetError, match="^image-folder streams its images from disk"):
+        dataset.source()
+    assert len(dataset.train_labels()) == 20
+
+
+# ---- seq-imagenet-r ----
+
+def test_the_shipped_imagenet_r_split_is_the_originals() -> None:
+    classes, train, test = read_imagenet_r_split()
+    assert (len(classes), len(set(classes)), len(train), len(test)) == (200, 200, 24000, 6000)
+    assert not set(train) & set(test)
+    # the first entries of the original's imagenet-r_train.yaml: data/imagenet-r/n02128757/sculpture_4.jpg, target 177, ...
+    assert train[:2] == ["n02128757/sculpture_4.jpg", "n02268443/misc_113.jpg"]
+    assert (classes.index("n02128757"), classes.index("n02268443")) == (177, 142)
+    assert {name.split("/")[0] for name in train + test} == set(classes)
+
+
+def fake_imagenet_r(root: Path, tmp_path: Path) -> Path:
+    """A split file in the shipped format (200 fake wnids; 2 train + 1 test file for each of the
+    first 10 classes, one per task) and the files it lists under root/imagenet-r/."""
+    wnids = [f"n{index:08d}" for index in range(200)][::-1]  # label order is not sorted order
+    lines = ["# fake split", "[classes]", *wnids, "[train]"]
+    used = [wnids[task * 20] for task in range(10)]
+    lines += [f"{wnid}/art_{index}.jpg" for wnid in used for index in range(2)]
+    lines += ["[test]", *[f"{wnid}/sketch_0.png" for wnid in used]]
+    split = tmp_path / "split.txt.gz"
+    with gzip.open(split, "wt") as file:
+        file.write("\n".join(lines) + "\n")
+    for number, line in enumerate(lines):
+        if "/" in line:
+            write_image(root / "imagenet-r" / line, number)
+    write_image(root / "imagenet-r" / used[0] / "not_in_split.jpg", 0)
+    return split
+
+
+def test_seq_imagenet_r_reads_the_originals_split_and_labels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    split = fake_imagenet_r(tmp_path / "data", tmp_path)
+    cls = get_dataset_class("seq-imagenet-r")
+    monkeypatch.setattr(cls, "split_file", split)
+    dataset = build_dataset({"name": "seq-imagenet-r", "root": str(tmp_path / "data")})
+    train, test = dataset.sources()
+    assert (len(train), len(test)) == (20, 10)  # the file outside the split is not read
+    assert train.labels.tolist() == [label for label in range(0, 200, 20) for _ in range(2)]
+    assert train.paths[0] == tmp_path / "data" / "imagenet-r" / "n00000199" / "art_0.jpg"
+    assert dataset.task_source(3).labels.tolist() == [60, 60]
+    assert dataset.test_source(9).read(torch.tensor([0]), "cpu").shape == (1, 3, 224, 224)
+    assert (dataset.config.batch_size, dataset.config.n_epochs, dataset.n_tasks) == (128, 50, 10)
+    (tmp_path / "data" / "imagenet-r" / "n00000199" / "art_1.jpg").unlink()
+    with pytest.raises(DatasetError) as error:
+        build_dataset({"name": "seq-imagenet-r", "root": str(tmp_path / "data")}).sources()
+    assert str(error.value).startswith("seq-imagenet-r: 1 of the split's 30 files are missing in ")
+    assert "(first: n00000199/art_1.jpg); to get them: download https://people.eecs.berkeley.edu/" in str(error.value)
+
+
+def test_missing_imagenet_r_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError) as error:
+        build_dataset({"name": "seq-imagenet-r", "root": str(tmp_path)}).sources()
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"seq-imagenet-r: no imagenet-r/ folder (<wnid>/*.jpg) in {tmp_path}")
+    assert "imagenet-r.tar" in message
+
+
+# ---- seq-cub200 ----
+
+def fake_cub(root: Path) -> Path:
+    """CUB_200_2011's layout with 3 images of each of classes 1, 21, ..., 181 (one per task): 2 train, 1 test."""
+    folder = root / "CUB_200_2011"
+    images, split, labels = [], [], []
+    for task in range(10):
+        class_id = 1 + 20 * task
+        for index in range(3):
+            image_id = len(images) + 1
+            relative = f"{class_id:03d}.Bird_{class_id}/Bird_{index}.jpg"
+            write_image(folder / "images" / relative, image_id, (30, 20))
+            images.append(f"{image_id} {relative}")
+            split.append(f"{image_id} {int(index < 2)}")
+            labels.append(f"{image_id} {class_id}")
+    for name, lines in (("images.txt", images), ("train_test_split.txt", split), ("image_class_labels.txt", labels)):
+        (folder / name).write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_seq_cub200_reads_the_official_layout(tmp_path: Path) -> None:
+    root = fake_cub(tmp_path / "data")
+    dataset = build_dataset({"name": "seq-cub200", "root": str(root)})
+    train, test = dataset.sources()
+    assert (len(train), len(test)) == (20, 10)
+    assert train.labels.tolist() == [label for label in range(0, 200, 20) for _ in range(2)]
+    first = dataset.task_source(0)
+    x = first.read(torch.arange(2), "cpu")
+    assert x.shape == (2, 3, 300, 300)  # the original's Resize((300, 300)) before RandomCrop(224)
+    assert dataset.train_transform(x, torch.Generator().manual_seed(0)).shape == (2, 3, 224, 224)
+    assert dataset.test_transform(x).shape == (2, 3, 224, 224)
+    assert dataset.test_source(0).read(torch.tensor([0]), "cpu").shape == (1, 3, 224, 224)
+    assert (dataset.config.batch_size, dataset.config.n_epochs, dataset.mean) == (128, 50, (0.485, 0.456, 0.406))
+
+
+def test_missing_cub_files_are_one_line(tmp_path: Path) -> None:
+    root = fake_cub(tmp_path / "data")
+    (root / "CUB_200_2011" / "train_test_split.txt").unlink()
+    with pytest.raises(DatasetError) as error:
+        build_dataset({"name": "seq-cub200", "root": str(root)}).sources()
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"seq-cub200: no train_test_split.txt in {root / 'CUB_200_2011'}")
+    assert "CUB_200_2011.tgz" in message
+
+
+def test_image_file_source_decodes_a_batch_in_threads_identically(tmp_path: Path) -> None:
+    root = image_folder(tmp_path / "data", n_classes=2, per_class=3)
+    paths = sorted(root.rglob("*.*"))
+    labels = torch.zeros(len(paths), dtype=torch.int64)
+    decode = Decode((32, 32), crop=24)
+    serial = ImageFileSource(paths, labels, decode=decode).read(torch.arange(6), "cpu")
+    threaded = ImageFileSource(paths, labels, workers=2, decode=decode).read(torch.arange(6), "cpu")
+    assert serial.shape == (6, 3, 24, 24) and torch.equal(serial, threaded)
