@@ -44,6 +44,7 @@ class PromptModel(ContinualModel):
         super().__init__(net, dataset, **kwargs)
         require_tokens(net, f"model={self.method_name}")
         net.requires_grad_(False)
+        net.eval()
         self.n_classes = int(dataset.n_classes)
         self.width = int(net.num_features)
 
