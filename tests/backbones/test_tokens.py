@@ -82,3 +82,26 @@ def test_backbones_without_tokens_are_refused_in_one_line() -> None:
     with pytest.raises(BackboneError, match=r"^l2p needs a Vision Transformer backbone with the token interface, and ResNet"):
         require_tokens(resnet, "l2p")
     assert require_tokens(builtin_vit(), "l2p").supports_tokens
+
+
+def test_prompts_go_after_the_class_token_with_its_position(net: torch.nn.Module) -> None:
+    from mammoth.backbones.tokens import insert_prompts
+
+    position = net.trunk.pos_embed[0, 0] if hasattr(net, "trunk") else net.stages[0].position[0, 0]
+    assert net.num_prefix_tokens == 1
+    assert torch.equal(net.class_position(), position)
+    tokens = net.embed_tokens(torch.rand(2, *SHAPE))
+    prompts = torch.rand(2, 3, 32)
+    inserted = insert_prompts(net, tokens, prompts)
+    assert inserted.shape == (2, tokens.shape[1] + 3, 32)
+    assert torch.equal(inserted[:, :1], tokens[:, :1]) and torch.equal(inserted[:, 4:], tokens[:, 1:])
+    assert torch.allclose(inserted[:, 1:4], prompts + position)
+
+
+def test_a_timm_vit_without_position_for_its_class_token_gives_zeros() -> None:
+    pytest.importorskip("timm")
+    import mammoth.backbones.timm  # noqa: F401  registers backbone=timm
+
+    net = build_backbone("timm", num_classes=4, input_shape=SHAPE, name="vit_tiny_patch16_224",
+                         model_args={"depth": 1, "embed_dim": 32, "num_heads": 4, "patch_size": 8, "no_embed_class": True})
+    assert torch.equal(net.class_position(), torch.zeros(32))
