@@ -38,6 +38,9 @@ class RunConfig:
     model: Any = MISSING
     seed: int = 0
     device: str = "auto"
+    #: Also evaluate the tasks not trained yet, and the network before the first task (forward
+    #: transfer needs both); the original Mammoth's --eval_future and --enable_other_metrics.
+    eval_future: bool = False
     resume: bool = field(default=False, metadata=RUN_CONTROL)
     stop_after_task: Optional[int] = field(default=None, metadata=RUN_CONTROL)
     output_dir: Optional[str] = field(default=None, metadata=RUN_CONTROL)

@@ -68,6 +68,7 @@ class RunSpec:
     loggers: Mapping[str, Any] | None
     config: Mapping[str, Any]
     dataset_config: Any = None
+    eval_future: bool = False
 
     @property
     def comparable(self) -> dict[str, Any]:
@@ -103,6 +104,7 @@ def resolve_run(cfg: DictConfig) -> RunSpec:
         resume=bool(cfg.get("resume", False)), stop_after_task=cfg.get("stop_after_task"),
         output_dir=cfg.get("output_dir"), optimized_metric=cfg.get("optimized_metric"),
         loggers=config.get("logger"), config=config, dataset_config=None if dataset else cfg.dataset,
+        eval_future=bool(cfg.get("eval_future", False)),
     )
 
 

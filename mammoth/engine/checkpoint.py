@@ -21,7 +21,7 @@ from mammoth.engine.rundir import open_nofollow, write_atomic
 
 CHECKPOINT_NAME = "checkpoint.pt"
 #: Version of the checkpoint layout; a checkpoint of another version is refused on resume.
-CHECKPOINT_FORMAT = 3
+CHECKPOINT_FORMAT = 4
 #: First bytes of every checkpoint file.
 CHECKPOINT_MAGIC = b"MAMMOTH-CHECKPOINT\n"
 CHECKPOINT_KEYS = ("format", "config", "data", "state", "model", "model_extra", "generator", "torch_rng", "cuda_rng")
@@ -39,6 +39,16 @@ class TrainingState:
     accuracies: dict[str, list[list[float]]]
     train_seconds: list[float]
     eval_seconds: list[float]
+    #: With ``eval_future``: each kind's accuracy on every task of the network before the first task.
+    random_init: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    #: With ``eval_future``: each kind's rows of accuracies on the tasks not trained yet (row ``i``: tasks ``i+1..``).
+    future: dict[str, list[list[float]]] = dataclasses.field(default_factory=dict)
+    #: Class-IL top-5 accuracy rows (as ``accuracies``), where every task has more than 5 classes; else empty.
+    top5: list[list[float]] = dataclasses.field(default_factory=list)
+    #: The process's peak resident memory (MiB, ``getrusage`` max RSS: a process-lifetime peak) after each task.
+    peak_rss_mb: list[float] = dataclasses.field(default_factory=list)
+    #: On CUDA, the peak memory allocated by tensors (MiB) during each task (reset per task); else empty.
+    peak_cuda_mb: list[float] = dataclasses.field(default_factory=list)
 
     @classmethod
     def empty(cls, setting: str) -> "TrainingState":
@@ -268,7 +278,36 @@ def _checked_state(path: Path, state: dict, dataset: Any) -> TrainingState:
         times = state[key]
         if not isinstance(times, list) or len(times) != next_task or not all(_is_number(v) and v >= 0 for v in times):
             raise refuse(f"{key} is {times!r}; expected {next_task} time(s) >= 0")
+    _check_measurements(state, next_task, refuse)
     return TrainingState(**state)
+
+
+def _check_measurements(state: dict, next_task: int, refuse: Any) -> None:
+    """The optional measurements of a state (``random_init``, ``future``, ``top5``, peak memory):
+    empty, or one entry per finished task with percentages in 0..100 and memory sizes >= 0."""
+    def percentages(values: Any) -> bool:
+        return isinstance(values, list) and all(_is_number(v) and 0 <= v <= 100 for v in values)
+
+    for key in ("peak_rss_mb", "peak_cuda_mb"):
+        values = state[key]
+        if not isinstance(values, list) or len(values) not in (0, next_task) or not all(_is_number(v) and v >= 0 for v in values):
+            raise refuse(f"{key} is {values!r}; expected none or {next_task} size(s) >= 0")
+    top5 = state["top5"]
+    if not isinstance(top5, list) or len(top5) not in (0, next_task) or not all(
+            percentages(row) and len(row) == index + 1 for index, row in enumerate(top5)):
+        raise refuse(f"top5 is {top5!r}; expected none or {next_task} row(s) of percentages")
+    random_init, future = state["random_init"], state["future"]
+    kinds = sorted(state["accuracies"])
+    if not isinstance(random_init, dict) or not isinstance(future, dict) or (
+            (random_init or future) and (sorted(random_init) != kinds or sorted(future) != kinds)):
+        raise refuse(f"its random_init and future accuracies are not of the kinds {', '.join(kinds)}")
+    for kind in random_init:
+        if not percentages(random_init[kind]) or not random_init[kind]:
+            raise refuse(f"random_init[{kind!r}] is {random_init[kind]!r}; expected one percentage per task")
+        rows, n_tasks = future[kind], len(random_init[kind])
+        if not isinstance(rows, list) or len(rows) != next_task or not all(
+                percentages(row) and len(row) == n_tasks - index - 1 for index, row in enumerate(rows)):
+            raise refuse(f"future[{kind!r}] is {rows!r}; expected {next_task} row(s), row i with the tasks after i")
 
 
 def _examples_bound(dataset: Any, finished_tasks: int) -> int | None:

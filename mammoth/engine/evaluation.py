@@ -29,11 +29,18 @@ def predictions(logits: Tensor, kind: str, seen_classes: int, task_classes: rang
 
 @torch.no_grad()
 def evaluate_tasks(
-    model: nn.Module, context: TrainingContext, test_sources: Sequence[DataSource], batch_size: int = 512
+    model: nn.Module, context: TrainingContext, test_sources: Sequence[DataSource], batch_size: int = 512,
+    trained_tasks: int | None = None, top5: bool = False,
 ) -> dict[str, list[float]]:
-    """Accuracy in percent on ``test_sources`` (the test data of tasks ``0, 1, ...``, all seen so
-    far), for each accuracy kind of the context's setting; each source is read batch by batch,
-    normalised, on ``context.device``.
+    """Accuracy in percent on ``test_sources`` (the test data of tasks ``0, 1, ...``), for each
+    accuracy kind of the context's setting; each source is read batch by batch, normalised, on
+    ``context.device``.
+
+    ``trained_tasks`` (default: every source's task) is how many tasks the model has trained:
+    Class-IL scores the classes of those tasks, and a task not trained yet (``eval_future``, or
+    the randomly initialised network with ``trained_tasks=0``) the classes up to its own, as the
+    original Mammoth scores the next task before training it. With ``top5`` the result also has
+    ``top5``: how often the label is among the five best Class-IL scores (each task its own).
 
     Predictions come from the method itself: ``model(x)`` (``ContinualModel.forward``, the one
     prediction hook) returns scores over all classes; a method that predicts differently
@@ -46,12 +53,13 @@ def evaluate_tasks(
     method may rule a class out, as iCaRL does for classes without exemplars).
     """
     kinds = SETTING_METRICS[context.setting]
-    last_task = len(test_sources) - 1
-    seen_classes = context.n_classes if context.setting == "domain-il" else context.task_classes(last_task).stop
-    accuracies: dict[str, list[float]] = {kind: [] for kind in kinds}
+    trained = len(test_sources) if trained_tasks is None else trained_tasks
+    scored = (*kinds, "top5") if top5 else kinds
+    accuracies: dict[str, list[float]] = {kind: [] for kind in scored}
     with evaluation_mode(model):
         for task, source in enumerate(test_sources):
-            correct = dict.fromkeys(kinds, 0)
+            seen_classes = visible_classes(context, task, trained)
+            correct = dict.fromkeys(scored, 0)
             valid = torch.ones((), dtype=torch.bool, device=context.device)
             for batch in context.batches(source, batch_size, shuffle=False, augment=False):
                 logits = model(batch.inputs)
@@ -59,15 +67,36 @@ def evaluate_tasks(
                 for kind in kinds:
                     predicted = predictions(logits, kind, seen_classes, context.task_classes(task))
                     correct[kind] += int((predicted == batch.labels).sum())
+                if top5:
+                    correct["top5"] += int(top5_hits(logits, batch.labels, seen_classes).sum())
             if not bool(valid):  # one device sync per task
+                after = f"after task {trained}/{context.n_tasks}" if trained else "before the first task"
                 raise TrainingError(
                     f"the model's outputs became non-finite (nan or inf) on the test data of task {task + 1}, "
-                    f"evaluated after task {last_task + 1}/{context.n_tasks}; the run stopped without results "
-                    "(lower model.lr, or check the data)"
+                    f"evaluated {after}; the run stopped without results (lower model.lr, or check the data)"
                 )
-            for kind in kinds:
+            for kind in scored:
                 accuracies[kind].append(100.0 * correct[kind] / max(len(source), 1))
     return accuracies
+
+
+def visible_classes(context: TrainingContext, task: int, trained_tasks: int) -> int:
+    """How many classes (from 0) Class-IL scores on ``task`` after ``trained_tasks`` tasks: those
+    of the tasks trained, or up to ``task``'s own when it is not trained yet; all in Domain-IL."""
+    if context.setting == "domain-il":
+        return context.n_classes
+    return context.task_classes(max(task, trained_tasks - 1)).stop
+
+
+def top5_hits(logits: Tensor, labels: Tensor, seen_classes: int) -> Tensor:
+    """A boolean per example: its label is among the five best of the first ``seen_classes`` scores."""
+    best = logits[:, :seen_classes].topk(min(5, seen_classes), dim=1).indices
+    return (best == labels[:, None]).any(dim=1)
+
+
+def reports_top5(context: TrainingContext) -> bool:
+    """Whether a run reports top-5 accuracy: Class-IL with more than 5 classes in every task."""
+    return context.setting == "class-il" and all(len(context.task_classes(t)) > 5 for t in range(context.n_tasks))
 
 
 def _scores_are_valid(logits: Tensor) -> Tensor:

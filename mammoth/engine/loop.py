@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -14,7 +15,7 @@ from mammoth.datasets.source import DataSource
 from mammoth.engine.checkpoint import CHECKPOINT_NAME, TrainingState, load_checkpoint, save_checkpoint
 from mammoth.engine.context import EpochReport, TrainingContext, build_context
 from mammoth.engine.distributed import average_batchnorm_statistics, evaluate_on_ranks, observe_on_shard
-from mammoth.engine.evaluation import evaluate_tasks
+from mammoth.engine.evaluation import evaluate_tasks, reports_top5
 from mammoth.errors import TrainingError
 
 log = logging.getLogger("mammoth")
@@ -29,7 +30,7 @@ def train_task(model: Any, context: TrainingContext, task: int, data: DataSource
     source = model.training_data(task, data)
     loss = context.fit(
         observe_on_shard(model), source, context.n_epochs, task_description(task, context.n_tasks),
-        end_epoch=model.end_epoch,
+        end_epoch=model.end_epoch, iterations=context.n_iters,
     )
     average_batchnorm_statistics(model)
     model.end_task(task, data)
@@ -44,7 +45,8 @@ def task_description(task: int, n_tasks: int) -> str:
 def run_tasks(model: Any, dataset: Any, device: torch.device, run_dir: Path, seed: int, config: dict,
               resume: bool = False, stop_after_task: int | None = None,
               on_task_end: Callable[[int, TrainingState], None] | None = None,
-              on_epoch_end: Callable[[int, int, float], None] | None = None) -> TrainingState:
+              on_epoch_end: Callable[[int, int, float], None] | None = None,
+              eval_future: bool = False) -> TrainingState:
     """Train and evaluate task after task, with a checkpoint in ``run_dir`` after each one.
 
     With ``resume`` the loop continues after the last task of the checkpoint, whose config
@@ -53,6 +55,10 @@ def run_tasks(model: Any, dataset: Any, device: torch.device, run_dir: Path, see
     resume past it trains nothing). ``on_epoch_end(task, epoch, loss)`` and
     ``on_task_end(task, state)`` report progress. A non-finite loss or weight raises a
     TrainingError; the checkpoint of the last finished task stays.
+
+    With ``eval_future`` the network is also evaluated on every task before the first one (the
+    random initialisation forward transfer is measured against) and, after each task, on the
+    tasks not trained yet (:func:`evaluate_after_task`). Each task's peak memory is recorded.
     """
     if stop_after_task is not None:
         check_positive_int("stop_after_task", stop_after_task)
@@ -64,24 +70,70 @@ def run_tasks(model: Any, dataset: Any, device: torch.device, run_dir: Path, see
     if resume:
         state = load_checkpoint(run_dir / CHECKPOINT_NAME, model, generator, config, dataset=dataset)
         log.info("Resuming %s after task %d of %d", run_dir, state.next_task, dataset.n_tasks)
+    elif eval_future:
+        state.random_init = evaluate_on_ranks(evaluate_tasks, model, context, _test_sources(dataset), trained_tasks=0)
+        state.future = {kind: [] for kind in state.accuracies}
+    top5 = reports_top5(context)
     test_sources = [dataset.test_source(task) for task in range(state.next_task)]
     for task in range(state.next_task, dataset.n_tasks):
         if stop_after_task is not None and task >= stop_after_task:
             break
         started = time.perf_counter()
+        _reset_peak_memory(device)
         train_task(model, context, task, dataset.task_source(task))
         _check_finite_weights(model, task, dataset.n_tasks)
         state.train_seconds.append(time.perf_counter() - started)
         started = time.perf_counter()
         test_sources.append(dataset.test_source(task))
-        for kind, row in evaluate_on_ranks(evaluate_tasks, model, context, test_sources).items():
-            state.accuracies[kind].append(row)
+        evaluate_after_task(model, context, test_sources, state, _test_sources(dataset) if eval_future else None, top5)
         state.eval_seconds.append(time.perf_counter() - started)
+        _record_peak_memory(state, device)
         state.next_task = task + 1
         save_checkpoint(run_dir / CHECKPOINT_NAME, model, generator, state, config, data=fingerprint)
         if on_task_end is not None:
             on_task_end(task, state)
     return state
+
+
+def evaluate_after_task(model: Any, context: TrainingContext, test_sources: list[DataSource], state: TrainingState,
+                        all_sources: list[DataSource] | None = None, top5: bool = False) -> None:
+    """Append to ``state`` the accuracies after training ``len(test_sources)`` tasks: on the tasks
+    trained (``accuracies``, and ``top5`` when asked), and with ``all_sources`` (``eval_future``)
+    on the tasks after them (``future``), scored as :func:`evaluate_tasks` scores a task not trained yet."""
+    trained = len(test_sources)
+    scores = evaluate_on_ranks(evaluate_tasks, model, context, all_sources or test_sources, trained_tasks=trained, top5=top5)
+    for kind in state.accuracies:
+        state.accuracies[kind].append(scores[kind][:trained])
+        if all_sources is not None:
+            state.future[kind].append(scores[kind][trained:])
+    if top5:
+        state.top5.append(scores["top5"][:trained])
+
+
+def _test_sources(dataset: Any) -> list[DataSource]:
+    """The test data of every task of ``dataset``."""
+    return [dataset.test_source(task) for task in range(dataset.n_tasks)]
+
+
+def _reset_peak_memory(device: torch.device) -> None:
+    """Start a task's CUDA peak-memory count (nothing on another device)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _record_peak_memory(state: TrainingState, device: torch.device) -> None:
+    """Append the task's peak memory to ``state``: the process's max RSS (a process-lifetime peak,
+    where ``resource`` exists) and, on CUDA, the peak allocated since :func:`_reset_peak_memory`."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        resource = None
+    if resource is not None:
+        # ru_maxrss is in KiB on Linux, in bytes on macOS
+        scale = 1 if sys.platform == "darwin" else 1024
+        state.peak_rss_mb.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20)
+    if device.type == "cuda":
+        state.peak_cuda_mb.append(torch.cuda.max_memory_allocated(device) / 2**20)
 
 
 def _epoch_report(n_tasks: int, on_epoch_end: Callable[[int, int, float], None] | None) -> EpochReport:

@@ -107,7 +107,7 @@ def _run(spec: RunSpec, run_dir: Path) -> float:
     net, backbone_name = build_backbone_of(spec, dataset, device)
     net = synchronised_batchnorm(net, device)
     model = spec.model.entry.target(net=net, dataset=dataset, **spec.model.checked_values()).to(device)
-    metric = check_optimized_metric(spec.optimized_metric, dataset)
+    metric = check_optimized_metric(spec.optimized_metric, dataset, spec.eval_future, model, device)
     config = record_filled_values(copy.deepcopy(dict(spec.config)), dataset, model)
     title = run_title(dataset.name, spec.model.name, backbone_name)
     return _train_and_report(BuiltRun(spec, run_dir, device, dataset, model, config, title, started), metric)
@@ -269,7 +269,7 @@ def _train_and_write(built: BuiltRun, loggers: list[Any]) -> dict[str, Any] | No
     from mammoth.engine.distributed import is_main_process
     from mammoth.engine.loop import run_tasks
     from mammoth.engine.resume import resumes, resume_command
-    from mammoth.reporting.results import KIND_TITLES, PLOT_NAME, RESULTS_NAME, build_results, environment_versions, format_table, plot_results, write_json_atomic
+    from mammoth.reporting.results import KIND_TITLES, PLOT_NAME, RESULTS_NAME, Measurements, build_results, environment_versions, format_table, plot_results, write_json_atomic
 
     dataset, run_dir, device = built.dataset, built.run_dir, built.device
     comparable = {**comparable_config(built.config), "device": str(device)}  # device=auto resumes as the device it chose
@@ -291,13 +291,15 @@ def _train_and_write(built: BuiltRun, loggers: list[Any]) -> dict[str, Any] | No
     state = run_tasks(
         built.model, dataset, device, run_dir, built.spec.seed, comparable, resume=resumes(built.spec.resume, run_dir),
         stop_after_task=built.spec.stop_after_task, on_task_end=on_task_end, on_epoch_end=on_epoch_end,
+        eval_future=built.spec.eval_future,
     )
-    log.info("\n%s", format_table(state.accuracies, dataset.n_tasks))
+    measured = Measurements.of_run(state, dataset, built.model)
+    log.info("\n%s", format_table(state.accuracies, dataset.n_tasks, measured))
     if state.next_task < dataset.n_tasks:
         log.info("Stopped after task %d of %d; continue with: %s", state.next_task, dataset.n_tasks, resume_command(run_dir))
         return None
     results = build_results(
-        state.accuracies, dataset.n_tasks,
+        state.accuracies, dataset.n_tasks, measured=measured,
         config=built.config, dataset=dataset.describe(), **weights_section(built.model.net),
         versions=environment_versions(), device=str(device),
         threads=torch.get_num_threads(), title=built.title,

@@ -70,6 +70,10 @@ class ContinualModel(nn.Module):
     ``--lr_scheduler cosine``, which its prompt methods use).
     """
 
+    #: True for a method that trains only after the last task (joint, gdumb): its earlier rows score
+    #: an untrained network, so results.json reports no forgetting or transfer for it.
+    trains_only_at_end: bool = False
+
     #: Whether training on several processes (each ``observe`` on its shard of the batch, gradients
     #: averaged over the ranks, what ``observe`` stores in a ReplayBuffer gathered from every rank)
     #: is the same experiment as one process; a method that keeps its own per-batch state is not.

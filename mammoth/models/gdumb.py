@@ -139,6 +139,8 @@ class GDumb(ContinualModel):
 
     supports_distributed = True
 
+    trains_only_at_end = True
+
     def __init__(
         self,
         net: MammothBackbone,

@@ -21,6 +21,8 @@ class Joint(SGD):
     needed, not kept: no copy in memory or in the checkpoints, and a resumed run sees it all.
     """
 
+    trains_only_at_end = True
+
     def trains_after(self, task: int) -> bool:
         """Whether the harness trains at ``task``: only at the last task of the run."""
         return task == self.context.n_tasks - 1
@@ -36,6 +38,8 @@ class Joint(SGD):
 @register_model("joint-cumulative")
 class JointCumulative(Joint):
     """Cumulative joint training: after every task, ``n_epochs`` over the data of all tasks seen so far."""
+
+    trains_only_at_end = False
 
     def trains_after(self, task: int) -> bool:
         """Always: every task trains on all the data seen so far."""

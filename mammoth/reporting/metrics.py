@@ -67,3 +67,42 @@ def summarise(matrix: AccuracyMatrix) -> dict[str, Any]:
         "forgetting": forgetting(matrix),
         "bwt": backward_transfer(matrix),
     }
+
+
+def average_incremental_accuracy(matrix: AccuracyMatrix) -> float:
+    """Average incremental accuracy (Rebuffi et al., 2017): the mean, over the ``T`` rows, of the
+    mean accuracy on the tasks trained so far (row ``i``: tasks ``0..i``)."""
+    rows = accuracy_rows(matrix)
+    return fmean(fmean(row[: i + 1]) for i, row in enumerate(rows))
+
+
+def forward_transfer(matrix: AccuracyMatrix, random_init: Sequence[float]) -> float:
+    """Forward transfer (Lopez-Paz & Ranzato, 2017, as the original Mammoth's ``forward_transfer``):
+    the mean over ``i = 1..T-1`` of ``A[i-1][i] - random_init[i]``, the accuracy on task ``i``
+    just before training it minus that of the randomly initialised network; 0.0 for a single task.
+
+    Row ``i - 1`` must hold the entry of task ``i`` (a run with ``eval_future=true``).
+    """
+    rows = accuracy_rows(matrix)
+    if len(random_init) < len(rows):
+        raise ValueError(f"random_init has {len(random_init)} accuracies; allowed: one per task ({len(rows)})")
+    for i in range(1, len(rows)):
+        if len(rows[i - 1]) <= i:
+            raise ValueError(f"accuracy matrix row {i - 1} has no entry for task {i}; allowed: rows evaluated with eval_future=true")
+    if len(rows) == 1:
+        return 0.0
+    return fmean(rows[i - 1][i] - float(random_init[i]) for i in range(1, len(rows)))
+
+
+def old_and_new_accuracy(matrix: AccuracyMatrix, test_sizes: Sequence[int]) -> tuple[list[float | None], list[float]]:
+    """After each task ``i``: the accuracy on the test examples of the earlier tasks ``0..i-1``
+    together (each task weighted by its number of test examples; None after the first task) and
+    on those of task ``i`` itself (its new classes, in class-IL)."""
+    rows = accuracy_rows(matrix)
+    if len(test_sizes) < len(rows):
+        raise ValueError(f"test_sizes has {len(test_sizes)} entries; allowed: one per task ({len(rows)})")
+    old: list[float | None] = []
+    for i, row in enumerate(rows):
+        examples = sum(test_sizes[:i])
+        old.append(sum(row[j] * test_sizes[j] for j in range(i)) / examples if examples else None)
+    return old, [row[i] for i, row in enumerate(rows)]

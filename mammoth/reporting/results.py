@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import platform
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mammoth.reporting.metrics import summarise
+from mammoth.reporting.metrics import (
+    average_incremental_accuracy, forward_transfer, old_and_new_accuracy, summarise,
+)
 
 RESULTS_NAME = "results.json"
 PLOT_NAME = "accuracy.png"
@@ -19,21 +22,101 @@ def square_matrix(rows: list[list[float]], n_tasks: int) -> list[list[float | No
     return [row + [None] * (n_tasks - len(row)) for row in rows]
 
 
-def build_results(accuracies: dict[str, list[list[float]]], n_tasks: int, **sections: Any) -> dict[str, Any]:
+def build_results(accuracies: dict[str, list[list[float]]], n_tasks: int, *, measured: Measurements | None = None,
+                  **sections: Any) -> dict[str, Any]:
     """The results document: one block per accuracy kind plus the given ``sections``.
 
     Each block is ``{"matrix": [[...]], "average": ..., "forgetting": ..., "bwt": ...,
-    "average_per_task": [...]}`` with accuracies in percent; ``matrix[i][j]`` is the accuracy
-    on task ``j`` after training task ``i`` (``null`` for tasks not seen yet).
+    "average_per_task": [...], ...}`` with accuracies in percent; ``matrix[i][j]`` is the accuracy
+    on task ``j`` after training task ``i`` (``null`` for tasks not seen yet). ``measured`` adds
+    the metrics of :func:`kind_metrics` to each block and a ``resources`` section.
     """
+    measured = measured or Measurements()
     results: dict[str, Any] = {"status": "complete" if all(len(r) == n_tasks for r in accuracies.values()) else "partial"}
     for kind, rows in accuracies.items():
         block = summarise(rows)
         block["matrix"] = square_matrix(rows, n_tasks)
         block["average_per_task"] = [sum(row) / len(row) for row in rows]
+        block.update(kind_metrics(kind, rows, measured))
+        if measured.future.get(kind):
+            block["matrix"] = [row + future for row, future in zip(rows, measured.future[kind])]
         results[kind] = block
+    if measured.test_sizes:
+        results["test_sizes"] = list(measured.test_sizes)
+    results["resources"] = resources_section(measured)
     results.update(sections)
     return results
+
+
+@dataclass
+class Measurements:
+    """What a run measured beside the accuracy rows (:class:`mammoth.engine.checkpoint.TrainingState`'s
+    other fields), and what decides how the metrics are computed."""
+
+    random_init: dict[str, list[float]] = field(default_factory=dict)
+    future: dict[str, list[list[float]]] = field(default_factory=dict)
+    top5: list[list[float]] = field(default_factory=list)
+    test_sizes: list[int] = field(default_factory=list)
+    train_seconds: list[float] = field(default_factory=list)
+    peak_rss_mb: list[float] = field(default_factory=list)
+    peak_cuda_mb: list[float] = field(default_factory=list)
+    #: The method trains only after the last task (``trains_only_at_end``: joint, gdumb).
+    trains_only_at_end: bool = False
+
+    @classmethod
+    def of_run(cls, state: Any, dataset: Any, model: Any) -> "Measurements":
+        """The measurements of a finished run: its loop ``state``, the test sizes of ``dataset``'s
+        tasks, and whether ``model`` trains only at the end."""
+        return cls(
+            random_init=state.random_init, future=state.future, top5=state.top5,
+            test_sizes=[len(dataset.test_source(task)) for task in range(dataset.n_tasks)],
+            train_seconds=state.train_seconds, peak_rss_mb=state.peak_rss_mb, peak_cuda_mb=state.peak_cuda_mb,
+            trains_only_at_end=bool(getattr(model, "trains_only_at_end", False)),
+        )
+
+
+#: What forgetting, backward transfer and forward transfer are computed over, for a method that
+#: trains only after the last task: nothing (its earlier rows score an untrained network).
+ONLY_AT_END_NOTE = ("not computed: the method trains only after the last task, so every row before the last "
+                    "scores an untrained network")
+
+
+def kind_metrics(kind: str, rows: list[list[float]], measured: Measurements) -> dict[str, Any]:
+    """The metrics of one accuracy kind beside average, forgetting and bwt: ``average_incremental``,
+    ``forward_transfer`` (null without ``eval_future``) and its ``random_init`` accuracies,
+    ``old_accuracy`` / ``new_accuracy`` after the last task and ``_per_task``, Class-IL ``top5``
+    where reported; for a method that trains only at the end, ``forgetting``, ``bwt`` and
+    ``forward_transfer`` are null and ``forgetting_over`` says why."""
+    block: dict[str, Any] = {"average_incremental": average_incremental_accuracy(rows)}
+    random_init = measured.random_init.get(kind)
+    future = measured.future.get(kind)
+    full = [row + after for row, after in zip(rows, future)] if future else None
+    block["forward_transfer"] = forward_transfer(full, random_init) if random_init and full else None
+    block["random_init"] = random_init
+    if measured.test_sizes:
+        old, new = old_and_new_accuracy(rows, measured.test_sizes)
+        block.update(old_accuracy=old[-1], new_accuracy=new[-1], old_accuracy_per_task=old, new_accuracy_per_task=new)
+    if kind == "class_il" and measured.top5:
+        block.update(top5=sum(measured.top5[-1]) / len(measured.top5[-1]),
+                     top5_per_task=[sum(row) / len(row) for row in measured.top5])
+    if measured.trains_only_at_end and len(rows) > 1:
+        block.update(forgetting=None, bwt=None, forward_transfer=None, forgetting_over=ONLY_AT_END_NOTE)
+    else:
+        block["forgetting_over"] = "every task but the last, from the rows after each task"
+    return block
+
+
+def resources_section(measured: Measurements) -> dict[str, Any]:
+    """``{"train_seconds": total, "peak_rss_mb": max, "peak_cuda_mb": max or null, ..._per_task}``:
+    the training time and peak memory of each task (RSS: the process's lifetime peak so far)."""
+    return {
+        "train_seconds": sum(measured.train_seconds),
+        "train_seconds_per_task": list(measured.train_seconds),
+        "peak_rss_mb": max(measured.peak_rss_mb, default=None),
+        "peak_rss_mb_per_task": list(measured.peak_rss_mb),
+        "peak_cuda_mb": max(measured.peak_cuda_mb, default=None),
+        "peak_cuda_mb_per_task": list(measured.peak_cuda_mb) or None,
+    }
 
 
 def write_json_atomic(path: Path, document: dict[str, Any]) -> Path:
@@ -61,9 +144,10 @@ def environment_versions() -> dict[str, str]:
     }
 
 
-def format_table(accuracies: dict[str, list[list[float]]], n_tasks: int) -> str:
+def format_table(accuracies: dict[str, list[list[float]]], n_tasks: int, measured: Measurements | None = None) -> str:
     """A text table: one line per task trained, the first kind's accuracy on each task, and the
-    average of every kind; then the final averages, forgetting and backward transfer."""
+    average of every kind; then the final averages, forgetting and backward transfer (and, from
+    ``measured``, forward transfer; ``-`` where :func:`kind_metrics` computes none)."""
     kinds = list(accuracies)
     first = kinds[0]
     header = "after task | " + " ".join(f"{'T' + str(j + 1):>6}" for j in range(n_tasks))
@@ -74,12 +158,17 @@ def format_table(accuracies: dict[str, list[list[float]]], n_tasks: int) -> str:
         averages = " ".join(f"{sum(accuracies[kind][i]) / len(accuracies[kind][i]):9.1f}" for kind in kinds)
         lines.append(f"{i + 1:>10} | {cells} | {averages}")
     for kind in kinds:
-        summary = summarise(accuracies[kind])
-        lines.append(
-            f"{KIND_TITLES[kind]:>9}: average {summary['average']:.2f}  "
-            f"forgetting {summary['forgetting']:.2f}  bwt {summary['bwt']:.2f}"
-        )
+        summary = {**summarise(accuracies[kind]), **kind_metrics(kind, accuracies[kind], measured or Measurements())}
+        line = f"{KIND_TITLES[kind]:>9}: average {summary['average']:.2f}  forgetting {_number(summary['forgetting'])}  " \
+               f"bwt {_number(summary['bwt'])}"
+        if summary["forward_transfer"] is not None:
+            line += f"  fwt {summary['forward_transfer']:.2f}"
+        lines.append(line)
     return "\n".join(lines)
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def plot_results(results: dict[str, Any], path: Path) -> Path:
@@ -93,6 +182,13 @@ def plot_results(results: dict[str, Any], path: Path) -> Path:
     buffer = io.BytesIO()
     results_figure(results).savefig(buffer, format="png", dpi=100)
     return write_atomic(path, buffer.getvalue(), "plot")
+
+
+def metrics_line(block: dict[str, Any]) -> str:
+    """``forgetting 12.3  BWT -4.5  FWT 1.2  avg incr. 67.8`` for the metrics of ``block`` that are numbers."""
+    names = {"forgetting": "forgetting", "bwt": "BWT", "forward_transfer": "FWT", "average_incremental": "avg incr.",
+             "top5": "top-5"}
+    return "  ".join(f"{title} {block[key]:.1f}" for key, title in names.items() if isinstance(block.get(key), (int, float)))
 
 
 def results_figure(results: dict[str, Any]) -> Any:
@@ -116,6 +212,13 @@ def results_figure(results: dict[str, Any]) -> Any:
     for kind in kinds:
         averages = results[kind]["average_per_task"]
         curves.plot(range(1, len(averages) + 1), averages, marker="o", label=KIND_TITLES[kind])
+    first = results[kinds[0]]
+    for key, style, words in (("old_accuracy_per_task", "--", "old classes"), ("new_accuracy_per_task", ":", "new classes")):
+        values = first.get(key)
+        if values:
+            points = [(task + 1, value) for task, value in enumerate(values) if value is not None]
+            curves.plot(*zip(*points), linestyle=style, color="gray", label=f"{KIND_TITLES[kinds[0]]} {words}")
+    heat.set_xlabel(f"evaluated on task\n{metrics_line(first)}")
     curves.set(title="average accuracy on tasks seen so far", xlabel="after training task", ylabel="accuracy (%)", ylim=(0, 102))
     curves.set_xticks(range(1, matrix.shape[0] + 1))
     curves.grid(alpha=0.3)

@@ -53,7 +53,15 @@ UNREADABLE = "unreadable"  # a job file that is too large, malformed, or not a r
 #: a larger file makes the job ``unreadable`` without being read.
 MAX_RESULTS_BYTES, MAX_SMALL_FILE_BYTES = 8 * 2**20, 2**20
 MAX_ERROR_CHARACTERS = 500
-METRIC_TITLES = {"average": "", "forgetting": " forgetting", "bwt": " BWT"}
+#: The final metrics of each accuracy kind, as column titles after the kind's (``Class-IL BWT``);
+#: the first three always have a column, the others when a job reports them.
+METRIC_TITLES = {
+    "average": "", "forgetting": " forgetting", "bwt": " BWT", "forward_transfer": " FWT",
+    "average_incremental": " avg incr.", "old_accuracy": " old", "new_accuracy": " new", "top5": " top-5",
+}
+ALWAYS_SHOWN = ("average", "forgetting", "bwt")
+#: The ``resources`` of results.json the summary reports (a column when a job reports it).
+RESOURCE_TITLES = {"train_seconds": "train (s)", "peak_rss_mb": "peak RSS (MiB)", "peak_cuda_mb": "peak CUDA (MiB)"}
 #: Overrides that do not define a configuration: rows that differ only in these are one group.
 NOT_A_CONFIGURATION = ("seed", *RUN_CONTROL_KEYS)
 _OVERRIDE_KEY = re.compile(r"^[+~]*(?P<key>[^=]+)")
@@ -297,15 +305,27 @@ def _number(value: Any) -> float | None:
 
 
 def _final_metrics(results: dict[str, Any]) -> dict[str, float]:
+    """``{"class_il_average": ..., "resources_train_seconds": ...}``: the numbers of a results document's
+    accuracy blocks and ``resources`` the summary reports (a null metric is left out)."""
     metrics = {}
-    for kind in KIND_TITLES:
+    for kind, fields in [*((kind, METRIC_TITLES) for kind in KIND_TITLES), ("resources", RESOURCE_TITLES)]:
         block = results.get(kind)
         if isinstance(block, dict):
-            for metric in METRIC_TITLES:
+            for metric in fields:
                 value = _number(block.get(metric))
                 if value is not None:
                     metrics[f"{kind}_{metric}"] = value
     return metrics
+
+
+def split_metric_name(name: str) -> tuple[str, str]:
+    """``class_il_forward_transfer`` -> ``("class_il", "forward_transfer")``; ``resources_peak_rss_mb``
+    -> ``("resources", "peak_rss_mb")``."""
+    for kind in (*KIND_TITLES, "resources"):
+        if name.startswith(kind + "_"):
+            return kind, name[len(kind) + 1:]
+    kind, field_name = name.rsplit("_", 1)
+    return kind, field_name
 
 
 def check_directory(root: Path) -> None:
@@ -354,11 +374,14 @@ def configuration(overrides: Sequence[str]) -> list[str]:
 
 
 def metric_names(rows: Sequence[JobRow]) -> list[str]:
-    """``class_il_average, class_il_forgetting, ...`` for the accuracy kinds any row has
-    (Class-IL and Task-IL when no row has metrics)."""
+    """``class_il_average, class_il_forgetting, class_il_bwt, ...`` for the accuracy kinds any row
+    has (Class-IL and Task-IL when no row has metrics), the other metrics of :data:`METRIC_TITLES`
+    and the ``resources_*`` ones where a row reports them."""
     present = {name for row in rows for name in row.metrics}
     kinds = [kind for kind in KIND_TITLES if any(name.startswith(kind + "_") for name in present)]
-    return [f"{kind}_{metric}" for kind in kinds or ["class_il", "task_il"] for metric in METRIC_TITLES]
+    names = [f"{kind}_{metric}" for kind in kinds or ["class_il", "task_il"] for metric in METRIC_TITLES
+             if metric in ALWAYS_SHOWN or f"{kind}_{metric}" in present]
+    return names + [f"resources_{field_name}" for field_name in RESOURCE_TITLES if f"resources_{field_name}" in present]
 
 
 def group_rows(rows: Sequence[JobRow]) -> list[ConfigurationRow]:
@@ -395,8 +418,8 @@ def metric_title(name: str) -> str:
     """``class_il_average`` -> ``Class-IL``; ``task_il_bwt`` -> ``Task-IL BWT``."""
     if name == "wall_seconds":
         return "wall (s)"
-    kind, metric = name.rsplit("_", 1)
-    return KIND_TITLES[kind] + METRIC_TITLES[metric]
+    kind, metric = split_metric_name(name)
+    return RESOURCE_TITLES[metric] if kind == "resources" else KIND_TITLES[kind] + METRIC_TITLES[metric]
 
 
 def _format(value: float | None, digits: int = 2) -> str:
@@ -772,8 +795,13 @@ def study_figure(rows: Sequence[JobRow], study: Study, heading: str) -> Any:
 
 
 def _metric_label(metric: str) -> str:
-    kind, field_name = metric.rsplit("_", 1)
-    words = {"average": "average accuracy (%)", "forgetting": "forgetting", "bwt": "backward transfer"}
+    kind, field_name = split_metric_name(metric)
+    if kind == "resources":
+        return RESOURCE_TITLES.get(field_name, field_name)
+    words = {"average": "average accuracy (%)", "forgetting": "forgetting", "bwt": "backward transfer",
+             "forward_transfer": "forward transfer", "average_incremental": "average incremental accuracy (%)",
+             "old_accuracy": "accuracy on old classes (%)", "new_accuracy": "accuracy on new classes (%)",
+             "top5": "top-5 accuracy (%)"}
     return f"{KIND_TITLES.get(kind, kind)} {words.get(field_name, field_name)}"
 
 

@@ -116,3 +116,30 @@ def test_minus_inf_rules_a_class_out_and_is_allowed():
     logits[4] = [float("-inf"), float("-inf"), 1.0, 2.0]  # label 3: still right everywhere
     accuracies = evaluate_tasks(LookupModel(logits), HandDataset("class-il", 2, 2).context(), [TASK_0, TASK_1])
     assert accuracies["class_il"] == [0.0, 50.0] and accuracies["task_il"] == [pytest.approx(200 / 3), 100.0]
+
+
+def test_a_task_not_trained_yet_is_scored_over_the_classes_up_to_its_own():
+    model = LookupModel(CLASS_IL_LOGITS)
+    context = HandDataset("class-il", 2, 2).context()
+    # After task 0 (eval_future): task 0 over {0, 1}: 2 of 3, as above; task 1 over {0..3}: example 4 only, 1 of 2.
+    after_first = evaluate_tasks(model, context, [TASK_0, TASK_1], trained_tasks=1)
+    assert after_first == {"class_il": [pytest.approx(200 / 3), 50.0], "task_il": [pytest.approx(200 / 3), 100.0]}
+    # The network before the first task scores each task as a task not trained yet: the same here.
+    assert evaluate_tasks(model, context, [TASK_0, TASK_1], trained_tasks=0) == after_first
+
+
+def test_top5_counts_a_label_among_the_five_best_seen_scores():
+    ranked = [6.0, 5.0, 4.0, 3.0, 2.0, 1.0, 0.0]  # class 0 best, class 6 worst
+    model = LookupModel([ranked, ranked, ranked])
+    test_set = make_test_set([0, 1, 2], [6, 2, 0])  # label 6: 7th (miss); label 2: 3rd (hit); label 0: 1st (hit)
+    accuracies = evaluate_tasks(model, HandDataset("class-il", 1, 7).context(), [test_set], top5=True)
+    assert accuracies["top5"] == [pytest.approx(200 / 3)]
+    assert accuracies["class_il"] == [pytest.approx(100 / 3)]  # only label 0 is the argmax
+    assert "top5" not in evaluate_tasks(model, HandDataset("class-il", 1, 7).context(), [test_set])
+
+
+def test_the_random_network_that_goes_non_finite_is_named_as_before_the_first_task():
+    logits = [list(row) for row in CLASS_IL_LOGITS]
+    logits[0] = [float("nan")] * 4
+    with pytest.raises(TrainingError, match=r"on the test data of task 1, evaluated before the first task; "):
+        evaluate_tasks(LookupModel(logits), HandDataset("class-il", 2, 2).context(), [TASK_0, TASK_1], trained_tasks=0)

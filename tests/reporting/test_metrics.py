@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from mammoth.reporting.metrics import accuracy_rows, average_accuracy, backward_transfer, forgetting, summarise
+from mammoth.reporting.metrics import (
+    accuracy_rows, average_accuracy, average_incremental_accuracy, backward_transfer, forgetting, forward_transfer,
+    old_and_new_accuracy, summarise,
+)
 
 # A[i][j]: accuracy on task j after training task i. Entries above the diagonal (tasks not yet
 # trained) are present but ignored.
@@ -91,3 +94,30 @@ def test_invalid_matrices() -> None:
     with pytest.raises(ValueError, match=r"row 1 has 1 entries; allowed: at least 2 \(tasks 0..1\)"):
         forgetting([[1.0], [2.0]])
     assert accuracy_rows([[1, 2]]) == [[1.0, 2.0]]
+
+
+def test_average_incremental_accuracy_is_the_mean_of_each_rows_seen_tasks() -> None:
+    # rows seen: [90] -> 90; [95, 80] -> 87.5; [70, 50, 75] -> 65; mean (90 + 87.5 + 65) / 3
+    assert average_incremental_accuracy(THREE_TASKS) == pytest.approx((90 + 87.5 + 65) / 3)
+    assert average_incremental_accuracy([[42.0]]) == 42.0
+
+
+def test_forward_transfer_is_the_accuracy_before_training_minus_the_random_networks() -> None:
+    # the original's utils/metrics.py: mean over i >= 1 of A[i-1][i] - random[i]
+    # task 1: 10 - 4 = 6; task 2: 12 - 20 = -8; mean -1
+    assert forward_transfer(THREE_TASKS, [50.0, 4.0, 20.0]) == pytest.approx(-1.0)
+    assert forward_transfer([[80.0]], [10.0]) == 0.0
+
+
+def test_forward_transfer_needs_the_entries_above_the_diagonal() -> None:
+    with pytest.raises(ValueError, match=r"row 0 has no entry for task 1; allowed: rows evaluated with eval_future=true"):
+        forward_transfer([[90.0], [70.0, 85.0]], [10.0, 10.0])
+    with pytest.raises(ValueError, match=r"random_init has 1 accuracies; allowed: one per task \(2\)"):
+        forward_transfer([[90.0, 5.0], [70.0, 85.0]], [10.0])
+
+
+def test_old_and_new_accuracy_weight_the_earlier_tasks_by_their_test_examples() -> None:
+    # after task 1: old = task 0 alone = 95; after task 2: (70 * 100 + 50 * 300) / 400 = 55
+    old, new = old_and_new_accuracy(THREE_TASKS, [100, 300, 50])
+    assert old == [None, pytest.approx(95.0), pytest.approx(55.0)]
+    assert new == [90.0, 80.0, 75.0]

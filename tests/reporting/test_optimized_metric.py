@@ -11,40 +11,94 @@ import pytest
 
 import mammoth
 from mammoth.errors import ConfigError
-from mammoth.reporting.optimized_metric import METRIC_DIRECTIONS, check_optimized_metric, optimized_metric_names, optimized_value
+from mammoth.reporting.optimized_metric import (
+    METRIC_DIRECTIONS, check_optimized_metric, metric_direction, optimized_metric_names, optimized_value,
+)
 import composing
 
 CLASS_IL = SimpleNamespace(name="seq-digits", setting="class-il")
 DOMAIN_IL = SimpleNamespace(name="perm-mnist", setting="domain-il")
+TEN_PER_TASK = SimpleNamespace(name="seq-cifar100", setting="class-il", n_tasks=10,
+                               task_classes=lambda task: range(10 * task, 10 * task + 10))
+
+
+class OnlyAtEnd:
+    trains_only_at_end = True
+
+
+ONLY_AT_END = OnlyAtEnd()
 
 
 def compose_run(output_dir: Path, *overrides: str):
     return composing.compose_run(output_dir, "threads=1", "dataset.n_epochs=1", "~logger", *overrides)
 
 
+FIELDS = ["average", "forgetting", "bwt", "forward_transfer", "average_incremental", "old_accuracy", "new_accuracy"]
+RESOURCES = ["resources.train_seconds", "resources.peak_rss_mb"]
+
+
 def test_allowed_names_per_setting():
     assert optimized_metric_names("class-il") == [
-        "class_il.average", "class_il.forgetting", "class_il.bwt",
-        "task_il.average", "task_il.forgetting", "task_il.bwt",
+        *(f"class_il.{field}" for field in FIELDS), *(f"task_il.{field}" for field in FIELDS), *RESOURCES,
     ]
-    assert optimized_metric_names("domain-il") == ["domain_il.average", "domain_il.forgetting", "domain_il.bwt"]
+    assert optimized_metric_names("domain-il") == [*(f"domain_il.{field}" for field in FIELDS), *RESOURCES]
+    with_top5 = optimized_metric_names("class-il", top5=True, cuda=True)
+    assert with_top5.index("class_il.top5") == len(FIELDS) and "task_il.top5" not in with_top5
+    assert with_top5[-1] == "resources.peak_cuda_mb"
 
 
 def test_directions_are_documented():
-    assert METRIC_DIRECTIONS == {"average": "maximize", "forgetting": "minimize", "bwt": "maximize"}
+    assert METRIC_DIRECTIONS == {
+        "average": "maximize", "forgetting": "minimize", "bwt": "maximize", "forward_transfer": "maximize",
+        "average_incremental": "maximize", "old_accuracy": "maximize", "new_accuracy": "maximize", "top5": "maximize",
+    }
+    assert metric_direction("resources.peak_rss_mb") == "minimize"
+    assert metric_direction("task_il.old_accuracy") == "maximize"
 
 
 def test_default_is_the_settings_first_average():
     assert check_optimized_metric(None, CLASS_IL) == "class_il.average"
     assert check_optimized_metric(None, DOMAIN_IL) == "domain_il.average"
     assert check_optimized_metric("task_il.bwt", CLASS_IL) == "task_il.bwt"
+    assert check_optimized_metric("class_il.forward_transfer", CLASS_IL, eval_future=True) == "class_il.forward_transfer"
+    assert check_optimized_metric("class_il.top5", TEN_PER_TASK) == "class_il.top5"
+    assert check_optimized_metric("resources.peak_cuda_mb", CLASS_IL, device="cuda") == "resources.peak_cuda_mb"
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "message"),
+    [
+        ("class_il.forward_transfer", {}, "optimized_metric='class_il.forward_transfer' needs eval_future=true "
+                                          "(the accuracies of the tasks not trained yet); allowed: eval_future=true, or another metric"),
+        ("task_il.bwt", {"model": ONLY_AT_END, "eval_future": True},
+         "optimized_metric='task_il.bwt' is not computed for OnlyAtEnd, which trains only after the last task; "
+         "allowed: any metric but forgetting, bwt, forward_transfer"),
+        ("class_il.top5", {}, "optimized_metric='class_il.top5' is not reported for seq-digits (class-il): "
+                              "top5 needs more than 5 classes per task; allowed: class_il.average"),
+        ("resources.peak_cuda_mb", {"device": "cpu"}, "optimized_metric='resources.peak_cuda_mb' is not reported for "
+                                                      "seq-digits (class-il): the run is not on CUDA; allowed: class_il.average"),
+    ],
+)
+def test_a_metric_the_run_will_not_compute_is_refused_in_one_line(name, kwargs, message):
+    with pytest.raises(ConfigError) as error:
+        check_optimized_metric(name, CLASS_IL, **kwargs)
+    assert "\n" not in str(error.value)
+    assert str(error.value).startswith(message)
+    if kwargs.get("model") is ONLY_AT_END:  # the metrics it does compute stay allowed
+        assert check_optimized_metric("class_il.average_incremental", CLASS_IL, model=ONLY_AT_END) == "class_il.average_incremental"
+
+
+def test_a_null_value_is_returned_as_nan():
+    assert math.isnan(optimized_value({"class_il": {"forward_transfer": None}}, "class_il.forward_transfer"))
+    assert optimized_value({"resources": {"peak_rss_mb": 812.5}}, "resources.peak_rss_mb") == 812.5
 
 
 @pytest.mark.parametrize(
     ("name", "dataset", "allowed"),
     [
-        ("class_il.average", DOMAIN_IL, "domain_il.average, domain_il.forgetting, domain_il.bwt"),
-        ("domain_il.bwt", CLASS_IL, "class_il.average, class_il.forgetting, class_il.bwt, "
+        ("class_il.average", DOMAIN_IL, "domain_il.average, domain_il.forgetting, domain_il.bwt, domain_il.forward_transfer"),
+        ("domain_il.bwt", CLASS_IL, "class_il.average, class_il.forgetting, class_il.bwt, class_il.forward_transfer, "
+                                    "class_il.average_incremental, class_il.old_accuracy, class_il.new_accuracy, "
                                     "task_il.average, task_il.forgetting, task_il.bwt"),
         ("class_il.accuracy", CLASS_IL, "class_il.average, class_il.forgetting"),
         ("average", CLASS_IL, "class_il.average"),
@@ -82,7 +136,9 @@ def test_domain_il_run_refuses_class_il_before_training_and_defaults_to_domain_i
     write_mnist(tmp_path / "data", folder="MNIST", n_train=40, n_test=20)
     domain = ["dataset=perm-mnist", f"dataset.root={tmp_path / 'data'}", "dataset.n_tasks=2"]
     with pytest.raises(ConfigError, match=r"optimized_metric='class_il.average' is not reported for perm-mnist "
-                                          r"\(domain-il\); allowed: domain_il.average, domain_il.forgetting, domain_il.bwt$"):
+                                          r"\(domain-il\); allowed: domain_il.average, domain_il.forgetting, domain_il.bwt, domain_il.forward_transfer, "
+                                          r"domain_il.average_incremental, domain_il.old_accuracy, domain_il.new_accuracy, "
+                                          r"resources.train_seconds, resources.peak_rss_mb$"):
         mammoth.run(compose_run(tmp_path / "refused", *domain, "optimized_metric=class_il.average"))
     assert not (tmp_path / "refused" / "checkpoint.pt").exists()  # no task was trained
     assert not (tmp_path / "refused" / "results.json").exists()
