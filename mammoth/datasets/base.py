@@ -37,6 +37,7 @@ class DatasetConfig:
     data held out and evaluated on instead of the test set. ``class_order``: ``permute`` (drawn
     from the seed) or the list of classes in the order they are trained. ``noise_type`` /
     ``noise_rate``: label noise on the training data. See :mod:`mammoth.datasets.labels`.
+    ``fitting_mode``: ``epochs`` (``n_epochs`` per task) or ``iters`` (``n_iters`` steps per task).
     """
 
     name: str = MISSING
@@ -50,6 +51,8 @@ class DatasetConfig:
     class_order: Any = None
     noise_type: str = "symmetric"
     noise_rate: float = 0.0
+    fitting_mode: str = "epochs"
+    n_iters: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -241,6 +244,7 @@ class ContinualDataset:
             class_order=label_settings.check_class_order(values.get("class_order"), self._total_classes()),
             noise_type=noise[0],
             noise_rate=noise[1],
+            **self._check_fitting(values.get("fitting_mode", "epochs"), values.get("n_iters")),
         )
         self.seed = int(seed)
         self._source: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
@@ -252,6 +256,21 @@ class ContinualDataset:
         """The number of classes of the benchmark, whatever its number of tasks."""
         cls = type(self)
         return cls.default_n_tasks * cls.n_classes_per_task if cls.setting == "class-il" else cls.n_classes_per_task
+
+    @staticmethod
+    def _check_fitting(mode: Any, n_iters: Any) -> dict[str, Any]:
+        """``fitting_mode`` and ``n_iters``: ``iters`` needs ``n_iters`` >= 1, ``epochs`` takes none."""
+        if mode not in ("epochs", "iters"):
+            raise DatasetError(f"dataset.fitting_mode={mode!r} is not allowed; allowed: epochs, iters")
+        if mode == "iters":
+            if n_iters is None:
+                raise DatasetError("dataset.n_iters=None is not allowed with dataset.fitting_mode=iters; "
+                                   "allowed: an integer >= 1 (training steps per task)")
+            check_positive_int("dataset.n_iters", n_iters, DatasetError)
+        elif n_iters is not None:
+            raise DatasetError(f"dataset.n_iters={n_iters!r} is not allowed with dataset.fitting_mode=epochs; "
+                               "allowed: null, or dataset.fitting_mode=iters")
+        return {"fitting_mode": mode, "n_iters": n_iters}
 
     @staticmethod
     def _check_num_workers(value: Any) -> int:
@@ -603,6 +622,8 @@ class ContinualDataset:
             settings["noise_type"], settings["noise_rate"] = self.config.noise_type, self.config.noise_rate
         if self.config.num_workers:
             settings["num_workers"] = self.config.num_workers
+        if self.config.fitting_mode == "iters":
+            settings["fitting_mode"], settings["n_iters"] = "iters", self.config.n_iters
         return settings
 
     def __repr__(self) -> str:

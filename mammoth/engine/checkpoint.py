@@ -316,7 +316,7 @@ def _examples_bound(dataset: Any, finished_tasks: int) -> int | None:
     and the re-inserts of a memory rebuilt from what it holds (as many again); None without a dataset."""
     if dataset is None:
         return None
-    n_train = len(dataset.source()[1])
+    n_train = len(dataset.train_labels())
     return 2 * finished_tasks * (dataset.config.n_epochs + 1) * n_train
 
 

@@ -55,7 +55,7 @@ class TrainingContext:
     """What the harness hands a method (``model.context``): the run's facts, transforms, generator,
     device, each task's data, and :meth:`fit` for training loops.
 
-    Attributes: ``batch_size``, ``n_epochs`` (the dataset's), ``device``, ``generator`` (THE run's
+    Attributes: ``batch_size``, ``n_epochs`` and ``n_iters`` (the dataset's), ``num_workers``, ``device``, ``generator`` (THE run's
     CPU generator, seeded with ``seed`` and saved in every checkpoint), and the benchmark's
     ``name``, ``n_tasks``, ``n_classes``, ``setting``, ``input_shape``.
     """
@@ -73,6 +73,9 @@ class TrainingContext:
         self.name: str = str(getattr(dataset, "name", type(dataset).__name__))
         self.input_shape: tuple[int, ...] = tuple(getattr(dataset, "input_shape", ()))
         self.num_workers: int = int(getattr(dataset.config, "num_workers", 0) or 0)
+        #: Steps per task of the main loop under ``dataset.fitting_mode=iters``; None: ``n_epochs`` epochs.
+        self.n_iters: Optional[int] = (getattr(dataset.config, "n_iters", None)
+                                       if getattr(dataset.config, "fitting_mode", "epochs") == "iters" else None)
         self.report = report
 
     def __repr__(self) -> str:
@@ -132,9 +135,14 @@ class TrainingContext:
 
     def fit(self, step: Callable[[Batch], float], source: DataSource, epochs: int, description: str,
             batch_size: Optional[int] = None, augment: bool = True,
-            end_epoch: Optional[Callable[[int], None]] = None) -> float:
+            end_epoch: Optional[Callable[[int], None]] = None, iterations: Optional[int] = None) -> float:
         """``epochs`` passes of ``step(batch)`` (which returns the loss value) over :meth:`batches` of
         ``source``; returns the mean loss of the last epoch.
+
+        With ``iterations`` (the main loop passes :attr:`n_iters` under ``dataset.fitting_mode=iters``),
+        ``epochs`` is ignored: passes run until ``iterations`` steps are done, the last one cut
+        short, as the original's ``--fitting_mode iters``; ``end_epoch`` and the report follow each
+        pass, the cut one included, and its mean loss is over the steps it ran.
 
         A non-finite loss raises a TrainingError naming ``description``, the epoch and the step.
         One progress bar (hidden when stderr is no terminal); after each epoch ``end_epoch(epoch)``,
@@ -147,13 +155,17 @@ class TrainingContext:
             return 0.0
         size = self.batch_size if batch_size is None else batch_size
         steps = -(-len(source) // size)
+        if iterations is not None:
+            epochs = -(-iterations // steps)
+        total_steps = epochs * steps if iterations is None else iterations
         mean_loss = 0.0
         from mammoth.engine.distributed import is_main_process
 
-        with tqdm(total=epochs * steps, desc=description, disable=None if is_main_process() else True,
+        done = 0
+        with tqdm(total=total_steps, desc=description, disable=None if is_main_process() else True,
                   leave=False) as progress:
             for epoch in range(epochs):
-                total = 0.0
+                total, count = 0.0, 0
                 for number, batch in enumerate(self.batches(source, size, shuffle=True, augment=augment)):
                     loss = step(batch)
                     if not math.isfinite(loss):
@@ -163,8 +175,12 @@ class TrainingContext:
                             "(lower model.lr, or check the data)"
                         )
                     total += loss
+                    count += 1
+                    done += 1
                     progress.update()
-                mean_loss = total / steps
+                    if done == total_steps:
+                        break
+                mean_loss = total / count
                 progress.set_postfix(loss=f"{mean_loss:.3f}")
                 if end_epoch is not None:
                     end_epoch(epoch)

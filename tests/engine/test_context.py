@@ -122,3 +122,38 @@ def test_batches_are_the_same_with_0_and_2_worker_processes(tmp_path) -> None:
             assert torch.equal(getattr(first, name), getattr(second, name)), name
     assert zero[0].inputs.shape == (2, 3, 224, 224) and not torch.equal(zero[0].inputs, zero[0].not_aug_inputs)
     assert torch.equal(zero[-1], two[-1])  # the generator drew the same numbers
+
+
+def test_fit_by_iterations_runs_that_many_steps_cutting_the_last_pass() -> None:
+    """dataset.fitting_mode=iters: n_iters steps per task, epochs as needed, the last cut short (the original's)."""
+    digits = build_dataset({"name": "seq-digits", "batch_size": 64, "fitting_mode": "iters", "n_iters": 10})
+    reports: list = []
+    context = build_context(digits, "cpu", torch.Generator().manual_seed(0), lambda *args: reports.append(args))
+    assert context.n_iters == 10 and digits.describe()["n_iters"] == 10
+    source = context.task_data(0)  # 5 batches of 64 per pass
+    steps_per_pass = -(-len(source) // 64)
+    seen, epochs_ended = [], []
+
+    def step(batch: Batch) -> float:
+        seen.append(batch)
+        return float(len(seen))  # the loss of step k is k
+
+    loss = context.fit(step, source, 99, "task", end_epoch=epochs_ended.append, iterations=context.n_iters)
+    assert len(seen) == 10 and epochs_ended == list(range(-(-10 // steps_per_pass)))
+    last_pass = 10 - steps_per_pass * (len(epochs_ended) - 1)
+    assert loss == sum(range(11 - last_pass, 11)) / last_pass
+    assert [report[1] for report in reports] == epochs_ended
+    assert build_context(build_dataset("seq-digits"), "cpu", torch.Generator()).n_iters is None
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"fitting_mode": "time"}, "dataset.fitting_mode='time' is not allowed; allowed: epochs, iters"),
+    ({"fitting_mode": "iters"}, "dataset.n_iters=None is not allowed with dataset.fitting_mode=iters; allowed: an integer >= 1"),
+    ({"n_iters": 5}, "dataset.n_iters=5 is not allowed with dataset.fitting_mode=epochs; allowed: null, or dataset.fitting_mode=iters"),
+])
+def test_fitting_mode_errors_are_one_line(fields: dict, message: str) -> None:
+    from mammoth.errors import DatasetError
+
+    with pytest.raises(DatasetError) as error:
+        build_dataset({"name": "seq-digits", **fields})
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
