@@ -172,6 +172,8 @@ CASES: dict[str, Case] = {
     "python app.py +dataset=seq-cifar10 backbone=vit backbone.depth=2": Case(extra=(), check=printed("VisionTransformer")),
     "python run.py dataset=blobs model=er model.buffer_size=100": Case(extra=(), check=complete),
     "python run.py dataset=my-images dataset.root=data backbone=resnet18 backbone.width=8": Case(check=complete),
+    "python -m mammoth dataset=image-folder dataset.root=data/my-images dataset.n_tasks=2 model=er model.buffer_size=20 backbone=resnet18":
+        Case(extra=FAST + RESNET_SMALL, check=complete),
     "python run.py model=weighted-er model.buffer_size=200 model.replay_weight=0.5": Case(check=complete),
     "python run.py model=weighted-er model.buffer_size=200 model.finetune_epochs=2":
         Case(check=fine_tuned_on_the_buffer(epochs=2)),
