@@ -22,9 +22,11 @@ def predictions(logits: Tensor, kind: str, seen_classes: int, task_classes: rang
     the example's task (the other tasks' logits masked); ``domain_il``: argmax over all
     ``seen_classes`` (every task shares the label space).
     """
-    if kind == "task_il":
-        return logits[:, task_classes.start : task_classes.stop].argmax(dim=1) + task_classes.start
-    return logits[:, :seen_classes].argmax(dim=1)
+    start, stop = (task_classes.start, task_classes.stop) if kind == "task_il" else (0, seen_classes)
+    scores = logits[:, start:stop]
+    predicted = scores.argmax(dim=1) + start
+    # a row that rules out every class it may choose from (-inf: no prototype yet) predicts nothing
+    return predicted.masked_fill(~torch.isfinite(scores).any(dim=1), -1)
 
 
 @torch.no_grad()
@@ -50,7 +52,9 @@ def evaluate_tasks(
 
     Scores that are NaN or ``+inf``, or a row without one finite score, raise a TrainingError
     naming the task evaluated, as a non-finite loss does in training (``-inf`` is allowed: a
-    method may rule a class out, as iCaRL does for classes without exemplars).
+    method may rule a class out, as iCaRL does for classes without exemplars; a row that rules
+    out every class of a task it scores counts as wrong, and before the first task a row may
+    rule out every class).
     """
     kinds = SETTING_METRICS[context.setting]
     trained = len(test_sources) if trained_tasks is None else trained_tasks
@@ -63,7 +67,7 @@ def evaluate_tasks(
             valid = torch.ones((), dtype=torch.bool, device=context.device)
             for batch in context.batches(source, batch_size, shuffle=False, augment=False):
                 logits = model(batch.inputs)
-                valid &= _scores_are_valid(logits)
+                valid &= _scores_are_valid(logits, every_row_finite=trained > 0)
                 for kind in kinds:
                     predicted = predictions(logits, kind, seen_classes, context.task_classes(task))
                     correct[kind] += int((predicted == batch.labels).sum())
@@ -90,8 +94,8 @@ def visible_classes(context: TrainingContext, task: int, trained_tasks: int) -> 
 
 def top5_hits(logits: Tensor, labels: Tensor, seen_classes: int) -> Tensor:
     """A boolean per example: its label is among the five best of the first ``seen_classes`` scores."""
-    best = logits[:, :seen_classes].topk(min(5, seen_classes), dim=1).indices
-    return (best == labels[:, None]).any(dim=1)
+    best = logits[:, :seen_classes].topk(min(5, seen_classes), dim=1)
+    return ((best.indices == labels[:, None]) & torch.isfinite(best.values)).any(dim=1)
 
 
 def reports_top5(context: TrainingContext) -> bool:
@@ -99,7 +103,9 @@ def reports_top5(context: TrainingContext) -> bool:
     return context.setting == "class-il" and all(len(context.task_classes(t)) > 5 for t in range(context.n_tasks))
 
 
-def _scores_are_valid(logits: Tensor) -> Tensor:
-    """A boolean scalar tensor: no score is NaN or ``+inf`` and every row has a finite score."""
-    finite = torch.isfinite(logits)
-    return ~(torch.isnan(logits) | (logits == float("inf"))).any() & finite.any(dim=1).all()
+def _scores_are_valid(logits: Tensor, every_row_finite: bool = True) -> Tensor:
+    """A boolean scalar tensor: no score is NaN or ``+inf`` and (with ``every_row_finite``) every
+    row has a finite score; before the first task a method may have no class to score (a
+    prototype method), and its rows then predict nothing."""
+    valid = ~(torch.isnan(logits) | (logits == float("inf"))).any()
+    return valid & torch.isfinite(logits).any(dim=1).all() if every_row_finite else valid

@@ -143,3 +143,17 @@ def test_the_random_network_that_goes_non_finite_is_named_as_before_the_first_ta
     logits[0] = [float("nan")] * 4
     with pytest.raises(TrainingError, match=r"on the test data of task 1, evaluated before the first task; "):
         evaluate_tasks(LookupModel(logits), HandDataset("class-il", 2, 2).context(), [TASK_0, TASK_1], trained_tasks=0)
+
+
+def test_a_method_without_any_class_to_score_before_training_scores_zero():
+    # a prototype method (simplecil, slca) rules out every class before the first task
+    ruled_out = [[float("-inf")] * 4] * 5
+    before = evaluate_tasks(LookupModel(ruled_out), HandDataset("class-il", 2, 2).context(), [TASK_0, TASK_1], trained_tasks=0)
+    assert before == {"class_il": [0.0, 0.0], "task_il": [0.0, 0.0]}  # not "class 0 of each task" by argmax
+
+
+def test_a_future_task_whose_classes_are_all_ruled_out_is_not_scored_by_argmax_order():
+    logits = [[1.0, 2.0, float("-inf"), float("-inf")]] * 5  # only task 0's classes have scores
+    after_first = evaluate_tasks(LookupModel(logits), HandDataset("class-il", 2, 2).context(), [TASK_0, TASK_1], trained_tasks=1)
+    # task 0: predicts class 1 everywhere: examples 1 and 2 (labels 1, 1) right: 2 of 3; task 1: nothing predicted
+    assert after_first == {"class_il": [pytest.approx(200 / 3), 0.0], "task_il": [pytest.approx(200 / 3), 0.0]}
