@@ -502,7 +502,11 @@ class ContinualDataset:
         return base.subset(indices)
 
     def _relabeled(self, base: DataSource, labels: torch.Tensor) -> DataSource:
-        """``base`` with ``labels``, one wrapper per source and labels (so subsets of it share a parent)."""
+        """``base`` with ``labels``: one wrapper per source of :meth:`sources` and labels (so the tasks'
+        subsets share a parent, which joint's concatenation uses); a new one for a domain-IL task's
+        transformed data (made per call, never cached)."""
+        if not any(base is source for source in self.sources()):
+            return RelabeledSource(base, labels)
         cache = self.__dict__.setdefault("_relabeled_cache", {})
         key = (id(base), id(labels))
         if key not in cache:

@@ -207,3 +207,25 @@ def test_num_workers_is_checked() -> None:
     with pytest.raises(DatasetError, match=r"^dataset.num_workers=-1 is not allowed; allowed: an integer >= 0"):
         build_dataset({"name": "seq-digits", "num_workers": -1})
     assert build_dataset({"name": "seq-digits", "num_workers": 2}).describe()["num_workers"] == 2
+
+
+def test_domain_il_settings_act_on_the_labels_of_every_task(fake_root) -> None:
+    values = {"name": "perm-mnist", "root": str(fake_root), "n_tasks": 2}
+    plain = build_dataset(values, seed=0)
+    dataset = build_dataset({**values, "validation": 0.25, "class_order": "permute"}, seed=0)
+    mapping = torch.empty(10, dtype=torch.long)
+    mapping[torch.tensor(dataset.describe()["class_order"])] = torch.arange(10)
+    for task in range(2):
+        whole, train, held_out = plain.task_source(task), dataset.task_source(task), dataset.test_source(task)
+        assert len(train) + len(held_out) == len(whole) and len(held_out) > 0
+        assert torch.equal(held_out.read(torch.arange(len(held_out)), "cpu"), whole.read(held_out.indices, "cpu"))
+        assert torch.equal(held_out.labels, mapping[whole.labels[held_out.indices]])
+        assert torch.equal(train.labels, mapping[whole.labels[train.indices]])
+
+
+def test_tasks_of_a_relabelled_benchmark_share_one_parent() -> None:
+    from mammoth.datasets.source import IndexedSource, concat_sources
+
+    dataset = build_dataset({"name": "seq-digits", "class_order": "permute"})
+    joined = concat_sources([dataset.task_source(task) for task in range(3)])
+    assert isinstance(joined, IndexedSource) and sorted(set(joined.labels.tolist())) == list(range(6))
