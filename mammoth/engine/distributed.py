@@ -252,7 +252,7 @@ def log_to_rank_file(run_dir: Path) -> None:
         if isinstance(handler, logging.FileHandler):
             handler.close()
     handler = logging.FileHandler(run_dir / rank_log_name(rank()))
-    handler.setFormatter(logging.Formatter(f"[%(asctime)s][rank {rank()}][%(name)s][%(levelname)s] %(message)s"))
+    handler.setFormatter(logging.Formatter(f"[%(asctime)s][rank {rank()} pid %(process)d][%(name)s][%(levelname)s] %(message)s"))
     root.addHandler(handler)
 
 

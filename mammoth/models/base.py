@@ -320,10 +320,11 @@ class ReplayModel(ContinualModel):
     @contextlib.contextmanager
     def sharded(self, shard: "Shard") -> Iterator[None]:
         """As :meth:`ContinualModel.sharded`; what the block adds to (or updates in) the buffer is
-        gathered from every rank first, in rank order: the reservoir sees the whole batch."""
+        gathered from every rank first, in rank order: the reservoir sees the whole batch (a batch
+        too small to split is on every rank already)."""
         from mammoth.engine.distributed import gather_in_rank_order
 
-        self.buffer.gather = gather_in_rank_order
+        self.buffer.gather = gather_in_rank_order if shard.local_size < shard.size else None
         try:
             with super().sharded(shard):
                 yield

@@ -1,0 +1,137 @@
+"""One experiment on several processes, in one process: the shards of a batch, the replay buffer's
+gathering, the sharded replay minibatch, the refusals and the writes left to rank 0. The runs on
+two real processes are in test_distributed_runs.py (the second suite, ``-m distributed``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import mammoth.engine.distributed as distributed
+from mammoth.backbones import build_backbone
+from mammoth.datasets import build_dataset
+from mammoth.engine.checkpoint import TrainingState, save_checkpoint
+from mammoth.engine.context import build_context
+from mammoth.engine.distributed import Shard, join_command_line, shard_of
+from mammoth.errors import ConfigError
+from mammoth.models import MODELS, build_model
+from mammoth.models.buffer import ReplayBuffer
+
+#: The methods that train on several processes as on one (README: Distributed training).
+DISTRIBUTED_METHODS = {"agem", "bic", "der", "derpp", "er", "ewc-on", "gdumb", "gem", "icarl", "joint",
+                       "joint-cumulative", "lwf", "sgd", "si"}
+
+
+def begun(name: str, **values) -> torch.nn.Module:
+    """Method ``name`` on seq-digits (a seeded mnistmlp, a seeded run generator) after ``begin_task(0)``."""
+    dataset = build_dataset("seq-digits")
+    torch.manual_seed(0)
+    net = build_backbone("mnistmlp", num_classes=dataset.n_classes, input_shape=dataset.input_shape)
+    model = build_model(name, net=net, dataset=dataset, **values)
+    model.attach(build_context(dataset, "cpu", torch.Generator().manual_seed(0)))
+    model.begin_task(0)
+    return model
+
+
+@pytest.mark.parametrize("processes", [1, 2, 3])
+def test_shards_cover_each_batch_in_order_with_weights_summing_to_one(processes: int) -> None:
+    for size in range(0, 12):
+        shards = [shard_of(size, rank, processes) for rank in range(processes)]
+        if size < processes:  # too small to split: every rank trains on all of it, weighing 1/W
+            assert all((shard.start, shard.stop, shard.weight) == (0, size, 1.0 / processes) for shard in shards)
+            continue
+        rows = torch.arange(size)
+        assert torch.equal(torch.cat([shard.rows(rows) for shard in shards]), rows)
+        assert max(s.local_size for s in shards) - min(s.local_size for s in shards) <= 1
+        assert sum(shard.weight for shard in shards) == pytest.approx(1.0)
+    assert shard_of(5, 0, 2) == Shard(0, 3, 5, 0.6) and shard_of(5, 1, 2) == Shard(3, 5, 5, 0.4)
+
+
+def two_ranks(other_rows: dict[str, torch.Tensor]):
+    """A stand-in for gathering on rank 0 of 2: this rank's rows, then rank 1's (``other_rows`` by dtype and width)."""
+    def gather(tensor: torch.Tensor) -> torch.Tensor:
+        return torch.cat([tensor, other_rows[str(tensor.dtype), tensor.shape[1:]]])
+    return gather
+
+
+def test_a_gathering_buffer_stores_what_one_process_stores() -> None:
+    torch.manual_seed(0)
+    batches = [(torch.rand(6, 3), torch.randint(0, 4, (6,))) for _ in range(5)]
+    alone, gathering = ReplayBuffer(8, seed=1), ReplayBuffer(8, seed=1)
+    for examples, labels in batches:
+        alone.add(examples, labels=labels)
+        mine = shard_of(6, 0, 2)
+        other = {(str(examples.dtype), examples.shape[1:]): examples[mine.stop:],
+                 (str(labels.dtype), labels.shape[1:]): labels[mine.stop:]}
+        gathering.gather = two_ranks(other)
+        gathering.add(mine.rows(examples), labels=mine.rows(labels))
+    assert gathering.num_seen == alone.num_seen == 30
+    assert torch.equal(gathering.examples, alone.examples) and torch.equal(gathering.labels, alone.labels)
+
+
+def test_a_sharded_step_replays_its_part_of_the_minibatch_one_process_draws(monkeypatch) -> None:
+    models = [begun("er", buffer_size=20) for _ in range(2)]
+    examples, labels = torch.rand(20, 1, 8, 8), torch.arange(20) % 10
+    for model in models:
+        model.buffer.add(examples, labels=labels)
+    monkeypatch.setattr(distributed, "rank", lambda: 1)
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    whole = models[0].replay_batch(10)
+    shard = shard_of(10)  # rank 1 of 2: rows 5..9 of the batch
+    with models[1].sharded(shard):
+        part = models[1].replay_batch(shard.local_size)  # observe passes its shard's size
+        assert models[1].buffer.gather is not None
+    assert models[1].buffer.gather is None and models[1].shard is None
+    assert torch.equal(part.indices, whole.indices[5:]) and torch.equal(part.labels, whole.labels[5:])
+    assert torch.equal(part.examples, whole.examples[5:])  # augmented from the same draws
+
+
+def test_methods_say_whether_they_train_on_several_processes(monkeypatch) -> None:
+    from mammoth.engine.runner import check_distributed_support
+
+    supported = {name for name in MODELS.names() if MODELS.get(name).target.supports_distributed}
+    assert supported == DISTRIBUTED_METHODS
+    check_distributed_support("mer", MODELS.get("mer").target)  # one process: anything goes
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    check_distributed_support("er", MODELS.get("er").target)
+    with pytest.raises(ConfigError, match=r"^model=mer does not support training on 2 processes .*; allowed: one "
+                                          r"process, or one of agem, bic, der, derpp, er, ewc-on, gdumb, gem, icarl"):
+        check_distributed_support("mer", MODELS.get("mer").target)
+
+
+def test_only_rank_zero_writes_the_checkpoint(monkeypatch, tmp_path: Path) -> None:
+    model = begun("er", buffer_size=20)
+    state = TrainingState.empty("class-il")
+    monkeypatch.setattr(distributed, "rank", lambda: 1)
+    save_checkpoint(tmp_path / "checkpoint.pt", model, torch.Generator(), state, {})
+    assert not (tmp_path / "checkpoint.pt").exists()
+    monkeypatch.setattr(distributed, "rank", lambda: 0)
+    save_checkpoint(tmp_path / "checkpoint.pt", model, torch.Generator(), state, {})
+    assert (tmp_path / "checkpoint.pt").stat().st_size > 0
+
+
+def test_one_process_keeps_its_command_line_and_a_multirun_under_torchrun_is_refused(monkeypatch) -> None:
+    from mammoth.config.preflight import CommandLine
+
+    command_line = CommandLine(["model=er"], multirun=False, directory=Path("/tmp/run"), pin_at=1)
+    assert join_command_line(command_line) is command_line
+    monkeypatch.setattr(distributed, "detect_launch", lambda: distributed.Launch(0, 2, 0, "torchrun"))
+    with pytest.raises(ConfigError, match=r"^--multirun on 2 processes started by torchrun; allowed: one run per torchrun"):
+        join_command_line(CommandLine(["model=er"], multirun=True))
+
+
+def test_one_process_observes_the_whole_batch_with_no_hooks() -> None:
+    from mammoth.engine.context import Batch
+    from mammoth.engine.distributed import average_batchnorm_statistics, observe_on_shard
+
+    model = begun("sgd")
+    seen = []
+    model.observe = lambda inputs, labels, not_aug: seen.append(len(labels)) or 0.5
+    batch = Batch(torch.rand(6, 1, 8, 8), torch.arange(6) % 10, torch.rand(6, 1, 8, 8), torch.arange(6))
+    assert observe_on_shard(model)(batch) == 0.5 and seen == [6]
+    assert "_distributed_hooks" not in model.__dict__
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    average_batchnorm_statistics(model)
+    assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
