@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +61,9 @@ class RanPAC(ContinualModel):
     error on the task's last 20% when fitted on its first 80% is chosen; the classifier is
     ``(G + lambda I)^-1 Q``. Scores: ``relu(features @ W) @ Wo^T`` (``-inf`` for unseen classes).
     """
+
+    #: With its default adapters it needs a ViT's blocks (refused when built otherwise); ``adapter_size=0`` takes any backbone.
+    requires_tokens: ClassVar[bool] = True
 
     def __init__(
         self,

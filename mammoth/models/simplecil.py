@@ -17,12 +17,15 @@ from mammoth.models.registry import register_model
 
 @register_model("simplecil")
 class SimpleCIL(ContinualModel):
-    """SimpleCIL (Zhou et al., IJCV 2024; LAMDA-PILOT's ``simplecil``): the backbone is never
-    trained. After each task, the mean feature of each class over the task's training data (no
-    augmentation) becomes, or is averaged into, the class's prototype; the scores are the cosine
-    similarities between an example's features and the prototypes (``-inf`` for classes without
-    one). It is the reference a pretrained-backbone method has to beat; use it with pretrained
-    weights, e.g. ``backbone=timm backbone.name=vit-b16-in21k backbone.pretrained=true``.
+    """SimpleCIL (Zhou et al., IJCV 2024; LAMDA-PILOT's ``simplecil``, which the original Mammoth
+    does not have): the backbone is never trained. After each task, the mean feature of each class
+    over the task's training data (no augmentation, eval mode) becomes, or is averaged into, the
+    class's prototype; the scores are the cosine similarities between an example's features and
+    the prototypes (``-inf`` for classes without one). That is PILOT's ``replace_fc`` (a class's
+    prototype is its mean feature) scored by its cosine head (``sigma`` stays 1); in a class-IL run
+    each class has one task, so averaging and PILOT's overwriting agree. It is the reference a
+    pretrained-backbone method has to beat; use it with pretrained weights, e.g.
+    ``experiment=simplecil-seq-cifar100-224`` (PILOT's ``vit_base_patch16_224``, batches of 128).
     """
 
     def __init__(self, net: MammothBackbone, dataset: Any, **kwargs: Any) -> None:

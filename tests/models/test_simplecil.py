@@ -3,8 +3,11 @@ and the backbone never changes."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
 
 import mammoth.models.simplecil  # noqa: F401  registers model=simplecil
 from mammoth.engine.evaluation import evaluate_tasks
@@ -47,3 +50,15 @@ def test_prototypes_survive_a_checkpoint(make_model, run_task) -> None:
     restored.load_state_dict(model.state_dict())
     x = torch.rand(2, 1, 4, 4)
     assert torch.equal(restored(x), model(x))
+
+
+@pytest.mark.parametrize(("preset", "dataset"), [("simplecil-seq-cifar100-224", "seq-cifar100-224"),
+                                                 ("simplecil-seq-imagenet-r", "seq-imagenet-r")])
+def test_presets_take_lamda_pilots_backbone_and_batches(preset: str, dataset: str) -> None:
+    with initialize_config_module(config_module="mammoth.app_conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"experiment={preset}"])
+    keys = ("dataset.name", "dataset.batch_size", "backbone.name", "backbone.pretrained")
+    assert {key: OmegaConf.select(cfg, key) for key in keys} == {
+        "dataset.name": dataset, "dataset.batch_size": 128, "backbone.name": "vit-b16-in21k-ft-in1k",
+        "backbone.pretrained": True}
+    assert cfg.model._target_ == "mammoth.models.simplecil.SimpleCIL"

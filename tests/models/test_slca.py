@@ -3,12 +3,16 @@ classifier alignment, held to the original Mammoth's numbers (scripts/reference_
 
 from __future__ import annotations
 
+import pytest
 import torch
 from feature_reference import ImageDataset, reference, script, tensor, tiny_vit
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
 from torch import nn
 
 import mammoth.models.slca  # noqa: F401  registers model=slca
 from mammoth.engine.context import build_context
+from mammoth.errors import ConfigError
 from mammoth.models import build_model
 
 
@@ -56,3 +60,91 @@ def test_slca_matches_the_originals_losses_statistics_alignment_and_logits() -> 
         seen = 2 * (task + 1)
         assert torch.allclose(logits[:, :seen], tensor(recorded["logits"][task]), rtol=1e-4, atol=1e-3)
         assert (logits[:, seen:] == float("-inf")).all()
+
+
+# ---- the slow learner, on the fake 2-task MLP benchmark of conftest.py ----
+
+
+def test_backbone_learns_at_a_hundredth_of_the_heads_rate_and_only_the_current_head_trains(make_model) -> None:
+    model = make_model("slca", lr=0.1)
+    model.begin_task(0)
+    backbone, head = model.optimizer.param_groups
+    assert (backbone["lr"], head["lr"], head["momentum"]) == (pytest.approx(0.001), 0.1, 0.9)
+    assert [id(p) for p in backbone["params"]] == [id(p) for p in model.net.parameters()]
+    assert [id(p) for p in head["params"]] == [id(p) for p in model.heads[0].parameters()]
+    model.begin_task(1)
+    assert [id(p) for p in model.optimizer.param_groups[1]["params"]] == [id(p) for p in model.heads[1].parameters()]
+    assert not any(p.requires_grad for p in model.heads[0].parameters())
+    assert model.heads[1].bias.abs().sum() == 0 and 0.01 < float(model.heads[1].weight.detach().std()) < 0.03  # std 0.02
+
+
+def test_virtual_batches_step_as_the_original_after_batches_k_2k(make_model, make_batch) -> None:
+    # virtual_bs_iterations=2: no step after batches 0 and 1; after batch 2 one step with (g0 + g1 + g2) / 2
+    model = make_model("slca", lr=0.1, virtual_bs_iterations=2)
+    model.begin_task(0)
+    batches = [make_batch(0, seed=seed) for seed in range(3)]
+    start = model.heads[0].weight.detach().clone()
+    summed = torch.zeros_like(start)
+    for inputs, labels, _ in batches:
+        head = model.heads[0]
+        loss = model.loss(head(model.net(inputs, returnt="features")), labels)
+        summed += torch.autograd.grad(loss, head.weight)[0] / 2
+    for number, batch in enumerate(batches):
+        model.observe(*batch)
+        if number < 2:
+            assert torch.equal(model.heads[0].weight, start)
+    assert torch.allclose(model.heads[0].weight, start - 0.1 * summed, atol=1e-6)
+
+
+def test_statistics_are_class_means_and_covariances_and_alignment_follows_the_runs_generator(make_model, run_task) -> None:
+    model, again, other = make_model("slca", lr=0.1), make_model("slca", lr=0.1), make_model("slca", lr=0.1, seed=1)
+    for each in (model, again, other):
+        for task in range(2):
+            run_task(each, task)
+    data = model.context.task_data(1)
+    with torch.no_grad():
+        model.net.eval()
+        features = model.net(model.context.test_transform(data.read(torch.arange(len(data)), "cpu")), returnt="features")
+    chosen = features[data.labels == 2]
+    assert torch.allclose(model.class_means[2], chosen.mean(0), atol=1e-5)
+    assert torch.allclose(model.class_covariances[2], torch.cov(chosen.T) + 1e-4 * torch.eye(chosen.shape[1]), atol=1e-5)
+    assert int(model.aligned_tasks) == 2
+    assert torch.equal(model.aligned_weight, again.aligned_weight)  # the same seed, the same samples
+    assert not torch.equal(model.aligned_weight, other.aligned_weight)
+    x = torch.rand(3, 1, 4, 4)
+    expected = torch.nn.functional.linear(model.net(x, returnt="features"), model.aligned_weight, model.aligned_bias)
+    assert torch.allclose(model(x), expected, atol=1e-6)
+
+
+def test_the_next_task_trains_from_the_heads_before_alignment(make_model, run_task) -> None:
+    model = make_model("slca", lr=0.1)
+    for task in range(2):
+        run_task(model, task)
+    trained = model.heads[0].weight.detach().clone()
+    assert not torch.allclose(model.aligned_weight[:2], trained)
+    x = torch.rand(3, 1, 4, 4)
+    model.seen_tasks.fill_(1), model.aligned_tasks.zero_()
+    assert torch.equal(model(x)[:, :2], model.heads[0](model.net(x, returnt="features")))
+
+
+def test_refusals_name_the_value_and_what_is_allowed(make_net, dataset) -> None:
+    with pytest.raises(ConfigError, match="slca on a domain-il benchmark; allowed: class-il or task-il"):
+        dataset.setting = "domain-il"
+        build_model("slca", net=make_net(), dataset=dataset)
+    dataset.setting = "class-il"
+    with pytest.raises(ConfigError, match="model.ca_with_logit_norm"):
+        build_model("slca", net=make_net(), dataset=dataset, ca_with_logit_norm=-1.0)
+    with pytest.raises(ConfigError, match="model.virtual_bs_iterations"):
+        build_model("slca", net=make_net(), dataset=dataset, virtual_bs_iterations=0)
+
+
+def test_preset_holds_the_originals_settings() -> None:
+    with initialize_config_module(config_module="mammoth.app_conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["experiment=slca-seq-cifar100-224"])
+    values = {key: OmegaConf.select(cfg, key) for key in (
+        "dataset.name", "dataset.batch_size", "dataset.n_epochs", "model.lr", "model.ca_epochs",
+        "model.ca_with_logit_norm", "model.momentum", "backbone.name", "backbone.pretrained")}
+    assert values == {"dataset.name": "seq-cifar100-224", "dataset.batch_size": 128, "dataset.n_epochs": 20,
+                      "model.lr": 0.01, "model.ca_epochs": 5, "model.ca_with_logit_norm": 0.1, "model.momentum": 0.9,
+                      "backbone.name": "vit-b16-in21k", "backbone.pretrained": True}
+    assert cfg.model._target_ == "mammoth.models.slca.SLCA"
