@@ -49,6 +49,8 @@ class TrainingState:
     peak_rss_mb: list[float] = dataclasses.field(default_factory=list)
     #: On CUDA, the peak memory allocated by tensors (MiB) during each task (reset per task); else empty.
     peak_cuda_mb: list[float] = dataclasses.field(default_factory=list)
+    #: With ``dataset.validation``: each kind's accuracy on the test data of every task after the last task.
+    final_test: dict[str, list[float]] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def empty(cls, setting: str) -> "TrainingState":
@@ -293,11 +295,15 @@ def _check_measurements(state: dict, next_task: int, refuse: Any) -> None:
         if not isinstance(values, list) or len(values) not in (0, next_task) or not all(_is_number(v) and v >= 0 for v in values):
             raise refuse(f"{key} is {values!r}; expected none or {next_task} size(s) >= 0")
     top5 = state["top5"]
+    kinds = sorted(state["accuracies"])
     if not isinstance(top5, list) or len(top5) not in (0, next_task) or not all(
             percentages(row) and len(row) == index + 1 for index, row in enumerate(top5)):
         raise refuse(f"top5 is {top5!r}; expected none or {next_task} row(s) of percentages")
+    final_test = state["final_test"]
+    if not isinstance(final_test, dict) or (final_test and (sorted(final_test) != kinds or not all(
+            percentages(row) and len(row) == next_task for row in final_test.values()))):
+        raise refuse(f"final_test is {final_test!r}; expected none or {next_task} percentage(s) per kind")
     random_init, future = state["random_init"], state["future"]
-    kinds = sorted(state["accuracies"])
     if not isinstance(random_init, dict) or not isinstance(future, dict) or (
             (random_init or future) and (sorted(random_init) != kinds or sorted(future) != kinds)):
         raise refuse(f"its random_init and future accuracies are not of the kinds {', '.join(kinds)}")

@@ -46,7 +46,8 @@ def run_tasks(model: Any, dataset: Any, device: torch.device, run_dir: Path, see
               resume: bool = False, stop_after_task: int | None = None,
               on_task_end: Callable[[int, TrainingState], None] | None = None,
               on_epoch_end: Callable[[int, int, float], None] | None = None,
-              eval_future: bool = False) -> TrainingState:
+              eval_future: bool = False,
+              final_test: Callable[[], list[DataSource]] | None = None) -> TrainingState:
     """Train and evaluate task after task, with a checkpoint in ``run_dir`` after each one.
 
     With ``resume`` the loop continues after the last task of the checkpoint, whose config
@@ -59,6 +60,8 @@ def run_tasks(model: Any, dataset: Any, device: torch.device, run_dir: Path, see
     With ``eval_future`` the network is also evaluated on every task before the first one (the
     random initialisation forward transfer is measured against) and, after each task, on the
     tasks not trained yet (:func:`evaluate_after_task`). Each task's peak memory is recorded.
+    ``final_test`` (given when the run evaluates on a validation split) returns the test data of
+    every task, evaluated once after the last task (``state.final_test``).
     """
     if stop_after_task is not None:
         check_positive_int("stop_after_task", stop_after_task)
@@ -86,6 +89,8 @@ def run_tasks(model: Any, dataset: Any, device: torch.device, run_dir: Path, see
         started = time.perf_counter()
         test_sources.append(dataset.test_source(task))
         evaluate_after_task(model, context, test_sources, state, _test_sources(dataset) if eval_future else None, top5)
+        if final_test is not None and task == dataset.n_tasks - 1:
+            state.final_test = evaluate_tasks(model, context, final_test())
         state.eval_seconds.append(time.perf_counter() - started)
         _record_peak_memory(state, device)
         state.next_task = task + 1

@@ -24,7 +24,9 @@ def square_matrix(rows: list[list[float]], n_tasks: int) -> list[list[float | No
 
 def build_results(accuracies: dict[str, list[list[float]]], n_tasks: int, *, measured: Measurements | None = None,
                   **sections: Any) -> dict[str, Any]:
-    """The results document: one block per accuracy kind plus the given ``sections``.
+    """The results document: one block per accuracy kind plus the given ``sections``; with a
+    validation split the blocks are of the validation data (``evaluated_on``) and ``test`` holds
+    the test accuracies after the last task.
 
     Each block is ``{"matrix": [[...]], "average": ..., "forgetting": ..., "bwt": ...,
     "average_per_task": [...], ...}`` with accuracies in percent; ``matrix[i][j]`` is the accuracy
@@ -43,6 +45,9 @@ def build_results(accuracies: dict[str, list[list[float]]], n_tasks: int, *, mea
         results[kind] = block
     if measured.test_sizes:
         results["test_sizes"] = list(measured.test_sizes)
+    results["evaluated_on"] = "validation" if measured.validation else "test"
+    if measured.final_test:
+        results["test"] = {kind: {"accuracies": row, "average": sum(row) / len(row)} for kind, row in measured.final_test.items()}
     results["resources"] = resources_section(measured)
     results.update(sections)
     return results
@@ -62,6 +67,10 @@ class Measurements:
     peak_cuda_mb: list[float] = field(default_factory=list)
     #: The method trains only after the last task (``trains_only_at_end``: joint, gdumb).
     trains_only_at_end: bool = False
+    #: The accuracy blocks are of a validation split (``dataset.validation``), not of the test set.
+    validation: bool = False
+    #: With ``validation``: each kind's accuracy on the test data of every task after the last task.
+    final_test: dict[str, list[float]] = field(default_factory=dict)
 
     @classmethod
     def of_run(cls, state: Any, dataset: Any, model: Any) -> "Measurements":
@@ -72,6 +81,7 @@ class Measurements:
             test_sizes=[len(dataset.test_source(task)) for task in range(dataset.n_tasks)],
             train_seconds=state.train_seconds, peak_rss_mb=state.peak_rss_mb, peak_cuda_mb=state.peak_cuda_mb,
             trains_only_at_end=bool(getattr(model, "trains_only_at_end", False)),
+            validation=getattr(dataset.config, "validation", None) is not None, final_test=state.final_test,
         )
 
 
@@ -164,6 +174,10 @@ def format_table(accuracies: dict[str, list[list[float]]], n_tasks: int, measure
         if summary["forward_transfer"] is not None:
             line += f"  fwt {summary['forward_transfer']:.2f}"
         lines.append(line)
+    if measured is not None and measured.final_test:
+        lines[0] = lines[0].replace("Accuracy (%)", "Validation accuracy (%)")
+        lines.append("     Test: " + "  ".join(f"{KIND_TITLES[kind]} {sum(row) / len(row):.2f}"
+                                            for kind, row in measured.final_test.items()) + " (after the last task)")
     return "\n".join(lines)
 
 

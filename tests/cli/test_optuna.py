@@ -35,6 +35,9 @@ def test_three_trial_study_on_seq_digits_reports_a_real_runs_value(workdir):
     learning_rates = [results["config"]["model"]["lr"] for results in jobs.values()]
     assert len(set(learning_rates)) == 3 and all(0.001 <= lr <= 0.5 for lr in learning_rates)
     assert all(results["config"]["optimized_metric"] == "class_il.average" for results in jobs.values())
+    # tuned on the validation split; the test accuracy is reported beside it, never optimised
+    assert all(results["evaluated_on"] == "validation" and results["test"]["class_il"]["average"] >= 0
+               for results in jobs.values())
 
 
 def test_presets_compose_with_the_optuna_sweeper():
@@ -43,6 +46,7 @@ def test_presets_compose_with_the_optuna_sweeper():
         der_search = compose(config_name="config", overrides=["hparams_search=der-optuna"], return_hydra_config=True)
     for cfg in (lr_search, der_search):
         assert cfg.optimized_metric == "class_il.average"
+        assert cfg.dataset.validation == 0.1  # never tuned on the test set
         assert cfg.hydra.sweeper._target_ == "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
         assert cfg.hydra.sweeper.direction == "maximize"
         assert cfg.hydra.sweeper.sampler._target_ == "optuna.samplers.TPESampler"

@@ -16,6 +16,7 @@ import mammoth
 from mammoth.engine.checkpoint import RESTART, TrainingState, load_checkpoint, save_checkpoint
 from mammoth.errors import ConfigError
 from mammoth.reporting.metrics import forward_transfer
+from mammoth.reporting.results import Measurements, format_table
 import composing
 
 ACCURACY_KEYS = ("matrix", "average", "forgetting", "bwt", "forward_transfer", "random_init", "average_incremental",
@@ -142,6 +143,7 @@ def test_the_measurements_travel_in_the_checkpoint(tmp_path: Path) -> None:
     ({"future": {}}, "its random_init and future accuracies are not of the kinds class_il"),
     ({"top5": [[99.0]]}, "top5 is [[99.0]]; expected none or 2 row(s) of percentages"),
     ({"peak_rss_mb": [600.0, -1.0]}, "peak_rss_mb is [600.0, -1.0]; expected none or 2 size(s) >= 0"),
+    ({"final_test": {"class_il": [50.0]}}, "final_test is {'class_il': [50.0]}; expected none or 2 percentage(s) per kind"),
 ])
 def test_inconsistent_measurements_are_refused_in_one_line(tmp_path: Path, change: dict, message: str) -> None:
     path = tmp_path / "checkpoint.pt"
@@ -149,3 +151,22 @@ def test_inconsistent_measurements_are_refused_in_one_line(tmp_path: Path, chang
     with pytest.raises(ConfigError) as error:
         load_checkpoint(path, Plain(), torch.Generator(), {"seed": 1})
     assert str(error.value) == f"checkpoint {path} is inconsistent: {message}; {RESTART}"
+
+
+def test_with_a_validation_split_the_matrix_is_of_it_and_the_test_set_is_evaluated_at_the_end(tmp_path: Path) -> None:
+    results = run(tmp_path / "full", "dataset.validation=0.2")
+    assert results["evaluated_on"] == "validation"
+    assert sum(results["test_sizes"]) < 359  # a fifth of the training data, not the 359 test digits
+    for kind in ("class_il", "task_il"):
+        test = results["test"][kind]
+        assert len(test["accuracies"]) == 5 and test["average"] == pytest.approx(sum(test["accuracies"]) / 5)
+    assert "Test: Class-IL" in format_table({"class_il": results["class_il"]["matrix"][-1:]}, 5,
+                                           Measurements(validation=True, final_test={"class_il": [50.0] * 5}))
+    mammoth.run(composing.compose_run(tmp_path / "resumed", "threads=1", "dataset.n_epochs=1", "~logger",
+                                      "dataset.validation=0.2", "stop_after_task=4"))
+    resumed = run(tmp_path / "resumed", "dataset.validation=0.2", "resume=true")
+    assert resumed["test"] == results["test"] and resumed["class_il"]["matrix"] == results["class_il"]["matrix"]
+
+
+def test_without_a_validation_split_the_matrix_is_of_the_test_set(future_run: dict) -> None:
+    assert future_run["evaluated_on"] == "test" and "test" not in future_run
