@@ -44,7 +44,8 @@ from torch import Tensor, nn
 
 OUTPUT = Path(__file__).resolve().parents[1] / "tests" / "models" / "data" / "prompt_reference.safetensors"
 
-#: The shared recipe (stored in the file's metadata; the test reads it from there).
+#: The shared recipe (stored in the file's metadata; the test reads it from there). Each run is a
+#: method with settings; what a run leaves out is the method's default, the same in both.
 RECIPE: dict[str, Any] = {
     "seed": 0,
     "n_classes": 4,
@@ -53,13 +54,47 @@ RECIPE: dict[str, Any] = {
     "steps": 3,
     "backbone": {"name": "vit_tiny_patch16_224", "input_shape": [3, 32, 32],
                  "model_args": {"depth": 2, "embed_dim": 24, "num_heads": 3, "patch_size": 8}},
-    "methods": {
-        "l2p": {"pool_size_l2p": 6, "length": 2, "top_k": 2, "lr": 1.0},
-        "dualprompt": {"g_prompt_layer_idx": [0], "e_prompt_layer_idx": [1], "g_prompt_length": 2, "size": 4,
-                       "length": 2, "top_k": 1, "lr": 1.0},
-        "coda_prompt": {"pool_size": 10, "prompt_len": 4, "ortho_mu": 0.1, "mu": 0.5, "lr": 0.01},
+    "runs": {
+        "l2p": {"method": "l2p", "settings": {"pool_size_l2p": 6, "length": 2, "top_k": 2, "lr": 1.0}},
+        "l2p-batchwise-mask": {"method": "l2p", "settings": {
+            "pool_size_l2p": 6, "length": 2, "top_k": 2, "lr": 1.0, "batchwise_prompt": True, "use_prompt_mask": True,
+            "head_type": "token+prompt", "pull_constraint_coeff": 0.5}},
+        "dualprompt": {"method": "dualprompt", "settings": {
+            "g_prompt_layer_idx": [0], "e_prompt_layer_idx": [1], "g_prompt_length": 2, "size": 4, "length": 2,
+            "top_k": 1, "lr": 1.0}},
+        "dualprompt-permute-fix": {"method": "dualprompt", "settings": {
+            "g_prompt_layer_idx": [1], "e_prompt_layer_idx": [0, 1], "g_prompt_length": 2, "size": 4, "length": 2,
+            "top_k": 2, "lr": 1.0, "use_permute_fix": True, "batchwise_prompt": False}},
+        "coda_prompt": {"method": "coda_prompt", "settings": {
+            "pool_size": 10, "prompt_len": 4, "ortho_mu": 0.1, "mu": 0.5, "lr": 0.01}},
+        "coda_prompt-virtual-batch": {"method": "coda_prompt", "settings": {
+            "pool_size": 10, "prompt_len": 4, "virtual_bs_iterations": 2, "lr": 0.01}},
     },
 }
+
+#: The original's defaults of the arguments its code reads (its get_parser), per method.
+ORIGINAL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "l2p": {"pool_size_l2p": 10, "length": 5, "top_k": 5, "prompt_key_init": "uniform", "use_prompt_mask": False,
+            "batchwise_prompt": False, "embedding_key": "cls", "pull_constraint": True, "pull_constraint_coeff": 0.1,
+            "head_type": "prompt", "clip_grad": 1.0},
+    "dualprompt": {"g_prompt_length": 5, "g_prompt_layer_idx": [0, 1], "e_prompt_layer_idx": [2, 3, 4], "size": 10,
+                   "length": 5, "top_k": 1, "prompt_key_init": "uniform", "batchwise_prompt": True,
+                   "embedding_key": "cls", "pull_constraint": True, "pull_constraint_coeff": 1.0,
+                   "use_permute_fix": False, "clip_grad": 1.0, "use_prefix_tune_for_g_prompt": True,
+                   "use_prefix_tune_for_e_prompt": True, "same_key_value": False},
+    "coda_prompt": {"mu": 0.0, "pool_size": 100, "prompt_len": 8, "ortho_mu": 0.0, "virtual_bs_iterations": 1},
+}
+
+
+def original_args(run: str) -> Namespace:
+    """The original's ``args`` for ``run``: its defaults, the run's settings, adam without weight
+    decay, and l2p's and dualprompt's batch-size scaling of the learning rate done as theirs."""
+    spec = RECIPE["runs"][run]
+    values = {**ORIGINAL_DEFAULTS[spec["method"]], **spec["settings"], "optimizer": "adam", "optim_wd": 0.0,
+              "n_epochs": 2}
+    if spec["method"] != "coda_prompt":
+        values["lr"] = values["lr"] * RECIPE["batch_size"] / 256.0
+    return Namespace(**values)
 
 
 def batch(task: int, step: int, size: int) -> tuple[Tensor, Tensor]:
@@ -150,8 +185,8 @@ class _CudaLikeZeros(types.SimpleNamespace):
 # ---- building ours and the original's ----
 
 
-def build_ours(name: str) -> nn.Module:
-    """mammoth-cl's model of the recipe (not attached: only its initial weights are used)."""
+def build_ours(run: str) -> nn.Module:
+    """mammoth-cl's model of ``run`` (not attached: only its initial weights are used)."""
     from mammoth.backbones.timm import TimmBackbone
     from mammoth.models import build_model
 
@@ -159,7 +194,7 @@ def build_ours(name: str) -> nn.Module:
     spec = RECIPE["backbone"]
     net = TimmBackbone(RECIPE["n_classes"], tuple(spec["input_shape"]), name=spec["name"], model_args=spec["model_args"])
     dataset = Namespace(n_classes=RECIPE["n_classes"], n_tasks=RECIPE["n_tasks"])
-    return build_model(name, net=net, dataset=dataset, **RECIPE["methods"][name])
+    return build_model(RECIPE["runs"][run]["method"], net=net, dataset=dataset, **RECIPE["runs"][run]["settings"])
 
 
 def vit_kwargs() -> dict[str, Any]:
@@ -182,6 +217,25 @@ def load_into(module: nn.Module, state: dict[str, Tensor], allowed_missing: tupl
     assert not left and not unexpected, (left, unexpected)
 
 
+def head_state(ours: nn.Module, prefix: str = "head.") -> dict[str, Tensor]:
+    """Our head's weights under the original's name."""
+    return {f"{prefix}{key}": value.detach().clone() for key, value in ours.head.state_dict().items()}
+
+
+def frozen_pair(cls: type, query_vit: nn.Module, prompted: nn.Module) -> nn.Module:
+    """The original's two-ViT model ``cls`` (L2PModel, dualprompt's Model) around the two ViTs,
+    frozen as the original's ``--freeze`` default freezes them."""
+    net = cls.__new__(cls)
+    nn.Module.__init__(net)
+    net.original_model, net.model, net.n_classes = query_vit, prompted, RECIPE["n_classes"]
+    for parameter in query_vit.parameters():
+        parameter.requires_grad = False
+    for name, parameter in prompted.named_parameters():
+        if name.startswith(("blocks", "patch_embed", "cls_token", "norm", "pos_embed")):
+            parameter.requires_grad = False
+    return net
+
+
 def original_method(cls: type, net: nn.Module, args: Namespace) -> Any:
     """An instance of the original's ContinualModel subclass ``cls`` around ``net``, with the
     state its hooks read (built without its ``__init__``, which would build a ViT-B)."""
@@ -193,202 +247,149 @@ def original_method(cls: type, net: nn.Module, args: Namespace) -> Any:
     return method
 
 
-def set_task(method: Any, task: int) -> None:
-    """The counters the original's ``meta_begin_task`` sets."""
-    method._current_task, method._epoch_iteration = task, 0
-    method._n_past_classes, method._n_seen_classes = 2 * task, 2 * task + 2
-    method.offset_1, method.offset_2 = 2 * task, 2 * task + 2
+def train_original(method: Any, run: str, chosen: Any = None, after_begin: Any = None) -> dict[str, Tensor]:
+    """The original's harness over the recipe: per task, ``meta_begin_task``'s counters and fresh
+    optimizer, then ``begin_task``, then ``observe`` per batch (``meta_observe`` counting the
+    epoch's batches); then the test batch through ``forward``. ``chosen(inputs, task, train)``
+    gives the prompts the method picks; ``after_begin(task)`` runs after ``begin_task``."""
+    losses, train_index = [], []
+    for task in range(RECIPE["n_tasks"]):
+        method._current_task, method._epoch_iteration = task, 0
+        method._n_past_classes, method._n_seen_classes = 2 * task, 2 * task + 2
+        method.train()
+        method.opt = method.get_optimizer()
+        method.begin_task(None)
+        if after_begin is not None:
+            after_begin(task)
+        for step in range(RECIPE["steps"]):
+            inputs, labels = batch(task, step, RECIPE["batch_size"])
+            if chosen is not None:
+                train_index.append(chosen(inputs, task, True))
+            losses.append(method.observe(inputs, labels, inputs))
+            method._epoch_iteration += 1
+    method.eval()
+    test_inputs, _ = batch(0, -1, RECIPE["batch_size"])
+    result = {f"{run}.losses": torch.tensor(losses, dtype=torch.float64)}
+    with torch.no_grad():
+        result[f"{run}.test_logits"] = method.forward(test_inputs)
+    if chosen is not None:
+        result[f"{run}.train_index"] = torch.stack(train_index)
+        result[f"{run}.test_index"] = chosen(test_inputs, -1, False)
+    return result
+
+
+def initial_state(run: str, ours: nn.Module) -> dict[str, Tensor]:
+    """Our model's initial weights: ``backbone.*`` (the same for every run, seeded alike) and the
+    method's own ``<run>.init.*``."""
+    state = {f"backbone.{key}": value.detach().clone() for key, value in ours.net.state_dict().items()}
+    state.update({f"{run}.init.{key}": value.detach().clone() for key, value in ours.state_dict().items()
+                  if not key.startswith("net.")})
+    return state
 
 
 # ---- the three methods ----
 
 
-def run_l2p(original: dict[str, Any]) -> dict[str, Tensor]:
-    """The original's L2P on the recipe."""
-    settings = RECIPE["methods"]["l2p"]
-    ours = build_ours("l2p")
+def run_l2p(original: dict[str, Any], run: str) -> dict[str, Tensor]:
+    """The original's L2P on ``run``."""
+    args, ours = original_args(run), build_ours(run)
     state = trunk_state(ours)
-    prompt_tokens = settings["length"] * settings["top_k"]
     query_vit = original["L2PViT"](args=Namespace(), **vit_kwargs())
     prompted = original["L2PViT"](
-        args=Namespace(), prompt_length=settings["length"], embedding_key="cls", prompt_init="uniform", prompt_pool=True,
-        prompt_key=True, pool_size=settings["pool_size_l2p"], top_k=settings["top_k"], batchwise_prompt=False,
-        prompt_key_init="uniform", head_type="prompt", use_prompt_mask=False, **vit_kwargs())
+        args=Namespace(), prompt_length=args.length, embedding_key=args.embedding_key, prompt_init=args.prompt_key_init,
+        prompt_pool=True, prompt_key=True, pool_size=args.pool_size_l2p, top_k=args.top_k,
+        batchwise_prompt=args.batchwise_prompt, prompt_key_init=args.prompt_key_init, head_type=args.head_type,
+        use_prompt_mask=args.use_prompt_mask, **vit_kwargs())
     load_into(query_vit, state, ("head",))
-    position = state["pos_embed"]
-    extended = {**state, "pos_embed": torch.cat([position[:, :1].expand(-1, 1 + prompt_tokens, -1), position[:, 1:]], 1),
-                "prompt.prompt": ours.prompt.detach().clone(), "prompt.prompt_key": ours.prompt_key.detach().clone(),
-                "head.weight": ours.head.weight.detach().clone(), "head.bias": ours.head.bias.detach().clone()}
-    load_into(prompted, extended, ())
-    net = original["L2PModel"].__new__(original["L2PModel"])
-    nn.Module.__init__(net)
-    net.original_model, net.model = query_vit, prompted
-    freeze(net, ["blocks", "patch_embed", "cls_token", "norm", "pos_embed"])
-    args = Namespace(pull_constraint=True, pull_constraint_coeff=0.1, clip_grad=1.0, optimizer="adam", optim_wd=0.0,
-                     lr=settings["lr"] * RECIPE["batch_size"] / 256.0, batchwise_prompt=False)
+    # the original's resize_pos_embed extends pretrained position embeddings with the class token's
+    position, prompt_tokens = state["pos_embed"], args.length * args.top_k
+    extended = torch.cat([position[:, :1].expand(-1, 1 + prompt_tokens, -1), position[:, 1:]], dim=1)
+    load_into(prompted, {**state, "pos_embed": extended, "prompt.prompt": ours.prompt.detach().clone(),
+                         "prompt.prompt_key": ours.prompt_key.detach().clone(), **head_state(ours)}, ())
+    net = frozen_pair(original["L2PModel"], query_vit, prompted)
     method = original_method(original["L2P"], net, args)
-    result = initial_state("l2p", ours)
 
-    def chosen(inputs: Tensor) -> Tensor:
+    def chosen(inputs: Tensor, task: int, train: bool) -> Tensor:
         with torch.no_grad():
             features = net.original_model(inputs)["pre_logits"]
-            return net.model(inputs, task_id=-1, cls_features=features, train=net.training)["prompt_idx"]
+            # the task_id L2PModel passes; its prompt mask then holds negative indices (the last prompts)
+            index = net.model(inputs, task_id=-1, cls_features=features, train=train)["prompt_idx"]
+            return index % args.pool_size_l2p
 
-    losses, train_index = [], []
-    for task in range(RECIPE["n_tasks"]):
-        set_task(method, task)
-        method.train()
-        method.opt = method.get_optimizer()
-        method.begin_task(None)
-        for step in range(RECIPE["steps"]):
-            inputs, labels = batch(task, step, RECIPE["batch_size"])
-            train_index.append(chosen(inputs))
-            losses.append(method.observe(inputs, labels, inputs))
-    method.eval()
-    test_inputs, _ = batch(0, -1, RECIPE["batch_size"])
-    with torch.no_grad():
-        result["l2p.test_logits"] = method.forward(test_inputs)
-    result["l2p.test_index"] = chosen(test_inputs)
-    result["l2p.losses"] = torch.tensor(losses, dtype=torch.float64)
-    result["l2p.train_index"] = torch.stack(train_index)
-    return result
+    return {**initial_state(run, ours), **train_original(method, run, chosen)}
 
 
-def run_dualprompt(original: dict[str, Any]) -> dict[str, Tensor]:
-    """The original's DualPrompt on the recipe (its defaults: batch-wise prompts at test, no permute fix)."""
-    settings = RECIPE["methods"]["dualprompt"]
-    ours = build_ours("dualprompt")
+def run_dualprompt(original: dict[str, Any], run: str) -> dict[str, Tensor]:
+    """The original's DualPrompt on ``run``."""
+    args, ours = original_args(run), build_ours(run)
     state = trunk_state(ours)
     width, heads = RECIPE["backbone"]["model_args"]["embed_dim"], RECIPE["backbone"]["model_args"]["num_heads"]
-    args = Namespace(use_permute_fix=False, pull_constraint=True, pull_constraint_coeff=1.0, clip_grad=1.0,
-                     optimizer="adam", optim_wd=0.0, lr=settings["lr"] * RECIPE["batch_size"] / 256.0,
-                     top_k=settings["top_k"], size=settings["size"], use_prefix_tune_for_e_prompt=True)
     query_vit = original["DualViT"](args=args, **vit_kwargs())
     prompted = original["DualViT"](
-        args=args, prompt_length=settings["length"], embedding_key="cls", prompt_init="uniform", prompt_pool=True,
-        prompt_key=True, pool_size=settings["size"], top_k=settings["top_k"], batchwise_prompt=True,
-        prompt_key_init="uniform", head_type="token", use_prompt_mask=True, use_g_prompt=True,
-        g_prompt_length=settings["g_prompt_length"], g_prompt_layer_idx=settings["g_prompt_layer_idx"],
-        use_prefix_tune_for_g_prompt=True, use_e_prompt=True, e_prompt_layer_idx=settings["e_prompt_layer_idx"],
+        args=args, prompt_length=args.length, embedding_key=args.embedding_key, prompt_init=args.prompt_key_init,
+        prompt_pool=True, prompt_key=True, pool_size=args.size, top_k=args.top_k, batchwise_prompt=args.batchwise_prompt,
+        prompt_key_init=args.prompt_key_init, head_type="token", use_prompt_mask=True, use_g_prompt=True,
+        g_prompt_length=args.g_prompt_length, g_prompt_layer_idx=args.g_prompt_layer_idx,
+        use_prefix_tune_for_g_prompt=True, use_e_prompt=True, e_prompt_layer_idx=args.e_prompt_layer_idx,
         use_prefix_tune_for_e_prompt=True, same_key_value=False, **vit_kwargs())
     load_into(query_vit, state, ("head",))
-    per_head = (heads, width // heads)
+    per_head = (heads, width // heads)  # ours keep each prompt token's heads flattened into the width
     load_into(prompted, {
-        **state,
-        "g_prompt": ours.g_prompt.detach().reshape(*ours.g_prompt.shape[:-1], *per_head).clone(),
+        **state, "g_prompt": ours.g_prompt.detach().reshape(*ours.g_prompt.shape[:-1], *per_head).clone(),
         "e_prompt.prompt": ours.e_prompt.detach().reshape(*ours.e_prompt.shape[:-1], *per_head).clone(),
-        "e_prompt.prompt_key": ours.prompt_key.detach().clone(),
-        "head.weight": ours.head.weight.detach().clone(), "head.bias": ours.head.bias.detach().clone(),
-    }, ())
-    net = original["DualModel"].__new__(original["DualModel"])
-    nn.Module.__init__(net)
-    net.original_model, net.model, net.n_classes = query_vit, prompted, RECIPE["n_classes"]
-    freeze(net, ["blocks", "patch_embed", "cls_token", "norm", "pos_embed"])
+        "e_prompt.prompt_key": ours.prompt_key.detach().clone(), **head_state(ours)}, ())
+    net = frozen_pair(original["DualModel"], query_vit, prompted)
     method = original_method(original["DualPrompt"], net, args)
-    result = initial_state("dualprompt", ours)
 
     def chosen(inputs: Tensor, task: int, train: bool) -> Tensor:
         with torch.no_grad():
             features = net.original_model(inputs)["pre_logits"]
             return net.model(inputs, task_id=task, cls_features=features, train=train)["prompt_idx"]
 
-    losses = []
-    for task in range(RECIPE["n_tasks"]):
-        set_task(method, task)
-        method.train()
-        method.opt = method.get_optimizer()
-        method.begin_task(None)
-        for step in range(RECIPE["steps"]):
-            inputs, labels = batch(task, step, RECIPE["batch_size"])
-            losses.append(method.observe(inputs, labels, inputs))
-    method.eval()
-    test_inputs, _ = batch(0, -1, RECIPE["batch_size"])
-    with torch.no_grad():
-        result["dualprompt.test_logits"] = method.forward(test_inputs)
-    result["dualprompt.test_index"] = chosen(test_inputs, -1, False)
-    result["dualprompt.losses"] = torch.tensor(losses, dtype=torch.float64)
-    return result
+    return {**initial_state(run, ours), **train_original(method, run, chosen)}
 
 
-def run_coda_prompt(original: dict[str, Any]) -> dict[str, Tensor]:
-    """The original's CODA-Prompt on the recipe (its Model assembled at width 24)."""
-    settings = RECIPE["methods"]["coda_prompt"]
-    ours = build_ours("coda_prompt")
-    state = trunk_state(ours)
+def run_coda_prompt(original: dict[str, Any], run: str) -> dict[str, Tensor]:
+    """The original's CODA-Prompt on ``run`` (its Model assembled at width 24)."""
+    args, ours = original_args(run), build_ours(run)
     kwargs = {key: value for key, value in vit_kwargs().items() if key not in ("num_classes", "drop_rate")}
     vit = original["CodaViT"](args=Namespace(), **kwargs)
-    load_into(vit, state, ("head",))
+    load_into(vit, trunk_state(ours), ("head",))
     width = RECIPE["backbone"]["model_args"]["embed_dim"]
-    pool = original["CodaPool"](width, RECIPE["n_tasks"], [settings["pool_size"], settings["prompt_len"],
-                                                             settings["ortho_mu"]], key_dim=width)
-    layers = [layer for layer in range(5) if layer < RECIPE["backbone"]["model_args"]["depth"]]
+    pool = original["CodaPool"](width, RECIPE["n_tasks"], [args.pool_size, args.prompt_len, args.ortho_mu], key_dim=width)
+    names = [f"e_{part}_{layer}" for layer in ours.layers for part in ("p", "k", "a")]
     with torch.no_grad():
-        for layer in layers:
-            for name in ("p", "k", "a"):
-                getattr(pool, f"e_{name}_{layer}").copy_(getattr(ours, f"e_{name}_{layer}"))
+        for name in names:
+            getattr(pool, name).copy_(getattr(ours, name))
     net = original["CodaModel"].__new__(original["CodaModel"])
     nn.Module.__init__(net)
-    net.task_id, net.feat, net.prompt = 0, vit, pool
-    net.last = nn.Linear(width, RECIPE["n_classes"])
+    net.task_id, net.feat, net.prompt, net.last = 0, vit, pool, nn.Linear(width, RECIPE["n_classes"])
     net.last.load_state_dict(ours.head.state_dict())
-    args = Namespace(lr=settings["lr"], optim_wd=0.0, optimizer="adam", mu=settings["mu"], virtual_bs_iterations=1,
-                     n_epochs=2)
     method = original_method(original["CodaMethod"], net, args)
-    result = initial_state("coda_prompt", ours)
-    losses = []
-    for task in range(RECIPE["n_tasks"]):
-        set_task(method, task)
-        method.train()
-        method.opt = method.get_optimizer()
-        method.begin_task(None)
-        if task == 1:
-            for layer in layers:
-                for name in ("p", "k", "a"):
-                    result[f"coda_prompt.task1.e_{name}_{layer}"] = getattr(pool, f"e_{name}_{layer}").detach().clone()
-        for step in range(RECIPE["steps"]):
-            inputs, labels = batch(task, step, RECIPE["batch_size"])
-            losses.append(method.observe(inputs, labels, inputs))
-            method._epoch_iteration += 1
-    method.eval()
-    test_inputs, _ = batch(0, -1, RECIPE["batch_size"])
-    with torch.no_grad():
-        result["coda_prompt.test_logits"] = method.forward(test_inputs)
-    result["coda_prompt.losses"] = torch.tensor(losses, dtype=torch.float64)
-    return result
+    reinitialised = {}
+
+    def after_begin(task: int) -> None:  # the components the original re-drew for this task
+        if task > 0:
+            reinitialised.update({f"{run}.task{task}.{name}": getattr(pool, name).detach().clone() for name in names})
+
+    return {**initial_state(run, ours), **train_original(method, run, after_begin=after_begin), **reinitialised}
 
 
-def initial_state(name: str, ours: nn.Module) -> dict[str, Tensor]:
-    """Our model's initial weights: ``backbone.*`` (the same for every method, seeded alike)
-    and the method's own ``<name>.init.*``."""
-    state = {f"backbone.{key}": value.detach().clone() for key, value in ours.net.state_dict().items()}
-    state.update({f"{name}.init.{key}": value.detach().clone() for key, value in ours.state_dict().items()
-                  if not key.startswith("net.")})
-    return state
-
-
-def freeze(net: nn.Module, prefixes: list[str]) -> None:
-    """The original's freezing: the query ViT entirely, the prompted one's ``prefixes``."""
-    for parameter in net.original_model.parameters():
-        parameter.requires_grad = False
-    for name, parameter in net.model.named_parameters():
-        if name.startswith(tuple(prefixes)):
-            parameter.requires_grad = False
+RUNNERS = {"l2p": run_l2p, "dualprompt": run_dualprompt, "coda_prompt": run_coda_prompt}
 
 
 def main() -> None:
-    """Run the three methods of the original and write the reference file."""
+    """Run every run of the recipe through the original and write the reference file."""
     from safetensors.torch import save_file
 
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/orig-mammoth")
     original = import_original(root)
     tensors: dict[str, Tensor] = {}
-    for run in (run_l2p, run_dualprompt, run_coda_prompt):
-        result = run(original)
-        for key, value in result.items():
-            assert key not in tensors or torch.equal(tensors[key], value), f"{key} differs between methods"
-        tensors.update(result)
+    for run, spec in RECIPE["runs"].items():
+        for key, value in RUNNERS[spec["method"]](original, run).items():
+            assert key not in tensors or torch.equal(tensors[key], value), f"{key} differs between runs"
+            tensors[key] = value.contiguous()
     OUTPUT.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {key: value.contiguous() for key, value in tensors.items()}
     save_file(tensors, str(OUTPUT), metadata={"recipe": json.dumps(RECIPE)})
     for key in sorted(key for key in tensors if key.endswith("losses")):
         print(key, [round(value, 6) for value in tensors[key].tolist()])

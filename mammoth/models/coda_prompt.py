@@ -33,8 +33,8 @@ class CodaPrompt(PromptModel):
     task its components are re-initialised by Gram-Schmidt against the earlier ones (random
     vectors from the run's generator). Loss: cross-entropy on the current task's classes plus
     ``mu`` times the orthogonality penalty (weighted by ``ortho_mu``). Adam at ``lr`` over the
-    prompts and the head; ``virtual_bs_iterations`` accumulates gradients over that many
-    batches as the original does.
+    prompts and the head; ``virtual_bs_iterations`` steps every that many batches, as the
+    original does (on the last batch's gradient only: see :meth:`observe`).
     """
 
     method_name = "coda_prompt"
@@ -126,13 +126,14 @@ class CodaPrompt(PromptModel):
         return self.head(self.net.pool_tokens(self.net.final_norm(tokens))), penalty
 
     def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> float:
-        """Cross-entropy on the current task's classes plus ``mu`` times the penalty; the optimizer
-        steps every ``virtual_bs_iterations`` batches (every batch by default), as the original's."""
+        """Cross-entropy on the current task's classes plus ``mu`` times the penalty. The optimizer
+        steps every ``virtual_bs_iterations`` batches of an epoch (every batch by default), on
+        that batch's gradient divided by ``virtual_bs_iterations``: the original's observe clears
+        the gradients at every batch, so its "virtual batch" accumulates nothing."""
         logits, penalty = self.prompted(inputs, train=True)
         loss = self.task_loss(logits, labels) + self.mu * penalty
         iteration, every = self.epoch_iteration, self.virtual_bs_iterations
-        if iteration == 0:
-            self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)  # the original clears them at every batch, so nothing accumulates
         (loss / float(every)).backward()
         if (iteration > 0 or every == 1) and iteration % every == 0:
             self.optimizer.step()

@@ -39,8 +39,8 @@ class L2P(PromptModel):
     both). The loss is the current task's cross-entropy minus ``pull_constraint_coeff`` times the
     similarity of the chosen keys to the query (when ``pull_constraint``). ``batchwise_prompt``:
     every example gets the prompts chosen most often in its batch (majority vote, also at test;
-    the original warns it is unfair to other methods). ``use_prompt_mask``: in training, task
-    ``t`` uses prompts ``t*top_k .. (t+1)*top_k - 1`` (while the pool has them). Adam at
+    the original warns it is unfair to other methods). ``use_prompt_mask``: in training, every example uses the
+    last ``top_k`` prompts of the pool, in every task (the original's mask, see :meth:`prompt_mask`). Adam at
     ``lr * batch_size / 256`` over the prompts, keys and head, gradients clipped to ``clip_grad``.
     """
 
@@ -107,14 +107,12 @@ class L2P(PromptModel):
         return {"logits": self.head(features), "index": index, "reduce_sim": reduce_sim}
 
     def prompt_mask(self, batch: int, device: torch.device) -> Optional[Tensor]:
-        """With ``use_prompt_mask`` in training: the current task's ``top_k`` prompts (None when
-        the pool has none left, or otherwise)."""
+        """With ``use_prompt_mask`` in training: the last ``top_k`` prompts of the pool, in every
+        task (None otherwise). The original's L2P calls its prompted ViT with ``task_id=-1``, so
+        its task mask ``arange(task_id * top_k, (task_id + 1) * top_k)`` is ``arange(-top_k, 0)``."""
         if not (self.use_prompt_mask and self.training):
             return None
-        start, end = self.current_task * self.top_k, (self.current_task + 1) * self.top_k
-        if end > self.pool_size_l2p:
-            return None
-        return torch.arange(start, end, device=device).expand(batch, -1)
+        return torch.arange(self.pool_size_l2p - self.top_k, self.pool_size_l2p, device=device).expand(batch, -1)
 
     def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> float:
         """Cross-entropy on the current task's classes minus the pull constraint; one clipped step."""

@@ -64,76 +64,99 @@ class RecipeDataset:
         return InMemorySource(inputs, labels)
 
 
-def build(name: str) -> Any:
-    """Our ``name`` on the recipe's ViT, with the reference's initial weights, attached."""
+RUNS = sorted(RECIPE["runs"])
+
+
+def runs_of(method: str) -> list[str]:
+    """The recipe's runs of ``method``."""
+    return [run for run in RUNS if RECIPE["runs"][run]["method"] == method]
+
+
+def build(run: str) -> Any:
+    """Our model of ``run`` on the recipe's ViT, with the reference's initial weights, attached."""
     spec = RECIPE["backbone"]
     net = TimmBackbone(RECIPE["n_classes"], tuple(spec["input_shape"]), name=spec["name"], model_args=spec["model_args"])
     dataset = RecipeDataset()
-    model = build_model(name, net=net, dataset=dataset, **RECIPE["methods"][name])
+    model = build_model(RECIPE["runs"][run]["method"], net=net, dataset=dataset, **RECIPE["runs"][run]["settings"])
     state = {f"net.{key[len('backbone.'):]}": value for key, value in TENSORS.items() if key.startswith("backbone.")}
-    prefix = f"{name}.init."
+    prefix = f"{run}.init."
     state.update({key[len(prefix):]: value for key, value in TENSORS.items() if key.startswith(prefix)})
     model.load_state_dict(state)
     model.attach(build_context(dataset, "cpu", torch.Generator().manual_seed(0)))
     return model
 
 
-def train_recipe(model: Any, name: str) -> tuple[list[float], list[Tensor]]:
-    """Both tasks' steps of the recipe; the losses and (l2p) the prompts chosen before each step."""
+def train_recipe(model: Any, run: str) -> tuple[list[float], list[Tensor]]:
+    """Both tasks' steps of the recipe; the losses and the prompts chosen before each step (l2p,
+    dualprompt)."""
+    method = RECIPE["runs"][run]["method"]
     losses, chosen = [], []
     for task in range(RECIPE["n_tasks"]):
         model.train()
         model.begin_task(task)
-        if name == "coda_prompt" and task == 1:
-            copy_reinitialised_components(model, task)
+        if method == "coda_prompt" and task == 1:
+            copy_reinitialised_components(model, run, task)
         for step in range(RECIPE["steps"]):
             inputs, labels = batch(task, step, RECIPE["batch_size"])
-            if name == "l2p":
+            if method != "coda_prompt":
                 with torch.no_grad():
-                    chosen.append(model.prompted(inputs)["index"])
+                    chosen.append(prompts_chosen(model, inputs, train=True))
             losses.append(model.observe(inputs, labels, inputs))
+        model.end_epoch(0)  # the recipe's task is one epoch
     model.eval()
     return losses, chosen
 
 
-def copy_reinitialised_components(model: Any, task: int) -> None:
+def prompts_chosen(model: Any, inputs: Tensor, train: bool) -> Tensor:
+    """The prompts l2p or dualprompt picks for ``inputs``, in training or at test."""
+    if RECIPE_METHOD[type(model).__name__] == "l2p":
+        return model.prompted(inputs)["index"]
+    return model.prompted(inputs, train=train)["index"]
+
+
+RECIPE_METHOD = {"L2P": "l2p", "DualPrompt": "dualprompt"}
+
+
+def copy_reinitialised_components(model: Any, run: str, task: int) -> None:
     """The original's Gram-Schmidt draws for ``task``'s components (torch's global generator) in
     place of ours (the run's generator); test_coda_prompt checks ours on their own."""
     start, end = task * model.per_task, (task + 1) * model.per_task
     with torch.no_grad():
         for layer in model.layers:
             for part in ("p", "k", "a"):
-                getattr(model, f"e_{part}_{layer}")[start:end] = TENSORS[f"coda_prompt.task1.e_{part}_{layer}"][start:end]
+                getattr(model, f"e_{part}_{layer}")[start:end] = TENSORS[f"{run}.task{task}.e_{part}_{layer}"][start:end]
 
 
-@pytest.mark.parametrize("name", ["l2p", "dualprompt", "coda_prompt"])
-def test_losses_and_test_logits_match_the_original(name: str) -> None:
-    model = build(name)
-    losses, _ = train_recipe(model, name)
-    expected = TENSORS[f"{name}.losses"]
+@pytest.mark.parametrize("run", RUNS)
+def test_losses_and_test_logits_match_the_original(run: str) -> None:
+    model = build(run)
+    losses, _ = train_recipe(model, run)
+    expected = TENSORS[f"{run}.losses"]
     assert torch.allclose(torch.tensor(losses, dtype=torch.float64), expected, atol=LOSS_TOLERANCE, rtol=0), \
         (losses, expected.tolist())
     test_inputs, _ = batch(0, -1, RECIPE["batch_size"])
     with torch.no_grad():
         logits = model(test_inputs)
-    reference = TENSORS[f"{name}.test_logits"]
+    reference = TENSORS[f"{run}.test_logits"]
     assert logits.shape == (RECIPE["batch_size"], RECIPE["n_classes"]) == reference.shape
     assert torch.allclose(logits, reference, atol=LOGIT_TOLERANCE, rtol=0), (logits - reference).abs().max()
 
 
-def test_l2p_chooses_the_original_prompts_in_training_and_at_test() -> None:
-    model = build("l2p")
-    _, chosen = train_recipe(model, "l2p")
-    assert torch.equal(torch.stack(chosen), TENSORS["l2p.train_index"])
+@pytest.mark.parametrize("run", runs_of("l2p") + runs_of("dualprompt"))
+def test_the_original_prompts_are_chosen_in_training_and_at_test(run: str) -> None:
+    model = build(run)
+    _, chosen = train_recipe(model, run)
+    assert torch.equal(torch.stack(chosen), TENSORS[f"{run}.train_index"])
     with torch.no_grad():
-        test_index = model.prompted(batch(0, -1, RECIPE["batch_size"])[0])["index"]
-    assert torch.equal(test_index, TENSORS["l2p.test_index"])
+        test_index = prompts_chosen(model, batch(0, -1, RECIPE["batch_size"])[0], train=False)
+    assert torch.equal(test_index, TENSORS[f"{run}.test_index"])
 
 
-def test_dualprompt_chooses_the_original_prompts_at_test() -> None:
-    model = build("dualprompt")
-    train_recipe(model, "dualprompt")
-    with torch.no_grad():
-        test_index = model.prompted(batch(0, -1, RECIPE["batch_size"])[0], train=False)["index"]
-    assert torch.equal(test_index, TENSORS["dualprompt.test_index"])
-    assert test_index.shape == (RECIPE["batch_size"], 1) and len(test_index.unique()) == 1  # batch-wise vote
+def test_the_recipe_covers_what_the_defaults_leave_untested() -> None:
+    settings = {run: RECIPE["runs"][run]["settings"] for run in RUNS}
+    assert settings["l2p-batchwise-mask"]["batchwise_prompt"] and settings["l2p-batchwise-mask"]["use_prompt_mask"]
+    assert settings["dualprompt-permute-fix"]["use_permute_fix"] and not settings["dualprompt"].get("use_permute_fix")
+    assert settings["coda_prompt-virtual-batch"]["virtual_bs_iterations"] == 2 and settings["coda_prompt"]["ortho_mu"] > 0
+    # batch-wise selection gives every example the same prompts; per-example selection does not
+    assert len(TENSORS["l2p-batchwise-mask.test_index"].unique(dim=0)) == 1
+    assert len(TENSORS["l2p.test_index"].unique(dim=0)) > 1
