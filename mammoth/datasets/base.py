@@ -1,8 +1,10 @@
 """The dataset config schema, the task container and the ``ContinualDataset`` base class.
 
 A benchmark is a subclass of :class:`ContinualDataset` that declares its constants as class
-attributes and implements :meth:`ContinualDataset.load_source`. Everything else (task splits,
-per-task transformations, augmentation, normalisation) lives here.
+attributes and implements :meth:`ContinualDataset.load_source` (tensors held in memory) or, for a
+benchmark streamed from disk (``streaming = True``), :meth:`ContinualDataset.load_sources`
+(DataSources that decode per batch). Everything else (the dataset settings on labels, task
+splits, per-task transformations, augmentation, normalisation) lives here, the same for both.
 """
 
 from __future__ import annotations
