@@ -128,29 +128,34 @@ class SLCA(ContinualModel):
             self.align_classifier(self.context.generator)
 
     def store_class_statistics(self, data: DataSource) -> None:
-        """The mean and covariance (+1e-4 I) of each class's features over ``data`` (no augmentation, eval mode)."""
-        width = self.class_means.shape[1]
-        sums = torch.zeros(len(self.class_means), width, dtype=torch.float64, device=self.class_means.device)
-        products = torch.zeros(len(self.class_means), width, width, dtype=torch.float64, device=sums.device)
-        counts = torch.zeros(len(self.class_means), dtype=torch.int64, device=sums.device)
+        """The mean and covariance (+1e-4 I) of each class's features over ``data`` (no augmentation,
+        eval mode), accumulated in float64 over batches for the classes ``data`` holds."""
+        classes = data.labels.unique()
+        device, width = self.class_means.device, self.class_means.shape[1]
+        position = torch.full((len(self.class_means),), -1, dtype=torch.int64)
+        position[classes] = torch.arange(len(classes))
+        position = position.to(device)
+        sums = torch.zeros(len(classes), width, dtype=torch.float64, device=device)
+        products = torch.zeros(len(classes), width, width, dtype=torch.float64, device=device)
+        counts = torch.zeros(len(classes), dtype=torch.int64, device=device)
         with evaluation_mode(self.net), torch.no_grad():
             for batch in self.context.batches(data, shuffle=False, augment=False):
                 features = self.net(batch.inputs, returnt="features").to(sums)
-                labels = batch.labels.to(sums.device)
-                sums.index_add_(0, labels, features)
-                counts += torch.bincount(labels, minlength=len(counts))
-                for label in labels.unique():
-                    chosen = features[labels == label]
-                    products[label] += chosen.T @ chosen
-        for label in counts.nonzero().flatten().tolist():
-            count = int(counts[label])
+                local = position[batch.labels.to(device)]
+                sums.index_add_(0, local, features)
+                counts += torch.bincount(local, minlength=len(classes))
+                for index in local.unique():
+                    chosen = features[local == index]
+                    products[index] += chosen.T @ chosen
+        identity = torch.eye(width, dtype=sums.dtype, device=device)
+        for index, label in enumerate(classes.tolist()):
+            count = int(counts[index])
             if count < 2:
                 raise MammothError(f"class {label} has {count} training example; slca needs at least 2 per class for its covariance")
-            mean = sums[label] / count
-            covariance = (products[label] - count * torch.outer(mean, mean)) / (count - 1)
+            mean = sums[index] / count
+            covariance = (products[index] - count * torch.outer(mean, mean)) / (count - 1)
             self.class_means[label] = mean.to(self.class_means)
-            self.class_covariances[label] = (covariance + COVARIANCE_SHRINKAGE * torch.eye(width, dtype=sums.dtype,
-                                                                                            device=sums.device)).to(self.class_means)
+            self.class_covariances[label] = (covariance + COVARIANCE_SHRINKAGE * identity).to(self.class_means)
 
     def align_classifier(self, generator: torch.Generator) -> list[float]:
         """Re-train every seen head on features sampled from the class Gaussians (draws from
@@ -162,16 +167,17 @@ class SLCA(ContinualModel):
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.ca_epochs)
         n_classes = len(weight)
         scales = torch.tensor([0.9 + 0.1 * (task + 1) / seen for task in range(seen) for _ in self.task_ranges[task]])
-        factors = [torch.linalg.cholesky(self.class_covariances[label].cpu()) for label in range(n_classes)]
+        factors = torch.linalg.cholesky(self.class_covariances[:n_classes])
+        means = self.class_means[:n_classes] * scales.to(self.class_means).unsqueeze(1)
         losses = []
         for epoch in range(self.ca_epochs):
+            # the original's MultivariateNormal(mean, cov).sample per class: mean + L @ eps, eps drawn class by class
             samples = torch.cat([
-                self.class_means[label].cpu() * scales[label]
-                + torch.randn(CA_SAMPLES_PER_CLASS, weight.shape[1], generator=generator) @ factors[label].T
+                means[label] + torch.randn(CA_SAMPLES_PER_CLASS, weight.shape[1], generator=generator).to(means) @ factors[label].T
                 for label in range(n_classes)
             ])
-            labels = torch.arange(n_classes).repeat_interleave(CA_SAMPLES_PER_CLASS)
-            order = torch.randperm(len(samples), generator=generator)
+            labels = torch.arange(n_classes, device=samples.device).repeat_interleave(CA_SAMPLES_PER_CLASS)
+            order = torch.randperm(len(samples), generator=generator).to(samples.device)
             samples, labels = samples[order].to(weight.device), labels[order].to(weight.device)
             for step, start in enumerate(range(0, len(samples), CA_SAMPLES_PER_CLASS)):
                 logits = F.linear(samples[start : start + CA_SAMPLES_PER_CLASS], weight, bias)

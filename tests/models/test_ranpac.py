@@ -10,8 +10,11 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 import mammoth.models.ranpac  # noqa: F401  registers model=ranpac
+from mammoth.backbones import build_backbone
 from mammoth.backbones.vit import VisionTransformer
+from mammoth.datasets import build_dataset
 from mammoth.engine.context import build_context
+from mammoth.engine.loop import run_tasks
 from mammoth.errors import BackboneError, ConfigError
 from mammoth.models import build_model
 from mammoth.models.ranpac import RIDGES
@@ -172,3 +175,26 @@ def test_presets_hold_the_originals_settings(preset: str, dataset: str) -> None:
         "dataset.name": dataset, "dataset.batch_size": 48, "dataset.n_epochs": 20, "model.lr": 0.01,
         "model.momentum": 0.9, "model.weight_decay": 0.0005, "model.rp_size": 10000, "model.adapter_size": 64,
         "backbone.name": "vit-b16-in21k", "backbone.pretrained": True}
+
+
+def _run(run_dir, stop_after_task: int, resume: bool = False):
+    """ranpac on seq-digits (1 epoch, batches of 32, seed 7) with a 2-block vit, as mammoth.run builds it."""
+    dataset = build_dataset({"name": "seq-digits", "n_epochs": 1, "batch_size": 32}, seed=7)
+    torch.manual_seed(7)
+    net = build_backbone("vit", num_classes=dataset.n_classes, input_shape=dataset.input_shape, patch_size=4, width=24,
+                         depth=2, heads=3)
+    model = build_model("ranpac", net=net, dataset=dataset, adapter_size=4, rp_size=32)
+    return model, run_tasks(model, dataset, torch.device("cpu"), run_dir, 7, {"model": "ranpac"}, resume=resume,
+                            stop_after_task=stop_after_task)
+
+
+def test_a_run_stopped_after_the_first_session_and_resumed_is_bit_exact(tmp_path) -> None:
+    (tmp_path / "whole").mkdir(), (tmp_path / "resumed").mkdir()
+    whole, whole_state = _run(tmp_path / "whole", stop_after_task=3)
+    _run(tmp_path / "resumed", stop_after_task=1)
+    torch.manual_seed(12345)
+    resumed, resumed_state = _run(tmp_path / "resumed", stop_after_task=3, resume=True)
+    assert resumed_state.accuracies == whole_state.accuracies
+    for (key, value), (_, resumed_value) in zip(whole.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(value, resumed_value), key
+    assert int(resumed.seen_classes) == 6 and float(resumed.ridge) in RIDGES
