@@ -26,12 +26,15 @@ What is adapted to run the original here, and why:
   ``randperm`` on the global RNG) are reproduced by seeding the global RNG; the adapters'
   dropout by seeding it before each step.
 
-To rerun (a minute on 2 CPU cores)::
+To rerun (about 10 seconds on 2 CPU cores)::
 
     mkdir -p /tmp/orig-mammoth
     git -C /work/.mirror/aimagelab+mammoth/repo archive HEAD | tar -x -C /tmp/orig-mammoth
-    pip install --target /tmp/origdeps --no-deps kornia kornia_rs   # timm comes from this environment
+    pip install --target /tmp/origdeps --no-deps kornia kornia_rs timm==0.9.8   # the timm the original pins
     python scripts/reference_feature_methods.py --original /tmp/orig-mammoth --original-path /tmp/origdeps
+
+The stored file was written with timm 0.9.8 on the original's side (its ``source`` entry records
+the versions); this implementation's side runs on the project's timm.
 """
 
 from __future__ import annotations
