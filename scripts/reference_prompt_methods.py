@@ -116,10 +116,10 @@ class _Stub(types.ModuleType):
             raise AttributeError(name)
         return self
 
-    def __call__(self, *args: Any, **kwargs: Any) -> "_Stub":
+    def __call__(self, *args: Any, **kwargs: Any) -> _Stub:
         return self
 
-    def __getitem__(self, key: Any) -> "_Stub":
+    def __getitem__(self, key: Any) -> _Stub:
         return self
 
     def __mro_entries__(self, bases: tuple) -> tuple:
@@ -149,8 +149,10 @@ def import_original(root: Path) -> dict[str, Any]:
     """The original's classes this script runs."""
     sys.meta_path.insert(0, _StubFinder())
     sys.path.insert(0, str(root))
+    import models.coda_prompt_utils.vit as coda_vit
     from models.coda_prompt import CodaPrompt as CodaMethod
-    from models.coda_prompt_utils.model import CodaPrompt as CodaPool, Model as CodaModel
+    from models.coda_prompt_utils.model import CodaPrompt as CodaPool
+    from models.coda_prompt_utils.model import Model as CodaModel
     from models.coda_prompt_utils.vit import VisionTransformer as CodaViT
     from models.dualprompt import DualPrompt
     from models.dualprompt_utils.model import Model as DualModel
@@ -158,8 +160,6 @@ def import_original(root: Path) -> dict[str, Any]:
     from models.l2p import L2P
     from models.l2p_utils.l2p_model import L2PModel
     from models.l2p_utils.vit_prompt import VisionTransformer as L2PViT
-
-    import models.coda_prompt_utils.vit as coda_vit
 
     coda_vit.torch = _CudaLikeZeros()
     return {"L2P": L2P, "L2PModel": L2PModel, "L2PViT": L2PViT, "DualPrompt": DualPrompt, "DualModel": DualModel,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +37,7 @@ class CodaPrompt(PromptModel):
     original does (on the last batch's gradient only: see :meth:`observe`).
     """
 
-    method_name = "coda_prompt"
+    method_name = "coda-prompt"
 
     def __init__(
         self,
@@ -146,7 +146,7 @@ class CodaPrompt(PromptModel):
         return self.mask_unseen(self.prompted(x, train=False)[0])
 
 
-def gram_schmidt(values: Tensor, start: int, end: int, generator: Optional[torch.Generator]) -> None:
+def gram_schmidt(values: Tensor, start: int, end: int, generator: torch.Generator | None) -> None:
     """The original's ``gram_schmidt``, in place: rows ``start..end-1`` of ``values`` (flattened
     per row) become random vectors orthogonalised against every earlier row (the earlier
     components as they are, then the new ones), then normalised; rows before ``start`` stay as
@@ -167,7 +167,7 @@ def gram_schmidt(values: Tensor, start: int, end: int, generator: Optional[torch
     rows.copy_(result)
 
 
-def _projection(u: Tensor, v: Tensor) -> Optional[Tensor]:
+def _projection(u: Tensor, v: Tensor) -> Tensor | None:
     """The projection of ``v`` on ``u``; None when ``u`` is (almost) zero (the original redraws)."""
     denominator = (u * u).sum()
     if denominator < 1e-8:

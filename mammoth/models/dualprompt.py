@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from mammoth.backbones.base import MammothBackbone
-from mammoth.config.value_checks import check_choice, check_non_negative, check_positive, check_positive_int
+from mammoth.config.value_checks import (
+    check_choice,
+    check_non_negative,
+    check_positive,
+    check_positive_int,
+)
 from mammoth.models.prompts import (
     PromptModel,
     batch_scaled_lr,
@@ -61,7 +66,7 @@ class DualPrompt(PromptModel):
         pull_constraint: bool = True,
         pull_constraint_coeff: float = 1.0,
         use_permute_fix: bool = False,
-        clip_grad: Optional[float] = 1.0,
+        clip_grad: float | None = 1.0,
         lr: float = 0.03,
         optimizer: Literal["sgd", "adam"] = "adam",
         **kwargs: Any,
@@ -122,7 +127,7 @@ class DualPrompt(PromptModel):
         return {"logits": self.head(features), "index": index,
                 "reduce_sim": pull_constraint(key_norm, query_norm, index)}
 
-    def _prefix(self, block: int, e_prompts: Tensor, batch: int) -> Optional[tuple[Tensor, Tensor]]:
+    def _prefix(self, block: int, e_prompts: Tensor, batch: int) -> tuple[Tensor, Tensor] | None:
         """The (keys, values) prefix of ``block``: its G-prompt, else its E-prompt, else None."""
         if block in self.g_prompt_layer_idx:
             g_prompt = self.g_prompt[self.g_prompt_layer_idx.index(block)]

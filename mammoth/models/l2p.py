@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from mammoth.backbones.base import MammothBackbone
 from mammoth.backbones.tokens import insert_prompts
-from mammoth.config.value_checks import check_choice, check_non_negative, check_positive, check_positive_int
+from mammoth.config.value_checks import (
+    check_choice,
+    check_non_negative,
+    check_positive,
+    check_positive_int,
+)
 from mammoth.models.prompts import (
     PromptModel,
     batch_scaled_lr,
@@ -60,7 +65,7 @@ class L2P(PromptModel):
         pull_constraint: bool = True,
         pull_constraint_coeff: float = 0.1,
         head_type: Literal["prompt", "token", "token+prompt"] = "prompt",
-        clip_grad: Optional[float] = 1.0,
+        clip_grad: float | None = 1.0,
         lr: float = 0.03,
         optimizer: Literal["sgd", "adam"] = "adam",
         **kwargs: Any,
@@ -106,7 +111,7 @@ class L2P(PromptModel):
         reduce_sim = pull_constraint(key_norm, query_norm, index)
         return {"logits": self.head(features), "index": index, "reduce_sim": reduce_sim}
 
-    def prompt_mask(self, batch: int, device: torch.device) -> Optional[Tensor]:
+    def prompt_mask(self, batch: int, device: torch.device) -> Tensor | None:
         """With ``use_prompt_mask`` in training: the last ``top_k`` prompts of the pool, in every
         task (None otherwise). The original's L2P calls its prompted ViT with ``task_id=-1``, so
         its task mask ``arange(task_id * top_k, (task_id + 1) * top_k)`` is ``arange(-top_k, 0)``."""

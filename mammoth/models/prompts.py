@@ -10,7 +10,7 @@ features without prompts, the prompted pass runs the same blocks with the method
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -60,7 +60,7 @@ class PromptModel(ContinualModel):
         """The learning rate the optimizer uses (``lr``; l2p and dualprompt scale it by batch size)."""
         return self.lr
 
-    def train(self, mode: bool = True) -> "PromptModel":
+    def train(self, mode: bool = True) -> PromptModel:
         """Set the method's training mode; the frozen backbone stays in eval mode."""
         super().train(mode)
         self.net.eval()
@@ -90,7 +90,7 @@ class PromptModel(ContinualModel):
         _, seen = self.class_range()
         return logits.masked_fill(torch.arange(logits.shape[1], device=logits.device) >= seen, float("-inf"))
 
-    def clipped_step(self, loss: Tensor, clip_grad: Optional[float]) -> float:
+    def clipped_step(self, loss: Tensor, clip_grad: float | None) -> float:
         """Back-propagate, clip the gradient norm of the trained parameters to ``clip_grad`` (None:
         no clipping), step; return the loss value."""
         self.optimizer.zero_grad(set_to_none=True)

@@ -4,6 +4,7 @@ that ``scripts/reference_prompt_methods.py`` stored from the original's own clas
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -127,10 +128,16 @@ def copy_reinitialised_components(model: Any, run: str, task: int) -> None:
                 getattr(model, f"e_{part}_{layer}")[start:end] = TENSORS[f"{run}.task{task}.e_{part}_{layer}"][start:end]
 
 
+@functools.cache
+def trained(run: str) -> tuple[Any, list[float], list[Tensor]]:
+    """``run``'s model after the recipe (trained once per session), its losses and chosen prompts."""
+    model = build(run)
+    return (model, *train_recipe(model, run))
+
+
 @pytest.mark.parametrize("run", RUNS)
 def test_losses_and_test_logits_match_the_original(run: str) -> None:
-    model = build(run)
-    losses, _ = train_recipe(model, run)
+    model, losses, _ = trained(run)
     expected = TENSORS[f"{run}.losses"]
     assert torch.allclose(torch.tensor(losses, dtype=torch.float64), expected, atol=LOSS_TOLERANCE, rtol=0), \
         (losses, expected.tolist())
@@ -144,8 +151,7 @@ def test_losses_and_test_logits_match_the_original(run: str) -> None:
 
 @pytest.mark.parametrize("run", runs_of("l2p") + runs_of("dualprompt"))
 def test_the_original_prompts_are_chosen_in_training_and_at_test(run: str) -> None:
-    model = build(run)
-    _, chosen = train_recipe(model, run)
+    model, _, chosen = trained(run)
     assert torch.equal(torch.stack(chosen), TENSORS[f"{run}.train_index"])
     with torch.no_grad():
         test_index = prompts_chosen(model, batch(0, -1, RECIPE["batch_size"])[0], train=False)

@@ -47,16 +47,16 @@ def test_a_backbone_without_tokens_is_refused_in_one_line(name: str, dataset) ->
         build_model(name, net=net, dataset=dataset)
     message = str(error.value)
     assert "\n" not in message
-    assert message.startswith(f"model={name} needs a Vision Transformer backbone with the token interface, and MNISTMLP")
+    assert message.startswith(f"model={name.replace('_', '-')} needs a Vision Transformer backbone with the token interface, and MNISTMLP")
     assert "allowed: backbone=vit, or backbone=timm" in message
 
 
 @pytest.mark.parametrize(("name", "values", "expected"), [
     ("l2p", {"top_k": 11}, "model.top_k=11 is larger than the prompt pool; allowed: 1..10"),
-    ("dualprompt", {"e_prompt_layer_idx": [2]}, "model.e_prompt_layer_idx=[2] is not a list of distinct block indices; "
-                                                "allowed: indices in 0..1"),
-    ("coda_prompt", {"pool_size": 1}, "model.pool_size=1 gives no prompt component to each of the 2 tasks; "
-                                      "allowed: pool_size >= 2"),
+    ("dualprompt", {"e_prompt_layer_idx": [2]}, ("model.e_prompt_layer_idx=[2] is not a list of distinct block indices; "
+                                                "allowed: indices in 0..1")),
+    ("coda_prompt", {"pool_size": 1}, ("model.pool_size=1 gives no prompt component to each of the 2 tasks; "
+                                      "allowed: pool_size >= 2")),
 ])
 def test_bad_prompt_settings_are_refused_naming_the_value(name: str, values: dict, expected: str, dataset) -> None:
     with pytest.raises(ConfigError) as error:
