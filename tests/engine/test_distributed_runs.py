@@ -210,3 +210,17 @@ def test_a_killed_rank_stops_the_run_in_bounded_time(tmp_path: Path) -> None:
     assert re.search(r"Root Cause \(first observed failure\):.*?rank\s*: 1 \(local_rank: 1\).*?Signal 9 \(SIGKILL\)",
                      stderr, re.S), stderr[-3000:]
     assert not (run_dir / "results.json").exists()
+
+
+def test_a_submitit_local_job_of_two_tasks_is_one_distributed_run(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    swept = mammoth(["-m", "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2",
+                     "hydra.launcher.timeout_min=5", *RUN, f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert swept.returncode == 0, swept.stderr[-3000:]
+    alone = mammoth([*RUN, f"hydra.run.dir={tmp_path / 'one'}"], tmp_path)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    job = sweep / "0"
+    assert re.search(r"\[rank 1 pid \d+\]\[mammoth\]\[INFO\] task 5/5: Class-IL", (job / "rank1.log").read_text())
+    assert results(job)["class_il"]["matrix"] == results(tmp_path / "one")["class_il"]["matrix"]
+    assert buffer_digest(job) == buffer_digest(tmp_path / "one")
+    assert "complete" in (sweep / "summary.csv").read_text()
