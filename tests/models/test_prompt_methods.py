@@ -196,3 +196,22 @@ def test_a_prompt_method_stopped_after_task_one_and_resumed_is_bit_exact(tmp_pat
     assert resumed_state.accuracies == whole_state.accuracies
     for (key, value), (_, resumed_value) in zip(whole.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(value, resumed_value), key
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_the_harness_evaluates_through_the_method_prompt_selection(name: str, dataset, run_task) -> None:
+    from mammoth.engine.evaluation import evaluate_tasks
+
+    model = make(name, dataset)
+    for task in range(2):
+        run_task(model, task)
+    sources = [model.context.task_data(task) for task in range(2)]
+    # one batch per task (16 examples): dualprompt's batch-wise vote sees the same batch below
+    accuracy = evaluate_tasks(model, model.context, sources, batch_size=16)
+    model.eval()
+    expected = []
+    with torch.no_grad():
+        for source in sources:
+            inputs = model.context.test_transform(source.read(torch.arange(len(source)), "cpu"))
+            expected.append(100.0 * float((model(inputs).argmax(1) == source.labels).float().mean()))
+    assert accuracy["class_il"] == pytest.approx(expected)
