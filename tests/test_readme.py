@@ -182,6 +182,9 @@ CASES: dict[str, Case] = {
     "python -m mammoth -m model=sgd,er ++model.buffer_size=200 seed=0,1,2": Case(returncode=1, check=sweep_of(3, 3)),
     "python -m mammoth -m model=sgd,er model.buffer_size=200":
         Case(returncode=2, check=first_error_line_matches("python -m mammoth -m model=sgd,er model.buffer_size=200")),
+    "python -m mammoth.reproduce --list": Case(run=False),  # tests/reporting/test_ledger.py: README table == --list
+    "python -m mammoth.reproduce experiment=der-seq-cifar100-500 seeds=3 dataset.root=/data":
+        Case(run=False),  # GPU hours on real data: tests/test_reproduce_ledger.py (-m reproduce); on digits: tests/test_reproduce.py
     "python -m mammoth hparams_search=seq-digits-optuna": Case(extra=FAST + ("hydra.sweeper.n_trials=2",), check=optuna_study),
     "python -m mammoth hparams_search=der-optuna hydra.sweeper.n_trials=50":
         Case(extra=FAST + ("hydra.sweeper.n_trials=2",), check=optuna_study),

@@ -41,6 +41,9 @@ class RunConfig:
     #: Also evaluate the tasks not trained yet, and the network before the first task (forward
     #: transfer needs both); the original Mammoth's --eval_future and --enable_other_metrics.
     eval_future: bool = False
+    #: The published results an experiment preset reproduces (mammoth.reporting.ledger): recorded
+    #: with the run's config; read by python -m mammoth.reproduce.
+    ledger: Any = None
     resume: bool = field(default=False, metadata=RUN_CONTROL)
     stop_after_task: Optional[int] = field(default=None, metadata=RUN_CONTROL)
     output_dir: Optional[str] = field(default=None, metadata=RUN_CONTROL)
