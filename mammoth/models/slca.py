@@ -44,6 +44,9 @@ class SLCA(ContinualModel):
     logits divided by their mean per-task norm and by ``ca_with_logit_norm`` (0: plain logits).
     The aligned classifier scores the test data; the next task trains from the heads as they
     were before the alignment. Every draw (heads, samples, order) comes from the run's generator.
+    ``reset_final_norm``: as the original does to its ViT-B/16 (``vit-b-p16``), the final
+    LayerNorm of a ViT backbone (the one its token interface's ``final_norm`` applies) starts
+    again from weight 1 and bias 0; other backbones have none to reset.
     """
 
     def __init__(
@@ -53,6 +56,7 @@ class SLCA(ContinualModel):
         ca_epochs: int = 5,
         ca_with_logit_norm: float = 0.1,
         virtual_bs_iterations: int = 1,
+        reset_final_norm: bool = True,
         momentum: float = 0.9,
         optimizer: Literal["sgd"] = "sgd",
         **kwargs: Any,
@@ -65,6 +69,9 @@ class SLCA(ContinualModel):
         self.ca_epochs = check_positive_int("model.ca_epochs", ca_epochs) if ca_epochs else 0
         self.ca_with_logit_norm = check_non_negative("model.ca_with_logit_norm", ca_with_logit_norm)
         self.virtual_bs_iterations = check_positive_int("model.virtual_bs_iterations", virtual_bs_iterations)
+        self.reset_final_norm = bool(reset_final_norm)
+        if self.reset_final_norm:
+            reset_layer_norm(final_layer_norm(net))
         self.task_ranges = [dataset.task_classes(task) for task in range(dataset.n_tasks)]
         width, n_classes = int(net.num_features), int(dataset.n_classes)
         self.heads = nn.ModuleList(
@@ -217,3 +224,29 @@ class SLCA(ContinualModel):
             scores = torch.cat([head(features) for head in self.heads[:seen]], dim=1) if seen else features[:, :0]
         padding = scores.new_full((len(scores), len(self.class_means) - n_seen), float("-inf"))
         return torch.cat([scores, padding], dim=1)
+
+
+def final_layer_norm(net: nn.Module) -> nn.LayerNorm | None:
+    """The LayerNorm module that a token backbone's ``final_norm`` applies (None for other backbones)."""
+    if not getattr(net, "supports_tokens", False):
+        return None
+    applied: list[nn.Module] = []
+    norms = [module for module in net.modules() if isinstance(module, nn.LayerNorm)]
+    handles = [norm.register_forward_hook(lambda module, inputs, output: applied.append(module)) for norm in norms]
+    parameter = next(net.parameters(), None)
+    try:
+        with torch.no_grad():
+            net.final_norm(torch.zeros(1, 1, int(net.num_features), device=None if parameter is None else parameter.device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return applied[-1] if applied else None
+
+
+def reset_layer_norm(norm: nn.LayerNorm | None) -> None:
+    """Weight 1 and bias 0 (a fresh LayerNorm's parameters); nothing for None."""
+    if norm is not None and norm.elementwise_affine:
+        with torch.no_grad():
+            norm.weight.fill_(1.0)
+            if norm.bias is not None:
+                norm.bias.zero_()

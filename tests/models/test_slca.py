@@ -8,19 +8,19 @@ import torch
 from feature_reference import ImageDataset, reference, script, tensor, tiny_vit
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
-from torch import nn
 
 import mammoth.models.slca  # noqa: F401  registers model=slca
+from mammoth.backbones.vit import VisionTransformer
 from mammoth.engine.context import build_context
 from mammoth.errors import ConfigError
 from mammoth.models import build_model
 
 
 def make_slca(seed: int = 0, **values):
-    """slca on the script's tiny ViT (with the original's fresh final LayerNorm) and benchmark."""
+    """slca on the script's tiny ViT and benchmark (reset_final_norm gives the original's fresh final LayerNorm)."""
     settings = {key: value for key, value in reference()["slca"]["settings"].items() if key != "ca_seed"}
     net = tiny_vit("slca")
-    net.trunk.norm = nn.LayerNorm(net.num_features)  # the original's get_convnet('vit-b-p16') does this
+    net.trunk.norm.eps = 1e-5  # the original's fresh LayerNorm has torch's default eps (reset_final_norm keeps ours)
     dataset = ImageDataset()
     model = build_model("slca", net=net, dataset=dataset, **{**settings, **values})
     model.attach(build_context(dataset, "cpu", torch.Generator().manual_seed(seed)))
@@ -148,3 +148,16 @@ def test_preset_holds_the_originals_settings() -> None:
                       "model.lr": 0.01, "model.ca_epochs": 5, "model.ca_with_logit_norm": 0.1, "model.momentum": 0.9,
                       "backbone.name": "vit-b16-in21k", "backbone.pretrained": True}
     assert cfg.model._target_ == "mammoth.models.slca.SLCA"
+
+
+def test_the_final_layer_norm_of_a_vit_starts_afresh_as_the_originals() -> None:
+    recipe = tiny_vit("slca").trunk
+    fresh = build_model("slca", net=tiny_vit("slca"), dataset=ImageDataset()).net.trunk
+    kept = build_model("slca", net=tiny_vit("slca"), dataset=ImageDataset(), reset_final_norm=False).net.trunk
+    assert torch.equal(fresh.norm.weight, torch.ones(48)) and torch.equal(fresh.norm.bias, torch.zeros(48))
+    assert torch.equal(kept.norm.weight, recipe.norm.weight) and not torch.equal(recipe.norm.weight, torch.ones(48))
+    assert torch.equal(fresh.blocks[1].norm2.weight, recipe.blocks[1].norm2.weight)  # only the final norm
+    vit = VisionTransformer(num_classes=4, input_shape=(3, 32, 32), patch_size=8, width=12, depth=1, heads=3)
+    with torch.no_grad():
+        vit.stages[-1].norm.weight.fill_(2.0)
+    assert torch.equal(build_model("slca", net=vit, dataset=ImageDataset()).net.stages[-1].norm.weight, torch.ones(12))
