@@ -1,6 +1,8 @@
 """l2p, dualprompt and coda-prompt against the ORIGINAL Mammoth's code: the same tiny ViT and
 initial weights, the same batches and settings give the losses, chosen prompts and test logits
-that ``scripts/reference_prompt_methods.py`` stored from the original's own classes."""
+that ``scripts/reference_prompt_methods.py`` stored from the original's own classes, through
+either backbone that serves the token interface (a timm ViT, and the built-in vit holding the
+same weights)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import torch
 from torch import Tensor
 
 from mammoth.backbones.timm import TimmBackbone
+from mammoth.backbones.vit import VisionTransformer
 from mammoth.datasets.source import InMemorySource
 from mammoth.engine.context import build_context
 from mammoth.models import build_model
@@ -73,13 +76,46 @@ def runs_of(method: str) -> list[str]:
     return [run for run in RUNS if RECIPE["runs"][run]["method"] == method]
 
 
-def build(run: str) -> Any:
-    """Our model of ``run`` on the recipe's ViT, with the reference's initial weights, attached."""
+def timm_backbone() -> tuple[Any, dict[str, Tensor]]:
+    """The recipe's ViT as ``backbone=timm``, with the reference's initial weights."""
     spec = RECIPE["backbone"]
     net = TimmBackbone(RECIPE["n_classes"], tuple(spec["input_shape"]), name=spec["name"], model_args=spec["model_args"])
+    return net, {key[len("backbone."):]: value for key, value in TENSORS.items() if key.startswith("backbone.")}
+
+
+def builtin_backbone() -> tuple[Any, dict[str, Tensor]]:
+    """The recipe's ViT as the built-in ``backbone=vit`` (torchvision's blocks), the reference's
+    initial timm weights renamed to it: the same network, another implementation."""
+    args = RECIPE["backbone"]["model_args"]
+    net = VisionTransformer(RECIPE["n_classes"], tuple(RECIPE["backbone"]["input_shape"]), patch_size=args["patch_size"],
+                            width=args["embed_dim"], depth=args["depth"], heads=args["num_heads"])
+    timm = {key[len("backbone.trunk."):]: value for key, value in TENSORS.items() if key.startswith("backbone.trunk.")}
+    names = {"cls_token": "stages.0.class_token", "pos_embed": "stages.0.position",
+             "patch_embed.proj.weight": "stages.0.projection.weight", "patch_embed.proj.bias": "stages.0.projection.bias",
+             "norm.weight": f"stages.{args['depth'] + 1}.norm.weight", "norm.bias": f"stages.{args['depth'] + 1}.norm.bias"}
+    parts = {"norm1": "ln_1", "attn.qkv.weight": "self_attention.in_proj_weight",
+             "attn.qkv.bias": "self_attention.in_proj_bias", "attn.proj": "self_attention.out_proj", "norm2": "ln_2",
+             "mlp.fc1": "mlp.0", "mlp.fc2": "mlp.3"}
+    state = {"classifier.weight": TENSORS["backbone.classifier.weight"], "classifier.bias": TENSORS["backbone.classifier.bias"]}
+    for key, value in timm.items():
+        if key in names:
+            state[names[key]] = value
+            continue
+        _, block, rest = key.split(".", 2)
+        part = next(part for part in parts if rest.startswith(part))
+        state[f"stages.{int(block) + 1}.{parts[part]}{rest[len(part):]}"] = value
+    return net, state
+
+
+BACKBONES = {"timm": timm_backbone, "vit": builtin_backbone}
+
+
+def build(run: str, backbone: str = "timm") -> Any:
+    """Our model of ``run`` on the recipe's ViT, with the reference's initial weights, attached."""
+    net, backbone_state = BACKBONES[backbone]()
     dataset = RecipeDataset()
     model = build_model(RECIPE["runs"][run]["method"], net=net, dataset=dataset, **RECIPE["runs"][run]["settings"])
-    state = {f"net.{key[len('backbone.'):]}": value for key, value in TENSORS.items() if key.startswith("backbone.")}
+    state = {f"net.{key}": value for key, value in backbone_state.items()}
     prefix = f"{run}.init."
     state.update({key[len(prefix):]: value for key, value in TENSORS.items() if key.startswith(prefix)})
     model.load_state_dict(state)
@@ -129,15 +165,16 @@ def copy_reinitialised_components(model: Any, run: str, task: int) -> None:
 
 
 @functools.cache
-def trained(run: str) -> tuple[Any, list[float], list[Tensor]]:
+def trained(run: str, backbone: str = "timm") -> tuple[Any, list[float], list[Tensor]]:
     """``run``'s model after the recipe (trained once per session), its losses and chosen prompts."""
-    model = build(run)
+    model = build(run, backbone)
     return (model, *train_recipe(model, run))
 
 
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
 @pytest.mark.parametrize("run", RUNS)
-def test_losses_and_test_logits_match_the_original(run: str) -> None:
-    model, losses, _ = trained(run)
+def test_losses_and_test_logits_match_the_original(run: str, backbone: str) -> None:
+    model, losses, _ = trained(run, backbone)
     expected = TENSORS[f"{run}.losses"]
     assert torch.allclose(torch.tensor(losses, dtype=torch.float64), expected, atol=LOSS_TOLERANCE, rtol=0), \
         (losses, expected.tolist())
@@ -149,9 +186,10 @@ def test_losses_and_test_logits_match_the_original(run: str) -> None:
     assert torch.allclose(logits, reference, atol=LOGIT_TOLERANCE, rtol=0), (logits - reference).abs().max()
 
 
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
 @pytest.mark.parametrize("run", runs_of("l2p") + runs_of("dualprompt"))
-def test_the_original_prompts_are_chosen_in_training_and_at_test(run: str) -> None:
-    model, _, chosen = trained(run)
+def test_the_original_prompts_are_chosen_in_training_and_at_test(run: str, backbone: str) -> None:
+    model, _, chosen = trained(run, backbone)
     assert torch.equal(torch.stack(chosen), TENSORS[f"{run}.train_index"])
     with torch.no_grad():
         test_index = prompts_chosen(model, batch(0, -1, RECIPE["batch_size"])[0], train=False)
