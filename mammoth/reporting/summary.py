@@ -58,6 +58,7 @@ MAX_ERROR_CHARACTERS = 500
 METRIC_TITLES = {
     "average": "", "forgetting": " forgetting", "bwt": " BWT", "forward_transfer": " FWT",
     "average_incremental": " avg incr.", "old_accuracy": " old", "new_accuracy": " new", "top5": " top-5",
+    "test": " test",  # a run on a validation split: its test average after the last task (results.json "test")
 }
 ALWAYS_SHOWN = ("average", "forgetting", "bwt")
 #: The ``resources`` of results.json the summary reports (a column when a job reports it).
@@ -315,6 +316,11 @@ def _final_metrics(results: dict[str, Any]) -> dict[str, float]:
                 value = _number(block.get(metric))
                 if value is not None:
                     metrics[f"{kind}_{metric}"] = value
+    tested = results.get("test")
+    for kind, block in (tested.items() if isinstance(tested, dict) else ()):
+        value = _number(block.get("average")) if isinstance(block, dict) and kind in KIND_TITLES else None
+        if value is not None:
+            metrics[f"{kind}_test"] = value
     return metrics
 
 
@@ -801,7 +807,7 @@ def _metric_label(metric: str) -> str:
     words = {"average": "average accuracy (%)", "forgetting": "forgetting", "bwt": "backward transfer",
              "forward_transfer": "forward transfer", "average_incremental": "average incremental accuracy (%)",
              "old_accuracy": "accuracy on old classes (%)", "new_accuracy": "accuracy on new classes (%)",
-             "top5": "top-5 accuracy (%)"}
+             "top5": "top-5 accuracy (%)", "test": "test accuracy (%)"}
     return f"{KIND_TITLES.get(kind, kind)} {words.get(field_name, field_name)}"
 
 

@@ -170,3 +170,20 @@ def test_with_a_validation_split_the_matrix_is_of_it_and_the_test_set_is_evaluat
 
 def test_without_a_validation_split_the_matrix_is_of_the_test_set(future_run: dict) -> None:
     assert future_run["evaluated_on"] == "test" and "test" not in future_run
+
+
+def test_on_cuda_each_task_records_the_peak_allocated_since_its_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mammoth.engine import loop
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device: calls.append(("reset", device.type)))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: 3 * 2**20 + 2**19)
+    state = TrainingState.empty("class-il")
+    cuda = torch.device("cuda", 0)
+    loop._reset_peak_memory(cuda)
+    loop._record_peak_memory(state, cuda)
+    assert calls == [("reset", "cuda")] and state.peak_cuda_mb == [3.5]
+    loop._reset_peak_memory(torch.device("cpu"))
+    loop._record_peak_memory(state, torch.device("cpu"))
+    assert calls == [("reset", "cuda")] and state.peak_cuda_mb == [3.5]  # nothing on the CPU
+    assert len(state.peak_rss_mb) == 2 and state.peak_rss_mb[0] > 0

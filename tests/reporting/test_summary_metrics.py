@@ -54,3 +54,14 @@ def test_jobs_without_the_new_metrics_keep_the_three_columns_per_kind(tmp_path: 
     rows = gather([tmp_path])
     assert rows[0].metrics == {"class_il_average": 40.0}  # null forgetting and bwt (joint) are not numbers
     assert metric_names(rows) == ["class_il_average", "class_il_forgetting", "class_il_bwt"]
+
+
+def test_a_validation_run_gets_a_test_column_beside_its_validation_average(tmp_path: Path) -> None:
+    write_results(tmp_path / "0", ["seed=0", "dataset.validation=0.1"], {
+        "evaluated_on": "validation", "class_il": {"average": 40.0, "forgetting": 5.0, "bwt": -5.0},
+        "test": {"class_il": {"accuracies": [30.0, 36.0], "average": 33.0}},
+    })
+    rows = gather([tmp_path])
+    assert rows[0].metrics["class_il_test"] == 33.0 and rows[0].metrics["class_il_average"] == 40.0
+    assert metric_names(rows) == ["class_il_average", "class_il_forgetting", "class_il_bwt", "class_il_test"]
+    assert metric_title("class_il_test") == "Class-IL test"
