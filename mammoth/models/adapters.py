@@ -22,6 +22,8 @@ from mammoth.errors import BackboneError
 
 #: Names of the norm before a block's MLP: timm's Block (and the original Mammoth's), torchvision's EncoderBlock.
 MLP_NORM_NAMES = ("norm2", "ln_2")
+#: Blocks whose ``norm2`` follows the MLP (timm's post-norm ViT block): refused.
+POST_NORM_BLOCKS = ("ResPostBlock",)
 
 
 class MlpAdapter(nn.Module):
@@ -57,6 +59,11 @@ def adapted_blocks(net: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
     found = []
     for module in net.modules():
         norm = next((getattr(module, name) for name in MLP_NORM_NAMES if isinstance(getattr(module, name, None), nn.Module)), None)
+        if norm is not None and type(module).__name__ in POST_NORM_BLOCKS:
+            raise BackboneError(
+                f"{type(module).__name__} normalises after its MLP, so a parallel adapter has no pre-MLP input there; "
+                "allowed: pre-norm transformer blocks (timm's Block, the built-in vit), or model.adapter_size=0"
+            )
         if norm is not None:
             found.append((module, norm))
     if not found:
@@ -65,6 +72,12 @@ def adapted_blocks(net: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
             "adapters; allowed: backbone=vit or a timm ViT, or model.adapter_size=0 (no first-session adaptation)"
         )
     return found
+
+
+def block_width(norm: nn.Module, default: int) -> int:
+    """The width of the residual stream a pre-MLP norm normalises (``default`` if it does not say)."""
+    shape = getattr(norm, "normalized_shape", None)
+    return int(shape[-1]) if shape else default
 
 
 def attach_mlp_adapters(net: nn.Module, adapters: nn.ModuleList) -> list[RemovableHandle]:
@@ -83,7 +96,7 @@ def attach_mlp_adapters(net: nn.Module, adapters: nn.ModuleList) -> list[Removab
         def add(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor, captured: list[Tensor] = captured,
                 adapter: nn.Module = adapter) -> Tensor:
             residual = captured.pop()
-            return output + adapter(residual).to(output.dtype)
+            return output + adapter(residual).to(output.dtype).reshape(output.shape)  # Swin blocks reshape after the MLP
 
         handles.append(norm.register_forward_pre_hook(capture))
         handles.append(block.register_forward_hook(add))

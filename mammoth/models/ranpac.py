@@ -14,7 +14,12 @@ from mammoth.config.value_checks import check_positive_int
 from mammoth.datasets.source import DataSource, empty_source
 from mammoth.engine.context import evaluation_mode
 from mammoth.errors import ConfigError
-from mammoth.models.adapters import MlpAdapter, adapted_blocks, attach_mlp_adapters
+from mammoth.models.adapters import (
+    MlpAdapter,
+    adapted_blocks,
+    attach_mlp_adapters,
+    block_width,
+)
 from mammoth.models.base import ContinualModel
 from mammoth.models.registry import register_model
 
@@ -84,7 +89,7 @@ class RanPAC(ContinualModel):
         self.first_classes = dataset.task_classes(0).stop
         self.seen_per_task = [dataset.task_classes(task).stop for task in range(dataset.n_tasks)]
         blocks = adapted_blocks(net) if adapter_size else []
-        self.adapters = nn.ModuleList(MlpAdapter(width, adapter_size) for _ in blocks)
+        self.adapters = nn.ModuleList(MlpAdapter(block_width(norm, width), adapter_size) for _, norm in blocks)
         self.hooks = attach_mlp_adapters(net, self.adapters) if adapter_size else []
         self.cosine_head = CosineHead(width, self.first_classes)
         self.register_buffer("random_projection", torch.zeros(width, self.rp_size))

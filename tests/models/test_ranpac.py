@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 import mammoth.models.ranpac  # noqa: F401  registers model=ranpac
 from mammoth.backbones import build_backbone
+from mammoth.backbones.timm import TimmBackbone
 from mammoth.backbones.vit import VisionTransformer
 from mammoth.datasets import build_dataset
 from mammoth.engine.context import build_context
@@ -198,3 +199,20 @@ def test_a_run_stopped_after_the_first_session_and_resumed_is_bit_exact(tmp_path
     for (key, value), (_, resumed_value) in zip(whole.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(value, resumed_value), key
     assert int(resumed.seen_classes) == 6 and float(resumed.ridge) in RIDGES
+
+
+def test_adapters_fit_other_timm_transformers_and_refuse_post_norm_blocks() -> None:
+    swin = TimmBackbone(num_classes=4, input_shape=(3, 32, 32), name="swin_tiny_patch4_window7_224",
+                        model_args={"depths": (1, 1), "num_heads": (3, 6), "embed_dim": 24, "window_size": 4})
+    model = make_ranpac(net=swin, adapter_size=4, rp_size=8)
+    assert [adapter.down_proj.in_features for adapter in model.adapters] == [24, 48]  # each stage's width
+    model.begin_task(0)
+    with torch.no_grad():
+        model.eval()
+        plain = model.net(script().probe_images(), returnt="features")  # fresh adapters add nothing
+        model.adapters[1].up_proj.weight.fill_(1.0)
+        assert torch.equal(model.net(script().probe_images(), returnt="features"), plain) is False
+    post_norm = TimmBackbone(num_classes=4, input_shape=(3, 32, 32), name="vit_base_patch16_rpn_224",
+                             model_args={"depth": 1, "embed_dim": 24, "num_heads": 2})
+    with pytest.raises(BackboneError, match="ResPostBlock normalises after its MLP"):
+        make_ranpac(net=post_norm)
