@@ -211,7 +211,7 @@ def test_adapters_fit_other_timm_transformers_and_refuse_post_norm_blocks() -> N
         model.eval()
         plain = model.net(script().probe_images(), returnt="features")  # fresh adapters add nothing
         model.adapters[1].up_proj.weight.fill_(1.0)
-        assert torch.equal(model.net(script().probe_images(), returnt="features"), plain) is False
+        assert not torch.equal(model.net(script().probe_images(), returnt="features"), plain)
     post_norm = TimmBackbone(num_classes=4, input_shape=(3, 32, 32), name="vit_base_patch16_rpn_224",
                              model_args={"depth": 1, "embed_dim": 24, "num_heads": 2})
     with pytest.raises(BackboneError, match="ResPostBlock normalises after its MLP"):
