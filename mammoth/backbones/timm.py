@@ -121,8 +121,12 @@ class TimmBackbone(MammothBackbone):
 
     @property
     def supports_tokens(self) -> bool:
-        """Whether the model is a timm ``VisionTransformer`` (the token interface needs its parts)."""
-        return all(hasattr(self.trunk, part) for part in ("patch_embed", "_pos_embed", "blocks", "norm", "forward_head"))
+        """Whether the model is a timm ``VisionTransformer`` (or a subclass: DeiT, DeiT-3, FlexiViT...),
+        whose parts the token interface runs; other ViT-like models (EVA's rotary embeddings,
+        relative-position or BEiT blocks) need arguments of their own inside their blocks."""
+        from timm.models.vision_transformer import VisionTransformer
+
+        return isinstance(self.trunk, VisionTransformer)
 
     @property
     def num_blocks(self) -> int:

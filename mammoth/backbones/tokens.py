@@ -40,8 +40,9 @@ Prefix = tuple[Tensor, Tensor]
 def require_tokens(net: nn.Module, who: str) -> nn.Module:
     """``net`` if it serves the token interface; else a one-line BackboneError naming ``who`` needs it."""
     if not getattr(net, "supports_tokens", False):
+        name = type(net).__name__ + (f" {net.name!r}" if isinstance(getattr(net, "name", None), str) else "")
         raise BackboneError(
-            f"{who} needs a Vision Transformer backbone with the token interface, and {type(net).__name__} has none; "
+            f"{who} needs a Vision Transformer backbone with the token interface, and {name} has none; "
             "allowed: backbone=vit, or backbone=timm with a timm ViT (e.g. backbone.name=vit-b16-in21k)"
         )
     return net

@@ -105,3 +105,26 @@ def test_a_timm_vit_without_position_for_its_class_token_gives_zeros() -> None:
     net = build_backbone("timm", num_classes=4, input_shape=SHAPE, name="vit_tiny_patch16_224",
                          model_args={"depth": 1, "embed_dim": 32, "num_heads": 4, "patch_size": 8, "no_embed_class": True})
     assert torch.equal(net.class_position(), torch.zeros(32))
+
+
+def _timm(name: str, **model_args) -> torch.nn.Module:
+    pytest.importorskip("timm")
+    import mammoth.backbones.timm  # noqa: F401  registers backbone=timm
+
+    torch.manual_seed(0)
+    return build_backbone("timm", num_classes=4, input_shape=SHAPE, name=name,
+                          model_args={"depth": 2, "patch_size": 8, **model_args}).eval()
+
+
+def test_timm_vision_transformer_subclasses_serve_tokens_and_others_are_refused_naming_the_model() -> None:
+    distilled = _timm("deit_tiny_distilled_patch16_224", embed_dim=32, num_heads=4)
+    x = torch.rand(2, *SHAPE)
+    assert distilled.supports_tokens and distilled.num_prefix_tokens == 2  # class and distillation tokens
+    assert torch.allclose(token_features(distilled, x), distilled(x, returnt="features"), atol=1e-6)
+    beit = _timm("beit_base_patch16_224", embed_dim=32, num_heads=4)  # relative-position blocks: no token interface
+    assert not beit.supports_tokens
+    with pytest.raises(BackboneError) as error:
+        require_tokens(beit, "model=l2p")
+    assert str(error.value).startswith(
+        "model=l2p needs a Vision Transformer backbone with the token interface, and TimmBackbone "
+        "'beit_base_patch16_224' has none; allowed: backbone=vit, or backbone=timm with a timm ViT")
