@@ -5,7 +5,7 @@ that serves this interface (``supports_tokens = True``; the built-in ``vit``, an
 backbones whose model is a timm ``VisionTransformer``) lets them run the network piece by piece:
 
 - ``embed_tokens(x)``: the tokens before the first block, ``(batch, tokens, width)`` (class token
-  first, position embeddings added). Prompt tuning (L2P) concatenates its prompt tokens here.
+  first, position embeddings added). Prompt tuning (L2P) inserts its prompt tokens here.
 - ``run_block(index, tokens, prefix=None)``: block ``index`` (of ``num_blocks``); ``prefix`` is
   ``(keys, values)``, each ``(batch, length, width)``, prepended to that block's attention keys and
   values after their projection (prefix tuning: DualPrompt, CODA-Prompt). No prefix: the block as
@@ -21,7 +21,8 @@ backbones whose model is a timm ``VisionTransformer``) lets them run the network
 
 For any input, ``pool_tokens(final_norm(run_block(n-1, ... run_block(0, embed_tokens(x)))))``
 equals ``net(x, returnt="features")`` (:func:`token_features` runs exactly that), so a method that
-uses the interface sees the same network as every other method.
+uses the interface sees the same network as every other method. The prompt methods' query (the
+frozen model's features) is that same call without prompts: one backbone serves both passes.
 """
 
 from __future__ import annotations
