@@ -1,4 +1,4 @@
-"""Reference values of the original Mammoth's ``slca`` and ``ranpac``, for tests/models/test_slca.py and test_ranpac.py.
+"""Reference values of the original Mammoth's ``slca`` and ``ranpac`` (and LAMDA-PILOT's ``simplecil``) for the tests.
 
 The script runs the ORIGINAL code (``models/slca.py`` with ``models/slca_utils``, ``models/ranpac.py``
 with ``models/ranpac_utils``, driven through its ContinualModel's ``meta_begin_task`` /
@@ -26,12 +26,21 @@ What is adapted to run the original here, and why:
   ``randperm`` on the global RNG) are reproduced by seeding the global RNG; the adapters'
   dropout by seeding it before each step.
 
-To rerun (about 10 seconds on 2 CPU cores)::
+SimpleCIL is not in the original Mammoth: ``--pilot`` runs LAMDA-PILOT's ``models/simplecil.py``
+(its ``Learner.incremental_train`` with a stub DataManager) on the SLCA tiny ViT, whose
+``get_backbone`` is replaced the same way, and stores its prototypes and logits
+(tests/models/test_simplecil.py). Each codebase runs in its own process (both have top-level
+``models`` and ``utils`` packages).
 
-    mkdir -p /tmp/orig-mammoth
+To rerun (about 20 seconds on 2 CPU cores)::
+
+    mkdir -p /tmp/orig-mammoth /tmp/pilot
     git -C /work/.mirror/aimagelab+mammoth/repo archive HEAD | tar -x -C /tmp/orig-mammoth
+    git --git-dir /work/.mirror/sun-hailong+LAMDA-PILOT/repo archive HEAD | tar -x -C /tmp/pilot
     pip install --target /tmp/origdeps --no-deps kornia kornia_rs timm==0.9.8   # the timm the original pins
-    python scripts/reference_feature_methods.py --original /tmp/orig-mammoth --original-path /tmp/origdeps
+    pip install --target /tmp/pilotdeps --no-deps timm==0.6.13                    # PILOT's (0.6.12 fails on Python 3.11)
+    python scripts/reference_feature_methods.py --original /tmp/orig-mammoth --original-path /tmp/origdeps \
+        --pilot /tmp/pilot --pilot-path /tmp/pilotdeps
 
 The stored file was written with timm 0.9.8 on the original's side (its ``source`` entry records
 the versions); this implementation's side runs on the project's timm.
@@ -250,24 +259,109 @@ def run_original_ranpac() -> dict:
     return result
 
 
+def run_pilot_simplecil(root: Path, extra_path: str | None) -> dict:
+    """LAMDA-PILOT's SimpleCIL (the original Mammoth has none) on the SLCA tiny ViT: prototypes and logits."""
+    sys.path[:0] = [str(root)] + ([extra_path] if extra_path else [])
+    import numpy as np
+    import timm
+    from models import simplecil
+    from timm.models.vision_transformer import VisionTransformer
+    from utils import inc_net
+
+    def tiny_backbone(args: dict, pretrained: bool = False) -> torch.nn.Module:
+        # timm 0.6's vit_tiny_patch16_224 refuses a new width: its class, with the arguments that name sets
+        model = VisionTransformer(img_size=32, patch_size=16, num_classes=0, **SLCA_VIT[1])
+        apply_recipe(model)
+        model.out_dim = model.embed_dim
+        return model.eval()
+
+    class TaskImages(torch.utils.data.Dataset):
+        """``(index, image, label)`` of one task, with the ``labels`` PILOT's replace_fc reads."""
+
+        def __init__(self, task: int) -> None:
+            self.images, labels = task_images(task)
+            self.targets, self.labels = labels, labels.numpy()
+
+        def __len__(self) -> int:
+            return len(self.labels)
+
+        def __getitem__(self, index: int) -> tuple:
+            return index, self.images[index], self.targets[index]
+
+    class DataManager:
+        """The parts of PILOT's DataManager its SimpleCIL reads."""
+
+        def get_task_size(self, task: int) -> int:
+            return CLASSES_PER_TASK
+
+        def get_dataset(self, indices: Any, source: str, mode: str, **kwargs: Any) -> TaskImages:
+            return TaskImages(int(indices[-1]) // CLASSES_PER_TASK)
+
+    inc_net.get_backbone = tiny_backbone
+    simplecil.num_workers = 0
+    torch.manual_seed(0)
+    learner = simplecil.Learner({"memory_size": 0, "device": [torch.device("cpu")],
+                                 "backbone_type": "pretrained_vit_b16_224"})
+    result: dict[str, Any] = {"logits": []}
+    for _ in range(N_TASKS):
+        learner.incremental_train(DataManager())
+        learner.after_task()
+        with torch.no_grad():
+            learner._network.eval()
+            result["logits"].append(listed(learner._network(probe_images())["logits"]))
+    result["prototypes"] = listed(learner._network.fc.weight)
+    result["sigma"] = float(learner._network.fc.sigma)
+    result["source"] = {"repository": "sun-hailong/LAMDA-PILOT", "commit": mirror_commit("sun-hailong+LAMDA-PILOT"),
+                        "timm": timm.__version__, "numpy": np.__version__}
+    return result
+
+
+def mirror_commit(name: str) -> str:
+    """The commit of the local mirror the code was extracted from (``unknown`` without one)."""
+    command = ["git", "--git-dir", f"/work/.mirror/{name}/repo", "rev-parse", "HEAD"]
+    return subprocess.run(command, capture_output=True, text=True, check=False).stdout.strip() or "unknown"
+
+
+def child_result(arguments: argparse.Namespace, part: str) -> dict:
+    """Run one part in a fresh process (the original and PILOT both have top-level ``models`` and ``utils``)."""
+    command = [sys.executable, __file__, "--part", part, "--original", str(arguments.original)]
+    for flag, value in (("--original-path", arguments.original_path), ("--pilot", arguments.pilot),
+                        ("--pilot-path", arguments.pilot_path)):
+        if value is not None:
+            command += [flag, str(value)]
+    finished = subprocess.run(command, capture_output=True, text=True, check=False)
+    if finished.returncode:
+        raise SystemExit(f"the {part} part failed:\n{finished.stderr[-3000:]}")
+    return json.loads(finished.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
-    """Run both methods of the original and write the reference file."""
+    """Run slca and ranpac of the original (and PILOT's simplecil) and write the reference file."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--original", type=Path, required=True, help="the extracted original Mammoth (git archive)")
     parser.add_argument("--original-path", default=None, help="a directory of packages the original needs (kornia)")
+    parser.add_argument("--pilot", type=Path, default=None, help="the extracted LAMDA-PILOT (git archive), for simplecil")
+    parser.add_argument("--pilot-path", default=None, help="a directory of packages PILOT needs (timm==0.6.13)")
+    parser.add_argument("--part", choices=("mammoth", "pilot"), default=None, help=argparse.SUPPRESS)
     parser.add_argument("--output", type=Path, default=OUTPUT)
     arguments = parser.parse_args()
-    import_original(arguments.original.resolve(), arguments.original_path)
-    import timm
+    if arguments.part == "pilot":
+        print(json.dumps(run_pilot_simplecil(arguments.pilot.resolve(), arguments.pilot_path)))
+        return
+    if arguments.part == "mammoth":
+        import_original(arguments.original.resolve(), arguments.original_path)
+        import timm
 
-    commit = subprocess.run(["git", "-C", "/work/.mirror/aimagelab+mammoth/repo", "rev-parse", "HEAD"],
-                            capture_output=True, text=True, check=False).stdout.strip() or "unknown"
-    reference = {
-        "source": {"repository": "aimagelab/mammoth", "commit": commit, "torch": torch.__version__,
-                   "timm": timm.__version__},
-        "slca": {"settings": SLCA_SETTINGS, **run_original_slca()},
-        "ranpac": {"settings": RANPAC_SETTINGS, **run_original_ranpac()},
-    }
+        print(json.dumps({
+            "source": {"repository": "aimagelab/mammoth", "commit": mirror_commit("aimagelab+mammoth"), "torch": torch.__version__,
+                       "timm": timm.__version__},
+            "slca": {"settings": SLCA_SETTINGS, **run_original_slca()},
+            "ranpac": {"settings": RANPAC_SETTINGS, **run_original_ranpac()},
+        }))
+        return
+    reference = child_result(arguments, "mammoth")
+    if arguments.pilot is not None:
+        reference["simplecil"] = child_result(arguments, "pilot")
     arguments.output.parent.mkdir(parents=True, exist_ok=True)
     arguments.output.write_text(json.dumps(reference) + "\n")
     print(f"wrote {arguments.output}")

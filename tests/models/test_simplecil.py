@@ -1,16 +1,19 @@
 """model=simplecil: prototypes are the per-class mean features, scores their cosine similarity,
-and the backbone never changes."""
+and the backbone never changes; held to LAMDA-PILOT's SimpleCIL (scripts/reference_feature_methods.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
+from feature_reference import ImageDataset, reference, script, tensor, tiny_vit
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 import mammoth.models.simplecil  # noqa: F401  registers model=simplecil
+from mammoth.engine.context import build_context
 from mammoth.engine.evaluation import evaluate_tasks
+from mammoth.models import build_model
 
 
 def test_prototypes_are_class_means_and_the_backbone_is_untouched(make_model, run_task) -> None:
@@ -62,3 +65,22 @@ def test_presets_take_lamda_pilots_backbone_and_batches(preset: str, dataset: st
         "dataset.name": dataset, "dataset.batch_size": 128, "backbone.name": "vit-b16-in21k-ft-in1k",
         "backbone.pretrained": True}
     assert cfg.model._target_ == "mammoth.models.simplecil.SimpleCIL"
+
+
+def test_simplecil_matches_lamda_pilots_prototypes_and_logits() -> None:
+    # scripts/reference_feature_methods.py --pilot: PILOT's SimpleCIL on the same tiny ViT and images
+    recorded = reference()["simplecil"]
+    dataset = ImageDataset()
+    model = build_model("simplecil", net=tiny_vit("slca"), dataset=dataset)
+    model.attach(build_context(dataset, "cpu", torch.Generator().manual_seed(0)))
+    model.eval()
+    for task in range(2):
+        model.begin_task(task)
+        model.end_task(task, model.context.task_data(task))
+        with torch.no_grad():
+            scores = model(script().probe_images())
+        seen = 2 * (task + 1)
+        assert torch.allclose(scores[:, :seen], tensor(recorded["logits"][task]), atol=1e-5)  # PILOT's sigma is 1
+        assert (scores[:, seen:] == float("-inf")).all()
+    assert recorded["sigma"] == 1.0
+    assert torch.allclose(model.prototypes, tensor(recorded["prototypes"]), atol=1e-5)
