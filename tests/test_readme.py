@@ -158,6 +158,12 @@ CASES: dict[str, Case] = {
     "pip install -e . && python -m mammoth": Case(run=False),  # the install is CI's own; the run is below
     'pip install -e ".[test]" && python -m pytest -q': Case(run=False),  # what .ci/run does
     "python -m pytest -q -m distributed": Case(run=False),  # what .ci/run does second
+    # several processes: run by tests/engine/test_distributed_runs.py (the distributed suite); SLURM is not here
+    "torchrun --nproc_per_node=2 -m mammoth model=er model.buffer_size=200": Case(run=False),
+    "python -m mammoth -m hydra/launcher=submitit_slurm hydra.launcher.nodes=2 hydra.launcher.tasks_per_node=4 "
+    "hydra.launcher.gpus_per_node=4 device=cuda model=er model.buffer_size=200": Case(run=False),
+    "python -m mammoth -m hydra/launcher=submitit_local hydra.launcher.tasks_per_node=2 model=er model.buffer_size=200":
+        Case(run=False),
     'pip install -e ".[sweepers]"': Case(run=False),  # in the test extras
     "python -m mammoth": Case(extra=(), check=default_run_matches_the_readme),
     "python -m mammoth dataset=seq-cifar10 dataset.root=/data model=der model.buffer_size=500 backbone=resnet backbone.depth=34":

@@ -203,8 +203,7 @@ def join_command_line(command_line: Any) -> Any:
     differ between ranks). Rank 0 keeps its command line (it locks the directory and writes
     ``.hydra/``); the others get rank 0's directory pinned by ``hydra.run.dir`` and
     ``hydra.output_subdir=null``, and no directory to lock. One process: ``command_line``
-    unchanged. A multirun, or a run directory that resolves only while the job runs, is refused
-    in one line."""
+    unchanged. A multirun is refused in one line."""
     from mammoth.config.preflight import quote_override_value
 
     launch = detect_launch()
@@ -217,12 +216,7 @@ def join_command_line(command_line: Any) -> Any:
         )
     start_process_group(launch)
     chosen = broadcast_text(str(command_line.directory or "") if launch.is_main else None)
-    if not chosen:
-        raise ConfigError(
-            "hydra.run.dir does not resolve before the run; allowed: on several processes, a run directory that "
-            "resolves from the command line (the default runs/${now:...}, or an explicit path)"
-        )
-    if launch.is_main:
+    if launch.is_main or not chosen:  # no directory yet (a help screen, --cfg): the run agrees on one itself
         return command_line
     follower = [f"hydra.run.dir={quote_override_value(chosen)}", "hydra.output_subdir=null"]
     args, at = list(command_line.args), command_line.pin_at

@@ -135,3 +135,12 @@ def test_one_process_observes_the_whole_batch_with_no_hooks() -> None:
     before = {name: value.clone() for name, value in model.state_dict().items()}
     average_batchnorm_statistics(model)
     assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
+
+
+def test_the_readme_methods_table_says_which_methods_train_on_several_processes() -> None:
+    import re
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rows = re.findall(r"^\| `([\w-]+)` \|.*\| (yes|refused) \|$", readme, re.M)
+    assert {name for name, _ in rows} == set(MODELS.names())
+    assert {name for name, answer in rows if answer == "yes"} == DISTRIBUTED_METHODS
