@@ -1,26 +1,30 @@
 """Reference numbers of the ORIGINAL Mammoth's l2p, dualprompt and coda_prompt, for
 ``tests/models/test_prompt_fidelity.py``.
 
-For each method, the script builds mammoth-cl's model (``backbone=timm``, a 2-block ViT of
-width 24 with 3 heads, 8-pixel patches, 32-pixel images, seeded) to get its initial weights,
-copies them into the original's own classes (its prompted ViT, frozen query ViT, prompt modules
-and its ``ContinualModel`` subclass, whose ``observe``, ``begin_task`` and ``forward`` run
-unchanged), feeds both tasks' batches, and stores in ``tests/models/data/prompt_reference.safetensors``:
-the initial weights (``backbone.*``, ``<method>.init.*``), the loss of every step, the prompts chosen in every
-training step (l2p) and at test, the test logits after both tasks, and for coda_prompt the
+For each run of :data:`RECIPE` (each method at its defaults, and one variant each), the script
+builds mammoth-cl's model (``backbone=timm``, a 2-block ViT of width 24 with 3 heads, 8-pixel
+patches, 32-pixel images, seeded) for its initial weights, then, in a child process that
+imports timm as the original pins it (0.9.8), copies them into the original's own classes (its
+prompted ViT, frozen query ViT, prompt modules and its ``ContinualModel`` subclass, whose
+``observe``, ``begin_task`` and ``forward`` run unchanged), feeds both tasks' batches, and
+stores in ``tests/models/data/prompt_reference.safetensors``: the initial weights
+(``backbone.*``, ``<run>.init.*``), the loss of every step, the prompts chosen in every training
+step and at test (l2p, dualprompt), the test logits after both tasks, and for coda_prompt the
 components the original re-initialised at task 2 (its Gram-Schmidt draws from torch's global
-generator, ours from the run's: the test copies these in and checks ours separately).
+generator, ours from the run's: the test copies these in and checks ours separately). The
+file's metadata holds the recipe and the versions of both sides.
 
-Rerun it (about 10 s on a CPU):
+Rerun it (about 20 s on a CPU):
 
     git -C /work/.mirror/aimagelab+mammoth/repo archive HEAD | tar -x -C /tmp/orig-mammoth
-    python scripts/reference_prompt_methods.py /tmp/orig-mammoth
+    pip install --target /tmp/p_origdeps --no-deps timm==0.9.8     # the timm the original pins
+    python scripts/reference_prompt_methods.py --original /tmp/orig-mammoth --original-path /tmp/p_origdeps
 
 The stored file was made from the original at commit e75a491c69fd729edeb01431afb753d9157d9a81
-with timm 1.0.31 and torch 2.14.1 (CPU). The original's modules import kornia and its
-``datasets`` package at import time, which these methods never call on this path; the script
-stubs them (``kornia*``, ``datasets*``). coda_prompt's ``Model`` hard-codes a 224-pixel
-ViT-B (width 768); the script assembles the same ``Model`` from the original's
+with timm 0.9.8 on its side, timm 1.0.31 on ours, torch 2.14.1 (CPU). The original's modules
+import kornia and its ``datasets`` package at import time, which these methods never call on
+this path; the child stubs them (``kornia*``, ``datasets*``). coda_prompt's ``Model`` hard-codes
+a 224-pixel ViT-B (width 768); the script assembles the same ``Model`` from the original's
 ``VisionTransformer`` and ``CodaPrompt`` classes at width 24 (``key_dim=24``) instead. The
 original's coda_prompt cannot train on a CPU at all (an in-place add to a leaf tensor that only
 a CUDA copy avoids); the script gives its ViT module a ``torch.zeros`` that makes that copy on
@@ -205,21 +209,11 @@ def vit_kwargs() -> dict[str, Any]:
             "drop_path_rate": 0.0}
 
 
-def trunk_state(ours: nn.Module) -> dict[str, Tensor]:
-    """Our backbone's timm weights (the original's ViTs use timm's parameter names)."""
-    return {key: value.clone() for key, value in ours.net.trunk.state_dict().items()}
-
-
 def load_into(module: nn.Module, state: dict[str, Tensor], allowed_missing: tuple[str, ...]) -> None:
     """Load ``state`` into ``module``; only parameters named with ``allowed_missing`` may stay unset."""
     missing, unexpected = module.load_state_dict(state, strict=False)
     left = [key for key in missing if not key.startswith(allowed_missing)]
     assert not left and not unexpected, (left, unexpected)
-
-
-def head_state(ours: nn.Module, prefix: str = "head.") -> dict[str, Tensor]:
-    """Our head's weights under the original's name."""
-    return {f"{prefix}{key}": value.detach().clone() for key, value in ours.head.state_dict().items()}
 
 
 def frozen_pair(cls: type, query_vit: nn.Module, prompted: nn.Module) -> nn.Module:
@@ -290,10 +284,20 @@ def initial_state(run: str, ours: nn.Module) -> dict[str, Tensor]:
 # ---- the three methods ----
 
 
-def run_l2p(original: dict[str, Any], run: str) -> dict[str, Tensor]:
-    """The original's L2P on ``run``."""
-    args, ours = original_args(run), build_ours(run)
-    state = trunk_state(ours)
+def trunk_of(init: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Our backbone's timm weights from the initial state (the original's ViTs use timm's names)."""
+    return {key[len("backbone.trunk."):]: value for key, value in init.items() if key.startswith("backbone.trunk.")}
+
+
+def own_of(init: dict[str, Tensor], run: str) -> dict[str, Tensor]:
+    """The method's own initial weights (prompts, keys, head) by our names."""
+    prefix = f"{run}.init."
+    return {key[len(prefix):]: value for key, value in init.items() if key.startswith(prefix)}
+
+
+def run_l2p(original: dict[str, Any], run: str, init: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The original's L2P on ``run`` from our initial weights ``init``."""
+    args, state, own = original_args(run), trunk_of(init), own_of(init, run)
     query_vit = original["L2PViT"](args=Namespace(), **vit_kwargs())
     prompted = original["L2PViT"](
         args=Namespace(), prompt_length=args.length, embedding_key=args.embedding_key, prompt_init=args.prompt_key_init,
@@ -304,8 +308,9 @@ def run_l2p(original: dict[str, Any], run: str) -> dict[str, Tensor]:
     # the original's resize_pos_embed extends pretrained position embeddings with the class token's
     position, prompt_tokens = state["pos_embed"], args.length * args.top_k
     extended = torch.cat([position[:, :1].expand(-1, 1 + prompt_tokens, -1), position[:, 1:]], dim=1)
-    load_into(prompted, {**state, "pos_embed": extended, "prompt.prompt": ours.prompt.detach().clone(),
-                         "prompt.prompt_key": ours.prompt_key.detach().clone(), **head_state(ours)}, ())
+    load_into(prompted, {**state, "pos_embed": extended, "prompt.prompt": own["prompt"],
+                         "prompt.prompt_key": own["prompt_key"], "head.weight": own["head.weight"],
+                         "head.bias": own["head.bias"]}, ())
     net = frozen_pair(original["L2PModel"], query_vit, prompted)
     method = original_method(original["L2P"], net, args)
 
@@ -316,13 +321,12 @@ def run_l2p(original: dict[str, Any], run: str) -> dict[str, Tensor]:
             index = net.model(inputs, task_id=-1, cls_features=features, train=train)["prompt_idx"]
             return index % args.pool_size_l2p
 
-    return {**initial_state(run, ours), **train_original(method, run, chosen)}
+    return train_original(method, run, chosen)
 
 
-def run_dualprompt(original: dict[str, Any], run: str) -> dict[str, Tensor]:
-    """The original's DualPrompt on ``run``."""
-    args, ours = original_args(run), build_ours(run)
-    state = trunk_state(ours)
+def run_dualprompt(original: dict[str, Any], run: str, init: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The original's DualPrompt on ``run`` from our initial weights ``init``."""
+    args, state, own = original_args(run), trunk_of(init), own_of(init, run)
     width, heads = RECIPE["backbone"]["model_args"]["embed_dim"], RECIPE["backbone"]["model_args"]["num_heads"]
     query_vit = original["DualViT"](args=args, **vit_kwargs())
     prompted = original["DualViT"](
@@ -335,9 +339,9 @@ def run_dualprompt(original: dict[str, Any], run: str) -> dict[str, Tensor]:
     load_into(query_vit, state, ("head",))
     per_head = (heads, width // heads)  # ours keep each prompt token's heads flattened into the width
     load_into(prompted, {
-        **state, "g_prompt": ours.g_prompt.detach().reshape(*ours.g_prompt.shape[:-1], *per_head).clone(),
-        "e_prompt.prompt": ours.e_prompt.detach().reshape(*ours.e_prompt.shape[:-1], *per_head).clone(),
-        "e_prompt.prompt_key": ours.prompt_key.detach().clone(), **head_state(ours)}, ())
+        **state, "g_prompt": own["g_prompt"].reshape(*own["g_prompt"].shape[:-1], *per_head),
+        "e_prompt.prompt": own["e_prompt"].reshape(*own["e_prompt"].shape[:-1], *per_head),
+        "e_prompt.prompt_key": own["prompt_key"], "head.weight": own["head.weight"], "head.bias": own["head.bias"]}, ())
     net = frozen_pair(original["DualModel"], query_vit, prompted)
     method = original_method(original["DualPrompt"], net, args)
 
@@ -346,25 +350,26 @@ def run_dualprompt(original: dict[str, Any], run: str) -> dict[str, Tensor]:
             features = net.original_model(inputs)["pre_logits"]
             return net.model(inputs, task_id=task, cls_features=features, train=train)["prompt_idx"]
 
-    return {**initial_state(run, ours), **train_original(method, run, chosen)}
+    return train_original(method, run, chosen)
 
 
-def run_coda_prompt(original: dict[str, Any], run: str) -> dict[str, Tensor]:
-    """The original's CODA-Prompt on ``run`` (its Model assembled at width 24)."""
-    args, ours = original_args(run), build_ours(run)
+def run_coda_prompt(original: dict[str, Any], run: str, init: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The original's CODA-Prompt on ``run`` from our initial weights ``init`` (its Model
+    assembled at width 24)."""
+    args, own = original_args(run), own_of(init, run)
     kwargs = {key: value for key, value in vit_kwargs().items() if key not in ("num_classes", "drop_rate")}
     vit = original["CodaViT"](args=Namespace(), **kwargs)
-    load_into(vit, trunk_state(ours), ("head",))
+    load_into(vit, trunk_of(init), ("head",))
     width = RECIPE["backbone"]["model_args"]["embed_dim"]
     pool = original["CodaPool"](width, RECIPE["n_tasks"], [args.pool_size, args.prompt_len, args.ortho_mu], key_dim=width)
-    names = [f"e_{part}_{layer}" for layer in ours.layers for part in ("p", "k", "a")]
+    names = sorted(name for name in own if name.startswith("e_"))
     with torch.no_grad():
         for name in names:
-            getattr(pool, name).copy_(getattr(ours, name))
+            getattr(pool, name).copy_(own[name])
     net = original["CodaModel"].__new__(original["CodaModel"])
     nn.Module.__init__(net)
     net.task_id, net.feat, net.prompt, net.last = 0, vit, pool, nn.Linear(width, RECIPE["n_classes"])
-    net.last.load_state_dict(ours.head.state_dict())
+    net.last.load_state_dict({"weight": own["head.weight"], "bias": own["head.bias"]})
     method = original_method(original["CodaMethod"], net, args)
     reinitialised = {}
 
@@ -372,28 +377,70 @@ def run_coda_prompt(original: dict[str, Any], run: str) -> dict[str, Tensor]:
         if task > 0:
             reinitialised.update({f"{run}.task{task}.{name}": getattr(pool, name).detach().clone() for name in names})
 
-    return {**initial_state(run, ours), **train_original(method, run, after_begin=after_begin), **reinitialised}
+    return {**train_original(method, run, after_begin=after_begin), **reinitialised}
 
 
 RUNNERS = {"l2p": run_l2p, "dualprompt": run_dualprompt, "coda_prompt": run_coda_prompt}
 
 
-def main() -> None:
-    """Run every run of the recipe through the original and write the reference file."""
-    from safetensors.torch import save_file
+def original_side(root: Path, inits_path: Path, results_path: Path) -> None:
+    """In the child process (timm as the original pins it): run every run of the recipe through
+    the original from the initial weights in ``inits_path``; write the results to ``results_path``."""
+    import timm
+    from safetensors.torch import load_file, save_file
 
-    root = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/orig-mammoth")
     original = import_original(root)
-    tensors: dict[str, Tensor] = {}
+    inits = load_file(str(inits_path))
+    results: dict[str, Tensor] = {}
     for run, spec in RECIPE["runs"].items():
-        for key, value in RUNNERS[spec["method"]](original, run).items():
+        init = {key: value for key, value in inits.items() if key.startswith(("backbone.", f"{run}.init."))}
+        results.update(RUNNERS[spec["method"]](original, run, init))
+    save_file({key: value.contiguous() for key, value in results.items()}, str(results_path),
+              metadata={"timm": timm.__version__, "torch": torch.__version__})
+
+
+def main() -> None:
+    """Build our initial weights here, run the original in a child process with the timm it pins,
+    and write the reference file."""
+    import argparse
+    import os
+    import subprocess
+    import tempfile
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--original", type=Path, default=Path("/tmp/orig-mammoth"), help="the original's extracted tree")
+    parser.add_argument("--original-path", default="/tmp/p_origdeps", help="prepended to the child's PYTHONPATH (timm 0.9.8)")
+    parser.add_argument("--child", nargs=2, type=Path, metavar=("INITS", "RESULTS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        original_side(args.original, *args.child)
+        return
+    import timm
+
+    tensors: dict[str, Tensor] = {}
+    for run in RECIPE["runs"]:
+        for key, value in initial_state(run, build_ours(run)).items():
             assert key not in tensors or torch.equal(tensors[key], value), f"{key} differs between runs"
             tensors[key] = value.contiguous()
+    with tempfile.TemporaryDirectory() as folder:
+        inits, results = Path(folder) / "inits.safetensors", Path(folder) / "results.safetensors"
+        save_file(tensors, str(inits))
+        environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [args.original_path,
+                                                                                 os.environ.get("PYTHONPATH")]))}
+        subprocess.run([sys.executable, __file__, "--original", str(args.original), "--child", str(inits), str(results)],
+                       env=environment, check=True)
+        tensors.update(load_file(str(results)))
+        with safe_open(str(results), "pt") as handle:
+            original_versions = handle.metadata()
+    versions = {"original_timm": original_versions["timm"], "ours_timm": timm.__version__, "torch": torch.__version__}
     OUTPUT.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(OUTPUT), metadata={"recipe": json.dumps(RECIPE)})
+    save_file(tensors, str(OUTPUT), metadata={"recipe": json.dumps(RECIPE), "versions": json.dumps(versions)})
     for key in sorted(key for key in tensors if key.endswith("losses")):
         print(key, [round(value, 6) for value in tensors[key].tolist()])
-    print(f"wrote {OUTPUT} ({OUTPUT.stat().st_size} bytes)")
+    print(f"wrote {OUTPUT} ({OUTPUT.stat().st_size} bytes), {versions}")
 
 
 if __name__ == "__main__":

@@ -27,16 +27,16 @@ REFERENCE = Path(__file__).parent / "data" / "prompt_reference.safetensors"
 LOSS_TOLERANCE, LOGIT_TOLERANCE = 1e-5, 1e-4
 
 
-def _reference() -> tuple[dict[str, Tensor], dict[str, Any]]:
+def _reference() -> tuple[dict[str, Tensor], dict[str, Any], dict[str, str]]:
     from safetensors import safe_open
     from safetensors.torch import load_file
 
     with safe_open(str(REFERENCE), "pt") as handle:
-        recipe = json.loads(handle.metadata()["recipe"])
-    return load_file(str(REFERENCE)), recipe
+        metadata = handle.metadata()
+    return load_file(str(REFERENCE)), json.loads(metadata["recipe"]), json.loads(metadata["versions"])
 
 
-TENSORS, RECIPE = _reference()
+TENSORS, RECIPE, VERSIONS = _reference()
 
 
 def batch(task: int, step: int, size: int) -> tuple[Tensor, Tensor]:
@@ -204,3 +204,7 @@ def test_the_recipe_covers_what_the_defaults_leave_untested() -> None:
     # batch-wise selection gives every example the same prompts; per-example selection does not
     assert len(TENSORS["l2p-batchwise-mask.test_index"].unique(dim=0)) == 1
     assert len(TENSORS["l2p.test_index"].unique(dim=0)) > 1
+
+
+def test_the_reference_ran_the_original_with_the_timm_it_pins() -> None:
+    assert VERSIONS["original_timm"] == "0.9.8"  # the original's requirements.txt: timm==0.9.8
