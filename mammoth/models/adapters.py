@@ -34,6 +34,7 @@ class MlpAdapter(nn.Module):
         self.down_proj = nn.utils.skip_init(nn.Linear, width, bottleneck)
         self.up_proj = nn.utils.skip_init(nn.Linear, bottleneck, width)
         self.scale, self.dropout = scale, dropout
+        self.residual: Tensor | None = None
         for parameter in self.parameters():
             nn.init.zeros_(parameter)
 
@@ -51,6 +52,17 @@ class MlpAdapter(nn.Module):
         """The adapter's output for the residual stream ``x`` (to be added to the block's output)."""
         hidden = F.dropout(F.relu(self.down_proj(x)), p=self.dropout, training=self.training)
         return self.up_proj(hidden) * self.scale
+
+    # The two hooks are bound methods, so a deep copy of the backbone copies its adapters with them.
+
+    def capture(self, norm: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+        """Forward pre-hook of the block's pre-MLP norm: keep its input, the residual stream."""
+        self.residual = inputs[0]
+
+    def add(self, block: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
+        """Forward hook of the block: its output plus the adapter's output for the kept residual stream."""
+        residual, self.residual = self.residual, None
+        return output + self(residual).to(output.dtype).reshape(output.shape)  # Swin blocks reshape after the MLP
 
 
 def adapted_blocks(net: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
@@ -88,16 +100,6 @@ def attach_mlp_adapters(net: nn.Module, adapters: nn.ModuleList) -> list[Removab
         raise BackboneError(f"{len(adapters)} adapters for {len(blocks)} blocks; allowed: one adapter per block")
     handles = []
     for (block, norm), adapter in zip(blocks, adapters):
-        captured: list[Tensor] = []
-
-        def capture(module: nn.Module, inputs: tuple[Tensor, ...], captured: list[Tensor] = captured) -> None:
-            captured[:] = [inputs[0]]
-
-        def add(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor, captured: list[Tensor] = captured,
-                adapter: nn.Module = adapter) -> Tensor:
-            residual = captured.pop()
-            return output + adapter(residual).to(output.dtype).reshape(output.shape)  # Swin blocks reshape after the MLP
-
-        handles.append(norm.register_forward_pre_hook(capture))
-        handles.append(block.register_forward_hook(add))
+        handles.append(norm.register_forward_pre_hook(adapter.capture))
+        handles.append(block.register_forward_hook(adapter.add))
     return handles

@@ -3,6 +3,8 @@ solved classifier, held to the original Mammoth's numbers (scripts/reference_fea
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from feature_reference import ImageDataset, reference, script, tensor, tiny_vit
@@ -156,6 +158,9 @@ def test_a_checkpoint_restores_adapters_projection_and_classifier(run_task) -> N
     x = script().probe_images()
     with torch.no_grad():
         assert torch.equal(restored(x), model(x))
+        copied = copy.deepcopy(model)  # the hooks are the adapters' own methods: a copy runs its own adapters
+        copied.adapters[0].up_proj.weight.add_(1.0)
+        assert not torch.equal(copied(x), model(x)) and torch.equal(restored(x), model(x))
 
 
 def test_default_adapters_need_transformer_blocks(make_net, dataset) -> None:
