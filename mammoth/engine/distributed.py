@@ -129,9 +129,12 @@ def start_process_group(launch: Launch, device: Optional[torch.device] = None,
                             timeout=timedelta(seconds=timeout_seconds))
 
 
-def stop_process_group() -> None:
-    """Leave the process group (nothing when none was started)."""
+def stop_process_group(synchronise: bool = True) -> None:
+    """Leave the process group (nothing when none was started); with ``synchronise``, once every
+    rank has come here (a rank that left first could reset a connection another still reads)."""
     if dist.is_initialized():
+        if synchronise:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -69,8 +69,10 @@ def _process_group() -> Iterator[bool]:
     start_process_group(launch)
     try:
         yield is_main_process()
-    finally:
-        stop_process_group()
+    except BaseException:
+        stop_process_group(synchronise=False)  # the other ranks may be gone
+        raise
+    stop_process_group()
 
 
 @dataclass(frozen=True)
