@@ -191,6 +191,7 @@ CASES: dict[str, Case] = {
     "python -m mammoth.reproduce --list": Case(run=False),  # tests/reporting/test_ledger.py: README table == --list
     "python -m mammoth.reproduce experiment=der-seq-cifar100-500 seeds=3 dataset.root=/data":
         Case(run=False),  # GPU hours on real data: tests/test_reproduce_ledger.py (-m reproduce); on digits: tests/test_reproduce.py
+    "MAMMOTH_DATA=/data python -m pytest -m reproduce -k seq-mnist": Case(run=False),  # needs the real MNIST files
     "python -m mammoth hparams_search=seq-digits-optuna": Case(extra=FAST + ("hydra.sweeper.n_trials=2",), check=optuna_study),
     "python -m mammoth hparams_search=der-optuna hydra.sweeper.n_trials=50":
         Case(extra=FAST + ("hydra.sweeper.n_trials=2",), check=optuna_study),

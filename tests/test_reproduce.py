@@ -32,11 +32,11 @@ def test_reproduce_runs_each_seed_and_compares_the_mean_with_the_published_value
 
 
 def test_the_command_lists_the_ledger_and_refuses_bad_arguments(capsys: pytest.CaptureFixture) -> None:
-    assert main(["--list"]) == 0 and capsys.readouterr().out.startswith("| preset | metric | published |")
+    assert main(["--list"]) == 0 and capsys.readouterr().out.startswith("| preset | published (± tolerance) | source |\n")
     assert main(["seeds=2"]) == 2
     assert capsys.readouterr().err.startswith("Error: experiment=NAME is missing; usage: python -m mammoth.reproduce")
-    assert main(["experiment=sgd-seq-mnist"]) == 2
-    assert capsys.readouterr().err.startswith("Error: experiment=sgd-seq-mnist has no ledger entry (no published result); allowed: ")
+    assert main(["experiment=sgd-seq-cifar100"]) == 2
+    assert capsys.readouterr().err.startswith("Error: experiment=sgd-seq-cifar100 has no ledger entry (no published result); allowed: ")
     assert main(["experiment=der-seq-cifar100-500", "seeds=two"]) == 2
     assert capsys.readouterr().err == "Error: seeds='two' is not allowed; allowed: an integer >= 1\n"
 

@@ -85,10 +85,15 @@ def entries_of(preset: str, ledger: Sequence[LedgerEntry] | None = None) -> list
 
 
 def ledger_table(ledger: Sequence[LedgerEntry]) -> str:
-    """The ledger as a Markdown table: preset, metric, published value, tolerance, source."""
-    lines = ["| preset | metric | published | tolerance | source |", "|---|---|---|---|---|"]
-    lines += [f"| `{entry.preset}` | `{entry.metric}` | {entry.value:g} | ± {entry.tolerance:g} | {entry.source} |"
-              for entry in ledger]
+    """The ledger as a Markdown table, one row per preset: its metrics with the published value
+    and tolerance (``class_il.average`` 70.51 ± 2), and the source(s)."""
+    presets: dict[str, list[LedgerEntry]] = {}
+    for entry in ledger:
+        presets.setdefault(entry.preset, []).append(entry)
+    lines = ["| preset | published (± tolerance) | source |", "|---|---|---|"]
+    for preset, entries in presets.items():
+        published = ", ".join(f"`{entry.metric}` {entry.value:g} ± {entry.tolerance:g}" for entry in entries)
+        lines.append(f"| `{preset}` | {published} | {'; '.join(dict.fromkeys(entry.source for entry in entries))} |")
     return "\n".join(lines)
 
 
