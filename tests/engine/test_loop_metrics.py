@@ -187,3 +187,20 @@ def test_on_cuda_each_task_records_the_peak_allocated_since_its_start(monkeypatc
     loop._record_peak_memory(state, torch.device("cpu"))
     assert calls == [("reset", "cuda")] and state.peak_cuda_mb == [3.5]  # nothing on the CPU
     assert len(state.peak_rss_mb) == 2 and state.peak_rss_mb[0] > 0
+
+
+def test_the_final_test_data_is_the_benchmarks_test_split_without_the_validation_split() -> None:
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from mammoth.datasets import build_dataset
+    from mammoth.engine.runner import final_test_sources
+
+    config = OmegaConf.create({"name": "seq-digits", "validation": 0.2})  # a dataset config named, not targeted
+    validated = build_dataset(config, seed=1)
+    sources = final_test_sources(SimpleNamespace(dataset=None, dataset_config=config, seed=1), validated)()
+    plain = build_dataset({"name": "seq-digits"}, seed=1)
+    assert [len(source) for source in sources] == [len(plain.test_source(task)) for task in range(5)] == [72, 72, 72, 72, 71]
+    assert all(torch.equal(source.labels, plain.test_source(task).labels) for task, source in enumerate(sources))
+    assert final_test_sources(SimpleNamespace(dataset=None, dataset_config=None, seed=1), plain) is None
