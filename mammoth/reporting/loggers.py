@@ -34,6 +34,8 @@ log = logging.getLogger("mammoth")
 CSV_COLUMNS = ("task", "epoch", "kind", "metric", "evaluated_task", "value")
 #: The summary metrics reported after each task, for every accuracy kind.
 SUMMARY_FIELDS = ("average", "forgetting", "bwt")
+#: The final metrics of each accuracy kind in a wandb run's summary (those results.json has).
+FINAL_FIELDS = (*SUMMARY_FIELDS, "forward_transfer", "average_incremental", "old_accuracy", "new_accuracy", "top5")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,17 +48,25 @@ class RunInfo:
     n_tasks: int
     n_epochs: int
     resume: bool = False
+    #: The method trains only after the last task (joint, gdumb): no forgetting or bwt is logged.
+    trains_only_at_end: bool = False
+
+    @property
+    def summary_fields(self) -> tuple[str, ...]:
+        """The summary metrics logged after each task: :data:`SUMMARY_FIELDS`, or only the average
+        for a method that trains only at the end (its earlier rows score an untrained network)."""
+        return ("average",) if self.trains_only_at_end else SUMMARY_FIELDS
 
 
-def task_metrics(accuracies: Mapping[str, list[list[float]]]) -> dict[str, float]:
+def task_metrics(accuracies: Mapping[str, list[list[float]]], fields: tuple[str, ...] = SUMMARY_FIELDS) -> dict[str, float]:
     """Flat metrics after the last row of ``accuracies``: ``KIND/accuracy_task_J`` (J from 1) for
-    every task seen, and ``KIND/average``, ``KIND/forgetting``, ``KIND/bwt`` over the rows so far."""
+    every task seen, and ``KIND/average``, ``KIND/forgetting``, ``KIND/bwt`` (those of ``fields``) over the rows so far."""
     metrics: dict[str, float] = {}
     for kind, rows in accuracies.items():
         for j, value in enumerate(rows[-1]):
             metrics[f"{kind}/accuracy_task_{j + 1}"] = value
         summary = summarise(rows)
-        for field in SUMMARY_FIELDS:
+        for field in fields:
             metrics[f"{kind}/{field}"] = summary[field]
     return metrics
 
@@ -144,7 +154,7 @@ class CsvLogger(RunLogger):
         for kind, kind_rows in accuracies.items():
             rows += [(task + 1, "", kind, "accuracy", j + 1, value) for j, value in enumerate(kind_rows[-1])]
             summary = summarise(kind_rows)
-            rows += [(task + 1, "", kind, field, "", summary[field]) for field in SUMMARY_FIELDS]
+            rows += [(task + 1, "", kind, field, "", summary[field]) for field in self.run.summary_fields]
         self._write(task, rows)
 
     def close(self, failed: bool = False) -> None:
@@ -173,7 +183,7 @@ class TensorBoardLogger(RunLogger):
         self._writer.add_scalar("train/loss", loss, task * self.run.n_epochs + epoch + 1)
 
     def log_task(self, task: int, accuracies: Mapping[str, list[list[float]]]) -> None:
-        for tag, value in task_metrics(accuracies).items():
+        for tag, value in task_metrics(accuracies, self.run.summary_fields).items():
             self._writer.add_scalar(tag, value, task + 1)
         self._writer.flush()
 
@@ -207,12 +217,13 @@ class WandbLogger(RunLogger):
         self._run.log({"train/loss": loss, "task": task + 1, "epoch": epoch + 1})
 
     def log_task(self, task: int, accuracies: Mapping[str, list[list[float]]]) -> None:
-        self._run.log({**task_metrics(accuracies), "task": task + 1})
+        self._run.log({**task_metrics(accuracies, self.run.summary_fields), "task": task + 1})
 
     def log_results(self, results: Mapping[str, Any]) -> None:
         for kind in ("class_il", "task_il", "domain_il"):
             if kind in results:
-                self._run.summary.update({f"{kind}/{field}": results[kind][field] for field in SUMMARY_FIELDS})
+                self._run.summary.update({f"{kind}/{field}": results[kind][field] for field in FINAL_FIELDS
+                                          if field in results[kind]})
 
     def close(self, failed: bool = False) -> None:
         self._run.finish(exit_code=1 if failed else 0)

@@ -152,6 +152,19 @@ def test_csv_logger_rows_computed_by_hand(tmp_path):
     ]
 
 
+def test_a_method_that_trains_only_at_the_end_logs_no_forgetting_nor_bwt(tmp_path):
+    run = RunInfo(run_dir=tmp_path, title="t", config={}, n_tasks=2, n_epochs=1, trains_only_at_end=True)
+    logger = CsvLogger(run)
+    logger.log_task(0, {"class_il": [[50.0]]})
+    logger.log_task(1, {"class_il": [[50.0], [90.0, 95.0]]})
+    logger.close()
+    with (tmp_path / "metrics.csv").open(newline="") as file:
+        rows = list(csv.reader(file))
+    assert [row[3] for row in rows[1:]] == ["accuracy", "average", "accuracy", "accuracy", "average"]
+    assert task_metrics({"class_il": [[50.0], [90.0, 95.0]]}, run.summary_fields) == {
+        "class_il/accuracy_task_1": 90.0, "class_il/accuracy_task_2": 95.0, "class_il/average": 92.5}
+
+
 def test_csv_logger_on_resume_keeps_finished_tasks_and_rewrites_the_rest(tmp_path):
     run = RunInfo(run_dir=tmp_path, title="t", config={}, n_tasks=3, n_epochs=1)
     first = CsvLogger(run)
