@@ -8,8 +8,8 @@ training batch is split. :func:`observe_on_shard` gives each rank a contiguous s
 batch (and of every replay minibatch, :meth:`ReplayModel.replay_batch`); gradient hooks
 (:func:`average_gradients`) average every backward pass over the ranks, weighted by the shards'
 sizes; the examples a method stores in ``observe`` are gathered from every rank before the
-reservoir sees them; BatchNorm statistics are averaged after each task's training
-(:func:`average_batchnorm_statistics`); evaluation is sharded and its correct counts summed.
+reservoir sees them; BatchNorm layers normalise with the whole batch's statistics
+(:func:`synchronised_batchnorm`); evaluation is sharded and its correct counts summed.
 Rank 0 alone writes files.
 
 Nothing here pickles: strings travel as bytes in tensors, so what a rank receives cannot run code.
@@ -326,9 +326,11 @@ def average_gradients(model: Any) -> None:
 
 
 def average_batchnorm_statistics(model: Any) -> None:
-    """Average the running mean and variance of every BatchNorm layer over the ranks (each rank
-    normalised its own shards; the running averages are linear in the batches' statistics, so one
-    average after training equals averaging after every step). Nothing in one process."""
+    """Average the running mean and variance of every BatchNorm layer over the ranks: nothing
+    changes for the synchronised layers (:func:`synchronised_batchnorm`), whose statistics agree;
+    a layer a method adds during the run normalised each rank's shard, and its running averages,
+    linear in the batches' statistics, become those of averaging after every step. Nothing in one
+    process."""
     if world_size() == 1:
         return
     for module in model.modules():
@@ -339,12 +341,79 @@ def average_batchnorm_statistics(model: Any) -> None:
 
 
 def synchronised_batchnorm(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """``net`` with torch's SyncBatchNorm (batch statistics over every rank) on CUDA with several
-    processes; unchanged on the CPU, where SyncBatchNorm does not run (each rank normalises its own
-    shard; :func:`average_batchnorm_statistics` averages the running statistics)."""
-    if world_size() == 1 or device.type != "cuda":
+    """``net`` with BatchNorm layers whose training statistics are those of the whole batch, over
+    every rank, with several processes: torch's SyncBatchNorm on CUDA, :class:`RankSyncBatchNorm`
+    elsewhere (SyncBatchNorm runs on GPUs only). Parameter and buffer names stay, so checkpoints
+    move between any numbers of processes."""
+    if world_size() == 1:
         return net
-    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    if device.type == "cuda":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    return _with_rank_sync_batchnorm(net)
+
+
+class RankSyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
+    """A BatchNorm layer that, in training, normalises with the mean and variance of the whole batch
+    over every rank (two all-reduces: the sums, then the squared deviations from the mean, as
+    accurate as one process's; their backward all-reduces the gradients), on any backend (gloo);
+    as BatchNorm otherwise."""
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+    def forward(self, input: Tensor) -> Tensor:
+        if not self.training or world_size() == 1:
+            return super().forward(input)
+        channels, dims = input.shape[1], [0, *range(2, input.dim())]
+        shape = [1, channels] + [1] * (input.dim() - 2)
+        sums = _AllReduce.apply(torch.cat([input.sum(dims), input.new_full((1,), input.numel() / channels)]))
+        count = float(sums[-1].detach())
+        mean = sums[:channels] / count
+        centred = input - mean.view(shape)
+        variance = _AllReduce.apply((centred * centred).sum(dims)) / count
+        if self.track_running_stats:
+            self._track(mean.detach(), variance.detach(), count)
+        output = centred * torch.rsqrt(variance.view(shape) + self.eps)
+        return output * self.weight.view(shape) + self.bias.view(shape) if self.affine else output
+
+    @torch.no_grad()
+    def _track(self, mean: Tensor, variance: Tensor, count: float) -> None:
+        """Update the running statistics as BatchNorm does (the variance unbiased)."""
+        self.num_batches_tracked.add_(1)
+        factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        self.running_mean.mul_(1 - factor).add_(mean, alpha=factor)
+        self.running_var.mul_(1 - factor).add_(variance * (count / max(count - 1, 1.0)), alpha=factor)
+
+
+class _AllReduce(torch.autograd.Function):
+    """The sum over the ranks, differentiable: its gradient is the sum over the ranks of theirs."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: Tensor) -> Tensor:
+        return sum_over_ranks(tensor)
+
+    @staticmethod
+    def backward(ctx: Any, gradient: Tensor) -> Tensor:
+        return sum_over_ranks(gradient)
+
+
+def _with_rank_sync_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` with each BatchNorm layer replaced by a :class:`RankSyncBatchNorm` holding the
+    same parameters and buffers (as torch's ``SyncBatchNorm.convert_sync_batchnorm``)."""
+    if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(
+            module, (RankSyncBatchNorm, torch.nn.SyncBatchNorm)):
+        synced = RankSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                                   module.track_running_stats)
+        if module.affine:
+            synced.weight, synced.bias = module.weight, module.bias
+        synced.running_mean, synced.running_var = module.running_mean, module.running_var
+        synced.num_batches_tracked = module.num_batches_tracked
+        synced.train(module.training)
+        return synced
+    for name, child in module.named_children():
+        module.add_module(name, _with_rank_sync_batchnorm(child))
+    return module
 
 
 # ---- evaluation: sharded, correct counts summed ----
