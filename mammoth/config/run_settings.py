@@ -38,6 +38,11 @@ class RunConfig:
     model: Any = MISSING
     seed: int = 0
     device: str = "auto"
+    #: Mixed precision of the forward passes: fp32 (none), bf16 (CPU and CUDA) or fp16 (CUDA, with
+    #: gradient scaling); mammoth.engine.precision.
+    precision: str = "fp32"
+    #: Convolutional backbones and image batches in the channels-last memory layout.
+    channels_last: bool = False
     #: Also evaluate the tasks not trained yet, and the network before the first task (forward
     #: transfer needs both); the original Mammoth's --eval_future and --enable_other_metrics.
     eval_future: bool = False

@@ -69,6 +69,8 @@ class RunSpec:
     config: Mapping[str, Any]
     dataset_config: Any = None
     eval_future: bool = False
+    precision: str = "fp32"
+    channels_last: bool = False
 
     @property
     def comparable(self) -> dict[str, Any]:
@@ -89,6 +91,7 @@ def resolve_run(cfg: DictConfig) -> RunSpec:
     from mammoth.backbones import BACKBONES
     from mammoth.backbones.registry import DATA_ARGUMENTS
     from mammoth.engine.device import check_threads
+    from mammoth.engine.precision import check_precision
     from mammoth.models import MODELS
 
     check_settings(cfg)
@@ -105,6 +108,8 @@ def resolve_run(cfg: DictConfig) -> RunSpec:
         output_dir=cfg.get("output_dir"), optimized_metric=cfg.get("optimized_metric"),
         loggers=config.get("logger"), config=config, dataset_config=None if dataset else cfg.dataset,
         eval_future=bool(cfg.get("eval_future", False)),
+        precision=check_precision(str(cfg.get("precision", "fp32"))),
+        channels_last=bool(cfg.get("channels_last", False)),
     )
 
 

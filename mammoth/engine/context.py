@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from mammoth.datasets.source import DataSource
+from mammoth.engine.precision import autocast as precision_autocast, check_precision, grad_scaler, to_memory_format
 from mammoth.errors import TrainingError
 
 #: ``report(description, epoch, mean loss)``: what :meth:`TrainingContext.fit` says after each epoch.
@@ -61,7 +62,7 @@ class TrainingContext:
     """
 
     def __init__(self, dataset: Any, device: torch.device, generator: torch.Generator,
-                 report: Optional[EpochReport] = None) -> None:
+                 report: Optional[EpochReport] = None, precision: str = "fp32", channels_last: bool = False) -> None:
         self._dataset = dataset
         self.batch_size: int = int(dataset.config.batch_size)
         self.n_epochs: int = int(dataset.config.n_epochs)
@@ -77,6 +78,12 @@ class TrainingContext:
         self.n_iters: Optional[int] = (getattr(dataset.config, "n_iters", None)
                                        if getattr(dataset.config, "fitting_mode", "epochs") == "iters" else None)
         self.report = report
+        #: ``precision`` (fp32, bf16, fp16): the forward passes of :meth:`fit` and of evaluation run
+        #: under :meth:`autocast`; ``grad_scaler`` (fp16 only) scales the loss in ``ContinualModel.step``.
+        self.precision: str = check_precision(precision, self.device)
+        self.grad_scaler = grad_scaler(self.precision, self.device)
+        #: Image batches in the channels-last memory layout (``channels_last=true``).
+        self.channels_last: bool = bool(channels_last)
 
     def __repr__(self) -> str:
         return (f"TrainingContext(batch_size={self.batch_size}, n_epochs={self.n_epochs}, device={self.device}, "
@@ -95,6 +102,10 @@ class TrainingContext:
     def test_transform(self, x: Tensor) -> Tensor:
         """Normalise a float batch, on its device."""
         return self._dataset.test_transform(x)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The autocast context of :attr:`precision` on :attr:`device` (nothing for fp32)."""
+        return precision_autocast(self.precision, self.device)
 
     def task_data(self, task: int) -> DataSource:
         """The training data of ``task`` (any task of the run, e.g. earlier ones for joint training)."""
@@ -120,6 +131,8 @@ class TrainingContext:
         for indices, read in zip(chunks, self._read_batches(source, chunks)):
             not_aug_inputs = read.to(self.device, non_blocking=True)
             inputs = self.train_transform(not_aug_inputs) if augment else self.test_transform(not_aug_inputs)
+            if self.channels_last:
+                inputs = to_memory_format(inputs, True)
             yield Batch(inputs, labels.index_select(0, indices).to(self.device), not_aug_inputs, indices)
 
     def _read_batches(self, source: DataSource, chunks: list[Tensor]) -> Iterator[Tensor]:
@@ -167,7 +180,8 @@ class TrainingContext:
             for epoch in range(epochs):
                 total, count = 0.0, 0
                 for number, batch in enumerate(self.batches(source, size, shuffle=True, augment=augment)):
-                    loss = step(batch)
+                    with self.autocast():
+                        loss = step(batch)
                     if not math.isfinite(loss):
                         raise TrainingError(
                             f"the loss became {loss} in {description or 'training'}, epoch {epoch + 1}/{epochs}, "
@@ -203,7 +217,9 @@ class _BatchReads(torch.utils.data.Dataset):
 
 
 def build_context(dataset: Any, device: torch.device | str, generator: torch.Generator,
-                  report: Optional[EpochReport] = None) -> TrainingContext:
+                  report: Optional[EpochReport] = None, precision: str = "fp32",
+                  channels_last: bool = False) -> TrainingContext:
     """The context of a run on ``dataset`` (a ContinualDataset), training on ``device`` with the run's
-    ``generator``; ``report(description, epoch, loss)`` receives every epoch's mean loss."""
-    return TrainingContext(dataset, torch.device(device), generator, report)
+    ``generator``; ``report(description, epoch, loss)`` receives every epoch's mean loss;
+    ``precision`` and ``channels_last`` as :mod:`mammoth.engine.precision` describes."""
+    return TrainingContext(dataset, torch.device(device), generator, report, precision, channels_last)

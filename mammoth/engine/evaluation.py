@@ -66,7 +66,8 @@ def evaluate_tasks(
             correct = dict.fromkeys(scored, 0)
             valid = torch.ones((), dtype=torch.bool, device=context.device)
             for batch in context.batches(source, batch_size, shuffle=False, augment=False):
-                logits = model(batch.inputs)
+                with context.autocast():
+                    logits = model(batch.inputs).float()
                 valid &= _scores_are_valid(logits, every_row_finite=trained > 0)
                 for kind in kinds:
                     predicted = predictions(logits, kind, seen_classes, context.task_classes(task))

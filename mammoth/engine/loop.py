@@ -47,7 +47,8 @@ def run_tasks(model: Any, dataset: Any, device: torch.device, run_dir: Path, see
               on_task_end: Callable[[int, TrainingState], None] | None = None,
               on_epoch_end: Callable[[int, int, float], None] | None = None,
               eval_future: bool = False,
-              final_test: Callable[[], list[DataSource]] | None = None) -> TrainingState:
+              final_test: Callable[[], list[DataSource]] | None = None,
+              precision: str = "fp32", channels_last: bool = False) -> TrainingState:
     """Train and evaluate task after task, with a checkpoint in ``run_dir`` after each one.
 
     With ``resume`` the loop continues after the last task of the checkpoint, whose config
@@ -61,12 +62,14 @@ def run_tasks(model: Any, dataset: Any, device: torch.device, run_dir: Path, see
     random initialisation forward transfer is measured against) and, after each task, on the
     tasks not trained yet (:func:`evaluate_after_task`). Each task's peak memory is recorded.
     ``final_test`` (given when the run evaluates on a validation split) returns the test data of
-    every task, evaluated once after the last task (``state.final_test``).
+    every task, evaluated once after the last task (``state.final_test``). ``precision`` and
+    ``channels_last`` go to the context (:mod:`mammoth.engine.precision`).
     """
     if stop_after_task is not None:
         check_positive_int("stop_after_task", stop_after_task)
     generator = torch.Generator().manual_seed(seed)
-    context = build_context(dataset, device, generator, _epoch_report(dataset.n_tasks, on_epoch_end))
+    context = build_context(dataset, device, generator, _epoch_report(dataset.n_tasks, on_epoch_end),
+                            precision=precision, channels_last=channels_last)
     model.attach(context)
     state = TrainingState.empty(dataset.setting)
     fingerprint = dataset.fingerprint()

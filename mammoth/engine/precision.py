@@ -22,11 +22,11 @@ from mammoth.errors import ConfigError
 PRECISIONS: dict[str, Optional[torch.dtype]] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def check_precision(precision: str, device: torch.device | str) -> str:
-    """``precision`` if it is allowed on ``device``; else a one-line ConfigError naming it."""
+def check_precision(precision: str, device: torch.device | str | None = None) -> str:
+    """``precision`` if it is allowed (on ``device``, when given); else a one-line ConfigError naming it."""
     if precision not in PRECISIONS:
         raise ConfigError(f"precision={precision!r} is not supported; allowed: {', '.join(PRECISIONS)}")
-    if precision == "fp16" and torch.device(device).type != "cuda":
+    if precision == "fp16" and device is not None and torch.device(device).type != "cuda":
         raise ConfigError(
             f"precision=fp16 needs a CUDA device (its gradient scaling is for GPUs), and this run is on "
             f"{torch.device(device).type}; allowed on CPU: fp32, bf16"
@@ -54,3 +54,13 @@ def to_memory_format(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     if channels_last and x.ndim == 4:
         return x.contiguous(memory_format=torch.channels_last)
     return x
+
+
+def check_method_precision(precision: str, name: str, method: type) -> None:
+    """Refuse ``precision=fp16`` for a method whose training steps do not all apply the gradient
+    scaler (``supports_fp16 = False``), in one line, before anything is built."""
+    if precision == "fp16" and not getattr(method, "supports_fp16", True):
+        raise ConfigError(
+            f"model={name} does not support precision=fp16 (it calls backward and steps its optimizer itself, "
+            "without gradient scaling); allowed for it: fp32, bf16"
+        )

@@ -95,19 +95,24 @@ def _run(spec: RunSpec, run_dir: Path) -> float:
     from mammoth.engine.device import resolve_device, set_threads
     from mammoth.engine.distributed import is_main_process, synchronised_batchnorm
     from mammoth.engine.job import run_title
+    from mammoth.engine.precision import check_method_precision, check_precision
     from mammoth.reporting.optimized_metric import check_optimized_metric
     from mammoth.reporting.results import RESULTS_NAME
 
     started = time.perf_counter()
     check_distributed_support(spec.model.name, spec.model.entry.target)
+    check_method_precision(spec.precision, spec.model.name, spec.model.entry.target)
     if not spec.resume and is_main_process():  # never leave an old, complete-looking file; a refused resume keeps its run's
         (run_dir / RESULTS_NAME).unlink(missing_ok=True)
     device = rank_device(resolve_device(spec.device))
+    check_precision(spec.precision, device)
     set_threads(spec.threads)
     torch.manual_seed(spec.seed)
     dataset = build_dataset_of(spec)
     net, backbone_name = build_backbone_of(spec, dataset, device)
     net = synchronised_batchnorm(net, device)
+    if spec.channels_last:
+        net = net.to(memory_format=torch.channels_last)
     model = spec.model.entry.target(net=net, dataset=dataset, **spec.model.checked_values()).to(device)
     metric = check_optimized_metric(spec.optimized_metric, dataset, spec.eval_future, model, device)
     config = record_filled_values(copy.deepcopy(dict(spec.config)), dataset, model)
@@ -316,6 +321,7 @@ def _train_and_write(built: BuiltRun, loggers: list[Any]) -> dict[str, Any] | No
         built.model, dataset, device, run_dir, built.spec.seed, comparable, resume=resumes(built.spec.resume, run_dir),
         stop_after_task=built.spec.stop_after_task, on_task_end=on_task_end, on_epoch_end=on_epoch_end,
         eval_future=built.spec.eval_future, final_test=final_test_sources(built.spec, dataset),
+        precision=built.spec.precision, channels_last=built.spec.channels_last,
     )
     measured = Measurements.of_run(state, dataset, built.model)
     log.info("\n%s", format_table(state.accuracies, dataset.n_tasks, measured))

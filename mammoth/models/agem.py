@@ -46,6 +46,7 @@ class AGem(ReplayModel):
     """
 
     supports_distributed = True
+    supports_fp16 = False  # calls backward and steps its optimizer itself (no gradient scaling)
 
     def __init__(self, net: MammothBackbone, dataset: Any, buffer_size: int, **kwargs: Any) -> None:
         super().__init__(net, dataset, buffer_size=buffer_size, **kwargs)

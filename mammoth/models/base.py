@@ -79,6 +79,11 @@ class ContinualModel(nn.Module):
     #: is the same experiment as one process; a method that keeps its own per-batch state is not.
     supports_distributed: ClassVar[bool] = False
 
+    #: Whether every backward pass of the method's training goes through :meth:`step` (or
+    #: another path that applies the context's gradient scaler), as ``precision=fp16`` needs; a
+    #: method that calls ``backward`` and steps an optimizer itself sets False and refuses fp16.
+    supports_fp16: ClassVar[bool] = True
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Refuse a subclass written against the old hooks, when its class is defined."""
         super().__init_subclass__(**kwargs)
@@ -213,15 +218,22 @@ class ContinualModel(nn.Module):
         """Called after training ``task``, with the task's own DataSource ``data``; nothing by default."""
 
     def step(self, loss: Tensor) -> float:
-        """Back-propagate ``loss`` (after clearing old gradients), step the optimizer; return its value."""
+        """Back-propagate ``loss`` (after clearing old gradients), step the optimizer; return its value.
+        Under ``precision=fp16`` the loss is scaled by the context's GradScaler (and unscaled before the step)."""
         if self.optimizer is None:
             raise MammothError(
                 f"{type(self).__name__} has no optimizer yet; allowed: training after begin_task(task), "
                 "which creates it (the harness calls begin_task first)"
             )
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        scaler = getattr(self._context, "grad_scaler", None)  # precision=fp16 only
+        if scaler is None:
+            loss.backward()
+            self.optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(self.optimizer)
+            scaler.update()
         return loss.item()
 
     def extra_state(self) -> dict[str, Any]:

@@ -50,6 +50,7 @@ class BiC(ReplayModel):
     """
 
     supports_distributed = True
+    supports_fp16 = False  # calls backward and steps its optimizer itself (no gradient scaling)
 
     def __init__(
         self,

@@ -37,6 +37,8 @@ class CodaPrompt(PromptModel):
     original does (on the last batch's gradient only: see :meth:`observe`).
     """
 
+    supports_fp16 = False  # calls backward and steps its optimizer itself (no gradient scaling)
+
     method_name = "coda-prompt"
 
     def __init__(

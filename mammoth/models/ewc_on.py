@@ -33,6 +33,7 @@ class EwcOn(ContinualModel):
     """
 
     supports_distributed = True
+    supports_fp16 = False  # calls backward and steps its optimizer itself (no gradient scaling)
 
     def __init__(self, net: MammothBackbone, dataset: Any, e_lambda: float, gamma: float, **kwargs: Any) -> None:
         super().__init__(net, dataset, **kwargs)

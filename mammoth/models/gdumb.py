@@ -138,6 +138,7 @@ class GDumb(ContinualModel):
     """
 
     supports_distributed = True
+    supports_fp16 = False  # calls backward and steps its optimizer itself (no gradient scaling)
 
     trains_only_at_end = True
 

@@ -46,6 +46,7 @@ class LwF(ContinualModel):
     """
 
     supports_distributed = True
+    supports_fp16 = False  # calls backward and steps its optimizer itself (no gradient scaling)
 
     def __init__(
         self, net: MammothBackbone, dataset: Any, alpha: float = 0.5, softmax_temp: float = 2.0, **kwargs: Any

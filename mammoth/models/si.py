@@ -31,6 +31,7 @@ class SI(ContinualModel):
     """
 
     supports_distributed = True
+    supports_fp16 = False  # calls backward and steps its optimizer itself (no gradient scaling)
 
     def __init__(self, net: MammothBackbone, dataset: Any, c: float, xi: float, **kwargs: Any) -> None:
         super().__init__(net, dataset, **kwargs)

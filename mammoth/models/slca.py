@@ -49,6 +49,8 @@ class SLCA(ContinualModel):
     again from weight 1 and bias 0; other backbones have none to reset.
     """
 
+    supports_fp16 = False  # calls backward and steps its optimizer itself (no gradient scaling)
+
     def __init__(
         self,
         net: MammothBackbone,
