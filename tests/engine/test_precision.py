@@ -157,3 +157,12 @@ def test_the_step_scales_the_loss_and_ends_at_the_unscaled_update() -> None:
     assert scaled_gradients[0] == pytest.approx(1024.0 * plain_gradients[0], rel=1e-5)  # backward of the scaled loss
     assert torch.allclose(scaled, plain, atol=1e-6)  # the step is that of the true gradient
     assert scaler.get_scale() == 1024.0  # no overflow: the scale stays until its growth interval
+
+
+def test_the_readme_lists_the_methods_that_refuse_fp16() -> None:
+    import re
+
+    text = " ".join((Path(__file__).resolve().parents[2] / "README.md").read_text().split())
+    listed = re.search(r"methods that step their optimizer themselves: ([a-z_\-, ]+)\)", text).group(1)
+    refusing = {name for name in MODELS.names() if not getattr(MODELS.get(name).target, "supports_fp16", True)}
+    assert {name.strip().replace("-", "_") for name in listed.split(",")} == {name.replace("-", "_") for name in refusing}
