@@ -10,7 +10,8 @@ its shard of the global batch and of each replay minibatch, gradients averaged o
 the buffer's new examples gathered) for ``--warmup`` steps, then times ``--steps`` steps.
 images/s counts the global batch (``dataset.batch_size``, not the replay examples) over rank 0's
 wall time; communication is the time rank 0 spends in torch.distributed calls (all_reduce,
-all_gather: gradients, the buffer's gathering, the loss), per step. ``--threads`` is the torch
+all_gather: gradients, BatchNorm statistics, the buffer's gathering, the loss; waiting for the
+other ranks included), per step. ``--threads`` is the torch
 threads of EACH process (1 by default: torchrun's OMP_NUM_THREADS=1); the one-process row is
 also run with processes x threads, the same CPU cores as the N-process row.
 
@@ -94,7 +95,8 @@ def worker(job: dict) -> None:
     from mammoth.datasets import build_dataset
     from mammoth.engine.context import build_context
     from mammoth.engine.distributed import (detect_launch, is_main_process, observe_on_shard, process_device,
-                                            start_process_group, stop_process_group, world_size)
+                                            start_process_group, stop_process_group,
+                                            synchronised_batchnorm, world_size)
     from mammoth.models import build_model
 
     launch = detect_launch()
@@ -118,6 +120,7 @@ def worker(job: dict) -> None:
     torch.manual_seed(0)
     dataset = build_dataset({"name": "seq-cifar10", "root": job["root"], "batch_size": job["batch_size"]}, seed=0)
     net = build_backbone("resnet18", num_classes=dataset.n_classes, input_shape=dataset.input_shape).to(device)
+    net = synchronised_batchnorm(net, device)  # as the runner: BatchNorm statistics over every rank
     model = build_model(job["method"], net=net, dataset=dataset, **METHODS[job["method"]]).to(device)
     context = build_context(dataset, device, torch.Generator().manual_seed(0))
     model.attach(context)
