@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, List, Optional
 
 import torch
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -40,6 +40,8 @@ class DatasetConfig:
     from the seed) or the list of classes in the order they are trained. ``noise_type`` /
     ``noise_rate``: label noise on the training data. See :mod:`mammoth.datasets.labels`.
     ``fitting_mode``: ``epochs`` (``n_epochs`` per task) or ``iters`` (``n_iters`` steps per task).
+    ``mean`` / ``std`` / ``augmentation``: the benchmark's normalisation and training augmentation,
+    replaced (null: the benchmark's own).
     """
 
     name: str = MISSING
@@ -55,6 +57,13 @@ class DatasetConfig:
     noise_rate: float = 0.0
     fitting_mode: str = "epochs"
     n_iters: Optional[int] = None
+    #: The normalisation of the inputs, one value per channel (per leading feature); null: the
+    #: benchmark's. The original's per-method dataset configs set it (l2p: mean 0, std 1).
+    mean: Optional[List[float]] = None
+    std: Optional[List[float]] = None
+    #: The training augmentation: null = the benchmark's, or none, crop-flip,
+    #: random-resized-crop-flip, random-crop-flip (see ContinualDataset.train_transform).
+    augmentation: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -247,12 +256,48 @@ class ContinualDataset:
             noise_type=noise[0],
             noise_rate=noise[1],
             **self._check_fitting(values.get("fitting_mode", "epochs"), values.get("n_iters")),
+            **self._check_normalization(values.get("mean"), values.get("std")),
+            augmentation=self._check_augmentation(values.get("augmentation")),
         )
+        if self.config.mean is not None:  # the instance's normalisation replaces the benchmark's
+            self.mean, self.std = tuple(self.config.mean), tuple(self.config.std)
+        if self.config.augmentation is not None:
+            self.augmentation = None if self.config.augmentation == "none" else self.config.augmentation
         self.seed = int(seed)
         self._source: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._sources: tuple[DataSource, DataSource] | None = None
         self._prepared: PreparedLabels | None = None
         self._fingerprint: dict[str, dict[str, Any]] | None = None
+
+    def _check_normalization(self, mean: Any, std: Any) -> dict[str, Any]:
+        """``mean`` and ``std`` as lists of floats, both given or both null: one value per channel
+        (per leading feature), every std > 0."""
+        if mean is None and std is None:
+            return {"mean": None, "std": None}
+        channels = self.input_shape[0]
+        for key, values in (("mean", mean), ("std", std)):
+            if (values is None or isinstance(values, (str, bytes)) or not hasattr(values, "__len__")
+                    or len(values) != channels
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
+                raise DatasetError(
+                    f"dataset.{key}={values!r} is not allowed for {self.name}; allowed: null (the benchmark's) or "
+                    f"{channels} number(s), one per channel, with dataset.mean and dataset.std both set"
+                )
+        if min(std) <= 0:
+            raise DatasetError(f"dataset.std={list(std)!r} is not allowed; allowed: numbers > 0")
+        return {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
+
+    def _check_augmentation(self, augmentation: Any) -> Optional[str]:
+        """``augmentation`` if it names one (or ``none``); null keeps the benchmark's."""
+        allowed = ["none", *(name for name in AUGMENTATIONS if name is not None)]
+        if augmentation is not None and augmentation not in allowed:
+            raise DatasetError(
+                f"dataset.augmentation={augmentation!r} is not allowed; allowed: null (the benchmark's), {', '.join(allowed)}"
+            )
+        if augmentation not in (None, "none") and not self._is_image():
+            raise DatasetError(f"dataset.augmentation={augmentation} is not allowed for {self.name}: its examples "
+                               "are not images; allowed: null, none")
+        return augmentation
 
     def _total_classes(self) -> int:
         """The number of classes of the benchmark, whatever its number of tasks."""
