@@ -93,7 +93,7 @@ def run_tasks(model: Any, dataset: Any, device: torch.device, run_dir: Path, see
         test_sources.append(dataset.test_source(task))
         evaluate_after_task(model, context, test_sources, state, _test_sources(dataset) if eval_future else None, top5)
         if final_test is not None and task == dataset.n_tasks - 1:
-            state.final_test = evaluate_tasks(model, context, final_test())
+            state.final_test = evaluate_on_ranks(evaluate_tasks, model, context, final_test())
         state.eval_seconds.append(time.perf_counter() - started)
         _record_peak_memory(state, device)
         state.next_task = task + 1
