@@ -35,11 +35,23 @@ def average_accuracy(matrix: AccuracyMatrix) -> float:
 
 
 def forgetting(matrix: AccuracyMatrix) -> float:
-    """Average forgetting (Chaudhry et al., 2018); 0.0 for a single task.
+    """Average forgetting as the original Mammoth computes it (``utils/metrics.py``); 0.0 for a single task.
 
-    For every task ``j < T-1``: the best accuracy it had after training tasks ``j..T-2``, minus
-    its final accuracy ``A[T-1][j]``; averaged over those tasks.
+    For every task ``j < T-1``: the best accuracy it had after training tasks ``j..T-1`` (the
+    last row included), minus its final accuracy ``A[T-1][j]``; averaged over those tasks. A task
+    never counts below 0. Chaudhry et al. (2018) take the best over ``j..T-2`` only, so a task
+    that ends above its earlier best counts negatively there (:func:`forgetting_chaudhry`).
     """
+    rows = accuracy_rows(matrix)
+    last = len(rows) - 1
+    if last == 0:
+        return 0.0
+    return fmean(max(rows[i][j] for i in range(j, last + 1)) - rows[last][j] for j in range(last))
+
+
+def forgetting_chaudhry(matrix: AccuracyMatrix) -> float:
+    """Average forgetting as Chaudhry et al. (2018) define it; 0.0 for a single task: for every
+    task ``j < T-1``, the best accuracy after training tasks ``j..T-2`` minus ``A[T-1][j]``."""
     rows = accuracy_rows(matrix)
     last = len(rows) - 1
     if last == 0:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mammoth.reporting.metrics import (
-    accuracy_rows, average_accuracy, average_incremental_accuracy, backward_transfer, forgetting, forward_transfer,
+    accuracy_rows, average_accuracy, average_incremental_accuracy, backward_transfer, forgetting, forgetting_chaudhry, forward_transfer,
     old_and_new_accuracy, summarise,
 )
 
@@ -40,10 +40,33 @@ def test_three_tasks() -> None:
     assert backward_transfer(THREE_TASKS) == pytest.approx(-25.0)
 
 
-def test_positive_backward_transfer_gives_negative_forgetting() -> None:
+def test_positive_backward_transfer_counts_as_no_forgetting_as_in_the_original() -> None:
     matrix = [[50.0, 0.0], [60.0, 70.0]]
     assert backward_transfer(matrix) == pytest.approx(10.0)
-    assert forgetting(matrix) == pytest.approx(-10.0)
+    assert forgetting(matrix) == pytest.approx(0.0)  # the best, last row included, is the final accuracy
+    assert forgetting_chaudhry(matrix) == pytest.approx(-10.0)  # Chaudhry et al.: the best before the last task
+
+
+def _original_forgetting(results: list[list[float]]) -> float:
+    """aimagelab/mammoth utils/metrics.py forgetting (commit e75a491c), copied as it is."""
+    n_tasks = len(results)
+    li = []
+    for i in range(n_tasks - 1):
+        results[i] += [0.0] * (n_tasks - len(results[i]))
+    np_res = np.array(results)
+    maxx = np.max(np_res, axis=0)
+    for i in range(n_tasks - 1):
+        li.append(maxx[i] - results[-1][i])
+    return np.mean(li)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_forgetting_is_the_originals_on_random_matrices(seed: int) -> None:
+    generator = np.random.default_rng(seed)
+    n_tasks = 2 + seed
+    rows = [list(generator.uniform(0, 100, size=i + 1)) for i in range(n_tasks)]
+    assert forgetting(rows) == pytest.approx(float(_original_forgetting([list(row) for row in rows])))
+    assert forgetting(rows) >= max(forgetting_chaudhry(rows), 0.0) - 1e-9
 
 
 def test_four_tasks_with_forgetting_measured_from_the_best_past_accuracy() -> None:
