@@ -264,7 +264,7 @@ CONTRACT = {
     "si": "get_params(out=), get_grads(out=), set_grads", "agem": "get_grads(out=), set_grads",
     "gem": "get_grads(out=), set_grads", "icarl": "net(x) of a frozen copy", "er-ace": "net(x)",
     "gdumb": "- (stores only)", "bic": "net(x) of a frozen copy", "mer": "get_params(out=), set_params",
-    "xder": "net(x)",
+    "xder": "net(x)", "slca": "net(x, returnt=\"features\") + its own heads",
 }
 
 
@@ -290,7 +290,11 @@ def method_step_times(dataset, rounds: int) -> dict[str, list[float]]:
 
     from mammoth.models import list_models
 
-    names = [name for name in list_models() if name != "joint"]  # joint trains at the last task only
+    from mammoth.models import MODELS
+
+    # joint trains at the last task only; the prompt methods and ranpac need a ViT backbone (token interface)
+    names = [name for name in list_models()
+             if name != "joint" and not getattr(MODELS.get(name).target, "requires_tokens", False)]
     samples: dict[str, list[float]] = {name: [] for name in names}
     for repetition in range(rounds + 1):  # the first round warms up and is dropped
         shift = repetition % len(names)
