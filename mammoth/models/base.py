@@ -217,9 +217,11 @@ class ContinualModel(nn.Module):
     def end_task(self, task: int, data: "DataSource") -> None:
         """Called after training ``task``, with the task's own DataSource ``data``; nothing by default."""
 
-    def step(self, loss: Tensor) -> float:
-        """Back-propagate ``loss`` (after clearing old gradients), step the optimizer; return its value.
-        Under ``precision=fp16`` the loss is scaled by the context's GradScaler (and unscaled before the step)."""
+    def step(self, loss: Tensor, clip_grad: float | None = None) -> float:
+        """Back-propagate ``loss`` (after clearing old gradients), clip the gradient norm of the
+        trainable parameters to ``clip_grad`` (None: no clipping), step the optimizer; return the
+        loss value. Under ``precision=fp16`` the loss is scaled by the context's GradScaler, and the
+        gradient unscaled before it is clipped and applied."""
         if self.optimizer is None:
             raise MammothError(
                 f"{type(self).__name__} has no optimizer yet; allowed: training after begin_task(task), "
@@ -227,11 +229,14 @@ class ContinualModel(nn.Module):
             )
         self.optimizer.zero_grad(set_to_none=True)
         scaler = getattr(self._context, "grad_scaler", None)  # precision=fp16 only
+        (loss if scaler is None else scaler.scale(loss)).backward()
+        if clip_grad is not None:
+            if scaler is not None:
+                scaler.unscale_(self.optimizer)  # clip the true gradient
+            nn.utils.clip_grad_norm_([p for p in self.parameters() if p.requires_grad], clip_grad)
         if scaler is None:
-            loss.backward()
             self.optimizer.step()
         else:
-            scaler.scale(loss).backward()
             scaler.step(self.optimizer)
             scaler.update()
         return loss.item()

@@ -125,7 +125,7 @@ class L2P(PromptModel):
         loss = self.task_loss(out["logits"], labels)
         if self.pull_constraint:
             loss = loss - self.pull_constraint_coeff * out["reduce_sim"]
-        return self.clipped_step(loss, self.clip_grad)
+        return self.step(loss, self.clip_grad)
 
     def forward(self, x: Tensor) -> Tensor:
         """The scores of the classes seen so far (prompts chosen by the query, as in training)."""

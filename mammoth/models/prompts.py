@@ -90,23 +90,6 @@ class PromptModel(ContinualModel):
         _, seen = self.class_range()
         return logits.masked_fill(torch.arange(logits.shape[1], device=logits.device) >= seen, float("-inf"))
 
-    def clipped_step(self, loss: Tensor, clip_grad: float | None) -> float:
-        """Back-propagate, clip the gradient norm of the trained parameters to ``clip_grad`` (None:
-        no clipping), step; return the loss value (loss scaling under ``precision=fp16``)."""
-        self.optimizer.zero_grad(set_to_none=True)
-        scaler = self.context.grad_scaler  # precision=fp16 only
-        (loss if scaler is None else scaler.scale(loss)).backward()
-        if scaler is not None:
-            scaler.unscale_(self.optimizer)  # clip the true gradient
-        if clip_grad is not None:
-            nn.utils.clip_grad_norm_([p for p in self.parameters() if p.requires_grad], clip_grad)
-        if scaler is None:
-            self.optimizer.step()
-        else:
-            scaler.step(self.optimizer)
-            scaler.update()
-        return loss.item()
-
 
 def batch_scaled_lr(lr: float, batch_size: int) -> float:
     """The original's ``args.lr * args.batch_size / 256`` (l2p, dualprompt)."""
