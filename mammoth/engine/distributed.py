@@ -422,18 +422,12 @@ def _with_rank_sync_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
 def evaluate_on_ranks(evaluate: Callable[..., dict[str, list[float]]], model: Any, context: Any,
                       test_sources: Sequence[Any], **options: Any) -> dict[str, list[float]]:
     """``evaluate(model, context, test_sources, **options)``, each rank on its
-    ``source.shard(rank, world_size)``; the correct counts (each percentage times its shard's
-    size) are summed over the ranks, so the accuracies are those of one process."""
+    ``source.shard(rank, world_size)`` with ``sum_counts`` summing the correct counts and sizes
+    over the ranks, so the accuracies are those of one process."""
     if world_size() == 1:
         return evaluate(model, context, test_sources, **options)
     shards = [source.shard(rank(), world_size()) for source in test_sources]
-    local = evaluate(model, context, shards, **options)
-    kinds = list(local)
-    counts = torch.tensor([[round(local[kind][task] * len(shards[task]) / 100.0) if task < len(local[kind]) else 0
-                            for task in range(len(shards))] for kind in kinds], dtype=torch.int64)
-    totals = sum_over_ranks(counts)
-    return {kind: [100.0 * int(totals[row, task]) / max(len(test_sources[task]), 1) for task in range(len(local[kind]))]
-            for row, kind in enumerate(kinds)}
+    return evaluate(model, context, shards, sum_counts=sum_over_ranks, **options)
 
 
 # ---- the replay buffer: what one rank stores, every rank stores ----

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -33,6 +33,7 @@ def predictions(logits: Tensor, kind: str, seen_classes: int, task_classes: rang
 def evaluate_tasks(
     model: nn.Module, context: TrainingContext, test_sources: Sequence[DataSource], batch_size: int = 512,
     trained_tasks: int | None = None, top5: bool = False,
+    sum_counts: Callable[[Tensor], Tensor] | None = None,
 ) -> dict[str, list[float]]:
     """Accuracy in percent on ``test_sources`` (the test data of tasks ``0, 1, ...``), for each
     accuracy kind of the context's setting; each source is read batch by batch, normalised, on
@@ -43,6 +44,10 @@ def evaluate_tasks(
     the randomly initialised network with ``trained_tasks=0``) the classes up to its own, as the
     original Mammoth scores the next task before training it. With ``top5`` the result also has
     ``top5``: how often the label is among the five best Class-IL scores (each task its own).
+
+    With ``sum_counts`` (a sum over the ranks of a distributed run), each source is this rank's
+    shard of the task's data: the correct counts and the sizes of every task are summed with it,
+    in one call, before the percentages are taken.
 
     Predictions come from the method itself: ``model(x)`` (``ContinualModel.forward``, the one
     prediction hook) returns scores over all classes; a method that predicts differently
@@ -59,7 +64,7 @@ def evaluate_tasks(
     kinds = SETTING_METRICS[context.setting]
     trained = len(test_sources) if trained_tasks is None else trained_tasks
     scored = (*kinds, "top5") if top5 else kinds
-    accuracies: dict[str, list[float]] = {kind: [] for kind in scored}
+    counts = torch.zeros(len(test_sources), len(scored) + 1, dtype=torch.int64)  # correct per kind, then size
     with evaluation_mode(model):
         for task, source in enumerate(test_sources):
             seen_classes = visible_classes(context, task, trained)
@@ -80,9 +85,12 @@ def evaluate_tasks(
                     f"the model's outputs became non-finite (nan or inf) on the test data of task {task + 1}, "
                     f"evaluated {after}; the run stopped without results (lower model.lr, or check the data)"
                 )
-            for kind in scored:
-                accuracies[kind].append(100.0 * correct[kind] / max(len(source), 1))
-    return accuracies
+            counts[task] = torch.tensor([correct[kind] for kind in scored] + [len(source)])
+    if sum_counts is not None:
+        counts = sum_counts(counts)
+    sizes = counts[:, -1].clamp(min=1)
+    return {kind: [100.0 * int(correct) / int(size) for correct, size in zip(counts[:, column], sizes)]
+            for column, kind in enumerate(scored)}
 
 
 def visible_classes(context: TrainingContext, task: int, trained_tasks: int) -> int:

@@ -157,3 +157,18 @@ def test_a_future_task_whose_classes_are_all_ruled_out_is_not_scored_by_argmax_o
     after_first = evaluate_tasks(LookupModel(logits), HandDataset("class-il", 2, 2).context(), [TASK_0, TASK_1], trained_tasks=1)
     # task 0: predicts class 1 everywhere: examples 1 and 2 (labels 1, 1) right: 2 of 3; task 1: nothing predicted
     assert after_first == {"class_il": [pytest.approx(200 / 3), 0.0], "task_il": [pytest.approx(200 / 3), 0.0]}
+
+
+def test_shards_with_summed_counts_score_as_the_whole_data():
+    # what a distributed run does: each rank scores its shard of every task, sum_counts adds the
+    # counts of the other ranks (here: rank 1's, recorded first) before the percentages are taken
+    model, context = LookupModel(CLASS_IL_LOGITS), HandDataset("class-il", 2, 2).context()
+    whole = evaluate_tasks(model, context, [TASK_0, TASK_1], top5=False)
+    rank_1: list[torch.Tensor] = []
+    evaluate_tasks(model, context, [TASK_0.shard(1, 2), TASK_1.shard(1, 2)],
+                   sum_counts=lambda counts: rank_1.append(counts) or counts)
+    # rank 1 holds example 1 of task 0 (Class-IL wrong: class 2's 7 wins; Task-IL right) and example 4 of task 1 (right)
+    assert rank_1[0].tolist() == [[0, 1, 1], [1, 1, 1]]  # per task: Class-IL, Task-IL correct, size
+    summed = evaluate_tasks(model, context, [TASK_0.shard(0, 2), TASK_1.shard(0, 2)],
+                            sum_counts=lambda counts: counts + rank_1[0])
+    assert summed == whole == {"class_il": [0.0, 50.0], "task_il": [pytest.approx(200 / 3), 100.0]}
