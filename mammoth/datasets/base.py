@@ -71,7 +71,8 @@ class PreparedLabels:
     """The dataset settings applied to labels and indices (see :meth:`ContinualDataset.prepared`):
     ``train_labels`` / ``eval_labels`` label every example of the training / evaluation source
     (the test set, or the training set when a validation split is held out), ``train_indices`` /
-    ``eval_indices`` select the examples used, ``order`` the class order (None: natural)."""
+    ``eval_indices`` select the examples used, ``test_labels`` label the test set (what a
+    validation run scores once at the end), ``order`` the class order (None: natural)."""
 
     train_labels: torch.Tensor
     train_indices: torch.Tensor
@@ -79,6 +80,7 @@ class PreparedLabels:
     eval_indices: torch.Tensor
     eval_on_train: bool
     order: Optional[list[int]]
+    test_labels: torch.Tensor
 
 
 @dataclass
@@ -464,7 +466,7 @@ class ContinualDataset:
             self._check_every_task_has_examples("validation" if self.config.validation else "test",
                                                 eval_labels[eval_indices], n_labels)
             self._prepared = PreparedLabels(train_labels, train_indices, eval_labels, eval_indices,
-                                            self.config.validation is not None, order)
+                                            self.config.validation is not None, order, test_labels)
         return self._prepared
 
     def _check_source(
@@ -511,35 +513,45 @@ class ContinualDataset:
 
     def task_source(self, task: int) -> DataSource:
         """The training data of ``task``, served batch by batch (what the harness trains on)."""
-        return self._split_source(task, train=True)
+        return self._split_source(task, "train")
 
     def test_source(self, task: int) -> DataSource:
         """The evaluation data of ``task`` (its test data, or its validation split with
         ``dataset.validation``), served batch by batch (what the harness evaluates on)."""
-        return self._split_source(task, train=False)
+        return self._split_source(task, "eval")
 
-    def _task_indices(self, task: int, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """(labels of every example of the split's source, the positions of ``task``'s examples)."""
+    def final_test_source(self, task: int) -> DataSource:
+        """The test data of ``task``, also when ``dataset.validation`` evaluates on a validation
+        split instead (what such a run scores once, after the last task)."""
+        return self._split_source(task, "test")
+
+    def _task_indices(self, task: int, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(labels of every example of the ``split``'s source, the positions of ``task``'s examples);
+        ``split`` is ``train``, ``eval`` (what the run evaluates on) or ``test``."""
         self._check_task(task)
         prepared = self.prepared()
-        labels, indices = ((prepared.train_labels, prepared.train_indices) if train
-                           else (prepared.eval_labels, prepared.eval_indices))
+        labels, indices = {
+            "train": (prepared.train_labels, prepared.train_indices),
+            "eval": (prepared.eval_labels, prepared.eval_indices),
+            "test": (prepared.test_labels, torch.arange(len(prepared.test_labels))),
+        }[split]
         if self.setting == "class-il":
             classes = self.task_classes(task)
             chosen = labels.index_select(0, indices)
             indices = indices[(chosen >= classes.start) & (chosen < classes.stop)]
         return labels, indices
 
-    def _split_source(self, task: int, train: bool) -> DataSource:
-        """The train or evaluation data of ``task``: a view of the source (class-IL), or the task's
-        transformation of it (domain-IL), with the prepared labels."""
-        labels, indices = self._task_indices(task, train)
+    def _split_source(self, task: int, split: str) -> DataSource:
+        """The ``split`` data of ``task`` (see :meth:`_task_indices`): a view of the source
+        (class-IL), or the task's transformation of it (domain-IL), with the prepared labels."""
+        labels, indices = self._task_indices(task, split)
         train_source, test_source = self.sources()
-        prepared = self.prepared()
-        if train:
+        if split == "train":
             base = train_source
+        elif split == "eval" and self.prepared().eval_on_train:
+            base = self.evaluation_view(train_source)
         else:
-            base = self.evaluation_view(train_source) if prepared.eval_on_train else test_source
+            base = test_source
         if self.setting == "domain-il":
             base = InMemorySource(self.apply_task_transform(task, base.x), base.y)  # domain-IL benchmarks are in memory
         if labels is not base.labels and not torch.equal(labels, base.labels):
@@ -566,8 +578,8 @@ class ContinualDataset:
         :meth:`test_source` instead."""
         self._check_task(task)
         train_x, _, test_x, _ = self.source()
-        train_labels, train_indices = self._task_indices(task, True)
-        eval_labels, eval_indices = self._task_indices(task, False)
+        train_labels, train_indices = self._task_indices(task, "train")
+        eval_labels, eval_indices = self._task_indices(task, "eval")
         eval_x = train_x if self.prepared().eval_on_train else test_x
         if self.setting == "domain-il":
             train_x, eval_x = self.apply_task_transform(task, train_x), self.apply_task_transform(task, eval_x)

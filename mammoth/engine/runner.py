@@ -155,25 +155,13 @@ def build_dataset_of(spec: RunSpec) -> Any:
     return spec.dataset.entry.target(spec.dataset.checked_values(), seed=spec.seed)
 
 
-def final_test_sources(spec: RunSpec, dataset: Any) -> Callable[[], list[Any]] | None:
+def final_test_sources(dataset: Any) -> Callable[[], list[Any]] | None:
     """With ``dataset.validation`` (the run evaluates on a validation split): a function returning
-    the test data of every task, read from the benchmark built again without the split (same seed,
-    so the same class order), as the original evaluates on the test set at the end; else None."""
+    the test data of every task (:meth:`ContinualDataset.final_test_source`, with the run's class
+    order), as the original evaluates on the test set at the end; else None."""
     if getattr(dataset.config, "validation", None) is None:
         return None
-
-    def sources() -> list[Any]:
-        if spec.dataset is None:
-            from omegaconf import OmegaConf
-
-            from mammoth.datasets import build_dataset
-
-            test_dataset = build_dataset({**OmegaConf.to_container(spec.dataset_config), "validation": None}, seed=spec.seed)
-        else:
-            test_dataset = spec.dataset.entry.target(spec.dataset.checked_values(validation=None), seed=spec.seed)
-        return [test_dataset.test_source(task) for task in range(test_dataset.n_tasks)]
-
-    return sources
+    return lambda: [dataset.final_test_source(task) for task in range(dataset.n_tasks)]
 
 
 def build_backbone_of(spec: RunSpec, dataset: Any, device: torch.device) -> tuple[Any, str]:
@@ -320,7 +308,7 @@ def _train_and_write(built: BuiltRun, loggers: list[Any]) -> dict[str, Any] | No
     state = run_tasks(
         built.model, dataset, device, run_dir, built.spec.seed, comparable, resume=resumes(built.spec.resume, run_dir),
         stop_after_task=built.spec.stop_after_task, on_task_end=on_task_end, on_epoch_end=on_epoch_end,
-        eval_future=built.spec.eval_future, final_test=final_test_sources(built.spec, dataset),
+        eval_future=built.spec.eval_future, final_test=final_test_sources(dataset),
         precision=built.spec.precision, channels_last=built.spec.channels_last,
     )
     measured = Measurements.of_run(state, dataset, built.model)

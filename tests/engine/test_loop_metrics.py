@@ -190,17 +190,19 @@ def test_on_cuda_each_task_records_the_peak_allocated_since_its_start(monkeypatc
 
 
 def test_the_final_test_data_is_the_benchmarks_test_split_without_the_validation_split() -> None:
-    from types import SimpleNamespace
-
-    from omegaconf import OmegaConf
-
     from mammoth.datasets import build_dataset
     from mammoth.engine.runner import final_test_sources
 
-    config = OmegaConf.create({"name": "seq-digits", "validation": 0.2})  # a dataset config named, not targeted
-    validated = build_dataset(config, seed=1)
-    sources = final_test_sources(SimpleNamespace(dataset=None, dataset_config=config, seed=1), validated)()
+    validated = build_dataset({"name": "seq-digits", "validation": 0.2}, seed=1)
+    sources = final_test_sources(validated)()
     plain = build_dataset({"name": "seq-digits"}, seed=1)
     assert [len(source) for source in sources] == [len(plain.test_source(task)) for task in range(5)] == [72, 72, 72, 72, 71]
     assert all(torch.equal(source.labels, plain.test_source(task).labels) for task, source in enumerate(sources))
-    assert final_test_sources(SimpleNamespace(dataset=None, dataset_config=None, seed=1), plain) is None
+    assert final_test_sources(plain) is None
+    # with a class order, the test split is relabelled as the run's tasks are
+    permuted = build_dataset({"name": "seq-digits", "validation": 0.2, "class_order": "permute"}, seed=1)
+    plain_permuted = build_dataset({"name": "seq-digits", "class_order": "permute"}, seed=1)
+    for task, source in enumerate(final_test_sources(permuted)()):
+        assert torch.equal(source.labels, plain_permuted.test_source(task).labels)
+        assert torch.equal(source.read(torch.arange(len(source)), "cpu"),
+                           plain_permuted.test_source(task).read(torch.arange(len(source)), "cpu"))
