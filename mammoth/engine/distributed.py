@@ -243,13 +243,16 @@ def log_to_rank_file(run_dir: Path) -> None:
     not the run's ``mammoth.log``). Nothing on rank 0 or in one process."""
     if is_main_process():
         return
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-        if isinstance(handler, logging.FileHandler):
-            handler.close()
-    handler = logging.FileHandler(run_dir / rank_log_name(rank()))
+    from mammoth.engine.rundir import open_nofollow
+
+    # opened first, through open_nofollow as every file mammoth writes in a run directory: a planted link is refused
+    handler = logging.StreamHandler(open_nofollow(run_dir / rank_log_name(rank()), "a"))
     handler.setFormatter(logging.Formatter(f"[%(asctime)s][rank {rank()} pid %(process)d][%(name)s][%(levelname)s] %(message)s"))
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        root.removeHandler(existing)
+        if isinstance(existing, logging.FileHandler):
+            existing.close()
     root.addHandler(handler)
 
 

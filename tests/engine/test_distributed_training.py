@@ -144,3 +144,33 @@ def test_the_readme_methods_table_says_which_methods_train_on_several_processes(
     rows = re.findall(r"^\| `([\w-]+)` \|.*\| (yes|refused) \|$", readme, re.M)
     assert {name for name, _ in rows} == set(MODELS.names())
     assert {name for name, answer in rows if answer == "yes"} == DISTRIBUTED_METHODS
+
+
+def test_a_rank_logs_to_its_own_file_and_refuses_a_planted_link(tmp_path, monkeypatch):
+    import logging
+
+    from mammoth.engine import distributed
+    from mammoth.errors import ConfigError
+
+    monkeypatch.setattr(distributed, "rank", lambda: 1)
+    monkeypatch.setattr(distributed, "is_main_process", lambda: False)
+    root = logging.getLogger()
+    saved = list(root.handlers)
+    target = tmp_path / "elsewhere.txt"
+    target.write_text("untouched")
+    (tmp_path / "rank1.log").symlink_to(target)
+    try:
+        with pytest.raises(ConfigError, match="rank1.log"):
+            distributed.log_to_rank_file(tmp_path)
+        assert target.read_text() == "untouched" and root.handlers == saved  # nothing written, logging as it was
+        (tmp_path / "rank1.log").unlink()
+        distributed.log_to_rank_file(tmp_path)
+        logging.getLogger("mammoth.test").warning("from rank one")
+        assert "[rank 1 pid" in (tmp_path / "rank1.log").read_text()
+        assert "from rank one" in (tmp_path / "rank1.log").read_text()
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+            handler.close()
+        for handler in saved:
+            root.addHandler(handler)
