@@ -5,13 +5,20 @@ timm is imported when a model is built, never when mammoth is imported. The mode
 without its classifier (``num_classes=0``: it returns the pre-logits features) and a new linear
 head with the dataset's classes is put on top. Weights are read only from a safetensors file or
 a torch file of tensors (``weights_only=True``), found in timm's Hugging Face hub cache
-(``pretrained=true``) or at ``weights=PATH``, and checked against ``weights_sha256`` when set.
+(``pretrained=true``) or at ``weights=PATH``, read once, checked against ``weights_sha256`` when
+set and loaded from the bytes that were checked; every weight of the model must come from the
+file (``weights_strict``). ``model_args`` are architecture arguments only: a key that loads
+weights or that the model class does not take is refused.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import inspect
+import logging
+import math
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, Optional
 
 from torch import Tensor, nn
@@ -26,7 +33,10 @@ from mammoth.backbones.weights import (
     local_weights_file,
     read_state_dict,
 )
-from mammoth.errors import BackboneError, unknown_name_message
+
+from mammoth.errors import BackboneError, MammothError, closest_match, unknown_name_message
+
+log = logging.getLogger(__name__)
 
 #: ``freeze`` values besides a list of parameter-name patterns.
 FREEZE_CHOICES = ("none", "all-but-head")
@@ -50,11 +60,16 @@ class TimmBackbone(MammothBackbone):
 
     ``pretrained``: load the weights timm publishes for ``name`` (from the Hugging Face hub cache;
     fetched once if missing, unless ``HF_HUB_OFFLINE`` is set). ``weights``: load a local file
-    instead. ``weights_sha256``: refuse any other file. ``freeze``: ``none``, ``all-but-head``
+    instead. ``weights_sha256``: refuse any other file. ``weights_strict``: every weight of the
+    model (all but the new head) must come from the file, and the file may hold no other, or the
+    build is refused; ``false`` allows a deliberate partial load (recorded, with the keys left
+    out, in ``self.weights``). ``freeze``: ``none``, ``all-but-head``
     (only the new classifier trains), or a list of timm parameter-name patterns (``blocks.0.*``);
     frozen parameters have ``requires_grad=False`` and the modules holding only frozen parameters
-    stay in eval mode. ``model_args`` go to ``timm.create_model`` (e.g. ``{depth: 2}``);
-    ``img_size`` is set from the data for models that take it (ViTs).
+    stay in eval mode. ``model_args``: architecture arguments of the model class for
+    ``timm.create_model`` (e.g. ``{depth: 2}``), checked against its ``__init__``; never a
+    loading argument (weights come only through ``pretrained``/``weights``); ``in_chans`` and
+    ``img_size`` (for models that take it: ViTs) are set from the data.
     Stages (``returnt='full'``): the intermediate outputs of timm's ``forward_intermediates``
     (every block of a ViT, every stage of a ResNet), then the features.
     """
@@ -67,6 +82,7 @@ class TimmBackbone(MammothBackbone):
         pretrained: bool = False,
         weights: Optional[str] = None,
         weights_sha256: Optional[str] = None,
+        weights_strict: bool = True,
         freeze: Any = "none",
         model_args: Any = None,
     ) -> None:
@@ -77,14 +93,10 @@ class TimmBackbone(MammothBackbone):
             raise BackboneError(
                 f"backbone.weights={weights!r} and backbone.pretrained=true both choose weights; allowed: one of them"
             )
-        if model_args is not None and not isinstance(model_args, Mapping):
-            raise BackboneError(
-                f"backbone.model_args={model_args!r} is not a mapping; allowed: null or {{argument: value}} for timm.create_model"
-            )
-        self.trunk = create_timm_model(name, input_shape, dict(model_args or {}))
+        self.trunk = create_timm_model(name, input_shape, model_args)
         self.weights: WeightsFile | None = None
         if weights is not None or pretrained:
-            self.weights = load_timm_weights(self.trunk, name, weights, pin)
+            self.weights = load_timm_weights(self.trunk, name, weights, pin, strict=bool(weights_strict))
         elif weights_sha256 is not None:
             raise BackboneError(
                 "backbone.weights_sha256 is set but no weights are loaded; allowed: with backbone.pretrained=true "
@@ -185,22 +197,122 @@ class TimmBackbone(MammothBackbone):
         return self
 
 
-def create_timm_model(name: str, input_shape: tuple[int, int, int], model_args: dict[str, Any]) -> nn.Module:
-    """``timm.create_model(name, num_classes=0, in_chans=..., img_size=...)`` with randomly
-    initialised weights; an unknown name lists the closest timm models."""
+#: ``timm.create_model`` arguments mammoth sets itself: from the data, or never (the device and dtype).
+SET_BY_MAMMOTH = ("num_classes", "in_chans", "img_size", "device", "dtype")
+#: ``model_args`` keys that choose weights or files (``fnmatch`` patterns), refused: weights reach a
+#: backbone only through ``pretrained``/``weights``, which mammoth verifies. Another ``pretrained*``
+#: key passes only as a named argument of the model's class (SwinV2's ``pretrained_window_sizes``).
+LOADING_PATTERNS = ("pretrained", "pretrained_cfg*", "pretrained_strict", "pretrained_filter_fn",
+                    "pretrained_model_args", "checkpoint*", "*cache*", "*url*", "*file*", "hf_hub_*", "custom_load")
+
+
+def create_timm_model(name: str, input_shape: tuple[int, int, int], model_args: Any = None) -> nn.Module:
+    """``timm.create_model(name, num_classes=0, in_chans=..., img_size=..., **model_args)`` with
+    randomly initialised weights, ``model_args`` checked first (:func:`check_model_args`); an
+    unknown name lists the closest timm models, an unknown pretrained tag the model's tags, and
+    anything else the build raises is one line naming the model and ``model_args``."""
     timm = import_timm()
     if not timm.is_model(name):
         raise BackboneError(unknown_timm_model_message(timm, name))
-    arguments = {"pretrained": False, "num_classes": 0, "in_chans": input_shape[0], **model_args}
+    check_pretrained_tag(timm, name)
+    args = check_model_args(timm, name, input_shape, model_args)
+    arguments = {"pretrained": False, "num_classes": 0, "in_chans": input_shape[0], **args}
     try:
-        return timm.create_model(name, img_size=tuple(input_shape[1:]), **arguments)
-    except TypeError as error:
-        if "img_size" not in str(error):
-            raise BackboneError(f"timm model {name!r} refused its arguments: {error}") from None
-    try:
+        try:
+            return timm.create_model(name, img_size=tuple(input_shape[1:]), **arguments)
+        except TypeError as error:
+            if "img_size" not in str(error):
+                raise
         return timm.create_model(name, **arguments)  # a model without img_size (a ResNet)
-    except TypeError as error:
-        raise BackboneError(f"timm model {name!r} refused its arguments: {error}") from None
+    except (KeyboardInterrupt, MammothError):
+        raise
+    except Exception as error:  # noqa: BLE001 - a value timm or torch refuses: one line, never a traceback
+        first = (str(error).splitlines() or [""])[0]
+        raise BackboneError(
+            f"timm model {name!r} cannot be built with backbone.model_args={args} ({type(error).__name__}: {first[:200]}); "
+            "allowed: values its class accepts"
+        ) from None
+
+
+def check_pretrained_tag(timm: Any, name: str) -> None:
+    """A ``name.tag`` whose tag timm does not know: a one-line BackboneError listing the model's tags."""
+    architecture, tag = timm.models.split_model_name_tag(name)
+    known = sorted(timm.models.get_arch_pretrained_cfgs(architecture))
+    if tag and f"{architecture}.{tag}" not in known:
+        tags = [full.split(".", 1)[1] for full in known]
+        allowed = ", ".join(tags) if tags else "none (use the name without a tag)"
+        raise BackboneError(f"unknown pretrained tag {tag!r} of timm model {architecture!r}; allowed: {allowed}")
+
+
+def check_model_args(timm: Any, name: str, input_shape: tuple[int, int, int], model_args: Any) -> dict[str, Any]:
+    """``model_args`` as plain values, if it holds only architecture arguments of the model's class:
+    a key that loads weights (:data:`LOADING_PATTERNS`) or that mammoth sets
+    (:data:`SET_BY_MAMMOTH`), a key the class's ``__init__`` does not take, and a ``*_rate`` outside
+    [0, 1] are one-line BackboneErrors naming the key and what is allowed."""
+    if model_args is None:
+        return {}
+    if not isinstance(model_args, Mapping):
+        raise BackboneError(
+            f"backbone.model_args={model_args!r} is not a mapping; allowed: null or {{argument: value}} for timm.create_model"
+        )
+    args = _plain(model_args)
+    if not args:
+        return {}
+    parameters = model_class_parameters(timm, name)
+    allowed = sorted(parameter for parameter in parameters if parameter not in SET_BY_MAMMOTH and parameter != "**")
+    for key, value in args.items():
+        where = f"backbone.model_args.{key}"
+        if not isinstance(key, str):
+            raise BackboneError(f"backbone.model_args key {key!r} is not a name; allowed: {', '.join(allowed)}")
+        if key in SET_BY_MAMMOTH:
+            shown = {"in_chans": f" ({input_shape[0]} from the data)", "img_size": f" ({list(input_shape[1:])} from the data)"}
+            raise BackboneError(f"{where} is set by mammoth{shown.get(key, '')}; allowed: {', '.join(allowed)}")
+        loading = any(fnmatch.fnmatchcase(key, pattern) for pattern in LOADING_PATTERNS)
+        if loading or (key.startswith("pretrained") and key not in parameters):
+            raise BackboneError(
+                f"{where} loads weights or files, which model_args may not; allowed: architecture arguments "
+                f"({', '.join(allowed)}); weights come from backbone.pretrained=true or backbone.weights=PATH"
+            )
+        if key not in parameters and "**" not in parameters:
+            raise BackboneError(unknown_argument_message(name, key, allowed))
+        if key.endswith("_rate") and not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                          and math.isfinite(value) and 0 <= value <= 1):
+            raise BackboneError(f"{where}={value!r} is not a rate; allowed: a number from 0 to 1")
+    return args
+
+
+def unknown_argument_message(name: str, key: str, allowed: list[str]) -> str:
+    """``unknown argument 'x' for timm model 'm' (backbone.model_args.x); allowed: ...`` with the closest."""
+    message = f"unknown argument {key!r} for timm model {name!r} (backbone.model_args.{key}); allowed: {', '.join(allowed)}"
+    suggestion = closest_match(key, allowed)
+    return message + (f" (did you mean {suggestion!r}?)" if suggestion else "")
+
+
+def model_class_parameters(timm: Any, name: str) -> set[str]:
+    """The named parameters of the ``__init__`` of the class timm builds for ``name`` (``**`` when
+    it also takes any keyword), found by building the model on the meta device (no memory, no weights)."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(name, pretrained=False)
+    except Exception:  # noqa: BLE001 - a model whose construction needs real tensors
+        model = timm.create_model(name, pretrained=False)
+    signature = inspect.signature(type(model).__init__)
+    named = {parameter.name for parameter in signature.parameters.values()
+             if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)} - {"self"}
+    if any(parameter.kind is parameter.VAR_KEYWORD for parameter in signature.parameters.values()):
+        named.add("**")
+    return named
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with OmegaConf containers turned into dicts and lists."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    return dict(value) if isinstance(value, Mapping) else value
 
 
 def unknown_timm_model_message(timm: Any, name: str) -> str:
@@ -217,32 +329,62 @@ def unknown_timm_model_message(timm: Any, name: str) -> str:
     return f"unknown timm model {name!r}; allowed: a name of timm.list_models() with its pretrained tag{hint}"
 
 
-def load_timm_weights(model: nn.Module, name: str, path: Optional[str], pin: Optional[str]) -> WeightsFile:
+def load_timm_weights(model: nn.Module, name: str, path: Optional[str], pin: Optional[str],
+                      strict: bool = True) -> WeightsFile:
     """Find, verify and load the weights (``path``, else the hub's for ``name``) into ``model``
     through timm's own loader, which adapts them (position embeddings to the input size, input
-    channels, the classifier dropped); returns the file that was loaded."""
+    channels, the classifier dropped), from the very bytes that were verified. ``strict``: every
+    key of ``model`` must be loaded and every key of the file used, or a one-line BackboneError
+    names the missing and unexpected ones; otherwise they are recorded. Returns the file loaded."""
     from timm.models import load_pretrained
 
     config = dict(getattr(model, "pretrained_cfg", {}) or {})
     what = f"timm model {name!r}"
     if path is not None:
-        weights = local_weights_file(path, pin, what)
+        weights, data = local_weights_file(path, pin, what)
     elif config.get("hf_hub_id"):
-        weights = hub_weights_file(config["hf_hub_id"], name, pin, config.get("hf_hub_filename"))
+        weights, data = hub_weights_file(config["hf_hub_id"], name, pin, config.get("hf_hub_filename"))
     else:
         raise BackboneError(
             f"timm publishes no Hugging Face hub weights for {name!r}; allowed: backbone.weights=PATH to a local file"
         )
-    state_dict = read_state_dict(weights, what)
+    state_dict = read_state_dict(data, weights.path, what)
+    del data
+    keys: dict[str, tuple[str, ...]] = {}
+
+    def check_keys(_module: nn.Module, incompatible: Any) -> None:  # after timm's adaptation, as loaded
+        keys["missing"] = tuple(key for key in incompatible.missing_keys if not key.endswith("num_batches_tracked"))
+        keys["unexpected"] = tuple(incompatible.unexpected_keys)
+        if strict and (keys["missing"] or keys["unexpected"]):
+            raise BackboneError(
+                f"the weights file {weights.path} does not fit {what}: {_keys(keys['missing'])} of the model missing "
+                f"from it, {_keys(keys['unexpected'])} in it unknown to the model; allowed: a file holding every "
+                "weight of the model but its head, or backbone.weights_strict=false for a deliberate partial load"
+            )
+        incompatible.missing_keys.clear()  # reported here, once (timm would log every key)
+        incompatible.unexpected_keys.clear()
+
+    hook = model.register_load_state_dict_post_hook(check_keys)
     model.pretrained_cfg = {**config, "state_dict": state_dict}
     try:
         load_pretrained(model, num_classes=0, in_chans=_input_channels(model), filter_fn=_filter_function(model))
     except RuntimeError as error:
-        first = (str(error).splitlines() or [""])[0]
+        lines = str(error).splitlines() or [""]
+        first = next((line.strip() for line in lines if "size mismatch" in line), lines[0])
         raise BackboneError(f"the weights file {weights.path} does not fit {what}: {first}") from None
     finally:
         model.pretrained_cfg = config  # never keep a second copy of the weights
-    return weights
+        hook.remove()
+    if not strict:
+        log.warning("backbone.weights_strict=false: %s loaded into %s without %s of the model and with %s unused",
+                    weights.path, what, _keys(keys["missing"]), _keys(keys["unexpected"]))
+    return replace(weights, strict=strict, missing=keys["missing"], unexpected=keys["unexpected"])
+
+
+def _keys(keys: tuple[str, ...], shown: int = 3) -> str:
+    """``N keys (a, b, c, ...)``: a count and the first few."""
+    listed = ", ".join(keys[:shown]) + (", ..." if len(keys) > shown else "")
+    return f"{len(keys)} key{'s' if len(keys) != 1 else ''}" + (f" ({listed})" if keys else "")
 
 
 def _input_channels(model: nn.Module) -> int:

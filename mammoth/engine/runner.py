@@ -265,11 +265,14 @@ def _train_and_report(built: BuiltRun, metric: str) -> float:
 
 
 def weights_section(net: Any) -> dict[str, Any]:
-    """``{"weights": {"file": ..., "sha256": ...}}`` for a backbone that loaded pretrained weights
-    (``backbone=timm`` with ``pretrained`` or ``weights``), else nothing: what results.json records."""
+    """``{"weights": {"file": ..., "sha256": ..., "strict": ...}}`` for a backbone that loaded
+    pretrained weights (``backbone=timm`` with ``pretrained`` or ``weights``; a partial load also
+    lists the ``missing`` and ``unexpected`` keys), else nothing: what results.json records."""
     weights = getattr(net, "weights", None)
     if weights is None or not hasattr(weights, "sha256"):
         return {}
+    if hasattr(weights, "record"):
+        return {"weights": weights.record()}
     return {"weights": {"file": str(weights.path), "sha256": weights.sha256}}
 
 

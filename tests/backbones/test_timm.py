@@ -291,7 +291,7 @@ def test_a_run_records_the_weights_file_and_its_sha256(tmp_path: Path) -> None:
                             "backbone.model_args={depth:1,embed_dim:16,num_heads:2,patch_size:4}",
                             "dataset.n_epochs=1", "threads=1"))
     results = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert results["weights"] == {"file": str(weights), "sha256": sha256(weights)}
+    assert results["weights"] == {"file": str(weights), "sha256": sha256(weights), "strict": True}
     unweighted = tmp_path / "plain"
     mammoth.run(compose_run(unweighted, "backbone=timm", f"backbone.name={NAME}", "dataset.n_epochs=1", "threads=1",
                             "backbone.model_args={depth:1,embed_dim:16,num_heads:2,patch_size:4}"))
