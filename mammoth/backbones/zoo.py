@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from torch import Tensor, nn
 
 from mammoth.backbones.base import MammothBackbone
 from mammoth.backbones.registry import register_backbone
+from mammoth.backbones.weights import read_file_bytes
 from mammoth.errors import BackboneError, unknown_name_message
 
 #: Attributes where torchvision's classification models keep their classifier head.
@@ -73,9 +73,11 @@ class TorchvisionBackbone(MammothBackbone):
 
 
 def _build_trunk(arch: str, weights: Optional[str], options: dict) -> nn.Module:
-    """``torchvision.models.get_model``, with a one-line BackboneError for unknown ``weights`` or
-    pretrained weights that can be neither downloaded nor found in torch's hub cache."""
-    import torch
+    """``torchvision.models.get_model``; pretrained ``weights`` come from torch's hub cache
+    (downloaded there once if missing), read once, checked against the sha256 prefix in their
+    name and loaded from those very bytes with ``torch.load(weights_only=True)``, never by
+    torchvision reopening the file. Unknown ``weights``, weights that can be neither downloaded
+    nor found, and a file that does not fit are one-line BackboneErrors."""
     import torchvision.models
 
     if weights is None:
@@ -84,41 +86,97 @@ def _build_trunk(arch: str, weights: Optional[str], options: dict) -> nn.Module:
     names = ["DEFAULT", *(member.name for member in available)]
     if weights not in names:
         raise BackboneError(unknown_name_message(f"torchvision weights for {arch}", weights, names))
-    url = (available.DEFAULT if weights == "DEFAULT" else available[weights]).url
-    cache = Path(torch.hub.get_dir()) / "checkpoints"
-    check_cached_weights(cache / Path(url).name, arch)
+    member = available.DEFAULT if weights == "DEFAULT" else available[weights]
+    state_dict = _verified_state_dict(arch, weights, member.url)
+    return _pretrained_model(arch, member, options, state_dict)
+
+
+def _verified_state_dict(arch: str, weights: str, url: str) -> dict:
+    """The state dict of the cached file for ``url`` (downloaded first when missing), from bytes
+    read once, hashed (:func:`check_cached_weights`) and loaded with ``weights_only=True``."""
+    import io
+
+    import torch
+
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+    if not path.is_file():
+        _download(url, path, arch, weights)
+    data = read_file_bytes(path, f"torchvision arch {arch!r}")
+    check_cached_weights(path, arch, data)
     try:
-        # torchvision has torch.hub load the (cached) file with weights_only=False: load it with
-        # weights_only=True first, so a tampered cache file is refused before anything in it runs.
-        torch.hub.load_state_dict_from_url(url, progress=False, check_hash=True, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - a pickle of objects, a truncated or foreign file: refused, nothing run
         raise BackboneError(
-            f"the cached torchvision weights {cache / Path(url).name} for {arch} hold objects that weights never "
-            "hold; refused unread: delete the file (it is downloaded again)"
+            f"the cached torchvision weights {path} for {arch} hold objects that weights never hold; "
+            "refused unread: delete the file (it is downloaded again)"
         ) from None
-    except Exception as error:  # noqa: BLE001 - offline, proxy, corrupt cache...: one line naming the weights
+
+
+def _download(url: str, path: Path, arch: str, weights: str) -> None:
+    """Download ``url`` to ``path`` as ``torch.hub`` does (checking the sha256 prefix its name carries)."""
+    import torch.hub
+
+    match = torch.hub.HASH_REGEX.search(path.name)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(url, str(path), match.group(1) if match else None, progress=False)
+    except Exception as error:  # noqa: BLE001 - offline, proxy, full disk...: one line naming the weights
         reason = (str(error).splitlines() or [""])[0]
         raise BackboneError(
             f"torchvision weights {weights!r} for {arch} could not be loaded ({type(error).__name__}: {reason}); "
-            f"they need a network connection once, or {Path(url).name} from {url} in {cache}"
+            f"they need a network connection once, or {path.name} from {url} in {path.parent}"
         ) from None
-    return torchvision.models.get_model(arch, weights=weights, **options)
 
 
-def check_cached_weights(path: Path, arch: str) -> None:
+def _pretrained_model(arch: str, member: Any, options: dict, state_dict: dict) -> nn.Module:
+    """The model torchvision's builder makes for weights ``member`` (its class count and input
+    size; GoogLeNet's and Inception's auxiliary heads and input transform), with ``state_dict``
+    loaded strictly (DenseNet's old key names renamed, as torchvision does)."""
+    import re
+
+    import torchvision.models
+
+    arguments = {**options, "num_classes": len(member.meta["categories"])}
+    auxiliary = arch in ("googlenet", "inception_v3")
+    if auxiliary:
+        arguments.update(transform_input=True, aux_logits=True, init_weights=False)
+    if arch.startswith("vit_"):
+        arguments["image_size"] = member.meta["min_size"][0]
+    if arch.startswith("maxvit"):
+        arguments["input_size"] = member.meta["min_size"]
+    if arch.startswith("densenet"):
+        pattern = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+        state_dict = {(match[1] + match[2] if (match := pattern.match(key)) else key): value
+                      for key, value in state_dict.items()}
+    model = torchvision.models.get_model(arch, **arguments)
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as error:
+        lines = str(error).splitlines() or [""]
+        first = next((line.strip() for line in lines[1:] if line.strip()), lines[0])
+        raise BackboneError(f"the torchvision weights {member.url} do not fit arch {arch!r}: {first[:300]}") from None
+    if auxiliary and not options.get("aux_logits", True):
+        model.aux_logits = False
+        for name in ("aux1", "aux2", "AuxLogits"):
+            if hasattr(model, name):
+                setattr(model, name, None)
+    return model
+
+
+def check_cached_weights(path: Path, arch: str, data: bytes) -> None:
     """A cached weights file ``name-<hex>.pth`` must have a sha256 that starts with ``<hex>``, as
-    ``torch.hub`` checks a download (``check_hash``) but never the cached file; a one-line
-    BackboneError names the file otherwise. Nothing to check when there is no such file yet."""
+    ``torch.hub`` checks a download (``check_hash``) but never the cached file: checked on
+    ``data``, the bytes read from ``path`` that are then loaded; a one-line BackboneError names the
+    file otherwise."""
     import hashlib
 
     import torch.hub
 
     match = torch.hub.HASH_REGEX.search(path.name)
-    if match is None or not match.group(1) or not path.is_file():
+    if match is None or not match.group(1):
         return
     prefix = match.group(1)
-    with open(path, "rb") as file:
-        digest = hashlib.file_digest(file, "sha256").hexdigest()
+    digest = hashlib.sha256(data).hexdigest()
     if not digest.startswith(prefix):
         raise BackboneError(
             f"the cached torchvision weights {path} for {arch} do not match the sha256 in their name ({prefix}; the "
