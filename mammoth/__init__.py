@@ -7,11 +7,31 @@ Registered backbones become typed Hydra configs (``backbone=name backbone.arg=va
 imported on first use (``mammoth.list_backbones`` imports :mod:`mammoth.backbones`, which
 registers the built-in backbones); the first registry lookup also imports the installed
 ``mammoth.plugins`` entry points (:mod:`mammoth.plugins`).
+
+Run as ``python -m mammoth`` (or ``-m mammoth.summary``, ``-m mammoth.reproduce``), this package
+is imported first: its first statements take the working directory off ``sys.path`` before
+anything else is imported (see :func:`_drop_working_directory`). No ``from __future__`` import
+here: it would import a ``__future__.py`` lying in the working directory.
 """
 
-from __future__ import annotations
+import os
+import sys
 
-import importlib
+
+def _drop_working_directory() -> None:
+    """Under ``python -m mammoth...``, take the working directory off the front of ``sys.path``,
+    where ``-m`` puts it (as ``python -P`` / ``PYTHONSAFEPATH`` would), so that no Python file that
+    merely lies where the command runs (``hydra.py``, ``logging.py``, ``argparse.py``) is imported
+    in place of a library. Imported as a library (``sys.argv[0]`` is not ``-m``), ``sys.path`` is
+    left as the importing program has it."""
+    if sys.argv[:1] == ["-m"] and sys.path and \
+            (sys.path[0] == "" or os.path.realpath(sys.path[0]) == os.path.realpath(os.getcwd())):
+        del sys.path[0]
+
+
+_drop_working_directory()  # before any other import (os and sys: Python loaded both before any file of the working directory)
+
+import importlib  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -107,16 +107,6 @@ def unwritable_error(error: OSError) -> ConfigError:
     return ConfigError(f"cannot write {where}: {reason}; allowed: a hydra.run.dir (or output_dir) mammoth can write to")
 
 
-def working_directory_not_importable() -> None:
-    """Take the working directory off the front of ``sys.path``, where ``python -m`` puts it (as
-    ``-P`` / ``PYTHONSAFEPATH`` would), so nothing a config names (a ``pkg://`` search-path entry, a
-    ``_target_``'s module) imports a Python file that merely lies where the command runs. Installed
-    packages, ``PYTHONPATH`` and the modules a user's own script imported before calling
-    :func:`main` stay."""
-    if sys.path and (sys.path[0] == "" or os.path.realpath(sys.path[0]) == os.path.realpath(os.getcwd())):
-        del sys.path[0]
-
-
 @contextmanager
 def directory_locked(directory: Path | None, key: str) -> Iterator[None]:
     """Hold the run (or sweep) directory's lock while Hydra runs, so a run refused by it finds
@@ -135,7 +125,6 @@ def main() -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    working_directory_not_importable()
     try:
         load_plugins()
         command_line = prepare_arguments(sys.argv[1:], hydra_main)

@@ -19,8 +19,10 @@ written: the single run's, each job's of a sweep and each alternative an Optuna 
   ``hydra.sweep.subdir``) are relative and stay inside the run directory;
 - what runs shell commands or sets the environment of a job (``hydra.launcher.setup``,
   ``srun_args``, ``additional_parameters``; ``hydra.job.env_set`` beyond a list of harmless
-  variables), a run or sweep directory outside the working directory and an Optuna storage other
-  than a relative SQLite file are accepted only from the command line, never from a config file;
+  variables: none that chooses an endpoint, a credential, an online/offline mode, a path or code to
+  load: :func:`is_harmless_environment_variable`), a run or sweep directory outside the working
+  directory and an Optuna storage other than a relative SQLite file are accepted only from the
+  command line, never from a config file;
   a launcher's folders stay inside the sweep directory.
 
 An interpolation that resolves to a container (``${oc.decode:...}``) is walked as what it becomes.
@@ -58,6 +60,26 @@ LAUNCHER_COMMAND_KEYS = ("setup", "srun_args", "additional_parameters")
 HARMLESS_ENVIRONMENT_PREFIXES = (
     "CUDA_", "CUBLAS_", "NCCL_", "OMP_", "MKL_", "OPENBLAS_", "NUMEXPR_", "TORCH_", "WANDB_", "HF_", "MAMMOTH_",
 )
+#: Words (``_``-separated parts) of a variable's name that mark one choosing where a client sends
+#: data or credentials (an endpoint, a host, a proxy, a header), a credential itself, whether a
+#: client is online (a mode, offline), a path (a file, a directory, a cache) or code or weights to
+#: load (a plugin, a library, ``weights_only``): refused from a config file even under the prefixes
+#: above (``HF_ENDPOINT``, ``HF_HUB_OFFLINE``, ``WANDB_BASE_URL``, ``WANDB_API_KEY``, ``WANDB_MODE``,
+#: ``TORCH_HOME``, ``NCCL_NET_PLUGIN``, ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``, ...).
+REFUSED_ENVIRONMENT_WORDS = frozenset((
+    "ENDPOINT", "URL", "URI", "HOST", "SERVER", "SERVICE", "PROXY", "SOCKET", "ADDR", "ADDRESS", "PORT", "HEADERS",
+    "TOKEN", "KEY", "SECRET", "PASSWORD", "CREDENTIALS", "AUTH", "CERT", "CERTS", "CA", "SSL", "TLS", "INSECURE", "VERIFY",
+    "MODE", "OFFLINE", "ONLINE", "DISABLED", "ANONYMOUS", "TELEMETRY",
+    "DIR", "DIRECTORY", "HOME", "PATH", "PATHS", "FILE", "FOLDER", "CACHE", "ROOT", "LOCATION", "OUT", "OUTPUT", "DEST",
+    "LOGDEST", "TRACE",
+    "PLUGIN", "LIB", "LIBRARY", "LIBRARIES", "PRELOAD", "TOOL", "CODE", "TRUST", "REMOTE", "WEIGHTS", "PICKLE",
+))
+#: Names refused whole from a config file (outside the prefixes above, named for the message).
+REFUSED_ENVIRONMENT_NAMES = frozenset((
+    "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+    "SSL_CERT_FILE", "SSL_CERT_DIR", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "PYTHONPATH", "PYTHONHOME",
+    "PYTHONSTARTUP", "LD_PRELOAD", "LD_LIBRARY_PATH", "NCCL_COMM_ID",
+))
 #: Keys under ``logger.LABEL`` whose value is an output path.
 PATH_KEY_SUFFIXES = ("dir", "file", "filename", "path")
 #: Option groups whose root config is built by a registry (``_target_`` must be registered there).
@@ -319,10 +341,12 @@ def _check_hydra_node(path: tuple[str, ...], value: Any, tree: dict, resolve: _R
                 f"{where} runs shell commands and was set by a config file; allowed: set it on the command line"
             )
     elif len(path) == 4 and path[:3] == ("hydra", "job", "env_set"):
-        if not path[3].startswith(HARMLESS_ENVIRONMENT_PREFIXES) and not _set_on_command_line(tree, where):
+        if not is_harmless_environment_variable(path[3]) and not _set_on_command_line(tree, where):
             raise ConfigError(
                 f"{where} sets an environment variable from a config file; allowed there: names starting "
-                f"with {', '.join(HARMLESS_ENVIRONMENT_PREFIXES)}; others only on the command line"
+                f"with {', '.join(HARMLESS_ENVIRONMENT_PREFIXES)} that choose no endpoint, credential, online or "
+                "offline mode, path or code to load (no part such as _URL, _ENDPOINT, _TOKEN, _KEY, _MODE, _OFFLINE, "
+                "_DIR, _HOME, _PATH, _FILE, _CACHE, _PLUGIN); others only on the command line"
             )
     elif path in (("hydra", "run", "dir"), ("hydra", "sweep", "dir")) and not _set_on_command_line(tree, where):
         _check_relative(where, resolve(path, value), "the working directory")
@@ -334,6 +358,15 @@ def _check_hydra_node(path: tuple[str, ...], value: Any, tree: dict, resolve: _R
         if not text.startswith("sqlite:///") or text.startswith("sqlite:////"):
             raise ConfigError(f"{where}={text!r} was set by a config file; allowed there: null or sqlite:///RELATIVE.db; others only on the command line")
         _check_relative(where, text[len("sqlite:///"):], "the working directory")
+
+
+def is_harmless_environment_variable(name: str) -> bool:
+    """Whether a config file may set the environment variable ``name`` for a job: a name under
+    :data:`HARMLESS_ENVIRONMENT_PREFIXES` with none of :data:`REFUSED_ENVIRONMENT_WORDS` among
+    its ``_``-separated parts, and not one of :data:`REFUSED_ENVIRONMENT_NAMES`."""
+    upper = name.upper()
+    return (name.startswith(HARMLESS_ENVIRONMENT_PREFIXES) and upper not in REFUSED_ENVIRONMENT_NAMES
+            and not REFUSED_ENVIRONMENT_WORDS.intersection(upper.split("_")))
 
 
 def _check_relative(where: str, value: Any, base: str) -> None:

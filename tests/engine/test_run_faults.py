@@ -31,6 +31,10 @@ def compose_run(output_dir: Path, *overrides: str):
         (("model.lr=nan",), "model.lr=nan is not a finite number"),
         (("model.weight_decay=inf",), "model.weight_decay=inf is not a finite number; allowed: 0 <= weight_decay < inf"),
         (("model.momentum=nan",), "model.momentum=nan is not a finite number"),
+        # finite for Python, an overflow for the float32 argument torch's optimizer turns it into
+        (("model.lr=1e300",), "model.lr=1e+300 does not fit float32 (torch's default dtype, largest 3.402823e+38); "
+                              "allowed: 0 < lr <= 3.402823e+38"),
+        (("model.weight_decay=-1e39",), "model.weight_decay=-1e+39 does not fit float32"),
         (("model=der", "model.buffer_size=10", "model.alpha=inf"), "model.alpha=inf is not a finite number"),
         (("seed=-1",), "seed=-1 is outside 64 bits; allowed: an integer from 0 to 18446744073709551615"),
         ((f"seed={2**64}",), f"seed={2**64} is outside 64 bits"),

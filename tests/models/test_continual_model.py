@@ -115,6 +115,10 @@ def test_base_hooks_and_defaults(make_net, dataset, make_batch) -> None:
         ({"lr": 0}, "model.lr=0 is not positive; allowed: lr > 0"),
         ({"lr": float("nan")}, "model.lr=nan is not a finite number; allowed: 0 < lr < inf"),
         ({"lr": float("inf")}, "model.lr=inf is not a finite number; allowed: 0 < lr < inf"),
+        ({"lr": 1e300}, "model.lr=1e+300 does not fit float32 (torch's default dtype, largest 3.402823e+38); "
+                        "allowed: 0 < lr <= 3.402823e+38"),
+        ({"momentum": 4e38}, "model.momentum=4e+38 does not fit float32 (torch's default dtype, largest 3.402823e+38); "
+                             "allowed: 0 <= momentum <= 3.402823e+38"),
         ({"momentum": -0.5}, "model.momentum=-0.5 is negative or not a number; allowed: momentum >= 0"),
         ({"momentum": 0.9, "optimizer": "adam"}, "model.momentum=0.9 has no effect with model.optimizer=adam; allowed: momentum=0 with adam"),
         ({"weight_decay": -1e-4}, "model.weight_decay=-0.0001 is negative or not a number; allowed: weight_decay >= 0"),
