@@ -229,7 +229,7 @@ def _rows(rows: Any) -> Optional[dict[str, tuple[str, str]]]:
         return None
     parsed = {}
     for row in rows:
-        fields = row.split("\t") if isinstance(row, str) else []
+        fields = row.rsplit("\t", 2) if isinstance(row, str) else []  # a file name may hold a tab
         if len(fields) != 3:
             return None
         parsed[fields[0]] = (fields[1], fields[2])

@@ -138,6 +138,8 @@ def test_files_change_names_the_first_file_added_removed_or_relabelled() -> None
     assert files_change({"count": 3, "sha256": "x"}, before) == (
         "the checkpoint records the files' sizes, not their contents (written by an earlier mammoth)")
     assert files_change(fingerprint("no tabs"), before).startswith("the checkpoint records")  # a crafted record
+    assert files_change(fingerprint("a\tb.png\t0\taa"), fingerprint("a\tb.png\t0\tab")) == (
+        "a\tb.png has other contents: sha256 aa... then, ab... now")
 
 
 def test_a_streaming_benchmark_holds_no_tensors(tmp_path: Path) -> None:
