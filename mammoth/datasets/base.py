@@ -418,9 +418,9 @@ class ContinualDataset:
         images``, ``train labels``, ``test images`` and ``test labels``, the tensor's shape and the
         sha256 of its bytes (the decoded uint8 images and int64 labels of :meth:`source`, before
         any task transformation; about 0.2 s for CIFAR-100's 184 MB of images). Streaming: for
-        ``train files`` and ``test files``, their count and the sha256 over (path relative to
-        ``dataset.root``, size in bytes, label) of every file (no image is decoded; see
-        :meth:`stream_fingerprint`). Computed once."""
+        ``train files`` and ``test files``, their count, one row (path relative to
+        ``dataset.root``, label, sha256 of the file's bytes) per file and the sha256 over the rows
+        (every file is read once, no image is decoded; see :meth:`stream_fingerprint`). Computed once."""
         if self._fingerprint is None:
             if self.streaming:
                 self._fingerprint = self.stream_fingerprint()

@@ -11,17 +11,20 @@ every batch is one ``(batch, 3, size, size)`` tensor; augmentation is applied to
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import torch
 from torch import Tensor
 
 from mammoth.datasets.source import DataSource
 from mammoth.errors import DatasetError
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
 
 #: File suffixes listed as images (lower case).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
@@ -50,23 +53,81 @@ def list_image_folder(root: str | Path) -> tuple[list[Path], Tensor, list[str]]:
     return paths, torch.tensor(labels, dtype=torch.int64), classes
 
 
-def decode_resized(path: Path, size: int) -> Tensor:
-    """The image at ``path`` as uint8 RGB ``(3, size, size)``: decoded by Pillow (as the original
-    Mammoth's datasets do), shorter side resized to ``size`` (antialiased), centre cropped. A file
-    that cannot be decoded is a DatasetError naming it."""
-    import numpy as np
+#: The most pixels an image may have when decoded, and again once resized, unless Pillow's
+#: ``PIL.Image.MAX_IMAGE_PIXELS`` says otherwise: twice that setting, the size above which Pillow
+#: refuses a file as a decompression bomb (178,956,970 pixels by default: 537 MB as RGB).
+DEFAULT_PIXEL_LIMIT = 2 * 89_478_485
+
+
+def pixel_limit() -> int:
+    """The most pixels an image may hold, decoded or resized: Pillow's decompression-bomb limit
+    (``2 * PIL.Image.MAX_IMAGE_PIXELS``; :data:`DEFAULT_PIXEL_LIMIT` when that setting is None)."""
+    from PIL import Image
+
+    return 2 * int(Image.MAX_IMAGE_PIXELS) if Image.MAX_IMAGE_PIXELS else DEFAULT_PIXEL_LIMIT
+
+
+def open_rgb(path: Path) -> "PILImage":
+    """The image at ``path`` decoded by Pillow, as RGB: the one way a file is decoded. A file that
+    cannot be decoded, or whose width x height exceeds :func:`pixel_limit` (a decompression bomb),
+    is a one-line DatasetError naming it, its size and what is allowed; nothing is decoded then."""
     from PIL import Image, UnidentifiedImageError
-    from torchvision.transforms.v2 import functional
 
     try:
         with Image.open(path) as file:
-            pixels = np.asarray(file.convert("RGB"))
+            check_pixels(path, file.size)
+            return file.convert("RGB")
+    except Image.DecompressionBombError as error:  # over the limit Pillow itself applies on opening
+        first = (str(error).splitlines() or [""])[0]
+        raise DatasetError(f"image {path} is too large to decode ({first}); allowed: at most {pixel_limit():,} pixels "
+                           "(Pillow's decompression-bomb limit, 2 x PIL.Image.MAX_IMAGE_PIXELS)") from None
     except (UnidentifiedImageError, OSError, ValueError) as error:
         first = (str(error).splitlines() or [""])[0]
         raise DatasetError(f"image {path} cannot be decoded ({first}); allowed: a JPEG, PNG, BMP, GIF or WebP file") from None
-    image = torch.from_numpy(pixels.copy()).permute(2, 0, 1)
-    image = functional.resize(image, size, antialias=True)
-    return functional.center_crop(image, [size, size])
+
+
+def check_pixels(path: Path, size: tuple[int, int], resized: Optional[tuple[int, int]] = None) -> None:
+    """Refuse an image of ``size`` (width, height), or its ``resized`` size, that holds more than
+    :func:`pixel_limit` pixels, in one line naming the file, its size and the limit."""
+    limit = pixel_limit()
+    width, height = size
+    if width * height > limit:
+        raise DatasetError(f"image {path} is {width}x{height} pixels (width x height, {width * height:,} pixels), too large "
+                           f"to decode; allowed: at most {limit:,} pixels (Pillow's decompression-bomb limit, "
+                           "2 x PIL.Image.MAX_IMAGE_PIXELS)")
+    if resized is not None and resized[0] * resized[1] > limit:
+        new_width, new_height = resized
+        short = min(new_width, new_height)
+        raise DatasetError(
+            f"image {path} is {width}x{height} pixels (width x height): resized to {short} pixels on its shorter side it "
+            f"would be {new_width}x{new_height} ({new_width * new_height:,} pixels, {3 * new_width * new_height / 1e9:.1f} GB); "
+            f"allowed: at most {limit:,} pixels once resized (Pillow's decompression-bomb limit), an aspect ratio up to "
+            f"1:{limit // (short * short)}"
+        )
+
+
+def shorter_side_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """(width, height) with the shorter side resized to ``short_side`` and the longer one scaled
+    and truncated, as torchvision's ``Resize(int)`` computes it."""
+    short, long = (width, height) if width <= height else (height, width)
+    new_long = int(short_side * long / short)
+    return (short_side, new_long) if width <= height else (new_long, short_side)
+
+
+def decode_resized(path: Path, size: int) -> Tensor:
+    """The image at ``path`` as uint8 RGB ``(3, size, size)``: decoded by Pillow (as the original
+    Mammoth's datasets do), shorter side resized to ``size`` (antialiased), centre cropped. A file
+    that cannot be decoded, or too large decoded or resized (:func:`check_pixels`), is a
+    DatasetError naming it."""
+    import numpy as np
+    from torchvision.transforms.v2 import functional
+
+    image = open_rgb(path)
+    check_pixels(path, image.size, shorter_side_size(*image.size, size))
+    pixels = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
+    del image
+    pixels = functional.resize(pixels, size, antialias=True)
+    return functional.center_crop(pixels, [size, size])
 
 
 @dataclass(frozen=True)
@@ -91,23 +152,18 @@ class Decode:
 def decode_image(path: Path, decode: Decode) -> Tensor:
     """The image at ``path`` as uint8 RGB ``(3, H, W)`` after ``decode`` (Pillow's decoder and
     bicubic resize, the original's ``Resize(..., BICUBIC)`` / ``CenterCrop`` on PIL images). A
-    file that cannot be decoded is a DatasetError naming it."""
+    file that cannot be decoded, or too large decoded or resized (:func:`check_pixels`: a 1x300000
+    file resized to 256 on its shorter side would take 59 GB), is a DatasetError naming it."""
     import numpy as np
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
-    try:
-        with Image.open(path) as file:
-            image = file.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        first = (str(error).splitlines() or [""])[0]
-        raise DatasetError(f"image {path} cannot be decoded ({first}); allowed: a JPEG, PNG, BMP, GIF or WebP file") from None
+    image = open_rgb(path)
     width, height = image.size
     if isinstance(decode.resize, int):  # torchvision's Resize(int): the shorter side, the longer truncated
-        short, long = (width, height) if width <= height else (height, width)
-        new_short, new_long = decode.resize, int(decode.resize * long / short)
-        size = (new_short, new_long) if width <= height else (new_long, new_short)
+        size = shorter_side_size(width, height, decode.resize)
     else:
         size = (decode.resize[1], decode.resize[0])
+    check_pixels(path, (width, height), size)
     if size != (width, height):
         image = image.resize(size, Image.BICUBIC)
     if decode.crop is not None:
@@ -117,18 +173,67 @@ def decode_image(path: Path, decode: Decode) -> Tensor:
     return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
 
 
-def files_fingerprint(root: Union[str, Path], paths: Sequence[Path], labels: Tensor) -> dict[str, object]:
-    """``{"count": N, "sha256": HEX}`` over one tab-separated line ``relative path, size in bytes, label`` per
-    file, in order: what a streaming benchmark is, without decoding an image (paths relative to ``root``)."""
+def file_sha256(path: Union[str, Path]) -> str:
+    """The sha256 of the bytes of the file at ``path`` (read in 1 MiB blocks)."""
     digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while block := file.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def files_fingerprint(root: Union[str, Path], paths: Sequence[Path], labels: Tensor) -> dict[str, Any]:
+    """What a streaming benchmark's files are, decoding no image: ``{"count": N, "sha256": HEX,
+    "files": [...]}``, one ``files`` row ``relative path<TAB>label<TAB>sha256 of its bytes`` per
+    file, in order (paths relative to ``root``), and ``sha256`` over those rows. Every file is
+    read once (``python scripts/bench_memory.py`` prints the cost)."""
     base = Path(root)
+    rows = []
     for path, label in zip(paths, labels.tolist()):
         try:
             relative = Path(path).relative_to(base).as_posix()
         except ValueError:
             relative = Path(path).as_posix()
-        digest.update(f"{relative}\t{Path(path).stat().st_size}\t{label}\n".encode())
-    return {"count": len(paths), "sha256": digest.hexdigest()}
+        try:
+            content = file_sha256(path)
+        except OSError as error:
+            raise DatasetError(f"image {path} cannot be read ({error.strerror or error}); allowed: a readable file") from None
+        rows.append(f"{relative}\t{label}\t{content}")
+    digest = hashlib.sha256("".join(f"{row}\n" for row in rows).encode())
+    return {"count": len(rows), "sha256": digest.hexdigest(), "files": rows}
+
+
+def files_change(before: Mapping[str, Any], now: Mapping[str, Any]) -> str:
+    """What differs between two :func:`files_fingerprint` results, in a few words naming a file:
+    the first file added, removed, relabelled or with other contents, and how many more."""
+    old, new = _rows(before.get("files")), _rows(now.get("files"))
+    if old is None or new is None:
+        return "the checkpoint records the files' sizes, not their contents (written by an earlier mammoth)"
+    changes = []
+    for path, (label, content) in new.items():
+        if path not in old:
+            changes.append(f"{path} added")
+        elif old[path][0] != label:
+            changes.append(f"{path} relabelled: class {old[path][0]} then, {label} now")
+        elif old[path][1] != content:
+            changes.append(f"{path} has other contents: sha256 {old[path][1][:12]}... then, {content[:12]}... now")
+    changes += [f"{path} removed" for path in old if path not in new]
+    if not changes:
+        return "the same files in another order"
+    return changes[0] + (f" and {len(changes) - 1} more file(s)" if len(changes) > 1 else "")
+
+
+def _rows(rows: Any) -> Optional[dict[str, tuple[str, str]]]:
+    """``files`` rows of a fingerprint as {relative path: (label, sha256)}; None if not such rows."""
+    if not isinstance(rows, list):
+        return None
+    parsed = {}
+    for row in rows:
+        fields = row.rsplit("\t", 2) if isinstance(row, str) else []  # a file name may hold a tab
+        if len(fields) != 3:
+            return None
+        parsed[fields[0]] = (fields[1], fields[2])
+    return parsed
 
 
 class ImageFileSource(DataSource):

@@ -58,7 +58,7 @@ class TrainingContext:
 
     Attributes: ``batch_size``, ``n_epochs`` and ``n_iters`` (the dataset's), ``num_workers``, ``device``, ``generator`` (THE run's
     CPU generator, seeded with ``seed`` and saved in every checkpoint), and the benchmark's
-    ``name``, ``n_tasks``, ``n_classes``, ``setting``, ``input_shape``.
+    ``name``, ``n_tasks``, ``n_classes``, ``setting``, ``input_shape``, ``streaming``.
     """
 
     def __init__(self, dataset: Any, device: torch.device, generator: torch.Generator,
@@ -74,6 +74,8 @@ class TrainingContext:
         self.name: str = str(getattr(dataset, "name", type(dataset).__name__))
         self.input_shape: tuple[int, ...] = tuple(getattr(dataset, "input_shape", ()))
         self.num_workers: int = int(getattr(dataset.config, "num_workers", 0) or 0)
+        #: Whether the benchmark reads its images from files per batch (``streaming = True``).
+        self.streaming: bool = bool(getattr(dataset, "streaming", False))
         #: Steps per task of the main loop under ``dataset.fitting_mode=iters``; None: ``n_epochs`` epochs.
         self.n_iters: Optional[int] = (getattr(dataset.config, "n_iters", None)
                                        if getattr(dataset.config, "fitting_mode", "epochs") == "iters" else None)

@@ -14,6 +14,18 @@ from mammoth.errors import TrainingError
 #: The accuracy kinds of each setting, as keys of the results file.
 SETTING_METRICS = {"class-il": ("class_il", "task_il"), "domain-il": ("domain_il",)}
 
+#: The evaluation batch of a benchmark held in memory: its test data is in memory already, so a
+#: large batch adds little and evaluates faster than the dataset's batch size.
+IN_MEMORY_EVAL_BATCH_SIZE = 512
+
+
+def evaluation_batch_size(context: TrainingContext) -> int:
+    """The batch size :func:`evaluate_tasks` reads test data in: a streamed benchmark's
+    ``dataset.batch_size`` (as the original Mammoth evaluates every benchmark; each batch of
+    decoded 224-pixel images and its activations is what evaluation adds to peak memory), else
+    :data:`IN_MEMORY_EVAL_BATCH_SIZE`."""
+    return context.batch_size if context.streaming else IN_MEMORY_EVAL_BATCH_SIZE
+
 
 def predictions(logits: Tensor, kind: str, seen_classes: int, task_classes: range) -> Tensor:
     """Predicted labels for one accuracy kind.
@@ -31,13 +43,13 @@ def predictions(logits: Tensor, kind: str, seen_classes: int, task_classes: rang
 
 @torch.no_grad()
 def evaluate_tasks(
-    model: nn.Module, context: TrainingContext, test_sources: Sequence[DataSource], batch_size: int = 512,
+    model: nn.Module, context: TrainingContext, test_sources: Sequence[DataSource], batch_size: int | None = None,
     trained_tasks: int | None = None, top5: bool = False,
     sum_counts: Callable[[Tensor], Tensor] | None = None,
 ) -> dict[str, list[float]]:
     """Accuracy in percent on ``test_sources`` (the test data of tasks ``0, 1, ...``), for each
-    accuracy kind of the context's setting; each source is read batch by batch, normalised, on
-    ``context.device``.
+    accuracy kind of the context's setting; each source is read batch by batch (``batch_size``,
+    None: :func:`evaluation_batch_size`), normalised, on ``context.device``.
 
     ``trained_tasks`` (default: every source's task) is how many tasks the model has trained:
     Class-IL scores the classes of those tasks, and a task not trained yet (``eval_future``, or
@@ -62,6 +74,7 @@ def evaluate_tasks(
     rule out every class).
     """
     kinds = SETTING_METRICS[context.setting]
+    batch_size = evaluation_batch_size(context) if batch_size is None else batch_size
     trained = len(test_sources) if trained_tasks is None else trained_tasks
     scored = (*kinds, "top5") if top5 else kinds
     counts = torch.zeros(len(test_sources), len(scored) + 1, dtype=torch.int64)  # correct per kind, then size

@@ -4,6 +4,7 @@ and a resume refused when the streamed files changed."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from PIL import Image
 import mammoth
 from composing import compose_run
 from mammoth.datasets.labels import class_order
-from mammoth.errors import ConfigError
+from mammoth.errors import ConfigError, DatasetError
 
 
 def test_the_settings_are_recorded_in_results(tmp_path: Path) -> None:
@@ -35,15 +36,36 @@ def write_folder(root: Path) -> None:
             Image.fromarray(pixels).save(root / f"c{label}" / f"{index}.jpg")
 
 
+STREAMED = ("dataset=image-folder", "dataset.n_tasks=2", "dataset.n_epochs=1", "backbone=vit", "backbone.patch_size=56",
+            "backbone.depth=1", "threads=1")
+
+
 def test_a_streamed_benchmark_runs_and_resumes_only_on_the_same_files(tmp_path: Path) -> None:
     data = tmp_path / "images"
     write_folder(data)
-    overrides = ("dataset=image-folder", f"dataset.root={data}", "dataset.n_tasks=2", "dataset.n_epochs=1",
-                 "backbone=vit", "backbone.patch_size=56", "backbone.depth=1", "threads=1")
+    overrides = (*STREAMED, f"dataset.root={data}")
     mammoth.run(compose_run(tmp_path / "run", *overrides, "stop_after_task=1"))
     changed = data / "c0" / "0.jpg"
-    changed.write_bytes(changed.read_bytes() + bytes(16))  # 16 bytes larger: another file to the fingerprint
+    contents = bytearray(changed.read_bytes())
+    contents[len(contents) // 2] ^= 0xFF  # other contents, the same size
+    changed.write_bytes(bytes(contents))
     with pytest.raises(ConfigError) as error:
         mammoth.run(compose_run(tmp_path / "run", *overrides, "resume=true"))
-    assert str(error.value).startswith(f"resume=true on different data: the image-folder data under {data} changed")
-    assert "train files (different contents)" in str(error.value)
+    message = str(error.value)
+    assert message.startswith(f"resume=true on different data: the image-folder data under {data} changed")
+    assert re.search(r": (train|test) files \(c0/0\.jpg has other contents: sha256 [0-9a-f]{12}\.\.\. then, "
+                     r"[0-9a-f]{12}\.\.\. now\); resume with the data the run started on", message), message
+    assert "\n" not in message and not (tmp_path / "run" / "results.json").exists()
+
+
+def test_a_decompression_bomb_in_an_image_folder_stops_the_run_in_one_line(tmp_path: Path) -> None:
+    data = tmp_path / "images"
+    write_folder(data)
+    bomb = data / "c1" / "9.png"
+    Image.new("1", (14000, 14000)).save(bomb)  # 196,000,000 pixels in 24 KB
+    with pytest.raises(DatasetError) as error:
+        mammoth.run(compose_run(tmp_path / "run", *STREAMED, f"dataset.root={data}"))
+    message = str(error.value)
+    assert message.startswith(f"image {bomb} is too large to decode (") and "\n" not in message
+    assert message.endswith("allowed: at most 178,956,970 pixels (Pillow's decompression-bomb limit, 2 x PIL.Image.MAX_IMAGE_PIXELS)")
+    assert not (tmp_path / "run" / "results.json").exists()

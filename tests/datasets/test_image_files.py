@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mammoth.datasets.image_files import ImageFileSource, decode_resized, list_image_folder
+from mammoth.datasets.image_files import Decode, ImageFileSource, decode_image, decode_resized, list_image_folder
 from mammoth.errors import DatasetError
 
 
@@ -86,3 +86,51 @@ def test_bad_folders_and_files_are_one_line_errors(tmp_path: Path) -> None:
         decode_resized(broken, 8)
     with pytest.raises(DatasetError, match=r"image size=0 is not allowed"):
         ImageFileSource([broken], torch.zeros(1, dtype=torch.int64), size=0)
+
+
+LIMIT = "at most 178,956,970 pixels"  # Pillow's decompression-bomb limit: 2 x PIL.Image.MAX_IMAGE_PIXELS
+
+
+def test_an_image_too_wide_to_resize_is_one_line_naming_it_its_size_and_the_limit(tmp_path: Path) -> None:
+    path = tmp_path / "wide.png"
+    Image.new("RGB", (300000, 1)).save(path)  # seq-cub200's Resize(256) would make it 76,800,000 x 256: 59 GB
+    with pytest.raises(DatasetError) as error:
+        decode_image(path, Decode(256, crop=224))
+    assert str(error.value) == (
+        f"image {path} is 300000x1 pixels (width x height): resized to 256 pixels on its shorter side it would be "
+        "76800000x256 (19,660,800,000 pixels, 59.0 GB); allowed: " + LIMIT + " once resized (Pillow's "
+        "decompression-bomb limit), an aspect ratio up to 1:2730")
+    with pytest.raises(DatasetError) as error:
+        decode_resized(path, 224)
+    assert str(error.value).startswith(f"image {path} is 300000x1 pixels (width x height): resized to 224 pixels on "
+                                       "its shorter side it would be 67200000x224 (15,052,800,000 pixels, 45.2 GB); "
+                                       "allowed: " + LIMIT)
+    tall = tmp_path / "tall.png"
+    Image.new("RGB", (2, 300)).save(tall)  # 256 x 38,400 once resized: within the limit, decoded
+    assert decode_image(tall, Decode(256, crop=224)).shape == (3, 224, 224)
+
+
+@pytest.fixture(scope="module")
+def bomb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 24 KB PNG of 14000 x 14000 pixels (196,000,000: over Pillow's limit), 1 bit each."""
+    path = tmp_path_factory.mktemp("bomb") / "bomb.png"
+    Image.new("1", (14000, 14000)).save(path)
+    return path
+
+
+def test_a_decompression_bomb_is_one_line_naming_it(bomb: Path) -> None:
+    for decode in (lambda: decode_image(bomb, Decode((224, 224))), lambda: decode_resized(bomb, 224)):
+        with pytest.raises(DatasetError) as error:
+            decode()
+        message = str(error.value)
+        assert message.startswith(f"image {bomb} is too large to decode (") and "196000000" in message
+        assert message.endswith("allowed: " + LIMIT + " (Pillow's decompression-bomb limit, 2 x PIL.Image.MAX_IMAGE_PIXELS)")
+        assert "\n" not in message
+
+
+def test_the_pixel_limit_holds_when_pillows_own_check_is_off(bomb: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # Pillow then decodes anything; mammoth still refuses
+    with pytest.raises(DatasetError) as error:
+        decode_image(bomb, Decode((224, 224)))
+    assert str(error.value) == (f"image {bomb} is 14000x14000 pixels (width x height, 196,000,000 pixels), too large to "
+                                "decode; allowed: " + LIMIT + " (Pillow's decompression-bomb limit, 2 x PIL.Image.MAX_IMAGE_PIXELS)")

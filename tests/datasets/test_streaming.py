@@ -4,6 +4,7 @@ folders in the real layouts, written here as JPEG and PNG files of a few pixels.
 from __future__ import annotations
 
 import gzip
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from PIL import Image
 from torchvision import transforms
 
 from mammoth.datasets import build_dataset, get_dataset_class
-from mammoth.datasets.image_files import Decode, ImageFileSource, decode_image
+from mammoth.datasets.image_files import Decode, ImageFileSource, decode_image, files_change
 from mammoth.datasets.streaming import read_imagenet_r_split
 from mammoth.errors import DatasetError
 
@@ -101,14 +102,44 @@ def test_validation_on_a_streaming_benchmark_reads_training_files_as_test_files(
     assert torch.equal(held_out.read(torch.tensor([0]), "cpu")[0], expected.float() / 255)
 
 
-def test_fingerprint_hashes_paths_sizes_and_labels_without_decoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fingerprint_hashes_paths_labels_and_contents_without_decoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = image_folder(tmp_path / "data", n_classes=5, per_class=5)
     monkeypatch.setattr("mammoth.datasets.image_files.decode_image", lambda *args: pytest.fail("decoded"))
     first = build_dataset({"name": "image-folder", "root": str(root)}).fingerprint()
     assert first["train files"]["count"] == 20 and first["test files"]["count"] == 5
+    rows = dict(row.split("\t", 1) for row in first["train files"]["files"] + first["test files"]["files"])
+    assert rows["class1/3.png"] == f"1\t{hashlib.sha256((root / 'class1' / '3.png').read_bytes()).hexdigest()}"
     assert first == build_dataset({"name": "image-folder", "root": str(root)}).fingerprint()
-    write_image(root / "class0" / "1.png", 99, (40, 40))  # another size
-    assert build_dataset({"name": "image-folder", "root": str(root)}).fingerprint() != first
+    changed = root / "class0" / "1.png"
+    size = changed.stat().st_size
+    data = bytearray(changed.read_bytes())
+    data[size // 2] ^= 0xFF  # one byte of other contents, the same size
+    changed.write_bytes(bytes(data))
+    assert changed.stat().st_size == size
+    second = build_dataset({"name": "image-folder", "root": str(root)}).fingerprint()
+    part = next(part for part in second if second[part] != first[part])
+    assert files_change(first[part], second[part]) == (
+        f"class0/1.png has other contents: sha256 {rows['class0/1.png'].split()[1][:12]}... then, "
+        f"{hashlib.sha256(bytes(data)).hexdigest()[:12]}... now")
+
+
+def test_files_change_names_the_first_file_added_removed_or_relabelled() -> None:
+    def fingerprint(*rows: str) -> dict:
+        return {"count": len(rows), "sha256": "x", "files": list(rows)}
+
+    before = fingerprint("a/1.png\t0\taa", "a/2.png\t0\tbb", "b/1.png\t1\tcc")
+    assert files_change(before, fingerprint("a/1.png\t0\taa", "a/2.png\t0\tbb", "b/1.png\t1\tcc", "b/2.png\t1\tdd")) \
+        == "b/2.png added"
+    assert files_change(before, fingerprint("a/1.png\t0\taa", "b/1.png\t1\tcc")) == "a/2.png removed"
+    assert files_change(before, fingerprint("a/1.png\t0\taa", "a/2.png\t1\tbb", "b/1.png\t1\tzz")) == \
+        "a/2.png relabelled: class 0 then, 1 now and 1 more file(s)"
+    assert files_change(before, fingerprint("a/2.png\t0\tbb", "a/1.png\t0\taa", "b/1.png\t1\tcc")) == \
+        "the same files in another order"
+    assert files_change({"count": 3, "sha256": "x"}, before) == (
+        "the checkpoint records the files' sizes, not their contents (written by an earlier mammoth)")
+    assert files_change(fingerprint("no tabs"), before).startswith("the checkpoint records")  # a crafted record
+    assert files_change(fingerprint("a\tb.png\t0\taa"), fingerprint("a\tb.png\t0\tab")) == (
+        "a\tb.png has other contents: sha256 aa... then, ab... now")
 
 
 def test_a_streaming_benchmark_holds_no_tensors(tmp_path: Path) -> None:
@@ -210,6 +241,18 @@ def test_seq_cub200_reads_the_official_layout(tmp_path: Path) -> None:
     assert (dataset.config.batch_size, dataset.config.n_epochs, dataset.mean) == (128, 50, (0.485, 0.456, 0.406))
 
 
+def test_a_cub_file_too_wide_for_the_test_resize_is_one_line(tmp_path: Path) -> None:
+    root = fake_cub(tmp_path / "data")
+    wide = root / "CUB_200_2011" / "images" / "001.Bird_1" / "Bird_2.jpg"  # the test image of task 1
+    Image.new("RGB", (300000, 1)).save(wide, format="PNG")
+    dataset = build_dataset({"name": "seq-cub200", "root": str(root)})
+    with pytest.raises(DatasetError) as error:
+        dataset.test_source(0).read(torch.tensor([0]), "cpu")
+    assert str(error.value).startswith(f"image {wide} is 300000x1 pixels (width x height): resized to 256 pixels on its "
+                                       "shorter side it would be 76800000x256 (19,660,800,000 pixels, 59.0 GB); allowed: "
+                                       "at most 178,956,970 pixels once resized")
+
+
 def test_missing_cub_files_are_one_line(tmp_path: Path) -> None:
     root = fake_cub(tmp_path / "data")
     (root / "CUB_200_2011" / "train_test_split.txt").unlink()
@@ -228,3 +271,31 @@ def test_image_file_source_decodes_a_batch_in_threads_identically(tmp_path: Path
     serial = ImageFileSource(paths, labels, decode=decode).read(torch.arange(6), "cpu")
     threaded = ImageFileSource(paths, labels, workers=2, decode=decode).read(torch.arange(6), "cpu")
     assert serial.shape == (6, 3, 24, 24) and torch.equal(serial, threaded)
+
+
+class MeanScore(torch.nn.Module):
+    """Scores every class by the image's mean pixel (what evaluation needs of a model)."""
+
+    def __init__(self, n_classes: int) -> None:
+        super().__init__()
+        self.n_classes = n_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(1, 2, 3))[:, None] * torch.arange(1, self.n_classes + 1, dtype=x.dtype)
+
+
+def test_a_streamed_benchmark_is_evaluated_in_batches_of_its_batch_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mammoth.engine.context import build_context
+    from mammoth.engine.evaluation import IN_MEMORY_EVAL_BATCH_SIZE, evaluate_tasks, evaluation_batch_size
+    from hand_dataset import HandDataset
+
+    root = image_folder(tmp_path / "data", n_classes=5, per_class=10)
+    dataset = build_dataset({"name": "image-folder", "root": str(root), "n_tasks": 1, "batch_size": 4})
+    context = build_context(dataset, "cpu", torch.Generator().manual_seed(0))
+    assert context.streaming and evaluation_batch_size(context) == 4  # as the original evaluates every benchmark
+    read, sizes = ImageFileSource.read, []
+    monkeypatch.setattr(ImageFileSource, "read", lambda self, indices, device: sizes.append(len(indices)) or read(self, indices, device))
+    accuracies = evaluate_tasks(MeanScore(5), context, [dataset.test_source(0)])
+    assert sizes == [4, 4, 2] and accuracies["class_il"] == [20.0]  # 10 test images; every one predicted class 4
+    in_memory = HandDataset("class-il", 2, 2).context()
+    assert not in_memory.streaming and evaluation_batch_size(in_memory) == IN_MEMORY_EVAL_BATCH_SIZE == 512
