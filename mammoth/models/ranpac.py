@@ -111,11 +111,19 @@ class RanPAC(ContinualModel):
 
     def begin_task(self, task: int) -> None:
         """Task 0 with adapters: fresh adapters and cosine classifier (from the run's generator), the
-        backbone frozen, an optimizer over them; later tasks train nothing."""
+        backbone frozen, an optimizer over them; later tasks train nothing.
+
+        With adapters, each task sets which weights are frozen (the backbone always, the adapters
+        after the first task), so a run resumed after the first task has the flags of an
+        uninterrupted one: ``requires_grad`` is no checkpoint state, and it changes float results
+        even under ``no_grad`` (torch's matmul picks its kernel for 3-D inputs by it)."""
         self.current_task = task
         self.seen_classes.fill_(self.seen_per_task[task])
-        if task == 0 and len(self.adapters):
-            self.net.requires_grad_(False)
+        if not len(self.adapters):
+            return
+        self.net.requires_grad_(False)
+        self.adapters.requires_grad_(task == 0)
+        if task == 0:
             for adapter in self.adapters:
                 adapter.reset(self.context.generator)
             self.cosine_head.reset(self.context.generator)

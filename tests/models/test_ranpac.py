@@ -201,6 +201,12 @@ def test_a_run_stopped_after_the_first_session_and_resumed_is_bit_exact(tmp_path
     torch.manual_seed(12345)
     resumed, resumed_state = _run(tmp_path / "resumed", stop_after_task=3, resume=True)
     assert resumed_state.accuracies == whole_state.accuracies
+    # The frozen weights are frozen in both: requires_grad is no checkpoint state, and torch's matmul
+    # picks its kernel for a 3-D input by it even under no_grad (the attention's input projection of
+    # the last batch of 3 rounded otherwise, and G and Q then differed in their last bits).
+    flags = {name: p.requires_grad for name, p in whole.named_parameters()}
+    assert flags == {name: p.requires_grad for name, p in resumed.named_parameters()}
+    assert not any(flag for name, flag in flags.items() if name.startswith(("net.", "adapters.")))
     for (key, value), (_, resumed_value) in zip(whole.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(value, resumed_value), key
     assert int(resumed.seen_classes) == 6 and float(resumed.ridge) in RIDGES
