@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -33,8 +35,13 @@ from mammoth.errors import ConfigError
 
 #: The variables torchrun sets for each process (``env://`` initialisation reads them).
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-#: How long a collective waits for the other ranks before it fails (a rank that died stops the others).
+#: How long joining the process group, and then each collective, waits for the other ranks before
+#: it fails (a rank that died, or was never started, stops the others); ``MAMMOTH_DIST_TIMEOUT`` sets it.
 DEFAULT_TIMEOUT_SECONDS = 300
+TIMEOUT_VARIABLE = "MAMMOTH_DIST_TIMEOUT"
+#: After this many seconds (or half the timeout, when shorter) still joining, a rank says on stderr
+#: what it waits for; a group that forms sooner prints nothing.
+WAITING_NOTICE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -109,13 +116,61 @@ def process_device(launch: Launch, requested: torch.device) -> torch.device:
     return torch.device("cuda", launch.local_rank)
 
 
+def process_group_timeout(environ: Optional[Mapping[str, str]] = None) -> float:
+    """The seconds a rank waits for the others (:data:`TIMEOUT_VARIABLE` when set, else
+    :data:`DEFAULT_TIMEOUT_SECONDS`); a value that is not a finite number > 0 is a one-line error."""
+    environ = os.environ if environ is None else environ
+    text = environ.get(TIMEOUT_VARIABLE)
+    if text is None:
+        return float(DEFAULT_TIMEOUT_SECONDS)
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):
+        raise ConfigError(f"environment variable {TIMEOUT_VARIABLE}={text!r} is not a number of seconds > 0; "
+                          f"allowed: a timeout such as 60 (default {DEFAULT_TIMEOUT_SECONDS})")
+    return seconds
+
+
+def rendezvous_address(environ: Optional[Mapping[str, str]] = None) -> str:
+    """``MASTER_ADDR:MASTER_PORT`` as set (where rank 0 gathers the ranks; ``?`` for one not set)."""
+    environ = os.environ if environ is None else environ
+    return f"{environ.get('MASTER_ADDR', '?')}:{environ.get('MASTER_PORT', '?')}"
+
+
+def waiting_line(launch: Launch, address: str, timeout_seconds: float) -> str:
+    """What a rank that has not joined its process group yet says on stderr."""
+    return (f"rank {launch.rank} of {launch.world_size} waiting for the other ranks at {address} "
+            f"(MASTER_ADDR:MASTER_PORT; timeout {timeout_seconds:g} s, {TIMEOUT_VARIABLE} sets it)")
+
+
+def join_failure(launch: Launch, address: str, timeout_seconds: float, error: Exception) -> ConfigError:
+    """The one-line error of a rank that could not join its process group: the ranks that did not
+    come within the timeout, or torch's first line for another failure (a port in use, a bad address)."""
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    if isinstance(error, getattr(dist, "DistError", ())) and "timed out" in reason.lower():
+        what = f"the other ranks did not join at {address} within {timeout_seconds:g} s ({reason})"
+    else:
+        what = f"cannot join the process group at {address}: {reason}"
+    return ConfigError(
+        f"rank {launch.rank} of {launch.world_size}: {what}; allowed: start all {launch.world_size} processes with the "
+        f"same MASTER_ADDR and MASTER_PORT (torchrun --nproc_per_node={launch.world_size} -m mammoth ...), or one "
+        "process without RANK and WORLD_SIZE"
+    )
+
+
 def start_process_group(launch: Launch, device: Optional[torch.device] = None,
-                        timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS) -> None:
+                        timeout_seconds: Optional[float] = None) -> None:
     """Join the run's process group (``env://``) with the backend of ``device`` (None, before the
     config is read: ``gloo`` for CPU tensors plus ``nccl`` for CUDA ones where CUDA is present); a
-    collective that waits longer than ``timeout_seconds`` for another rank fails instead of hanging."""
+    collective that waits longer than ``timeout_seconds`` (None: :func:`process_group_timeout`) for
+    another rank fails instead of hanging. A rank still waiting for the others after
+    :data:`WAITING_NOTICE_SECONDS` says so on stderr (:func:`waiting_line`); one that cannot join
+    within the timeout raises a one-line ConfigError (:func:`join_failure`)."""
     if dist.is_initialized():
         return
+    timeout_seconds = process_group_timeout() if timeout_seconds is None else timeout_seconds
     if device is None:
         cuda = torch.cuda.is_available() and dist.is_nccl_available() and launch.local_rank < torch.cuda.device_count()
         backend = "cpu:gloo,cuda:nccl" if cuda else "gloo"
@@ -125,8 +180,22 @@ def start_process_group(launch: Launch, device: Optional[torch.device] = None,
         backend = backend_for(device)
         if device.type == "cuda":
             torch.cuda.set_device(device)
-    dist.init_process_group(backend, rank=launch.rank, world_size=launch.world_size,
-                            timeout=timedelta(seconds=timeout_seconds))
+    address = rendezvous_address()
+    notice = threading.Timer(min(WAITING_NOTICE_SECONDS, timeout_seconds / 2), _say,
+                             args=(waiting_line(launch, address, timeout_seconds),))
+    notice.daemon = True
+    notice.start()
+    try:
+        dist.init_process_group(backend, rank=launch.rank, world_size=launch.world_size,
+                                timeout=timedelta(seconds=timeout_seconds))
+    except (RuntimeError, ValueError) as error:  # torch's DistError is a RuntimeError; a bad MASTER_PORT a ValueError
+        raise join_failure(launch, address, timeout_seconds, error) from None
+    finally:
+        notice.cancel()
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def stop_process_group(synchronise: bool = True) -> None:

@@ -104,24 +104,38 @@ class ConfigurationRow:
 
 
 def is_job_dir(path: Path) -> bool:
-    """Whether ``path`` holds a run: a results.json, job.json, checkpoint.pt or .hydra/overrides.yaml."""
-    return any((path / name).is_file() for name in (RESULTS_NAME, STATUS_NAME, CHECKPOINT_NAME, OVERRIDES_PATH))
+    """Whether ``path`` holds a run: a results.json, job.json, checkpoint.pt or .hydra/overrides.yaml
+    (False when the path cannot be examined, such as one longer than the system allows)."""
+    try:
+        return any((path / name).is_file() for name in (RESULTS_NAME, STATUS_NAME, CHECKPOINT_NAME, OVERRIDES_PATH))
+    except OSError:
+        return False
 
 
 def find_job_dirs(root: Path) -> list[Path]:
     """The run directories at or under ``root`` (a run, a sweep with job subdirectories, or
     deeper nesting such as ``outputs/DATE/TIME``), in natural order (``2`` before ``10``).
-    Hidden directories and the inside of a run are not searched."""
+    Hidden directories, the inside of a run, symbolic links to directories and directories that
+    cannot be listed are not searched. The walk keeps its own stack, so any depth of nesting is
+    searched without Python's recursion limit."""
     if is_job_dir(root):
         return [root]
     found = []
-    for directory, subdirectories, _ in os.walk(root):
-        path = Path(directory)
-        if path != root and is_job_dir(path):
-            found.append(path)
-            subdirectories.clear()
+    pending = [root]
+    while pending:
+        directory = pending.pop()
+        try:
+            with os.scandir(directory) as entries:
+                names = [entry.name for entry in entries
+                         if not entry.name.startswith(".") and entry.is_dir(follow_symlinks=False)]
+        except OSError:  # no permission, removed meanwhile, a path longer than the system allows
             continue
-        subdirectories[:] = [name for name in subdirectories if not name.startswith(".")]
+        for name in names:
+            path = directory / name
+            if is_job_dir(path):
+                found.append(path)
+            else:
+                pending.append(path)
     return sorted(found, key=lambda path: _natural_key(str(path.relative_to(root))))
 
 
@@ -302,7 +316,14 @@ def _may_be_running(recorded: dict[str, Any]) -> bool:
 
 
 def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    """``value`` as a float when it is a JSON number (NaN and infinities kept; an integer too
+    large for a float becomes an infinity of its sign); None otherwise."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
 def _final_metrics(results: dict[str, Any]) -> dict[str, float]:
@@ -404,13 +425,42 @@ def group_rows(rows: Sequence[JobRow]) -> list[ConfigurationRow]:
         for name in names:
             values = [value for row in complete if (value := _value(row, name)) is not None]
             if values:
-                means[name] = statistics.fmean(values)
-                stds[name] = statistics.stdev(values) if len(values) > 1 else None
+                means[name], stds[name] = mean_and_std(values)
         statuses: dict[str, int] = {}
         for row in members:
             statuses[row.status] = statuses.get(row.status, 0) + 1
         grouped.append(ConfigurationRow(configuration(members[0].overrides), len(members), len(complete), means, stds, statuses))
     return grouped
+
+
+def mean_and_std(values: Sequence[float]) -> tuple[float, float | None]:
+    """The mean and sample standard deviation (n - 1; None for one value) of ``values``, which
+    may hold NaN, infinities and finite values near the float limit (from a run that diverged):
+    the mean of values with a NaN, or with both infinities, is NaN; with one infinity, that
+    infinity; the standard deviation of values with a non-finite one is NaN. Finite values are
+    scaled by a power of two first (exact), so ``1e308`` and ``1e308`` average to ``1e308``
+    instead of overflowing; a deviation beyond the float range is an infinity."""
+    if len(values) == 0:
+        raise ValueError("mean_and_std needs at least one value")
+    spread_of_one = None if len(values) == 1 else math.nan
+    if any(math.isnan(value) for value in values) or (math.inf in values and -math.inf in values):
+        return math.nan, spread_of_one
+    if math.inf in values or -math.inf in values:
+        return (math.inf if math.inf in values else -math.inf), spread_of_one
+    _, exponent = math.frexp(max(abs(value) for value in values))
+    scaled = [math.ldexp(value, -exponent) for value in values]  # each within [-1, 1]
+    mean = math.ldexp(statistics.fmean(scaled), exponent)  # |mean| <= the largest value: no overflow
+    if len(values) == 1:
+        return mean, None
+    return mean, _ldexp_or_inf(statistics.stdev(scaled), exponent)
+
+
+def _ldexp_or_inf(value: float, exponent: int) -> float:
+    """``value * 2**exponent``, an infinity of its sign when beyond the float range."""
+    try:
+        return math.ldexp(value, exponent)
+    except OverflowError:
+        return math.copysign(math.inf, value)
 
 
 def _value(row: JobRow, name: str) -> float | None:
@@ -428,8 +478,19 @@ def metric_title(name: str) -> str:
     return RESOURCE_TITLES[metric] if kind == "resources" else KIND_TITLES[kind] + METRIC_TITLES[metric]
 
 
+#: Values at least this large (in magnitude) are written in exponent notation (``1e+308``),
+#: not as hundreds of digits; beyond any accuracy, loss or time a run can report.
+LARGE_VALUE = 1e9
+
+
 def _format(value: float | None, digits: int = 2) -> str:
-    return "-" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+    """``91.23`` for ``digits`` 2; ``-`` for a missing value; ``nan``, ``inf`` and ``-inf`` as
+    such; ``1e+308`` for a value of at least :data:`LARGE_VALUE`."""
+    if value is None:
+        return "-"
+    if math.isfinite(value) and abs(value) >= LARGE_VALUE:
+        return f"{value:.4g}"
+    return f"{value:.{digits}f}"  # nan, inf and -inf are written as such
 
 
 def _mean_std(group: ConfigurationRow, name: str) -> str:
@@ -538,7 +599,12 @@ def plotted_configurations(groups: Sequence[ConfigurationRow]) -> list[Configura
     if len(shown) <= MAX_PLOTTED:
         return shown
     kind = next(kind for kind in KIND_TITLES if any(f"{kind}_average" in group.means for group in shown))
-    return sorted(shown, key=lambda group: -group.means.get(f"{kind}_average", -math.inf))[:MAX_PLOTTED]
+    return sorted(shown, key=lambda group: _best_first(group.means.get(f"{kind}_average")))[:MAX_PLOTTED]
+
+
+def _best_first(value: float | None) -> tuple[int, float]:
+    """A sort key: the largest finite value first; NaN, infinities and missing values last."""
+    return (0, -value) if value is not None and math.isfinite(value) else (1, 0.0)
 
 
 _FLOAT = re.compile(r"(?<![\w.])-?(?:\d+\.\d*|\.\d+|\d+(?=[eE]))(?:[eE][-+]?\d+)?(?![\w.])")
@@ -699,13 +765,14 @@ def bar_figure(groups: Sequence[ConfigurationRow], heading: str) -> Any:
     positions = np.arange(len(shown))
     for k, kind in enumerate(kinds):
         name = f"{kind}_average"
-        means = [group.means.get(name, np.nan) for group in shown]
-        errors = [np.nan if group.stds.get(name) is None else group.stds[name] for group in shown]
+        means = [group.means.get(name) for group in shown]
+        errors = [group.stds.get(name) for group in shown]
         offsets = positions + (k - (len(kinds) - 1) / 2) * height
-        axes.barh(offsets, means, height, xerr=errors, capsize=3, label=KIND_TITLES[kind])
+        axes.barh(offsets, [_drawable(mean) for mean in means], height, xerr=[_drawable(error) for error in errors],
+                  capsize=3, label=KIND_TITLES[kind])  # NaN, infinities, 1e308: no bar, the value written
         for y, mean, error in zip(offsets, means, errors):
-            if not np.isnan(mean):
-                text = f"{mean:.1f}" + ("" if np.isnan(error) else f" ± {error:.1f}")
+            if mean is not None:
+                text = _format(mean, 1) + ("" if error is None else f" ± {_format(error, 1)}")
                 axes.text(left + 0.01 * (right - left), y, text, va="center", ha="left", fontsize=8)
     for position, group in zip(positions, shown):
         if not group.complete:
@@ -724,6 +791,12 @@ def bar_figure(groups: Sequence[ConfigurationRow], heading: str) -> Any:
     return figure
 
 
+def _drawable(value: float | None) -> float:
+    """``value`` when a bar can show it (finite, below :data:`LARGE_VALUE`); NaN otherwise (for
+    None, NaN, infinities, 1e308), which matplotlib does not draw: the value is written instead."""
+    return value if value is not None and math.isfinite(value) and abs(value) < LARGE_VALUE else math.nan
+
+
 def _jobs_note(group: ConfigurationRow) -> str:
     """``(n=2)``, ``(n=1, 1 failed)`` or ``(2 failed)``: a configuration's complete jobs and the others."""
     parts = [f"n={group.complete}"] if group.complete else []
@@ -740,9 +813,10 @@ def _value_range(groups: Sequence[ConfigurationRow], kinds: Sequence[str]) -> tu
     lows, highs = [], []
     for group in groups:
         for kind in kinds:
-            mean = group.means.get(f"{kind}_average")
-            if mean is not None and math.isfinite(mean):
-                std = group.stds.get(f"{kind}_average") or 0.0
+            mean = _drawable(group.means.get(f"{kind}_average"))
+            if not math.isnan(mean):  # NaN, infinities and 1e308 have no bar: they do not stretch the axis
+                std = _drawable(group.stds.get(f"{kind}_average"))
+                std = 0.0 if math.isnan(std) else std
                 lows.append(mean - std)
                 highs.append(mean + std)
     if not lows:
@@ -772,7 +846,9 @@ def study_figure(rows: Sequence[JobRow], study: Study, heading: str) -> Any:
     panels = figure.subplots(rows_of_panels, columns, squeeze=False).ravel()
     metric_label = _metric_label(metric)
     values = [value for _, value in scored]
-    bottom = min(values) - 0.08 * ((max(values) - min(values)) or 1.0) if values else 0.0  # failed trials, below the rest
+    spread = (max(values) - min(values)) if values else 0.0
+    spread = spread if 0 < spread < LARGE_VALUE else 1.0  # an infinity from 1e308 and -1e308: a unit step
+    bottom = min(values) - 0.08 * spread if values else 0.0  # failed trials, below the rest
     figure.suptitle(f"{heading}\nOptuna study: {metric_label}, {study.direction}", fontsize=10)
     for axes, (key, expression) in zip(panels, study.params.items()):
         positions, ticks = _parameter_positions([_override_value(row, key) for row in rows])
@@ -786,7 +862,7 @@ def study_figure(rows: Sequence[JobRow], study: Study, heading: str) -> Any:
         if best is not None and positions.get(_override_value(best, key)) is not None:
             x, y = positions[_override_value(best, key)], best.metrics[metric]
             axes.scatter([x], [y], marker="*", s=250, color="tab:orange", edgecolor="black", zorder=3,
-                         label=f"best {y:.2f} ({key}={short_floats(_override_value(best, key) or '')})")
+                         label=f"best {_format(y)} ({key}={short_floats(_override_value(best, key) or '')})")
         if ticks:
             axes.set_xticks(range(len(ticks)), ticks)
         elif "log" in expression and all(isinstance(x, float) and x > 0 for x in positions.values()):

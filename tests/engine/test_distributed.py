@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import subprocess
@@ -15,8 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from mammoth.engine.distributed import Launch, backend_for, detect_launch, process_device
+from mammoth.engine.distributed import (
+    DEFAULT_TIMEOUT_SECONDS, Launch, backend_for, detect_launch, process_device, process_group_timeout, waiting_line,
+)
 from mammoth.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
 
 TORCHRUN = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
 
@@ -49,6 +54,35 @@ def test_backend_and_device_per_rank() -> None:
     if torch.cuda.device_count() < 2:
         with pytest.raises(ConfigError, match=r"^local rank 1 has no CUDA device of its own"):
             process_device(detect_launch(TORCHRUN), torch.device("cuda"))
+
+
+def test_the_join_timeout_comes_from_mammoth_dist_timeout() -> None:
+    assert process_group_timeout({}) == DEFAULT_TIMEOUT_SECONDS == 300
+    assert process_group_timeout({"MAMMOTH_DIST_TIMEOUT": "2.5"}) == 2.5
+    for text in ("abc", "0", "-1", "inf", "nan", ""):
+        with pytest.raises(ConfigError, match=rf"^environment variable MAMMOTH_DIST_TIMEOUT={text!r} is not a number of "
+                                              r"seconds > 0; allowed: a timeout such as 60 \(default 300\)$"):
+            process_group_timeout({"MAMMOTH_DIST_TIMEOUT": text})
+
+
+@pytest.mark.slow
+def test_a_rank_whose_others_never_come_says_what_it_waits_for_then_fails_in_one_line(tmp_path: Path) -> None:
+    port = free_port()
+    environment = {**os.environ, "PYTHONPATH": str(REPO), "MAMMOTH_DIST_TIMEOUT": "4", "RANK": "0", "WORLD_SIZE": "2",
+                   "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    result = subprocess.run([sys.executable, "-m", "mammoth", "model=sgd", "dataset=seq-digits"], capture_output=True,
+                            text=True, timeout=300, cwd=tmp_path, env=environment)
+    address = f"127.0.0.1:{port}"
+    waiting, error = result.stderr.splitlines()  # these two lines and nothing else: no traceback
+    assert waiting == waiting_line(Launch(0, 2, 0, "torchrun"), address, 4.0)
+    assert waiting == (f"rank 0 of 2 waiting for the other ranks at {address} (MASTER_ADDR:MASTER_PORT; timeout 4 s, "
+                       "MAMMOTH_DIST_TIMEOUT sets it)")
+    assert re.fullmatch(rf"Error: rank 0 of 2: the other ranks did not join at {address} within 4 s \(Timed out after "
+                        r"\d+ seconds waiting for clients\. 1/2 clients joined\.\); allowed: start all 2 processes with "
+                        r"the same MASTER_ADDR and MASTER_PORT \(torchrun --nproc_per_node=2 -m mammoth \.\.\.\), or one "
+                        r"process without RANK and WORLD_SIZE", error), error
+    assert result.returncode == 2 and result.stdout == ""
+    assert list(tmp_path.iterdir()) == []  # nothing written: no run directory claims a run
 
 
 # ---- two real processes (second suite: python -m pytest -q -m distributed) ----
