@@ -9,8 +9,8 @@ has that module imported (so its ``@register_backbone`` / ``@register_model`` de
 before ``python -m mammoth`` composes its config: ``backbone=my-net`` works with no code change.
 
 ``import mammoth`` imports nothing of this: the entry points are imported once, on the first
-lookup in any registry (``list_backbones()``, ``build_model(...)``, ...), or when Hydra imports
-``mammoth.conf`` / ``mammoth.app_conf`` (:func:`load_registries`).
+lookup in any registry (``list_backbones()``, ``build_model(...)``, ...), or when Hydra lists
+the options that ``mammoth.conf`` / ``mammoth.app_conf`` serve (:mod:`mammoth.config.options`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ from importlib.metadata import entry_points
 from mammoth.errors import ConfigError
 
 ENTRY_POINT_GROUP = "mammoth.plugins"
-#: The packages of built-ins; importing one registers all of its modules' entries.
-BUILTIN_PACKAGES = ("mammoth.backbones", "mammoth.datasets", "mammoth.models")
 
 
 def load_plugins(strict: bool = True) -> list[str]:
@@ -54,11 +52,3 @@ def load_plugins(strict: bool = True) -> list[str]:
 def load_plugins_once() -> None:
     """:func:`load_plugins` the first time it is called (a broken plugin is a warning); nothing after."""
     load_plugins(strict=False)
-
-
-def load_registries() -> None:
-    """Register every built-in backbone, dataset and model and those of the installed plugins,
-    in Hydra's ConfigStore too (what an app that opted in with ``pkg://mammoth.conf`` composes)."""
-    for package in BUILTIN_PACKAGES:
-        importlib.import_module(package)
-    load_plugins_once()

@@ -3,14 +3,18 @@
     hydra:
       searchpath: [pkg://mammoth.conf]
 
-(or ``hydra.searchpath=[pkg://mammoth.conf]`` on the command line). Hydra then imports this
-package when it checks the search path, which loads mammoth's registries: the registered ``backbone``,
-``model`` and ``dataset`` options (and those of installed ``mammoth.plugins`` entry points) are put
-in Hydra's ConfigStore, whatever the app imported, and in whichever order. Nothing else comes with
-them: mammoth's own primary config, presets and Hydra overrides are in :mod:`mammoth.app_conf`,
-which only ``python -m mammoth`` searches.
+(or ``hydra.searchpath=[pkg://mammoth.conf]`` on the command line). This package then serves the
+``backbone``, ``model`` and ``dataset`` options (the registered ones, those of installed
+``mammoth.plugins`` entry points included) as config files, to that app only
+(:mod:`mammoth.config.options`): importing mammoth's Python API changes nothing in Hydra, and an
+app's own option of the same name (its ``backbone/resnet.yaml``, a hydra-zen store) wins, as its
+config directory comes first on its search path. Nothing else comes with them: mammoth's own
+primary config, presets and Hydra overrides are in :mod:`mammoth.app_conf`, which only
+``python -m mammoth`` searches.
 """
 
-from mammoth.plugins import load_registries
+import sys
 
-load_registries()
+from mammoth.config.options import serve_options
+
+serve_options(sys.modules[__name__])

@@ -225,9 +225,7 @@ def _sweep_values(choices: list[Any]) -> dict[str, list[str]] | None:
 
 
 def _registry_entry(group: str, target: Any) -> Any:
-    from mammoth.backbones import BACKBONES
-    from mammoth.datasets import DATASETS
-    from mammoth.models import MODELS
+    from mammoth.config.options import served_registry
 
-    registry = {"backbone": BACKBONES, "model": MODELS, "dataset": DATASETS}[group]
+    registry = served_registry(group)  # the registered options, built-ins from their manifest (no torch)
     return registry.find_by_target(target) if isinstance(target, str) else None

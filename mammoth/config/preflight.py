@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterator
 
 from mammoth.errors import ConfigError, MammothError, unknown_name_message
 from mammoth.config.group_arguments import check_argument_overrides
+from mammoth.config.options import check_options_not_hidden
 from mammoth.config.registry import canonical_name
 
 #: The primary config of ``python -m mammoth``.
@@ -92,6 +93,7 @@ def prepare_arguments(args: list[str], task_function: Callable, config_path: str
         name = parsed.config_name or config_name
         try:
             repository = config_repository(hydra, name, parsed.overrides)
+            check_options_not_hidden(repository)
             overrides = normalise_overrides(repository, parsed.overrides)
         except HydraException:  # an override Hydra cannot parse: Hydra says why, in its words
             return CommandLine(args, multirun=parsed.multirun)
@@ -229,10 +231,11 @@ def _resolve(cfg: Any) -> None:
     only inside the running job (``${hydra:...}``) is left to the run, which resolves it the same way."""
     from omegaconf.errors import InterpolationResolutionError
 
+    from mammoth.config.options import served_registries
     from mammoth.config.run_spec import resolve_run
 
     try:
-        resolve_run(cfg)
+        resolve_run(cfg, served_registries())  # the registries' entries without torch
     except InterpolationResolutionError:
         return
 
@@ -248,7 +251,7 @@ def _compose(hydra: Any, config_name: str, overrides: list[str], mode: Any) -> A
     from hydra.errors import HydraException, MissingConfigException
     from omegaconf.errors import OmegaConfBaseException
 
-    from mammoth.datasets import DEFAULT_BACKBONE_GROUP
+    from mammoth.config.options import DEFAULT_BACKBONE_GROUP
 
     try:
         return hydra.compose_config(config_name, list(overrides), run_mode=mode, with_log_configuration=False)

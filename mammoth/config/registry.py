@@ -1,10 +1,11 @@
 """A registry of named, configurable callables: the one piece of global state in mammoth.
 
-Each registration infers the callable's arguments (:mod:`mammoth.config.schema`), emits a typed
-dataclass schema (an attribute of the callable's module, ``<Name><Kind>Config``) and stores it,
-closed (struct), in Hydra's ConfigStore under ``group/name``, so the user picks it with
-``group=name`` and sets its arguments with ``group.arg=value``; any other key fails where Hydra
-composes. Backbones
+Each registration infers the callable's arguments (:mod:`mammoth.config.schema`) and emits a typed
+dataclass schema (an attribute of the callable's module, ``<Name><Kind>Config``). Registering
+changes nothing in Hydra: the apps that opt in (and ``python -m mammoth``) get each served
+registry's entries as the options of config group ``group`` (:mod:`mammoth.config.options`), so
+the user picks one with ``group=name`` and sets its arguments with ``group.arg=value``; any other
+key fails where Hydra composes. Backbones
 (:mod:`mammoth.backbones.registry`), CL methods (:mod:`mammoth.models.registry`), benchmarks
 (:mod:`mammoth.datasets`) and loggers (:mod:`mammoth.reporting.loggers`, not stored) each own
 one :class:`Registry`.
@@ -137,6 +138,7 @@ class Registry:
         runtime_arguments: tuple[str, ...] = (),
         arguments_of: Callable[[Callable], list[Argument]] | None = None,
         stored: bool = True,
+        entries: Mapping[str, Entry] | None = None,
     ) -> None:
         self.kind = kind
         self.group = group
@@ -145,9 +147,11 @@ class Registry:
         self.runtime_arguments = runtime_arguments
         #: How a target's arguments are found; None: from its signature (:func:`signature_arguments`).
         self.arguments_of = arguments_of
-        #: Whether each entry's schema is put in Hydra's ConfigStore as option ``group/name``.
+        #: Whether the entries are options of Hydra config group ``group`` (served by
+        #: :mod:`mammoth.config.options` to the apps that opt in); the loggers' are not.
         self.stored = stored
-        self._entries: dict[str, Entry] = {}
+        #: The registered entries by name (``entries``: a registry made of entries found elsewhere).
+        self._entries: dict[str, Entry] = dict(entries or {})
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator registering a class or a function under ``name``; returns it unchanged."""
@@ -166,7 +170,10 @@ class Registry:
                     f"registered again by {_definition_site(target)}"
                 )
             self._entries[key] = self._make_entry(key, target)
-            self._store(self._entries[key])
+            if self.stored:
+                from mammoth.config.options import option_registered
+
+                option_registered(self.group, key)
             return target
 
         return decorator
@@ -189,23 +196,11 @@ class Registry:
             raise self.error_type(f"cannot register {self.kind} {key!r}: {error}") from None
         return Entry(name=key, target=target, arguments=arguments, schema=schema)
 
-    def _store(self, entry: Entry) -> None:
-        if not self.stored:
-            return
-        from hydra.core.config_store import ConfigStore
-
-        ConfigStore.instance().store(group=self.group, name=entry.name, node=schema_node(entry.schema), provider="mammoth")
-
     def unregister(self, name: str) -> None:
         """Remove an entry (for tests and notebooks that redefine a callable)."""
         key = canonical_name(name)
         self.get(key)
         del self._entries[key]
-        if not self.stored:
-            return
-        from hydra.core.config_store import ConfigStore
-
-        ConfigStore.instance().repo.get(self.group, {}).pop(f"{key}.yaml", None)
 
     def names(self) -> list[str]:
         """The registered names (the installed plugins' included), sorted."""

@@ -85,10 +85,10 @@ def is_run_control_override(text: str) -> bool:
 def store_app_configs() -> None:
     """Make what only mammoth's own primary config uses available (idempotent): the run schema in
     Hydra's ConfigStore and the default-backbone resolver. The backbone, model and dataset options
-    are stored by their registries when :mod:`mammoth` is imported."""
+    are files that :mod:`mammoth.app_conf` serves (:mod:`mammoth.config.options`)."""
     from omegaconf import OmegaConf
 
-    from mammoth.datasets import default_backbone_option
+    from mammoth.config.options import default_backbone_option
 
     ConfigStore.instance().store(name=RUN_SCHEMA, node=RunConfig, provider="mammoth")
     if not OmegaConf.has_resolver(DEFAULT_BACKBONE_RESOLVER):

@@ -85,21 +85,25 @@ def comparable_config(config: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in config.items() if key not in RUN_CONTROL_KEYS}
 
 
-def resolve_run(cfg: DictConfig) -> RunSpec:
+def resolve_run(cfg: DictConfig, registries: Mapping[str, Any] | None = None) -> RunSpec:
     """``cfg`` (a composed mammoth config) checked as the module docstring says and resolved into a
-    :class:`RunSpec`. Raises a MammothError naming the first bad value."""
-    from mammoth.backbones import BACKBONES
-    from mammoth.backbones.registry import DATA_ARGUMENTS
-    from mammoth.engine.device import check_threads
-    from mammoth.engine.precision import check_precision
-    from mammoth.models import MODELS
+    :class:`RunSpec`. Raises a MammothError naming the first bad value.
 
+    ``registries`` (``{"backbone": ..., "dataset": ..., "model": ...}``) are those the options are
+    resolved against; None: the registries of the built-ins (which imports torch and them). The
+    pre-flight checks with :func:`mammoth.config.options.served_registry`'s, which hold the same
+    entries without torch: the same checks, the same messages, nothing built."""
+    from mammoth.config.schema import DATA_FILLED_ARGUMENTS
+    from mammoth.config.value_checks import check_precision_name, check_threads
+
+    if registries is None:
+        registries = builtin_registries()
     check_settings(cfg)
-    dataset = _resolve_dataset(cfg)
-    backbone = _resolve_option(BACKBONES, cfg, skip=DATA_ARGUMENTS) if is_set(cfg, "backbone") else None
+    dataset = _resolve_dataset(cfg, registries["dataset"])
+    backbone = _resolve_option(registries["backbone"], cfg, skip=DATA_FILLED_ARGUMENTS) if is_set(cfg, "backbone") else None
     if not is_set(cfg, "model"):
         raise ConfigError("no model selected; choose one with model=NAME")
-    model = _resolve_option(MODELS, cfg)
+    model = _resolve_option(registries["model"], cfg)
     config = _plain(cfg)
     return RunSpec(
         dataset=dataset, backbone=backbone, model=model, seed=check_seed(cfg.get("seed", 0)),
@@ -108,9 +112,18 @@ def resolve_run(cfg: DictConfig) -> RunSpec:
         output_dir=cfg.get("output_dir"), optimized_metric=cfg.get("optimized_metric"),
         loggers=config.get("logger"), config=config, dataset_config=None if dataset else cfg.dataset,
         eval_future=bool(cfg.get("eval_future", False)),
-        precision=check_precision(str(cfg.get("precision", "fp32"))),
+        precision=check_precision_name(str(cfg.get("precision", "fp32"))),
         channels_last=bool(cfg.get("channels_last", False)),
     )
+
+
+def builtin_registries() -> dict[str, Any]:
+    """The backbone, dataset and model registries (importing torch and the built-ins)."""
+    from mammoth.backbones import BACKBONES
+    from mammoth.datasets import DATASETS
+    from mammoth.models import MODELS
+
+    return {"backbone": BACKBONES, "dataset": DATASETS, "model": MODELS}
 
 
 def is_set(cfg: DictConfig, key: str) -> bool:
@@ -149,15 +162,15 @@ def _resolve_option(registry: Any, cfg: DictConfig, skip: tuple[str, ...] = ()) 
     return ResolvedOption(registry, entry, values)
 
 
-def _resolve_dataset(cfg: DictConfig) -> ResolvedOption | None:
+def _resolve_dataset(cfg: DictConfig, registry: Any) -> ResolvedOption | None:
     """The dataset option (None for a config that names its benchmark by ``name``: it is checked
     against the benchmark's settings and built from the config)."""
-    from mammoth.datasets import DATASETS, DatasetConfig, get_dataset_class
-
     if not is_set(cfg, "dataset"):
         raise ConfigError("no dataset selected; choose one with dataset=NAME")
     if "_target_" in cfg.dataset:
-        return _resolve_option(DATASETS, cfg)
+        return _resolve_option(registry, cfg)
+    from mammoth.datasets import DatasetConfig, get_dataset_class
+
     if not is_set(cfg.dataset, "name"):
         raise ConfigError("dataset.name is missing; a dataset config needs the name of a registered benchmark")
     get_dataset_class(cfg.dataset.name)

@@ -220,11 +220,9 @@ def _check_target(parent: tuple[str, ...], target: Any) -> None:
 
 
 def _check_registered(group: str, target: Any, where: str) -> None:
-    from mammoth.backbones import BACKBONES
-    from mammoth.datasets import DATASETS
-    from mammoth.models import MODELS
+    from mammoth.config.options import served_registry
 
-    registry = {"backbone": BACKBONES, "model": MODELS, "dataset": DATASETS}[group]
+    registry = served_registry(group)  # the registered options, built-ins from their manifest (no torch)
     if not isinstance(target, str) or registry.find_by_target(target) is None:
         raise ConfigError(
             f"{where}={target!r} is not a registered {registry.kind}; allowed: the _target_ of one of "

@@ -9,6 +9,7 @@ they make diverge stops at the first non-finite loss (:class:`mammoth.errors.Tra
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 from mammoth.errors import ConfigError, MammothError
@@ -70,3 +71,28 @@ def check_choice(key: str, value: Any, allowed: tuple[str, ...], error_type: typ
     if value not in allowed:
         raise error_type(f"{key}={value!r} is not supported; allowed: {', '.join(allowed)}")
     return value
+
+
+#: The allowed values of the ``precision`` setting (mammoth.engine.precision has their autocast dtypes).
+PRECISION_NAMES = ("fp32", "bf16", "fp16")
+
+
+def check_precision_name(precision: str) -> str:
+    """``precision`` if it is one of :data:`PRECISION_NAMES`; else a one-line ConfigError naming it."""
+    if precision not in PRECISION_NAMES:
+        raise ConfigError(f"precision={precision!r} is not supported; allowed: {', '.join(PRECISION_NAMES)}")
+    return precision
+
+
+def check_threads(threads: int | None) -> int | None:
+    """``threads`` if this machine has that many CPUs (None: torch's default)."""
+    if threads is None:
+        return None
+    if threads < 1:
+        raise ConfigError(f"threads={threads} is not positive; allowed: null (torch's default) or an integer >= 1")
+    available = os.cpu_count() or 1
+    if threads > available:
+        raise ConfigError(
+            f"threads={threads} is more than the {available} CPU(s) of this machine; allowed: null or 1..{available}"
+        )
+    return threads

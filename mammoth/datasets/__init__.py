@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from mammoth.datasets.base import AUGMENTATIONS, ContinualDataset, DatasetConfig, TaskData, random_crop_flip
 from mammoth.errors import DatasetError, unknown_name_message
+from mammoth.config.options import DEFAULT_BACKBONE_GROUP, default_backbone_option  # noqa: F401  (public here too)
 from mammoth.config.registry import Registry, canonical_name, import_modules
 from mammoth.config.schema import Argument, is_missing, signature_arguments
 
@@ -54,8 +55,7 @@ def register_dataset(name_or_class: str | DatasetClass) -> Any:
     or ``@register_dataset`` for a class whose ``name`` attribute says it.
 
     Like backbones and models, it becomes a typed config (``dataset.root``, ``dataset.batch_size``,
-    ``dataset.n_epochs``, ... with the benchmark's defaults) in Hydra's ConfigStore, closed to
-    other keys, whose dataclass is set on the benchmark's module (``seq-digits`` gives
+    ``dataset.n_epochs``, ... with the benchmark's defaults), closed to other keys, whose dataclass is set on the benchmark's module (``seq-digits`` gives
     ``mammoth.datasets.digits.SeqDigitsDatasetConfig``); names are case-insensitive, ``_`` equals
     ``-``, and a duplicate raises.
     """
@@ -110,31 +110,6 @@ def build_dataset(config: str | DatasetConfig | Mapping[str, Any], seed: int = 0
         values["name"] = entry.name  # names are case-insensitive, ``_`` equals ``-``
     present = {key: value for key, value in values.items() if not is_missing(value)}
     return entry.target(DATASETS.check_values(entry, present), seed=seed)
-
-
-#: Where the primary config of ``python -m mammoth`` looks for a dataset's default backbone when
-#: the dataset has none that is registered: Hydra then reports the missing
-#: ``backbone/dataset-default/NAME`` config (no such group exists, so nothing lists it).
-DEFAULT_BACKBONE_GROUP = "backbone/dataset-default"
-
-
-def default_backbone_option(dataset: str) -> str:
-    """The ``backbone`` option that dataset option ``dataset`` uses when nothing else chose one.
-
-    mammoth's primary config selects ``backbone: ${mammoth_default_backbone:${dataset}}`` with
-    this function as the resolver (:func:`mammoth.config.run_settings.store_app_configs`), so the default is
-    an ordinary backbone option (``hydra.runtime.choices.backbone`` names it) and is looked up when
-    Hydra composes, after any plugin registered more datasets. A dataset that is not registered,
-    or whose default backbone is not, gives ``dataset-default/DATASET``, which Hydra cannot find.
-    """
-    from mammoth.backbones import BACKBONES
-
-    name = canonical_name(dataset) if isinstance(dataset, str) else dataset
-    missing = f"{DEFAULT_BACKBONE_GROUP.split('/', 1)[1]}/{dataset}"
-    if name not in DATASETS.names():
-        return missing
-    backbone = canonical_name(get_dataset_class(name).default_backbone)
-    return backbone if backbone in BACKBONES.names() else missing
 
 
 # Every module of this package registers its benchmarks on import.

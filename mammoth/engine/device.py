@@ -6,6 +6,7 @@ import os
 
 import torch
 
+from mammoth.config.value_checks import check_threads  # noqa: F401  (checked without torch in the pre-flight)
 from mammoth.errors import ConfigError
 
 
@@ -26,20 +27,6 @@ def resolve_device(name: str) -> torch.device:
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ConfigError(f"device={name!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
     return device
-
-
-def check_threads(threads: int | None) -> int | None:
-    """``threads`` if this machine has that many CPUs (None: torch's default)."""
-    if threads is None:
-        return None
-    if threads < 1:
-        raise ConfigError(f"threads={threads} is not positive; allowed: null (torch's default) or an integer >= 1")
-    available = os.cpu_count() or 1
-    if threads > available:
-        raise ConfigError(
-            f"threads={threads} is more than the {available} CPU(s) of this machine; allowed: null or 1..{available}"
-        )
-    return threads
 
 
 def set_threads(threads: int | None) -> None:

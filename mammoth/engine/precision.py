@@ -16,16 +16,16 @@ from typing import Optional
 
 import torch
 
+from mammoth.config.value_checks import PRECISION_NAMES, check_precision_name
 from mammoth.errors import ConfigError
 
 #: The allowed values of ``precision`` and the autocast dtype of each (None: no autocast).
-PRECISIONS: dict[str, Optional[torch.dtype]] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS: dict[str, Optional[torch.dtype]] = dict(zip(PRECISION_NAMES, (None, torch.bfloat16, torch.float16)))
 
 
 def check_precision(precision: str, device: torch.device | str | None = None) -> str:
     """``precision`` if it is allowed (on ``device``, when given); else a one-line ConfigError naming it."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision={precision!r} is not supported; allowed: {', '.join(PRECISIONS)}")
+    check_precision_name(precision)
     if precision == "fp16" and device is not None and torch.device(device).type != "cuda":
         raise ConfigError(
             f"precision=fp16 needs a CUDA device (its gradient scaling is for GPUs), and this run is on "

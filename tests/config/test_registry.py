@@ -21,7 +21,8 @@ from torch import nn
 
 from mammoth.backbones import BACKBONES, MammothBackbone, build_backbone, get_backbone_entry, list_backbones, register_backbone
 from mammoth.errors import BackboneError, ConfigError
-from mammoth.config.registry import Registry, canonical_name, import_modules
+from mammoth.config.options import option_names, option_schema
+from mammoth.config.registry import Registry, canonical_name, import_modules, schema_node
 
 BUILT_INS = ["mnistmlp", "resnet", "resnet18", "resnet34", "resnet50", "reduced-resnet18", "vit", "torchvision"]
 
@@ -69,8 +70,9 @@ def temporary():
             BACKBONES.unregister(name)
 
 
-def backbone_repo() -> dict:
-    return ConfigStore.instance().repo["backbone"]
+def served_node(name: str) -> DictConfig:
+    """The closed, typed config an app that opted in composes for ``backbone=name``."""
+    return schema_node(option_schema("backbone", name))
 
 
 # ---- registering ----
@@ -136,11 +138,11 @@ def test_non_callable_is_refused() -> None:
     assert "not-callable" not in list_backbones()
 
 
-def test_unregister_removes_name_and_config(temporary) -> None:
+def test_unregister_removes_name_and_option(temporary) -> None:
     register_backbone("gone-net")(TinyNet)
-    assert "gone-net.yaml" in backbone_repo()
+    assert "gone-net" in option_names("backbone")
     BACKBONES.unregister("Gone_Net")
-    assert "gone-net" not in list_backbones() and "gone-net.yaml" not in backbone_repo()
+    assert "gone-net" not in list_backbones() and "gone-net" not in option_names("backbone")
     with pytest.raises(BackboneError, match="unknown backbone 'gone-net'"):
         BACKBONES.unregister("gone-net")
     temporary("gone-net", tiny_net_factory)  # the name is free again
@@ -170,16 +172,17 @@ def test_list_backbones_sorted_with_builtins() -> None:
     assert set(BUILT_INS) <= set(names)
 
 
-def test_every_backbone_is_in_the_config_store() -> None:
-    repo = backbone_repo()
+def test_every_backbone_is_an_option_with_its_schema() -> None:
+    assert option_names("backbone") == list_backbones()
     for name in list_backbones():
-        node = repo[f"{name}.yaml"].node
+        node, schema = served_node(name), get_backbone_entry(name).schema
         assert node._target_ == get_backbone_entry(name).target_path
-        assert OmegaConf.get_type(node) is get_backbone_entry(name).schema
+        assert OmegaConf.get_type(node).__name__ == schema.__name__
+        assert OmegaConf.to_yaml(node) == OmegaConf.to_yaml(OmegaConf.structured(schema))
 
 
-def test_config_store_node_has_required_data_fields() -> None:
-    node = backbone_repo()["resnet18.yaml"].node
+def test_served_node_has_required_data_fields() -> None:
+    node = served_node("resnet18")
     assert OmegaConf.is_missing(node, "num_classes") and OmegaConf.is_missing(node, "input_shape")
     assert node.width == 64 and node.stem == "cifar"
 
@@ -213,7 +216,7 @@ def test_private_registry_skips_runtime_arguments(widgets: Registry) -> None:
     entry = widgets.get("WID_GET")
     assert [a.name for a in entry.arguments] == ["size", "color"]
     assert entry.schema.__name__ == "WidGetWidgetConfig"
-    assert "wid-get.yaml" in ConfigStore.instance().repo["test_widget"]
+    assert "test_widget" not in ConfigStore.instance().repo  # a registry changes nothing in Hydra
 
 
 def test_private_registry_uses_its_error_type_and_kind(widgets: Registry) -> None:
@@ -265,7 +268,7 @@ def test_unknown_argument_names_the_closest(widgets: Registry) -> None:
 
 def test_stored_options_are_closed_typed_schemas(temporary) -> None:
     temporary("tiny-net", TinyNet)
-    node = backbone_repo()["tiny-net.yaml"].node
+    node = served_node("tiny-net")
     assert OmegaConf.is_struct(node) and OmegaConf.get_type(node) is get_backbone_entry("tiny-net").schema
     with pytest.raises(ConfigAttributeError, match="Key 'hiden' not in 'TinyNetBackboneConfig'"):
         node.hiden = 3
@@ -298,12 +301,13 @@ def test_hydra_zen_refuses_an_unknown_key(tmp_path) -> None:
     from hydra_zen import launch, make_config
 
     app = make_config(hydra_defaults=["_self_", {"backbone": "resnet"}], backbone=None)
+    opt_in = "hydra.searchpath=[pkg://mammoth.conf]"
     seen = []
-    job = launch(app, lambda cfg: seen.append(cfg.backbone.depth), overrides=["backbone.depth=34", f"hydra.run.dir={tmp_path}"],
-                 version_base="1.3")
+    job = launch(app, lambda cfg: seen.append(cfg.backbone.depth),
+                 overrides=[opt_in, "backbone.depth=34", f"hydra.run.dir={tmp_path}"], version_base="1.3")
     assert seen == [34] and job.status.name == "COMPLETED"
     with pytest.raises(ConfigCompositionException) as info:
-        launch(app, lambda cfg: None, overrides=["backbone.deptth=34"], version_base="1.3")
+        launch(app, lambda cfg: None, overrides=[opt_in, "backbone.deptth=34"], version_base="1.3")
     assert "Key 'deptth' not in 'ResnetBackboneConfig'" in str(info.value.__cause__)
 
 

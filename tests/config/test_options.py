@@ -1,0 +1,114 @@
+"""The options mammoth serves to Hydra (mammoth/config/options.py) and the built-ins' manifest
+(mammoth/config/builtins.json) they are composed from without torch."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pickle
+import subprocess
+import sys
+from importlib import resources
+
+import pytest
+from omegaconf import OmegaConf
+
+from mammoth.backbones import BACKBONES
+from mammoth.config import manifest
+from mammoth.config.options import (
+    ManifestEntry,
+    option_file_text,
+    option_names,
+    option_schema,
+    served_registry,
+)
+from mammoth.config.registry import schema_node
+from mammoth.datasets import DATASETS
+from mammoth.errors import BackboneError
+from mammoth.models import MODELS
+
+REGISTRIES = {"backbone": BACKBONES, "dataset": DATASETS, "model": MODELS}
+
+
+def test_the_manifest_matches_the_registries():
+    written = json.loads(resources.files("mammoth.config").joinpath(manifest.MANIFEST_FILE).read_text())
+    assert written == manifest.registries_manifest(), "regenerate it: python -m mammoth.config.manifest"
+    assert sum(len(options) for options in written.values()) == 44
+
+
+@pytest.mark.parametrize("group", manifest.GROUPS)
+def test_each_manifest_schema_is_its_registry_schema(group: str):
+    registry = REGISTRIES[group]
+    assert set(manifest.load_manifest()[group]) <= set(registry.names())
+    for name in manifest.load_manifest()[group]:
+        real, written = registry.get(name).schema, manifest.manifest_schema(group, name)
+        assert written.__name__ == real.__name__
+        assert [(field.name, field.type) for field in dataclasses.fields(written)] == \
+            [(field.name, field.type) for field in dataclasses.fields(real)]
+        assert OmegaConf.to_yaml(OmegaConf.structured(written)) == OmegaConf.to_yaml(OmegaConf.structured(real))
+
+
+def test_a_manifest_schema_pickles_by_reference():
+    node = schema_node(manifest.manifest_schema("backbone", "resnet"))
+    node.depth = 34
+    copy = pickle.loads(pickle.dumps(node))
+    assert copy.depth == 34 and OmegaConf.get_type(copy) is manifest.manifest_schema("backbone", "resnet")
+    assert manifest.manifest_schema("backbone", "resnet").__module__ == "mammoth.config.manifest"
+
+
+@pytest.mark.parametrize("group", manifest.GROUPS)
+def test_the_served_registry_has_the_registry_entries_and_messages(group: str):
+    registry, served = REGISTRIES[group], served_registry(group)
+    assert served.names() == registry.names() == option_names(group)
+    for name in registry.names():
+        entry, light = registry.get(name), served.get(name)
+        assert light.target_path == entry.target_path
+        assert [(a.name, a.default) for a in light.arguments] == [(a.name, a.default) for a in entry.arguments]
+        assert light.describe_arguments() == entry.describe_arguments()
+    built_in = served.get(registry.names()[0])
+    assert isinstance(built_in, ManifestEntry) and built_in.target is None  # nothing to build from
+
+
+def test_an_unknown_served_name_is_the_registry_error():
+    with pytest.raises(BackboneError, match="unknown backbone 'resnt'.*did you mean 'resnet'"):
+        served_registry("backbone").get("resnt")
+
+
+def test_an_option_file_names_its_schema():
+    assert option_file_text("backbone", "resnet").splitlines()[1:] == [
+        "defaults:", "  - /mammoth-option-backbone-resnet", "  - _self_"]
+    assert option_schema("backbone", "resnet") is manifest.manifest_schema("backbone", "resnet")
+
+
+#: Hydra's process-wide state: the ConfigStore's entries (groups and names) and OmegaConf's resolvers.
+HYDRA_STATE = '''
+def hydra_state():
+    from hydra.core.config_store import ConfigStore
+    from omegaconf.basecontainer import BaseContainer
+    def names(node, prefix=""):
+        if not isinstance(node, dict):
+            return [prefix]
+        return [name for key, child in node.items() for name in names(child, prefix + "/" + key)]
+    return sorted(names(ConfigStore.instance().repo)), sorted(BaseContainer._resolvers)
+'''
+
+
+def test_importing_and_using_the_python_api_changes_nothing_in_hydra(tmp_path):
+    code = HYDRA_STATE + '''
+before = hydra_state()
+import mammoth
+from mammoth import build_backbone, build_dataset, list_backbones, list_datasets, list_models, register_backbone, run
+import mammoth.backbones, mammoth.datasets, mammoth.models, mammoth.engine.runner, mammoth.reporting.loggers
+names = list_backbones() + list_datasets() + list_models()
+net = build_backbone("resnet", num_classes=3, input_shape=(3, 8, 8), width=4)
+
+@register_backbone("after-import-net")
+def after_import_net(num_classes: int, input_shape: tuple[int, ...]):
+    return build_backbone("mnistmlp", num_classes=num_classes, input_shape=input_shape)
+
+after = hydra_state()
+print(len(names), before == after, [name for name in after[0] if name not in before[0]])
+'''
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["44", "True", "[]"]
