@@ -13,9 +13,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def run_python(args: list[str], cwd: Path, timeout: int = 900, python: str = sys.executable) -> subprocess.CompletedProcess:
-    """Run ``python ARGS`` in ``cwd``; return the completed process (text output)."""
+    """Run ``python ARGS`` in ``cwd``; return the completed process (text output). ``cwd`` is on
+    ``PYTHONPATH`` (a test's own modules), then the checkout under test (its ``mammoth``, also when
+    the environment's editable install points at another checkout)."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("HYDRA_")}
-    env["PYTHONPATH"] = str(cwd)
+    env["PYTHONPATH"] = os.pathsep.join([str(cwd), str(REPO)])
     return subprocess.run([python, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
