@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mammoth.config.user_paths import launch_path
 from mammoth.errors import BackboneError
 
 #: The hub files timm reads weights from, in its order of preference.
@@ -78,7 +79,7 @@ def verified_bytes(path: Path, data: bytes, pin: str | None, what: str) -> Weigh
 
 def local_weights_file(path: str, pin: str | None, what: str) -> tuple[WeightsFile, bytes]:
     """The verified local file ``backbone.weights=PATH`` names (``~`` expanded), with the bytes verified."""
-    location = Path(path).expanduser()
+    location = Path(launch_path(path)).expanduser()  # hydra.job.chdir=true: still where you run
     if not location.is_file():
         raise BackboneError(
             f"backbone.weights={path!r} is not a file; allowed: a .safetensors file, or a torch file of tensors"

@@ -62,6 +62,8 @@ class CommandLine:
     args: list[str]
     multirun: bool
     directory: Path | None = None
+    #: The ``hydra.sweep.subdir`` pinned for a continued Optuna study's new trials (None: as given).
+    subdir: str | None = None
 
     #: Where the pinning override goes in :attr:`args`: right after the last override (argparse
     #: takes the overrides as one run of positional arguments).
@@ -71,8 +73,10 @@ class CommandLine:
         """What ``hydra.main`` gets: :attr:`args` and the override that pins :attr:`directory`."""
         if self.directory is None:
             return list(self.args)
-        pin = f"hydra.{'sweep' if self.multirun else 'run'}.dir={quote_override_value(str(self.directory))}"
-        return [*self.args[:self.pin_at], pin, *self.args[self.pin_at:]]
+        pins = [f"hydra.{'sweep' if self.multirun else 'run'}.dir={quote_override_value(str(self.directory))}"]
+        if self.subdir is not None:
+            pins.append(f"hydra.sweep.subdir={quote_override_value(self.subdir)}")
+        return [*self.args[:self.pin_at], *pins, *self.args[self.pin_at:]]
 
 
 def prepare_arguments(args: list[str], task_function: Callable, config_path: str = CONFIG_PATH,
@@ -102,7 +106,8 @@ def prepare_arguments(args: list[str], task_function: Callable, config_path: str
     arguments = _replace_overrides(args, parsed.overrides, overrides)
     pin_at = max((index + 1 for index, arg in enumerate(arguments) if overrides and arg == overrides[-1]), default=0)
     directory = None if parsed.cfg or parsed.resolve else checked.directory  # printing a config writes nothing
-    return CommandLine(arguments, multirun=checked.multirun, directory=directory, pin_at=pin_at)
+    return CommandLine(arguments, multirun=checked.multirun, directory=directory, pin_at=pin_at,
+                       subdir=checked.subdir if directory is not None else None)
 
 
 def parse_command_line(args: list[str]) -> Any:
@@ -189,6 +194,7 @@ class CheckedCommand:
 
     multirun: bool
     directory: Path | None = None
+    subdir: str | None = None
 
 
 def check_composed(hydra: Any, config_name: str, overrides: list[str], multirun: bool) -> CheckedCommand:
@@ -221,9 +227,8 @@ def check_composed(hydra: Any, config_name: str, overrides: list[str], multirun:
     for job in jobs.configs:
         check_config_safety(job)
     directory = resolved_directory(cfg, "hydra.sweep.dir")
-    if directory is not None:
-        check_sweep_directory(directory, cfg, jobs)
-    return CheckedCommand(True, directory)
+    subdir = check_sweep_directory(directory, cfg, jobs) if directory is not None else None
+    return CheckedCommand(True, directory, subdir)
 
 
 def _resolve(cfg: Any) -> None:

@@ -215,8 +215,9 @@ def _check_target(parent: tuple[str, ...], target: Any) -> None:
             "hydra.sweeper and hydra.sweeper.sampler"
         )
     description, bases = expected
-    if not _names_class_of(target, bases()):
-        raise ConfigError(f"{where}={target!r} is not {description}; allowed: {description}")
+    problem = _class_problem(target, bases(), description)
+    if problem is not None:
+        raise ConfigError(f"{where}={target!r} {problem}; allowed: {description}")
 
 
 def _check_registered(group: str, target: Any, where: str) -> None:
@@ -224,8 +225,12 @@ def _check_registered(group: str, target: Any, where: str) -> None:
 
     registry = served_registry(group)  # the registered options, built-ins from their manifest (no torch)
     if not isinstance(target, str) or registry.find_by_target(target) is None:
+        local = working_directory_module(target)
+        reason = "" if local is None else (
+            f" (its module {local} lies in the working directory, which mammoth never imports from, by design; "
+            "register it from an installed package's mammoth.plugins entry point)")
         raise ConfigError(
-            f"{where}={target!r} is not a registered {registry.kind}; allowed: the _target_ of one of "
+            f"{where}={target!r} is not a registered {registry.kind}{reason}; allowed: the _target_ of one of "
             f"{', '.join(registry.names())} (choose it with {group}=NAME)"
         )
 
@@ -265,16 +270,39 @@ def _expected_class(parent: tuple[str, ...]) -> tuple[str, Any] | None:
     return None
 
 
-def _names_class_of(target: Any, bases: tuple[type, ...]) -> bool:
-    """Whether the dotted path ``target`` names a subclass of ``bases`` (found as Hydra finds a
-    ``_target_``: importing its module, calling nothing)."""
+def _class_problem(target: Any, bases: tuple[type, ...], description: str) -> str | None:
+    """Why the dotted path ``target`` does not name a subclass of ``bases`` (``description``),
+    found as Hydra finds a ``_target_``: importing its module, calling nothing; None when it does.
+    A module that lies in the working directory is not importable on purpose (``python -m mammoth``
+    takes the working directory off ``sys.path``), and the reason says so and how to import it."""
     if not bases or not isinstance(target, str):
-        return False
+        return f"is not {description}"
     try:
         found = _locate(target)
-    except Exception:  # noqa: BLE001  not importable
-        return False
-    return isinstance(found, type) and issubclass(found, bases)
+    except Exception as error:  # noqa: BLE001  not importable: say why
+        local = working_directory_module(target)
+        if local is not None:
+            return (f"is not importable: its module {local} lies in the working directory, which mammoth never "
+                    "imports from, by design (a file that merely lies where you run is never run); make it "
+                    "importable: install it (pip install -e DIR) or put its directory on PYTHONPATH "
+                    "(PYTHONPATH=. python -m mammoth ...)")
+        return f"is not importable ({type(error).__name__}: {error}; installed packages and PYTHONPATH are searched)"
+    return None if isinstance(found, type) and issubclass(found, bases) else f"is not {description}"
+
+
+def working_directory_module(target: Any) -> str | None:
+    """The file or folder of the working directory that the top-level module of the dotted path
+    ``target`` names (``mycb.py`` for ``mycb.MyCb``) when Python cannot find that module; None when
+    it can, or when there is no such file."""
+    import importlib.util
+
+    top = target.split(".")[0] if isinstance(target, str) else ""
+    if not top.isidentifier():
+        return None
+    local = f"{top}.py" if os.path.isfile(f"{top}.py") else f"{top}/" if os.path.isdir(top) else None
+    if local is None or importlib.util.find_spec(top) is not None:
+        return None
+    return local
 
 
 def _locate(path: str) -> Any:
@@ -292,7 +320,7 @@ def _locate(path: str) -> Any:
         for part in parts[split:]:
             found = getattr(found, part)
         return found
-    raise ImportError(f"no module in {path!r}")
+    raise ModuleNotFoundError(f"No module named {parts[0]!r}")
 
 
 def _check_logging_node(path: tuple[str, ...], value: Any, resolve: _Resolver) -> None:

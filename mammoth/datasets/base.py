@@ -18,6 +18,7 @@ from typing import Any, ClassVar, List, Optional
 import torch
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from mammoth.config.user_paths import launch_path
 from mammoth.config.value_checks import check_positive_int
 from mammoth.datasets import labels as label_settings
 from mammoth.datasets.source import DataSource, InMemorySource, RelabeledSource
@@ -247,7 +248,7 @@ class ContinualDataset:
                                            self.asymmetric_noise, self.name)
         self.config = DatasetConfig(
             name=self.name,
-            root=str(values.get("root", "data")),
+            root=launch_path(str(values.get("root", "data"))),  # hydra.job.chdir=true: still where you run
             download=bool(values.get("download", False)),
             batch_size=check_positive_int("dataset.batch_size", values.get("batch_size", self.default_batch_size), DatasetError),
             n_epochs=check_positive_int("dataset.n_epochs", values.get("n_epochs", self.default_n_epochs), DatasetError),

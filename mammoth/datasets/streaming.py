@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Mapping, Optional
 import torch
 from torch import Tensor
 
+from mammoth.config.user_paths import launch_path
 from mammoth.datasets import register_dataset
 from mammoth.datasets.base import ContinualDataset, DatasetConfig, coerce_config
 from mammoth.datasets.image_files import IMAGE_SUFFIXES, Decode, ImageFileSource, list_image_folder
@@ -211,7 +212,7 @@ class ImageFolder(StreamingImageBenchmark):
 
     def __init__(self, config: DatasetConfig | Mapping[str, Any] | None = None, seed: int = 0, **fields: Any) -> None:
         values = {**coerce_config({} if config is None else config), **coerce_config(fields)}
-        self.folder = Path(str(values.get("root", "data"))).expanduser()
+        self.folder = Path(launch_path(str(values.get("root", "data")))).expanduser()
         self.classes = self._class_names()
         order = values.get("class_order")
         if isinstance(order, (list, tuple)) and order and all(isinstance(c, str) for c in order):

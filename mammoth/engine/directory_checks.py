@@ -49,20 +49,23 @@ def check_run_directory(directory: Path, cfg: DictConfig) -> None:
         _check_same_overrides(directory, list(cfg.hydra.overrides.task), "hydra.run.dir")
 
 
-def check_sweep_directory(directory: Path, cfg: DictConfig, jobs: Any) -> None:
-    """A sweep's root: no links; an existing sweep there is continued only with ``resume=true``;
-    every job writes its own directory inside the root, under its own overrides."""
+def check_sweep_directory(directory: Path, cfg: DictConfig, jobs: Any) -> str | None:
+    """A sweep's root: no links; an existing sweep there (a basic sweep or an Optuna study) is
+    continued only with ``resume=true``; every job writes its own directory inside the root, under
+    its own overrides. Returns the ``hydra.sweep.subdir`` a continued Optuna study's new trials
+    must use (:func:`continued_study_subdir`), else None."""
     check_no_links(directory)
-    if (directory / "multirun.yaml").exists() and not cfg.get("resume"):
+    held = sweep_evidence(directory)
+    if held is not None and not cfg.get("resume"):
         raise ConfigError(
-            f"hydra.sweep.dir={directory} already holds a sweep (multirun.yaml); allowed: resume=true to "
+            f"hydra.sweep.dir={directory} already holds a sweep ({held}); allowed: resume=true to "
             "continue that sweep, or another hydra.sweep.dir"
         )
     from mammoth.config.sweep_jobs import job_directory
 
     if not jobs.exact:
         _check_trials_numbered(jobs.configs[0])
-        return
+        return _check_study(directory, cfg, continued=held is not None)
 
     seen: dict[str, int] = {}
     for number, job in enumerate(jobs.configs):
@@ -84,6 +87,127 @@ def check_sweep_directory(directory: Path, cfg: DictConfig, jobs: Any) -> None:
         check_no_links(Path(path))
         if cfg.get("resume"):
             _check_same_overrides(Path(path), list(job.hydra.overrides.task), f"job {number}'s directory")
+    return None
+
+
+def sweep_evidence(directory: Path) -> str | None:
+    """What shows that ``directory`` holds a sweep: Hydra's ``multirun.yaml`` (the basic sweeper's),
+    an Optuna study's ``optimization_results.yaml`` or, as the Optuna sweeper writes neither until
+    it ends, a job directory in it; None when it holds none of them."""
+    for name in ("multirun.yaml", "optimization_results.yaml"):
+        if (directory / name).exists():
+            return name
+    job = next(iter(_job_directories(directory)), None)
+    return None if job is None else f"job directory {job.relative_to(directory)}"
+
+
+def _job_directories(directory: Path) -> list[Path]:
+    """The job directories directly in ``directory`` and in its ``resume-N`` folders (a continued
+    study's), in natural order."""
+    from mammoth.reporting.summary import find_job_dirs, is_job_dir
+
+    if not directory.is_dir():
+        return []
+    found = []
+    for child in sorted(directory.iterdir()):
+        if child.is_dir() and not child.is_symlink() and not child.name.startswith("."):
+            if is_job_dir(child):
+                found.append(child)
+            elif child.name.startswith(CONTINUED_STUDY_PREFIX):
+                found.extend(path for path in find_job_dirs(child) if path != child)
+    return found
+
+
+#: Where the trials of a continued Optuna study go: ``hydra.sweep.dir/resume-N/<hydra.sweep.subdir>``.
+CONTINUED_STUDY_PREFIX = "resume-"
+
+
+def _check_study(directory: Path, cfg: DictConfig, continued: bool) -> str | None:
+    """An Optuna study (a sweeper that picks its trials while it runs) keeps to one study per sweep
+    directory: its storage must not hold the study already unless it continues (``resume=true``),
+    and a continued one must be the directory's study (same ``storage`` and ``study_name``) in a
+    storage that keeps it. Returns the ``hydra.sweep.subdir`` of a continued study's trials."""
+    sweeper = cfg.hydra.sweeper
+    if "optuna" not in str(sweeper.get("_target_", "")).lower():
+        return None
+    storage, name = sweeper.get("storage"), sweeper.get("study_name")
+    if not continued:
+        if storage is not None and name is not None and not cfg.get("resume") and _stored_trials(storage, name) is not None:
+            raise ConfigError(
+                f"hydra.sweeper.storage={storage!r} already holds the Optuna study {name!r}; a new sweep directory would "
+                f"summarise only part of it; allowed: resume=true to continue that study (its trials so far stay in its "
+                "own hydra.sweep.dir), or another hydra.sweeper.study_name"
+            )
+        return None
+    _check_same_study(directory, storage, name)
+    if storage is None:
+        raise ConfigError(
+            f"resume=true cannot continue the Optuna study in hydra.sweep.dir={directory}: hydra.sweeper.storage is "
+            "null, so the study lived in memory and ended with its sweep; allowed: another hydra.sweep.dir (to keep a "
+            "study to continue, start it with hydra.sweeper.storage=sqlite:///NAME.db hydra.sweeper.study_name=NAME)"
+        )
+    if name is None:
+        raise ConfigError(
+            f"resume=true cannot continue the Optuna study in hydra.sweep.dir={directory}: hydra.sweeper.study_name is "
+            "null, so Optuna would start a new study under a new name; allowed: the study's hydra.sweeper.study_name"
+        )
+    if _stored_trials(storage, name) is None:
+        raise ConfigError(
+            f"resume=true cannot continue the Optuna study in hydra.sweep.dir={directory}: hydra.sweeper.storage="
+            f"{storage!r} holds no study named {name!r}; allowed: the storage and study_name the study started with"
+        )
+    subdir = OmegaConf.to_container(cfg.hydra.sweep, resolve=False)["subdir"]
+    number = 1 + sum(1 for path in directory.iterdir() if path.name.startswith(CONTINUED_STUDY_PREFIX))
+    return f"{CONTINUED_STUDY_PREFIX}{number}/{subdir}"
+
+
+def _check_same_study(directory: Path, storage: Any, name: Any) -> None:
+    """The study the trials in ``directory`` recorded (their ``.hydra/hydra.yaml``) is the one
+    ``storage`` and ``name`` give (nothing to compare when none recorded it)."""
+    for job in _job_directories(directory):
+        recorded = _recorded_sweeper(job)
+        if recorded is None:
+            continue
+        before = (recorded.get("storage"), recorded.get("study_name"))
+        if before == (storage, name):
+            return
+        if before[0] is None:
+            raise ConfigError(
+                f"resume=true cannot continue the Optuna study in hydra.sweep.dir={directory}: it was kept in memory "
+                "(its hydra.sweeper.storage was null) and ended with its sweep; allowed: another hydra.sweep.dir"
+            )
+        raise ConfigError(
+            f"hydra.sweep.dir={directory} holds the Optuna study {before[1]!r} of hydra.sweeper.storage={before[0]!r}; "
+            f"this search names {name!r} of {storage!r}; allowed: resume=true with hydra.sweeper.storage={before[0]} "
+            f"hydra.sweeper.study_name={before[1]}, or another hydra.sweep.dir"
+        )
+
+
+def _recorded_sweeper(job: Path) -> dict[str, Any] | None:
+    """The sweeper config a job recorded in its ``.hydra/hydra.yaml`` (None when unreadable)."""
+    from mammoth.reporting.summary import MAX_SMALL_FILE_BYTES, read_limited, safe_yaml
+
+    try:
+        data = read_limited(job / HYDRA_OUTPUT_SUBDIR / "hydra.yaml", MAX_SMALL_FILE_BYTES, "hydra.yaml")
+        document = safe_yaml(data) if data is not None else None
+        sweeper = document["hydra"]["sweeper"]
+    except Exception:  # noqa: BLE001  unreadable: nothing recorded
+        return None
+    return sweeper if isinstance(sweeper, dict) else None
+
+
+def _stored_trials(storage: str, name: str) -> int | None:
+    """How many trials the Optuna study ``name`` holds in ``storage`` (None when it holds no such
+    study). A SQLite file that does not exist is not created."""
+    import optuna
+
+    if storage.startswith("sqlite:///") and not os.path.exists(storage[len("sqlite:///"):]):
+        return None
+    try:
+        opened = optuna.storages.get_storage(storage)
+        return len(opened.get_all_trials(opened.get_study_id_from_name(name), deepcopy=False))
+    except KeyError:
+        return None
 
 
 def _check_trials_numbered(job: DictConfig) -> None:

@@ -46,7 +46,9 @@ def test_a_target_nested_in_an_allowed_callback_is_refused():
 def test_callbacks_launchers_and_sweepers_must_be_their_hydra_classes():
     assert refused("+hydra.callbacks.evil._target_=torch.load").startswith(
         "hydra.callbacks.evil._target_='torch.load' is not a Hydra Callback class")
-    assert "is not a Hydra Callback class" in refused("+hydra.callbacks.x._target_=no.such.Module")
+    assert refused("+hydra.callbacks.x._target_=no.such.Module").startswith(
+        "hydra.callbacks.x._target_='no.such.Module' is not importable (ModuleNotFoundError: No module named 'no'; "
+        "installed packages and PYTHONPATH are searched); allowed: a Hydra Callback class")
     assert "is not a Hydra Launcher class" in refused("hydra.launcher._target_=subprocess.Popen")
     allowed = "+hydra.callbacks.log._target_=hydra.experimental.callbacks.LogJobReturnCallback"
     assert prepare(allowed).args == [allowed]
