@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from fake_datasets import write_cifar10
+from fake_datasets import write_cifar10, write_cifar100
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
@@ -154,6 +154,35 @@ def fine_tuned_on_the_buffer(epochs: int) -> Callable[[Result], None]:
     return check
 
 
+LOCAL_WEIGHTS = "weights/vit-ti16-depth2.safetensors"
+LOCAL_WEIGHTS_COMMAND = (
+    "python -m mammoth experiment=l2p-seq-cifar100-224 dataset.root=/data backbone.name=vit_tiny_patch16_224 "
+    f"backbone.pretrained=false backbone.weights={LOCAL_WEIGHTS} 'backbone.model_args={{depth: 2}}'"
+)
+
+
+def loaded_the_local_weights(result: Result) -> None:
+    import hashlib
+
+    complete(result)
+    path = result.workdir / LOCAL_WEIGHTS
+    assert result.results()["weights"] == {"file": LOCAL_WEIGHTS, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                                           "strict": True}
+    assert result.results()["config"]["backbone"]["model_args"] == {"depth": 2}
+
+
+def write_local_weights(path: Path) -> None:
+    """A 2-block ViT-Ti/16 with an ImageNet head (random weights), as a user's own safetensors file."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", depth=2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({key: value.contiguous() for key, value in model.state_dict().items()}, str(path))
+
+
 CASES: dict[str, Case] = {
     "pip install -e . && python -m mammoth": Case(run=False),  # the install is CI's own; the run is below
     'pip install -e ".[test]" && python -m pytest -q': Case(run=False),  # what .ci/run does
@@ -199,6 +228,7 @@ CASES: dict[str, Case] = {
     "WANDB_MODE=offline python -m mammoth logger=wandb": Case(check=files_written("wandb")),
     "python -m mammoth 'logger=[csv,tensorboard]'": Case(check=files_written("metrics.csv", "tensorboard")),
     "python -m mammoth 'logger=[]'": Case(check=files_written("results.json", absent=("metrics.csv", "tensorboard"))),
+    LOCAL_WEIGHTS_COMMAND: Case(extra=FAST + ("dataset.n_tasks=2",), check=loaded_the_local_weights),  # 224 px on a CPU
 }
 
 
@@ -235,13 +265,15 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(body)
     write_cifar10(root / "fake-data", n_per_batch=120, n_test=40)
+    write_cifar100(root / "fake-data", n_train=100, n_test=100)  # the prompt-method command on local weights
     write_image_folder(root / "data")
+    write_local_weights(root / LOCAL_WEIGHTS)
     return root
 
 
 def run_readme_command(command: str, case: Case, workdir: Path, index: int) -> Result:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("HYDRA_", "WANDB_"))}
-    env["PYTHONPATH"] = str(workdir)
+    env["PYTHONPATH"] = os.pathsep.join([str(workdir), str(REPO)])  # this checkout's mammoth, whatever is installed
     words = shlex.split(command.replace("dataset.root=/data", f"dataset.root={workdir / 'fake-data'}"))
     while "=" in words[0]:  # VARIABLE=value before the command
         key, value = words.pop(0).split("=", 1)

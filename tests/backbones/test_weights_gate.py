@@ -170,7 +170,7 @@ def test_the_classifier_of_a_published_checkpoint_is_the_only_key_left_out(tmp_p
     assert trunk_equals(net, state) and net.weights.strict and net.weights.missing == ()
 
 
-def test_a_deliberate_partial_load_is_recorded(tmp_path: Path) -> None:
+def test_a_deliberate_partial_load_is_recorded(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     import mammoth
     from composing import compose_run
 
@@ -183,7 +183,10 @@ def test_a_deliberate_partial_load_is_recorded(tmp_path: Path) -> None:
     with pytest.raises(BackboneError, match="backbone.weights_strict=false for a deliberate partial load"):
         mammoth.run(compose_run(tmp_path / "strict", *overrides))
     assert not (tmp_path / "strict" / "results.json").exists()
-    mammoth.run(compose_run(tmp_path / "run", *overrides, "backbone.weights_strict=false"))
+    with caplog.at_level("WARNING", logger="mammoth.backbones.timm"):
+        mammoth.run(compose_run(tmp_path / "run", *overrides, "backbone.weights_strict=false"))
+    assert f"backbone.weights_strict=false: {weights} loaded into timm model '{NAME}' without 12 keys (blocks.1.norm1.weight, " \
+           "blocks.1.norm1.bias, blocks.1.attn.qkv.weight, ...) of the model and with 0 keys unused" in caplog.text
     record = json.loads((tmp_path / "run" / "results.json").read_text())["weights"]
     missing = [f"blocks.1.{name}" for name in ("norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias",
                                                 "attn.proj.weight", "attn.proj.bias", "norm2.weight", "norm2.bias",
