@@ -2,7 +2,8 @@
 
 ``${model.lr}`` depends on the key ``model.lr`` and, through it, on whatever that key's own value
 uses; ``${oc.env:SECRET}`` on the resolver ``oc.env`` (the process's environment);
-``${hydra:job.num}`` on the resolver ``hydra`` and the key ``hydra.job.num``. :func:`resolvers_used`
+``${hydra:job.num}`` on the resolver ``hydra`` and the key ``hydra.job.num`` (so for the other
+resolvers that read a key: ``oc.select``, ``oc.dict.keys``, ``oc.dict.values``). :func:`resolvers_used`
 follows the keys a value references, transitively, and answers the resolvers it reaches. The scan
 is on the text, so it over-approximates (an escaped ``\\${`` counts too) and never misses a
 resolver: every resolver call is written ``${NAME:``. A key or resolver name that is itself made by
@@ -23,8 +24,12 @@ ABSENT = object()
 #: ``${`` then a name: a resolver's (ends with ``:``) or a key (ends with ``}``); any other end
 #: (another ``${``, a quote) makes it unknown.
 _OPENING = re.compile(r"\$\{\s*([^\s:{}$'\"]*)\s*([:}]?)")
-#: The argument of ``${hydra:KEY}`` when it is a plain key.
-_HYDRA_KEY = re.compile(r"\s*([\w.\-\[\]]+)\s*\}")
+#: The first argument of a resolver that reads a key (``${hydra:KEY}``, ``${oc.select:KEY,default}``)
+#: when it is a plain key.
+_KEY_ARGUMENT = re.compile(r"\s*([\w.\-\[\]]+)\s*[,}]")
+#: Resolvers whose first argument is a key they read: the key's prefix (the ``hydra`` node for
+#: ``hydra``), or None for a key of the config itself.
+KEY_RESOLVERS = {"hydra": ("hydra",), "oc.select": None, "oc.dict.keys": None, "oc.dict.values": None}
 
 
 def resolvers_used(value: Any, where: tuple[str, ...], lookup: Callable[[tuple[str, ...]], Any]) -> set[str]:
@@ -52,12 +57,15 @@ def _collect(value: Any, where: tuple[str, ...], lookup: Callable[[tuple[str, ..
         name, end = match.group(1), match.group(2)
         if end == ":":
             found.add(name)
-            if name == "hydra":
-                argument = _HYDRA_KEY.match(value, match.end())
+            if name in KEY_RESOLVERS:
+                argument = _KEY_ARGUMENT.match(value, match.end())
+                prefix = KEY_RESOLVERS[name]
                 if argument is None:
                     found.add(UNKNOWN)
+                elif prefix is not None:
+                    _follow((*prefix, *_key_parts(argument.group(1))), lookup, found, seen)
                 else:
-                    _follow(("hydra", *_key_parts(argument.group(1))), lookup, found, seen)
+                    _follow(_absolute(argument.group(1), where), lookup, found, seen)
         elif end == "}" and name:
             _follow(_absolute(name, where), lookup, found, seen)
         else:
