@@ -214,7 +214,7 @@ def check_composed(hydra: Any, config_name: str, overrides: list[str], multirun:
     if cfg is None:
         return CheckedCommand(multirun)  # Hydra reports what it cannot compose, in its own words
     multirun = multirun or cfg.hydra.mode == RunMode.MULTIRUN
-    check_config_safety(cfg)
+    check_config_safety(cfg, sweep=multirun)  # a sweep's job paths: in each job's check below
     if not multirun:
         _resolve(cfg)
         directory = resolved_directory(cfg, "hydra.run.dir")

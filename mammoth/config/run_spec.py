@@ -17,9 +17,10 @@ The values of the arguments (types, ranges) are converted when the run builds ea
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -51,8 +52,11 @@ class RunSpec:
 
     ``dataset`` is None for a dataset config that names its benchmark by ``name`` (no ``_target_``;
     ``dataset_config`` holds it), ``backbone`` None when the dataset's default backbone is used.
-    ``config`` is the plain resolved config (what results.json records); ``comparable`` the part
-    that a resume must repeat (without the run-control settings).
+    ``config`` is the plain resolved config as results.json, the checkpoint and the loggers record
+    it: a value that reads the environment (``${oc.env:...}``) is kept as written
+    (:func:`recorded_config`), so a secret passed that way is never written; ``loggers`` (resolved)
+    is what the run uses. ``comparable`` is the part that a resume must repeat (without the
+    run-control settings).
     """
 
     dataset: ResolvedOption | None
@@ -104,13 +108,14 @@ def resolve_run(cfg: DictConfig, registries: Mapping[str, Any] | None = None) ->
     if not is_set(cfg, "model"):
         raise ConfigError("no model selected; choose one with model=NAME")
     model = _resolve_option(registries["model"], cfg)
-    config = _plain(cfg)
+    resolved = _plain(cfg)
+    config = recorded_config(cfg, resolved)
     return RunSpec(
         dataset=dataset, backbone=backbone, model=model, seed=check_seed(cfg.get("seed", 0)),
         device=str(cfg.get("device", "auto")), threads=check_threads(cfg.get("threads")),
         resume=bool(cfg.get("resume", False)), stop_after_task=cfg.get("stop_after_task"),
         output_dir=cfg.get("output_dir"), optimized_metric=cfg.get("optimized_metric"),
-        loggers=config.get("logger"), config=config, dataset_config=None if dataset else cfg.dataset,
+        loggers=resolved.get("logger"), config=config, dataset_config=None if dataset else cfg.dataset,
         eval_future=bool(cfg.get("eval_future", False)),
         precision=check_precision_name(str(cfg.get("precision", "fp32"))),
         channels_last=bool(cfg.get("channels_last", False)),
@@ -186,3 +191,48 @@ def _resolve_dataset(cfg: DictConfig, registry: Any) -> ResolvedOption | None:
 def _plain(cfg: DictConfig) -> dict[str, Any]:
     """The config as plain containers, interpolations resolved, Hydra's own node left out."""
     return OmegaConf.to_container(OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"]), resolve=True)
+
+
+#: Resolvers whose value a record keeps as written: ``oc.env`` reads the process's environment
+#: (where secrets are passed); UNKNOWN: a resolver whose name is itself interpolated.
+UNRECORDED_RESOLVERS = frozenset(("oc.env",))
+
+
+def recorded_config(cfg: DictConfig, resolved: dict[str, Any]) -> dict[str, Any]:
+    """``resolved`` (the plain resolved config of ``cfg``) with each value that reads the
+    environment, directly or through the keys it references (``data-${oc.env:SECRET}``,
+    ``${dataset.root}`` when that reads it), replaced by the text it was written as: the run uses
+    the value, what it records does not hold it (as Hydra's ``.hydra/config.yaml``)."""
+    from mammoth.config.interpolations import UNKNOWN, raw_lookup, resolvers_used
+    from mammoth.engine.job import hydra_node
+
+    raw = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"]), resolve=False)
+    hydra = cfg.get("hydra") if "hydra" in cfg else hydra_node()
+    lookup = raw_lookup({**raw, "hydra": OmegaConf.to_container(hydra, resolve=False) if hydra is not None else {}})
+    recorded = copy.deepcopy(resolved)
+    for path, text in _interpolations(raw, ()):
+        if resolvers_used(text, path, lookup) & (UNRECORDED_RESOLVERS | {UNKNOWN}):
+            _set_at(recorded, path, text)
+    return recorded
+
+
+def _interpolations(node: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], str]]:
+    """Every (path, text) of a raw config tree whose text holds an interpolation."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _interpolations(value, (*path, str(key)))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _interpolations(value, (*path, str(index)))
+    elif isinstance(node, str) and "${" in node:
+        yield path, node
+
+
+def _set_at(tree: Any, path: tuple[str, ...], value: Any) -> None:
+    """Set ``value`` at ``path`` of a plain tree of dicts and lists."""
+    for part in path[:-1]:
+        tree = tree[int(part)] if isinstance(tree, list) else tree[part]
+    if isinstance(tree, list):
+        tree[int(path[-1])] = value
+    else:
+        tree[path[-1]] = value

@@ -26,16 +26,26 @@ written: the single run's, each job's of a sweep and each alternative an Optuna 
   a launcher's folders stay inside the sweep directory.
 
 An interpolation that resolves to a container (``${oc.decode:...}``) is walked as what it becomes.
+
+Every output path above is checked as it will be resolved, before anything is written: it must
+resolve from the config itself (its own keys, ``${now:...}``, and ``${hydra:...}``, which the walk
+resolves with Hydra's own resolver over the job's Hydra node, as Hydra's ``run_job`` does), and
+what it resolves to is checked. A path that reads anything outside the config (``${oc.env:...}``,
+which a job's ``env_set`` or another machine's environment could change, or any other resolver),
+directly or through the keys it references, or that does not resolve, is refused: a path has to
+mean in the job what the walk saw (:mod:`mammoth.config.interpolations`).
 """
 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import PurePosixPath
 from typing import Any, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
+from mammoth.config.interpolations import UNKNOWN, raw_lookup, resolvers_used
 from mammoth.errors import ConfigError
 
 #: Stands for the run directory while a config's paths are resolved before Hydra has made it.
@@ -82,11 +92,15 @@ REFUSED_ENVIRONMENT_NAMES = frozenset((
 ))
 #: Keys under ``logger.LABEL`` whose value is an output path.
 PATH_KEY_SUFFIXES = ("dir", "file", "filename", "path")
+#: The resolvers an output path may use: both read only what the walk sees (the start time, the
+#: job's Hydra node), so the path resolves in the pre-flight as it will in the job.
+PATH_RESOLVERS = frozenset(("now", "hydra"))
 #: Option groups whose root config is built by a registry (``_target_`` must be registered there).
 REGISTERED_GROUPS = ("backbone", "model", "dataset")
 
 
-def check_config_safety(cfg: DictConfig, hydra: Any = None, output_dir_in_run_directory: bool = True) -> None:
+def check_config_safety(cfg: DictConfig, hydra: Any = None, output_dir_in_run_directory: bool = True,
+                        sweep: bool = False) -> None:
     """Walk the whole of ``cfg`` (and ``hydra``, the Hydra node, when ``cfg`` has none); raise a
     one-line ConfigError naming the first key that could call code mammoth did not expect or write
     outside the run directory, and what is allowed there.
@@ -94,15 +108,41 @@ def check_config_safety(cfg: DictConfig, hydra: Any = None, output_dir_in_run_di
     ``output_dir_in_run_directory``: ``output_dir`` must be a relative path inside Hydra's run
     directory (the command line); False where the caller's own Python code chose it
     (:func:`mammoth.run` outside ``python -m mammoth``), where it is the run directory itself.
+    ``sweep``: ``cfg`` is a sweep's own config, whose jobs are each checked after it: a job's output
+    path that resolves only with the job's values (``hydra.sweep.subdir=${tag}``, ``tag`` swept) is
+    left to their checks.
     """
     tree = OmegaConf.to_container(cfg, resolve=False)
     if hydra is not None and "hydra" not in tree:
         tree["hydra"] = OmegaConf.to_container(hydra, resolve=False) if OmegaConf.is_config(hydra) else hydra
     if not output_dir_in_run_directory:
         tree.pop("output_dir", None)
-    resolver = _Resolver(cfg, hydra)
-    for path, value in _walk(tree, (), resolver):
-        _check_node(path, value, tree, resolver)
+    resolver = _Resolver(cfg, hydra, tree, sweep=sweep)
+    with _hydra_config_as(resolver.hydra_config):
+        for path, value in _walk(tree, (), resolver):
+            try:
+                _check_node(path, value, tree, resolver)
+            except _ResolvedByEachJob:
+                continue
+
+
+class _ResolvedByEachJob(Exception):
+    """A sweep's job path that only the job's own config resolves (checked there)."""
+
+
+@contextmanager
+def _hydra_config_as(view: DictConfig) -> Iterator[None]:
+    """Hydra's ``${hydra:...}`` resolver reads ``view``'s ``hydra`` node while the walk runs, as it
+    reads the job's config while Hydra's ``run_job`` resolves the job's paths; restored after."""
+    from hydra.core.hydra_config import HydraConfig
+
+    instance = HydraConfig.instance()
+    previous = instance.cfg
+    instance.cfg = view
+    try:
+        yield
+    finally:
+        instance.cfg = previous
 
 
 def check_output_path(key: str, value: Any) -> None:
@@ -147,8 +187,11 @@ class _Resolver:
     """Resolves one value of the config as Hydra will, with the run directory's placeholder for
     ``hydra.runtime.output_dir`` when Hydra has not made it yet."""
 
-    def __init__(self, cfg: DictConfig, hydra: Any) -> None:
-        self.cfg, self.hydra = cfg, hydra
+    def __init__(self, cfg: DictConfig, hydra: Any, tree: dict | None = None, sweep: bool = False) -> None:
+        self.cfg, self.hydra, self.sweep = cfg, hydra, sweep
+        task_tree = {key: value for key, value in (tree if tree is not None else OmegaConf.to_container(cfg, resolve=False)).items()
+                     if key != "hydra"}
+        self.task_lookup = raw_lookup(task_tree)
         node = cfg.get("hydra") if "hydra" in cfg else hydra
         self.hydra_tree = OmegaConf.to_container(node, resolve=False) if OmegaConf.is_config(node) else dict(node or {})
         runtime = self.hydra_tree.setdefault("runtime", {})
@@ -156,31 +199,68 @@ class _Resolver:
             runtime["output_dir"] = RUN_DIRECTORY_PLACEHOLDER
         #: The run directory the config's paths must stay in (its placeholder before Hydra made it).
         self.run_directory = runtime["output_dir"]
-        self.hydra_config = OmegaConf.create({"hydra": self.hydra_tree})
+        job = self.hydra_tree.setdefault("job", {})
+        for key, default in (("num", 0), ("id", "0")):  # a single run's, or a sweep's first job's
+            if job.get(key) in (None, "???"):
+                job[key] = default
+        #: The job's whole config as Hydra's ``run_job`` resolves its paths: the task keys and the
+        #: Hydra node (``hydra.sweep.subdir=${tag}`` reads the task's ``tag``).
+        self.hydra_config = OmegaConf.create({**task_tree, "hydra": self.hydra_tree})
         if "hydra" in cfg:  # the same ${now:...} values as the composed config
             OmegaConf.copy_cache(from_config=cfg, to_config=self.hydra_config)
         #: The sweep's root, as its config resolves it (None when it does not resolve).
         self.sweep_directory = self._resolve_hydra(("hydra", "sweep", "dir"), None)
-        job = self.hydra_tree.setdefault("job", {})
-        for key, default in (("num", 0), ("id", "0")):
-            if job.get(key) in (None, "???"):
-                job[key] = default
 
     def __call__(self, path: tuple[str, ...], raw: Any) -> Any:
-        if not isinstance(raw, str) or "${" not in raw:
-            return raw
-        if path and path[0] == "hydra":
-            return self._resolve_hydra(path, raw)
+        """The value at ``path`` resolved (None when it does not resolve: the caller refuses it)."""
         try:
-            return OmegaConf.select(self.cfg, ".".join(path), throw_on_missing=True)
+            return self.resolved(path, raw)
         except Exception:  # noqa: BLE001  an interpolation that does not resolve is refused by the caller
             return None
+
+    def resolved(self, path: tuple[str, ...], raw: Any) -> Any:
+        """The value at ``path`` resolved as Hydra will; raises what resolving it raises."""
+        if not isinstance(raw, str) or "${" not in raw:
+            return raw
+        config = self.hydra_config if path and path[0] == "hydra" else self.cfg
+        return OmegaConf.select(config, ".".join(path), throw_on_missing=True)
 
     def _resolve_hydra(self, path: tuple[str, ...], raw: Any) -> Any:
         try:
             return OmegaConf.select(self.hydra_config, ".".join(path), throw_on_missing=True)
         except Exception:  # noqa: BLE001
             return None
+
+    def raw(self, key: tuple[str, ...]) -> Any:
+        """The unresolved value at ``key`` (the Hydra node's as the walk sees it), or ABSENT."""
+        if key and key[0] == "hydra":
+            return raw_lookup({"hydra": self.hydra_tree})(key)
+        return self.task_lookup(key)
+
+
+def path_value(path: tuple[str, ...], value: Any, resolve: _Resolver) -> Any:
+    """The output path ``value`` at ``path``, resolved as it will be in the job; a ConfigError
+    naming the key when it reads anything outside the config or does not resolve (module docstring)."""
+    where = ".".join(path)
+    outside = resolvers_used(value, path, resolve.raw) - PATH_RESOLVERS
+    if outside:
+        names = ", ".join(sorted("a resolver whose name is itself interpolated" if name == UNKNOWN else f"${{{name}:...}}"
+                                 for name in outside))
+        raise ConfigError(
+            f"{where}={value!r} is an output path that reads {names} (itself or through the keys it references), "
+            "which the config does not hold; allowed in an output path: text, the config's own keys, ${now:...} and "
+            "${hydra:...} (so it resolves in the job as checked)"
+        )
+    try:
+        return resolve.resolved(path, value)
+    except Exception as error:  # noqa: BLE001
+        if resolve.sweep and path not in (("hydra", "run", "dir"), ("hydra", "sweep", "dir")):
+            raise _ResolvedByEachJob() from None
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(
+            f"{where}={value!r} does not resolve before the run ({reason}); allowed: an output path the config "
+            "itself resolves"
+        ) from None
 
 
 def _check_node(path: tuple[str, ...], value: Any, tree: dict, resolve: _Resolver) -> None:
@@ -196,9 +276,9 @@ def _check_node(path: tuple[str, ...], value: Any, tree: dict, resolve: _Resolve
     elif path[0] == "hydra":
         _check_hydra_node(path, value, tree, resolve)
     elif path == ("output_dir",):
-        check_output_path("output_dir", resolve(path, value))
+        check_output_path("output_dir", path_value(path, value, resolve))
     elif len(path) == 3 and path[0] == "logger" and isinstance(value, (str, type(None))) and key.endswith(PATH_KEY_SUFFIXES):
-        check_output_path(".".join(path), resolve(path, value))
+        check_output_path(".".join(path), path_value(path, value, resolve))
 
 
 def _check_target(parent: tuple[str, ...], target: Any) -> None:
@@ -342,7 +422,7 @@ def _check_logging_node(path: tuple[str, ...], value: Any, resolve: _Resolver) -
     if isinstance(value, str) and value.strip().startswith("ext://") and value.strip() not in LOGGING_STREAMS:
         raise ConfigError(f"{where}={value!r} reaches an object outside the logging config; allowed: {', '.join(LOGGING_STREAMS)}")
     if path[2] == "handlers" and len(path) == 5 and key == "filename" and section is not None:
-        _check_log_file(where, resolve(path, value), resolve.run_directory)
+        _check_log_file(where, path_value(path, value, resolve), resolve.run_directory)
 
 
 def _check_log_file(where: str, filename: Any, run_dir: str | None, what: str = "the run directory") -> None:
@@ -360,7 +440,7 @@ def _check_hydra_node(path: tuple[str, ...], value: Any, tree: dict, resolve: _R
     """Paths, shell commands and environment variables under ``hydra``."""
     where = ".".join(path)
     if path in (("hydra", "output_subdir"), ("hydra", "sweep", "subdir")):
-        check_output_path(where, resolve(path, value))
+        check_output_path(where, path_value(path, value, resolve))
     elif len(path) == 3 and path[:2] == ("hydra", "launcher") and path[2] in LAUNCHER_COMMAND_KEYS and value:
         if not _set_on_command_line(tree, where):
             raise ConfigError(
@@ -375,12 +455,12 @@ def _check_hydra_node(path: tuple[str, ...], value: Any, tree: dict, resolve: _R
                 "_DIR, _HOME, _PATH, _FILE, _CACHE, _PLUGIN); others only on the command line"
             )
     elif path in (("hydra", "run", "dir"), ("hydra", "sweep", "dir")) and not _set_on_command_line(tree, where):
-        _check_relative(where, resolve(path, value), "the working directory")
+        _check_relative(where, path_value(path, value, resolve), "the working directory")
     elif len(path) == 3 and path[:2] == ("hydra", "launcher") and path[2].endswith(PATH_KEY_SUFFIXES + ("folder",)) \
             and value is not None:
-        _check_log_file(where, resolve(path, value), resolve.sweep_directory, "the sweep directory")
+        _check_log_file(where, path_value(path, value, resolve), resolve.sweep_directory, "the sweep directory")
     elif path == ("hydra", "sweeper", "storage") and isinstance(value, str) and not _set_on_command_line(tree, where):
-        text = str(value)
+        text = str(path_value(path, value, resolve))
         if not text.startswith("sqlite:///") or text.startswith("sqlite:////"):
             raise ConfigError(f"{where}={text!r} was set by a config file; allowed there: null or sqlite:///RELATIVE.db; others only on the command line")
         _check_relative(where, text[len("sqlite:///"):], "the working directory")

@@ -254,7 +254,7 @@ def _train_and_report(built: BuiltRun, metric: str) -> float:
     run_info = RunInfo(run_dir=built.run_dir, title=built.title, config=built.config, n_tasks=built.dataset.n_tasks,
                        n_epochs=built.dataset.config.n_epochs, resume=built.spec.resume,
                        trains_only_at_end=bool(getattr(built.model, "trains_only_at_end", False)))
-    loggers = build_loggers(built.config.get("logger"), run_info) if is_main_process() else []
+    loggers = build_loggers(built.spec.loggers, run_info) if is_main_process() else []  # resolved (config: as recorded)
     try:
         results = _train_and_write(built, loggers)
     except BaseException:

@@ -91,9 +91,10 @@ def test_jobs_that_would_share_a_directory_or_leave_the_sweep_are_refused(workdi
         f"jobs 0 and 1 of the sweep would both write {sweep}/same; allowed: a hydra.sweep.subdir that differs between "
         "jobs (e.g. ${hydra.job.num} or ${hydra.job.override_dirname})")
     # a subdirectory named by a swept value: each job's is checked
+    # (the safety gate resolves each job's subdirectory as Hydra will, with the job's own values)
     line = refused("-m", "+tag=b,..", f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=${tag}")
-    assert line == (f"hydra.sweep.subdir of job 1 resolves to {workdir}, outside the sweep directory {sweep}; "
-                    "allowed: a relative subdirectory without '..' (e.g. ${hydra.job.num})")
+    assert line == ("hydra.sweep.subdir='..' leaves the run directory; allowed: a relative path inside it without '..' "
+                    "(choose where the run directory is with hydra.run.dir / hydra.sweep.dir)")
     assert not sweep.exists()
 
 
@@ -127,3 +128,29 @@ def test_an_optuna_search_whose_trials_would_share_a_directory_is_refused(workdi
         "hydra.sweep.subdir='trial' names one directory for every trial of the search; allowed: a subdirectory that "
         "includes ${hydra.job.num}")
     assert prepare_arguments([*search, "hydra.sweep.subdir=trial-${hydra.job.num}"], hydra_main).multirun
+
+
+def test_an_interpolated_path_from_a_shared_experiment_writes_nothing_outside(workdir: Path):
+    # Hydra wrote .hydra/ (output_subdir) and .hydra/, mammoth.log, job.json (sweep.subdir) outside before each refusal
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    victim = workdir / "victim"
+    victim.mkdir()
+    (victim / "config.yaml").write_text("theirs\n")
+    shared = workdir / "shared" / "experiment"
+    shared.mkdir(parents=True)
+    (shared / "subdir.yaml").write_text("# @package _global_\nhydra:\n  output_subdir: ${hydra:runtime.cwd}/victim\n")
+    (shared / "sweep.yaml").write_text("# @package _global_\nhydra:\n  sweep:\n    subdir: ${hydra:runtime.cwd}/victim/job${hydra.job.num}\n")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("HYDRA_")}
+    env["PYTHONPATH"] = str(REPO)
+    for args in (["experiment=subdir", "hydra.run.dir=run"], ["-m", "experiment=sweep", "seed=0,1", "hydra.sweep.dir=sweep"]):
+        done = subprocess.run([sys.executable, "-m", "mammoth", "--config-dir", str(workdir / "shared"), *args],
+                              cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 2 and done.stderr.startswith("Error: hydra.") and "leaves the run directory" in done.stderr
+    assert sorted(path.name for path in victim.rglob("*")) == ["config.yaml"]
+    assert (victim / "config.yaml").read_text() == "theirs\n"
+    assert not (workdir / "run").exists() and not (workdir / "sweep").exists()

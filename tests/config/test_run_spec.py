@@ -57,3 +57,19 @@ def test_bad_settings_are_refused_with_one_line(overrides, message):
     with pytest.raises(ConfigError) as error:
         resolve_run(composing.compose_mammoth(*overrides))
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_value_read_from_the_environment_is_used_but_recorded_as_written(monkeypatch):
+    monkeypatch.setenv("MAMMOTH_TEST_SECRET", "s3cr3t")
+    spec = resolve_run(composing.compose_mammoth("dataset.root=data-${oc.env:MAMMOTH_TEST_SECRET}",
+                                                 "optimized_metric=${oc.env:MAMMOTH_TEST_METRIC,class_il.average}",
+                                                 "logger.csv.filename=${dataset.root}.csv"))
+    assert spec.dataset.values["root"] == "data-s3cr3t"  # what the run builds with
+    assert spec.loggers["csv"]["filename"] == "data-s3cr3t.csv"  # what the run writes with
+    # what results.json, the checkpoint and the loggers' config uploads record: the text as written,
+    # also for a value that reads the environment through another key
+    assert spec.config["dataset"]["root"] == "data-${oc.env:MAMMOTH_TEST_SECRET}"
+    assert spec.config["logger"]["csv"]["filename"] == "${dataset.root}.csv"
+    assert spec.config["optimized_metric"] == "${oc.env:MAMMOTH_TEST_METRIC,class_il.average}"
+    assert "s3cr3t" not in repr(spec.config) and "s3cr3t" not in repr(spec.comparable)
+    assert spec.config["seed"] == spec.seed and spec.config["model"] == {**spec.config["model"]}  # the rest resolved

@@ -216,3 +216,48 @@ def test_a_config_file_sets_no_variable_that_redirects_a_client_or_its_credentia
     assert prepare("--config-dir", str(tmp_path), "experiment=fine").args[-1] == "experiment=fine"
     typed = "+hydra.job.env_set.HF_ENDPOINT=http://mirror.local"
     assert prepare(typed).args == [typed]
+
+
+def test_an_output_path_is_checked_as_hydra_will_resolve_it(tmp_path: Path, monkeypatch):
+    victim = tmp_path / "victim"
+    experiments = {
+        "out": "output_dir: ${hydra:runtime.cwd}/victim",
+        "subdir": "hydra:\n  output_subdir: ${hydra:runtime.cwd}/victim",
+        "sweep": "hydra:\n  sweep:\n    subdir: ${hydra:runtime.cwd}/victim/job${hydra.job.num}",
+    }
+    for name, text in experiments.items():
+        write(tmp_path / "conf" / "experiment" / f"{name}.yaml", f"# @package _global_\n{text}\n")
+    monkeypatch.chdir(tmp_path)
+    config = ["--config-dir", str(tmp_path / "conf")]
+    assert refused(*config, "experiment=out") == (
+        f"output_dir={str(victim)!r} leaves the run directory; allowed: a relative path inside it without '..' "
+        "(choose where the run directory is with hydra.run.dir / hydra.sweep.dir)")
+    assert refused(*config, "experiment=subdir").startswith(f"hydra.output_subdir={str(victim)!r} leaves the run directory")
+    assert refused("-m", *config, "experiment=sweep", "seed=0,1").startswith(
+        f"hydra.sweep.subdir={str(victim / 'job0')!r} leaves the run directory")
+    # ${hydra:...} that stays inside is what Hydra's own defaults do
+    inside = "hydra.sweep.subdir=job${hydra:job.num}"
+    assert prepare("-m", "seed=0,1", inside).multirun
+    assert not victim.exists()
+
+
+def test_an_output_path_that_reads_the_environment_is_refused_from_a_config_file(tmp_path: Path):
+    # env_set made oc.env say what the pre-flight could not see; another machine's environment too
+    write(tmp_path / "experiment" / "env.yaml", "# @package _global_\nhydra:\n  job:\n    env_set:\n"
+          "      MAMMOTH_X: /elsewhere\noutput_dir: ${oc.env:MAMMOTH_X,results}\n")
+    assert refused("--config-dir", str(tmp_path), "experiment=env") == (
+        "output_dir='${oc.env:MAMMOTH_X,results}' is an output path that reads ${oc.env:...} (itself or through the keys "
+        "it references), which the config does not hold; allowed in an output path: text, the config's own keys, "
+        "${now:...} and ${hydra:...} (so it resolves in the job as checked)")
+    # through another key: the job's name is in the log file's name
+    write(tmp_path / "experiment" / "name.yaml", "# @package _global_\nhydra:\n  job:\n    name: ${oc.env:SLURM_JOB_NAME,x}\n")
+    assert refused("--config-dir", str(tmp_path), "experiment=name").startswith(
+        "hydra.job_logging.handlers.file.filename='${hydra.runtime.output_dir}/${hydra.job.name}.log' is an output path "
+        "that reads ${oc.env:...}")
+    write(tmp_path / "experiment" / "dynamic.yaml", "# @package _global_\nhydra:\n  output_subdir: ${${hydra.job.env_set.MAMMOTH_R}:X}\n"
+          "  job:\n    env_set:\n      MAMMOTH_R: oc.env\n")
+    assert "reads a resolver whose name is itself interpolated" in refused("--config-dir", str(tmp_path), "experiment=dynamic")
+    # a path that does not resolve is refused, not passed
+    assert refused("hydra.output_subdir=${no_such_key}") == (
+        "hydra.output_subdir='${no_such_key}' does not resolve before the run (Interpolation key 'no_such_key' not found); "
+        "allowed: an output path the config itself resolves")

@@ -250,3 +250,14 @@ def test_a_resume_after_the_files_under_the_dataset_root_changed_is_refused(tmp_
     images.write_bytes(bytes(data))
     mammoth.run(compose_run(run_dir, *overrides, "resume=true"))
     assert json.loads((run_dir / "results.json").read_text())["status"] == "complete"
+
+
+def test_a_secret_from_the_environment_is_written_to_no_file_of_the_run(tmp_path, monkeypatch):
+    # dataset.root: data-${oc.env:SECRET} put the value in results.json and checkpoint.pt
+    monkeypatch.setenv("MAMMOTH_TEST_SECRET", "s3cr3t-value")
+    mammoth.run(compose_run(tmp_path, "dataset.root=data-${oc.env:MAMMOTH_TEST_SECRET}"))
+    written = sorted(path.name for path in tmp_path.rglob("*") if path.is_file())
+    assert {"results.json", "checkpoint.pt", "metrics.csv"} <= set(written)
+    for name in written:
+        assert b"s3cr3t-value" not in (tmp_path / name).read_bytes(), name
+    assert b"data-${oc.env:MAMMOTH_TEST_SECRET}" in (tmp_path / "results.json").read_bytes()
