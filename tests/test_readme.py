@@ -90,6 +90,14 @@ def complete(result: Result) -> None:
     assert result.results()["status"] == "complete"
 
 
+def complete_with_the_imagenet_stem(result: Result) -> None:
+    """A 224-pixel run of ``backbone=resnet18``: stem=auto built (and recorded) the ImageNet stem."""
+    results = result.results()
+    assert results["status"] == "complete"
+    backbone = results["config"]["backbone"]
+    assert (backbone["input_shape"], backbone["stem"]) == ([3, 224, 224], "imagenet")
+
+
 def default_run_matches_the_readme(result: Result) -> None:
     shown = README[README.index("Accuracy (%) on each task (Class-IL) and averages"):].split("```")[0].strip()
     assert shown in result.process.stdout
@@ -179,7 +187,7 @@ CASES: dict[str, Case] = {
     "python run.py dataset=blobs model=er model.buffer_size=100": Case(extra=(), check=complete),
     "python run.py dataset=my-images dataset.root=data backbone=resnet18 backbone.width=8": Case(check=complete),
     "python -m mammoth dataset=image-folder dataset.root=data/my-images dataset.n_tasks=2 model=er model.buffer_size=20 backbone=resnet18":
-        Case(extra=FAST + RESNET_SMALL, check=complete),
+        Case(extra=FAST + RESNET_SMALL, check=complete_with_the_imagenet_stem),
     "python run.py model=weighted-er model.buffer_size=200 model.replay_weight=0.5": Case(check=complete),
     "python run.py model=weighted-er model.buffer_size=200 model.finetune_epochs=2":
         Case(check=fine_tuned_on_the_buffer(epochs=2)),

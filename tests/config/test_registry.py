@@ -181,7 +181,7 @@ def test_every_backbone_is_in_the_config_store() -> None:
 def test_config_store_node_has_required_data_fields() -> None:
     node = backbone_repo()["resnet18.yaml"].node
     assert OmegaConf.is_missing(node, "num_classes") and OmegaConf.is_missing(node, "input_shape")
-    assert node.width == 64 and node.stem == "cifar"
+    assert node.width == 64 and node.stem == "auto"
 
 
 def test_unknown_name_lists_names_and_closest() -> None:
