@@ -106,7 +106,7 @@ def hub_weights_file(repo_id: str, model: str, pin: str | None, filename: str | 
     if hub_offline():
         raise BackboneError(
             f"no cached weights for timm model {model!r}: looked for {' or '.join(names)} of {repo_id} in {cache} "
-            f"and HF_HUB_OFFLINE is set; fetch it once online (huggingface-cli download {repo_id} {names[0]}), "
+            f"and HF_HUB_OFFLINE is set; fetch it once online (hf download {repo_id} {names[0]}), "
             "or pass backbone.weights=PATH"
         )
     return _download(repo_id, names, cache, model, pin)
@@ -126,7 +126,7 @@ def _download(repo_id: str, names: tuple[str, ...], cache: Path, model: str, pin
             reason = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
     raise BackboneError(
         f"the weights of timm model {model!r} could not be fetched from {repo_id} into {cache} ({reason}); "
-        f"fetch them with huggingface-cli download {repo_id} {names[0]}, or pass backbone.weights=PATH"
+        f"fetch them with hf download {repo_id} {names[0]}, or pass backbone.weights=PATH"
     )
 
 
