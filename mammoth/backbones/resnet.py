@@ -19,7 +19,22 @@ RESNET_LAYOUTS = {
     152: ("bottleneck", (3, 8, 36, 3)),
 }
 ResNetDepth = Literal[18, 34, 50, 101, 152]
-ResNetStem = Literal["cifar", "imagenet"]
+ResNetStem = Literal["auto", "cifar", "imagenet"]
+#: Under ``stem=auto``, inputs up to this many pixels on their larger side get the CIFAR stem and
+#: larger ones the ImageNet stem: the original's choice per dataset (a 3x3 stem for CIFAR's 32 and
+#: Tiny ImageNet's 64 pixels; 7x7 stems, ``resnet50`` and ``resnet18_7x7_pt``, for 224 pixels).
+CIFAR_STEM_MAX_SIZE = 64
+
+
+def resolve_stem(stem: str, input_shape: tuple[int, ...]) -> str:
+    """The stem a ResNet builds: ``cifar`` or ``imagenet`` as given; for ``auto``, ``cifar`` when
+    the input (``(C, H, W)``) is at most :data:`CIFAR_STEM_MAX_SIZE` pixels on its larger side,
+    else ``imagenet``. Any other value raises BackboneError naming the allowed ones."""
+    if stem not in ("auto", "cifar", "imagenet"):
+        raise BackboneError(f"invalid resnet stem {stem!r}; allowed: auto, cifar, imagenet")
+    if stem != "auto":
+        return stem
+    return "cifar" if max(input_shape[-2:]) <= CIFAR_STEM_MAX_SIZE else "imagenet"
 
 
 @register_backbone("resnet")
@@ -27,8 +42,10 @@ class ResNet(MammothBackbone):
     """ResNet with basic (18, 34) or bottleneck (50, 101, 152) blocks.
 
     ``width`` is the number of filters of the first stage (doubled at each of the 4 stages);
-    ``stem`` is ``cifar`` (3x3 stride-1 conv, no max-pool; for 32x32 inputs) or ``imagenet``
-    (7x7 stride-2 conv and max-pool). Stages: stem, layer1..layer4, global pooling.
+    ``stem`` is ``cifar`` (3x3 stride-1 conv, no max-pool; for 32x32 inputs), ``imagenet``
+    (7x7 stride-2 conv and max-pool) or ``auto`` (:func:`resolve_stem`: ``cifar`` up to 64
+    pixels, ``imagenet`` above). The stem built is ``self.stem``; ``self.resolved_arguments``
+    holds it as the value a run records for ``stem``. Stages: stem, layer1..layer4, global pooling.
     """
 
     def __init__(
@@ -37,20 +54,20 @@ class ResNet(MammothBackbone):
         input_shape: tuple[int, int, int],
         depth: ResNetDepth = 18,
         width: int = 64,
-        stem: ResNetStem = "cifar",
+        stem: ResNetStem = "auto",
     ) -> None:
         super().__init__()
         if depth not in RESNET_LAYOUTS:
             raise BackboneError(f"invalid resnet depth {depth!r}; allowed: {', '.join(map(str, RESNET_LAYOUTS))}")
-        if stem not in ("cifar", "imagenet"):
-            raise BackboneError(f"invalid resnet stem {stem!r}; allowed: cifar, imagenet")
+        stem = resolve_stem(stem, input_shape)
         if width < 1:
             raise BackboneError(f"invalid resnet width {width!r}; allowed: a positive integer")
         from torchvision.models.resnet import BasicBlock, Bottleneck
 
         kind, blocks = RESNET_LAYOUTS[depth]
         block = BasicBlock if kind == "basic" else Bottleneck
-        self.depth, self.width, self.num_classes = depth, width, num_classes
+        self.depth, self.width, self.num_classes, self.stem = depth, width, num_classes, stem
+        self.resolved_arguments = {"stem": stem}  # what stem=auto chose, recorded in results.json
         self._in_planes = width
         layers = [_stem(input_shape[0], width, stem)]
         for index, count in enumerate(blocks):
@@ -95,26 +112,26 @@ def _init_weights(module: nn.Module) -> None:
 
 
 @register_backbone("resnet18")
-def resnet18(num_classes: int, input_shape: tuple[int, int, int], width: int = 64, stem: ResNetStem = "cifar") -> ResNet:
+def resnet18(num_classes: int, input_shape: tuple[int, int, int], width: int = 64, stem: ResNetStem = "auto") -> ResNet:
     """ResNet-18 (basic blocks, 2-2-2-2)."""
     return ResNet(num_classes, input_shape, depth=18, width=width, stem=stem)
 
 
 @register_backbone("resnet34")
-def resnet34(num_classes: int, input_shape: tuple[int, int, int], width: int = 64, stem: ResNetStem = "cifar") -> ResNet:
+def resnet34(num_classes: int, input_shape: tuple[int, int, int], width: int = 64, stem: ResNetStem = "auto") -> ResNet:
     """ResNet-34 (basic blocks, 3-4-6-3)."""
     return ResNet(num_classes, input_shape, depth=34, width=width, stem=stem)
 
 
 @register_backbone("resnet50")
-def resnet50(num_classes: int, input_shape: tuple[int, int, int], width: int = 64, stem: ResNetStem = "cifar") -> ResNet:
+def resnet50(num_classes: int, input_shape: tuple[int, int, int], width: int = 64, stem: ResNetStem = "auto") -> ResNet:
     """ResNet-50 (bottleneck blocks, 3-4-6-3)."""
     return ResNet(num_classes, input_shape, depth=50, width=width, stem=stem)
 
 
 @register_backbone("reduced-resnet18")
 def reduced_resnet18(
-    num_classes: int, input_shape: tuple[int, int, int], width: int = 20, stem: ResNetStem = "cifar"
+    num_classes: int, input_shape: tuple[int, int, int], width: int = 20, stem: ResNetStem = "auto"
 ) -> ResNet:
     """The reduced ResNet-18 of the CL literature (GEM, ER): 20 base filters instead of 64."""
     return ResNet(num_classes, input_shape, depth=18, width=width, stem=stem)

@@ -127,7 +127,7 @@ def hub_weights_file(repo_id: str, model: str, pin: str | None, filename: str | 
 
 def hub_download_command(repo_id: str, filename: str) -> str:
     """The command that fetches ``filename`` of ``repo_id`` into the hub cache."""
-    return f"huggingface-cli download {repo_id} {filename}"
+    return f"hf download {repo_id} {filename}"
 
 
 def cached_blob(found: Path, repo_id: str, cache: Path, pin: str | None, what: str) -> tuple[WeightsFile, bytes]:

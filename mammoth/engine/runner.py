@@ -231,13 +231,16 @@ def _sigterm_interrupts() -> Iterator[None]:
 
 def record_filled_values(config: dict[str, Any], dataset: Any, model: Any = None) -> dict[str, Any]:
     """``config`` with the values the run filled in: the backbone's ``num_classes`` /
-    ``input_shape`` (``???`` in the composed config) and the method's ``lr_milestones`` (null:
-    the dataset's default), as the backbone and the method were built with."""
+    ``input_shape`` (``???`` in the composed config), the arguments the backbone resolved itself
+    (its ``resolved_arguments``: a ResNet's ``stem=auto`` as the stem it built) and the method's
+    ``lr_milestones`` (null: the dataset's default), as the backbone and the method were built with."""
     backbone = config.get("backbone")
     if isinstance(backbone, dict):
         for key, value in (("num_classes", dataset.n_classes), ("input_shape", list(dataset.input_shape))):
             if backbone.get(key) == "???":
                 backbone[key] = value
+        resolved = getattr(getattr(model, "net", None), "resolved_arguments", None) or {}
+        backbone.update({key: value for key, value in resolved.items() if key in backbone})
     method = config.get("model")
     if isinstance(method, dict) and method.get("lr_milestones", ...) is None and hasattr(model, "lr_milestones"):
         method["lr_milestones"] = list(model.lr_milestones)

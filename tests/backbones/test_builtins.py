@@ -58,7 +58,29 @@ def test_resnet_class_refuses_depth_20_directly() -> None:
 def test_resnet_unknown_stem_lists_allowed() -> None:
     with pytest.raises(BackboneError) as info:
         build_backbone("resnet18", num_classes=10, input_shape=CIFAR, stem="tiny")
-    assert "'tiny'" in str(info.value) and "'cifar'" in str(info.value) and "'imagenet'" in str(info.value)
+    assert "'tiny'" in str(info.value) and "'auto'" in str(info.value) and "'cifar'" in str(info.value)
+    assert "'imagenet'" in str(info.value)
+    with pytest.raises(BackboneError, match=r"^invalid resnet stem 'tiny'; allowed: auto, cifar, imagenet$"):
+        ResNet(10, CIFAR, stem="tiny")  # the class itself checks too
+
+
+@pytest.mark.parametrize(("input_shape", "built"), [
+    ((1, 8, 8), "cifar"), ((3, 32, 32), "cifar"), ((3, 64, 64), "cifar"),  # seq-digits, CIFAR, Tiny ImageNet
+    ((3, 65, 65), "imagenet"), ((3, 224, 224), "imagenet"), ((3, 32, 100), "imagenet"),  # the larger side decides
+])
+def test_resnet_stem_auto_follows_the_input_size(input_shape: tuple, built: str) -> None:
+    net = build_backbone("resnet18", num_classes=10, input_shape=input_shape, width=4)  # stem=auto by default
+    first = net.stages[0][0]
+    assert (net.stem, net.resolved_arguments) == (built, {"stem": built})
+    assert (first.kernel_size, first.stride) == (((3, 3), (1, 1)) if built == "cifar" else ((7, 7), (2, 2)))
+    assert any(isinstance(layer, torch.nn.MaxPool2d) for layer in net.stages[0]) == (built == "imagenet")
+
+
+@pytest.mark.parametrize(("stem", "input_shape"), [("cifar", (3, 224, 224)), ("imagenet", (3, 32, 32))])
+def test_resnet_explicit_stem_is_kept_at_any_size(stem: str, input_shape: tuple) -> None:
+    net = build_backbone("resnet50", num_classes=10, input_shape=input_shape, width=4, stem=stem)
+    assert (net.stem, net.resolved_arguments, net.stages[0][0].kernel_size) == (
+        stem, {"stem": stem}, (3, 3) if stem == "cifar" else (7, 7))
 
 
 @pytest.mark.parametrize(("stem", "size"), [("imagenet", 8), ("cifar", 32)])
@@ -104,7 +126,7 @@ def test_resnet18_function_equals_resnet_depth_18() -> None:
 
 def test_resnet_cifar_stem_is_a_3x3_conv() -> None:
     torchvision_count = count(torchvision.models.resnet18(num_classes=10))
-    ours = build_backbone("resnet18", num_classes=10, input_shape=CIFAR)  # stem=cifar by default
+    ours = build_backbone("resnet18", num_classes=10, input_shape=CIFAR)  # stem=auto: cifar at 32 pixels
     assert count(ours) == torchvision_count - 3 * 64 * 7 * 7 + 3 * 64 * 3 * 3
     assert resnet18_count(64, 10, 3, stem_kernel=7) == torchvision_count  # the hand count is right
 

@@ -160,6 +160,26 @@ def tiny_payload(state: dict[str, torch.Tensor], directory: Path) -> bytes:
     return path.read_bytes()
 
 
+def test_a_failed_download_names_the_hf_command_that_fetches_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def unreachable(repo_id: str, filename: str, local_files_only: bool = False, **_: object) -> str:
+        if local_files_only:
+            raise LocalEntryNotFoundError("not cached")
+        raise ConnectionError("the hub cannot be reached")
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
+    with pytest.raises(BackboneError) as error:
+        build_backbone("timm", name="vit-b16-in21k", pretrained=True, num_classes=10, input_shape=(3, 224, 224))
+    message = str(error.value)
+    assert "\n" not in message and "(ConnectionError: the hub cannot be reached)" in message
+    assert message.endswith("fetch them with hf download timm/vit_base_patch16_224.augreg_in21k model.safetensors, "
+                            "or pass backbone.weights=PATH")
+
+
 def test_offline_with_nothing_cached_names_the_model_the_place_and_the_fix(offline_hub: Path) -> None:
     with pytest.raises(BackboneError) as error:
         build_backbone("timm", name="vit-b16-in21k", pretrained=True, num_classes=10, input_shape=(3, 224, 224))
@@ -167,7 +187,7 @@ def test_offline_with_nothing_cached_names_the_model_the_place_and_the_fix(offli
     assert "\n" not in message
     assert message.startswith("no cached weights for timm model 'vit_base_patch16_224.augreg_in21k'")
     assert f"timm/vit_base_patch16_224.augreg_in21k in {offline_hub}" in message
-    assert "huggingface-cli download timm/vit_base_patch16_224.augreg_in21k model.safetensors" in message
+    assert "hf download timm/vit_base_patch16_224.augreg_in21k model.safetensors" in message
 
 
 def test_presets_name_timm_models(tmp_path: Path) -> None:

@@ -184,7 +184,7 @@ def test_every_backbone_is_an_option_with_its_schema() -> None:
 def test_served_node_has_required_data_fields() -> None:
     node = served_node("resnet18")
     assert OmegaConf.is_missing(node, "num_classes") and OmegaConf.is_missing(node, "input_shape")
-    assert node.width == 64 and node.stem == "cifar"
+    assert node.width == 64 and node.stem == "auto"
 
 
 def test_unknown_name_lists_names_and_closest() -> None:

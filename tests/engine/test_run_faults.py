@@ -139,6 +139,21 @@ def test_results_record_the_dataset_default_schedule():
     assert filled == {"model": {"lr_milestones": [35, 45]}, "backbone": {"num_classes": 5}}
 
 
+def test_results_record_the_stem_a_resnet_built_not_auto():
+    from mammoth.backbones.registry import build_backbone
+    from mammoth.engine.runner import record_filled_values
+
+    data = types.SimpleNamespace(n_classes=4, input_shape=(3, 224, 224))
+    for asked, built in (("auto", "imagenet"), ("cifar", "cifar")):
+        net = build_backbone("resnet18", num_classes=4, input_shape=data.input_shape, width=4, stem=asked)
+        config = {"backbone": {"num_classes": "???", "input_shape": "???", "width": 4, "stem": asked}}
+        filled = record_filled_values(config, dataset=data, model=types.SimpleNamespace(net=net))
+        assert filled == {"backbone": {"num_classes": 4, "input_shape": [3, 224, 224], "width": 4, "stem": built}}
+    mlp = build_backbone("mnistmlp", num_classes=4, input_shape=(1, 8, 8))  # no resolved arguments: nothing added
+    assert record_filled_values({"backbone": {"hidden_sizes": [100]}}, data, types.SimpleNamespace(net=mlp)) == {
+        "backbone": {"hidden_sizes": [100]}}
+
+
 def test_a_dataset_with_fewer_classes_than_its_tasks_is_refused(tmp_path):
     from mammoth.datasets import DATASETS, register_dataset
     from mammoth.datasets.digits import SequentialDigits, load_digits_split
