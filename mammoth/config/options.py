@@ -187,7 +187,22 @@ def _lazy_schema_node(key: str, group: str, name: str) -> Any:
 
 
 def option_file_text(group: str, name: str) -> str:
-    """The text of ``GROUP/NAME.yaml``: a defaults list naming the option's schema."""
+    """The text of ``GROUP/NAME.yaml``: a defaults list naming the option's schema.
+
+    An app's own ConfigStore entry of the same name (a hydra-zen ``store(group="backbone",
+    name="resnet")``) comes after ``hydra.searchpath`` on Hydra's search path, so Hydra would read
+    this file and merge it into that entry (its automatic schema matching): that is refused here,
+    in one line naming both."""
+    from hydra.core.config_store import ConfigStore
+    from hydra.errors import ConfigCompositionException
+
+    found = ConfigStore.instance().repo.get(group, {}).get(f"{name}.yaml") if isinstance(
+        ConfigStore.instance().repo.get(group), dict) else None
+    if found is not None:
+        raise ConfigCompositionException(
+            f"{group}/{name} is both mammoth's {group} option (pkg://mammoth.conf/{group}/{name}.yaml) and this app's "
+            f"ConfigStore entry; allowed: another name for the app's entry, "
+            f"or mammoth's options without opting in to them")
     _store_schema(group, name)  # an option registered after its package was imported
     return (f"# mammoth's {group} {name!r}: its typed fields (mammoth.config.options)\n"
             f"defaults:\n  - /{schema_config_name(group, name)}\n  - _self_\n")
@@ -305,7 +320,22 @@ class _OptionFile:
         return self.read_text().encode("utf-8")
 
     def open(self, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
-        return io.BytesIO(self.read_bytes()) if "b" in mode else io.StringIO(self.read_text())
+        try:
+            text = self.read_text()
+        except Exception as error:  # raised by the first read: Hydra closes what open() returned
+            return _FailingFile(error)
+        return io.BytesIO(text.encode("utf-8")) if "b" in mode else io.StringIO(text)
+
+
+class _FailingFile(io.StringIO):
+    """An opened file whose reading raises ``error`` (Hydra reports it as its own)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+
+    def read(self, *args: Any) -> str:
+        raise self.error
 
 
 class _GroupDirectory:

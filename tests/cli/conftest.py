@@ -12,13 +12,15 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run_python(args: list[str], cwd: Path, timeout: int = 900, python: str = sys.executable) -> subprocess.CompletedProcess:
-    """Run ``python ARGS`` in ``cwd``; return the completed process (text output)."""
+def run_python(args: list[str], cwd: Path, timeout: int = 900, python: str = sys.executable,
+               extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``python ARGS`` in ``cwd`` (with ``extra_env`` set); return the completed process (text output)."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("HYDRA_")}
     # the working directory first (an app's own modules); under this interpreter, also the
     # PYTHONPATH the tests run with (a checkout not installed, such as a git worktree)
     inherited = [os.environ["PYTHONPATH"]] if python == sys.executable and os.environ.get("PYTHONPATH") else []
     env["PYTHONPATH"] = os.pathsep.join([str(cwd), *inherited])
+    env.update(extra_env or {})
     return subprocess.run([python, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
