@@ -25,6 +25,13 @@ from mammoth.errors import ConfigError
 ENTRY_POINT_GROUP = "mammoth.plugins"
 
 
+@functools.cache
+def installed_entry_points() -> tuple:
+    """The installed ``mammoth.plugins`` entry points, by name (found once: the search reads every
+    installed distribution's metadata)."""
+    return tuple(sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda point: point.name))
+
+
 def load_plugins(strict: bool = True) -> list[str]:
     """Import every module named by a ``mammoth.plugins`` entry point; return their names.
 
@@ -32,7 +39,7 @@ def load_plugins(strict: bool = True) -> list[str]:
     (``strict``), or is skipped with a warning saying the same.
     """
     loaded = []
-    for entry_point in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda point: point.name):
+    for entry_point in installed_entry_points():
         try:
             importlib.import_module(entry_point.value.split(":")[0])
         except Exception as error:  # a broken plugin must say which one it is

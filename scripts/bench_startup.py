@@ -7,6 +7,13 @@ Then lists the slowest imports of mammoth / hydra_zen modules (``python -X impor
 the third-party imports that mammoth modules trigger directly, and checks that composing a
 config leaves ``torchvision`` and ``sklearn`` unimported.
 
+Then Hydra's own screens side by side with plain Hydra apps of the same size (one YAML file per
+built-in option in ``backbone/``, ``dataset/`` and ``model/``, the same fields and defaults, a
+primary config selecting the same defaults; for ``python -m mammoth`` also a copy of its
+``experiment/``, ``hparams_search/`` and ``logger/``): ``--help`` and a completion query
+(``backbone=<TAB>``) of ``python -m mammoth`` and of an app that opted in (``pkg://mammoth.conf``);
+the target is at most 1.5x its plain app's, and neither imports torch.
+
 Last, the cost of ``import mammoth`` itself, side by side with the bare interpreter
 (``python -c pass``), ``import torch, hydra`` and the first use (``mammoth.list_backbones()``,
 which imports torch, the built-ins and the plugins): ``import mammoth`` should cost about
@@ -31,6 +38,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _timing  # noqa: E402
 
 TARGET = 1.3
+#: Target of ``--help`` and a completion query, over a plain Hydra app of the same size.
+HYDRA_TARGET = 1.5
 MUST_NOT_IMPORT = ("torchvision", "sklearn")
 ALSO_REPORTED = ("scipy", "PIL", "pandas", "matplotlib", "timm", "numba", "tqdm")
 OWN_PREFIXES = ("mammoth", "hydra_zen")
@@ -160,6 +169,128 @@ def import_cost_report(python: str, cwd: str, runs: int) -> bool:
     return lazy
 
 
+PLAIN_APP = """
+import sys
+
+import hydra
+
+
+@hydra.main(config_path="conf", config_name="config", version_base="1.3")
+def app(cfg):
+    print(cfg)
+
+
+if __name__ == "__main__":
+    app()
+"""
+
+#: Prints whether the command it runs (``python probe.py PROGRAM ARGS``) imported torch.
+TORCH_PROBE = """
+import runpy, sys
+sys.argv = sys.argv[1:]
+try:
+    runpy.run_module("mammoth", run_name="__main__") if sys.argv[0] == "mammoth" else runpy.run_path(sys.argv[0], run_name="__main__")
+except SystemExit:
+    pass
+print("TORCH", "torch" in sys.modules)
+"""
+
+
+def write_apps(root: str) -> None:
+    """Two plain Hydra apps and an app that opted in (``optin/``). ``plain-options/`` has one YAML
+    file per built-in option (``backbone/``, ``dataset/``, ``model/``, the same fields and defaults)
+    and a primary config selecting the same defaults: the size of what an app that opts in gets.
+    ``plain-app/`` has those and a copy of ``python -m mammoth``'s own groups (``experiment/``,
+    ``hparams_search/``, ``logger/``): the size of mammoth's app."""
+    import shutil
+
+    import yaml
+
+    import mammoth.app_conf
+    from mammoth.config import manifest
+
+    defaults = "defaults:\n  - dataset: seq-digits\n  - backbone: mnistmlp\n  - model: sgd\n  - _self_\n"
+    settings = "seed: 0\ndevice: auto\nresume: false\nthreads: null\n"
+    folders = {"plain-options": "", "plain-app": "", "optin": "hydra:\n  searchpath: [pkg://mammoth.conf]\n"}
+    for folder, extra in folders.items():
+        os.makedirs(os.path.join(root, folder, "conf"))
+        with open(os.path.join(root, folder, "app.py"), "w") as file:
+            file.write(PLAIN_APP)
+        with open(os.path.join(root, folder, "conf", "config.yaml"), "w") as file:
+            file.write(defaults + settings + extra)
+        with open(os.path.join(root, folder, "probe.py"), "w") as file:
+            file.write(TORCH_PROBE)
+    for folder in ("plain-options", "plain-app"):
+        for group, options in manifest.load_manifest().items():
+            os.makedirs(os.path.join(root, folder, "conf", group))
+            for name, description in options.items():
+                values = {"_target_": description["target"]}
+                values.update((field, list(default) if isinstance(default, tuple) else default)
+                              for field, _, default in manifest.manifest_fields(description))
+                with open(os.path.join(root, folder, "conf", group, f"{name}.yaml"), "w") as file:
+                    yaml.safe_dump(values, file, sort_keys=False)
+    app_conf = os.path.dirname(mammoth.app_conf.__file__)
+    for group in ("experiment", "hparams_search", "logger"):
+        shutil.copytree(os.path.join(app_conf, group), os.path.join(root, "plain-app", "conf", group))
+
+
+def hydra_screens_report(python: str, root: str, runs: int) -> bool:
+    """``--help`` and a completion query of ``python -m mammoth`` and of an app that opted in, each
+    with a plain Hydra app of its size, interleaved; print medians and ratios to the plain app's;
+    False on a failure or a MISS."""
+    write_apps(root)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("HYDRA_")}
+    #: label -> (folder, program, the label of the plain app it is compared with)
+    programs = {"plain Hydra app, mammoth's size": ("plain-app", ["app.py"], None),
+                "python -m mammoth": ("plain-app", ["-m", "mammoth"], "plain Hydra app, mammoth's size"),
+                "plain Hydra app, options only": ("plain-options", ["app.py"], None),
+                "app that opted in": ("optin", ["app.py"], "plain Hydra app, options only")}
+    queries = {"--help": (["--help"], None), "completion `backbone=`": (["-sc", "query=bash"], "backbone=")}
+    commands = {}
+    for label, (folder, program, _) in programs.items():
+        for query, (args, line) in queries.items():
+            extra = {"COMP_LINE": f"prog {line}"} if line is not None else {}
+            commands[(label, query)] = ([python, *program, *args], os.path.join(root, folder), {**env, **extra})
+    times: dict[tuple[str, str], list[float]] = {key: [] for key in commands}
+    keys = list(commands)
+    for index in range(runs + 1):  # the first round is an untimed warm-up
+        shift = index % len(keys)
+        for key in keys[shift:] + keys[:shift]:
+            command, cwd, command_env = commands[key]
+            start = time.perf_counter()
+            result = subprocess.run(command, cwd=cwd, env=command_env, capture_output=True, text=True)
+            seconds = time.perf_counter() - start
+            if result.returncode != 0 or (key[1] != "--help" and "backbone=resnet" not in result.stdout):
+                print(f"FAILED (exit {result.returncode}): {' '.join(command)}\n{result.stdout[-1000:]}{result.stderr[-3000:]}")
+                return False
+            if index:
+                times[key].append(seconds)
+    print(f"\n## Hydra's screens against a plain Hydra app of the same size (median of {runs} interleaved runs)\n")
+    rows, passed = [], True
+    for query in queries:
+        for label, (_, _, plain) in programs.items():
+            median = statistics.median(times[(label, query)])
+            ratio = median / statistics.median(times[(plain or label, query)])
+            verdict = "" if plain is None else ("PASS" if ratio <= HYDRA_TARGET else "MISS")
+            passed = passed and verdict != "MISS"
+            rows.append([query, label, f"{median:.3f}", f"{min(times[(label, query)]):.3f}",
+                         f"{ratio:.2f}x" if plain else "1.00x", verdict])
+    print(_timing.markdown_table(["query", "program", "median s", "min s", "ratio vs its plain app",
+                                  f"<= {HYDRA_TARGET}x"], rows))
+    for label, (folder, program, plain) in programs.items():
+        if plain is None:
+            continue
+        name = "mammoth" if program[0] == "-m" else "app.py"
+        for query, (args, line) in queries.items():
+            extra = {"COMP_LINE": f"prog {line}"} if line is not None else {}
+            probe = subprocess.run([python, os.path.join(root, "optin", "probe.py"), name, *args],
+                                   cwd=os.path.join(root, folder), env={**env, **extra}, capture_output=True, text=True)
+            clean = probe.stdout.strip().splitlines()[-1:] == ["TORCH False"]
+            passed = passed and clean
+            print(f"- {'PASS' if clean else 'MISS'}  {label} {query} leaves torch unimported")
+    return passed
+
+
 def main() -> int:
     args = parse_args()
     runs = args.runs or (3 if args.quick else 7)
@@ -220,9 +351,10 @@ def main() -> int:
         others = [m for m in ALSO_REPORTED if m in report["present"]]
         print(f"- info: also imported: {', '.join(others) or 'none'} (of {', '.join(ALSO_REPORTED)})")
         print(f"- info: import mammoth + compose took {report['seconds']:.2f} s in-process")
+        hydra_ok = hydra_screens_report(python, os.path.join(cwd, "apps"), runs)
         if not import_cost_report(python, cwd, runs):
             return 1
-    return 0
+    return 0 if hydra_ok else 1
 
 
 if __name__ == "__main__":

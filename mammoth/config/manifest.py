@@ -7,7 +7,7 @@ config (``--help``, ``--cfg job``, completion, an app that opted in) needs only 
 class's name and fields (name, type, default), its arguments as messages describe them and, for a
 dataset, its default backbone.
 ``tests/config/test_manifest.py`` checks that it matches the registries; after changing a built-in,
-regenerate it with ``python -m mammoth.config.manifest``.
+regenerate it with ``python scripts/write_builtins_manifest.py``.
 
 The schema classes built from it (:func:`manifest_schema`) are attributes of this module, built on
 first use (PEP 562), so a composed config pickles and unpickles (process launchers) without torch.
@@ -70,6 +70,14 @@ def describe_entry(group: str, entry: Any) -> dict[str, Any]:
     return described
 
 
+def manifest_text(manifest: dict[str, dict[str, Any]]) -> str:
+    """``builtins.json``'s text: one option a line, so that a change shows as one line."""
+    groups = [f" {json.dumps(group)}: {{\n" + ",\n".join(f"  {json.dumps(name)}: {json.dumps(options[name], sort_keys=True)}"
+                                                     for name in sorted(options)) + "\n }"
+              for group, options in sorted(manifest.items())]
+    return "{\n" + ",\n".join(groups) + "\n}\n"
+
+
 def registries_manifest() -> dict[str, dict[str, Any]]:
     """The manifest of the built-ins as their registries have them now (imports torch and the built-ins)."""
     from mammoth.backbones import BACKBONES
@@ -88,18 +96,6 @@ def registries_manifest() -> dict[str, dict[str, Any]]:
 def load_manifest() -> dict[str, dict[str, Any]]:
     """The built-in options, ``{group: {name: description}}``, as ``builtins.json`` has them."""
     return json.loads(resources.files("mammoth.config").joinpath(MANIFEST_FILE).read_text(encoding="utf-8"))
-
-
-def write_manifest() -> str:
-    """Write ``builtins.json`` from the registries; return its path."""
-    path = resources.files("mammoth.config").joinpath(MANIFEST_FILE)
-    groups = [f' {json.dumps(group)}: {{\n' + ",\n".join(f"  {json.dumps(name)}: {json.dumps(options[name], sort_keys=True)}"
-                                                     for name in sorted(options)) + "\n }"
-              for group, options in sorted(registries_manifest().items())]
-    text = "{\n" + ",\n".join(groups) + "\n}\n"  # one option a line: a change shows as one line
-    with open(str(path), "w", encoding="utf-8") as file:
-        file.write(text)
-    return str(path)
 
 
 @functools.cache
@@ -142,7 +138,3 @@ def __getattr__(class_name: str) -> type:
     schema.__doc__ = f"Config of {description['target']}."
     globals()[class_name] = schema
     return schema
-
-
-if __name__ == "__main__":
-    print(f"wrote {write_manifest()}")

@@ -35,12 +35,14 @@ packages, which Hydra imports when their ``pkg://`` entry is on an app's search 
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import io
 import sys
 from types import ModuleType
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-import dataclasses
+from omegaconf import OmegaConf
 
 from mammoth.config import manifest
 from mammoth.config.registry import Entry, Registry, canonical_name, schema_node
@@ -157,37 +159,63 @@ def _store_schema(group: str, name: str, replace: bool = False) -> None:
     built when Hydra first loads it."""
     from hydra.core.config_store import ConfigStore
 
-    repo = ConfigStore.instance().repo
     key = f"{schema_config_name(group, name)}.yaml"
-    if replace or key not in repo:
-        repo[key] = _lazy_schema_node(key, group, name)
+    if replace or key not in ConfigStore.instance().repo:
+        store_lazily(key, lambda: schema_node(option_schema(group, name)))
 
 
-def _lazy_schema_node(key: str, group: str, name: str) -> Any:
-    """A ConfigStore entry whose closed, typed node is built on its first load. Storing the 44
-    built-ins' nodes at once would cost more than all the rest of ``--help``: Hydra turns each
-    dataclass into a config when it is stored, and composing needs only the selected ones."""
+def store_lazily(name: str, build: Callable[[], Any]) -> None:
+    """Put a top-level entry ``name`` in Hydra's ConfigStore whose config ``build()`` makes on its
+    first load. Hydra turns a config into a node when it is stored and deep-copies the whole
+    ConfigStore for each config-group query (``--help`` makes about 90): storing the 44 built-ins'
+    nodes at once would cost more than all the rest of ``--help``, and composing needs only the
+    selected ones."""
+    from hydra.core.config_store import ConfigStore
+
+    key = name if name.endswith(".yaml") else f"{name}.yaml"
+    node_class = _lazy_config_node_class()
+    entry = node_class.__new__(node_class)
+    entry.__dict__.update(name=key, group=None, package=None, provider="mammoth", build=build, built={})
+    ConfigStore.instance().repo[key] = entry
+
+
+@functools.cache
+def _lazy_config_node_class() -> type:
+    """Hydra's ConfigNode whose ``node`` is ``build()``'s config, made on first use (Hydra copies
+    entries shallowly before it reads them, so the copies share what was built)."""
     from hydra.core.config_store import ConfigNode
 
-    class LazySchemaNode(ConfigNode):
+    class LazyConfigNode(ConfigNode):
         @property
         def node(self) -> Any:
-            built = self.__dict__["built"]  # shared by Hydra's copies of the entry
+            built = self.__dict__["built"]
             if "node" not in built:
-                built["node"] = schema_node(option_schema(group, name))
+                built["node"] = OmegaConf.structured(self.__dict__["build"]())
             return built["node"]
 
         @node.setter
         def node(self, value: Any) -> None:
             self.__dict__["built"] = {"node": value}
 
-    entry = LazySchemaNode.__new__(LazySchemaNode)
-    entry.__dict__.update(name=key, group=None, package=None, provider="mammoth", built={})
-    return entry
+    return LazyConfigNode
 
 
 def option_file_text(group: str, name: str) -> str:
-    """The text of ``GROUP/NAME.yaml``: a defaults list naming the option's schema."""
+    """The text of ``GROUP/NAME.yaml``: a defaults list naming the option's schema.
+
+    An app's own ConfigStore entry of the same name (a hydra-zen ``store(group="backbone",
+    name="resnet")``) comes after ``hydra.searchpath`` on Hydra's search path, so Hydra would read
+    this file and merge it into that entry (its automatic schema matching): that is refused here,
+    in one line naming both."""
+    from hydra.core.config_store import ConfigStore
+    from hydra.errors import ConfigCompositionException
+
+    app_entries = ConfigStore.instance().repo.get(group)
+    if isinstance(app_entries, dict) and f"{name}.yaml" in app_entries:
+        raise ConfigCompositionException(
+            f"{group}/{name} is both mammoth's {group} option (pkg://mammoth.conf/{group}/{name}.yaml) and this app's "
+            f"ConfigStore entry; allowed: another name for the app's entry, "
+            f"or mammoth's options without opting in to them")
     _store_schema(group, name)  # an option registered after its package was imported
     return (f"# mammoth's {group} {name!r}: its typed fields (mammoth.config.options)\n"
             f"defaults:\n  - /{schema_config_name(group, name)}\n  - _self_\n")
@@ -305,7 +333,22 @@ class _OptionFile:
         return self.read_text().encode("utf-8")
 
     def open(self, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
-        return io.BytesIO(self.read_bytes()) if "b" in mode else io.StringIO(self.read_text())
+        try:
+            text = self.read_text()
+        except Exception as error:  # raised by the first read: Hydra closes what open() returned
+            return _FailingFile(error)
+        return io.BytesIO(text.encode("utf-8")) if "b" in mode else io.StringIO(text)
+
+
+class _FailingFile(io.StringIO):
+    """An opened file whose reading raises ``error`` (Hydra reports it as its own)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+
+    def read(self, *args: Any) -> str:
+        raise self.error
 
 
 class _GroupDirectory:
@@ -345,6 +388,9 @@ class _PackageFiles:
 
     def __init__(self, real: Any) -> None:
         self.real, self.name = real, real.name
+
+    def __repr__(self) -> str:
+        return f"{self.real} with mammoth's options"
 
     def exists(self) -> bool:
         return True

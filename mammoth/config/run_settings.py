@@ -88,8 +88,9 @@ def store_app_configs() -> None:
     are files that :mod:`mammoth.app_conf` serves (:mod:`mammoth.config.options`)."""
     from omegaconf import OmegaConf
 
-    from mammoth.config.options import default_backbone_option
+    from mammoth.config.options import default_backbone_option, store_lazily
 
-    ConfigStore.instance().store(name=RUN_SCHEMA, node=RunConfig, provider="mammoth")
+    if f"{RUN_SCHEMA}.yaml" not in ConfigStore.instance().repo:
+        store_lazily(RUN_SCHEMA, lambda: RunConfig)
     if not OmegaConf.has_resolver(DEFAULT_BACKBONE_RESOLVER):
         OmegaConf.register_new_resolver(DEFAULT_BACKBONE_RESOLVER, default_backbone_option)

@@ -34,9 +34,11 @@ class LedgerEntry:
 
 def preset_texts() -> dict[str, str]:
     """Every preset's YAML text by name (``der-seq-cifar100-500``), in name order."""
-    from importlib.resources import files
+    from importlib.util import find_spec
+    from pathlib import Path
 
-    folder = files(PRESET_PACKAGE) / PRESET_FOLDER
+    # found, not imported: importing mammoth's config package would serve its options to Hydra
+    folder = Path(next(iter(find_spec(PRESET_PACKAGE).submodule_search_locations))) / PRESET_FOLDER
     texts = {item.name[: -len(".yaml")]: item.read_text() for item in folder.iterdir() if item.name.endswith(".yaml")}
     return dict(sorted(texts.items()))
 

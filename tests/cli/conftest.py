@@ -12,15 +12,17 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run_python(args: list[str], cwd: Path, timeout: int = 900, python: str = sys.executable) -> subprocess.CompletedProcess:
-    """Run ``python ARGS`` in ``cwd``; return the completed process (text output). ``cwd`` is on
-    ``PYTHONPATH`` (a test's own modules), then the checkout under test (its ``mammoth``, also when
-    the environment's editable install points at another checkout)."""
+def run_python(args: list[str], cwd: Path, timeout: int = 900, python: str = sys.executable,
+               extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``python ARGS`` in ``cwd`` (with ``extra_env`` set); return the completed process (text
+    output). ``cwd`` is on ``PYTHONPATH`` (a test's own modules), then the checkout under test (its
+    ``mammoth``, also when the environment's editable install points at another checkout)."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("HYDRA_")}
     # the working directory first (an app's own modules); under this interpreter, also the
     # checkout under test (a git worktree not installed) and the PYTHONPATH the tests run with
     inherited = [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])] if python == sys.executable else []
     env["PYTHONPATH"] = os.pathsep.join([str(cwd), *inherited])
+    env.update(extra_env or {})
     return subprocess.run([python, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 

@@ -165,8 +165,12 @@ def test_another_app_composes_without_importing_mammoth(other_app: Path):
     assert shown.returncode == 0, shown.stderr
     assert "_target_: mammoth.backbones.resnet.ResNet" in shown.stdout and "depth: 50" in shown.stdout
     helped = run_python(["app.py", "--help"], other_app)
-    backbone_line = next(line for line in helped.stdout.splitlines() if line.startswith("backbone:"))
-    assert "resnet" in backbone_line and "vit" in backbone_line
+    assert helped.returncode == 0 and "Traceback" not in helped.stderr, helped.stderr
+    # Hydra's --help lists the config groups of the app's own search path, not those that
+    # hydra.searchpath adds (as for any pkg:// entry there); completion lists mammoth's options
+    assert "== Configuration groups ==\nCompose your configuration from those groups (group=option)\n\n\n" in helped.stdout
+    completed = run_python(["app.py", "-sc", "query=bash"], other_app, extra_env={"COMP_LINE": "python app.py backbone="})
+    assert {"backbone=resnet", "backbone=vit"} <= set(completed.stdout.split()), completed.stderr
     info = run_python(["app.py", "--info", "defaults"], other_app)
     assert info.returncode == 0, info.stderr
     assert "backbone/vit" in info.stdout and "dataset/seq-cifar10" in info.stdout

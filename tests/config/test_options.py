@@ -31,8 +31,10 @@ REGISTRIES = {"backbone": BACKBONES, "dataset": DATASETS, "model": MODELS}
 
 
 def test_the_manifest_matches_the_registries():
-    written = json.loads(resources.files("mammoth.config").joinpath(manifest.MANIFEST_FILE).read_text())
-    assert written == manifest.registries_manifest(), "regenerate it: python -m mammoth.config.manifest"
+    text = resources.files("mammoth.config").joinpath(manifest.MANIFEST_FILE).read_text()
+    written = json.loads(text)
+    assert written == manifest.registries_manifest(), "regenerate it: python scripts/write_builtins_manifest.py"
+    assert text == manifest.manifest_text(written)
     assert sum(len(options) for options in written.values()) == 44
 
 
@@ -99,7 +101,9 @@ before = hydra_state()
 import mammoth
 from mammoth import build_backbone, build_dataset, list_backbones, list_datasets, list_models, register_backbone, run
 import mammoth.backbones, mammoth.datasets, mammoth.models, mammoth.engine.runner, mammoth.reporting.loggers
+from mammoth.reporting.ledger import preset_texts
 names = list_backbones() + list_datasets() + list_models()
+presets = preset_texts()
 net = build_backbone("resnet", num_classes=3, input_shape=(3, 8, 8), width=4)
 
 @register_backbone("after-import-net")
