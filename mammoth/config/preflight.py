@@ -77,9 +77,9 @@ class CommandLine:
 def prepare_arguments(args: list[str], task_function: Callable, config_path: str = CONFIG_PATH,
                       config_name: str = CONFIG_NAME) -> CommandLine:
     """Check ``args`` (``sys.argv[1:]``) as described in the module docstring; return them with
-    group options normalised. Raises a MammothError naming the first bad value."""
-    from hydra.errors import HydraException
-
+    group options normalised. Raises a MammothError naming the first bad value, or Hydra's own
+    error where Hydra cannot parse or compose the command line (``seed=abc``, ``+seed=3``, a sweep
+    without ``-m``): every one is a bad command line, found before anything runs."""
     parsed = parse_command_line(args)
     if parsed.experimental_rerun is not None:
         raise ConfigError(
@@ -90,11 +90,8 @@ def prepare_arguments(args: list[str], task_function: Callable, config_path: str
         return CommandLine(args, multirun=False)  # Hydra's own screens
     with main_hydra(parsed, task_function, config_path) as hydra:
         name = parsed.config_name or config_name
-        try:
-            repository = config_repository(hydra, name, parsed.overrides)
-            overrides = normalise_overrides(repository, parsed.overrides)
-        except HydraException:  # an override Hydra cannot parse: Hydra says why, in its words
-            return CommandLine(args, multirun=parsed.multirun)
+        repository = config_repository(hydra, name, parsed.overrides)  # an override Hydra cannot parse raises here
+        overrides = normalise_overrides(repository, parsed.overrides)
         overrides = check_argument_overrides(hydra, name, repository, overrides, multirun=parsed.multirun)
         checked = check_composed(hydra, name, overrides, multirun=parsed.multirun)
     arguments = _replace_overrides(args, parsed.overrides, overrides)
@@ -195,16 +192,19 @@ def check_composed(hydra: Any, config_name: str, overrides: list[str], multirun:
     options in defaults lists are checked and a single run's config is validated. Returns whether
     the command is a multirun (``-m``, or ``hydra.mode`` set by a config such as an
     ``hparams_search`` preset) and the directory it writes."""
+    from hydra.errors import HydraException
     from hydra.types import RunMode
+    from omegaconf.errors import OmegaConfBaseException
 
     from mammoth.engine.directory_checks import check_run_directory, check_sweep_directory, resolved_directory
     from mammoth.config.safety import check_config_safety
 
-    cfg = _compose(hydra, config_name, overrides, RunMode.MULTIRUN if multirun else RunMode.RUN)
-    if cfg is None and not multirun and hydra.get_mode(config_name=config_name, overrides=overrides) == RunMode.MULTIRUN:
-        multirun, cfg = True, _compose(hydra, config_name, overrides, RunMode.MULTIRUN)  # sweeps without -m
-    if cfg is None:
-        return CheckedCommand(multirun)  # Hydra reports what it cannot compose, in its own words
+    try:
+        cfg = _compose(hydra, config_name, overrides, RunMode.MULTIRUN if multirun else RunMode.RUN)
+    except (HydraException, OmegaConfBaseException):
+        if multirun or hydra.get_mode(config_name=config_name, overrides=overrides) != RunMode.MULTIRUN:
+            raise  # Hydra's own error, in its words
+        multirun, cfg = True, _compose(hydra, config_name, overrides, RunMode.MULTIRUN)  # a config's hydra.mode: MULTIRUN
     multirun = multirun or cfg.hydra.mode == RunMode.MULTIRUN
     check_config_safety(cfg)
     if not multirun:
@@ -243,10 +243,9 @@ def quote_override_value(text: str) -> str:
 
 
 def _compose(hydra: Any, config_name: str, overrides: list[str], mode: Any) -> Any:
-    """The config Hydra composes (None when Hydra cannot: it will say why); an unknown option in
-    a defaults list raises a ConfigError with the choices and the closest one."""
-    from hydra.errors import HydraException, MissingConfigException
-    from omegaconf.errors import OmegaConfBaseException
+    """The config Hydra composes (Hydra's error where it cannot); an unknown option in a defaults
+    list raises a ConfigError with the choices and the closest one."""
+    from hydra.errors import MissingConfigException
 
     from mammoth.datasets import DEFAULT_BACKBONE_GROUP
 
@@ -261,9 +260,7 @@ def _compose(hydra: Any, config_name: str, overrides: list[str], mode: Any) -> A
                     "allowed: choose one with backbone=NAME, or name a registered dataset"
                 ) from None
             raise ConfigError(unknown_name_message(group, value, sorted(error.options))) from None
-        return None
-    except (HydraException, OmegaConfBaseException):
-        return None
+        raise
 
 
 def _replace_overrides(args: list[str], originals: list[str], replacements: list[str]) -> list[str]:
