@@ -86,6 +86,7 @@ def prepare_arguments(args: list[str], task_function: Callable, config_path: str
             f"--experimental-rerun {parsed.experimental_rerun!r} is refused: it unpickles a file, which can run "
             "any code; allowed: rerun with the overrides in the run's .hydra/overrides.yaml"
         )
+    check_commands(parsed)
     if parsed.help or parsed.hydra_help or parsed.info or parsed.shell_completion:
         return CommandLine(args, multirun=False)  # Hydra's own screens
     with main_hydra(parsed, task_function, config_path) as hydra:
@@ -107,6 +108,20 @@ def parse_command_line(args: list[str]) -> Any:
     from hydra._internal.utils import get_args_parser
 
     return get_args_parser().parse_args(args)
+
+
+def check_commands(parsed: Any) -> None:
+    """Refuse, in Hydra's words and one line, the flags ``hydra.main`` refuses with a traceback:
+    more than one of ``--run``, ``--multirun``, ``--cfg``, ``--info``, ``--shell-completion``, and
+    ``--resolve`` without ``--cfg`` or ``--help``."""
+    given = [flag for flag, on in (("--run", parsed.run), ("--multirun", parsed.multirun), ("--cfg", parsed.cfg is not None),
+                                   ("--info", parsed.info is not None), ("--shell-completion", parsed.shell_completion)) if on]
+    if len(given) > 1:
+        raise ConfigError(f"{' '.join(given)}: only one of --run, --multirun, --cfg, --info and --shell_completion "
+                          "can be specified (Hydra); allowed: one of them")
+    if parsed.resolve and parsed.cfg is None and not parsed.help:
+        raise ConfigError("--resolve: the --resolve flag can only be used in conjunction with --cfg or --help (Hydra); "
+                          "allowed: --cfg job --resolve")
 
 
 @contextmanager

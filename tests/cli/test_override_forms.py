@@ -153,3 +153,14 @@ def test_the_exit_status_of_a_process_given_a_bad_command_line(workdir: Path):
         assert result.returncode == 2, (args, result.stderr)
         assert "Traceback" not in result.stderr and result.stderr.strip(), args
     assert list(workdir.iterdir()) == []
+
+
+@pytest.mark.parametrize("args, line", [
+    (["-m", "--cfg", "job"], "Error: --multirun --cfg: only one of --run, --multirun, --cfg, --info and --shell_completion "
+                             "can be specified (Hydra); allowed: one of them"),
+    (["--resolve"], "Error: --resolve: the --resolve flag can only be used in conjunction with --cfg or --help (Hydra); "
+                    "allowed: --cfg job --resolve"),
+])
+def test_flags_hydra_refuses_are_one_line(workdir, monkeypatch, capsys, args, line):
+    # before: Hydra's ValueError with a traceback, exit status 1
+    assert refused(args, workdir, monkeypatch, capsys) == [line]
