@@ -3,6 +3,8 @@
 Inside the task function a mammoth error is raised, so Hydra records a failed job and a sweep
 goes on with its other jobs (and a sweeper's ``max_failure_rate`` applies). Only this entry
 point turns it into the one line ``Error: ...`` and exit status 1, without a traceback.
+Whatever the checks before the run find, in mammoth's words or in Hydra's (an override Hydra
+cannot parse or compose), is a bad command line: exit status 2.
 """
 
 from __future__ import annotations
@@ -134,6 +136,11 @@ def main() -> None:
             command_line = join_command_line(command_line)
     except MammothError as error:
         exit_with(error, status=2)
+    except (HydraException, OmegaConfBaseException) as error:  # Hydra cannot parse or compose the command line
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        report_hydra_error(error)
+        raise SystemExit(2) from None
     sys.argv[1:] = command_line.hydra_arguments()
     with hydra_errors_raised() as catch, single_run_failure_line_dropped(not command_line.multirun):
         try:

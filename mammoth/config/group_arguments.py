@@ -9,6 +9,12 @@ applies every non-swept override to it, so ``-m model=er,der model.buffer_size=2
 on the default ``sgd``. When every swept option has the argument, the override is passed on as
 ``++model.buffer_size=200``; when some lack it, the sweep is refused before any job starts,
 naming the ``++`` form that runs it (the jobs whose option lacks the argument then fail alone).
+A ``glob()`` sweep of a group is expanded against the group's options as Hydra expands it, so it
+gets the same checks and rewrite as a list; a glob that matches no option is refused.
+
+Deleting with ``~`` keeps Hydra's meaning (``~logger``: no logger) except where a run cannot do
+without what it deletes: a ``backbone``, ``model`` or ``dataset`` option, or a run setting that
+has a value by default (``~seed``); those are refused in one line.
 """
 
 from __future__ import annotations
@@ -44,10 +50,11 @@ def check_argument_overrides(hydra: Any, config_name: str, repository: Any, over
     from hydra.core.override_parser.types import OverrideType
 
     parsed = OverridesParser.create().parse_overrides(overrides)
+    for override in parsed:
+        if override.is_delete():
+            _check_deletion(override, repository)
     choices = [override for override in parsed if _is_group_choice(override, repository)]
     composer = _Composer(hydra, config_name, parsed, choices, repository)
-    if composer.sweep_values is None:
-        return overrides  # a sweep Hydra expands from the repository (glob): Hydra checks it
     multirun = multirun or any(override.is_sweep_override() for override in parsed)
     result = list(overrides)
     for index, override in enumerate(parsed):
@@ -63,7 +70,25 @@ def check_argument_overrides(hydra: Any, config_name: str, repository: Any, over
 
 
 def _is_group_choice(override: Any, repository: Any) -> bool:
-    return "." not in override.key_or_group and repository.group_exists(override.key_or_group)
+    return (not override.is_delete() and "." not in override.key_or_group
+            and repository.group_exists(override.key_or_group))
+
+
+def _check_deletion(override: Any, repository: Any) -> None:
+    """Refuse ``~group`` for a group every run needs, and ``~setting`` for a run setting that has
+    a value by default (the run would use that value while its config records none)."""
+    from hydra.core.object_type import ObjectType
+
+    from mammoth.config.run_settings import required_settings
+
+    key = override.key_or_group
+    if key in REGISTRY_GROUPS:
+        options = ", ".join(sorted(repository.get_group_options(key, ObjectType.CONFIG)))
+        raise ConfigError(f"{override.input_line}: every run needs a {key}, so it cannot be deleted; "
+                          f"allowed: {key}=NAME to choose another ({options})")
+    if key in required_settings():
+        raise ConfigError(f"{override.input_line}: {key} is required, so it cannot be deleted; "
+                          f"allowed: {key}=VALUE to change it")
 
 
 def _check_setting(override: Any) -> None:
@@ -115,7 +140,8 @@ class _Composer:
         self.fixed = [override.input_line for override in parsed
                       if (override.type != OverrideType.CHANGE or override.is_hydra_override())
                       and not override.is_sweep_override() and override not in choices]
-        self.sweep_values = _sweep_values(choices)
+        self.sweep_values = _sweep_values(choices, repository)
+        self.swept = {override.get_key_element() for override in choices if override.is_sweep_override()}
         self._cache: dict[tuple[str, ...], DictConfig | None] = {}
         self._choices: dict[tuple[str, ...], dict[str, Any] | None] = {}
 
@@ -135,7 +161,7 @@ class _Composer:
 
     def base_choices(self) -> tuple[str, ...]:
         """The group choices a sweep's own config has: its non-swept choices (the primary's defaults for the others)."""
-        return tuple(f"{key}={values[0]}" for key, values in self.sweep_values.items() if len(values) == 1)
+        return tuple(f"{key}={values[0]}" for key, values in self.sweep_values.items() if key not in self.swept)
 
     def known_choices(self, choices: tuple[str, ...]) -> dict[str, Any] | None:
         """Every group's option under one job's group choices, from Hydra's defaults list (no
@@ -208,20 +234,40 @@ class _Composer:
         return ComposedOption(name, fields, ", ".join(fields) or "(none)")
 
 
-def _sweep_values(choices: list[Any]) -> dict[str, list[str]] | None:
-    """Each group choice's values (one for a plain choice); None for a sweep known only to Hydra."""
+def _sweep_values(choices: list[Any], repository: Any) -> dict[str, list[str]]:
+    """Each group choice's values (one for a plain choice; a glob's matches, as Hydra finds them)."""
     from hydra.core.override_parser.types import ValueType
 
     values = {}
     for override in choices:
-        if override.value_type == ValueType.GLOB_CHOICE_SWEEP:
-            return None
         key = override.get_key_element()
-        if override.is_sweep_override():
+        if override.value_type == ValueType.GLOB_CHOICE_SWEEP:
+            values[key] = _glob_matches(override, repository)
+        elif override.is_sweep_override():
             values[key] = list(override.sweep_string_iterator())
         else:
             values[key] = [override.input_line.split("=", 1)[1]]
     return values
+
+
+def _glob_matches(override: Any, repository: Any) -> list[str]:
+    """The options of the group that ``group=glob(...)`` sweeps, as Hydra's sweepers expand it
+    (its Glob filter over the group's options); refused when it matches none."""
+    from hydra.core.object_type import ObjectType
+
+    from mammoth.errors import closest_match
+
+    group = override.key_or_group
+    options = sorted(repository.get_group_options(group, ObjectType.CONFIG))
+    matches = override.value().filter(options)
+    if not matches:
+        patterns = override.value().include
+        close = next((found for found in (closest_match(pattern.replace("*", ""), options) for pattern in patterns)
+                      if found), None)
+        hint = f" (did you mean {close!r}?)" if close else ""
+        raise ConfigError(f"{override.input_line}: matches no {group} option; allowed: a glob of "
+                          f"{', '.join(options)}{hint}")
+    return matches
 
 
 def _registry_entry(group: str, target: Any) -> Any:

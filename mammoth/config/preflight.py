@@ -82,25 +82,23 @@ class CommandLine:
 def prepare_arguments(args: list[str], task_function: Callable, config_path: str = CONFIG_PATH,
                       config_name: str = CONFIG_NAME) -> CommandLine:
     """Check ``args`` (``sys.argv[1:]``) as described in the module docstring; return them with
-    group options normalised. Raises a MammothError naming the first bad value."""
-    from hydra.errors import HydraException
-
+    group options normalised. Raises a MammothError naming the first bad value, or Hydra's own
+    error where Hydra cannot parse or compose the command line (``seed=abc``, ``+seed=3``, a sweep
+    without ``-m``): every one is a bad command line, found before anything runs."""
     parsed = parse_command_line(args)
     if parsed.experimental_rerun is not None:
         raise ConfigError(
             f"--experimental-rerun {parsed.experimental_rerun!r} is refused: it unpickles a file, which can run "
             "any code; allowed: rerun with the overrides in the run's .hydra/overrides.yaml"
         )
+    check_commands(parsed)
     if parsed.help or parsed.hydra_help or parsed.info or parsed.shell_completion:
         return CommandLine(args, multirun=False)  # Hydra's own screens
     with main_hydra(parsed, task_function, config_path) as hydra:
         name = parsed.config_name or config_name
-        try:
-            repository = config_repository(hydra, name, parsed.overrides)
-            check_options_not_hidden(repository)
-            overrides = normalise_overrides(repository, parsed.overrides)
-        except HydraException:  # an override Hydra cannot parse: Hydra says why, in its words
-            return CommandLine(args, multirun=parsed.multirun)
+        repository = config_repository(hydra, name, parsed.overrides)  # an override Hydra cannot parse raises here
+        check_options_not_hidden(repository)
+        overrides = normalise_overrides(repository, parsed.overrides)
         overrides = check_argument_overrides(hydra, name, repository, overrides, multirun=parsed.multirun)
         checked = check_composed(hydra, name, overrides, multirun=parsed.multirun)
     arguments = _replace_overrides(args, parsed.overrides, overrides)
@@ -117,6 +115,20 @@ def parse_command_line(args: list[str]) -> Any:
     from hydra._internal.utils import get_args_parser
 
     return get_args_parser().parse_args(args)
+
+
+def check_commands(parsed: Any) -> None:
+    """Refuse, in Hydra's words and one line, the flags ``hydra.main`` refuses with a traceback:
+    more than one of ``--run``, ``--multirun``, ``--cfg``, ``--info``, ``--shell-completion``, and
+    ``--resolve`` without ``--cfg`` or ``--help``."""
+    given = [flag for flag, on in (("--run", parsed.run), ("--multirun", parsed.multirun), ("--cfg", parsed.cfg is not None),
+                                   ("--info", parsed.info is not None), ("--shell-completion", parsed.shell_completion)) if on]
+    if len(given) > 1:
+        raise ConfigError(f"{' '.join(given)}: only one of --run, --multirun, --cfg, --info and --shell_completion "
+                          "can be specified (Hydra); allowed: one of them")
+    if parsed.resolve and parsed.cfg is None and not parsed.help:
+        raise ConfigError("--resolve: the --resolve flag can only be used in conjunction with --cfg or --help (Hydra); "
+                          "allowed: --cfg job --resolve")
 
 
 @contextmanager
@@ -203,16 +215,19 @@ def check_composed(hydra: Any, config_name: str, overrides: list[str], multirun:
     options in defaults lists are checked and a single run's config is validated. Returns whether
     the command is a multirun (``-m``, or ``hydra.mode`` set by a config such as an
     ``hparams_search`` preset) and the directory it writes."""
+    from hydra.errors import HydraException
     from hydra.types import RunMode
+    from omegaconf.errors import OmegaConfBaseException
 
     from mammoth.engine.directory_checks import check_run_directory, check_sweep_directory, resolved_directory
     from mammoth.config.safety import check_config_safety
 
-    cfg = _compose(hydra, config_name, overrides, RunMode.MULTIRUN if multirun else RunMode.RUN)
-    if cfg is None and not multirun and hydra.get_mode(config_name=config_name, overrides=overrides) == RunMode.MULTIRUN:
-        multirun, cfg = True, _compose(hydra, config_name, overrides, RunMode.MULTIRUN)  # sweeps without -m
-    if cfg is None:
-        return CheckedCommand(multirun)  # Hydra reports what it cannot compose, in its own words
+    try:
+        cfg = _compose(hydra, config_name, overrides, RunMode.MULTIRUN if multirun else RunMode.RUN)
+    except (HydraException, OmegaConfBaseException):
+        if multirun or hydra.get_mode(config_name=config_name, overrides=overrides) != RunMode.MULTIRUN:
+            raise  # Hydra's own error, in its words
+        multirun, cfg = True, _compose(hydra, config_name, overrides, RunMode.MULTIRUN)  # a config's hydra.mode: MULTIRUN
     multirun = multirun or cfg.hydra.mode == RunMode.MULTIRUN
     check_config_safety(cfg, sweep=multirun)  # a sweep's job paths: in each job's check below
     if not multirun:
@@ -251,10 +266,9 @@ def quote_override_value(text: str) -> str:
 
 
 def _compose(hydra: Any, config_name: str, overrides: list[str], mode: Any) -> Any:
-    """The config Hydra composes (None when Hydra cannot: it will say why); an unknown option in
-    a defaults list raises a ConfigError with the choices and the closest one."""
-    from hydra.errors import HydraException, MissingConfigException
-    from omegaconf.errors import OmegaConfBaseException
+    """The config Hydra composes (Hydra's error where it cannot); an unknown option in a defaults
+    list raises a ConfigError with the choices and the closest one."""
+    from hydra.errors import MissingConfigException
 
     from mammoth.config.options import DEFAULT_BACKBONE_GROUP
 
@@ -269,9 +283,7 @@ def _compose(hydra: Any, config_name: str, overrides: list[str], mode: Any) -> A
                     "allowed: choose one with backbone=NAME, or name a registered dataset"
                 ) from None
             raise ConfigError(unknown_name_message(group, value, sorted(error.options))) from None
-        return None
-    except (HydraException, OmegaConfBaseException):
-        return None
+        raise
 
 
 def _replace_overrides(args: list[str], originals: list[str], replacements: list[str]) -> list[str]:

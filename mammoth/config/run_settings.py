@@ -72,6 +72,12 @@ def setting_names() -> list[str]:
     return [item.name for item in fields(RunConfig)]
 
 
+def required_settings() -> list[str]:
+    """The run settings that have a value by default (``seed``, ``device``, ...): a run needs one,
+    so ``~seed`` is refused; the others default to null."""
+    return [item.name for item in fields(RunConfig) if item.default not in (None, MISSING)]
+
+
 def override_key(text: str) -> str:
     """The key an override sets: ``++threads=2`` -> ``threads``, ``~logger`` -> ``logger``."""
     return str(text).split("=", 1)[0].lstrip("+~")

@@ -10,9 +10,13 @@ and each key checked once:
   only their arguments (the schemas are closed, so an unknown key reaches this check only when
   added on purpose with ``++``) and a value for every required one (all missing ones named at
   once; the data fills a backbone's ``num_classes`` and ``input_shape``);
+- each given argument's value has its type and is in its allowed set (``backbone.depth=19`` is
+  refused here, before anything is built; the data's ``num_classes`` and ``input_shape`` are
+  checked when the run fills them);
 - ``seed`` fits torch's generators and ``threads`` this machine's CPUs.
 
-The values of the arguments (types, ranges) are converted when the run builds each object.
+Checks that need the built objects (``model.lr`` > 0, a buffer no larger than the data) run when
+the run builds each one.
 """
 
 from __future__ import annotations
@@ -164,6 +168,8 @@ def _resolve_option(registry: Any, cfg: DictConfig, skip: tuple[str, ...] = ()) 
     entry, values = registry.resolve(cfg[registry.group])
     registry.check_known_arguments(entry, values)
     registry.check_required(entry, values, skip=skip)
+    registry.convert_values(dataclasses.replace(entry, arguments=tuple(
+        argument for argument in entry.arguments if argument.name not in skip)), values)
     return ResolvedOption(registry, entry, values)
 
 

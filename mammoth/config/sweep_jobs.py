@@ -31,14 +31,13 @@ class SweepJobs:
 
 def sweep_job_configs(hydra: Any, sweep_config: DictConfig) -> SweepJobs:
     """Every job config of the sweep that ``sweep_config`` (composed in multirun mode) starts."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     params = sweep_config.hydra.sweeper.get("params") or {}
     arguments = [f"{key}={value}" for key, value in params.items()] + list(sweep_config.hydra.overrides.task)
     parsed = OverridesParser.create(config_loader=hydra.config_loader).parse_overrides(arguments)
     if sweep_config.hydra.sweeper.get("_target_") == BASIC_SWEEPER:
-        jobs = BasicSweeper.split_arguments(parsed, None)[0]
+        jobs = _basic_sweep_jobs(parsed)
         return SweepJobs([_job_config(hydra, sweep_config, job, number) for number, job in enumerate(jobs)], exact=True)
     for key in params:
         if str(key).lstrip("+~") == "hydra" or str(key).lstrip("+~").startswith(("hydra.", "hydra/")):
@@ -47,6 +46,24 @@ def sweep_job_configs(hydra: Any, sweep_config: DictConfig) -> SweepJobs:
                 "allowed: backbone., model., dataset. and run settings"
             )
     return SweepJobs([_job_config(hydra, sweep_config, job, 0) for job in _alternatives(parsed)], exact=False)
+
+
+def _basic_sweep_jobs(parsed: list[Any]) -> list[list[str]]:
+    """The overrides of each job Hydra's basic sweeper runs; a sweep it cannot run (``interval()``,
+    also inside ``tag()``) is refused with Hydra's own words, naming the override."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.errors import HydraException
+
+    try:
+        return BasicSweeper.split_arguments(parsed, None)[0]
+    except HydraException as error:
+        override = next((item for item in parsed if item.is_sweep_override() and not item.is_discrete_sweep()), None)
+        if override is None:
+            raise
+        raise ConfigError(
+            f"{override.input_line}: {error}; allowed: a list, range(), choice() or glob() with the basic "
+            "sweeper, or interval() in a search by another sweeper (hydra/sweeper=optuna)"
+        ) from None
 
 
 def _alternatives(parsed: list[Any]) -> list[list[str]]:

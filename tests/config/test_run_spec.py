@@ -9,7 +9,7 @@ import pytest
 
 import composing
 from mammoth.config.run_spec import resolve_run
-from mammoth.errors import ConfigError
+from mammoth.errors import ConfigError, MammothError
 
 
 def test_a_composed_config_resolves_to_its_entries_settings_and_plain_config():
@@ -33,13 +33,19 @@ def test_the_dataset_default_backbone_stays_unresolved_until_the_data_is_known()
     assert resolve_run(cfg).backbone is None
 
 
-def test_the_values_are_converted_when_the_run_builds():
+def test_the_values_are_checked_when_the_run_resolves():
     spec = resolve_run(composing.compose_mammoth("model.lr=0.5"))
     assert spec.model.checked_values()["lr"] == 0.5
-    bad = resolve_run(composing.compose_mammoth("model.optimizer=rmsprop"))  # the run reports it (exit status 1)
-    with pytest.raises(ConfigError) as error:
-        bad.model.checked_values()
-    assert str(error.value).startswith("model.optimizer: ") and "rmsprop" in str(error.value)
+    # a type or allowed set is checked before anything is built (the pre-flight: exit status 2)
+    for overrides, message in [(("model.optimizer=rmsprop",), "model.optimizer: invalid value 'rmsprop' for argument "
+                                "'optimizer': allowed values: 'sgd', 'adam'"),
+                               (("backbone=resnet", "backbone.depth=19"), "backbone.depth: invalid value 19 for "
+                                "argument 'depth': allowed values: 18, 34, 50, 101, 152")]:
+        with pytest.raises(MammothError) as error:
+            resolve_run(composing.compose_mammoth(*overrides))
+        assert str(error.value) == message
+    # the data's arguments are filled by the run, not checked here
+    assert resolve_run(composing.compose_mammoth("backbone=resnet")).backbone.values["num_classes"] == "???"
 
 
 @pytest.mark.parametrize(
