@@ -14,6 +14,8 @@ from __future__ import annotations
 import importlib
 
 __version__ = "0.1.0"
+#: The distribution of this package; ``python -m mammoth`` checks it (:mod:`mammoth.import_name`).
+__distribution__ = "mammoth-cl"
 
 #: Public name -> the module that defines it (imported on first access, PEP 562).
 _PUBLIC_NAMES = {
