@@ -34,6 +34,8 @@ _drop_working_directory()  # before any other import (os and sys: Python loaded 
 import importlib  # noqa: E402
 
 __version__ = "0.1.0"
+#: The distribution of this package; ``python -m mammoth`` checks it (:mod:`mammoth.import_name`).
+__distribution__ = "mammoth-cl"
 
 #: Public name -> the module that defines it (imported on first access, PEP 562).
 _PUBLIC_NAMES = {

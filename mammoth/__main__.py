@@ -122,11 +122,21 @@ def directory_locked(directory: Path | None, key: str) -> Iterator[None]:
         yield
 
 
+def check_import_name() -> None:
+    """Exit with one line when ``mammoth`` is not mammoth-cl's package (:mod:`mammoth.import_name`)."""
+    from mammoth.import_name import import_name_problem
+
+    problem = import_name_problem()
+    if problem is not None:
+        exit_with(MammothError(problem), status=1)
+
+
 def main() -> None:
     """Entry point: check the command line against what Hydra composes, then run it with Hydra."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    check_import_name()
     try:
         load_plugins()
         command_line = prepare_arguments(sys.argv[1:], hydra_main)

@@ -70,7 +70,8 @@ class CommandLine:
     pin_at: int = 0
 
     def hydra_arguments(self) -> list[str]:
-        """What ``hydra.main`` gets: :attr:`args` and the override that pins :attr:`directory`."""
+        """What ``hydra.main`` gets: :attr:`args` and the overrides that pin :attr:`directory` (and
+        :attr:`subdir`)."""
         if self.directory is None:
             return list(self.args)
         pins = [f"hydra.{'sweep' if self.multirun else 'run'}.dir={quote_override_value(str(self.directory))}"]

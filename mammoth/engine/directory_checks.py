@@ -156,8 +156,14 @@ def _check_study(directory: Path, cfg: DictConfig, continued: bool) -> str | Non
             f"resume=true cannot continue the Optuna study in hydra.sweep.dir={directory}: hydra.sweeper.storage="
             f"{storage!r} holds no study named {name!r}; allowed: the storage and study_name the study started with"
         )
-    subdir = OmegaConf.to_container(cfg.hydra.sweep, resolve=False)["subdir"]
-    number = 1 + sum(1 for path in directory.iterdir() if path.name.startswith(CONTINUED_STUDY_PREFIX))
+    subdir = str(OmegaConf.to_container(cfg.hydra.sweep, resolve=False)["subdir"])
+    if any(character in subdir for character in "'\\\n\r"):
+        raise ConfigError(
+            f"hydra.sweep.subdir={subdir!r} cannot be moved under resume-N/ for the continued study's new trials; "
+            "allowed: a subdirectory without quotes or backslashes (e.g. ${hydra.job.num})"
+        )
+    taken = [path.name[len(CONTINUED_STUDY_PREFIX):] for path in directory.iterdir() if path.name.startswith(CONTINUED_STUDY_PREFIX)]
+    number = 1 + max((int(text) for text in taken if text.isdigit()), default=0)
     return f"{CONTINUED_STUDY_PREFIX}{number}/{subdir}"
 
 

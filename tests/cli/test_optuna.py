@@ -185,8 +185,9 @@ def test_resuming_continues_the_directorys_own_stored_study_in_a_folder_of_its_o
     assert command.subdir == "resume-1/${hydra.job.num}"  # the new trials never write over the earlier ones
     assert command.hydra_arguments()[-2:] == [f"hydra.sweep.dir='{sweep}'", "hydra.sweep.subdir='resume-1/${hydra.job.num}'"]
     (sweep / "resume-1").mkdir()
+    (sweep / "resume-4").mkdir()
     assert prepare_arguments([*stored, f"hydra.sweep.dir={sweep}", "resume=true"], hydra_main).subdir == \
-        "resume-2/${hydra.job.num}"
+        "resume-5/${hydra.job.num}"
     # a storage without the study (an empty one, or another study's name) cannot be continued
     planted_study(workdir / "sweep2", storage=storage, study_name="gone")
     assert study_refused(*SEARCH, f"hydra.sweep.dir={workdir / 'sweep2'}", "resume=true", f"hydra.sweeper.storage={storage}",
