@@ -33,7 +33,6 @@ from mammoth.backbones.weights import (
     local_weights_file,
     read_state_dict,
 )
-
 from mammoth.errors import BackboneError, MammothError, closest_match, unknown_name_message
 
 log = logging.getLogger(__name__)
@@ -224,7 +223,7 @@ def create_timm_model(name: str, input_shape: tuple[int, int, int], model_args: 
             if "img_size" not in str(error):
                 raise
         return timm.create_model(name, **arguments)  # a model without img_size (a ResNet)
-    except (KeyboardInterrupt, MammothError):
+    except MammothError:
         raise
     except Exception as error:  # noqa: BLE001 - a value timm or torch refuses: one line, never a traceback
         first = (str(error).splitlines() or [""])[0]
