@@ -7,6 +7,12 @@ not half-precision weights). ``bf16`` works on CPU and CUDA; ``fp16`` needs CUDA
 training step calls ``backward`` itself refuses ``fp16``). ``channels_last`` stores the weights
 of convolutional backbones and every image batch in the NHWC memory format, which the fast
 convolution kernels of recent CPUs and GPUs prefer; it changes no result beyond float rounding.
+
+Autocast runs without its weight cache: with the cache, a region casts each trainable weight once
+and reuses that copy until the region ends, so a method that updates its weights inside one
+training step (mer's per-example optimizer steps and Reptile updates) would compute every later
+step with the step's first weights, and diverge. Without it each forward casts the weights as they
+are; a method that forwards once per step casts each weight once either way.
 """
 
 from __future__ import annotations
@@ -35,11 +41,12 @@ def check_precision(precision: str, device: torch.device | str | None = None) ->
 
 
 def autocast(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:
-    """The autocast context of ``precision`` on ``device`` (a no-op for ``fp32``)."""
+    """The autocast context of ``precision`` on ``device`` (a no-op for ``fp32``), without the weight
+    cache, so weights updated in place inside the region are cast anew (module docstring)."""
     dtype = PRECISIONS[precision]
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype, cache_enabled=False)
 
 
 def grad_scaler(precision: str, device: torch.device | str) -> Optional["torch.amp.GradScaler"]:
