@@ -46,8 +46,8 @@ def test_a_weights_file_is_found_where_the_command_was_launched(tmp_path, monkey
 
     torch.save({"w": torch.ones(2)}, tmp_path / "w.pt")
     in_job(monkeypatch, tmp_path, tmp_path / "run", chdir=True)
-    found = local_weights_file("w.pt", None, "test weights")
-    assert found.path == tmp_path / "w.pt"
+    found, data = local_weights_file("w.pt", None, "test weights")
+    assert found.path == tmp_path / "w.pt" and data == (tmp_path / "w.pt").read_bytes()
 
 
 def test_a_run_with_hydra_job_chdir_reads_its_data_under_the_launch_directory(tmp_path):
