@@ -36,7 +36,7 @@ def test_dataset_chooses_its_backbone_and_the_command_line_wins():
 
 def test_backbone_arguments_are_typed_fields():
     cfg = compose_config("backbone=resnet", "backbone.depth=34", "backbone.width=32")
-    assert (cfg.backbone.depth, cfg.backbone.width, cfg.backbone.stem) == (34, 32, "cifar")
+    assert (cfg.backbone.depth, cfg.backbone.width, cfg.backbone.stem) == (34, 32, "auto")
     with pytest.raises(ConfigCompositionException) as error:
         compose_config("backbone=resnet", "backbone.depth=abc")
     message = str(error.value.__cause__)
