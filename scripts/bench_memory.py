@@ -113,7 +113,8 @@ def measure_run(root: Path, run_dir: Path, args: argparse.Namespace, package: st
     run_dir.mkdir(parents=True)
     started = time.perf_counter()
     with open(run_dir.parent / f"{run_dir.name}.out", "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
+        # started in the scratch folder: python -m puts the working directory first on sys.path
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment, cwd=run_dir.parent)
         _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - started
     if os.waitstatus_to_exitcode(status) != 0:
