@@ -249,7 +249,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def run_readme_command(command: str, case: Case, workdir: Path, index: int) -> Result:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("HYDRA_", "WANDB_"))}
-    env["PYTHONPATH"] = str(workdir)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(workdir), os.environ.get("PYTHONPATH")]))  # the README's files first
     words = shlex.split(command.replace("dataset.root=/data", f"dataset.root={workdir / 'fake-data'}"))
     while "=" in words[0]:  # VARIABLE=value before the command
         key, value = words.pop(0).split("=", 1)
