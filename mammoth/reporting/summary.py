@@ -836,7 +836,8 @@ def study_figure(rows: Sequence[JobRow], study: Study, heading: str) -> Any:
 
     metric = study.metric or next(name for name in metric_names(rows) if name.endswith("_average"))
     trials = [(row, row.metrics.get(metric)) for row in rows]
-    scored = [(row, value) for row, value in trials if row.status == COMPLETE and value is not None and math.isfinite(value)]
+    # NaN, infinities and 1e308 (a diverged trial) are neither plotted nor the best
+    scored = [(row, value) for row, value in trials if row.status == COMPLETE and not math.isnan(_drawable(value))]
     pick = max if study.direction == "maximize" else min
     best = pick(scored, key=lambda item: item[1])[0] if scored else None
     unfinished = [row for row, value in trials if row.status != COMPLETE]
@@ -846,9 +847,7 @@ def study_figure(rows: Sequence[JobRow], study: Study, heading: str) -> Any:
     panels = figure.subplots(rows_of_panels, columns, squeeze=False).ravel()
     metric_label = _metric_label(metric)
     values = [value for _, value in scored]
-    spread = (max(values) - min(values)) if values else 0.0
-    spread = spread if 0 < spread < LARGE_VALUE else 1.0  # an infinity from 1e308 and -1e308: a unit step
-    bottom = min(values) - 0.08 * spread if values else 0.0  # failed trials, below the rest
+    bottom = min(values) - 0.08 * ((max(values) - min(values)) or 1.0) if values else 0.0  # failed trials, below the rest
     figure.suptitle(f"{heading}\nOptuna study: {metric_label}, {study.direction}", fontsize=10)
     for axes, (key, expression) in zip(panels, study.params.items()):
         positions, ticks = _parameter_positions([_override_value(row, key) for row in rows])

@@ -13,6 +13,7 @@ import os
 import statistics
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -141,3 +142,22 @@ def test_symbolic_links_to_directories_are_not_followed(tmp_path: Path):
     (root / "loop").symlink_to(root, target_is_directory=True)  # followed, it would never end
     (root / "job").symlink_to(tmp_path / "elsewhere" / "job", target_is_directory=True)
     assert find_job_dirs(root) == [root / "0"]
+
+
+def test_an_optuna_picture_with_diverged_trials_marks_the_best_finite_one():
+    from mammoth.reporting.summary import JobRow, Study, summary_figure
+
+    trials = {"0.1": 1e308, "0.01": -1e308, "0.001": NAN, "0.002": INF, "0.05": 40.0, "0.02": 30.0}
+    rows = [JobRow(str(index), Path(str(index)), [f"model.lr={lr}"], "complete", metrics={"class_il_average": value})
+            for index, (lr, value) in enumerate(trials.items())]
+    rows.append(JobRow("9", Path("9"), ["model.lr=0.2"], "failed"))
+    study = Study({"model.lr": "tag(log, interval(0.001, 0.2))"}, "maximize", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow in matplotlib's transforms either
+        figure = summary_figure(rows, "sweep", True, study)
+        figure.canvas.draw()
+    (axes, *_) = figure.axes
+    labels = [text.get_text() for text in axes.get_legend().get_texts()]
+    assert labels == ["trial", "failed or unfinished", "best 40.00 (model.lr=0.05)"]
+    plotted = axes.collections[0].get_offsets()
+    assert sorted(map(tuple, plotted.tolist())) == [(0.02, 30.0), (0.05, 40.0)]  # the diverged trials are not drawn
