@@ -50,7 +50,7 @@ def test_a_package_folder_in_the_working_directory_is_named_for_every_kind_of_ta
     (workdir / "tools").mkdir()
     (workdir / "tools" / "__init__.py").write_text("class Sampler: pass\n")
     result = mammoth(workdir, "-m", "hydra/sweeper=optuna", "hydra.sweeper.sampler._target_=tools.Sampler",
-                     "model.lr=interval(0.01,0.1)", "--cfg", "job")
+                     "model.lr=interval(0.01,0.1)", "hydra.sweeper.n_trials=1", "dataset.n_epochs=1")  # refused before any trial
     assert result.stderr.strip().splitlines()[-1] == (
         f"Error: hydra.sweeper.sampler._target_='tools.Sampler' is not importable: its module tools/ {NOT_IMPORTED}; "
         "allowed: an Optuna sampler class (a subclass of optuna.samplers.BaseSampler)")
