@@ -4,7 +4,8 @@ The built-in backbones, datasets and models are defined in modules that import t
 (a backbone is an ``nn.Module``), so their registries cannot be filled without it. Composing a
 config (``--help``, ``--cfg job``, completion, an app that opted in) needs only their schemas:
 ``builtins.json`` beside this module holds, for each built-in option, its ``_target_``, its schema
-class's name and fields (name, type, default), its arguments as messages describe them and, for a
+class's name and fields (name, type, default), its arguments' hints (what their values are checked
+against), its arguments as messages describe them and, for a
 dataset, its default backbone.
 ``tests/config/test_manifest.py`` checks that it matches the registries; after changing a built-in,
 regenerate it with ``python scripts/write_builtins_manifest.py``.
@@ -19,7 +20,7 @@ import dataclasses
 import functools
 import json
 from importlib import resources
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 MANIFEST_FILE = "builtins.json"
 #: The groups of the built-in options and the suffix of their schema classes' names.
@@ -28,14 +29,18 @@ _SCALARS = {"int": int, "float": float, "str": str, "bool": bool, "any": Any}
 
 
 def encode_type(hint: Any) -> Any:
-    """A schema field's type as JSON: ``int``, ``["optional", "int"]``, ``["tuple", "int", "..."]``."""
+    """A schema field's type or an argument's hint as JSON: ``int``, ``["optional", "int"]``
+    (also ``int | None``), ``["tuple", "int", "..."]``, ``["literal", 18, 34]``."""
+    import types
     import typing
 
     for name, scalar in _SCALARS.items():
         if hint is scalar:
             return name
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is typing.Union and len(args) == 2 and type(None) in args:
+    if origin is typing.Literal:
+        return ["literal", *args]
+    if origin in (typing.Union, types.UnionType) and len(args) == 2 and type(None) in args:
         return ["optional", encode_type(next(arg for arg in args if arg is not type(None)))]
     if origin in (list, tuple, dict):
         return [origin.__name__, *("..." if arg is Ellipsis else encode_type(arg) for arg in args)]
@@ -47,6 +52,8 @@ def decode_type(encoded: Any) -> Any:
     if isinstance(encoded, str):
         return _SCALARS[encoded]
     kind, *args = encoded
+    if kind == "literal":
+        return Literal[tuple(args)]
     if kind == "optional":
         return Optional[decode_type(args[0])]
     container = {"list": list, "tuple": tuple, "dict": dict}[kind]
@@ -63,8 +70,9 @@ def describe_entry(group: str, entry: Any) -> dict[str, Any]:
             continue
         default = {"tuple": list(field.default)} if isinstance(field.default, tuple) else field.default
         fields.append([field.name, encode_type(field.type), default])
+    hints = [[argument.name, encode_type(argument.hint)] for argument in entry.arguments]
     described = {"target": entry.target_path, "schema": entry.schema.__name__, "fields": fields,
-                 "arguments": entry.describe_arguments()}
+                 "hints": hints, "arguments": entry.describe_arguments()}
     if group == "dataset":
         described["default_backbone"] = entry.target.default_backbone
     return described
@@ -119,6 +127,13 @@ def manifest_fields(description: dict[str, Any]) -> list[tuple[str, Any, Any]]:
             default = tuple(default["tuple"])
         fields.append((name, decode_type(encoded), default))
     return fields
+
+
+def manifest_arguments(description: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """An option's arguments as ``(name, hint, default)``: the hints its values are checked
+    against (``Literal[18, 34]`` where the schema field holds ``int``), the defaults of its fields."""
+    defaults = {name: default for name, _, default in manifest_fields(description)}
+    return [(name, decode_type(encoded), defaults[name]) for name, encoded in description["hints"]]
 
 
 def __getattr__(class_name: str) -> type:

@@ -113,7 +113,7 @@ class ManifestEntry(Entry):
 def _manifest_entry(group: str, name: str) -> ManifestEntry:
     description = manifest.load_manifest()[group][name]
     arguments = tuple(Argument(name=field, hint=hint, default=default)
-                      for field, hint, default in manifest.manifest_fields(description))
+                      for field, hint, default in manifest.manifest_arguments(description))
     return ManifestEntry(name=name, target=None, arguments=arguments, schema=None,  # type: ignore[arg-type]
                          path=description["target"], described=description["arguments"])
 

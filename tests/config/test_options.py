@@ -116,3 +116,18 @@ print(len(names), before == after, [name for name in after[0] if name not in bef
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["44", "True", "[]"]
+
+
+@pytest.mark.parametrize("group", manifest.GROUPS)
+def test_each_served_option_checks_values_as_its_registry_does(group: str):
+    """The pre-flight checks values against the manifest's arguments: the same names, hints
+    (``Literal[18, 34, ...]``, not the schema field's ``int``) and defaults as the registry's."""
+    registry, served = REGISTRIES[group], served_registry(group)
+    for name in manifest.load_manifest()[group]:
+        described = [(argument.name, manifest.encode_type(argument.hint), argument.default)
+                     for argument in served.get(name).arguments]
+        assert described == [(argument.name, manifest.encode_type(argument.hint), argument.default)
+                             for argument in registry.get(name).arguments], name
+    if group == "backbone":
+        depth = next(argument for argument in served.get("resnet").arguments if argument.name == "depth")
+        assert manifest.encode_type(depth.hint) == ["literal", 18, 34, 50, 101, 152]
