@@ -152,9 +152,16 @@ def test_resume_refuses_a_different_config(tmp_path):
 
 def test_failed_run_removes_a_stale_results_file(tmp_path):
     (tmp_path / "results.json").write_text('{"status": "complete"}')
-    with pytest.raises(BackboneError):
-        mammoth.run(compose_run(tmp_path, "backbone=resnet", "backbone.depth=20"))
+    with pytest.raises(ConfigError, match="model.lr=-1.0 is not positive"):  # found when the model is built
+        mammoth.run(compose_run(tmp_path, "model.lr=-1"))
     assert not (tmp_path / "results.json").exists()
+
+
+def test_a_config_refused_before_the_run_leaves_the_directory_as_it_was(tmp_path):
+    (tmp_path / "results.json").write_text('{"status": "complete"}')
+    with pytest.raises(BackboneError, match="backbone.depth: invalid value 20"):
+        mammoth.run(compose_run(tmp_path, "backbone=resnet", "backbone.depth=20"))
+    assert (tmp_path / "results.json").read_text() == '{"status": "complete"}'
 
 
 @pytest.mark.parametrize(
