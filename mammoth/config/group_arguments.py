@@ -26,6 +26,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from mammoth.errors import ConfigError
+from mammoth.config.options import SERVING_PACKAGES, served_entries
 from mammoth.config.registry import unknown_argument_message
 
 #: The config groups whose options are closed schemas from mammoth's registries.
@@ -205,17 +206,17 @@ class _Composer:
         return list(found.values())
 
     def registered(self, group: str, name: str) -> ComposedOption | None:
-        """Option ``name`` of ``group`` without composing, when Hydra finds it as mammoth's registry
-        stored it (not a user's YAML of that name) and nothing on the command line adds keys to it."""
+        """Option ``name`` of ``group`` without composing, when Hydra finds it as mammoth serves it
+        (not a user's YAML of that name) and nothing on the command line adds keys to it."""
         if any(line.lstrip("+~").startswith(f"{group}.") for line in self.fixed):
             return None
         try:
             found = self.repository.load_config(f"{group}/{name}")
         except Exception:  # noqa: BLE001 - Hydra reports what it cannot load
             return None
-        if found is None or found.provider != "mammoth" or not found.path.startswith("structured://"):
-            return None
-        entry = _registry_entry(group, found.config.get("_target_"))
+        if found is None or found.path not in [f"pkg://{package}" for package in SERVING_PACKAGES]:
+            return None  # a user's file, not the option file mammoth serves (mammoth.config.options)
+        entry = served_entries(group).get(name)
         if entry is None:
             return None
         return ComposedOption(entry.name, tuple(argument.name for argument in entry.arguments), entry.describe_arguments())
