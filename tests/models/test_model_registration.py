@@ -6,7 +6,7 @@ import dataclasses
 from typing import Optional
 
 import pytest
-from hydra import compose, initialize
+from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from mammoth.errors import ConfigError
@@ -58,7 +58,7 @@ def test_literal_choices_are_checked_at_build_time(make_net, dataset) -> None:
 
 
 def test_compose_and_build_from_hydra_overrides(make_net, dataset) -> None:
-    with initialize(version_base=None, config_path=None):
+    with initialize_config_module(config_module="mammoth.conf", version_base=None):  # an app that opted in
         config = compose(overrides=["+model=derpp", "model.buffer_size=50", "model.beta=1.0"])
     model = build_model(config.model, net=make_net(), dataset=dataset)
     assert isinstance(model, DERPP)
