@@ -51,7 +51,7 @@ def _module_run_by_python() -> "str | None":
     return None
 
 
-_drop_working_directory()  # before any other import (os and sys: Python loaded both before any file of the working directory)
+_drop_working_directory()  # before any other import (Python loaded os and sys before the working directory)
 
 import importlib  # noqa: E402
 
