@@ -22,14 +22,36 @@ def _drop_working_directory() -> None:
     """Under ``python -m mammoth...``, take the working directory off the front of ``sys.path``,
     where ``-m`` puts it (as ``python -P`` / ``PYTHONSAFEPATH`` would), so that no Python file that
     merely lies where the command runs (``hydra.py``, ``logging.py``, ``argparse.py``) is imported
-    in place of a library. Imported as a library (``sys.argv[0]`` is not ``-m``), ``sys.path`` is
-    left as the importing program has it."""
-    if sys.argv[:1] == ["-m"] and sys.path and \
-            (sys.path[0] == "" or os.path.realpath(sys.path[0]) == os.path.realpath(os.getcwd())):
+    in place of a library. Imported as a library, also by another ``python -m`` module,
+    ``sys.path`` is left as the importing program has it."""
+    if _module_run_by_python() in ("mammoth", "mammoth.__main__", "mammoth.summary", "mammoth.reproduce") \
+            and sys.argv[:1] == ["-m"] and sys.path \
+            and (sys.path[0] == "" or os.path.realpath(sys.path[0]) == os.path.realpath(os.getcwd())):
         del sys.path[0]
 
 
-_drop_working_directory()  # before any other import (os and sys: Python loaded both before any file of the working directory)
+def _module_run_by_python() -> "str | None":
+    """The module of ``python [OPTIONS] -m MODULE`` (``sys.orig_argv``), None for another command."""
+    arguments = list(getattr(sys, "orig_argv", ()))[1:]
+    index = 0
+    while index < len(arguments) and arguments[index].startswith("-") and arguments[index] not in ("-", "--"):
+        argument, index = arguments[index], index + 1
+        if argument.startswith("--"):
+            index += argument == "--check-hash-based-pycs"
+            continue
+        for position, flag in enumerate(argument[1:], start=2):
+            if flag == "m":
+                rest = argument[position:]
+                return rest or (arguments[index] if index < len(arguments) else None)
+            if flag == "c":
+                return None
+            if flag in "WX":  # an option with a value, attached or the next argument
+                index += not argument[position:]
+                break
+    return None
+
+
+_drop_working_directory()  # before any other import (Python loaded os and sys before the working directory)
 
 import importlib  # noqa: E402
 

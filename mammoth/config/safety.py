@@ -189,8 +189,8 @@ class _Resolver:
 
     def __init__(self, cfg: DictConfig, hydra: Any, tree: dict | None = None, sweep: bool = False) -> None:
         self.cfg, self.hydra, self.sweep = cfg, hydra, sweep
-        task_tree = {key: value for key, value in (tree if tree is not None else OmegaConf.to_container(cfg, resolve=False)).items()
-                     if key != "hydra"}
+        whole = tree if tree is not None else OmegaConf.to_container(cfg, resolve=False)
+        task_tree = {key: value for key, value in whole.items() if key != "hydra"}
         self.task_lookup = raw_lookup(task_tree)
         node = cfg.get("hydra") if "hydra" in cfg else hydra
         self.hydra_tree = OmegaConf.to_container(node, resolve=False) if OmegaConf.is_config(node) else dict(node or {})

@@ -81,3 +81,25 @@ def test_a_mammoth_module_in_the_working_directory_is_python_s_choice_and_p_or_t
     script = shutil.which("mammoth", path=os.path.dirname(sys.executable))
     if script is not None:
         assert run([script, "--help"], tmp_path).returncode == 0 and marks(tmp_path) == []
+
+
+def test_another_module_run_with_m_that_imports_mammoth_keeps_its_sys_path(tmp_path: Path):
+    (tmp_path / "mytool").mkdir()
+    (tmp_path / "mytool" / "__init__.py").write_text(
+        "import sys\nfirst = sys.path[0]\nimport mammoth\nprint('kept' if sys.path[0] == first else 'dropped')\n")
+    (tmp_path / "mytool" / "__main__.py").write_text("")
+    assert run([sys.executable, "-m", "mytool"], tmp_path).stdout.split() == ["kept"]
+
+
+def test_the_module_python_runs_is_read_from_its_command_line(monkeypatch):
+    import mammoth
+
+    for argv, module in ((["python", "-m", "mammoth", "x=1"], "mammoth"),
+                         (["python", "-X", "importtime", "-m", "mammoth.summary"], "mammoth.summary"),
+                         (["python", "-Bm", "mammoth.reproduce"], "mammoth.reproduce"),
+                         (["python", "-Xdev", "-mmammoth"], "mammoth"),
+                         (["python", "-W", "ignore", "--check-hash-based-pycs", "never", "-m", "mytool"], "mytool"),
+                         (["python", "-c", "import mammoth", "-m"], None),
+                         (["python", "script.py", "-m", "mammoth"], None)):
+        monkeypatch.setattr(sys, "orig_argv", argv)
+        assert mammoth._module_run_by_python() == module, argv
