@@ -15,7 +15,7 @@ from mammoth.__main__ import hydra_main
 from mammoth.config.preflight import prepare_arguments
 from mammoth.errors import ConfigError
 from mammoth.engine.rundir import RunLock
-from conftest import run_python
+from conftest import REPO, run_python
 
 
 def refused(*args: str) -> str:
@@ -136,7 +136,6 @@ def test_an_interpolated_path_from_a_shared_experiment_writes_nothing_outside(wo
     import subprocess
     import sys
 
-    from conftest import REPO
 
     victim = workdir / "victim"
     victim.mkdir()
