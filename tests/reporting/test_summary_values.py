@@ -10,6 +10,7 @@ import io
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -119,12 +120,35 @@ def test_the_plot_sorts_nan_and_infinities_after_every_finite_average(tmp_path: 
     assert len(few) == 2  # 40 or fewer: all of them, NaN included
 
 
-def test_runs_nested_1100_directories_deep_are_found(tmp_path: Path):
+def remove_nested_tree(top: Path) -> None:
+    """Remove a tree of any depth bottom-up without recursion: ``shutil.rmtree`` recurses once per
+    level, and so does pytest's removal of old temporary directories, which a tree deeper than the
+    recursion limit left behind would crash at the end of a later session."""
+    levels = [top]
+    while (levels[-1] / "d").is_dir():
+        levels.append(levels[-1] / "d")
+    for level in reversed(levels):
+        for entry in level.iterdir():
+            if entry.name != "d":
+                shutil.rmtree(entry)  # a job directory: shallow
+        level.rmdir()
+
+
+@pytest.fixture
+def nested_sweep(tmp_path: Path):
+    """``tmp_path/sweep/d/d/.../d`` (1,100 levels), removed when the test ends."""
     deep = tmp_path / "sweep"
     deep.mkdir()
     for _ in range(1100):  # one mkdir per level: Path.mkdir(parents=True) itself recurses
         deep = deep / "d"
         os.mkdir(deep)
+    yield deep
+    remove_nested_tree(tmp_path / "sweep")
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_runs_nested_1100_directories_deep_are_found(tmp_path: Path, nested_sweep: Path):
+    deep = nested_sweep
     write_job(deep / "job", ["seed=0"], complete((12, 1, -1), (34, 0, 0), 1))
     write_job(tmp_path / "sweep" / "top", ["seed=1"], complete((56, 1, -1), (78, 0, 0), 1))
     assert 1100 > sys.getrecursionlimit()
