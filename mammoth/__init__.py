@@ -56,7 +56,7 @@ _drop_working_directory()  # before any other import (Python loaded os and sys b
 import importlib  # noqa: E402
 
 __version__ = "0.1.0"
-#: The distribution of this package; ``python -m mammoth`` checks it (:mod:`mammoth.import_name`).
+#: The distribution of this package; ``python -m mammoth`` checks it (:mod:`mammoth.app.import_name`).
 __distribution__ = "mammoth-cl"
 
 #: Public name -> the module that defines it (imported on first access, PEP 562).
@@ -79,7 +79,7 @@ _PUBLIC_NAMES = {
     "register_backbone": "mammoth.backbones",
     "register_dataset": "mammoth.datasets",
     "register_model": "mammoth.models",
-    "run": "mammoth.engine.runner",
+    "run": "mammoth.app.runner",
 }
 
 __all__ = sorted(_PUBLIC_NAMES)

@@ -21,8 +21,8 @@ import hydra
 from omegaconf import DictConfig
 
 import mammoth
-import mammoth.app_conf  # noqa: F401  the run schema, stored before Hydra copies the ConfigStore (--info)
-from mammoth.config.preflight import CONFIG_NAME, CONFIG_PATH, exit_with, prepare_arguments
+import mammoth.app.conf  # noqa: F401  the run schema, stored before Hydra copies the ConfigStore (--info)
+from mammoth.app.preflight import CONFIG_NAME, CONFIG_PATH, exit_with, prepare_arguments
 from mammoth.errors import ConfigError, MammothError
 from mammoth.plugins import load_plugins
 
@@ -42,7 +42,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
 def log_failure(error: MammothError) -> None:
     """Write the error to the job's ``mammoth.log`` (and, in a multirun, to the console)."""
-    from mammoth.engine.job import is_multirun
+    from mammoth.app.job import is_multirun
 
     logging.getLogger("mammoth" if is_multirun() else FAILURE_LOGGER).error("Error: %s", error)
 
@@ -113,7 +113,7 @@ def unwritable_error(error: OSError) -> ConfigError:
 def directory_locked(directory: Path | None, key: str) -> Iterator[None]:
     """Hold the run (or sweep) directory's lock while Hydra runs, so a run refused by it finds
     the directory as it was: no ``.hydra/``, log line or ``job.json`` of its own."""
-    from mammoth.engine.rundir import RunLock, prepare_directory
+    from mammoth.files import RunLock, prepare_directory
 
     if directory is None:
         yield
@@ -123,8 +123,8 @@ def directory_locked(directory: Path | None, key: str) -> Iterator[None]:
 
 
 def check_import_name() -> None:
-    """Exit with one line when ``mammoth`` is not mammoth-cl's package (:mod:`mammoth.import_name`)."""
-    from mammoth.import_name import import_name_problem
+    """Exit with one line when ``mammoth`` is not mammoth-cl's package (:mod:`mammoth.app.import_name`)."""
+    from mammoth.app.import_name import import_name_problem
 
     problem = import_name_problem()
     if problem is not None:
@@ -141,7 +141,7 @@ def main() -> None:
         load_plugins()
         command_line = prepare_arguments(sys.argv[1:], hydra_main)
         if "WORLD_SIZE" in os.environ:  # torchrun: every rank in rank 0's run directory (torch imported only then)
-            from mammoth.engine.distributed import join_command_line
+            from mammoth.app.launch import join_command_line
 
             command_line = join_command_line(command_line)
     except MammothError as error:

@@ -10,7 +10,7 @@ before ``python -m mammoth`` composes its config: ``backbone=my-net`` works with
 
 ``import mammoth`` imports nothing of this: the entry points are imported once, on the first
 lookup in any registry (``list_backbones()``, ``build_model(...)``, ...), or when Hydra lists
-the options that ``mammoth.conf`` / ``mammoth.app_conf`` serve (:mod:`mammoth.config.options`).
+the options that ``mammoth.conf`` / ``mammoth.app.conf`` serve (:mod:`mammoth.config.options`).
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ def compose_preset(preset: str, seed: int, directory: Path, overrides: Sequence[
     """The config of ``python -m mammoth experiment=PRESET seed=SEED output_dir=DIRECTORY OVERRIDES``."""
     from hydra import compose, initialize_config_module
 
-    with initialize_config_module(config_module="mammoth.app_conf", version_base="1.3"):
+    with initialize_config_module(config_module="mammoth.app.conf", version_base="1.3"):
         return compose(config_name="config",
                        overrides=[f"experiment={preset}", f"seed={seed}", f"output_dir={directory}", *overrides])
 

@@ -49,7 +49,7 @@ import json, sys, time
 start = time.perf_counter()
 import mammoth
 from hydra import compose, initialize_config_module
-with initialize_config_module(config_module="mammoth.app_conf", version_base="1.3"):
+with initialize_config_module(config_module="mammoth.app.conf", version_base="1.3"):
     cfg = compose(config_name="config", overrides={overrides!r})
 print(json.dumps({{"seconds": time.perf_counter() - start,
                   "present": sorted(m for m in {names!r} if m in sys.modules)}}))
@@ -206,7 +206,7 @@ def write_apps(root: str) -> None:
 
     import yaml
 
-    import mammoth.app_conf
+    import mammoth.app.conf
     from mammoth.config import manifest
 
     defaults = "defaults:\n  - dataset: seq-digits\n  - backbone: mnistmlp\n  - model: sgd\n  - _self_\n"
@@ -229,7 +229,7 @@ def write_apps(root: str) -> None:
                               for field, _, default in manifest.manifest_fields(description))
                 with open(os.path.join(root, folder, "conf", group, f"{name}.yaml"), "w") as file:
                     yaml.safe_dump(values, file, sort_keys=False)
-    app_conf = os.path.dirname(mammoth.app_conf.__file__)
+    app_conf = os.path.dirname(mammoth.app.conf.__file__)
     for group in ("experiment", "hparams_search", "logger"):
         shutil.copytree(os.path.join(app_conf, group), os.path.join(root, "plain-app", "conf", group))
 

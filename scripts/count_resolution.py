@@ -35,7 +35,7 @@ COUNTED = (
     ("unknown-key checks (check_known_arguments)", "mammoth.config.registry", "Registry.check_known_arguments"),
     ("required checks (check_required)", "mammoth.config.registry", "Registry.check_required"),
     ("validate_run_config", "mammoth.config.run_checks", "validate_run_config"),
-    ("resolve_run", "mammoth.config.run_spec", "resolve_run"),
+    ("resolve_run", "mammoth.app.run_spec", "resolve_run"),
 )
 
 

@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 def compose_mammoth(*overrides: str, return_hydra_config: bool = False) -> DictConfig:
     """``conf/config.yaml`` composed with ``overrides``, as ``python -m mammoth OVERRIDES`` composes it."""
-    with initialize_config_module(config_module="mammoth.app_conf", version_base="1.3"):
+    with initialize_config_module(config_module="mammoth.app.conf", version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 

@@ -1,4 +1,4 @@
-"""Every preset in mammoth/app_conf/experiment/ holds the original Mammoth's best arguments.
+"""Every preset in mammoth/app/conf/experiment/ holds the original Mammoth's best arguments.
 
 The tables below are copied from aimagelab/mammoth (commit e75a491c, 2026-05-20): ``BEST_ARGS``
 from utils/best_args.py (the grid of Buzzega et al. 2020, ``--load_best_args``), ``MODEL_CONFIG``
@@ -208,8 +208,8 @@ OLD_NAMES = {"der-seq-cifar10": "der-seq-cifar10-500", "derpp-seq-cifar10": "der
 @pytest.fixture(scope="module")
 def composed() -> dict:
     """Every preset file composed with Hydra (one initialisation for all)."""
-    names = sorted(path.stem for path in (REPO / "mammoth" / "app_conf" / "experiment").glob("*.yaml"))
-    with initialize_config_module(config_module="mammoth.app_conf", version_base="1.3"):
+    names = sorted(path.stem for path in (REPO / "mammoth" / "app" / "conf" / "experiment").glob("*.yaml"))
+    with initialize_config_module(config_module="mammoth.app.conf", version_base="1.3"):
         return {name: compose(config_name="config", overrides=[f"experiment={name}"]) for name in names}
 
 

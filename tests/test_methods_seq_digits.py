@@ -40,7 +40,7 @@ SGD_AT_SAME_LR = {"lwf": "sgd", "ewc_on": "sgd_lr003", "si": "sgd"}
 
 def compose_run(output_dir: Path, name: str, *overrides: str):
     model, method_overrides = METHODS[name]
-    with initialize_config_module(config_module="mammoth.app_conf", version_base="1.3"):
+    with initialize_config_module(config_module="mammoth.app.conf", version_base="1.3"):
         return compose(config_name="config", overrides=[
             f"output_dir={output_dir}", "device=cpu", f"seed={SEED}", "threads=1",
             f"model={model}", *method_overrides, *overrides])

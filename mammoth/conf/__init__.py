@@ -9,7 +9,7 @@
 (:mod:`mammoth.config.options`): importing mammoth's Python API changes nothing in Hydra, and an
 app's own option of the same name (its ``backbone/resnet.yaml``, a hydra-zen store) wins, as its
 config directory comes first on its search path. Nothing else comes with them: mammoth's own
-primary config, presets and Hydra overrides are in :mod:`mammoth.app_conf`, which only
+primary config, presets and Hydra overrides are in :mod:`mammoth.app.conf`, which only
 ``python -m mammoth`` searches.
 """
 

@@ -86,20 +86,6 @@ def manifest_text(manifest: dict[str, dict[str, Any]]) -> str:
     return "{\n" + ",\n".join(groups) + "\n}\n"
 
 
-def registries_manifest() -> dict[str, dict[str, Any]]:
-    """The manifest of the built-ins as their registries have them now (imports torch and the built-ins)."""
-    from mammoth.backbones import BACKBONES
-    from mammoth.datasets import DATASETS
-    from mammoth.models import MODELS
-
-    manifest = {}
-    for group, registry in zip(GROUPS, (BACKBONES, DATASETS, MODELS)):
-        entries = [registry.get(name) for name in registry.names()]
-        manifest[group] = {entry.name: describe_entry(group, entry) for entry in entries
-                           if entry.target_path.startswith("mammoth.")}
-    return manifest
-
-
 @functools.cache
 def load_manifest() -> dict[str, dict[str, Any]]:
     """The built-in options, ``{group: {name: description}}``, as ``builtins.json`` has them."""

@@ -2,7 +2,7 @@
 
 The registered backbones, datasets and models are the options of Hydra's ``backbone``, ``dataset``
 and ``model`` config groups in two packages: :mod:`mammoth.conf` (other apps opt in with
-``hydra.searchpath: [pkg://mammoth.conf]``) and :mod:`mammoth.app_conf` (``python -m mammoth``).
+``hydra.searchpath: [pkg://mammoth.conf]``) and :mod:`mammoth.app.conf` (``python -m mammoth``).
 Each serves ``GROUP/NAME.yaml`` files that no directory holds: the package's resource reader
 (what Hydra's ``pkg://`` source reads through :mod:`importlib.resources`) lists one file per
 registered option and, when Hydra reads one, stores the option's typed, closed schema in Hydra's
@@ -45,7 +45,7 @@ from typing import Any, Callable, Iterator
 from omegaconf import OmegaConf
 
 from mammoth.config import manifest
-from mammoth.config.registry import Entry, Registry, canonical_name, schema_node
+from mammoth.config.registry import Entry, Registry, add_registration_listener, canonical_name, schema_node
 from mammoth.config.schema import Argument
 from mammoth.errors import BackboneError, ConfigError, DatasetError
 
@@ -60,7 +60,7 @@ REGISTRY_SETTINGS = {"backbone": ("backbone", BackboneError, "BackboneConfig"),
                      "dataset": ("dataset", DatasetError, "DatasetConfig"),
                      "model": ("model", ConfigError, "ModelConfig")}
 #: The packages that serve the options (``pkg://`` search path entries).
-SERVING_PACKAGES = ("mammoth.conf", "mammoth.app_conf")
+SERVING_PACKAGES = ("mammoth.conf", "mammoth.app.conf")
 #: Where the primary config of ``python -m mammoth`` looks for a dataset's default backbone when
 #: the dataset has none that is registered: Hydra then reports the missing
 #: ``backbone/dataset-default/NAME`` config (no such group exists, so nothing lists it).
@@ -137,7 +137,7 @@ def served_registry(group: str) -> Registry:
 
 
 def served_registries() -> dict[str, Registry]:
-    """:func:`served_registry` of each served group, by group (what :func:`mammoth.config.run_spec.resolve_run` takes)."""
+    """:func:`served_registry` of each served group, by group (what :func:`mammoth.app.run_spec.resolve_run` takes)."""
     return {group: served_registry(group) for group in SERVED_GROUPS}
 
 
@@ -222,13 +222,10 @@ def option_file_text(group: str, name: str) -> str:
 
 
 #: Whether a config package serves the options in this process (:func:`serve_options` was called).
-_serving = False
-
-
 def option_registered(group: str, name: str) -> None:
-    """Called by a registry on each registration: in a process whose configs serve the options,
-    the new option's schema is stored before Hydra next copies the ConfigStore (each composition)."""
-    if _serving and group in SERVED_GROUPS:
+    """Listens to the registries once options are served (:func:`serve_options`): the new option's
+    schema is stored before Hydra next copies the ConfigStore (each composition)."""
+    if group in SERVED_GROUPS:
         _store_schema(group, name, replace=True)
 
 
@@ -445,12 +442,11 @@ class _OptionsLoader:
 def serve_options(package: ModuleType) -> None:
     """Make config package ``package`` (its ``pkg://`` search path entry) serve the ``backbone``,
     ``dataset`` and ``model`` options (idempotent); called by the package itself when Hydra imports it."""
-    global _serving
     spec = package.__spec__
     if not isinstance(spec.loader, _OptionsLoader):
         spec.loader = _OptionsLoader(spec.loader)
         package.__loader__ = spec.loader
-    _serving = True
+    add_registration_listener(option_registered)
     for group in SERVED_GROUPS:  # entries to load lazily, there before Hydra copies the ConfigStore
         for name in option_names(group):
             _store_schema(group, name)

@@ -92,6 +92,18 @@ def unknown_argument_message(group: str, option: str, argument: str, fields: lis
     return message + (f" (did you mean {suggestion!r}?)" if suggestion else "")
 
 
+#: Called with ``(group, name)`` after each registration in a registry whose entries are Hydra
+#: options: :mod:`mammoth.config.options` listens once it serves them, so a new option is stored
+#: before the next composition.
+_REGISTRATION_LISTENERS: list[Callable[[str, str], None]] = []
+
+
+def add_registration_listener(listener: Callable[[str, str], None]) -> None:
+    """Call ``listener(group, name)`` after each later registration of a Hydra option (once per listener)."""
+    if listener not in _REGISTRATION_LISTENERS:
+        _REGISTRATION_LISTENERS.append(listener)
+
+
 def _load_plugins() -> None:
     from mammoth.plugins import load_plugins_once
 
@@ -171,9 +183,8 @@ class Registry:
                 )
             self._entries[key] = self._make_entry(key, target)
             if self.stored:
-                from mammoth.config.options import option_registered
-
-                option_registered(self.group, key)
+                for listener in _REGISTRATION_LISTENERS:
+                    listener(self.group, key)
             return target
 
         return decorator

@@ -1,7 +1,7 @@
 """The run-wide config schema of ``python -m mammoth``, stored in Hydra's ConfigStore by its app
-config package (:mod:`mammoth.app_conf`), not by ``import mammoth``.
+config package (:mod:`mammoth.app.conf`), not by ``import mammoth``.
 
-``mammoth/app_conf/config.yaml`` (the primary config) extends it, so every run setting is typed:
+``mammoth/app/conf/config.yaml`` (the primary config) extends it, so every run setting is typed:
 ``seed=abc`` fails at composition. The ``backbone``, ``model`` and ``dataset`` options are typed
 configs that their registries store.
 """
@@ -16,7 +16,7 @@ from omegaconf import MISSING
 from hydra.core.config_store import ConfigStore
 
 
-#: ConfigStore name of the run schema that mammoth/app_conf/config.yaml extends.
+#: ConfigStore name of the run schema that mammoth/app/conf/config.yaml extends.
 RUN_SCHEMA = "mammoth_schema"
 
 #: OmegaConf resolver that names a dataset's default backbone option; the primary config selects
@@ -56,14 +56,14 @@ class RunConfig:
     #: What mammoth.run returns (what a sweeper optimises), ``KIND.FIELD`` of results.json; None =
     #: class_il.average, or domain_il.average on a domain-IL dataset (mammoth.reporting.optimized_metric.check_optimized_metric).
     optimized_metric: Optional[str] = field(default=None, metadata=RUN_CONTROL)
-    #: The selected experiment loggers, ``{label: {name: ..., options}}`` (mammoth/app_conf/logger/); None = none.
+    #: The selected experiment loggers, ``{label: {name: ..., options}}`` (mammoth/app/conf/logger/); None = none.
     logger: Any = field(default=None, metadata=RUN_CONTROL)
 
 
 #: The run-control settings (``resume``, ``stop_after_task``, ``output_dir``, ``threads``, and the
 #: reporting ones ``optimized_metric``, ``logger``), in RunConfig's order: left out of the config a
 #: resume compares, of the overrides a resumed run directory must share, of a sweep job's
-#: ``override_dirname`` (mammoth/app_conf/config.yaml) and of a summary's configurations.
+#: ``override_dirname`` (mammoth/app/conf/config.yaml) and of a summary's configurations.
 RUN_CONTROL_KEYS: tuple[str, ...] = tuple(item.name for item in fields(RunConfig) if item.metadata.get("run_control"))
 
 
@@ -91,7 +91,7 @@ def is_run_control_override(text: str) -> bool:
 def store_app_configs() -> None:
     """Make what only mammoth's own primary config uses available (idempotent): the run schema in
     Hydra's ConfigStore and the default-backbone resolver. The backbone, model and dataset options
-    are files that :mod:`mammoth.app_conf` serves (:mod:`mammoth.config.options`)."""
+    are files that :mod:`mammoth.app.conf` serves (:mod:`mammoth.config.options`)."""
     from omegaconf import OmegaConf
 
     from mammoth.config.options import default_backbone_option, store_lazily

@@ -69,7 +69,7 @@ def extract_gzipped_idx_files(raw: Path) -> list[str]:
 
     import time
 
-    from mammoth.engine.rundir import atomic_file, remove_stale_temporaries
+    from mammoth.files import atomic_file, remove_stale_temporaries
 
     names = [name for pair in IDX_FILES.values() for name in pair]
     if raw.is_dir():

@@ -9,12 +9,23 @@ features); a streaming source implements the same four members by decoding files
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from mammoth.errors import DatasetError
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One training (or evaluation) batch, on the context's device except ``indices``."""
+
+    inputs: Tensor  # augmented + normalised (train) or normalised (eval)
+    labels: Tensor
+    not_aug_inputs: Tensor  # the same examples as read: float in [0, 1], no augmentation or normalisation
+    indices: Tensor  # positions in the source (CPU)
 
 
 class DataSource(abc.ABC):

@@ -17,7 +17,7 @@ import torch
 
 from mammoth.errors import ConfigError
 from mammoth.engine.evaluation import SETTING_METRICS
-from mammoth.engine.rundir import open_nofollow, write_atomic
+from mammoth.files import open_nofollow, write_atomic
 
 CHECKPOINT_NAME = "checkpoint.pt"
 #: Version of the checkpoint layout; a checkpoint of another version is refused on resume.

@@ -11,45 +11,17 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import Tensor, nn
 
-from mammoth.datasets.source import DataSource
+from mammoth.datasets.source import Batch, DataSource
 from mammoth.engine.precision import autocast as precision_autocast, check_precision, grad_scaler, to_memory_format
 from mammoth.errors import TrainingError
 
 #: ``report(description, epoch, mean loss)``: what :meth:`TrainingContext.fit` says after each epoch.
 EpochReport = Callable[[str, int, float], None]
-
-
-@dataclass(frozen=True)
-class Batch:
-    """One training (or evaluation) batch, on the context's device except ``indices``."""
-
-    inputs: Tensor  # augmented + normalised (train) or normalised (eval)
-    labels: Tensor
-    not_aug_inputs: Tensor  # the same examples as read: float in [0, 1], no augmentation or normalisation
-    indices: Tensor  # positions in the source (CPU)
-
-
-@contextlib.contextmanager
-def training_mode(module: nn.Module, training: bool) -> Iterator[nn.Module]:
-    """``module`` in train mode (``training``) or eval mode for the ``with`` block, then back in
-    the mode it was in, even if the block raises."""
-    was_training = module.training
-    module.train(training)
-    try:
-        yield module
-    finally:
-        module.train(was_training)
-
-
-def evaluation_mode(module: nn.Module) -> contextlib.AbstractContextManager[nn.Module]:
-    """``with evaluation_mode(module):`` the block runs with ``module`` in eval mode, then its mode is restored."""
-    return training_mode(module, False)
 
 
 class TrainingContext:

@@ -269,32 +269,6 @@ def is_main_process() -> bool:
 # ---- one run directory, one writer ----
 
 
-def join_command_line(command_line: Any) -> Any:
-    """Under a multi-process launch, start the process group and put every rank in rank 0's run
-    directory (the pre-flight's ``command_line.directory``: Hydra's time-stamped directory may
-    differ between ranks). Rank 0 keeps its command line (it locks the directory and writes
-    ``.hydra/``); the others get rank 0's directory pinned by ``hydra.run.dir`` and
-    ``hydra.output_subdir=null``, and no directory to lock. One process: ``command_line``
-    unchanged. A multirun is refused in one line."""
-    from mammoth.config.preflight import quote_override_value
-
-    launch = detect_launch()
-    if launch is None:
-        return command_line
-    if command_line.multirun:
-        raise ConfigError(
-            f"--multirun on {launch.world_size} processes started by {launch.launcher}; allowed: one run per "
-            "torchrun (a sweep of distributed runs: hydra/launcher=submitit_slurm with tasks_per_node)"
-        )
-    start_process_group(launch)
-    chosen = broadcast_text(str(command_line.directory or "") if launch.is_main else None)
-    if launch.is_main or not chosen:  # no directory yet (a help screen, --cfg): the run agrees on one itself
-        return command_line
-    follower = [f"hydra.run.dir={quote_override_value(chosen)}", "hydra.output_subdir=null"]
-    args, at = list(command_line.args), command_line.pin_at
-    return replace(command_line, args=[*args[:at], *follower, *args[at:]], pin_at=at + len(follower), directory=None)
-
-
 def shared_run_directory(run_dir: Path) -> Path:
     """Rank 0's run directory, on every rank (``run_dir`` itself in one process)."""
     if world_size() == 1:
@@ -312,7 +286,7 @@ def log_to_rank_file(run_dir: Path) -> None:
     not the run's ``mammoth.log``). Nothing on rank 0 or in one process."""
     if is_main_process():
         return
-    from mammoth.engine.rundir import open_nofollow
+    from mammoth.files import open_nofollow
 
     # opened first, through open_nofollow as every file mammoth writes in a run directory: a planted link is refused
     handler = logging.StreamHandler(open_nofollow(run_dir / rank_log_name(rank()), "a"))
@@ -337,10 +311,20 @@ class Shard:
     stop: int
     size: int
     weight: float
+    rank: int = 0
+    processes: int = 1
 
     def rows(self, tensor: Tensor) -> Tensor:
         """This rank's rows of ``tensor`` (its first dimension is the batch)."""
         return tensor[self.start : self.stop]
+
+    def of(self, size: int) -> "Shard":
+        """This rank's shard of another batch, of ``size`` rows (a replay batch drawn whole on every rank)."""
+        return shard_of(size, self.rank, self.processes)
+
+    def gather(self, tensor: Tensor) -> Tensor:
+        """``tensor``'s rows from every rank, in rank order: the whole batch again."""
+        return gather_in_rank_order(tensor)
 
     @property
     def local_size(self) -> int:
@@ -355,11 +339,11 @@ def shard_of(size: int, process_rank: Optional[int] = None, processes: Optional[
     process_rank = rank() if process_rank is None else process_rank
     processes = world_size() if processes is None else processes
     if size < processes:
-        return Shard(0, size, size, 1.0 / processes)
+        return Shard(0, size, size, 1.0 / processes, process_rank, processes)
     base, extra = divmod(size, processes)
     start = process_rank * base + min(process_rank, extra)
     stop = start + base + (process_rank < extra)
-    return Shard(start, stop, size, (stop - start) / size)
+    return Shard(start, stop, size, (stop - start) / size, process_rank, processes)
 
 
 def observe_on_shard(model: Any) -> Callable[[Any], float]:

@@ -8,7 +8,8 @@ import torch
 from torch import Tensor, nn
 
 from mammoth.datasets.source import DataSource
-from mammoth.engine.context import TrainingContext, evaluation_mode
+from mammoth.engine.context import TrainingContext
+from mammoth.models.utils import evaluation_mode
 from mammoth.errors import TrainingError
 
 #: The accuracy kinds of each setting, as keys of the results file.

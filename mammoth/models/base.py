@@ -327,9 +327,7 @@ class ReplayModel(ContinualModel):
         size = self.minibatch_size if self.minibatch_size is not None else batch_size
         batch = self.buffer.sample(size, transform=self.context.train_transform)
         if shard is not None:  # drawn whole on every rank (the generators stay alike); this rank's part
-            from mammoth.engine.distributed import shard_of
-
-            rows = shard_of(len(batch.indices))
+            rows = shard.of(len(batch.indices))
             batch = ReplayBatch(*(None if value is None else rows.rows(value) for value in batch))
         device = self.device if device is None else device
         return batch if batch.examples.device == device else batch.to(device)
@@ -339,9 +337,7 @@ class ReplayModel(ContinualModel):
         """As :meth:`ContinualModel.sharded`; what the block adds to (or updates in) the buffer is
         gathered from every rank first, in rank order: the reservoir sees the whole batch (a batch
         too small to split is on every rank already)."""
-        from mammoth.engine.distributed import gather_in_rank_order
-
-        self.buffer.gather = gather_in_rank_order if shard.local_size < shard.size else None
+        self.buffer.gather = shard.gather if shard.local_size < shard.size else None
         try:
             with super().sharded(shard):
                 yield

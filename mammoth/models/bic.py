@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mammoth.backbones.base import MammothBackbone
-from mammoth.engine.context import Batch, evaluation_mode
+from mammoth.datasets.source import Batch
+from mammoth.models.utils import evaluation_mode
 from mammoth.models.base import ReplayModel
 from mammoth.models.registry import register_model
 from mammoth.datasets.source import InMemorySource, concat_sources

@@ -9,8 +9,7 @@ import torch
 from torch import Tensor
 
 from mammoth.backbones.base import MammothBackbone
-from mammoth.datasets.source import InMemorySource, empty_source
-from mammoth.engine.context import Batch, TrainingContext
+from mammoth.datasets.source import Batch, InMemorySource, empty_source
 from mammoth.models.buffer import ReplayBuffer
 from mammoth.models.base import ContinualModel, check_memory_fits
 from mammoth.models.registry import register_model
@@ -18,6 +17,7 @@ from mammoth.models.utils import require_class_il
 from mammoth.config.value_checks import check_choice, check_positive, check_positive_int
 
 if TYPE_CHECKING:
+    from mammoth.engine.context import TrainingContext
     from mammoth.datasets.source import DataSource
 
 #: How GDumb fills its memory: the original Mammoth's reservoir, or the paper's greedy class-balanced sampler.

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from mammoth.backbones.base import MammothBackbone
 from mammoth.datasets.source import InMemorySource, concat_sources
-from mammoth.engine.context import evaluation_mode
+from mammoth.models.utils import evaluation_mode
 from mammoth.errors import ConfigError
 from mammoth.models.base import ReplayModel
 from mammoth.models.registry import register_model

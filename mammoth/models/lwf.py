@@ -8,7 +8,8 @@ import torch
 from torch import Tensor
 
 from mammoth.backbones.base import MammothBackbone
-from mammoth.engine.context import Batch, evaluation_mode
+from mammoth.datasets.source import Batch
+from mammoth.models.utils import evaluation_mode
 from mammoth.models.base import ContinualModel
 from mammoth.models.registry import register_model
 from mammoth.models.utils import Frozen, class_bounds, require_class_il

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from mammoth.backbones.base import MammothBackbone
 from mammoth.config.value_checks import check_positive_int
 from mammoth.datasets.source import DataSource, empty_source
-from mammoth.engine.context import evaluation_mode
+from mammoth.models.utils import evaluation_mode
 from mammoth.errors import ConfigError
 from mammoth.models.adapters import (
     MlpAdapter,

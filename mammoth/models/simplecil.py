@@ -10,7 +10,7 @@ from torch import Tensor
 
 from mammoth.backbones.base import MammothBackbone
 from mammoth.datasets.source import DataSource, empty_source
-from mammoth.engine.context import evaluation_mode
+from mammoth.models.utils import evaluation_mode
 from mammoth.models.base import ContinualModel
 from mammoth.models.registry import register_model
 

@@ -15,7 +15,7 @@ from mammoth.config.value_checks import (
     check_positive_int,
 )
 from mammoth.datasets.source import DataSource
-from mammoth.engine.context import evaluation_mode
+from mammoth.models.utils import evaluation_mode
 from mammoth.errors import ConfigError, MammothError, TrainingError
 from mammoth.models.base import ContinualModel
 from mammoth.models.registry import register_model

@@ -1,16 +1,33 @@
 """Helpers shared by several CL methods: frozen network copies, class ranges, buffer shrinking,
-batch-norm statistics (the train/eval mode of a network for a block is
-:func:`mammoth.engine.context.training_mode`)."""
+batch-norm statistics, and the train/eval mode of a network for a block (:func:`training_mode`)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor, nn
 
 from mammoth.errors import ConfigError
+
+
+@contextlib.contextmanager
+def training_mode(module: nn.Module, training: bool) -> Iterator[nn.Module]:
+    """``module`` in train mode (``training``) or eval mode for the ``with`` block, then back in
+    the mode it was in, even if the block raises."""
+    was_training = module.training
+    module.train(training)
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+
+
+def evaluation_mode(module: nn.Module) -> contextlib.AbstractContextManager[nn.Module]:
+    """``with evaluation_mode(module):`` the block runs with ``module`` in eval mode, then its mode is restored."""
+    return training_mode(module, False)
 
 
 class Frozen:

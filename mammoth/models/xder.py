@@ -13,8 +13,7 @@ from mammoth.backbones.base import MammothBackbone
 from mammoth.models.base import ReplayModel
 from mammoth.models.registry import register_model
 from mammoth.datasets.source import InMemorySource
-from mammoth.engine.context import training_mode
-from mammoth.models.utils import bn_track_stats, class_bounds, keep_first, require_class_il
+from mammoth.models.utils import bn_track_stats, class_bounds, keep_first, require_class_il, training_mode
 from mammoth.config.value_checks import check_non_negative
 
 if TYPE_CHECKING:

@@ -1,6 +1,6 @@
 """The reproduction ledger: the published results the experiment presets reproduce.
 
-A preset in ``mammoth/app_conf/experiment/`` that reproduces a published number carries it as
+A preset in ``mammoth/app/conf/experiment/`` that reproduces a published number carries it as
 ``ledger:`` entries, each with the ``source`` (paper and table, or the original Mammoth's
 reproduction list), the ``metric`` (an ``optimized_metric`` name, ``class_il.average``), the
 published ``value`` and a ``tolerance`` (points) within which a mean over seeds reproduces it.
@@ -16,7 +16,7 @@ from typing import Any, Sequence
 from mammoth.errors import ConfigError
 
 #: The package folder of the presets (``experiment=NAME``).
-PRESET_PACKAGE = "mammoth.app_conf"
+PRESET_PACKAGE = "mammoth.app.conf"
 PRESET_FOLDER = "experiment"
 ENTRY_KEYS = ("source", "metric", "value", "tolerance")
 

@@ -26,7 +26,7 @@ from typing import Any, Mapping
 from mammoth.errors import ConfigError
 from mammoth.reporting.metrics import summarise
 from mammoth.config.registry import Registry, canonical_name
-from mammoth.engine.rundir import open_nofollow, path_inside
+from mammoth.files import open_nofollow, path_inside
 
 log = logging.getLogger("mammoth")
 
@@ -75,7 +75,7 @@ class RunLogger:
     """Base class of the loggers: every hook does nothing; subclasses write somewhere.
 
     ``PATH_OPTIONS`` names the options that are paths inside the run directory (checked with
-    :func:`mammoth.engine.rundir.path_inside` before the logger is built); ``DIRECTORIES`` the fixed
+    :func:`mammoth.files.path_inside` before the logger is built); ``DIRECTORIES`` the fixed
     subdirectories it writes into.
     """
 
@@ -287,7 +287,7 @@ def output_paths(selection: Mapping[str, Any] | None) -> dict[str, str]:
 
 def check_output_paths(selection: Mapping[str, Any] | None, run_dir: Path) -> None:
     """Raise a one-line ConfigError for a logger path that would leave ``run_dir`` (see
-    :func:`mammoth.engine.rundir.path_inside`)."""
+    :func:`mammoth.files.path_inside`)."""
     for key, value in output_paths(selection).items():
         path_inside(run_dir, value, key)
 

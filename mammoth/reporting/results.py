@@ -132,7 +132,7 @@ def resources_section(measured: Measurements) -> dict[str, Any]:
 def write_json_atomic(path: Path, document: dict[str, Any]) -> Path:
     """Write ``document`` to ``path`` via a temporary file, so readers never see half a file; a
     failed write (disk full) is a one-line ConfigError and leaves no temporary file."""
-    from mammoth.engine.rundir import write_atomic
+    from mammoth.files import write_atomic
 
     return write_atomic(path, (json.dumps(document, indent=2) + "\n").encode(), "results file")
 
@@ -191,7 +191,7 @@ def plot_results(results: dict[str, Any], path: Path) -> Path:
     task as curves."""
     import io
 
-    from mammoth.engine.rundir import write_atomic
+    from mammoth.files import write_atomic
 
     buffer = io.BytesIO()
     results_figure(results).savefig(buffer, format="png", dpi=100)

@@ -4,7 +4,7 @@ configuration (mean and spread over seeds), print them, and write ``summary.csv`
 
 A job's status comes from its files, so the sweep callback and ``python -m mammoth.summary``
 agree: ``results.json`` with status ``complete`` -> complete; else the status recorded in
-``job.json`` by :class:`mammoth.reporting.callbacks.SweepSummaryCallback`; else ``stopped early`` when a
+``job.json`` by :class:`mammoth.app.callbacks.SweepSummaryCallback`; else ``stopped early`` when a
 ``checkpoint.pt`` exists and ``failed`` when none does. Checkpoints are never opened.
 
 Job directories may come from elsewhere, so what is read is bounded (``results.json`` at most
@@ -38,7 +38,7 @@ from typing import Any, Sequence
 from mammoth.config.run_settings import RUN_CONTROL_KEYS
 from mammoth.errors import ConfigError
 from mammoth.reporting.results import KIND_TITLES, RESULTS_NAME
-from mammoth.engine.rundir import exclusive_lock, remove_stale_temporaries, write_atomic
+from mammoth.files import exclusive_lock, remove_stale_temporaries, write_atomic
 from mammoth.engine.checkpoint import CHECKPOINT_NAME
 
 STATUS_NAME = "job.json"

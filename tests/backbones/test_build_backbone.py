@@ -101,7 +101,7 @@ def test_build_from_dictconfig_fills_missing_data_values() -> None:
 
 
 def test_build_from_hydra_composed_config() -> None:
-    with initialize_config_module("mammoth.app_conf", version_base=None):
+    with initialize_config_module("mammoth.app.conf", version_base=None):
         config = compose("config", overrides=["backbone=resnet18", "backbone.width=8", "backbone.stem=imagenet"])
     assert config.backbone._target_ == RESNET18_TARGET
     net = build_backbone(config.backbone, num_classes=10, input_shape=CIFAR).eval()
@@ -111,14 +111,14 @@ def test_build_from_hydra_composed_config() -> None:
 
 
 def test_hydra_rejects_wrong_type_at_compose_time() -> None:
-    with initialize_config_module("mammoth.app_conf", version_base=None):
+    with initialize_config_module("mammoth.app.conf", version_base=None):
         with pytest.raises(ConfigCompositionException) as info:
             compose("config", overrides=["backbone=resnet18", "backbone.width=wide"])
     assert "wide" in str(info.value.__cause__ or info.value)
 
 
 def test_literal_passes_compose_and_fails_build_with_allowed_values() -> None:
-    with initialize_config_module("mammoth.app_conf", version_base=None):
+    with initialize_config_module("mammoth.app.conf", version_base=None):
         config = compose("config", overrides=["backbone=resnet18", "backbone.stem=tiny"])
     with pytest.raises(BackboneError) as info:
         build_backbone(config.backbone, num_classes=10, input_shape=CIFAR)

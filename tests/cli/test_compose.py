@@ -9,8 +9,8 @@ from omegaconf.errors import ValidationError
 
 import mammoth
 from mammoth.__main__ import hydra_main
-from mammoth.config.preflight import normalise_choice, prepare_arguments
-from mammoth.config.run_spec import resolve_run
+from mammoth.app.preflight import normalise_choice, prepare_arguments
+from mammoth.app.run_spec import resolve_run
 from mammoth.errors import ConfigError
 from composing import compose_mammoth
 

@@ -96,7 +96,7 @@ def test_composing_imports_neither_torchvision_nor_sklearn(workdir: Path):
     code = (
         "import sys, mammoth\n"
         "from hydra import compose, initialize_config_module\n"
-        "with initialize_config_module(config_module='mammoth.app_conf', version_base='1.3'):\n"
+        "with initialize_config_module(config_module='mammoth.app.conf', version_base='1.3'):\n"
         "    cfg = compose(config_name='config', overrides=['dataset=seq-cifar10', 'backbone=torchvision'])\n"
         "print(cfg.backbone.arch, sorted(m for m in ('torchvision', 'sklearn', 'matplotlib') if m in sys.modules))\n"
     )

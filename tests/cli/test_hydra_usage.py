@@ -280,12 +280,12 @@ VERBOSE_LOGGING = textwrap.dedent("""
     from hydra.core.utils import configure_log
     from omegaconf import OmegaConf
 
-    config = OmegaConf.create(resources.files("mammoth.app_conf").joinpath("hydra/job_logging/mammoth.yaml").read_text())
+    config = OmegaConf.create(resources.files("mammoth.app.conf").joinpath("hydra/job_logging/mammoth.yaml").read_text())
     config.handlers.file.filename = "mammoth.log"
     if QUIET is not None:
         config.loggers = {name: level for name, level in config.loggers.items() if name in QUIET}
     configure_log(config, True)  # what hydra.verbose=true does with mammoth's job logging
-    logging.getLogger("mammoth.engine.runner").debug("a mammoth debug line")
+    logging.getLogger("mammoth.app.runner").debug("a mammoth debug line")
 
     import matplotlib
     matplotlib.use("Agg")

@@ -71,7 +71,7 @@ def test_a_namespace_package_left_by_an_uninstall_is_named_with_what_to_do(tmp_p
 
 
 def test_the_owner_is_the_distribution_whose_record_matches_the_file(tmp_path: Path, monkeypatch):
-    from mammoth.import_name import import_name_problem, owning_distributions
+    from mammoth.app.import_name import import_name_problem, owning_distributions
 
     assert import_name_problem() is None  # this checkout's own package
     site = tmp_path / "site"

@@ -41,7 +41,7 @@ def test_three_trial_study_on_seq_digits_reports_a_real_runs_value(workdir):
 
 
 def test_presets_compose_with_the_optuna_sweeper():
-    with initialize_config_module(config_module="mammoth.app_conf", version_base="1.3"):
+    with initialize_config_module(config_module="mammoth.app.conf", version_base="1.3"):
         lr_search = compose(config_name="config", overrides=["hparams_search=seq-digits-optuna"], return_hydra_config=True)
         der_search = compose(config_name="config", overrides=["hparams_search=der-optuna"], return_hydra_config=True)
     for cfg in (lr_search, der_search):
@@ -125,7 +125,7 @@ def planted_study(sweep: Path, storage: str | None, study_name: str | None) -> N
 
 def study_refused(*args: str) -> str:
     from mammoth.__main__ import hydra_main
-    from mammoth.config.preflight import prepare_arguments
+    from mammoth.app.preflight import prepare_arguments
     from mammoth.errors import ConfigError
 
     with pytest.raises(ConfigError) as error:
@@ -162,7 +162,7 @@ def test_resuming_continues_the_directorys_own_stored_study_in_a_folder_of_its_o
     import optuna
 
     from mammoth.__main__ import hydra_main
-    from mammoth.config.preflight import prepare_arguments
+    from mammoth.app.preflight import prepare_arguments
 
     storage = f"sqlite:///{workdir / 'o.db'}"
     optuna.create_study(storage=storage, study_name="s").add_trial(

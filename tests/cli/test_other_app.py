@@ -321,13 +321,13 @@ def test_editable_install_maps_only_mammoth_and_apps_opt_in(tmp_path: Path):
     subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--ignore-installed",
                     "-e", str(REPO)], check=True, timeout=300, capture_output=True)
     code = ("import importlib\n"
-            "for name in ('mammoth', 'mammoth.app_conf', 'conf', 'tests', 'scripts', 'hydra_plugins.mammoth_searchpath'):\n"
+            "for name in ('mammoth', 'mammoth.app.conf', 'conf', 'tests', 'scripts', 'hydra_plugins.mammoth_searchpath'):\n"
             "    try:\n"
             "        print(name, importlib.import_module(name).__file__)\n"
             "    except ImportError:\n"
             "        print(name, None)\n")
     found = dict(line.split(" ", 1) for line in run_python(["-c", code], tmp_path, python=python).stdout.splitlines())
     assert found["mammoth"] == str(REPO / "mammoth" / "__init__.py")
-    assert found["mammoth.app_conf"] == str(REPO / "mammoth" / "app_conf" / "__init__.py")
+    assert found["mammoth.app.conf"] == str(REPO / "mammoth" / "app" / "conf" / "__init__.py")
     assert [found[name] for name in ("conf", "tests", "scripts", "hydra_plugins.mammoth_searchpath")] == ["None"] * 4
     check_opted_in_app(python, tmp_path / "opted-in")

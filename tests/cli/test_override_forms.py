@@ -13,7 +13,7 @@ import yaml
 
 from conftest import run_python
 from mammoth.__main__ import hydra_main, main
-from mammoth.config.preflight import prepare_arguments
+from mammoth.app.preflight import prepare_arguments
 from mammoth.errors import ConfigError
 
 BACKBONES = "mnistmlp, reduced-resnet18, resnet, resnet18, resnet34, resnet50, timm, torchvision, vit"

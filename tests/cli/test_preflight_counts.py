@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from mammoth.__main__ import hydra_main
-from mammoth.config.preflight import prepare_arguments
+from mammoth.app.preflight import prepare_arguments
 
 
 @pytest.fixture
@@ -18,7 +18,7 @@ def counts(monkeypatch: pytest.MonkeyPatch) -> Counter:
     """Calls of Hydra's composition, of resolve_run and of Registry.resolve while the test runs."""
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
 
-    import mammoth.config.run_spec as run_spec
+    import mammoth.app.run_spec as run_spec
     from mammoth.config.registry import Registry
 
     counted: Counter = Counter()

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from mammoth.__main__ import hydra_main
-from mammoth.config.preflight import prepare_arguments
+from mammoth.app.preflight import prepare_arguments
 from mammoth.errors import ConfigError
-from mammoth.engine.rundir import RunLock
+from mammoth.files import RunLock
 from conftest import REPO, run_python
 
 

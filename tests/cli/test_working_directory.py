@@ -64,7 +64,7 @@ def test_no_python_file_in_the_working_directory_runs_under_any_entry_point(tmp_
 
 
 def test_importing_mammoth_as_a_library_leaves_sys_path_as_the_program_has_it(tmp_path: Path):
-    code = "import sys; first = sys.path[0]; import mammoth, mammoth.config.safety; print(repr(first), repr(sys.path[0]))"
+    code = "import sys; first = sys.path[0]; import mammoth, mammoth.app.safety; print(repr(first), repr(sys.path[0]))"
     printed = run([sys.executable, "-c", code], tmp_path).stdout.split()
     assert printed == ["''", "''"]
 

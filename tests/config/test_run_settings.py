@@ -18,7 +18,7 @@ def test_the_run_control_keys_are_the_marked_run_settings():
 
 
 def test_the_primary_config_leaves_them_out_of_override_dirname():
-    primary = yaml.safe_load((Path(mammoth.__file__).parent / "app_conf" / "config.yaml").read_text())
+    primary = yaml.safe_load((Path(mammoth.__file__).parent / "app" / "conf" / "config.yaml").read_text())
     assert tuple(primary["hydra"]["job"]["config"]["override_dirname"]["exclude_keys"]) == RUN_CONTROL_KEYS
 
 

@@ -8,7 +8,7 @@ import os
 import pytest
 
 import composing
-from mammoth.config.run_spec import resolve_run
+from mammoth.app.run_spec import resolve_run
 from mammoth.errors import ConfigError, MammothError
 
 

@@ -1,4 +1,4 @@
-"""The one safety gate (mammoth.config.safety) over every config that will run: what it may make mammoth or
+"""The one safety gate (mammoth.app.safety) over every config that will run: what it may make mammoth or
 Hydra call, and where it may make them write. Each route below is one a shared YAML file could take."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import pytest
 from omegaconf import open_dict
 
 from mammoth.__main__ import hydra_main
-from mammoth.config.preflight import prepare_arguments
+from mammoth.app.preflight import prepare_arguments
 from mammoth.errors import ConfigError
-from mammoth.config.safety import check_config_safety, check_output_path
+from mammoth.app.safety import check_config_safety, check_output_path
 from composing import compose_mammoth
 
 

@@ -153,7 +153,7 @@ def test_name_mismatch_when_building_a_class_directly() -> None:
 def compose_dataset(*overrides: str):
     from hydra import compose, initialize_config_module
 
-    with initialize_config_module(config_module="mammoth.app_conf", version_base="1.3"):
+    with initialize_config_module(config_module="mammoth.app.conf", version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides))
 
 

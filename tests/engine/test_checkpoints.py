@@ -163,7 +163,7 @@ def test_a_failed_save_keeps_the_last_good_checkpoint_and_no_tmp_file(tmp_path, 
     def disk_full(descriptor):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("mammoth.engine.rundir.os.fsync", disk_full)
+    monkeypatch.setattr("mammoth.files.os.fsync", disk_full)
     later = TrainingState(3, {"class_il": [[1.0], [2.0, 3.0], [4.0, 5.0, 6.0]]}, [1.0] * 3, [0.1] * 3)
     with pytest.raises(ConfigError) as error:
         save_checkpoint(path, TinyModel(), torch.Generator(), later, CONFIG)
@@ -193,7 +193,7 @@ def test_a_results_file_that_cannot_be_written_is_one_line_and_leaves_no_tmp(tmp
     from mammoth.reporting.results import write_json_atomic
 
     path = tmp_path / "results.json"
-    monkeypatch.setattr("mammoth.engine.rundir.os.fsync", lambda descriptor: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full")))
+    monkeypatch.setattr("mammoth.files.os.fsync", lambda descriptor: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full")))
     with pytest.raises(ConfigError) as error:
         write_json_atomic(path, {"status": "complete"})
     assert str(error.value) == (

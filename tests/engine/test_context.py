@@ -7,7 +7,9 @@ import torch
 from torch import nn
 
 from mammoth.datasets import build_dataset
-from mammoth.engine.context import Batch, build_context, evaluation_mode, training_mode
+from mammoth.datasets.source import Batch
+from mammoth.engine.context import build_context
+from mammoth.models.utils import evaluation_mode, training_mode
 from mammoth.errors import TrainingError
 
 

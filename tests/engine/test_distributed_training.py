@@ -14,7 +14,8 @@ from mammoth.backbones import build_backbone
 from mammoth.datasets import build_dataset
 from mammoth.engine.checkpoint import TrainingState, save_checkpoint
 from mammoth.engine.context import build_context
-from mammoth.engine.distributed import Shard, join_command_line, shard_of
+from mammoth.app.launch import join_command_line
+from mammoth.engine.distributed import Shard, shard_of
 from mammoth.errors import ConfigError
 from mammoth.models import MODELS, build_model
 from mammoth.models.buffer import ReplayBuffer
@@ -89,7 +90,7 @@ def test_a_sharded_step_replays_its_part_of_the_minibatch_one_process_draws(monk
 
 
 def test_methods_say_whether_they_train_on_several_processes(monkeypatch) -> None:
-    from mammoth.engine.runner import check_distributed_support
+    from mammoth.app.runner import check_distributed_support
 
     supported = {name for name in MODELS.names() if MODELS.get(name).target.supports_distributed}
     assert supported == DISTRIBUTED_METHODS
@@ -113,7 +114,7 @@ def test_only_rank_zero_writes_the_checkpoint(monkeypatch, tmp_path: Path) -> No
 
 
 def test_one_process_keeps_its_command_line_and_a_multirun_under_torchrun_is_refused(monkeypatch) -> None:
-    from mammoth.config.preflight import CommandLine
+    from mammoth.app.preflight import CommandLine
 
     command_line = CommandLine(["model=er"], multirun=False, directory=Path("/tmp/run"), pin_at=1)
     assert join_command_line(command_line) is command_line
@@ -123,7 +124,7 @@ def test_one_process_keeps_its_command_line_and_a_multirun_under_torchrun_is_ref
 
 
 def test_one_process_observes_the_whole_batch_with_no_hooks() -> None:
-    from mammoth.engine.context import Batch
+    from mammoth.datasets.source import Batch
     from mammoth.engine.distributed import average_batchnorm_statistics, observe_on_shard
 
     model = begun("sgd")

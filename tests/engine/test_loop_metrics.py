@@ -191,7 +191,7 @@ def test_on_cuda_each_task_records_the_peak_allocated_since_its_start(monkeypatc
 
 def test_the_final_test_data_is_the_benchmarks_test_split_without_the_validation_split() -> None:
     from mammoth.datasets import build_dataset
-    from mammoth.engine.runner import final_test_sources
+    from mammoth.app.runner import final_test_sources
 
     validated = build_dataset({"name": "seq-digits", "validation": 0.2}, seed=1)
     sources = final_test_sources(validated)()

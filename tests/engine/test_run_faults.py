@@ -128,7 +128,7 @@ def test_results_record_the_values_the_data_filled_in(tmp_path):
 
 
 def test_results_record_the_dataset_default_schedule():
-    from mammoth.engine.runner import record_filled_values
+    from mammoth.app.runner import record_filled_values
 
     class Method:
         lr_milestones = (35, 45)  # what a method built for seq-cifar100 with lr_milestones=null holds
@@ -141,7 +141,7 @@ def test_results_record_the_dataset_default_schedule():
 
 def test_results_record_the_stem_a_resnet_built_not_auto():
     from mammoth.backbones.registry import build_backbone
-    from mammoth.engine.runner import record_filled_values
+    from mammoth.app.runner import record_filled_values
 
     data = types.SimpleNamespace(n_classes=4, input_shape=(3, 224, 224))
     for asked, built in (("auto", "imagenet"), ("cifar", "cifar")):
@@ -211,7 +211,7 @@ def test_a_run_in_another_process_holds_the_directory_until_it_ends(tmp_path):
     import sys
 
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from pathlib import Path; from mammoth.engine.rundir import RunLock\n"
+        [sys.executable, "-c", "import sys; from pathlib import Path; from mammoth.files import RunLock\n"
          f"with RunLock(Path({str(tmp_path)!r})):\n    print('locked', flush=True); sys.stdin.read()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )

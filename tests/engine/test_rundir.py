@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from mammoth.errors import ConfigError
-from mammoth.engine.rundir import (
+from mammoth.files import (
     LOCK_NAME, RunLock, atomic_file, exclusive_lock, open_nofollow, path_inside, remove_stale_temporaries, write_atomic,
 )
 

@@ -12,7 +12,7 @@ import mammoth
 
 
 def _run(output_dir: Path, *overrides: str) -> dict:
-    with initialize_config_module(config_module="mammoth.app_conf", version_base="1.3"):
+    with initialize_config_module(config_module="mammoth.app.conf", version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"output_dir={output_dir}", "device=cpu", "seed=2", *overrides])
     mammoth.run(cfg)
     path = output_dir / "results.json"

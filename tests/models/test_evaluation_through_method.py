@@ -47,7 +47,7 @@ def test_evaluate_tasks_scores_the_methods_forward_in_eval_mode(make_net) -> Non
 
 
 def _compose(output_dir: Path, *overrides: str):
-    with initialize_config_module(config_module="mammoth.app_conf", version_base="1.3"):
+    with initialize_config_module(config_module="mammoth.app.conf", version_base="1.3"):
         return compose(config_name="config", overrides=[
             f"output_dir={output_dir}", "device=cpu", "seed=3", "threads=1", "dataset.n_epochs=1", *overrides])
 

@@ -24,7 +24,7 @@ EXPECTED = {
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_preset_normalises_as_the_originals_dataset_config(name: str) -> None:
-    with initialize_config_module(config_module="mammoth.app_conf", version_base="1.3"):
+    with initialize_config_module(config_module="mammoth.app.conf", version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"experiment={name}"])
     mean, std = EXPECTED[name]
     assert list(cfg.dataset.mean) == pytest.approx(mean) and list(cfg.dataset.std) == pytest.approx(std)

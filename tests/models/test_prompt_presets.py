@@ -34,7 +34,7 @@ EXPECTED = {
 
 @pytest.fixture(scope="module")
 def composed() -> dict:
-    with initialize_config_module(config_module="mammoth.app_conf", version_base="1.3"):
+    with initialize_config_module(config_module="mammoth.app.conf", version_base="1.3"):
         return {name: compose(config_name="config", overrides=[f"experiment={name}"]) for name in EXPECTED}
 
 

@@ -173,7 +173,7 @@ def test_default_adapters_need_transformer_blocks(make_net, dataset) -> None:
 @pytest.mark.parametrize(("preset", "dataset"), [("ranpac-seq-cifar100-224", "seq-cifar100-224"),
                                                  ("ranpac-seq-cub200", "seq-cub200")])
 def test_presets_hold_the_originals_settings(preset: str, dataset: str) -> None:
-    with initialize_config_module(config_module="mammoth.app_conf", version_base="1.3"):
+    with initialize_config_module(config_module="mammoth.app.conf", version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"experiment={preset}"])
     keys = ("dataset.name", "dataset.batch_size", "dataset.n_epochs", "model.lr", "model.momentum",
             "model.weight_decay", "model.rp_size", "model.adapter_size", "backbone.name", "backbone.pretrained")

@@ -58,7 +58,7 @@ def test_prototypes_survive_a_checkpoint(make_model, run_task) -> None:
 @pytest.mark.parametrize(("preset", "dataset"), [("simplecil-seq-cifar100-224", "seq-cifar100-224"),
                                                  ("simplecil-seq-imagenet-r", "seq-imagenet-r")])
 def test_presets_take_lamda_pilots_backbone_and_batches(preset: str, dataset: str) -> None:
-    with initialize_config_module(config_module="mammoth.app_conf", version_base="1.3"):
+    with initialize_config_module(config_module="mammoth.app.conf", version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"experiment={preset}"])
     keys = ("dataset.name", "dataset.batch_size", "backbone.name", "backbone.pretrained")
     assert {key: OmegaConf.select(cfg, key) for key in keys} == {

@@ -139,7 +139,7 @@ def test_refusals_name_the_value_and_what_is_allowed(make_net, dataset) -> None:
 
 
 def test_preset_holds_the_originals_settings() -> None:
-    with initialize_config_module(config_module="mammoth.app_conf", version_base="1.3"):
+    with initialize_config_module(config_module="mammoth.app.conf", version_base="1.3"):
         cfg = compose(config_name="config", overrides=["experiment=slca-seq-cifar100-224"])
     values = {key: OmegaConf.select(cfg, key) for key in (
         "dataset.name", "dataset.batch_size", "dataset.n_epochs", "model.lr", "model.ca_epochs",

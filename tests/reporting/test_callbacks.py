@@ -7,7 +7,7 @@ import json
 import os
 from datetime import datetime, timezone
 
-from mammoth.reporting.callbacks import record_interruption
+from mammoth.app.callbacks import record_interruption
 
 
 def _write_status(directory, **fields) -> dict:

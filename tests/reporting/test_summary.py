@@ -1,4 +1,4 @@
-"""Run summaries (mammoth.reporting.summary) and the sweep callback (mammoth.reporting.callbacks) on job directories
+"""Run summaries (mammoth.reporting.summary) and the sweep callback (mammoth.app.callbacks) on job directories
 written by the tests with known numbers; expected means and deviations are worked out by hand."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from mammoth.reporting.callbacks import SweepSummaryCallback, sweep_root
+from mammoth.app.callbacks import SweepSummaryCallback, sweep_root
 from mammoth.errors import ConfigError
 from mammoth.reporting.summary import (
     find_job_dirs, format_summary, gather, group_rows, main, plot_summary, plotted_configurations, update_summary,

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from hydra.core.utils import JobStatus
 
-from mammoth.reporting.callbacks import SweepSummaryCallback
+from mammoth.app.callbacks import SweepSummaryCallback
 from mammoth.reporting.summary import find_job_dirs, gather, group_rows, mean_and_std, plotted_configurations
 from test_summary import REPO, complete, job_config, run_job, write_job
 

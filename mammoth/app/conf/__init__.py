@@ -1,4 +1,4 @@
-"""The configs of mammoth's own app, ``python -m mammoth`` (``pkg://mammoth.app_conf``).
+"""The configs of mammoth's own app, ``python -m mammoth`` (``pkg://mammoth.app.conf``).
 
 ``config.yaml`` (the primary config), ``experiment/`` (the original Mammoth's best arguments),
 ``hparams_search/`` (Optuna searches), ``logger/`` and ``hydra/`` (help and job logging), and the

@@ -10,7 +10,7 @@ Hydra sees:
   with the choices and the closest one;
 - ``hydra.callbacks`` must name Hydra Callback classes, and the logging configs only logging
   Handler, Formatter and Filter classes (Hydra instantiates both before the run);
-- a single run's config is resolved and checked by :func:`mammoth.config.run_spec.resolve_run`,
+- a single run's config is resolved and checked by :func:`mammoth.app.run_spec.resolve_run`,
   the function :func:`mammoth.run` then calls on Hydra's composition of the same command, so an
   unknown argument fails before anything is written. In a multirun each job resolves its own
   config and only that job fails.
@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from mammoth.errors import ConfigError, MammothError, unknown_name_message
-from mammoth.config.group_arguments import check_argument_overrides
+from mammoth.app.group_arguments import check_argument_overrides
 from mammoth.config.options import check_options_not_hidden
 from mammoth.config.registry import canonical_name
 
 #: The primary config of ``python -m mammoth``.
-CONFIG_PATH = "pkg://mammoth.app_conf"
+CONFIG_PATH = "pkg://mammoth.app.conf"
 CONFIG_NAME = "config"
 
 
@@ -212,7 +212,7 @@ class CheckedCommand:
 
 def check_composed(hydra: Any, config_name: str, overrides: list[str], multirun: bool) -> CheckedCommand:
     """Compose as the run will; every config that will run passes the safety gate
-    (:func:`mammoth.config.safety.check_config_safety`): the single run's, or each job's of a sweep;
+    (:func:`mammoth.app.safety.check_config_safety`): the single run's, or each job's of a sweep;
     options in defaults lists are checked and a single run's config is validated. Returns whether
     the command is a multirun (``-m``, or ``hydra.mode`` set by a config such as an
     ``hparams_search`` preset) and the directory it writes."""
@@ -220,8 +220,8 @@ def check_composed(hydra: Any, config_name: str, overrides: list[str], multirun:
     from hydra.types import RunMode
     from omegaconf.errors import OmegaConfBaseException
 
-    from mammoth.engine.directory_checks import check_run_directory, check_sweep_directory, resolved_directory
-    from mammoth.config.safety import check_config_safety
+    from mammoth.app.directory_checks import check_run_directory, check_sweep_directory, resolved_directory
+    from mammoth.app.safety import check_config_safety
 
     try:
         cfg = _compose(hydra, config_name, overrides, RunMode.MULTIRUN if multirun else RunMode.RUN)
@@ -237,7 +237,7 @@ def check_composed(hydra: Any, config_name: str, overrides: list[str], multirun:
         if directory is not None:
             check_run_directory(directory, cfg)
         return CheckedCommand(False, directory)
-    from mammoth.config.sweep_jobs import sweep_job_configs
+    from mammoth.app.sweep_jobs import sweep_job_configs
 
     jobs = sweep_job_configs(hydra, cfg)
     for job in jobs.configs:
@@ -248,12 +248,12 @@ def check_composed(hydra: Any, config_name: str, overrides: list[str], multirun:
 
 
 def _resolve(cfg: Any) -> None:
-    """:func:`mammoth.config.run_spec.resolve_run` on a single run's config; a value that resolves
+    """:func:`mammoth.app.run_spec.resolve_run` on a single run's config; a value that resolves
     only inside the running job (``${hydra:...}``) is left to the run, which resolves it the same way."""
     from omegaconf.errors import InterpolationResolutionError
 
     from mammoth.config.options import served_registries
-    from mammoth.config.run_spec import resolve_run
+    from mammoth.app.run_spec import resolve_run
 
     try:
         resolve_run(cfg, served_registries())  # the registries' entries without torch

@@ -45,7 +45,7 @@ class ComposedOption:
 def check_argument_overrides(hydra: Any, config_name: str, repository: Any, overrides: list[str],
                              multirun: bool) -> list[str]:
     """``overrides`` checked as the module docstring says, against the options of ``repository``
-    (:func:`mammoth.config.preflight.config_repository`); returns them with the non-swept
+    (:func:`mammoth.app.preflight.config_repository`); returns them with the non-swept
     arguments of a swept group rewritten to ``++``. Raises a ConfigError naming the first bad one."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import OverrideType
@@ -95,7 +95,7 @@ def _check_deletion(override: Any, repository: Any) -> None:
 def _check_setting(override: Any) -> None:
     """A top-level ``key=value`` without ``+`` names a run setting (the run refuses any other key)."""
     from mammoth.config.run_settings import setting_names
-    from mammoth.config.run_spec import unknown_setting_message
+    from mammoth.app.run_spec import unknown_setting_message
 
     allowed = setting_names()
     if override.key_or_group not in allowed:

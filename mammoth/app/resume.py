@@ -12,7 +12,7 @@ log = logging.getLogger("mammoth")
 def resumes(resume: bool, run_dir: Path) -> bool:
     """``resume``, except for a sweep's job that never checkpointed: a resumed sweep starts it afresh."""
     from mammoth.engine.checkpoint import CHECKPOINT_NAME
-    from mammoth.engine.job import is_multirun
+    from mammoth.app.job import is_multirun
 
     if resume and is_multirun() and not (run_dir / CHECKPOINT_NAME).exists():
         log.info("resume=true but %s has no checkpoint: this job of the sweep starts from the first task", run_dir)
@@ -43,6 +43,6 @@ def program() -> str:
 
 def resume_command(run_dir: Path) -> str:
     """The command that continues this run (a sweep's job too) in ``run_dir``."""
-    from mammoth.engine.job import job_overrides
+    from mammoth.app.job import job_overrides
 
     return " ".join([program(), *job_overrides(), "resume=true", f"hydra.run.dir={run_dir}"])

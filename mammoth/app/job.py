@@ -39,7 +39,7 @@ def output_directory(output_dir: str | None) -> Path:
     """``output_dir`` if set (a relative one inside Hydra's run directory), else Hydra's run
     directory, else the working directory; created if needed. One that is a file or cannot be
     written raises a one-line ConfigError naming it."""
-    from mammoth.engine.rundir import path_inside, prepare_directory
+    from mammoth.files import path_inside, prepare_directory
 
     node = hydra_node()
     hydra_directory = Path(node.runtime.output_dir) if node is not None else None

@@ -11,7 +11,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from mammoth.errors import ConfigError, MammothError
-from mammoth.engine.rundir import link_error
+from mammoth.files import link_error
 
 #: What a second run with other settings must not write over in a directory: Hydra's records.
 HYDRA_OUTPUT_SUBDIR = ".hydra"
@@ -61,7 +61,7 @@ def check_sweep_directory(directory: Path, cfg: DictConfig, jobs: Any) -> str | 
             f"hydra.sweep.dir={directory} already holds a sweep ({held}); allowed: resume=true to "
             "continue that sweep, or another hydra.sweep.dir"
         )
-    from mammoth.config.sweep_jobs import job_directory
+    from mammoth.app.sweep_jobs import job_directory
 
     if not jobs.exact:
         _check_trials_numbered(jobs.configs[0])
@@ -219,7 +219,7 @@ def _stored_trials(storage: str, name: str) -> int | None:
 def _check_trials_numbered(job: DictConfig) -> None:
     """A sweeper that picks its trials while it runs (Optuna) numbers them: ``hydra.sweep.subdir``
     must differ between job numbers, or every trial would write one directory."""
-    from mammoth.config.sweep_jobs import job_directory, number_job
+    from mammoth.app.sweep_jobs import job_directory, number_job
 
     directories = {job_directory(number_job(job, number)) for number in (0, 1)}
     if len(directories) == 1 and None not in directories:

@@ -1,7 +1,7 @@
 """One resolution of a composed config into a checked, frozen run specification.
 
 :func:`resolve_run` is the one place a composed mammoth config is checked: the pre-flight of
-``python -m mammoth`` (:mod:`mammoth.config.preflight`) and :func:`mammoth.run` call it on the
+``python -m mammoth`` (:mod:`mammoth.app.preflight`) and :func:`mammoth.run` call it on the
 same config, and the run builds from what it returns, so each registry option is resolved once
 and each key checked once:
 
@@ -210,7 +210,7 @@ def recorded_config(cfg: DictConfig, resolved: dict[str, Any]) -> dict[str, Any]
     ``${dataset.root}`` when that reads it), replaced by the text it was written as: the run uses
     the value, what it records does not hold it (as Hydra's ``.hydra/config.yaml``)."""
     from mammoth.config.interpolations import UNKNOWN, raw_lookup, resolvers_used
-    from mammoth.engine.job import hydra_node
+    from mammoth.app.job import hydra_node
 
     raw = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"]), resolve=False)
     hydra = cfg.get("hydra") if "hydra" in cfg else hydra_node()

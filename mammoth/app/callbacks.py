@@ -15,7 +15,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from mammoth.engine.job import is_multirun
+from mammoth.app.job import is_multirun
 
 log = logging.getLogger("mammoth")
 
@@ -71,7 +71,7 @@ class SweepSummaryCallback(Callback):
     def _write_status(self, config: DictConfig, document: dict[str, Any]) -> None:
         """Write ``document`` plus the job's overrides, times, host and pid to its job.json;
         log (never raise) a failure."""
-        from mammoth.engine.rundir import write_atomic
+        from mammoth.files import write_atomic
         from mammoth.reporting.summary import STATUS_NAME
 
         try:
@@ -102,7 +102,7 @@ def record_interruption(run_dir: Path, reason: str) -> None:
     callback is off); it is opened without following a symbolic link. A failure is logged,
     never raised: the interruption goes on.
     """
-    from mammoth.engine.rundir import write_atomic
+    from mammoth.files import write_atomic
     from mammoth.reporting.summary import RUNNING, STATUS_NAME, STOPPED
 
     path = run_dir / STATUS_NAME
@@ -124,7 +124,7 @@ def _read_own_status(path: Path) -> dict[str, Any] | None:
     """The JSON object in ``path``, read without following a symbolic link; None when there is no
     regular file of at most MAX_STATUS_BYTES or it does not hold an object."""
     from mammoth.errors import ConfigError
-    from mammoth.engine.rundir import open_nofollow
+    from mammoth.files import open_nofollow
 
     try:
         file = open_nofollow(path, "rb")
@@ -147,7 +147,7 @@ def error_line(error: Any) -> str:
 
 def results_directory(config: DictConfig) -> Path:
     """Where mammoth writes the job's results: ``output_dir`` if set (a relative one inside the
-    job's Hydra directory, as :func:`mammoth.engine.job.output_directory` puts it), else the job's Hydra directory."""
+    job's Hydra directory, as :func:`mammoth.app.job.output_directory` puts it), else the job's Hydra directory."""
     hydra_directory = Path(str(config.hydra.runtime.output_dir))
     if config.get("output_dir"):
         return hydra_directory / str(config.output_dir)  # an absolute output_dir replaces the Hydra directory

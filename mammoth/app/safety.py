@@ -3,7 +3,7 @@ it may make them write.
 
 Every config that will run passes :func:`check_config_safety` before anything is instantiated or
 written: the single run's, each job's of a sweep and each alternative an Optuna search may try
-(:mod:`mammoth.config.preflight`), and again inside :func:`mammoth.run`. The walk covers the whole tree,
+(:mod:`mammoth.app.preflight`), and again inside :func:`mammoth.run`. The walk covers the whole tree,
 ``hydra`` included, at any depth:
 
 - a ``_target_`` is allowed only where mammoth or Hydra expects one: the root of ``backbone``,

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from mammoth.errors import ConfigError
 
 if TYPE_CHECKING:
-    from mammoth.config.run_spec import RunSpec
+    from mammoth.app.run_spec import RunSpec
 
 log = logging.getLogger("mammoth")
 
@@ -31,11 +31,11 @@ def run(cfg: DictConfig) -> float:
     SIGTERM interrupts the run like Ctrl-C (KeyboardInterrupt); either logs one line with the
     command that resumes it, and the checkpoint of the last finished task stays intact.
     """
-    from mammoth.config.run_spec import resolve_run
-    from mammoth.config.safety import check_config_safety
+    from mammoth.app.run_spec import resolve_run
+    from mammoth.app.safety import check_config_safety
     from mammoth.engine.distributed import log_to_rank_file, shared_run_directory
-    from mammoth.engine.job import hydra_node, output_directory
-    from mammoth.engine.rundir import RunLock
+    from mammoth.app.job import hydra_node, output_directory
+    from mammoth.files import RunLock
 
     check_config_safety(cfg, hydra=hydra_node(), output_dir_in_run_directory=False)  # python -m mammoth checked it
     spec = resolve_run(cfg)
@@ -46,8 +46,8 @@ def run(cfg: DictConfig) -> float:
             try:
                 return _run(spec, run_dir)
             except KeyboardInterrupt as interruption:
-                from mammoth.engine.resume import interrupted_line
-                from mammoth.reporting.callbacks import record_interruption
+                from mammoth.app.resume import interrupted_line
+                from mammoth.app.callbacks import record_interruption
 
                 log.error("%s", interrupted_line(run_dir, str(interruption) or "SIGINT"))
                 if main:
@@ -94,7 +94,7 @@ def _run(spec: RunSpec, run_dir: Path) -> float:
     """:func:`run` in its locked run directory: build, then train and report."""
     from mammoth.engine.device import resolve_device, set_threads
     from mammoth.engine.distributed import is_main_process, synchronised_batchnorm
-    from mammoth.engine.job import run_title
+    from mammoth.app.job import run_title
     from mammoth.engine.precision import check_method_precision, check_precision
     from mammoth.reporting.optimized_metric import check_optimized_metric
     from mammoth.reporting.results import RESULTS_NAME
@@ -195,7 +195,7 @@ def summary_line(name: str, net: Any) -> str:
 
 def check_output_size(net: Any, dataset: Any, backbone_name: str) -> None:
     """The backbone must output at least one logit per class of the dataset."""
-    from mammoth.engine.context import evaluation_mode
+    from mammoth.models.utils import evaluation_mode
 
     device = next(net.parameters()).device
     sample = dataset.test_transform(dataset.test_source(0).read(torch.zeros(1, dtype=torch.long), device))
@@ -288,10 +288,10 @@ def progress_bars_shown() -> bool:
 
 def _train_and_write(built: BuiltRun, loggers: list[Any]) -> dict[str, Any] | None:
     """The task loop with its progress reports, then results.json and the plot; None when stopped early."""
-    from mammoth.config.run_spec import comparable_config
+    from mammoth.app.run_spec import comparable_config
     from mammoth.engine.distributed import is_main_process
     from mammoth.engine.loop import run_tasks
-    from mammoth.engine.resume import resumes, resume_command
+    from mammoth.app.resume import resumes, resume_command
     from mammoth.reporting.results import KIND_TITLES, PLOT_NAME, RESULTS_NAME, Measurements, build_results, environment_versions, format_table, plot_results, write_json_atomic
 
     dataset, run_dir, device = built.dataset, built.run_dir, built.device

@@ -1,5 +1,5 @@
 """The config of every job a sweep will run, composed before the sweep starts, so that each one
-passes the safety gate (:mod:`mammoth.config.safety`) before Hydra writes or instantiates anything.
+passes the safety gate (:mod:`mammoth.app.safety`) before Hydra writes or instantiates anything.
 
 Hydra's basic sweeper runs the cartesian product of its sweeps: every job is composed here as
 Hydra's launchers compose it (``ConfigLoader.load_sweep_config``), with its job number. Other
