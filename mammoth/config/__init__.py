@@ -1,2 +1,3 @@
-"""Configuration: the registry, the schemas it builds, the run settings, and every check of a
-composed config (value checks, the safety gate, the pre-flight of ``python -m mammoth``)."""
+"""The configuration core: the registry and the schemas it builds, value checks, the run
+settings, and the options served to Hydra. Backbones, datasets and models build on it; the checks
+of a whole composed config (the safety gate, the pre-flight) are in :mod:`mammoth.app`."""

@@ -1,1 +1,2 @@
-"""The engine: the run, the task loop, evaluation, checkpoints and the run directory."""
+"""The engine: the training context, the task loop, evaluation, checkpoints, device and
+precision, distributed training. :func:`mammoth.run` (:mod:`mammoth.app.runner`) drives it."""

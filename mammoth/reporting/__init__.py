@@ -1,1 +1,2 @@
-"""Reporting: metrics, results.json and its plot, experiment loggers, Hydra callbacks, sweep summaries."""
+"""Reporting: metrics, results.json and its plot, experiment loggers, the reproduction ledger, and
+the reading and tabulating of run directories (sweep summaries)."""
