@@ -47,7 +47,7 @@ def test_shards_cover_each_batch_in_order_with_weights_summing_to_one(processes:
         assert torch.equal(torch.cat([shard.rows(rows) for shard in shards]), rows)
         assert max(s.local_size for s in shards) - min(s.local_size for s in shards) <= 1
         assert sum(shard.weight for shard in shards) == pytest.approx(1.0)
-    assert shard_of(5, 0, 2) == Shard(0, 3, 5, 0.6) and shard_of(5, 1, 2) == Shard(3, 5, 5, 0.4)
+    assert shard_of(5, 0, 2) == Shard(0, 3, 5, 0.6, 0, 2) and shard_of(5, 1, 2) == Shard(3, 5, 5, 0.4, 1, 2)
 
 
 def two_ranks(other_rows: dict[str, torch.Tensor]):
