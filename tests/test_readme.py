@@ -1,10 +1,11 @@
-"""Every snippet of README.md runs as written, and its output examples are what mammoth prints.
+"""Every snippet of README.md and of the documentation pages (docs/*.md) runs as written, and their
+output examples are what mammoth prints.
 
-The files the README shows (``# name.py`` / ``# conf/config.yaml`` blocks) are written into one
-working directory, the ``/data`` it mentions is replaced by tiny files in the real formats, and
-every command of its ``bash`` blocks and every ``$ command`` of its output blocks runs there. Each
+The files they show (``# name.py`` / ``# conf/config.yaml`` blocks) are written into one working
+directory, the ``/data`` they mention is replaced by tiny files in the real formats, and every
+command of their ``bash`` blocks and every ``$ command`` of their output blocks runs there. Each
 command needs an entry in :data:`CASES` (what to append so it runs in seconds, what it must
-leave), so a README command without a test fails here.
+leave), so a command of the README or of a page without a test fails here.
 """
 
 from __future__ import annotations
@@ -22,23 +23,30 @@ from typing import Callable
 import numpy as np
 import pytest
 
+from docs_pages import documents
 from fake_datasets import write_cifar10, write_cifar100
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
+#: README.md, then docs/*.md: path -> text
+DOCUMENTS = documents()
+#: the README's most lines (the rest of the documentation is in docs/)
+README_MAX_LINES = 400
 FAST = ("dataset.n_epochs=1", "threads=1")
 pytestmark = pytest.mark.slow
 
 
 def fenced_blocks(text: str) -> list[tuple[str, str]]:
-    """(language, body) of every fenced code block."""
-    return [(match[1], match[2]) for match in re.finditer(r"```(\w*)\n(.*?)```", text, re.S)]
+    """(language, body) of every fenced code block (a MyST directive's ``{name}`` is its language)."""
+    return [(match[1], match[2]) for match in re.finditer(r"```([^\n`]*)\n(.*?)```", text, re.S)]
 
 
-def readme_files(text: str = README) -> dict[str, str]:
-    """Blocks whose first line is ``# PATH``: the files the README (or ``text``) asks you to write."""
+def readme_files(text: str | None = None) -> dict[str, str]:
+    """Blocks whose first line is ``# PATH``: the files the README and the pages (or ``text``) ask you
+    to write; a file shown again (``run.py`` importing one module more) is its last version."""
     files = {}
-    for language, body in fenced_blocks(text):
+    blocks = [block for each in DOCUMENTS.values() for block in fenced_blocks(each)] if text is None else fenced_blocks(text)
+    for language, body in blocks:
         first = body.splitlines()[0]
         if language in ("python", "yaml") and re.fullmatch(r"# [\w./-]+\.(py|yaml)", first):
             files[first[2:]] = body
@@ -46,9 +54,10 @@ def readme_files(text: str = README) -> dict[str, str]:
 
 
 def readme_commands() -> list[str]:
-    """Every command line of the bash blocks (comments dropped) and every ``$ command``."""
+    """Every command line of the bash blocks (comments dropped) and every ``$ command``, of the README
+    and of every page."""
     commands = []
-    for language, body in fenced_blocks(README):
+    for language, body in (block for text in DOCUMENTS.values() for block in fenced_blocks(text)):
         for line in body.splitlines():
             if language == "bash" and line.strip():
                 commands.append(re.split(r"\s{2,}#", line)[0].strip())
@@ -58,9 +67,12 @@ def readme_commands() -> list[str]:
 
 
 def output_after(command: str) -> str:
-    """The line the README shows right after ``$ command``."""
-    lines = README.splitlines()
-    return lines[lines.index(f"$ {command}") + 1]
+    """The line the README (or the page that shows ``$ command``) shows right after it."""
+    for text in DOCUMENTS.values():
+        lines = text.splitlines()
+        if f"$ {command}" in lines:
+            return lines[lines.index(f"$ {command}") + 1]
+    raise AssertionError(f"no page shows $ {command}")
 
 
 @dataclass
@@ -225,7 +237,7 @@ CASES: dict[str, Case] = {
     "python -m mammoth -m model=sgd,er ++model.buffer_size=200 seed=0,1,2": Case(returncode=1, check=sweep_of(3, 3)),
     "python -m mammoth -m model=sgd,er model.buffer_size=200":
         Case(returncode=2, check=first_error_line_matches("python -m mammoth -m model=sgd,er model.buffer_size=200")),
-    "python -m mammoth.reproduce --list": Case(run=False),  # tests/reporting/test_ledger.py: README table == --list
+    "python -m mammoth.reproduce --list": Case(run=False),  # tests/reporting/test_ledger.py: docs/presets.md's table == --list
     "python -m mammoth.reproduce experiment=der-seq-cifar100-500 seeds=3 dataset.root=/data":
         Case(run=False),  # GPU hours on real data: tests/test_reproduce_ledger.py (-m reproduce); on digits: tests/test_reproduce.py
     "MAMMOTH_DATA=/data python -m pytest -m reproduce -k seq-mnist": Case(run=False),  # needs the real MNIST files
@@ -237,6 +249,8 @@ CASES: dict[str, Case] = {
     "python -m mammoth 'logger=[csv,tensorboard]'": Case(check=files_written("metrics.csv", "tensorboard")),
     "python -m mammoth 'logger=[]'": Case(check=files_written("results.json", absent=("metrics.csv", "tensorboard"))),
     LOCAL_WEIGHTS_COMMAND: Case(extra=FAST + ("dataset.n_tasks=2",), check=loaded_the_local_weights),  # 224 px on a CPU
+    # docs/development.md: tests/test_docs.py builds the site so, into a temporary directory
+    "python -m sphinx -W --keep-going -b html docs docs/_build/html": Case(run=False),
 }
 
 
@@ -302,8 +316,14 @@ def run_readme_command(command: str, case: Case, workdir: Path, index: int) -> R
     return Result(process=process, directory=directory, workdir=workdir)
 
 
-def test_every_readme_command_has_a_case():
+def test_every_command_of_the_readme_and_the_pages_has_a_case():
     assert sorted(set(readme_commands())) == sorted(CASES)
+
+
+def test_the_readme_is_short_and_its_files_are_the_only_ones_shown():
+    assert len(README.splitlines()) <= README_MAX_LINES
+    # the files a reader writes are all in the README: a page showing one too would run another version
+    assert all(readme_files(text) == {} for path, text in DOCUMENTS.items() if path != "README.md")
 
 
 def test_ci_runs_the_readme_test_command_in_a_fresh_venv():
@@ -335,7 +355,7 @@ def test_replay_claim_of_the_quick_start(workdir: Path):
 
 def test_the_backbone_example_runs_with_only_the_files_shown_up_to_it(tmp_path: Path):
     command = "python run.py backbone=tiny-cnn backbone.channels=64"
-    files = readme_files(README[:README.index(command)])
+    files = readme_files(README[README.index("### A backbone"):README.index(command)])  # the backbone's section
     assert sorted(files) == ["my_backbones.py", "run.py"]
     for name, body in files.items():
         (tmp_path / name).write_text(body)

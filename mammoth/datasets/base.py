@@ -86,7 +86,7 @@ class PreparedLabels:
 
 @dataclass
 class TaskData:
-    """The data of one task: ``x`` are uint8 images (N, C, H, W) or float features (N, *input_shape)
+    """The data of one task: ``x`` are uint8 images (N, C, H, W) or float features ``(N, *input_shape)``
     on CPU, ``y`` int64 tensors (N,)."""
 
     train_x: torch.Tensor
@@ -374,7 +374,7 @@ class ContinualDataset:
 
     def load_source(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Read the whole benchmark: ``(train_x, train_y, test_x, test_y)``, x uint8 images (N, C, H, W)
-        or float features (N, *input_shape), y int64."""
+        or float features ``(N, *input_shape)``, y int64."""
         raise NotImplementedError(f"{type(self).__name__} must implement load_source()")
 
     def load_sources(self) -> tuple[DataSource, DataSource]:
@@ -658,7 +658,7 @@ class ContinualDataset:
         return self.normalize(x)
 
     def describe(self) -> dict[str, Any]:
-        """A summary for the README table and the results file (plain, YAML/JSON-serialisable values)."""
+        """A summary for the datasets table (docs/datasets.md) and the results file (plain, YAML/JSON-serialisable values)."""
         return {
             "name": self.name,
             "setting": self.setting,

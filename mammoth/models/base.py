@@ -16,7 +16,7 @@ A checkpoint holds ``model.state_dict()`` plus ``model.extra_state()``.
 
 On several processes (``torchrun``) each rank's ``observe`` gets its shard of the batch, inside
 :meth:`ContinualModel.sharded`; a method declares ``supports_distributed = True`` when that is
-the same experiment as one process (README: Distributed training); the others are refused.
+the same experiment as one process (docs/distributed.md); the others are refused.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ class ContinualModel(nn.Module):
             if callable(method) and _positional_arity(method) == old_arity:
                 raise ConfigError(
                     f"{cls.__module__}.{cls.__qualname__}.{hook}{OLD_SIGNATURES[hook]} is an old hook; "
-                    f"allowed: {NEW_SIGNATURES} (README: Write your own method)"
+                    f"allowed: {NEW_SIGNATURES} (docs/methods.md: Write your own method)"
                 )
 
     def __init__(

@@ -143,7 +143,7 @@ def test_a_tagged_choice_keeps_hydras_meaning(workdir: Path):
     (["dataset=seq-digits", "dataset.validation=abc"], "Error merging override dataset.validation=abc"),
 ])
 def test_a_bad_command_line_exits_with_2(workdir, monkeypatch, capsys, args, first):
-    # before: exit status 1 for each (the README says 2 for a bad command line)
+    # before: exit status 1 for each (docs/security.md says 2 for a bad command line)
     assert refused(args, workdir, monkeypatch, capsys)[0] == first
 
 

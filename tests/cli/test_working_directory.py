@@ -71,7 +71,7 @@ def test_importing_mammoth_as_a_library_leaves_sys_path_as_the_program_has_it(tm
 
 def test_a_mammoth_module_in_the_working_directory_is_python_s_choice_and_p_or_the_script_avoids_it(tmp_path: Path):
     # ``python -m mammoth`` looks mammoth itself up in the working directory first (Python's rule,
-    # before any code of mammoth runs): the README says to use ``python -P`` or the console script.
+    # before any code of mammoth runs): docs/security.md says to use ``python -P`` or the console script.
     plant(tmp_path, {"mammoth"})
     run([sys.executable, "-m", "mammoth", "--help"], tmp_path)
     assert marks(tmp_path) == ["MARK-mammoth"]

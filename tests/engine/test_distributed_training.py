@@ -21,7 +21,7 @@ from mammoth.errors import ConfigError
 from mammoth.models import MODELS, build_model
 from mammoth.models.buffer import ReplayBuffer
 
-#: The methods that train on several processes as on one (README: Distributed training).
+#: The methods that train on several processes as on one (docs/distributed.md).
 DISTRIBUTED_METHODS = {"agem", "bic", "der", "derpp", "er", "ewc-on", "gdumb", "gem", "icarl", "joint",
                        "joint-cumulative", "lwf", "sgd", "si"}
 
@@ -139,13 +139,13 @@ def test_one_process_observes_the_whole_batch_with_no_hooks() -> None:
     assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
 
 
-def test_the_readme_methods_table_says_which_methods_train_on_several_processes() -> None:
-    import re
+def test_the_methods_page_says_which_methods_train_on_several_processes() -> None:
+    from docs_pages import methods_table
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    rows = re.findall(r"^\| `([\w-]+)` \|.*\| (yes|refused) \|$", readme, re.M)
-    assert {name for name, _ in rows} == set(MODELS.names())
-    assert {name for name, answer in rows if answer == "yes"} == DISTRIBUTED_METHODS
+    rows = methods_table()
+    assert set(rows) == set(MODELS.names())
+    assert {row["several processes"] for row in rows.values()} == {"yes", "refused"}
+    assert {name for name, row in rows.items() if row["several processes"] == "yes"} == DISTRIBUTED_METHODS
 
 
 def test_a_rank_logs_to_its_own_file_and_refuses_a_planted_link(tmp_path, monkeypatch):

@@ -159,10 +159,16 @@ def test_the_step_scales_the_loss_and_ends_at_the_unscaled_update() -> None:
     assert scaler.get_scale() == 1024.0  # no overflow: the scale stays until its growth interval
 
 
-def test_the_readme_lists_the_methods_that_refuse_fp16() -> None:
+def test_the_docs_list_the_methods_that_refuse_fp16() -> None:
     import re
 
-    text = " ".join((Path(__file__).resolve().parents[2] / "README.md").read_text().split())
+    from docs_pages import methods_table, page
+
+    text = " ".join(page("datasets.md").split())  # Run-wide settings: precision
     listed = re.search(r"methods that step their optimizer themselves: ([a-z_\-, ]+)\)", text).group(1)
     refusing = {name for name in MODELS.names() if not getattr(MODELS.get(name).target, "supports_fp16", True)}
     assert {name.strip().replace("-", "_") for name in listed.split(",")} == {name.replace("-", "_") for name in refusing}
+    rows = methods_table()  # and the fp16 column of the methods table
+    assert set(rows) == set(MODELS.names())
+    assert {name for name, row in rows.items() if row["fp16"] == "refused"} == refusing
+    assert {name for name, row in rows.items() if row["fp16"] == "yes"} == set(MODELS.names()) - refusing

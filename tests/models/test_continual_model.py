@@ -170,7 +170,7 @@ def test_a_method_written_against_the_old_hooks_is_refused_when_defined() -> Non
         ".training_data(self, task, train_x, train_y) is an old hook; allowed: training_data(self, task, data) "
         "-> DataSource and end_task(self, task, data)"
     )
-    assert message.endswith("(README: Write your own method)")
+    assert message.endswith("(docs/methods.md: Write your own method)")
     with pytest.raises(ConfigError, match=r"OldEnd\.end_task\(self, task\) is an old hook; allowed: "):
 
         class OldEnd(ReplayModel):
