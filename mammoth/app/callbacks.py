@@ -15,7 +15,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from mammoth.app.job import is_multirun
+from mammoth.config.hydra_job import JobFacts
 
 log = logging.getLogger("mammoth")
 
@@ -59,7 +59,7 @@ class SweepSummaryCallback(Callback):
         if self._started is not None:
             document["wall_seconds"] = time.time() - self._started
         self._write_status(config, document)
-        if is_multirun(config):
+        if JobFacts(config.hydra).multirun:
             _update_summary(config, sweep_root)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
