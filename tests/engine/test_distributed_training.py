@@ -207,3 +207,26 @@ def test_a_rank_logs_to_its_own_file_and_refuses_a_planted_link(tmp_path, monkey
             handler.close()
         for handler in saved:
             root.addHandler(handler)
+
+
+def test_the_gradient_hooks_weigh_each_rank_by_its_shard_and_hook_a_parameter_once(monkeypatch) -> None:
+    """The engine's hooks (kept on the context, not the model): a backward pass scales each gradient
+    by the step's shard weight (1 / world_size outside a step) and sums it over the ranks (here a
+    stand-in for 2 ranks holding the same gradient: x2)."""
+    from mammoth.engine.distributed import GradientHooks
+
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(distributed.dist, "all_reduce", lambda tensor: tensor.mul_(2))
+    current = {"shard": Shard(0, 3, 4, 0.75, 0, 2)}
+    hooks = GradientHooks(lambda: current["shard"])
+    layer = torch.nn.Linear(3, 1)
+    hooks.add(layer)
+    hooks.add(layer)  # a parameter is hooked once
+    assert len(hooks.handles) == 2
+    x = torch.ones(2, 3)
+    layer(x).sum().backward()
+    assert torch.equal(layer.weight.grad, torch.full((1, 3), 2.0 * 0.75 * 2))  # d/dw of the sum: 2 rows of ones
+    layer.zero_grad(set_to_none=True)
+    current["shard"] = None  # outside a sharded step (a method's inner loop): every rank holds the whole batch
+    layer(x).sum().backward()
+    assert torch.equal(layer.weight.grad, torch.full((1, 3), 2.0 * 0.5 * 2))
