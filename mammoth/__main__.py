@@ -42,9 +42,9 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
 def log_failure(error: MammothError) -> None:
     """Write the error to the job's ``mammoth.log`` (and, in a multirun, to the console)."""
-    from mammoth.app.job import is_multirun
+    from mammoth.config.hydra_job import read_job_facts
 
-    logging.getLogger("mammoth" if is_multirun() else FAILURE_LOGGER).error("Error: %s", error)
+    logging.getLogger("mammoth" if read_job_facts().multirun else FAILURE_LOGGER).error("Error: %s", error)
 
 
 @contextmanager

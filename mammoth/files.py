@@ -271,7 +271,11 @@ class RunLock:
     does not exist (Windows) nothing is locked.
     """
 
-    #: The lock files this process holds (a lock is the process's, as flock's is).
+    #: The lock files this process holds (a lock is the process's, as flock's is). Global state, on
+    #: purpose: ``python -m mammoth`` locks the run directory before Hydra starts the job and
+    #: ``mammoth.run`` locks it again inside the job, with nothing between them but Hydra's call
+    #: of the task function; a second flock on a new descriptor would refuse this same process, so
+    #: the lock must be known process-wide (it goes when the pre-flight hands the run its lock).
     _held: set[str] = set()
 
     def __init__(self, directory: Path) -> None:

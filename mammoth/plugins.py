@@ -55,6 +55,9 @@ def load_plugins(strict: bool = True) -> list[str]:
     return loaded
 
 
+# Global state, on purpose: whether the plugins have registered their entries. It belongs to the
+# registries, which are process-wide (a plugin's module, once imported, has registered its entries
+# for the whole process); loading again would re-import a broken plugin and warn at every lookup.
 @functools.cache
 def load_plugins_once() -> None:
     """:func:`load_plugins` the first time it is called (a broken plugin is a warning); nothing after."""

@@ -125,7 +125,7 @@ def worker(job: dict) -> None:
     context = build_context(dataset, device, torch.Generator().manual_seed(0))
     model.attach(context)
     model.begin_task(0)
-    step = observe_on_shard(model)
+    step = observe_on_shard(model, context)
     batches = context.batches(context.task_data(0))
     for _ in range(job["warmup"]):
         step(next(batches))

@@ -15,14 +15,9 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from mammoth.app.job import is_multirun
+from mammoth.config.hydra_job import JobFacts
 
 log = logging.getLogger("mammoth")
-
-
-def first_rank() -> bool:
-    """Whether this process is rank 0 of its job (or its only process), from torchrun's or submitit's environment."""
-    return all(os.environ.get(name, "0") in ("", "0") for name in ("RANK", "SLURM_PROCID", "SUBMITIT_LOCAL_GLOBALID"))
 
 
 class SweepSummaryCallback(Callback):
@@ -42,16 +37,19 @@ class SweepSummaryCallback(Callback):
         self._started: float | None = None
 
     def on_job_start(self, config: DictConfig, *, task_function: Any = None, **kwargs: Any) -> None:
-        """Record the start time; mark the job ``running`` in its job.json."""
+        """Record the start time; mark the job ``running`` in its job.json (rank 0 of a distributed run)."""
+        from mammoth.engine.distributed import is_main_process  # torch: when a job starts, not when Hydra builds callbacks
+
         self._started = time.time()
-        if first_rank():
+        if is_main_process():
             self._write_status(config, {"status": "running"})
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         """Record the job's status in job.json; in a multirun, update the sweep's summary."""
+        from mammoth.engine.distributed import is_main_process
         from mammoth.reporting.summary import COMPLETE, FAILED, RESULTS_NAME, STOPPED
 
-        if not first_rank():  # a distributed run's other ranks: rank 0 writes the job's files
+        if not is_main_process():  # a distributed run's other ranks: rank 0 writes the job's files
             return
         if job_return.status == JobStatus.FAILED:
             document: dict[str, Any] = {"status": FAILED, "error": error_line(job_return._return_value)}
@@ -61,7 +59,7 @@ class SweepSummaryCallback(Callback):
         if self._started is not None:
             document["wall_seconds"] = time.time() - self._started
         self._write_status(config, document)
-        if is_multirun(config):
+        if JobFacts(config.hydra).multirun:
             _update_summary(config, sweep_root)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from mammoth.app.preflight import CommandLine, quote_override_value
-from mammoth.engine.distributed import broadcast_text, detect_launch, start_process_group
+from mammoth.engine import distributed
 from mammoth.errors import ConfigError
 
 
@@ -17,7 +17,7 @@ def join_command_line(command_line: CommandLine) -> CommandLine:
     ``.hydra/``); the others get rank 0's directory pinned by ``hydra.run.dir`` and
     ``hydra.output_subdir=null``, and no directory to lock. One process: ``command_line``
     unchanged. A multirun is refused in one line."""
-    launch = detect_launch()
+    launch = distributed.detect_launch()
     if launch is None:
         return command_line
     if command_line.multirun:
@@ -25,9 +25,10 @@ def join_command_line(command_line: CommandLine) -> CommandLine:
             f"--multirun on {launch.world_size} processes started by {launch.launcher}; allowed: one run per "
             "torchrun (a sweep of distributed runs: hydra/launcher=submitit_slurm with tasks_per_node)"
         )
-    start_process_group(launch)
-    chosen = broadcast_text(str(command_line.directory or "") if launch.is_main else None)
-    if launch.is_main or not chosen:  # no directory yet (a help screen, --cfg): the run agrees on one itself
+    distributed.start_process_group(launch)
+    main = distributed.is_main_process()
+    chosen = distributed.broadcast_text(str(command_line.directory or "") if main else None)
+    if main or not chosen:  # no directory yet (a help screen, --cfg): the run agrees on one itself
         return command_line
     follower = [f"hydra.run.dir={quote_override_value(chosen)}", "hydra.output_subdir=null"]
     args, at = list(command_line.args), command_line.pin_at

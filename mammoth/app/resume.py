@@ -6,27 +6,28 @@ import logging
 import sys
 from pathlib import Path
 
+from mammoth.config.hydra_job import JobFacts
+
 log = logging.getLogger("mammoth")
 
 
-def resumes(resume: bool, run_dir: Path) -> bool:
+def resumes(resume: bool, run_dir: Path, job: JobFacts) -> bool:
     """``resume``, except for a sweep's job that never checkpointed: a resumed sweep starts it afresh."""
     from mammoth.engine.checkpoint import CHECKPOINT_NAME
-    from mammoth.app.job import is_multirun
 
-    if resume and is_multirun() and not (run_dir / CHECKPOINT_NAME).exists():
+    if resume and job.multirun and not (run_dir / CHECKPOINT_NAME).exists():
         log.info("resume=true but %s has no checkpoint: this job of the sweep starts from the first task", run_dir)
         return False
     return bool(resume)
 
 
-def interrupted_line(run_dir: Path, reason: str) -> str:
+def interrupted_line(run_dir: Path, reason: str, job: JobFacts) -> str:
     """One line for an interrupted run: the command that resumes it from its checkpoint, or,
     before the first checkpoint, that there is nothing to resume."""
     from mammoth.engine.checkpoint import CHECKPOINT_NAME
 
     if (run_dir / CHECKPOINT_NAME).is_file():
-        return f"Interrupted ({reason}); the checkpoint of the last finished task is intact. Resume with: {resume_command(run_dir)}"
+        return f"Interrupted ({reason}); the checkpoint of the last finished task is intact. Resume with: {resume_command(run_dir, job)}"
     return f"Interrupted ({reason}) before the first task finished: nothing to resume; start the run again"
 
 
@@ -41,8 +42,8 @@ def program() -> str:
     return f"python {sys.argv[0]}"
 
 
-def resume_command(run_dir: Path) -> str:
-    """The command that continues this run (a sweep's job too) in ``run_dir``."""
+def resume_command(run_dir: Path, job: JobFacts) -> str:
+    """The command that continues this run (a sweep's ``job`` too) in ``run_dir``."""
     from mammoth.app.job import job_overrides
 
-    return " ".join([program(), *job_overrides(), "resume=true", f"hydra.run.dir={run_dir}"])
+    return " ".join([program(), *job_overrides(job), "resume=true", f"hydra.run.dir={run_dir}"])

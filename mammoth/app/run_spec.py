@@ -93,9 +93,10 @@ def comparable_config(config: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in config.items() if key not in RUN_CONTROL_KEYS}
 
 
-def resolve_run(cfg: DictConfig, registries: Mapping[str, Any] | None = None) -> RunSpec:
+def resolve_run(cfg: DictConfig, registries: Mapping[str, Any] | None = None, hydra: Any = None) -> RunSpec:
     """``cfg`` (a composed mammoth config) checked as the module docstring says and resolved into a
-    :class:`RunSpec`. Raises a MammothError naming the first bad value.
+    :class:`RunSpec`. Raises a MammothError naming the first bad value. ``hydra``: the job's
+    ``hydra`` node (``JobFacts.hydra``), read where ``cfg`` has none.
 
     ``registries`` (``{"backbone": ..., "dataset": ..., "model": ...}``) are those the options are
     resolved against; None: the registries of the built-ins (which imports torch and them). The
@@ -113,7 +114,7 @@ def resolve_run(cfg: DictConfig, registries: Mapping[str, Any] | None = None) ->
         raise ConfigError("no model selected; choose one with model=NAME")
     model = _resolve_option(registries["model"], cfg)
     resolved = _plain(cfg)
-    config = recorded_config(cfg, resolved)
+    config = recorded_config(cfg, resolved, hydra)
     return RunSpec(
         dataset=dataset, backbone=backbone, model=model, seed=check_seed(cfg.get("seed", 0)),
         device=str(cfg.get("device", "auto")), threads=check_threads(cfg.get("threads")),
@@ -204,16 +205,16 @@ def _plain(cfg: DictConfig) -> dict[str, Any]:
 UNRECORDED_RESOLVERS = frozenset(("oc.env",))
 
 
-def recorded_config(cfg: DictConfig, resolved: dict[str, Any]) -> dict[str, Any]:
+def recorded_config(cfg: DictConfig, resolved: dict[str, Any], hydra: Any = None) -> dict[str, Any]:
     """``resolved`` (the plain resolved config of ``cfg``) with each value that reads the
     environment, directly or through the keys it references (``data-${oc.env:SECRET}``,
     ``${dataset.root}`` when that reads it), replaced by the text it was written as: the run uses
-    the value, what it records does not hold it (as Hydra's ``.hydra/config.yaml``)."""
+    the value, what it records does not hold it (as Hydra's ``.hydra/config.yaml``). References to
+    ``hydra.*`` are looked up in ``cfg``'s ``hydra`` node, else in ``hydra`` (the job's)."""
     from mammoth.config.interpolations import UNKNOWN, raw_lookup, resolvers_used
-    from mammoth.app.job import hydra_node
 
     raw = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"]), resolve=False)
-    hydra = cfg.get("hydra") if "hydra" in cfg else hydra_node()
+    hydra = cfg.get("hydra") if "hydra" in cfg else hydra
     lookup = raw_lookup({**raw, "hydra": OmegaConf.to_container(hydra, resolve=False) if hydra is not None else {}})
     recorded = copy.deepcopy(resolved)
     for path, text in _interpolations(raw, ()):

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import torch
 from omegaconf import DictConfig
 
+from mammoth.config.hydra_job import JobFacts
 from mammoth.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -33,23 +34,25 @@ def run(cfg: DictConfig) -> float:
     """
     from mammoth.app.run_spec import resolve_run
     from mammoth.app.safety import check_config_safety
+    from mammoth.config.hydra_job import read_job_facts
     from mammoth.engine.distributed import log_to_rank_file, shared_run_directory
-    from mammoth.app.job import hydra_node, output_directory
+    from mammoth.app.job import output_directory
     from mammoth.files import RunLock
 
-    check_config_safety(cfg, hydra=hydra_node(), output_dir_in_run_directory=False)  # python -m mammoth checked it
-    spec = resolve_run(cfg)
+    job = read_job_facts()  # the run's one read of Hydra's job facts (empty outside a Hydra job); passed down
+    check_config_safety(cfg, hydra=job.hydra, output_dir_in_run_directory=False)  # python -m mammoth checked it
+    spec = resolve_run(cfg, hydra=job.hydra)
     with _process_group() as main:
-        run_dir = shared_run_directory(output_directory(spec.output_dir))
+        run_dir = shared_run_directory(output_directory(spec.output_dir, job))
         log_to_rank_file(run_dir)
         with RunLock(run_dir) if main else contextlib.nullcontext(), _sigterm_interrupts():
             try:
-                return _run(spec, run_dir)
+                return _run(spec, run_dir, job)
             except KeyboardInterrupt as interruption:
                 from mammoth.app.resume import interrupted_line
                 from mammoth.app.callbacks import record_interruption
 
-                log.error("%s", interrupted_line(run_dir, str(interruption) or "SIGINT"))
+                log.error("%s", interrupted_line(run_dir, str(interruption) or "SIGINT", job))
                 if main:
                     record_interruption(run_dir, str(interruption) or "SIGINT")  # Hydra calls no on_job_end here
                 raise
@@ -88,9 +91,10 @@ class BuiltRun:
     config: dict[str, Any]
     title: str
     started: float
+    job: JobFacts
 
 
-def _run(spec: RunSpec, run_dir: Path) -> float:
+def _run(spec: RunSpec, run_dir: Path, job: JobFacts) -> float:
     """:func:`run` in its locked run directory: build, then train and report."""
     from mammoth.engine.device import resolve_device, set_threads
     from mammoth.engine.distributed import is_main_process, synchronised_batchnorm
@@ -107,6 +111,9 @@ def _run(spec: RunSpec, run_dir: Path) -> float:
     device = rank_device(resolve_device(spec.device))
     check_precision(spec.precision, device)
     set_threads(spec.threads)
+    # torch's global generator, seeded here and nowhere else in a run (global state that stays): the
+    # backbone's initial weights, dropout and other torch layers draw from it and take no generator
+    # of their own; everything mammoth draws itself comes from the run's generator (seed) instead
     torch.manual_seed(spec.seed)
     dataset = build_dataset_of(spec)
     net, backbone_name = build_backbone_of(spec, dataset, device)
@@ -116,8 +123,8 @@ def _run(spec: RunSpec, run_dir: Path) -> float:
     model = spec.model.entry.target(net=net, dataset=dataset, **spec.model.checked_values()).to(device)
     metric = check_optimized_metric(spec.optimized_metric, dataset, spec.eval_future, model, device)
     config = record_filled_values(copy.deepcopy(dict(spec.config)), dataset, model)
-    title = run_title(dataset.name, spec.model.name, backbone_name)
-    return _train_and_report(BuiltRun(spec, run_dir, device, dataset, model, config, title, started), metric)
+    title = run_title(dataset.name, spec.model.name, backbone_name, job)
+    return _train_and_report(BuiltRun(spec, run_dir, device, dataset, model, config, title, started, job), metric)
 
 
 def check_distributed_support(name: str, method: Any) -> None:
@@ -312,7 +319,7 @@ def _train_and_write(built: BuiltRun, loggers: list[Any]) -> dict[str, Any] | No
 
     log.info("%s: %d tasks on %s; writing to %s", built.title, dataset.n_tasks, device, run_dir)
     state = run_tasks(
-        built.model, dataset, device, run_dir, built.spec.seed, comparable, resume=resumes(built.spec.resume, run_dir),
+        built.model, dataset, device, run_dir, built.spec.seed, comparable, resume=resumes(built.spec.resume, run_dir, built.job),
         stop_after_task=built.spec.stop_after_task, on_task_end=on_task_end, on_epoch_end=on_epoch_end,
         eval_future=built.spec.eval_future, final_test=final_test_sources(dataset),
         precision=built.spec.precision, channels_last=built.spec.channels_last,
@@ -320,7 +327,7 @@ def _train_and_write(built: BuiltRun, loggers: list[Any]) -> dict[str, Any] | No
     measured = Measurements.of_run(state, dataset, built.model)
     log.info("\n%s", format_table(state.accuracies, dataset.n_tasks, measured))
     if state.next_task < dataset.n_tasks:
-        log.info("Stopped after task %d of %d; continue with: %s", state.next_task, dataset.n_tasks, resume_command(run_dir))
+        log.info("Stopped after task %d of %d; continue with: %s", state.next_task, dataset.n_tasks, resume_command(run_dir, built.job))
         return None
     results = build_results(
         state.accuracies, dataset.n_tasks, measured=measured,

@@ -39,12 +39,12 @@ mean in the job what the walk saw (:mod:`mammoth.config.interpolations`).
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 from pathlib import PurePosixPath
 from typing import Any, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
+from mammoth.config.hydra_job import hydra_resolver_reads
 from mammoth.config.interpolations import UNKNOWN, raw_lookup, resolvers_used
 from mammoth.errors import ConfigError
 
@@ -118,7 +118,7 @@ def check_config_safety(cfg: DictConfig, hydra: Any = None, output_dir_in_run_di
     if not output_dir_in_run_directory:
         tree.pop("output_dir", None)
     resolver = _Resolver(cfg, hydra, tree, sweep=sweep)
-    with _hydra_config_as(resolver.hydra_config):
+    with hydra_resolver_reads(resolver.hydra_config):
         for path, value in _walk(tree, (), resolver):
             try:
                 _check_node(path, value, tree, resolver)
@@ -128,21 +128,6 @@ def check_config_safety(cfg: DictConfig, hydra: Any = None, output_dir_in_run_di
 
 class _ResolvedByEachJob(Exception):
     """A sweep's job path that only the job's own config resolves (checked there)."""
-
-
-@contextmanager
-def _hydra_config_as(view: DictConfig) -> Iterator[None]:
-    """Hydra's ``${hydra:...}`` resolver reads ``view``'s ``hydra`` node while the walk runs, as it
-    reads the job's config while Hydra's ``run_job`` resolves the job's paths; restored after."""
-    from hydra.core.hydra_config import HydraConfig
-
-    instance = HydraConfig.instance()
-    previous = instance.cfg
-    instance.cfg = view
-    try:
-        yield
-    finally:
-        instance.cfg = previous
 
 
 def check_output_path(key: str, value: Any) -> None:

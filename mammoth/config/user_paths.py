@@ -7,22 +7,14 @@ from __future__ import annotations
 
 import os
 
+from mammoth.config.hydra_job import read_job_facts
+
 
 def launch_directory() -> str | None:
     """The directory the command was launched in, when the running Hydra job moved away from it
-    (``hydra.job.chdir=true``: the working directory is the job's run directory); else None."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return None
-    node = HydraConfig.get()
-    launched, run_dir = node.runtime.get("cwd"), node.runtime.get("output_dir")
-    if not node.job.get("chdir") or not launched or not run_dir:
-        return None
-    here = os.path.realpath(os.getcwd())
-    if here != os.path.realpath(str(run_dir)) or here == os.path.realpath(str(launched)):
-        return None
-    return str(launched)
+    (``hydra.job.chdir=true``: the working directory is the job's run directory); else None
+    (:meth:`~mammoth.config.hydra_job.JobFacts.launch_directory`)."""
+    return read_job_facts().launch_directory()
 
 
 def launch_path(path: str) -> str:

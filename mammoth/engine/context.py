@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from mammoth.datasets.source import Batch, DataSource
+from mammoth.engine.distributed import GradientHooks, Shard, gather_in_rank_order, is_main_process
 from mammoth.engine.precision import autocast as precision_autocast, check_precision, grad_scaler, to_memory_format
 from mammoth.errors import TrainingError
 
@@ -30,7 +31,8 @@ class TrainingContext:
 
     Attributes: ``batch_size``, ``n_epochs`` and ``n_iters`` (the dataset's), ``num_workers``, ``device``, ``generator`` (THE run's
     CPU generator, seeded with ``seed`` and saved in every checkpoint), and the benchmark's
-    ``name``, ``n_tasks``, ``n_classes``, ``setting``, ``input_shape``, ``streaming``.
+    ``name``, ``n_tasks``, ``n_classes``, ``setting``, ``input_shape``, ``streaming``; on several
+    processes, ``shard`` (this rank's part of the batch being observed) and :meth:`gather_shards`.
     """
 
     def __init__(self, dataset: Any, device: torch.device, generator: torch.Generator,
@@ -58,6 +60,14 @@ class TrainingContext:
         self.grad_scaler = grad_scaler(self.precision, self.device)
         #: Image batches in the channels-last memory layout (``channels_last=true``).
         self.channels_last: bool = bool(channels_last)
+        #: On several processes, this rank's shard of the batch the main loop is observing, set by
+        #: the engine for each ``observe`` (:func:`~mammoth.engine.distributed.observe_on_shard`):
+        #: ``shard.size`` is the whole batch's size (what one process observes), ``shard.rows`` this
+        #: rank's part. None in one process and outside that step (a method's own inner loops).
+        self.shard: Optional[Shard] = None
+        #: The engine's own: the hooks that average gradients over the ranks, for the whole run (none
+        #: in one process); methods never touch them.
+        self.gradient_hooks = GradientHooks(lambda: self.shard)
 
     def __repr__(self) -> str:
         return (f"TrainingContext(batch_size={self.batch_size}, n_epochs={self.n_epochs}, device={self.device}, "
@@ -76,6 +86,14 @@ class TrainingContext:
     def test_transform(self, x: Tensor) -> Tensor:
         """Normalise a float batch, on its device."""
         return self._dataset.test_transform(x)
+
+    def gather_shards(self, tensor: Tensor) -> Tensor:
+        """``tensor`` (rows of what this rank observes) with the rows of every rank before and after
+        it, in rank order: the whole batch, as one process holds it, during a step on a split batch
+        (:attr:`shard`); ``tensor`` itself otherwise (one process, a batch every rank holds whole,
+        outside the main loop's step). Every rank must call it at the same point of its step."""
+        shard = self.shard
+        return gather_in_rank_order(tensor) if shard is not None and shard.split else tensor
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The autocast context of :attr:`precision` on :attr:`device` (nothing for fp32)."""
@@ -146,8 +164,6 @@ class TrainingContext:
             epochs = -(-iterations // steps)
         total_steps = epochs * steps if iterations is None else iterations
         mean_loss = 0.0
-        from mammoth.engine.distributed import is_main_process
-
         done = 0
         with tqdm(total=total_steps, desc=description, disable=None if is_main_process() else True,
                   leave=False) as progress:

@@ -5,10 +5,11 @@ on CPU, ``nccl`` on CUDA, one device per local rank), and what keeps the ranks o
 The ranks run the same program on the same data in the same order (every random draw comes
 from generators seeded alike), so everything they hold is identical; only the work of each
 training batch is split. :func:`observe_on_shard` gives each rank a contiguous shard of the
-batch (and of every replay minibatch, :meth:`ReplayModel.replay_batch`); gradient hooks
-(:func:`average_gradients`) average every backward pass over the ranks, weighted by the shards'
-sizes; the examples a method stores in ``observe`` are gathered from every rank before the
-reservoir sees them; BatchNorm layers normalise with the whole batch's statistics
+batch and says which in ``TrainingContext.shard`` (a replay minibatch is drawn whole and split
+the same way, :meth:`ReplayModel.replay_batch`); gradient hooks the engine keeps on the run's
+context (:class:`GradientHooks`, never in the model) average every backward pass over the
+ranks, weighted by the shards' sizes; the examples a method stores in ``observe`` are gathered
+from every rank (``TrainingContext.gather_shards``) before the reservoir sees them; BatchNorm layers normalise with the whole batch's statistics
 (:func:`synchronised_batchnorm`); evaluation is sharded and its correct counts summed.
 Rank 0 alone writes files.
 
@@ -54,17 +55,37 @@ class Launch:
     local_rank: int
     launcher: str
 
-    @property
-    def is_main(self) -> bool:
-        """Whether this is rank 0, the only one that writes results, checkpoints and summaries."""
-        return self.rank == 0
 
-
-def _integer(environ: Mapping[str, str], name: str) -> int:
+def _integer(environ: Mapping[str, str], name: str, setter: str = "torchrun") -> int:
     text = environ.get(name, "")
     if not text.strip().isdigit():
-        raise ConfigError(f"environment variable {name}={text!r} is not a non-negative integer; torchrun sets it")
+        raise ConfigError(f"environment variable {name}={text!r} is not a non-negative integer; {setter} sets it")
     return int(text)
+
+
+def _launcher(environ: Mapping[str, str]) -> Optional[str]:
+    """What started this process as one of several, by its environment: ``torchrun`` (RANK and
+    WORLD_SIZE set), ``submitit`` (a submitit job of several tasks), else None."""
+    if "WORLD_SIZE" in environ and "RANK" in environ:
+        return "torchrun"
+    if environ.get("SUBMITIT_EXECUTOR") and int(environ.get("SLURM_NTASKS") or environ.get("SUBMITIT_LOCAL_NTASKS") or 1) > 1:
+        return "submitit"
+    return None
+
+
+def launch_rank(environ: Optional[Mapping[str, str]] = None) -> int:
+    """The rank this process's launcher gave it, read from the environment as :func:`detect_launch`
+    reads it but without starting anything: torchrun's ``RANK``; in a submitit job of several
+    tasks, the task's global rank (``SLURM_PROCID``, or ``SUBMITIT_LOCAL_GLOBALID`` on submitit's
+    local executor: what submitit's ``JobEnvironment`` reads); 0 for one process."""
+    environ = os.environ if environ is None else environ
+    launcher = _launcher(environ)
+    if launcher == "torchrun":
+        return _integer(environ, "RANK")
+    if launcher == "submitit":
+        name = "SLURM_PROCID" if environ.get("SUBMITIT_EXECUTOR") == "slurm" else "SUBMITIT_LOCAL_GLOBALID"
+        return _integer(environ, name, "submitit")
+    return 0
 
 
 def detect_launch(environ: Optional[Mapping[str, str]] = None) -> Optional[Launch]:
@@ -72,7 +93,8 @@ def detect_launch(environ: Optional[Mapping[str, str]] = None) -> Optional[Launc
     submitit job of several tasks (its ``SUBMITIT_*``/SLURM environment, read by submitit's
     ``TorchDistributedEnvironment``, which exports the same variables); None for one process."""
     environ = os.environ if environ is None else environ
-    if "WORLD_SIZE" in environ and "RANK" in environ:
+    launcher = _launcher(environ)
+    if launcher == "torchrun":
         missing = [name for name in TORCHRUN_VARIABLES if name not in environ]
         if missing:
             raise ConfigError(
@@ -80,7 +102,7 @@ def detect_launch(environ: Optional[Mapping[str, str]] = None) -> Optional[Launc
             )
         launch = Launch(_integer(environ, "RANK"), _integer(environ, "WORLD_SIZE"), _integer(environ, "LOCAL_RANK"),
                         "torchrun")
-    elif environ.get("SUBMITIT_EXECUTOR") and int(environ.get("SLURM_NTASKS") or environ.get("SUBMITIT_LOCAL_NTASKS") or 1) > 1:
+    elif launcher == "submitit":
         launch = _submitit_launch()
     else:
         return None
@@ -252,8 +274,10 @@ def _collective_device() -> torch.device:
 
 
 def rank() -> int:
-    """This process's rank in the run's process group (0 without one)."""
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    """This process's rank: in the run's process group while one runs; before it starts and after
+    it ends (Hydra's job callbacks), the rank its launcher gave it (:func:`launch_rank`); 0 for
+    one process."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else launch_rank()
 
 
 def world_size() -> int:
@@ -262,7 +286,10 @@ def world_size() -> int:
 
 
 def is_main_process() -> bool:
-    """Whether this process writes the run's files: rank 0, or the only process."""
+    """THE answer to "is this the main process" in mammoth: whether this process writes the run's
+    and its job's files (results, checkpoints, ``.hydra/``, ``job.json``, summaries, progress
+    bars): rank 0 (:func:`rank`, also before the process group starts and after it ends), or the
+    only process."""
     return rank() == 0
 
 
@@ -304,7 +331,8 @@ def log_to_rank_file(run_dir: Path) -> None:
 
 @dataclass(frozen=True)
 class Shard:
-    """Rows ``start:stop`` of a batch of ``size`` rows: this rank's part. A batch of fewer rows than
+    """Rows ``start:stop`` of a batch of ``size`` rows (the whole batch, over every rank: what one
+    process observes): this rank's part, of ``weight = rows / size``. A batch of fewer rows than
     ranks is not split (every rank trains on all of it, each weighing ``1 / world_size``)."""
 
     start: int
@@ -322,14 +350,15 @@ class Shard:
         """This rank's shard of another batch, of ``size`` rows (a replay batch drawn whole on every rank)."""
         return shard_of(size, self.rank, self.processes)
 
-    def gather(self, tensor: Tensor) -> Tensor:
-        """``tensor``'s rows from every rank, in rank order: the whole batch again."""
-        return gather_in_rank_order(tensor)
-
     @property
     def local_size(self) -> int:
         """How many rows this rank trains on."""
         return self.stop - self.start
+
+    @property
+    def split(self) -> bool:
+        """Whether the batch is split over the ranks (not one of fewer rows than ranks, which every rank holds whole)."""
+        return self.local_size < self.size
 
 
 def shard_of(size: int, process_rank: Optional[int] = None, processes: Optional[int] = None) -> Shard:
@@ -346,39 +375,52 @@ def shard_of(size: int, process_rank: Optional[int] = None, processes: Optional[
     return Shard(start, stop, size, (stop - start) / size, process_rank, processes)
 
 
-def observe_on_shard(model: Any) -> Callable[[Any], float]:
+def observe_on_shard(model: Any, context: Any) -> Callable[[Any], float]:
     """The main loop's step: ``model.observe`` on this rank's shard of each batch (the whole batch
-    in one process), inside ``model.sharded(shard)``; returns the batch's loss, the shards' losses
-    weighted by :attr:`Shard.weight` and summed over the ranks (the same value on every rank, so a
-    non-finite loss stops every rank at the same step)."""
+    in one process), with ``context.shard`` saying which shard while it runs (what a method reads:
+    the whole batch's size, its rows here); returns the batch's loss, the shards' losses weighted
+    by :attr:`Shard.weight` and summed over the ranks (the same value on every rank, so a
+    non-finite loss stops every rank at the same step). On several processes, first hooks the
+    model's parameters not hooked yet (``context.gradient_hooks``, :class:`GradientHooks`)."""
     if world_size() == 1:
         return lambda batch: model.observe(batch.inputs, batch.labels, batch.not_aug_inputs)
-    average_gradients(model)
+    context.gradient_hooks.add(model)
 
     def step(batch: Any) -> float:
         shard = shard_of(int(batch.labels.shape[0]))
-        with model.sharded(shard):
+        context.shard = shard
+        try:
             loss = model.observe(shard.rows(batch.inputs), shard.rows(batch.labels), shard.rows(batch.not_aug_inputs))
+        finally:
+            context.shard = None
         return float(sum_over_ranks(torch.tensor([loss * shard.weight], dtype=torch.float64)))
 
     return step
 
 
-def average_gradients(model: Any) -> None:
-    """Make every backward pass through ``model`` average its gradients over the ranks: a hook on
-    each trainable parameter (not hooked yet) scales its accumulated gradient by the current
-    shard's weight (``1 / world_size`` outside a sharded step) and sums it over the ranks, so a
-    method that reads gradients after its own ``backward`` (gem, agem, si) reads averaged ones."""
-    hooked = model.__dict__.setdefault("_distributed_hooks", {})
+class GradientHooks:
+    """What makes every backward pass average its gradients over the ranks: one hook per trainable
+    parameter, kept here by the engine (one set per run, ``TrainingContext.gradient_hooks``; never
+    in the model). Each scales the parameter's accumulated gradient by the step's weight (the
+    weight of ``current_shard()``; ``1 / world_size`` outside a sharded step, where every rank
+    holds the whole batch) and sums it over the ranks, so a method that reads gradients after its
+    own ``backward`` (gem, agem, si) reads averaged ones."""
 
-    def hook(parameter: Tensor) -> None:
-        shard = getattr(model, "shard", None)
+    def __init__(self, current_shard: Callable[[], Optional[Shard]]) -> None:
+        self.current_shard = current_shard
+        #: The hooks' handles, by ``id`` of the parameter hooked.
+        self.handles: dict[int, Any] = {}
+
+    def add(self, module: torch.nn.Module) -> None:
+        """Hook every trainable parameter of ``module`` not hooked yet (a method may add some between tasks)."""
+        for parameter in module.parameters():
+            if parameter.requires_grad and id(parameter) not in self.handles:
+                self.handles[id(parameter)] = parameter.register_post_accumulate_grad_hook(self._average)
+
+    def _average(self, parameter: Tensor) -> None:
+        shard = self.current_shard()
         parameter.grad.mul_(shard.weight if shard is not None else 1.0 / world_size())
         dist.all_reduce(parameter.grad)
-
-    for parameter in model.parameters():
-        if parameter.requires_grad and id(parameter) not in hooked:
-            hooked[id(parameter)] = parameter.register_post_accumulate_grad_hook(hook)
 
 
 def average_batchnorm_statistics(model: Any) -> None:

@@ -29,7 +29,7 @@ def train_task(model: Any, context: TrainingContext, task: int, data: DataSource
     model.begin_task(task)
     source = model.training_data(task, data)
     loss = context.fit(
-        observe_on_shard(model), source, context.n_epochs, task_description(task, context.n_tasks),
+        observe_on_shard(model, context), source, context.n_epochs, task_description(task, context.n_tasks),
         end_epoch=model.end_epoch, iterations=context.n_iters,
     )
     average_batchnorm_statistics(model)

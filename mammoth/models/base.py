@@ -14,16 +14,17 @@ before the first task (and again on resume, before the checkpoint is loaded). Th
 
 A checkpoint holds ``model.state_dict()`` plus ``model.extra_state()``.
 
-On several processes (``torchrun``) each rank's ``observe`` gets its shard of the batch, inside
-:meth:`ContinualModel.sharded`; a method declares ``supports_distributed = True`` when that is
-the same experiment as one process (docs/distributed.md); the others are refused.
+On several processes (``torchrun``) each rank's ``observe`` gets its shard of the batch, and
+``self.context.shard`` says which (the whole batch's size, this rank's rows; None in one
+process); the engine averages the gradients and keeps its hooks itself. A method declares
+``supports_distributed = True`` when that is the same experiment as one process
+(docs/distributed.md); the others are refused.
 """
 
 from __future__ import annotations
 
-import contextlib
 import inspect
-from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Literal, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Optional
 
 import torch
 from torch import Tensor, nn
@@ -36,7 +37,6 @@ from mammoth.models.buffer import ReplayBatch, ReplayBuffer
 if TYPE_CHECKING:
     from mammoth.datasets.source import DataSource
     from mammoth.engine.context import TrainingContext
-    from mammoth.engine.distributed import Shard
 
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULERS = ("multisteplr", "cosine")
@@ -132,17 +132,6 @@ class ContinualModel(nn.Module):
         self.optimizer: Optional[torch.optim.Optimizer] = None
         self.scheduler: Optional[torch.optim.lr_scheduler.MultiStepLR] = None
         self._context: Optional[TrainingContext] = None
-        #: This rank's shard of the batch being observed (None outside a sharded step, and in one process).
-        self.shard: Optional[Shard] = None
-
-    @contextlib.contextmanager
-    def sharded(self, shard: "Shard") -> Iterator[None]:
-        """The block is one step on this rank's ``shard`` of a batch (the harness's distributed step)."""
-        self.shard = shard
-        try:
-            yield
-        finally:
-            self.shard = None
 
     @property
     def context(self) -> "TrainingContext":
@@ -316,40 +305,33 @@ class ReplayModel(ContinualModel):
         self.buffer = ReplayBuffer(self.buffer_size, device="cpu" if self.buffer_device == "cpu" else None, seed=0)
 
     def replay_batch(self, batch_size: int, device: Optional[torch.device] = None) -> Optional[ReplayBatch]:
-        """A replay minibatch (``minibatch_size`` items, else ``batch_size``) on ``device`` (None: the
-        backbone's; ``observe`` passes its inputs' device, which is cheaper to get); None while the
-        buffer is empty."""
+        """A replay minibatch of ``minibatch_size`` items, else as many as the batch observed:
+        ``batch_size`` (``observe`` passes its inputs' size), or on several processes the whole
+        batch's, ``context.shard.size``; on ``device`` (None: the backbone's; ``observe`` passes its
+        inputs' device, which is cheaper to get); None while the buffer is empty. On several
+        processes it is drawn whole on every rank (the generators stay alike) and each rank gets
+        its part, as :attr:`~mammoth.engine.context.TrainingContext.shard` splits the batch."""
         if self.buffer.is_empty():
             return None
-        shard = self.shard
-        if shard is not None and batch_size == shard.local_size:  # the batch observed is this rank's shard
-            batch_size = shard.size
-        size = self.minibatch_size if self.minibatch_size is not None else batch_size
+        shard = self.context.shard
+        whole = batch_size if shard is None else shard.size
+        size = self.minibatch_size if self.minibatch_size is not None else whole
         batch = self.buffer.sample(size, transform=self.context.train_transform)
-        if shard is not None:  # drawn whole on every rank (the generators stay alike); this rank's part
+        if shard is not None:
             rows = shard.of(len(batch.indices))
             batch = ReplayBatch(*(None if value is None else rows.rows(value) for value in batch))
         device = self.device if device is None else device
         return batch if batch.examples.device == device else batch.to(device)
 
-    @contextlib.contextmanager
-    def sharded(self, shard: "Shard") -> Iterator[None]:
-        """As :meth:`ContinualModel.sharded`; what the block adds to (or updates in) the buffer is
-        gathered from every rank first, in rank order: the reservoir sees the whole batch (a batch
-        too small to split is on every rank already)."""
-        self.buffer.gather = shard.gather if shard.local_size < shard.size else None
-        try:
-            with super().sharded(shard):
-                yield
-        finally:
-            self.buffer.gather = None
-
     def attach(self, context: "TrainingContext") -> None:
-        """Receive the context (the buffer must fit in the run's training data) and seed the
-        buffer's generator from the run's generator."""
+        """Receive the context (the buffer must fit in the run's training data), seed the buffer's
+        generator from the run's generator, and let the buffer gather what a step on several
+        processes stores from every rank (``context.gather_shards``: the reservoir sees the whole
+        batch, as in one process; nothing is gathered in one process)."""
         check_memory_fits(self.buffer_size, context)
         super().attach(context)
         self.buffer.generator.manual_seed(int(torch.randint(0, 2**62, (1,), generator=context.generator)))
+        self.buffer.gather = context.gather_shards
 
     def extra_state(self) -> dict[str, Any]:
         """The replay buffer's state."""

@@ -74,8 +74,9 @@ class ReplayBuffer:
         self.generator.manual_seed(int(torch.randint(0, _DRAW_HIGH, (1,)).item()) if seed is None else seed)
         self._storage: dict[str, Tensor] = {}
         self._num_seen = 0
-        #: While set, :meth:`add` and :meth:`update` first pass every field through it (a distributed
-        #: step: the rows of every rank, in rank order), so every rank's buffer stays the same.
+        #: While set, :meth:`add` and :meth:`update` first pass every field through it (a method's
+        #: buffer: ``TrainingContext.gather_shards``, which in a step on several processes returns the
+        #: rows of every rank, in rank order), so every rank's buffer stays the same.
         self.gather: Optional[Callable[[Tensor], Tensor]] = None
 
     # ---- size ----

@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from mammoth.engine.distributed import (
-    DEFAULT_TIMEOUT_SECONDS, Launch, backend_for, detect_launch, process_device, process_group_timeout, waiting_line,
+    DEFAULT_TIMEOUT_SECONDS, Launch, backend_for, detect_launch, is_main_process, launch_rank, process_device,
+    process_group_timeout, rank, waiting_line,
 )
 from mammoth.errors import ConfigError
 
@@ -28,8 +29,34 @@ TORCHRUN = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "1
 
 def test_torchrun_variables_give_the_launch() -> None:
     assert detect_launch(TORCHRUN) == Launch(rank=1, world_size=2, local_rank=1, launcher="torchrun")
-    assert not detect_launch(TORCHRUN).is_main
-    assert detect_launch({**TORCHRUN, "RANK": "0"}).is_main
+
+
+LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SUBMITIT_EXECUTOR", "SLURM_NTASKS", "SLURM_PROCID",
+                    "SUBMITIT_LOCAL_NTASKS", "SUBMITIT_LOCAL_GLOBALID")
+
+
+@pytest.mark.parametrize("environ, process_rank", [
+    (TORCHRUN, 1), ({**TORCHRUN, "RANK": "0"}, 0), ({}, 0),
+    ({"SUBMITIT_EXECUTOR": "slurm", "SLURM_NTASKS": "4", "SLURM_PROCID": "3"}, 3),
+    ({"SUBMITIT_EXECUTOR": "local", "SUBMITIT_LOCAL_NTASKS": "2", "SUBMITIT_LOCAL_GLOBALID": "1"}, 1),
+    ({"SLURM_NTASKS": "2", "SLURM_PROCID": "1"}, 0),  # srun without torchrun or submitit: each process its own run
+    ({"SUBMITIT_EXECUTOR": "slurm", "SLURM_NTASKS": "1", "SLURM_PROCID": "0"}, 0),
+])
+def test_before_its_process_group_a_process_is_the_rank_its_launcher_gave_it(monkeypatch, environ, process_rank) -> None:
+    """One answer to "is this the main process", also where Hydra's job callbacks ask it (before
+    the run's process group starts, after it ends): the launch's rank, as detect_launch reads it."""
+    for name in LAUNCH_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    assert launch_rank(environ) == rank() == process_rank
+    assert is_main_process() is (process_rank == 0)
+
+
+def test_a_rank_that_is_no_number_is_a_one_line_error() -> None:
+    with pytest.raises(ConfigError, match=r"^environment variable SLURM_PROCID='x' is not a non-negative integer; "
+                                          r"submitit sets it"):
+        launch_rank({"SUBMITIT_EXECUTOR": "slurm", "SLURM_NTASKS": "2", "SLURM_PROCID": "x"})
 
 
 def test_one_process_is_no_launch() -> None:
@@ -89,14 +116,14 @@ def test_a_rank_whose_others_never_come_says_what_it_waits_for_then_fails_in_one
 
 WORKER = textwrap.dedent("""
     import json, sys, torch
-    from mammoth.engine.distributed import (broadcast_text, detect_launch, gather_rows, start_process_group,
-                                            stop_process_group, sum_over_ranks)
+    from mammoth.engine.distributed import (broadcast_text, detect_launch, gather_rows, is_main_process,
+                                            start_process_group, stop_process_group, sum_over_ranks)
 
     launch = detect_launch()
     start_process_group(launch, torch.device("cpu"), timeout_seconds=float(sys.argv[2]))
     if sys.argv[3] == "die" and launch.rank == 1:
         sys.exit(3)  # this rank fails before the collective; rank 0 must not wait forever
-    text = broadcast_text("runs/2026-12-04/ü" if launch.is_main else None)
+    text = broadcast_text("runs/2026-12-04/ü" if is_main_process() else None)
     rows = gather_rows(torch.full((launch.rank + 1, 2), float(launch.rank)))
     total = sum_over_ranks(torch.tensor([launch.rank + 1]))
     with open(f"{sys.argv[1]}/rank{launch.rank}.json", "w") as file:

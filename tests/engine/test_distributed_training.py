@@ -49,6 +49,7 @@ def test_shards_cover_each_batch_in_order_with_weights_summing_to_one(processes:
         assert max(s.local_size for s in shards) - min(s.local_size for s in shards) <= 1
         assert sum(shard.weight for shard in shards) == pytest.approx(1.0)
     assert shard_of(5, 0, 2) == Shard(0, 3, 5, 0.6, 0, 2) and shard_of(5, 1, 2) == Shard(3, 5, 5, 0.4, 1, 2)
+    assert shard_of(5, 1, 2).split and not shard_of(1, 1, 2).split
 
 
 def two_ranks(other_rows: dict[str, torch.Tensor]):
@@ -82,12 +83,41 @@ def test_a_sharded_step_replays_its_part_of_the_minibatch_one_process_draws(monk
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
     whole = models[0].replay_batch(10)
     shard = shard_of(10)  # rank 1 of 2: rows 5..9 of the batch
-    with models[1].sharded(shard):
-        part = models[1].replay_batch(shard.local_size)  # observe passes its shard's size
-        assert models[1].buffer.gather is not None
-    assert models[1].buffer.gather is None and models[1].shard is None
+    models[1].context.shard = shard  # what the engine's step sets (observe_on_shard)
+    part = models[1].replay_batch(shard.local_size)  # observe passes its shard's size; the context says the whole
     assert torch.equal(part.indices, whole.indices[5:]) and torch.equal(part.labels, whole.labels[5:])
     assert torch.equal(part.examples, whole.examples[5:])  # augmented from the same draws
+
+
+def test_the_engine_step_says_the_shard_in_the_context_and_gathers_what_observe_stores(monkeypatch) -> None:
+    from mammoth.datasets.source import Batch
+    from mammoth.engine.distributed import observe_on_shard
+
+    model = begun("er", buffer_size=20)
+    context = model.context
+    monkeypatch.setattr(distributed, "rank", lambda: 1)
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(distributed, "sum_over_ranks", lambda tensor: tensor * 2)  # rank 0's loss: the same
+    rank0_rows = torch.full((3, 1, 8, 8), 7.0)  # what rank 0 stores of the batch (its rows 0..2)
+    monkeypatch.setattr(distributed, "gather_rows", lambda tensor: torch.cat([
+        rank0_rows if tensor.dim() == 4 else torch.arange(3, dtype=tensor.dtype), tensor]))
+    seen = {}
+
+    def observe(inputs, labels, not_aug_inputs):
+        seen.update(shard=context.shard, rows=len(labels))
+        model.buffer.add(not_aug_inputs, labels=labels)
+        return 0.25
+
+    model.observe = observe
+    monkeypatch.setattr(distributed.GradientHooks, "add", lambda hooks, module: seen.update(hooked=module))
+    batch = Batch(torch.rand(6, 1, 8, 8), torch.arange(6) % 10, torch.rand(6, 1, 8, 8), torch.arange(6))
+    assert observe_on_shard(model, context)(batch) == pytest.approx(0.25)  # 2 x (0.25 x 3/6)
+    assert seen == {"shard": Shard(3, 6, 6, 0.5, 1, 2), "rows": 3, "hooked": model}
+    assert context.shard is None  # outside the step
+    assert model.buffer.num_seen == 6  # rank 0's 3 rows, then this rank's 3
+    assert torch.equal(model.buffer.examples[:3], rank0_rows)
+    assert torch.equal(model.buffer.examples[3:6], batch.not_aug_inputs[3:])
+    assert not {"shard", "sharded", "_distributed_hooks"} & set(vars(model))  # the engine's state is not the model's
 
 
 def test_methods_say_whether_they_train_on_several_processes(monkeypatch) -> None:
@@ -130,10 +160,12 @@ def test_one_process_observes_the_whole_batch_with_no_hooks() -> None:
 
     model = begun("sgd")
     seen = []
-    model.observe = lambda inputs, labels, not_aug: seen.append(len(labels)) or 0.5
+    model.observe = lambda inputs, labels, not_aug: seen.append((len(labels), model.context.shard)) or 0.5
     batch = Batch(torch.rand(6, 1, 8, 8), torch.arange(6) % 10, torch.rand(6, 1, 8, 8), torch.arange(6))
-    assert observe_on_shard(model)(batch) == 0.5 and seen == [6]
-    assert "_distributed_hooks" not in model.__dict__
+    assert observe_on_shard(model, model.context)(batch) == 0.5 and seen == [(6, None)]
+    assert model.context.gradient_hooks.handles == {}
+    tensor = torch.rand(4, 2)
+    assert model.context.gather_shards(tensor) is tensor  # nothing to gather in one process
     before = {name: value.clone() for name, value in model.state_dict().items()}
     average_batchnorm_statistics(model)
     assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
@@ -176,3 +208,26 @@ def test_a_rank_logs_to_its_own_file_and_refuses_a_planted_link(tmp_path, monkey
             handler.close()
         for handler in saved:
             root.addHandler(handler)
+
+
+def test_the_gradient_hooks_weigh_each_rank_by_its_shard_and_hook_a_parameter_once(monkeypatch) -> None:
+    """The engine's hooks (kept on the context, not the model): a backward pass scales each gradient
+    by the step's shard weight (1 / world_size outside a step) and sums it over the ranks (here a
+    stand-in for 2 ranks holding the same gradient: x2)."""
+    from mammoth.engine.distributed import GradientHooks
+
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(distributed.dist, "all_reduce", lambda tensor: tensor.mul_(2))
+    current = {"shard": Shard(0, 3, 4, 0.75, 0, 2)}
+    hooks = GradientHooks(lambda: current["shard"])
+    layer = torch.nn.Linear(3, 1)
+    hooks.add(layer)
+    hooks.add(layer)  # a parameter is hooked once
+    assert len(hooks.handles) == 2
+    x = torch.ones(2, 3)
+    layer(x).sum().backward()
+    assert torch.equal(layer.weight.grad, torch.full((1, 3), 2.0 * 0.75 * 2))  # d/dw of the sum: 2 rows of ones
+    layer.zero_grad(set_to_none=True)
+    current["shard"] = None  # outside a sharded step (a method's inner loop): every rank holds the whole batch
+    layer(x).sum().backward()
+    assert torch.equal(layer.weight.grad, torch.full((1, 3), 2.0 * 0.5 * 2))
