@@ -110,12 +110,11 @@ def prepare_arguments(args: list[str], task_function: Callable, config_path: str
 
 
 def parse_command_line(args: list[str]) -> Any:
-    """``args`` parsed by Hydra's own argument parser. Private Hydra API on purpose: ``-m``,
-    ``-cn``, ``--config-dir``, ``-cp`` and the overrides must be read exactly as ``hydra.main``
-    will read them, and Hydra has no public parser."""
-    from hydra._internal.utils import get_args_parser
+    """``args`` parsed by Hydra's own argument parser (:func:`mammoth.config.hydra_private.parse_arguments`):
+    ``-m``, ``-cn``, ``--config-dir``, ``-cp`` and the overrides read exactly as ``hydra.main`` will read them."""
+    from mammoth.config.hydra_private import parse_arguments
 
-    return get_args_parser().parse_args(args)
+    return parse_arguments(args)
 
 
 def check_commands(parsed: Any) -> None:
@@ -134,36 +133,27 @@ def check_commands(parsed: Any) -> None:
 
 @contextmanager
 def main_hydra(parsed: Any, task_function: Callable, config_path: str) -> Iterator[Any]:
-    """Hydra's main object over the search path ``hydra.main`` builds for ``task_function``.
-    Private Hydra API on purpose: the public ``initialize_config_*`` take one config directory or
-    module, while ``hydra.main`` builds its search path from the task function's file, ``-cp``
-    and ``--config-dir`` (prepended before the ConfigStore), which the checks must see as it will."""
-    from hydra._internal.hydra import Hydra
-    from hydra._internal.utils import create_automatic_config_search_path, detect_calling_file_or_module_from_task_function
-    from hydra.core.config_search_path import SearchPathQuery
-    from hydra.core.global_hydra import GlobalHydra
+    """Hydra's main object over the search path ``hydra.main`` builds for ``task_function``, with
+    ``-cp`` and ``--config-dir`` (:func:`mammoth.config.hydra_private.main_hydra`), so the checks
+    see the configs the run will."""
+    from mammoth.config.hydra_private import main_hydra as private_main_hydra
 
-    calling_file, calling_module = detect_calling_file_or_module_from_task_function(task_function)
-    search_path = create_automatic_config_search_path(calling_file, calling_module, parsed.config_path or config_path)
+    directory = None
     if parsed.config_dir is not None:
         directory = os.path.abspath(parsed.config_dir)
         if not os.path.isdir(directory):
             raise ConfigError(f"--config-dir {parsed.config_dir!r} is not a directory ({directory}); allowed: a directory of YAML configs")
-        search_path.prepend(provider="command-line", path=f"file://{directory}", anchor=SearchPathQuery(provider="schema"))
-    hydra = Hydra.create_main_hydra2(task_name="mammoth", config_search_path=search_path)
-    try:
+    with private_main_hydra(task_function, parsed.config_path or config_path, directory) as hydra:
         yield hydra
-    finally:
-        GlobalHydra.instance().clear()
 
 
 def config_repository(hydra: Any, config_name: str, overrides: list[str]) -> Any:
     """The config repository over the search path that ``overrides`` give (``hydra.searchpath``
     included), as Hydra builds it to compose ``config_name``; built once for every check of the
-    command line. The one use of Hydra's private loader API here: the public
-    ``ConfigLoader.get_group_options`` builds such a repository at each call and answers only
-    the option names, not whether an option is mammoth's registered schema or a user's YAML."""
-    return hydra.config_loader._parse_overrides_and_create_caching_repo(config_name, overrides)[1]
+    command line (:func:`mammoth.config.hydra_private.caching_repository`)."""
+    from mammoth.config.hydra_private import caching_repository
+
+    return caching_repository(hydra, config_name, overrides)
 
 
 def normalise_overrides(repository: Any, overrides: list[str]) -> list[str]:
