@@ -10,14 +10,19 @@ Hydra sees:
   with the choices and the closest one;
 - ``hydra.callbacks`` must name Hydra Callback classes, and the logging configs only logging
   Handler, Formatter and Filter classes (Hydra instantiates both before the run);
-- a single run's config is resolved and checked by :func:`mammoth.app.run_spec.resolve_run`,
-  the function :func:`mammoth.run` then calls on Hydra's composition of the same command, so an
-  unknown argument fails before anything is written. In a multirun each job resolves its own
+- every config that will run passes the safety gate (:mod:`mammoth.app.safety`): the single
+  run's, or each job's of a sweep;
+- a single run's config is resolved and checked by :func:`mammoth.app.run_spec.resolve_run`, so
+  an unknown argument fails before anything is written. In a multirun each job resolves its own
   config and only that job fails.
+
+What passed is handed to the run (:attr:`CommandLine.checked`, :mod:`mammoth.app.checked`): the
+run in this process neither walks the gate again nor resolves the single run's config again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from contextlib import contextmanager
@@ -26,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from mammoth.errors import ConfigError, MammothError, unknown_name_message
+from mammoth.app.checked import CheckedConfigs
 from mammoth.app.group_arguments import check_argument_overrides
 from mammoth.config.options import check_options_not_hidden
 from mammoth.config.registry import canonical_name
@@ -68,15 +74,22 @@ class CommandLine:
     #: Where the pinning override goes in :attr:`args`: right after the last override (argparse
     #: takes the overrides as one run of positional arguments).
     pin_at: int = 0
+    #: The configs that passed the checks, as Hydra will compose them with :meth:`hydra_arguments`.
+    checked: CheckedConfigs = CheckedConfigs()
+
+    def pins(self) -> dict[str, str]:
+        """The Hydra keys the pinning overrides set (``run.dir``, or ``sweep.dir`` and ``sweep.subdir``) and their values."""
+        if self.directory is None:
+            return {}
+        pins = {f"{'sweep' if self.multirun else 'run'}.dir": str(self.directory)}
+        if self.subdir is not None:
+            pins["sweep.subdir"] = self.subdir
+        return pins
 
     def hydra_arguments(self) -> list[str]:
         """What ``hydra.main`` gets: :attr:`args` and the overrides that pin :attr:`directory` (and
         :attr:`subdir`)."""
-        if self.directory is None:
-            return list(self.args)
-        pins = [f"hydra.{'sweep' if self.multirun else 'run'}.dir={quote_override_value(str(self.directory))}"]
-        if self.subdir is not None:
-            pins.append(f"hydra.sweep.subdir={quote_override_value(self.subdir)}")
+        pins = [f"hydra.{key}={quote_override_value(value)}" for key, value in self.pins().items()]
         return [*self.args[:self.pin_at], *pins, *self.args[self.pin_at:]]
 
 
@@ -105,8 +118,9 @@ def prepare_arguments(args: list[str], task_function: Callable, config_path: str
     arguments = _replace_overrides(args, parsed.overrides, overrides)
     pin_at = max((index + 1 for index, arg in enumerate(arguments) if overrides and arg == overrides[-1]), default=0)
     directory = None if parsed.cfg or parsed.resolve else checked.directory  # printing a config writes nothing
-    return CommandLine(arguments, multirun=checked.multirun, directory=directory, pin_at=pin_at,
-                       subdir=checked.subdir if directory is not None else None)
+    command_line = CommandLine(arguments, multirun=checked.multirun, directory=directory, pin_at=pin_at,
+                               subdir=checked.subdir if directory is not None else None)
+    return dataclasses.replace(command_line, checked=checked.configs.pinned(command_line.pins()))
 
 
 def parse_command_line(args: list[str]) -> Any:
@@ -192,12 +206,13 @@ def _normalise_override(override: Any, options: list[str]) -> str:
 
 @dataclass(frozen=True)
 class CheckedCommand:
-    """What :func:`check_composed` found: whether the command is a multirun, and the directory it
-    writes (the run directory, or the sweep's root), resolved once."""
+    """What :func:`check_composed` found: whether the command is a multirun, the directory it
+    writes (the run directory, or the sweep's root), resolved once, and the configs that passed."""
 
     multirun: bool
     directory: Path | None = None
     subdir: str | None = None
+    configs: CheckedConfigs = CheckedConfigs()
 
 
 def check_composed(hydra: Any, config_name: str, overrides: list[str], multirun: bool) -> CheckedCommand:
@@ -222,33 +237,35 @@ def check_composed(hydra: Any, config_name: str, overrides: list[str], multirun:
     multirun = multirun or cfg.hydra.mode == RunMode.MULTIRUN
     check_config_safety(cfg, sweep=multirun)  # a sweep's job paths: in each job's check below
     if not multirun:
-        _resolve(cfg)
+        spec = _resolve(cfg)
         directory = resolved_directory(cfg, "hydra.run.dir")
         if directory is not None:
             check_run_directory(directory, cfg)
-        return CheckedCommand(False, directory)
+        return CheckedCommand(False, directory, configs=CheckedConfigs().add(cfg, spec))
     from mammoth.app.sweep_jobs import sweep_job_configs
 
     jobs = sweep_job_configs(hydra, cfg)
+    configs = CheckedConfigs()
     for job in jobs.configs:
         check_config_safety(job)
+        configs = configs.add(job)  # each job resolves its own config when it runs
     directory = resolved_directory(cfg, "hydra.sweep.dir")
     subdir = check_sweep_directory(directory, cfg, jobs) if directory is not None else None
-    return CheckedCommand(True, directory, subdir)
+    return CheckedCommand(True, directory, subdir, configs)
 
 
-def _resolve(cfg: Any) -> None:
-    """:func:`mammoth.app.run_spec.resolve_run` on a single run's config; a value that resolves
-    only inside the running job (``${hydra:...}``) is left to the run, which resolves it the same way."""
+def _resolve(cfg: Any) -> Any:
+    """:func:`mammoth.app.run_spec.resolve_run` on a single run's config: its RunSpec; None for a
+    value that resolves only inside the running job (``${hydra:...}``): the run resolves it then."""
     from omegaconf.errors import InterpolationResolutionError
 
     from mammoth.config.options import served_registries
     from mammoth.app.run_spec import resolve_run
 
     try:
-        resolve_run(cfg, served_registries())  # the registries' entries without torch
+        return resolve_run(cfg, served_registries())  # the registries' entries without torch
     except InterpolationResolutionError:
-        return
+        return None
 
 
 def quote_override_value(text: str) -> str:
