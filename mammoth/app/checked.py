@@ -82,11 +82,22 @@ class CheckedConfigs:
         return CheckedConfigs(tuple(CheckedConfig(_with_pins(checked.key, pins), checked.spec) for checked in self.configs))
 
     def find(self, cfg: DictConfig, hydra: Any) -> CheckedConfig | None:
-        """The checked config equal to ``cfg`` with its running job's ``hydra`` node; None if none."""
+        """The checked config equal to ``cfg`` with its running job's ``hydra`` node (every key and
+        value the same, of the same type: ``1`` is not ``true``); None if none."""
         if not self.configs:
             return None
-        key = config_key(cfg, hydra)
-        return next((checked for checked in self.configs if checked.key == key), None)
+        key = strict_form(config_key(cfg, hydra))
+        return next((checked for checked in self.configs if strict_form(checked.key) == key), None)
+
+
+def strict_form(node: Any) -> Any:
+    """A plain tree as nested tuples in which every key and value carries its type, so that two
+    trees are equal only when Python's ``==`` would not have to convert anything (``1 == 1.0 == True``)."""
+    if isinstance(node, dict):
+        return ("dict", tuple(sorted((repr(key), strict_form(value)) for key, value in node.items())))
+    if isinstance(node, list):
+        return ("list", tuple(strict_form(value) for value in node))
+    return (type(node).__qualname__, repr(node))
 
 
 def _with_pins(key: dict[str, Any], pins: Mapping[str, Any]) -> dict[str, Any]:

@@ -197,8 +197,9 @@ def main() -> None:
             raise
         report_hydra_error(error)
         raise SystemExit(2) from None
-    # Kept: hydra.main reads its arguments from sys.argv (argparse's parse_args() with none given);
-    # it has no public parameter for them, and Hydra records sys.argv-derived overrides as the job's.
+    # Kept: the function hydra.main returns parses sys.argv itself (argparse's parse_args() with no
+    # arguments); its one parameter, cfg_passthrough, skips Hydra's composition, run directory and
+    # launcher. No public API takes the arguments, so the checked ones go to sys.argv, here only.
     sys.argv[1:] = command_line.hydra_arguments()
     run_jobs = checked_main(command_line.checked)
     with hydra_errors_raised() as catch, single_run_failure_line_dropped(not command_line.multirun):
@@ -225,6 +226,3 @@ def main() -> None:
     # which otherwise walks every object once more (about a second).
     gc.freeze()
 
-
-if __name__ == "__main__":
-    main()

@@ -161,3 +161,10 @@ def test_mammoth_run_from_python_checks_itself(counts: Counter, runs: list[Any],
 def test_an_empty_hand_over_finds_nothing(workdir: Path):
     _, composed = pre_flight(workdir)
     assert CheckedConfigs().find(composed, None) is None
+
+
+def test_a_value_equal_only_after_conversion_is_another_config(workdir: Path):
+    command_line, composed = pre_flight(workdir, "seed=1")
+    assert command_line.checked.find(composed, None) is not None
+    OmegaConf.update(composed, "seed", True, merge=False)  # 1 == True in Python
+    assert command_line.checked.find(composed, None) is None
