@@ -6,7 +6,7 @@ Each function says which public API Hydra lacks. Nothing else in mammoth imports
 :func:`caching_repository` return (Hydra's main object, its caching config repository) are
 private classes too; callers use only their methods that ``hydra.main`` and the public
 ``ConfigLoader`` interface use the same way: ``compose_config``, ``get_mode``, ``config_loader``,
-``group_exists``, ``get_group_options``, ``load_config``.
+``group_exists``, ``get_group_options``, ``load_config``, ``get_sources``.
 
 Imports of Hydra stay inside the functions: ``import mammoth`` and ``--help`` compose fast.
 """
