@@ -1,18 +1,21 @@
-"""Count how often one single run composes, builds config repositories and resolves/checks its config.
+"""Count how often ``python -m mammoth`` composes, builds config repositories, resolves and checks its config.
 
 Runs ``python -m mammoth`` in this process (``mammoth.__main__.main``: the pre-flight, then
 Hydra's own composition and :func:`mammoth.run`) on seq-digits, CPU, one epoch, with counters
 wrapped around Hydra's and mammoth's functions, and prints one table::
 
     python scripts/count_resolution.py            # a single run in a temporary directory
-    python scripts/count_resolution.py -m         # a two-job sweep (model=er,der)
+    python scripts/count_resolution.py -m         # a 12-job sweep: model=er,der dataset.n_epochs=1,2 seed=0,1,2
 
-Counted: compositions (``ConfigLoaderImpl.load_configuration``, what ``Hydra.compose_config`` and
-``hydra.compose`` call; ``load_sweep_config`` of a sweep's job), config repositories built
-(``ConfigRepository.__init__``, and the ``CachingConfigRepository`` around one), ``Registry.resolve``, the unknown-key check
-(``Registry.check_known_arguments``), the required check (``Registry.check_required``), and the
-whole-config checks (``validate_run_config`` before issue 13, ``resolve_run`` after). A function
-that does not exist in the checked-out tree is counted as ``-``.
+The sweep stops each job after its first task (``stop_after_task=1``): what is counted happens
+before training. Counted: compositions (``ConfigLoaderImpl.load_configuration``, what
+``Hydra.compose_config`` and ``hydra.compose`` call; ``load_sweep_config`` of a sweep's job, which
+calls it once more), config repositories built (``ConfigRepository.__init__``, and the
+``CachingConfigRepository`` around one), ``Registry.resolve``, the unknown-key check
+(``Registry.check_known_arguments``), the required check (``Registry.check_required``),
+resolutions of the whole config (:func:`mammoth.app.run_spec.resolve_run`) and walks of the
+safety gate (:func:`mammoth.app.safety.check_config_safety`). A function that does not exist in
+the checked-out tree is counted as ``-``.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 #: (row label, module, attribute path) of every counted function.
 COUNTED = (
@@ -34,13 +37,19 @@ COUNTED = (
     ("Registry.resolve", "mammoth.config.registry", "Registry.resolve"),
     ("unknown-key checks (check_known_arguments)", "mammoth.config.registry", "Registry.check_known_arguments"),
     ("required checks (check_required)", "mammoth.config.registry", "Registry.check_required"),
-    ("validate_run_config", "mammoth.config.run_checks", "validate_run_config"),
-    ("resolve_run", "mammoth.app.run_spec", "resolve_run"),
+    ("resolutions (resolve_run)", "mammoth.app.run_spec", "resolve_run"),
+    ("gate walks (check_config_safety)", "mammoth.app.safety", "check_config_safety"),
 )
+
+#: The arguments of each mode (the run or sweep directory is added).
+SINGLE_RUN = ["device=cpu", "dataset.n_epochs=1"]
+SWEEP = ["-m", "model=er,der", "model.buffer_size=50", "dataset.n_epochs=1,2", "seed=0,1,2", "device=cpu",
+         "stop_after_task=1"]
 
 
 def wrap(counts: Counter, label: str, module_name: str, path: str) -> bool:
-    """Replace ``module.path`` by a function that counts its calls under ``label``; False when absent."""
+    """Replace ``module.path`` (and every loaded mammoth module's name bound to it) by a function
+    that counts its calls under ``label``; False when absent."""
     try:
         owner: Any = importlib.import_module(module_name)
     except ImportError:
@@ -57,6 +66,10 @@ def wrap(counts: Counter, label: str, module_name: str, path: str) -> bool:
         return original(*args, **kwargs)
 
     setattr(owner, name, counted)
+    if not parents:  # a module-level function: also the names other modules imported it under
+        for module in list(sys.modules.values()):
+            if getattr(module, "__name__", "").startswith("mammoth") and getattr(module, name, None) is original:
+                setattr(module, name, counted)
     return True
 
 
@@ -73,18 +86,19 @@ def run_mammoth(arguments: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run one small run with the counters in place and print the table."""
+    """Run one small run (or sweep) with the counters in place and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-m", "--multirun", action="store_true", help="a two-job sweep instead of a single run")
+    parser.add_argument("-m", "--multirun", action="store_true", help="a 12-job sweep instead of a single run")
     options = parser.parse_args(argv)
+    import mammoth.__main__  # noqa: F401  what it imports is loaded before the counters go in
+
     counts: Counter = Counter()
     present = {label: wrap(counts, label, module, path) for label, module, path in COUNTED}
     directory = Path(tempfile.mkdtemp(prefix="count-resolution-"))
-    arguments = ["device=cpu", "dataset.n_epochs=1"]
     if options.multirun:
-        arguments = ["-m", "model=er,der", "model.buffer_size=50", *arguments, f"hydra.sweep.dir={directory}"]
+        arguments = [*SWEEP, f"hydra.sweep.dir={directory}"]
     else:
-        arguments = [*arguments, f"hydra.run.dir={directory}"]
+        arguments = [*SINGLE_RUN, f"hydra.run.dir={directory}"]
     status = run_mammoth(arguments)
     import mammoth
 

@@ -16,6 +16,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from mammoth.config.hydra_job import JobFacts
+from mammoth.config.hydra_private import failed_job_error
 
 log = logging.getLogger("mammoth")
 
@@ -52,7 +53,7 @@ class SweepSummaryCallback(Callback):
         if not is_main_process():  # a distributed run's other ranks: rank 0 writes the job's files
             return
         if job_return.status == JobStatus.FAILED:
-            document: dict[str, Any] = {"status": FAILED, "error": error_line(job_return._return_value)}
+            document: dict[str, Any] = {"status": FAILED, "error": error_line(failed_job_error(job_return))}
         else:
             finished = _results_status(config, RESULTS_NAME) == COMPLETE
             document = {"status": COMPLETE if finished else STOPPED}

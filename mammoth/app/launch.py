@@ -32,4 +32,5 @@ def join_command_line(command_line: CommandLine) -> CommandLine:
         return command_line
     follower = [f"hydra.run.dir={quote_override_value(chosen)}", "hydra.output_subdir=null"]
     args, at = list(command_line.args), command_line.pin_at
-    return replace(command_line, args=[*args[:at], *follower, *args[at:]], pin_at=at + len(follower), directory=None)
+    return replace(command_line, args=[*args[:at], *follower, *args[at:]], pin_at=at + len(follower), directory=None,
+                   checked=command_line.checked.pinned({"run.dir": chosen, "output_subdir": None}))

@@ -10,14 +10,19 @@ Hydra sees:
   with the choices and the closest one;
 - ``hydra.callbacks`` must name Hydra Callback classes, and the logging configs only logging
   Handler, Formatter and Filter classes (Hydra instantiates both before the run);
-- a single run's config is resolved and checked by :func:`mammoth.app.run_spec.resolve_run`,
-  the function :func:`mammoth.run` then calls on Hydra's composition of the same command, so an
-  unknown argument fails before anything is written. In a multirun each job resolves its own
+- every config that will run passes the safety gate (:mod:`mammoth.app.safety`): the single
+  run's, or each job's of a sweep;
+- a single run's config is resolved and checked by :func:`mammoth.app.run_spec.resolve_run`, so
+  an unknown argument fails before anything is written. In a multirun each job resolves its own
   config and only that job fails.
+
+What passed is handed to the run (:attr:`CommandLine.checked`, :mod:`mammoth.app.checked`): the
+run in this process neither walks the gate again nor resolves the single run's config again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from contextlib import contextmanager
@@ -26,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from mammoth.errors import ConfigError, MammothError, unknown_name_message
+from mammoth.app.checked import CheckedConfigs
 from mammoth.app.group_arguments import check_argument_overrides
 from mammoth.config.options import check_options_not_hidden
 from mammoth.config.registry import canonical_name
@@ -68,15 +74,22 @@ class CommandLine:
     #: Where the pinning override goes in :attr:`args`: right after the last override (argparse
     #: takes the overrides as one run of positional arguments).
     pin_at: int = 0
+    #: The configs that passed the checks, as Hydra will compose them with :meth:`hydra_arguments`.
+    checked: CheckedConfigs = CheckedConfigs()
+
+    def pins(self) -> dict[str, str]:
+        """The Hydra keys the pinning overrides set (``run.dir``, or ``sweep.dir`` and ``sweep.subdir``) and their values."""
+        if self.directory is None:
+            return {}
+        pins = {f"{'sweep' if self.multirun else 'run'}.dir": str(self.directory)}
+        if self.subdir is not None:
+            pins["sweep.subdir"] = self.subdir
+        return pins
 
     def hydra_arguments(self) -> list[str]:
         """What ``hydra.main`` gets: :attr:`args` and the overrides that pin :attr:`directory` (and
         :attr:`subdir`)."""
-        if self.directory is None:
-            return list(self.args)
-        pins = [f"hydra.{'sweep' if self.multirun else 'run'}.dir={quote_override_value(str(self.directory))}"]
-        if self.subdir is not None:
-            pins.append(f"hydra.sweep.subdir={quote_override_value(self.subdir)}")
+        pins = [f"hydra.{key}={quote_override_value(value)}" for key, value in self.pins().items()]
         return [*self.args[:self.pin_at], *pins, *self.args[self.pin_at:]]
 
 
@@ -105,17 +118,17 @@ def prepare_arguments(args: list[str], task_function: Callable, config_path: str
     arguments = _replace_overrides(args, parsed.overrides, overrides)
     pin_at = max((index + 1 for index, arg in enumerate(arguments) if overrides and arg == overrides[-1]), default=0)
     directory = None if parsed.cfg or parsed.resolve else checked.directory  # printing a config writes nothing
-    return CommandLine(arguments, multirun=checked.multirun, directory=directory, pin_at=pin_at,
-                       subdir=checked.subdir if directory is not None else None)
+    command_line = CommandLine(arguments, multirun=checked.multirun, directory=directory, pin_at=pin_at,
+                               subdir=checked.subdir if directory is not None else None)
+    return dataclasses.replace(command_line, checked=checked.configs.pinned(command_line.pins()))
 
 
 def parse_command_line(args: list[str]) -> Any:
-    """``args`` parsed by Hydra's own argument parser. Private Hydra API on purpose: ``-m``,
-    ``-cn``, ``--config-dir``, ``-cp`` and the overrides must be read exactly as ``hydra.main``
-    will read them, and Hydra has no public parser."""
-    from hydra._internal.utils import get_args_parser
+    """``args`` parsed by Hydra's own argument parser (:func:`mammoth.config.hydra_private.parse_arguments`):
+    ``-m``, ``-cn``, ``--config-dir``, ``-cp`` and the overrides read exactly as ``hydra.main`` will read them."""
+    from mammoth.config.hydra_private import parse_arguments
 
-    return get_args_parser().parse_args(args)
+    return parse_arguments(args)
 
 
 def check_commands(parsed: Any) -> None:
@@ -134,36 +147,27 @@ def check_commands(parsed: Any) -> None:
 
 @contextmanager
 def main_hydra(parsed: Any, task_function: Callable, config_path: str) -> Iterator[Any]:
-    """Hydra's main object over the search path ``hydra.main`` builds for ``task_function``.
-    Private Hydra API on purpose: the public ``initialize_config_*`` take one config directory or
-    module, while ``hydra.main`` builds its search path from the task function's file, ``-cp``
-    and ``--config-dir`` (prepended before the ConfigStore), which the checks must see as it will."""
-    from hydra._internal.hydra import Hydra
-    from hydra._internal.utils import create_automatic_config_search_path, detect_calling_file_or_module_from_task_function
-    from hydra.core.config_search_path import SearchPathQuery
-    from hydra.core.global_hydra import GlobalHydra
+    """Hydra's main object over the search path ``hydra.main`` builds for ``task_function``, with
+    ``-cp`` and ``--config-dir`` (:func:`mammoth.config.hydra_private.main_hydra`), so the checks
+    see the configs the run will."""
+    from mammoth.config.hydra_private import main_hydra as private_main_hydra
 
-    calling_file, calling_module = detect_calling_file_or_module_from_task_function(task_function)
-    search_path = create_automatic_config_search_path(calling_file, calling_module, parsed.config_path or config_path)
+    directory = None
     if parsed.config_dir is not None:
         directory = os.path.abspath(parsed.config_dir)
         if not os.path.isdir(directory):
             raise ConfigError(f"--config-dir {parsed.config_dir!r} is not a directory ({directory}); allowed: a directory of YAML configs")
-        search_path.prepend(provider="command-line", path=f"file://{directory}", anchor=SearchPathQuery(provider="schema"))
-    hydra = Hydra.create_main_hydra2(task_name="mammoth", config_search_path=search_path)
-    try:
+    with private_main_hydra(task_function, parsed.config_path or config_path, directory) as hydra:
         yield hydra
-    finally:
-        GlobalHydra.instance().clear()
 
 
 def config_repository(hydra: Any, config_name: str, overrides: list[str]) -> Any:
     """The config repository over the search path that ``overrides`` give (``hydra.searchpath``
     included), as Hydra builds it to compose ``config_name``; built once for every check of the
-    command line. The one use of Hydra's private loader API here: the public
-    ``ConfigLoader.get_group_options`` builds such a repository at each call and answers only
-    the option names, not whether an option is mammoth's registered schema or a user's YAML."""
-    return hydra.config_loader._parse_overrides_and_create_caching_repo(config_name, overrides)[1]
+    command line (:func:`mammoth.config.hydra_private.caching_repository`)."""
+    from mammoth.config.hydra_private import caching_repository
+
+    return caching_repository(hydra, config_name, overrides)
 
 
 def normalise_overrides(repository: Any, overrides: list[str]) -> list[str]:
@@ -202,12 +206,13 @@ def _normalise_override(override: Any, options: list[str]) -> str:
 
 @dataclass(frozen=True)
 class CheckedCommand:
-    """What :func:`check_composed` found: whether the command is a multirun, and the directory it
-    writes (the run directory, or the sweep's root), resolved once."""
+    """What :func:`check_composed` found: whether the command is a multirun, the directory it
+    writes (the run directory, or the sweep's root), resolved once, and the configs that passed."""
 
     multirun: bool
     directory: Path | None = None
     subdir: str | None = None
+    configs: CheckedConfigs = CheckedConfigs()
 
 
 def check_composed(hydra: Any, config_name: str, overrides: list[str], multirun: bool) -> CheckedCommand:
@@ -232,33 +237,35 @@ def check_composed(hydra: Any, config_name: str, overrides: list[str], multirun:
     multirun = multirun or cfg.hydra.mode == RunMode.MULTIRUN
     check_config_safety(cfg, sweep=multirun)  # a sweep's job paths: in each job's check below
     if not multirun:
-        _resolve(cfg)
+        spec = _resolve(cfg)
         directory = resolved_directory(cfg, "hydra.run.dir")
         if directory is not None:
             check_run_directory(directory, cfg)
-        return CheckedCommand(False, directory)
+        return CheckedCommand(False, directory, configs=CheckedConfigs().add(cfg, spec))
     from mammoth.app.sweep_jobs import sweep_job_configs
 
     jobs = sweep_job_configs(hydra, cfg)
+    configs = CheckedConfigs()
     for job in jobs.configs:
         check_config_safety(job)
+        configs = configs.add(job)  # each job resolves its own config when it runs
     directory = resolved_directory(cfg, "hydra.sweep.dir")
     subdir = check_sweep_directory(directory, cfg, jobs) if directory is not None else None
-    return CheckedCommand(True, directory, subdir)
+    return CheckedCommand(True, directory, subdir, configs)
 
 
-def _resolve(cfg: Any) -> None:
-    """:func:`mammoth.app.run_spec.resolve_run` on a single run's config; a value that resolves
-    only inside the running job (``${hydra:...}``) is left to the run, which resolves it the same way."""
+def _resolve(cfg: Any) -> Any:
+    """:func:`mammoth.app.run_spec.resolve_run` on a single run's config: its RunSpec; None for a
+    value that resolves only inside the running job (``${hydra:...}``): the run resolves it then."""
     from omegaconf.errors import InterpolationResolutionError
 
     from mammoth.config.options import served_registries
     from mammoth.app.run_spec import resolve_run
 
     try:
-        resolve_run(cfg, served_registries())  # the registries' entries without torch
+        return resolve_run(cfg, served_registries())  # the registries' entries without torch
     except InterpolationResolutionError:
-        return
+        return None
 
 
 def quote_override_value(text: str) -> str:

@@ -127,6 +127,25 @@ def resolve_run(cfg: DictConfig, registries: Mapping[str, Any] | None = None, hy
     )
 
 
+def with_registries(spec: RunSpec, registries: Mapping[str, Any] | None = None) -> RunSpec | None:
+    """``spec``, resolved against other registries (the pre-flight's, which build nothing), with
+    each option's entry from ``registries`` (None: the built-ins'), found by its ``_target_`` as
+    :func:`resolve_run` finds it; None when one of them has no entry of that ``_target_``."""
+    if registries is None:
+        registries = builtin_registries()
+    options = {}
+    for field in ("dataset", "backbone", "model"):
+        option = getattr(spec, field)
+        if option is None:
+            continue
+        registry = registries[option.registry.group]
+        entry = registry.find_by_target(option.entry.target_path)
+        if entry is None:
+            return None
+        options[field] = ResolvedOption(registry, entry, option.values)
+    return dataclasses.replace(spec, **options)
+
+
 def builtin_registries() -> dict[str, Any]:
     """The backbone, dataset and model registries (importing torch and the built-ins)."""
     from mammoth.backbones import BACKBONES

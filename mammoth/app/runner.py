@@ -28,20 +28,35 @@ def run(cfg: DictConfig) -> float:
     ``optimized_metric`` (the final Class-IL average by default; NaN when stopped early). Writes
     results.json, the plot and checkpoints.
 
-    The run directory is locked for the duration: a second run in it is refused (ConfigError).
-    SIGTERM interrupts the run like Ctrl-C (KeyboardInterrupt); either logs one line with the
-    command that resumes it, and the checkpoint of the last finished task stays intact.
+    ``cfg`` is checked first (:func:`check_config`). The run directory is locked for the
+    duration: a second run in it is refused (ConfigError). SIGTERM interrupts the run like Ctrl-C
+    (KeyboardInterrupt); either logs one line with the command that resumes it, and the
+    checkpoint of the last finished task stays intact.
     """
+    from mammoth.config.hydra_job import read_job_facts
+
+    job = read_job_facts()  # the run's one read of Hydra's job facts (empty outside a Hydra job); passed down
+    return run_resolved(check_config(cfg, job), job)
+
+
+def check_config(cfg: DictConfig, job: JobFacts) -> RunSpec:
+    """``cfg`` through the safety gate (:func:`mammoth.app.safety.check_config_safety`, with the
+    job's Hydra node) and resolved (:func:`mammoth.app.run_spec.resolve_run`): the checks of
+    :func:`run`. ``python -m mammoth`` makes them in its pre-flight instead, once."""
     from mammoth.app.run_spec import resolve_run
     from mammoth.app.safety import check_config_safety
-    from mammoth.config.hydra_job import read_job_facts
+
+    check_config_safety(cfg, hydra=job.hydra, output_dir_in_run_directory=False)  # output_dir: the caller's choice
+    return resolve_run(cfg, hydra=job.hydra)
+
+
+def run_resolved(spec: RunSpec, job: JobFacts) -> float:
+    """:func:`run` of a config that passed the safety gate and was resolved into ``spec``, in the
+    Hydra job ``job`` describes."""
     from mammoth.engine.distributed import log_to_rank_file, shared_run_directory
     from mammoth.app.job import output_directory
     from mammoth.files import RunLock
 
-    job = read_job_facts()  # the run's one read of Hydra's job facts (empty outside a Hydra job); passed down
-    check_config_safety(cfg, hydra=job.hydra, output_dir_in_run_directory=False)  # python -m mammoth checked it
-    spec = resolve_run(cfg, hydra=job.hydra)
     with _process_group() as main:
         run_dir = shared_run_directory(output_directory(spec.output_dir, job))
         log_to_rank_file(run_dir)

@@ -15,9 +15,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from mammoth.config.hydra_private import BASIC_SWEEPER_TARGET
 from mammoth.errors import ConfigError
-
-BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 
 @dataclass(frozen=True)
@@ -36,7 +35,7 @@ def sweep_job_configs(hydra: Any, sweep_config: DictConfig) -> SweepJobs:
     params = sweep_config.hydra.sweeper.get("params") or {}
     arguments = [f"{key}={value}" for key, value in params.items()] + list(sweep_config.hydra.overrides.task)
     parsed = OverridesParser.create(config_loader=hydra.config_loader).parse_overrides(arguments)
-    if sweep_config.hydra.sweeper.get("_target_") == BASIC_SWEEPER:
+    if sweep_config.hydra.sweeper.get("_target_") == BASIC_SWEEPER_TARGET:
         jobs = _basic_sweep_jobs(parsed)
         return SweepJobs([_job_config(hydra, sweep_config, job, number) for number, job in enumerate(jobs)], exact=True)
     for key in params:
@@ -51,11 +50,12 @@ def sweep_job_configs(hydra: Any, sweep_config: DictConfig) -> SweepJobs:
 def _basic_sweep_jobs(parsed: list[Any]) -> list[list[str]]:
     """The overrides of each job Hydra's basic sweeper runs; a sweep it cannot run (``interval()``,
     also inside ``tag()``) is refused with Hydra's own words, naming the override."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.errors import HydraException
 
+    from mammoth.config.hydra_private import basic_sweep_jobs
+
     try:
-        return BasicSweeper.split_arguments(parsed, None)[0]
+        return basic_sweep_jobs(parsed)
     except HydraException as error:
         override = next((item for item in parsed if item.is_sweep_override() and not item.is_discrete_sweep()), None)
         if override is None:

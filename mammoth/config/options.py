@@ -36,15 +36,13 @@ packages, which Hydra imports when their ``pkg://`` entry is on an app's search 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import io
 import sys
 from types import ModuleType
-from typing import Any, Callable, Iterator
-
-from omegaconf import OmegaConf
+from typing import Any, Iterator
 
 from mammoth.config import manifest
+from mammoth.config.hydra_private import store_lazily
 from mammoth.config.registry import Entry, Registry, add_registration_listener, canonical_name, schema_node
 from mammoth.config.schema import Argument
 from mammoth.errors import BackboneError, ConfigError, DatasetError
@@ -157,47 +155,17 @@ def schema_config_name(group: str, name: str) -> str:
 def _store_schema(group: str, name: str, replace: bool = False) -> None:
     """Put option ``group/name``'s schema in Hydra's ConfigStore (once, or again when ``replace``),
     built when Hydra first loads it."""
-    from hydra.core.config_store import ConfigStore
-
     key = f"{schema_config_name(group, name)}.yaml"
-    if replace or key not in ConfigStore.instance().repo:
+    if replace or not is_stored(key):
         store_lazily(key, lambda: schema_node(option_schema(group, name)))
 
 
-def store_lazily(name: str, build: Callable[[], Any]) -> None:
-    """Put a top-level entry ``name`` in Hydra's ConfigStore whose config ``build()`` makes on its
-    first load. Hydra turns a config into a node when it is stored and deep-copies the whole
-    ConfigStore for each config-group query (``--help`` makes about 90): storing the 44 built-ins'
-    nodes at once would cost more than all the rest of ``--help``, and composing needs only the
-    selected ones."""
+def is_stored(path: str) -> bool:
+    """Whether Hydra's ConfigStore holds a config at ``path`` (``name.yaml``, ``group/name.yaml``)."""
     from hydra.core.config_store import ConfigStore
+    from hydra.core.object_type import ObjectType
 
-    key = name if name.endswith(".yaml") else f"{name}.yaml"
-    node_class = _lazy_config_node_class()
-    entry = node_class.__new__(node_class)
-    entry.__dict__.update(name=key, group=None, package=None, provider="mammoth", build=build, built={})
-    ConfigStore.instance().repo[key] = entry
-
-
-@functools.cache
-def _lazy_config_node_class() -> type:
-    """Hydra's ConfigNode whose ``node`` is ``build()``'s config, made on first use (Hydra copies
-    entries shallowly before it reads them, so the copies share what was built)."""
-    from hydra.core.config_store import ConfigNode
-
-    class LazyConfigNode(ConfigNode):
-        @property
-        def node(self) -> Any:
-            built = self.__dict__["built"]
-            if "node" not in built:
-                built["node"] = OmegaConf.structured(self.__dict__["build"]())
-            return built["node"]
-
-        @node.setter
-        def node(self, value: Any) -> None:
-            self.__dict__["built"] = {"node": value}
-
-    return LazyConfigNode
+    return ConfigStore.instance().get_type(path) == ObjectType.CONFIG
 
 
 def option_file_text(group: str, name: str) -> str:
@@ -207,11 +175,9 @@ def option_file_text(group: str, name: str) -> str:
     name="resnet")``) comes after ``hydra.searchpath`` on Hydra's search path, so Hydra would read
     this file and merge it into that entry (its automatic schema matching): that is refused here,
     in one line naming both."""
-    from hydra.core.config_store import ConfigStore
     from hydra.errors import ConfigCompositionException
 
-    app_entries = ConfigStore.instance().repo.get(group)
-    if isinstance(app_entries, dict) and f"{name}.yaml" in app_entries:
+    if is_stored(f"{group}/{name}.yaml"):
         raise ConfigCompositionException(
             f"{group}/{name} is both mammoth's {group} option (pkg://mammoth.conf/{group}/{name}.yaml) and this app's "
             f"ConfigStore entry; allowed: another name for the app's entry, "

@@ -13,8 +13,6 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
-from hydra.core.config_store import ConfigStore
-
 
 #: ConfigStore name of the run schema that mammoth/app/conf/config.yaml extends.
 RUN_SCHEMA = "mammoth_schema"
@@ -94,9 +92,10 @@ def store_app_configs() -> None:
     are files that :mod:`mammoth.app.conf` serves (:mod:`mammoth.config.options`)."""
     from omegaconf import OmegaConf
 
-    from mammoth.config.options import default_backbone_option, store_lazily
+    from mammoth.config.hydra_private import store_lazily
+    from mammoth.config.options import default_backbone_option, is_stored
 
-    if f"{RUN_SCHEMA}.yaml" not in ConfigStore.instance().repo:
+    if not is_stored(f"{RUN_SCHEMA}.yaml"):
         store_lazily(RUN_SCHEMA, lambda: RunConfig)
     if not OmegaConf.has_resolver(DEFAULT_BACKBONE_RESOLVER):
         OmegaConf.register_new_resolver(DEFAULT_BACKBONE_RESOLVER, default_backbone_option)

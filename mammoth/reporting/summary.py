@@ -669,15 +669,16 @@ def planned_jobs(document: dict[str, Any]) -> int | None:
     hydra = document.get("hydra") or {}
     if not target.endswith("BasicSweeper") or "overrides" not in hydra:  # a job's own config: its sweep unknown
         return None
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from mammoth.config.hydra_private import basic_sweep_jobs
 
     params = sweeper.get("params") if isinstance(sweeper.get("params"), dict) else {}
     task = (hydra.get("overrides") or {}).get("task") or []
     try:
         overrides = OverridesParser.create().parse_overrides([f"{key}={value}" for key, value in params.items()]
                                                             + [str(item) for item in task])
-        return sum(len(batch) for batch in BasicSweeper.split_arguments(overrides, None))
+        return len(basic_sweep_jobs(overrides))
     except Exception:  # noqa: BLE001  a sweep Hydra's parser cannot read again: unknown
         return None
 
