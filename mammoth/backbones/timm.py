@@ -112,11 +112,6 @@ class TimmBackbone(MammothBackbone):
         """The sha256 of the loaded weights file (None when randomly initialised)."""
         return None if self.weights is None else self.weights.sha256
 
-    @property
-    def pretrained_config(self) -> dict[str, Any]:
-        """timm's pretrained config of the model (its ``mean``, ``std``, ``input_size``...)."""
-        return dict(getattr(self.trunk, "pretrained_cfg", {}) or {})
-
     def extract_features(self, x: Tensor) -> Tensor:
         """The pre-logits features (a ViT's class token after its final norm, a ResNet's pooled map)."""
         return self.trunk(x)

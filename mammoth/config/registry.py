@@ -207,12 +207,6 @@ class Registry:
             raise self.error_type(f"cannot register {self.kind} {key!r}: {error}") from None
         return Entry(name=key, target=target, arguments=arguments, schema=schema)
 
-    def unregister(self, name: str) -> None:
-        """Remove an entry (for tests and notebooks that redefine a callable)."""
-        key = canonical_name(name)
-        self.get(key)
-        del self._entries[key]
-
     def names(self) -> list[str]:
         """The registered names (the installed plugins' included), sorted."""
         _load_plugins()

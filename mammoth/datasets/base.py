@@ -84,17 +84,6 @@ class PreparedLabels:
     test_labels: torch.Tensor
 
 
-@dataclass
-class TaskData:
-    """The data of one task: ``x`` are uint8 images (N, C, H, W) or float features (N, *input_shape)
-    on CPU, ``y`` int64 tensors (N,)."""
-
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-
-
 def random_crop_flip(
     x: torch.Tensor, padding: int = CROP_PADDING, generator: torch.Generator | None = None
 ) -> torch.Tensor:
@@ -237,7 +226,7 @@ class ContinualDataset:
         """Validate ``config`` and the ``fields`` given as keywords (``root=...``, what Hydra's
         ``instantiate`` passes); absent batch_size / n_epochs take the benchmark's defaults.
 
-        The source data is not read here but on the first :meth:`get_task`.
+        The source data is not read here but on first use (:meth:`task_source`, :meth:`sources`).
         """
         values = {**coerce_config({} if config is None else config), **coerce_config(fields)}
         name = values.get("name", self.name)
@@ -572,28 +561,6 @@ class ContinualDataset:
         if key not in cache:
             cache[key] = (base, labels, RelabeledSource(base, labels))
         return cache[key][2]
-
-    def get_task(self, task: int) -> TaskData:
-        """The train and evaluation data of ``task`` as whole tensors (uint8 images or float features
-        on CPU, int64 labels) of an in-memory benchmark; the harness reads :meth:`task_source` and
-        :meth:`test_source` instead."""
-        self._check_task(task)
-        train_x, _, test_x, _ = self.source()
-        train_labels, train_indices = self._task_indices(task, "train")
-        eval_labels, eval_indices = self._task_indices(task, "eval")
-        eval_x = train_x if self.prepared().eval_on_train else test_x
-        if self.setting == "domain-il":
-            train_x, eval_x = self.apply_task_transform(task, train_x), self.apply_task_transform(task, eval_x)
-        return TaskData(train_x[train_indices], train_labels[train_indices], eval_x[eval_indices], eval_labels[eval_indices])
-
-    @staticmethod
-    def to_float(x: torch.Tensor) -> torch.Tensor:
-        """uint8 images -> float32 in [0, 1]; float features are returned as they are."""
-        if x.is_floating_point():
-            return x
-        if x.dtype != torch.uint8:
-            raise DatasetError(f"to_float expects a uint8 or float tensor, got dtype {x.dtype}")
-        return x.float().div_(255)
 
     def _is_image(self) -> bool:
         """Whether the examples are images (N, C, H, W), which crop-flip and per-channel statistics need."""

@@ -193,7 +193,7 @@ def load_checkpoint(path: Path, model: Any, generator: torch.Generator, config: 
     the classes seen so far.
     """
     checkpoint = read_checkpoint(path)
-    saved = _with_resolved_device(checkpoint["config"])
+    saved = checkpoint["config"]
     differences = sorted(key for key in set(config) | set(saved) if config.get(key) != saved.get(key))
     if differences:
         raise ConfigError(
@@ -242,16 +242,6 @@ def _check_same_data(path: Path, recorded: Any, dataset: Any) -> None:
         f"resume=true on different data: the {dataset.name} data under {dataset.config.root} changed since the "
         f"checkpoint {path} was written: {', '.join(changed)}; resume with the data the run started on, or {RESTART}"
     )
-
-
-def _with_resolved_device(config: dict[str, Any]) -> dict[str, Any]:
-    """A checkpoint's config with ``device: auto`` (written before runs recorded the device they
-    chose) read as the device ``auto`` resolves to here, as a resume now compares it."""
-    if config.get("device") != "auto":
-        return config
-    from mammoth.engine.device import resolve_device
-
-    return {**config, "device": str(resolve_device("auto"))}
 
 
 def _is_number(value: Any) -> bool:
