@@ -104,7 +104,7 @@ def sweep_evidence(directory: Path) -> str | None:
 def _job_directories(directory: Path) -> list[Path]:
     """The job directories directly in ``directory`` and in its ``resume-N`` folders (a continued
     study's), in natural order."""
-    from mammoth.reporting.summary import find_job_dirs, is_job_dir
+    from mammoth.reporting.run_records import find_job_dirs, is_job_dir
 
     if not directory.is_dir():
         return []
@@ -191,7 +191,7 @@ def _check_same_study(directory: Path, storage: Any, name: Any) -> None:
 
 def _recorded_sweeper(job: Path) -> dict[str, Any] | None:
     """The sweeper config a job recorded in its ``.hydra/hydra.yaml`` (None when unreadable)."""
-    from mammoth.reporting.summary import MAX_SMALL_FILE_BYTES, read_limited, safe_yaml
+    from mammoth.reporting.run_records import MAX_SMALL_FILE_BYTES, read_limited, safe_yaml
 
     try:
         data = read_limited(job / HYDRA_OUTPUT_SUBDIR / "hydra.yaml", MAX_SMALL_FILE_BYTES, "hydra.yaml")
@@ -233,7 +233,7 @@ def _check_same_overrides(directory: Path, overrides: list[str], what: str) -> N
     """A directory that holds a run continues only under the same overrides (run-control settings
     aside, and ``device`` compared as the device it resolves to), so Hydra never relabels one
     run's results with another's overrides."""
-    from mammoth.reporting.summary import read_overrides
+    from mammoth.reporting.run_records import read_overrides
 
     recorded = read_overrides(directory) if (directory / HYDRA_OUTPUT_SUBDIR / "overrides.yaml").exists() else None
     if recorded is None:
