@@ -6,14 +6,14 @@ import logging
 import sys
 from pathlib import Path
 
+from mammoth.app.job import is_multirun, job_overrides
+from mammoth.files import CHECKPOINT_NAME
+
 log = logging.getLogger("mammoth")
 
 
 def resumes(resume: bool, run_dir: Path) -> bool:
     """``resume``, except for a sweep's job that never checkpointed: a resumed sweep starts it afresh."""
-    from mammoth.engine.checkpoint import CHECKPOINT_NAME
-    from mammoth.app.job import is_multirun
-
     if resume and is_multirun() and not (run_dir / CHECKPOINT_NAME).exists():
         log.info("resume=true but %s has no checkpoint: this job of the sweep starts from the first task", run_dir)
         return False
@@ -23,8 +23,6 @@ def resumes(resume: bool, run_dir: Path) -> bool:
 def interrupted_line(run_dir: Path, reason: str) -> str:
     """One line for an interrupted run: the command that resumes it from its checkpoint, or,
     before the first checkpoint, that there is nothing to resume."""
-    from mammoth.engine.checkpoint import CHECKPOINT_NAME
-
     if (run_dir / CHECKPOINT_NAME).is_file():
         return f"Interrupted ({reason}); the checkpoint of the last finished task is intact. Resume with: {resume_command(run_dir)}"
     return f"Interrupted ({reason}) before the first task finished: nothing to resume; start the run again"
@@ -43,6 +41,4 @@ def program() -> str:
 
 def resume_command(run_dir: Path) -> str:
     """The command that continues this run (a sweep's job too) in ``run_dir``."""
-    from mammoth.app.job import job_overrides
-
     return " ".join([program(), *job_overrides(), "resume=true", f"hydra.run.dir={run_dir}"])

@@ -27,7 +27,6 @@ from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
-from mammoth.errors import MammothError, closest_match, unknown_name_message
 from mammoth.config.schema import (
     Argument,
     ValueCheckError,
@@ -37,6 +36,8 @@ from mammoth.config.schema import (
     schema_class_name,
     signature_arguments,
 )
+from mammoth.errors import MammothError, closest_match, unknown_name_message
+from mammoth.plugins import load_plugins_once
 
 T = TypeVar("T")
 _NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]*$")
@@ -105,8 +106,6 @@ def add_registration_listener(listener: Callable[[str, str], None]) -> None:
 
 
 def _load_plugins() -> None:
-    from mammoth.plugins import load_plugins_once
-
     load_plugins_once()
 
 

@@ -10,6 +10,11 @@ splits, per-task transformations, augmentation, normalisation) lives here, the s
 from __future__ import annotations
 
 import dataclasses
+import errno
+import hashlib
+import os
+import shutil
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +25,8 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from mammoth.config.user_paths import launch_path
 from mammoth.config.value_checks import check_positive_int
-from mammoth.datasets import labels as label_settings
+from mammoth.datasets import labels as label_settings, transforms
+from mammoth.datasets.image_files import files_fingerprint
 from mammoth.datasets.source import DataSource, InMemorySource, RelabeledSource
 from mammoth.errors import DatasetError
 
@@ -130,8 +136,6 @@ def coerce_config(config: DatasetConfig | Mapping[str, Any]) -> dict[str, Any]:
 
 def tensor_fingerprint(tensor: torch.Tensor) -> dict[str, Any]:
     """``{"shape": [...], "sha256": HEX}`` of a CPU tensor's contents (its shape and dtype hashed too)."""
-    import hashlib
-
     contiguous = tensor.detach().cpu().contiguous()
     digest = hashlib.sha256(f"{contiguous.dtype} {tuple(contiguous.shape)}\n".encode())
     if contiguous.numel():
@@ -153,10 +157,7 @@ def download_and_extract_privately(url: str, root: str | Path, folder: str, **op
     ``root``: in one rename when ``root/folder`` does not exist, else file by file for the files it
     lacks (never overwriting one). Runs downloading at once never write the same file, and a
     reader never sees a half-extracted file. The temporary directory is always removed."""
-    import shutil
-    import tempfile
-
-    from torchvision.datasets.utils import download_and_extract_archive
+    from torchvision.datasets.utils import download_and_extract_archive  # lazy: torchvision (heavy), kept off import mammoth.datasets
 
     Path(root).mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{folder}.", suffix=".tmp"))
@@ -169,9 +170,6 @@ def download_and_extract_privately(url: str, root: str | Path, folder: str, **op
 
 def _move_missing(source: Path, target: Path) -> None:
     """Move ``source`` to ``target`` if it is not there; else move, recursively, what ``target`` lacks."""
-    import errno
-    import os
-
     if not source.is_dir():
         try:
             os.link(source, target, follow_symlinks=False)  # whole or absent, and never over an existing file
@@ -421,8 +419,6 @@ class ContinualDataset:
 
     def stream_fingerprint(self) -> dict[str, dict[str, Any]]:
         """The fingerprint of a streaming benchmark whose sources are ImageFileSources."""
-        from mammoth.datasets.image_files import files_fingerprint
-
         train, test = self.sources()
         return {f"{split} files": files_fingerprint(self.config.root, source.paths, source.labels)
                 for split, source in (("train", train), ("test", test))}
@@ -601,8 +597,6 @@ class ContinualDataset:
         ``random-resized-crop-flip``: the original's ``RandomResizedCrop(input size, crop_scale,
         BICUBIC)`` + flip; ``random-crop-flip``: ``RandomCrop(input size)`` + flip (see
         :mod:`mammoth.datasets.transforms`)."""
-        from mammoth.datasets import transforms
-
         self._check_batch(x)
         if self._is_image() and self.augmentation is not None:
             size = tuple(self.input_shape[1:])
@@ -617,8 +611,6 @@ class ContinualDataset:
     def test_transform(self, x: torch.Tensor) -> torch.Tensor:
         """Evaluation transform of a float batch in [0, 1]: images of another size than the input
         are resized to it (bicubic, as the original's ``Resize``), then normalised."""
-        from mammoth.datasets import transforms
-
         self._check_batch(x)
         if self._is_image() and tuple(x.shape[-2:]) != tuple(self.input_shape[1:]):
             x = transforms.resize(x, tuple(self.input_shape[1:]))

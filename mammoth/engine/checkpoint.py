@@ -15,11 +15,12 @@ from typing import Any
 
 import torch
 
-from mammoth.errors import ConfigError
+from mammoth.datasets.image_files import files_change
+from mammoth.engine.distributed import is_main_process
 from mammoth.engine.evaluation import SETTING_METRICS
+from mammoth.errors import ConfigError
 from mammoth.files import open_nofollow, write_atomic
 
-CHECKPOINT_NAME = "checkpoint.pt"
 #: Version of the checkpoint layout; a checkpoint of another version is refused on resume.
 CHECKPOINT_FORMAT = 4
 #: First bytes of every checkpoint file.
@@ -68,8 +69,6 @@ def save_checkpoint(path: Path, model: Any, generator: torch.Generator, state: T
     ``torch.save`` payload, which holds only what ``torch.load(weights_only=True)`` reads.
     On several processes only rank 0 writes it (every rank holds the same state).
     """
-    from mammoth.engine.distributed import is_main_process
-
     if not is_main_process():
         return
     checkpoint = {
@@ -233,8 +232,6 @@ def _check_same_data(path: Path, recorded: Any, dataset: Any) -> None:
         if isinstance(before, dict) and isinstance(now, dict) and before.get("shape") != now.get("shape"):
             changed.append(f"{part} (shape {before.get('shape')} then, {now.get('shape')} now)")
         elif isinstance(before, dict) and isinstance(now, dict) and "files" in now:  # a streamed benchmark's files
-            from mammoth.datasets.image_files import files_change
-
             changed.append(f"{part} ({files_change(before, now)})")
         else:
             changed.append(f"{part} (different contents)")

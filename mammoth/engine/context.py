@@ -15,8 +15,11 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from mammoth.datasets.source import Batch, DataSource
+from mammoth.engine.distributed import is_main_process
 from mammoth.engine.precision import autocast as precision_autocast, check_precision, grad_scaler, to_memory_format
 from mammoth.errors import TrainingError
 
@@ -114,7 +117,6 @@ class TrainingContext:
         :attr:`num_workers` DataLoader workers, in order."""
         if self.num_workers == 0 or len(chunks) == 0:
             return (source.read(indices, self.device) for indices in chunks)
-        from torch.utils.data import DataLoader
 
         loader = DataLoader(_BatchReads(source, chunks), batch_size=None, shuffle=False, num_workers=self.num_workers,
                             pin_memory=self.device.type == "cuda")
@@ -136,8 +138,6 @@ class TrainingContext:
         then :attr:`report` ``(description, epoch, mean loss)``. An empty source trains nothing,
         calls nothing and returns 0.
         """
-        from tqdm.auto import tqdm
-
         if len(source) == 0:
             return 0.0
         size = self.batch_size if batch_size is None else batch_size
@@ -146,7 +146,6 @@ class TrainingContext:
             epochs = -(-iterations // steps)
         total_steps = epochs * steps if iterations is None else iterations
         mean_loss = 0.0
-        from mammoth.engine.distributed import is_main_process
 
         done = 0
         with tqdm(total=total_steps, desc=description, disable=None if is_main_process() else True,

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from mammoth.engine.checkpoint import CHECKPOINT_NAME
+from mammoth.files import CHECKPOINT_NAME
 from mammoth.reporting.results import KIND_TITLES, RESULTS_NAME
 
 
