@@ -9,6 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper  # private: BasicSweeper.split_arguments (planned_jobs)
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
 from mammoth.reporting.run_records import MAX_SMALL_FILE_BYTES, RUNNING, JobRow, read_limited, safe_yaml
 
 
@@ -65,9 +68,6 @@ def planned_jobs(document: dict[str, Any]) -> int | None:
     hydra = document.get("hydra") or {}
     if not target.endswith("BasicSweeper") or "overrides" not in hydra:  # a job's own config: its sweep unknown
         return None
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper  # lazy: Hydra, only for a sweep's plan
-    from hydra.core.override_parser.overrides_parser import OverridesParser  # lazy: Hydra, only for a sweep's plan
-
     params = sweeper.get("params") if isinstance(sweeper.get("params"), dict) else {}
     task = (hydra.get("overrides") or {}).get("task") or []
     try:
