@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+
 
 class MammothError(Exception):
     """Base class of every error mammoth raises on purpose."""
@@ -25,8 +27,6 @@ class TrainingError(MammothError, RuntimeError):
 
 def closest_match(name: str, allowed: "list[str] | tuple[str, ...]") -> str | None:
     """Return the allowed name closest to ``name`` (or None when nothing is close)."""
-    import difflib
-
     matches = difflib.get_close_matches(name.lower(), [a.lower() for a in allowed], n=1, cutoff=0.5)
     if not matches:
         return None

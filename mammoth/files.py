@@ -18,6 +18,9 @@ from typing import IO, Any, BinaryIO, Iterator
 from mammoth.errors import ConfigError
 
 LOCK_NAME = ".mammoth.lock"
+#: A run's checkpoint (written and read by :mod:`mammoth.engine.checkpoint`), named here for what
+#: only looks for it without importing torch (the summary, the run-directory checks, resume).
+CHECKPOINT_NAME = "checkpoint.pt"
 
 
 def _reason(error: OSError) -> str:
@@ -217,7 +220,7 @@ def exclusive_lock(path: Path) -> Iterator[None]:
 def _lock_quietly(descriptor: int, blocking: bool = True) -> bool:
     """``flock`` the descriptor exclusively; False where it cannot be locked (held elsewhere, no fcntl)."""
     try:
-        import fcntl
+        import fcntl  # optional: fcntl (POSIX only)
     except ImportError:  # Windows
         return not blocking
     try:

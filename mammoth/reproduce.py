@@ -9,8 +9,16 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from hydra import compose, initialize_config_module
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
+
+import mammoth
+from mammoth.config.value_checks import check_positive_int
 from mammoth.errors import MammothError
 from mammoth.reporting.ledger import LedgerEntry, comparison_table, entries_of, ledger_table, load_ledger, verdict
+from mammoth.reporting.optimized_metric import optimized_value
+from mammoth.reporting.results import RESULTS_NAME
 
 USAGE = "usage: python -m mammoth.reproduce experiment=NAME [seeds=3] [output=DIR] [OVERRIDES] | --list"
 DEFAULT_SEEDS = 3
@@ -22,11 +30,6 @@ def reproduce(preset: str, seeds: int = DEFAULT_SEEDS, overrides: Sequence[str] 
     ``reproduce/PRESET``), with ``overrides`` after the preset's, and compare the value of each of
     its ledger ``entries`` in every run's results.json with the published one. Returns the
     comparison table and whether every entry is reproduced."""
-    import mammoth
-    from mammoth.config.value_checks import check_positive_int
-    from mammoth.reporting.optimized_metric import optimized_value
-    from mammoth.reporting.results import RESULTS_NAME
-
     check_positive_int("seeds", seeds)
     entries = list(entries) if entries is not None else entries_of(preset)
     output = Path("reproduce") / preset if output is None else output
@@ -43,8 +46,6 @@ def reproduce(preset: str, seeds: int = DEFAULT_SEEDS, overrides: Sequence[str] 
 
 def compose_preset(preset: str, seed: int, directory: Path, overrides: Sequence[str]) -> object:
     """The config of ``python -m mammoth experiment=PRESET seed=SEED output_dir=DIRECTORY OVERRIDES``."""
-    from hydra import compose, initialize_config_module
-
     with initialize_config_module(config_module="mammoth.app.conf", version_base="1.3"):
         return compose(config_name="config",
                        overrides=[f"experiment={preset}", f"seed={seed}", f"output_dir={directory}", *overrides])
@@ -53,8 +54,6 @@ def compose_preset(preset: str, seed: int, directory: Path, overrides: Sequence[
 def parse_arguments(argv: Sequence[str]) -> tuple[str, int, Path | None, list[str]]:
     """``(preset, seeds, output, overrides)`` from ``experiment=NAME seeds=N output=DIR ...``; a
     missing preset or a bad ``seeds`` raises a MammothError."""
-    from mammoth.config.value_checks import check_positive_int
-
     preset, seeds, output, overrides = None, DEFAULT_SEEDS, None, []
     for argument in argv:
         key, _, value = argument.partition("=")
@@ -91,8 +90,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"Error: {str(error).splitlines()[0]}", file=sys.stderr)
         return 2
     except Exception as error:  # noqa: BLE001 - Hydra's and OmegaConf's errors for a bad override, in one line
-        from hydra.errors import HydraException
-        from omegaconf.errors import OmegaConfBaseException
 
         if not isinstance(error, (HydraException, OmegaConfBaseException)):
             raise

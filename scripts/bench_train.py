@@ -71,10 +71,9 @@ def parse_args() -> argparse.Namespace:
 
 def load_data():
     dataset = build_dataset({"name": "seq-digits", "n_epochs": 1}, seed=SEED)  # one epoch per training
-    tasks = [dataset.get_task(task) for task in range(dataset.n_tasks)]
-    x = torch.cat([task.train_x for task in tasks])
-    y = torch.cat([task.train_y for task in tasks])
-    return dataset, x, y
+    train_x, train_y, _, _ = dataset.source()  # uint8 images; every task's examples, task after task:
+    order = torch.argsort(train_y // dataset.n_classes_per_task, stable=True)
+    return dataset, train_x[order], train_y[order]
 
 
 def fresh_net(dataset):
@@ -215,12 +214,12 @@ def sgd_weights_match(dataset, x, y) -> bool:
 def buffer_vs_step(dataset, x, y, repetitions: int, min_sample_s: float) -> dict[str, list[float]]:
     """Per-step costs: mammoth's buffer add + sample, the plain reservoir's, and the ER training step."""
     batch_size = dataset.config.batch_size
-    raw = dataset.to_float(x[:batch_size])
+    raw = x[:batch_size].float().div(255)
     labels = y[:batch_size]
     model = harness_model("er", dataset)
     buffer = ReplayBuffer(BUFFER_SIZE, seed=SEED)
     plain = PlainReservoir(BUFFER_SIZE, SEED)
-    everything = dataset.to_float(x)
+    everything = x.float().div(255)
     for start in range(0, len(y), batch_size):  # past capacity, as during most of training
         buffer.add(everything[start : start + batch_size], labels=y[start : start + batch_size])
         plain.add(everything[start : start + batch_size], y[start : start + batch_size])

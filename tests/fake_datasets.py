@@ -154,10 +154,13 @@ def write_tinyimagenet(
 
 
 def label_mismatches(x, y, tolerance: int = 0) -> int:
-    """How many images of ``x`` (uint8 tensor N, C, H, W) do not encode their label ``y`` (int tensor N)
-    in their bottom-right pixel, within ``tolerance`` (use ``JPEG_TOLERANCE`` for JPEGs)."""
+    """How many images of ``x`` (uint8 tensor N, C, H, W, or float in [0, 1] as a source reads it) do
+    not encode their label ``y`` (int tensor N) in their bottom-right pixel, within ``tolerance`` (use
+    ``JPEG_TOLERANCE`` for JPEGs)."""
     import torch
 
+    if x.is_floating_point():
+        x = x.mul(255).round()
     expected = torch.tensor(
         [[fake_pixel(int(label), channel) for channel in range(x.shape[1])] for label in y], dtype=torch.long
     ).reshape(len(y), x.shape[1])

@@ -28,10 +28,6 @@ class HandDataset:
         return range(self.per_task)
 
     @staticmethod
-    def to_float(x: torch.Tensor) -> torch.Tensor:
-        return x.float()
-
-    @staticmethod
     def test_transform(x: torch.Tensor) -> torch.Tensor:
         return x
 

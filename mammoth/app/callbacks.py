@@ -23,7 +23,7 @@ log = logging.getLogger("mammoth")
 
 class SweepSummaryCallback(Callback):
     """Keeps a summary of a multirun at its sweep root: ``summary.csv``, ``summary.md`` and
-    ``summary.png`` (see :mod:`mammoth.reporting.summary`), regenerated as each job ends, so a sweep that
+    ``summary.png`` (see :mod:`mammoth.reporting.summary_files`), regenerated as each job ends, so a sweep that
     is killed still leaves a summary of what finished, and once more when the sweep ends.
 
     Every job, in a single run too, records its status in ``job.json`` in its run directory
@@ -47,8 +47,9 @@ class SweepSummaryCallback(Callback):
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         """Record the job's status in job.json; in a multirun, update the sweep's summary."""
-        from mammoth.engine.distributed import is_main_process
-        from mammoth.reporting.summary import COMPLETE, FAILED, RESULTS_NAME, STOPPED
+        from mammoth.engine.distributed import is_main_process  # lazy: torch, kept off building the callbacks
+        from mammoth.reporting.results import RESULTS_NAME
+        from mammoth.reporting.run_records import COMPLETE, FAILED, STOPPED
 
         if not is_main_process():  # a distributed run's other ranks: rank 0 writes the job's files
             return
@@ -71,7 +72,7 @@ class SweepSummaryCallback(Callback):
         """Write ``document`` plus the job's overrides, times, host and pid to its job.json;
         log (never raise) a failure."""
         from mammoth.files import write_atomic
-        from mammoth.reporting.summary import STATUS_NAME
+        from mammoth.reporting.run_records import STATUS_NAME
 
         try:
             document = {
@@ -102,7 +103,7 @@ def record_interruption(run_dir: Path, reason: str) -> None:
     never raised: the interruption goes on.
     """
     from mammoth.files import write_atomic
-    from mammoth.reporting.summary import RUNNING, STATUS_NAME, STOPPED
+    from mammoth.reporting.run_records import RUNNING, STATUS_NAME, STOPPED
 
     path = run_dir / STATUS_NAME
     try:
@@ -177,7 +178,7 @@ def _timestamp(seconds: float | None) -> str | None:
 
 def _update_summary(config: DictConfig, find_root: Callable[[DictConfig], Path], report: bool = False) -> None:
     """Regenerate the summary at ``find_root(config)``; log (never raise) a failure."""
-    from mammoth.reporting.summary import MARKDOWN_NAME, update_summary
+    from mammoth.reporting.summary_files import MARKDOWN_NAME, update_summary
 
     try:
         root = find_root(config)

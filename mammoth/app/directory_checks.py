@@ -10,8 +10,18 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from mammoth.app.sweep_jobs import job_directory, number_job
+from mammoth.config.run_settings import is_run_control_override, override_key
 from mammoth.errors import ConfigError, MammothError
 from mammoth.files import link_error
+from mammoth.reporting.run_records import (
+    MAX_SMALL_FILE_BYTES,
+    find_job_dirs,
+    is_job_dir,
+    read_limited,
+    read_overrides,
+    safe_yaml,
+)
 
 #: What a second run with other settings must not write over in a directory: Hydra's records.
 HYDRA_OUTPUT_SUBDIR = ".hydra"
@@ -61,7 +71,6 @@ def check_sweep_directory(directory: Path, cfg: DictConfig, jobs: Any) -> str | 
             f"hydra.sweep.dir={directory} already holds a sweep ({held}); allowed: resume=true to "
             "continue that sweep, or another hydra.sweep.dir"
         )
-    from mammoth.app.sweep_jobs import job_directory
 
     if not jobs.exact:
         _check_trials_numbered(jobs.configs[0])
@@ -104,8 +113,6 @@ def sweep_evidence(directory: Path) -> str | None:
 def _job_directories(directory: Path) -> list[Path]:
     """The job directories directly in ``directory`` and in its ``resume-N`` folders (a continued
     study's), in natural order."""
-    from mammoth.reporting.summary import find_job_dirs, is_job_dir
-
     if not directory.is_dir():
         return []
     found = []
@@ -191,8 +198,6 @@ def _check_same_study(directory: Path, storage: Any, name: Any) -> None:
 
 def _recorded_sweeper(job: Path) -> dict[str, Any] | None:
     """The sweeper config a job recorded in its ``.hydra/hydra.yaml`` (None when unreadable)."""
-    from mammoth.reporting.summary import MAX_SMALL_FILE_BYTES, read_limited, safe_yaml
-
     try:
         data = read_limited(job / HYDRA_OUTPUT_SUBDIR / "hydra.yaml", MAX_SMALL_FILE_BYTES, "hydra.yaml")
         document = safe_yaml(data) if data is not None else None
@@ -205,7 +210,7 @@ def _recorded_sweeper(job: Path) -> dict[str, Any] | None:
 def _stored_trials(storage: str, name: str) -> int | None:
     """How many trials the Optuna study ``name`` holds in ``storage`` (None when it holds no such
     study). A SQLite file that does not exist is not created."""
-    import optuna
+    import optuna  # optional: optuna (hydra-optuna-sweeper)
 
     if storage.startswith("sqlite:///") and not os.path.exists(storage[len("sqlite:///"):]):
         return None
@@ -219,8 +224,6 @@ def _stored_trials(storage: str, name: str) -> int | None:
 def _check_trials_numbered(job: DictConfig) -> None:
     """A sweeper that picks its trials while it runs (Optuna) numbers them: ``hydra.sweep.subdir``
     must differ between job numbers, or every trial would write one directory."""
-    from mammoth.app.sweep_jobs import job_directory, number_job
-
     directories = {job_directory(number_job(job, number)) for number in (0, 1)}
     if len(directories) == 1 and None not in directories:
         raise ConfigError(
@@ -233,8 +236,6 @@ def _check_same_overrides(directory: Path, overrides: list[str], what: str) -> N
     """A directory that holds a run continues only under the same overrides (run-control settings
     aside, and ``device`` compared as the device it resolves to), so Hydra never relabels one
     run's results with another's overrides."""
-    from mammoth.reporting.summary import read_overrides
-
     recorded = read_overrides(directory) if (directory / HYDRA_OUTPUT_SUBDIR / "overrides.yaml").exists() else None
     if recorded is None:
         return
@@ -249,16 +250,12 @@ def _check_same_overrides(directory: Path, overrides: list[str], what: str) -> N
 
 def _shown(overrides: list[str]) -> list[str]:
     """The overrides a resume must repeat, as given (run-control settings left out), sorted."""
-    from mammoth.config.run_settings import is_run_control_override
-
     return sorted({text for text in map(str, overrides) if not is_run_control_override(text)})
 
 
 def _comparable(overrides: list[str]) -> tuple[set[str], str]:
     """What a resume must repeat: the overrides other than run-control settings and ``device``, and
     the device the run would use (``device=auto``, also when not given, is ``cpu`` without CUDA)."""
-    from mammoth.config.run_settings import override_key
-
     kept = set(_shown(overrides))
     devices = [text for text in kept if override_key(text) == "device"]
     device = devices[-1].split("=", 1)[1] if devices else "auto"
@@ -267,7 +264,7 @@ def _comparable(overrides: list[str]) -> tuple[set[str], str]:
 
 def _resolved_device_name(name: str) -> str:
     """The device ``name`` resolves to here (``name`` itself when it does not: the run will say why)."""
-    from mammoth.engine.device import resolve_device
+    from mammoth.engine.device import resolve_device  # lazy: torch, kept off the compose path
 
     try:
         return str(resolve_device(name))

@@ -23,11 +23,19 @@ import dataclasses
 import itertools
 from typing import Any
 
+from hydra.core.object_type import ObjectType
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import OverrideType, ValueType
+from hydra.errors import HydraException
+from hydra.types import RunMode
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
-from mammoth.errors import ConfigError
-from mammoth.config.options import SERVING_PACKAGES, served_entries
+from mammoth.app.run_spec import unknown_setting_message
+from mammoth.config.options import SERVING_PACKAGES, served_entries, served_registry
 from mammoth.config.registry import unknown_argument_message
+from mammoth.config.run_settings import required_settings, setting_names
+from mammoth.errors import ConfigError, closest_match
 
 #: The config groups whose options are closed schemas from mammoth's registries.
 REGISTRY_GROUPS = ("backbone", "model", "dataset")
@@ -47,9 +55,6 @@ def check_argument_overrides(hydra: Any, config_name: str, repository: Any, over
     """``overrides`` checked as the module docstring says, against the options of ``repository``
     (:func:`mammoth.app.preflight.config_repository`); returns them with the non-swept
     arguments of a swept group rewritten to ``++``. Raises a ConfigError naming the first bad one."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.core.override_parser.types import OverrideType
-
     parsed = OverridesParser.create().parse_overrides(overrides)
     for override in parsed:
         if override.is_delete():
@@ -78,10 +83,6 @@ def _is_group_choice(override: Any, repository: Any) -> bool:
 def _check_deletion(override: Any, repository: Any) -> None:
     """Refuse ``~group`` for a group every run needs, and ``~setting`` for a run setting that has
     a value by default (the run would use that value while its config records none)."""
-    from hydra.core.object_type import ObjectType
-
-    from mammoth.config.run_settings import required_settings
-
     key = override.key_or_group
     if key in REGISTRY_GROUPS:
         options = ", ".join(sorted(repository.get_group_options(key, ObjectType.CONFIG)))
@@ -94,9 +95,6 @@ def _check_deletion(override: Any, repository: Any) -> None:
 
 def _check_setting(override: Any) -> None:
     """A top-level ``key=value`` without ``+`` names a run setting (the run refuses any other key)."""
-    from mammoth.config.run_settings import setting_names
-    from mammoth.app.run_spec import unknown_setting_message
-
     allowed = setting_names()
     if override.key_or_group not in allowed:
         raise ConfigError(f"{override.input_line}: {unknown_setting_message(override.key_or_group, allowed)}")
@@ -134,8 +132,6 @@ class _Composer:
     (a user's YAML) or that the command line adds keys to (cached)."""
 
     def __init__(self, hydra: Any, config_name: str, parsed: list[Any], choices: list[Any], repository: Any) -> None:
-        from hydra.core.override_parser.types import OverrideType
-
         self.hydra, self.config_name, self.repository = hydra, config_name, repository
         # What decides the options: group choices, and keys added or deleted on purpose.
         self.fixed = [override.input_line for override in parsed
@@ -149,10 +145,6 @@ class _Composer:
     def compose(self, choices: tuple[str, ...]) -> DictConfig | None:
         """The config of one job's group choices (None where Hydra cannot compose it: it says why)."""
         if choices not in self._cache:
-            from hydra.errors import HydraException
-            from hydra.types import RunMode
-            from omegaconf.errors import OmegaConfBaseException
-
             try:
                 self._cache[choices] = self.hydra.compose_config(
                     self.config_name, [*self.fixed, *choices], run_mode=RunMode.RUN, with_log_configuration=False)
@@ -168,10 +160,6 @@ class _Composer:
         """Every group's option under one job's group choices, from Hydra's defaults list (no
         composition); None where Hydra cannot compute it (it says why when it composes)."""
         if choices not in self._choices:
-            from hydra.errors import HydraException
-            from hydra.types import RunMode
-            from omegaconf.errors import OmegaConfBaseException
-
             try:
                 defaults = self.hydra.config_loader.compute_defaults_list(
                     self.config_name, [*self.fixed, *choices], RunMode.RUN)
@@ -237,8 +225,6 @@ class _Composer:
 
 def _sweep_values(choices: list[Any], repository: Any) -> dict[str, list[str]]:
     """Each group choice's values (one for a plain choice; a glob's matches, as Hydra finds them)."""
-    from hydra.core.override_parser.types import ValueType
-
     values = {}
     for override in choices:
         key = override.get_key_element()
@@ -254,10 +240,6 @@ def _sweep_values(choices: list[Any], repository: Any) -> dict[str, list[str]]:
 def _glob_matches(override: Any, repository: Any) -> list[str]:
     """The options of the group that ``group=glob(...)`` sweeps, as Hydra's sweepers expand it
     (its Glob filter over the group's options); refused when it matches none."""
-    from hydra.core.object_type import ObjectType
-
-    from mammoth.errors import closest_match
-
     group = override.key_or_group
     options = sorted(repository.get_group_options(group, ObjectType.CONFIG))
     matches = override.value().filter(options)
@@ -272,7 +254,5 @@ def _glob_matches(override: Any, repository: Any) -> list[str]:
 
 
 def _registry_entry(group: str, target: Any) -> Any:
-    from mammoth.config.options import served_registry
-
     registry = served_registry(group)  # the registered options, built-ins from their manifest (no torch)
     return registry.find_by_target(target) if isinstance(target, str) else None

@@ -13,7 +13,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import sys
+from importlib.metadata import distributions
 from pathlib import Path
+
+import mammoth
 
 #: The distribution whose package this is; its ``mammoth/__init__.py`` sets ``__distribution__`` to it.
 DISTRIBUTION = "mammoth-cl"
@@ -21,9 +24,7 @@ DISTRIBUTION = "mammoth-cl"
 def import_name_problem() -> str | None:
     """One line saying why the imported ``mammoth`` is not mammoth-cl's package (another
     distribution's ``__init__.py``, or none: a namespace package) and what to do; None when it is."""
-    package = sys.modules.get("mammoth")
-    if package is None:
-        import mammoth as package
+    package = sys.modules.get("mammoth", mammoth)
     if getattr(package, "__distribution__", None) == DISTRIBUTION:
         return None
     init = getattr(package, "__file__", None)
@@ -42,8 +43,6 @@ def import_name_problem() -> str | None:
 def owning_distributions(init: Path) -> list[tuple[str, str]]:
     """(name, version) of the installed distributions other than mammoth-cl whose RECORD lists
     ``init`` as ``mammoth/__init__.py``; the one whose recorded hash matches the file first."""
-    from importlib.metadata import distributions
-
     target = init.resolve()
     digest = base64.urlsafe_b64encode(hashlib.sha256(target.read_bytes()).digest()).rstrip(b"=").decode()
     found: list[tuple[bool, str, str]] = []

@@ -6,15 +6,15 @@ import logging
 import sys
 from pathlib import Path
 
+from mammoth.app.job import job_overrides
 from mammoth.config.hydra_job import JobFacts
+from mammoth.files import CHECKPOINT_NAME
 
 log = logging.getLogger("mammoth")
 
 
 def resumes(resume: bool, run_dir: Path, job: JobFacts) -> bool:
     """``resume``, except for a sweep's job that never checkpointed: a resumed sweep starts it afresh."""
-    from mammoth.engine.checkpoint import CHECKPOINT_NAME
-
     if resume and job.multirun and not (run_dir / CHECKPOINT_NAME).exists():
         log.info("resume=true but %s has no checkpoint: this job of the sweep starts from the first task", run_dir)
         return False
@@ -24,8 +24,6 @@ def resumes(resume: bool, run_dir: Path, job: JobFacts) -> bool:
 def interrupted_line(run_dir: Path, reason: str, job: JobFacts) -> str:
     """One line for an interrupted run: the command that resumes it from its checkpoint, or,
     before the first checkpoint, that there is nothing to resume."""
-    from mammoth.engine.checkpoint import CHECKPOINT_NAME
-
     if (run_dir / CHECKPOINT_NAME).is_file():
         return f"Interrupted ({reason}); the checkpoint of the last finished task is intact. Resume with: {resume_command(run_dir, job)}"
     return f"Interrupted ({reason}) before the first task finished: nothing to resume; start the run again"
@@ -44,6 +42,4 @@ def program() -> str:
 
 def resume_command(run_dir: Path, job: JobFacts) -> str:
     """The command that continues this run (a sweep's ``job`` too) in ``run_dir``."""
-    from mammoth.app.job import job_overrides
-
     return " ".join([program(), *job_overrides(job), "resume=true", f"hydra.run.dir={run_dir}"])

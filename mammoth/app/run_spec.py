@@ -28,6 +28,10 @@ from typing import Any, Iterator, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
+from mammoth.config.interpolations import UNKNOWN, raw_lookup, resolvers_used
+from mammoth.config.run_settings import RUN_CONTROL_KEYS, setting_names
+from mammoth.config.schema import DATA_FILLED_ARGUMENTS
+from mammoth.config.value_checks import check_precision_name, check_threads
 from mammoth.errors import ConfigError, unknown_name_message
 
 
@@ -88,8 +92,6 @@ class RunSpec:
 
 def comparable_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """A plain config without the run-control settings: what a resumed run must share with its checkpoint."""
-    from mammoth.config.run_settings import RUN_CONTROL_KEYS
-
     return {key: value for key, value in config.items() if key not in RUN_CONTROL_KEYS}
 
 
@@ -102,9 +104,6 @@ def resolve_run(cfg: DictConfig, registries: Mapping[str, Any] | None = None, hy
     resolved against; None: the registries of the built-ins (which imports torch and them). The
     pre-flight checks with :func:`mammoth.config.options.served_registry`'s, which hold the same
     entries without torch: the same checks, the same messages, nothing built."""
-    from mammoth.config.schema import DATA_FILLED_ARGUMENTS
-    from mammoth.config.value_checks import check_precision_name, check_threads
-
     if registries is None:
         registries = builtin_registries()
     check_settings(cfg)
@@ -148,9 +147,9 @@ def with_registries(spec: RunSpec, registries: Mapping[str, Any] | None = None) 
 
 def builtin_registries() -> dict[str, Any]:
     """The backbone, dataset and model registries (importing torch and the built-ins)."""
-    from mammoth.backbones import BACKBONES
-    from mammoth.datasets import DATASETS
-    from mammoth.models import MODELS
+    from mammoth.backbones import BACKBONES  # lazy: imports torch, kept off the compose path
+    from mammoth.datasets import DATASETS  # lazy: imports torch, kept off the compose path
+    from mammoth.models import MODELS  # lazy: imports torch, kept off the compose path
 
     return {"backbone": BACKBONES, "dataset": DATASETS, "model": MODELS}
 
@@ -162,8 +161,6 @@ def is_set(cfg: DictConfig, key: str) -> bool:
 
 def check_settings(cfg: DictConfig) -> None:
     """Every top-level key is a run setting (``+seeed=3`` is refused with the closest one)."""
-    from mammoth.config.run_settings import setting_names
-
     allowed = setting_names()
     for key in cfg:
         if key != "hydra" and key not in allowed:
@@ -200,7 +197,7 @@ def _resolve_dataset(cfg: DictConfig, registry: Any) -> ResolvedOption | None:
         raise ConfigError("no dataset selected; choose one with dataset=NAME")
     if "_target_" in cfg.dataset:
         return _resolve_option(registry, cfg)
-    from mammoth.datasets import DatasetConfig, get_dataset_class
+    from mammoth.datasets import DatasetConfig, get_dataset_class  # lazy: imports torch, kept off the compose path
 
     if not is_set(cfg.dataset, "name"):
         raise ConfigError("dataset.name is missing; a dataset config needs the name of a registered benchmark")
@@ -230,8 +227,6 @@ def recorded_config(cfg: DictConfig, resolved: dict[str, Any], hydra: Any = None
     ``${dataset.root}`` when that reads it), replaced by the text it was written as: the run uses
     the value, what it records does not hold it (as Hydra's ``.hydra/config.yaml``). References to
     ``hydra.*`` are looked up in ``cfg``'s ``hydra`` node, else in ``hydra`` (the job's)."""
-    from mammoth.config.interpolations import UNKNOWN, raw_lookup, resolvers_used
-
     raw = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"]), resolve=False)
     hydra = cfg.get("hydra") if "hydra" in cfg else hydra
     lookup = raw_lookup({**raw, "hydra": OmegaConf.to_container(hydra, resolve=False) if hydra is not None else {}})

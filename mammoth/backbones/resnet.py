@@ -62,7 +62,7 @@ class ResNet(MammothBackbone):
         stem = resolve_stem(stem, input_shape)
         if width < 1:
             raise BackboneError(f"invalid resnet width {width!r}; allowed: a positive integer")
-        from torchvision.models.resnet import BasicBlock, Bottleneck
+        from torchvision.models.resnet import BasicBlock, Bottleneck  # lazy: torchvision (heavy), kept off import mammoth.backbones
 
         kind, blocks = RESNET_LAYOUTS[depth]
         block = BasicBlock if kind == "basic" else Bottleneck

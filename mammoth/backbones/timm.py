@@ -13,14 +13,18 @@ weights or that the model class does not take is refused.
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import inspect
 import logging
 import math
+import sys
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any, Optional
 
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor, nn
 
 from mammoth.backbones.base import MammothBackbone
@@ -44,7 +48,7 @@ FREEZE_CHOICES = ("none", "all-but-head")
 def import_timm() -> Any:
     """The timm package, or a one-line BackboneError saying how to install it."""
     try:
-        import timm
+        import timm  # optional: timm
     except ImportError:
         raise BackboneError(
             "backbone=timm needs the timm package, which is not installed; install it with: pip install timm"
@@ -112,11 +116,6 @@ class TimmBackbone(MammothBackbone):
         """The sha256 of the loaded weights file (None when randomly initialised)."""
         return None if self.weights is None else self.weights.sha256
 
-    @property
-    def pretrained_config(self) -> dict[str, Any]:
-        """timm's pretrained config of the model (its ``mean``, ``std``, ``input_size``...)."""
-        return dict(getattr(self.trunk, "pretrained_cfg", {}) or {})
-
     def extract_features(self, x: Tensor) -> Tensor:
         """The pre-logits features (a ViT's class token after its final norm, a ResNet's pooled map)."""
         return self.trunk(x)
@@ -135,7 +134,7 @@ class TimmBackbone(MammothBackbone):
         """Whether the model is a timm ``VisionTransformer`` (or a subclass: DeiT, DeiT-3, FlexiViT...),
         whose parts the token interface runs; other ViT-like models (EVA's rotary embeddings,
         relative-position or BEiT blocks) need arguments of their own inside their blocks."""
-        from timm.models.vision_transformer import VisionTransformer
+        from timm.models.vision_transformer import VisionTransformer  # optional: timm
 
         return isinstance(self.trunk, VisionTransformer)
 
@@ -290,8 +289,6 @@ def unknown_argument_message(name: str, key: str, allowed: list[str]) -> str:
 def model_class_parameters(timm: Any, name: str) -> set[str]:
     """The named parameters of the ``__init__`` of the class timm builds for ``name`` (``**`` when
     it also takes any keyword), found by building the model on the meta device (no memory, no weights)."""
-    import torch
-
     try:
         with torch.device("meta"):
             model = timm.create_model(name, pretrained=False)
@@ -307,8 +304,6 @@ def model_class_parameters(timm: Any, name: str) -> set[str]:
 
 def _plain(value: Any) -> Any:
     """``value`` with OmegaConf containers turned into dicts and lists."""
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
     if isinstance(value, (DictConfig, ListConfig)):
         return OmegaConf.to_container(value, resolve=True)
     return dict(value) if isinstance(value, Mapping) else value
@@ -317,8 +312,6 @@ def _plain(value: Any) -> Any:
 def unknown_timm_model_message(timm: Any, name: str) -> str:
     """``unknown timm model 'x'; allowed: ...`` listing the models of the same architecture, or
     the five closest names of ``timm.list_models()`` (it has over a thousand)."""
-    import difflib
-
     pattern = f"{name.split('.')[0]}*"
     same_architecture = set(timm.list_models(pattern)) | set(timm.list_models(pattern, pretrained=True))
     if same_architecture:
@@ -335,7 +328,7 @@ def load_timm_weights(model: nn.Module, name: str, path: Optional[str], pin: Opt
     channels, the classifier dropped), from the very bytes that were verified. ``strict``: every
     key of ``model`` must be loaded and every key of the file used, or a one-line BackboneError
     names the missing and unexpected ones; otherwise they are recorded. Returns the file loaded."""
-    from timm.models import load_pretrained
+    from timm.models import load_pretrained  # optional: timm
 
     config = dict(getattr(model, "pretrained_cfg", {}) or {})
     what = f"timm model {name!r}"
@@ -397,8 +390,6 @@ def _input_channels(model: nn.Module) -> int:
 def _filter_function(model: nn.Module) -> Any:
     """The ``checkpoint_filter_fn`` of the model's timm module (it maps published checkpoints to
     the model: position embeddings resized, old layouts renamed), or None."""
-    import sys
-
     return getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
 
 

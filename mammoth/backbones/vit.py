@@ -74,7 +74,7 @@ class VisionTransformer(MammothBackbone):
             raise BackboneError(f"invalid vit mlp_ratio {mlp_ratio!r}; allowed: mlp_ratio > 0 with width * mlp_ratio >= 1")
         if not 0.0 <= dropout <= 1.0:
             raise BackboneError(f"invalid vit dropout {dropout!r}; allowed: 0 <= dropout <= 1")
-        from torchvision.models.vision_transformer import EncoderBlock
+        from torchvision.models.vision_transformer import EncoderBlock  # lazy: torchvision (heavy), kept off import mammoth.backbones
 
         mlp_width = int(width * mlp_ratio)
         blocks = [EncoderBlock(heads, width, mlp_width, dropout, dropout) for _ in range(depth)]

@@ -8,12 +8,15 @@ asked for pretrained weights, the file is not cached, and ``HF_HUB_OFFLINE`` is 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from mammoth.config.user_paths import launch_path
 from mammoth.errors import BackboneError
@@ -105,8 +108,8 @@ def hub_weights_file(repo_id: str, model: str, pin: str | None, filename: str | 
     """The verified weights of ``repo_id`` on the Hugging Face hub, from its cache, with the bytes
     verified; fetched once when not cached and not offline. Offline with nothing cached: a one-line
     BackboneError naming the model, where it looked and how to fetch the file."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    from huggingface_hub import hf_hub_download  # optional: huggingface_hub (comes with timm)
+    from huggingface_hub.errors import LocalEntryNotFoundError  # optional: huggingface_hub (comes with timm)
 
     cache = hub_cache_directory()
     names = (filename,) if filename else HUB_FILENAMES
@@ -164,7 +167,7 @@ def git_blob_sha1(data: bytes) -> str:
 
 def _download(repo_id: str, names: tuple[str, ...], cache: Path, model: str, pin: str | None) -> tuple[WeightsFile, bytes]:
     """Fetch the first of ``names`` the hub has into ``cache``; a one-line BackboneError otherwise."""
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download  # optional: huggingface_hub (comes with timm)
 
     reason = ""
     for name in names:
@@ -195,14 +198,10 @@ def read_state_dict(data: bytes, path: Path, what: str) -> dict[str, Any]:
     file through safetensors, a torch file through ``torch.load(weights_only=True)`` (a pickle of
     anything but tensors is refused unread), anything else refused in one line. A checkpoint that
     wraps its weights (``state_dict``, ``model``) is unwrapped."""
-    import io
-
-    import torch
-
     neither = (f"the weights file {path} for {what} is neither a safetensors file nor a torch weights-only checkpoint; "
                "allowed: a .safetensors file, or a torch file of tensors")
     if is_safetensors(data):
-        from safetensors.torch import load
+        from safetensors.torch import load  # optional: safetensors (comes with timm)
 
         try:
             return load(data)

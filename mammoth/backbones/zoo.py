@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
+import re
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
+import torch.hub
 from torch import Tensor, nn
 
 from mammoth.backbones.base import MammothBackbone
@@ -18,7 +23,7 @@ _HEAD_ATTRIBUTES = ("fc", "classifier", "heads", "head")
 
 def torchvision_architectures() -> list[str]:
     """Names of torchvision's classification architectures (``torchvision.models.list_models``)."""
-    import torchvision.models
+    import torchvision.models  # lazy: torchvision (heavy), kept off import mammoth.backbones
 
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
@@ -78,7 +83,7 @@ def _build_trunk(arch: str, weights: Optional[str], options: dict) -> nn.Module:
     name and loaded from those very bytes with ``torch.load(weights_only=True)``, never by
     torchvision reopening the file. Unknown ``weights``, weights that can be neither downloaded
     nor found, and a file that does not fit are one-line BackboneErrors."""
-    import torchvision.models
+    import torchvision.models  # lazy: torchvision (heavy), kept off import mammoth.backbones
 
     if weights is None:
         return torchvision.models.get_model(arch, **options)
@@ -94,10 +99,6 @@ def _build_trunk(arch: str, weights: Optional[str], options: dict) -> nn.Module:
 def _verified_state_dict(arch: str, weights: str, url: str) -> dict:
     """The state dict of the cached file for ``url`` (downloaded first when missing), from bytes
     read once, hashed (:func:`check_cached_weights`) and loaded with ``weights_only=True``."""
-    import io
-
-    import torch
-
     path = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
     if not path.is_file():
         _download(url, path, arch, weights)
@@ -114,8 +115,6 @@ def _verified_state_dict(arch: str, weights: str, url: str) -> dict:
 
 def _download(url: str, path: Path, arch: str, weights: str) -> None:
     """Download ``url`` to ``path`` as ``torch.hub`` does (checking the sha256 prefix its name carries)."""
-    import torch.hub
-
     match = torch.hub.HASH_REGEX.search(path.name)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -132,9 +131,7 @@ def _pretrained_model(arch: str, member: Any, options: dict, state_dict: dict) -
     """The model torchvision's builder makes for weights ``member`` (its class count and input
     size; GoogLeNet's and Inception's auxiliary heads and input transform), with ``state_dict``
     loaded strictly (DenseNet's old key names renamed, as torchvision does)."""
-    import re
-
-    import torchvision.models
+    import torchvision.models  # lazy: torchvision (heavy), kept off import mammoth.backbones
 
     arguments = {**options, "num_classes": len(member.meta["categories"])}
     auxiliary = arch in ("googlenet", "inception_v3")
@@ -168,10 +165,6 @@ def check_cached_weights(path: Path, arch: str, data: bytes) -> None:
     ``torch.hub`` checks a download (``check_hash``) but never the cached file: checked on
     ``data``, the bytes read from ``path`` that are then loaded; a one-line BackboneError names the
     file otherwise."""
-    import hashlib
-
-    import torch.hub
-
     match = torch.hub.HASH_REGEX.search(path.name)
     if match is None or not match.group(1):
         return

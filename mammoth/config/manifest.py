@@ -19,6 +19,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import types
+import typing
 from importlib import resources
 from typing import Any, Literal, Optional
 
@@ -31,9 +33,6 @@ _SCALARS = {"int": int, "float": float, "str": str, "bool": bool, "any": Any}
 def encode_type(hint: Any) -> Any:
     """A schema field's type or an argument's hint as JSON: ``int``, ``["optional", "int"]``
     (also ``int | None``), ``["tuple", "int", "..."]``, ``["literal", 18, 34]``."""
-    import types
-    import typing
-
     for name, scalar in _SCALARS.items():
         if hint is scalar:
             return name

@@ -27,7 +27,6 @@ from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
-from mammoth.errors import MammothError, closest_match, unknown_name_message
 from mammoth.config.schema import (
     Argument,
     ValueCheckError,
@@ -37,6 +36,8 @@ from mammoth.config.schema import (
     schema_class_name,
     signature_arguments,
 )
+from mammoth.errors import MammothError, closest_match, unknown_name_message
+from mammoth.plugins import load_plugins_once
 
 T = TypeVar("T")
 _NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]*$")
@@ -105,8 +106,6 @@ def add_registration_listener(listener: Callable[[str, str], None]) -> None:
 
 
 def _load_plugins() -> None:
-    from mammoth.plugins import load_plugins_once
-
     load_plugins_once()
 
 
@@ -206,12 +205,6 @@ class Registry:
         except TypeError as error:
             raise self.error_type(f"cannot register {self.kind} {key!r}: {error}") from None
         return Entry(name=key, target=target, arguments=arguments, schema=schema)
-
-    def unregister(self, name: str) -> None:
-        """Remove an entry (for tests and notebooks that redefine a callable)."""
-        key = canonical_name(name)
-        self.get(key)
-        del self._entries[key]
 
     def names(self) -> list[str]:
         """The registered names (the installed plugins' included), sorted."""

@@ -10,7 +10,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-from mammoth.datasets.base import AUGMENTATIONS, ContinualDataset, DatasetConfig, TaskData, random_crop_flip
+from mammoth.datasets.base import AUGMENTATIONS, ContinualDataset, DatasetConfig, random_crop_flip
 from mammoth.errors import DatasetError, unknown_name_message
 from mammoth.config.options import DEFAULT_BACKBONE_GROUP, default_backbone_option  # noqa: F401  (public here too)
 from mammoth.config.registry import Registry, canonical_name, import_modules
@@ -20,7 +20,6 @@ __all__ = [
     "DATASETS",
     "ContinualDataset",
     "DatasetConfig",
-    "TaskData",
     "build_dataset",
     "get_dataset_class",
     "list_datasets",

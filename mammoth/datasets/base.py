@@ -10,6 +10,11 @@ splits, per-task transformations, augmentation, normalisation) lives here, the s
 from __future__ import annotations
 
 import dataclasses
+import errno
+import hashlib
+import os
+import shutil
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +25,8 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from mammoth.config.user_paths import launch_path
 from mammoth.config.value_checks import check_positive_int
-from mammoth.datasets import labels as label_settings
+from mammoth.datasets import labels as label_settings, transforms
+from mammoth.datasets.image_files import files_fingerprint
 from mammoth.datasets.source import DataSource, InMemorySource, RelabeledSource
 from mammoth.errors import DatasetError
 
@@ -84,17 +90,6 @@ class PreparedLabels:
     test_labels: torch.Tensor
 
 
-@dataclass
-class TaskData:
-    """The data of one task: ``x`` are uint8 images (N, C, H, W) or float features ``(N, *input_shape)``
-    on CPU, ``y`` int64 tensors (N,)."""
-
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-
-
 def random_crop_flip(
     x: torch.Tensor, padding: int = CROP_PADDING, generator: torch.Generator | None = None
 ) -> torch.Tensor:
@@ -141,8 +136,6 @@ def coerce_config(config: DatasetConfig | Mapping[str, Any]) -> dict[str, Any]:
 
 def tensor_fingerprint(tensor: torch.Tensor) -> dict[str, Any]:
     """``{"shape": [...], "sha256": HEX}`` of a CPU tensor's contents (its shape and dtype hashed too)."""
-    import hashlib
-
     contiguous = tensor.detach().cpu().contiguous()
     digest = hashlib.sha256(f"{contiguous.dtype} {tuple(contiguous.shape)}\n".encode())
     if contiguous.numel():
@@ -164,10 +157,7 @@ def download_and_extract_privately(url: str, root: str | Path, folder: str, **op
     ``root``: in one rename when ``root/folder`` does not exist, else file by file for the files it
     lacks (never overwriting one). Runs downloading at once never write the same file, and a
     reader never sees a half-extracted file. The temporary directory is always removed."""
-    import shutil
-    import tempfile
-
-    from torchvision.datasets.utils import download_and_extract_archive
+    from torchvision.datasets.utils import download_and_extract_archive  # lazy: torchvision (heavy), kept off import mammoth.datasets
 
     Path(root).mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{folder}.", suffix=".tmp"))
@@ -180,9 +170,6 @@ def download_and_extract_privately(url: str, root: str | Path, folder: str, **op
 
 def _move_missing(source: Path, target: Path) -> None:
     """Move ``source`` to ``target`` if it is not there; else move, recursively, what ``target`` lacks."""
-    import errno
-    import os
-
     if not source.is_dir():
         try:
             os.link(source, target, follow_symlinks=False)  # whole or absent, and never over an existing file
@@ -237,7 +224,7 @@ class ContinualDataset:
         """Validate ``config`` and the ``fields`` given as keywords (``root=...``, what Hydra's
         ``instantiate`` passes); absent batch_size / n_epochs take the benchmark's defaults.
 
-        The source data is not read here but on the first :meth:`get_task`.
+        The source data is not read here but on first use (:meth:`task_source`, :meth:`sources`).
         """
         values = {**coerce_config({} if config is None else config), **coerce_config(fields)}
         name = values.get("name", self.name)
@@ -432,8 +419,6 @@ class ContinualDataset:
 
     def stream_fingerprint(self) -> dict[str, dict[str, Any]]:
         """The fingerprint of a streaming benchmark whose sources are ImageFileSources."""
-        from mammoth.datasets.image_files import files_fingerprint
-
         train, test = self.sources()
         return {f"{split} files": files_fingerprint(self.config.root, source.paths, source.labels)
                 for split, source in (("train", train), ("test", test))}
@@ -573,28 +558,6 @@ class ContinualDataset:
             cache[key] = (base, labels, RelabeledSource(base, labels))
         return cache[key][2]
 
-    def get_task(self, task: int) -> TaskData:
-        """The train and evaluation data of ``task`` as whole tensors (uint8 images or float features
-        on CPU, int64 labels) of an in-memory benchmark; the harness reads :meth:`task_source` and
-        :meth:`test_source` instead."""
-        self._check_task(task)
-        train_x, _, test_x, _ = self.source()
-        train_labels, train_indices = self._task_indices(task, "train")
-        eval_labels, eval_indices = self._task_indices(task, "eval")
-        eval_x = train_x if self.prepared().eval_on_train else test_x
-        if self.setting == "domain-il":
-            train_x, eval_x = self.apply_task_transform(task, train_x), self.apply_task_transform(task, eval_x)
-        return TaskData(train_x[train_indices], train_labels[train_indices], eval_x[eval_indices], eval_labels[eval_indices])
-
-    @staticmethod
-    def to_float(x: torch.Tensor) -> torch.Tensor:
-        """uint8 images -> float32 in [0, 1]; float features are returned as they are."""
-        if x.is_floating_point():
-            return x
-        if x.dtype != torch.uint8:
-            raise DatasetError(f"to_float expects a uint8 or float tensor, got dtype {x.dtype}")
-        return x.float().div_(255)
-
     def _is_image(self) -> bool:
         """Whether the examples are images (N, C, H, W), which crop-flip and per-channel statistics need."""
         return len(self.input_shape) == 3
@@ -634,8 +597,6 @@ class ContinualDataset:
         ``random-resized-crop-flip``: the original's ``RandomResizedCrop(input size, crop_scale,
         BICUBIC)`` + flip; ``random-crop-flip``: ``RandomCrop(input size)`` + flip (see
         :mod:`mammoth.datasets.transforms`)."""
-        from mammoth.datasets import transforms
-
         self._check_batch(x)
         if self._is_image() and self.augmentation is not None:
             size = tuple(self.input_shape[1:])
@@ -650,8 +611,6 @@ class ContinualDataset:
     def test_transform(self, x: torch.Tensor) -> torch.Tensor:
         """Evaluation transform of a float batch in [0, 1]: images of another size than the input
         are resized to it (bicubic, as the original's ``Resize``), then normalised."""
-        from mammoth.datasets import transforms
-
         self._check_batch(x)
         if self._is_image() and tuple(x.shape[-2:]) != tuple(self.input_shape[1:]):
             x = transforms.resize(x, tuple(self.input_shape[1:]))

@@ -8,14 +8,16 @@ only rebuilds numpy arrays, so a tampered file cannot run code; a file that trie
 
 from __future__ import annotations
 
+import codecs
 import pickle
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from mammoth.datasets import register_dataset
-from mammoth.datasets.base import ContinualDataset, missing_files_error
+from mammoth.datasets.base import ContinualDataset, download_and_extract_privately, missing_files_error
 from mammoth.errors import DatasetError
 
 Source = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -28,10 +30,6 @@ class BatchUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         """The allowed callables; an UnpicklingError naming any other."""
-        import codecs
-
-        import numpy as np
-
         if name == "_reconstruct" and module in ("numpy.core.multiarray", "numpy._core.multiarray"):
             return np.ndarray.__reduce__(np.zeros(0))[0]  # numpy's _reconstruct, whatever its module
         allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype, ("_codecs", "encode"): codecs.encode}
@@ -49,8 +47,6 @@ def unpickle_batch(path: Path) -> Any:
 def read_batch(path: Path, label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (N, 3, 32, 32) uint8 and labels (N,) int64 of the batch file ``path``; a ValueError
     (or an unpickling error) says why the file is not a CIFAR batch."""
-    import numpy as np
-
     entry = unpickle_batch(path)
     if not isinstance(entry, dict):
         raise ValueError(f"holds a {type(entry).__name__}, not a dict")
@@ -84,8 +80,6 @@ def expected_names(reader: Any) -> list[str]:
 def download_cifar(dataset: str, reader: Any, root: str) -> None:
     """Download and extract the archive of the torchvision CIFAR class ``reader`` into ``root``
     (md5-checked; through a temporary directory, so runs downloading at once never collide)."""
-    from mammoth.datasets.base import download_and_extract_privately
-
     try:
         download_and_extract_privately(reader.url, root, reader.base_folder, filename=reader.filename, md5=reader.tgz_md5)
     except Exception as error:
@@ -97,7 +91,7 @@ def download_cifar(dataset: str, reader: Any, root: str) -> None:
 
 def read_cifar(dataset: str, class_name: str, root: str, download: bool) -> Source:
     """Read the CIFAR archive of ``class_name`` ("CIFAR10" or "CIFAR100") under ``root``."""
-    from torchvision import datasets
+    from torchvision import datasets  # lazy: torchvision (heavy), kept off import mammoth.datasets
 
     tv_class = getattr(datasets, class_name)  # for its file names and URL; mammoth reads the files
     folder = Path(root) / tv_class.base_folder

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from mammoth.datasets import register_dataset
@@ -45,8 +46,6 @@ def load_digits_split() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch
 
     The split is stratified and fixed (seed 0), independent of the run seed.
     """
-    import numpy as np
-
     table = np.loadtxt(digits_file(), delimiter=",")
     images = torch.from_numpy(np.rint(table[:, :-1] * (255.0 / 16.0)).astype(np.uint8).reshape(-1, 1, 8, 8))
     labels = torch.from_numpy(table[:, -1].astype(np.int64))

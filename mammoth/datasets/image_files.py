@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -62,7 +63,7 @@ DEFAULT_PIXEL_LIMIT = 2 * 89_478_485
 def pixel_limit() -> int:
     """The most pixels an image may hold, decoded or resized: Pillow's decompression-bomb limit
     (``2 * PIL.Image.MAX_IMAGE_PIXELS``; :data:`DEFAULT_PIXEL_LIMIT` when that setting is None)."""
-    from PIL import Image
+    from PIL import Image  # lazy: PIL, only to decode image files; kept off import mammoth.datasets
 
     return 2 * int(Image.MAX_IMAGE_PIXELS) if Image.MAX_IMAGE_PIXELS else DEFAULT_PIXEL_LIMIT
 
@@ -71,7 +72,7 @@ def open_rgb(path: Path) -> "PILImage":
     """The image at ``path`` decoded by Pillow, as RGB: the one way a file is decoded. A file that
     cannot be decoded, or whose width x height exceeds :func:`pixel_limit` (a decompression bomb),
     is a one-line DatasetError naming it, its size and what is allowed; nothing is decoded then."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError  # lazy: PIL, only to decode image files; kept off import mammoth.datasets
 
     try:
         with Image.open(path) as file:
@@ -119,8 +120,7 @@ def decode_resized(path: Path, size: int) -> Tensor:
     Mammoth's datasets do), shorter side resized to ``size`` (antialiased), centre cropped. A file
     that cannot be decoded, or too large decoded or resized (:func:`check_pixels`), is a
     DatasetError naming it."""
-    import numpy as np
-    from torchvision.transforms.v2 import functional
+    from torchvision.transforms.v2 import functional  # lazy: torchvision (heavy), kept off import mammoth.datasets
 
     image = open_rgb(path)
     check_pixels(path, image.size, shorter_side_size(*image.size, size))
@@ -154,8 +154,7 @@ def decode_image(path: Path, decode: Decode) -> Tensor:
     bicubic resize, the original's ``Resize(..., BICUBIC)`` / ``CenterCrop`` on PIL images). A
     file that cannot be decoded, or too large decoded or resized (:func:`check_pixels`: a 1x300000
     file resized to 256 on its shorter side would take 59 GB), is a DatasetError naming it."""
-    import numpy as np
-    from PIL import Image
+    from PIL import Image  # lazy: PIL, only to decode image files; kept off import mammoth.datasets
 
     image = open_rgb(path)
     width, height = image.size

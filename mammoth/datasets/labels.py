@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -39,8 +40,6 @@ def class_order(value: Optional[list[int] | str], n_classes: int, seed: int) -> 
     ``P = np.random.permutation(n_classes)``, and class ``c`` becomes class ``P[c]``; the order
     returned is therefore ``argsort(P)``. Drawn from a ``RandomState`` of its own (the same
     numbers; numpy's global RNG is left alone)."""
-    import numpy as np
-
     if value is None:
         return None
     if value == "permute":
@@ -103,8 +102,6 @@ def noisy_labels(labels: Tensor, noise_type: str, rate: float, seed: int, asymme
     ``asymmetric``: CIFAR-10's fixed mistakes (:data:`CIFAR10_TRANSITIONS`, ``RandomState(seed)``)
     or CIFAR-100's flip to the next class within blocks of 5 labels (``RandomState(0)``, as the original).
     """
-    import numpy as np
-
     targets = labels.numpy()
     noisy = targets.copy()
     positions = np.arange(len(targets))
@@ -134,8 +131,6 @@ def noisy_labels(labels: Tensor, noise_type: str, rate: float, seed: int, asymme
 def _cifar100_asymmetric(targets: Any, rate: float) -> Any:
     """The original's ``noisify_cifar100_asymmetric``: blocks of 5 labels, each flips to the next
     of its block with probability ``rate`` (a multinomial draw per example from ``RandomState(0)``)."""
-    import numpy as np
-
     matrix = np.eye(100)
     for block in range(20):
         start, stop = block * 5, (block + 1) * 5

@@ -7,14 +7,20 @@ mammoth parses them itself.
 
 from __future__ import annotations
 
+import gzip
 import math
+import shutil
+import time
+import zlib
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from mammoth.datasets import register_dataset
 from mammoth.datasets.base import ContinualDataset, missing_files_error
 from mammoth.errors import ConfigError, DatasetError
+from mammoth.files import atomic_file, remove_stale_temporaries
 
 IMAGES_MAGIC = 2051
 LABELS_MAGIC = 2049
@@ -63,14 +69,6 @@ def extract_gzipped_idx_files(raw: Path) -> list[str]:
     Debian's dataset-fashion-mnist); return the names written. Each is written atomically
     through a temporary file of its own, so runs extracting at once never collide; a corrupt or
     truncated ``.gz`` raises a ``ValueError`` naming it and leaves nothing behind."""
-    import gzip
-    import shutil
-    import zlib
-
-    import time
-
-    from mammoth.files import atomic_file, remove_stale_temporaries
-
     names = [name for pair in IDX_FILES.values() for name in pair]
     if raw.is_dir():
         remove_stale_temporaries(raw, before=time.time(), names=names)  # an extraction killed mid-write
@@ -112,7 +110,7 @@ def corrupt_error(dataset: str, path: Path, problem: str, folder: str, raw: Path
 
 def download_idx(dataset: str, folder: str, root: str, raw: Path) -> None:
     """Download and extract the IDX files of ``folder`` with torchvision (md5-checked, tries its mirrors)."""
-    from torchvision import datasets
+    from torchvision import datasets  # lazy: torchvision (heavy), kept off import mammoth.datasets
 
     try:
         # download() alone: constructing the dataset would first load a legacy processed/*.pt file.
@@ -128,8 +126,6 @@ def download_idx(dataset: str, folder: str, root: str, raw: Path) -> None:
 
 def read_idx(path: Path, magic: int) -> torch.Tensor:
     """The uint8 array of the IDX file ``path`` (its header already checked by :func:`idx_header_problem`)."""
-    import numpy as np
-
     n_dims = magic & 0xFF
     data = path.read_bytes()
     dims = [int.from_bytes(data[4 * i : 4 * i + 4], "big") for i in range(1, n_dims + 1)]
@@ -256,6 +252,6 @@ class RotatedMNIST(_IDXBenchmark):
 
     def apply_task_transform(self, task: int, x: torch.Tensor) -> torch.Tensor:
         """Rotate every image of ``x`` (N, 1, H, W) by the angle of ``task``, all at once."""
-        from torchvision.transforms.v2 import functional as F
+        from torchvision.transforms.v2 import functional as F  # lazy: torchvision (heavy), kept off import mammoth.datasets
 
         return F.rotate(x, self.task_angle(task)).contiguous()

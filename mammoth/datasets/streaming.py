@@ -20,6 +20,7 @@ from torch import Tensor
 from mammoth.config.user_paths import launch_path
 from mammoth.datasets import register_dataset
 from mammoth.datasets.base import ContinualDataset, DatasetConfig, coerce_config
+from mammoth.datasets.digits import stratified_split
 from mammoth.datasets.image_files import IMAGE_SUFFIXES, Decode, ImageFileSource, list_image_folder
 from mammoth.datasets.source import DataSource
 from mammoth.errors import DatasetError
@@ -241,8 +242,6 @@ class ImageFolder(StreamingImageBenchmark):
         return classes
 
     def list_files(self) -> Files:
-        from mammoth.datasets.digits import stratified_split
-
         split = self._split_folders()
         if split is not None:
             train_paths, train_labels, train_classes = list_image_folder(split[0])

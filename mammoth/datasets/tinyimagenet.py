@@ -12,10 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from mammoth.datasets import register_dataset
-from mammoth.datasets.base import ContinualDataset, missing_files_error
+from mammoth.datasets.base import ContinualDataset, download_and_extract_privately, missing_files_error
 from mammoth.errors import DatasetError
 
 URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
@@ -36,8 +37,6 @@ def how_to_get(root: str) -> str:
 def download_tinyimagenet(dataset: str, root: str) -> None:
     """Download and unzip the archive into ``root`` (md5-checked; through a temporary directory, so
     runs downloading at once never collide) unless ``train/`` is already there."""
-    from mammoth.datasets.base import download_and_extract_privately
-
     if (Path(root) / FOLDER / "train").is_dir():
         return
     try:
@@ -67,8 +66,6 @@ def check_layout(dataset: str, root: str) -> None:
 
 def decode_images(dataset: str, paths: list[str], loader: Callable[[str], Any]) -> torch.Tensor:
     """Decode every image of ``paths`` once, with ``loader`` (PIL, RGB), into one uint8 (N, 3, 64, 64) tensor."""
-    import numpy as np
-
     images = np.empty((len(paths), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     for index, path in enumerate(paths):
         try:
@@ -83,7 +80,7 @@ def decode_images(dataset: str, paths: list[str], loader: Callable[[str], Any]) 
 
 def read_image_folder(dataset: str, directory: Path, root: str) -> Any:
     """torchvision's ``ImageFolder`` over ``directory``, its errors turned into DatasetErrors."""
-    from torchvision import datasets
+    from torchvision import datasets  # lazy: torchvision (heavy), kept off import mammoth.datasets
 
     try:
         return datasets.ImageFolder(str(directory))

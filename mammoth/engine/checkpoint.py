@@ -15,11 +15,12 @@ from typing import Any
 
 import torch
 
-from mammoth.errors import ConfigError
+from mammoth.datasets.image_files import files_change
+from mammoth.engine.distributed import is_main_process
 from mammoth.engine.evaluation import SETTING_METRICS
+from mammoth.errors import ConfigError
 from mammoth.files import open_nofollow, write_atomic
 
-CHECKPOINT_NAME = "checkpoint.pt"
 #: Version of the checkpoint layout; a checkpoint of another version is refused on resume.
 CHECKPOINT_FORMAT = 4
 #: First bytes of every checkpoint file.
@@ -68,8 +69,6 @@ def save_checkpoint(path: Path, model: Any, generator: torch.Generator, state: T
     ``torch.save`` payload, which holds only what ``torch.load(weights_only=True)`` reads.
     On several processes only rank 0 writes it (every rank holds the same state).
     """
-    from mammoth.engine.distributed import is_main_process
-
     if not is_main_process():
         return
     checkpoint = {
@@ -193,7 +192,7 @@ def load_checkpoint(path: Path, model: Any, generator: torch.Generator, config: 
     the classes seen so far.
     """
     checkpoint = read_checkpoint(path)
-    saved = _with_resolved_device(checkpoint["config"])
+    saved = checkpoint["config"]
     differences = sorted(key for key in set(config) | set(saved) if config.get(key) != saved.get(key))
     if differences:
         raise ConfigError(
@@ -233,8 +232,6 @@ def _check_same_data(path: Path, recorded: Any, dataset: Any) -> None:
         if isinstance(before, dict) and isinstance(now, dict) and before.get("shape") != now.get("shape"):
             changed.append(f"{part} (shape {before.get('shape')} then, {now.get('shape')} now)")
         elif isinstance(before, dict) and isinstance(now, dict) and "files" in now:  # a streamed benchmark's files
-            from mammoth.datasets.image_files import files_change
-
             changed.append(f"{part} ({files_change(before, now)})")
         else:
             changed.append(f"{part} (different contents)")
@@ -242,16 +239,6 @@ def _check_same_data(path: Path, recorded: Any, dataset: Any) -> None:
         f"resume=true on different data: the {dataset.name} data under {dataset.config.root} changed since the "
         f"checkpoint {path} was written: {', '.join(changed)}; resume with the data the run started on, or {RESTART}"
     )
-
-
-def _with_resolved_device(config: dict[str, Any]) -> dict[str, Any]:
-    """A checkpoint's config with ``device: auto`` (written before runs recorded the device they
-    chose) read as the device ``auto`` resolves to here, as a resume now compares it."""
-    if config.get("device") != "auto":
-        return config
-    from mammoth.engine.device import resolve_device
-
-    return {**config, "device": str(resolve_device("auto"))}
 
 
 def _is_number(value: Any) -> bool:

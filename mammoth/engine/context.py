@@ -14,7 +14,9 @@ import math
 from typing import Any, Callable, Iterator, Optional
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from mammoth.datasets.source import Batch, DataSource
 from mammoth.engine.distributed import GradientHooks, Shard, gather_in_rank_order, is_main_process
@@ -132,7 +134,6 @@ class TrainingContext:
         :attr:`num_workers` DataLoader workers, in order."""
         if self.num_workers == 0 or len(chunks) == 0:
             return (source.read(indices, self.device) for indices in chunks)
-        from torch.utils.data import DataLoader
 
         loader = DataLoader(_BatchReads(source, chunks), batch_size=None, shuffle=False, num_workers=self.num_workers,
                             pin_memory=self.device.type == "cuda")
@@ -154,8 +155,6 @@ class TrainingContext:
         then :attr:`report` ``(description, epoch, mean loss)``. An empty source trains nothing,
         calls nothing and returns 0.
         """
-        from tqdm.auto import tqdm
-
         if len(source) == 0:
             return 0.0
         size = self.batch_size if batch_size is None else batch_size

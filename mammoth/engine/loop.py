@@ -12,11 +12,12 @@ import torch
 
 from mammoth.config.value_checks import check_positive_int
 from mammoth.datasets.source import DataSource
-from mammoth.engine.checkpoint import CHECKPOINT_NAME, TrainingState, load_checkpoint, save_checkpoint
+from mammoth.engine.checkpoint import TrainingState, load_checkpoint, save_checkpoint
 from mammoth.engine.context import EpochReport, TrainingContext, build_context
 from mammoth.engine.distributed import average_batchnorm_statistics, evaluate_on_ranks, observe_on_shard
 from mammoth.engine.evaluation import evaluate_tasks, reports_top5
 from mammoth.errors import TrainingError
+from mammoth.files import CHECKPOINT_NAME
 
 log = logging.getLogger("mammoth")
 
@@ -133,7 +134,7 @@ def _record_peak_memory(state: TrainingState, device: torch.device) -> None:
     """Append the task's peak memory to ``state``: the process's max RSS (a process-lifetime peak,
     where ``resource`` exists) and, on CUDA, the peak allocated since :func:`_reset_peak_memory`."""
     try:
-        import resource
+        import resource  # optional: resource (POSIX only)
     except ImportError:  # Windows
         resource = None
     if resource is not None:

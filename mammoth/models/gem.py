@@ -25,7 +25,7 @@ QP_EPSILON = 1e-3
 
 def _quadprog() -> Any:
     try:
-        import quadprog
+        import quadprog  # optional: quadprog
     except ImportError as error:
         raise ConfigError(
             "model=gem needs the quadprog package, which is not installed; "

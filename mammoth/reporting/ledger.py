@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
+from importlib.util import find_spec
+from pathlib import Path
 from typing import Any, Sequence
+
+import yaml
 
 from mammoth.errors import ConfigError
 
@@ -34,9 +38,6 @@ class LedgerEntry:
 
 def preset_texts() -> dict[str, str]:
     """Every preset's YAML text by name (``der-seq-cifar100-500``), in name order."""
-    from importlib.util import find_spec
-    from pathlib import Path
-
     # found, not imported: importing mammoth's config package would serve its options to Hydra
     folder = Path(next(iter(find_spec(PRESET_PACKAGE).submodule_search_locations))) / PRESET_FOLDER
     texts = {item.name[: -len(".yaml")]: item.read_text() for item in folder.iterdir() if item.name.endswith(".yaml")}
@@ -71,8 +72,6 @@ def parse_entries(preset: str, document: Any) -> list[LedgerEntry]:
 
 def load_ledger() -> list[LedgerEntry]:
     """Every ledger entry of every preset, in preset order."""
-    import yaml
-
     return [entry for name, text in preset_texts().items() for entry in parse_entries(name, yaml.safe_load(text))]
 
 

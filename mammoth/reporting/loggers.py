@@ -18,15 +18,16 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import importlib
 import inspect
 import logging
 from pathlib import Path
 from typing import Any, Mapping
 
-from mammoth.errors import ConfigError
-from mammoth.reporting.metrics import summarise
 from mammoth.config.registry import Registry, canonical_name
+from mammoth.errors import ConfigError
 from mammoth.files import open_nofollow, path_inside
+from mammoth.reporting.metrics import summarise
 
 log = logging.getLogger("mammoth")
 
@@ -316,8 +317,6 @@ def _build_one(label: str, options: dict[str, Any], run: RunInfo) -> RunLogger:
 
 
 def _optional_import(module: str, logger: str) -> Any:
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError as error:

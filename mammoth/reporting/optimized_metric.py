@@ -24,7 +24,7 @@ def optimized_metric_names(setting: str, top5: bool = False, cuda: bool = False)
     """The ``optimized_metric`` values of a setting: ``class_il.average`` ... ``task_il.new_accuracy``
     for class-il (``class_il.top5`` with ``top5``), ``domain_il.*`` for domain-il, then
     ``resources.train_seconds``, ``resources.peak_rss_mb`` (and ``resources.peak_cuda_mb`` with ``cuda``)."""
-    from mammoth.engine.evaluation import SETTING_METRICS
+    from mammoth.engine.evaluation import SETTING_METRICS  # lazy: imports torch, kept off reproduce --list
 
     names = [f"{kind}.{field}" for kind in SETTING_METRICS[setting] for field in METRIC_DIRECTIONS
              if field != "top5" or (top5 and kind == "class_il")]

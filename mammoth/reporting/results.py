@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import json
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import hydra
+import omegaconf
+
+import mammoth
+from mammoth.files import write_atomic
 from mammoth.reporting.metrics import (
     average_incremental_accuracy, forward_transfer, old_and_new_accuracy, summarise,
 )
@@ -132,18 +138,12 @@ def resources_section(measured: Measurements) -> dict[str, Any]:
 def write_json_atomic(path: Path, document: dict[str, Any]) -> Path:
     """Write ``document`` to ``path`` via a temporary file, so readers never see half a file; a
     failed write (disk full) is a one-line ConfigError and leaves no temporary file."""
-    from mammoth.files import write_atomic
-
     return write_atomic(path, (json.dumps(document, indent=2) + "\n").encode(), "results file")
 
 
 def environment_versions() -> dict[str, str]:
     """Versions of Python and the libraries that decide the numbers."""
-    import hydra
-    import omegaconf
-    import torch
-
-    import mammoth
+    import torch  # lazy: torch, only to record its version (the summary and reproduce read this module)
 
     return {
         "mammoth": mammoth.__version__,
@@ -189,10 +189,6 @@ def plot_results(results: dict[str, Any], path: Path) -> Path:
     """Save a PNG to ``path`` (atomically, never through a symlink planted there): the accuracy
     matrix of the first kind as a heatmap, and the average accuracy of every kind after each
     task as curves."""
-    import io
-
-    from mammoth.files import write_atomic
-
     buffer = io.BytesIO()
     results_figure(results).savefig(buffer, format="png", dpi=100)
     return write_atomic(path, buffer.getvalue(), "plot")
@@ -207,8 +203,8 @@ def metrics_line(block: dict[str, Any]) -> str:
 
 def results_figure(results: dict[str, Any]) -> Any:
     """The matplotlib Figure of :func:`plot_results` (not saved)."""
-    import numpy as np
-    from matplotlib.figure import Figure  # no pyplot: no global figure state, no GUI backend
+    import numpy as np  # lazy: numpy, with matplotlib, only where the plot is drawn
+    from matplotlib.figure import Figure  # lazy: matplotlib (heavy), only where the plot is drawn; no pyplot
 
     kinds = [kind for kind in KIND_TITLES if kind in results]
     matrix = np.array(results[kinds[0]]["matrix"], dtype=float)

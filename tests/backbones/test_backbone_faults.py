@@ -11,6 +11,7 @@ from torch import nn
 
 from mammoth.backbones import BACKBONES, MammothBackbone, build_backbone, register_backbone
 from mammoth.errors import BackboneError
+from registries import restored
 
 CIFAR = (3, 32, 32)
 TINY_VIT = {"width": 8, "depth": 1, "heads": 2}
@@ -137,17 +138,17 @@ def test_unknown_weights_list_the_allowed_ones():
 
 
 def test_a_backbone_without_annotations_on_the_data_filled_arguments_builds():
-    @register_backbone("unannotated-net")
-    class Unannotated(MammothBackbone):
-        def __init__(self, num_classes, input_shape, hidden=4, label=None):
-            super().__init__()
-            channels, height, width = input_shape
-            self.stages = nn.ModuleList([nn.Flatten(), nn.Linear(channels * height * width, hidden)])
-            self.num_features, self.num_classes = hidden, num_classes
-            self.classifier = nn.Linear(hidden, num_classes)
-            self.label = label
+    with restored(BACKBONES):
+        @register_backbone("unannotated-net")
+        class Unannotated(MammothBackbone):
+            def __init__(self, num_classes, input_shape, hidden=4, label=None):
+                super().__init__()
+                channels, height, width = input_shape
+                self.stages = nn.ModuleList([nn.Flatten(), nn.Linear(channels * height * width, hidden)])
+                self.num_features, self.num_classes = hidden, num_classes
+                self.classifier = nn.Linear(hidden, num_classes)
+                self.label = label
 
-    try:
         net = build_backbone("unannotated-net", num_classes=7, input_shape=(1, 2, 3))
         assert net(torch.zeros(5, 1, 2, 3)).shape == (5, 7) and net.label is None
         # Other unannotated arguments keep the rule: the type of the default, else str.
@@ -155,5 +156,3 @@ def test_a_backbone_without_annotations_on_the_data_filled_arguments_builds():
             build_backbone("unannotated-net", num_classes=7, input_shape=(1, 2, 3), hidden="four")
         with pytest.raises(BackboneError, match=r"backbone.label: invalid value 3 for argument 'label'"):
             build_backbone("unannotated-net", num_classes=7, input_shape=(1, 2, 3), label=3)
-    finally:
-        BACKBONES.unregister("unannotated-net")

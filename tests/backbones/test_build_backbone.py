@@ -14,6 +14,7 @@ from torch import nn
 
 from mammoth.backbones import BACKBONES, MammothBackbone, build_backbone, get_backbone_entry, list_backbones, register_backbone
 from mammoth.errors import BackboneError
+from registries import restored
 
 CIFAR = (3, 32, 32)
 RESNET18_TARGET = "mammoth.backbones.resnet.resnet18"
@@ -49,17 +50,9 @@ def spy_target(**kwargs: object) -> None:
 
 @pytest.fixture
 def temporary():
-    """register(name, target) for the test's duration; unregistered afterwards."""
-    names: list[str] = []
-
-    def register(name: str, target: object) -> object:
-        register_backbone(name)(target)
-        names.append(name)
-        return target
-
-    yield register
-    for name in names:
-        BACKBONES.unregister(name)
+    """register(name, target) for the test's duration; forgotten afterwards."""
+    with restored(BACKBONES):
+        yield lambda name, target: register_backbone(name)(target)
 
 
 def resnet18_config(**values: object):
@@ -286,16 +279,14 @@ def test_unknown_name_lists_names_and_closest_match() -> None:
 
 
 def test_a_backbone_argument_named_checked_reaches_the_backbone() -> None:
-    @register_backbone("checked-net")
-    class CheckedNet(MammothBackbone):
-        def __init__(self, num_classes: int, input_shape: tuple, checked: bool = False) -> None:
-            super().__init__()
-            self.stages = nn.ModuleList([nn.Flatten()])
-            self.num_features, self.num_classes, self.checked = 4, num_classes, checked
-            self.classifier = nn.Linear(4, num_classes)
+    with restored(BACKBONES):
+        @register_backbone("checked-net")
+        class CheckedNet(MammothBackbone):
+            def __init__(self, num_classes: int, input_shape: tuple, checked: bool = False) -> None:
+                super().__init__()
+                self.stages = nn.ModuleList([nn.Flatten()])
+                self.num_features, self.num_classes, self.checked = 4, num_classes, checked
+                self.classifier = nn.Linear(4, num_classes)
 
-    try:
         net = build_backbone("checked-net", num_classes=2, input_shape=(1, 2, 2), checked=True)
         assert net.checked is True and net.num_classes == 2
-    finally:
-        BACKBONES.unregister("checked-net")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import run_python
 
-from mammoth.reporting.summary import markdown_text
+from mammoth.reporting.sweep_tables import markdown_text
 
 
 def summary_rows(sweep: Path) -> list[dict[str, str]]:

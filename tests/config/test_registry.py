@@ -22,7 +22,8 @@ from torch import nn
 from mammoth.backbones import BACKBONES, MammothBackbone, build_backbone, get_backbone_entry, list_backbones, register_backbone
 from mammoth.errors import BackboneError, ConfigError
 from mammoth.config.options import option_names, option_schema
-from mammoth.config.registry import Registry, canonical_name, import_modules, schema_node
+from mammoth.config.registry import Registry, import_modules, schema_node
+from registries import restored
 
 BUILT_INS = ["mnistmlp", "resnet", "resnet18", "resnet34", "resnet50", "reduced-resnet18", "vit", "torchvision"]
 
@@ -56,18 +57,9 @@ def widget(size: int, color: str = "red", net: object = None) -> dict:
 
 @pytest.fixture
 def temporary():
-    """register(name, target) for the test's duration; unregistered afterwards."""
-    names: list[str] = []
-
-    def register(name: str, target: object) -> object:
-        result = register_backbone(name)(target)
-        names.append(name)
-        return result
-
-    yield register
-    for name in names:
-        if canonical_name(name) in BACKBONES.names():
-            BACKBONES.unregister(name)
+    """register(name, target) for the test's duration; forgotten afterwards."""
+    with restored(BACKBONES):
+        yield lambda name, target: register_backbone(name)(target)
 
 
 def served_node(name: str) -> DictConfig:
@@ -138,15 +130,16 @@ def test_non_callable_is_refused() -> None:
     assert "not-callable" not in list_backbones()
 
 
-def test_unregister_removes_name_and_option(temporary) -> None:
-    register_backbone("gone-net")(TinyNet)
-    assert "gone-net" in option_names("backbone")
-    BACKBONES.unregister("Gone_Net")
+def test_a_restored_registry_forgets_the_name_and_its_option() -> None:
+    with restored(BACKBONES):
+        register_backbone("gone-net")(TinyNet)
+        assert "gone-net" in option_names("backbone")
     assert "gone-net" not in list_backbones() and "gone-net" not in option_names("backbone")
     with pytest.raises(BackboneError, match="unknown backbone 'gone-net'"):
-        BACKBONES.unregister("gone-net")
-    temporary("gone-net", tiny_net_factory)  # the name is free again
-    assert get_backbone_entry("gone-net").target is tiny_net_factory
+        get_backbone_entry("gone-net")
+    with restored(BACKBONES):
+        register_backbone("gone-net")(tiny_net_factory)  # the name is free again
+        assert get_backbone_entry("gone-net").target is tiny_net_factory
 
 
 def test_name_starting_with_a_digit_is_refused() -> None:
@@ -208,8 +201,7 @@ def widgets():
     registry = Registry(kind="widget", group="test_widget", error_type=ConfigError, schema_suffix="WidgetConfig",
                         runtime_arguments=("net",))
     registry.register("wid-get")(widget)
-    yield registry
-    registry.unregister("wid-get")
+    return registry
 
 
 def test_private_registry_skips_runtime_arguments(widgets: Registry) -> None:
@@ -315,12 +307,8 @@ def test_a_registry_that_is_not_stored_keeps_the_config_store_as_it_was() -> Non
     registry = Registry(kind="thing", group="test_unstored", error_type=ConfigError, schema_suffix="ThingConfig",
                         stored=False)
     registry.register("wid-get")(widget)
-    try:
-        assert registry.names() == ["wid-get"] and registry.get("Wid_Get").target is widget
-        assert "test_unstored" not in ConfigStore.instance().repo
-    finally:
-        registry.unregister("wid-get")
-    assert registry.names() == []
+    assert registry.names() == ["wid-get"] and registry.get("Wid_Get").target is widget
+    assert "test_unstored" not in ConfigStore.instance().repo
 
 
 # ---- built-ins found without a list ----

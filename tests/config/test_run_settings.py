@@ -9,7 +9,7 @@ import yaml
 
 import mammoth
 from mammoth.config.run_settings import RUN_CONTROL_KEYS, RunConfig, is_run_control_override, override_key
-from mammoth.reporting.summary import NOT_A_CONFIGURATION
+from mammoth.reporting.sweep_tables import NOT_A_CONFIGURATION
 
 
 def test_the_run_control_keys_are_the_marked_run_settings():

@@ -282,14 +282,11 @@ class Outer:
 def test_registry_target_is_module_qualname() -> None:
     registry = Registry(kind="thing", group="test_thing", error_type=ConfigError, schema_suffix="ThingConfig")
     registry.register("inner")(Outer.Inner)
-    try:
-        schema = registry.get("inner").schema
-        assert OmegaConf.structured(schema)._target_ == f"{__name__}.Outer.Inner"
-        assert schema.__doc__ == "A nested target."
-        assert getattr(sys.modules[__name__], "InnerThingConfig") is schema
-        assert pickle.loads(pickle.dumps(OmegaConf.structured(schema))).size == 2
-    finally:
-        registry.unregister("inner")
+    schema = registry.get("inner").schema
+    assert OmegaConf.structured(schema)._target_ == f"{__name__}.Outer.Inner"
+    assert schema.__doc__ == "A nested target."
+    assert getattr(sys.modules[__name__], "InnerThingConfig") is schema
+    assert pickle.loads(pickle.dumps(OmegaConf.structured(schema))).size == 2
 
 
 def test_one_unresolvable_annotation_keeps_the_others() -> None:

@@ -6,7 +6,10 @@ import pytest
 import torch
 
 from mammoth.datasets import build_dataset, random_crop_flip
+from mammoth.datasets.source import InMemorySource
 from mammoth.errors import DatasetError
+from registries import restored
+from task_tensors import task_tensors
 
 
 def test_task_classes_and_counts() -> None:
@@ -20,7 +23,7 @@ def test_task_classes_and_counts() -> None:
 @pytest.mark.parametrize("task", [-1, 5, "0", True])
 def test_bad_task_index(task: object) -> None:
     with pytest.raises(DatasetError, match=r"out of range for seq-digits; allowed: 0\.\.4"):
-        build_dataset({"name": "seq-digits"}).get_task(task)
+        task_tensors(build_dataset({"name": "seq-digits"}), task)
 
 
 @pytest.mark.parametrize("name", ["seq-mnist", "seq-cifar10", "seq-tinyimg", "seq-digits"])
@@ -48,9 +51,10 @@ def test_describe() -> None:
     assert build_dataset({"name": "rot-mnist", "n_tasks": 7}).describe()["n_tasks"] == 7
 
 
-def test_to_float_and_normalisation() -> None:
+def test_read_images_and_normalisation() -> None:
     cifar = build_dataset({"name": "seq-cifar10"})
-    x = cifar.to_float(torch.full((2, 3, 32, 32), 255, dtype=torch.uint8))
+    white = InMemorySource(torch.full((2, 3, 32, 32), 255, dtype=torch.uint8), torch.zeros(2, dtype=torch.long))
+    x = white.read(torch.arange(2), "cpu")
     assert x.dtype == torch.float32 and float(x.max()) == 1.0
     normalised = cifar.test_transform(x)
     expected = [(1 - m) / s for m, s in zip((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2615))]
@@ -69,10 +73,8 @@ def test_transform_rejects_wrong_input() -> None:
     cifar = build_dataset({"name": "seq-cifar10"})
     with pytest.raises(DatasetError, match=r"expects a float batch of shape \(N, 3, H, W\), got dtype torch.float32"):
         cifar.train_transform(torch.zeros(3, 32, 32))
-    with pytest.raises(DatasetError, match="to_float expects a uint8 or float tensor, got dtype torch.int32"):
-        cifar.to_float(torch.zeros(1, 3, 32, 32, dtype=torch.int32))
-    features = torch.rand(1, 3, 32, 32)
-    assert cifar.to_float(features) is features  # float data is read as it is
+    with pytest.raises(DatasetError, match=r"expects a float batch of shape \(N, 3, H, W\), got dtype torch.uint8"):
+        cifar.test_transform(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))  # images are read as floats first
 
 
 def expected_crop_flip(x: torch.Tensor, seed: int) -> torch.Tensor:
@@ -152,7 +154,7 @@ def test_source_is_loaded_once(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(digits, "load_source", counting_load)
     for task in (0, 1, 4, 0):
-        digits.get_task(task)
+        task_tensors(digits, task)
     assert len(calls) == 1
 
 
@@ -166,27 +168,27 @@ def test_a_float_feature_dataset_trains_and_evaluates_end_to_end(tmp_path) -> No
     from mammoth import datasets
     from mammoth.datasets.base import ContinualDataset
 
-    @datasets.register_dataset("float-blobs-test")
-    class FloatBlobs(ContinualDataset):
-        setting = "class-il"
-        default_n_tasks = 2
-        n_classes_per_task = 2
-        input_shape = (6,)
-        mean, std = (0.0,) * 6, (2.0,) * 6
-        augmentation = "crop-flip"  # asked for, but there is no image to crop: skipped
-        default_backbone = "mnistmlp"
-        default_batch_size = 16
-        default_n_epochs = 3
+    with restored(datasets.DATASETS):
+        @datasets.register_dataset("float-blobs-test")
+        class FloatBlobs(ContinualDataset):
+            setting = "class-il"
+            default_n_tasks = 2
+            n_classes_per_task = 2
+            input_shape = (6,)
+            mean, std = (0.0,) * 6, (2.0,) * 6
+            augmentation = "crop-flip"  # asked for, but there is no image to crop: skipped
+            default_backbone = "mnistmlp"
+            default_batch_size = 16
+            default_n_epochs = 3
 
-        def load_source(self):
-            generator = torch.Generator().manual_seed(0)
-            centres = 4 * torch.eye(4, 6)
-            def split(n):
-                y = torch.arange(4).repeat_interleave(n)
-                return centres[y] + 0.3 * torch.randn(len(y), 6, generator=generator), y
-            return (*split(40), *split(10))
+            def load_source(self):
+                generator = torch.Generator().manual_seed(0)
+                centres = 4 * torch.eye(4, 6)
+                def split(n):
+                    y = torch.arange(4).repeat_interleave(n)
+                    return centres[y] + 0.3 * torch.randn(len(y), 6, generator=generator), y
+                return (*split(40), *split(10))
 
-    try:
         dataset = build_dataset({"name": "float-blobs-test"})
         source = dataset.task_source(1)
         assert source.labels.unique().tolist() == [2, 3]
@@ -197,5 +199,3 @@ def test_a_float_feature_dataset_trains_and_evaluates_end_to_end(tmp_path) -> No
         mammoth.run(cfg)
         results = json.loads((tmp_path / "results.json").read_text())
         assert results["class_il"]["average"] > 75  # four separated blobs; chance is 50 after task 2
-    finally:
-        datasets.DATASETS.unregister("float-blobs-test")

@@ -10,6 +10,7 @@ import torch
 import fake_datasets
 from mammoth.datasets import build_dataset
 from mammoth.errors import DatasetError
+from task_tensors import task_tensors
 
 
 @pytest.mark.parametrize(("name", "n_tasks", "per_task", "n_train", "n_test"), [
@@ -20,8 +21,8 @@ def test_class_il_tasks(fake_root: Path, name: str, n_tasks: int, per_task: int,
     dataset = build_dataset({"name": name, "root": str(fake_root)})
     train_total = test_total = 0
     for task in range(n_tasks):
-        data = dataset.get_task(task)
-        assert data.train_x.dtype == torch.uint8 and data.train_x.shape[1:] == (3, 32, 32)
+        data = task_tensors(dataset, task)
+        assert data.train_x.dtype == torch.float32 and data.train_x.shape[1:] == (3, 32, 32)
         assert data.test_x.shape[1:] == (3, 32, 32) and data.train_y.dtype == torch.int64
         expected = set(range(task * per_task, (task + 1) * per_task))
         assert set(data.train_y.tolist()) == expected == set(data.test_y.tolist())
@@ -44,7 +45,7 @@ def test_images_keep_their_layout(fake_root: Path) -> None:
 ])
 def test_missing_files(tmp_path: Path, name: str, folder: str, first_file: str) -> None:
     with pytest.raises(DatasetError) as error:
-        build_dataset({"name": name, "root": str(tmp_path)}).get_task(0)
+        task_tensors(build_dataset({"name": name, "root": str(tmp_path)}), 0)
     message = str(error.value)
     first_line = message.splitlines()[0]
     assert f"missing {first_file}" in first_line and str(tmp_path / folder) in first_line
@@ -55,7 +56,7 @@ def test_one_missing_batch_is_named(tmp_path: Path) -> None:
     folder = fake_datasets.write_cifar10(tmp_path, n_per_batch=2, n_test=2)
     (folder / "data_batch_4").unlink()
     with pytest.raises(DatasetError, match=r"seq-cifar10: missing data_batch_4 in .*cifar-10-batches-py \(expected: "):
-        build_dataset({"name": "seq-cifar10", "root": str(tmp_path)}).get_task(0)
+        task_tensors(build_dataset({"name": "seq-cifar10", "root": str(tmp_path)}), 0)
 
 
 @pytest.mark.parametrize("bad_file", ["data_batch_3", "batches.meta", "test_batch"])
@@ -63,7 +64,7 @@ def test_corrupt_cifar10_file_is_named(tmp_path: Path, bad_file: str) -> None:
     folder = fake_datasets.write_cifar10(tmp_path, n_per_batch=2, n_test=2)
     (folder / bad_file).write_bytes(b"\x80\x02garbage bytes, not a pickle")
     with pytest.raises(DatasetError) as error:
-        build_dataset({"name": "seq-cifar10", "root": str(tmp_path)}).get_task(0)
+        task_tensors(build_dataset({"name": "seq-cifar10", "root": str(tmp_path)}), 0)
     first_line = str(error.value).splitlines()[0]
     assert f"corrupt file {bad_file} in {folder}" in first_line
 
@@ -72,7 +73,7 @@ def test_cifar100_without_fine_labels_is_corrupt(tmp_path: Path) -> None:
     folder = fake_datasets.write_cifar100(tmp_path, n_train=4, n_test=4)
     fake_datasets.dump(folder / "test", {"data": fake_datasets.fake_images([0], 32, 32, 3).reshape(1, -1)})
     with pytest.raises(DatasetError, match=r"corrupt file test in .*cifar-100-python: has no key\(s\) fine_labels"):
-        build_dataset({"name": "seq-cifar100", "root": str(tmp_path)}).get_task(0)
+        task_tensors(build_dataset({"name": "seq-cifar100", "root": str(tmp_path)}), 0)
 
 
 def test_download_skipped_when_files_exist(fake_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -83,7 +84,7 @@ def test_download_skipped_when_files_exist(fake_root: Path, monkeypatch: pytest.
 
     monkeypatch.setattr(torchvision.datasets.utils, "download_and_extract_archive", no_network)
     dataset = build_dataset({"name": "seq-cifar100", "root": str(fake_root), "download": True})
-    assert len(dataset.get_task(0).train_y) == 20
+    assert len(task_tensors(dataset, 0).train_y) == 20
 
 
 def test_download_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -97,7 +98,7 @@ def test_download_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 
     monkeypatch.setattr(torchvision.datasets.utils, "download_and_extract_archive", failing_download)
     with pytest.raises(DatasetError) as error:
-        build_dataset({"name": "seq-cifar10", "root": str(tmp_path), "download": True}).get_task(0)
+        task_tensors(build_dataset({"name": "seq-cifar10", "root": str(tmp_path), "download": True}), 0)
     url = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
     assert calls == [(url, "c58f30108f718f92721af3b95e74349a")]  # the archive stays md5-checked
     assert str(error.value).startswith(f"seq-cifar10: could not download {url} into {tmp_path}: File not found")
@@ -112,7 +113,7 @@ def test_download_then_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
     monkeypatch.setattr(torchvision.datasets.utils, "download_and_extract_archive", fake_download)
     dataset = build_dataset({"name": "seq-cifar100", "root": str(tmp_path), "download": True})
-    assert set(dataset.get_task(9).train_y.tolist()) == set(range(90, 100))
+    assert set(task_tensors(dataset, 9).train_y.tolist()) == set(range(90, 100))
 
 
 class _RunsCode:
@@ -135,7 +136,7 @@ def test_a_tampered_batch_runs_nothing_and_is_refused_naming_it(tmp_path: Path, 
     entry["filenames"] = _RunsCode(marker)
     fake_datasets.dump(folder / bad_file, entry)
     with pytest.raises(DatasetError) as error:
-        build_dataset({"name": "seq-cifar10", "root": str(tmp_path)}).get_task(0)
+        task_tensors(build_dataset({"name": "seq-cifar10", "root": str(tmp_path)}), 0)
     first_line = str(error.value).splitlines()[0]
     assert first_line.startswith(f"seq-cifar10: corrupt file {bad_file} in {folder}: it holds code to run (")
     assert "system" in first_line and first_line.endswith("which a CIFAR file never does; refused unread")
@@ -150,7 +151,7 @@ def test_an_object_array_is_not_image_data(tmp_path: Path) -> None:
     entry["data"] = np.array([[1] * 3072, [2] * 3072], dtype=object)  # elements pickled as ints: allowed, wrong dtype
     fake_datasets.dump(folder / "test_batch", entry)
     with pytest.raises(DatasetError, match=r"corrupt file test_batch in .*: its data is not a uint8 array of shape \(N, 3072\)"):
-        build_dataset({"name": "seq-cifar10", "root": str(tmp_path)}).get_task(0)
+        task_tensors(build_dataset({"name": "seq-cifar10", "root": str(tmp_path)}), 0)
 
 
 def _python2_pickle(entry: dict) -> bytes:

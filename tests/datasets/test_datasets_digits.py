@@ -5,15 +5,16 @@ from __future__ import annotations
 import torch
 
 from mammoth.datasets import build_dataset
+from task_tensors import task_tensors
 
 
 def test_tasks_cover_all_1797_digits_in_a_fixed_split() -> None:
     digits = build_dataset({"name": "seq-digits"})
-    tasks = [digits.get_task(task) for task in range(5)]
+    tasks = [task_tensors(digits, task) for task in range(5)]
     assert sum(len(t.train_y) + len(t.test_y) for t in tasks) == 1797
     assert sum(len(t.train_y) for t in tasks) == 1438 and sum(len(t.test_y) for t in tasks) == 359
     for task, data in enumerate(tasks):
-        assert data.train_x.dtype == torch.uint8 and data.train_x.shape[1:] == (1, 8, 8)
+        assert data.train_x.dtype == torch.float32 and data.train_x.shape[1:] == (1, 8, 8)
         assert data.train_y.dtype == torch.int64
         assert sorted(data.train_y.unique().tolist()) == [2 * task, 2 * task + 1]
         assert sorted(data.test_y.unique().tolist()) == [2 * task, 2 * task + 1]

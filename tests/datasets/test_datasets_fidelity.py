@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from mammoth.datasets import get_dataset_class
+from mammoth.datasets.source import InMemorySource
 
 MNIST_FAMILY = ("seq-mnist", "seq-fashion-mnist", "perm-mnist", "rot-mnist")
 
@@ -32,7 +33,7 @@ def _dataset(name: str):
 def test_mnist_family_feeds_raw_pixels_in_0_1(name: str) -> None:
     dataset = _dataset(name)
     pixels = torch.tensor([0, 1, 128, 255], dtype=torch.uint8).repeat(196).view(1, 1, 28, 28)
-    x = dataset.to_float(pixels)
+    x = InMemorySource(pixels, torch.zeros(1, dtype=torch.long)).read(torch.arange(1), "cpu")  # as the harness reads it
     expected = torch.tensor([0.0, 1 / 255, 128 / 255, 1.0]).repeat(196).view(1, 1, 28, 28)
     for transformed in (dataset.train_transform(x, torch.Generator().manual_seed(0)), dataset.test_transform(x)):
         assert torch.equal(transformed, expected)  # no normalisation, no augmentation

@@ -10,6 +10,7 @@ import torch
 import fake_datasets
 from mammoth.datasets import build_dataset
 from mammoth.errors import DatasetError
+from task_tensors import as_float, task_tensors
 
 
 @pytest.mark.parametrize(("name", "n_train", "n_test"), [("seq-mnist", 40, 20), ("seq-fashion-mnist", 30, 10)])
@@ -17,8 +18,8 @@ def test_class_il_tasks(fake_root: Path, name: str, n_train: int, n_test: int) -
     dataset = build_dataset({"name": name, "root": str(fake_root)})
     sizes = 0
     for task in range(5):
-        data = dataset.get_task(task)
-        assert data.train_x.dtype == torch.uint8 and data.train_x.shape[1:] == (1, 28, 28)
+        data = task_tensors(dataset, task)
+        assert data.train_x.dtype == torch.float32 and data.train_x.shape[1:] == (1, 28, 28)
         assert data.test_x.shape[1:] == (1, 28, 28) and data.test_y.dtype == torch.int64
         assert set(data.train_y.tolist()) == {2 * task, 2 * task + 1} == set(data.test_y.tolist())
         assert fake_datasets.label_mismatches(data.train_x, data.train_y) == 0
@@ -30,14 +31,14 @@ def test_class_il_tasks(fake_root: Path, name: str, n_train: int, n_test: int) -
 def test_perm_mnist_tasks(fake_root: Path) -> None:
     dataset = build_dataset({"name": "perm-mnist", "root": str(fake_root)}, seed=1)
     source_x, source_y, _, _ = dataset.source()
-    task0, task1 = dataset.get_task(0), dataset.get_task(1)
+    task0, task1 = task_tensors(dataset, 0), task_tensors(dataset, 1)
     assert task0.train_x.shape == (40, 1, 28, 28) and task0.test_x.shape == (20, 1, 28, 28)
     assert torch.equal(task0.train_y, source_y) and torch.equal(task1.train_y, source_y)
-    assert not torch.equal(task0.train_x, source_x)  # task 0 is permuted too
+    assert not torch.equal(task0.train_x, as_float(source_x))  # task 0 is permuted too
     assert not torch.equal(task0.train_x, task1.train_x)
     permutation = dataset.task_permutation(1)
     assert sorted(permutation.tolist()) == list(range(784))
-    assert torch.equal(task1.train_x.flatten(1), source_x.flatten(1)[:, permutation])
+    assert torch.equal(task1.train_x.flatten(1), as_float(source_x).flatten(1)[:, permutation])
 
 
 def test_perm_mnist_seeding(fake_root: Path) -> None:
@@ -55,9 +56,9 @@ def test_perm_mnist_seeding(fake_root: Path) -> None:
 def test_domain_il_n_tasks_override(fake_root: Path) -> None:
     dataset = build_dataset({"name": "rot-mnist", "root": str(fake_root), "n_tasks": 3})
     assert dataset.n_tasks == 3 and dataset.n_classes == 10
-    assert dataset.get_task(2).train_x.shape == (40, 1, 28, 28)
+    assert task_tensors(dataset, 2).train_x.shape == (40, 1, 28, 28)
     with pytest.raises(DatasetError, match=r"task 3 is out of range for rot-mnist; allowed: 0\.\.2"):
-        dataset.get_task(3)
+        task_tensors(dataset, 3)
     assert build_dataset({"name": "rot-mnist"}).n_tasks == 20
 
 
@@ -70,13 +71,13 @@ def test_rot_mnist_tasks_and_seeding(fake_root: Path) -> None:
     assert angles == [build_dataset({"name": "rot-mnist"}, seed=4).task_angle(t) for t in range(20)]
     assert angles[:5] != [build_dataset({"name": "rot-mnist"}, seed=5).task_angle(t) for t in range(5)]
     source_x, source_y, test_x, _ = dataset.source()
-    task2 = dataset.get_task(2)
+    task2 = task_tensors(dataset, 2)
     assert torch.equal(task2.train_y, source_y)
-    assert task2.train_x.dtype == torch.uint8 and task2.train_x.shape == source_x.shape
-    assert torch.equal(task2.train_x[5], F.rotate(source_x[5:6], angles[2])[0])  # batch rotation == one-by-one
-    assert torch.equal(task2.test_x, F.rotate(test_x, angles[2]))
-    assert not torch.equal(task2.train_x, dataset.get_task(3).train_x)
-    assert not torch.equal(task2.train_x, source_x)
+    assert task2.train_x.dtype == torch.float32 and task2.train_x.shape == source_x.shape
+    assert torch.equal(task2.train_x[5], as_float(F.rotate(source_x[5:6], angles[2])[0]))  # batch rotation == one-by-one
+    assert torch.equal(task2.test_x, as_float(F.rotate(test_x, angles[2])))
+    assert not torch.equal(task2.train_x, task_tensors(dataset, 3).train_x)
+    assert not torch.equal(task2.train_x, as_float(source_x))
 
 
 @pytest.mark.parametrize(
@@ -84,7 +85,7 @@ def test_rot_mnist_tasks_and_seeding(fake_root: Path) -> None:
 )
 def test_missing_files(tmp_path: Path, name: str, folder: str) -> None:
     with pytest.raises(DatasetError) as error:
-        build_dataset({"name": name, "root": str(tmp_path)}).get_task(0)
+        task_tensors(build_dataset({"name": name, "root": str(tmp_path)}), 0)
     message = str(error.value)
     first_line = message.splitlines()[0]
     assert "train-images-idx3-ubyte" in first_line and "t10k-labels-idx1-ubyte" in first_line
@@ -97,7 +98,7 @@ def test_one_missing_file_is_named(tmp_path: Path) -> None:
     (raw / "t10k-labels-idx1-ubyte").unlink()
     expected = r"seq-mnist: missing t10k-labels-idx1-ubyte in .*raw \(expected: train-images"
     with pytest.raises(DatasetError, match=expected):
-        build_dataset({"name": "seq-mnist", "root": str(tmp_path)}).get_task(0)
+        task_tensors(build_dataset({"name": "seq-mnist", "root": str(tmp_path)}), 0)
 
 
 @pytest.mark.parametrize(
@@ -107,7 +108,7 @@ def test_corrupt_file(tmp_path: Path, garbage: bytes) -> None:
     raw = fake_datasets.write_mnist(tmp_path, n_train=10, n_test=10)
     (raw / "train-images-idx3-ubyte").write_bytes(garbage)
     with pytest.raises(DatasetError) as error:
-        build_dataset({"name": "seq-mnist", "root": str(tmp_path)}).get_task(0)
+        task_tensors(build_dataset({"name": "seq-mnist", "root": str(tmp_path)}), 0)
     first_line = str(error.value).splitlines()[0]
     assert "corrupt file" in first_line and str(raw / "train-images-idx3-ubyte") in first_line
 
@@ -118,7 +119,7 @@ def test_labels_and_images_disagree(tmp_path: Path) -> None:
     raw = fake_datasets.write_mnist(tmp_path, n_train=10, n_test=10)
     fake_datasets.write_idx(raw / "train-labels-idx1-ubyte", 2049, np.arange(7, dtype=np.uint8))
     with pytest.raises(DatasetError, match="10 images but 7 labels in train-labels-idx1-ubyte"):
-        build_dataset({"name": "seq-mnist", "root": str(tmp_path)}).get_task(0)
+        task_tensors(build_dataset({"name": "seq-mnist", "root": str(tmp_path)}), 0)
 
 
 def test_out_of_range_labels_are_corrupt(tmp_path: Path) -> None:
@@ -127,7 +128,7 @@ def test_out_of_range_labels_are_corrupt(tmp_path: Path) -> None:
     raw = fake_datasets.write_mnist(tmp_path, n_train=10, n_test=10)
     fake_datasets.write_idx(raw / "train-labels-idx1-ubyte", 2049, np.full(10, 12, dtype=np.uint8))
     with pytest.raises(DatasetError, match=r"seq-mnist train labels span 12\.\.12; expected 0\.\.9"):
-        build_dataset({"name": "seq-mnist", "root": str(tmp_path)}).get_task(0)
+        task_tensors(build_dataset({"name": "seq-mnist", "root": str(tmp_path)}), 0)
 
 
 def test_download_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -139,7 +140,7 @@ def test_download_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 
     monkeypatch.setattr(torchvision.datasets.mnist, "download_and_extract_archive", offline)
     with pytest.raises(DatasetError) as error:
-        build_dataset({"name": "seq-mnist", "root": str(tmp_path), "download": True}).get_task(0)
+        task_tensors(build_dataset({"name": "seq-mnist", "root": str(tmp_path), "download": True}), 0)
     first_line = str(error.value).splitlines()[0]
     assert first_line.startswith(f"seq-mnist: could not download the MNIST files into {tmp_path / 'MNIST' / 'raw'}")
 
@@ -152,7 +153,7 @@ def test_download_skipped_when_files_exist(fake_root: Path, monkeypatch: pytest.
 
     monkeypatch.setattr(torchvision.datasets.mnist, "download_and_extract_archive", no_network)
     dataset = build_dataset({"name": "seq-mnist", "root": str(fake_root), "download": True})
-    assert len(dataset.get_task(4).train_y) == 8
+    assert len(task_tensors(dataset, 4).train_y) == 8
 
 
 def test_gzipped_idx_files_are_extracted_and_read(tmp_path):
@@ -169,7 +170,7 @@ def test_gzipped_idx_files_are_extracted_and_read(tmp_path):
         (raw / f"{path.name}.gz").write_bytes(gzip.compress(originals[path.name]))
         path.unlink()
     dataset = build_dataset({"name": "seq-fashion-mnist", "root": str(tmp_path)})
-    task = dataset.get_task(0)
+    task = task_tensors(dataset, 0)
     assert sorted(task.train_y.unique().tolist()) == [0, 1] and task.train_x.shape[1:] == (1, 28, 28)
     for name, content in originals.items():
         assert (raw / name).read_bytes() == content
@@ -196,7 +197,7 @@ def test_a_corrupt_gz_is_one_line_naming_it(tmp_path, damage, reason):
     (raw / "train-images-idx3-ubyte.gz").write_bytes(damage(gzip.compress(images.read_bytes())))
     images.unlink()
     with pytest.raises(DatasetError) as error:
-        build_dataset({"name": "seq-mnist", "root": str(tmp_path)}).get_task(0)
+        task_tensors(build_dataset({"name": "seq-mnist", "root": str(tmp_path)}), 0)
     first_line = str(error.value).splitlines()[0]
     assert first_line.startswith(f"seq-mnist: corrupt file {raw / 'train-images-idx3-ubyte.gz'} is not a readable gzip file: ")
     assert reason in first_line

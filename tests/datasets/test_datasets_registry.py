@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 import mammoth.datasets as datasets
 from mammoth.datasets import ContinualDataset, DatasetConfig, build_dataset, get_dataset_class, list_datasets
 from mammoth.errors import DatasetError
+from registries import restored
 
 REPO = Path(__file__).resolve().parents[2]
 ALL = [
@@ -64,30 +65,26 @@ def test_duplicate_registration_names_both_classes() -> None:
 
 
 @pytest.fixture
-def registered_names():
-    """Names a test registers; unregistered afterwards."""
-    names: list[str] = []
-    yield names
-    for name in names:
-        datasets.DATASETS.unregister(name)
+def forgotten_afterwards():
+    """What a test registers is forgotten when it ends."""
+    with restored(datasets.DATASETS):
+        yield
 
 
-def test_register_new_name(registered_names: list[str]) -> None:
+def test_register_new_name(forgotten_afterwards: None) -> None:
     @datasets.register_dataset
     class Tiny(get_dataset_class("seq-digits")):
         name = "tiny-test"
 
-    registered_names.append("tiny-test")
     assert "tiny-test" in list_datasets()
     assert isinstance(build_dataset({"name": "tiny-test"}), Tiny)
 
 
-def test_register_by_name_normalises_it(registered_names: list[str]) -> None:
+def test_register_by_name_normalises_it(forgotten_afterwards: None) -> None:
     @datasets.register_dataset("My_Digits")
     class MyDigits(get_dataset_class("seq-digits")):
         default_n_epochs = 2
 
-    registered_names.append("my-digits")
     assert MyDigits.name == "my-digits" and get_dataset_class("MY-DIGITS") is MyDigits
     assert build_dataset({"name": "my-digits"}).config.n_epochs == 2
 

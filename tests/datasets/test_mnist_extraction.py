@@ -14,6 +14,7 @@ from concurrently import run_concurrently
 from fake_datasets import write_mnist
 from mammoth.datasets.mnist import extract_gzipped_idx_files
 from mammoth.errors import DatasetError
+from task_tensors import task_tensors
 
 
 def gzip_all(raw: Path) -> dict[str, bytes]:
@@ -61,7 +62,7 @@ def test_a_disk_full_extraction_is_one_line_and_leaves_nothing(tmp_path: Path, m
 
     monkeypatch.setattr(shutil, "copyfileobj", disk_full)
     with pytest.raises(DatasetError) as error:
-        build_dataset({"name": "seq-mnist", "root": str(tmp_path)}).get_task(0)
+        task_tensors(build_dataset({"name": "seq-mnist", "root": str(tmp_path)}), 0)
     target = raw / "train-images-idx3-ubyte"
     assert str(error.value) == (
         f"seq-mnist: could not write the extracted file {target}: no space left on device (the disk is full); "

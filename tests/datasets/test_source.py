@@ -70,23 +70,25 @@ def test_concat_reads_across_sources_in_the_order_asked() -> None:
         concat_sources([])
 
 
-def test_dataset_serves_task_sources_equal_to_its_tasks() -> None:
+def test_a_class_il_task_source_holds_the_examples_of_its_classes_in_order() -> None:
     digits = build_dataset({"name": "seq-digits"})
+    train_x, train_y, test_x, test_y = digits.source()
     for task in (0, 3):
-        data = digits.get_task(task)
         train, test = digits.task_source(task), digits.test_source(task)
-        assert torch.equal(train.labels, data.train_y) and torch.equal(test.labels, data.test_y)
-        assert torch.equal(train.read(torch.arange(len(train)), "cpu"), digits.to_float(data.train_x))
-        assert torch.equal(test.read(torch.tensor([0]), "cpu"), digits.to_float(data.test_x[:1]))
+        ours, theirs = (train_y // 2 == task), (test_y // 2 == task)  # two classes a task
+        assert torch.equal(train.labels, train_y[ours]) and torch.equal(test.labels, test_y[theirs])
+        assert torch.equal(train.read(torch.arange(len(train)), "cpu"), train_x[ours].float() / 255)
+        assert torch.equal(test.read(torch.tensor([0]), "cpu"), test_x[theirs][:1].float() / 255)
 
 
 def test_domain_il_task_sources_are_the_tasks_transformed_data(fake_root) -> None:
     perm = build_dataset({"name": "perm-mnist", "root": str(fake_root), "n_tasks": 3})
+    train_x, train_y, test_x, test_y = perm.source()
     for task in (0, 2):
-        data = perm.get_task(task)
         train, test = perm.task_source(task), perm.test_source(task)
-        assert torch.equal(train.read(torch.arange(len(train)), "cpu"), perm.to_float(data.train_x))
-        assert torch.equal(test.read(torch.arange(len(test)), "cpu"), perm.to_float(data.test_x))
+        assert torch.equal(train.labels, train_y) and torch.equal(test.labels, test_y)
+        assert torch.equal(train.read(torch.arange(len(train)), "cpu"), perm.apply_task_transform(task, train_x).float() / 255)
+        assert torch.equal(test.read(torch.arange(len(test)), "cpu"), perm.apply_task_transform(task, test_x).float() / 255)
     assert not torch.equal(perm.task_source(0).read(torch.arange(4), "cpu"), perm.task_source(2).read(torch.arange(4), "cpu"))
 
 

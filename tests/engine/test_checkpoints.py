@@ -361,15 +361,3 @@ def test_a_checkpoint_that_is_not_a_regular_file_is_refused_unread(tmp_path):
     with pytest.raises(ConfigError, match=rf"^{path} is not a regular file; allowed: a regular file or no file at that path$"):
         read_checkpoint(path)
 
-
-def test_a_checkpoint_that_recorded_device_auto_resumes_on_the_device_auto_chooses(tmp_path):
-    """Checkpoints written before runs recorded their chosen device hold ``device: auto``."""
-    from mammoth.engine.device import resolve_device
-
-    path = tmp_path / "checkpoint.pt"
-    save_checkpoint(path, _filled_model(), torch.Generator(), _state(), {**CONFIG, "device": "auto"})
-    chosen = str(resolve_device("auto"))
-    assert load_checkpoint(path, TinyModel(), torch.Generator(), {**CONFIG, "device": chosen}).next_task == _state().next_task
-    other = "cuda" if chosen == "cpu" else "cpu"
-    with pytest.raises(ConfigError, match=r"differs from the checkpoint's in: device"):
-        load_checkpoint(path, TinyModel(), torch.Generator(), {**CONFIG, "device": other})

@@ -15,6 +15,7 @@ from mammoth.errors import BackboneError, ConfigError
 from mammoth.models.base import ContinualModel
 from mammoth.engine.checkpoint import read_checkpoint
 import composing
+from registries import restored
 
 SEED = 1
 
@@ -189,19 +190,17 @@ def test_backbone_with_too_few_outputs_is_refused(tmp_path):
 
     from mammoth.backbones import BACKBONES
 
-    @mammoth.register_backbone("three-logits")
-    class ThreeLogits(mammoth.MammothBackbone):
-        def __init__(self, input_shape: tuple = (1, 8, 8)) -> None:
-            super().__init__()
-            self.stages = nn.ModuleList([nn.Flatten()])
-            self.num_features, self.num_classes = 64, 3
-            self.classifier = nn.Linear(64, 3)
+    with restored(BACKBONES):
+        @mammoth.register_backbone("three-logits")
+        class ThreeLogits(mammoth.MammothBackbone):
+            def __init__(self, input_shape: tuple = (1, 8, 8)) -> None:
+                super().__init__()
+                self.stages = nn.ModuleList([nn.Flatten()])
+                self.num_features, self.num_classes = 64, 3
+                self.classifier = nn.Linear(64, 3)
 
-    try:
         with pytest.raises(ConfigError, match=r"outputs logits of shape \(1, 3\); seq-digits needs \(batch, 10\)"):
             mammoth.run(compose_run(tmp_path, "backbone=three-logits"))
-    finally:
-        BACKBONES.unregister("three-logits")
 
 
 def test_domain_il_run_reports_domain_il_accuracy(tmp_path):

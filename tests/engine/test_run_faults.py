@@ -18,6 +18,7 @@ import mammoth
 from mammoth.errors import ConfigError, DatasetError, TrainingError
 from mammoth.engine.checkpoint import read_checkpoint
 import composing
+from registries import restored
 
 
 def compose_run(output_dir: Path, *overrides: str):
@@ -158,15 +159,15 @@ def test_a_dataset_with_fewer_classes_than_its_tasks_is_refused(tmp_path):
     from mammoth.datasets import DATASETS, register_dataset
     from mammoth.datasets.digits import SequentialDigits, load_digits_split
 
-    @register_dataset
-    class FourDigits(SequentialDigits):
-        name = "four-digits"
+    with restored(DATASETS):
+        @register_dataset
+        class FourDigits(SequentialDigits):
+            name = "four-digits"
 
-        def load_source(self):
-            x, y, test_x, test_y = load_digits_split()
-            return x[y < 4], y[y < 4], test_x[test_y < 4], test_y[test_y < 4]
+            def load_source(self):
+                x, y, test_x, test_y = load_digits_split()
+                return x[y < 4], y[y < 4], test_x[test_y < 4], test_y[test_y < 4]
 
-    try:
         cfg = compose_run(tmp_path, "dataset=four-digits")
         with pytest.raises(DatasetError) as error:
             mammoth.run(cfg)
@@ -176,8 +177,6 @@ def test_a_dataset_with_fewer_classes_than_its_tasks_is_refused(tmp_path):
         )
         with pytest.raises(DatasetError, match=r"has n_classes_per_task=0; allowed: an integer >= 1"):
             register_dataset(type("NoClasses", (SequentialDigits,), {"name": "no-classes", "n_classes_per_task": 0}))
-    finally:
-        DATASETS.unregister("four-digits")
     assert not (tmp_path / "results.json").exists()
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any, Callable
 
 import pytest
@@ -49,19 +48,9 @@ class FakeDataset:
         """Normalisation only: [0, 1] to [-1, 1]."""
         return (x - 0.5) / 0.5
 
-    @staticmethod
-    def to_float(x: Tensor) -> Tensor:
-        """uint8 images -> float32 in [0, 1]."""
-        return x.float().div(255)
-
     def task_source(self, task: int) -> DataSource:
         """The training data of ``task``: 16 float examples, those of ``make_batch(task, size=16)``."""
         return InMemorySource(*task_examples(self, task, 16, seed=0))
-
-    def get_task(self, task: int) -> SimpleNamespace:
-        """``train_x``, ``train_y`` of ``task``: 16 examples, those of ``make_batch(task, size=16)``."""
-        train_x, train_y = task_examples(self, task, 16, seed=0)
-        return SimpleNamespace(train_x=train_x, train_y=train_y)
 
 
 def task_examples(dataset: Any, task: int, size: int, seed: int) -> tuple[Tensor, Tensor]:

@@ -17,6 +17,7 @@ from mammoth.datasets.source import InMemorySource
 from mammoth.engine.evaluation import evaluate_tasks
 from mammoth.models.sgd import SGD
 from mammoth.engine.checkpoint import read_checkpoint
+from task_tensors import task_tensors
 
 
 class AlwaysClassOne(SGD):
@@ -59,8 +60,8 @@ def _evaluate_backbone_directly(net, dataset) -> dict[str, list[float]]:
     rows: dict[str, list[float]] = {"class_il": [], "task_il": []}
     seen = dataset.task_classes(dataset.n_tasks - 1).stop
     for task in range(dataset.n_tasks):
-        data = dataset.get_task(task)
-        logits = net(dataset.test_transform(dataset.to_float(data.test_x)))
+        data = task_tensors(dataset, task)
+        logits = net(dataset.test_transform(data.test_x))
         classes = dataset.task_classes(task)
         class_il = logits[:, :seen].argmax(1)
         task_il = logits[:, classes.start : classes.stop].argmax(1) + classes.start

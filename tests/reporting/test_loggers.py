@@ -18,6 +18,7 @@ from mammoth.reporting.loggers import (
     CSV_COLUMNS, CsvLogger, RunInfo, RunLogger, build_loggers, output_paths, register_logger, task_metrics,
 )
 import composing
+from registries import restored
 
 N_TASKS, N_EPOCHS = 5, 2  # seq-digits
 
@@ -371,10 +372,10 @@ RECORDED: list[Recorder] = []
 def recorder():
     from mammoth.reporting.loggers import LOGGERS
 
-    register_logger("recorder", Recorder)
-    RECORDED.clear()
-    yield RECORDED
-    LOGGERS.unregister("recorder")
+    with restored(LOGGERS):
+        register_logger("recorder", Recorder)
+        RECORDED.clear()
+        yield RECORDED
 
 
 def test_a_registered_logger_sees_the_runs_events_in_order(tmp_path, recorder):

@@ -1,5 +1,5 @@
-"""Run summaries (mammoth.reporting.summary) and the sweep callback (mammoth.app.callbacks) on job directories
-written by the tests with known numbers; expected means and deviations are worked out by hand."""
+"""Run summaries (mammoth.reporting's run_records, sweep_tables, figures and summary_files, and
+mammoth.app.summary_command) and the sweep callback (mammoth.app.callbacks) on job directories written by the tests with known numbers; expected means and deviations are worked out by hand."""
 
 from __future__ import annotations
 
@@ -21,9 +21,11 @@ from omegaconf import OmegaConf
 
 from mammoth.app.callbacks import SweepSummaryCallback, sweep_root
 from mammoth.errors import ConfigError
-from mammoth.reporting.summary import (
-    find_job_dirs, format_summary, gather, group_rows, main, plot_summary, plotted_configurations, update_summary,
-)
+from mammoth.reporting.run_records import find_job_dirs, gather
+from mammoth.reporting.sweep_tables import format_summary, group_rows
+from mammoth.app.summary_command import main
+from mammoth.reporting.figures import plot_summary, plotted_configurations
+from mammoth.reporting.summary_files import update_summary
 
 REPO = Path(__file__).resolve().parents[2]
 

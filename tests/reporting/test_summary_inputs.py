@@ -16,9 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mammoth.reporting.summary import (
-    MAX_RESULTS_BYTES, MAX_SMALL_FILE_BYTES, format_csv, format_summary, gather, markdown_text, read_overrides, safe_yaml,
-)
+from mammoth.reporting.run_records import MAX_RESULTS_BYTES, MAX_SMALL_FILE_BYTES, gather, read_overrides, safe_yaml
+from mammoth.reporting.sweep_tables import format_csv, format_summary, markdown_text
 from test_summary import REPO, complete, write_job
 
 HOSTILE = [
@@ -155,7 +154,7 @@ def test_the_command_line_reports_an_unreadable_job_as_a_row(tmp_path: Path):
 def test_updating_a_summary_removes_the_temporary_files_a_killed_writer_left(tmp_path: Path):
     import time
 
-    from mammoth.reporting.summary import update_summary
+    from mammoth.reporting.summary_files import update_summary
 
     write_job(tmp_path / "0", ["seed=0"], complete((1, 2, 3), (4, 5, 6), 1))
     left = tmp_path / ".summary.png.abcd1234.tmp"
@@ -167,7 +166,7 @@ def test_updating_a_summary_removes_the_temporary_files_a_killed_writer_left(tmp
 
 
 def test_a_planted_summary_lock_link_is_refused_and_its_target_untouched(tmp_path: Path, capsys: pytest.CaptureFixture):
-    from mammoth.reporting.summary import main
+    from mammoth.app.summary_command import main
 
     write_job(tmp_path / "sweep" / "0", ["seed=0"], complete((1, 2, 3), (4, 5, 6), 1))
     target = tmp_path / "profile"

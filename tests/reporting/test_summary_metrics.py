@@ -8,7 +8,9 @@ import io
 import json
 from pathlib import Path
 
-from mammoth.reporting.summary import format_summary, gather, metric_names, metric_title, update_summary
+from mammoth.reporting.sweep_tables import format_summary, metric_names, metric_title
+from mammoth.reporting.run_records import gather
+from mammoth.reporting.summary_files import update_summary
 
 
 def write_results(directory: Path, overrides: list[str], results: dict) -> None:

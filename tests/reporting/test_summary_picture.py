@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from mammoth.reporting.summary import gather, planned_jobs, read_study, short_floats, summary_figure, sweep_config
+from mammoth.reporting.run_records import gather
+from mammoth.reporting.sweep_plan import planned_jobs, read_study, sweep_config
+from mammoth.reporting.figures import short_floats, summary_figure
 from test_summary import complete, write_job
 
 
@@ -192,7 +194,8 @@ def test_the_planned_jobs_come_from_the_sweeps_multirun_yaml(tmp_path: Path, par
 
 
 def test_a_sequential_sweep_half_way_is_in_progress_and_says_of_how_many(sweep: Path, monkeypatch: pytest.MonkeyPatch):
-    import mammoth.reporting.summary
+    import mammoth.reporting.figures
+    import mammoth.reporting.summary_files
 
     (sweep / "multirun.yaml").write_text(BASIC_MULTIRUN_YAML.format(params="null").replace(
         "model.lr=0.05,0.1,-1", "model.lr=0.05,0.10000000001,1e30,2e30"))  # 8 jobs, 6 have ended
@@ -201,9 +204,9 @@ def test_a_sequential_sweep_half_way_is_in_progress_and_says_of_how_many(sweep: 
         "in progress: 3 complete, 3 failed of 8 jobs")
     assert summary_figure(rows, "sweep", planned=6)._suptitle.get_text().splitlines()[1] == "3 complete, 3 failed"
     figures = []
-    build = mammoth.reporting.summary.summary_figure
-    monkeypatch.setattr(mammoth.reporting.summary, "summary_figure", lambda *args: figures.append(build(*args)) or figures[-1])
-    mammoth.reporting.summary.update_summary(sweep)  # the callback after a job: planned jobs read from multirun.yaml
-    mammoth.reporting.summary.update_summary(sweep, ended=True)  # the callback when the sweep ends
+    build = mammoth.reporting.figures.summary_figure
+    monkeypatch.setattr(mammoth.reporting.figures, "summary_figure", lambda *args: figures.append(build(*args)) or figures[-1])
+    mammoth.reporting.summary_files.update_summary(sweep)  # the callback after a job: planned jobs read from multirun.yaml
+    mammoth.reporting.summary_files.update_summary(sweep, ended=True)  # the callback when the sweep ends
     assert [figure._suptitle.get_text().splitlines()[:2] for figure in figures] == [
         ["seq-digits", "in progress: 3 complete, 3 failed of 8 jobs"], ["seq-digits", "3 complete, 3 failed"]]

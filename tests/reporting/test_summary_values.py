@@ -21,7 +21,9 @@ import pytest
 from hydra.core.utils import JobStatus
 
 from mammoth.app.callbacks import SweepSummaryCallback
-from mammoth.reporting.summary import find_job_dirs, gather, group_rows, mean_and_std, plotted_configurations
+from mammoth.reporting.run_records import find_job_dirs, gather
+from mammoth.reporting.sweep_tables import group_rows, mean_and_std
+from mammoth.reporting.figures import plotted_configurations
 from test_summary import REPO, complete, job_config, run_job, write_job
 
 NAN, INF = float("nan"), float("inf")
@@ -169,7 +171,9 @@ def test_symbolic_links_to_directories_are_not_followed(tmp_path: Path):
 
 
 def test_an_optuna_picture_with_diverged_trials_marks_the_best_finite_one():
-    from mammoth.reporting.summary import JobRow, Study, summary_figure
+    from mammoth.reporting.run_records import JobRow
+    from mammoth.reporting.sweep_plan import Study
+    from mammoth.reporting.figures import summary_figure
 
     trials = {"0.1": 1e308, "0.01": -1e308, "0.001": NAN, "0.002": INF, "0.05": 40.0, "0.02": 30.0}
     rows = [JobRow(str(index), Path(str(index)), [f"model.lr={lr}"], "complete", metrics={"class_il_average": value})
