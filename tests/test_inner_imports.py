@@ -11,29 +11,9 @@ import ast
 import re
 from pathlib import Path
 
-import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "mammoth"
 REASON = re.compile(r"#\s*(lazy|optional):\s*\S")
-
-#: Files being rewritten by other parts of issue 23 when this test was written; their inner imports
-#: get their reasons (or move to module level) when those changes are merged. Empty this list then:
-#: the test checks these files like any other, and fails while one is listed that has nothing left
-#: to do.
-PENDING = {
-    "mammoth/__main__.py",
-    "mammoth/app/callbacks.py",
-    "mammoth/app/job.py",
-    "mammoth/app/preflight.py",
-    "mammoth/app/runner.py",
-    "mammoth/app/safety.py",
-    "mammoth/app/sweep_jobs.py",
-    "mammoth/config/options.py",
-    "mammoth/config/run_settings.py",
-    "mammoth/config/user_paths.py",
-    "mammoth/engine/distributed.py",
-}
-
 
 def unreasoned_inner_imports(path: Path) -> list[tuple[int, str]]:
     """``(line, module)`` of each import inside a function of ``path`` without a ``# lazy:`` or
@@ -60,18 +40,10 @@ def package_files() -> dict[str, Path]:
 
 
 def test_every_import_inside_a_function_says_why_it_is_there() -> None:
-    problems = [f"{name}:{line} imports {module}" for name, path in package_files().items() if name not in PENDING
-                for line, module in unreasoned_inner_imports(path)]
+    problems = [f"{name}:{line} imports {module}" for name, path in package_files().items() for line, module in unreasoned_inner_imports(path)]
     assert problems == [], (
         "imports inside functions without '# lazy: WHY' or '# optional: WHAT' (move them to module level, "
         "or give the reason):\n" + "\n".join(problems))
-
-
-def test_the_pending_files_are_still_pending() -> None:
-    files = package_files()
-    assert sorted(PENDING - set(files)) == []  # a renamed or removed file leaves the list
-    done = sorted(name for name in PENDING if not unreasoned_inner_imports(files[name]))
-    assert done == [], f"remove from PENDING in {Path(__file__).name} (their inner imports all say why): {done}"
 
 
 def test_a_planted_import_without_a_reason_is_found(tmp_path: Path) -> None:
@@ -95,8 +67,3 @@ def test_a_planted_import_without_a_reason_is_found(tmp_path: Path) -> None:
         "    return shutil, sibling\n"
     )
     assert unreasoned_inner_imports(module) == [(12, "json"), (13, "collections"), (20, "shutil"), (21, ".")]
-
-
-@pytest.mark.parametrize("name", sorted(PENDING))
-def test_a_pending_file_is_a_file_of_the_package(name: str) -> None:
-    assert (PACKAGE.parent / name).is_file()

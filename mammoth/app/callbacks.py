@@ -17,6 +17,11 @@ from omegaconf import DictConfig
 
 from mammoth.config.hydra_job import JobFacts
 from mammoth.config.hydra_private import failed_job_error
+from mammoth.errors import ConfigError
+from mammoth.files import open_nofollow, write_atomic
+from mammoth.reporting.results import RESULTS_NAME
+from mammoth.reporting.run_records import COMPLETE, FAILED, RUNNING, STATUS_NAME, STOPPED
+from mammoth.reporting.summary_files import MARKDOWN_NAME, update_summary
 
 log = logging.getLogger("mammoth")
 
@@ -39,7 +44,7 @@ class SweepSummaryCallback(Callback):
 
     def on_job_start(self, config: DictConfig, *, task_function: Any = None, **kwargs: Any) -> None:
         """Record the start time; mark the job ``running`` in its job.json (rank 0 of a distributed run)."""
-        from mammoth.engine.distributed import is_main_process  # torch: when a job starts, not when Hydra builds callbacks
+        from mammoth.engine.distributed import is_main_process  # lazy: torch, kept off building the callbacks (Hydra builds them for every job)
 
         self._started = time.time()
         if is_main_process():
@@ -48,8 +53,6 @@ class SweepSummaryCallback(Callback):
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         """Record the job's status in job.json; in a multirun, update the sweep's summary."""
         from mammoth.engine.distributed import is_main_process  # lazy: torch, kept off building the callbacks
-        from mammoth.reporting.results import RESULTS_NAME
-        from mammoth.reporting.run_records import COMPLETE, FAILED, STOPPED
 
         if not is_main_process():  # a distributed run's other ranks: rank 0 writes the job's files
             return
@@ -71,9 +74,6 @@ class SweepSummaryCallback(Callback):
     def _write_status(self, config: DictConfig, document: dict[str, Any]) -> None:
         """Write ``document`` plus the job's overrides, times, host and pid to its job.json;
         log (never raise) a failure."""
-        from mammoth.files import write_atomic
-        from mammoth.reporting.run_records import STATUS_NAME
-
         try:
             document = {
                 **document,
@@ -102,9 +102,6 @@ def record_interruption(run_dir: Path, reason: str) -> None:
     callback is off); it is opened without following a symbolic link. A failure is logged,
     never raised: the interruption goes on.
     """
-    from mammoth.files import write_atomic
-    from mammoth.reporting.run_records import RUNNING, STATUS_NAME, STOPPED
-
     path = run_dir / STATUS_NAME
     try:
         document = _read_own_status(path)
@@ -123,9 +120,6 @@ def record_interruption(run_dir: Path, reason: str) -> None:
 def _read_own_status(path: Path) -> dict[str, Any] | None:
     """The JSON object in ``path``, read without following a symbolic link; None when there is no
     regular file of at most MAX_STATUS_BYTES or it does not hold an object."""
-    from mammoth.errors import ConfigError
-    from mammoth.files import open_nofollow
-
     try:
         file = open_nofollow(path, "rb")
     except (OSError, ConfigError):  # none, a symbolic link, not a regular file
@@ -178,8 +172,6 @@ def _timestamp(seconds: float | None) -> str | None:
 
 def _update_summary(config: DictConfig, find_root: Callable[[DictConfig], Path], report: bool = False) -> None:
     """Regenerate the summary at ``find_root(config)``; log (never raise) a failure."""
-    from mammoth.reporting.summary_files import MARKDOWN_NAME, update_summary
-
     try:
         root = find_root(config)
         rows = update_summary(root, ended=True if report else None)  # report: the sweep has ended; else judged from the jobs

@@ -28,13 +28,19 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, TextIO
 
 import hydra
+from hydra.errors import HydraException
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 import mammoth
 import mammoth.app.conf  # noqa: F401  the run schema, stored before Hydra copies the ConfigStore (--info)
 from mammoth.app.checked import CheckedConfigs
+from mammoth.app.import_name import import_name_problem
 from mammoth.app.preflight import CONFIG_NAME, CONFIG_PATH, exit_with, prepare_arguments
+from mammoth.app.run_spec import resolve_run, with_registries
+from mammoth.config.hydra_job import read_job_facts
 from mammoth.errors import ConfigError, MammothError
+from mammoth.files import prepare_directory, RunLock
 from mammoth.plugins import load_plugins
 
 #: The job log's logger for a single run's error (its console line comes from :func:`main`).
@@ -51,7 +57,6 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
 def checked_main(checked: CheckedConfigs) -> Callable[[], Any]:
     """``hydra.main`` over the task that runs each job with what the pre-flight ``checked``."""
-
     @hydra.main(config_path=CONFIG_PATH, config_name=CONFIG_NAME, version_base="1.3")
     def mammoth_job(cfg: DictConfig) -> float | None:
         return run_job(cfg, checked)
@@ -63,9 +68,7 @@ def run_job(cfg: DictConfig, checked: CheckedConfigs) -> float | None:
     """Run the job of ``cfg``: with the pre-flight's resolution when ``checked`` holds this very
     config (a sweep's job resolves its own), else checked here (:func:`mammoth.run`); returns the
     value of ``optimized_metric``. A mammoth error is logged to the job's log, then raised."""
-    from mammoth.app.run_spec import resolve_run, with_registries
-    from mammoth.app.runner import check_config, run_resolved
-    from mammoth.config.hydra_job import read_job_facts
+    from mammoth.app.runner import check_config, run_resolved  # lazy: torch, kept off --help, completion and composing
 
     try:
         job = read_job_facts()  # the job's one read of Hydra's job facts; passed down
@@ -81,8 +84,6 @@ def run_job(cfg: DictConfig, checked: CheckedConfigs) -> float | None:
 
 def log_failure(error: MammothError) -> None:
     """Write the error to the job's ``mammoth.log`` (and, in a multirun, to the console)."""
-    from mammoth.config.hydra_job import read_job_facts
-
     logging.getLogger("mammoth" if read_job_facts().multirun else FAILURE_LOGGER).error("Error: %s", error)
 
 
@@ -160,8 +161,6 @@ def unwritable_error(error: OSError) -> ConfigError:
 def directory_locked(directory: Path | None, key: str) -> Iterator[None]:
     """Hold the run (or sweep) directory's lock while Hydra runs, so a run refused by it finds
     the directory as it was: no ``.hydra/``, log line or ``job.json`` of its own."""
-    from mammoth.files import RunLock, prepare_directory
-
     if directory is None:
         yield
         return
@@ -171,8 +170,6 @@ def directory_locked(directory: Path | None, key: str) -> Iterator[None]:
 
 def check_import_name() -> None:
     """Exit with one line when ``mammoth`` is not mammoth-cl's package (:mod:`mammoth.app.import_name`)."""
-    from mammoth.app.import_name import import_name_problem
-
     problem = import_name_problem()
     if problem is not None:
         exit_with(MammothError(problem), status=1)
@@ -180,15 +177,12 @@ def check_import_name() -> None:
 
 def main() -> None:
     """Entry point: check the command line against what Hydra composes, then run it with Hydra."""
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
     check_import_name()
     try:
         load_plugins()
         command_line = prepare_arguments(sys.argv[1:], hydra_main)
         if "WORLD_SIZE" in os.environ:  # torchrun: every rank in rank 0's run directory (torch imported only then)
-            from mammoth.app.launch import join_command_line
+            from mammoth.app.launch import join_command_line  # lazy: torch (the process group), only under torchrun
 
             command_line = join_command_line(command_line)
     except MammothError as error:

@@ -6,12 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from mammoth.config.hydra_job import JobFacts
+from mammoth.config.run_settings import override_key
+from mammoth.files import path_inside, prepare_directory
 
 
 def job_overrides(job: JobFacts) -> list[str]:
     """The command-line overrides of ``job``, without ``resume`` and ``stop_after_task`` (empty outside Hydra)."""
-    from mammoth.config.run_settings import override_key
-
     return [text for text in job.overrides if override_key(text) not in ("resume", "stop_after_task")]
 
 
@@ -19,8 +19,6 @@ def output_directory(output_dir: str | None, job: JobFacts) -> Path:
     """``output_dir`` if set (a relative one inside ``job``'s run directory), else the job's run
     directory, else (outside Hydra) the working directory; created if needed. One that is a file or
     cannot be written raises a one-line ConfigError naming it."""
-    from mammoth.files import path_inside, prepare_directory
-
     hydra_directory = job.output_dir
     if output_dir:
         if hydra_directory is not None and not Path(output_dir).is_absolute():

@@ -30,11 +30,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from mammoth.errors import ConfigError, MammothError, unknown_name_message
+from hydra.core.object_type import ObjectType
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, ValueType
+from hydra.errors import HydraException, MissingConfigException
+from hydra.types import RunMode
+from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
+
 from mammoth.app.checked import CheckedConfigs
+from mammoth.app.directory_checks import check_run_directory, check_sweep_directory, resolved_directory
 from mammoth.app.group_arguments import check_argument_overrides
-from mammoth.config.options import check_options_not_hidden
+from mammoth.app.run_spec import resolve_run
+from mammoth.app.safety import check_config_safety
+from mammoth.app.sweep_jobs import sweep_job_configs
+from mammoth.config.hydra_private import caching_repository, main_hydra as private_main_hydra, parse_arguments
+from mammoth.config.options import check_options_not_hidden, DEFAULT_BACKBONE_GROUP, served_registries
 from mammoth.config.registry import canonical_name
+from mammoth.errors import ConfigError, MammothError, unknown_name_message
 
 #: The primary config of ``python -m mammoth``.
 CONFIG_PATH = "pkg://mammoth.app.conf"
@@ -126,8 +138,6 @@ def prepare_arguments(args: list[str], task_function: Callable, config_path: str
 def parse_command_line(args: list[str]) -> Any:
     """``args`` parsed by Hydra's own argument parser (:func:`mammoth.config.hydra_private.parse_arguments`):
     ``-m``, ``-cn``, ``--config-dir``, ``-cp`` and the overrides read exactly as ``hydra.main`` will read them."""
-    from mammoth.config.hydra_private import parse_arguments
-
     return parse_arguments(args)
 
 
@@ -150,8 +160,6 @@ def main_hydra(parsed: Any, task_function: Callable, config_path: str) -> Iterat
     """Hydra's main object over the search path ``hydra.main`` builds for ``task_function``, with
     ``-cp`` and ``--config-dir`` (:func:`mammoth.config.hydra_private.main_hydra`), so the checks
     see the configs the run will."""
-    from mammoth.config.hydra_private import main_hydra as private_main_hydra
-
     directory = None
     if parsed.config_dir is not None:
         directory = os.path.abspath(parsed.config_dir)
@@ -165,16 +173,11 @@ def config_repository(hydra: Any, config_name: str, overrides: list[str]) -> Any
     """The config repository over the search path that ``overrides`` give (``hydra.searchpath``
     included), as Hydra builds it to compose ``config_name``; built once for every check of the
     command line (:func:`mammoth.config.hydra_private.caching_repository`)."""
-    from mammoth.config.hydra_private import caching_repository
-
     return caching_repository(hydra, config_name, overrides)
 
 
 def normalise_overrides(repository: Any, overrides: list[str]) -> list[str]:
     """``overrides`` with every config-group choice replaced by the option it names."""
-    from hydra.core.object_type import ObjectType
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     parsed = OverridesParser.create().parse_overrides(overrides)
     result = []
     for text, override in zip(overrides, parsed):
@@ -185,7 +188,6 @@ def normalise_overrides(repository: Any, overrides: list[str]) -> list[str]:
 
 
 def _normalise_override(override: Any, options: list[str]) -> str:
-    from hydra.core.override_parser.types import ChoiceSweep, ValueType
 
     group = override.key_or_group
     if override.value_type == ValueType.SIMPLE_CHOICE_SWEEP:
@@ -221,13 +223,6 @@ def check_composed(hydra: Any, config_name: str, overrides: list[str], multirun:
     options in defaults lists are checked and a single run's config is validated. Returns whether
     the command is a multirun (``-m``, or ``hydra.mode`` set by a config such as an
     ``hparams_search`` preset) and the directory it writes."""
-    from hydra.errors import HydraException
-    from hydra.types import RunMode
-    from omegaconf.errors import OmegaConfBaseException
-
-    from mammoth.app.directory_checks import check_run_directory, check_sweep_directory, resolved_directory
-    from mammoth.app.safety import check_config_safety
-
     try:
         cfg = _compose(hydra, config_name, overrides, RunMode.MULTIRUN if multirun else RunMode.RUN)
     except (HydraException, OmegaConfBaseException):
@@ -242,7 +237,6 @@ def check_composed(hydra: Any, config_name: str, overrides: list[str], multirun:
         if directory is not None:
             check_run_directory(directory, cfg)
         return CheckedCommand(False, directory, configs=CheckedConfigs().add(cfg, spec))
-    from mammoth.app.sweep_jobs import sweep_job_configs
 
     jobs = sweep_job_configs(hydra, cfg)
     configs = CheckedConfigs()
@@ -257,11 +251,6 @@ def check_composed(hydra: Any, config_name: str, overrides: list[str], multirun:
 def _resolve(cfg: Any) -> Any:
     """:func:`mammoth.app.run_spec.resolve_run` on a single run's config: its RunSpec; None for a
     value that resolves only inside the running job (``${hydra:...}``): the run resolves it then."""
-    from omegaconf.errors import InterpolationResolutionError
-
-    from mammoth.config.options import served_registries
-    from mammoth.app.run_spec import resolve_run
-
     try:
         return resolve_run(cfg, served_registries())  # the registries' entries without torch
     except InterpolationResolutionError:
@@ -276,10 +265,6 @@ def quote_override_value(text: str) -> str:
 def _compose(hydra: Any, config_name: str, overrides: list[str], mode: Any) -> Any:
     """The config Hydra composes (Hydra's error where it cannot); an unknown option in a defaults
     list raises a ConfigError with the choices and the closest one."""
-    from hydra.errors import MissingConfigException
-
-    from mammoth.config.options import DEFAULT_BACKBONE_GROUP
-
     try:
         return hydra.compose_config(config_name, list(overrides), run_mode=mode, with_log_configuration=False)
     except MissingConfigException as error:

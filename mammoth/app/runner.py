@@ -6,16 +6,58 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TYPE_CHECKING
 
 import torch
 from omegaconf import DictConfig
 
+from mammoth.app.callbacks import record_interruption
+from mammoth.app.job import output_directory, run_title
+from mammoth.app.resume import interrupted_line, resume_command, resumes
+from mammoth.app.run_spec import comparable_config, resolve_run
+from mammoth.app.safety import check_config_safety
+from mammoth.backbones import BACKBONES
+from mammoth.backbones.registry import build_resolved_backbone
+from mammoth.config import hydra_job
 from mammoth.config.hydra_job import JobFacts
+from mammoth.datasets import build_dataset
+from mammoth.engine.device import resolve_device, set_threads
+from mammoth.engine.distributed import (
+    detect_launch,
+    is_main_process,
+    log_to_rank_file,
+    process_device,
+    shared_run_directory,
+    start_process_group,
+    stop_process_group,
+    synchronised_batchnorm,
+    world_size,
+)
+from mammoth.engine.loop import run_tasks
+from mammoth.engine.precision import check_method_precision, check_precision
 from mammoth.errors import ConfigError
+from mammoth.files import RunLock
+from mammoth.models import MODELS
+from mammoth.models.utils import evaluation_mode
+from mammoth.reporting.loggers import build_loggers, close_loggers, RunInfo
+from mammoth.reporting.optimized_metric import check_optimized_metric, optimized_value
+from mammoth.reporting.results import (
+    build_results,
+    environment_versions,
+    format_table,
+    KIND_TITLES,
+    Measurements,
+    PLOT_NAME,
+    plot_results,
+    RESULTS_NAME,
+    write_json_atomic,
+)
 
 if TYPE_CHECKING:
     from mammoth.app.run_spec import RunSpec
@@ -33,9 +75,7 @@ def run(cfg: DictConfig) -> float:
     (KeyboardInterrupt); either logs one line with the command that resumes it, and the
     checkpoint of the last finished task stays intact.
     """
-    from mammoth.config.hydra_job import read_job_facts
-
-    job = read_job_facts()  # the run's one read of Hydra's job facts (empty outside a Hydra job); passed down
+    job = hydra_job.read_job_facts()  # the run's one read of Hydra's job facts (empty outside a Hydra job); passed down
     return run_resolved(check_config(cfg, job), job)
 
 
@@ -43,9 +83,6 @@ def check_config(cfg: DictConfig, job: JobFacts) -> RunSpec:
     """``cfg`` through the safety gate (:func:`mammoth.app.safety.check_config_safety`, with the
     job's Hydra node) and resolved (:func:`mammoth.app.run_spec.resolve_run`): the checks of
     :func:`run`. ``python -m mammoth`` makes them in its pre-flight instead, once."""
-    from mammoth.app.run_spec import resolve_run
-    from mammoth.app.safety import check_config_safety
-
     check_config_safety(cfg, hydra=job.hydra, output_dir_in_run_directory=False)  # output_dir: the caller's choice
     return resolve_run(cfg, hydra=job.hydra)
 
@@ -53,10 +90,6 @@ def check_config(cfg: DictConfig, job: JobFacts) -> RunSpec:
 def run_resolved(spec: RunSpec, job: JobFacts) -> float:
     """:func:`run` of a config that passed the safety gate and was resolved into ``spec``, in the
     Hydra job ``job`` describes."""
-    from mammoth.engine.distributed import log_to_rank_file, shared_run_directory
-    from mammoth.app.job import output_directory
-    from mammoth.files import RunLock
-
     with _process_group() as main:
         run_dir = shared_run_directory(output_directory(spec.output_dir, job))
         log_to_rank_file(run_dir)
@@ -64,8 +97,6 @@ def run_resolved(spec: RunSpec, job: JobFacts) -> float:
             try:
                 return _run(spec, run_dir, job)
             except KeyboardInterrupt as interruption:
-                from mammoth.app.resume import interrupted_line
-                from mammoth.app.callbacks import record_interruption
 
                 log.error("%s", interrupted_line(run_dir, str(interruption) or "SIGINT", job))
                 if main:
@@ -78,8 +109,6 @@ def _process_group() -> Iterator[bool]:
     """Under torchrun (or a submitit job of several tasks), the block runs in the run's process
     group (started here unless ``python -m mammoth`` started it), which is left afterwards. Yields
     whether this process writes the run's files (rank 0, or the only process)."""
-    from mammoth.engine.distributed import detect_launch, is_main_process, start_process_group, stop_process_group
-
     launch = detect_launch()
     if launch is None:
         yield True
@@ -111,13 +140,6 @@ class BuiltRun:
 
 def _run(spec: RunSpec, run_dir: Path, job: JobFacts) -> float:
     """:func:`run` in its locked run directory: build, then train and report."""
-    from mammoth.engine.device import resolve_device, set_threads
-    from mammoth.engine.distributed import is_main_process, synchronised_batchnorm
-    from mammoth.app.job import run_title
-    from mammoth.engine.precision import check_method_precision, check_precision
-    from mammoth.reporting.optimized_metric import check_optimized_metric
-    from mammoth.reporting.results import RESULTS_NAME
-
     started = time.perf_counter()
     check_distributed_support(spec.model.name, spec.model.entry.target)
     check_method_precision(spec.precision, spec.model.name, spec.model.entry.target)
@@ -145,9 +167,6 @@ def _run(spec: RunSpec, run_dir: Path, job: JobFacts) -> float:
 def check_distributed_support(name: str, method: Any) -> None:
     """On several processes, a method that does not declare ``supports_distributed`` is refused
     in one line, before anything is built or trained."""
-    from mammoth.engine.distributed import world_size
-    from mammoth.models import MODELS
-
     processes = world_size()
     if processes == 1 or getattr(method, "supports_distributed", False):
         return
@@ -161,8 +180,6 @@ def check_distributed_support(name: str, method: Any) -> None:
 def rank_device(requested: torch.device) -> torch.device:
     """The device of this process: ``requested`` in one process; on several, ``cuda:LOCAL_RANK``
     when CUDA is requested, else the CPU."""
-    from mammoth.engine.distributed import detect_launch, process_device, world_size
-
     if world_size() == 1:
         return requested
     return process_device(detect_launch(), requested)
@@ -170,8 +187,6 @@ def rank_device(requested: torch.device) -> torch.device:
 
 def build_dataset_of(spec: RunSpec) -> Any:
     """The run's benchmark, from its resolved registry entry (or, for a config by ``name``, the config)."""
-    from mammoth.datasets import build_dataset
-
     if spec.dataset is None:
         return build_dataset(spec.dataset_config, seed=spec.seed)
     return spec.dataset.entry.target(spec.dataset.checked_values(), seed=spec.seed)
@@ -189,9 +204,6 @@ def final_test_sources(dataset: Any) -> Callable[[], list[Any]] | None:
 def build_backbone_of(spec: RunSpec, dataset: Any, device: torch.device) -> tuple[Any, str]:
     """The run's backbone on ``device`` (the dataset's default when none is chosen), its
     ``num_classes`` and ``input_shape`` filled from the data, and its registered name."""
-    from mammoth.backbones import BACKBONES
-    from mammoth.backbones.registry import build_resolved_backbone
-
     data = {"num_classes": dataset.n_classes, "input_shape": dataset.input_shape}
     if spec.backbone is None:
         entry = BACKBONES.get(dataset.default_backbone)
@@ -217,8 +229,6 @@ def summary_line(name: str, net: Any) -> str:
 
 def check_output_size(net: Any, dataset: Any, backbone_name: str) -> None:
     """The backbone must output at least one logit per class of the dataset."""
-    from mammoth.models.utils import evaluation_mode
-
     device = next(net.parameters()).device
     sample = dataset.test_transform(dataset.test_source(0).read(torch.zeros(1, dtype=torch.long), device))
     with evaluation_mode(net), torch.no_grad():
@@ -234,9 +244,6 @@ def check_output_size(net: Any, dataset: Any, backbone_name: str) -> None:
 def _sigterm_interrupts() -> Iterator[None]:
     """While the block runs, SIGTERM raises ``KeyboardInterrupt("SIGTERM")`` (main thread only:
     elsewhere Python cannot set signal handlers, and nothing changes)."""
-    import signal
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -272,10 +279,6 @@ def record_filled_values(config: dict[str, Any], dataset: Any, model: Any = None
 def _train_and_report(built: BuiltRun, metric: str) -> float:
     """Train every task with the selected loggers, write results.json and the plot; return the
     run's ``metric`` (NaN when ``stop_after_task`` stopped it early)."""
-    from mammoth.engine.distributed import is_main_process
-    from mammoth.reporting.loggers import RunInfo, build_loggers, close_loggers
-    from mammoth.reporting.optimized_metric import optimized_value
-
     run_info = RunInfo(run_dir=built.run_dir, title=built.title, config=built.config, n_tasks=built.dataset.n_tasks,
                        n_epochs=built.dataset.config.n_epochs, resume=built.spec.resume,
                        trains_only_at_end=bool(getattr(built.model, "trains_only_at_end", False)))
@@ -303,19 +306,11 @@ def weights_section(net: Any) -> dict[str, Any]:
 
 def progress_bars_shown() -> bool:
     """Whether the training progress bars show: tqdm's ``disable=None`` hides them when stderr is not a terminal."""
-    import sys
-
     return hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
 
 
 def _train_and_write(built: BuiltRun, loggers: list[Any]) -> dict[str, Any] | None:
     """The task loop with its progress reports, then results.json and the plot; None when stopped early."""
-    from mammoth.app.run_spec import comparable_config
-    from mammoth.engine.distributed import is_main_process
-    from mammoth.engine.loop import run_tasks
-    from mammoth.app.resume import resumes, resume_command
-    from mammoth.reporting.results import KIND_TITLES, PLOT_NAME, RESULTS_NAME, Measurements, build_results, environment_versions, format_table, plot_results, write_json_atomic
-
     dataset, run_dir, device = built.dataset, built.run_dir, built.device
     comparable = {**comparable_config(built.config), "device": str(device)}  # device=auto resumes as the device it chose
     log_epochs = not progress_bars_shown()

@@ -38,14 +38,20 @@ mean in the job what the walk saw (:mod:`mammoth.config.interpolations`).
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
 from pathlib import PurePosixPath
 from typing import Any, Iterator
 
+from hydra.experimental.callback import Callback
+from hydra.plugins.launcher import Launcher
+from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf
 
 from mammoth.config.hydra_job import hydra_resolver_reads
-from mammoth.config.interpolations import UNKNOWN, raw_lookup, resolvers_used
+from mammoth.config.interpolations import raw_lookup, resolvers_used, UNKNOWN
+from mammoth.config.options import served_registry
 from mammoth.errors import ConfigError
 
 #: Stands for the run directory while a config's paths are resolved before Hydra has made it.
@@ -286,7 +292,6 @@ def _check_target(parent: tuple[str, ...], target: Any) -> None:
 
 
 def _check_registered(group: str, target: Any, where: str) -> None:
-    from mammoth.config.options import served_registry
 
     registry = served_registry(group)  # the registered options, built-ins from their manifest (no torch)
     if not isinstance(target, str) or registry.find_by_target(target) is None:
@@ -303,23 +308,20 @@ def _check_registered(group: str, target: Any, where: str) -> None:
 def _expected_class(parent: tuple[str, ...]) -> tuple[str, Any] | None:
     """What the ``_target_`` at ``parent`` must name: (a description, a function giving the bases)."""
     def callback() -> tuple[type, ...]:
-        from hydra.experimental.callback import Callback
 
         return (Callback,)
 
     def launcher() -> tuple[type, ...]:
-        from hydra.plugins.launcher import Launcher
 
         return (Launcher,)
 
     def sweeper() -> tuple[type, ...]:
-        from hydra.plugins.sweeper import Sweeper
 
         return (Sweeper,)
 
     def sampler() -> tuple[type, ...]:
         try:
-            from optuna.samplers import BaseSampler
+            from optuna.samplers import BaseSampler  # optional: optuna (hydra-optuna-sweeper)
         except ImportError:
             return ()
         return (BaseSampler,)
@@ -359,8 +361,6 @@ def working_directory_module(target: Any) -> str | None:
     """The file or folder of the working directory that the top-level module of the dotted path
     ``target`` names (``mycb.py`` for ``mycb.MyCb``) when Python cannot find that module; None when
     it can, or when there is no such file."""
-    import importlib.util
-
     top = target.split(".")[0] if isinstance(target, str) else ""
     if not top.isidentifier():
         return None
@@ -374,8 +374,6 @@ def _locate(path: str) -> Any:
     """The object a dotted path names, as Hydra finds a ``_target_``: the longest importable module
     prefix, then attributes (Hydra's own ``_locate`` is private; its public ``get_object`` logs an
     error for a path that does not import)."""
-    import importlib
-
     parts = path.split(".")
     for split in range(len(parts), 0, -1):
         try:

@@ -13,9 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from mammoth.config.hydra_private import BASIC_SWEEPER_TARGET
+from mammoth.config.hydra_private import basic_sweep_jobs, BASIC_SWEEPER_TARGET
 from mammoth.errors import ConfigError
 
 
@@ -30,8 +32,6 @@ class SweepJobs:
 
 def sweep_job_configs(hydra: Any, sweep_config: DictConfig) -> SweepJobs:
     """Every job config of the sweep that ``sweep_config`` (composed in multirun mode) starts."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     params = sweep_config.hydra.sweeper.get("params") or {}
     arguments = [f"{key}={value}" for key, value in params.items()] + list(sweep_config.hydra.overrides.task)
     parsed = OverridesParser.create(config_loader=hydra.config_loader).parse_overrides(arguments)
@@ -50,10 +50,6 @@ def sweep_job_configs(hydra: Any, sweep_config: DictConfig) -> SweepJobs:
 def _basic_sweep_jobs(parsed: list[Any]) -> list[list[str]]:
     """The overrides of each job Hydra's basic sweeper runs; a sweep it cannot run (``interval()``,
     also inside ``tag()``) is refused with Hydra's own words, naming the override."""
-    from hydra.errors import HydraException
-
-    from mammoth.config.hydra_private import basic_sweep_jobs
-
     try:
         return basic_sweep_jobs(parsed)
     except HydraException as error:

@@ -28,7 +28,7 @@ class JobFacts:
     @property
     def multirun(self) -> bool:
         """Whether the job is part of a Hydra multirun (a sweep)."""
-        from hydra.types import RunMode
+        from hydra.types import RunMode  # lazy: Hydra, not imported by the Python API (datasets resolve user paths through here)
 
         return self.hydra is not None and self.hydra.get("mode") == RunMode.MULTIRUN
 
@@ -58,7 +58,7 @@ class JobFacts:
 
 def read_job_facts() -> JobFacts:
     """The running Hydra job's facts (empty outside a Hydra job)."""
-    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.hydra_config import HydraConfig  # lazy: Hydra, not imported by the Python API (datasets resolve user paths through here)
 
     return JobFacts(HydraConfig.get() if HydraConfig.initialized() else None)
 
@@ -67,7 +67,7 @@ def read_job_facts() -> JobFacts:
 def hydra_resolver_reads(view: Any) -> Iterator[None]:
     """Hydra's ``${hydra:...}`` resolver reads ``view``'s ``hydra`` node while the block runs, as it
     reads the job's config while Hydra's ``run_job`` resolves the job's paths; restored after."""
-    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.hydra_config import HydraConfig  # lazy: Hydra, not imported by the Python API (datasets resolve user paths through here)
 
     instance = HydraConfig.instance()
     previous = instance.cfg

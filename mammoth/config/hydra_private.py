@@ -17,6 +17,8 @@ import functools
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
+from omegaconf import OmegaConf
+
 #: The ``_target_`` of Hydra's basic sweeper in a composed ``hydra.sweeper`` node (a config value
 #: that Hydra's own ``hydra/sweeper/basic`` config writes, compared as text, never imported).
 BASIC_SWEEPER_TARGET = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
@@ -26,7 +28,7 @@ def parse_arguments(args: list[str]) -> Any:
     """``args`` parsed by the argument parser ``hydra.main`` uses. Missing public API: Hydra has no
     public parser, and ``-m``, ``-cn``, ``--config-dir``, ``-cp`` and the overrides must be read
     exactly as ``hydra.main`` will read them."""
-    from hydra._internal.utils import get_args_parser
+    from hydra._internal.utils import get_args_parser  # lazy: Hydra, not imported by the Python API (options are stored through here)
 
     return get_args_parser().parse_args(args)
 
@@ -39,10 +41,10 @@ def main_hydra(task_function: Callable, config_path: str, config_dir: str | None
     public API: ``initialize_config_module`` / ``initialize_config_dir`` take one config
     module or directory, while ``hydra.main`` builds its search path from the task function's
     module, ``-cp`` and ``--config-dir``, which the pre-flight must see as the run will."""
-    from hydra._internal.hydra import Hydra
-    from hydra._internal.utils import create_automatic_config_search_path, detect_calling_file_or_module_from_task_function
-    from hydra.core.config_search_path import SearchPathQuery
-    from hydra.core.global_hydra import GlobalHydra
+    from hydra._internal.hydra import Hydra  # lazy: Hydra, not imported by the Python API (options are stored through here)
+    from hydra._internal.utils import create_automatic_config_search_path, detect_calling_file_or_module_from_task_function  # lazy: Hydra, not imported by the Python API (options are stored through here)
+    from hydra.core.config_search_path import SearchPathQuery  # lazy: Hydra, not imported by the Python API (options are stored through here)
+    from hydra.core.global_hydra import GlobalHydra  # lazy: Hydra, not imported by the Python API (options are stored through here)
 
     calling_file, calling_module = detect_calling_file_or_module_from_task_function(task_function)
     search_path = create_automatic_config_search_path(calling_file, calling_module, config_path)
@@ -68,7 +70,7 @@ def basic_sweep_jobs(overrides: list[Any]) -> list[list[str]]:
     order (Hydra's ``HydraException`` for a sweep it cannot run, such as ``interval()``).
     Missing public API: the override parser is public, but the basic sweeper's expansion of
     sweeps into jobs is not; a copy could drift from the jobs Hydra really runs."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper  # lazy: Hydra, not imported by the Python API (options are stored through here)
 
     return BasicSweeper.split_arguments(overrides, None)[0]
 
@@ -87,7 +89,7 @@ def store_lazily(name: str, build: Callable[[], Any]) -> None:
     nodes at once would cost more than all the rest of ``--help``, and composing needs only the
     selected ones. Missing public API: ``ConfigStore.store`` converts the config when it is
     called; there is no public lazy entry."""
-    from hydra.core.config_store import ConfigStore
+    from hydra.core.config_store import ConfigStore  # lazy: Hydra, not imported by the Python API (options are stored through here)
 
     key = name if name.endswith(".yaml") else f"{name}.yaml"
     node_class = _lazy_config_node_class()
@@ -100,8 +102,7 @@ def store_lazily(name: str, build: Callable[[], Any]) -> None:
 def _lazy_config_node_class() -> type:
     """Hydra's ConfigNode whose ``node`` is ``build()``'s config, made on first use (Hydra copies
     entries shallowly before it reads them, so the copies share what was built)."""
-    from hydra.core.config_store import ConfigNode
-    from omegaconf import OmegaConf
+    from hydra.core.config_store import ConfigNode  # lazy: Hydra, not imported by the Python API (options are stored through here)
 
     class LazyConfigNode(ConfigNode):
         @property

@@ -43,9 +43,10 @@ from typing import Any, Iterator
 
 from mammoth.config import manifest
 from mammoth.config.hydra_private import store_lazily
-from mammoth.config.registry import Entry, Registry, add_registration_listener, canonical_name, schema_node
+from mammoth.config.registry import add_registration_listener, canonical_name, Entry, Registry, schema_node
 from mammoth.config.schema import Argument
 from mammoth.errors import BackboneError, ConfigError, DatasetError
+from mammoth.plugins import load_plugins_once
 
 #: The config groups whose options are mammoth's registered ones.
 SERVED_GROUPS = manifest.GROUPS
@@ -74,8 +75,6 @@ def _registry(group: str) -> Any:
 
 def _registered(group: str) -> dict[str, Any]:
     """The entries registered in this process (installed plugins imported first)."""
-    from mammoth.plugins import load_plugins_once
-
     load_plugins_once()
     registry = _registry(group)
     return {} if registry is None else {name: registry.get(name) for name in registry.names()}
@@ -162,8 +161,8 @@ def _store_schema(group: str, name: str, replace: bool = False) -> None:
 
 def is_stored(path: str) -> bool:
     """Whether Hydra's ConfigStore holds a config at ``path`` (``name.yaml``, ``group/name.yaml``)."""
-    from hydra.core.config_store import ConfigStore
-    from hydra.core.object_type import ObjectType
+    from hydra.core.config_store import ConfigStore  # lazy: Hydra, not imported by the Python API (import mammoth.backbones)
+    from hydra.core.object_type import ObjectType  # lazy: Hydra, not imported by the Python API (import mammoth.backbones)
 
     return ConfigStore.instance().get_type(path) == ObjectType.CONFIG
 
@@ -175,7 +174,7 @@ def option_file_text(group: str, name: str) -> str:
     name="resnet")``) comes after ``hydra.searchpath`` on Hydra's search path, so Hydra would read
     this file and merge it into that entry (its automatic schema matching): that is refused here,
     in one line naming both."""
-    from hydra.errors import ConfigCompositionException
+    from hydra.errors import ConfigCompositionException  # lazy: Hydra, not imported by the Python API (import mammoth.backbones)
 
     if is_stored(f"{group}/{name}.yaml"):
         raise ConfigCompositionException(
@@ -226,7 +225,7 @@ def check_options_not_hidden(repository: Any) -> None:
     name hides (``--config-dir`` and ``hydra.searchpath`` come after ``python -m mammoth``'s own
     configs on its search path): ``backbone/resnet34.yaml`` would otherwise be silently ignored.
     A user's file found before mammoth's (``-cp``) wins, as in any app."""
-    from hydra.core.object_type import ObjectType
+    from hydra.core.object_type import ObjectType  # lazy: Hydra, not imported by the Python API (import mammoth.backbones)
 
     first: dict[str, str] = {}
     for source in repository.get_sources():

@@ -11,7 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
+
+from mammoth.config.hydra_private import store_lazily
+from mammoth.config.options import default_backbone_option, is_stored
 
 
 #: ConfigStore name of the run schema that mammoth/app/conf/config.yaml extends.
@@ -90,11 +93,6 @@ def store_app_configs() -> None:
     """Make what only mammoth's own primary config uses available (idempotent): the run schema in
     Hydra's ConfigStore and the default-backbone resolver. The backbone, model and dataset options
     are files that :mod:`mammoth.app.conf` serves (:mod:`mammoth.config.options`)."""
-    from omegaconf import OmegaConf
-
-    from mammoth.config.hydra_private import store_lazily
-    from mammoth.config.options import default_backbone_option, is_stored
-
     if not is_stored(f"{RUN_SCHEMA}.yaml"):
         store_lazily(RUN_SCHEMA, lambda: RunConfig)
     if not OmegaConf.has_resolver(DEFAULT_BACKBONE_RESOLVER):

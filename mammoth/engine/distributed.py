@@ -33,6 +33,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from mammoth.errors import ConfigError
+from mammoth.files import open_nofollow
 
 #: The variables torchrun sets for each process (``env://`` initialisation reads them).
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -113,7 +114,7 @@ def detect_launch(environ: Optional[Mapping[str, str]] = None) -> Optional[Launc
 
 def _submitit_launch() -> Launch:
     """A submitit task's launch; ``MASTER_ADDR``, ``MASTER_PORT``, ``RANK``... exported for ``env://``."""
-    from submitit.helpers import TorchDistributedEnvironment
+    from submitit.helpers import TorchDistributedEnvironment  # optional: submitit (a submitit job of several tasks)
 
     environment = TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
     return Launch(environment.rank, environment.world_size, environment.local_rank, "submitit")
@@ -313,7 +314,6 @@ def log_to_rank_file(run_dir: Path) -> None:
     not the run's ``mammoth.log``). Nothing on rank 0 or in one process."""
     if is_main_process():
         return
-    from mammoth.files import open_nofollow
 
     # opened first, through open_nofollow as every file mammoth writes in a run directory: a planted link is refused
     handler = logging.StreamHandler(open_nofollow(run_dir / rank_log_name(rank()), "a"))

@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 import mammoth
 import mammoth.config.hydra_job as hydra_job
+import mammoth.config.user_paths as user_paths
 from composing import compose_mammoth
 from mammoth.app.job import job_overrides, output_directory, run_title
 from mammoth.app.resume import resume_command, resumes
@@ -87,6 +88,10 @@ def test_a_run_reads_the_job_facts_once_at_its_entry_and_uses_them(tmp_path, mon
     OmegaConf.update(hydra, "overrides.task", ["dataset.n_epochs=1", "stop_after_task=1"])
     reads = []
     monkeypatch.setattr(hydra_job, "read_job_facts", lambda: reads.append(1) or JobFacts(hydra))
+    # a dataset built by the run resolves dataset.root against the launch directory on its own (a
+    # dataset built directly does the same): those reads are user_paths', not the run's
+    path_reads = []
+    monkeypatch.setattr(user_paths, "read_job_facts", lambda: path_reads.append(1) or JobFacts(hydra))
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = records.append
@@ -100,6 +105,7 @@ def test_a_run_reads_the_job_facts_once_at_its_entry_and_uses_them(tmp_path, mon
         logger.removeHandler(handler)
         logger.setLevel(previous_level)
     assert value != value and reads == [1]  # stopped early: NaN; the facts read once
+    assert path_reads == [1]  # dataset.root
     assert (tmp_path / "job" / "checkpoint.pt").is_file()
     lines = [record.getMessage() for record in records]
     assert any(re.search(rf"continue with: .* dataset\.n_epochs=1 resume=true hydra\.run\.dir={re.escape(str(tmp_path / 'job'))}$",
