@@ -5,11 +5,9 @@ recorded config come from the facts the run was given, not from Hydra's singleto
 from __future__ import annotations
 
 import ast
-import logging
 import re
 from pathlib import Path
 
-import pytest
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf
@@ -18,6 +16,7 @@ import mammoth
 import mammoth.config.hydra_job as hydra_job
 import mammoth.config.user_paths as user_paths
 from composing import compose_mammoth
+from log_records import mammoth_log_records
 from mammoth.app.job import job_overrides, output_directory, run_title
 from mammoth.app.resume import resume_command, resumes
 from mammoth.config.hydra_job import JobFacts, read_job_facts
@@ -92,18 +91,8 @@ def test_a_run_reads_the_job_facts_once_at_its_entry_and_uses_them(tmp_path, mon
     # dataset built directly does the same): those reads are user_paths', not the run's
     path_reads = []
     monkeypatch.setattr(user_paths, "read_job_facts", lambda: path_reads.append(1) or JobFacts(hydra))
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    logger = logging.getLogger("mammoth")
-    logger.addHandler(handler)
-    previous_level = logger.level
-    logger.setLevel(logging.INFO)
-    try:
+    with mammoth_log_records() as records:
         value = mammoth.run(compose_mammoth("device=cpu", "dataset.n_epochs=1", "stop_after_task=1", "logger=[]"))
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(previous_level)
     assert value != value and reads == [1]  # stopped early: NaN; the facts read once
     assert path_reads == [1]  # dataset.root
     assert (tmp_path / "job" / "checkpoint.pt").is_file()

@@ -18,6 +18,7 @@ from mammoth.reporting.loggers import (
     CSV_COLUMNS, CsvLogger, RunInfo, RunLogger, build_loggers, output_paths, register_logger, task_metrics,
 )
 import composing
+from log_records import mammoth_log_records
 from registries import restored
 
 N_TASKS, N_EPOCHS = 5, 2  # seq-digits
@@ -52,18 +53,8 @@ def read_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
 def default_run(tmp_path_factory) -> tuple[Path, float, list[logging.LogRecord]]:
     """One seq-digits run with the default logger; its directory, return value and log records."""
     run_dir = tmp_path_factory.mktemp("default")
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    logger = logging.getLogger("mammoth")
-    logger.addHandler(handler)
-    previous_level = logger.level
-    logger.setLevel(logging.INFO)
-    try:
+    with mammoth_log_records() as records:
         value = mammoth.run(compose_run(run_dir))
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(previous_level)
     return run_dir, value, records
 
 
