@@ -28,17 +28,7 @@ from mammoth.config import hydra_job
 from mammoth.config.hydra_job import JobFacts
 from mammoth.datasets import build_dataset
 from mammoth.engine.device import resolve_device, set_threads
-from mammoth.engine.distributed import (
-    detect_launch,
-    is_main_process,
-    log_to_rank_file,
-    process_device,
-    shared_run_directory,
-    start_process_group,
-    stop_process_group,
-    synchronised_batchnorm,
-    world_size,
-)
+from mammoth.engine import distributed
 from mammoth.engine.loop import run_tasks
 from mammoth.engine.precision import check_method_precision, check_precision
 from mammoth.errors import ConfigError
@@ -91,8 +81,8 @@ def run_resolved(spec: RunSpec, job: JobFacts) -> float:
     """:func:`run` of a config that passed the safety gate and was resolved into ``spec``, in the
     Hydra job ``job`` describes."""
     with _process_group() as main:
-        run_dir = shared_run_directory(output_directory(spec.output_dir, job))
-        log_to_rank_file(run_dir)
+        run_dir = distributed.shared_run_directory(output_directory(spec.output_dir, job))
+        distributed.log_to_rank_file(run_dir)
         with RunLock(run_dir) if main else contextlib.nullcontext(), _sigterm_interrupts():
             try:
                 return _run(spec, run_dir, job)
@@ -109,17 +99,17 @@ def _process_group() -> Iterator[bool]:
     """Under torchrun (or a submitit job of several tasks), the block runs in the run's process
     group (started here unless ``python -m mammoth`` started it), which is left afterwards. Yields
     whether this process writes the run's files (rank 0, or the only process)."""
-    launch = detect_launch()
+    launch = distributed.detect_launch()
     if launch is None:
         yield True
         return
-    start_process_group(launch)
+    distributed.start_process_group(launch)
     try:
-        yield is_main_process()
+        yield distributed.is_main_process()
     except BaseException:
-        stop_process_group(synchronise=False)  # the other ranks may be gone
+        distributed.stop_process_group(synchronise=False)  # the other ranks may be gone
         raise
-    stop_process_group()
+    distributed.stop_process_group()
 
 
 @dataclass(frozen=True)
@@ -143,7 +133,7 @@ def _run(spec: RunSpec, run_dir: Path, job: JobFacts) -> float:
     started = time.perf_counter()
     check_distributed_support(spec.model.name, spec.model.entry.target)
     check_method_precision(spec.precision, spec.model.name, spec.model.entry.target)
-    if not spec.resume and is_main_process():  # never leave an old, complete-looking file; a refused resume keeps its run's
+    if not spec.resume and distributed.is_main_process():  # never leave an old, complete-looking file; a refused resume keeps its run's
         (run_dir / RESULTS_NAME).unlink(missing_ok=True)
     device = rank_device(resolve_device(spec.device))
     check_precision(spec.precision, device)
@@ -154,7 +144,7 @@ def _run(spec: RunSpec, run_dir: Path, job: JobFacts) -> float:
     torch.manual_seed(spec.seed)
     dataset = build_dataset_of(spec)
     net, backbone_name = build_backbone_of(spec, dataset, device)
-    net = synchronised_batchnorm(net, device)
+    net = distributed.synchronised_batchnorm(net, device)
     if spec.channels_last:
         net = net.to(memory_format=torch.channels_last)
     model = spec.model.entry.target(net=net, dataset=dataset, **spec.model.checked_values()).to(device)
@@ -167,7 +157,7 @@ def _run(spec: RunSpec, run_dir: Path, job: JobFacts) -> float:
 def check_distributed_support(name: str, method: Any) -> None:
     """On several processes, a method that does not declare ``supports_distributed`` is refused
     in one line, before anything is built or trained."""
-    processes = world_size()
+    processes = distributed.world_size()
     if processes == 1 or getattr(method, "supports_distributed", False):
         return
     supported = sorted(entry for entry in MODELS.names() if getattr(MODELS.get(entry).target, "supports_distributed", False))
@@ -180,9 +170,9 @@ def check_distributed_support(name: str, method: Any) -> None:
 def rank_device(requested: torch.device) -> torch.device:
     """The device of this process: ``requested`` in one process; on several, ``cuda:LOCAL_RANK``
     when CUDA is requested, else the CPU."""
-    if world_size() == 1:
+    if distributed.world_size() == 1:
         return requested
-    return process_device(detect_launch(), requested)
+    return distributed.process_device(distributed.detect_launch(), requested)
 
 
 def build_dataset_of(spec: RunSpec) -> Any:
@@ -282,7 +272,7 @@ def _train_and_report(built: BuiltRun, metric: str) -> float:
     run_info = RunInfo(run_dir=built.run_dir, title=built.title, config=built.config, n_tasks=built.dataset.n_tasks,
                        n_epochs=built.dataset.config.n_epochs, resume=built.spec.resume,
                        trains_only_at_end=bool(getattr(built.model, "trains_only_at_end", False)))
-    loggers = build_loggers(built.spec.loggers, run_info) if is_main_process() else []  # resolved (config: as recorded)
+    loggers = build_loggers(built.spec.loggers, run_info) if distributed.is_main_process() else []  # resolved (config: as recorded)
     try:
         results = _train_and_write(built, loggers)
     except BaseException:
@@ -347,7 +337,7 @@ def _train_and_write(built: BuiltRun, loggers: list[Any]) -> dict[str, Any] | No
         timings={"train_seconds": state.train_seconds, "eval_seconds": state.eval_seconds,
                  "total_seconds": time.perf_counter() - built.started},
     )
-    if not is_main_process():
+    if not distributed.is_main_process():
         return results
     plot_results(results, run_dir / PLOT_NAME)
     write_json_atomic(run_dir / RESULTS_NAME, results)

@@ -28,7 +28,9 @@ def counts(monkeypatch: pytest.MonkeyPatch) -> Counter:
     """Calls of Hydra's composition, of the safety gate, of resolve_run and of Registry.resolve while the test runs."""
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
 
+    import mammoth.app.cli  # noqa: F401  imported first: the names it and the modules below import are the originals
     import mammoth.app.run_spec as run_spec
+    import mammoth.app.runner  # noqa: F401
     import mammoth.app.safety as safety
     from mammoth.config.registry import Registry
 
@@ -42,6 +44,10 @@ def counts(monkeypatch: pytest.MonkeyPatch) -> Counter:
             return original(*args, **kwargs)
 
         monkeypatch.setattr(owner, name, wrapper)
+        if not isinstance(owner, type):  # a function: also where a module imported it by name
+            for module in [module for key, module in sys.modules.items() if key.startswith("mammoth.")]:
+                if getattr(module, name, None) is original:
+                    monkeypatch.setattr(module, name, wrapper)
 
     counting(ConfigLoaderImpl, "load_configuration", "compositions")
     counting(ConfigLoaderImpl, "load_sweep_config", "job compositions")

@@ -14,7 +14,6 @@ from mammoth.backbones import build_backbone
 from mammoth.datasets import build_dataset
 from mammoth.engine.checkpoint import TrainingState, save_checkpoint
 from mammoth.engine.context import build_context
-import mammoth.app.launch
 from mammoth.app.launch import join_command_line
 from mammoth.engine.distributed import Shard, shard_of
 from mammoth.errors import ConfigError
@@ -149,7 +148,7 @@ def test_one_process_keeps_its_command_line_and_a_multirun_under_torchrun_is_ref
 
     command_line = CommandLine(["model=er"], multirun=False, directory=Path("/tmp/run"), pin_at=1)
     assert join_command_line(command_line) is command_line
-    monkeypatch.setattr(mammoth.app.launch, "detect_launch", lambda: distributed.Launch(0, 2, 0, "torchrun"))
+    monkeypatch.setattr(distributed, "detect_launch", lambda: distributed.Launch(0, 2, 0, "torchrun"))
     with pytest.raises(ConfigError, match=r"^--multirun on 2 processes started by torchrun; allowed: one run per torchrun"):
         join_command_line(CommandLine(["model=er"], multirun=True))
 
