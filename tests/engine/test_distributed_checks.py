@@ -18,6 +18,7 @@ pytestmark = pytest.mark.distributed
 COUNTING = textwrap.dedent("""
     import atexit, os, sys
     import mammoth.app.run_spec as run_spec
+    import mammoth.app.runner
     import mammoth.app.safety as safety
     from mammoth.app.cli import main
 
@@ -28,7 +29,9 @@ COUNTING = textwrap.dedent("""
         def counted(*args, **kwargs):
             counts[label] += 1
             return original(*args, **kwargs)
-        setattr(module, name, counted)
+        for other in [other for key, other in list(sys.modules.items()) if key.startswith("mammoth.")]:
+            if getattr(other, name, None) is original:  # also where a module imported it by name
+                setattr(other, name, counted)
 
     counting(safety, "check_config_safety", "gate")
     counting(run_spec, "resolve_run", "resolve")
