@@ -47,7 +47,7 @@ def test_bad_backbone_value_names_the_key_and_type(workdir: Path):
 def test_multirun_sweeps_the_backbone_depth(workdir: Path, launcher: str):
     result = run_python(
         ["-m", "mammoth", "-m", f"hydra/launcher={launcher}", "backbone=resnet", "backbone.depth=18,34",
-         "backbone.width=4", "dataset.n_epochs=1", "hydra.sweep.dir=sweep"],
+         "backbone.width=4", "dataset.fitting_mode=iters", "dataset.n_iters=1", "hydra.sweep.dir=sweep"],  # a step a task
         workdir,
     )
     assert result.returncode == 0, result.stderr
