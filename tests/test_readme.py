@@ -193,7 +193,7 @@ def write_local_weights(path: Path) -> None:
 
 CASES: dict[str, Case] = {
     "pip install -e . && python -m mammoth": Case(run=False),  # the install is CI's own; the run is below
-    'pip install -e ".[test]" && python -m pytest -q -n auto --dist loadfile': Case(run=False),  # what .ci/run does
+    'pip install -e ".[test]" && python -m pytest -q -n auto': Case(run=False),  # what .ci/run does
     "python -m pytest -q -m distributed": Case(run=False),  # what .ci/run does second
     # several processes: run by tests/engine/test_distributed_runs.py (the distributed suite); SLURM is not here
     "torchrun --nproc_per_node=2 -m mammoth model=er model.buffer_size=200": Case(run=False),
@@ -309,10 +309,10 @@ def test_every_readme_command_has_a_case():
 def test_ci_runs_the_readme_test_command_in_a_fresh_venv():
     ci = (REPO / ".ci" / "run").read_text()
     assert 'python3 -m venv "$environment"' in ci
-    assert 'python -m pip install -q -e ".[test]"' in ci and "\npython -m pytest -q -n auto --dist loadfile\n" in ci
+    assert 'python -m pip install -q -e ".[test]"' in ci and "\npython -m pytest -q -n auto\n" in ci
     assert "\npython -m pytest -q -m distributed\n" in ci
     install_and_test = [line for line in README.splitlines() if line.startswith("pip install")][:2]
-    assert install_and_test[1].startswith('pip install -e ".[test]" && python -m pytest -q -n auto --dist loadfile ')
+    assert install_and_test[1].startswith('pip install -e ".[test]" && python -m pytest -q -n auto')
 
 
 @pytest.mark.parametrize("command", [command for command, case in CASES.items() if case.run])
