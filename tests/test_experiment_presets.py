@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
+from composing import compose_mammoth
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -209,8 +209,7 @@ OLD_NAMES = {"der-seq-cifar10": "der-seq-cifar10-500", "derpp-seq-cifar10": "der
 def composed() -> dict:
     """Every preset file composed with Hydra (one initialisation for all)."""
     names = sorted(path.stem for path in (REPO / "mammoth" / "app" / "conf" / "experiment").glob("*.yaml"))
-    with initialize_config_module(config_module="mammoth.app.conf", version_base="1.3"):
-        return {name: compose(config_name="config", overrides=[f"experiment={name}"]) for name in names}
+    return {name: compose_mammoth(f"experiment={name}") for name in names}
 
 
 def _get(cfg, key: str):

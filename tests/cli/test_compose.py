@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
 import mammoth
+from conftest import run_python
 from mammoth.__main__ import hydra_main
+from mammoth.backbones import build_backbone, list_backbones
+from mammoth.config.options import served_registry
 from mammoth.app.preflight import normalise_choice, prepare_arguments
 from mammoth.app.run_spec import resolve_run
-from mammoth.errors import ConfigError
+from mammoth.errors import BackboneError, ConfigError
 from composing import compose_mammoth
 
 
-def compose_config(*overrides: str):
-    return compose_mammoth(*overrides)
-
-
 def test_default_config_selects_the_embedded_dataset_and_its_backbone():
-    cfg = compose_config()
+    cfg = compose_mammoth()
     assert cfg.dataset.name == "seq-digits"
     assert cfg.backbone._target_ == "mammoth.backbones.mlp.MNISTMLP"
     assert cfg.model._target_.endswith(".SGD")
@@ -28,69 +29,57 @@ def test_default_config_selects_the_embedded_dataset_and_its_backbone():
 
 
 def test_dataset_chooses_its_backbone_and_the_command_line_wins():
-    assert compose_config("dataset=seq-cifar10").backbone._target_ == "mammoth.backbones.resnet.resnet18"
-    cfg = compose_config("dataset=seq-cifar10", "backbone=vit", "backbone.depth=3")
+    assert compose_mammoth("dataset=seq-cifar10").backbone._target_ == "mammoth.backbones.resnet.resnet18"
+    cfg = compose_mammoth("dataset=seq-cifar10", "backbone=vit", "backbone.depth=3")
     assert cfg.backbone._target_ == "mammoth.backbones.vit.VisionTransformer"
     assert cfg.backbone.depth == 3
 
 
 def test_backbone_arguments_are_typed_fields():
-    cfg = compose_config("backbone=resnet", "backbone.depth=34", "backbone.width=32")
+    cfg = compose_mammoth("backbone=resnet", "backbone.depth=34", "backbone.width=32")
     assert (cfg.backbone.depth, cfg.backbone.width, cfg.backbone.stem) == (34, 32, "auto")
     with pytest.raises(ConfigCompositionException) as error:
-        compose_config("backbone=resnet", "backbone.depth=abc")
+        compose_mammoth("backbone=resnet", "backbone.depth=abc")
     message = str(error.value.__cause__)
     assert "backbone.depth" in message and "Integer" in message
 
 
 def test_only_the_selected_backbone_arguments_exist():
     with pytest.raises(ConfigCompositionException) as error:  # closed schema: Hydra refuses the key
-        compose_config("backbone=mnistmlp", "backbone.depth=18")
+        compose_mammoth("backbone=mnistmlp", "backbone.depth=18")
     cause = str(error.value.__cause__)
     assert "Key 'depth' not in 'MnistmlpBackboneConfig'" in cause and "full_key: backbone.depth" in cause
     with pytest.raises(ConfigCompositionException):  # the fields it has stay typed
-        compose_config("backbone=mnistmlp", "backbone.hidden_sizes=abc")
-
-
-@pytest.mark.parametrize("override, key, schema", [
-    ("backbone.deptth=34", "deptth", "ResnetBackboneConfig"),
-    ("model.buffersize=200", "buffersize", "ErModelConfig"),
-    ("dataset.rooot=/data", "rooot", "SeqDigitsDatasetConfig"),
-])
-def test_unknown_group_keys_fail_at_composition(override: str, key: str, schema: str):
-    with pytest.raises(ConfigCompositionException) as error:
-        compose_config("backbone=resnet", "model=er", override)
-    cause = str(error.value.__cause__)
-    assert f"Key '{key}' not in '{schema}'" in cause and f"full_key: {override.split('=')[0]}" in cause
+        compose_mammoth("backbone=mnistmlp", "backbone.hidden_sizes=abc")
 
 
 def test_added_keys_compose_and_the_run_refuses_them():
-    cfg = compose_config("model=sgd", "++model.buffer_size=200")  # ++ adds a key on purpose
+    cfg = compose_mammoth("model=sgd", "++model.buffer_size=200")  # ++ adds a key on purpose
     assert cfg.model.buffer_size == 200
     with pytest.raises(ConfigError, match=r"unknown argument 'buffer_size' for model 'sgd' \(model.buffer_size\)"):
         resolve_run(cfg)
 
 
 def test_missing_required_values_are_named_at_once():
-    cfg = compose_config("model=ewc-on")
+    cfg = compose_mammoth("model=ewc-on")
     with pytest.raises(ConfigError) as error:
         resolve_run(cfg)
     assert str(error.value) == ("missing values for model.e_lambda, model.gamma (model 'ewc-on'); "
                                 "set them with model.e_lambda=... model.gamma=...")
     with pytest.raises(ConfigError, match=r"^missing value for model.buffer_size \(model 'er'\); set it with model.buffer_size=\.\.\.$"):
-        resolve_run(compose_config("model=er"))
-    spec = resolve_run(compose_config("model=ewc-on", "model.e_lambda=10", "model.gamma=1.0"))  # the data fills the backbone's
+        resolve_run(compose_mammoth("model=er"))
+    spec = resolve_run(compose_mammoth("model=ewc-on", "model.e_lambda=10", "model.gamma=1.0"))  # the data fills the backbone's
     assert (spec.model.name, spec.model.values["e_lambda"], spec.model.values["gamma"]) == ("ewc-on", 10, 1.0)
 
 
 def test_run_settings_are_typed():
     with pytest.raises((ConfigCompositionException, ValidationError)):
-        compose_config("seed=abc")
-    assert compose_config("seed=3", "device=cpu").seed == 3
+        compose_mammoth("seed=abc")
+    assert compose_mammoth("seed=3", "device=cpu").seed == 3
 
 
 def test_composed_backbone_builds_with_data_values():
-    cfg = compose_config("backbone=resnet", "backbone.depth=34", "backbone.width=8")
+    cfg = compose_mammoth("backbone=resnet", "backbone.depth=34", "backbone.width=8")
     net = mammoth.build_backbone(cfg.backbone, num_classes=10, input_shape=(3, 32, 32))
     assert net.depth == 34 and net.classifier.out_features == 10
 
@@ -128,11 +117,41 @@ def test_ambiguous_loose_names_are_refused():
         normalise_choice("backbone", "resnet-18", ["resnet18", "res-net18"])
 
 
-def test_unknown_backbone_lists_the_names_and_the_closest():
-    with pytest.raises(ConfigError) as error:
-        prepare("backbone=resnt")
-    first_line = str(error.value).splitlines()[0]
-    assert "'resnt'" in first_line and "mnistmlp" in first_line and "did you mean 'resnet'" in first_line
+def _unknown_option_message(route: str, tmp_path: Path) -> str:
+    """The first line of the error that ``route`` gives for a misspelt backbone option."""
+    if route == "python -m mammoth":  # the process: exit status 2, one line, no traceback
+        result = run_python(["-m", "mammoth", "backbone=resnt"], tmp_path)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        return result.stderr.strip().splitlines()[0]
+    (tmp_path / "backbone").mkdir()
+    (tmp_path / "backbone" / "wide-resnet.yaml").write_text("defaults:\n  - resnet\n  - _self_\ndepth: 34\n")
+    (tmp_path / "typo.yaml").write_text("defaults:\n  - config\n  - override backbone: resnt\n  - _self_\n")
+    calls = {
+        "served registry": lambda: served_registry("backbone").get("resnt"),
+        "build_backbone": lambda: build_backbone("resnt18", num_classes=10, input_shape=(3, 32, 32)),
+        "command line": lambda: prepare("backbone=resnt"),
+        "a user's defaults list": lambda: prepare("--config-dir", str(tmp_path), "-cn", "typo"),
+        "hydra.searchpath": lambda: prepare(f"hydra.searchpath=[file://{tmp_path}]", "backbone=wide-resnt"),
+    }
+    with pytest.raises(BackboneError if route in ("served registry", "build_backbone") else ConfigError) as error:
+        calls[route]()
+    return str(error.value).splitlines()[0]
+
+
+@pytest.mark.parametrize("route, name, closest, extra", [
+    ("served registry", "resnt", "resnet", []),  # the options Hydra composes, without torch
+    ("build_backbone", "resnt18", "resnet18", []),  # the Python API
+    ("command line", "resnt", "resnet", []),  # python -m mammoth's pre-flight, in process
+    ("python -m mammoth", "resnt", "resnet", []),
+    ("a user's defaults list", "resnt", "resnet", ["wide-resnet"]),  # --config-dir DIR -cn typo
+    ("hydra.searchpath", "wide-resnt", "wide-resnet", ["wide-resnet"]),  # a user's option is listed too
+])
+def test_an_unknown_option_names_itself_every_allowed_name_and_the_closest(
+        tmp_path: Path, route: str, name: str, closest: str, extra: list[str]):
+    allowed = ", ".join(sorted([*list_backbones(), *extra]))
+    prefix = "Error: " if route == "python -m mammoth" else ""
+    assert _unknown_option_message(route, tmp_path) == (
+        f"{prefix}unknown backbone '{name}'; allowed: {allowed} (did you mean '{closest}'?)")
 
 
 def test_unknown_dataset_and_model_names():

@@ -1,5 +1,6 @@
 """Ctrl-C and SIGTERM: one line with the exact command that resumes the run, the last finished
-task's checkpoint intact, and a resumed run bit-for-bit equal to an uninterrupted one."""
+task's checkpoint intact, and a run resumed from the command line (stopped once more with
+stop_after_task, then resumed again) bit-for-bit equal to an uninterrupted one."""
 
 from __future__ import annotations
 
@@ -51,6 +52,11 @@ def test_sigterm_prints_the_resume_command_and_resuming_is_bit_exact(workdir: Pa
     assert status["status"] == "stopped early" and status["interrupted"] == "SIGTERM", status
     assert status["pid"] == interrupted_pid(interrupted) and status["wall_seconds"] > 0
 
+    # resumed from the command line and stopped again: the line that says how to continue
+    stopped = run_python([*command[1:], "stop_after_task=3"], workdir, python=sys.executable)
+    assert stopped.returncode == 0, stopped.stderr
+    assert (f"Stopped after task 3 of 5; continue with: {shlex.join(command)}" in stopped.stdout)
+    assert read_checkpoint(part / "checkpoint.pt")["state"]["next_task"] == 3 and not (part / "results.json").exists()
     resumed = run_python(command[1:], workdir, python=sys.executable)
     assert resumed.returncode == 0, resumed.stderr
     expected = json.loads((workdir / "whole" / "results.json").read_text())

@@ -64,8 +64,7 @@ def test_an_opted_in_apps_own_options_named_like_mammoths_win_cleanly(workdir: P
     # mammoth's other options are still there, typed and closed
     vit = ran(run_python(["app.py", "backbone=vit", "backbone.depth=2", "hydra.run.dir=run"], workdir))
     assert vit.startswith("RAN {'backbone': {'_target_': 'mammoth.backbones.vit.VisionTransformer'")
-    typo = run_python(["app.py", "backbone=vit", "backbone.deptth=2", "hydra.run.dir=run"], workdir)
-    assert typo.returncode == 1 and "Key 'deptth' not in 'VitBackboneConfig'" in typo.stderr
+    # ... and closed: tests/cli/test_closed_schemas.py
     helped = run_python(["app.py", "--help"], workdir)  # Hydra lists the groups of the app's own config directory
     assert helped.returncode == 0 and not helped.stderr, helped.stderr
     assert help_groups(helped.stdout) == {"backbone": "resnet", "dataset": "seq-cifar10"}

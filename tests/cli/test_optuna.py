@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_module
 from hydra.types import RunMode
 
 from conftest import run_python
+from composing import compose_mammoth
 
 
 def job_results(sweep: Path) -> dict[str, dict]:
@@ -41,9 +41,8 @@ def test_three_trial_study_on_seq_digits_reports_a_real_runs_value(workdir):
 
 
 def test_presets_compose_with_the_optuna_sweeper():
-    with initialize_config_module(config_module="mammoth.app.conf", version_base="1.3"):
-        lr_search = compose(config_name="config", overrides=["hparams_search=seq-digits-optuna"], return_hydra_config=True)
-        der_search = compose(config_name="config", overrides=["hparams_search=der-optuna"], return_hydra_config=True)
+    lr_search = compose_mammoth("hparams_search=seq-digits-optuna", return_hydra_config=True)
+    der_search = compose_mammoth("hparams_search=der-optuna", return_hydra_config=True)
     for cfg in (lr_search, der_search):
         assert cfg.optimized_metric == "class_il.average"
         assert cfg.dataset.validation == 0.1  # never tuned on the test set

@@ -12,9 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize
 from hydra.core.config_store import ConfigStore
-from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError
 from torch import nn
@@ -264,43 +262,6 @@ def test_stored_options_are_closed_typed_schemas(temporary) -> None:
     assert OmegaConf.is_struct(node) and OmegaConf.get_type(node) is get_backbone_entry("tiny-net").schema
     with pytest.raises(ConfigAttributeError, match="Key 'hiden' not in 'TinyNetBackboneConfig'"):
         node.hiden = 3
-
-
-def compose_app(*overrides: str) -> DictConfig:
-    """A ConfigStore-only Hydra app (no YAML, no mammoth primary config) that opts in to mammoth's
-    groups (``pkg://mammoth.conf``) and selects backbone=resnet and model=er."""
-    ConfigStore.instance().store(name="registry_test_app", node={
-        "defaults": [{"backbone": "resnet"}, {"model": "er"}, "_self_"],
-        "hydra": {"searchpath": ["pkg://mammoth.conf"]},
-    })
-    with initialize(version_base="1.3"):
-        return compose(config_name="registry_test_app", overrides=list(overrides))
-
-
-def test_the_compose_api_refuses_an_unknown_key_naming_the_key_and_the_option() -> None:
-    assert compose_app("backbone.depth=34").backbone.depth == 34
-    for override, key, schema in [("backbone.deptth=34", "deptth", "ResnetBackboneConfig"),
-                                  ("model.buffersize=200", "buffersize", "ErModelConfig")]:
-        with pytest.raises(ConfigCompositionException) as info:
-            compose_app(override)
-        assert str(info.value).startswith(f"Could not override '{override.split('=')[0]}'")
-        cause = str(info.value.__cause__)
-        assert f"Key '{key}' not in '{schema}'" in cause and f"full_key: {override.split('=')[0]}" in cause
-    assert compose_app("++model.extra=1").model.extra == 1  # Hydra's ++ still adds on purpose
-
-
-def test_hydra_zen_refuses_an_unknown_key(tmp_path) -> None:
-    from hydra_zen import launch, make_config
-
-    app = make_config(hydra_defaults=["_self_", {"backbone": "resnet"}], backbone=None)
-    opt_in = "hydra.searchpath=[pkg://mammoth.conf]"
-    seen = []
-    job = launch(app, lambda cfg: seen.append(cfg.backbone.depth),
-                 overrides=[opt_in, "backbone.depth=34", f"hydra.run.dir={tmp_path}"], version_base="1.3")
-    assert seen == [34] and job.status.name == "COMPLETED"
-    with pytest.raises(ConfigCompositionException) as info:
-        launch(app, lambda cfg: None, overrides=[opt_in, "backbone.deptth=34"], version_base="1.3")
-    assert "Key 'deptth' not in 'ResnetBackboneConfig'" in str(info.value.__cause__)
 
 
 def test_a_registry_that_is_not_stored_keeps_the_config_store_as_it_was() -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from composing import compose_mammoth
 import mammoth.datasets as datasets
 from mammoth.datasets import ContinualDataset, DatasetConfig, build_dataset, get_dataset_class, list_datasets
 from mammoth.errors import DatasetError
@@ -134,7 +135,7 @@ def test_bad_config_values(config: dict, expected: str) -> None:
 
 
 def test_a_name_a_mapping_a_dataclass_and_a_composed_config_build_the_same_way() -> None:
-    composed = compose_dataset("dataset=perm-mnist", "dataset.n_tasks=3", "dataset.batch_size=16")
+    composed = compose_mammoth("dataset=perm-mnist", "dataset.n_tasks=3", "dataset.batch_size=16")
     built = [build_dataset("Perm_MNIST", seed=1), build_dataset({"name": "perm-mnist", "n_tasks": 3, "batch_size": 16}),
              build_dataset(DatasetConfig(name="perm-mnist", n_tasks=3, batch_size=16)), build_dataset(composed.dataset)]
     assert [type(dataset).__name__ for dataset in built] == ["PermutedMNIST"] * 4
@@ -147,17 +148,10 @@ def test_name_mismatch_when_building_a_class_directly() -> None:
         get_dataset_class("seq-cifar10")({"name": "seq-mnist"})
 
 
-def compose_dataset(*overrides: str):
-    from hydra import compose, initialize_config_module
-
-    with initialize_config_module(config_module="mammoth.app.conf", version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
-
-
 @pytest.mark.parametrize("name", BUILT_WITHOUT_FILES)
 def test_each_dataset_is_a_typed_config_with_its_class_defaults(name: str) -> None:
     cls: type[ContinualDataset] = get_dataset_class(name)
-    cfg = compose_dataset(f"dataset={name}")
+    cfg = compose_mammoth(f"dataset={name}")
     assert cfg.dataset._target_ == f"{cls.__module__}.{cls.__qualname__}"
     assert (cfg.dataset.name, cfg.dataset.batch_size, cfg.dataset.n_epochs) == (name, cls.default_batch_size, cls.default_n_epochs)
     assert (cfg.dataset.root, cfg.dataset.download, cfg.dataset.n_tasks) == ("data", False, None)
@@ -170,8 +164,8 @@ def test_dataset_fields_are_typed_and_instantiate_builds_the_benchmark() -> None
     from hydra.utils import instantiate
 
     with pytest.raises(ConfigCompositionException):
-        compose_dataset("dataset=seq-mnist", "dataset.batch_size=abc")
-    cfg = compose_dataset("dataset=perm-mnist", "dataset.n_tasks=3", "dataset.batch_size=16")
+        compose_mammoth("dataset=seq-mnist", "dataset.batch_size=abc")
+    cfg = compose_mammoth("dataset=perm-mnist", "dataset.n_tasks=3", "dataset.batch_size=16")
     dataset = instantiate(cfg.dataset)
     assert type(dataset).__name__ == "PermutedMNIST" and (dataset.n_tasks, dataset.config.batch_size) == (3, 16)
 

@@ -6,15 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hydra import compose, initialize_config_module
-
 import mammoth
+from composing import compose_run
 
 
 def _run(output_dir: Path, *overrides: str) -> dict:
-    with initialize_config_module(config_module="mammoth.app.conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"output_dir={output_dir}", "device=cpu", "seed=2", *overrides])
-    mammoth.run(cfg)
+    mammoth.run(compose_run(output_dir, *overrides, seed=2))
     path = output_dir / "results.json"
     return json.loads(path.read_text()) if path.exists() else {}
 

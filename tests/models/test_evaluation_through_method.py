@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from hand_dataset import HandDataset
-from hydra import compose, initialize_config_module
+from composing import compose_run
 
 import mammoth
 from mammoth.backbones import build_backbone
@@ -47,12 +46,6 @@ def test_evaluate_tasks_scores_the_methods_forward_in_eval_mode(make_net) -> Non
     assert model.training and model.net.training  # restored
 
 
-def _compose(output_dir: Path, *overrides: str):
-    with initialize_config_module(config_module="mammoth.app.conf", version_base="1.3"):
-        return compose(config_name="config", overrides=[
-            f"output_dir={output_dir}", "device=cpu", "seed=3", "threads=1", "dataset.n_epochs=1", *overrides])
-
-
 @torch.no_grad()
 def _evaluate_backbone_directly(net, dataset) -> dict[str, list[float]]:
     """The evaluation as it was before it went through the method: argmax of ``net(x)``."""
@@ -72,7 +65,7 @@ def _evaluate_backbone_directly(net, dataset) -> dict[str, list[float]]:
 
 @pytest.mark.parametrize("name, overrides", [("sgd", ()), ("er", ("model.buffer_size=100",))])
 def test_plain_methods_score_exactly_as_their_backbone(tmp_path, name, overrides) -> None:
-    mammoth.run(_compose(tmp_path, f"model={name}", *overrides))
+    mammoth.run(compose_run(tmp_path, "threads=1", "dataset.n_epochs=1", f"model={name}", *overrides, seed=3))
     results = json.loads((tmp_path / "results.json").read_text())
     dataset = build_dataset({"name": "seq-digits", "n_epochs": 1}, seed=3)
     net = build_backbone("mnistmlp", num_classes=dataset.n_classes, input_shape=dataset.input_shape)

@@ -6,9 +6,9 @@ method's ``models/config/<method>.yaml`` (dualprompt: l2p), or the config the pr
 from __future__ import annotations
 
 import pytest
-from hydra import compose, initialize_config_module
 
 from mammoth.datasets import build_dataset
+from composing import compose_mammoth
 
 NONE = ([0, 0, 0], [1, 1, 1])
 # preset -> (mean, std) of the original's dataset config
@@ -24,8 +24,7 @@ EXPECTED = {
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_preset_normalises_as_the_originals_dataset_config(name: str) -> None:
-    with initialize_config_module(config_module="mammoth.app.conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"experiment={name}"])
+    cfg = compose_mammoth(f"experiment={name}")
     mean, std = EXPECTED[name]
     assert list(cfg.dataset.mean) == pytest.approx(mean) and list(cfg.dataset.std) == pytest.approx(std)
     dataset = build_dataset(cfg.dataset)

@@ -5,12 +5,12 @@ models/config/<method>.yaml ['seq-cifar100-224'] merged over the datasets/config
 from __future__ import annotations
 
 import pytest
-from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from mammoth.backbones.vit import VisionTransformer
 from mammoth.datasets import build_dataset
 from mammoth.models import build_model
+from composing import compose_mammoth
 
 # preset -> {our dotted key: the original's value}
 EXPECTED = {
@@ -34,8 +34,7 @@ EXPECTED = {
 
 @pytest.fixture(scope="module")
 def composed() -> dict:
-    with initialize_config_module(config_module="mammoth.app.conf", version_base="1.3"):
-        return {name: compose(config_name="config", overrides=[f"experiment={name}"]) for name in EXPECTED}
+    return {name: compose_mammoth(f"experiment={name}") for name in EXPECTED}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

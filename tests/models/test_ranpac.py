@@ -8,19 +8,16 @@ import copy
 import pytest
 import torch
 from feature_reference import ImageDataset, reference, script, tensor, tiny_vit
-from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 import mammoth.models.ranpac  # noqa: F401  registers model=ranpac
-from mammoth.backbones import build_backbone
 from mammoth.backbones.timm import TimmBackbone
 from mammoth.backbones.vit import VisionTransformer
-from mammoth.datasets import build_dataset
 from mammoth.engine.context import build_context
-from mammoth.engine.loop import run_tasks
 from mammoth.errors import BackboneError, ConfigError
 from mammoth.models import build_model
 from mammoth.models.ranpac import RIDGES
+from composing import compose_mammoth
 
 
 def make_ranpac(seed: int = 0, net=None, **values):
@@ -173,43 +170,13 @@ def test_default_adapters_need_transformer_blocks(make_net, dataset) -> None:
 @pytest.mark.parametrize(("preset", "dataset"), [("ranpac-seq-cifar100-224", "seq-cifar100-224"),
                                                  ("ranpac-seq-cub200", "seq-cub200")])
 def test_presets_hold_the_originals_settings(preset: str, dataset: str) -> None:
-    with initialize_config_module(config_module="mammoth.app.conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"experiment={preset}"])
+    cfg = compose_mammoth(f"experiment={preset}")
     keys = ("dataset.name", "dataset.batch_size", "dataset.n_epochs", "model.lr", "model.momentum",
             "model.weight_decay", "model.rp_size", "model.adapter_size", "backbone.name", "backbone.pretrained")
     assert {key: OmegaConf.select(cfg, key) for key in keys} == {
         "dataset.name": dataset, "dataset.batch_size": 48, "dataset.n_epochs": 20, "model.lr": 0.01,
         "model.momentum": 0.9, "model.weight_decay": 0.0005, "model.rp_size": 10000, "model.adapter_size": 64,
         "backbone.name": "vit-b16-in21k", "backbone.pretrained": True}
-
-
-def _run(run_dir, stop_after_task: int, resume: bool = False):
-    """ranpac on seq-digits (1 epoch, batches of 32, seed 7) with a 2-block vit, as mammoth.run builds it."""
-    dataset = build_dataset({"name": "seq-digits", "n_epochs": 1, "batch_size": 32}, seed=7)
-    torch.manual_seed(7)
-    net = build_backbone("vit", num_classes=dataset.n_classes, input_shape=dataset.input_shape, patch_size=4, width=24,
-                         depth=2, heads=3)
-    model = build_model("ranpac", net=net, dataset=dataset, adapter_size=4, rp_size=32)
-    return model, run_tasks(model, dataset, torch.device("cpu"), run_dir, 7, {"model": "ranpac"}, resume=resume,
-                            stop_after_task=stop_after_task)
-
-
-def test_a_run_stopped_after_the_first_session_and_resumed_is_bit_exact(tmp_path) -> None:
-    (tmp_path / "whole").mkdir(), (tmp_path / "resumed").mkdir()
-    whole, whole_state = _run(tmp_path / "whole", stop_after_task=3)
-    _run(tmp_path / "resumed", stop_after_task=1)
-    torch.manual_seed(12345)
-    resumed, resumed_state = _run(tmp_path / "resumed", stop_after_task=3, resume=True)
-    assert resumed_state.accuracies == whole_state.accuracies
-    # The frozen weights are frozen in both: requires_grad is no checkpoint state, and torch's matmul
-    # picks its kernel for a 3-D input by it even under no_grad (the attention's input projection of
-    # the last batch of 3 rounded otherwise, and G and Q then differed in their last bits).
-    flags = {name: p.requires_grad for name, p in whole.named_parameters()}
-    assert flags == {name: p.requires_grad for name, p in resumed.named_parameters()}
-    assert not any(flag for name, flag in flags.items() if name.startswith(("net.", "adapters.")))
-    for (key, value), (_, resumed_value) in zip(whole.state_dict().items(), resumed.state_dict().items()):
-        assert torch.equal(value, resumed_value), key
-    assert int(resumed.seen_classes) == 6 and float(resumed.ridge) in RIDGES
 
 
 def test_adapters_fit_other_timm_transformers_and_refuse_post_norm_blocks() -> None:

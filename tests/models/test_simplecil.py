@@ -7,13 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from feature_reference import ImageDataset, reference, script, tensor, tiny_vit
-from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 import mammoth.models.simplecil  # noqa: F401  registers model=simplecil
 from mammoth.engine.context import build_context
 from mammoth.engine.evaluation import evaluate_tasks
 from mammoth.models import build_model
+from composing import compose_mammoth
 
 
 def test_prototypes_are_class_means_and_the_backbone_is_untouched(make_model, run_task) -> None:
@@ -58,8 +58,7 @@ def test_prototypes_survive_a_checkpoint(make_model, run_task) -> None:
 @pytest.mark.parametrize(("preset", "dataset"), [("simplecil-seq-cifar100-224", "seq-cifar100-224"),
                                                  ("simplecil-seq-imagenet-r", "seq-imagenet-r")])
 def test_presets_take_lamda_pilots_backbone_and_batches(preset: str, dataset: str) -> None:
-    with initialize_config_module(config_module="mammoth.app.conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"experiment={preset}"])
+    cfg = compose_mammoth(f"experiment={preset}")
     keys = ("dataset.name", "dataset.batch_size", "backbone.name", "backbone.pretrained")
     assert {key: OmegaConf.select(cfg, key) for key in keys} == {
         "dataset.name": dataset, "dataset.batch_size": 128, "backbone.name": "vit-b16-in21k-ft-in1k",

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 from feature_reference import ImageDataset, reference, script, tensor, tiny_vit
-from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 import mammoth.models.slca  # noqa: F401  registers model=slca
@@ -14,6 +13,7 @@ from mammoth.backbones.vit import VisionTransformer
 from mammoth.engine.context import build_context
 from mammoth.errors import ConfigError
 from mammoth.models import build_model
+from composing import compose_mammoth
 
 
 def make_slca(seed: int = 0, **values):
@@ -139,8 +139,7 @@ def test_refusals_name_the_value_and_what_is_allowed(make_net, dataset) -> None:
 
 
 def test_preset_holds_the_originals_settings() -> None:
-    with initialize_config_module(config_module="mammoth.app.conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["experiment=slca-seq-cifar100-224"])
+    cfg = compose_mammoth("experiment=slca-seq-cifar100-224")
     values = {key: OmegaConf.select(cfg, key) for key in (
         "dataset.name", "dataset.batch_size", "dataset.n_epochs", "model.lr", "model.ca_epochs",
         "model.ca_with_logit_norm", "model.momentum", "backbone.name", "backbone.pretrained")}

@@ -22,6 +22,12 @@ def texts(axes) -> list[str]:
     return [text.get_text() for text in axes.texts]
 
 
+def title(figure) -> str:
+    """The figure's title (its one figure-level text, ``Figure.texts``: public since matplotlib 1.x)."""
+    (text,) = figure.texts
+    return text.get_text()
+
+
 @pytest.fixture
 def sweep(tmp_path: Path) -> Path:
     """lr=0.05 (seeds 0, 1: complete, Class-IL 40 and 44), lr=0.10000000001 (seed 0 complete,
@@ -40,12 +46,12 @@ def sweep(tmp_path: Path) -> Path:
 def test_the_bars_name_the_dataset_count_the_jobs_and_mark_failed_configurations(sweep: Path):
     figure = summary_figure(gather([sweep]), sweep.name, ended=True)
     (axes,) = figure.axes
-    assert figure._suptitle.get_text() == "seq-digits\n3 complete, 3 failed\nall: dataset.n_epochs=1"
+    assert title(figure) == "seq-digits\n3 complete, 3 failed\nall: dataset.n_epochs=1"
     labels = [label.get_text() for label in axes.get_yticklabels()]
     assert labels == ["model.lr=0.05  (n=2)", "model.lr=0.1  (n=1, 1 failed)", "model.lr=1e+30  (2 failed)"]
     assert [label.get_color() for label in axes.get_yticklabels()][2] == "tab:red"
     assert "✗ no complete job (2 failed)" in texts(axes)
-    assert str(sweep.parent) not in figure._suptitle.get_text()
+    assert str(sweep.parent) not in title(figure)
 
 
 def test_the_values_are_on_the_bars_and_the_axis_shows_their_differences(sweep: Path):
@@ -72,14 +78,14 @@ def test_a_sweep_in_progress_says_so(sweep: Path):
     write_job(sweep / "6", ["seed=2", "model.lr=0.05", "dataset.n_epochs=1"],
               status={"status": "running", "host": socket.gethostname(), "pid": os.getpid()})
     rows = gather([sweep])
-    assert summary_figure(rows, sweep.name)._suptitle.get_text().splitlines()[1] == "in progress: 3 complete, 3 failed, 1 running"
-    assert summary_figure(rows[:3], sweep.name)._suptitle.get_text().splitlines()[1] == "3 complete, 0 failed"  # none running
+    assert title(summary_figure(rows, sweep.name)).splitlines()[1] == "in progress: 3 complete, 3 failed, 1 running"
+    assert title(summary_figure(rows[:3], sweep.name)).splitlines()[1] == "3 complete, 0 failed"  # none running
 
 
 def test_without_a_complete_run_the_heading_falls_back_to_the_directory_name(tmp_path: Path):
     write_job(tmp_path / "sweep" / "0", ["seed=0"], status={"status": "failed", "error": "boom"})
     figure = summary_figure(gather([tmp_path / "sweep"]), "sweep", ended=True)
-    assert figure._suptitle.get_text() == "sweep\n0 complete, 1 failed"
+    assert title(figure) == "sweep\n0 complete, 1 failed"
     assert [label.get_text() for label in figure.axes[0].get_yticklabels()] == ["(none)  (1 failed)"]
 
 
@@ -130,7 +136,7 @@ def test_an_optuna_study_plots_the_metric_against_each_parameter_with_the_best_t
     (study / "multirun.yaml").write_text(MULTIRUN_YAML.format(direction="maximize", metric="class_il.average"))
     figure = summary_figure(gather([study]), study.name, ended=True, study=read_study(sweep_config(study)))
     lr, name = figure.axes[:2]
-    assert figure._suptitle.get_text() == "seq-digits\n3 complete, 1 failed\nOptuna study: Class-IL average accuracy (%), maximize"
+    assert title(figure) == "seq-digits\n3 complete, 1 failed\nOptuna study: Class-IL average accuracy (%), maximize"
     assert (lr.get_title(), lr.get_xscale(), lr.get_ylabel()) == ("model.lr", "log", "Class-IL average accuracy (%)")
     assert offsets(lr, "trial") == [(0.001, 40), (0.01, 60), (0.1, 55)]
     assert offsets(lr, "best") == [(0.01, 60)]
@@ -200,13 +206,13 @@ def test_a_sequential_sweep_half_way_is_in_progress_and_says_of_how_many(sweep: 
     (sweep / "multirun.yaml").write_text(BASIC_MULTIRUN_YAML.format(params="null").replace(
         "model.lr=0.05,0.1,-1", "model.lr=0.05,0.10000000001,1e30,2e30"))  # 8 jobs, 6 have ended
     rows = gather([sweep])
-    assert summary_figure(rows, "sweep", planned=8)._suptitle.get_text().splitlines()[1] == (
+    assert title(summary_figure(rows, "sweep", planned=8)).splitlines()[1] == (
         "in progress: 3 complete, 3 failed of 8 jobs")
-    assert summary_figure(rows, "sweep", planned=6)._suptitle.get_text().splitlines()[1] == "3 complete, 3 failed"
+    assert title(summary_figure(rows, "sweep", planned=6)).splitlines()[1] == "3 complete, 3 failed"
     figures = []
     build = mammoth.reporting.figures.summary_figure
     monkeypatch.setattr(mammoth.reporting.figures, "summary_figure", lambda *args: figures.append(build(*args)) or figures[-1])
     mammoth.reporting.summary_files.update_summary(sweep)  # the callback after a job: planned jobs read from multirun.yaml
     mammoth.reporting.summary_files.update_summary(sweep, ended=True)  # the callback when the sweep ends
-    assert [figure._suptitle.get_text().splitlines()[:2] for figure in figures] == [
+    assert [title(figure).splitlines()[:2] for figure in figures] == [
         ["seq-digits", "in progress: 3 complete, 3 failed of 8 jobs"], ["seq-digits", "3 complete, 3 failed"]]
