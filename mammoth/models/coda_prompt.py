@@ -67,6 +67,11 @@ class CodaPrompt(PromptModel):
                 f"model.pool_size={pool_size} gives no prompt component to each of the {n_tasks} tasks; "
                 f"allowed: pool_size >= {n_tasks}"
             )
+        if pool_size > self.width:  # the original's Gram-Schmidt would redraw forever
+            raise ConfigError(
+                f"model.pool_size={pool_size} is more than the backbone's width {self.width}: the pool's keys "
+                f"cannot all be orthogonal; allowed: pool_size <= {self.width}"
+            )
         self.layers = tuple(layer for layer in PROMPT_LAYERS if layer < net.num_blocks)
         for layer in self.layers:
             for name, shape in (("p", (pool_size, prompt_len, self.width)), ("k", (pool_size, self.width)),

@@ -55,6 +55,9 @@ def test_a_backbone_without_tokens_is_refused_in_one_line(name: str, dataset) ->
                                                 "allowed: indices in 0..1")),
     ("coda_prompt", {"pool_size": 1}, ("model.pool_size=1 gives no prompt component to each of the 2 tasks; "
                                       "allowed: pool_size >= 2")),
+    # 25 keys of width 24 cannot all be orthogonal: the original's Gram-Schmidt redraws forever
+    ("coda_prompt", {"pool_size": 25}, ("model.pool_size=25 is more than the backbone's width 24: the pool's keys "
+                                       "cannot all be orthogonal; allowed: pool_size <= 24")),
 ])
 def test_bad_prompt_settings_are_refused_naming_the_value(name: str, values: dict, expected: str, dataset) -> None:
     with pytest.raises(ConfigError) as error:

@@ -48,7 +48,8 @@ def test_preset_holds_the_originals_settings(composed, name: str) -> None:
 def test_preset_builds_its_method(composed, name: str) -> None:
     cfg = composed[name]
     dataset = build_dataset(cfg.dataset)  # reads no data
-    net = VisionTransformer(num_classes=dataset.n_classes, input_shape=(3, 8, 8), patch_size=4, width=12, depth=5,
+    # a small stand-in for ViT-B/16, as wide as coda-prompt's pool of 100 orthogonal keys needs
+    net = VisionTransformer(num_classes=dataset.n_classes, input_shape=(3, 8, 8), patch_size=4, width=102, depth=5,
                             heads=3)
     model = build_model(cfg.model, net=net, dataset=dataset)
     assert (model.lr, model.optimizer_name) == (EXPECTED[name]["model.lr"], "adam")
