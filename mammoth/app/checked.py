@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
+from mammoth.config.run_settings import override_key
+
 if TYPE_CHECKING:
     from mammoth.app.run_spec import RunSpec
 
@@ -53,7 +55,7 @@ def config_key(cfg: DictConfig, hydra: Any = None) -> dict[str, Any]:
 
 def _pinning(override: str) -> bool:
     """Whether ``override`` sets a key the pre-flight pins or ``hydra.mode`` (Hydra's own record)."""
-    key = override.split("=", 1)[0].lstrip("+~")
+    key = override_key(override)
     return key == "hydra.mode" or key in {f"hydra.{pinned}" for pinned in PINNED_KEYS}
 
 

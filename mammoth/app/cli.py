@@ -38,7 +38,7 @@ from mammoth.app.checked import CheckedConfigs
 from mammoth.app.import_name import import_name_problem
 from mammoth.app.preflight import CONFIG_NAME, CONFIG_PATH, exit_with, prepare_arguments
 from mammoth.app.run_spec import resolve_run, with_registries
-from mammoth.config.hydra_job import read_job_facts
+from mammoth.config.hydra_job import JobFacts, read_job_facts
 from mammoth.errors import ConfigError, MammothError
 from mammoth.files import prepare_directory, RunLock
 from mammoth.plugins import load_plugins
@@ -70,21 +70,21 @@ def run_job(cfg: DictConfig, checked: CheckedConfigs) -> float | None:
     value of ``optimized_metric``. A mammoth error is logged to the job's log, then raised."""
     from mammoth.app.runner import check_config, run_resolved  # lazy: torch, kept off --help, completion and composing
 
+    job = read_job_facts()  # the job's one read of Hydra's job facts; passed down
     try:
-        job = read_job_facts()  # the job's one read of Hydra's job facts; passed down
         found = checked.find(cfg, job.hydra)
         if found is None:
             return run_resolved(check_config(cfg, job), job)
         spec = with_registries(found.spec) if found.spec is not None else None
         return run_resolved(spec if spec is not None else resolve_run(cfg, hydra=job.hydra), job)
     except MammothError as error:
-        log_failure(error)
+        log_failure(error, job)
         raise
 
 
-def log_failure(error: MammothError) -> None:
-    """Write the error to the job's ``mammoth.log`` (and, in a multirun, to the console)."""
-    logging.getLogger("mammoth" if read_job_facts().multirun else FAILURE_LOGGER).error("Error: %s", error)
+def log_failure(error: MammothError, job: JobFacts) -> None:
+    """Write the error to ``job``'s ``mammoth.log`` (and, in a multirun, to the console)."""
+    logging.getLogger("mammoth" if job.multirun else FAILURE_LOGGER).error("Error: %s", error)
 
 
 @contextmanager

@@ -52,6 +52,7 @@ from omegaconf import DictConfig, OmegaConf
 from mammoth.config.hydra_job import hydra_resolver_reads
 from mammoth.config.interpolations import raw_lookup, resolvers_used, UNKNOWN
 from mammoth.config.options import served_registry
+from mammoth.config.run_settings import override_key
 from mammoth.errors import ConfigError
 
 #: Stands for the run directory while a config's paths are resolved before Hydra has made it.
@@ -472,7 +473,7 @@ def _set_on_command_line(tree: dict, key: str) -> bool:
     """Whether a command-line override (``hydra.overrides.hydra``) sets ``key`` or a key above it."""
     overrides = tree.get("hydra", {}).get("overrides", {}).get("hydra", []) or []
     for text in overrides:
-        name = str(text).split("=", 1)[0].lstrip("+~")
+        name = override_key(text)
         if key == name or key.startswith(name + "."):
             return True
     return False
