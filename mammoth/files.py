@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import re
 import secrets
+import socket
 import stat
 import tempfile
 import time
@@ -230,6 +232,41 @@ def _lock_quietly(descriptor: int, blocking: bool = True) -> bool:
     return True
 
 
+def describe_lock_holder(text: str) -> str:
+    """``pid 4242 on node7`` from a lock file's ``4242 node7`` (``pid 4242``: a file of an older
+    mammoth, without the host)."""
+    pid, _, host = text.partition(" ")
+    return f"pid {pid} on {host}" if host else f"pid {pid}"
+
+
+def lock_takeover_line(directory: Path, holder: str, here: str | None = None) -> str:
+    """What a run says when it takes the lock of ``directory`` whose file still names ``holder``
+    (``PID HOST``): its last run ended without leaving the lock in order. On this host (``here``:
+    this machine's name) the pid says whether that process is gone; on another, only that its
+    lock was released (by its operating system, or by the file server once that machine was lost)."""
+    here = socket.gethostname() if here is None else here
+    pid, _, host = holder.partition(" ")
+    if host and host != here:
+        fate = (f"on {host}, another host: its lock was released (that process ended, or its machine was lost); "
+                "its pid cannot be checked from here")
+    elif pid.isdigit() and _process_exists(int(pid)):
+        fate = f"on {here}: a process that no longer holds the lock (its pid was reused)"
+    else:
+        fate = f"on {here}: gone, it ended without leaving the lock"
+    return f"taking over the lock of {directory}: its last holder was pid {pid} {fate}"
+
+
+def _process_exists(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this machine (signal 0)."""
+    try:
+        os.kill(pid, 0)
+    except PermissionError:  # another user's process
+        return True
+    except (ProcessLookupError, OverflowError, ValueError):  # none; a number no pid can be
+        return False
+    return True
+
+
 #: The files a run writes through :func:`atomic_file` (results.json, the checkpoint, job.json,
 #: the plot): the names whose temporary files the run lock cleans up.
 RUN_FILES = ("results.json", "checkpoint.pt", "job.json", "accuracy.png")
@@ -268,7 +305,10 @@ class RunLock:
     """An exclusive lock on a run directory (``fcntl.flock`` on ``.mammoth.lock``), held from
     ``__enter__`` to ``__exit__``; the operating system releases it if the process dies.
 
-    A second run in the same directory gets a one-line ConfigError instead of both writing.
+    A second run in the same directory gets a one-line ConfigError instead of both writing. The
+    file names its holder (``PID HOST``) while it holds the lock and is emptied when it leaves, so
+    a run that finds the lock free but a holder named took over the lock of a run that died (killed,
+    crashed, its machine lost): it logs one warning line saying so (:func:`lock_takeover_line`).
     Within one process the lock is re-entrant: ``python -m mammoth`` takes it before Hydra
     writes into the directory, and :func:`mammoth.run` takes it again inside. Where ``fcntl``
     does not exist (Windows) nothing is locked.
@@ -297,20 +337,25 @@ class RunLock:
             holder = file.read().strip()
             file.close()
             raise ConfigError(
-                f"another mammoth run{f' (pid {holder})' if holder else ''} is using {self.path.parent}; "
+                f"another mammoth run{f' ({describe_lock_holder(holder)})' if holder else ''} is using {self.path.parent}; "
                 "wait for it to end, or give this run another hydra.run.dir or output_dir"
             )
         file.seek(0)
+        previous = file.read().strip()
+        file.seek(0)
         file.truncate()
-        file.write(str(os.getpid()))
+        file.write(f"{os.getpid()} {socket.gethostname()}")
         file.flush()
         self._file = file
+        if previous:
+            logging.getLogger("mammoth").warning("%s", lock_takeover_line(self.path.parent, previous))
         RunLock._held.add(self._key)
         remove_stale_temporaries(self.path.parent, before=time.time(), names=RUN_FILES)
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
         if self._file is not None:
+            self._file.truncate(0)  # left in order: no holder named
             self._file.close()  # closing the descriptor releases the flock
             self._file = None
             RunLock._held.discard(self._key)

@@ -102,19 +102,37 @@ def record_interruption(run_dir: Path, reason: str) -> None:
     callback is off); it is opened without following a symbolic link. A failure is logged,
     never raised: the interruption goes on.
     """
+    _end_running_status(run_dir, os.getpid(), {"status": STOPPED, "interrupted": reason}, "the interruption")
+
+
+def record_rank_failure(run_dir: Path, error: BaseException, writer_pid: int, writer_host: str) -> None:
+    """Mark the job in ``run_dir`` ``failed`` with ``error``'s line (:func:`error_line`, as Hydra's
+    ``on_job_end`` records a failed job) from another rank of a distributed run, when the rank
+    that writes the job's files (rank 0, process ``writer_pid`` on ``writer_host``) failed: only
+    a job.json that process marked ``running`` is changed. A failure is logged, never raised."""
+    _end_running_status(run_dir, writer_pid, {"status": FAILED, "error": error_line(error)}, "the failed rank",
+                        host=writer_host)
+
+
+def _end_running_status(run_dir: Path, pid: int, changes: dict[str, Any], what: str, host: str | None = None) -> None:
+    """Apply ``changes`` to the job.json in ``run_dir`` that process ``pid`` (on ``host``, when
+    given) marked ``running`` (nothing to any other), with the time of the update and the wall
+    time since it started."""
     path = run_dir / STATUS_NAME
     try:
         document = _read_own_status(path)
-        if document is None or document.get("status") != RUNNING or document.get("pid") != os.getpid():
+        if document is None or document.get("status") != RUNNING or document.get("pid") != pid:
+            return
+        if host is not None and document.get("host") != host:
             return
         now = time.time()
-        document = {**document, "status": STOPPED, "interrupted": reason, "updated": _timestamp(now)}
+        document = {**document, **changes, "updated": _timestamp(now)}
         started = document.get("started")
         if isinstance(started, str):
             document["wall_seconds"] = now - datetime.fromisoformat(started).timestamp()
         write_atomic(path, (json.dumps(document, indent=2) + "\n").encode(), "job status")
     except Exception as error:  # noqa: BLE001  a status file must never hide the interruption
-        log.warning("could not record the interruption in %s: %s", path, error)
+        log.warning("could not record %s in %s: %s", what, path, error)
 
 
 def _read_own_status(path: Path) -> dict[str, Any] | None:

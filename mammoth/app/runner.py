@@ -17,9 +17,9 @@ from typing import Any, Callable, Iterator, TYPE_CHECKING
 import torch
 from omegaconf import DictConfig
 
-from mammoth.app.callbacks import record_interruption
+from mammoth.app.callbacks import error_line, record_interruption, record_rank_failure
 from mammoth.app.job import output_directory, run_title
-from mammoth.app.resume import interrupted_line, resume_command, resumes
+from mammoth.app.resume import interrupted_line, rank_failure_line, resume_command, resumes
 from mammoth.app.run_spec import comparable_config, resolve_run
 from mammoth.app.safety import check_config_safety
 from mammoth.backbones import BACKBONES
@@ -31,7 +31,8 @@ from mammoth.engine.device import resolve_device, set_threads
 from mammoth.engine import distributed
 from mammoth.engine.loop import run_tasks
 from mammoth.engine.precision import check_method_precision, check_precision
-from mammoth.errors import ConfigError
+from mammoth.engine.rank_faults import FAILED, INTERRUPTED, RankFailure, RankWatch
+from mammoth.errors import ConfigError, MammothError, TrainingError
 from mammoth.files import RunLock
 from mammoth.models import MODELS
 from mammoth.models.utils import evaluation_mode
@@ -79,36 +80,99 @@ def check_config(cfg: DictConfig, job: JobFacts) -> RunSpec:
 
 def run_resolved(spec: RunSpec, job: JobFacts) -> float:
     """:func:`run` of a config that passed the safety gate and was resolved into ``spec``, in the
-    Hydra job ``job`` describes."""
-    with _process_group() as main:
+    Hydra job ``job`` describes. On several processes, a rank that dies or hangs ends the others
+    with one TrainingError line naming it, the task interrupted and the resume command
+    (:func:`_rank_failure`)."""
+    progress = TaskProgress()
+    with _process_group() as watch:
+        main = distributed.is_main_process()
         run_dir = distributed.shared_run_directory(output_directory(spec.output_dir, job))
         distributed.log_to_rank_file(run_dir)
         with RunLock(run_dir) if main else contextlib.nullcontext(), _sigterm_interrupts():
             try:
-                return _run(spec, run_dir, job)
+                return _run(spec, run_dir, job, progress)
             except KeyboardInterrupt as interruption:
-
-                log.error("%s", interrupted_line(run_dir, str(interruption) or "SIGINT", job))
+                reason = str(interruption) or "SIGINT"
+                # under torchrun, a SIGTERM is also how the launcher stops the others when a rank failed
+                failure = _failed_ranks(watch)
+                if failure is not None:
+                    raise _rank_failure(failure, progress, run_dir, job, watch, interruption) from None
+                if watch is not None:
+                    watch.leave(INTERRUPTED)
+                log.error("%s", interrupted_line(run_dir, reason, job))
                 if main:
-                    record_interruption(run_dir, str(interruption) or "SIGINT")  # Hydra calls no on_job_end here
+                    record_interruption(run_dir, reason)  # Hydra calls no on_job_end here
                 raise
+            except MammothError as error:  # this rank's own error (the others find it in the store)
+                if watch is not None:
+                    watch.leave(f"{FAILED}: {error_line(error)}")
+                raise
+            except Exception as error:  # a collective another rank broke (or this rank's own error)
+                failure = _failed_ranks(watch)
+                if failure is None:
+                    if watch is not None:
+                        watch.leave(f"{FAILED}: {error_line(error)}")
+                    raise
+                raise _rank_failure(failure, progress, run_dir, job, watch, error) from None
+
+
+@dataclass
+class TaskProgress:
+    """The task a run is at (counting from 0; None before the first begins) of ``n_tasks``: what
+    the line of a failed rank names."""
+
+    task: int | None = None
+    n_tasks: int = 0
+
+    def describe(self) -> str | None:
+        """``2/5`` (the task running), or None before the first task."""
+        return None if self.task is None else f"{self.task + 1}/{self.n_tasks}"
+
+
+def _failed_ranks(watch: RankWatch | None) -> RankFailure | None:
+    """On several processes, the ranks that failed (:meth:`RankWatch.failed_ranks`), found with
+    SIGTERM ignored from here on: the launcher's SIGTERM to every rank once one failed must not
+    cut this rank's report short (it kills a rank still running after its grace period)."""
+    if watch is None:
+        return None
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return watch.failed_ranks()
+
+
+def _rank_failure(failure: RankFailure, progress: TaskProgress, run_dir: Path, job: JobFacts, watch: RankWatch,
+                  cause: BaseException) -> TrainingError:
+    """The one-line error a surviving rank ends with (:func:`rank_failure_line`); the collective's
+    own error and traceback go to the log file. When rank 0 failed, the lowest surviving rank
+    marks job.json ``failed`` with that line (rank 0 would have: its ``on_job_end`` never came)."""
+    error = TrainingError(rank_failure_line(failure.description, progress.describe(), run_dir, job))
+    failure_log = logging.getLogger("mammoth.failure" if distributed.is_main_process() else "mammoth")  # the log file only
+    failure_log.info("the error this rank saw: %s", error_line(cause), exc_info=cause)
+    watch.leave(INTERRUPTED)  # ended by another rank's failure, not failed itself
+    writer = watch.peers[0]
+    if 0 in failure.ranks and failure.lowest_survivor(len(watch.peers)) == watch.rank:
+        record_rank_failure(run_dir, error, writer.pid, writer.host)
+    return error
 
 
 @contextlib.contextmanager
-def _process_group() -> Iterator[bool]:
+def _process_group() -> Iterator[RankWatch | None]:
     """Under torchrun (or a submitit job of several tasks), the block runs in the run's process
-    group (started here unless ``python -m mammoth`` started it), which is left afterwards. Yields
-    whether this process writes the run's files (rank 0, or the only process)."""
+    group (started here unless ``python -m mammoth`` started it), which is left afterwards, with
+    this rank's heartbeat and view of the others (:class:`RankWatch`). Yields None in one process."""
     launch = distributed.detect_launch()
     if launch is None:
-        yield True
+        yield None
         return
     distributed.start_process_group(launch)
+    watch = RankWatch.start()
     try:
-        yield distributed.is_main_process()
+        yield watch
     except BaseException:
+        watch.stop(None)  # the run said why it leaves
         distributed.stop_process_group(synchronise=False)  # the other ranks may be gone
         raise
+    watch.stop()
     distributed.stop_process_group()
 
 
@@ -126,9 +190,10 @@ class BuiltRun:
     title: str
     started: float
     job: JobFacts
+    progress: TaskProgress
 
 
-def _run(spec: RunSpec, run_dir: Path, job: JobFacts) -> float:
+def _run(spec: RunSpec, run_dir: Path, job: JobFacts, progress: TaskProgress) -> float:
     """:func:`run` in its locked run directory: build, then train and report."""
     started = time.perf_counter()
     check_distributed_support(spec.model.name, spec.model.entry.target)
@@ -151,7 +216,9 @@ def _run(spec: RunSpec, run_dir: Path, job: JobFacts) -> float:
     metric = check_optimized_metric(spec.optimized_metric, dataset, spec.eval_future, model, device)
     config = record_filled_values(copy.deepcopy(dict(spec.config)), dataset, model)
     title = run_title(dataset.name, spec.model.name, backbone_name, job)
-    return _train_and_report(BuiltRun(spec, run_dir, device, dataset, model, config, title, started, job), metric)
+    progress.n_tasks = dataset.n_tasks
+    return _train_and_report(BuiltRun(spec, run_dir, device, dataset, model, config, title, started, job, progress),
+                             metric)
 
 
 def check_distributed_support(name: str, method: Any) -> None:
@@ -233,7 +300,8 @@ def check_output_size(net: Any, dataset: Any, backbone_name: str) -> None:
 @contextlib.contextmanager
 def _sigterm_interrupts() -> Iterator[None]:
     """While the block runs, SIGTERM raises ``KeyboardInterrupt("SIGTERM")`` (main thread only:
-    elsewhere Python cannot set signal handlers, and nothing changes)."""
+    elsewhere Python cannot set signal handlers, and nothing changes). Afterwards the previous
+    handler is back, unless the block set another (a failed rank's report ignores SIGTERM to its end)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -245,7 +313,8 @@ def _sigterm_interrupts() -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if signal.getsignal(signal.SIGTERM) is interrupt:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def record_filled_values(config: dict[str, Any], dataset: Any, model: Any = None) -> dict[str, Any]:
@@ -311,6 +380,9 @@ def _train_and_write(built: BuiltRun, loggers: list[Any]) -> dict[str, Any] | No
         for logger in loggers:
             logger.log_epoch(task, epoch, loss)
 
+    def on_task_start(task: int) -> None:
+        built.progress.task = task
+
     def on_task_end(task: int, state: Any) -> None:
         log.info("task %d/%d: %s", task + 1, dataset.n_tasks,
                  ", ".join(f"{KIND_TITLES[kind]} {sum(rows[-1]) / len(rows[-1]):.1f}" for kind, rows in state.accuracies.items()))
@@ -320,7 +392,8 @@ def _train_and_write(built: BuiltRun, loggers: list[Any]) -> dict[str, Any] | No
     log.info("%s: %d tasks on %s; writing to %s", built.title, dataset.n_tasks, device, run_dir)
     state = run_tasks(
         built.model, dataset, device, run_dir, built.spec.seed, comparable, resume=resumes(built.spec.resume, run_dir, built.job),
-        stop_after_task=built.spec.stop_after_task, on_task_end=on_task_end, on_epoch_end=on_epoch_end,
+        stop_after_task=built.spec.stop_after_task, on_task_start=on_task_start, on_task_end=on_task_end,
+        on_epoch_end=on_epoch_end,
         eval_future=built.spec.eval_future, final_test=final_test_sources(dataset),
         precision=built.spec.precision, channels_last=built.spec.channels_last,
     )

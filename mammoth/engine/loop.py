@@ -46,6 +46,7 @@ def task_description(task: int, n_tasks: int) -> str:
 def run_tasks(model: Any, dataset: Any, device: torch.device, run_dir: Path, seed: int, config: dict,
               resume: bool = False, stop_after_task: int | None = None,
               on_task_end: Callable[[int, TrainingState], None] | None = None,
+              on_task_start: Callable[[int], None] | None = None,
               on_epoch_end: Callable[[int, int, float], None] | None = None,
               eval_future: bool = False,
               final_test: Callable[[], list[DataSource]] | None = None,
@@ -55,7 +56,7 @@ def run_tasks(model: Any, dataset: Any, device: torch.device, run_dir: Path, see
     With ``resume`` the loop continues after the last task of the checkpoint, whose config
     must match ``config``; it ends with the same results as an uninterrupted run.
     ``stop_after_task`` stops (resumably) once that many tasks of the whole run are done (a
-    resume past it trains nothing). ``on_epoch_end(task, epoch, loss)`` and
+    resume past it trains nothing). ``on_task_start(task)``, ``on_epoch_end(task, epoch, loss)`` and
     ``on_task_end(task, state)`` report progress. A non-finite loss or weight raises a
     TrainingError; the checkpoint of the last finished task stays.
 
@@ -85,6 +86,8 @@ def run_tasks(model: Any, dataset: Any, device: torch.device, run_dir: Path, see
     for task in range(state.next_task, dataset.n_tasks):
         if stop_after_task is not None and task >= stop_after_task:
             break
+        if on_task_start is not None:
+            on_task_start(task)
         started = time.perf_counter()
         _reset_peak_memory(device)
         train_task(model, context, task, dataset.task_source(task))

@@ -9,6 +9,7 @@ import types
 import math
 import os
 import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -219,7 +220,7 @@ def test_a_run_in_another_process_holds_the_directory_until_it_ends(tmp_path):
         with pytest.raises(ConfigError) as error:
             mammoth.run(compose_run(tmp_path, "stop_after_task=1"))
         assert str(error.value) == (
-            f"another mammoth run (pid {holder.pid}) is using {tmp_path}; "
+            f"another mammoth run (pid {holder.pid} on {socket.gethostname()}) is using {tmp_path}; "
             "wait for it to end, or give this run another hydra.run.dir or output_dir"
         )
         assert not (tmp_path / "results.json").exists() and not (tmp_path / "checkpoint.pt").exists()

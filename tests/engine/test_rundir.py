@@ -4,6 +4,7 @@ through a planted symlink, and temporary files a crash left are removed by the n
 from __future__ import annotations
 
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -217,5 +218,32 @@ def test_the_run_lock_refuses_a_second_holder_naming_its_pid_and_is_free_after(r
         with pytest.raises(ConfigError, match=rf"^another mammoth run \(pid 4242\) is using {run_dir}; wait for it"):
             RunLock(run_dir).__enter__()
     with RunLock(run_dir) as lock:
-        assert not can_lock(lock.path) and (run_dir / LOCK_NAME).read_text() == str(os.getpid())
-    assert can_lock(run_dir / LOCK_NAME)
+        assert not can_lock(lock.path) and (run_dir / LOCK_NAME).read_text() == f"{os.getpid()} {socket.gethostname()}"
+    assert can_lock(run_dir / LOCK_NAME) and (run_dir / LOCK_NAME).read_text() == ""  # left in order: no holder named
+
+
+def test_a_lock_whose_holder_died_is_taken_over_with_a_line_saying_so(run_dir: Path, caplog) -> None:
+    """The file still names a holder but nobody holds the lock: a run killed while holding it (the
+    operating system released the flock, the name stays)."""
+    import subprocess
+    import sys
+
+    holder = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(holder.stdout)  # a pid that was this host's and is gone
+    here = socket.gethostname()
+    for named, fate in [
+        (f"{dead} {here}", f"pid {dead} on {here}: gone, it ended without leaving the lock"),
+        ("4242 node7", "pid 4242 on node7, another host: its lock was released (that process ended, or its machine "
+                       "was lost); its pid cannot be checked from here"),
+        (f"{os.getpid()} {here}", f"pid {os.getpid()} on {here}: a process that no longer holds the lock (its pid was reused)"),
+    ]:
+        (run_dir / LOCK_NAME).write_text(named)
+        caplog.clear()
+        with RunLock(run_dir):
+            assert (run_dir / LOCK_NAME).read_text() == f"{os.getpid()} {here}"
+        assert [record.getMessage() for record in caplog.records if record.levelname == "WARNING"] == [
+            f"taking over the lock of {run_dir}: its last holder was {fate}"]
+    caplog.clear()
+    with RunLock(run_dir):  # the last run left in order: nothing to say
+        pass
+    assert not caplog.records

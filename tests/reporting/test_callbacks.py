@@ -1,5 +1,6 @@
 """record_interruption: after Ctrl-C or SIGTERM the job's own job.json says ``stopped early``
-(Hydra calls no on_job_end for a KeyboardInterrupt); nothing else is written or followed."""
+(Hydra calls no on_job_end for a KeyboardInterrupt); nothing else is written or followed.
+record_rank_failure: a surviving rank marks the job.json of a failed rank 0 ``failed``."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import json
 import os
 from datetime import datetime, timezone
 
-from mammoth.app.callbacks import record_interruption
+from mammoth.app.callbacks import record_interruption, record_rank_failure
+from mammoth.errors import TrainingError
 
 
 def _write_status(directory, **fields) -> dict:
@@ -53,3 +55,17 @@ def test_a_symlinked_job_json_is_not_followed(tmp_path):
     (run_dir / "job.json").symlink_to(elsewhere / "job.json")
     record_interruption(run_dir, "SIGTERM")
     assert (elsewhere / "job.json").read_bytes() == before and (run_dir / "job.json").is_symlink()
+
+
+def test_a_survivor_marks_the_running_job_of_the_failed_rank_0_failed_with_its_line(tmp_path):
+    line = "task 2/5 interrupted: rank 0 of 2 (pid 4242 on here) died; nothing to resume: start the run again"
+    for fields in ({"pid": 4243}, {"host": "elsewhere"}, {"status": "complete"}):  # another process's, or finished
+        _write_status(tmp_path, **{"pid": 4242, **fields})
+        before = (tmp_path / "job.json").read_bytes()
+        record_rank_failure(tmp_path, TrainingError(line), 4242, "here")
+        assert (tmp_path / "job.json").read_bytes() == before
+    before = _write_status(tmp_path, pid=4242)
+    record_rank_failure(tmp_path, TrainingError(line), 4242, "here")
+    after = json.loads((tmp_path / "job.json").read_text())
+    assert after["status"] == "failed" and after["error"] == f"TrainingError: {line}"
+    assert after["pid"] == 4242 and after["overrides"] == before["overrides"] and after["wall_seconds"] > 0
