@@ -5,6 +5,7 @@ nothing in the working directory is imported."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -37,7 +38,7 @@ def test_a_run_refused_by_the_lock_changes_nothing_in_the_directory(workdir: Pat
         assert listing(run_dir) == before == [".mammoth.lock"]
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        f"Error: another mammoth run (pid {os.getpid()}) is using {run_dir}; wait for it to end, "
+        f"Error: another mammoth run (pid {os.getpid()} on {socket.gethostname()}) is using {run_dir}; wait for it to end, "
         "or give this run another hydra.run.dir or output_dir"]
 
 
@@ -48,7 +49,8 @@ def test_a_second_sweep_while_one_runs_in_its_directory_is_refused_unwritten(wor
         result = run_python(["-m", "mammoth", "-m", "seed=0,1", f"hydra.sweep.dir={sweep}", "dataset.n_epochs=1"], workdir)
         assert listing(sweep) == [".mammoth.lock"]
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1].startswith(f"Error: another mammoth run (pid {os.getpid()}) is using {sweep};")
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"Error: another mammoth run (pid {os.getpid()} on {socket.gethostname()}) is using {sweep};")
 
 
 def test_the_run_directory_is_resolved_once_and_pinned(workdir: Path):
