@@ -31,7 +31,7 @@ from mammoth.engine.device import resolve_device, set_threads
 from mammoth.engine import distributed
 from mammoth.engine.loop import run_tasks
 from mammoth.engine.precision import check_method_precision, check_precision
-from mammoth.engine.rank_faults import FAILED, INTERRUPTED, RankFailure, RankWatch
+from mammoth.engine.rank_faults import FAILED, INTERRUPTED, RankFailure, RankWatch, from_collective, tell_launcher
 from mammoth.errors import ConfigError, MammothError, TrainingError
 from mammoth.files import RunLock
 from mammoth.models import MODELS
@@ -107,8 +107,8 @@ def run_resolved(spec: RunSpec, job: JobFacts) -> float:
                 if watch is not None:
                     watch.leave(f"{FAILED}: {error_line(error)}")
                 raise
-            except Exception as error:  # a collective another rank broke (or this rank's own error)
-                failure = _failed_ranks(watch)
+            except Exception as error:  # a collective another rank broke, or this rank's own error
+                failure = _failed_ranks(watch) if from_collective(error) else None
                 if failure is None:
                     if watch is not None:
                         watch.leave(f"{FAILED}: {error_line(error)}")
@@ -143,14 +143,16 @@ def _failed_ranks(watch: RankWatch | None) -> RankFailure | None:
 def _rank_failure(failure: RankFailure, progress: TaskProgress, run_dir: Path, job: JobFacts, watch: RankWatch,
                   cause: BaseException) -> TrainingError:
     """The one-line error a surviving rank ends with (:func:`rank_failure_line`); the collective's
-    own error and traceback go to the log file. When rank 0 failed, the lowest surviving rank
-    marks job.json ``failed`` with that line (rank 0 would have: its ``on_job_end`` never came)."""
+    own error and traceback go to the log file, the line to torchrun's summary too. When rank 0 failed, the lowest surviving rank
+    marks job.json ``failed`` with that line (rank 0 would have: its ``on_job_end`` never came;
+    a rank 0 that failed with an error of its own records it itself)."""
     error = TrainingError(rank_failure_line(failure.description, progress.describe(), run_dir, job))
     failure_log = logging.getLogger("mammoth.failure" if distributed.is_main_process() else "mammoth")  # the log file only
     failure_log.info("the error this rank saw: %s", error_line(cause), exc_info=cause)
     watch.leave(INTERRUPTED)  # ended by another rank's failure, not failed itself
+    tell_launcher(str(error))
     writer = watch.peers[0]
-    if 0 in failure.ranks and failure.lowest_survivor(len(watch.peers)) == watch.rank:
+    if 0 in failure.ranks and 0 not in failure.announced and failure.lowest_survivor(len(watch.peers)) == watch.rank:
         record_rank_failure(run_dir, error, writer.pid, writer.host)
     return error
 

@@ -18,11 +18,14 @@ one line the run ends with.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import secrets
 import socket
 import threading
 import time
+import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -33,6 +36,9 @@ import torch
 import torch.distributed as dist
 
 from mammoth.engine import distributed
+from mammoth.files import open_nofollow
+
+log = logging.getLogger("mammoth")
 
 #: Seconds between two heartbeats of a rank.
 HEARTBEAT_SECONDS = 1.0
@@ -95,6 +101,8 @@ class RankFailure:
 
     ranks: tuple[int, ...]
     description: str
+    #: The ranks among ``ranks`` that failed with an error of their own and said so (they report it themselves).
+    announced: tuple[int, ...] = ()
 
     def lowest_survivor(self, world_size: int) -> int:
         """The lowest rank that did not fail: the one that writes the run's files when rank 0 failed."""
@@ -106,12 +114,25 @@ def judge_ranks(facts: Sequence[PeerFacts], world_size: int) -> Optional[RankFai
     failed = [(item.peer, what) for item in facts if (what := judge_rank(item)) is not None]
     if not failed:
         return None
-    return RankFailure(tuple(peer.rank for peer, _ in failed), failure_description(failed, world_size))
+    announced = tuple(item.peer.rank for item in facts if item.left is not None and judge_rank(item) is not None)
+    return RankFailure(tuple(peer.rank for peer, _ in failed), failure_description(failed, world_size), announced)
 
 
 def failure_description(judged: Sequence[tuple[Peer, str]], world_size: int) -> str:
     """``rank 1 of 2 (pid 4242 on node7) died``; several ranks joined by ``; ``."""
     return "; ".join(f"{peer.describe(world_size)} {what}" for peer, what in judged)
+
+
+def from_collective(error: BaseException) -> bool:
+    """Whether ``error`` came out of a collective (which another rank may have broken), not out of
+    this rank's own code: torch's distributed errors, gloo's and NCCL's (plain RuntimeErrors that
+    name them), or an error raised inside ``torch.distributed``."""
+    if isinstance(error, getattr(dist, "DistError", ())):
+        return True
+    if any(marker in str(error) for marker in ("gloo", "NCCL", "ProcessGroup")):
+        return True
+    frames = traceback.extract_tb(error.__traceback__)
+    return bool(frames) and f"torch{os.sep}distributed{os.sep}" in frames[-1].filename
 
 
 def process_state(pid: int, proc: Path = Path("/proc")) -> str:
@@ -154,8 +175,15 @@ class RankWatch:
         self.rank = own_rank
         self.prefix = prefix
         self._stopped = threading.Event()
-        self._store = self._client()  # the main thread's: what this rank says and asks (a store gone fails it at once)
-        self._beat_store = self._client()  # the heartbeat thread's
+        self._thread: Optional[threading.Thread] = None
+        try:
+            self._store: Optional[dist.Store] = self._client()  # the main thread's: what this rank says and asks
+            self._beat_store = self._client()  # the heartbeat thread's
+        except Exception as error:  # noqa: BLE001  no store to reach (a process group started without env://)
+            self._store = None
+            log.warning("rank %d cannot reach the process group's store (%s): a rank that fails on another host "
+                        "will not be named", own_rank, str(error).strip().splitlines()[0] if str(error).strip() else error)
+            return
         self._thread = threading.Thread(target=self._beat, name="mammoth-heartbeat", daemon=True)
         self._thread.start()
 
@@ -192,6 +220,8 @@ class RankWatch:
     def leave(self, what: str) -> None:
         """Say in the store why this rank leaves (:data:`ENDED`, :data:`INTERRUPTED`, or
         ``failed: <its error's line>``), so that the others do not count it as dead; never raises."""
+        if self._store is None:
+            return
         try:
             self._store.set(f"left/{self.rank}", what)
         except Exception:  # noqa: BLE001  a store that is gone: the others find out without it
@@ -202,7 +232,8 @@ class RankWatch:
         if what is not None:
             self.leave(what)
         self._stopped.set()
-        self._thread.join(timeout=STORE_SECONDS)  # done with the store before the process group ends
+        if self._thread is not None:
+            self._thread.join(timeout=STORE_SECONDS)  # done with the store before the process group ends
 
     def failed_ranks(self) -> Optional[RankFailure]:
         """The ranks that failed and what happened to them, or None when every other rank is alive
@@ -213,13 +244,16 @@ class RankWatch:
         facts = {peer.rank: PeerFacts(peer, process=process_state(peer.pid) if peer.host == here else None)
                  for peer in others}
         store = self._store
+        if store is None:  # this host's processes only
+            return judge_ranks(list(facts.values()), len(self.peers))
         try:
             left = {peer.rank: _left(store, peer.rank) for peer in others}
             watched = [peer.rank for peer in others if left[peer.rank] is None and facts[peer.rank].process in (None, "running")]
             beating = _watch_heartbeats(store, watched)
             for peer in others:
                 said = left[peer.rank] if left[peer.rank] is not None else _left(store, peer.rank)  # it may leave meanwhile
-                facts[peer.rank] = PeerFacts(peer, said, facts[peer.rank].process, beating.get(peer.rank))
+                process = process_state(peer.pid) if peer.host == here else None  # a killed process may take a moment to go
+                facts[peer.rank] = PeerFacts(peer, said, process, beating.get(peer.rank))
         except Exception:  # noqa: BLE001  the store does not answer (any more)
             return self._without_store()
         return judge_ranks(list(facts.values()), len(self.peers))
@@ -250,3 +284,20 @@ def _watch_heartbeats(store: dist.Store, ranks: Sequence[int]) -> dict[int, bool
         for rank in ranks:
             beating[rank] = beating[rank] or store.add(f"beat/{rank}", 0) != first[rank]
     return beating
+
+
+def tell_launcher(line: str, environ: Optional[Mapping[str, str]] = None) -> None:
+    """Under torchrun, put ``line`` in this worker's error file (``TORCHELASTIC_ERROR_FILE``, in
+    the format of torch's ``ErrorHandler``), so that torchrun's failure summary shows it for this
+    rank (a survivor ends first: torchrun's "root cause" is the survivor, whose line names the rank
+    that failed). Nothing without torchrun; never raises."""
+    environ = os.environ if environ is None else environ
+    path = environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    document = {"message": {"message": line, "extraInfo": {"py_callstack": line, "timestamp": str(int(time.time()))}}}
+    try:
+        with open_nofollow(Path(path), "w") as file:
+            json.dump(document, file)
+    except Exception as error:  # noqa: BLE001  torchrun's summary is a courtesy: the line is on stderr already
+        log.warning("could not write torchrun's error file %s: %s", path, error)

@@ -152,3 +152,28 @@ def test_a_store_that_stops_answering_names_its_holder(monkeypatch) -> None:
                                                     "does not answer (its launcher ended)")
     finally:
         watch.stop(None)  # nothing to say to a store that is gone
+
+
+def test_only_an_error_out_of_a_collective_makes_a_rank_look_at_the_others() -> None:
+    import torch.distributed as dist
+
+    from mammoth.engine.rank_faults import from_collective
+
+    gloo = RuntimeError("[third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:43446")
+    assert from_collective(gloo) and from_collective(RuntimeError("NCCL error: remote process exited"))
+    assert from_collective(dist.DistNetworkError("Failed to recv, got 0 bytes"))
+    assert not from_collective(ValueError("a bug of this rank's own")) and not from_collective(RuntimeError("out of memory"))
+
+
+def test_torchrun_s_summary_gets_the_line_through_the_worker_s_error_file(tmp_path: Path) -> None:
+    import json
+
+    from mammoth.engine.rank_faults import tell_launcher
+
+    line = "task 2/5 interrupted: rank 1 of 2 (pid 4242 on node7) was stopped (SIGSTOP); nothing to resume: start the run again"
+    tell_launcher(line, {"TORCHELASTIC_ERROR_FILE": str(tmp_path / "error.json")})
+    written = json.loads((tmp_path / "error.json").read_text())["message"]
+    assert written["message"] == written["extraInfo"]["py_callstack"] == line
+    assert int(written["extraInfo"]["timestamp"]) > 0
+    tell_launcher(line, {})  # no torchrun: nothing
+    assert [path.name for path in tmp_path.iterdir()] == ["error.json"]

@@ -1,0 +1,174 @@
+"""A rank of a 2-process torchrun run that dies (SIGKILL) or hangs (SIGSTOP) during task 2: the
+surviving rank ends within the collective timeout (``MAMMOTH_DIST_TIMEOUT=5``) plus slack with one
+line naming the failed rank, the task interrupted and the exact command that resumes the run
+(which does); ``job.json`` says ``failed`` with that line; a next run takes over the lock a killed
+rank 0 held, with a line saying so. Second suite (``python -m pytest -q -m distributed``).
+
+Slack: the kill and the stop are sent as soon as rank 1 logs the first epoch of task 2; timings
+are bounds on a loaded 2-core machine (the survivor's own report takes well under a second:
+``/proc`` tells it the peer is gone or stopped), not measurements.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mammoth.engine.rank_faults import process_state
+
+pytestmark = pytest.mark.distributed
+
+TIMEOUT = 5  # MAMMOTH_DIST_TIMEOUT: how long a collective waits for a hung rank
+SLACK = 25  # seconds more a survivor may take to end on this loaded machine (start-up of nothing: it is running)
+RUN = ["model=er", "model.buffer_size=50", "dataset.n_epochs=6"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def torchrun(run_dir: Path, *extra: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+               "-m", "mammoth", *RUN, f"hydra.run.dir={run_dir}", *extra]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=run_dir.parent,
+                            env={**os.environ, "MAMMOTH_DIST_TIMEOUT": str(TIMEOUT)})
+
+
+def pids_once_task_2_trains(run_dir: Path, process: subprocess.Popen) -> dict[int, int]:
+    """Each rank's pid, once rank 1 has logged the first epoch of task 2 (task 1's checkpoint is written)."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        log = run_dir / "rank1.log"
+        found = re.search(r"\[rank 1 pid (\d+)\].*task 2/5, epoch 1/6", log.read_text()) if log.exists() else None
+        if found:
+            rank0 = int((run_dir / ".mammoth.lock").read_text().split()[0])  # "PID HOST": rank 0 holds the lock
+            return {0: rank0, 1: int(found.group(1))}
+        time.sleep(0.1)
+    raise AssertionError(f"task 2 never started: {process.communicate(timeout=60)[1][-3000:]}")
+
+
+def ended(pid: int, since: float, limit: float) -> float:
+    """Seconds from ``since`` until process ``pid`` is gone (torchrun reaps its workers), at most ``limit``."""
+    while process_state(pid) != "gone" and time.monotonic() - since < limit:
+        time.sleep(0.05)
+    return time.monotonic() - since
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("Error: ")]
+
+
+def expected_line(run_dir: Path, failed: int, pid: int, what: str) -> str:
+    command = shlex.join(["torchrun", "--nproc_per_node=2", "-m", "mammoth", *RUN, "resume=true",
+                          f"hydra.run.dir={run_dir}"])
+    return (f"task 2/5 interrupted: rank {failed} of 2 (pid {pid} on {socket.gethostname()}) {what}; the checkpoint "
+            f"of the last finished task is intact. Resume with: {command}")
+
+
+def test_a_killed_rank_1_ends_rank_0_with_one_line_and_the_printed_command_resumes(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    process = torchrun(run_dir)
+    try:
+        pids = pids_once_task_2_trains(run_dir, process)
+        os.kill(pids[1], signal.SIGKILL)
+        killed = time.monotonic()
+        assert ended(pids[0], killed, TIMEOUT + SLACK) < TIMEOUT + SLACK
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    line = expected_line(run_dir, 1, pids[1], "died")
+    assert process.returncode != 0
+    assert error_lines(stderr) == [f"Error: {line}"], stderr[-3000:]
+    assert re.search(r"Root Cause \(first observed failure\):.*?rank\s*: 1 \(local_rank: 1\).*?Signal 9 \(SIGKILL\)",
+                     stderr, re.S), stderr[-3000:]  # torchrun's own summary names it too
+    assert "[rank0]" not in stderr and "gloo" not in stderr  # no traceback of rank 0's: it went to the log file
+    assert re.search(r"\[mammoth.failure\]\[INFO\] the error this rank saw: RuntimeError: .*gloo.*\nTraceback",
+                     (run_dir / "mammoth.log").read_text())
+    status = json.loads((run_dir / "job.json").read_text())
+    assert status["status"] == "failed" and status["error"] == f"TrainingError: {line}" and status["pid"] == pids[0]
+    assert (run_dir / ".mammoth.lock").read_text() == ""  # rank 0 left its lock in order
+    assert not (run_dir / "results.json").exists()
+
+    # the printed command, as printed (torchrun is `python -m torch.distributed.run`)
+    command = shlex.split(line.split("Resume with: ", 1)[1])
+    assert command[:2] == ["torchrun", "--nproc_per_node=2"]
+    resumed = subprocess.run([sys.executable, "-m", "torch.distributed.run", f"--master_port={free_port()}",
+                              *command[1:]], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((run_dir / "results.json").read_text())["status"] == "complete"
+    assert json.loads((run_dir / "job.json").read_text())["status"] == "complete"
+    assert "taking over the lock" not in resumed.stderr
+
+
+def test_a_killed_rank_0_ends_rank_1_which_marks_the_job_failed_and_the_next_run_takes_over_the_lock(
+        tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    process = torchrun(run_dir)
+    try:
+        pids = pids_once_task_2_trains(run_dir, process)
+        os.kill(pids[0], signal.SIGKILL)
+        killed = time.monotonic()
+        assert ended(pids[1], killed, TIMEOUT + SLACK) < TIMEOUT + SLACK
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    line = expected_line(run_dir, 0, pids[0], "died")
+    assert error_lines(stderr) == [f"Error: {line}"], stderr[-3000:]
+    assert "[rank1]" not in stderr
+    status = json.loads((run_dir / "job.json").read_text())
+    assert status["status"] == "failed" and status["error"] == f"TrainingError: {line}" and status["pid"] == pids[0]
+    assert (run_dir / ".mammoth.lock").read_text() == f"{pids[0]} {socket.gethostname()}"  # the dead holder's name
+
+    # the next run (here one process, stopping after task 2) takes the lock over and says so
+    resumed = subprocess.run([sys.executable, "-m", "mammoth", *RUN, f"hydra.run.dir={run_dir}", "resume=true",
+                              "stop_after_task=2"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.stderr.splitlines().count(
+        f"taking over the lock of {run_dir}: its last holder was pid {pids[0]} on {socket.gethostname()}: gone, "
+        "it ended without leaving the lock") == 1, resumed.stderr[-3000:]
+    assert "Stopped after task 2 of 5" in resumed.stdout
+    assert (run_dir / ".mammoth.lock").read_text() == ""
+
+
+def test_a_stopped_rank_is_named_by_the_rank_that_waited_for_it_within_the_timeout(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    process = torchrun(run_dir)
+    pids = {}
+    try:
+        pids = pids_once_task_2_trains(run_dir, process)
+        os.kill(pids[1], signal.SIGSTOP)
+        stopped = time.monotonic()
+        waited = ended(pids[0], stopped, TIMEOUT + SLACK)
+        assert TIMEOUT <= waited < TIMEOUT + SLACK  # the collective's timeout, then the report
+        os.kill(pids[1], signal.SIGKILL)  # torchrun would wait 30 s for it to end on its SIGTERM
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if pids:
+            try:
+                os.kill(pids[1], signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        process.kill()
+    line = expected_line(run_dir, 1, pids[1], "was stopped (SIGSTOP)")
+    assert error_lines(stderr) == [f"Error: {line}"], stderr[-3000:]
+    assert "[rank0]" not in stderr
+    # torchrun's summary: rank 0 ended first, so it is the "root cause"; its entry is the line naming rank 1
+    assert re.search(r"Root Cause \(first observed failure\):.*?rank\s*: 0 \(local_rank: 0\).*?traceback : "
+                     + re.escape(line), stderr, re.S), stderr[-3000:]
+    status = json.loads((run_dir / "job.json").read_text())
+    assert status["status"] == "failed" and status["error"] == f"TrainingError: {line}"
