@@ -26,7 +26,7 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -249,7 +249,8 @@ class RankWatch:
         try:
             left = {peer.rank: _left(store, peer.rank) for peer in others}
             watched = [peer.rank for peer in others if left[peer.rank] is None and facts[peer.rank].process in (None, "running")]
-            beating = _watch_heartbeats(store, watched)
+            local = {peer.rank: peer.pid for peer in others if peer.host == here}
+            beating = _watch_heartbeats(store, watched, lambda rank: rank in local and process_state(local[rank]) != "running")
             for peer in others:
                 said = left[peer.rank] if left[peer.rank] is not None else _left(store, peer.rank)  # it may leave meanwhile
                 process = process_state(peer.pid) if peer.host == here else None  # a killed process may take a moment to go
@@ -273,16 +274,20 @@ def _left(store: dist.Store, rank: int) -> Optional[str]:
     return store.get(key).decode("utf-8", "replace") if store.check([key]) else None
 
 
-def _watch_heartbeats(store: dist.Store, ranks: Sequence[int]) -> dict[int, bool]:
-    """Whether the heartbeat counter of each of ``ranks`` moved within :data:`WATCH_SECONDS`
-    (returns as soon as every one did)."""
+def _watch_heartbeats(store: dist.Store, ranks: Sequence[int], settled: Callable[[int], bool]) -> dict[int, bool]:
+    """Whether the heartbeat counter of each of ``ranks`` moved within :data:`WATCH_SECONDS`;
+    returns as soon as every one moved or is ``settled`` (a process of this host found gone or
+    stopped meanwhile: a killed process takes a moment to go)."""
     first = {rank: store.add(f"beat/{rank}", 0) for rank in ranks}
     beating = {rank: False for rank in ranks}
     deadline = time.monotonic() + WATCH_SECONDS
-    while not all(beating.values()) and time.monotonic() < deadline:
-        time.sleep(HEARTBEAT_SECONDS / 5)
-        for rank in ranks:
-            beating[rank] = beating[rank] or store.add(f"beat/{rank}", 0) != first[rank]
+    while time.monotonic() < deadline:
+        waiting = [rank for rank in ranks if not beating[rank] and not settled(rank)]
+        if not waiting:
+            break
+        time.sleep(HEARTBEAT_SECONDS / 20)
+        for rank in waiting:
+            beating[rank] = store.add(f"beat/{rank}", 0) != first[rank]
     return beating
 
 

@@ -125,7 +125,9 @@ def test_a_rank_on_another_host_is_judged_by_its_heartbeat_and_its_words(store) 
         assert failure == RankFailure((1,), "rank 1 of 3 (pid 11 on elsewhere) stopped responding "
                                             "(no heartbeat for 0.4 s: dead or hung)")
         other.set("left/1", "failed: TrainingError: the loss became nan")
-        assert watch.failed_ranks().description == "rank 1 of 3 (pid 11 on elsewhere) failed: TrainingError: the loss became nan"
+        failure = watch.failed_ranks()
+        assert failure.description == "rank 1 of 3 (pid 11 on elsewhere) failed: TrainingError: the loss became nan"
+        assert failure.ranks == failure.announced == (1,)  # it reports its own error itself
         assert int(other.add("beat/0", 0)) >= 1  # this rank's own heartbeat
     finally:
         watch.stop()
