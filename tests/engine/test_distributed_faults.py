@@ -172,3 +172,25 @@ def test_a_stopped_rank_is_named_by_the_rank_that_waited_for_it_within_the_timeo
                      + re.escape(line), stderr, re.S), stderr[-3000:]
     status = json.loads((run_dir / "job.json").read_text())
     assert status["status"] == "failed" and status["error"] == f"TrainingError: {line}"
+
+
+def test_an_interrupted_run_is_no_rank_failure(tmp_path: Path) -> None:
+    """SIGTERM to torchrun (a cluster's time limit, Ctrl-C): it stops every rank with SIGTERM; each
+    sees the others alive or leaving in order, so the run says it was interrupted, as one process does."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    process = torchrun(run_dir)
+    try:
+        pids_once_task_2_trains(run_dir, process)
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert error_lines(stderr) == [] and "interrupted: rank" not in stdout + stderr, stderr[-3000:]
+    command = shlex.join(["torchrun", "--nproc_per_node=2", "-m", "mammoth", *RUN, "resume=true",
+                          f"hydra.run.dir={run_dir}"])
+    line = f"Interrupted (SIGTERM); the checkpoint of the last finished task is intact. Resume with: {command}"
+    assert stdout.splitlines().count(line) == 1, stdout[-3000:]  # rank 0's console
+    assert (run_dir / "rank1.log").read_text().count(line) == 1
+    status = json.loads((run_dir / "job.json").read_text())
+    assert status["status"] == "stopped early" and status["interrupted"] == "SIGTERM"
