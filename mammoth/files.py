@@ -20,6 +20,8 @@ from typing import IO, Any, BinaryIO, Iterator
 from mammoth.errors import ConfigError
 
 LOCK_NAME = ".mammoth.lock"
+#: The most characters of a lock file read for its holder (``PID HOST``).
+LOCK_HOLDER_BYTES = 300
 #: A run's checkpoint (written and read by :mod:`mammoth.engine.checkpoint`), named here for what
 #: only looks for it without importing torch (the summary, the run-directory checks, resume).
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -334,14 +336,14 @@ class RunLock:
         file = open_nofollow(self.path, "a+")
         if not _lock_quietly(file.fileno(), blocking=False):  # held by another run (Windows: always free)
             file.seek(0)
-            holder = file.read().strip()
+            holder = file.read(LOCK_HOLDER_BYTES).strip()
             file.close()
             raise ConfigError(
                 f"another mammoth run{f' ({describe_lock_holder(holder)})' if holder else ''} is using {self.path.parent}; "
                 "wait for it to end, or give this run another hydra.run.dir or output_dir"
             )
         file.seek(0)
-        previous = file.read().strip()
+        previous = file.read(LOCK_HOLDER_BYTES).strip()
         file.seek(0)
         file.truncate()
         file.write(f"{os.getpid()} {socket.gethostname()}")
@@ -355,7 +357,8 @@ class RunLock:
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
         if self._file is not None:
-            self._file.truncate(0)  # left in order: no holder named
+            with contextlib.suppress(OSError):  # a full disk: the next run says it took over, no more
+                self._file.truncate(0)  # left in order: no holder named
             self._file.close()  # closing the descriptor releases the flock
             self._file = None
             RunLock._held.discard(self._key)

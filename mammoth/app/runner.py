@@ -143,9 +143,9 @@ def _failed_ranks(watch: RankWatch | None) -> RankFailure | None:
 def _rank_failure(failure: RankFailure, progress: TaskProgress, run_dir: Path, job: JobFacts, watch: RankWatch,
                   cause: BaseException) -> TrainingError:
     """The one-line error a surviving rank ends with (:func:`rank_failure_line`); the collective's
-    own error and traceback go to the log file, the line to torchrun's summary too. When rank 0 failed, the lowest surviving rank
-    marks job.json ``failed`` with that line (rank 0 would have: its ``on_job_end`` never came;
-    a rank 0 that failed with an error of its own records it itself)."""
+    own error and traceback go to the log file, the line to torchrun's summary too. When rank 0
+    failed, the lowest surviving rank marks job.json ``failed`` with that line (rank 0 would have:
+    its ``on_job_end`` never came; a rank 0 that failed with an error of its own records it itself)."""
     error = TrainingError(rank_failure_line(failure.description, progress.describe(), run_dir, job))
     failure_log = logging.getLogger("mammoth.failure" if distributed.is_main_process() else "mammoth")  # the log file only
     failure_log.info("the error this rank saw: %s", error_line(cause), exc_info=cause)
