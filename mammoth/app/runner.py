@@ -31,7 +31,9 @@ from mammoth.engine.device import resolve_device, set_threads
 from mammoth.engine import distributed
 from mammoth.engine.loop import run_tasks
 from mammoth.engine.precision import check_method_precision, check_precision
-from mammoth.engine.rank_faults import FAILED, INTERRUPTED, RankFailure, RankWatch, from_collective, tell_launcher
+from mammoth.engine.rank_faults import (
+    FAILED, INTERRUPTED, RankFailure, RankWatch, from_collective, tell_launcher, timed_out,
+)
 from mammoth.errors import ConfigError, MammothError, TrainingError
 from mammoth.files import RunLock
 from mammoth.models import MODELS
@@ -108,7 +110,7 @@ def run_resolved(spec: RunSpec, job: JobFacts) -> float:
                     watch.leave(f"{FAILED}: {error_line(error)}")
                 raise
             except Exception as error:  # a collective another rank broke, or this rank's own error
-                failure = _failed_ranks(watch) if from_collective(error) else None
+                failure = _failed_ranks(watch, timed_out(error)) if from_collective(error) else None
                 if failure is None:
                     if watch is not None:
                         watch.leave(f"{FAILED}: {error_line(error)}")
@@ -129,15 +131,16 @@ class TaskProgress:
         return None if self.task is None else f"{self.task + 1}/{self.n_tasks}"
 
 
-def _failed_ranks(watch: RankWatch | None) -> RankFailure | None:
+def _failed_ranks(watch: RankWatch | None, waited: bool = False) -> RankFailure | None:
     """On several processes, the ranks that failed (:meth:`RankWatch.failed_ranks`), found with
     SIGTERM ignored from here on: the launcher's SIGTERM to every rank once one failed must not
-    cut this rank's report short (it kills a rank still running after its grace period)."""
+    cut this rank's report short (it kills a rank still running after its grace period). ``waited``:
+    a collective timed out (a live rank that did not come to it is named too)."""
     if watch is None:
         return None
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    return watch.failed_ranks()
+    return watch.failed_ranks(timed_out=waited)
 
 
 def _rank_failure(failure: RankFailure, progress: TaskProgress, run_dir: Path, job: JobFacts, watch: RankWatch,

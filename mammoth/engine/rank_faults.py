@@ -23,6 +23,7 @@ import logging
 import os
 import secrets
 import socket
+import sys
 import threading
 import time
 import traceback
@@ -30,7 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
@@ -51,6 +52,8 @@ STORE_SECONDS = 5.0
 FACTS_BYTES = 256
 #: What a rank that left in order said (:meth:`RankWatch.leave`); a failure adds its error's line.
 ENDED, INTERRUPTED, FAILED = "ended", "interrupted", "failed"
+#: Where a rank's main thread was at its last heartbeat (:func:`main_thread_place`).
+IN_COLLECTIVE, IN_OWN_CODE = "collective", "own code"
 
 
 @dataclass(frozen=True)
@@ -70,13 +73,16 @@ class Peer:
 class PeerFacts:
     """What a survivor found out about another rank: what it said when it ``left`` (None: it did
     not leave in order), its ``process`` where it runs on this host (``running``, ``stopped``,
-    ``gone``; None on another host), and whether its heartbeat advanced while watched
-    (``beating``; None when not watched or the store did not answer)."""
+    ``gone``; None on another host), whether its heartbeat advanced while watched (``beating``;
+    None when not watched or the store did not answer) and, after a collective timed out, where
+    it was (``place``: :data:`IN_COLLECTIVE` or :data:`IN_OWN_CODE`)."""
 
     peer: Peer
     left: Optional[str] = None
     process: Optional[str] = None
     beating: Optional[bool] = None
+    #: After a collective timed out: where its main thread was at its last beat (:func:`main_thread_place`).
+    place: Optional[str] = None
 
 
 def judge_rank(facts: PeerFacts) -> Optional[str]:
@@ -92,6 +98,8 @@ def judge_rank(facts: PeerFacts) -> Optional[str]:
         return "was stopped (SIGSTOP)"
     if facts.beating is False:
         return f"stopped responding (no heartbeat for {WATCH_SECONDS:g} s: dead or hung)"
+    if facts.place == IN_OWN_CODE:
+        return "did not come to the collective (alive, busy in its own code past the timeout)"
     return None
 
 
@@ -133,6 +141,20 @@ def from_collective(error: BaseException) -> bool:
         return True
     frames = traceback.extract_tb(error.__traceback__)
     return bool(frames) and f"torch{os.sep}distributed{os.sep}" in frames[-1].filename
+
+
+def main_thread_place(frames: Optional[Mapping[int, Any]] = None) -> str:
+    """Where the main thread is: :data:`IN_COLLECTIVE` when a frame of its stack is in
+    ``torch.distributed`` (waiting for the other ranks), else :data:`IN_OWN_CODE` (``frames``:
+    ``sys._current_frames()``, Python's documented view of every thread's stack)."""
+    frames = sys._current_frames() if frames is None else frames
+    frame = frames.get(threading.main_thread().ident)
+    marker = f"torch{os.sep}distributed{os.sep}"
+    while frame is not None:
+        if marker in frame.f_code.co_filename:
+            return IN_COLLECTIVE
+        frame = frame.f_back
+    return IN_OWN_CODE
 
 
 def process_state(pid: int, proc: Path = Path("/proc")) -> str:
@@ -212,6 +234,7 @@ class RankWatch:
     def _beat(self) -> None:
         while not self._stopped.is_set():
             try:
+                self._beat_store.set(f"place/{self.rank}", main_thread_place())
                 self._beat_store.add(f"beat/{self.rank}", 1)
             except Exception:  # noqa: BLE001  the store is gone: nothing to beat into
                 return
@@ -235,10 +258,11 @@ class RankWatch:
         if self._thread is not None:
             self._thread.join(timeout=STORE_SECONDS)  # done with the store before the process group ends
 
-    def failed_ranks(self) -> Optional[RankFailure]:
+    def failed_ranks(self, timed_out: bool = False) -> Optional[RankFailure]:
         """The ranks that failed and what happened to them, or None when every other rank is alive
-        or left in order. Waits at most :data:`WATCH_SECONDS` (more only when the store does not
-        answer: then :data:`STORE_SECONDS`)."""
+        or left in order; after a collective ``timed_out``, also a live rank that was not in a
+        collective at its last beat (it did not come). Waits at most :data:`WATCH_SECONDS` (more
+        only when the store does not answer: then :data:`STORE_SECONDS`)."""
         others = [peer for peer in self.peers if peer.rank != self.rank]
         here = socket.gethostname()
         facts = {peer.rank: PeerFacts(peer, process=process_state(peer.pid) if peer.host == here else None)
@@ -254,7 +278,8 @@ class RankWatch:
             for peer in others:
                 said = left[peer.rank] if left[peer.rank] is not None else _left(store, peer.rank)  # it may leave meanwhile
                 process = process_state(peer.pid) if peer.host == here else None  # a killed process may take a moment to go
-                facts[peer.rank] = PeerFacts(peer, said, process, beating.get(peer.rank))
+                place = _place(store, peer.rank) if timed_out else None
+                facts[peer.rank] = PeerFacts(peer, said, process, beating.get(peer.rank), place)
         except Exception:  # noqa: BLE001  the store does not answer (any more)
             return self._without_store()
         return judge_ranks(list(facts.values()), len(self.peers))
@@ -272,6 +297,19 @@ def _left(store: dist.Store, rank: int) -> Optional[str]:
     """What ``rank`` said when it left (:meth:`RankWatch.leave`), or None."""
     key = f"left/{rank}"
     return store.get(key).decode("utf-8", "replace") if store.check([key]) else None
+
+
+def _place(store: dist.Store, rank: int) -> Optional[str]:
+    """Where ``rank`` was at its last heartbeat (:func:`main_thread_place`), or None."""
+    key = f"place/{rank}"
+    return store.get(key).decode("utf-8", "replace") if store.check([key]) else None
+
+
+def timed_out(error: BaseException) -> bool:
+    """Whether ``error`` is a collective that waited past the timeout (gloo's "Timed out waiting
+    ...", NCCL's watchdog "timeout")."""
+    text = str(error).lower()
+    return "timed out" in text or "timeout" in text
 
 
 def _watch_heartbeats(store: dist.Store, ranks: Sequence[int], settled: Callable[[int], bool]) -> dict[int, bool]:

@@ -39,19 +39,25 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def torchrun(run_dir: Path, *extra: str) -> subprocess.Popen:
+def torchrun(run_dir: Path, *extra: str, injected: Path | None = None) -> subprocess.Popen:
+    """torchrun's 2 processes of ``python -m mammoth RUN``; ``injected``: a directory put first on
+    their PYTHONPATH (a sitecustomize.py there runs in each at start-up)."""
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
                "-m", "mammoth", *RUN, f"hydra.run.dir={run_dir}", *extra]
+    env = {**os.environ, "MAMMOTH_DIST_TIMEOUT": str(TIMEOUT)}
+    if injected is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(injected), env.get("PYTHONPATH")]))
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=run_dir.parent,
-                            env={**os.environ, "MAMMOTH_DIST_TIMEOUT": str(TIMEOUT)})
+                            env=env)
 
 
-def pids_once_task_2_trains(run_dir: Path, process: subprocess.Popen) -> dict[int, int]:
-    """Each rank's pid, once rank 1 has logged the first epoch of task 2 (task 1's checkpoint is written)."""
+def pids_once_task_2_trains(run_dir: Path, process: subprocess.Popen, logged: str = "task 2/5, epoch 1/6") -> dict[int, int]:
+    """Each rank's pid, once rank 1 has logged ``logged`` (by default the first epoch of task 2:
+    task 1's checkpoint is written)."""
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and process.poll() is None:
         log = run_dir / "rank1.log"
-        found = re.search(r"\[rank 1 pid (\d+)\].*task 2/5, epoch 1/6", log.read_text()) if log.exists() else None
+        found = re.search(rf"\[rank 1 pid (\d+)\].*{re.escape(logged)}", log.read_text()) if log.exists() else None
         if found:
             rank0 = int((run_dir / ".mammoth.lock").read_text().split()[0])  # "PID HOST": rank 0 holds the lock
             return {0: rank0, 1: int(found.group(1))}
@@ -95,8 +101,10 @@ def test_a_killed_rank_1_ends_rank_0_with_one_line_and_the_printed_command_resum
     assert re.search(r"Root Cause \(first observed failure\):.*?rank\s*: 1 \(local_rank: 1\).*?Signal 9 \(SIGKILL\)",
                      stderr, re.S), stderr[-3000:]  # torchrun's own summary names it too
     assert "[rank0]" not in stderr and "gloo" not in stderr  # no traceback of rank 0's: it went to the log file
-    assert re.search(r"\[mammoth.failure\]\[INFO\] the error this rank saw: RuntimeError: .*gloo.*\nTraceback",
-                     (run_dir / "mammoth.log").read_text())
+    # rank 0 saw gloo's error in its collective, or first torchrun's SIGTERM (sent once rank 1 was gone): either way
+    # the same line; what it saw, with the traceback, is in the log file
+    assert re.search(r"\[mammoth.failure\]\[INFO\] the error this rank saw: (RuntimeError: .*gloo.*|KeyboardInterrupt: "
+                     r"SIGTERM)\nTraceback", (run_dir / "mammoth.log").read_text())
     status = json.loads((run_dir / "job.json").read_text())
     assert status["status"] == "failed" and status["error"] == f"TrainingError: {line}" and status["pid"] == pids[0]
     assert (run_dir / ".mammoth.lock").read_text() == ""  # rank 0 left its lock in order
@@ -170,6 +178,41 @@ def test_a_stopped_rank_is_named_by_the_rank_that_waited_for_it_within_the_timeo
     # torchrun's summary: rank 0 ended first, so it is the "root cause"; its entry is the line naming rank 1
     assert re.search(r"Root Cause \(first observed failure\):.*?rank\s*: 0 \(local_rank: 0\).*?traceback : "
                      + re.escape(line), stderr, re.S), stderr[-3000:]
+    status = json.loads((run_dir / "job.json").read_text())
+    assert status["status"] == "failed" and status["error"] == f"TrainingError: {line}"
+
+
+#: Rank 1 only: after the first epoch of task 2, busy in its own code (a sleep standing for a
+#: deadlock or an endless loop) far past the collective timeout.
+STUCK = """
+import os, time
+if os.environ.get("RANK") == "1":
+    from mammoth.models.base import ContinualModel
+    end_epoch = ContinualModel.end_epoch
+    def stuck_end_epoch(self, epoch):
+        end_epoch(self, epoch)
+        if self.current_task == 1 and epoch == 0:
+            time.sleep(120)
+    ContinualModel.end_epoch = stuck_end_epoch
+"""
+
+
+def test_a_rank_stuck_in_its_own_code_is_named_as_the_one_that_did_not_come(tmp_path: Path) -> None:
+    injected = tmp_path / "injected"
+    injected.mkdir()
+    (injected / "sitecustomize.py").write_text(STUCK)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    process = torchrun(run_dir, injected=injected)
+    try:
+        pids = pids_once_task_2_trains(run_dir, process, "task 1/5: Class-IL")  # it sticks after task 2's first epoch
+        began = time.monotonic()
+        assert ended(pids[0], began, TIMEOUT + SLACK) < TIMEOUT + SLACK
+        _, stderr = process.communicate(timeout=120)  # torchrun's SIGTERM interrupts rank 1's sleep
+    finally:
+        process.kill()
+    line = expected_line(run_dir, 1, pids[1], "did not come to the collective (alive, busy in its own code past the timeout)")
+    assert error_lines(stderr) == [f"Error: {line}"], stderr[-3000:]
     status = json.loads((run_dir / "job.json").read_text())
     assert status["status"] == "failed" and status["error"] == f"TrainingError: {line}"
 

@@ -27,6 +27,10 @@ PEER = Peer(1, 4242, "node7")
     (PeerFacts(PEER, beating=True), None),
     (PeerFacts(PEER, process="running", beating=True), None),
     (PeerFacts(PEER), None),  # nothing known against it
+    # after a collective timed out: a live rank that was not in a collective did not come to it
+    (PeerFacts(PEER, process="running", beating=True, place="own code"),
+     "did not come to the collective (alive, busy in its own code past the timeout)"),
+    (PeerFacts(PEER, process="running", beating=True, place="collective"), None),  # waiting in another one
     # what a rank said when it left wins: its own error, or an orderly end (interrupted too, e.g. by torchrun)
     (PeerFacts(PEER, left="failed: TrainingError: the loss became nan", process="gone"),
      "failed: TrainingError: the loss became nan"),
@@ -179,3 +183,21 @@ def test_torchrun_s_summary_gets_the_line_through_the_worker_s_error_file(tmp_pa
     assert int(written["extraInfo"]["timestamp"]) > 0
     tell_launcher(line, {})  # no torchrun: nothing
     assert [path.name for path in tmp_path.iterdir()] == ["error.json"]
+
+
+def test_where_a_rank_is_comes_from_its_main_thread_s_stack() -> None:
+    import threading
+    import types
+
+    from mammoth.engine.rank_faults import main_thread_place, timed_out
+
+    def frame(filename, back=None):
+        return types.SimpleNamespace(f_code=types.SimpleNamespace(co_filename=filename), f_back=back)
+
+    main = threading.main_thread().ident
+    waiting = frame(os.path.join("site-packages", "torch", "distributed", "distributed_c10d.py"), frame("/x/mammoth/models/er.py"))
+    assert main_thread_place({main: waiting}) == "collective"
+    assert main_thread_place({main: frame("/x/mammoth/models/er.py", frame("/x/run.py"))}) == "own code"
+    assert main_thread_place() == "own code"  # this test, right here
+    assert timed_out(RuntimeError("[gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 5000ms for recv operation"))
+    assert not timed_out(RuntimeError("[gloo/transport/tcp/pair.cc:561] Connection closed by peer"))
