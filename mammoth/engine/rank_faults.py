@@ -6,12 +6,14 @@ peer"); a rank that is stopped (SIGSTOP) or stuck makes it wait until the collec
 rank says, once at the start, who it is (its pid and host, gathered by every rank: no pickling,
 the text travels as bytes in a tensor), and then, on a daemon thread, beats once a second: it adds
 1 to its counter in the process group's store (torchrun's agent holds that store, so it outlives
-any rank; one store request a second, nothing per step). A rank that leaves in order (its run
-ended, it raised an error of its own, it was interrupted) says so in the store first.
+any rank) and says where its main thread is (in a collective or in its own code): two store
+requests a second, nothing per step. A rank that leaves in order (its run ended, it raised an
+error of its own, it was interrupted) says so in the store first.
 
 When a collective fails, a survivor looks at every other rank (:meth:`RankWatch.failed_ranks`):
 what it said when it left, its process when it runs on this host (``/proc``: gone or stopped),
-and otherwise whether its heartbeat still advances over a few beats. :func:`judge_rank` turns
+and otherwise whether its heartbeat still advances over a few beats; after a collective timed
+out, a live rank that was not in a collective did not come to it. :func:`judge_rank` turns
 those facts into what happened to a rank; :func:`failure_description` into the words of the
 one line the run ends with.
 """
