@@ -147,13 +147,14 @@ def from_collective(error: BaseException) -> bool:
 
 def main_thread_place(frames: Optional[Mapping[int, Any]] = None) -> str:
     """Where the main thread is: :data:`IN_COLLECTIVE` when a frame of its stack is in
-    ``torch.distributed`` (waiting for the other ranks), else :data:`IN_OWN_CODE` (``frames``:
-    ``sys._current_frames()``, Python's documented view of every thread's stack)."""
+    ``torch.distributed`` (waiting for the other ranks) or in torch's autograd engine (where
+    DistributedDataParallel's reducer waits for its all-reduce), else :data:`IN_OWN_CODE`
+    (``frames``: ``sys._current_frames()``, Python's documented view of every thread's stack)."""
     frames = sys._current_frames() if frames is None else frames
     frame = frames.get(threading.main_thread().ident)
-    marker = f"torch{os.sep}distributed{os.sep}"
+    markers = (f"torch{os.sep}distributed{os.sep}", f"torch{os.sep}autograd{os.sep}")
     while frame is not None:
-        if marker in frame.f_code.co_filename:
+        if any(marker in frame.f_code.co_filename for marker in markers):
             return IN_COLLECTIVE
         frame = frame.f_back
     return IN_OWN_CODE

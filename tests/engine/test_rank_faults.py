@@ -197,6 +197,8 @@ def test_where_a_rank_is_comes_from_its_main_thread_s_stack() -> None:
     main = threading.main_thread().ident
     waiting = frame(os.path.join("site-packages", "torch", "distributed", "distributed_c10d.py"), frame("/x/mammoth/models/er.py"))
     assert main_thread_place({main: waiting}) == "collective"
+    reducer = frame(os.path.join("site-packages", "torch", "autograd", "graph.py"), frame("/x/mammoth/models/base.py"))
+    assert main_thread_place({main: reducer}) == "collective"  # DDP's reducer waits inside the backward pass
     assert main_thread_place({main: frame("/x/mammoth/models/er.py", frame("/x/run.py"))}) == "own code"
     assert main_thread_place() == "own code"  # this test, right here
     assert timed_out(RuntimeError("[gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 5000ms for recv operation"))
