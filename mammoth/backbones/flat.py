@@ -121,6 +121,9 @@ class FlatStorage:
             groups.setdefault((parameter.dtype, parameter.device), []).append(index)
         self.grad_views = [None] * len(self.parameters)  # type: ignore[list-item]
         self._expected_grads = [None] * len(self.parameters)
+        # A .grad that views another tensor (DDP's gradient_as_bucket_view buckets): that tensor
+        # owns the gradient storage; the gradients are left where they are, and gathered.
+        foreign = any(p.grad is not None and p.grad._base is not None for p in self.parameters)
         with torch.no_grad():
             for key, indices in groups.items():
                 members = [self.parameters[i] for i in indices]
@@ -132,10 +135,10 @@ class FlatStorage:
                     view = buffer[offset:offset + size].view(parameter.shape)
                     view.copy_(parameter.data)
                     grad_view = grad_buffer[offset:offset + size].view(parameter.shape)
-                    if parameter.grad is not None:
+                    if parameter.grad is not None and not foreign:
                         grad_view.copy_(parameter.grad)
                     parameter.data = view
-                    if parameter.grad is not None:
+                    if parameter.grad is not None and not foreign:
                         parameter.grad = grad_view
                         self._expected_grads[i] = grad_view
                     self.grad_views[i] = grad_view
@@ -144,6 +147,8 @@ class FlatStorage:
                 self.owned |= {buffer.untyped_storage().data_ptr()}
                 if len(groups) == 1:
                     self.buffer, self.grad_buffer = buffer, grad_buffer
+        if foreign:
+            return
         self.manages_grads = True
         reference = weakref.ref(self)
         for index, parameter in enumerate(self.parameters):
