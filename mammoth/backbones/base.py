@@ -211,6 +211,14 @@ class MammothBackbone(nn.Module):
             storage.release()
         return super()._apply(fn, recurse)
 
+    def __delattr__(self, name: str) -> None:
+        """Deleting a parameter or a module of the backbone itself marks the flat storage stale
+        (adding one is seen through torch's registration hooks)."""
+        storage = self.__dict__.get("_flat_storage")
+        if storage is not None and (name in self._parameters or name in self._modules):
+            storage.stale = True
+        super().__delattr__(name)
+
     def __getstate__(self) -> dict:
         """Copies and pickles leave the flat storage out (a copy re-flattens its own on use)."""
         state = super().__getstate__()

@@ -247,7 +247,7 @@ def test_frozen_parameters_are_covered_and_get_no_grad() -> None:
     assert torch.equal(grads, concatenated_grads(net)) and grads[: frozen[0].numel()].abs().sum() == 0
 
 
-@pytest.mark.parametrize("addition", ["head", "prompt", "grown-stage", "replaced-classifier"])
+@pytest.mark.parametrize("addition", ["head", "prompt", "grown-stage", "replaced-classifier", "deleted-head"])
 def test_parameters_added_after_flattening_are_flattened_too(addition: str) -> None:
     net = make("mnistmlp")
     net.flatten_parameters()
@@ -259,8 +259,12 @@ def test_parameters_added_after_flattening_are_flattened_too(addition: str) -> N
         net.adapters = nn.ModuleList()
         net.flatten_parameters()
         net.adapters.append(nn.Linear(5, 5))
-    else:
+    elif addition == "replaced-classifier":
         net.classifier = nn.Linear(5, 7)
+    else:
+        net.extra_head = nn.Linear(5, 2)
+        net.flatten_parameters()
+        del net.extra_head
     expected = parameters_to_vector(net.parameters())
     assert net.get_params().numel() == net.num_params() == expected.numel()
     assert torch.equal(net.get_params(), expected)
@@ -306,3 +310,13 @@ def test_a_copy_has_its_own_storage() -> None:
     twin.set_params(twin.get_params() + 1)
     assert torch.equal(storage.buffer + 1, twin.get_params())
     assert twin.flatten_parameters() is not storage and all(not in_buffer(p, storage.buffer) for p in twin.parameters())
+
+
+def test_mixed_dtypes_get_one_buffer_each_and_gather() -> None:
+    net = make("user")
+    net.classifier.double()
+    expected = torch.cat([p.reshape(-1) for p in net.parameters()])  # promoted to float64, as before
+    storage = net.flatten_parameters()
+    assert not storage.flat and set(storage.buffers) == {(torch.float32, torch.device("cpu")), (torch.float64, torch.device("cpu"))}
+    assert all(in_buffer(p, storage.buffers[(p.dtype, p.device)]) for p in net.parameters())
+    assert torch.equal(net.get_params(), expected)
