@@ -215,6 +215,8 @@ class FlatStorage:
                     view.zero_()
                     self._expected_grads[index] = None
                     continue
+                if grad is not None and grad.requires_grad:
+                    return False  # a backward with create_graph=True: the graph stays on .grad
                 if grad is not None and grad._base is not None:
                     self._stop_managing_grads()
                     return False
@@ -230,7 +232,7 @@ class FlatStorage:
         grad, view = parameter.grad, self.grad_views[index]
         if grad is None or grad is view or not self.manages_grads:
             return
-        if grad._base is not None or grad.shape != view.shape or grad.dtype != view.dtype or grad.layout != torch.strided:
+        if grad.requires_grad or grad._base is not None or grad.shape != view.shape or grad.dtype != view.dtype or grad.layout != torch.strided:
             return  # someone else's view (or an unusual gradient): the next flat call decides
         with torch.no_grad():
             view.copy_(grad)

@@ -320,3 +320,16 @@ def test_mixed_dtypes_get_one_buffer_each_and_gather() -> None:
     assert not storage.flat and set(storage.buffers) == {(torch.float32, torch.device("cpu")), (torch.float64, torch.device("cpu"))}
     assert all(in_buffer(p, storage.buffers[(p.dtype, p.device)]) for p in net.parameters())
     assert torch.equal(net.get_params(), expected)
+
+
+@pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True")
+def test_a_backward_with_create_graph_keeps_the_gradients_graph() -> None:
+    net = make("mnistmlp")
+    storage = net.flatten_parameters()
+    net.zero_grad(set_to_none=True)
+    net(inputs()).square().sum().backward(create_graph=True)
+    weight = net.classifier.weight
+    assert weight.grad.grad_fn is not None and not in_buffer(weight.grad, storage.grad_buffer)
+    grads = net.get_grads()
+    assert torch.equal(grads, concatenated_grads(net).detach()) and storage.manages_grads
+    assert weight.grad.grad_fn is not None  # the graph is still on .grad: second order can flow
