@@ -49,11 +49,6 @@ def _install_registration_hooks() -> None:
     _registration_hooks.append(torch_module.register_module_module_registration_hook(_count_registration))
 
 
-def registrations() -> int:
-    """The process-wide count of module / parameter registrations seen so far."""
-    return _registrations
-
-
 def ineligibility(parameters: tuple[nn.Parameter, ...], owned: frozenset = frozenset()) -> Optional[str]:
     """Why ``parameters`` cannot be re-stored as views of flat buffers (None: they can).
 
