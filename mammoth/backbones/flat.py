@@ -35,6 +35,7 @@ from torch.nn.modules import module as torch_module
 #: parameter list before use.
 _registrations = 0
 _registration_hooks: list = []
+_GRAD = operator.attrgetter("grad")
 
 
 def _count_registration(*args: object) -> None:
@@ -196,10 +197,10 @@ class FlatStorage:
         """
         if not self.manages_grads or self.grad_buffer is None:
             return False
-        grads = [parameter.grad for parameter in self.parameters]
         expected = self.grad_views if create_missing else self._expected_grads
-        if all(map(operator.is_, grads, expected)):
+        if all(map(operator.is_, map(_GRAD, self.parameters), expected)):
             return True
+        grads = [parameter.grad for parameter in self.parameters]
         with torch.no_grad():
             for index, (parameter, grad) in enumerate(zip(self.parameters, grads)):
                 view = self.grad_views[index]
