@@ -103,6 +103,9 @@ class FlatStorage:
         #: of a released storage may still share them, which a rebuild allows).
         self.owned: frozenset = frozenset()
         self.stale = False
+        #: Whether a gradient call was made (then, and only then, the gradients are stored flat:
+        #: a backbone used only through get/set_params pays nothing in its backward passes).
+        self.wants_grads = previous is not None and previous.wants_grads
         if previous is not None:
             previous.release()
         if self.reason is None:
@@ -112,39 +115,44 @@ class FlatStorage:
     # ---- building ----
 
     def _flatten(self) -> None:
-        groups: dict[tuple[torch.dtype, torch.device], list[int]] = {}
+        self._groups: dict[tuple[torch.dtype, torch.device], list[int]] = {}
         for index, parameter in enumerate(self.parameters):
-            groups.setdefault((parameter.dtype, parameter.device), []).append(index)
+            self._groups.setdefault((parameter.dtype, parameter.device), []).append(index)
+        with torch.no_grad():
+            for key, indices in self._groups.items():
+                members = [self.parameters[i] for i in indices]
+                buffer = torch.empty(sum(p.numel() for p in members), dtype=key[0], device=key[1])
+                for parameter, view in zip(members, _views_of(buffer, members)):
+                    view.copy_(parameter.data)
+                    parameter.data = view
+                self.buffers[key] = buffer
+                self.owned |= {buffer.untyped_storage().data_ptr()}
+        if len(self._groups) == 1:
+            self.buffer = next(iter(self.buffers.values()))
+        if self.wants_grads:
+            self._manage_grads()
+
+    def _manage_grads(self) -> None:
+        """Store the gradients flat too: a gradient buffer per parameter buffer, the existing
+        ``.grad`` copied into its view, and the hooks that move new ones there."""
         self.grad_views = [None] * len(self.parameters)  # type: ignore[list-item]
         self._expected_grads = [None] * len(self.parameters)
         # A .grad that views another tensor (DDP's gradient_as_bucket_view buckets): that tensor
         # owns the gradient storage; the gradients are left where they are, and gathered.
-        foreign = any(p.grad is not None and p.grad._base is not None for p in self.parameters)
-        with torch.no_grad():
-            for key, indices in groups.items():
-                members = [self.parameters[i] for i in indices]
-                buffer = torch.empty(sum(p.numel() for p in members), dtype=key[0], device=key[1])
-                grad_buffer = torch.zeros_like(buffer)
-                offset = 0
-                for i, parameter in zip(indices, members):
-                    size = parameter.numel()
-                    view = buffer[offset:offset + size].view(parameter.shape)
-                    view.copy_(parameter.data)
-                    grad_view = grad_buffer[offset:offset + size].view(parameter.shape)
-                    if parameter.grad is not None and not foreign:
-                        grad_view.copy_(parameter.grad)
-                    parameter.data = view
-                    if parameter.grad is not None and not foreign:
-                        parameter.grad = grad_view
-                        self._expected_grads[i] = grad_view
-                    self.grad_views[i] = grad_view
-                    offset += size
-                self.buffers[key] = buffer
-                self.owned |= {buffer.untyped_storage().data_ptr()}
-                if len(groups) == 1:
-                    self.buffer, self.grad_buffer = buffer, grad_buffer
-        if foreign:
+        if any(p.grad is not None and p.grad._base is not None for p in self.parameters):
             return
+        with torch.no_grad():
+            for key, indices in self._groups.items():
+                members = [self.parameters[i] for i in indices]
+                grad_buffer = torch.zeros_like(self.buffers[key])
+                for index, parameter, view in zip(indices, members, _views_of(grad_buffer, members)):
+                    if parameter.grad is not None:
+                        view.copy_(parameter.grad)
+                        parameter.grad = view
+                        self._expected_grads[index] = view
+                    self.grad_views[index] = view
+                if self.buffer is not None:
+                    self.grad_buffer = grad_buffer
         self.manages_grads = True
         reference = weakref.ref(self)
         for index, parameter in enumerate(self.parameters):
@@ -195,6 +203,10 @@ class FlatStorage:
         that is a view of another tensor (DDP's bucket views) makes the storage stop managing
         gradients.
         """
+        if not self.wants_grads:
+            self.wants_grads = True
+            if self.reason is None:
+                self._manage_grads()
         if not self.manages_grads or self.grad_buffer is None:
             return False
         expected = self.grad_views if create_missing else self._expected_grads
@@ -244,3 +256,11 @@ def _grad_mover(reference: "weakref.ref[FlatStorage]", index: int) -> Callable[[
 
     return hook
 
+
+def _views_of(buffer: Tensor, tensors: list[Tensor]) -> list[Tensor]:
+    """Consecutive views of the 1-D ``buffer``, shaped like each of ``tensors``."""
+    views, offset = [], 0
+    for tensor in tensors:
+        views.append(buffer[offset:offset + tensor.numel()].view(tensor.shape))
+        offset += tensor.numel()
+    return views

@@ -88,9 +88,10 @@ def test_flattening_keeps_values_parameter_objects_and_grads(kind: str) -> None:
     assert storage.flat and storage.reason is None
     assert list(net.parameters()) == parameters and all(a is b for a, b in zip(net.parameters(), parameters))
     assert all(in_buffer(p, storage.buffer) for p in parameters)
-    assert all(in_buffer(p.grad, storage.grad_buffer) for p in parameters if p.grad is not None)
     assert torch.equal(storage.buffer, values) and torch.equal(net.get_params(), values)
+    assert storage.grad_buffer is None  # the gradients are stored flat at the first gradient call
     assert torch.equal(net.get_grads(), grads) and torch.equal(net.flat_grads(), grads)
+    assert all(in_buffer(p.grad, storage.grad_buffer) for p in parameters if p.grad is not None)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -142,12 +143,25 @@ def test_an_optimizer_made_before_flattening_trains_exactly_as_without() -> None
 def test_zero_grad_set_to_none_then_backward_puts_the_grads_back_in_the_buffer() -> None:
     net = make("user")
     storage = net.flatten_parameters()
+    net.flat_grads()
     for _ in range(2):
         net.zero_grad(set_to_none=True)
         assert all(p.grad is None for p in net.parameters())
         net(inputs()).sum().backward()
         assert all(in_buffer(p.grad, storage.grad_buffer) for p in net.parameters())
         assert torch.equal(net.flat_grads(), concatenated_grads(net))
+
+
+def test_a_backbone_used_only_through_its_parameters_leaves_the_gradients_alone() -> None:
+    """mer reads and writes parameters only: its backward passes must not pay for moving gradients."""
+    net = make("user")
+    net.set_params(net.get_params() + 1)
+    storage = net.flatten_parameters()
+    net(inputs()).sum().backward()
+    assert storage.grad_buffer is None and not storage.manages_grads
+    assert all(p.grad is not None and not in_buffer(p.grad, storage.buffer) for p in net.parameters())
+    assert all(not p._post_accumulate_grad_hooks for p in net.parameters())
+    assert torch.equal(net.get_grads(), concatenated_grads(net)) and storage.manages_grads
 
 
 def test_a_parameter_unused_by_the_loss_reads_zero_and_keeps_no_grad() -> None:
@@ -326,6 +340,7 @@ def test_mixed_dtypes_get_one_buffer_each_and_gather() -> None:
 def test_a_backward_with_create_graph_keeps_the_gradients_graph() -> None:
     net = make("mnistmlp")
     storage = net.flatten_parameters()
+    net.flat_grads()
     net.zero_grad(set_to_none=True)
     net(inputs()).square().sum().backward(create_graph=True)
     weight = net.classifier.weight
