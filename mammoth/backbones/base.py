@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
@@ -203,7 +203,7 @@ class MammothBackbone(nn.Module):
 
     # ---- the flat storage across module operations ----
 
-    def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> MammothBackbone:
         """``.to()`` / ``.half()`` / ``channels_last``: drop the flat storage first (the next flat
         call re-flattens on the new device, dtype or layout), so the old buffers are freed."""
         storage = self.__dict__.get("_flat_storage")
