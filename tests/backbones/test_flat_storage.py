@@ -111,8 +111,9 @@ def test_each_flat_call_is_one_copy(kind: str) -> None:
             call()
         assert recorded.ops == ["copy_"], name
     with AtenOps() as recorded:
-        view = net.flat_grads()
-    assert recorded.ops == [] and torch.equal(view, grads)
+        view, params_view = net.flat_grads(), net.flat_params()
+    assert recorded.ops == [] and torch.equal(view, grads) and torch.equal(params_view, values)
+    assert params_view.data_ptr() == next(net.parameters()).data_ptr()
     assert torch.equal(parameters_to_vector(net.parameters()), values)
     assert torch.equal(concatenated_grads(net), grads)
 
@@ -231,7 +232,7 @@ def test_channels_last_keeps_its_memory_format_and_gathers() -> None:
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
     values = torch.cat([p.reshape(-1) for p in net.parameters()]) + 1
     net.set_params(values)
-    assert torch.equal(net.get_params(), values)
+    assert torch.equal(net.get_params(), values) and torch.equal(net.flat_params(), values)
     assert torch.equal(torch.cat([p.reshape(-1) for p in net.parameters()]), values)
     assert conv.is_contiguous(memory_format=torch.channels_last)
     net.to(memory_format=torch.contiguous_format)
