@@ -240,8 +240,9 @@ class FlatStorage:
         grad, view = parameter.grad, self.grad_views[index]
         if grad is None or grad is view or not self.manages_grads:
             return
-        if grad.requires_grad or grad._base is not None or grad.shape != view.shape or grad.dtype != view.dtype or grad.layout != torch.strided:
-            return  # someone else's view (or an unusual gradient): the next flat call decides
+        unusual = grad.requires_grad or grad.layout != torch.strided or grad.shape != view.shape
+        if unusual or grad._base is not None:
+            return  # a graph, someone else's view or an unusual gradient: the next flat call decides
         with torch.no_grad():
             view.copy_(grad)
         parameter.grad = view
