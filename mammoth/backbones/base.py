@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
 
+from mammoth.backbones.flat import FlatStorage
 from mammoth.errors import BackboneError
 
 RETURNT_VALUES = ("out", "features", "both", "full")
@@ -74,9 +75,50 @@ class MammothBackbone(nn.Module):
 
     # ---- flat utilities: one vector over all parameters, in ``parameters()`` order ----
 
+    #: Whether the flat utilities may re-store the parameters (and gradients) as views of one
+    #: flat buffer, at their first call (see :mod:`mammoth.backbones.flat`). Values never change;
+    #: a backbone whose parameters must keep their own storage sets it False (the flat
+    #: utilities then gather and scatter).
+    flat_storage: bool = True
+
     def num_params(self) -> int:
         """Number of scalars in all parameters (the length of the flat vectors)."""
         return sum(parameter.numel() for parameter in self.parameters())
+
+    def flatten_parameters(self) -> FlatStorage:
+        """The backbone's flat storage, built (or rebuilt) now if it is missing or out of date.
+
+        Every flat utility calls it; call it yourself to re-store the parameters before the
+        first flat call. ``.flat`` says whether the parameters are views of one buffer,
+        ``.reason`` why not (channels_last weights, mixed storage, ``flat_storage = False``).
+        """
+        storage = self.__dict__.get("_flat_storage")
+        if storage is not None and storage.enabled == self.flat_storage and storage.is_current(self):
+            return storage
+        storage = FlatStorage(tuple(self.parameters()), enabled=self.flat_storage, previous=storage)
+        self.__dict__["_flat_storage"] = storage
+        return storage
+
+    def flat_params(self) -> Tensor:
+        """All parameters as one 1-D tensor, without a copy where they are stored flat.
+
+        A view of the parameters' storage when ``flatten_parameters().flat``, else a copy
+        (:meth:`get_params`): read it; write parameters with :meth:`set_params`.
+        """
+        storage = self.flatten_parameters()
+        return storage.buffer if storage.flat else self.get_params()
+
+    def flat_grads(self) -> Tensor:
+        """All gradients as one 1-D tensor (missing ones read as zeros), without a copy where
+        the gradients are stored flat.
+
+        A view of the gradients' storage when they are (valid until the next backward or
+        ``zero_grad``), else a copy (:meth:`get_grads`): read it; write with :meth:`set_grads`.
+        """
+        storage = self.flatten_parameters()
+        if storage.claim_grads(create_missing=False):
+            return storage.grad_buffer
+        return self.get_grads()
 
     def get_params(self, out: Tensor | None = None) -> Tensor:
         """All parameters concatenated into one 1-D tensor, in ``parameters()`` order.
@@ -84,12 +126,15 @@ class MammothBackbone(nn.Module):
         Frozen parameters are included. The result is a copy; pass ``out`` (a 1-D tensor of
         ``num_params()`` elements, same dtype and device) to reuse one buffer across steps.
         """
-        parameters = list(self.parameters())
-        if out is None:
-            with torch.no_grad():
-                return _flatten(parameters)
-        _check_vector(out, parameters, "out")
+        storage = self.flatten_parameters()
+        if out is not None:
+            _check_vector(out, storage, "out")
         with torch.no_grad():
+            if storage.flat:
+                return storage.buffer.clone() if out is None else out.copy_(storage.buffer)
+            parameters = list(storage.parameters)
+            if out is None:
+                return _flatten(parameters)
             _concatenate_into(out, parameters)
         return out
 
@@ -98,11 +143,15 @@ class MammothBackbone(nn.Module):
 
         The parameters never alias ``values``; a wrong length, dtype or device raises.
         """
-        parameters = list(self.parameters())
-        _check_vector(values, parameters, "set_params")
-        if not parameters:
+        storage = self.flatten_parameters()
+        _check_vector(values, storage, "set_params")
+        if not storage.parameters:
             return
         with torch.no_grad():
+            if storage.flat:
+                storage.buffer.copy_(values)
+                return
+            parameters = list(storage.parameters)
             _copy_all([parameter.data for parameter in parameters], _views(values, parameters))
 
     def get_grads(self, out: Tensor | None = None) -> Tensor:
@@ -111,7 +160,13 @@ class MammothBackbone(nn.Module):
         A parameter without a gradient (frozen, or not used by the loss) reads as zeros.
         The result is a copy; ``out`` reuses a buffer as in :meth:`get_params`.
         """
-        parameters = list(self.parameters())
+        storage = self.flatten_parameters()
+        if out is not None:
+            _check_vector(out, storage, "out")
+        if storage.claim_grads(create_missing=False):
+            with torch.no_grad():
+                return storage.grad_buffer.clone() if out is None else out.copy_(storage.grad_buffer)
+        parameters = list(storage.parameters)
         grads = [parameter.grad for parameter in parameters]
         if any(grad is None for grad in grads):
             grads = [
@@ -120,7 +175,6 @@ class MammothBackbone(nn.Module):
             ]
         if out is None:
             return _flatten(grads)
-        _check_vector(out, parameters, "out")
         with torch.no_grad():
             _concatenate_into(out, grads)
         return out
@@ -131,8 +185,13 @@ class MammothBackbone(nn.Module):
         A missing ``.grad`` is created (as a copy, never an alias of ``values``), frozen
         parameters included; a wrong length, dtype or device raises.
         """
-        parameters = list(self.parameters())
-        _check_vector(values, parameters, "set_grads")
+        storage = self.flatten_parameters()
+        _check_vector(values, storage, "set_grads")
+        if storage.claim_grads(create_missing=True):
+            with torch.no_grad():
+                storage.grad_buffer.copy_(values)
+            return
+        parameters = list(storage.parameters)
         chunks = _views(values, parameters)
         existing = [(parameter.grad, chunk) for parameter, chunk in zip(parameters, chunks) if parameter.grad is not None]
         if existing:
@@ -142,15 +201,33 @@ class MammothBackbone(nn.Module):
             if parameter.grad is None:
                 parameter.grad = chunk.clone()
 
+    # ---- the flat storage across module operations ----
 
-def _expected_vector(parameters: list[nn.Parameter]) -> tuple[int, torch.dtype | None, torch.device | None]:
-    if not parameters:
-        return 0, None, None
-    return sum(map(Tensor.numel, parameters)), parameters[0].dtype, parameters[0].device
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> MammothBackbone:
+        """``.to()`` / ``.half()`` / ``channels_last``: drop the flat storage first (the next flat
+        call re-flattens on the new device, dtype or layout), so the old buffers are freed."""
+        storage = self.__dict__.get("_flat_storage")
+        if storage is not None:
+            storage.release()
+        return super()._apply(fn, recurse)
+
+    def __delattr__(self, name: str) -> None:
+        """Deleting a parameter or a module of the backbone itself marks the flat storage stale
+        (adding one is seen through torch's registration hooks)."""
+        storage = self.__dict__.get("_flat_storage")
+        if storage is not None and (name in self._parameters or name in self._modules):
+            storage.stale = True
+        super().__delattr__(name)
+
+    def __getstate__(self) -> dict:
+        """Copies and pickles leave the flat storage out (a copy re-flattens its own on use)."""
+        state = super().__getstate__()
+        state.pop("_flat_storage", None)
+        return state
 
 
-def _check_vector(vector: Tensor, parameters: list[nn.Parameter], what: str) -> None:
-    total, dtype, device = _expected_vector(parameters)
+def _check_vector(vector: Tensor, storage: FlatStorage, what: str) -> None:
+    total, dtype, device = storage.total, storage.dtype, storage.device
     if not isinstance(vector, Tensor):
         raise BackboneError(f"{what}: expected a 1-D tensor of {total} values, got {type(vector).__name__}")
     if vector.dim() != 1 or vector.numel() != total:

@@ -34,7 +34,8 @@ class AGem(ReplayModel):
     original Mammoth, the episodic memory gets one random training batch (``batch_size``
     non-augmented examples) of each finished task, through the reservoir buffer, and the replay
     minibatch is drawn without replacement and augmented like the training batches. Uses
-    ``get_grads`` / ``set_grads`` with reused ``out=`` buffers.
+    ``get_grads`` (a reused ``out=`` buffer), ``flat_grads`` (the replay gradient, read in place)
+    and ``set_grads``.
 
     The replay minibatch has ``minibatch_size`` examples (null: the incoming batch's size). The
     original Mammoth since December 2023 overwrites ``--minibatch_size`` with ``--batch_size``
@@ -51,7 +52,6 @@ class AGem(ReplayModel):
     def __init__(self, net: MammothBackbone, dataset: Any, buffer_size: int, **kwargs: Any) -> None:
         super().__init__(net, dataset, buffer_size=buffer_size, **kwargs)
         self._gradient: Optional[Tensor] = None
-        self._reference: Optional[Tensor] = None
 
     def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> float:
         """One step along the projected gradient; returns the cross-entropy on the batch."""
@@ -63,8 +63,7 @@ class AGem(ReplayModel):
             self._gradient = self.net.get_grads(out=self._gradient)
             self.optimizer.zero_grad(set_to_none=True)
             self.loss(self.net(replay.examples), replay.labels).backward()
-            self._reference = self.net.get_grads(out=self._reference)
-            self.net.set_grads(project(self._gradient, self._reference))
+            self.net.set_grads(project(self._gradient, self.net.flat_grads()))
         self.optimizer.step()
         return loss.item()
 

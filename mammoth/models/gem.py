@@ -61,7 +61,8 @@ class Gem(ReplayModel):
     item with its task label. Each step computes one gradient per past task on all of its
     memory; if the current gradient has a negative dot product with any of them, it is
     replaced by the solution of GEM's quadratic program (:func:`project_to_cone`, margin
-    ``gamma``, solved by quadprog). Uses ``get_grads`` / ``set_grads``, with reused ``out=`` buffers.
+    ``gamma``, solved by quadprog). Uses ``get_grads`` (reused ``out=`` rows), ``flat_grads`` (the
+    step's gradient, read in place) and ``set_grads``.
     """
 
     supports_distributed = True
@@ -71,7 +72,6 @@ class Gem(ReplayModel):
         _quadprog()
         super().__init__(net, dataset, buffer_size=buffer_size, **kwargs)
         self.gamma = check_non_negative("model.gamma", gamma)
-        self._gradient: Optional[Tensor] = None
         self._memories: Optional[Tensor] = None  # one row per past task, reused every step
 
     def memory_gradients(self) -> Tensor:
@@ -94,9 +94,9 @@ class Gem(ReplayModel):
         loss = self.loss(self.net(inputs), labels)
         loss.backward()
         if memories is not None:
-            self._gradient = self.net.get_grads(out=self._gradient)
-            if bool((memories @ self._gradient < 0).any()):
-                self.net.set_grads(project_to_cone(self._gradient, memories, self.gamma))
+            gradient = self.net.flat_grads()
+            if bool((memories @ gradient < 0).any()):
+                self.net.set_grads(project_to_cone(gradient, memories, self.gamma))
         self.optimizer.step()
         return loss.item()
 

@@ -1,7 +1,8 @@
-"""The flat-utility contract tests once more with torch's private fast paths switched off
-(``mammoth.backbones.base.FAST_PATHS``), so the public fallbacks an older torch uses are tested
-too; on a few backbones that between them have frozen, 0-d-free, conv, norm and linear
-parameters."""
+"""The flat-utility contract tests once more with the flat storage and torch's private fast paths
+switched off (``MammothBackbone.flat_storage``, ``mammoth.backbones.base.FAST_PATHS``), so the
+gathering paths (channels_last, mixed storage, DDP's bucket views) and the public fallbacks an
+older torch uses are tested too; on a few backbones that between them have frozen, 0-d-free,
+conv, norm and linear parameters."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from test_contract import (  # noqa: F401 - re-collected here, with the fast pat
 
 @pytest.fixture(autouse=True)
 def _no_fast_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(base.MammothBackbone, "flat_storage", False)
     for name in base.FAST_PATHS:
         monkeypatch.setitem(base.FAST_PATHS, name, False)
 
@@ -40,6 +42,7 @@ def _no_fast_paths(monkeypatch: pytest.MonkeyPatch) -> None:
 def probe(request: pytest.FixtureRequest, _probes: dict) -> Probe:
     if request.param not in _probes:
         _probes[request.param] = Probe(request.param)
+    assert not _probes[request.param].net.flatten_parameters().flat
     yield _probes[request.param]
     _probes[request.param].reset()
 
