@@ -122,7 +122,7 @@ def test_a_random_crop_is_cut_from_the_decoded_image(tmp_path: Path) -> None:
 
 
 def test_a_concatenation_of_sources_reads_each_part_with_its_own_draws(tmp_path: Path) -> None:
-    from mammoth.datasets.source import ConcatSource
+    from mammoth.datasets.source import ConcatSource, InMemorySource
 
     paths = mixed_files(tmp_path)
     labels = torch.zeros(3, dtype=torch.int64)
@@ -134,6 +134,13 @@ def test_a_concatenation_of_sources_reads_each_part_with_its_own_draws(tmp_path:
                                 (torch.tensor([0, 3]), second, torch.tensor([1, 2]))):
         part = source.read_augmented(local, "cpu", draws.select(rows))
         assert torch.equal(examples[rows], part[0]) and torch.equal(augmented[rows], part[1])
+    # as uint8 (what the DataLoader's workers pass on), and with a source of tensors: floats where they mix
+    raw = ConcatSource([first, second]).read_augmented(indices, "cpu", draws, uint8=True)
+    assert raw[0].dtype == raw[1].dtype == torch.uint8 and torch.equal(raw[1].float() / 255, augmented)
+    in_memory = InMemorySource((examples[:3] * 255).round().to(torch.uint8), labels)
+    mixed = ConcatSource([first, in_memory]).read_augmented(torch.tensor([0, 4]), "cpu", draws.select(torch.tensor([0, 1])),
+                                                            uint8=True)
+    assert mixed[0].dtype == torch.float32 and torch.equal(mixed[0][1], examples[1])
 
 
 def test_image_folder_training_batches_are_the_originals_transform_of_each_file(tmp_path: Path) -> None:
