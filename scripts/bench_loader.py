@@ -22,7 +22,13 @@ Candidates run interleaved, in a rotating order; images/s is the median over ``-
 ms per image the median of the process's CPU time, workers included (they are reaped at the end
 of each epoch). ``--quick``: 200 images, 2 rounds.
 
-Usage: ``python scripts/bench_loader.py [--images 1000] [--rounds 3] [--quick] [--gray] [--synthetic]``.
+``--resize-check`` times nothing: it compares mammoth's resize of every file to 224x224 (torch's
+antialiased bicubic on uint8) with the original's (PIL's bicubic): pixels that differ, by how
+much, against what re-encoding the PIL result as a JPEG (quality 90) changes, and the accuracy
+of a nearest-class-mean classifier on the pixels (the first 80% of the files as training data)
+with either resize.
+
+Usage: ``python scripts/bench_loader.py [--images 1000] [--rounds 3] [--quick] [--gray] [--synthetic] [--resize-check]``.
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="200 images, 2 rounds")
     parser.add_argument("--gray", action="store_true", help="save the files grayscale, as the data is (default: RGB)")
     parser.add_argument("--synthetic", action="store_true", help="generated content instead of Fashion-MNIST")
+    parser.add_argument("--resize-check", action="store_true", help="compare the resize with PIL's instead of timing")
     args = parser.parse_args()
     if args.quick:
         args.images, args.rounds = 200, 2
@@ -170,6 +177,42 @@ def interleaved(candidates: dict[str, Callable[[], int]], rounds: int) -> dict[s
     return samples
 
 
+def resize_check(root: Path) -> None:
+    """Print how mammoth's resize of each file to 224x224 differs from PIL's, and what that does
+    to a nearest-class-mean classifier."""
+    import io
+
+    from PIL import Image
+
+    from mammoth.datasets.image_files import Decode, decode_image
+
+    paths = sorted((root / "train").rglob("*.*"), key=lambda path: int(path.stem))
+    labels = torch.tensor([int(path.parent.name[5:]) for path in paths])
+    ours, theirs, differing, largest, jpeg = [], [], 0, 0, 0.0
+    for path in paths:
+        with Image.open(path) as file:
+            pil = file.convert("RGB").resize((SIZE, SIZE), Image.BICUBIC)
+        buffer = io.BytesIO()
+        pil.save(buffer, "JPEG", quality=90)
+        theirs.append(torch.from_numpy(np.array(pil)).permute(2, 0, 1))
+        ours.append(decode_image(path, Decode((SIZE, SIZE))))
+        difference = (ours[-1].int() - theirs[-1].int()).abs()
+        differing, largest = differing + int((difference > 0).sum()), max(largest, int(difference.max()))
+        jpeg += float((torch.from_numpy(np.array(Image.open(buffer))).permute(2, 0, 1).int() - theirs[-1].int()).abs().double().mean())
+    total = len(paths) * 3 * SIZE * SIZE
+    mean = float(sum((a.int() - b.int()).abs().sum() for a, b in zip(ours, theirs))) / total
+    print(f"{len(paths)} files resized to {SIZE}x{SIZE}: {100 * differing / total:.2f}% of the pixels differ from PIL's, "
+          f"by at most {largest} of 255 levels (mean {mean:.4f} levels); re-encoding PIL's as a JPEG of quality 90 "
+          f"changes it by {jpeg / len(paths):.3f} levels on average")
+    cut = int(0.8 * len(paths))
+    for name, images in (("mammoth's", ours), ("PIL's", theirs)):
+        pixels = torch.stack(images).flatten(1).double() / 255
+        means = torch.stack([pixels[:cut][labels[:cut] == label].mean(0) for label in labels[:cut].unique()])
+        predicted = labels[:cut].unique()[torch.cdist(pixels[cut:], means).argmin(1)]
+        print(f"nearest class mean on {name} resize: {100 * float((predicted == labels[cut:]).double().mean()):.2f}% "
+              f"of {len(paths) - cut} files")
+
+
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(1)
@@ -184,6 +227,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_loader.") as scratch:
         root = Path(scratch)
         write_files(root, images, labels, rgb=not args.gray)
+        if args.resize_check:
+            resize_check(root)
+            return
         candidates: dict[str, Callable[[], int]] = {}
         for workers in WORKERS:
             candidates[f"mammoth, {workers} workers"] = mammoth_epoch(root, workers)
