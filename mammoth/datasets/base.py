@@ -579,8 +579,9 @@ class ContinualDataset:
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """Subtract the per-channel mean and divide by the per-channel std, on ``x``'s device
-        (``x`` itself when the benchmark has no normalisation, ``mean is None``)."""
-        if self.mean is None:
+        (``x`` itself when the benchmark has no normalisation, ``mean is None``, or mean 0 and
+        std 1: an identity)."""
+        if self.mean is None or (all(value == 0 for value in self.mean) and all(value == 1 for value in self.std)):
             return x
         key = (x.dtype, x.device)
         cache = self.__dict__.setdefault("_normalization", {})  # (dtype, device) -> (mean, std)
@@ -591,21 +592,29 @@ class ContinualDataset:
         mean, std = cache[key]
         return (x - mean) / std
 
+    def draw_augmentation(self, n: int, generator: torch.Generator | None) -> Optional[transforms.CropDraws]:
+        """The random numbers of ``n`` examples' training augmentation when it is a crop and a flip
+        (``random-resized-crop-flip``, ``random-crop-flip``: :func:`~mammoth.datasets.transforms.draw_crops`
+        to the input size, from ``generator``); None, drawing nothing, for any other augmentation.
+        The context draws them before the batch is read so that a source of files applies them
+        while it decodes (:meth:`DataSource.read_augmented`)."""
+        if not self._is_image() or self.augmentation not in transforms.CROP_AUGMENTATIONS:
+            return None
+        return transforms.draw_crops(self.augmentation, n, tuple(self.input_shape[1:]), generator, scale=self.crop_scale)
+
     def train_transform(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Training transform of a float batch on any device: augmentation (if any; images only,
         random numbers from ``generator``), then normalisation. ``crop-flip``: pad 4, crop, flip;
         ``random-resized-crop-flip``: the original's ``RandomResizedCrop(input size, crop_scale,
         BICUBIC)`` + flip; ``random-crop-flip``: ``RandomCrop(input size)`` + flip (see
-        :mod:`mammoth.datasets.transforms`)."""
+        :mod:`mammoth.datasets.transforms`; the draws of :meth:`draw_augmentation`)."""
         self._check_batch(x)
-        if self._is_image() and self.augmentation is not None:
-            size = tuple(self.input_shape[1:])
-            if self.augmentation == "crop-flip":
-                x = random_crop_flip(x, CROP_PADDING, generator)
-            elif self.augmentation == "random-resized-crop-flip":
-                x = transforms.random_resized_crop_flip(x, size, generator, scale=self.crop_scale)
-            else:
-                x = transforms.random_crop_flip(x, size, generator)
+        if self._is_image() and self.augmentation == "crop-flip":
+            x = random_crop_flip(x, CROP_PADDING, generator)
+        else:
+            draws = self.draw_augmentation(len(x), generator)
+            if draws is not None:
+                x = draws.apply(x)
         return self.normalize(x)
 
     def test_transform(self, x: torch.Tensor) -> torch.Tensor:

@@ -5,23 +5,29 @@ paths and labels in memory and decodes the images of each batch when it is read.
 listed by :func:`list_image_folder`; :class:`ImageFileSource` decodes with Pillow (JPEG, PNG,
 ...), resizes the shorter side to ``size`` and crops the centre ``size x size`` (the
 original Mammoth's test transform for 224-pixel benchmarks: ``Resize`` then ``CenterCrop``), so
-every batch is one ``(batch, 3, size, size)`` tensor; augmentation is applied to the batch later.
+every batch is one ``(batch, 3, size, size)`` tensor. With a :class:`Decode` (the streamed
+benchmarks), files are resized as the original's transforms say, by torch's antialiased bicubic
+on uint8 pixels (torchvision's tensor ``Resize``), and :meth:`ImageFileSource.read_augmented`
+also cuts each training crop from the file as it is decoded, with random numbers drawn
+beforehand from the run's generator.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from mammoth.datasets.source import DataSource
+from mammoth.datasets.source import DataSource, images_to_float
+from mammoth.datasets.transforms import CropDraws, resample
 from mammoth.errors import DatasetError
 
 if TYPE_CHECKING:
@@ -72,12 +78,32 @@ def open_rgb(path: Path) -> "PILImage":
     """The image at ``path`` decoded by Pillow, as RGB: the one way a file is decoded. A file that
     cannot be decoded, or whose width x height exceeds :func:`pixel_limit` (a decompression bomb),
     is a one-line DatasetError naming it, its size and what is allowed; nothing is decoded then."""
+    with decoding(path), open_image(path) as file:
+        return file.convert("RGB")
+
+
+def open_image(path: Path) -> "PILImage":
+    """The image at ``path`` opened by Pillow, its header read and its size checked
+    (:func:`check_pixels`), nothing decoded yet; errors as :func:`open_rgb`'s."""
+    from PIL import Image  # lazy: PIL, only to decode image files; kept off import mammoth.datasets
+
+    with decoding(path):
+        file = Image.open(path)
+        try:
+            check_pixels(path, file.size)
+        except DatasetError:
+            file.close()
+            raise
+        return file
+
+
+@contextlib.contextmanager
+def decoding(path: Path) -> Iterator[None]:
+    """Pillow's errors while ``path`` is opened or decoded, as one-line DatasetErrors naming it."""
     from PIL import Image, UnidentifiedImageError  # lazy: PIL, only to decode image files; kept off import mammoth.datasets
 
     try:
-        with Image.open(path) as file:
-            check_pixels(path, file.size)
-            return file.convert("RGB")
+        yield
     except Image.DecompressionBombError as error:  # over the limit Pillow itself applies on opening
         first = (str(error).splitlines() or [""])[0]
         raise DatasetError(f"image {path} is too large to decode ({first}); allowed: at most {pixel_limit():,} pixels "
@@ -85,6 +111,16 @@ def open_rgb(path: Path) -> "PILImage":
     except (UnidentifiedImageError, OSError, ValueError) as error:
         first = (str(error).splitlines() or [""])[0]
         raise DatasetError(f"image {path} cannot be decoded ({first}); allowed: a JPEG, PNG, BMP, GIF or WebP file") from None
+
+
+def decode_pixels(path: Path, file: "PILImage") -> Tensor:
+    """``file`` (opened by :func:`open_image`) decoded as uint8 ``(1, C, H, W)`` in channels-last
+    memory: C = 1 for a grayscale file (its RGB conversion repeats that channel, so resizing one
+    channel gives the same pixels for a third of the work), else 3 (converted to RGB)."""
+    with decoding(path):
+        image = file if file.mode in ("L", "RGB") else file.convert("RGB")
+        pixels = torch.from_numpy(np.array(image))
+    return (pixels[None, None] if pixels.ndim == 2 else pixels.permute(2, 0, 1)[None])
 
 
 def check_pixels(path: Path, size: tuple[int, int], resized: Optional[tuple[int, int]] = None) -> None:
@@ -132,9 +168,10 @@ def decode_resized(path: Path, size: int) -> Tensor:
 
 @dataclass(frozen=True)
 class Decode:
-    """How a file becomes a fixed-size image, as the original's PIL transforms do it: ``resize``
-    an int (the shorter side, torchvision's ``Resize(int)``) or ``(height, width)``, bicubic
-    (PIL's, antialiased), then the centre ``crop x crop`` (``CenterCrop``) when ``crop`` is set."""
+    """How a file becomes a fixed-size image, as the original's transforms say: ``resize`` an int
+    (the shorter side, torchvision's ``Resize(int)``) or ``(height, width)``, bicubic (torch's,
+    antialiased, on uint8: torchvision's tensor ``Resize``; the original's PIL resize is within
+    2 levels of it on photos), then the centre ``crop x crop`` (``CenterCrop``) when ``crop`` is set."""
 
     resize: Union[int, tuple[int, int]]
     crop: Optional[int] = None
@@ -150,26 +187,31 @@ class Decode:
 
 
 def decode_image(path: Path, decode: Decode) -> Tensor:
-    """The image at ``path`` as uint8 RGB ``(3, H, W)`` after ``decode`` (Pillow's decoder and
-    bicubic resize, the original's ``Resize(..., BICUBIC)`` / ``CenterCrop`` on PIL images). A
-    file that cannot be decoded, or too large decoded or resized (:func:`check_pixels`: a 1x300000
-    file resized to 256 on its shorter side would take 59 GB), is a DatasetError naming it."""
-    from PIL import Image  # lazy: PIL, only to decode image files; kept off import mammoth.datasets
+    """The image at ``path`` as uint8 RGB ``(3, H, W)`` after ``decode`` (:func:`apply_decode`).
+    A file that cannot be decoded, or too large decoded or resized (:func:`check_pixels`: a
+    1x300000 file resized to 256 on its shorter side would take 59 GB), is a DatasetError naming it."""
+    with open_image(path) as file:
+        pixels = decode_pixels(path, file)
+    return apply_decode(path, pixels, decode)[0].expand(3, -1, -1).contiguous()
 
-    image = open_rgb(path)
-    width, height = image.size
+
+def apply_decode(path: Path, pixels: Tensor, decode: Decode) -> Tensor:
+    """``pixels`` (1, C, H, W) uint8 of the file at ``path`` after ``decode``: resized (torch's
+    antialiased bicubic on uint8, torchvision's tensor ``Resize(..., BICUBIC)``), then centre
+    cropped as ``CenterCrop`` (``round((H - crop) / 2)``). A resized size over the pixel limit is
+    refused first (:func:`check_pixels`)."""
+    height, width = pixels.shape[-2:]
     if isinstance(decode.resize, int):  # torchvision's Resize(int): the shorter side, the longer truncated
         size = shorter_side_size(width, height, decode.resize)
     else:
         size = (decode.resize[1], decode.resize[0])
     check_pixels(path, (width, height), size)
-    if size != (width, height):
-        image = image.resize(size, Image.BICUBIC)
+    pixels = resample(pixels, (size[1], size[0]))
     if decode.crop is not None:
-        width, height = image.size
+        height, width = pixels.shape[-2:]
         top, left = int(round((height - decode.crop) / 2.0)), int(round((width - decode.crop) / 2.0))
-        image = image.crop((left, top, left + decode.crop, top + decode.crop))
-    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
+        pixels = pixels[:, :, top : top + decode.crop, left : left + decode.crop]
+    return pixels
 
 
 def file_sha256(path: Union[str, Path]) -> str:
@@ -271,12 +313,51 @@ class ImageFileSource(DataSource):
         """The decoded images at ``indices`` as floats in [0, 1] on ``device`` (pinned on the way
         to a CUDA device)."""
         chosen = [self.paths[index] for index in indices.tolist()]
-        if self.workers and len(chosen) > 1:
-            with ThreadPoolExecutor(max_workers=self.workers) as pool:
-                images = list(pool.map(self._decode, chosen))
-        else:
-            images = [self._decode(path) for path in chosen]
+        images = self._map(self._decode, chosen)
         batch = torch.stack(images) if images else torch.zeros((0, 3, *self.output_size), dtype=torch.uint8)
-        if torch.device(device).type == "cuda":
-            batch = batch.pin_memory()
-        return batch.to(device, non_blocking=True).float().div_(255)
+        return images_to_float(batch, device)
+
+    def read_augmented(self, indices: Tensor, device: torch.device | str, draws: CropDraws,
+                       uint8: bool = False) -> tuple[Tensor, Tensor]:
+        """The images at ``indices`` as :meth:`read` gives them, and augmented by ``draws`` while
+        decoded, each from its file once: a random resized crop is cut from the file at full
+        resolution and resized once (the original's ``RandomResizedCrop`` on the PIL image), a
+        random crop from the decoded image (``RandomCrop`` after ``Resize``); then the flips. With
+        ``uint8``, both as uint8 on CPU."""
+        if self.decode is None:
+            return super().read_augmented(indices, device, draws, uint8)
+        if len(draws) != len(indices):
+            raise DatasetError(f"{len(draws)} augmentation draws for {len(indices)} images; allowed: one per image")
+        chosen = [self.paths[index] for index in indices.tolist()]
+        with contextlib.ExitStack() as files:
+            opened = [files.enter_context(open_image(path)) for path in chosen]
+            if draws.kind == "random-crop-flip":  # cut from the decoded image
+                boxes = draws.boxes(*self.output_size).tolist()
+            else:  # cut from the file
+                boxes = draws.boxes(torch.tensor([file.height for file in opened], dtype=torch.int64),
+                                    torch.tensor([file.width for file in opened], dtype=torch.int64)).tolist()
+            pairs = self._map(lambda row: self._decode_augmented(chosen[row], opened[row], draws, row, boxes[row]),
+                              list(range(len(chosen))))
+        n = len(chosen)
+        examples = torch.empty((n, 3, *self.output_size), dtype=torch.uint8)
+        augmented = torch.empty((n, 3, *draws.size), dtype=torch.uint8)
+        for row, (example, crop) in enumerate(pairs):
+            examples[row] = example[0]  # a grayscale file's one channel repeated
+            augmented[row] = crop[0]
+        if uint8:
+            return examples, augmented
+        return images_to_float(examples, device), images_to_float(augmented, device)
+
+    def _decode_augmented(self, path: Path, file: "PILImage", draws: CropDraws, row: int,
+                          box: list[int]) -> tuple[Tensor, Tensor]:
+        assert self.decode is not None
+        pixels = decode_pixels(path, file)
+        example = apply_decode(path, pixels, self.decode)
+        return example, draws.cut(example if draws.kind == "random-crop-flip" else pixels, row, box)
+
+    def _map(self, function: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        """``function`` of each item, in :attr:`workers` threads (or here), in order."""
+        if self.workers and len(items) > 1:
+            with ThreadPoolExecutor(max_workers=self.workers) as pool:
+                return list(pool.map(function, items))
+        return [function(item) for item in items]

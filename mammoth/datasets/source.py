@@ -11,11 +11,15 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import Tensor
 
 from mammoth.errors import DatasetError
+
+if TYPE_CHECKING:
+    from mammoth.datasets.transforms import CropDraws
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,17 @@ class DataSource(abc.ABC):
     def read(self, indices: Tensor, device: torch.device | str) -> Tensor:
         """The examples at ``indices`` on ``device``: float images in [0, 1] (or float features as
         they are), without augmentation or normalisation."""
+
+    def read_augmented(self, indices: Tensor, device: torch.device | str, draws: "CropDraws",
+                       uint8: bool = False) -> tuple[Tensor, Tensor]:
+        """The examples at ``indices`` as :meth:`read` gives them, and the same examples cropped and
+        flipped by ``draws`` (drawn for them from the run's generator: :meth:`CropDraws.apply`); a
+        source of files may cut the crops from the files themselves while it decodes them. With
+        ``uint8``, a source of decoded images may return both as uint8 on CPU instead (0..255: a
+        quarter of the bytes to pass between processes), for the caller to convert
+        (:func:`images_to_float`)."""
+        examples = self.read(indices, device)
+        return examples, draws.apply(examples)
 
     def subset(self, indices: Tensor) -> "DataSource":
         """The examples at ``indices`` (positions in this source), in that order."""
@@ -121,6 +136,10 @@ class IndexedSource(DataSource):
     def read(self, indices: Tensor, device: torch.device | str) -> Tensor:
         return self.parent.read(self.indices.index_select(0, indices.cpu()), device)
 
+    def read_augmented(self, indices: Tensor, device: torch.device | str, draws: "CropDraws",
+                       uint8: bool = False) -> tuple[Tensor, Tensor]:
+        return self.parent.read_augmented(self.indices.index_select(0, indices.cpu()), device, draws, uint8)
+
     def subset(self, indices: Tensor) -> DataSource:
         return IndexedSource(self.parent, self.indices.index_select(0, _check_indices(indices, len(self))))
 
@@ -145,6 +164,10 @@ class RelabeledSource(DataSource):
     def read(self, indices: Tensor, device: torch.device | str) -> Tensor:
         return self.parent.read(indices, device)
 
+    def read_augmented(self, indices: Tensor, device: torch.device | str, draws: "CropDraws",
+                       uint8: bool = False) -> tuple[Tensor, Tensor]:
+        return self.parent.read_augmented(indices, device, draws, uint8)
+
 
 class ConcatSource(DataSource):
     """Several sources one after the other (what :func:`concat_sources` returns)."""
@@ -162,21 +185,48 @@ class ConcatSource(DataSource):
         return self._labels
 
     def read(self, indices: Tensor, device: torch.device | str) -> Tensor:
+        return self._read(indices, lambda source, rows, chosen: (source.read(rows, device),))[0]
+
+    def read_augmented(self, indices: Tensor, device: torch.device | str, draws: "CropDraws",
+                       uint8: bool = False) -> tuple[Tensor, Tensor]:
+        examples, augmented = self._read(
+            indices, lambda source, rows, chosen: source.read_augmented(rows, device, draws.select(chosen), uint8))
+        return examples, augmented
+
+    def _read(self, indices: Tensor,
+              read_part: Callable[[DataSource, Tensor, Tensor], tuple[Tensor, ...]]) -> tuple[Tensor, ...]:
+        """``read_part(source, its rows, their positions in indices)`` of each source that
+        ``indices`` reach, put together in the order of ``indices``."""
         indices = indices.cpu()
         which = torch.bucketize(indices, self.offsets[1:], right=True)
         parts, positions = [], []
         for number in which.unique().tolist():
             chosen = (which == number).nonzero().flatten()
-            parts.append(self.sources[number].read(indices[chosen] - self.offsets[number], device))
+            parts.append(read_part(self.sources[number], indices[chosen] - self.offsets[number], chosen))
             positions.append(chosen)
         if len(parts) == 1:
             return parts[0]
         if not parts:
-            return self.sources[0].read(indices, device)
-        out = torch.empty((len(indices), *parts[0].shape[1:]), dtype=parts[0].dtype, device=parts[0].device)
-        for part, chosen in zip(parts, positions):
-            out[chosen.to(out.device)] = part
-        return out
+            return read_part(self.sources[0], indices, indices)
+        if any(part[0].dtype != parts[0][0].dtype for part in parts):  # decoded images (uint8) and others
+            parts = [tuple(images_to_float(tensor, tensor.device) for tensor in part) for part in parts]
+        outputs = []
+        for number, first in enumerate(parts[0]):
+            out = torch.empty((len(indices), *first.shape[1:]), dtype=first.dtype, device=first.device)
+            for part, chosen in zip(parts, positions):
+                out[chosen.to(out.device)] = part[number]
+            outputs.append(out)
+        return tuple(outputs)
+
+
+def images_to_float(batch: Tensor, device: torch.device | str) -> Tensor:
+    """``batch`` on ``device``: a uint8 one as floats in [0, 1], converted there (pinned on the
+    way from CPU to a CUDA device); any other as it is."""
+    if batch.dtype != torch.uint8:
+        return batch.to(device, non_blocking=True)
+    if torch.device(device).type == "cuda" and batch.device.type == "cpu" and not batch.is_pinned():
+        batch = batch.pin_memory()
+    return batch.to(device, non_blocking=True).float().div_(255)
 
 
 def concat_sources(sources: Sequence[DataSource]) -> DataSource:

@@ -1,11 +1,13 @@
 """Benchmarks that stream 224-pixel images from disk: ``seq-imagenet-r``, ``seq-cub200`` and
 ``image-folder`` (a user's own ``root/<class>/*.jpg``).
 
-Only paths and labels are held in memory; each batch is decoded when it is read (Pillow, the
-original's PIL transforms: :class:`~mammoth.datasets.image_files.Decode`), so peak memory does
-not grow with the number of images. The random part of the original's training transform
-(crop, flip) is applied to the decoded batch by :meth:`ContinualDataset.train_transform` with the
-run's generator; where that differs from the original, the benchmark's docstring says so.
+Only paths and labels are held in memory; each batch is decoded when it is read (Pillow's
+decoder, the original's transforms: :class:`~mammoth.datasets.image_files.Decode`), so peak
+memory does not grow with the number of images. The random part of the original's training
+transform (crop, flip) is drawn from the run's generator before the batch is read
+(:meth:`ContinualDataset.draw_augmentation`) and applied while each file is decoded
+(:meth:`ImageFileSource.read_augmented`, in the ``DataLoader`` workers when
+``dataset.num_workers`` > 0); where that differs from the original, the benchmark's docstring says so.
 """
 
 from __future__ import annotations
@@ -89,8 +91,8 @@ class SequentialImageNetR(StreamingImageBenchmark):
     ``splits/imagenet-r.txt.gz``). Transforms as the original: training files resized to 224x224
     (its ``not_aug_transform``), then ``RandomResizedCrop(224, BICUBIC)`` + flip; test files
     ``Resize((256, 256), BICUBIC)`` + ``CenterCrop(224)``; no normalisation (mean 0, std 1). The
-    random crop is cut from the 224x224 image, where the original cuts it from the file at full
-    resolution (as it does for replayed examples)."""
+    random crop is cut from the file at full resolution, as the original's; replayed examples get
+    theirs from the 224x224 image, as the original's do."""
 
     name = "seq-imagenet-r"
     default_n_tasks = 10

@@ -18,7 +18,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from mammoth.datasets.source import Batch, DataSource
+from mammoth.datasets.source import Batch, DataSource, images_to_float
+from mammoth.datasets.transforms import CropDraws
 from mammoth.engine.distributed import GradientHooks, Shard, gather_in_rank_order, is_main_process
 from mammoth.engine.precision import autocast as precision_autocast, check_precision, grad_scaler, to_memory_format
 from mammoth.errors import TrainingError
@@ -115,28 +116,47 @@ class TrainingContext:
 
         The order is drawn up front; with :attr:`num_workers` (``dataset.num_workers``) > 0 the
         batches are read ahead by a torch ``DataLoader`` of that many worker processes (pinned
-        memory on CUDA), and transformed here, so the random draws of the augmentation come from
-        :attr:`generator` in the same order and a run is the same with any number of workers."""
+        memory on CUDA). Images streamed from files (:attr:`streaming`) with a crop-and-flip
+        augmentation have its random numbers drawn up front too, right after the order, batch by
+        batch (``dataset.draw_augmentation``), and are augmented while they are decoded
+        (``source.read_augmented``, in the workers); other batches are transformed here. Every
+        random draw comes from :attr:`generator` in an order that does not depend on the workers,
+        so a run is the same with any number of workers."""
         size = self.batch_size if batch_size is None else batch_size
         count = len(source)
         order = torch.randperm(count, generator=self.generator) if shuffle else torch.arange(count)
         labels = source.labels
         chunks = [order[start : start + size] for start in range(0, count, size)]
-        for indices, read in zip(chunks, self._read_batches(source, chunks)):
-            not_aug_inputs = read.to(self.device, non_blocking=True)
-            inputs = self.train_transform(not_aug_inputs) if augment else self.test_transform(not_aug_inputs)
+        draws = self._draw_augmentations(chunks) if augment and self.streaming else None
+        for indices, read in zip(chunks, self._read_batches(source, chunks, draws)):
+            if draws is None:
+                not_aug_inputs = read.to(self.device, non_blocking=True)
+                inputs = self.train_transform(not_aug_inputs) if augment else self.test_transform(not_aug_inputs)
+            else:
+                not_aug_inputs, augmented = (images_to_float(part, self.device) for part in read)
+                inputs = self._dataset.normalize(augmented)
             if self.channels_last:
                 inputs = to_memory_format(inputs, True)
             yield Batch(inputs, labels.index_select(0, indices).to(self.device), not_aug_inputs, indices)
 
-    def _read_batches(self, source: DataSource, chunks: list[Tensor]) -> Iterator[Tensor]:
-        """``source.read`` of each chunk of indices: here on :attr:`device` (no workers), or on CPU by
-        :attr:`num_workers` DataLoader workers, in order."""
-        if self.num_workers == 0 or len(chunks) == 0:
-            return (source.read(indices, self.device) for indices in chunks)
+    def _draw_augmentations(self, chunks: list[Tensor]) -> Optional[list[CropDraws]]:
+        """The augmentation draws of every chunk, in order, from :attr:`generator`; None (nothing
+        drawn) when the dataset's augmentation is not a crop and a flip."""
+        draws = [self._dataset.draw_augmentation(len(indices), self.generator) for indices in chunks]
+        return None if not draws or draws[0] is None else draws
 
-        loader = DataLoader(_BatchReads(source, chunks), batch_size=None, shuffle=False, num_workers=self.num_workers,
-                            pin_memory=self.device.type == "cuda")
+    def _read_batches(self, source: DataSource, chunks: list[Tensor],
+                      draws: Optional[list[CropDraws]] = None) -> Iterator[Any]:
+        """``source.read`` of each chunk of indices (with ``draws``: ``source.read_augmented``, a
+        pair): here on :attr:`device` (no workers), or on CPU by :attr:`num_workers` DataLoader
+        workers, in order."""
+        if self.num_workers == 0 or len(chunks) == 0:
+            if draws is None:
+                return (source.read(indices, self.device) for indices in chunks)
+            return (source.read_augmented(indices, self.device, crops, uint8=True) for indices, crops in zip(chunks, draws))
+
+        loader = DataLoader(_BatchReads(source, chunks, draws), batch_size=None, shuffle=False,
+                            num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
         return iter(loader)
 
     def fit(self, step: Callable[[Batch], float], source: DataSource, epochs: int, description: str,
@@ -193,16 +213,20 @@ class TrainingContext:
 
 
 class _BatchReads(torch.utils.data.Dataset):
-    """Item ``i`` is ``source.read(chunks[i], "cpu")``: what a DataLoader's workers read ahead."""
+    """Item ``i`` is ``source.read(chunks[i], "cpu")``, or with ``draws``
+    ``source.read_augmented(chunks[i], "cpu", draws[i], uint8=True)`` (decoded images as uint8: a
+    quarter of the bytes to pass to the main process): what a DataLoader's workers read ahead."""
 
-    def __init__(self, source: DataSource, chunks: list[Tensor]) -> None:
-        self.source, self.chunks = source, chunks
+    def __init__(self, source: DataSource, chunks: list[Tensor], draws: Optional[list[CropDraws]] = None) -> None:
+        self.source, self.chunks, self.draws = source, chunks, draws
 
     def __len__(self) -> int:
         return len(self.chunks)
 
-    def __getitem__(self, number: int) -> Tensor:
-        return self.source.read(self.chunks[number], "cpu")
+    def __getitem__(self, number: int) -> Any:
+        if self.draws is None:
+            return self.source.read(self.chunks[number], "cpu")
+        return self.source.read_augmented(self.chunks[number], "cpu", self.draws[number], uint8=True)
 
 
 def build_context(dataset: Any, device: torch.device | str, generator: torch.Generator,

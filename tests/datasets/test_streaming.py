@@ -12,10 +12,12 @@ import pytest
 import torch
 from PIL import Image
 from torchvision import transforms
+from torchvision.transforms import v2
 
 from mammoth.datasets import build_dataset, get_dataset_class
 from mammoth.datasets.image_files import Decode, ImageFileSource, decode_image, files_change
 from mammoth.datasets.streaming import read_imagenet_r_split
+from mammoth.datasets.transforms import draw_crops
 from mammoth.errors import DatasetError
 
 
@@ -33,20 +35,154 @@ def image_folder(root: Path, n_classes: int = 5, per_class: int = 5) -> Path:
     return root
 
 
-def test_decode_is_the_originals_pil_transform(tmp_path: Path) -> None:
-    path = tmp_path / "a.jpg"
-    write_image(path, 0, (30, 44))
+def write_smooth_image(path: Path, seed: int, size: tuple[int, int], mode: str = "RGB") -> None:
+    """Smooth random content (a 6x6 grid of random colours, bicubic-upscaled): what photos look like to a resize."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (6, 6, 3), dtype=np.uint8)
+    Image.fromarray(pixels).resize((size[1], size[0]), Image.BICUBIC).convert(mode).save(path)
+
+
+DECODES = [  # (Decode, the original's PIL transform)
+    (Decode((16, 16)), transforms.Resize((16, 16), transforms.InterpolationMode.BICUBIC)),
+    (Decode((20, 20), crop=16), transforms.Compose([transforms.Resize((20, 20), transforms.InterpolationMode.BICUBIC),
+                                                    transforms.CenterCrop(16)])),
+    (Decode(17, crop=15), transforms.Compose([transforms.Resize(17, transforms.InterpolationMode.BICUBIC),
+                                              transforms.CenterCrop(15)])),
+    (Decode((64, 48)), transforms.Resize((64, 48), transforms.InterpolationMode.BICUBIC)),
+]
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_decode_is_torchvisions_tensor_transform_and_within_two_levels_of_the_originals_pil_one(
+        tmp_path: Path, mode: str) -> None:
+    """Files are resized by torchvision's tensor Resize(BICUBIC) on uint8 (torch's antialiased
+    bicubic): exactly, for grayscale files too (one channel resized, then repeated, is the RGB
+    conversion resized); the original's PIL resize rounds its two passes differently, at most 2
+    of 255 levels apart on smooth content (docs/differences.md)."""
+    path = tmp_path / "a.png"
+    write_smooth_image(path, 0, (30, 44), mode)
     with Image.open(path) as file:
         image = file.convert("RGB")
-        for decode, original in [
-            (Decode((16, 16)), transforms.Resize((16, 16), transforms.InterpolationMode.BICUBIC)),
-            (Decode((20, 20), crop=16), transforms.Compose([transforms.Resize((20, 20), transforms.InterpolationMode.BICUBIC),
-                                                            transforms.CenterCrop(16)])),
-            (Decode(17, crop=15), transforms.Compose([transforms.Resize(17, transforms.InterpolationMode.BICUBIC),
-                                                      transforms.CenterCrop(15)])),
-        ]:
-            expected = transforms.functional.pil_to_tensor(original(image))
-            assert torch.equal(decode_image(path, decode), expected)
+    tensor = transforms.functional.pil_to_tensor(image)
+    for decode, original in DECODES:
+        resize = v2.Resize(decode.resize, transforms.InterpolationMode.BICUBIC, antialias=True)
+        expected = resize(tensor) if decode.crop is None else v2.CenterCrop(decode.crop)(resize(tensor))
+        decoded = decode_image(path, decode)
+        assert decoded.dtype == torch.uint8 and torch.equal(decoded, expected)
+        pil = transforms.functional.pil_to_tensor(original(image))
+        assert (decoded.int() - pil.int()).abs().max() <= 2
+
+
+def file_tensor(path: Path) -> torch.Tensor:
+    with Image.open(path) as file:
+        return transforms.functional.pil_to_tensor(file.convert("RGB"))
+
+
+def mixed_files(root: Path) -> list[Path]:
+    """Smooth JPEG and PNG files of several sizes, RGB and grayscale."""
+    sizes = [(30, 44), (52, 20), (25, 25), (40, 61), (33, 47), (28, 36)]
+    paths = [root / f"{index}.{'jpg' if index % 2 else 'png'}" for index in range(len(sizes))]
+    for index, (path, size) in enumerate(zip(paths, sizes)):
+        write_smooth_image(path, index, size, "L" if index in (1, 2) else "RGB")
+    return paths
+
+
+def test_a_random_resized_crop_is_cut_from_the_file_and_resized_once(tmp_path: Path) -> None:
+    """read_augmented: the not-augmented images are read()'s; each crop is torchvision's
+    resized_crop (BICUBIC, antialiased, on the file's uint8 pixels) of the box its draws give for
+    that file's own size, then flipped as drawn: the original's RandomResizedCrop + flip on the file."""
+    paths = mixed_files(tmp_path)
+    source = ImageFileSource(paths, torch.zeros(len(paths), dtype=torch.int64), decode=Decode((24, 24)))
+    indices = torch.tensor([3, 0, 5, 1, 2])
+    draws = draw_crops("random-resized-crop-flip", len(indices), (16, 16), torch.Generator().manual_seed(3))
+    examples, augmented = source.read_augmented(indices, "cpu", draws)
+    assert torch.equal(examples, source.read(indices, "cpu"))
+    assert augmented.shape == (5, 3, 16, 16) and augmented.dtype == torch.float32
+    assert bool(draws.flips.any()) and not bool(draws.flips.all())
+    for row, index in enumerate(indices.tolist()):
+        pixels = file_tensor(paths[index])
+        (top, left, h, w), = draws.select(torch.tensor([row])).boxes(*pixels.shape[-2:]).tolist()
+        expected = v2.functional.resized_crop(pixels, top, left, h, w, [16, 16], transforms.InterpolationMode.BICUBIC,
+                                              antialias=True)
+        expected = expected.flip(-1) if draws.flips[row] else expected
+        assert torch.equal(augmented[row], expected.float() / 255), row
+    threaded = ImageFileSource(paths, source.labels, workers=2, decode=Decode((24, 24))).read_augmented(indices, "cpu", draws)
+    assert torch.equal(threaded[0], examples) and torch.equal(threaded[1], augmented)
+
+
+def test_a_random_crop_is_cut_from_the_decoded_image(tmp_path: Path) -> None:
+    """seq-cub200's RandomCrop(224) after Resize((300, 300)): the crop comes from the decoded image."""
+    paths = mixed_files(tmp_path)
+    source = ImageFileSource(paths, torch.zeros(len(paths), dtype=torch.int64), decode=Decode((30, 30)))
+    indices = torch.arange(len(paths))
+    draws = draw_crops("random-crop-flip", len(paths), (24, 24), torch.Generator().manual_seed(0))
+    examples, augmented = source.read_augmented(indices, "cpu", draws)
+    assert torch.equal(augmented, draws.apply(examples)) and examples.shape == (6, 3, 30, 30)
+    assert len({tuple(box) for box in draws.boxes(30, 30).tolist()}) > 1
+
+
+def test_a_concatenation_of_sources_reads_each_part_with_its_own_draws(tmp_path: Path) -> None:
+    from mammoth.datasets.source import ConcatSource, InMemorySource
+
+    paths = mixed_files(tmp_path)
+    labels = torch.zeros(3, dtype=torch.int64)
+    first, second = (ImageFileSource(part, labels, decode=Decode((20, 20))) for part in (paths[:3], paths[3:]))
+    indices = torch.tensor([4, 0, 2, 5])
+    draws = draw_crops("random-resized-crop-flip", 4, (12, 12), torch.Generator().manual_seed(1))
+    examples, augmented = ConcatSource([first, second]).read_augmented(indices, "cpu", draws)
+    for rows, source, local in ((torch.tensor([1, 2]), first, torch.tensor([0, 2])),
+                                (torch.tensor([0, 3]), second, torch.tensor([1, 2]))):
+        part = source.read_augmented(local, "cpu", draws.select(rows))
+        assert torch.equal(examples[rows], part[0]) and torch.equal(augmented[rows], part[1])
+    # as uint8 (what the DataLoader's workers pass on), and with a source of tensors: floats where they mix
+    raw = ConcatSource([first, second]).read_augmented(indices, "cpu", draws, uint8=True)
+    assert raw[0].dtype == raw[1].dtype == torch.uint8 and torch.equal(raw[1].float() / 255, augmented)
+    in_memory = InMemorySource((examples[:3] * 255).round().to(torch.uint8), labels)
+    mixed = ConcatSource([first, in_memory]).read_augmented(torch.tensor([0, 4]), "cpu", draws.select(torch.tensor([0, 1])),
+                                                            uint8=True)
+    assert mixed[0].dtype == torch.float32 and torch.equal(mixed[0][1], examples[1])
+
+
+def test_image_folder_training_batches_are_the_originals_transform_of_each_file(tmp_path: Path) -> None:
+    """context.batches over image-folder: the order, then every batch's crop draws, from the run's
+    generator; inputs are the files' random resized crops + flips (mean 0, std 1: no
+    normalisation pass), not_aug_inputs the files resized to 224x224."""
+    from mammoth.engine.context import build_context
+
+    root = tmp_path / "data"
+    for name in ("a", "b"):
+        mixed_files(root / "train" / name)
+        write_smooth_image(root / "test" / name / "0.png", 9, (20, 20))
+    dataset = build_dataset({"name": "image-folder", "root": str(root), "n_tasks": 1, "batch_size": 5})
+    context = build_context(dataset, "cpu", torch.Generator().manual_seed(4))
+    source = dataset.task_source(0)
+    batches = list(context.batches(source))
+    replay = torch.Generator().manual_seed(4)
+    order = torch.randperm(12, generator=replay)
+    assert torch.equal(torch.cat([batch.indices for batch in batches]), order)
+    all_draws = [draw_crops("random-resized-crop-flip", len(batch.indices), (224, 224), replay) for batch in batches]
+    assert torch.equal(context.generator.get_state(), replay.get_state())
+    for batch, draws in zip(batches, all_draws):
+        for row, index in enumerate(batch.indices.tolist()):
+            pixels = file_tensor(source.parent.paths[int(source.indices[index])])  # a task: a subset of the files
+            (top, left, h, w), = draws.select(torch.tensor([row])).boxes(*pixels.shape[-2:]).tolist()
+            crop = v2.functional.resized_crop(pixels, top, left, h, w, [224, 224], transforms.InterpolationMode.BICUBIC,
+                                              antialias=True)
+            crop = crop.flip(-1) if draws.flips[row] else crop
+            assert torch.equal(batch.inputs[row], crop.float() / 255)
+            resized = v2.functional.resize(pixels, [224, 224], transforms.InterpolationMode.BICUBIC, antialias=True)
+            assert torch.equal(batch.not_aug_inputs[row], resized.float() / 255)
+
+
+def test_identity_normalisation_is_skipped_and_others_are_applied(tmp_path: Path) -> None:
+    root = image_folder(tmp_path / "data", n_classes=2, per_class=5)
+    x = torch.rand(2, 3, 8, 8)
+    assert build_dataset({"name": "image-folder", "root": str(root), "n_tasks": 1}).normalize(x) is x
+    dataset = build_dataset({"name": "image-folder", "root": str(root), "n_tasks": 1, "mean": [0.5, 0, 0], "std": [1, 1, 2]})
+    expected = x.clone()
+    expected[:, 0] -= 0.5
+    expected[:, 2] /= 2
+    torch.testing.assert_close(dataset.normalize(x), expected, rtol=0, atol=1e-7)
 
 
 # ---- image-folder ----
