@@ -27,6 +27,7 @@ from mammoth.backbones.registry import build_resolved_backbone
 from mammoth.config import hydra_job
 from mammoth.config.hydra_job import JobFacts
 from mammoth.datasets import build_dataset
+from mammoth.engine.compiled import check_compile, compile_backbone, compiled_run
 from mammoth.engine.device import resolve_device, set_threads
 from mammoth.engine import distributed
 from mammoth.engine.loop import run_tasks
@@ -137,6 +138,7 @@ def _run(spec: RunSpec, run_dir: Path, job: JobFacts) -> float:
         (run_dir / RESULTS_NAME).unlink(missing_ok=True)
     device = rank_device(resolve_device(spec.device))
     check_precision(spec.precision, device)
+    check_compile(spec.compile, spec.model.name, spec.model.entry.target, device, distributed.world_size())
     set_threads(spec.threads)
     # torch's global generator, seeded here and nowhere else in a run (global state that stays): the
     # backbone's initial weights, dropout and other torch layers draw from it and take no generator
@@ -148,10 +150,13 @@ def _run(spec: RunSpec, run_dir: Path, job: JobFacts) -> float:
     if spec.channels_last:
         net = net.to(memory_format=torch.channels_last)
     model = spec.model.entry.target(net=net, dataset=dataset, **spec.model.checked_values()).to(device)
+    if spec.compile:  # after the method is built: what it adds to the backbone (adapters) is compiled with it
+        compile_backbone(model.net)
     metric = check_optimized_metric(spec.optimized_metric, dataset, spec.eval_future, model, device)
     config = record_filled_values(copy.deepcopy(dict(spec.config)), dataset, model)
     title = run_title(dataset.name, spec.model.name, backbone_name, job)
-    return _train_and_report(BuiltRun(spec, run_dir, device, dataset, model, config, title, started, job), metric)
+    with compiled_run(spec.compile):
+        return _train_and_report(BuiltRun(spec, run_dir, device, dataset, model, config, title, started, job), metric)
 
 
 def check_distributed_support(name: str, method: Any) -> None:
