@@ -150,12 +150,12 @@ def _run(spec: RunSpec, run_dir: Path, job: JobFacts) -> float:
     if spec.channels_last:
         net = net.to(memory_format=torch.channels_last)
     model = spec.model.entry.target(net=net, dataset=dataset, **spec.model.checked_values()).to(device)
-    if spec.compile:  # after the method is built: what it adds to the backbone (adapters) is compiled with it
-        compile_backbone(model.net)
     metric = check_optimized_metric(spec.optimized_metric, dataset, spec.eval_future, model, device)
     config = record_filled_values(copy.deepcopy(dict(spec.config)), dataset, model)
     title = run_title(dataset.name, spec.model.name, backbone_name, job)
-    with compiled_run(spec.compile):
+    with compiled_run(spec.compile):  # every compiled call under the run's dynamo settings
+        if spec.compile:  # after the method is built: what it adds to the backbone (adapters) is compiled with it
+            compile_backbone(model.net)
         return _train_and_report(BuiltRun(spec, run_dir, device, dataset, model, config, title, started, job), metric)
 
 
