@@ -138,7 +138,7 @@ def _run(spec: RunSpec, run_dir: Path, job: JobFacts) -> float:
         (run_dir / RESULTS_NAME).unlink(missing_ok=True)
     device = rank_device(resolve_device(spec.device))
     check_precision(spec.precision, device)
-    check_compile(spec.compile, spec.model.name, spec.model.entry.target, device, distributed.world_size())
+    check_compile(spec.compile, spec.model.name, spec.model.entry.target, device)
     set_threads(spec.threads)
     # torch's global generator, seeded here and nowhere else in a run (global state that stays): the
     # backbone's initial weights, dropout and other torch layers draw from it and take no generator

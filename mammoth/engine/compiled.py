@@ -40,21 +40,18 @@ BACKEND = "inductor"
 RECOMPILE_LIMIT = 64
 
 
-def check_compile(compile: bool, name: str, method: type, device: torch.device | str, processes: int = 1) -> None:
+def check_compile(compile: bool, name: str, method: type, device: torch.device | str) -> None:
     """With ``compile`` true: refuse, in one line and before anything is built, a method that does
-    not run the backbone's forward (``supports_compile = False``), several processes, and a device
-    that :data:`BACKEND` cannot compile for. Nothing without ``compile``."""
+    not run the backbone's forward (``supports_compile = False``) and a device that :data:`BACKEND`
+    cannot compile for. Nothing without ``compile``. On several processes each compiles its own
+    backbone (the gradients are reduced outside the compiled forward; the CPU BatchNorm
+    synchronisation's collectives break its graph)."""
     if not compile:
         return
     if not getattr(method, "supports_compile", True):
         raise ConfigError(
             f"model={name} does not support compile=true (it trains through the backbone's token interface, "
             "block by block, not its forward, which is what compile=true compiles); allowed for it: compile=false"
-        )
-    if processes > 1:
-        raise ConfigError(
-            f"compile=true runs in one process, and this run has {processes}; allowed: compile=false on several "
-            "processes, or compile=true in one"
         )
     if BACKEND == "inductor":
         _check_inductor(torch.device(device))

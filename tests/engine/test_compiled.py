@@ -169,11 +169,6 @@ def test_the_refusing_methods_are_those_that_run_the_backbone_block_by_block():
     assert sorted(name for name in MODELS.names() if not MODELS.get(name).target.supports_compile) == list(REFUSING)
 
 
-def test_several_processes_are_refused_in_one_line():
-    with pytest.raises(ConfigError, match=r"^compile=true runs in one process, and this run has 2; allowed: compile=false"):
-        check_compile(True, "er", MODELS.get("er").target, "cpu", processes=2)
-
-
 def test_a_cpu_without_a_cpp_compiler_is_refused_in_one_line(monkeypatch):
     from torch._inductor import config as inductor_config
 
@@ -237,6 +232,48 @@ def test_a_refused_method_stops_before_training(eager, tmp_path):
     with pytest.raises(ConfigError, match="^model=l2p does not support compile=true"):
         mammoth.run(composing.compose_run(tmp_path, "model=l2p", "backbone=vit", "compile=true"))
     assert graphs() == 0 and not (tmp_path / "results.json").exists()
+
+
+# ---- two processes (the second suite: torchrun with gloo) ----
+
+#: A launcher for torchrun: python -m mammoth with torch.compile's eager backend.
+LAUNCHER = """
+import sys
+from mammoth.engine import compiled
+compiled.BACKEND = "eager"
+from mammoth.app.cli import main
+sys.argv = ["mammoth", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.distributed
+def test_two_processes_train_compiled_as_uncompiled(tmp_path):
+    """er on a ResNet (its BatchNorm synchronised over the ranks, whose collectives break the
+    compiled graph) on 2 gloo processes: the same results compiled and not."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    (tmp_path / "launch.py").write_text(LAUNCHER)
+    results = {}
+    for compile in ("false", "true"):
+        run_dir = tmp_path / f"run-{compile}"
+        with socket.socket() as probe:  # a free port for the rendezvous
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "launch.py",
+                   "model=er", "model.buffer_size=50", "dataset.n_epochs=1", "dataset.n_tasks=2", "threads=1",
+                   "dataset.fitting_mode=iters", "dataset.n_iters=4",
+                   "backbone=resnet", "backbone.width=4", f"compile={compile}", f"hydra.run.dir={run_dir}"]
+        environment = {**os.environ, "OMP_NUM_THREADS": "1",
+                       "PYTHONPATH": os.pathsep.join([str(Path(mammoth.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+        done = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        results[compile] = json.loads((run_dir / "results.json").read_text())
+    assert results["true"]["config"]["compile"] is True
+    assert results["true"]["class_il"] == results["false"]["class_il"]
 
 
 # ---- inductor (the second suite: its C++ code generation takes ~20 s on a CPU) ----
