@@ -50,8 +50,8 @@ def check_compile(compile: bool, name: str, method: type, device: torch.device |
         return
     if not getattr(method, "supports_compile", True):
         raise ConfigError(
-            f"model={name} does not support compile=true (it trains through the backbone's token interface, "
-            "block by block, not its forward, which is what compile=true compiles); allowed for it: compile=false"
+            f"model={name} does not support compile=true (its training does not run the backbone through its "
+            "forward, which is what compile=true compiles); allowed for it: compile=false"
         )
     if BACKEND == "inductor":
         _check_inductor(torch.device(device))

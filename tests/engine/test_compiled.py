@@ -154,8 +154,8 @@ def test_methods_that_train_through_the_tokens_refuse_compile_in_one_line(name):
     with pytest.raises(ConfigError) as error:
         check_compile(True, name, MODELS.get(name).target, "cpu")
     assert str(error.value) == (
-        f"model={name} does not support compile=true (it trains through the backbone's token interface, block by "
-        "block, not its forward, which is what compile=true compiles); allowed for it: compile=false")
+        f"model={name} does not support compile=true (its training does not run the backbone through its forward, "
+        "which is what compile=true compiles); allowed for it: compile=false")
     check_compile(False, name, MODELS.get(name).target, "cpu")
 
 
