@@ -83,6 +83,7 @@ class RunSpec:
     eval_future: bool = False
     precision: str = "fp32"
     channels_last: bool = False
+    compile: bool = False
 
     @property
     def comparable(self) -> dict[str, Any]:
@@ -122,7 +123,7 @@ def resolve_run(cfg: DictConfig, registries: Mapping[str, Any] | None = None, hy
         loggers=resolved.get("logger"), config=config, dataset_config=None if dataset else cfg.dataset,
         eval_future=bool(cfg.get("eval_future", False)),
         precision=check_precision_name(str(cfg.get("precision", "fp32"))),
-        channels_last=bool(cfg.get("channels_last", False)),
+        channels_last=bool(cfg.get("channels_last", False)), compile=bool(cfg.get("compile", False)),
     )
 
 

@@ -27,6 +27,7 @@ from mammoth.backbones.registry import build_resolved_backbone
 from mammoth.config import hydra_job
 from mammoth.config.hydra_job import JobFacts
 from mammoth.datasets import build_dataset
+from mammoth.engine.compiled import check_compile, compile_backbone, compiled_run
 from mammoth.engine.device import resolve_device, set_threads
 from mammoth.engine import distributed
 from mammoth.engine.loop import run_tasks
@@ -207,6 +208,7 @@ def _run(spec: RunSpec, run_dir: Path, job: JobFacts, progress: TaskProgress) ->
         (run_dir / RESULTS_NAME).unlink(missing_ok=True)
     device = rank_device(resolve_device(spec.device))
     check_precision(spec.precision, device)
+    check_compile(spec.compile, spec.model.name, spec.model.entry.target, device)
     set_threads(spec.threads)
     # torch's global generator, seeded here and nowhere else in a run (global state that stays): the
     # backbone's initial weights, dropout and other torch layers draw from it and take no generator
@@ -222,8 +224,11 @@ def _run(spec: RunSpec, run_dir: Path, job: JobFacts, progress: TaskProgress) ->
     config = record_filled_values(copy.deepcopy(dict(spec.config)), dataset, model)
     title = run_title(dataset.name, spec.model.name, backbone_name, job)
     progress.n_tasks = dataset.n_tasks
-    return _train_and_report(BuiltRun(spec, run_dir, device, dataset, model, config, title, started, job, progress),
-                             metric)
+    with compiled_run(spec.compile):  # every compiled call under the run's dynamo settings
+        if spec.compile:  # after the method is built: what it adds to the backbone (adapters) is compiled with it
+            compile_backbone(model.net)
+        return _train_and_report(BuiltRun(spec, run_dir, device, dataset, model, config, title, started, job, progress),
+                                 metric)
 
 
 def check_distributed_support(name: str, method: Any) -> None:

@@ -54,6 +54,9 @@ class RunConfig:
     stop_after_task: Optional[int] = field(default=None, metadata=RUN_CONTROL)
     output_dir: Optional[str] = field(default=None, metadata=RUN_CONTROL)
     threads: Optional[int] = field(default=None, metadata=RUN_CONTROL)
+    #: The backbone's forward compiled with torch.compile (the original Mammoth's --code_optimization 3;
+    #: mammoth.engine.compiled): faster, the same experiment up to float rounding, so a resume may change it.
+    compile: bool = field(default=False, metadata=RUN_CONTROL)
     #: What mammoth.run returns (what a sweeper optimises), ``KIND.FIELD`` of results.json; None =
     #: class_il.average, or domain_il.average on a domain-IL dataset (mammoth.reporting.optimized_metric.check_optimized_metric).
     optimized_metric: Optional[str] = field(default=None, metadata=RUN_CONTROL)
@@ -61,7 +64,7 @@ class RunConfig:
     logger: Any = field(default=None, metadata=RUN_CONTROL)
 
 
-#: The run-control settings (``resume``, ``stop_after_task``, ``output_dir``, ``threads``, and the
+#: The run-control settings (``resume``, ``stop_after_task``, ``output_dir``, ``threads``, ``compile``, and the
 #: reporting ones ``optimized_metric``, ``logger``), in RunConfig's order: left out of the config a
 #: resume compares, of the overrides a resumed run directory must share, of a sweep job's
 #: ``override_dirname`` (mammoth/app/conf/config.yaml) and of a summary's configurations.

@@ -84,6 +84,11 @@ class ContinualModel(nn.Module):
     #: method that calls ``backward`` and steps an optimizer itself sets False and refuses fp16.
     supports_fp16: ClassVar[bool] = True
 
+    #: Whether the method's training runs the backbone through its forward (``self.net(x, ...)``),
+    #: which ``compile=true`` compiles (:mod:`mammoth.engine.compiled`); a method that runs it
+    #: another way (block by block) sets False and refuses compile=true.
+    supports_compile: ClassVar[bool] = True
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Refuse a subclass written against the old hooks, when its class is defined."""
         super().__init_subclass__(**kwargs)

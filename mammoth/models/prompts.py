@@ -38,6 +38,7 @@ class PromptModel(ContinualModel):
 
     #: The backbone must serve the token interface (a ViT); others are refused when it is built.
     requires_tokens: ClassVar[bool] = True
+    supports_compile: ClassVar[bool] = False  # trains through the token interface, block by block, not the backbone's forward
     method_name: ClassVar[str] = "prompt"
 
     def __init__(self, net: MammothBackbone, dataset: Any, **kwargs: Any) -> None:

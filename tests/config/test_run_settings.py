@@ -13,7 +13,7 @@ from mammoth.reporting.sweep_tables import NOT_A_CONFIGURATION
 
 
 def test_the_run_control_keys_are_the_marked_run_settings():
-    assert RUN_CONTROL_KEYS == ("resume", "stop_after_task", "output_dir", "threads", "optimized_metric", "logger")
+    assert RUN_CONTROL_KEYS == ("resume", "stop_after_task", "output_dir", "threads", "compile", "optimized_metric", "logger")
     assert set(RUN_CONTROL_KEYS) < {field.name for field in dataclasses.fields(RunConfig)}
 
 
