@@ -89,10 +89,13 @@ class Gem(ReplayModel):
 
     def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> float:
         """One step along the (projected) gradient; returns the cross-entropy on the batch."""
-        memories = None if self.buffer.is_empty() else self.memory_gradients()
+        memories = None
+        if not self.buffer.is_empty():
+            with self.context.same_on_every_rank():  # the whole memory on every rank: nothing to average
+                memories = self.memory_gradients()
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.loss(self.net(inputs), labels)
-        loss.backward()
+        self.backward(loss)
         if memories is not None:
             self._gradient = self.net.get_grads(out=self._gradient)
             if bool((memories @ self._gradient < 0).any()):
