@@ -429,9 +429,10 @@ def observe_on_shard(model: Any, context: Any) -> Callable[[Any], float]:
     stops every rank at the same step.
 
     On several processes, first checks that the batch and the replay minibatch divide by the
-    number of processes (:func:`check_even_batches`) and (re)wraps the model's trainable
-    parameters in the context's :class:`GradientReducer` (DDP's reducer), which averages the
-    gradients of a split step's backward passes. One process creates no wrapper."""
+    number of processes (:func:`check_even_batches`) and wraps the model's trainable parameters
+    in the context's :class:`GradientReducer` (DDP's reducer; again within the task if they
+    change), which averages the gradients of a split step's backward passes. One process creates
+    no wrapper."""
     if world_size() == 1:
         return lambda batch: model.observe(batch.inputs, batch.labels, batch.not_aug_inputs)
     processes, process_rank = world_size(), rank()
@@ -441,6 +442,7 @@ def observe_on_shard(model: Any, context: Any) -> Callable[[Any], float]:
 
     def step(batch: Any) -> float:
         shard = step_shard(model, int(batch.labels.shape[0]), process_rank, processes)
+        reducer.refresh(model)
         context.shard = shard
         try:
             with reducer.step(shard.split, type(model).__name__):
@@ -482,25 +484,28 @@ class GradientReducer:
         self.prepared = 0
 
     def wrap(self, model: torch.nn.Module) -> None:
-        """Wrap ``model``'s trainable parameters, again when they changed (a method adds heads or
-        prompts between tasks, or freezes some); note its synchronised BatchNorm layers."""
+        """Wrap ``model``'s trainable parameters in a new DDP wrapper (the engine does at each task's
+        start, so a resumed run buckets its gradients as an uninterrupted one); note its
+        synchronised BatchNorm layers."""
+        self.release()
         self._batchnorms = [module for module in model.modules() if isinstance(module, RankSyncBatchNorm)]
         parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
-        key = tuple(id(parameter) for parameter in parameters)
-        if key == self._key and (self.ddp is not None or not parameters):
-            return
-        self.release()
-        self._key = key
+        self._key = tuple(id(parameter) for parameter in parameters)
         if not parameters:
             return
         self.ddp = torch.nn.parallel.DistributedDataParallel(model, gradient_as_bucket_view=False, **_ddp_options())
         self._watch = parameters[0].register_post_accumulate_grad_hook(self._accumulated)
 
+    def refresh(self, model: torch.nn.Module) -> None:
+        """Wrap ``model`` again when its trainable parameters changed (a method added or froze some)."""
+        if tuple(id(parameter) for parameter in model.parameters() if parameter.requires_grad) != self._key:
+            self.wrap(model)
+
     def release(self) -> None:
         """Drop the wrapper (its reducer's hooks go with it)."""
         if self._watch is not None:
             self._watch.remove()
-        self.ddp, self._watch, self._key = None, None, ()
+        self.ddp, self._watch, self._key, self._batchnorms = None, None, (), []
 
     def prepare(self) -> None:
         """Arm the reducer for the next backward pass when it belongs to a split step (nothing

@@ -87,6 +87,10 @@ class Gem(ReplayModel):
             self.net.get_grads(out=self._memories[row])
         return self._memories[: len(tasks)]
 
+    def replay_rows(self, batch_size: int) -> int:
+        """0: no replay minibatch is split over the ranks (the memory's gradients are computed whole on every rank)."""
+        return 0
+
     def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> float:
         """One step along the (projected) gradient; returns the cross-entropy on the batch."""
         memories = None

@@ -273,7 +273,7 @@ def test_the_reducer_averages_the_armed_backward_passes_of_a_split_step_and_refu
     reducer.wrap(model)
     first = reducer.ddp
     assert isinstance(first, torch.nn.parallel.DistributedDataParallel) and first.module is model
-    reducer.wrap(model)
+    reducer.refresh(model)
     assert reducer.ddp is first  # the same parameters: the same wrapper
     x, y = torch.rand(4, 1, 8, 8), torch.arange(4)
 
@@ -297,7 +297,7 @@ def test_the_reducer_averages_the_armed_backward_passes_of_a_split_step_and_refu
     loss().backward()  # an inner loop, outside any step
     assert reducer.prepared == 2
     model.net.head = torch.nn.Linear(2, 2)  # a method adds parameters: wrapped again
-    reducer.wrap(model)
+    reducer.refresh(model)
     assert reducer.ddp is not first and reducer.ddp.module is model
     with pytest.raises(TrainingError, match=r"^the ranks cannot average this step's gradients: a trainable parameter "
                                             r"got no gradient in the step's previous backward pass; allowed"):
