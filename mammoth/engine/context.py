@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from mammoth.datasets.source import Batch, DataSource, images_to_float
 from mammoth.datasets.transforms import CropDraws
-from mammoth.engine.distributed import GradientHooks, Shard, gather_in_rank_order, is_main_process
+from mammoth.engine.distributed import GradientReducer, Shard, gather_in_rank_order, is_main_process
 from mammoth.engine.precision import autocast as precision_autocast, check_precision, grad_scaler, to_memory_format
 from mammoth.errors import TrainingError
 
@@ -35,7 +35,8 @@ class TrainingContext:
     Attributes: ``batch_size``, ``n_epochs`` and ``n_iters`` (the dataset's), ``num_workers``, ``device``, ``generator`` (THE run's
     CPU generator, seeded with ``seed`` and saved in every checkpoint), and the benchmark's
     ``name``, ``n_tasks``, ``n_classes``, ``setting``, ``input_shape``, ``streaming``; on several
-    processes, ``shard`` (this rank's part of the batch being observed) and :meth:`gather_shards`.
+    processes, ``shard`` (this rank's part of the batch being observed), :meth:`gather_shards`,
+    :meth:`backward` (a loss of the step) and :meth:`same_on_every_rank`.
     """
 
     def __init__(self, dataset: Any, device: torch.device, generator: torch.Generator,
@@ -68,9 +69,9 @@ class TrainingContext:
         #: ``shard.size`` is the whole batch's size (what one process observes), ``shard.rows`` this
         #: rank's part. None in one process and outside that step (a method's own inner loops).
         self.shard: Optional[Shard] = None
-        #: The engine's own: the hooks that average gradients over the ranks, for the whole run (none
-        #: in one process); methods never touch them.
-        self.gradient_hooks = GradientHooks(lambda: self.shard)
+        #: The engine's own: what averages a split step's gradients over the ranks (DDP's reducer,
+        #: wrapped by the engine's step; none in one process); methods never touch it.
+        self.gradient_reducer = GradientReducer()
 
     def __repr__(self) -> str:
         return (f"TrainingContext(batch_size={self.batch_size}, n_epochs={self.n_epochs}, device={self.device}, "
@@ -97,6 +98,21 @@ class TrainingContext:
         outside the main loop's step). Every rank must call it at the same point of its step."""
         shard = self.shard
         return gather_in_rank_order(tensor) if shard is not None and shard.split else tensor
+
+    def backward(self, loss: Tensor) -> None:
+        """Back-propagate ``loss``, a loss of the step ``observe`` is taking (``ContinualModel.step``
+        and ``ContinualModel.backward`` come here): on several processes, in a step split over the
+        ranks, the engine's reducer averages its gradients over the ranks while the backward pass
+        runs; otherwise ``loss.backward()`` alone. A method's inner loops (every rank computes
+        them whole) call ``loss.backward()`` themselves."""
+        self.gradient_reducer.prepare()
+        loss.backward()
+
+    def same_on_every_rank(self) -> contextlib.AbstractContextManager:
+        """A block of a step that every rank computes identically on the same data (gem's memory
+        gradients): its backward passes are not averaged and BatchNorm layers use this rank's
+        batch, so it runs with no collective; nothing changes in one process."""
+        return self.gradient_reducer.paused()
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The autocast context of :attr:`precision` on :attr:`device` (nothing for fp32)."""

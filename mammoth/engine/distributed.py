@@ -4,13 +4,17 @@ on CPU, ``nccl`` on CUDA, one device per local rank), and what keeps the ranks o
 
 The ranks run the same program on the same data in the same order (every random draw comes
 from generators seeded alike), so everything they hold is identical; only the work of each
-training batch is split. :func:`observe_on_shard` gives each rank a contiguous shard of the
-batch and says which in ``TrainingContext.shard`` (a replay minibatch is drawn whole and split
-the same way, :meth:`ReplayModel.replay_batch`); gradient hooks the engine keeps on the run's
-context (:class:`GradientHooks`, never in the model) average every backward pass over the
-ranks, weighted by the shards' sizes; the examples a method stores in ``observe`` are gathered
-from every rank (``TrainingContext.gather_shards``) before the reservoir sees them; BatchNorm layers normalise with the whole batch's statistics
-(:func:`synchronised_batchnorm`); evaluation is sharded and its correct counts summed.
+training batch is split. :func:`observe_on_shard` gives each rank an equal, contiguous shard of
+the batch when the batch and the step's replay minibatch divide by the number of processes (any
+other step runs whole on every rank) and says which in ``TrainingContext.shard`` (a replay
+minibatch is drawn whole and split the same way, :meth:`ReplayModel.replay_batch`); torch's
+``DistributedDataParallel`` reducer, kept by the engine on the run's context
+(:class:`GradientReducer`, never in the model), averages the gradients of a split step's backward
+passes (``TrainingContext.backward``); the average of equal shards is one process's gradient. The
+examples a method stores in ``observe`` are gathered from every rank
+(``TrainingContext.gather_shards``) before the reservoir sees them; BatchNorm layers normalise a
+split step with the whole batch's statistics (:func:`synchronised_batchnorm`); evaluation is
+sharded and its correct counts summed.
 Rank 0 alone writes files.
 
 Nothing here pickles: strings travel as bytes in tensors, so what a rank receives cannot run code.
@@ -18,11 +22,13 @@ Nothing here pickles: strings travel as bytes in tensors, so what a rank receive
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import sys
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -32,7 +38,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from mammoth.errors import ConfigError
+from mammoth.errors import ConfigError, TrainingError
 from mammoth.files import open_nofollow
 
 #: The variables torchrun sets for each process (``env://`` initialisation reads them).
@@ -326,19 +332,19 @@ def log_to_rank_file(run_dir: Path) -> None:
     root.addHandler(handler)
 
 
-# ---- training: a shard of every batch, averaged gradients ----
+# ---- training: an equal shard of every batch, gradients averaged by DDP's reducer ----
 
 
 @dataclass(frozen=True)
 class Shard:
     """Rows ``start:stop`` of a batch of ``size`` rows (the whole batch, over every rank: what one
-    process observes): this rank's part, of ``weight = rows / size``. A batch of fewer rows than
-    ranks is not split (every rank trains on all of it, each weighing ``1 / world_size``)."""
+    process observes): this rank's part. A step's batch is split in equal shards, one per rank
+    (:attr:`split`), when it and the step's replay minibatch divide by the number of processes;
+    any other step runs whole on every rank (:func:`shard_of`)."""
 
     start: int
     stop: int
     size: int
-    weight: float
     rank: int = 0
     processes: int = 1
 
@@ -347,7 +353,18 @@ class Shard:
         return tensor[self.start : self.stop]
 
     def of(self, size: int) -> "Shard":
-        """This rank's shard of another batch, of ``size`` rows (a replay batch drawn whole on every rank)."""
+        """This rank's shard of another batch of the step, of ``size`` rows (a replay minibatch
+        drawn whole on every rank): split as the step is. In a split step a size that does not
+        divide by the number of processes is a TrainingError (the step was split because the
+        method's ``replay_rows`` said its minibatch would divide)."""
+        if not self.split:
+            return Shard(0, size, size, self.rank, self.processes)
+        if size % self.processes:
+            raise TrainingError(
+                f"a replay minibatch of {size} rows in a step split over {self.processes} processes; allowed: "
+                f"the rows the method's replay_rows(batch_size) says the step draws ({self.processes} must divide "
+                "them, else the step runs whole on every rank)"
+            )
         return shard_of(size, self.rank, self.processes)
 
     @property
@@ -357,70 +374,213 @@ class Shard:
 
     @property
     def split(self) -> bool:
-        """Whether the batch is split over the ranks (not one of fewer rows than ranks, which every rank holds whole)."""
+        """Whether the batch is split over the ranks (else every rank holds it whole)."""
         return self.local_size < self.size
 
 
-def shard_of(size: int, process_rank: Optional[int] = None, processes: Optional[int] = None) -> Shard:
-    """This rank's contiguous shard of a batch of ``size`` rows: ranks in order cover the batch in
-    order (so rows gathered in rank order are the batch), the first ``size % world_size`` ranks one
-    row more; weight ``rows / size``, which sums to 1 over the ranks."""
+def shard_of(size: int, process_rank: Optional[int] = None, processes: Optional[int] = None,
+             whole: bool = False) -> Shard:
+    """This rank's shard of a batch of ``size`` rows: the ``size / processes`` rows of rank
+    ``process_rank``, ranks in order covering the batch in order (so rows gathered in rank order
+    are the batch), when ``processes`` divides ``size``; else (or with ``whole``) the whole batch,
+    which every rank then trains on. Equal shards make the average of the ranks' gradients (DDP's)
+    one process's gradient exactly, replay terms and synchronised BatchNorm included; a batch that
+    every rank holds whole gives every rank one process's gradient."""
     process_rank = rank() if process_rank is None else process_rank
     processes = world_size() if processes is None else processes
-    if size < processes:
-        return Shard(0, size, size, 1.0 / processes, process_rank, processes)
-    base, extra = divmod(size, processes)
-    start = process_rank * base + min(process_rank, extra)
-    stop = start + base + (process_rank < extra)
-    return Shard(start, stop, size, (stop - start) / size, process_rank, processes)
+    if whole or size % processes or size < processes:
+        return Shard(0, size, size, process_rank, processes)
+    local = size // processes
+    return Shard(process_rank * local, (process_rank + 1) * local, size, process_rank, processes)
+
+
+def check_even_batches(batch_size: int, minibatch_size: Optional[int], processes: int) -> None:
+    """On ``processes`` > 1: ``dataset.batch_size`` and a replay ``model.minibatch_size`` must divide
+    by the number of processes (every rank trains on an equal shard of each), else a one-line
+    ConfigError. (An epoch's last, smaller batch that does not divide runs whole on every rank.)"""
+    if processes == 1:
+        return
+    if batch_size % processes:
+        raise ConfigError(
+            f"dataset.batch_size={batch_size} does not divide by the {processes} processes; allowed: a multiple of "
+            f"{processes} (each rank trains on an equal shard of every batch: docs/distributed.md)"
+        )
+    if minibatch_size is not None and minibatch_size % processes:
+        raise ConfigError(
+            f"model.minibatch_size={minibatch_size} does not divide by the {processes} processes; allowed: a multiple "
+            f"of {processes}, or null (the batch's size; each rank replays an equal shard: docs/distributed.md)"
+        )
+
+
+def step_shard(model: Any, size: int, process_rank: int, processes: int) -> Shard:
+    """This rank's shard of a step on a batch of ``size`` rows: split when ``size`` and the rows of
+    the replay minibatch the step draws (``model.replay_rows(size)``; 0: none) divide by the
+    number of processes, else the whole batch on every rank."""
+    replay = int(getattr(model, "replay_rows", lambda rows: 0)(size))
+    return shard_of(size, process_rank, processes, whole=bool(replay % processes))
 
 
 def observe_on_shard(model: Any, context: Any) -> Callable[[Any], float]:
     """The main loop's step: ``model.observe`` on this rank's shard of each batch (the whole batch
-    in one process), with ``context.shard`` saying which shard while it runs (what a method reads:
-    the whole batch's size, its rows here); returns the batch's loss, the shards' losses weighted
-    by :attr:`Shard.weight` and summed over the ranks (the same value on every rank, so a
-    non-finite loss stops every rank at the same step). On several processes, first hooks the
-    model's parameters not hooked yet (``context.gradient_hooks``, :class:`GradientHooks`)."""
+    in one process, and on several processes in a step that cannot split evenly:
+    :func:`step_shard`), with ``context.shard`` saying which shard while it runs (what a method
+    reads: the whole batch's size, its rows here); returns the batch's loss, one process's (the
+    mean of the ranks' equal shards' losses), the same value on every rank, so a non-finite loss
+    stops every rank at the same step.
+
+    On several processes, first checks that the batch and the replay minibatch divide by the
+    number of processes (:func:`check_even_batches`) and wraps the model's trainable parameters
+    in the context's :class:`GradientReducer` (DDP's reducer; again within the task if they
+    change), which averages the gradients of a split step's backward passes. One process creates
+    no wrapper."""
     if world_size() == 1:
         return lambda batch: model.observe(batch.inputs, batch.labels, batch.not_aug_inputs)
-    context.gradient_hooks.add(model)
+    processes, process_rank = world_size(), rank()
+    check_even_batches(context.batch_size, getattr(model, "minibatch_size", None), processes)
+    reducer = context.gradient_reducer
+    reducer.wrap(model)
 
     def step(batch: Any) -> float:
-        shard = shard_of(int(batch.labels.shape[0]))
+        shard = step_shard(model, int(batch.labels.shape[0]), process_rank, processes)
+        reducer.refresh(model)
         context.shard = shard
         try:
-            loss = model.observe(shard.rows(batch.inputs), shard.rows(batch.labels), shard.rows(batch.not_aug_inputs))
+            with reducer.step(shard.split, type(model).__name__):
+                loss = model.observe(shard.rows(batch.inputs), shard.rows(batch.labels), shard.rows(batch.not_aug_inputs))
         finally:
             context.shard = None
-        return float(sum_over_ranks(torch.tensor([loss * shard.weight], dtype=torch.float64)))
+        if not shard.split:
+            return float(loss)  # every rank computed the same step
+        return float(sum_over_ranks(torch.tensor([float(loss)], dtype=torch.float64))) / processes
 
     return step
 
 
-class GradientHooks:
-    """What makes every backward pass average its gradients over the ranks: one hook per trainable
-    parameter, kept here by the engine (one set per run, ``TrainingContext.gradient_hooks``; never
-    in the model). Each scales the parameter's accumulated gradient by the step's weight (the
-    weight of ``current_shard()``; ``1 / world_size`` outside a sharded step, where every rank
-    holds the whole batch) and sums it over the ranks, so a method that reads gradients after its
-    own ``backward`` (gem, agem, si) reads averaged ones."""
+class GradientReducer:
+    """What averages the gradients of a split step over the ranks: torch's
+    ``DistributedDataParallel`` reducer (bucketed all-reduces, launched while the backward pass
+    runs) over the model's trainable parameters, kept by the engine (one per run,
+    ``TrainingContext.gradient_reducer``; the model never holds it).
 
-    def __init__(self, current_shard: Callable[[], Optional[Shard]]) -> None:
-        self.current_shard = current_shard
-        #: The hooks' handles, by ``id`` of the parameter hooked.
-        self.handles: dict[int, Any] = {}
+    DDP wraps the model as it is (``model.net`` stays the network the methods see) and its
+    forward is never called: a method's step calls backward itself, so before each backward pass
+    of a split step :meth:`TrainingContext.backward` arms the reducer (:meth:`prepare`, what DDP's
+    forward does at its end). Every other backward pass (a step every rank runs whole, a method's
+    inner loops, work under ``context.same_on_every_rank()``) runs with no collective; there every
+    rank computes one process's gradient. Synchronised CPU BatchNorm layers
+    (:class:`RankSyncBatchNorm`) share statistics only inside a split step, too."""
 
-    def add(self, module: torch.nn.Module) -> None:
-        """Hook every trainable parameter of ``module`` not hooked yet (a method may add some between tasks)."""
-        for parameter in module.parameters():
-            if parameter.requires_grad and id(parameter) not in self.handles:
-                self.handles[id(parameter)] = parameter.register_post_accumulate_grad_hook(self._average)
+    def __init__(self) -> None:
+        #: The DDP wrapper of the model's trainable parameters (None before :meth:`wrap`, or without any).
+        self.ddp: Optional[torch.nn.parallel.DistributedDataParallel] = None
+        self._key: tuple[int, ...] = ()
+        self._batchnorms: list[RankSyncBatchNorm] = []
+        self._watch: Any = None
+        #: Whether the backward passes now belong to a split step (and are averaged).
+        self.active = False
+        self._armed = False
+        self._unsynchronised = 0
+        #: Backward passes armed (averaged) so far: what a benchmark counts.
+        self.prepared = 0
 
-    def _average(self, parameter: Tensor) -> None:
-        shard = self.current_shard()
-        parameter.grad.mul_(shard.weight if shard is not None else 1.0 / world_size())
-        dist.all_reduce(parameter.grad)
+    def wrap(self, model: torch.nn.Module) -> None:
+        """Wrap ``model``'s trainable parameters in a new DDP wrapper (the engine does at each task's
+        start, so a resumed run buckets its gradients as an uninterrupted one); note its
+        synchronised BatchNorm layers."""
+        self.release()
+        self._batchnorms = [module for module in model.modules() if isinstance(module, RankSyncBatchNorm)]
+        parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
+        self._key = tuple(id(parameter) for parameter in parameters)
+        if not parameters:
+            return
+        self.ddp = torch.nn.parallel.DistributedDataParallel(model, gradient_as_bucket_view=False, **_ddp_options())
+        self._watch = parameters[0].register_post_accumulate_grad_hook(self._accumulated)
+
+    def refresh(self, model: torch.nn.Module) -> None:
+        """Wrap ``model`` again when its trainable parameters changed (a method added or froze some)."""
+        if tuple(id(parameter) for parameter in model.parameters() if parameter.requires_grad) != self._key:
+            self.wrap(model)
+
+    def release(self) -> None:
+        """Drop the wrapper (its reducer's hooks go with it)."""
+        if self._watch is not None:
+            self._watch.remove()
+        self.ddp, self._watch, self._key, self._batchnorms = None, None, (), []
+
+    def prepare(self) -> None:
+        """Arm the reducer for the next backward pass when it belongs to a split step (nothing
+        otherwise): DDP's forward does this; a method's step calls backward itself."""
+        if not self.active or self.ddp is None:
+            return
+        reducer = self.ddp.reducer
+        try:
+            reducer._rebuild_buckets()  # as Lightning: DDP's forward does it first (buckets in gradient order, once)
+            reducer.prepare_for_backward([])
+        except RuntimeError as error:
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            if "finished reduction" in reason:  # DDP's words for a parameter the last armed pass did not reach
+                reason = "a trainable parameter got no gradient in the step's previous backward pass"
+            raise TrainingError(
+                f"the ranks cannot average this step's gradients: {reason}; allowed: backward passes of the step "
+                "(self.step, self.backward) that reach every trainable parameter of the model"
+            ) from None
+        self._armed = True
+        self.prepared += 1
+
+    def _accumulated(self, parameter: Tensor) -> None:
+        """A backward pass reached the watched parameter: in a split step it must have been armed."""
+        if self.active:
+            if self._armed:
+                self._armed = False
+            else:
+                self._unsynchronised += 1
+
+    def _share_batchnorm(self, on: bool) -> None:
+        for module in self._batchnorms:
+            module.synchronise = on
+
+    @contextmanager
+    def step(self, split: bool, method: str) -> Iterator[None]:
+        """The block of one step: a split one averages its armed backward passes and shares the
+        BatchNorm statistics; afterwards a backward pass of the step that was not armed (a
+        method's ``loss.backward()`` in ``observe``) is a TrainingError naming ``method``."""
+        self.active, self._armed, self._unsynchronised = split, False, 0
+        self._share_batchnorm(split)
+        try:
+            yield
+        finally:
+            self.active = self._armed = False
+            self._share_batchnorm(False)
+        if self._unsynchronised:
+            raise TrainingError(
+                f"{method}.observe ran {self._unsynchronised} backward pass(es) that the ranks did not average; "
+                "allowed: self.step(loss) or self.backward(loss) for the step's losses, and work every rank "
+                "repeats identically under `with self.context.same_on_every_rank():`"
+            )
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Work inside a step that every rank computes identically: no averaging, BatchNorm on this rank's batch."""
+        active = self.active
+        self.active = False
+        self._share_batchnorm(False)
+        try:
+            yield
+        finally:
+            self.active = active
+            self._share_batchnorm(active)
+
+
+def _ddp_options() -> dict[str, bool]:
+    """DDP's options that the torch at hand has: no buffer broadcasts (the BatchNorm statistics are
+    the synchronised layers'; ``forward_sync_buffers`` in newer torch, ``broadcast_buffers`` before)
+    and no synchronisation when wrapping (``init_sync``, torch >= 2.4; the ranks hold the same
+    weights by construction, so nothing needs broadcasting)."""
+    names = inspect.signature(torch.nn.parallel.DistributedDataParallel.__init__).parameters
+    options = {"forward_sync_buffers" if "forward_sync_buffers" in names else "broadcast_buffers": False}
+    if "init_sync" in names:
+        options["init_sync"] = False
+    return options
 
 
 def average_batchnorm_statistics(model: Any) -> None:
@@ -451,28 +611,35 @@ def synchronised_batchnorm(net: torch.nn.Module, device: torch.device) -> torch.
 
 
 class RankSyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
-    """A BatchNorm layer that, in training, normalises with the mean and variance of the whole batch
-    over every rank (two all-reduces: the sums, then the squared deviations from the mean, as
-    accurate as one process's; their backward all-reduces the gradients), on any backend (gloo);
-    as BatchNorm otherwise."""
+    """A BatchNorm layer that, in training with :attr:`synchronise` on (the engine turns it on for
+    the steps split over the ranks), normalises with the mean and variance of the whole batch over
+    every rank, on any backend (gloo): one all-gather of each rank's row count, mean and variance
+    in the forward pass, merged with Chan's parallel formula (as accurate as one process's), and
+    one all-reduce in the backward pass (the gathered statistics' gradients); differentiable. As
+    BatchNorm otherwise (the batch every rank holds whole, inner loops, evaluation)."""
+
+    #: Whether training forward passes share the batch statistics over the ranks (set by the engine's step).
+    synchronise: bool = False
 
     def _check_input_dim(self, input: Tensor) -> None:
         if input.dim() < 2:
             raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
 
     def forward(self, input: Tensor) -> Tensor:
-        if not self.training or world_size() == 1:
+        if not (self.training and self.synchronise) or world_size() == 1:
             return super().forward(input)
         channels, dims = input.shape[1], [0, *range(2, input.dim())]
         shape = [1, channels] + [1] * (input.dim() - 2)
-        sums = _AllReduce.apply(torch.cat([input.sum(dims), input.new_full((1,), input.numel() / channels)]))
-        count = float(sums[-1].detach())
-        mean = sums[:channels] / count
-        centred = input - mean.view(shape)
-        variance = _AllReduce.apply((centred * centred).sum(dims)) / count
+        variance, mean = torch.var_mean(input, dims, correction=0)
+        count = input.new_full((1,), input.numel() / channels)
+        gathered = _AllGather.apply(torch.cat([count, mean, variance]))  # one row per rank
+        counts, means, variances = gathered[:, :1], gathered[:, 1 : 1 + channels], gathered[:, 1 + channels :]
+        total = float(counts.detach().sum())
+        mean = (counts * means).sum(0) / total
+        variance = (counts * (variances + (means - mean) ** 2)).sum(0) / total
         if self.track_running_stats:
-            self._track(mean.detach(), variance.detach(), count)
-        output = centred * torch.rsqrt(variance.view(shape) + self.eps)
+            self._track(mean.detach(), variance.detach(), total)
+        output = (input - mean.view(shape)) * torch.rsqrt(variance.view(shape) + self.eps)
         return output * self.weight.view(shape) + self.bias.view(shape) if self.affine else output
 
     @torch.no_grad()
@@ -484,16 +651,21 @@ class RankSyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
         self.running_var.mul_(1 - factor).add_(variance * (count / max(count - 1, 1.0)), alpha=factor)
 
 
-class _AllReduce(torch.autograd.Function):
-    """The sum over the ranks, differentiable: its gradient is the sum over the ranks of theirs."""
+class _AllGather(torch.autograd.Function):
+    """Every rank's ``tensor``, stacked in rank order (one all-gather), differentiable: the
+    gradient of this rank's row is the sum over the ranks of theirs (one all-reduce)."""
 
     @staticmethod
     def forward(ctx: Any, tensor: Tensor) -> Tensor:
-        return sum_over_ranks(tensor)
+        rows = [torch.empty_like(tensor) for _ in range(world_size())]
+        dist.all_gather(rows, tensor.contiguous())
+        return torch.stack(rows)
 
     @staticmethod
     def backward(ctx: Any, gradient: Tensor) -> Tensor:
-        return sum_over_ranks(gradient)
+        total = gradient.contiguous().clone()
+        dist.all_reduce(total)
+        return total[rank()]
 
 
 def _with_rank_sync_batchnorm(module: torch.nn.Module) -> torch.nn.Module:

@@ -57,12 +57,12 @@ class AGem(ReplayModel):
         """One step along the projected gradient; returns the cross-entropy on the batch."""
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.loss(self.net(inputs), labels)
-        loss.backward()
+        self.backward(loss)
         replay = self.replay_batch(inputs.shape[0], inputs.device)
         if replay is not None:
             self._gradient = self.net.get_grads(out=self._gradient)
             self.optimizer.zero_grad(set_to_none=True)
-            self.loss(self.net(replay.examples), replay.labels).backward()
+            self.backward(self.loss(self.net(replay.examples), replay.labels))
             self.net.set_grads(project(self._gradient, self.net.flat_grads()))
         self.optimizer.step()
         return loss.item()

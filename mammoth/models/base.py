@@ -14,9 +14,10 @@ before the first task (and again on resume, before the checkpoint is loaded). Th
 
 A checkpoint holds ``model.state_dict()`` plus ``model.extra_state()``.
 
-On several processes (``torchrun``) each rank's ``observe`` gets its shard of the batch, and
-``self.context.shard`` says which (the whole batch's size, this rank's rows; None in one
-process); the engine averages the gradients and keeps its hooks itself. A method declares
+On several processes (``torchrun``) each rank's ``observe`` gets its equal shard of the batch,
+and ``self.context.shard`` says which (the whole batch's size, this rank's rows; None in one
+process); the engine averages the gradients of the backward passes of the step, those that go
+through :meth:`ContinualModel.step` or :meth:`ContinualModel.backward`, and keeps its reducer itself. A method declares
 ``supports_distributed = True`` when that is the same experiment as one process
 (docs/distributed.md); the others are refused.
 """
@@ -223,7 +224,7 @@ class ContinualModel(nn.Module):
             )
         self.optimizer.zero_grad(set_to_none=True)
         scaler = getattr(self._context, "grad_scaler", None)  # precision=fp16 only
-        (loss if scaler is None else scaler.scale(loss)).backward()
+        self.backward(loss if scaler is None else scaler.scale(loss))
         if clip_grad is not None:
             if scaler is not None:
                 scaler.unscale_(self.optimizer)  # clip the true gradient
@@ -234,6 +235,23 @@ class ContinualModel(nn.Module):
             scaler.step(self.optimizer)
             scaler.update()
         return loss.item()
+
+    def backward(self, loss: Tensor) -> None:
+        """Back-propagate ``loss``, a loss of the step ``observe`` takes (:meth:`step` calls it; a
+        method that steps its optimizer itself calls it for each backward pass of its step): on
+        several processes the engine averages these gradients over the ranks
+        (``context.backward``). A method's inner loops (a warm-up, a correction, a Fisher pass)
+        call ``loss.backward()``: every rank computes them whole."""
+        backward = getattr(self._context, "backward", None)  # the engine's context; None before attach
+        if backward is None:
+            loss.backward()
+        else:
+            backward(loss)
+
+    def replay_rows(self, batch_size: int) -> int:
+        """The rows of the replay minibatch that a step on a batch of ``batch_size`` examples draws
+        now (0: none; a step on several processes is split over the ranks only when they divide)."""
+        return 0
 
     def extra_state(self) -> dict[str, Any]:
         """What a checkpoint needs beyond ``state_dict()`` (e.g. a replay buffer); empty by default."""
@@ -309,13 +327,20 @@ class ReplayModel(ContinualModel):
         # seed 0 until attach() seeds it from the run's generator: building a model draws nothing
         self.buffer = ReplayBuffer(self.buffer_size, device="cpu" if self.buffer_device == "cpu" else None, seed=0)
 
+    def replay_rows(self, batch_size: int) -> int:
+        """The rows :meth:`replay_batch` draws in a step on ``batch_size`` examples: ``minibatch_size``
+        (else ``batch_size``), at most the buffer's items; 0 while it is empty."""
+        size = self.minibatch_size if self.minibatch_size is not None else batch_size
+        return min(size, len(self.buffer))
+
     def replay_batch(self, batch_size: int, device: Optional[torch.device] = None) -> Optional[ReplayBatch]:
         """A replay minibatch of ``minibatch_size`` items, else as many as the batch observed:
         ``batch_size`` (``observe`` passes its inputs' size), or on several processes the whole
         batch's, ``context.shard.size``; on ``device`` (None: the backbone's; ``observe`` passes its
         inputs' device, which is cheaper to get); None while the buffer is empty. On several
         processes it is drawn whole on every rank (the generators stay alike) and each rank gets
-        its part, as :attr:`~mammoth.engine.context.TrainingContext.shard` splits the batch."""
+        its equal part when the step is split (:attr:`~mammoth.engine.context.TrainingContext.shard`;
+        :meth:`replay_rows` says how many it draws)."""
         if self.buffer.is_empty():
             return None
         shard = self.context.shard

@@ -101,6 +101,10 @@ class BiC(ReplayModel):
         self._validation = concat_sources([data.subset(task_held_out), memory.subset(memory_held_out)])
         return concat_sources([data.subset(~task_held_out), memory.subset(~memory_held_out)])
 
+    def replay_rows(self, batch_size: int) -> int:
+        """0: no replay minibatch is split over the ranks (the memory is trained on as part of the task's data)."""
+        return 0
+
     def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> float:
         """One step on the weighted cross-entropy and distillation losses."""
         past, seen = class_bounds(self.context, self.current_task)

@@ -61,7 +61,7 @@ class EwcOn(ContinualModel):
         if self.checkpoint is not None:
             self.net.set_grads(self.penalty_grads())
         loss = self.loss(outputs, labels)
-        loss.backward()
+        self.backward(loss)
         self.optimizer.step()
         return loss.item()
 

@@ -87,12 +87,19 @@ class Gem(ReplayModel):
             self.net.get_grads(out=self._memories[row])
         return self._memories[: len(tasks)]
 
+    def replay_rows(self, batch_size: int) -> int:
+        """0: no replay minibatch is split over the ranks (the memory's gradients are computed whole on every rank)."""
+        return 0
+
     def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> float:
         """One step along the (projected) gradient; returns the cross-entropy on the batch."""
-        memories = None if self.buffer.is_empty() else self.memory_gradients()
+        memories = None
+        if not self.buffer.is_empty():
+            with self.context.same_on_every_rank():  # the whole memory on every rank: nothing to average
+                memories = self.memory_gradients()
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.loss(self.net(inputs), labels)
-        loss.backward()
+        self.backward(loss)
         if memories is not None:
             gradient = self.net.flat_grads()
             if bool((memories @ gradient < 0).any()):

@@ -82,6 +82,10 @@ class ICarl(ReplayModel):
             return data
         return concat_sources([data, InMemorySource(self.buffer.examples.cpu(), self.buffer.labels.cpu())])
 
+    def replay_rows(self, batch_size: int) -> int:
+        """0: no replay minibatch is split over the ranks (the memory is trained on as part of the task's data)."""
+        return 0
+
     def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> float:
         """One step on the binary cross-entropy with distilled targets for the past classes."""
         self.class_means = None

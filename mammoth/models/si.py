@@ -71,7 +71,7 @@ class SI(ContinualModel):
         before = self.net.get_params(out=self._before)
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.loss(self.net(inputs), labels)
-        loss.backward()
+        self.backward(loss)
         grads = self.net.get_grads(out=self._grads)
         if self.big_omega is not None:
             penalty = self.net.get_params(out=self._penalty).sub_(self.checkpoint).mul_(self.big_omega)

@@ -74,7 +74,7 @@ WORKER = textwrap.dedent("""
 
 BATCHNORM_WORKER = textwrap.dedent("""
     import copy, json, sys, torch
-    from mammoth.engine.distributed import (GradientHooks, detect_launch, rank, shard_of, start_process_group,
+    from mammoth.engine.distributed import (GradientReducer, detect_launch, rank, shard_of, start_process_group,
                                             stop_process_group, synchronised_batchnorm)
 
     start_process_group(detect_launch())
@@ -83,11 +83,14 @@ BATCHNORM_WORKER = textwrap.dedent("""
                               torch.nn.BatchNorm2d(4), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(64, 3))
     alone = copy.deepcopy(net)
     synced = synchronised_batchnorm(copy.deepcopy(net), torch.device("cpu"))
-    shard = shard_of(10)  # the step's shard, as the context holds it
-    GradientHooks(lambda: shard).add(synced)
+    reducer = GradientReducer()  # what the engine's step does (observe_on_shard)
+    reducer.wrap(synced)
+    shard = shard_of(10)
     x, y = torch.randn(10, 3, 8, 8), torch.randint(0, 3, (10,))
     torch.nn.functional.cross_entropy(alone(x), y).backward()  # one process: the whole batch
-    torch.nn.functional.cross_entropy(synced(shard.rows(x)), shard.rows(y)).backward()
+    with reducer.step(shard.split, "test"):
+        reducer.prepare()
+        torch.nn.functional.cross_entropy(synced(shard.rows(x)), shard.rows(y)).backward()
     report = {"kinds": [type(module).__name__ for module in synced if "Norm" in type(module).__name__],
               "gradients": max(float((a.grad - b.grad).abs().max()) for a, b in zip(synced.parameters(), alone.parameters())),
               "running": max(float((a - b).abs().max()) for a, b in zip(synced.buffers(), alone.buffers()))}

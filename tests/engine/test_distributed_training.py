@@ -37,18 +37,52 @@ def begun(name: str, **values) -> torch.nn.Module:
 
 
 @pytest.mark.parametrize("processes", [1, 2, 3])
-def test_shards_cover_each_batch_in_order_with_weights_summing_to_one(processes: int) -> None:
-    for size in range(0, 12):
+def test_a_batch_splits_in_equal_shards_or_runs_whole_on_every_rank(processes: int) -> None:
+    for size in range(1, 12):
         shards = [shard_of(size, rank, processes) for rank in range(processes)]
-        if size < processes:  # too small to split: every rank trains on all of it, weighing 1/W
-            assert all((shard.start, shard.stop, shard.weight) == (0, size, 1.0 / processes) for shard in shards)
+        if size % processes:  # cannot split evenly (an epoch's last batch, one smaller than the world): whole everywhere
+            assert all((shard.start, shard.stop, shard.split) == (0, size, False) for shard in shards)
             continue
         rows = torch.arange(size)
         assert torch.equal(torch.cat([shard.rows(rows) for shard in shards]), rows)
-        assert max(s.local_size for s in shards) - min(s.local_size for s in shards) <= 1
-        assert sum(shard.weight for shard in shards) == pytest.approx(1.0)
-    assert shard_of(5, 0, 2) == Shard(0, 3, 5, 0.6, 0, 2) and shard_of(5, 1, 2) == Shard(3, 5, 5, 0.4, 1, 2)
-    assert shard_of(5, 1, 2).split and not shard_of(1, 1, 2).split
+        assert {shard.local_size for shard in shards} == {size // processes}
+        assert all(shard.split for shard in shards) == (processes > 1)
+    assert shard_of(6, 1, 2) == Shard(3, 6, 6, 1, 2) and shard_of(5, 1, 2) == Shard(0, 5, 5, 1, 2)
+    assert shard_of(6, 1, 2, whole=True) == Shard(0, 6, 6, 1, 2)
+
+
+def test_a_step_splits_only_when_its_batch_and_its_replay_minibatch_divide(monkeypatch) -> None:
+    from mammoth.engine.distributed import step_shard
+    from mammoth.errors import TrainingError
+
+    model = begun("er", buffer_size=20, minibatch_size=4)
+    assert model.replay_rows(6) == 0 and step_shard(model, 6, 1, 2) == Shard(3, 6, 6, 1, 2)  # empty buffer: no replay
+    model.buffer.add(torch.rand(3, 1, 8, 8), labels=torch.arange(3))
+    assert model.replay_rows(6) == 3 and not step_shard(model, 6, 1, 2).split  # 3 replayed rows: whole
+    model.buffer.add(torch.rand(3, 1, 8, 8), labels=torch.arange(3))
+    assert model.replay_rows(6) == 4 and step_shard(model, 6, 1, 2).split and not step_shard(model, 6, 1, 3).split
+    assert step_shard(model, 6, 1, 2).of(4) == Shard(2, 4, 4, 1, 2)
+    with pytest.raises(TrainingError, match=r"^a replay minibatch of 5 rows in a step split over 2 processes; allowed"):
+        step_shard(model, 6, 1, 2).of(5)
+    assert step_shard(model, 5, 1, 2).of(5) == Shard(0, 5, 5, 1, 2)  # a whole step replays its minibatch whole
+    assert begun("sgd").replay_rows(6) == 0
+
+
+def test_a_batch_or_minibatch_that_does_not_divide_by_the_processes_is_refused_in_one_line(monkeypatch) -> None:
+    from mammoth.engine.distributed import check_even_batches, observe_on_shard
+
+    check_even_batches(10, 5, 1)
+    check_even_batches(12, None, 3)
+    with pytest.raises(ConfigError, match=r"^dataset.batch_size=10 does not divide by the 3 processes; allowed: a "
+                                          r"multiple of 3 \(each rank"):
+        check_even_batches(10, None, 3)
+    with pytest.raises(ConfigError, match=r"^model.minibatch_size=5 does not divide by the 2 processes; allowed: a "
+                                          r"multiple of 2, or null"):
+        check_even_batches(10, 5, 2)
+    model = begun("er", buffer_size=20, minibatch_size=5)  # seq-digits: batch_size 32
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    with pytest.raises(ConfigError, match=r"^model.minibatch_size=5 does not divide by the 2 processes"):
+        observe_on_shard(model, model.context)
 
 
 def two_ranks(other_rows: dict[str, torch.Tensor]):
@@ -103,20 +137,24 @@ def test_the_engine_step_says_the_shard_in_the_context_and_gathers_what_observe_
     seen = {}
 
     def observe(inputs, labels, not_aug_inputs):
-        seen.update(shard=context.shard, rows=len(labels))
+        seen.update(shard=context.shard, rows=len(labels), active=context.gradient_reducer.active)
         model.buffer.add(not_aug_inputs, labels=labels)
         return 0.25
 
     model.observe = observe
-    monkeypatch.setattr(distributed.GradientHooks, "add", lambda hooks, module: seen.update(hooked=module))
+    monkeypatch.setattr(distributed.GradientReducer, "wrap", lambda reducer, module: seen.update(wrapped=module))
     batch = Batch(torch.rand(6, 1, 8, 8), torch.arange(6) % 10, torch.rand(6, 1, 8, 8), torch.arange(6))
-    assert observe_on_shard(model, context)(batch) == pytest.approx(0.25)  # 2 x (0.25 x 3/6)
-    assert seen == {"shard": Shard(3, 6, 6, 0.5, 1, 2), "rows": 3, "hooked": model}
-    assert context.shard is None  # outside the step
+    assert observe_on_shard(model, context)(batch) == pytest.approx(0.25)  # the mean of the ranks' 0.25
+    assert seen == {"shard": Shard(3, 6, 6, 1, 2), "rows": 3, "active": True, "wrapped": model}
+    assert context.shard is None and not context.gradient_reducer.active  # outside the step
     assert model.buffer.num_seen == 6  # rank 0's 3 rows, then this rank's 3
     assert torch.equal(model.buffer.examples[:3], rank0_rows)
     assert torch.equal(model.buffer.examples[3:6], batch.not_aug_inputs[3:])
-    assert not {"shard", "sharded", "_distributed_hooks"} & set(vars(model))  # the engine's state is not the model's
+    assert not {"shard", "sharded", "ddp", "gradient_reducer"} & set(vars(model))  # the engine's state is not the model's
+    seen.clear()
+    odd = Batch(torch.rand(5, 1, 8, 8), torch.arange(5) % 10, torch.rand(5, 1, 8, 8), torch.arange(5))
+    assert observe_on_shard(model, context)(odd) == 0.25  # a batch of 5 on 2 ranks: whole here, no collective
+    assert seen["shard"] == Shard(0, 5, 5, 1, 2) and seen["rows"] == 5 and seen["active"] is False
 
 
 def test_methods_say_whether_they_train_on_several_processes(monkeypatch) -> None:
@@ -162,7 +200,7 @@ def test_one_process_observes_the_whole_batch_with_no_hooks() -> None:
     model.observe = lambda inputs, labels, not_aug: seen.append((len(labels), model.context.shard)) or 0.5
     batch = Batch(torch.rand(6, 1, 8, 8), torch.arange(6) % 10, torch.rand(6, 1, 8, 8), torch.arange(6))
     assert observe_on_shard(model, model.context)(batch) == 0.5 and seen == [(6, None)]
-    assert model.context.gradient_hooks.handles == {}
+    assert model.context.gradient_reducer.ddp is None  # one process wraps nothing
     tensor = torch.rand(4, 2)
     assert model.context.gather_shards(tensor) is tensor  # nothing to gather in one process
     before = {name: value.clone() for name, value in model.state_dict().items()}
@@ -209,24 +247,60 @@ def test_a_rank_logs_to_its_own_file_and_refuses_a_planted_link(tmp_path, monkey
             root.addHandler(handler)
 
 
-def test_the_gradient_hooks_weigh_each_rank_by_its_shard_and_hook_a_parameter_once(monkeypatch) -> None:
-    """The engine's hooks (kept on the context, not the model): a backward pass scales each gradient
-    by the step's shard weight (1 / world_size outside a step) and sums it over the ranks (here a
-    stand-in for 2 ranks holding the same gradient: x2)."""
-    from mammoth.engine.distributed import GradientHooks
+@pytest.fixture
+def one_rank_group():
+    """A process group of one gloo rank in this process (what DDP needs to wrap a model), left afterwards."""
+    import torch.distributed as dist
 
-    monkeypatch.setattr(distributed, "world_size", lambda: 2)
-    monkeypatch.setattr(distributed.dist, "all_reduce", lambda tensor: tensor.mul_(2))
-    current = {"shard": Shard(0, 3, 4, 0.75, 0, 2)}
-    hooks = GradientHooks(lambda: current["shard"])
-    layer = torch.nn.Linear(3, 1)
-    hooks.add(layer)
-    hooks.add(layer)  # a parameter is hooked once
-    assert len(hooks.handles) == 2
-    x = torch.ones(2, 3)
-    layer(x).sum().backward()
-    assert torch.equal(layer.weight.grad, torch.full((1, 3), 2.0 * 0.75 * 2))  # d/dw of the sum: 2 rows of ones
-    layer.zero_grad(set_to_none=True)
-    current["shard"] = None  # outside a sharded step (a method's inner loop): every rank holds the whole batch
-    layer(x).sum().backward()
-    assert torch.equal(layer.weight.grad, torch.full((1, 3), 2.0 * 0.5 * 2))
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_reducer_averages_the_armed_backward_passes_of_a_split_step_and_refuses_others(one_rank_group) -> None:
+    """The engine's GradientReducer (kept on the context): DDP wraps the model's trainable parameters
+    (again when they change); in a split step ``context.backward`` arms it, a method's bare
+    ``loss.backward()`` is a one-line error after the step, and ``same_on_every_rank`` work, inner
+    loops and whole steps arm nothing. RankSyncBatchNorm shares statistics only in a split step."""
+    from mammoth.engine.distributed import RankSyncBatchNorm
+    from mammoth.errors import TrainingError
+
+    model = begun("sgd")
+    context, reducer = model.context, model.context.gradient_reducer
+    model.net.extra_norm = RankSyncBatchNorm(3, affine=False)  # a layer the engine turns on and off
+    reducer.wrap(model)
+    first = reducer.ddp
+    assert isinstance(first, torch.nn.parallel.DistributedDataParallel) and first.module is model
+    reducer.refresh(model)
+    assert reducer.ddp is first  # the same parameters: the same wrapper
+    x, y = torch.rand(4, 1, 8, 8), torch.arange(4)
+
+    def loss():
+        return model.loss(model.net(x), y)
+
+    with reducer.step(True, "Sgd"):
+        assert model.net.extra_norm.synchronise
+        model.backward(loss())
+        model.step(loss())
+        with context.same_on_every_rank():
+            assert not model.net.extra_norm.synchronise
+            loss().backward()  # identical work: not averaged, not an error
+    assert reducer.prepared == 2 and not model.net.extra_norm.synchronise
+    with pytest.raises(TrainingError, match=r"^Sgd.observe ran 1 backward pass\(es\) that the ranks did not average; "
+                                            r"allowed: self.step\(loss\) or self.backward\(loss\)"):
+        with reducer.step(True, "Sgd"):
+            loss().backward()
+    with reducer.step(False, "Sgd"):  # a step every rank runs whole
+        model.backward(loss())
+    loss().backward()  # an inner loop, outside any step
+    assert reducer.prepared == 2
+    model.net.head = torch.nn.Linear(2, 2)  # a method adds parameters: wrapped again
+    reducer.refresh(model)
+    assert reducer.ddp is not first and reducer.ddp.module is model
+    with pytest.raises(TrainingError, match=r"^the ranks cannot average this step's gradients: a trainable parameter "
+                                            r"got no gradient in the step's previous backward pass; allowed"):
+        with reducer.step(True, "Sgd"):
+            model.backward(loss())  # the new head is not in the graph: DDP's reduction never finishes
+            model.backward(loss())
