@@ -25,6 +25,7 @@ import pytest
 
 from docs_pages import documents
 from fake_datasets import write_cifar10, write_cifar100
+from warm_python import run_warm
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
@@ -311,8 +312,9 @@ def run_readme_command(command: str, case: Case, workdir: Path, index: int) -> R
         place = [f"hydra.run.dir={directory}"]
     else:
         place = [f"hydra.sweep.dir={directory}" if multirun else f"hydra.run.dir={directory}"]
-    args = [sys.executable, *words[1:], *case.extra, *place]
-    process = subprocess.run(args, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+    # forked from a warm interpreter (tests/warm_python.py): the command's own process, without
+    # importing torch, Hydra and mammoth again for each command
+    process = run_warm([*words[1:], *case.extra, *place], workdir, env, timeout=600)
     return Result(process=process, directory=directory, workdir=workdir)
 
 

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 from composing import compose_mammoth
-from conftest import run_python
+from conftest import run_warm_python
 from mammoth.backbones.resnet import ResnetBackboneConfig
 
 TINY = ("dataset.n_epochs=1", "backbone.hidden_sizes=[16]", "threads=1")
@@ -53,7 +53,7 @@ def _composed_or_refused(route: str, tmp_path: Path, *overrides: str) -> tuple[s
         (tmp_path / "conf").mkdir(exist_ok=True)
         (tmp_path / "conf" / "config.yaml").write_text(yaml.safe_dump(OPTED_IN))
         (tmp_path / "app.py").write_text(APP)
-        ran = run_python(["app.py", *overrides, "hydra.run.dir=run"], tmp_path)
+        ran = run_warm_python(["app.py", *overrides, "hydra.run.dir=run"], tmp_path)
         assert ran.returncode == (0 if ran.stdout else 1), ran.stderr  # Hydra's exit status for a bad override
         return ran.stdout.strip(), ran.stderr
     try:
@@ -126,7 +126,7 @@ def test_a_closed_schema_refuses_an_unknown_key_wherever_it_is_composed(tmp_path
 
 
 def sweep(workdir: Path, *overrides: str):
-    return run_python(["-m", "mammoth", "-m", *overrides, *TINY, "hydra.sweep.dir=sweep"], workdir)
+    return run_warm_python(["-m", "mammoth", "-m", *overrides, *TINY, "hydra.sweep.dir=sweep"], workdir)
 
 
 def job_overrides(workdir: Path) -> list[list[str]]:
@@ -163,7 +163,7 @@ def test_without_plus_plus_the_sweep_is_refused_before_any_job(workdir: Path):
 
 
 def test_missing_required_values_are_refused_before_anything_runs(workdir: Path):
-    result = run_python(["-m", "mammoth", "model=ewc-on", "hydra.run.dir=run"], workdir)
+    result = run_warm_python(["-m", "mammoth", "model=ewc-on", "hydra.run.dir=run"], workdir)
     assert result.returncode == 2 and not (workdir / "run").exists()
     assert result.stderr.strip().splitlines() == [
         "Error: missing values for model.e_lambda, model.gamma (model 'ewc-on'); set them with model.e_lambda=... model.gamma=..."]

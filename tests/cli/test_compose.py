@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
 import mammoth
-from conftest import run_python
+from conftest import run_warm_python
 from mammoth.__main__ import hydra_main
 from mammoth.backbones import build_backbone, list_backbones
 from mammoth.config.options import served_registry
@@ -120,7 +120,7 @@ def test_ambiguous_loose_names_are_refused():
 def _unknown_option_message(route: str, tmp_path: Path) -> str:
     """The first line of the error that ``route`` gives for a misspelt backbone option."""
     if route == "python -m mammoth":  # the process: exit status 2, one line, no traceback
-        result = run_python(["-m", "mammoth", "backbone=resnt"], tmp_path)
+        result = run_warm_python(["-m", "mammoth", "backbone=resnt"], tmp_path)
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         return result.stderr.strip().splitlines()[0]
     (tmp_path / "backbone").mkdir()

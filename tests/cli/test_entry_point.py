@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_python
+from conftest import run_python, run_warm_python
 
 
 def test_cfg_job_prints_the_typed_backbone_config(workdir: Path):
@@ -35,7 +35,7 @@ def test_bad_backbone_value_names_the_key_and_type(workdir: Path):
     result = run_python(["-m", "mammoth", "backbone=resnet", "backbone.depth=abc"], workdir)
     assert result.returncode == 2
     assert "backbone.depth" in result.stderr and "Integer" in result.stderr
-    depth = run_python(["-m", "mammoth", "backbone=resnet", "backbone.depth=20", "output_dir=out"], workdir)
+    depth = run_warm_python(["-m", "mammoth", "backbone=resnet", "backbone.depth=20", "output_dir=out"], workdir)
     assert depth.returncode == 2
     assert depth.stderr.strip().splitlines() == [
         "Error: backbone.depth: invalid value 20 for argument 'depth': allowed values: 18, 34, 50, 101, 152"]
@@ -45,7 +45,7 @@ def test_bad_backbone_value_names_the_key_and_type(workdir: Path):
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["basic", "joblib"])  # joblib: jobs in other processes (pickled configs)
 def test_multirun_sweeps_the_backbone_depth(workdir: Path, launcher: str):
-    result = run_python(
+    result = run_warm_python(
         ["-m", "mammoth", "-m", f"hydra/launcher={launcher}", "backbone=resnet", "backbone.depth=18,34",
          "backbone.width=4", "dataset.fitting_mode=iters", "dataset.n_iters=1", "hydra.sweep.dir=sweep"],  # a step a task
         workdir,
@@ -100,7 +100,7 @@ def test_composing_imports_neither_torchvision_nor_sklearn(workdir: Path):
 def test_default_run_prints_the_table_and_writes_its_files(workdir: Path):
     # one epoch a task: what is printed and written does not depend on it (the README's test runs the
     # default run itself and holds its table)
-    result = run_python(["-m", "mammoth", "dataset.n_epochs=1", "hydra.run.dir=run"], workdir)
+    result = run_warm_python(["-m", "mammoth", "dataset.n_epochs=1", "hydra.run.dir=run"], workdir)
     assert result.returncode == 0, result.stderr
     assert "backbone mnistmlp: 17,610 parameters, 100 features, 10 classes" in result.stdout
     assert "after task |     T1     T2     T3     T4     T5 |  Class-IL   Task-IL" in result.stdout

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_python
+from conftest import run_warm_python
 
 SWEEP = ["-m", "mammoth", "-m", "seed=0,1", "dataset.n_epochs=1", "model=er", "model.buffer_size=50", "threads=1"]
 
@@ -25,9 +25,9 @@ def job_results(sweep: Path) -> dict[str, dict]:
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
 def test_launchers_run_the_same_jobs_as_a_sequential_sweep(workdir: Path, launcher: str):
-    sequential = run_python([*SWEEP, "hydra.sweep.dir=basic"], workdir)
+    sequential = run_warm_python([*SWEEP, "hydra.sweep.dir=basic"], workdir)
     assert sequential.returncode == 0, sequential.stderr
-    parallel = run_python([*SWEEP, f"hydra/launcher={launcher}", "hydra.sweep.dir=other"], workdir)
+    parallel = run_warm_python([*SWEEP, f"hydra/launcher={launcher}", "hydra.sweep.dir=other"], workdir)
     assert parallel.returncode == 0, parallel.stderr
     expected, got = job_results(workdir / "basic"), job_results(workdir / "other")
     assert len(expected) == 2 and sorted(expected) == sorted(got)
@@ -42,7 +42,7 @@ def test_launchers_run_the_same_jobs_as_a_sequential_sweep(workdir: Path, launch
 def test_a_stopped_sweep_resumes_in_place(workdir: Path):
     by_overrides = "hydra.sweep.subdir=${hydra.job.override_dirname}"
     common = ["-m", "mammoth", "-m", "seed=0,1", "dataset.n_epochs=1", "threads=1", "hydra.sweep.dir=sweep", by_overrides]
-    stopped = run_python([*common, "stop_after_task=2"], workdir)
+    stopped = run_warm_python([*common, "stop_after_task=2"], workdir)
     assert stopped.returncode == 0, stopped.stderr
     jobs = sorted(path.name for path in (workdir / "sweep").iterdir() if path.is_dir())
     assert jobs == ["dataset.n_epochs=1,seed=0", "dataset.n_epochs=1,seed=1"]  # stop_after_task is not in the name
@@ -50,10 +50,10 @@ def test_a_stopped_sweep_resumes_in_place(workdir: Path):
     assert not (job / "results.json").exists()
     hint = f"continue with: python -m mammoth seed=0 dataset.n_epochs=1 threads=1 resume=true hydra.run.dir={job}"
     assert hint in (job / "mammoth.log").read_text()
-    resumed = run_python([*common, "resume=true"], workdir)
+    resumed = run_warm_python([*common, "resume=true"], workdir)
     assert resumed.returncode == 0, resumed.stderr
     assert sorted(path.name for path in (workdir / "sweep").iterdir() if path.is_dir()) == jobs
-    whole = run_python(["-m", "mammoth", "seed=0", "dataset.n_epochs=1", "threads=1", "hydra.run.dir=whole"], workdir)
+    whole = run_warm_python(["-m", "mammoth", "seed=0", "dataset.n_epochs=1", "threads=1", "hydra.run.dir=whole"], workdir)
     assert whole.returncode == 0, whole.stderr
     expected = json.loads((workdir / "whole" / "results.json").read_text())
     assert json.loads((job / "results.json").read_text())["class_il"]["matrix"] == expected["class_il"]["matrix"]
@@ -61,11 +61,11 @@ def test_a_stopped_sweep_resumes_in_place(workdir: Path):
 
 @pytest.mark.slow
 def test_a_resumed_sweep_starts_the_jobs_that_never_ran(workdir: Path):
-    result = run_python(["-m", "mammoth", "-m", "seed=0,1", "dataset.n_epochs=1", "threads=1", "resume=true",
+    result = run_warm_python(["-m", "mammoth", "-m", "seed=0,1", "dataset.n_epochs=1", "threads=1", "resume=true",
                          "hydra.sweep.dir=sweep"], workdir)
     assert result.returncode == 0, result.stderr
     for job in ("0", "1"):
         assert "has no checkpoint: this job of the sweep starts from the first task" in (workdir / "sweep" / job / "mammoth.log").read_text()
         assert json.loads((workdir / "sweep" / job / "results.json").read_text())["status"] == "complete"
-    single = run_python(["-m", "mammoth", "resume=true", "hydra.run.dir=nowhere"], workdir)
+    single = run_warm_python(["-m", "mammoth", "resume=true", "hydra.run.dir=nowhere"], workdir)
     assert single.returncode == 1 and "resume=true but there is no checkpoint" in single.stderr

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from hydra.types import RunMode
 
-from conftest import run_python
+from conftest import run_warm_python
 from composing import compose_mammoth
 
 
@@ -22,7 +22,7 @@ def job_results(sweep: Path) -> dict[str, dict]:
 
 @pytest.mark.slow
 def test_three_trial_study_on_seq_digits_reports_a_real_runs_value(workdir):
-    done = run_python(["-m", "mammoth", "-m", "hparams_search=seq-digits-optuna", "hydra.sweeper.n_trials=3",
+    done = run_warm_python(["-m", "mammoth", "-m", "hparams_search=seq-digits-optuna", "hydra.sweeper.n_trials=3",
                        "dataset.n_epochs=1", "hydra.sweep.dir=sweep", "threads=1"], cwd=workdir)
     assert done.returncode == 0, done.stderr[-3000:]
     best = yaml.safe_load((workdir / "sweep" / "optimization_results.yaml").read_text())
@@ -87,7 +87,7 @@ def test_max_failure_rate_decides_whether_a_failed_trial_stops_the_study(workdir
     (search / "failing.yaml").write_text(FAILING_SEARCH)
     common = ["-m", "mammoth", "-m", "--config-dir", "conf", "hparams_search=failing", "dataset.n_epochs=1", "threads=1"]
 
-    tolerant = run_python([*common, "hydra.sweep.dir=tolerant"], cwd=workdir)
+    tolerant = run_warm_python([*common, "hydra.sweep.dir=tolerant"], cwd=workdir)
     assert tolerant.returncode == 0, tolerant.stderr[-3000:]
     jobs = sorted(path for path in (workdir / "tolerant").iterdir() if path.is_dir())
     assert [job.name for job in jobs] == ["0", "1", "2", "3"]
@@ -102,7 +102,7 @@ def test_max_failure_rate_decides_whether_a_failed_trial_stops_the_study(workdir
     assert best["best_value"] == max(averages)
     assert best["best_params"] == {"model.lr": 0.05}
 
-    strict = run_python([*common, "hydra.sweep.dir=strict", "hydra.sweeper.max_failure_rate=0.0"], cwd=workdir)
+    strict = run_warm_python([*common, "hydra.sweep.dir=strict", "hydra.sweeper.max_failure_rate=0.0"], cwd=workdir)
     assert strict.returncode == 1
     assert "Error: model.lr=-1.0 is not positive; allowed: lr > 0" in strict.stderr
     assert not (workdir / "strict" / "optimization_results.yaml").exists()
@@ -199,16 +199,16 @@ def test_resuming_continues_the_directorys_own_stored_study_in_a_folder_of_its_o
 def test_a_continued_study_keeps_every_trial_and_its_summary_agrees_with_optuna(workdir: Path):
     common = ["-m", "mammoth", "hparams_search=seq-digits-optuna", "hydra.sweeper.n_trials=1", "dataset.n_epochs=1",
               "hydra.sweep.dir=sweep", "threads=1", "hydra.sweeper.storage=sqlite:///study.db", "hydra.sweeper.study_name=lr"]
-    first = run_python(common, cwd=workdir)
+    first = run_warm_python(common, cwd=workdir)
     assert first.returncode == 0, first.stderr[-3000:]
     before = job_results(workdir / "sweep")
-    again = run_python(common, cwd=workdir)
+    again = run_warm_python(common, cwd=workdir)
     assert again.returncode == 2
     assert again.stderr.strip().splitlines()[-1] == (
         f"Error: hydra.sweep.dir={workdir / 'sweep'} already holds a sweep (optimization_results.yaml); allowed: "
         "resume=true to continue that sweep, or another hydra.sweep.dir")
     assert job_results(workdir / "sweep") == before
-    continued = run_python([*common, "resume=true", "hydra.sweeper.sampler.seed=7"], cwd=workdir)
+    continued = run_warm_python([*common, "resume=true", "hydra.sweeper.sampler.seed=7"], cwd=workdir)
     assert continued.returncode == 0, continued.stderr[-3000:]
     assert job_results(workdir / "sweep") == before  # trial 0 untouched
     second = json.loads((workdir / "sweep" / "resume-1" / "0" / "results.json").read_text())

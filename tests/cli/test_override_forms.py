@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import run_python
+from conftest import run_warm_python
 from mammoth.__main__ import hydra_main, main
 from mammoth.app.preflight import prepare_arguments
 from mammoth.errors import ConfigError
@@ -70,7 +70,7 @@ def test_deleting_the_logger_runs_without_one(workdir: Path):
     # before: IndexError: list index out of range; the natural way to turn logging off
     checked = prepare_arguments(["~logger", f"hydra.run.dir={workdir / 'run'}"], hydra_main)
     assert checked.args[0] == "~logger" and not checked.multirun
-    result = run_python(["-m", "mammoth", "~logger", *TINY, "hydra.run.dir=run"], workdir)
+    result = run_warm_python(["-m", "mammoth", "~logger", *TINY, "hydra.run.dir=run"], workdir)
     assert result.returncode == 0, result.stderr
     run = workdir / "run"
     assert json.loads((run / "results.json").read_text())["config"]["logger"] is None
@@ -110,7 +110,7 @@ def test_a_glob_that_matches_no_option_is_refused(workdir, monkeypatch, capsys, 
 
 @pytest.mark.slow
 def test_a_glob_sweep_runs_each_match_with_the_argument(workdir: Path):
-    result = run_python(["-m", "mammoth", "-m", "backbone=glob(resnet1*)", "backbone.width=4", *TINY,
+    result = run_warm_python(["-m", "mammoth", "-m", "backbone=glob(resnet1*)", "backbone.width=4", *TINY,
                          "hydra.sweep.dir=sweep"], workdir)
     assert result.returncode == 0, result.stderr
     (job,) = sorted(path for path in (workdir / "sweep").iterdir() if path.is_dir())
@@ -149,7 +149,7 @@ def test_a_bad_command_line_exits_with_2(workdir, monkeypatch, capsys, args, fir
 
 def test_the_exit_status_of_a_process_given_a_bad_command_line(workdir: Path):
     for args in (["seed=abc"], ["backbone=resnet", "backbone.depth=19"], ["-m", "model.lr=interval(0.01,0.1)"]):
-        result = run_python(["-m", "mammoth", *args], workdir)
+        result = run_warm_python(["-m", "mammoth", *args], workdir)
         assert result.returncode == 2, (args, result.stderr)
         assert "Traceback" not in result.stderr and result.stderr.strip(), args
     assert list(workdir.iterdir()) == []

@@ -8,7 +8,7 @@ import statistics
 from pathlib import Path
 
 import pytest
-from conftest import run_python
+from conftest import run_warm_python
 
 from mammoth.reporting.sweep_tables import markdown_text
 
@@ -29,7 +29,7 @@ def configuration_cells(sweep: Path) -> dict[str, list[str]]:
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["basic", "joblib"])  # joblib: the jobs end in other processes
 def test_a_sweep_leaves_a_summary_of_every_job_and_configuration(workdir: Path, launcher: str):
-    result = run_python(
+    result = run_warm_python(
         ["-m", "mammoth", "-m", f"hydra/launcher={launcher}", "seed=0,1", "model.lr=0.05,0.1",
          "dataset.n_epochs=1", "hydra.sweep.dir=sweep"],
         workdir,
@@ -58,7 +58,7 @@ def test_a_sweep_leaves_a_summary_of_every_job_and_configuration(workdir: Path, 
 
 @pytest.mark.slow
 def test_the_summary_can_be_turned_off(workdir: Path):
-    result = run_python(
+    result = run_warm_python(
         ["-m", "mammoth", "-m", "~hydra.callbacks.sweep_summary", "dataset.n_epochs=1", "hydra.sweep.dir=sweep"],
         workdir,
     )
@@ -69,7 +69,7 @@ def test_the_summary_can_be_turned_off(workdir: Path):
 
 @pytest.mark.slow
 def test_a_failed_job_is_failed_in_the_summary_and_the_other_complete(workdir: Path):
-    result = run_python(
+    result = run_warm_python(
         ["-m", "mammoth", "-m", "model.lr=0.1,-1", "dataset.n_epochs=1", "hydra.sweep.dir=sweep"], workdir)
     assert result.returncode != 0  # the sweep had a failed job
     sweep = workdir / "sweep"
