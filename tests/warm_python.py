@@ -7,8 +7,9 @@ matplotlib) and under 0.2 s training on the tiny benchmarks. :func:`run_warm` fo
 from a server process of this interpreter that has imported those libraries once (one server per
 test process, started on first use): the command gets a process of its own (its pid, working
 directory, environment, ``sys.path`` from its ``PYTHONPATH``, ``sys.argv``, standard streams and
-exit status, run as ``python -m`` or ``python script.py`` runs it: ``runpy``, then the
-``atexit`` functions), and :func:`run_warm` returns a ``subprocess.CompletedProcess`` as
+exit status, run as ``python -m`` or ``python script.py`` runs it: ``runpy``, then what the
+interpreter does at exit, in its order: wait for the threads, including those of
+``concurrent.futures`` executors, then the ``atexit`` functions), and :func:`run_warm` returns a ``subprocess.CompletedProcess`` as
 ``subprocess.run`` does.
 
 What differs from a cold start is only what is already imported: a test of what a command
@@ -92,7 +93,8 @@ def child(request):
     except BaseException:
         traceback.print_exc()
         code = 1
-    try:
+    try:  # what the interpreter does at exit, in its order: join the threads, then the atexit functions
+        threading._shutdown()
         atexit._run_exitfuncs()
     finally:
         for stream in (sys.stdout, sys.stderr):
