@@ -15,7 +15,7 @@ import shlex
 import statistics
 import sys
 import time
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 
 def command_line() -> str:
@@ -117,3 +117,19 @@ def _is_number(cell: str) -> bool:
     except ValueError:
         return cell in ("", "-")
     return True
+
+
+def observe_step(model: Any, context: Any, source: Any, batch_size: int) -> tuple[Callable[[], float], Any]:
+    """The step a benchmark times: ``model`` attached to ``context`` and begun on task 0, then
+    ``model.observe`` on one fixed batch (the first of ``source`` in batches of ``batch_size``)
+    under the context's autocast; returns (the step, that batch)."""
+    model.attach(context)
+    model.begin_task(0)
+    data = next(context.batches(source, batch_size))
+    model.train()
+
+    def step() -> float:
+        with context.autocast():
+            return model.observe(data.inputs, data.labels, data.not_aug_inputs)
+
+    return step, data

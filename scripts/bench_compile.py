@@ -83,15 +83,7 @@ def candidate(backbone: str, batch: int, compile: bool):
     if compile:
         compiled.compile_backbone(model.net)
     context = build_context(dataset, "cpu", torch.Generator().manual_seed(SEED))
-    model.attach(context)
-    model.begin_task(0)
-    data = next(context.batches(dataset.task_source(0), batch))
-    model.train()
-
-    def step() -> float:
-        with context.autocast():
-            return model.observe(data.inputs, data.labels, data.not_aug_inputs)
-
+    step, data = _timing.observe_step(model, context, dataset.task_source(0), batch)
     return step, model.net, data.inputs
 
 

@@ -145,14 +145,7 @@ def l2p_rows(quick: bool) -> list[list[str]]:
                              input_shape=dataset.input_shape, **arguments).to(device)
         model = build_model("l2p", net=net, dataset=dataset).to(device)
         context = build_context(dataset, device, torch.Generator().manual_seed(0), precision=precision)
-        model.attach(context)
-        model.begin_task(0)
-        data = next(context.batches(dataset.task_source(0), batch))
-        model.train()
-
-        def step() -> float:
-            with context.autocast():
-                return model.observe(data.inputs, data.labels, data.not_aug_inputs)
+        step, _ = _timing.observe_step(model, context, dataset.task_source(0), batch)
 
         sync = torch.cuda.synchronize if device == "cuda" else None
         samples = _timing.interleaved({precision: step}, repetitions=2 if quick else 20, warmup=1 if quick else 3, sync=sync)

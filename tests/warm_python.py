@@ -24,11 +24,11 @@ from __future__ import annotations
 import atexit
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -132,12 +132,12 @@ def _start() -> subprocess.Popen:
     return _server
 
 
-def _read(server: subprocess.Popen, timeout: float | None) -> dict:
-    ready, _, _ = select.select([server.stdout], [], [], timeout)
-    line = server.stdout.readline() if ready else ""
+def _answer(server: subprocess.Popen, key: str) -> int:
+    """The server's next answer, ``key``'s value (its reader buffers lines: no select on the pipe)."""
+    line = server.stdout.readline()
     if not line:
-        raise TimeoutError
-    return json.loads(line)
+        raise RuntimeError(f"the warm server (pid {server.pid}) ended before answering {key!r}")
+    return json.loads(line)[key]
 
 
 def run_warm(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 900) -> subprocess.CompletedProcess:
@@ -150,11 +150,19 @@ def run_warm(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 9
         request = {"args": list(args), "cwd": str(cwd), "env": dict(env), "stdout": str(out), "stderr": str(err)}
         server.stdin.write(json.dumps(request) + "\n")
         server.stdin.flush()
-        pid = _read(server, 60)["pid"]
-        try:
-            returncode = _read(server, timeout)["returncode"]
-        except TimeoutError:
+        pid = _answer(server, "pid")
+        timed_out = threading.Event()
+
+        def stop() -> None:
+            timed_out.set()
             os.kill(pid, signal.SIGKILL)
-            _read(server, 60)
-            raise subprocess.TimeoutExpired([sys.executable, *args], timeout) from None
+
+        timer = threading.Timer(timeout, stop)
+        timer.start()
+        try:
+            returncode = _answer(server, "returncode")
+        finally:
+            timer.cancel()
+        if timed_out.is_set():
+            raise subprocess.TimeoutExpired([sys.executable, *args], timeout)
         return subprocess.CompletedProcess([sys.executable, *args], returncode, out.read_text(), err.read_text())

@@ -83,18 +83,25 @@ def expected_line(run_dir: Path, failed: int, pid: int, what: str) -> str:
             f"of the last finished task is intact. Resume with: {command}")
 
 
-def test_a_killed_rank_1_ends_rank_0_with_one_line_and_the_printed_command_resumes(tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
+def kill_once_task_2_trains(run_dir: Path, rank: int) -> tuple[subprocess.Popen, dict[int, int], str]:
+    """torchrun's 2 processes on ``run_dir``; once task 2 trains, SIGKILL rank ``rank`` and check the
+    other rank is gone within the collective timeout: (the finished torchrun, each rank's pid, its stderr)."""
     run_dir.mkdir()
     process = torchrun(run_dir)
     try:
         pids = pids_once_task_2_trains(run_dir, process)
-        os.kill(pids[1], signal.SIGKILL)
+        os.kill(pids[rank], signal.SIGKILL)
         killed = time.monotonic()
-        assert ended(pids[0], killed, TIMEOUT + SLACK) < TIMEOUT + SLACK
+        assert ended(pids[1 - rank], killed, TIMEOUT + SLACK) < TIMEOUT + SLACK
         _, stderr = process.communicate(timeout=120)
     finally:
         process.kill()
+    return process, pids, stderr
+
+
+def test_a_killed_rank_1_ends_rank_0_with_one_line_and_the_printed_command_resumes(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    process, pids, stderr = kill_once_task_2_trains(run_dir, 1)
     line = expected_line(run_dir, 1, pids[1], "died")
     assert process.returncode != 0
     assert error_lines(stderr) == [f"Error: {line}"], stderr[-3000:]
@@ -124,16 +131,7 @@ def test_a_killed_rank_1_ends_rank_0_with_one_line_and_the_printed_command_resum
 def test_a_killed_rank_0_ends_rank_1_which_marks_the_job_failed_and_the_next_run_takes_over_the_lock(
         tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    process = torchrun(run_dir)
-    try:
-        pids = pids_once_task_2_trains(run_dir, process)
-        os.kill(pids[0], signal.SIGKILL)
-        killed = time.monotonic()
-        assert ended(pids[1], killed, TIMEOUT + SLACK) < TIMEOUT + SLACK
-        _, stderr = process.communicate(timeout=120)
-    finally:
-        process.kill()
+    process, pids, stderr = kill_once_task_2_trains(run_dir, 0)
     line = expected_line(run_dir, 0, pids[0], "died")
     assert error_lines(stderr) == [f"Error: {line}"], stderr[-3000:]
     assert "[rank1]" not in stderr

@@ -53,18 +53,22 @@ def arguments(name: str) -> dict:
             for argument in MODELS.get(name).arguments if argument.required}
 
 
+def tiny_network(name: str, dataset) -> torch.nn.Module:
+    """The backbone these tests train ``name`` on: an MLP of 32 hidden units, or a 2-block vit of width 24
+    for a method that needs tokens."""
+    if getattr(MODELS.get(name).target, "requires_tokens", False):
+        return build_backbone("vit", num_classes=dataset.n_classes, input_shape=dataset.input_shape, patch_size=4,
+                              width=24, depth=2, heads=3)
+    return build_backbone("mnistmlp", num_classes=dataset.n_classes, input_shape=dataset.input_shape, hidden_sizes=[32])
+
+
 def run(name: str, precision: str, run_dir: Path) -> tuple[list[float], list[float]]:
     """``name`` on seq-digits in 2 tasks of 5 digits (1 epoch, batches of 32, seed 7) under ``precision``,
     on an MLP of 32 hidden units (a 2-block vit of width 24 for methods that need tokens): each task's
     last-epoch loss and the final Class-IL accuracy of each task."""
     dataset = build_dataset({"name": "seq-digits", "n_epochs": 1, "batch_size": 32, "n_tasks": 2}, seed=7)
     torch.manual_seed(7)
-    if getattr(MODELS.get(name).target, "requires_tokens", False):
-        net = build_backbone("vit", num_classes=dataset.n_classes, input_shape=dataset.input_shape, patch_size=4,
-                             width=24, depth=2, heads=3)
-    else:
-        net = build_backbone("mnistmlp", num_classes=dataset.n_classes, input_shape=dataset.input_shape, hidden_sizes=[32])
-    model = build_model(name, net=net, dataset=dataset, **arguments(name))
+    model = build_model(name, net=tiny_network(name, dataset), dataset=dataset, **arguments(name))
     losses: dict[int, float] = {}
     state = run_tasks(model, dataset, torch.device("cpu"), run_dir, 7, {"model": name}, precision=precision,
                       on_epoch_end=lambda task, epoch, loss: losses.__setitem__(task, loss))

@@ -14,13 +14,12 @@ import torch
 import torch._dynamo
 from torch._dynamo.utils import counters
 
-from mammoth.backbones import build_backbone
 from mammoth.datasets import build_dataset
 from mammoth.engine import compiled
 from mammoth.engine.compiled import compile_backbone, compiled_run
 from mammoth.engine.loop import run_tasks
 from mammoth.models import MODELS, build_model
-from test_methods_bf16 import arguments, one_thread  # noqa: F401  (a fixture)
+from test_methods_bf16 import arguments, one_thread, tiny_network  # noqa: F401  (a fixture)
 
 COMPILED_METHODS = sorted(name for name in MODELS.names() if MODELS.get(name).target.supports_compile)
 
@@ -31,12 +30,7 @@ def run(name: str, compile: bool, run_dir: Path):
     dataset = build_dataset({"name": "seq-digits", "n_epochs": 1, "batch_size": 32, "n_tasks": 2,
                              "fitting_mode": "iters", "n_iters": 8}, seed=7)
     torch.manual_seed(7)
-    if getattr(MODELS.get(name).target, "requires_tokens", False):
-        net = build_backbone("vit", num_classes=dataset.n_classes, input_shape=dataset.input_shape, patch_size=4,
-                             width=24, depth=2, heads=3)
-    else:
-        net = build_backbone("mnistmlp", num_classes=dataset.n_classes, input_shape=dataset.input_shape, hidden_sizes=[32])
-    model = build_model(name, net=net, dataset=dataset, **arguments(name))
+    model = build_model(name, net=tiny_network(name, dataset), dataset=dataset, **arguments(name))
     if compile:
         compile_backbone(model.net)
     with compiled_run(compile):
