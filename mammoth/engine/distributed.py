@@ -248,6 +248,21 @@ def broadcast_text(text: Optional[str], source: int = 0) -> str:
     return buffer.cpu().numpy().tobytes().decode("utf-8")
 
 
+def gather_texts(text: str) -> list[str]:
+    """Every rank's ``text``, in rank order, on every rank (UTF-8 bytes in a tensor: nothing unpickled)."""
+    payload = torch.frombuffer(bytearray(text.encode("utf-8")), dtype=torch.uint8) if text else torch.empty(0, dtype=torch.uint8)
+    device = _collective_device()
+    count = torch.tensor([payload.numel()], dtype=torch.int64, device=device)
+    counts = [torch.zeros_like(count) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, count)
+    sizes = [int(value) for value in counts]
+    padded = torch.zeros(max(max(sizes), 1), dtype=torch.uint8, device=device)  # gloo refuses empty tensors
+    padded[: payload.numel()] = payload.to(device)
+    gathered = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(gathered, padded)
+    return [part[:size].cpu().numpy().tobytes().decode("utf-8") for part, size in zip(gathered, sizes)]
+
+
 def gather_rows(tensor: Tensor) -> Tensor:
     """The rows of ``tensor`` from every rank, concatenated in rank order, on every rank (ranks may
     hold different numbers of rows; the other dimensions and the dtype must agree)."""

@@ -50,8 +50,6 @@ HEARTBEAT_SECONDS = 1.0
 WATCH_SECONDS = 3.0
 #: How long one request to the store may take before the store counts as gone.
 STORE_SECONDS = 5.0
-#: The most bytes of a rank's ``pid host`` text gathered at the start.
-FACTS_BYTES = 256
 #: What a rank that left in order said (:meth:`RankWatch.leave`); a failure adds its error's line.
 ENDED, INTERRUPTED, FAILED = "ended", "interrupted", "failed"
 #: Where a rank's main thread was at its last heartbeat (:func:`main_thread_place`).
@@ -216,13 +214,9 @@ class RankWatch:
     def start(cls) -> "RankWatch":
         """Every rank's pid and host, gathered on every rank, and this rank's heartbeat started
         (a collective: every rank calls it, in the process group)."""
-        own = f"{os.getpid()} {socket.gethostname()}".encode()[:FACTS_BYTES]
-        row = torch.zeros((1, FACTS_BYTES), dtype=torch.uint8)
-        row[0, : len(own)] = torch.frombuffer(bytearray(own), dtype=torch.uint8)
-        rows = distributed.gather_rows(row.to(distributed._collective_device())).cpu()
         peers = []
-        for index, gathered in enumerate(rows):
-            pid, _, host = bytes(gathered.numpy()).rstrip(b"\0").decode("utf-8", "replace").partition(" ")
+        for index, facts in enumerate(distributed.gather_texts(f"{os.getpid()} {socket.gethostname()}")):
+            pid, _, host = facts.partition(" ")
             peers.append(Peer(index, int(pid), host))
         token = distributed.broadcast_text(secrets.token_hex(8) if dist.get_rank() == 0 else None)
         return cls(peers, dist.get_rank(), f"mammoth/{token}/")

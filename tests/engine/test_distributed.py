@@ -116,7 +116,7 @@ def test_a_rank_whose_others_never_come_says_what_it_waits_for_then_fails_in_one
 
 WORKER = textwrap.dedent("""
     import json, sys, torch
-    from mammoth.engine.distributed import (broadcast_text, detect_launch, gather_rows, is_main_process,
+    from mammoth.engine.distributed import (broadcast_text, detect_launch, gather_rows, gather_texts, is_main_process,
                                             start_process_group, stop_process_group, sum_over_ranks)
 
     launch = detect_launch()
@@ -126,8 +126,10 @@ WORKER = textwrap.dedent("""
     text = broadcast_text("runs/2026-12-04/ü" if is_main_process() else None)
     rows = gather_rows(torch.full((launch.rank + 1, 2), float(launch.rank)))
     total = sum_over_ranks(torch.tensor([launch.rank + 1]))
+    texts = gather_texts("" if launch.rank == 0 else "rang 1: ü")
     with open(f"{sys.argv[1]}/rank{launch.rank}.json", "w") as file:
-        json.dump({"text": text, "rows": rows.tolist(), "total": total.tolist(), "launcher": launch.launcher}, file)
+        json.dump({"text": text, "rows": rows.tolist(), "total": total.tolist(), "launcher": launch.launcher,
+                   "texts": texts}, file)
     stop_process_group()
 """)
 
@@ -155,6 +157,7 @@ def test_collectives_on_two_processes(tmp_path: Path) -> None:
         assert report["text"] == "runs/2026-12-04/ü"  # rank 0's choice, on every rank
         assert report["rows"] == [[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]]  # 1 row of rank 0, then 2 of rank 1
         assert report["total"] == [3] and report["launcher"] == "torchrun"
+        assert report["texts"] == ["", "rang 1: ü"]  # every rank's text in rank order, an empty one kept
 
 
 @pytest.mark.distributed
