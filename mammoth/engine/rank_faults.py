@@ -35,7 +35,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
 import torch.distributed as dist
 
 from mammoth.engine import distributed
