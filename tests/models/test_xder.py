@@ -12,7 +12,7 @@ from mammoth.models.xder import _remove_duplicates, update_logits
 def test_update_logits_scales_a_head_above_the_ground_truth_down_to_gamma_times_it() -> None:
     old = torch.tensor([[2.0, 0.0, 5.0, 1.0], [5.0, 0.0, 0.0, 0.0]])
     new = torch.tensor([[9.0, 9.0, 4.0, 1.0], [9.0, 9.0, 4.0, 1.0]])
-    updated = update_logits(old.clone(), new, torch.tensor([0, 0]), first_head=1, n_heads=1, classes_per_task=2, gamma=0.85)
+    updated = update_logits(old.clone(), new, torch.tensor([0, 0]), start=2, stop=4, gamma=0.85)
     # row 0: head 1 of new is (4, 1), max 4 > ground truth 2 -> times 0.85 * 2 / 4 = 0.425 -> (1.7, 0.425)
     assert updated[0].tolist() == pytest.approx([2.0, 0.0, 1.7, 0.425])
     # row 1: max 4 <= ground truth 5 -> transplanted unchanged; head 0 untouched
