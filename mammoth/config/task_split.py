@@ -55,6 +55,9 @@ def task_sizes(
     ``class-il`` or ``domain-il``) under the rules of the module docstring; in domain-IL every
     task has all ``n_classes``. ``n_classes`` None (a benchmark whose classes are counted from its
     files, before they are read) checks what can be checked without it and returns None."""
+    if base_classes == 0 and not isinstance(base_classes, bool):
+        raise error_type("dataset.base_classes=0 is not allowed; allowed: an integer >= 1, or null with "
+                         "dataset.increment=K for PyCIL's B0 IncK (a first task of K classes)")
     for key, value in (("n_tasks", n_tasks), ("base_classes", base_classes), ("increment", increment)):
         if value is not None:
             check_positive_int(f"dataset.{key}", value, error_type)

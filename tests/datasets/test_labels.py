@@ -301,7 +301,9 @@ def test_even_base_classes_and_increment_equal_n_tasks(fake_root) -> None:
     ({"base_classes": 120, "increment": 10}, "dataset.base_classes=120 is not allowed for seq-cifar100; allowed: 1..100"),
     ({"increment": 101}, "dataset.increment=101 is not allowed for seq-cifar100; allowed: 1..100"),
     ({"increment": 0}, "dataset.increment=0 is not a positive integer; allowed: increment >= 1"),
-    ({"base_classes": 0, "increment": 10}, "dataset.base_classes=0 is not a positive integer"),
+    ({"base_classes": 0, "increment": 10}, "dataset.base_classes=0 is not allowed; allowed: an integer >= 1, or null with "
+     "dataset.increment=K for PyCIL's B0 IncK (a first task of K classes)"),
+    ({"base_classes": -5, "increment": 10}, "dataset.base_classes=-5 is not a positive integer"),
     ({"base_classes": 50}, "dataset.base_classes=50 is not allowed alone for seq-cifar100; allowed: with dataset.increment"),
     ({"base_classes": 50, "n_tasks": 4}, "dataset.base_classes=50 dataset.n_tasks=4 is not allowed for seq-cifar100: the "
      "other 50 of its 100 classes do not split evenly into 3 task(s); allowed: dataset.n_tasks=T with T - 1 dividing 50: "
