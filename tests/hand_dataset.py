@@ -10,13 +10,16 @@ from mammoth.engine.context import TrainingContext, build_context
 
 
 class HandDataset:
-    """``n_tasks`` tasks of ``per_task`` classes; images are their index as one pixel, no transform."""
+    """``n_tasks`` tasks of ``per_task`` classes (a list: each task's, tasks of unequal size);
+    images are their index as one pixel, no transform."""
 
     config = SimpleNamespace(batch_size=512, n_epochs=1)
 
-    def __init__(self, setting: str, n_tasks: int, per_task: int) -> None:
-        self.setting, self.n_tasks, self.per_task = setting, n_tasks, per_task
-        self.n_classes = n_tasks * per_task if setting == "class-il" else per_task
+    def __init__(self, setting: str, n_tasks: int, per_task: int | list[int]) -> None:
+        self.setting, self.n_tasks = setting, n_tasks
+        self.sizes = list(per_task) if isinstance(per_task, list) else [per_task] * n_tasks
+        self.per_task = self.sizes[0]
+        self.n_classes = sum(self.sizes) if setting == "class-il" else self.per_task
 
     def context(self) -> TrainingContext:
         """A CPU context of this dataset (what evaluate_tasks reads)."""
@@ -24,7 +27,7 @@ class HandDataset:
 
     def task_classes(self, task: int) -> range:
         if self.setting == "class-il":
-            return range(task * self.per_task, (task + 1) * self.per_task)
+            return range(sum(self.sizes[:task]), sum(self.sizes[: task + 1]))
         return range(self.per_task)
 
     @staticmethod

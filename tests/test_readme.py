@@ -123,6 +123,17 @@ def first_error_line_matches(command: str) -> Callable[[Result], None]:
     return check
 
 
+UNEVEN_REFUSED = "python -m mammoth dataset=seq-cifar100 dataset.base_classes=50 dataset.increment=10 dataset.n_tasks=5"
+
+
+def tasks_of(*sizes: int) -> Callable[[Result], None]:
+    def check(result: Result) -> None:
+        results = result.results()
+        assert results["status"] == "complete" and results["dataset"]["classes_per_task"] == list(sizes)
+        assert len(results["class_il"]["matrix"]) == len(sizes)
+    return check
+
+
 def printed(*words: str) -> Callable[[Result], None]:
     def check(result: Result) -> None:
         assert all(word in result.process.stdout for word in words), result.process.stdout
@@ -223,6 +234,9 @@ CASES: dict[str, Case] = {
     "python -m mammoth hydra.run.dir=runs/a model=er model.buffer_size=200 resume=true": Case(check=resumed_to_the_end),
     "python -m mammoth backbone=resnt": Case(returncode=2, check=first_error_line_matches("python -m mammoth backbone=resnt")),
     "python -m mammoth backbone.depth=34": Case(returncode=2, check=first_error_line_matches("python -m mammoth backbone.depth=34")),
+    UNEVEN_REFUSED: Case(returncode=2, check=first_error_line_matches(UNEVEN_REFUSED)),
+    "python -m mammoth dataset=seq-digits dataset.base_classes=4 dataset.increment=3 dataset.n_epochs=1 model=er model.buffer_size=50":
+        Case(check=tasks_of(4, 3, 3)),
     "python run.py backbone=tiny-cnn backbone.channels=64": Case(check=complete),
     "python app.py backbone.depth=50": Case(extra=(), check=printed("ResNet 23,520,842 parameters")),
     "python app.py +dataset=seq-cifar10 backbone=vit backbone.depth=2": Case(extra=(), check=printed("VisionTransformer")),

@@ -13,6 +13,9 @@ and each key checked once:
 - each given argument's value has its type and is in its allowed set (``backbone.depth=19`` is
   refused here, before anything is built; the data's ``num_classes`` and ``input_shape`` are
   checked when the run fills them);
+- the dataset's tasks can be made: ``dataset.n_tasks``, ``dataset.base_classes`` and
+  ``dataset.increment`` split its classes (:func:`mammoth.config.task_split.task_sizes`; a
+  benchmark that counts its classes in its files is checked for the rest when it is built);
 - ``seed`` fits torch's generators and ``threads`` this machine's CPUs.
 
 Checks that need the built objects (``model.lr`` > 0, a buffer no larger than the data) run when
@@ -30,7 +33,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from mammoth.config.interpolations import UNKNOWN, raw_lookup, resolvers_used
 from mammoth.config.run_settings import RUN_CONTROL_KEYS, setting_names
+from mammoth.config.manifest import dataset_task_facts as benchmark_task_facts
+from mammoth.config.options import dataset_task_facts
 from mammoth.config.schema import DATA_FILLED_ARGUMENTS
+from mammoth.config.task_split import task_sizes
 from mammoth.config.value_checks import check_precision_name, check_threads
 from mammoth.errors import ConfigError, unknown_name_message
 
@@ -197,19 +203,30 @@ def _resolve_dataset(cfg: DictConfig, registry: Any) -> ResolvedOption | None:
     if not is_set(cfg, "dataset"):
         raise ConfigError("no dataset selected; choose one with dataset=NAME")
     if "_target_" in cfg.dataset:
-        return _resolve_option(registry, cfg)
+        option = _resolve_option(registry, cfg)
+        check_task_split(option.entry.name, dataset_task_facts(option.entry), option.values)
+        return option
     from mammoth.datasets import DatasetConfig, get_dataset_class  # lazy: imports torch, kept off the compose path
 
     if not is_set(cfg.dataset, "name"):
         raise ConfigError("dataset.name is missing; a dataset config needs the name of a registered benchmark")
-    get_dataset_class(cfg.dataset.name)
+    benchmark = get_dataset_class(cfg.dataset.name)
     allowed = [field.name for field in dataclasses.fields(DatasetConfig)]
     for key in cfg.dataset:
         if key not in allowed:
             raise ConfigError(
                 f"unknown dataset setting {key!r} (dataset.{key}); allowed: {', '.join(allowed)}"
             )
+    check_task_split(benchmark.name, benchmark_task_facts(benchmark), OmegaConf.to_container(cfg.dataset, resolve=True))
     return None
+
+
+def check_task_split(name: str, facts: Mapping[str, Any], values: Mapping[str, Any]) -> None:
+    """Refuse, in one line naming the numbers, a ``dataset.n_tasks`` / ``base_classes`` /
+    ``increment`` that cannot split benchmark ``name``'s classes (``facts``: its setting, classes
+    and default number of tasks, :func:`mammoth.config.options.dataset_task_facts`)."""
+    task_sizes(name, facts["setting"], facts["classes"], facts["default_n_tasks"],
+               *(values.get(key) for key in ("n_tasks", "base_classes", "increment")), error_type=ConfigError)
 
 
 def _plain(cfg: DictConfig) -> dict[str, Any]:

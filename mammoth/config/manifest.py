@@ -6,7 +6,7 @@ config (``--help``, ``--cfg job``, completion, an app that opted in) needs only 
 ``builtins.json`` beside this module holds, for each built-in option, its ``_target_``, its schema
 class's name and fields (name, type, default), its arguments' hints (what their values are checked
 against), its arguments as messages describe them and, for a
-dataset, its default backbone.
+dataset, its default backbone and what its tasks are split from (setting, classes, default number of tasks).
 ``tests/config/test_manifest.py`` checks that it matches the registries; after changing a built-in,
 regenerate it with ``python scripts/write_builtins_manifest.py``.
 
@@ -74,7 +74,15 @@ def describe_entry(group: str, entry: Any) -> dict[str, Any]:
                  "hints": hints, "arguments": entry.describe_arguments()}
     if group == "dataset":
         described["default_backbone"] = entry.target.default_backbone
+        described["tasks"] = dataset_task_facts(entry.target)
     return described
+
+
+def dataset_task_facts(benchmark: Any) -> dict[str, Any]:
+    """What the pre-flight checks a benchmark's task split against (:mod:`mammoth.config.task_split`):
+    its ``setting``, its number of ``classes`` (None: counted in its files) and ``default_n_tasks``."""
+    return {"setting": benchmark.setting, "classes": benchmark.benchmark_classes(),
+            "default_n_tasks": benchmark.default_n_tasks}
 
 
 def manifest_text(manifest: dict[str, dict[str, Any]]) -> str:

@@ -202,6 +202,14 @@ def dataset_default_backbone(dataset: str) -> str | None:
     return None if entry is None else entry.target.default_backbone
 
 
+def dataset_task_facts(entry: Entry) -> dict[str, Any]:
+    """``{"setting", "classes", "default_n_tasks"}`` of a dataset option's entry (the manifest's for
+    a built-in, else its benchmark class's): what :func:`mammoth.config.task_split.task_sizes` needs."""
+    if isinstance(entry, ManifestEntry):
+        return manifest.load_manifest()["dataset"][entry.name]["tasks"]
+    return manifest.dataset_task_facts(entry.target)
+
+
 def default_backbone_option(dataset: str) -> str:
     """The ``backbone`` option that dataset option ``dataset`` uses when nothing else chose one.
 

@@ -23,6 +23,7 @@ from typing import Any, ClassVar, List, Optional
 import torch
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from mammoth.config.task_split import task_sizes
 from mammoth.config.user_paths import launch_path
 from mammoth.config.value_checks import check_positive_int
 from mammoth.datasets import labels as label_settings, transforms
@@ -41,7 +42,9 @@ class DatasetConfig:
     """Typed Hydra schema of the ``dataset`` config group.
 
     ``n_tasks=None`` means the benchmark's default; a class-IL benchmark accepts any number of
-    tasks that divides its classes evenly, a domain-IL one any number. ``num_workers``: processes
+    tasks that divides its classes evenly, a domain-IL one any number. ``base_classes`` /
+    ``increment`` (class-IL): a first task of ``base_classes`` classes, then tasks of ``increment``
+    (PyCIL's ``init_cls`` / ``increment``; :mod:`mammoth.config.task_split` has the rules). ``num_workers``: processes
     reading batches (0: the main process). ``validation``: the fraction of each class's training
     data held out and evaluated on instead of the test set. ``class_order``: ``permute`` (drawn
     from the seed) or the list of classes in the order they are trained. ``noise_type`` /
@@ -57,6 +60,9 @@ class DatasetConfig:
     batch_size: int = MISSING
     n_epochs: int = MISSING
     n_tasks: Optional[int] = None
+    #: The classes of the first task and of each later one (tasks of unequal size); null: n_tasks.
+    base_classes: Optional[int] = None
+    increment: Optional[int] = None
     num_workers: int = 0
     validation: Optional[float] = None
     class_order: Any = None
@@ -200,7 +206,12 @@ class ContinualDataset:
     name: ClassVar[str]
     setting: ClassVar[str]  # "class-il" or "domain-il"
     default_n_tasks: ClassVar[int]
+    # The classes of each task when the tasks are of equal size (an instance with tasks of unequal
+    # size has None: task_classes(t) is what every task's classes are read from).
     n_classes_per_task: ClassVar[int]
+    # Whether the number of classes is counted in the files (image-folder), not default_n_tasks x
+    # n_classes_per_task: the pre-flight then cannot check the tasks' classes before the run.
+    classes_from_data: ClassVar[bool] = False
     input_shape: ClassVar[tuple[int, ...]]  # (C, H, W) for images; any shape for float features
     mean: ClassVar[Optional[tuple[float, ...]]]  # None (with std None): no normalisation, inputs stay in [0, 1]
     std: ClassVar[Optional[tuple[float, ...]]]
@@ -230,7 +241,8 @@ class ContinualDataset:
         name = values.get("name", self.name)
         if name != self.name:
             raise DatasetError(f"dataset.name={name!r} does not match the benchmark {self.name!r} being built")
-        n_tasks = self._check_n_tasks(values.get("n_tasks"))
+        n_tasks, base_classes, increment = (values.get(key) for key in ("n_tasks", "base_classes", "increment"))
+        self.task_sizes = self._check_tasks(n_tasks, base_classes, increment)
         noise = label_settings.check_noise(values.get("noise_type", "symmetric"), values.get("noise_rate", 0.0),
                                            self.asymmetric_noise, self.name)
         self.config = DatasetConfig(
@@ -240,6 +252,8 @@ class ContinualDataset:
             batch_size=check_positive_int("dataset.batch_size", values.get("batch_size", self.default_batch_size), DatasetError),
             n_epochs=check_positive_int("dataset.n_epochs", values.get("n_epochs", self.default_n_epochs), DatasetError),
             n_tasks=n_tasks,
+            base_classes=base_classes,
+            increment=increment,
             num_workers=self._check_num_workers(values.get("num_workers", 0)),
             validation=label_settings.check_validation(values.get("validation")),
             class_order=label_settings.check_class_order(values.get("class_order"), self._total_classes()),
@@ -291,8 +305,9 @@ class ContinualDataset:
 
     def _total_classes(self) -> int:
         """The number of classes of the benchmark, whatever its number of tasks."""
-        cls = type(self)
-        return cls.default_n_tasks * cls.n_classes_per_task if cls.setting == "class-il" else cls.n_classes_per_task
+        total = type(self).benchmark_classes()
+        assert total is not None, f"{type(self).__name__} counts its classes in its files: it overrides _total_classes"
+        return total
 
     @staticmethod
     def _check_fitting(mode: Any, n_iters: Any) -> dict[str, Any]:
@@ -316,34 +331,42 @@ class ContinualDataset:
                                "(0: batches are read in the main process)")
         return value
 
-    def _check_n_tasks(self, n_tasks: Any) -> Optional[int]:
-        """Return ``n_tasks`` if this benchmark accepts it: any for domain-IL, a divisor of the number
-        of classes for class-IL (which sets this run's ``n_classes_per_task``)."""
-        if n_tasks is not None:
-            check_positive_int("dataset.n_tasks", n_tasks, DatasetError)
-        if self.setting != "class-il":
-            return n_tasks
-        total, wanted = self._total_classes(), self.default_n_tasks if n_tasks is None else n_tasks
-        if total % wanted:
-            divisors = [str(d) for d in range(1, total + 1) if total % d == 0]
-            raise DatasetError(
-                f"dataset.n_tasks={wanted} is not allowed for {self.name}; allowed: a number of tasks that divides "
-                f"its {total} classes evenly: {', '.join(divisors)} (default {self.default_n_tasks})"
-            )
-        if total // wanted != self.n_classes_per_task:
-            self.n_classes_per_task = total // wanted
-        return n_tasks
+    def _check_tasks(self, n_tasks: Any, base_classes: Any, increment: Any) -> tuple[int, ...]:
+        """The classes of each task (:func:`mammoth.config.task_split.task_sizes`: ``n_tasks`` equal
+        tasks, or ``base_classes`` then ``increment`` per task); sets this run's
+        ``n_classes_per_task`` (None when the tasks differ in size)."""
+        sizes = task_sizes(self.name, self.setting, self._total_classes(), self.default_n_tasks,
+                           n_tasks, base_classes, increment, DatasetError)
+        assert sizes is not None  # the classes are known here
+        if self.setting == "class-il":
+            per_task = sizes[0] if len(set(sizes)) == 1 else None
+            if per_task != self.n_classes_per_task:
+                self.n_classes_per_task = per_task
+        return sizes
+
+    @classmethod
+    def benchmark_classes(cls) -> Optional[int]:
+        """The number of classes of the benchmark before any file is read; None for one that counts
+        them in its files (``classes_from_data``)."""
+        if cls.classes_from_data:
+            return None
+        return cls.default_n_tasks * cls.n_classes_per_task if cls.setting == "class-il" else cls.n_classes_per_task
+
+    @property
+    def uneven_tasks(self) -> bool:
+        """Whether the tasks have different numbers of classes (``dataset.base_classes`` / ``increment``)."""
+        return len(set(self.task_sizes)) > 1
 
     @property
     def n_tasks(self) -> int:
         """Number of tasks of this run."""
-        return self.config.n_tasks if self.config.n_tasks is not None else self.default_n_tasks
+        return len(self.task_sizes)
 
     @property
     def n_classes(self) -> int:
         """Total number of classes the model must output."""
         if self.setting == "class-il":
-            return self.n_tasks * self.n_classes_per_task
+            return sum(self.task_sizes)
         return self.n_classes_per_task
 
     def _check_task(self, task: int) -> int:
@@ -353,10 +376,12 @@ class ContinualDataset:
         return task
 
     def task_classes(self, task: int) -> range:
-        """Classes of ``task``: its own block of classes (class-IL) or all classes (domain-IL)."""
+        """Classes of ``task``: its own block of classes (class-IL; blocks of unequal size with
+        ``dataset.base_classes`` / ``increment``) or all classes (domain-IL)."""
         self._check_task(task)
         if self.setting == "class-il":
-            return range(task * self.n_classes_per_task, (task + 1) * self.n_classes_per_task)
+            start = sum(self.task_sizes[:task])
+            return range(start, start + self.task_sizes[task])
         return range(self.n_classes_per_task)
 
     def load_source(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -424,7 +449,7 @@ class ContinualDataset:
                 for split, source in (("train", train), ("test", test))}
 
     def _n_labels(self) -> int:
-        return self.n_tasks * self.n_classes_per_task if self.setting == "class-il" else self.n_classes_per_task
+        return self.n_classes
 
     def prepared(self) -> PreparedLabels:
         """The dataset settings applied to the labels, computed once, in the original's order:
@@ -484,13 +509,15 @@ class ContinualDataset:
     def _check_every_task_has_examples(self, split: str, y: torch.Tensor, n_labels: int) -> None:
         """Refuse data that leaves a task without examples (fewer classes than the tasks need)."""
         per_class = torch.bincount(y, minlength=n_labels)
-        per_task = per_class.view(-1, self.n_classes_per_task).sum(1) if self.setting == "class-il" else per_class.sum().view(1)
-        empty = (per_task == 0).nonzero().flatten().tolist()
+        per_task = per_class.split(list(self.task_sizes)) if self.setting == "class-il" else (per_class,)
+        empty = [task for task, counts in enumerate(per_task) if int(counts.sum()) == 0]
         if empty:
             present = int((per_class > 0).sum())
+            tasks = (f"{self.n_tasks} tasks x {self.n_classes_per_task} classes" if not self.uneven_tasks
+                     else f"{self.n_tasks} tasks of {', '.join(map(str, self.task_sizes))} classes")
             raise DatasetError(
                 f"{self.name} has no {split} examples for task {empty[0] + 1} of {self.n_tasks}: its {split} data has "
-                f"{present} class(es), and {self.n_tasks} tasks x {self.n_classes_per_task} classes need {n_labels}"
+                f"{present} class(es), and {tasks} need {n_labels}"
             )
 
     def apply_task_transform(self, task: int, x: torch.Tensor) -> torch.Tensor:
@@ -642,10 +669,14 @@ class ContinualDataset:
     def _describe_settings(self) -> dict[str, Any]:
         """The dataset settings a run changed from the defaults, as recorded in results.json:
         ``class_order`` (the classes in training order), ``validation``, ``noise_type`` and
-        ``noise_rate``, ``num_workers``, and ``streaming`` for benchmarks read from disk."""
+        ``noise_rate``, ``num_workers``, ``streaming`` for benchmarks read from disk, and with
+        ``base_classes`` / ``increment`` those two and ``classes_per_task`` (each task's number of classes)."""
         settings: dict[str, Any] = {}
         if self.streaming:
             settings["streaming"] = True
+        if self.config.base_classes is not None or self.config.increment is not None:
+            settings.update(base_classes=self.task_sizes[0], increment=self.config.increment,
+                            classes_per_task=list(self.task_sizes))
         if self.config.class_order is not None:
             settings["class_order"] = label_settings.class_order(self.config.class_order, self.n_classes, self.seed)
         if self.config.validation is not None:

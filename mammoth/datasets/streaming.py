@@ -199,12 +199,13 @@ class ImageFolder(StreamingImageBenchmark):
     PNG, ...; classes numbered in sorted folder order), or ``train/<class>/*`` and
     ``test/<class>/*``. Without a ``test/`` folder, 20% of each class (rounded; a fixed draw,
     seed 0, whatever the run's seed) is the test data. The classes are split in ``dataset.n_tasks``
-    tasks (default 5; it must divide the number of classes), in ``dataset.class_order`` (class
-    numbers or folder names, or ``permute``). Transforms as seq-imagenet-r."""
+    tasks (default 5; it must divide the number of classes), or by ``dataset.base_classes`` /
+    ``dataset.increment``, in ``dataset.class_order`` (class numbers or folder names, or ``permute``). Transforms as seq-imagenet-r."""
 
     name = "image-folder"
     default_n_tasks = 5
     n_classes_per_task = 1  # per run: the number of class folders / n_tasks
+    classes_from_data = True
     mean = (0.0, 0.0, 0.0)
     std = (1.0, 1.0, 1.0)
     augmentation = "random-resized-crop-flip"

@@ -20,12 +20,12 @@ if TYPE_CHECKING:
     from mammoth.datasets.source import DataSource
 
 
-def update_logits(old: Tensor, new: Tensor, labels: Tensor, first_head: int, n_heads: int, classes_per_task: int,
-                  gamma: float) -> Tensor:
-    """X-DER's logit update, in place in ``old``: the heads ``first_head .. first_head + n_heads - 1``
-    of ``old`` become those of ``new``, scaled down where their maximum exceeds the item's
-    ground-truth logit in ``old`` so that the maximum becomes ``gamma`` times that logit."""
-    columns = slice(first_head * classes_per_task, (first_head + n_heads) * classes_per_task)
+def update_logits(old: Tensor, new: Tensor, labels: Tensor, start: int, stop: int, gamma: float) -> Tensor:
+    """X-DER's logit update, in place in ``old``: the columns ``start:stop`` (the heads of a run of
+    tasks: the original's ``first_head * cpt : (first_head + n_heads) * cpt``) of ``old`` become
+    those of ``new``, scaled down where their maximum exceeds the item's ground-truth logit in
+    ``old`` so that the maximum becomes ``gamma`` times that logit."""
+    columns = slice(start, stop)
     transplant = new[:, columns].clone()
     ground_truth = old[torch.arange(len(labels), device=old.device), labels]
     maximum = transplant.max(dim=1).values
@@ -88,12 +88,17 @@ class XDer(ReplayModel):
         self.constr_eta = check_non_negative("model.constr_eta", constr_eta)
         self.constr_margin = float(constr_margin)
         self.past_constraint, self.future_constraint, self.align_bn = bool(past_constraint), bool(future_constraint), bool(align_bn)
-        self.cpt = len(dataset.task_classes(0))
+        # each task's first class, and the end of the last task's (tasks may differ in size)
+        self.task_starts = torch.tensor([dataset.task_classes(t).start for t in range(dataset.n_tasks)] + [dataset.n_classes])
         self.update_counter = torch.zeros(self.buffer_size)
 
     def _update(self, outputs: Tensor, logits: Tensor, labels: Tensor) -> Tensor:
-        task = self.current_task
-        return update_logits(logits, outputs, labels, task, self.context.n_tasks - task, self.cpt, self.gamma)
+        return update_logits(logits, outputs, labels, self.context.task_classes(self.current_task).start,
+                             self.context.n_classes, self.gamma)
+
+    def _task_of(self, labels: Tensor) -> Tensor:
+        """The task of each label (the original's ``labels // cpt``, for tasks of any size)."""
+        return torch.bucketize(labels, self.task_starts.to(labels.device), right=True) - 1
 
     def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> float:
         """One step of X-DER (see the class docstring); returns the loss value."""
@@ -134,7 +139,7 @@ class XDer(ReplayModel):
     @torch.no_grad()
     def _update_future_past(self, indices: Tensor, labels: Tensor, logits: Tensor, outputs: Tensor) -> None:
         """Rewrite the current and future heads of replayed past-task items (each about once per task)."""
-        chosen = (labels // self.cpt) < self.current_task
+        chosen = labels < self.context.task_classes(self.current_task).start  # items of past tasks
         counter_index = indices[chosen].cpu()
         self.update_counter[counter_index] += 1
         draws = torch.rand(int(chosen.sum()), generator=self.context.generator) * self.update_counter[counter_index] < 1
@@ -146,24 +151,31 @@ class XDer(ReplayModel):
 
     def _future_constraint(self, outputs: Tensor, replay_outputs: Optional[Tensor], replay_labels: Optional[Tensor]) -> Tensor:
         """``constr_eta * mean([max future logit + margin - max logit of the right head]_+)``."""
-        task = self.current_task
-        bad = outputs[:, (task + 1) * self.cpt :]
-        good = outputs[:, task * self.cpt : (task + 1) * self.cpt]
+        classes = self.context.task_classes(self.current_task)
+        bad = outputs[:, classes.stop :]
+        good = outputs[:, classes.start : classes.stop].max(1).values
         if replay_outputs is not None:
-            heads = torch.stack(replay_outputs.split(self.cpt, dim=1), dim=1)
-            bad = torch.cat([bad, replay_outputs[:, (task + 1) * self.cpt :]])
-            good = torch.cat([good, heads[torch.arange(len(replay_labels)), replay_labels // self.cpt]])
-        hinge = bad.max(1).values + self.constr_margin - good.max(1).values
+            bad = torch.cat([bad, replay_outputs[:, classes.stop :]])
+            good = torch.cat([good, self._own_head_maximum(replay_outputs, replay_labels)])
+        hinge = bad.max(1).values + self.constr_margin - good
         if not (hinge > 0).any():
             return outputs.new_zeros(())
         return self.constr_eta * hinge[hinge > 0].mean()
+
+    def _own_head_maximum(self, outputs: Tensor, labels: Tensor) -> Tensor:
+        """Each row's largest logit on the head of its label's task."""
+        tasks = self._task_of(labels)
+        starts, stops = self.task_starts.to(labels.device)[tasks], self.task_starts.to(labels.device)[tasks + 1]
+        columns = torch.arange(outputs.shape[1], device=outputs.device)
+        own = (columns >= starts[:, None]) & (columns < stops[:, None])
+        return outputs.masked_fill(~own, float("-inf")).max(1).values
 
     def end_task(self, task: int, data: DataSource) -> None:
         """Rebalance the memory, add this task's examples with their logits, update the past ones'
         (the network in train mode, its batch-norm statistics untouched)."""
         with training_mode(self.net, True), torch.no_grad(), bn_track_stats(self.net, False):
             if task > 0:
-                keep_first(self.buffer, self.buffer_size // ((task + 1) * self.cpt))
+                keep_first(self.buffer, self.buffer_size // class_bounds(self.context, task)[1])
             self._add_task(task, data)
             self._update_stored_past(task)
         self.update_counter = torch.zeros(self.buffer_size)
@@ -173,19 +185,20 @@ class XDer(ReplayModel):
         from the generator, with their logits (past heads revised)."""
         generator = self.context.generator
         free = self.buffer_size - len(self.buffer)
-        quota = torch.full((self.cpt,), free // self.cpt, dtype=torch.long)
-        quota[torch.randperm(self.cpt, generator=generator)[: free - (free // self.cpt) * self.cpt]] += 1
+        first, n_new = self.context.task_classes(task).start, len(self.context.task_classes(task))
+        quota = torch.full((n_new,), free // n_new, dtype=torch.long)
+        quota[torch.randperm(n_new, generator=generator)[: free - (free // n_new) * n_new]] += 1
         for batch in self.context.batches(data):
             if (quota == 0).all():
                 break
             outputs = self.net(batch.inputs)
             if task > 0:
-                outputs = update_logits(outputs, outputs, batch.labels, 0, task, self.cpt, self.gamma)
+                outputs = update_logits(outputs, outputs, batch.labels, 0, first, self.gamma)
             flags = torch.zeros(len(batch.labels), dtype=torch.bool)
             for j, label in enumerate(batch.labels.tolist()):
-                if quota[label % self.cpt] > 0:
+                if quota[label - first] > 0:
                     flags[j] = True
-                    quota[label % self.cpt] -= 1
+                    quota[label - first] -= 1
             flags = flags.to(batch.labels.device)
             if flags.any():
                 self.buffer.add(batch.not_aug_inputs[flags], labels=batch.labels[flags], logits=outputs[flags],
@@ -199,9 +212,10 @@ class XDer(ReplayModel):
         for batch in self.context.batches(memory):
             slots = batch.indices.to(device)
             labels, logits = self.buffer.labels[slots], self.buffer.logits[slots]
-            chosen = (labels // self.cpt) < task
+            chosen = labels < self.context.task_classes(task).start
             if chosen.any():
                 updated = update_logits(logits[chosen].clone(), self.net(batch.inputs)[chosen].to(device),
-                                        labels[chosen], task, self.context.n_tasks - task, self.cpt, self.gamma)
+                                        labels[chosen], self.context.task_classes(task).start, self.context.n_classes,
+                                        self.gamma)
                 self.buffer.update(slots[chosen], logits=updated,
                                    task_labels=torch.full((int(chosen.sum()),), task, device=device))

@@ -228,7 +228,9 @@ def _metric_label(metric: str) -> str:
     words = {"average": "average accuracy (%)", "forgetting": "forgetting", "bwt": "backward transfer",
              "forward_transfer": "forward transfer", "average_incremental": "average incremental accuracy (%)",
              "old_accuracy": "accuracy on old classes (%)", "new_accuracy": "accuracy on new classes (%)",
-             "top5": "top-5 accuracy (%)", "test": "test accuracy (%)"}
+             "top5": "top-5 accuracy (%)", "test": "test accuracy (%)",
+             "average_weighted": "accuracy over the test examples (%)",
+             "average_incremental_weighted": "average incremental accuracy over the test examples (%)"}
     return f"{KIND_TITLES.get(kind, kind)} {words.get(field_name, field_name)}"
 
 

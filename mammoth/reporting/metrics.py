@@ -118,3 +118,18 @@ def old_and_new_accuracy(matrix: AccuracyMatrix, test_sizes: Sequence[int]) -> t
         examples = sum(test_sizes[:i])
         old.append(sum(row[j] * test_sizes[j] for j in range(i)) / examples if examples else None)
     return old, [row[i] for i, row in enumerate(rows)]
+
+
+def weighted_average_accuracy(matrix: AccuracyMatrix, test_sizes: Sequence[int]) -> list[float]:
+    """After each task ``i``: the accuracy on the test examples of tasks ``0..i`` together, each task
+    weighted by its number of test examples: the fraction of all those examples classified right
+    (PyCIL's and LAMDA-PILOT's top-1 accuracy; with tasks of unequal size it differs from the mean
+    over tasks, :func:`average_accuracy`, which weighs a task of 50 classes as one of 10)."""
+    rows = accuracy_rows(matrix)
+    if len(test_sizes) < len(rows):
+        raise ValueError(f"test_sizes has {len(test_sizes)} entries; allowed: one per task ({len(rows)})")
+    averages = []
+    for i, row in enumerate(rows):
+        examples = sum(test_sizes[: i + 1])
+        averages.append(sum(row[j] * test_sizes[j] for j in range(i + 1)) / examples if examples else 0.0)
+    return averages

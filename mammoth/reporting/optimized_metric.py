@@ -9,25 +9,31 @@ from mammoth.errors import ConfigError
 
 #: What ``optimized_metric`` can name in each accuracy block (``KIND.FIELD``), and the direction a
 #: sweeper should optimise it in: accuracies and transfers up, forgetting down. ``top5`` is
-#: Class-IL only, where every task has more than 5 classes.
+#: Class-IL only, where every task has more than 5 classes; the averages over examples only with
+#: tasks of unequal size (:data:`WEIGHTED`).
 METRIC_DIRECTIONS = {
     "average": "maximize", "forgetting": "minimize", "bwt": "maximize", "forward_transfer": "maximize",
     "average_incremental": "maximize", "old_accuracy": "maximize", "new_accuracy": "maximize", "top5": "maximize",
+    "average_weighted": "maximize", "average_incremental_weighted": "maximize",
 }
+#: The fields reported only when the tasks have different numbers of classes (``dataset.base_classes``).
+WEIGHTED = ("average_weighted", "average_incremental_weighted")
 #: What ``optimized_metric`` can name in the ``resources`` section (``peak_cuda_mb`` on CUDA only).
 RESOURCE_DIRECTIONS = {"train_seconds": "minimize", "peak_rss_mb": "minimize", "peak_cuda_mb": "minimize"}
 #: The fields a method that trains only after the last task does not report (:data:`mammoth.reporting.results.ONLY_AT_END_NOTE`).
 NOT_FOR_ONLY_AT_END = ("forgetting", "bwt", "forward_transfer")
 
 
-def optimized_metric_names(setting: str, top5: bool = False, cuda: bool = False) -> list[str]:
+def optimized_metric_names(setting: str, top5: bool = False, cuda: bool = False, weighted: bool = False) -> list[str]:
     """The ``optimized_metric`` values of a setting: ``class_il.average`` ... ``task_il.new_accuracy``
-    for class-il (``class_il.top5`` with ``top5``), ``domain_il.*`` for domain-il, then
-    ``resources.train_seconds``, ``resources.peak_rss_mb`` (and ``resources.peak_cuda_mb`` with ``cuda``)."""
+    for class-il (``class_il.top5`` with ``top5``; ``KIND.average_weighted`` and
+    ``KIND.average_incremental_weighted`` with ``weighted``: tasks of unequal size), ``domain_il.*``
+    for domain-il, then ``resources.train_seconds``, ``resources.peak_rss_mb`` (and
+    ``resources.peak_cuda_mb`` with ``cuda``)."""
     from mammoth.engine.evaluation import SETTING_METRICS  # lazy: imports torch, kept off reproduce --list
 
     names = [f"{kind}.{field}" for kind in SETTING_METRICS[setting] for field in METRIC_DIRECTIONS
-             if field != "top5" or (top5 and kind == "class_il")]
+             if (field != "top5" or (top5 and kind == "class_il")) and (field not in WEIGHTED or weighted)]
     return names + [f"resources.{field}" for field in RESOURCE_DIRECTIONS if field != "peak_cuda_mb" or cuda]
 
 
@@ -45,12 +51,13 @@ def check_optimized_metric(name: str | None, dataset: Any, eval_future: bool = F
     without ``eval_future``, forgetting or a transfer of a ``model`` that trains only at the end."""
     top5 = _reports_top5(dataset)
     cuda = getattr(device, "type", device) == "cuda"
-    allowed = optimized_metric_names(dataset.setting, top5=top5, cuda=cuda)
+    allowed = optimized_metric_names(dataset.setting, top5=top5, cuda=cuda, weighted=bool(getattr(dataset, "uneven_tasks", False)))
     if name is None:
         return allowed[0]
     field = name.split(".", 1)[-1]
     if name not in allowed:
-        why = {"top5": ": top5 needs more than 5 classes per task", "peak_cuda_mb": ": the run is not on CUDA"}
+        why = {"top5": ": top5 needs more than 5 classes per task", "peak_cuda_mb": ": the run is not on CUDA",
+               **dict.fromkeys(WEIGHTED, ": it is reported for tasks of unequal size (dataset.base_classes)")}
         raise ConfigError(
             f"optimized_metric={name!r} is not reported for {dataset.name} ({dataset.setting}){why.get(field, '')}; "
             f"allowed: {', '.join(allowed)}"

@@ -15,7 +15,7 @@ import omegaconf
 import mammoth
 from mammoth.files import write_atomic
 from mammoth.reporting.metrics import (
-    average_incremental_accuracy, forward_transfer, old_and_new_accuracy, summarise,
+    average_incremental_accuracy, forward_transfer, old_and_new_accuracy, summarise, weighted_average_accuracy,
 )
 
 RESULTS_NAME = "results.json"
@@ -77,6 +77,9 @@ class Measurements:
     validation: bool = False
     #: With ``validation``: each kind's accuracy on the test data of every task after the last task.
     final_test: dict[str, list[float]] = field(default_factory=dict)
+    #: The tasks have different numbers of classes (``dataset.base_classes`` / ``increment``): the
+    #: blocks also report the averages weighted by the tasks' test examples.
+    uneven_tasks: bool = False
 
     @classmethod
     def of_run(cls, state: Any, dataset: Any, model: Any) -> "Measurements":
@@ -88,6 +91,7 @@ class Measurements:
             train_seconds=state.train_seconds, peak_rss_mb=state.peak_rss_mb, peak_cuda_mb=state.peak_cuda_mb,
             trains_only_at_end=bool(getattr(model, "trains_only_at_end", False)),
             validation=getattr(dataset.config, "validation", None) is not None, final_test=state.final_test,
+            uneven_tasks=bool(getattr(dataset, "uneven_tasks", False)),
         )
 
 
@@ -101,7 +105,9 @@ def kind_metrics(kind: str, rows: list[list[float]], measured: Measurements) -> 
     """The metrics of one accuracy kind beside average, forgetting and bwt: ``average_incremental``,
     ``forward_transfer`` (null without ``eval_future``) and its ``random_init`` accuracies,
     ``old_accuracy`` / ``new_accuracy`` after the last task and ``_per_task``, Class-IL ``top5``
-    where reported; for a method that trains only at the end, ``forgetting``, ``bwt`` and
+    where reported, and for tasks of unequal size ``average_weighted`` (the accuracy on every test
+    example of the tasks seen, after the last task), its ``_per_task`` and
+    ``average_incremental_weighted`` (their mean: PyCIL's average accuracy); for a method that trains only at the end, ``forgetting``, ``bwt`` and
     ``forward_transfer`` are null and ``forgetting_over`` says why."""
     block: dict[str, Any] = {"average_incremental": average_incremental_accuracy(rows)}
     random_init = measured.random_init.get(kind)
@@ -112,6 +118,10 @@ def kind_metrics(kind: str, rows: list[list[float]], measured: Measurements) -> 
     if measured.test_sizes:
         old, new = old_and_new_accuracy(rows, measured.test_sizes)
         block.update(old_accuracy=old[-1], new_accuracy=new[-1], old_accuracy_per_task=old, new_accuracy_per_task=new)
+        if measured.uneven_tasks:
+            weighted = weighted_average_accuracy(rows, measured.test_sizes)
+            block.update(average_weighted=weighted[-1], average_weighted_per_task=weighted,
+                         average_incremental_weighted=sum(weighted) / len(weighted))
     if kind == "class_il" and measured.top5:
         block.update(top5=sum(measured.top5[-1]) / len(measured.top5[-1]),
                      top5_per_task=[sum(row) / len(row) for row in measured.top5])
@@ -173,6 +183,8 @@ def format_table(accuracies: dict[str, list[list[float]]], n_tasks: int, measure
                f"bwt {_number(summary['bwt'])}"
         if summary["forward_transfer"] is not None:
             line += f"  fwt {summary['forward_transfer']:.2f}"
+        if "average_weighted" in summary:
+            line += f"  over examples {summary['average_weighted']:.2f}"
         lines.append(line)
     if measured is not None and measured.final_test:
         lines[0] = lines[0].replace("Accuracy (%)", "Validation accuracy (%)")
@@ -197,7 +209,7 @@ def plot_results(results: dict[str, Any], path: Path) -> Path:
 def metrics_line(block: dict[str, Any]) -> str:
     """``forgetting 12.3  BWT -4.5  FWT 1.2  avg incr. 67.8`` for the metrics of ``block`` that are numbers."""
     names = {"forgetting": "forgetting", "bwt": "BWT", "forward_transfer": "FWT", "average_incremental": "avg incr.",
-             "top5": "top-5"}
+             "top5": "top-5", "average_weighted": "over examples"}
     return "  ".join(f"{title} {block[key]:.1f}" for key, title in names.items() if isinstance(block.get(key), (int, float)))
 
 
@@ -213,7 +225,8 @@ def results_figure(results: dict[str, Any]) -> Any:
     image = heat.imshow(matrix, vmin=0, vmax=100, cmap="viridis")
     heat.set(title=f"{KIND_TITLES[kinds[0]]} accuracy (%)", xlabel="evaluated on task", ylabel="after training task")
     ticks = range(matrix.shape[0])
-    heat.set_xticks(ticks, [str(t + 1) for t in ticks])
+    sizes = (results.get("dataset") or {}).get("classes_per_task")  # tasks of unequal size: each one's classes
+    heat.set_xticks(ticks, [f"{t + 1}\n({sizes[t]})" if sizes and t < len(sizes) else str(t + 1) for t in ticks])
     heat.set_yticks(ticks, [str(t + 1) for t in ticks])
     for (i, j), value in np.ndenumerate(matrix):
         if not np.isnan(value) and matrix.shape[0] <= 10:
@@ -223,12 +236,13 @@ def results_figure(results: dict[str, Any]) -> Any:
         averages = results[kind]["average_per_task"]
         curves.plot(range(1, len(averages) + 1), averages, marker="o", label=KIND_TITLES[kind])
     first = results[kinds[0]]
-    for key, style, words in (("old_accuracy_per_task", "--", "old classes"), ("new_accuracy_per_task", ":", "new classes")):
+    for key, style, words in (("old_accuracy_per_task", "--", "old classes"), ("new_accuracy_per_task", ":", "new classes"),
+                              ("average_weighted_per_task", "-.", "over examples")):
         values = first.get(key)
         if values:
             points = [(task + 1, value) for task, value in enumerate(values) if value is not None]
             curves.plot(*zip(*points), linestyle=style, color="gray", label=f"{KIND_TITLES[kinds[0]]} {words}")
-    heat.set_xlabel(f"evaluated on task\n{metrics_line(first)}")
+    heat.set_xlabel(f"evaluated on task{' (its classes)' if sizes else ''}\n{metrics_line(first)}")
     curves.set(title="average accuracy on tasks seen so far", xlabel="after training task", ylabel="accuracy (%)", ylim=(0, 102))
     curves.set_xticks(range(1, matrix.shape[0] + 1))
     curves.grid(alpha=0.3)

@@ -43,6 +43,8 @@ MAX_ERROR_CHARACTERS = 500
 METRIC_TITLES = {
     "average": "", "forgetting": " forgetting", "bwt": " BWT", "forward_transfer": " FWT",
     "average_incremental": " avg incr.", "old_accuracy": " old", "new_accuracy": " new", "top5": " top-5",
+    # tasks of unequal size (dataset.base_classes): the averages over every test example seen
+    "average_weighted": " over examples", "average_incremental_weighted": " avg incr. over examples",
     "test": " test",  # a run on a validation split: its test average after the last task (results.json "test")
 }
 #: The ``resources`` of results.json the summary reports (a column when a job reports it).

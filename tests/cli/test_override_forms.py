@@ -164,3 +164,22 @@ def test_the_exit_status_of_a_process_given_a_bad_command_line(workdir: Path):
 def test_flags_hydra_refuses_are_one_line(workdir, monkeypatch, capsys, args, line):
     # before: Hydra's ValueError with a traceback, exit status 1
     assert refused(args, workdir, monkeypatch, capsys) == [line]
+
+
+@pytest.mark.parametrize("args, line", [
+    (["dataset=seq-cifar100", "dataset.base_classes=50", "dataset.increment=10", "dataset.n_tasks=5"],
+     "Error: dataset.n_tasks=5 contradicts dataset.base_classes=50 dataset.increment=10, which split seq-cifar100's "
+     "100 classes into 6 tasks (50, 10, 10, 10, 10, 10); allowed: dataset.n_tasks=6 or null"),
+    (["dataset.base_classes=11", "dataset.increment=2"],
+     "Error: dataset.base_classes=11 is not allowed for seq-digits; allowed: 1..10 (its 10 classes)"),
+    (["dataset.increment=0"], "Error: dataset.increment=0 is not a positive integer; allowed: increment >= 1"),
+    (["dataset=perm-mnist", "dataset.base_classes=5"],
+     "Error: dataset.base_classes=5 is not allowed for perm-mnist: a domain-il benchmark has all its classes in every "
+     "task; allowed: null (dataset.n_tasks sets the number of tasks)"),
+    (["dataset.n_tasks=3"], "Error: dataset.n_tasks=3 is not allowed for seq-digits; allowed: a number of tasks that "
+     "divides its 10 classes evenly: 1, 2, 5, 10 (default 5), or dataset.base_classes and dataset.increment for tasks "
+     "of unequal size"),
+])
+def test_tasks_that_cannot_be_made_are_a_bad_command_line(workdir, monkeypatch, capsys, args, line):
+    # before: dataset.n_tasks=3 was refused when the run built the dataset, with exit status 1
+    assert refused([*args, *TINY], workdir, monkeypatch, capsys) == [line]

@@ -79,3 +79,25 @@ def test_a_value_read_from_the_environment_is_used_but_recorded_as_written(monke
     assert spec.config["optimized_metric"] == "${oc.env:MAMMOTH_TEST_METRIC,class_il.average}"
     assert "s3cr3t" not in repr(spec.config) and "s3cr3t" not in repr(spec.comparable)
     assert spec.config["seed"] == spec.seed and spec.config["model"] == {**spec.config["model"]}  # the rest resolved
+
+
+def test_the_tasks_are_checked_by_name_too_and_for_registered_benchmarks():
+    from omegaconf import OmegaConf
+
+    from mammoth.config.options import served_registries
+
+    # a dataset config that names its benchmark (no _target_) is checked as a composed one
+    cfg = composing.compose_mammoth()
+    cfg.dataset = OmegaConf.create({"name": "seq-cifar100", "base_classes": 50, "increment": 10, "n_tasks": 5})
+    with pytest.raises(ConfigError, match=r"^dataset.n_tasks=5 contradicts dataset.base_classes=50 dataset.increment=10"):
+        resolve_run(cfg)
+    # the pre-flight's registries (the manifest's facts, no torch) and the built-ins' refuse the same
+    overrides = ("dataset=seq-cifar100", "dataset.base_classes=50", "dataset.increment=10", "dataset.n_tasks=5")
+    messages = []
+    for registries in (served_registries(), None):
+        with pytest.raises(ConfigError) as error:
+            resolve_run(composing.compose_mammoth(*overrides), registries)
+        messages.append(str(error.value))
+    assert messages[0] == messages[1]
+    spec = resolve_run(composing.compose_mammoth("dataset=seq-cifar100", "dataset.base_classes=50", "dataset.increment=10"))
+    assert spec.config["dataset"]["base_classes"] == 50 and spec.config["dataset"]["n_tasks"] is None

@@ -194,7 +194,8 @@ def test_n_tasks_that_do_not_divide_list_the_divisors() -> None:
     with pytest.raises(DatasetError) as error:
         build_dataset({"name": "seq-cifar100", "n_tasks": 3})
     assert str(error.value) == ("dataset.n_tasks=3 is not allowed for seq-cifar100; allowed: a number of tasks that divides "
-                                "its 100 classes evenly: 1, 2, 4, 5, 10, 20, 25, 50, 100 (default 10)")
+                                "its 100 classes evenly: 1, 2, 4, 5, 10, 20, 25, 50, 100 (default 10), or dataset.base_classes "
+                                "and dataset.increment for tasks of unequal size")
 
 
 def test_n_tasks_on_data_splits_the_classes(fake_root) -> None:
@@ -229,3 +230,112 @@ def test_tasks_of_a_relabelled_benchmark_share_one_parent() -> None:
     dataset = build_dataset({"name": "seq-digits", "class_order": "permute"})
     joined = concat_sources([dataset.task_source(task) for task in range(3)])
     assert isinstance(joined, IndexedSource) and sorted(set(joined.labels.tolist())) == list(range(6))
+
+
+# ---- tasks of unequal size: dataset.base_classes / dataset.increment ----
+
+def pycil_increments(n_classes: int, init_cls: int, increment: int) -> list[int]:
+    """PyCIL's DataManager.__init__ (utils/data_manager.py, LAMDA-CL/PyCIL), verbatim but for its arguments."""
+    _increments = [init_cls]
+    while sum(_increments) + increment < n_classes:
+        _increments.append(increment)
+    offset = n_classes - sum(_increments)
+    if offset > 0:
+        _increments.append(offset)
+    return _increments
+
+
+@pytest.mark.parametrize(("values", "sizes"), [
+    ({"base_classes": 50, "increment": 10}, [50, 10, 10, 10, 10, 10]),  # B50 Inc10
+    ({"base_classes": 50, "increment": 5}, [50] + [5] * 10),
+    ({"base_classes": 50, "increment": 30}, [50, 30, 20]),  # the remainder: a smaller last task, as PyCIL's
+    ({"base_classes": 5, "increment": 30}, [5, 30, 30, 30, 5]),
+    ({"base_classes": 100, "increment": 10}, [100]),
+    ({"increment": 20}, [20] * 5),  # B0 Inc20: base_classes = increment
+    ({"increment": 30}, [30, 30, 30, 10]),
+    ({"base_classes": 40, "n_tasks": 4}, [40, 20, 20, 20]),  # the rest split evenly
+    ({"base_classes": 50, "increment": 10, "n_tasks": 6}, [50, 10, 10, 10, 10, 10]),  # a consistent n_tasks
+])
+def test_base_classes_and_increment_split_the_classes_as_pycil(values: dict, sizes: list[int]) -> None:
+    dataset = build_dataset({"name": "seq-cifar100", **values})
+    assert list(dataset.task_sizes) == sizes and (dataset.n_tasks, dataset.n_classes) == (len(sizes), 100)
+    if "n_tasks" not in values:
+        assert sizes == pycil_increments(100, values.get("base_classes", values["increment"]), values["increment"])
+    bounds = [0, *torch.tensor(sizes).cumsum(0).tolist()]
+    assert [dataset.task_classes(t) for t in range(len(sizes))] == [range(a, b) for a, b in zip(bounds, bounds[1:])]
+    assert dataset.n_classes_per_task == (sizes[0] if len(set(sizes)) == 1 else None)
+
+
+def test_uneven_tasks_hold_their_classes_examples(fake_root) -> None:
+    dataset = build_dataset({"name": "seq-cifar100", "root": str(fake_root), "base_classes": 50, "increment": 30})
+    train, test = (source.labels for source in dataset.sources())
+    for task, (low, high) in enumerate([(0, 50), (50, 80), (80, 100)]):
+        assert torch.equal(dataset.task_source(task).labels, train[(train >= low) & (train < high)])
+        assert torch.equal(dataset.test_source(task).labels, test[(test >= low) & (test < high)])
+    assert dataset.describe()["classes_per_task"] == [50, 30, 20]
+    assert (dataset.describe()["base_classes"], dataset.describe()["increment"]) == (50, 30)
+
+
+def test_a_class_order_is_split_unevenly(fake_root) -> None:
+    dataset = build_dataset({"name": "seq-cifar100", "root": str(fake_root), "base_classes": 60, "increment": 20,
+                             "class_order": "permute"}, seed=3)
+    order = dataset.describe()["class_order"]
+    train = dataset.sources()[0].labels
+    first = dataset.task_source(0)
+    # task 1 trains the first 60 classes of the order, relabelled 0..59
+    assert sorted(set(first.labels.tolist())) == list(range(60))
+    assert len(first) == int(sum((train == c).sum() for c in order[:60]))
+
+
+def test_even_base_classes_and_increment_equal_n_tasks(fake_root) -> None:
+    even = build_dataset({"name": "seq-cifar100", "root": str(fake_root), "n_tasks": 5})
+    same = build_dataset({"name": "seq-cifar100", "root": str(fake_root), "base_classes": 20, "increment": 20})
+    assert same.task_sizes == even.task_sizes and not same.uneven_tasks
+    assert all(torch.equal(even.task_source(t).indices, same.task_source(t).indices) for t in range(5))
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"base_classes": 50, "increment": 10, "n_tasks": 5},
+     "dataset.n_tasks=5 contradicts dataset.base_classes=50 dataset.increment=10, which split seq-cifar100's 100 "
+     "classes into 6 tasks (50, 10, 10, 10, 10, 10); allowed: dataset.n_tasks=6 or null"),
+    ({"base_classes": 120, "increment": 10}, "dataset.base_classes=120 is not allowed for seq-cifar100; allowed: 1..100"),
+    ({"increment": 101}, "dataset.increment=101 is not allowed for seq-cifar100; allowed: 1..100"),
+    ({"increment": 0}, "dataset.increment=0 is not a positive integer; allowed: increment >= 1"),
+    ({"base_classes": 0, "increment": 10}, "dataset.base_classes=0 is not allowed; allowed: an integer >= 1, or null with "
+     "dataset.increment=K for PyCIL's B0 IncK (a first task of K classes)"),
+    ({"base_classes": -5, "increment": 10}, "dataset.base_classes=-5 is not a positive integer"),
+    ({"base_classes": 50}, "dataset.base_classes=50 is not allowed alone for seq-cifar100; allowed: with dataset.increment"),
+    ({"base_classes": 50, "n_tasks": 4}, "dataset.base_classes=50 dataset.n_tasks=4 is not allowed for seq-cifar100: the "
+     "other 50 of its 100 classes do not split evenly into 3 task(s); allowed: dataset.n_tasks=T with T - 1 dividing 50: "
+     "2, 3, 6, 11, 26, 51, or dataset.increment"),
+    ({"base_classes": 50, "n_tasks": 1}, "the other 50 of its 100 classes do not split evenly into 0 task(s)"),
+])
+def test_impossible_splits_are_refused_naming_the_numbers(values: dict, message: str) -> None:
+    with pytest.raises(DatasetError) as error:
+        build_dataset({"name": "seq-cifar100", **values})
+    assert len(str(error.value).splitlines()) == 1 and message in str(error.value)
+
+
+@pytest.mark.parametrize("key", ["base_classes", "increment"])
+def test_domain_il_refuses_base_classes_and_increment(key: str) -> None:
+    with pytest.raises(DatasetError, match=f"^dataset.{key}=5 is not allowed for rot-mnist: a domain-il benchmark has all "
+                                           "its classes in every task; allowed: null"):
+        build_dataset({"name": "rot-mnist", key: 5})
+
+
+def test_uneven_tasks_without_examples_are_refused(fake_root) -> None:
+    # fake seq-mnist has examples of every digit: the tasks 0-3, 4-6, 7-9 all have some
+    dataset = build_dataset({"name": "seq-mnist", "root": str(fake_root), "base_classes": 4, "increment": 3})
+    assert dataset.task_sizes == (4, 3, 3) and len(dataset.task_source(2)) == int((dataset.train_labels() >= 7).sum())
+    from mammoth.datasets.source import InMemorySource
+
+    class Sparse(type(dataset)):
+        def load_sources(self):
+            train, test = super().load_sources()
+            keep = train.labels < 7  # the last task's classes have no training examples
+            return InMemorySource(train.x[keep], train.labels[keep]), test
+
+    sparse = Sparse({"name": "seq-mnist", "root": str(fake_root), "base_classes": 4, "increment": 3})
+    with pytest.raises(DatasetError, match=r"^seq-mnist has no train examples for task 3 of 3: its train data has 7 "
+                                           r"class\(es\), and 3 tasks of 4, 3, 3 classes need 10"):
+        sparse.task_source(0)

@@ -198,6 +198,16 @@ def test_image_folder_splits_its_classes_into_tasks(tmp_path: Path) -> None:
     images = task.read(torch.arange(3), "cpu")
     assert images.shape == (3, 3, 224, 224) and images.dtype == torch.float32
     assert dataset.test_source(2).read(torch.arange(2), "cpu").shape == (2, 3, 224, 224)
+
+
+def test_image_folder_splits_its_classes_unevenly_once_it_has_counted_them(tmp_path: Path) -> None:
+    root = image_folder(tmp_path / "data", n_classes=6, per_class=5)
+    dataset = build_dataset({"name": "image-folder", "root": str(root), "base_classes": 3, "increment": 2})
+    assert dataset.task_sizes == (3, 2, 1) and dataset.n_classes == 6  # the remainder, a smaller last task
+    assert set(dataset.task_source(0).labels.tolist()) == {0, 1, 2} and set(dataset.task_source(2).labels.tolist()) == {5}
+    # the pre-flight cannot count the folders; building the benchmark refuses what does not fit them
+    with pytest.raises(DatasetError, match=r"^dataset.base_classes=7 is not allowed for image-folder; allowed: 1..6 "):
+        build_dataset({"name": "image-folder", "root": str(root), "base_classes": 7, "increment": 2})
     described = dataset.describe()
     assert described["streaming"] is True and described["classes"] == [f"class{c}" for c in range(6)]
 

@@ -139,6 +139,9 @@ def test_two_processes_keep_the_buffer_and_accuracies_of_one(tmp_path: Path) -> 
     cifar = {"name": "seq-cifar10", "n_epochs": 1, "batch_size": 4, "root": str(tmp_path / "data")}
     jobs = [{"dataset": digits, "backbone": "mnistmlp", "model": model, "values": {"buffer_size": 50}, "seed": 3}
             for model in ("er", "derpp", "agem")]
+    # tasks of unequal size (4, 3 and 3 classes)
+    jobs.append({"dataset": {**digits, "base_classes": 4, "increment": 3}, "backbone": "mnistmlp", "model": "derpp",
+                 "values": {"buffer_size": 50}, "seed": 3})
     jobs.append({"dataset": cifar, "backbone": "resnet18", "model": "derpp", "values": {"buffer_size": 20}, "seed": 3})
     (tmp_path / "jobs.json").write_text(json.dumps(jobs))
     (tmp_path / "worker.py").write_text(WORKER)
@@ -150,8 +153,9 @@ def test_two_processes_keep_the_buffer_and_accuracies_of_one(tmp_path: Path) -> 
     one = json.loads((tmp_path / "one" / "report.json").read_text())
     two = json.loads((tmp_path / "two" / "report.json").read_text())
     assert len(one[0]["tasks"]) == 5 and one[0]["tasks"][0]["buffer"] != one[0]["tasks"][1]["buffer"]
-    compare_reports(one[:3], two[:3], exact_accuracy=True)
-    compare_reports(one[3:], two[3:], exact_accuracy=False)  # resnet18: BatchNorm statistics per rank on CPU
+    assert len(one[3]["tasks"]) == 3 and len(one[3]["test_sizes"]) == 3
+    compare_reports(one[:4], two[:4], exact_accuracy=True)
+    compare_reports(one[4:], two[4:], exact_accuracy=False)  # resnet18: BatchNorm statistics per rank on CPU
 
 
 def buffer_digest(run_dir: Path) -> str:

@@ -62,6 +62,19 @@ def test_after_the_second_task_task_il_offsets_each_task_to_its_classes(batch_si
     assert accuracies["task_il"] == [pytest.approx(200 / 3), 100.0]
 
 
+def test_tasks_of_unequal_size_score_their_own_classes():
+    # tasks of 3 classes then 1: {0, 1, 2}, {3}; the examples of task 0 have labels 0, 2, 1
+    model, context = LookupModel(CLASS_IL_LOGITS), HandDataset("class-il", 2, [3, 1]).context()
+    first, second = make_test_set([0, 1, 2], [0, 2, 1]), make_test_set([3, 4], [3, 3])
+    # after task 1, over {0, 1, 2}: example 0 right (5), 1 right (7 on class 2), 2 wrong: 2 of 3, both kinds
+    assert evaluate_tasks(model, context, [first], trained_tasks=1) == {
+        "class_il": [pytest.approx(200 / 3)], "task_il": [pytest.approx(200 / 3)]}
+    # after task 2, Class-IL over all four: task 0 only example 1 (7): 1 of 3; task 1 example 4: 1 of 2.
+    # Task-IL: task 0 over {0, 1, 2}: 2 of 3; task 1 over its one class {3}: always right
+    assert evaluate_tasks(model, context, [first, second]) == {
+        "class_il": [pytest.approx(100 / 3), 50.0], "task_il": [pytest.approx(200 / 3), 100.0]}
+
+
 def test_domain_il_scores_the_shared_label_space_of_every_task():
     model = LookupModel([
         [1.0, 4.0, 2.0],  # 0: label 1, right

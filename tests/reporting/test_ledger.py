@@ -12,7 +12,7 @@ import yaml
 from omegaconf import OmegaConf
 
 import composing
-from mammoth.datasets import DATASETS
+from mammoth.datasets import build_dataset
 from mammoth.errors import ConfigError
 from mammoth.reporting.ledger import LedgerEntry, comparison_table, entries_of, ledger_table, load_ledger, parse_entries, verdict
 from mammoth.reporting.optimized_metric import optimized_metric_names
@@ -49,8 +49,9 @@ def test_every_entry_names_a_real_preset_a_reported_metric_and_a_source() -> Non
     for preset in dict.fromkeys(entry.preset for entry in LEDGER):
         cfg = composing.compose_mammoth(f"experiment={preset}", return_hydra_config=True)
         choices = cfg.hydra.runtime.choices
-        dataset = DATASETS.get(choices["dataset"]).target
-        allowed = optimized_metric_names(dataset.setting, top5=getattr(dataset, "n_classes_per_task", 0) > 5, cuda=True)
+        dataset = build_dataset(cfg.dataset)  # its tasks as the preset sets them (no data read)
+        top5 = all(len(dataset.task_classes(task)) > 5 for task in range(dataset.n_tasks))
+        allowed = optimized_metric_names(dataset.setting, top5=top5, cuda=True, weighted=dataset.uneven_tasks)
         entries = [entry for entry in LEDGER if entry.preset == preset]
         for entry in entries:
             assert entry.metric in allowed, (preset, entry.metric)

@@ -8,7 +8,7 @@ import torch
 
 from mammoth.reporting.metrics import (
     accuracy_rows, average_accuracy, average_incremental_accuracy, backward_transfer, forgetting, forgetting_chaudhry, forward_transfer,
-    old_and_new_accuracy, summarise,
+    old_and_new_accuracy, summarise, weighted_average_accuracy,
 )
 
 # A[i][j]: accuracy on task j after training task i. Entries above the diagonal (tasks not yet
@@ -144,3 +144,13 @@ def test_old_and_new_accuracy_weight_the_earlier_tasks_by_their_test_examples() 
     old, new = old_and_new_accuracy(THREE_TASKS, [100, 300, 50])
     assert old == [None, pytest.approx(95.0), pytest.approx(55.0)]
     assert new == [90.0, 80.0, 75.0]
+
+
+def test_weighted_average_accuracy_is_the_accuracy_over_every_seen_test_example() -> None:
+    # tasks of 50, 10 and 10 classes (500, 100, 100 test examples): after task 2, 60% of 500 and 80% of 100
+    # right is 380 of 600; after task 3, 150 + 50 + 70 = 270 of 700 right
+    rows = [[90.0], [60.0, 80.0], [30.0, 50.0, 70.0]]
+    assert weighted_average_accuracy(rows, [500, 100, 100]) == pytest.approx([90.0, 380 / 6, 270 / 7])
+    assert weighted_average_accuracy(rows, [100, 100, 100])[-1] == pytest.approx(average_accuracy(rows))  # equal tasks
+    with pytest.raises(ValueError, match="test_sizes has 2 entries; allowed: one per task"):
+        weighted_average_accuracy(rows, [1, 2])

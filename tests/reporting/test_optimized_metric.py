@@ -45,12 +45,25 @@ def test_allowed_names_per_setting():
     with_top5 = optimized_metric_names("class-il", top5=True, cuda=True)
     assert with_top5.index("class_il.top5") == len(FIELDS) and "task_il.top5" not in with_top5
     assert with_top5[-1] == "resources.peak_cuda_mb"
+    weighted = optimized_metric_names("class-il", weighted=True)
+    assert weighted[len(FIELDS):len(FIELDS) + 2] == ["class_il.average_weighted", "class_il.average_incremental_weighted"]
+    assert "task_il.average_weighted" in weighted and len(weighted) == len(optimized_metric_names("class-il")) + 4
+
+
+def test_the_averages_over_examples_are_for_tasks_of_unequal_size():
+    uneven = SimpleNamespace(name="seq-cifar100", setting="class-il", n_tasks=2, uneven_tasks=True,
+                             task_classes=lambda task: [range(0, 50), range(50, 60)][task])
+    assert check_optimized_metric("class_il.average_weighted", uneven) == "class_il.average_weighted"
+    with pytest.raises(ConfigError, match=r"^optimized_metric='class_il.average_weighted' is not reported for seq-cifar100 "
+                                          r"\(class-il\): it is reported for tasks of unequal size \(dataset.base_classes\); allowed: "):
+        check_optimized_metric("class_il.average_weighted", TEN_PER_TASK)
 
 
 def test_directions_are_documented():
     assert METRIC_DIRECTIONS == {
         "average": "maximize", "forgetting": "minimize", "bwt": "maximize", "forward_transfer": "maximize",
         "average_incremental": "maximize", "old_accuracy": "maximize", "new_accuracy": "maximize", "top5": "maximize",
+        "average_weighted": "maximize", "average_incremental_weighted": "maximize",
     }
     assert metric_direction("resources.peak_rss_mb") == "minimize"
     assert metric_direction("task_il.old_accuracy") == "maximize"

@@ -29,6 +29,27 @@ def test_every_metric_of_a_block_from_hand_computed_values() -> None:
     assert block["forgetting_over"] == "every task but the last, from the rows after each task"
 
 
+def test_tasks_of_unequal_size_also_report_the_averages_over_examples() -> None:
+    # B50 Inc10 in miniature: the first task has 5 times the test examples of each later one
+    measured = Measurements(test_sizes=[500, 100, 100], uneven_tasks=True)
+    results = build_results({"class_il": ROWS, "task_il": ROWS}, 3, measured=measured,
+                            dataset={"classes_per_task": [50, 10, 10]})
+    block = results["class_il"]
+    # after task 2: (60 * 500 + 80 * 100) / 600 = 38000 / 600; after task 3: (30*500 + 50*100 + 70*100) / 700 = 27000 / 700
+    assert block["average_weighted_per_task"] == pytest.approx([90.0, 38000 / 600, 27000 / 700])
+    assert block["average_weighted"] == pytest.approx(27000 / 700) and block["average"] == pytest.approx(50.0)
+    assert block["average_incremental_weighted"] == pytest.approx((90 + 38000 / 600 + 27000 / 700) / 3)
+    assert results["task_il"]["average_weighted"] == pytest.approx(27000 / 700)
+    # forgetting and BWT stay per task: (90 - 30) and (80 - 50), averaged
+    assert block["forgetting"] == pytest.approx(45.0) and block["bwt"] == pytest.approx(-45.0)
+    assert "average_weighted" not in build_results({"class_il": ROWS}, 3, measured=MEASURED)["class_il"]
+    assert format_table({"class_il": ROWS}, 3, measured).splitlines()[-1].endswith("over examples 38.57")
+    heat, curves = results_figure(results).axes[:2]
+    assert [label.get_text() for label in heat.get_xticklabels()] == ["1\n(50)", "2\n(10)", "3\n(10)"]
+    assert curves.get_lines()[-1].get_label() == "Class-IL over examples"
+    assert list(curves.get_lines()[-1].get_ydata()) == pytest.approx([90.0, 38000 / 600, 27000 / 700])
+
+
 def test_resources_and_what_the_blocks_are_of() -> None:
     results = build_results({"class_il": ROWS}, 3, measured=MEASURED)
     assert results["resources"] == {

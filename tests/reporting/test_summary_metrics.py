@@ -67,3 +67,18 @@ def test_a_validation_run_gets_a_test_column_beside_its_validation_average(tmp_p
     assert rows[0].metrics["class_il_test"] == 33.0 and rows[0].metrics["class_il_average"] == 40.0
     assert metric_names(rows) == ["class_il_average", "class_il_forgetting", "class_il_bwt", "class_il_test"]
     assert metric_title("class_il_test") == "Class-IL test"
+
+
+def test_runs_of_tasks_of_unequal_size_get_the_averages_over_examples(tmp_path: Path) -> None:
+    for seed, weighted in enumerate([60.0, 64.0]):
+        write_results(tmp_path / str(seed), [f"seed={seed}", "dataset.base_classes=50", "dataset.increment=10"], {
+            "class_il": {"average": 40.0, "forgetting": 10.0, "bwt": -10.0, "average_weighted": weighted,
+                         "average_incremental_weighted": weighted + 10}})
+    rows = gather([tmp_path])
+    assert metric_names(rows) == ["class_il_average", "class_il_forgetting", "class_il_bwt",
+                                  "class_il_average_weighted", "class_il_average_incremental_weighted"]
+    assert [metric_title(name) for name in metric_names(rows)[3:]] == [
+        "Class-IL over examples", "Class-IL avg incr. over examples"]
+    line = next(line for line in format_summary(rows, "sweep").splitlines() if line.startswith("| dataset.base_classes=50"))
+    # (60 + 64) / 2 = 62, sample std sqrt(8) = 2.83; then 72 ± 2.83
+    assert [cell.strip() for cell in line.strip("|").split("|")][6:8] == ["62.00 ± 2.83", "72.00 ± 2.83"]
