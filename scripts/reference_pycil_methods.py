@@ -166,12 +166,15 @@ def scripted_loader(dataset: ImageSet, batch_size: int = 1, shuffle: bool = Fals
     """PyCIL's ``DataLoader(dataset, batch_size, shuffle, num_workers)``: the rows as ``(index, x, y)``
     batches; with ``shuffle`` (training) in :func:`training_order`, in :data:`BATCH`-sized batches, one list
     per epoch (a fresh order for each iteration)."""
+    dataset_ = dataset
     if not shuffle:
         size = len(dataset)
         return [(torch.arange(s, min(s + batch_size, size)), dataset.images[s : s + batch_size], dataset.labels[s : s + batch_size])
                 for s in range(0, size, batch_size)]
 
     class Epochs:
+        dataset = dataset_
+
         def __len__(self) -> int:
             return math.ceil(len(dataset) / BATCH)
 
@@ -302,6 +305,75 @@ def run_pycil_wa(root: Path) -> dict:
     return result
 
 
+def run_pycil_podnet(root: Path) -> dict:
+    """PyCIL's PODNet on the tiny network: per-step losses and logits (training and finetuning), the
+    new proxies, the finetuning set, the memory, sigma and the probe logits after each task."""
+    podnet = prepare_pycil(root, "podnet", PODNET_CONSTANTS)
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)  # PyCIL's own draws (the new proxies, recorded below)
+    learner = podnet.PODNet({"memory_size": PODNET_MEMORY, "memory_per_class": 0, "fixed_memory": False,
+                             "device": [torch.device("cpu")], "convnet_type": "tiny"})
+    steps, hook = step_recorder(learner)
+    learner._network.register_forward_hook(hook)
+    nca, spatial = podnet.nca, podnet.pod_spatial_loss
+
+    def recording_nca(*args: Any, **kwargs: Any) -> torch.Tensor:
+        value = nca(*args, **kwargs)
+        steps[-1]["nca"] = float(value)
+        return value
+
+    def recording_spatial(*args: Any, **kwargs: Any) -> torch.Tensor:
+        value = spatial(*args, **kwargs)
+        steps[-1]["spatial_unweighted"] = float(value)
+        return value
+
+    class RecordingF:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(F, name)
+
+        def cosine_embedding_loss(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+            value = F.cosine_embedding_loss(*args, **kwargs)
+            steps[-1]["flat_unweighted"] = float(value)
+            return value
+
+    podnet.nca, podnet.pod_spatial_loss, podnet.F = recording_nca, recording_spatial, RecordingF()
+    result: dict[str, Any] = {"constants": PODNET_CONSTANTS, "memory_size": PODNET_MEMORY,
+                              "nb_proxy": podnet.nb_proxy, "tasks": []}
+    network = learner._network
+    update_fc, run = network.update_fc, learner._run
+    record: dict[str, Any] = {}
+
+    def recording_update_fc(classes: int, task: int) -> None:
+        update_fc(classes, task)
+        new = network.fc if task == 0 else network.fc.fc2
+        record["initial_proxies"] = listed(new.weight)
+
+    def recording_run(train_loader: Any, test_loader: Any, optimizer: Any, scheduler: Any, epochs: int) -> None:
+        phase = "finetune_steps" if "train_steps" in record else "train_steps"
+        if phase == "finetune_steps":
+            record["finetune_set"] = memory_rows(train_loader.dataset.images, train_loader.dataset.labels)
+        del steps[:]
+        run(train_loader, test_loader, optimizer, scheduler, epochs)
+        record[phase] = list(steps)
+        record[phase.replace("steps", "factor")] = learner.factor
+
+    network.update_fc, learner._run = recording_update_fc, recording_run
+    manager = DataManager()
+    for task in range(N_TASKS):
+        record.clear()
+        learner.incremental_train(manager)
+        learner.after_task()
+        network.eval()
+        with torch.no_grad():
+            probe = network(probe_images())["logits"]
+        weight = network.fc.weight if task == 0 else torch.cat([network.fc.fc1.weight, network.fc.fc2.weight])
+        result["tasks"].append({**record, "memory": memory_rows(learner._data_memory, learner._targets_memory),
+                                "sigma": float(network.fc.sigma), "final_proxies": listed(weight),
+                                "probe_logits": listed(probe)})
+    return result
+
+
 def mirror_commit(name: str) -> str:
     """The commit of the local mirror the code was extracted from (``unknown`` without one)."""
     command = ["git", "--git-dir", f"/work/.mirror/{name}/repo", "rev-parse", "HEAD"]
@@ -317,7 +389,7 @@ def child_result(arguments: argparse.Namespace, part: str) -> dict:
     return json.loads(finished.stdout.strip().splitlines()[-1])
 
 
-PARTS = {"wa": run_pycil_wa}
+PARTS = {"wa": run_pycil_wa, "podnet": run_pycil_podnet}
 
 
 def main() -> None:
