@@ -8,8 +8,9 @@ import json
 from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
+import pytest
 import torch
 from torch import Tensor, nn
 
@@ -33,6 +34,15 @@ def script() -> ModuleType:
 def reference() -> dict[str, Any]:
     """PyCIL's numbers (written by the script)."""
     return json.loads(REFERENCE_FILE.read_text())
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """torch on one CPU thread for the test (these tiny convolutions only wait on a second one)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 class Config:

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
-from pycil_reference import ImageDataset, TinyNet, memory_rows, reference, script, tensor, train_like_the_script
+from pycil_reference import ImageDataset, TinyNet, memory_rows, one_thread, reference, script, tensor, train_like_the_script
 
 from composing import compose_mammoth
 from mammoth.datasets.source import Batch
@@ -36,7 +36,7 @@ def expected_losses(steps: list, factor: float) -> list[float]:
             for step in steps]
 
 
-def test_podnet_matches_pycils_losses_logits_finetuning_memory_and_predictions() -> None:
+def test_podnet_matches_pycils_losses_logits_finetuning_memory_and_predictions(one_thread) -> None:
     recorded = reference()["podnet"]
     model = make_podnet()
     epochs = recorded["constants"]["epochs"]
@@ -121,7 +121,7 @@ def test_pod_spatial_pools_squared_maps_over_width_and_height() -> None:
     assert as_maps(torch.ones(2, 3)).shape == (2, 3, 1, 1) and as_maps(torch.ones(2, 3, 4)).shape == (2, 3, 4, 1)
 
 
-def test_the_stages_distilled_are_those_of_returnt_full_after_the_stem() -> None:
+def test_the_stages_distilled_are_those_of_returnt_full_after_the_stem(one_thread) -> None:
     from mammoth.backbones.resnet import ResNet
 
     net = ResNet(num_classes=4, input_shape=(3, 8, 8), depth=18, width=2)
@@ -158,7 +158,7 @@ def test_second_task_distils_with_the_adaptive_factor(make_model, run_task, make
     assert losses["spatial"].item() == 0.0  # the MLP has one hidden stage: the features, no maps
 
 
-def test_finetuning_trains_on_a_class_balanced_set(make_model, run_task) -> None:
+def test_finetuning_trains_on_a_class_balanced_set(make_model, run_task, one_thread) -> None:
     model = make_model("podnet", buffer_size=8, ft_epochs=2)
     run_task(model, 0)
     seen = []

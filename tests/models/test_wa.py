@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from omegaconf import OmegaConf
-from pycil_reference import ImageDataset, TinyNet, memory_rows, reference, tensor, train_like_the_script
+from pycil_reference import ImageDataset, TinyNet, memory_rows, one_thread, reference, tensor, train_like_the_script
 
 from composing import compose_mammoth
 from mammoth.engine.context import build_context
@@ -26,7 +26,7 @@ def make_wa(seed: int = 0, **values):
     return model
 
 
-def test_wa_matches_pycils_losses_logits_alignment_memory_and_predictions() -> None:
+def test_wa_matches_pycils_losses_logits_alignment_memory_and_predictions(one_thread) -> None:
     recorded = reference()["wa"]
     model = make_wa()
     step_logits = []
