@@ -115,7 +115,7 @@ from mammoth.models import build_model
 torch.set_num_threads(1)
 RUNS = {"ewc-on": {"e_lambda": 10.0, "gamma": 1.0}, "gem": {"buffer_size": 40},
         "gdumb": {"buffer_size": 40, "fitting_epochs": 2, "cutmix_alpha": None},
-        "lwf": {}, "bic": {"buffer_size": 40, "bic_epochs": 2}}
+        "lwf": {}, "bic": {"buffer_size": 40, "bic_epochs": 2}, "wa": {"buffer_size": 40}}
 launch = detect_launch()
 if launch is not None:
     start_process_group(launch)
@@ -202,7 +202,7 @@ def test_work_every_rank_computes_identically_runs_with_no_collective(tmp_path: 
     together = torchrun(["worker.py", "two.json"], tmp_path)
     assert together.returncode == 0, together.stderr[-3000:]
     one, two = (json.loads((tmp_path / name).read_text()) for name in ("one.json", "two.json"))
-    for name in ("ewc-on", "gem", "gdumb", "lwf", "bic"):
+    for name in ("ewc-on", "gem", "gdumb", "lwf", "bic", "wa"):
         collectives, armed = two[name]["phases"]["inner"]  # begin_task, training_data, end_task: the inner loops
         assert (collectives, armed) == (0, 0), name
         step_collectives, step_armed = two[name]["phases"]["step"]

@@ -14,7 +14,7 @@ from mammoth.engine.context import build_context
 from mammoth.engine.loop import train_task
 from mammoth.models import build_model
 
-_REPLAY_METHODS = ("er", "der", "derpp", "agem", "gem", "icarl", "er_ace", "gdumb", "bic", "mer", "xder")
+_REPLAY_METHODS = ("er", "der", "derpp", "agem", "gem", "icarl", "er_ace", "gdumb", "bic", "mer", "xder", "wa", "podnet")
 
 
 class FakeConfig:
