@@ -1,0 +1,173 @@
+"""mas, rwalk and ewc (PyCIL's offline EWC) held step by step to the reference implementations' own
+code (Avalanche's MASPlugin and RWalkPlugin, PyCIL's models/ewc.py), run by
+scripts/reference_importance_methods.py on the same tiny network and batches over 3 tasks; and what
+each refuses.
+
+Tolerances: both sides compute in float32 on the CPU with the same operations in the same order
+but for the matrix products' and sums' internal order (BLAS, threads), so every value is compared
+to a relative 1e-5 of its size plus an absolute floor stated per quantity (measured: at most a few
+1e-7 apart)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from functools import lru_cache
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor
+
+from mammoth.backbones.mlp import MNISTMLP
+from mammoth.datasets.source import Batch, DataSource, InMemorySource
+from mammoth.engine.context import build_context
+from mammoth.errors import ConfigError
+from mammoth.models import build_model
+
+REPO = Path(__file__).resolve().parents[2]
+REFERENCE_FILE = REPO / "tests" / "models" / "data" / "importance_methods_reference.json"
+
+
+@lru_cache(maxsize=1)
+def script() -> ModuleType:
+    """scripts/reference_importance_methods.py as a module (its top level needs only torch)."""
+    spec = importlib.util.spec_from_file_location("reference_importance_methods",
+                                                  REPO / "scripts" / "reference_importance_methods.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@lru_cache(maxsize=1)
+def reference() -> dict[str, Any]:
+    """The reference implementations' numbers (written by the script)."""
+    return json.loads(REFERENCE_FILE.read_text())
+
+
+class Config:
+    batch_size = 4
+    n_epochs = 2
+
+
+class TinyDataset:
+    """The script's benchmark: 3 class-IL tasks of 2 classes, 1x4x4 inputs, no transforms."""
+
+    name, setting, n_classes, n_tasks, input_shape = "reference-tiny", "class-il", 6, 3, (1, 4, 4)
+    config = Config()
+
+    def task_classes(self, task: int) -> range:
+        return range(2 * task, 2 * task + 2)
+
+    def train_transform(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return x
+
+    def test_transform(self, x: Tensor) -> Tensor:
+        return x
+
+    def task_source(self, task: int) -> DataSource:
+        return InMemorySource(*script().task_data(task))
+
+
+def tiny_model(name: str, **values: Any) -> Any:
+    """``name`` on the script's tiny network (its initial weights), lr 0.1, attached to a CPU context."""
+    net = MNISTMLP(num_classes=6, input_shape=(1, 4, 4), hidden_sizes=(8,))
+    with torch.no_grad():
+        for parameter, value in zip(net.parameters(), script().initial_weights()):
+            parameter.copy_(value)
+    dataset = TinyDataset()
+    model = build_model(name, net=net, dataset=dataset, lr=0.1, **values)
+    model.attach(build_context(dataset, "cpu", torch.Generator().manual_seed(0)))
+    return model
+
+
+def train_task(model: Any, task: int) -> list[float]:
+    """``task`` as the script trains it: its epochs' batches in ``train_order``; returns each step's loss."""
+    inputs, labels = script().task_data(task)
+    model.begin_task(task)
+    model.train()
+    losses = []
+    for epoch in range(script().EPOCHS):
+        for index in script().train_order(task, epoch):
+            losses.append(model.observe(inputs[index], labels[index], inputs[index]))
+        model.end_epoch(epoch)
+    return losses
+
+
+def probe_logits(model: Any) -> Tensor:
+    model.eval()
+    with torch.no_grad():
+        return model(script().probe_inputs())
+
+
+def close(ours: Tensor | list, theirs: list, floor: float) -> None:
+    """``ours`` equals ``theirs`` to a relative 1e-5 plus ``floor``."""
+    ours = torch.as_tensor(ours, dtype=torch.float32).flatten()
+    theirs = torch.tensor(theirs, dtype=torch.float32).flatten()
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=floor)
+
+
+# ---- mas ----
+
+
+def test_mas_matches_avalanches_mas_plugin_step_by_step() -> None:
+    expected = reference()["avalanche"]["mas"]
+    assert expected["settings"] == {"lambda_reg": 1.0, "alpha": 0.5}  # Avalanche's defaults, ours too
+    model = tiny_model("mas")
+    assert (model.lambda_reg, model.alpha) == (1.0, 0.5)
+    for task in range(3):
+        losses = train_task(model, task)
+        close(losses, expected["losses"][task], 1e-6)  # CE + lambda_reg * penalty, every step
+        assert (model.penalty().item() > 1e-4) == (task > 0)  # the penalty pulled the later tasks' steps
+        model.end_task(task, model.context.task_data(task))
+        close(model.importance, expected["importance"][task], 1e-7)
+        close(model.anchor, expected["anchor"][task], 1e-7)
+        close(model.net.get_params(), expected["weights"][task], 1e-6)
+        close(probe_logits(model), expected["logits"][task], 1e-5)
+
+
+def test_mas_importance_merges_with_alpha() -> None:
+    model = tiny_model("mas", alpha=0.25)
+    train_task(model, 0)
+    model.end_task(0, model.context.task_data(0))
+    first = model.importance.clone()
+    train_task(model, 1)
+    this_task = model.output_sensitivity(model.context.task_data(1))
+    model.end_task(1, model.context.task_data(1))
+    torch.testing.assert_close(model.importance, 0.25 * first + 0.75 * this_task)
+    assert torch.equal(model.anchor, model.net.get_params())
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"alpha": 1.5}, r"^model\.alpha=1\.5 is not in \[0, 1\]; allowed: 0 <= alpha <= 1$"),
+    ({"lambda_reg": -1.0}, r"^model\.lambda_reg=-1\.0 is negative"),
+])
+def test_mas_refuses_bad_values(values, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        tiny_model("mas", **values)
+
+
+# ---- presets ----
+
+#: preset -> {our dotted key: the source's value} (each preset's comment names its source file)
+PRESETS = {
+    "mas-seq-tinyimg": {"dataset.name": "seq-tinyimg", "dataset.batch_size": 200, "dataset.n_epochs": 70,
+                        "model.lambda_reg": 2.0, "model.alpha": 0.5, "model.lr": 0.005, "model.momentum": 0.9},
+}
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_holds_its_sources_settings_and_builds(name: str) -> None:
+    from omegaconf import OmegaConf
+
+    from composing import compose_mammoth
+    from mammoth.datasets import build_dataset
+
+    cfg = compose_mammoth(f"experiment={name}")
+    assert {key: OmegaConf.select(cfg, key) for key in PRESETS[name]} == PRESETS[name]
+    dataset = build_dataset(cfg.dataset)  # reads no data
+    net = MNISTMLP(num_classes=dataset.n_classes, input_shape=(1, 4, 4), hidden_sizes=(8,))
+    model = build_model(cfg.model, net=net, dataset=dataset)
+    assert model.lr == PRESETS[name]["model.lr"]
