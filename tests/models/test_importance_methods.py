@@ -155,6 +155,9 @@ def test_mas_refuses_bad_values(values, message) -> None:
 PRESETS = {
     "mas-seq-tinyimg": {"dataset.name": "seq-tinyimg", "dataset.batch_size": 200, "dataset.n_epochs": 70,
                         "model.lambda_reg": 2.0, "model.alpha": 0.5, "model.lr": 0.005, "model.momentum": 0.9},
+    "rwalk-seq-mnist": {"dataset.name": "seq-mnist", "dataset.batch_size": 64, "dataset.n_epochs": 10,
+                        "backbone.hidden_sizes": [256, 256], "model.ewc_lambda": 0.1, "model.ewc_alpha": 0.9,
+                        "model.delta_t": 10, "model.optimizer": "adam", "model.lr": 0.001},
 }
 
 
@@ -166,8 +169,60 @@ def test_preset_holds_its_sources_settings_and_builds(name: str) -> None:
     from mammoth.datasets import build_dataset
 
     cfg = compose_mammoth(f"experiment={name}")
-    assert {key: OmegaConf.select(cfg, key) for key in PRESETS[name]} == PRESETS[name]
+    selected = {key: OmegaConf.select(cfg, key) for key in PRESETS[name]}
+    assert {key: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for key, v in selected.items()} == PRESETS[name]
     dataset = build_dataset(cfg.dataset)  # reads no data
     net = MNISTMLP(num_classes=dataset.n_classes, input_shape=(1, 4, 4), hidden_sizes=(8,))
     model = build_model(cfg.model, net=net, dataset=dataset)
     assert model.lr == PRESETS[name]["model.lr"]
+
+
+# ---- rwalk ----
+
+
+def test_rwalk_matches_avalanches_rwalk_plugin_step_by_step() -> None:
+    expected = reference()["avalanche"]["rwalk"]
+    settings = expected["settings"]
+    assert (settings["ewc_lambda"], settings["ewc_alpha"]) == (0.1, 0.9)  # Avalanche's defaults, ours too
+    model = tiny_model("rwalk", delta_t=settings["delta_t"])
+    assert (model.ewc_lambda, model.ewc_alpha, tiny_model("rwalk").delta_t) == (0.1, 0.9, 10)
+    for task in range(3):
+        losses = train_task(model, task)
+        close(losses, expected["losses"][task], 1e-6)  # CE + ewc_lambda * penalty, every step
+        assert (model.penalty().item() > 1e-4) == (task > 0)
+        model.end_task(task, model.context.task_data(task))
+        close(model.fisher, expected["importance"][task], 1e-7)
+        # the scores divide by (0.5 * fisher * step**2 + eps): large where the weights hardly moved
+        scale = max(abs(value) for value in expected["scores"][task])
+        close(model.task_scores, expected["scores"][task], 1e-6 * scale)
+        close(model.penalties, expected["penalties"][task], 1e-6)
+        close(model.anchor, expected["anchor"][task], 1e-7)
+        close(model.net.get_params(), expected["weights"][task], 1e-6)
+        close(probe_logits(model), expected["logits"][task], 1e-5)
+    assert model.iterations == 18
+    # the penalties are normalised: the Fisher's part and the positive scores' part each at most 1
+    assert 1.0 < model.penalties.max().item() <= 2.0 and model.penalties.min().item() >= 0
+
+
+def test_rwalk_resumes_its_step_count_and_importances() -> None:
+    model = tiny_model("rwalk", delta_t=4)
+    train_task(model, 0)
+    model.end_task(0, model.context.task_data(0))
+    resumed = tiny_model("rwalk", delta_t=4)
+    resumed.net.load_state_dict(model.net.state_dict())
+    resumed.load_extra_state(model.extra_state())
+    assert resumed.iterations == 6
+    for each in (model, resumed):
+        train_task(each, 1)
+        each.end_task(1, each.context.task_data(1))
+    for name in ("fisher", "task_scores", "anchor", "penalties"):
+        assert torch.equal(getattr(resumed, name), getattr(model, name)), name
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"ewc_alpha": -0.1}, r"^model\.ewc_alpha=-0\.1 is not in \[0, 1\]; allowed: 0 <= ewc_alpha <= 1$"),
+    ({"delta_t": 0}, r"^model\.delta_t=0 is not a positive integer; allowed: delta_t >= 1$"),
+])
+def test_rwalk_refuses_bad_values(values, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        tiny_model("rwalk", **values)
