@@ -47,7 +47,7 @@ def test_the_manifest_matches_the_registries():
     written = json.loads(text)
     assert written == manifest_script().registries_manifest(), "regenerate it: python scripts/write_builtins_manifest.py"
     assert text == manifest.manifest_text(written)
-    assert sum(len(options) for options in written.values()) == 46
+    assert sum(len(options) for options in written.values()) == 47
 
 
 @pytest.mark.parametrize("group", manifest.GROUPS)
@@ -122,7 +122,7 @@ print(len(names), before == after, [name for name in after[0] if name not in bef
 '''
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["46", "True", "[]"]
+    assert result.stdout.split() == ["47", "True", "[]"]
 
 
 @pytest.mark.parametrize("group", manifest.GROUPS)

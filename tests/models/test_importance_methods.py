@@ -104,8 +104,8 @@ def probe_logits(model: Any) -> Tensor:
 
 def close(ours: Tensor | list, theirs: list, floor: float) -> None:
     """``ours`` equals ``theirs`` to a relative 1e-5 plus ``floor``."""
-    ours = torch.as_tensor(ours, dtype=torch.float32).flatten()
-    theirs = torch.tensor(theirs, dtype=torch.float32).flatten()
+    ours = torch.as_tensor(ours, dtype=torch.float32).detach().flatten()
+    theirs = torch.as_tensor(theirs, dtype=torch.float32).flatten()
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=floor)
 
 
@@ -158,6 +158,10 @@ PRESETS = {
     "rwalk-seq-mnist": {"dataset.name": "seq-mnist", "dataset.batch_size": 64, "dataset.n_epochs": 10,
                         "backbone.hidden_sizes": [256, 256], "model.ewc_lambda": 0.1, "model.ewc_alpha": 0.9,
                         "model.delta_t": 10, "model.optimizer": "adam", "model.lr": 0.001},
+    "ewc-seq-cifar100": {"dataset.name": "seq-cifar100", "dataset.batch_size": 128, "dataset.n_epochs": 180,
+                         "model.lr": 0.1, "model.lr_milestones": [70, 120, 150], "model.sched_multistep_lr_gamma": 0.1,
+                         "model.lamda": 1000.0, "model.momentum": 0.9, "model.weight_decay": 0.0002,
+                         "model.init_weight_decay": 0.0005, "model.fishermax": 0.0001},
 }
 
 
@@ -226,3 +230,77 @@ def test_rwalk_resumes_its_step_count_and_importances() -> None:
 def test_rwalk_refuses_bad_values(values, message) -> None:
     with pytest.raises(ConfigError, match=message):
         tiny_model("rwalk", **values)
+
+
+# ---- ewc (PyCIL) ----
+
+
+def per_parameter(model: Any, values: Tensor, total: int) -> dict[str, list[float]]:
+    """A flat vector of the tiny network as PyCIL's parameter names, the head cut to its first ``total`` rows."""
+    hidden, bias, head, head_bias = values.split([128, 8, 48, 6])
+    return {"backbone.weight": hidden.tolist(), "backbone.bias": bias.tolist(),
+            "fc.weight": head[: total * 8].tolist(), "fc.bias": head_bias[:total].tolist()}
+
+
+def test_ewc_matches_pycils_ewc_step_by_step() -> None:
+    expected = reference()["pycil"]["ewc"]
+    settings = expected["settings"]
+    assert (settings["lamda"], settings["fishermax"]) == (1000, 0.0001)  # PyCIL's, our defaults too
+    model = tiny_model("ewc", weight_decay=0.0, init_weight_decay=0.0)  # the script runs PyCIL without weight decay
+    assert (model.lamda, model.fishermax, model.momentum) == (1000.0, 0.0001, 0.9)
+    penalties: list[float] = []
+    penalty = model.penalty
+    model.penalty = lambda: penalties.append(penalty()) or penalties[-1]  # records each step's term
+    for task in range(3):
+        penalties.clear()
+        losses = train_task(model, task)
+        total = 2 * (task + 1)
+        close([value.item() for value in penalties], expected["ewc"][task], 1e-12)  # the EWC term of every step (before lamda)
+        ce = torch.tensor(expected["ce"][task], dtype=torch.float64)
+        close(losses, ce + 1000 * torch.tensor(expected["ewc"][task] or [0.0] * len(ce), dtype=torch.float64), 1e-6)
+        # the Fisher pass over PyCIL's shuffled loader's next pass (the script's order)
+        inputs, labels = script().task_data(task)
+        order = script().train_order(task, script().EPOCHS)
+        model.context.batches = lambda source, **_: (Batch(inputs[i], labels[i], inputs[i], i) for i in order)
+        model.end_task(task, model.context.task_data(task))
+        ours = per_parameter(model, model.fisher, total)
+        for name, values in expected["fisher"][task].items():
+            close(ours[name], values, 1e-11)
+        assert not model.fisher[128 + 8 + total * 8 : 184].any() and not model.fisher[184 + total :].any()
+        for name, values in expected["anchor"][task].items():
+            close(per_parameter(model, model.anchor, total)[name], values, 1e-6)
+        for name, values in expected["weights"][task].items():
+            close(per_parameter(model, model.net.get_params(), total)[name], values, 1e-6)
+        close(probe_logits(model)[:, :total], expected["logits"][task], 1e-5)
+
+
+def test_ewc_merges_the_fisher_by_classes_seen_and_keeps_new_head_rows() -> None:
+    model = tiny_model("ewc")
+    model.fisher = torch.full((190,), 8e-5)
+    model.anchor = model.net.get_params()
+    model.begin_task(1)
+    in_order = type(model.context).batches  # the pass in order, so that this test can repeat it
+    model.context.batches = lambda source, **_: in_order(model.context, source, shuffle=False)
+    new = model.fisher_diagonal(model.context.batches(model.context.task_data(1)), 4)
+    model.end_task(1, model.context.task_data(1))
+    expected = 0.5 * torch.full((190,), 8e-5) + 0.5 * new  # alpha = 2 classes before / 4 seen
+    rows = torch.cat([torch.arange(136 + 16, 136 + 32), torch.tensor([184 + 2, 184 + 3])])  # task 1's head rows
+    expected[rows] = new[rows]
+    torch.testing.assert_close(model.fisher, expected)
+    assert model.fisher.max() <= 1e-4
+
+
+def test_ewc_starts_with_pycils_first_task_weight_decay() -> None:
+    model = tiny_model("ewc")
+    model.begin_task(0)
+    assert model.optimizer.param_groups[0]["weight_decay"] == 0.0005
+    model.begin_task(1)
+    assert model.optimizer.param_groups[0]["weight_decay"] == 0.0002
+
+
+def test_ewc_refuses_domain_il() -> None:
+    class Domain(TinyDataset):
+        setting = "domain-il"
+
+    with pytest.raises(ConfigError, match=r"^model=ewc does not support domain-il datasets"):
+        build_model("ewc", net=MNISTMLP(num_classes=6, input_shape=(1, 4, 4), hidden_sizes=(8,)), dataset=Domain())
