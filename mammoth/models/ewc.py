@@ -13,7 +13,7 @@ from mammoth.backbones.base import MammothBackbone
 from mammoth.config.value_checks import check_non_negative, check_positive
 from mammoth.models.base import ContinualModel
 from mammoth.models.registry import register_model
-from mammoth.models.utils import class_bounds, require_class_il, training_mode, weighted_distance
+from mammoth.models.utils import class_bounds, flat_gradient, require_class_il, training_mode, weighted_distance
 
 if TYPE_CHECKING:
     from mammoth.datasets.source import Batch, DataSource
@@ -38,6 +38,7 @@ class EWC(ContinualModel):
     """
 
     supports_distributed = True  # the penalty is the same on every rank; the Fisher pass runs whole on each
+    # fp16: the step goes through self.step (scaled); the Fisher pass runs after training, outside autocast
 
     def __init__(self, net: MammothBackbone, dataset: Any, lamda: float = 1000.0, fishermax: float = 0.0001,
                  init_weight_decay: float = 0.0005, momentum: float = 0.9, weight_decay: float = 0.0002,
@@ -89,15 +90,12 @@ class EWC(ContinualModel):
         """The mean over ``batches`` of the squared gradient of each batch's cross-entropy over the
         first ``seen`` classes (network in train mode), clipped to ``fishermax``; flat."""
         fisher = torch.zeros(self.net.num_params(), device=self.device)
-        grads = torch.empty_like(fisher)
         n_batches = 0
         with training_mode(self.net, True):
             for batch in batches:
                 n_batches += 1
-                self.net.zero_grad(set_to_none=True)
-                F.cross_entropy(self.net(batch.inputs)[:, :seen], batch.labels).backward()
-                fisher.add_(self.net.get_grads(out=grads).pow_(2))
-        self.net.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(self.net(batch.inputs)[:, :seen], batch.labels)
+                fisher.add_(flat_gradient(self.net, loss).pow_(2))
         return fisher.div_(max(n_batches, 1)).clamp_(max=self.fishermax)
 
     def classifier_rows(self, start: int, stop: int) -> Tensor:

@@ -12,7 +12,7 @@ from mammoth.backbones.base import MammothBackbone
 from mammoth.config.value_checks import check_fraction, check_non_negative
 from mammoth.models.base import ContinualModel
 from mammoth.models.registry import register_model
-from mammoth.models.utils import training_mode, weighted_distance
+from mammoth.models.utils import flat_gradient, training_mode, weighted_distance
 
 if TYPE_CHECKING:
     from mammoth.datasets.source import DataSource
@@ -34,6 +34,7 @@ class MAS(ContinualModel):
     """
 
     supports_distributed = True  # the penalty is the same on every rank; importances are computed whole on each
+    # fp16: the step goes through self.step (scaled); the importance pass runs after training, outside autocast
 
     def __init__(self, net: MammothBackbone, dataset: Any, lambda_reg: float = 1.0, alpha: float = 0.5,
                  **kwargs: Any) -> None:
@@ -69,16 +70,12 @@ class MAS(ContinualModel):
         """The mean over the task's batches (in order, augmented, network in train mode) of
         ``|grad of mean_rows ||logits||**2|``, as a flat vector in ``parameters()`` order."""
         importance = torch.zeros(self.net.num_params(), device=self.device)
-        grads = torch.empty_like(importance)
         n_batches = 0
         with training_mode(self.net, True):
             for batch in self.context.batches(data, shuffle=False):
                 n_batches += 1
-                self.net.zero_grad(set_to_none=True)
                 loss = torch.norm(self.net(batch.inputs), p="fro", dim=1).pow(2).mean()
-                loss.backward()
-                importance.add_(self.net.get_grads(out=grads).abs_())
-        self.net.zero_grad(set_to_none=True)
+                importance.add_(flat_gradient(self.net, loss).abs_())
         return importance.div_(float(max(n_batches, 1)))
 
     def extra_state(self) -> dict[str, Any]:
