@@ -73,13 +73,14 @@ class TinyDataset:
         return InMemorySource(*script().task_data(task))
 
 
-def tiny_model(name: str, **values: Any) -> Any:
-    """``name`` on the script's tiny network (its initial weights), lr 0.1, attached to a CPU context."""
+def tiny_model(name: str, dataset: Any = None, **values: Any) -> Any:
+    """``name`` on the script's tiny network (its initial weights), lr 0.1, attached to a CPU context
+    (``dataset``: a TinyDataset by default)."""
     net = MNISTMLP(num_classes=6, input_shape=(1, 4, 4), hidden_sizes=(8,))
     with torch.no_grad():
         for parameter, value in zip(net.parameters(), script().initial_weights()):
             parameter.copy_(value)
-    dataset = TinyDataset()
+    dataset = TinyDataset() if dataset is None else dataset
     model = build_model(name, net=net, dataset=dataset, lr=0.1, **values)
     model.attach(build_context(dataset, "cpu", torch.Generator().manual_seed(0)))
     return model
@@ -276,20 +277,36 @@ def test_ewc_matches_pycils_ewc_step_by_step() -> None:
         close(probe_logits(model)[:, :total], expected["logits"][task], 1e-5)
 
 
-def test_ewc_merges_the_fisher_by_classes_seen_and_keeps_new_head_rows() -> None:
-    model = tiny_model("ewc")
+class FirstTaskOfFour(TinyDataset):
+    """Uneven tasks (B4 Inc2): 4 classes first, then 2."""
+
+    n_tasks = 2
+
+    def task_classes(self, task: int) -> range:
+        return range(0, 4) if task == 0 else range(4, 6)
+
+    def task_source(self, task: int) -> DataSource:
+        inputs, labels = script().task_data(task)  # the script's task 1 (classes 2, 3) as classes 4, 5
+        return InMemorySource(inputs, labels + 2 if task == 1 else labels)
+
+
+@pytest.mark.parametrize(("dataset", "alpha", "new_classes"), [(TinyDataset(), 2 / 4, range(2, 4)),
+                                                               (FirstTaskOfFour(), 4 / 6, range(4, 6))])
+def test_ewc_merges_the_fisher_by_classes_seen_and_keeps_new_head_rows(dataset, alpha, new_classes) -> None:
+    model = tiny_model("ewc", dataset=dataset)
     model.fisher = torch.full((190,), 8e-5)
     model.anchor = model.net.get_params()
     model.begin_task(1)
     in_order = type(model.context).batches  # the pass in order, so that this test can repeat it
     model.context.batches = lambda source, **_: in_order(model.context, source, shuffle=False)
-    new = model.fisher_diagonal(model.context.batches(model.context.task_data(1)), 4)
+    new = model.fisher_diagonal(model.context.batches(model.context.task_data(1)), new_classes.stop)
     model.end_task(1, model.context.task_data(1))
-    expected = 0.5 * torch.full((190,), 8e-5) + 0.5 * new  # alpha = 2 classes before / 4 seen
-    rows = torch.cat([torch.arange(136 + 16, 136 + 32), torch.tensor([184 + 2, 184 + 3])])  # task 1's head rows
+    expected = alpha * torch.full((190,), 8e-5) + (1 - alpha) * new  # alpha = classes before / classes seen
+    head_rows = torch.arange(136 + 8 * new_classes.start, 136 + 8 * new_classes.stop)  # the head's weight rows
+    rows = torch.cat([head_rows, 184 + torch.tensor(list(new_classes))])  # and its bias
     expected[rows] = new[rows]
     torch.testing.assert_close(model.fisher, expected)
-    assert model.fisher.max() <= 1e-4
+    assert model.fisher.max() <= 1e-4 and new[rows].abs().sum() > 0
 
 
 def test_ewc_starts_with_pycils_first_task_weight_decay() -> None:
