@@ -59,6 +59,13 @@ def check_non_negative(key: str, value: Any, error_type: type[MammothError] = Co
     return float(value)
 
 
+def check_fraction(key: str, value: Any, error_type: type[MammothError] = ConfigError) -> float:
+    """``value`` as a float if it is a number in [0, 1], else an ``error_type`` naming ``key``."""
+    if not _is_number(value) or not 0 <= value <= 1:
+        raise error_type(f"{key}={value!r} is not in [0, 1]; allowed: 0 <= {_name(key)} <= 1")
+    return float(value)
+
+
 def check_positive_int(key: str, value: Any, error_type: type[MammothError] = ConfigError) -> int:
     """``value`` if it is an integer >= 1, else an ``error_type`` naming ``key``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:

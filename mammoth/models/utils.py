@@ -118,3 +118,36 @@ class bn_track_stats:
     def __exit__(self, *exc: Any) -> None:
         for layer, previous in zip(self.layers, self.previous):
             layer.track_running_stats = previous
+
+
+def weighted_distance(net: nn.Module, weights: Tensor, anchor: Tensor) -> Tensor:
+    """``sum(weights * (theta - anchor)**2)``, differentiable in the trainable parameters ``theta`` of
+    ``net``; ``weights`` and ``anchor`` are flat vectors in ``parameters()`` order (as
+    ``get_params`` returns them; frozen parameters, which do not move, add nothing). The sum runs
+    one parameter at a time, in that order, as the per-parameter penalties of EWC, MAS and RWalk do."""
+    total = torch.zeros((), device=weights.device, dtype=weights.dtype)
+    offset = 0
+    for parameter in net.parameters():
+        size = parameter.numel()
+        if parameter.requires_grad:
+            weight = weights[offset : offset + size].view_as(parameter)
+            total = total + (weight * (parameter - anchor[offset : offset + size].view_as(parameter)).pow(2)).sum()
+        offset += size
+    return total
+
+
+def flat_gradient(net: nn.Module, loss: Tensor) -> Tensor:
+    """The gradient of ``loss`` with respect to every parameter of ``net``, as one flat vector in
+    ``parameters()`` order (zeros for frozen parameters and those ``loss`` does not use), by
+    ``torch.autograd.grad``: the parameters' ``.grad`` is left untouched, so an importance pass
+    outside the training step (run in float32, outside autocast) needs no gradient scaler and
+    arms no gradient averaging."""
+    parameters = list(net.parameters())
+    trainable = [parameter for parameter in parameters if parameter.requires_grad]
+    grads = iter(torch.autograd.grad(loss, trainable, allow_unused=True))
+    pieces = []
+    for parameter in parameters:
+        grad = next(grads) if parameter.requires_grad else None
+        pieces.append(torch.zeros(parameter.numel(), device=parameter.device, dtype=parameter.dtype)
+                      if grad is None else grad.reshape(-1))
+    return torch.cat(pieces)

@@ -21,8 +21,8 @@ from mammoth.models import MODELS, build_model
 from mammoth.models.buffer import ReplayBuffer
 
 #: The methods that train on several processes as on one (docs/distributed.md).
-DISTRIBUTED_METHODS = {"agem", "bic", "der", "derpp", "er", "ewc-on", "gdumb", "gem", "icarl", "joint",
-                       "joint-cumulative", "lwf", "sgd", "si", "wa"}
+DISTRIBUTED_METHODS = {"agem", "bic", "der", "derpp", "er", "ewc", "ewc-on", "gdumb", "gem", "icarl", "joint",
+                       "joint-cumulative", "lwf", "mas", "sgd", "si", "wa"}
 
 
 def begun(name: str, **values) -> torch.nn.Module:
@@ -166,7 +166,7 @@ def test_methods_say_whether_they_train_on_several_processes(monkeypatch) -> Non
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
     check_distributed_support("er", MODELS.get("er").target)
     with pytest.raises(ConfigError, match=r"^model=mer does not support training on 2 processes .*; allowed: one "
-                                          r"process, or one of agem, bic, der, derpp, er, ewc-on, gdumb, gem, icarl"):
+                                          r"process, or one of agem, bic, der, derpp, er, ewc, ewc-on, gdumb, gem, icarl"):
         check_distributed_support("mer", MODELS.get("mer").target)
 
 

@@ -28,6 +28,7 @@ ARGUMENTS = {
     "xder": {**BUFFER, "alpha": 0.3, "beta": 0.8},
     "ewc-on": {"e_lambda": 90.0, "gamma": 1.0, "lr": 0.03},
     "si": {"c": 10.0, "xi": 0.9},
+    "mas": {"lr": 0.01},  # at lr 0.1 its default penalty (lambda_reg 1) on the unnormalised importances diverges
     "ranpac": {"adapter_size": 4, "rp_size": 32},
     "dualprompt": {"g_prompt_layer_idx": [0], "e_prompt_layer_idx": [1]},
     "coda-prompt": {"pool_size": 10},
