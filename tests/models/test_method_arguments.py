@@ -18,6 +18,8 @@ EXPECTED = {
     "agem": REPLAY,
     "gem": {**REPLAY, "gamma": (float, 0.5)},
     "icarl": {**REPLAY, "opt_wd": (float, 1e-5)},
+    "lucir": {**REPLAY, "lamda_base": (float, 5.0), "lamda_mr": (float, 1.0), "k_mr": (int, 2), "mr_margin": (float, 0.5),
+              "fitting_epochs": (int, 20), "lr_finetune": (float, 0.01), "imprint_weights": (bool, True)},
     "er_ace": {**REPLAY, "task_free": (bool, False), "use_custom_classifier": (bool, True)},
     "gdumb": {"buffer_size": (int, "???"), "maxlr": (float, 0.05), "minlr": (float, 0.0005),
               "fitting_epochs": (int, 256), "cutmix_alpha": (Optional[float], 1.0),
