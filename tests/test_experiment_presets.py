@@ -227,7 +227,7 @@ def test_the_table_covers_every_method_dataset_and_buffer() -> None:
 #: Presets of the pretrained-ViT methods, checked in tests/models/test_prompt_presets.py (slca, ranpac,
 #: simplecil: in tests/models/test_slca.py, test_ranpac.py, test_simplecil.py).
 PROMPT_PRESETS = ("l2p-", "dualprompt-", "coda-prompt-", "slca-", "ranpac-", "simplecil-",
-                  "lucir-")  # lucir: tests/models/test_lucir_lwfmc_presets.py
+                  "lucir-", "lwf-mc-")  # lucir, lwf_mc: tests/models/test_lucir_lwfmc_presets.py
 
 
 def test_every_preset_file_is_in_the_table(composed) -> None:

@@ -179,6 +179,30 @@ def test_lucir_margin_ranking_loss_is_the_originals() -> None:
     assert float(margin_ranking_loss(labels.clamp(min=3), scores, 2, 0.5, 3)) == 0.0  # no past-class example
 
 
+
+# ---- lwf_mc ----
+
+
+def test_lwf_mc_losses_and_logits_match_the_original_step_by_step() -> None:
+    settings = reference()["lwf_mc"]["settings"]
+    dataset = TinyDataset()
+    model = build_model("lwf_mc", net=tiny_mlp(), dataset=dataset, **settings)
+    context = build_context(dataset, "cpu", torch.Generator().manual_seed(0))
+    model.attach(context)
+    theirs = reference()["lwf_mc"]
+    for task in range(dataset.n_tasks):
+        data = context.task_data(task)
+        model.train()
+        model.begin_task(task)
+        losses = [model.observe(batch.inputs, batch.labels, batch.not_aug_inputs)
+                  for batch in context.batches(data, shuffle=False)]
+        model.end_task(task, data)
+        assert losses == pytest.approx(theirs["losses"][task], rel=1e-5), task
+        model.eval()
+        with torch.no_grad():
+            assert close(model(script().probe_images()), theirs["logits"][task]), task
+    assert model.old_net is not None  # distilled from the second task on
+
 # ---- lucir's own behaviour ----
 
 

@@ -13,6 +13,7 @@ REPLAY = {"buffer_size": (int, "???"), "minibatch_size": (Optional[int], None), 
 #: Each method's own fields (beyond those every method has: lr, optimizer, momentum, ...).
 EXPECTED = {
     "lwf": {"alpha": (float, 0.5), "softmax_temp": (float, 2.0)},
+    "lwf_mc": {"wd_reg": (float, 0.0)},
     "ewc_on": {"e_lambda": (float, "???"), "gamma": (float, "???")},
     "si": {"c": (float, "???"), "xi": (float, "???")},
     "agem": REPLAY,
