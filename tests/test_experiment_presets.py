@@ -226,9 +226,9 @@ def test_the_table_covers_every_method_dataset_and_buffer() -> None:
 
 #: Presets of the pretrained-ViT methods, checked in tests/models/test_prompt_presets.py (slca, ranpac,
 #: simplecil: in tests/models/test_slca.py, test_ranpac.py, test_simplecil.py; wa, podnet: test_wa.py, test_podnet.py;
-#: mas, rwalk, ewc: in tests/models/test_importance_methods.py).
+#: mas, rwalk, ewc: in tests/models/test_importance_methods.py; lucir, lwf_mc: tests/models/test_lucir_lwfmc_presets.py).
 PROMPT_PRESETS = ("l2p-", "dualprompt-", "coda-prompt-", "slca-", "ranpac-", "simplecil-", "wa-", "podnet-", "mas-", "rwalk-",
-                  "ewc-seq-")
+                  "ewc-seq-", "lucir-", "lwf-mc-")
 
 
 def test_every_preset_file_is_in_the_table(composed) -> None:

@@ -24,6 +24,7 @@ ARGUMENTS = {
     "agem": BUFFER, "der": BUFFER, "derpp": BUFFER, "er": BUFFER, "er-ace": BUFFER, "gem": BUFFER, "icarl": BUFFER,
     "bic": {**BUFFER, "bic_epochs": 10},
     "gdumb": {**BUFFER, "fitting_epochs": 4},
+    "lucir": {**BUFFER, "fitting_epochs": 2},
     "mer": {**BUFFER, "beta": 1.0, "gamma": 1.0},
     "xder": {**BUFFER, "alpha": 0.3, "beta": 0.8},
     "ewc-on": {"e_lambda": 90.0, "gamma": 1.0, "lr": 0.03},
