@@ -22,6 +22,13 @@ LEDGER = load_ledger()
 
 
 DER_TABLE = "Buzzega et al. 2020 (DER) Table 2, as aimagelab/mammoth's README quotes it (commit 7ab9db9)"
+# The class-incremental canon's papers (issue 25): preset -> (method, the start of its source). PODNet's Table 1
+# (CIFAR100, 50 classes then 5 steps of 10) holds PODNet's number and, starred, LUCIR's own; WA's paper has no B50
+# number and averages its steps without the first, so wa-seq-cifar100-b50-inc10 has no entry.
+PAPER_SOURCES = {
+    "podnet-seq-cifar100-b50-inc10": ("podnet", "Douillard et al. 2020 (PODNet, ECCV; arXiv 2004.13513) Table 1, CIFAR100 column '5 steps' "),
+    "lucir-seq-cifar100-b50-inc10": ("lucir", "Hou et al. 2019 (LUCIR, CVPR), CIFAR-100 with 50 classes then 5 phases of 10 "),
+}
 
 
 def values_of(preset: str) -> dict[str, float]:
@@ -37,8 +44,12 @@ def test_the_ledger_holds_the_published_numbers() -> None:
     assert values_of("er-seq-cifar10-500") == {"class_il.average": 63.39}  # models/config/er.yaml: reproduce.json's
     assert values_of("der-seq-cifar100-500") == {"class_il.average": 36.6}
     assert values_of("slca-seq-cifar100-224") == {"class_il.average": 91.53}
+    # B50 Inc10: average incremental accuracy over every seen class's test images (PyCIL's and the papers' measure)
+    assert values_of("podnet-seq-cifar100-b50-inc10") == {"class_il.average_incremental_weighted": 64.83}
+    assert values_of("lucir-seq-cifar100-b50-inc10") == {"class_il.average_incremental_weighted": 63.42}
+    assert values_of("wa-seq-cifar100-b50-inc10") == {}
     from_table = {entry.preset for entry in LEDGER if entry.source == DER_TABLE}
-    assert len(from_table) == 57 and len(LEDGER) == 99
+    assert len(from_table) == 57 and len(LEDGER) == 101
     # every preset of Table 2's methods and benchmarks but the one from models/config has its entries
     for method in ("er", "der", "derpp"):
         for dataset in ("seq-cifar10", "seq-tinyimg", "perm-mnist", "rot-mnist", "seq-mnist"):
@@ -58,6 +69,10 @@ def test_every_entry_names_a_real_preset_a_reported_metric_and_a_source() -> Non
             if entry.source == DER_TABLE:
                 assert choices["model"] in ("sgd", "joint", "er", "der", "derpp")
                 assert choices["dataset"] in ("seq-cifar10", "seq-tinyimg", "perm-mnist", "rot-mnist", "seq-mnist")
+            elif preset in PAPER_SOURCES:
+                method, source = PAPER_SOURCES[preset]
+                assert choices["model"] == method and entry.source.startswith(source)
+                assert dataset.task_sizes == (50, 10, 10, 10, 10, 10)  # the papers' split: B50 Inc10, 6 tasks
             else:
                 assert re.match(r"aimagelab/mammoth scripts/reproduce\.json \(commit [0-9a-f]{7}\), ", entry.source)
                 assert f", {choices['model'].replace('-', '_')} class-il: " in entry.source  # the method it ran
