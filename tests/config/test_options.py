@@ -27,6 +27,7 @@ from mammoth.config.options import (
 from mammoth.config.registry import schema_node
 from mammoth.datasets import DATASETS
 from mammoth.models import MODELS
+from mammoth.models.regularizers import REGULARIZERS
 
 
 
@@ -39,7 +40,7 @@ def manifest_script():
     return module
 
 
-REGISTRIES = {"backbone": BACKBONES, "dataset": DATASETS, "model": MODELS}
+REGISTRIES = {"backbone": BACKBONES, "dataset": DATASETS, "model": MODELS, "model/regularizer": REGULARIZERS}
 
 
 def test_the_manifest_matches_the_registries():
@@ -47,7 +48,7 @@ def test_the_manifest_matches_the_registries():
     written = json.loads(text)
     assert written == manifest_script().registries_manifest(), "regenerate it: python scripts/write_builtins_manifest.py"
     assert text == manifest.manifest_text(written)
-    assert sum(len(options) for options in written.values()) == 44
+    assert sum(len(options) for options in written.values()) == 45
 
 
 @pytest.mark.parametrize("group", manifest.GROUPS)

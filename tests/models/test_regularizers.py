@@ -1,0 +1,197 @@
+"""Regularisers composed with rehearsal methods (``+model/regularizer=NAME``): LiDER held to the
+original Mammoth's own ``derpp_lider`` step by step over 2 tasks (scripts/reference_twf_regularizers.py
+wrote the reference), its hooks, its checks and its resume."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from mammoth.backbones.base import MammothBackbone
+from mammoth.datasets.source import InMemorySource
+from mammoth.engine.context import build_context
+from mammoth.errors import ConfigError
+from mammoth.models import build_model
+from mammoth.models.buffer import FIELDS, ReplayBatch
+from mammoth.models.gem import Gem
+from mammoth.models.regularizers import REGULARIZERS, build_regularizer
+from mammoth.models.regularizers.lider import LiDER
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+import reference_twf_regularizers as reference  # noqa: E402
+
+REFERENCE = json.loads((Path(__file__).parent / "data" / "regularizers_reference.json").read_text())
+LIDER_TARGET = "mammoth.models.regularizers.lider.LiDER"
+
+
+class _Mean(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return x.mean((2, 3))
+
+
+class TinyBackbone(MammothBackbone):
+    """The reference's tiny network as a mammoth backbone: 2 convolution stages, the mean-pooled features."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        first, second, self.classifier = reference.tiny_modules()
+        self.stages = nn.ModuleList([first, second, _Mean()])
+        self.num_features, self.num_classes = 6, 4
+
+
+class _Config:
+    batch_size = reference.BATCH
+    n_epochs = 1
+
+
+class TinyDataset:
+    """The reference's 2 tasks, with no augmentation and no normalisation (the original ran without a transform)."""
+
+    name = "tiny"
+    n_classes, n_tasks, setting, config = 4, 2, "class-il", _Config()
+
+    def task_classes(self, task: int) -> range:
+        return range(2 * task, 2 * task + 2)
+
+    def train_transform(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return x
+
+    def test_transform(self, x: Tensor) -> Tensor:
+        return x
+
+    def task_source(self, task: int) -> InMemorySource:
+        return InMemorySource(*reference.task_images(task))
+
+
+def _lider_model(draws: list[list[int]] | None = None, **lider: float):
+    settings = REFERENCE["lider"]["settings"]
+    values = {name: settings[name] for name in ("alpha_lip_lambda", "beta_lip_lambda", "headless_init_act", "grad_iter_step")}
+    dataset = TinyDataset()
+    # buffer_size 32: the whole stream, as the original's 100 (its memory never fills either)
+    model = build_model("derpp", net=TinyBackbone(), dataset=dataset, buffer_size=32, lr=settings["lr"],
+                        alpha=settings["alpha"], beta=settings["beta"], minibatch_size=settings["minibatch_size"],
+                        regularizer={"_target_": LIDER_TARGET, **values, **lider})
+    model.attach(build_context(dataset, "cpu", torch.Generator().manual_seed(0)))
+    model.regularizer.generator.manual_seed(REFERENCE["lider"]["lip_seed"])
+    if draws is not None:
+        _replay_draws(model, draws)
+    return model
+
+
+def _replay_draws(model, draws: list[list[int]]) -> None:
+    """The buffer returns the items the original's buffer drew, in order (its ``np.random.choice``)."""
+    buffer = model.buffer
+
+    def sample(size: int, transform=None, generator=None) -> ReplayBatch:
+        indices = torch.tensor(draws.pop(0))
+        assert len(indices) == min(size, len(buffer))
+        values = {name: storage.index_select(0, indices) for name, storage in buffer._storage.items()}
+        if transform is not None:
+            values["examples"] = transform(values["examples"])
+        return ReplayBatch(indices=indices, **{name: values.get(name) for name in FIELDS})
+
+    buffer.sample = sample
+
+
+def test_derpp_with_lider_matches_the_originals_derpp_lider_step_by_step() -> None:
+    expected = REFERENCE["lider"]
+    draws = [list(draw) for draw in expected["draws"]]
+    model = _lider_model(draws)
+    for task in range(reference.N_TASKS):
+        model.begin_task(task)
+        if task == 0:
+            # the budget: each layer's mean constant over the first task's data, float64 as the original's
+            torch.testing.assert_close(model.regularizer.budget, torch.tensor(expected["budget"], dtype=torch.float64),
+                                       rtol=1e-6, atol=1e-9)
+        losses = [model.observe(x, y, x) for x, y in reference.batches(task)]
+        # float64 Lipschitz terms on float32 networks: the same operations in the same order; 1e-5 covers
+        # a BLAS that sums in another order
+        assert losses == pytest.approx(expected["losses"][task], rel=1e-5)
+        model.end_task(task, model.context.task_data(task))
+        with torch.no_grad():
+            model.net.eval()
+            logits = model.net(reference.probe_images())
+        torch.testing.assert_close(logits, torch.tensor(expected["logits"][task]), rtol=1e-4, atol=1e-5)
+    assert draws == []  # 4 replay minibatches a step with a memory: derpp's 2, then LiDER's 2
+
+
+def test_lider_adds_its_terms_only_with_a_memory_and_each_draws_its_own_minibatch() -> None:
+    model = _lider_model()
+    model.begin_task(0)
+    x, y = reference.batches(0)[0]
+    drawn = []
+    sample = model.buffer.sample
+    model.buffer.sample = lambda size, transform=None, generator=None: drawn.append(size) or sample(size, transform)
+    first = model.observe(x, y, x)
+    assert drawn == []  # an empty memory: no term, nothing drawn (the first reference loss is derpp's CE alone)
+    assert first == pytest.approx(REFERENCE["lider"]["losses"][0][0], rel=1e-6)
+    model.observe(x, y, x)
+    assert drawn == [4, 4, 4, 4]
+    only_alpha = _lider_model(beta_lip_lambda=0.0)
+    only_alpha.begin_task(0)
+    only_alpha.observe(x, y, x)
+    drawn.clear()
+    sample_alpha = only_alpha.buffer.sample
+    only_alpha.buffer.sample = lambda size, transform=None, generator=None: drawn.append(size) or sample_alpha(size, transform)
+    only_alpha.observe(x, y, x)
+    assert drawn == [4, 4, 4]  # a term of weight 0 draws nothing, as in the original
+
+
+def test_lider_draws_from_its_generator_not_torchs_global_one() -> None:
+    model = _lider_model()
+    before = torch.get_rng_state()
+    model.begin_task(0)
+    for x, y in reference.batches(0)[:2]:
+        model.observe(x, y, x)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_lider_resumes_bit_exactly() -> None:
+    model = _lider_model()
+    model.begin_task(0)
+    for x, y in reference.batches(0)[:2]:
+        model.observe(x, y, x)
+    state, extra = model.state_dict(), model.extra_state()
+    resumed = _lider_model()
+    resumed.regularizer.generator.manual_seed(99)  # overwritten by the checkpoint
+    resumed.load_state_dict(state)
+    resumed.load_extra_state(extra)
+    resumed.begin_task(0)
+    model.begin_task(0)  # both recreate the optimizer; the budget is kept, not recomputed
+    assert torch.equal(resumed.regularizer.budget, model.regularizer.budget)
+    x, y = reference.batches(0)[2]
+    assert resumed.observe(x, y, x) == model.observe(x, y, x)
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"alpha_lip_lambda": 0.0, "beta_lip_lambda": 0.0},
+     r"^model\.regularizer: lider with alpha_lip_lambda=0 and beta_lip_lambda=0 adds nothing; allowed: "),
+    ({"alpha_lip_lambda": "x"}, r"^model\.regularizer\.alpha_lip_lambda: invalid value 'x'.*expected a number"),
+    ({"alpha_lip_lambda": 1.0, "headless_init_act": "tanh"},
+     r"^model\.regularizer\.headless_init_act: invalid value 'tanh'.*allowed values: 'relu', 'lrelu'"),
+    ({"alpha_lip_lambda": 1.0, "grad_iter_step": 11}, r"^model\.regularizer\.grad_iter_step=11 is outside the 10 power"),
+    ({"alpha_lip_lambda": 1.0, "lip": 1.0}, r"^unknown argument 'lip' for model\.regularizer 'lider' \(model\.regularizer\.lip\)"),
+])
+def test_lider_values_are_checked_in_one_line(values, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_regularizer({"_target_": LIDER_TARGET, **values})
+
+
+def test_a_method_whose_steps_bypass_step_refuses_a_regularizer() -> None:
+    lider = {"_target_": LIDER_TARGET, "alpha_lip_lambda": 1.0}
+    # its config has no regularizer field (the pre-flight's check: tests/cli/test_compose.py)
+    with pytest.raises(ConfigError, match=r"^unknown argument 'regularizer' for model 'gem' \(model\.regularizer\)"):
+        build_model("gem", net=TinyBackbone(), dataset=TinyDataset(), buffer_size=8, regularizer=lider)
+    with pytest.raises(ConfigError, match=r"^model Gem takes no regularizer .*allowed: \+model/regularizer=NAME with bic, der, derpp"):
+        Gem(TinyBackbone(), TinyDataset(), buffer_size=8, regularizer=lider)
+
+
+def test_lider_on_several_processes_is_refused_by_the_method_it_composes_with() -> None:
+    model = _lider_model()
+    assert type(model).supports_distributed and not model.supports_distributed
+    assert REGULARIZERS.names() == ["lider"] and isinstance(model.regularizer, LiDER)
