@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch import Tensor, nn
 
+from composing import compose_mammoth
 from mammoth.backbones.base import MammothBackbone
 from mammoth.datasets.source import InMemorySource
 from mammoth.engine.context import build_context
@@ -25,6 +27,19 @@ from mammoth.models.regularizers.lider import LiDER
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 import reference_twf_regularizers as reference  # noqa: E402
 
+#: aimagelab/mammoth models/config/<model>_lider.yaml [seq-cifar100][500], with its dataset_config lider
+#: (datasets/configs/seq-cifar100/lider.yaml): preset -> (method, {our dotted key: the original's value}).
+LIDER_PRESETS = {
+    "derpp-lider-seq-cifar100-500": ("derpp", {"model.lr": 0.03, "model.alpha": 0.3, "model.beta": 0.3,
+                                               "model.regularizer.alpha_lip_lambda": 0.3,
+                                               "model.regularizer.beta_lip_lambda": 0.5}),
+    "er-ace-lider-seq-cifar100-500": ("er_ace", {"model.lr": 0.1, "model.regularizer.alpha_lip_lambda": 0.1,
+                                                 "model.regularizer.beta_lip_lambda": 0.3}),
+}
+LIDER_DATASET_CONFIG = {"dataset.batch_size": 64, "dataset.n_epochs": 50, "model.lr_milestones": [35, 45],
+                        "model.sched_multistep_lr_gamma": 0.1, "model.buffer_size": 500, "model.minibatch_size": None,
+                        "model.momentum": 0.0, "model.weight_decay": 0.0, "model.regularizer.headless_init_act": "relu",
+                        "model.regularizer.grad_iter_step": -2}
 REFERENCE = json.loads((Path(__file__).parent / "data" / "regularizers_reference.json").read_text())
 LIDER_TARGET = "mammoth.models.regularizers.lider.LiDER"
 
@@ -195,3 +210,14 @@ def test_lider_on_several_processes_is_refused_by_the_method_it_composes_with() 
     model = _lider_model()
     assert type(model).supports_distributed and not model.supports_distributed
     assert REGULARIZERS.names() == ["lider"] and isinstance(model.regularizer, LiDER)
+
+
+@pytest.mark.parametrize("name", sorted(LIDER_PRESETS))
+def test_lider_presets_hold_the_originals_best_arguments(name: str) -> None:
+    method, values = LIDER_PRESETS[name]
+    cfg = compose_mammoth(f"experiment={name}")
+    expected = {**LIDER_DATASET_CONFIG, **values}
+    found = {key: OmegaConf.select(cfg, key) for key in expected}
+    assert {key: list(value) if OmegaConf.is_config(value) else value for key, value in found.items()} == expected
+    assert cfg.dataset.name == "seq-cifar100" and cfg.model._target_ == f"mammoth.models.{method}.{cfg.model._target_.rsplit('.', 1)[1]}"
+    assert cfg.model.regularizer._target_ == LIDER_TARGET
