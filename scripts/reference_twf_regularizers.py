@@ -1,5 +1,6 @@
 """Reference values of the original Mammoth's LiDER (``models/derpp_lider.py`` over
-``models/utils/lider_model.py``) for the tests of ``model=derpp +model/regularizer=lider``.
+``models/utils/lider_model.py``) and STAR (``models/er_star.py`` and ``models/derpp_star.py`` over
+``models/star_utils/star_perturber.py``) for the tests of ``model=derpp +model/regularizer=lider``.
 
 The script runs the ORIGINAL code unchanged in a child process (``DerppLider`` driven through its
 ContinualModel's ``meta_begin_task`` / ``meta_observe`` / ``meta_end_task``) on a tiny network of
@@ -9,12 +10,15 @@ batches of :func:`batches`, and writes its losses step by step over 2 tasks, its
 and the logits after each task to ``tests/models/data/regularizers_reference.json``. The tests
 (``tests/models/test_regularizers.py``) build the same network as a mammoth backbone (the stages
 and the pooled features of ``returnt="full"``), feed the same batches to ``derpp`` with
-``regularizer=lider`` and hold it to these numbers.
+``regularizer=lider`` and to ``er`` and ``derpp`` with ``regularizer=star``, and hold them to these numbers.
 
 What is adapted to run the original here, and why:
 
 - ``datasets`` is replaced by a stub (the original imports every benchmark, which needs packages
-  not installed here); its ``train_loader`` is the list of the task's batches.
+  not installed here; ``derpp_star`` imports ``ContinualDataset`` for a type hint only); the
+  dataset's ``train_loader`` is the list of the task's batches.
+- STAR's proxy network (the original's ``get_backbone(args)``) is the same tiny network (its
+  weights are loaded from the trained one before each use).
 - The draws this implementation takes from its own generators are given to the original instead
   of its global-RNG draws: ``torch.rand`` (the power iteration's random start, the only call of it
   in the code run) draws from ``torch.Generator().manual_seed(LIP_SEED)``, as the regulariser's
@@ -53,6 +57,9 @@ N_TASKS, CLASSES_PER_TASK, PER_CLASS, BATCH = 2, 2, 8, 4
 IMAGE = (3, 8, 8)
 LIDER_SETTINGS = {"lr": 0.05, "alpha": 0.3, "beta": 0.3, "alpha_lip_lambda": 0.3, "beta_lip_lambda": 0.5,
                   "buffer_size": 100, "minibatch_size": 4, "headless_init_act": "relu", "grad_iter_step": -2}
+#: STAR's settings: p_gamma and p_lam large enough that the perturbation moves the losses visibly.
+STAR_SETTINGS = {"lr": 0.05, "alpha": 0.3, "beta": 0.3, "buffer_size": 100, "minibatch_size": 4, "p_steps": 2,
+                 "p_lam": 4.0, "p_gamma": 0.3}
 #: The seed of the generator the power iterations draw their random start from (both sides).
 LIP_SEED = 1234
 
@@ -103,7 +110,11 @@ def import_original(root: Path, extra_path: str | None) -> None:
     stub = types.ModuleType("datasets")
     stub.get_dataset = lambda args: types.SimpleNamespace(N_CLASSES_PER_TASK=CLASSES_PER_TASK, N_TASKS=N_TASKS)
     stub.get_dataset_names = stub.get_dataset_config_names = lambda *args, **kwargs: []
-    sys.modules["datasets"] = stub
+    stub.__path__ = []  # a package: derpp_star imports datasets.utils.continual_dataset (for a type hint)
+    utils, continual = types.ModuleType("datasets.utils"), types.ModuleType("datasets.utils.continual_dataset")
+    continual.ContinualDataset = object
+    utils.__path__ = []
+    sys.modules.update({"datasets": stub, "datasets.utils": utils, "datasets.utils.continual_dataset": continual})
 
 
 def original_dataset() -> Any:
@@ -116,11 +127,9 @@ def original_dataset() -> Any:
                                  train_loader=[])
 
 
-def run_original_lider() -> dict:
-    """DerppLider of the original on the tiny network: losses, buffer draws, budget, logits."""
-    import numpy as np
+def original_tiny() -> type:
+    """The tiny network's class through the original's backbone interface."""
     from backbone import MammothBackbone
-    from models.derpp_lider import DerppLider
 
     class Tiny(MammothBackbone):
         """The tiny network through the original's backbone interface."""
@@ -145,9 +154,14 @@ def run_original_lider() -> dict:
                 return out, features
             return out, [first, second]
 
-    lip_generator = torch.Generator().manual_seed(LIP_SEED)
-    plain_rand = torch.rand
-    torch.rand = lambda *size, **kwargs: plain_rand(*size, **{"generator": lip_generator, **kwargs})
+    return Tiny
+
+
+def record_choices() -> list[list[int]]:
+    """Record every ``np.random.choice`` (the original buffer's draws) in the list returned."""
+    import numpy as np
+
+    np.random.seed(0)  # the reference file is the same at every rerun
     draws: list[list[int]] = []
     plain_choice = np.random.choice
 
@@ -157,6 +171,20 @@ def run_original_lider() -> dict:
         return choice
 
     np.random.choice = recorded_choice
+    np.random.choice.plain = plain_choice
+    return draws
+
+
+def run_original_lider() -> dict:
+    """DerppLider of the original on the tiny network: losses, buffer draws, budget, logits."""
+    import numpy as np
+    from models.derpp_lider import DerppLider
+
+    Tiny = original_tiny()
+    lip_generator = torch.Generator().manual_seed(LIP_SEED)
+    plain_rand = torch.rand
+    torch.rand = lambda *size, **kwargs: plain_rand(*size, **{"generator": lip_generator, **kwargs})
+    draws = record_choices()
     settings = LIDER_SETTINGS
     args = Namespace(optimizer="sgd", optim_nesterov=0, label_perc=1, nowand=1, debug_mode=0, n_epochs=1, seed=0,
                      lr=settings["lr"], optim_wd=0.0, optim_mom=0.0, buffer_size=settings["buffer_size"],
@@ -177,6 +205,42 @@ def run_original_lider() -> dict:
         with torch.no_grad():
             model.net.eval()
             result["logits"].append(listed(model.net(probe_images())))
+    torch.rand = plain_rand
+    np.random.choice = np.random.choice.plain
+    return result
+
+
+def run_original_star(which: str) -> dict:
+    """ErSTAR or DerppSTAR of the original on the tiny network: losses, buffer draws, logits (its
+    proxy's noise draws from torch's global generator, seeded: 1e-20 of each weight's norm, below
+    float32's resolution)."""
+    import numpy as np
+    from models.derpp_star import DerppSTAR
+    from models.er_star import ErSTAR
+    from models.star_utils import star_perturber
+
+    Tiny = original_tiny()
+    star_perturber.get_backbone = lambda args: Tiny()  # the proxy: the same network (its weights are loaded)
+    draws = record_choices()
+    torch.manual_seed(0)
+    settings = STAR_SETTINGS
+    args = Namespace(optimizer="sgd", optim_nesterov=0, label_perc=1, nowand=1, debug_mode=0, n_epochs=1, seed=0,
+                     lr=settings["lr"], optim_wd=0.0, optim_mom=0.0, buffer_size=settings["buffer_size"],
+                     minibatch_size=settings["minibatch_size"], alpha=settings["alpha"], beta=settings["beta"],
+                     p_steps=settings["p_steps"], p_lam=settings["p_lam"], p_gamma=settings["p_gamma"])
+    dataset = original_dataset()
+    model = {"er": ErSTAR, "derpp": DerppSTAR}[which](Tiny(), nn.CrossEntropyLoss(), args, None, dataset=dataset)
+    result: dict[str, Any] = {"losses": [], "draws": draws, "logits": []}
+    for task in range(N_TASKS):
+        dataset.train_loader = batches(task)
+        model.meta_begin_task(dataset)
+        model.net.train()
+        result["losses"].append([model.meta_observe(x, y, x, epoch=0) for x, y in batches(task)])
+        model.meta_end_task(dataset)
+        with torch.no_grad():
+            model.net.eval()
+            result["logits"].append(listed(model.net(probe_images())))
+    np.random.choice = np.random.choice.plain
     return result
 
 
@@ -198,7 +262,9 @@ def main() -> None:
         import_original(arguments.original.resolve(), arguments.original_path)
         print(json.dumps({"source": {"repository": "aimagelab/mammoth", "commit": mirror_commit("aimagelab+mammoth"),
                                      "torch": torch.__version__},
-                          "lider": {"settings": LIDER_SETTINGS, "lip_seed": LIP_SEED, **run_original_lider()}}))
+                          "lider": {"settings": LIDER_SETTINGS, "lip_seed": LIP_SEED, **run_original_lider()},
+                          "star": {"settings": STAR_SETTINGS, **run_original_star("er")},
+                          "derpp_star": {"settings": STAR_SETTINGS, **run_original_star("derpp")}}))
         return
     command = [sys.executable, __file__, "--part", "mammoth", "--original", str(arguments.original)]
     if arguments.original_path is not None:

@@ -229,8 +229,8 @@ def test_the_table_covers_every_method_dataset_and_buffer() -> None:
 PROMPT_PRESETS = ("l2p-", "dualprompt-", "coda-prompt-", "slca-", "ranpac-", "simplecil-")
 
 
-#: Presets of a method with a regulariser (derpp + lider, ...), checked in tests/models/test_regularizers.py.
-REGULARIZER_PRESETS = ("-lider-",)
+#: Presets of a method with a regulariser (derpp + lider, er + star, ...), checked in tests/models/test_regularizers.py.
+REGULARIZER_PRESETS = ("-lider-", "-star-")
 
 
 def test_every_preset_file_is_in_the_table(composed) -> None:

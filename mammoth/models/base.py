@@ -226,6 +226,7 @@ class ContinualModel(nn.Module):
         self.optimizer.zero_grad(set_to_none=True)
         scaler = getattr(self._context, "grad_scaler", None)  # precision=fp16 only
         self.backward(loss if scaler is None else scaler.scale(loss))
+        self.after_backward()
         if clip_grad is not None:
             if scaler is not None:
                 scaler.unscale_(self.optimizer)  # clip the true gradient
@@ -236,6 +237,10 @@ class ContinualModel(nn.Module):
             scaler.step(self.optimizer)
             scaler.update()
         return loss.item()
+
+    def after_backward(self) -> None:
+        """Called by :meth:`step` between the backward pass and the optimizer's step (a
+        regulariser adds gradients of its own there: ReplayModel); nothing by default."""
 
     def backward(self, loss: Tensor) -> None:
         """Back-propagate ``loss``, a loss of the step ``observe`` takes (:meth:`step` calls it; a
@@ -316,7 +321,8 @@ class ReplayModel(ContinualModel):
 
     ``regularizer`` is the ``model.regularizer`` node (``+model/regularizer=NAME``,
     :mod:`mammoth.models.regularizers`): the regulariser's term is added to the loss of every
-    :meth:`step`, and its hooks run after :meth:`attach` and :meth:`begin_task`.
+    :meth:`step` (and its :meth:`after_backward` gradients to the step's), and its hooks run
+    after :meth:`attach` and :meth:`begin_task` and before each ``observe``.
     A method whose steps do not all go through :meth:`step` sets ``accepts_regularizer = False``
     and refuses one.
     """
@@ -345,8 +351,12 @@ class ReplayModel(ContinualModel):
                     f"model {type(self).__name__} takes no regularizer (its steps do not all go through step()); "
                     f"allowed: +model/regularizer=NAME with {', '.join(regularized_methods())}")
             self.regularizer = build_regularizer(regularizer)
-            if not getattr(self.regularizer, "supports_distributed", False):
-                self.supports_distributed = False  # type: ignore[misc]  # this run's method, with its regulariser
+            self.observe = self._regularized_observe  # type: ignore[method-assign]  # the regulariser's hook first
+            # this run's method, with its regulariser (the class attributes are the method's alone)
+            if not self.regularizer.supports_distributed:
+                self.supports_distributed = False  # type: ignore[misc]
+            if not self.regularizer.supports_fp16:
+                self.supports_fp16 = False  # type: ignore[misc]
         self.buffer_size = check_positive_int("model.buffer_size", buffer_size)
         if minibatch_size is not None:
             check_positive_int("model.minibatch_size", minibatch_size)
@@ -399,6 +409,11 @@ class ReplayModel(ContinualModel):
         if self.regularizer is not None:
             self.regularizer.begin_task(self, task)
 
+    def _regularized_observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> float:
+        """The method's ``observe``, after the regulariser's ``before_observe`` (with a regulariser only)."""
+        self.regularizer.before_observe(self)
+        return type(self).observe(self, inputs, labels, not_aug_inputs)
+
     def step(self, loss: Tensor, clip_grad: float | None = None) -> float:
         """:meth:`ContinualModel.step` on ``loss`` plus the regulariser's term (if any, and if it has one this step)."""
         if self.regularizer is not None:
@@ -406,6 +421,11 @@ class ReplayModel(ContinualModel):
             if term is not None:
                 loss = loss + term
         return super().step(loss, clip_grad)
+
+    def after_backward(self) -> None:
+        """The regulariser's gradients (if any), added to the step's before the optimizer steps."""
+        if self.regularizer is not None:
+            self.regularizer.after_backward(self)
 
     def extra_state(self) -> dict[str, Any]:
         """The replay buffer's state (and the regulariser's)."""

@@ -64,7 +64,9 @@ TOKEN_METHODS = {"coda_prompt": {"pool_size": 10}, "dualprompt": {"g_prompt_laye
 #: Rehearsal methods with a regulariser (``+model/regularizer=NAME``) whose resume is checked: the
 #: method, its values (on a 2-hidden-layer MLP: LiDER needs a stage before the feature vector).
 REGULARIZED = {"derpp+lider": ("derpp", {"buffer_size": 64, "regularizer": {
-    "_target_": "mammoth.models.regularizers.lider.LiDER", "alpha_lip_lambda": 0.3, "beta_lip_lambda": 0.5}})}
+    "_target_": "mammoth.models.regularizers.lider.LiDER", "alpha_lip_lambda": 0.3, "beta_lip_lambda": 0.5}}),
+               "er+star": ("er", {"buffer_size": 64, "regularizer": {
+                   "_target_": "mammoth.models.regularizers.star.STAR", "p_lam": 1.0, "p_gamma": 0.1}})}
 
 
 def _run(name: str, run_dir, stop_after_task: int, resume: bool = False):

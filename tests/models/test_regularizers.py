@@ -42,6 +42,7 @@ LIDER_DATASET_CONFIG = {"dataset.batch_size": 64, "dataset.n_epochs": 50, "model
                         "model.regularizer.grad_iter_step": -2}
 REFERENCE = json.loads((Path(__file__).parent / "data" / "regularizers_reference.json").read_text())
 LIDER_TARGET = "mammoth.models.regularizers.lider.LiDER"
+STAR_TARGET = "mammoth.models.regularizers.star.STAR"
 
 
 class _Mean(nn.Module):
@@ -209,15 +210,138 @@ def test_a_method_whose_steps_bypass_step_refuses_a_regularizer() -> None:
 def test_lider_on_several_processes_is_refused_by_the_method_it_composes_with() -> None:
     model = _lider_model()
     assert type(model).supports_distributed and not model.supports_distributed
-    assert REGULARIZERS.names() == ["lider"] and isinstance(model.regularizer, LiDER)
+    assert REGULARIZERS.names() == ["lider", "star"] and isinstance(model.regularizer, LiDER)
 
 
-@pytest.mark.parametrize("name", sorted(LIDER_PRESETS))
-def test_lider_presets_hold_the_originals_best_arguments(name: str) -> None:
-    method, values = LIDER_PRESETS[name]
+#: aimagelab/mammoth models/config/<model>_star.yaml [seq-cifar10][100] (no dataset_config: seq-cifar10's
+#: defaults, batch 32, 50 epochs, no milestones): preset -> (method, {our dotted key: the original's value}).
+STAR_PRESETS = {
+    "derpp-star-seq-cifar10-100": ("derpp", {"model.lr": 0.1, "model.alpha": 0.15, "model.beta": 0.15, "seed": 0,
+                                             "model.regularizer.p_gamma": 0.05, "model.regularizer.p_lam": 0.05}),
+    "er-star-seq-cifar10-100": ("er", {"model.lr": 0.1, "seed": 4, "model.regularizer.p_gamma": 0.01,
+                                       "model.regularizer.p_lam": 0.1}),
+    "er-ace-star-seq-cifar10-100": ("er_ace", {"model.lr": 0.03, "seed": 4, "model.regularizer.p_gamma": 0.01,
+                                               "model.regularizer.p_lam": 0.1}),
+}
+STAR_DATASET_CONFIG = {"dataset.batch_size": 32, "dataset.n_epochs": 50, "model.lr_milestones": None,
+                       "model.buffer_size": 100, "model.minibatch_size": None, "model.momentum": 0.0,
+                       "model.weight_decay": 0.0, "model.regularizer.p_steps": 1}
+
+
+@pytest.mark.parametrize("name", sorted([*LIDER_PRESETS, *STAR_PRESETS]))
+def test_regularizer_presets_hold_the_originals_best_arguments(name: str) -> None:
+    lider = name in LIDER_PRESETS
+    method, values = (LIDER_PRESETS if lider else STAR_PRESETS)[name]
     cfg = compose_mammoth(f"experiment={name}")
-    expected = {**LIDER_DATASET_CONFIG, **values}
+    expected = {**(LIDER_DATASET_CONFIG if lider else STAR_DATASET_CONFIG), **values}
     found = {key: OmegaConf.select(cfg, key) for key in expected}
     assert {key: list(value) if OmegaConf.is_config(value) else value for key, value in found.items()} == expected
-    assert cfg.dataset.name == "seq-cifar100" and cfg.model._target_ == f"mammoth.models.{method}.{cfg.model._target_.rsplit('.', 1)[1]}"
-    assert cfg.model.regularizer._target_ == LIDER_TARGET
+    assert cfg.dataset.name == ("seq-cifar100" if lider else "seq-cifar10")
+    assert cfg.model._target_.rsplit(".", 2)[1] == method
+    assert cfg.model.regularizer._target_ == (LIDER_TARGET if lider else STAR_TARGET)
+
+
+# ---- star ----
+
+
+def _star_model(draws: list[list[int]] | None = None, method: str = "derpp"):
+    settings = REFERENCE["star"]["settings"]
+    values = {name: settings[name] for name in ("p_steps", "p_lam", "p_gamma")}
+    dataset = TinyDataset()
+    own = {"alpha": settings["alpha"], "beta": settings["beta"]} if method == "derpp" else {}
+    model = build_model(method, net=TinyBackbone(), dataset=dataset, buffer_size=32, lr=settings["lr"],
+                        minibatch_size=settings["minibatch_size"], regularizer={"_target_": STAR_TARGET, **values}, **own)
+    model.attach(build_context(dataset, "cpu", torch.Generator().manual_seed(0)))
+    if draws is not None:
+        _replay_draws(model, draws)
+    return model
+
+
+@pytest.mark.parametrize(("method", "key", "tolerances"), [
+    # er: the same operations in the same order as the original's er_star: equal to float32's last bits
+    ("er", "star", [1e-6, 1e-6]),
+    # derpp: the original's derpp_star sums derpp's terms in another order than derpp (and the
+    # original's); STAR's first perturbation step is rounding noise scaled to the weights' norms (its
+    # 1e-20 noise is below float32's resolution, so the copy starts at the network, where the
+    # divergence is 0 up to rounding), which turns that last-bit difference into a 1e-4 one from task 2
+    ("derpp", "derpp_star", [1e-6, 1e-3]),
+])
+def test_star_matches_the_originals_er_star_and_derpp_star_step_by_step(method, key, tolerances) -> None:
+    expected = REFERENCE[key]
+    # STAR's minibatch first, then the method's, as the original draws them
+    draws = [list(draw) for draw in expected["draws"]]
+    model = _star_model(draws, method=method)
+    for task in range(reference.N_TASKS):
+        model.begin_task(task)
+        losses = [model.observe(x, y, x) for x, y in reference.batches(task)]
+        # the loss reported is the method's (as the original's); STAR changes the weights it is taken at
+        assert losses == pytest.approx(expected["losses"][task], rel=tolerances[task])
+        model.end_task(task, model.context.task_data(task))
+        with torch.no_grad():
+            model.net.eval()
+            logits = model.net(reference.probe_images())
+        torch.testing.assert_close(logits, torch.tensor(expected["logits"][task]), rtol=10 * tolerances[task],
+                                   atol=max(1e-5, 5 * tolerances[task]))
+        model.net.train()
+    assert draws == []
+    # what STAR adds is far beyond the tolerances where they are tight: the method alone on the same draws
+    plain = build_model(method, net=TinyBackbone(), dataset=TinyDataset(), buffer_size=32, lr=0.05, minibatch_size=4,
+                        **({"alpha": 0.3, "beta": 0.3} if method == "derpp" else {}))
+    plain.attach(build_context(TinyDataset(), "cpu", torch.Generator().manual_seed(0)))
+    draws = [list(draw) for index, draw in enumerate(expected["draws"]) if index % (2 if method == "er" else 3)]
+    _replay_draws(plain, draws)
+    for task in range(reference.N_TASKS):
+        plain.begin_task(task)
+        plain_losses = [plain.observe(x, y, x) for x, y in reference.batches(task)]
+        if tolerances[task] <= 1e-6:
+            assert max(abs(a - b) / b for a, b in zip(plain_losses, expected["losses"][task])) > 50 * tolerances[task]
+
+
+def test_star_adds_its_gradient_and_restores_the_weights() -> None:
+    model = _star_model()
+    plain = build_model("derpp", net=TinyBackbone(), dataset=TinyDataset(), buffer_size=32, lr=0.05, alpha=0.3, beta=0.3,
+                        minibatch_size=4)
+    plain.attach(build_context(TinyDataset(), "cpu", torch.Generator().manual_seed(0)))
+    for each in (model, plain):
+        each.begin_task(0)
+    batches = reference.batches(0)
+    for each in (model, plain):
+        each.observe(*batches[0], batches[0][0])  # an empty memory: no STAR, the same step
+    assert all(torch.equal(a, b) for a, b in zip(model.net.parameters(), plain.net.parameters()))
+    before = [parameter.detach().clone() for parameter in model.net.parameters()]
+    sample = model.buffer.sample
+    drawn = []
+    model.buffer.sample = lambda size, transform=None, generator=None: drawn.append(size) or sample(size, transform)
+    model.regularizer.after_backward = lambda net, after=model.regularizer.after_backward: (
+        drawn.append([p.detach().clone() for p in model.net.parameters()]), after(net))
+    model.observe(*batches[1], batches[1][0])
+    assert drawn[:3] == [4, 4, 4]  # STAR's minibatch, then derpp's two
+    # after STAR's pass the weights are those of the step's start (moved there and back)
+    assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(drawn[3], before))
+    assert model.supports_fp16 is False and type(model).supports_fp16
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"p_steps": 0}, r"^model\.regularizer\.p_steps=0"),
+    ({"p_gamma": 0.0}, r"^model\.regularizer\.p_gamma=0"),
+    ({"p_lam": -1.0}, r"^model\.regularizer\.p_lam=-1"),
+])
+def test_star_values_are_checked_in_one_line(values, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_regularizer({"_target_": STAR_TARGET, **values})
+
+
+def test_er_with_star_runs_and_resumes_bit_exactly() -> None:
+    model = _star_model(method="er")
+    model.begin_task(0)
+    for x, y in reference.batches(0)[:2]:
+        model.observe(x, y, x)
+    resumed = _star_model(method="er")
+    resumed.regularizer.generator.manual_seed(5)
+    resumed.load_state_dict(model.state_dict())
+    resumed.load_extra_state(model.extra_state())
+    for each in (model, resumed):
+        each.begin_task(0)
+    x, y = reference.batches(0)[2]
+    assert resumed.observe(x, y, x) == model.observe(x, y, x)
+    assert torch.equal(resumed.regularizer.generator.get_state(), model.regularizer.generator.get_state())

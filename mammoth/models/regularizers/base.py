@@ -15,9 +15,10 @@ class Regularizer:
     """A term added to a rehearsal method's loss, with hooks at the task's boundaries.
 
     The method (a :class:`~mammoth.models.base.ReplayModel`) calls :meth:`attach` once per run
-    (after its own), :meth:`begin_task` after its own ``begin_task`` and :meth:`loss` at each step
+    (after its own), :meth:`begin_task` after its own ``begin_task``, and at each step
+    :meth:`before_observe` (before the method's ``observe``), :meth:`loss`
     (:meth:`~mammoth.models.base.ReplayModel.step` adds it to the step's loss before the backward
-    pass). Random draws come from :attr:`generator`, seeded
+    pass) and :meth:`after_backward` (after the backward pass, before the optimizer's step). Random draws come from :attr:`generator`, seeded
     from the run's generator at :meth:`attach`; :meth:`state_dict` is saved with the method's
     checkpoint (resume is bit-exact).
     """
@@ -27,6 +28,9 @@ class Regularizer:
     #: Whether its term on several processes is the same experiment as on one (the method's own
     #: ``supports_distributed`` is then kept); False refuses several processes.
     supports_distributed: bool = False
+    #: Whether it works under ``precision=fp16`` (its own backward passes would need the gradient
+    #: scaler); False refuses fp16.
+    supports_fp16: bool = True
 
     def __init__(self) -> None:
         self.generator = torch.Generator()
@@ -39,9 +43,16 @@ class Regularizer:
     def begin_task(self, model: "ReplayModel", task: int) -> None:
         """Called after the method's ``begin_task(task)``; nothing by default."""
 
+    def before_observe(self, model: "ReplayModel") -> None:
+        """Called before each ``observe`` of the method (the step's first work); nothing by default."""
+
     def loss(self, model: "ReplayModel") -> Optional[Tensor]:
         """The term added to this step's loss (None: nothing this step)."""
         return None
+
+    def after_backward(self, model: "ReplayModel") -> None:
+        """Called by the method's ``step`` after its backward pass, before the optimizer's step: a
+        regulariser whose term needs gradients taken elsewhere (at perturbed weights) adds them here."""
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint needs to continue identically: the generator's state and :meth:`extra_state`."""
