@@ -18,7 +18,13 @@ What is adapted to run the original here, and why:
   not installed here; ``derpp_star`` imports ``ContinualDataset`` for a type hint only); the
   dataset's ``train_loader`` is the list of the task's batches.
 - STAR's proxy network (the original's ``get_backbone(args)``) is the same tiny network (its
-  weights are loaded from the trained one before each use).
+  weights are loaded from the trained one before each use). Its noise scale, the module constant
+  ``EPS`` (1e-20: below float32's resolution, so the proxy starts at the network, where the
+  divergence and its gradient are rounding noise, which the original then scales to each weight's
+  norm: the first step follows the last bits of the computation, which differ between thread
+  counts and CPUs), is set to ``STAR_EPS`` here and in the tests, and its noise (``torch.randn_like``,
+  called by ``init_rand`` only) draws from ``torch.Generator().manual_seed(STAR_SEED)``, as the
+  regulariser's generator does in the tests.
 - The draws this implementation takes from its own generators are given to the original instead
   of its global-RNG draws: ``torch.rand`` (the power iteration's random start, the only call of it
   in the code run) draws from ``torch.Generator().manual_seed(LIP_SEED)``, as the regulariser's
@@ -60,6 +66,9 @@ LIDER_SETTINGS = {"lr": 0.05, "alpha": 0.3, "beta": 0.3, "alpha_lip_lambda": 0.3
 #: STAR's settings: p_gamma and p_lam large enough that the perturbation moves the losses visibly.
 STAR_SETTINGS = {"lr": 0.05, "alpha": 0.3, "beta": 0.3, "buffer_size": 100, "minibatch_size": 4, "p_steps": 2,
                  "p_lam": 4.0, "p_gamma": 0.3}
+#: STAR's noise scale in the fidelity runs (the original's module constant ``EPS``, 1e-20, set on both
+#: sides; module docstring) and the seed of the generator its noise draws from (both sides).
+STAR_EPS, STAR_SEED = 1e-3, 4321
 #: The seed of the generator the power iterations draw their random start from (both sides).
 LIP_SEED = 1234
 
@@ -68,10 +77,15 @@ LIP_SEED = 1234
 
 
 def tiny_modules() -> tuple[nn.Module, nn.Module, nn.Linear]:
-    """The two convolution stages and the classifier, with the same initial weights on both sides."""
+    """The two convolution stages and the classifier, with the same initial weights on both sides.
+
+    Tanh, not ReLU: LiDER divides each pixel's features by their norm over the channels (plus
+    float32's epsilon), so a pixel whose channels are all 0 after a ReLU, or all just above 0,
+    gives 0 or values of order 1 by the last bits of the convolution: the same code then differs
+    between thread counts. Tanh's outputs are never all 0."""
     torch.manual_seed(0)
-    first = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
-    second = nn.Sequential(nn.Conv2d(4, 6, 3, stride=2, padding=1), nn.ReLU())
+    first = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Tanh())
+    second = nn.Sequential(nn.Conv2d(4, 6, 3, stride=2, padding=1), nn.Tanh())
     return first, second, nn.Linear(6, N_TASKS * CLASSES_PER_TASK)
 
 
@@ -221,8 +235,11 @@ def run_original_star(which: str) -> dict:
 
     Tiny = original_tiny()
     star_perturber.get_backbone = lambda args: Tiny()  # the proxy: the same network (its weights are loaded)
+    star_perturber.EPS = STAR_EPS  # module docstring: the noise's scale, so the first step follows a gradient
+    noise = torch.Generator().manual_seed(STAR_SEED)
+    plain_randn_like = torch.randn_like
+    torch.randn_like = lambda tensor, **kwargs: torch.randn(tensor.shape, generator=noise).to(tensor)  # init_rand's only
     draws = record_choices()
-    torch.manual_seed(0)
     settings = STAR_SETTINGS
     args = Namespace(optimizer="sgd", optim_nesterov=0, label_perc=1, nowand=1, debug_mode=0, n_epochs=1, seed=0,
                      lr=settings["lr"], optim_wd=0.0, optim_mom=0.0, buffer_size=settings["buffer_size"],
@@ -241,6 +258,7 @@ def run_original_star(which: str) -> dict:
             model.net.eval()
             result["logits"].append(listed(model.net(probe_images())))
     np.random.choice = np.random.choice.plain
+    torch.randn_like = plain_randn_like
     return result
 
 
@@ -263,8 +281,10 @@ def main() -> None:
         print(json.dumps({"source": {"repository": "aimagelab/mammoth", "commit": mirror_commit("aimagelab+mammoth"),
                                      "torch": torch.__version__},
                           "lider": {"settings": LIDER_SETTINGS, "lip_seed": LIP_SEED, **run_original_lider()},
-                          "star": {"settings": STAR_SETTINGS, **run_original_star("er")},
-                          "derpp_star": {"settings": STAR_SETTINGS, **run_original_star("derpp")}}))
+                          "star": {"settings": STAR_SETTINGS, "eps": STAR_EPS, "noise_seed": STAR_SEED,
+                                   **run_original_star("er")},
+                          "derpp_star": {"settings": STAR_SETTINGS, "eps": STAR_EPS, "noise_seed": STAR_SEED,
+                                         **run_original_star("derpp")}}))
         return
     command = [sys.executable, __file__, "--part", "mammoth", "--original", str(arguments.original)]
     if arguments.original_path is not None:

@@ -22,6 +22,7 @@ from mammoth.models import build_model
 from mammoth.models.buffer import FIELDS, ReplayBatch
 from mammoth.models.gem import Gem
 from mammoth.models.regularizers import REGULARIZERS, build_regularizer
+from mammoth.models.regularizers import star as star_module
 from mammoth.models.regularizers.lider import LiDER
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
@@ -55,8 +56,9 @@ class TinyBackbone(MammothBackbone):
 
     def __init__(self) -> None:
         super().__init__()
-        first, second, self.classifier = reference.tiny_modules()
+        first, second, classifier = reference.tiny_modules()
         self.stages = nn.ModuleList([first, second, _Mean()])
+        self.classifier = classifier  # registered after the stages: the parameters in the original's order
         self.num_features, self.num_classes = 6, 4
 
 
@@ -244,7 +246,7 @@ def test_regularizer_presets_hold_the_originals_best_arguments(name: str) -> Non
 # ---- star ----
 
 
-def _star_model(draws: list[list[int]] | None = None, method: str = "derpp"):
+def _star_model(draws: list[list[int]] | None = None, method: str = "derpp", key: str = "star"):
     settings = REFERENCE["star"]["settings"]
     values = {name: settings[name] for name in ("p_steps", "p_lam", "p_gamma")}
     dataset = TinyDataset()
@@ -252,25 +254,22 @@ def _star_model(draws: list[list[int]] | None = None, method: str = "derpp"):
     model = build_model(method, net=TinyBackbone(), dataset=dataset, buffer_size=32, lr=settings["lr"],
                         minibatch_size=settings["minibatch_size"], regularizer={"_target_": STAR_TARGET, **values}, **own)
     model.attach(build_context(dataset, "cpu", torch.Generator().manual_seed(0)))
+    model.regularizer.generator.manual_seed(REFERENCE[key]["noise_seed"])  # the original's noise draws (the reference's)
     if draws is not None:
         _replay_draws(model, draws)
     return model
 
 
-@pytest.mark.parametrize(("method", "key", "tolerances"), [
-    # er: the same operations in the same order as the original's er_star: equal to float32's last bits
-    ("er", "star", [1e-6, 1e-6]),
-    # derpp: the original's derpp_star sums derpp's terms in another order than derpp (and the
-    # original's); STAR's first perturbation step is rounding noise scaled to the weights' norms (its
-    # 1e-20 noise is below float32's resolution, so the copy starts at the network, where the
-    # divergence is 0 up to rounding), which turns that last-bit difference into a 1e-4 one from task 2
-    ("derpp", "derpp_star", [1e-6, 1e-3]),
-])
-def test_star_matches_the_originals_er_star_and_derpp_star_step_by_step(method, key, tolerances) -> None:
+@pytest.mark.parametrize(("method", "key"), [("er", "star"), ("derpp", "derpp_star")])
+def test_star_matches_the_originals_er_star_and_derpp_star_step_by_step(method, key, monkeypatch) -> None:
     expected = REFERENCE[key]
+    # the noise scale both sides ran with (scripts/reference_twf_regularizers.py: at the original's 1e-20
+    # the first perturbation step follows the computation's last bits, which differ between thread counts)
+    monkeypatch.setattr(star_module, "EPS", expected["eps"])
     # STAR's minibatch first, then the method's, as the original draws them
     draws = [list(draw) for draw in expected["draws"]]
-    model = _star_model(draws, method=method)
+    model = _star_model(draws, method=method, key=key)
+    tolerances = [1e-5, 1e-5]  # float32 work in the same order; derpp_star sums derpp's terms in another order
     for task in range(reference.N_TASKS):
         model.begin_task(task)
         losses = [model.observe(x, y, x) for x, y in reference.batches(task)]
@@ -280,8 +279,7 @@ def test_star_matches_the_originals_er_star_and_derpp_star_step_by_step(method, 
         with torch.no_grad():
             model.net.eval()
             logits = model.net(reference.probe_images())
-        torch.testing.assert_close(logits, torch.tensor(expected["logits"][task]), rtol=10 * tolerances[task],
-                                   atol=max(1e-5, 5 * tolerances[task]))
+        torch.testing.assert_close(logits, torch.tensor(expected["logits"][task]), rtol=1e-4, atol=1e-5)
         model.net.train()
     assert draws == []
     # what STAR adds is far beyond the tolerances where they are tight: the method alone on the same draws
@@ -293,8 +291,7 @@ def test_star_matches_the_originals_er_star_and_derpp_star_step_by_step(method, 
     for task in range(reference.N_TASKS):
         plain.begin_task(task)
         plain_losses = [plain.observe(x, y, x) for x, y in reference.batches(task)]
-        if tolerances[task] <= 1e-6:
-            assert max(abs(a - b) / b for a, b in zip(plain_losses, expected["losses"][task])) > 50 * tolerances[task]
+        assert max(abs(a - b) / b for a, b in zip(plain_losses, expected["losses"][task])) > 50 * tolerances[task]
 
 
 def test_star_adds_its_gradient_and_restores_the_weights() -> None:
