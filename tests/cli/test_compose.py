@@ -228,9 +228,9 @@ def test_a_regularizer_composes_under_model_regularizer_with_a_rehearsal_method_
     with pytest.raises(ConfigError, match=r"^\+model/regularizer=lider: model 'gem' takes no regularizer"):
         prepare("model=gem", "model.buffer_size=50", "+model/regularizer=lider")
     with pytest.raises(ConfigError, match=r"^model\.regularizer\.alpha_lip_lambda=1: no regularizer is chosen; "
-                                          r"allowed: \+model/regularizer=NAME before its arguments \(lider\)$"):
+                                          r"allowed: \+model/regularizer=NAME before its arguments \(lider, star\)$"):
         prepare("model=derpp", "model.buffer_size=50", "model.regularizer.alpha_lip_lambda=1")
-    with pytest.raises(ConfigError, match=r"^unknown model/regularizer 'lidr'; allowed: lider \(did you mean 'lider'\?\)$"):
+    with pytest.raises(ConfigError, match=r"^unknown model/regularizer 'lidr'; allowed: lider, star \(did you mean 'lider'\?\)$"):
         prepare("model=derpp", "model.buffer_size=50", "+model/regularizer=lidr")
     # a value of the wrong kind: the run's resolution names it, in one line (exit status 2 on the command line)
     with pytest.raises(ConfigError, match=r"^model\.regularizer\.headless_init_act: invalid value 'tanh' .*'relu', 'lrelu'$"):
