@@ -306,7 +306,7 @@ def _check_registered(group: str, target: Any, where: str) -> None:
             "register it from an installed package's mammoth.plugins entry point)")
         raise ConfigError(
             f"{where}={target!r} is not a registered {registry.kind}{reason}; allowed: the _target_ of one of "
-            f"{', '.join(registry.names())} (choose it with {group}=NAME)"
+            f"{', '.join(registry.names())} (choose it with {'+' if '/' in group else ''}{group}=NAME)"
         )
 
 
