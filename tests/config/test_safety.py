@@ -70,7 +70,7 @@ def test_a_target_anywhere_in_the_task_config_is_refused_unless_a_registered_opt
     with open_dict(regularized.model):
         regularized.model.regularizer._target_ = "os.system"
     with pytest.raises(ConfigError, match=r"^model.regularizer._target_='os.system' is not a registered regularizer; "
-                                          r"allowed: the _target_ of one of lider, star \(choose it with model/regularizer=NAME\)$"):
+                                          r"allowed: the _target_ of one of lider, star \(choose it with \+model/regularizer=NAME\)$"):
         check_config_safety(regularized)
 
 
