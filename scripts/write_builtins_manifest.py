@@ -14,12 +14,13 @@ from mammoth.config import manifest
 from mammoth.datasets import DATASETS
 from mammoth.files import open_nofollow
 from mammoth.models import MODELS
+from mammoth.models.regularizers import REGULARIZERS
 
 
 def registries_manifest() -> dict[str, dict[str, Any]]:
     """The manifest of the built-ins as their registries have them now (imports torch and the built-ins)."""
     described = {}
-    for group, registry in zip(manifest.GROUPS, (BACKBONES, DATASETS, MODELS)):
+    for group, registry in zip(manifest.GROUPS, (BACKBONES, DATASETS, MODELS, REGULARIZERS)):
         entries = [registry.get(name) for name in registry.names()]
         described[group] = {entry.name: manifest.describe_entry(group, entry) for entry in entries
                             if entry.target_path.startswith("mammoth.")}

@@ -63,6 +63,9 @@ def check_argument_overrides(hydra: Any, config_name: str, repository: Any, over
     composer = _Composer(hydra, config_name, parsed, choices, repository)
     multirun = multirun or any(override.is_sweep_override() for override in parsed)
     result = list(overrides)
+    for override in choices:
+        if override.key_or_group == REGULARIZER_GROUP:
+            _check_regularized(composer, override)
     for index, override in enumerate(parsed):
         if override.type != OverrideType.CHANGE or override.is_hydra_override() or override in choices:
             continue
@@ -72,7 +75,35 @@ def check_argument_overrides(hydra: Any, config_name: str, repository: Any, over
         elif group in REGISTRY_GROUPS:
             if _check_argument(composer, override, group, rest.split(".")[0], multirun):
                 result[index] = f"++{overrides[index]}"
+            if group == "model" and rest.startswith("regularizer."):
+                _check_regularizer_argument(composer, override, rest.split(".")[1])
     return result
+
+
+#: The group of the regularisers, whose options sit under ``model.regularizer`` (:mod:`mammoth.models.regularizers`).
+REGULARIZER_GROUP = "model/regularizer"
+
+
+def _check_regularized(composer: "_Composer", override: Any) -> None:
+    """``+model/regularizer=NAME`` only with methods that take one (a ``regularizer`` field): else one line."""
+    lacking = [option for option in composer.options("model") if "regularizer" not in option.fields]
+    if lacking:
+        accepting = [name for name, entry in sorted(served_entries("model").items())
+                     if entry.argument("regularizer") is not None]
+        raise ConfigError(f"{override.input_line}: {_names('model', lacking)} takes no regularizer (only rehearsal methods "
+                          f"whose every step goes through step() do); allowed: {', '.join(accepting)}")
+
+
+def _check_regularizer_argument(composer: "_Composer", override: Any, argument: str) -> None:
+    """``model.regularizer.ARG=...`` names an argument of every regulariser the jobs compose; one is chosen."""
+    options = composer.options(REGULARIZER_GROUP)
+    if not options:
+        raise ConfigError(f"{override.input_line}: no regularizer is chosen; allowed: +model/regularizer=NAME before "
+                          f"its arguments ({', '.join(sorted(served_entries(REGULARIZER_GROUP)))})")
+    for option in options:
+        if argument not in option.fields:
+            raise ConfigError(unknown_argument_message("model.regularizer", option.name, argument, list(option.fields),
+                                                       option.description))
 
 
 def _is_group_choice(override: Any, repository: Any) -> bool:

@@ -35,7 +35,7 @@ from mammoth.config.interpolations import UNKNOWN, raw_lookup, resolvers_used
 from mammoth.config.run_settings import RUN_CONTROL_KEYS, setting_names
 from mammoth.config.manifest import dataset_task_facts as benchmark_task_facts
 from mammoth.config.options import dataset_task_facts
-from mammoth.config.schema import DATA_FILLED_ARGUMENTS
+from mammoth.config.schema import DATA_FILLED_ARGUMENTS, is_missing
 from mammoth.config.task_split import task_sizes
 from mammoth.config.value_checks import check_precision_name, check_threads
 from mammoth.errors import ConfigError, unknown_name_message
@@ -119,6 +119,7 @@ def resolve_run(cfg: DictConfig, registries: Mapping[str, Any] | None = None, hy
     if not is_set(cfg, "model"):
         raise ConfigError("no model selected; choose one with model=NAME")
     model = _resolve_option(registries["model"], cfg)
+    _resolve_regularizer(registries.get("model/regularizer"), model.values.get("regularizer"))
     resolved = _plain(cfg)
     config = recorded_config(cfg, resolved, hydra)
     return RunSpec(
@@ -153,12 +154,13 @@ def with_registries(spec: RunSpec, registries: Mapping[str, Any] | None = None) 
 
 
 def builtin_registries() -> dict[str, Any]:
-    """The backbone, dataset and model registries (importing torch and the built-ins)."""
+    """The backbone, dataset, model and regulariser registries (importing torch and the built-ins)."""
     from mammoth.backbones import BACKBONES  # lazy: imports torch, kept off the compose path
     from mammoth.datasets import DATASETS  # lazy: imports torch, kept off the compose path
     from mammoth.models import MODELS  # lazy: imports torch, kept off the compose path
+    from mammoth.models.regularizers import REGULARIZERS  # lazy: imports torch, kept off the compose path
 
-    return {"backbone": BACKBONES, "dataset": DATASETS, "model": MODELS}
+    return {"backbone": BACKBONES, "dataset": DATASETS, "model": MODELS, "model/regularizer": REGULARIZERS}
 
 
 def is_set(cfg: DictConfig, key: str) -> bool:
@@ -195,6 +197,17 @@ def _resolve_option(registry: Any, cfg: DictConfig, skip: tuple[str, ...] = ()) 
     registry.convert_values(dataclasses.replace(entry, arguments=tuple(
         argument for argument in entry.arguments if argument.name not in skip)), values)
     return ResolvedOption(registry, entry, values)
+
+
+def _resolve_regularizer(registry: Any, config: Any) -> None:
+    """The ``model.regularizer`` node (``+model/regularizer=NAME``), when set: registered, only its
+    arguments, its values of their types (the method builds it from the node)."""
+    if config is None or is_missing(config):
+        return
+    if registry is None:  # registries given without the regularisers' (a caller of before they existed)
+        registry = builtin_registries()["model/regularizer"]
+    entry, values = registry.resolve(config)
+    registry.check_values(entry, values)
 
 
 def _resolve_dataset(cfg: DictConfig, registry: Any) -> ResolvedOption | None:

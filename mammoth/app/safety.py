@@ -7,7 +7,8 @@ written: the single run's, each job's of a sweep and each alternative an Optuna 
 ``hydra`` included, at any depth:
 
 - a ``_target_`` is allowed only where mammoth or Hydra expects one: the root of ``backbone``,
-  ``model`` and ``dataset`` (a registered option), ``hydra.callbacks.NAME`` (a Hydra Callback
+  ``model`` and ``dataset`` (a registered option), ``model.regularizer`` (a registered
+  regulariser), ``hydra.callbacks.NAME`` (a Hydra Callback
   class), ``hydra.launcher`` and ``hydra.sweeper`` (a Hydra Launcher / Sweeper class) and
   ``hydra.sweeper.sampler`` (an Optuna sampler class); nowhere below those (Hydra instantiates
   recursively);
@@ -279,11 +280,14 @@ def _check_target(parent: tuple[str, ...], target: Any) -> None:
     if len(parent) == 1 and parent[0] in REGISTERED_GROUPS:
         _check_registered(parent[0], target, where)
         return
+    if parent == ("model", "regularizer"):
+        _check_registered("model/regularizer", target, where)
+        return
     expected = _expected_class(parent)
     if expected is None:
         raise ConfigError(
             f"{where}={target!r}: a _target_ is not allowed here; allowed: a _target_ only at the root of "
-            "backbone, model and dataset (a registered option), hydra.callbacks.NAME, hydra.launcher, "
+            "backbone, model and dataset (a registered option), model.regularizer (a registered regulariser), hydra.callbacks.NAME, hydra.launcher, "
             "hydra.sweeper and hydra.sweeper.sampler"
         )
     description, bases = expected
@@ -302,7 +306,7 @@ def _check_registered(group: str, target: Any, where: str) -> None:
             "register it from an installed package's mammoth.plugins entry point)")
         raise ConfigError(
             f"{where}={target!r} is not a registered {registry.kind}{reason}; allowed: the _target_ of one of "
-            f"{', '.join(registry.names())} (choose it with {group}=NAME)"
+            f"{', '.join(registry.names())} (choose it with {'+' if '/' in group else ''}{group}=NAME)"
         )
 
 

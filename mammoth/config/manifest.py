@@ -26,7 +26,7 @@ from typing import Any, Literal, Optional
 
 MANIFEST_FILE = "builtins.json"
 #: The groups of the built-in options and the suffix of their schema classes' names.
-GROUPS = ("backbone", "dataset", "model")
+GROUPS = ("backbone", "dataset", "model", "model/regularizer")
 _SCALARS = {"int": int, "float": float, "str": str, "bool": bool, "any": Any}
 
 

@@ -53,11 +53,15 @@ SERVED_GROUPS = manifest.GROUPS
 #: The module and attribute of each served group's registry.
 REGISTRY_OF_GROUP = {"backbone": ("mammoth.backbones.registry", "BACKBONES"),
                      "dataset": ("mammoth.datasets", "DATASETS"),
-                     "model": ("mammoth.models.registry", "MODELS")}
+                     "model": ("mammoth.models.registry", "MODELS"),
+                     "model/regularizer": ("mammoth.models.regularizers", "REGULARIZERS")}
 #: How each served group's registry is made (kind, error type, schema suffix), for :func:`served_registry`.
 REGISTRY_SETTINGS = {"backbone": ("backbone", BackboneError, "BackboneConfig"),
                      "dataset": ("dataset", DatasetError, "DatasetConfig"),
-                     "model": ("model", ConfigError, "ModelConfig")}
+                     "model": ("model", ConfigError, "ModelConfig"),
+                     "model/regularizer": ("regularizer", ConfigError, "RegularizerConfig")}
+#: Where a nested group's options sit in a config, as messages name them (a top group's is its name).
+REGISTRY_KEYS = {"model/regularizer": "model.regularizer"}
 #: The packages that serve the options (``pkg://`` search path entries).
 SERVING_PACKAGES = ("mammoth.conf", "mammoth.app.conf")
 #: Where the primary config of ``python -m mammoth`` looks for a dataset's default backbone when
@@ -130,7 +134,8 @@ def served_registry(group: str) -> Registry:
     """The options of ``group`` as a registry to check configs against, without torch
     (:func:`served_entries`). Its checks and messages are the registry's own; it builds nothing."""
     kind, error_type, suffix = REGISTRY_SETTINGS[group]
-    return Registry(kind=kind, group=group, error_type=error_type, schema_suffix=suffix, entries=served_entries(group))
+    return Registry(kind=kind, group=group, error_type=error_type, schema_suffix=suffix, entries=served_entries(group),
+                    key=REGISTRY_KEYS.get(group))
 
 
 def served_registries() -> dict[str, Registry]:
@@ -148,7 +153,7 @@ def option_schema(group: str, name: str) -> type:
 
 def schema_config_name(group: str, name: str) -> str:
     """The top-level ConfigStore name of option ``group/name``'s schema."""
-    return f"mammoth-option-{group}-{name}"
+    return f"mammoth-option-{group.replace('/', '-')}-{name}"
 
 
 def _store_schema(group: str, name: str, replace: bool = False) -> None:
@@ -322,10 +327,12 @@ class _FailingFile(io.StringIO):
 
 
 class _GroupDirectory:
-    """``GROUP/``: one file per option of a served group."""
+    """``GROUP/``: one file per option of a served group, and a directory per served group nested in it
+    (``model/regularizer/``)."""
 
     def __init__(self, group: str) -> None:
-        self.group = self.name = group
+        self.group = group
+        self.name = group.rsplit("/", 1)[-1]
 
     def exists(self) -> bool:
         return True
@@ -335,14 +342,17 @@ class _GroupDirectory:
     def is_file(self) -> bool:
         return False
 
-    def iterdir(self) -> Iterator[_OptionFile]:
-        return iter([_OptionFile(self.group, option) for option in option_names(self.group)])
+    def iterdir(self) -> Iterator[Any]:
+        nested = [_GroupDirectory(group) for group in SERVED_GROUPS if group.rpartition("/")[0] == self.group]
+        return iter([*(_OptionFile(self.group, option) for option in option_names(self.group)), *nested])
 
     def joinpath(self, *parts: str) -> Any:
         path = "/".join(parts).strip("/")
         if not path:
             return self
         first, _, rest = path.partition("/")
+        if f"{self.group}/{first}" in SERVED_GROUPS:
+            return _GroupDirectory(f"{self.group}/{first}").joinpath(rest)
         if rest or not first.endswith(".yaml") or first[:-len(".yaml")] not in option_names(self.group):
             return _Missing(f"{self.group}/{path}")
         return _OptionFile(self.group, first[:-len(".yaml")])
@@ -372,7 +382,7 @@ class _PackageFiles:
 
     def iterdir(self) -> Iterator[Any]:
         own = [item for item in self.real.iterdir() if item.name not in SERVED_GROUPS]
-        return iter([*own, *(_GroupDirectory(group) for group in SERVED_GROUPS)])
+        return iter([*own, *(_GroupDirectory(group) for group in SERVED_GROUPS if "/" not in group)])
 
     def joinpath(self, *parts: str) -> Any:
         path = "/".join(parts).strip("/")
@@ -414,7 +424,7 @@ class _OptionsLoader:
 
 def serve_options(package: ModuleType) -> None:
     """Make config package ``package`` (its ``pkg://`` search path entry) serve the ``backbone``,
-    ``dataset`` and ``model`` options (idempotent); called by the package itself when Hydra imports it."""
+    ``dataset``, ``model`` and ``model/regularizer`` options (idempotent); called by the package itself when Hydra imports it."""
     spec = package.__spec__
     if not isinstance(spec.loader, _OptionsLoader):
         spec.loader = _OptionsLoader(spec.loader)

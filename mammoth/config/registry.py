@@ -150,9 +150,13 @@ class Registry:
         arguments_of: Callable[[Callable], list[Argument]] | None = None,
         stored: bool = True,
         entries: Mapping[str, Entry] | None = None,
+        key: str | None = None,
     ) -> None:
         self.kind = kind
         self.group = group
+        #: Where the options' values sit in a config, as messages name them (``model.regularizer``
+        #: for the ``model/regularizer`` group); the group itself when None.
+        self.key = key or group
         self.error_type = error_type
         self.schema_suffix = schema_suffix
         self.runtime_arguments = runtime_arguments
@@ -262,13 +266,13 @@ class Registry:
         if unknown:
             fields = [argument.name for argument in entry.arguments]
             raise self.error_type(
-                unknown_argument_message(self.group, entry.name, unknown[0], fields, entry.describe_arguments())
+                unknown_argument_message(self.key, entry.name, unknown[0], fields, entry.describe_arguments())
             )
 
     def check_required(self, entry: Entry, values: Mapping[str, Any], skip: tuple[str, ...] = ()) -> None:
         """Every required argument of ``entry`` (but those in ``skip``) has a value in ``values``;
         else one error names all that are missing."""
-        missing = [f"{self.group}.{argument.name}" for argument in entry.arguments
+        missing = [f"{self.key}.{argument.name}" for argument in entry.arguments
                    if argument.name not in skip and is_missing(values.get(argument.name, argument.default))]
         if missing:
             plural = len(missing) > 1
@@ -297,5 +301,5 @@ class Registry:
             try:
                 converted[argument.name] = check_value(argument, value)
             except ValueCheckError as error:
-                raise self.error_type(f"{self.group}.{argument.name}: {error}") from None
+                raise self.error_type(f"{self.key}.{argument.name}: {error}") from None
         return converted

@@ -47,6 +47,7 @@ class AGem(ReplayModel):
     """
 
     supports_distributed = True
+    accepts_regularizer = False  # its step projects gradients outside step(): a regulariser's term would be skipped
     supports_fp16 = False  # calls backward and steps its optimizer itself (no gradient scaling)
 
     def __init__(self, net: MammothBackbone, dataset: Any, buffer_size: int, **kwargs: Any) -> None:

@@ -34,6 +34,7 @@ from mammoth.backbones.base import MammothBackbone
 from mammoth.config.value_checks import check_choice, check_non_negative, check_positive, check_positive_int
 from mammoth.errors import ConfigError, MammothError
 from mammoth.models.buffer import ReplayBatch, ReplayBuffer
+from mammoth.models.registry import MODELS
 
 if TYPE_CHECKING:
     from mammoth.datasets.source import DataSource
@@ -225,6 +226,7 @@ class ContinualModel(nn.Module):
         self.optimizer.zero_grad(set_to_none=True)
         scaler = getattr(self._context, "grad_scaler", None)  # precision=fp16 only
         self.backward(loss if scaler is None else scaler.scale(loss))
+        self.after_backward()
         if clip_grad is not None:
             if scaler is not None:
                 scaler.unscale_(self.optimizer)  # clip the true gradient
@@ -235,6 +237,10 @@ class ContinualModel(nn.Module):
             scaler.step(self.optimizer)
             scaler.update()
         return loss.item()
+
+    def after_backward(self) -> None:
+        """Called by :meth:`step` between the backward pass and the optimizer's step (a
+        regulariser adds gradients of its own there: ReplayModel); nothing by default."""
 
     def backward(self, loss: Tensor) -> None:
         """Back-propagate ``loss``, a loss of the step ``observe`` takes (:meth:`step` calls it; a
@@ -299,6 +305,11 @@ def check_memory_fits(buffer_size: int, context: "TrainingContext") -> None:
 # ---- shared by the rehearsal methods (er, der, derpp) ----
 
 
+def regularized_methods() -> list[str]:
+    """The registered methods that take a regulariser (``+model/regularizer=NAME``), sorted."""
+    return [name for name in MODELS.names() if getattr(MODELS.get(name).target, "accepts_regularizer", False)]
+
+
 class ReplayModel(ContinualModel):
     """A ContinualModel with a reservoir :class:`ReplayBuffer` of ``buffer_size`` items.
 
@@ -307,7 +318,18 @@ class ReplayModel(ContinualModel):
     given) or ``cpu``. Replay batches come back augmented by ``context.train_transform`` and
     on the training device. The buffer's generator is seeded from the run's generator in
     :meth:`attach`; the buffer is part of :meth:`extra_state`.
+
+    ``regularizer`` is the ``model.regularizer`` node (``+model/regularizer=NAME``,
+    :mod:`mammoth.models.regularizers`): the regulariser's term is added to the loss of every
+    :meth:`step` (and its :meth:`after_backward` gradients to the step's), and its hooks run
+    after :meth:`attach` and :meth:`begin_task` and before each ``observe``.
+    A method whose steps do not all go through :meth:`step` sets ``accepts_regularizer = False``
+    and refuses one.
     """
+
+    #: Whether the method's training steps each go through :meth:`step` once, so that a
+    #: regulariser's term is added to each (``+model/regularizer=NAME``).
+    accepts_regularizer: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -316,9 +338,25 @@ class ReplayModel(ContinualModel):
         buffer_size: int,
         minibatch_size: Optional[int] = None,
         buffer_device: Literal["training", "cpu"] = "training",
+        regularizer: Optional[dict[str, Any]] = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(net, dataset, **kwargs)
+        self.regularizer = None
+        if regularizer is not None:
+            from mammoth.models.regularizers import build_regularizer  # lazy: the regularisers import this module's package
+
+            if not self.accepts_regularizer:
+                raise ConfigError(
+                    f"model {type(self).__name__} takes no regularizer (its steps do not all go through step()); "
+                    f"allowed: +model/regularizer=NAME with {', '.join(regularized_methods())}")
+            self.regularizer = build_regularizer(regularizer)
+            self.observe = self._regularized_observe  # type: ignore[method-assign]  # the regulariser's hook first
+            # this run's method, with its regulariser (the class attributes are the method's alone)
+            if not self.regularizer.supports_distributed:
+                self.supports_distributed = False  # type: ignore[misc]
+            if not self.regularizer.supports_fp16:
+                self.supports_fp16 = False  # type: ignore[misc]
         self.buffer_size = check_positive_int("model.buffer_size", buffer_size)
         if minibatch_size is not None:
             check_positive_int("model.minibatch_size", minibatch_size)
@@ -362,13 +400,44 @@ class ReplayModel(ContinualModel):
         super().attach(context)
         self.buffer.generator.manual_seed(int(torch.randint(0, 2**62, (1,), generator=context.generator)))
         self.buffer.gather = context.gather_shards
+        if self.regularizer is not None:
+            self.regularizer.attach(self)
+
+    def begin_task(self, task: int) -> None:
+        """The optimizer and schedule (:meth:`ContinualModel.begin_task`), then the regulariser's hook."""
+        super().begin_task(task)
+        if self.regularizer is not None:
+            self.regularizer.begin_task(self, task)
+
+    def _regularized_observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> float:
+        """The method's ``observe``, after the regulariser's ``before_observe`` (with a regulariser only)."""
+        self.regularizer.before_observe(self)
+        return type(self).observe(self, inputs, labels, not_aug_inputs)
+
+    def step(self, loss: Tensor, clip_grad: float | None = None) -> float:
+        """:meth:`ContinualModel.step` on ``loss`` plus the regulariser's term (if any, and if it has one this step)."""
+        if self.regularizer is not None:
+            term = self.regularizer.loss(self)
+            if term is not None:
+                loss = loss + term
+        return super().step(loss, clip_grad)
+
+    def after_backward(self) -> None:
+        """The regulariser's gradients (if any), added to the step's before the optimizer steps."""
+        if self.regularizer is not None:
+            self.regularizer.after_backward(self)
 
     def extra_state(self) -> dict[str, Any]:
-        """The replay buffer's state."""
-        return {"buffer": self.buffer.state_dict()}
+        """The replay buffer's state (and the regulariser's)."""
+        state = {"buffer": self.buffer.state_dict()}
+        if self.regularizer is not None:
+            state["regularizer"] = self.regularizer.state_dict()
+        return state
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        """Restore the replay buffer (on the training device when ``buffer_device`` is ``training``)."""
+        """Restore the replay buffer (on the training device when ``buffer_device`` is ``training``) and the regulariser."""
         self.buffer.load_state_dict(state["buffer"])
         if self.buffer_device == "training" and not self.buffer.is_empty():
             self.buffer.to(self.device)
+        if self.regularizer is not None:
+            self.regularizer.load_state_dict(state["regularizer"])

@@ -66,6 +66,7 @@ class Gem(ReplayModel):
     """
 
     supports_distributed = True
+    accepts_regularizer = False  # its step projects gradients outside step(): a regulariser's term would be skipped
     supports_fp16 = False  # calls backward and steps its optimizer itself (no gradient scaling)
 
     def __init__(self, net: MammothBackbone, dataset: Any, buffer_size: int, gamma: float = 0.5, **kwargs: Any) -> None:

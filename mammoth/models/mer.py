@@ -38,6 +38,8 @@ class Mer(ReplayModel):
     original did when its published tables were made.
     """
 
+    accepts_regularizer = False  # several steps per example inside Reptile's updates: a regulariser's term has no one step
+
     def __init__(
         self,
         net: MammothBackbone,

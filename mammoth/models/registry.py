@@ -8,14 +8,25 @@ from omegaconf import DictConfig
 
 from mammoth.errors import ConfigError
 from mammoth.config.registry import Registry
+from mammoth.config.schema import Argument, signature_arguments
 
 T = TypeVar("T")
 
 #: Arguments the harness passes at build time; they are not config fields.
 RUNTIME_ARGUMENTS = ("net", "dataset")
 
+
+
+def model_arguments(target: Callable) -> list[Argument]:
+    """A method's config fields: its signature's arguments but ``net`` and ``dataset``, and but the
+    ``regularizer`` a rehearsal method that refuses one (``accepts_regularizer = False``) inherits."""
+    skip = RUNTIME_ARGUMENTS if getattr(target, "accepts_regularizer", True) else (*RUNTIME_ARGUMENTS, "regularizer")
+    return signature_arguments(target, skip=skip)
+
+
 MODELS = Registry(
-    kind="model", group="model", error_type=ConfigError, schema_suffix="ModelConfig", runtime_arguments=RUNTIME_ARGUMENTS
+    kind="model", group="model", error_type=ConfigError, schema_suffix="ModelConfig", runtime_arguments=RUNTIME_ARGUMENTS,
+    arguments_of=model_arguments,
 )
 
 

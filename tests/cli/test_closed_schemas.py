@@ -167,3 +167,15 @@ def test_missing_required_values_are_refused_before_anything_runs(workdir: Path)
     assert result.returncode == 2 and not (workdir / "run").exists()
     assert result.stderr.strip().splitlines() == [
         "Error: missing values for model.e_lambda, model.gamma (model 'ewc-on'); set them with model.e_lambda=... model.gamma=..."]
+
+
+def test_an_opted_in_app_composes_a_regularizer_and_its_schema_is_closed():
+    ConfigStore.instance().store(name="closed_schema_regularizer_app", node=OPTED_IN)
+    with initialize(version_base="1.3"):
+        cfg = compose(config_name="closed_schema_regularizer_app",
+                      overrides=["model=derpp", "+model/regularizer=lider", "model.regularizer.beta_lip_lambda=0.5"])
+        assert cfg.model.regularizer.beta_lip_lambda == 0.5 and cfg.model.alpha == 0.1
+        with pytest.raises(ConfigCompositionException) as error:
+            compose(config_name="closed_schema_regularizer_app",
+                    overrides=["model=derpp", "+model/regularizer=lider", "model.regularizer.beta_lip=0.5"])
+    assert "Key 'beta_lip' not in 'LiderRegularizerConfig'" in f"{error.value}\n{error.value.__cause__}"

@@ -179,6 +179,9 @@ def test_argument_of_another_backbone_lists_the_selected_ones_arguments():
     (["dataset.rooot=/data"], "unknown argument 'rooot' for dataset 'seq-digits' (dataset.rooot); its arguments: name: str = 'seq-digits'", "root"),
     (["seeed=3"], "seeed=3: unknown setting 'seeed'; allowed: backbone, dataset, model, seed, ", "seed"),
     (["modle=er"], "modle=er: unknown setting 'modle'; allowed: ", "model"),
+    (["model=derpp", "model.buffer_size=50", "+model/regularizer=lider", "model.regularizer.alpha_lip_lambd=0.3"],
+     "unknown argument 'alpha_lip_lambd' for model.regularizer 'lider' (model.regularizer.alpha_lip_lambd); its "
+     "arguments: alpha_lip_lambda: float = 0.0", "alpha_lip_lambda"),
 ])
 def test_typos_get_one_line_with_the_closest_name(args: list[str], start: str, closest: str):
     with pytest.raises(ConfigError) as error:
@@ -209,3 +212,26 @@ def test_a_sweep_over_methods_lacking_an_argument_is_refused_with_the_plus_plus_
     assert prepare("-m", "model=sgd,er", "++model.buffer_size=200")[-1] == "++model.buffer_size=200"
 
 
+
+
+def test_a_regularizer_composes_under_model_regularizer_with_a_rehearsal_method_only():
+    args = ["model=derpp", "model.buffer_size=50", "+model/regularizer=lider", "model.regularizer.alpha_lip_lambda=0.3"]
+    assert prepare(*args) == args
+    cfg = compose_mammoth(*args)
+    assert OmegaConf.to_container(cfg.model.regularizer) == {
+        "_target_": "mammoth.models.regularizers.lider.LiDER", "alpha_lip_lambda": 0.3, "beta_lip_lambda": 0.0,
+        "headless_init_act": "relu", "grad_iter_step": -2}
+    with pytest.raises(ConfigError) as error:
+        prepare("model=sgd", "+model/regularizer=lider")
+    assert str(error.value) == ("+model/regularizer=lider: model 'sgd' takes no regularizer (only rehearsal methods whose "
+                                "every step goes through step() do); allowed: bic, der, derpp, er, er-ace, icarl, xder")
+    with pytest.raises(ConfigError, match=r"^\+model/regularizer=lider: model 'gem' takes no regularizer"):
+        prepare("model=gem", "model.buffer_size=50", "+model/regularizer=lider")
+    with pytest.raises(ConfigError, match=r"^model\.regularizer\.alpha_lip_lambda=1: no regularizer is chosen; "
+                                          r"allowed: \+model/regularizer=NAME before its arguments \(lider, star\)$"):
+        prepare("model=derpp", "model.buffer_size=50", "model.regularizer.alpha_lip_lambda=1")
+    with pytest.raises(ConfigError, match=r"^unknown model/regularizer 'lidr'; allowed: lider, star \(did you mean 'lider'\?\)$"):
+        prepare("model=derpp", "model.buffer_size=50", "+model/regularizer=lidr")
+    # a value of the wrong kind: the run's resolution names it, in one line (exit status 2 on the command line)
+    with pytest.raises(ConfigError, match=r"^model\.regularizer\.headless_init_act: invalid value 'tanh' .*'relu', 'lrelu'$"):
+        prepare(*args, "model.regularizer.headless_init_act=tanh")

@@ -27,7 +27,8 @@ def test_help_lists_the_backbone_options(workdir: Path):
         assert name in backbone_line
     groups = result.stdout.split("== Config groups", 1)[1].split("== Composed config ==", 1)[0].splitlines()[1:]
     assert [line.split(":")[0] for line in groups if line] == [
-        "backbone", "dataset", "experiment", "hparams_search", "logger", "model"]  # no internal helper group
+        "backbone", "dataset", "experiment", "hparams_search", "logger", "model",
+        "model/regularizer"]  # no internal helper group
 
 
 def test_bad_backbone_value_names_the_key_and_type(workdir: Path):

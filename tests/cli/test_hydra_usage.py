@@ -251,7 +251,11 @@ def test_tab_completion_lists_options_and_hides_internal_groups(workdir: Path):
     assert all(option.startswith("backbone=") and "/" not in option for option in backbones)
     assert complete("backbone/", workdir) == []  # no helper group such as backbone/dataset-default
     top = complete("", workdir)
-    assert {"dataset=", "model=", "experiment=", "hparams_search=", "seed="} <= set(top)
+    # model has options and a group of its own (model/regularizer): Hydra offers it as "model"
+    assert {"dataset=", "model", "experiment=", "hparams_search=", "seed="} <= set(top)
+    assert {"model=er", "model=er-ace"} <= set(complete("model=e", workdir))
+    assert complete("model=derpp +model/regularizer=", workdir) == ["+model/regularizer=lider", "+model/regularizer=star"]
+    assert "model.regularizer.alpha_lip_lambda=" in complete("model=derpp +model/regularizer=lider model.regularizer.", workdir)
     assert not [word for word in top if "dataset-default" in word]
     assert complete("model.buffer", workdir) == []  # sgd has no buffer_size
     assert "model.buffer_size=" in complete("model=er model.buffer", workdir)

@@ -27,6 +27,7 @@ from mammoth.config.options import (
 from mammoth.config.registry import schema_node
 from mammoth.datasets import DATASETS
 from mammoth.models import MODELS
+from mammoth.models.regularizers import REGULARIZERS
 
 
 
@@ -39,7 +40,7 @@ def manifest_script():
     return module
 
 
-REGISTRIES = {"backbone": BACKBONES, "dataset": DATASETS, "model": MODELS}
+REGISTRIES = {"backbone": BACKBONES, "dataset": DATASETS, "model": MODELS, "model/regularizer": REGULARIZERS}
 
 
 def test_the_manifest_matches_the_registries():

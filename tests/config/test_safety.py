@@ -64,6 +64,14 @@ def test_a_target_anywhere_in_the_task_config_is_refused_unless_a_registered_opt
         unregistered.model._target_ = "os.system"
     with pytest.raises(ConfigError, match=r"^model._target_='os.system' is not a registered model; allowed: the _target_ of one of agem,"):
         check_config_safety(unregistered)
+    # a regulariser's node (+model/regularizer=NAME) names a registered regulariser, nothing else
+    regularized = compose_mammoth("model=derpp", "+model/regularizer=lider", return_hydra_config=True)
+    assert check_config_safety(regularized) is None
+    with open_dict(regularized.model):
+        regularized.model.regularizer._target_ = "os.system"
+    with pytest.raises(ConfigError, match=r"^model.regularizer._target_='os.system' is not a registered regularizer; "
+                                          r"allowed: the _target_ of one of lider, star \(choose it with \+model/regularizer=NAME\)$"):
+        check_config_safety(regularized)
 
 
 def test_logging_configs_name_only_listed_classes_reach_no_object_and_set_no_attribute():

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Any, Optional
 
 import pytest
 
 from mammoth.models import MODELS
 
 REPLAY = {"buffer_size": (int, "???"), "minibatch_size": (Optional[int], None), "buffer_device": (str, "training")}
+#: The rehearsal methods whose steps each go through step() take a regulariser (+model/regularizer=NAME).
+REGULARIZED = {**REPLAY, "regularizer": (Optional[dict[str, Any]], None)}
 #: Each method's own fields (beyond those every method has: lr, optimizer, momentum, ...).
 EXPECTED = {
     "lwf": {"alpha": (float, 0.5), "softmax_temp": (float, 2.0)},
@@ -18,17 +20,17 @@ EXPECTED = {
     "si": {"c": (float, "???"), "xi": (float, "???")},
     "agem": REPLAY,
     "gem": {**REPLAY, "gamma": (float, 0.5)},
-    "icarl": {**REPLAY, "opt_wd": (float, 1e-5)},
-    "lucir": {**REPLAY, "lamda_base": (float, 5.0), "lamda_mr": (float, 1.0), "k_mr": (int, 2), "mr_margin": (float, 0.5),
+    "icarl": {**REGULARIZED, "opt_wd": (float, 1e-5)},
+    "lucir": {**REGULARIZED, "lamda_base": (float, 5.0), "lamda_mr": (float, 1.0), "k_mr": (int, 2), "mr_margin": (float, 0.5),
               "fitting_epochs": (int, 20), "lr_finetune": (float, 0.01), "imprint_weights": (bool, True)},
-    "er_ace": {**REPLAY, "task_free": (bool, False), "use_custom_classifier": (bool, True)},
+    "er_ace": {**REGULARIZED, "task_free": (bool, False), "use_custom_classifier": (bool, True)},
     "gdumb": {"buffer_size": (int, "???"), "maxlr": (float, 0.05), "minlr": (float, 0.0005),
               "fitting_epochs": (int, 256), "cutmix_alpha": (Optional[float], 1.0),
               "sampler": (str, "reservoir")},
-    "bic": {**REPLAY, "bic_epochs": (int, 250), "temp": (float, 2.0), "valset_split": (float, 0.1),
+    "bic": {**REGULARIZED, "bic_epochs": (int, 250), "temp": (float, 2.0), "valset_split": (float, 0.1),
             "wd_reg": (Optional[float], None), "distill_after_bic": (bool, True)},
     "mer": {**REPLAY, "beta": (float, "???"), "gamma": (float, "???"), "batch_num": (int, 1)},
-    "xder": {**REPLAY, "alpha": (float, "???"), "beta": (float, "???"), "gamma": (float, 0.85),
+    "xder": {**REGULARIZED, "alpha": (float, "???"), "beta": (float, "???"), "gamma": (float, 0.85),
              "constr_eta": (float, 0.1), "constr_margin": (float, 0.3), "past_constraint": (bool, False),
              "future_constraint": (bool, True), "align_bn": (bool, True)},
 }

@@ -61,6 +61,14 @@ TOKEN_METHODS = {"coda_prompt": {"pool_size": 10}, "dualprompt": {"g_prompt_laye
                  "ranpac": {"adapter_size": 4, "rp_size": 32}}
 
 
+#: Rehearsal methods with a regulariser (``+model/regularizer=NAME``) whose resume is checked: the
+#: method, its values (on a 2-hidden-layer MLP: LiDER needs a stage before the feature vector).
+REGULARIZED = {"derpp+lider": ("derpp", {"buffer_size": 64, "regularizer": {
+    "_target_": "mammoth.models.regularizers.lider.LiDER", "alpha_lip_lambda": 0.3, "beta_lip_lambda": 0.5}}),
+               "er+star": ("er", {"buffer_size": 64, "regularizer": {
+                   "_target_": "mammoth.models.regularizers.star.STAR", "p_lam": 1.0, "p_gamma": 0.1}})}
+
+
 def _run(name: str, run_dir, stop_after_task: int, resume: bool = False):
     """A run of ``name`` on seq-digits (1 epoch, batches of 32, seed 7) up to ``stop_after_task`` tasks,
     built as ``mammoth.run`` builds it (torch's global generator seeded before the backbone): a
@@ -71,6 +79,9 @@ def _run(name: str, run_dir, stop_after_task: int, resume: bool = False):
         net = build_backbone("vit", num_classes=dataset.n_classes, input_shape=dataset.input_shape, patch_size=4,
                              width=24, depth=2, heads=3)
         values = TOKEN_METHODS[name]
+    elif name in REGULARIZED:
+        net = build_backbone("mnistmlp", num_classes=dataset.n_classes, input_shape=dataset.input_shape, hidden_sizes=[32, 32])
+        name, values = REGULARIZED[name]
     else:
         net = build_backbone("mnistmlp", num_classes=dataset.n_classes, input_shape=dataset.input_shape, hidden_sizes=[32])
         values = _required_values(name)
@@ -81,7 +92,7 @@ def _run(name: str, run_dir, stop_after_task: int, resume: bool = False):
     return model, state
 
 
-@pytest.mark.parametrize("name", [*RESUMED_METHODS, *TOKEN_METHODS])
+@pytest.mark.parametrize("name", [*RESUMED_METHODS, *TOKEN_METHODS, *REGULARIZED])
 def test_a_run_stopped_after_task_one_and_resumed_is_bit_exact(tmp_path, name):
     tasks = 3 if name == "ranpac" else 2
     (tmp_path / "whole").mkdir(), (tmp_path / "resumed").mkdir()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Any, Optional
 
 import pytest
 from hydra import compose, initialize_config_module
@@ -22,7 +22,8 @@ OPTIMISATION = {
     "lr_milestones": (Optional[tuple[int, ...]], None), "sched_multistep_lr_gamma": (float, 0.1),
     "lr_scheduler": (str, "multisteplr"),
 }
-REPLAY = {"buffer_size": (int, "???"), "minibatch_size": (Optional[int], None), "buffer_device": (str, "training")}
+REPLAY = {"buffer_size": (int, "???"), "minibatch_size": (Optional[int], None), "buffer_device": (str, "training"),
+          "regularizer": (Optional[dict[str, Any]], None)}
 EXPECTED_FIELDS = {
     "sgd": OPTIMISATION,
     "joint": OPTIMISATION,
