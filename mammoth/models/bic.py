@@ -51,6 +51,7 @@ class BiC(ReplayModel):
     """
 
     supports_distributed = True
+    supports_memory_per_class = False  # its memory is split per task (docs/methods.md)
     supports_fp16 = False  # calls backward and steps its optimizer itself (no gradient scaling)
 
     def __init__(
