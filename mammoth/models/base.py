@@ -302,15 +302,20 @@ def check_milestones(key: str, milestones: Any) -> tuple[int, ...]:
     return values
 
 
-def check_memory_fits(buffer_size: int, context: "TrainingContext", key: str | None = None) -> None:
+def check_memory_fits(buffer_size: int, context: "TrainingContext", classes: int | None = None) -> None:
     """A memory of ``buffer_size`` examples must not exceed the run's training examples (all its
-    tasks'): a one-line ConfigError says a memory that holds everything is joint training. ``key``
-    names the setting that gave the size (default ``model.buffer_size=N``)."""
+    tasks'): a one-line ConfigError says a memory that holds everything is joint training. With
+    ``classes``, ``buffer_size`` is a memory per class of that many classes (``model.memory_per_class``)."""
     total = sum(len(context.task_data(task)) for task in range(context.n_tasks))
-    if buffer_size > total:
-        key = f"model.buffer_size={buffer_size}" if key is None else key
+    if classes is not None and buffer_size * classes > total:
         raise ConfigError(
-            f"{key} is larger than the {total} training examples of {context.name}; "
+            f"model.memory_per_class={buffer_size} keeps {buffer_size * classes} examples of {classes} classes, more "
+            f"than the {total} training examples of {context.name}; allowed: at most {total // classes} per class "
+            "(a memory that holds everything is joint training: model=joint)"
+        )
+    if classes is None and buffer_size > total:
+        raise ConfigError(
+            f"model.buffer_size={buffer_size} is larger than the {total} training examples of {context.name}; "
             f"allowed: at most {total} (a buffer that holds everything is joint training: model=joint)"
         )
 
@@ -447,9 +452,7 @@ class ReplayModel(ContinualModel):
         if self.memory_per_class is None:
             check_memory_fits(self.buffer_size, context)
         else:
-            classes = classes_seen(context, context.n_tasks - 1)
-            check_memory_fits(self.memory_per_class * classes, context,
-                              f"model.memory_per_class={self.memory_per_class} (x {classes} classes)")
+            check_memory_fits(self.memory_per_class, context, classes=classes_seen(context, context.n_tasks - 1))
         super().attach(context)
         self.buffer.generator.manual_seed(int(torch.randint(0, 2**62, (1,), generator=context.generator)))
         self.buffer.gather = context.gather_shards

@@ -141,6 +141,7 @@ class GDumb(ContinualModel):
     supports_fp16 = False  # calls backward and steps its optimizer itself (no gradient scaling)
 
     trains_only_at_end = True
+    has_memory = True  # the evaluation also scores the nearest mean of the memory's classes
 
     def __init__(
         self,
@@ -197,6 +198,10 @@ class GDumb(ContinualModel):
         if task == self.context.n_tasks - 1 and len(self.memory):
             self.net.load_state_dict(self.initial_state)
             self.fit_memory()
+
+    def memory_examples(self) -> Optional[tuple[Tensor, Tensor]]:
+        """The memory's examples and labels (None while it is empty), for the nearest-mean evaluation."""
+        return self.memory_data() if len(self.memory) else None
 
     def memory_data(self) -> tuple[Tensor, Tensor]:
         """The stored examples and labels, in slot order."""

@@ -167,3 +167,17 @@ def test_missing_required_values_are_refused_before_anything_runs(workdir: Path)
     assert result.returncode == 2 and not (workdir / "run").exists()
     assert result.stderr.strip().splitlines() == [
         "Error: missing values for model.e_lambda, model.gamma (model 'ewc-on'); set them with model.e_lambda=... model.gamma=..."]
+
+
+def test_a_memory_of_both_sizes_or_of_neither_is_refused_before_anything_runs(workdir: Path):
+    both = run_warm_python(["-m", "mammoth", "model=er", "model.buffer_size=50", "model.memory_per_class=5",
+                            "hydra.run.dir=run"], workdir)
+    assert both.returncode == 2 and not (workdir / "run").exists()
+    assert both.stderr.strip().splitlines() == [
+        "Error: model.buffer_size=50 and model.memory_per_class=5 are both set (model 'er'); allowed: one of them "
+        "(set the other to null, e.g. model.buffer_size=null)"]
+    neither = run_warm_python(["-m", "mammoth", "model=icarl", "hydra.run.dir=run"], workdir)
+    assert neither.returncode == 2 and not (workdir / "run").exists()
+    assert neither.stderr.strip().splitlines() == [
+        "Error: missing value for model.buffer_size or model.memory_per_class (model 'icarl'); set one with "
+        "model.buffer_size=... or model.memory_per_class=..."]

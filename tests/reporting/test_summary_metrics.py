@@ -67,3 +67,17 @@ def test_a_validation_run_gets_a_test_column_beside_its_validation_average(tmp_p
     assert rows[0].metrics["class_il_test"] == 33.0 and rows[0].metrics["class_il_average"] == 40.0
     assert metric_names(rows) == ["class_il_average", "class_il_forgetting", "class_il_bwt", "class_il_test"]
     assert metric_title("class_il_test") == "Class-IL test"
+
+
+def test_the_nearest_mean_accuracy_gets_columns_of_its_own(tmp_path: Path) -> None:
+    write_results(tmp_path / "0", ["seed=0", "model=er"], {
+        "class_il": {"average": 40.0, "forgetting": 30.0, "bwt": -30.0, "top5": 70.0},
+        "nme_class_il": {"average": 55.0, "forgetting": 12.0, "bwt": -12.0, "top5": 80.0},
+    })
+    rows = gather([tmp_path])
+    assert rows[0].metrics["nme_class_il_average"] == 55.0 and rows[0].metrics["nme_class_il_top5"] == 80.0
+    assert metric_names(rows) == ["class_il_average", "class_il_forgetting", "class_il_bwt", "class_il_top5",
+                                  "nme_class_il_average", "nme_class_il_forgetting", "nme_class_il_bwt", "nme_class_il_top5"]
+    assert metric_title("nme_class_il_average") == "NME Class-IL" and metric_title("nme_class_il_top5") == "NME Class-IL top-5"
+    header = next(line for line in format_summary(rows, "sweep").splitlines() if "NME Class-IL" in line)
+    assert "| NME Class-IL |" in header and "| Class-IL |" in header
