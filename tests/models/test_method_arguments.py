@@ -27,7 +27,7 @@ EXPECTED = {
     "gdumb": {"buffer_size": (int, "???"), "maxlr": (float, 0.05), "minlr": (float, 0.0005),
               "fitting_epochs": (int, 256), "cutmix_alpha": (Optional[float], 1.0),
               "sampler": (str, "reservoir")},
-    "bic": {**FIXED, "bic_epochs": (int, 250), "temp": (float, 2.0), "valset_split": (float, 0.1),
+    "bic": {**REPLAY, "bic_epochs": (int, 250), "temp": (float, 2.0), "valset_split": (float, 0.1),
             "wd_reg": (Optional[float], None), "distill_after_bic": (bool, True)},
     "mer": {**REPLAY, "beta": (float, "???"), "gamma": (float, "???"), "batch_num": (int, 1)},
     "xder": {**FIXED, "alpha": (float, "???"), "beta": (float, "???"), "gamma": (float, 0.85),
