@@ -24,7 +24,7 @@ EXPECTED = {
     "gem": {**REPLAY, "gamma": (float, 0.5)},
     "icarl": {**REPLAY, "opt_wd": (float, 1e-5)},
     "er_ace": {**REPLAY, "task_free": (bool, False), "use_custom_classifier": (bool, True)},
-    "gdumb": {"buffer_size": (int, "???"), "maxlr": (float, 0.05), "minlr": (float, 0.0005),
+    "gdumb": {"buffer_size": (Optional[int], None), "memory_per_class": (Optional[int], None), "maxlr": (float, 0.05), "minlr": (float, 0.0005),
               "fitting_epochs": (int, 256), "cutmix_alpha": (Optional[float], 1.0),
               "sampler": (str, "reservoir")},
     "bic": {**REPLAY, "bic_epochs": (int, 250), "temp": (float, 2.0), "valset_split": (float, 0.1),

@@ -246,6 +246,20 @@ def test_a_class_balanced_memory_keeps_memory_per_class_of_each_class(make_model
             assert counts == ([3, 3, 0, 0] if task == 0 else [3, 3, 3, 3]), name
 
 
+@pytest.mark.parametrize("sampler", ["reservoir", "greedy"])
+def test_gdumbs_memory_per_class_grows_with_the_classes(sampler, make_model) -> None:
+    model = make_model("gdumb", memory_per_class=3, sampler=sampler, fitting_epochs=1)
+    for task in range(2):
+        model.begin_task(task)
+        assert model.memory.capacity == 6 * (task + 1)
+        model.end_task(task, model.context.task_data(task))
+        assert len(model.memory) == 6 * (task + 1)
+    labels = model.memory_data()[1]
+    assert set(labels.tolist()) == {0, 1, 2, 3}
+    if sampler == "greedy":  # class-balanced: 3 of each class
+        assert torch.bincount(labels.cpu(), minlength=4).tolist() == [3, 3, 3, 3]
+
+
 def test_a_method_with_a_fixed_memory_refuses_a_memory_per_class(make_model) -> None:
     with pytest.raises(ConfigError, match=r"^model.memory_per_class=3 is not supported by XDer, whose memory has a fixed "
                                           r"size \(docs/methods.md\); allowed: model.buffer_size$"):
