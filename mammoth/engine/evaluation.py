@@ -58,8 +58,11 @@ def memory_class_means(model: nn.Module, context: TrainingContext, batch_size: i
         return None
     examples, labels = memory
     source = InMemorySource(examples, labels.cpu())
-    features = torch.cat([normalized(model.nme_features(batch.inputs).float())
-                          for batch in context.batches(source, batch_size, shuffle=False, augment=False)])
+    parts = []
+    for batch in context.batches(source, batch_size, shuffle=False, augment=False):
+        with context.autocast():  # as the test features are computed
+            parts.append(normalized(model.nme_features(batch.inputs).float()))
+    features = torch.cat(parts)
     labels = labels.to(features.device)
     classes = labels.unique()
     sums = features.new_zeros(len(classes), features.shape[1]).index_add_(0, torch.searchsorted(classes, labels), features)

@@ -104,3 +104,12 @@ def test_an_empty_memory_predicts_nothing():
     model.memory_examples = lambda: None
     accuracies = evaluate_tasks(model, HandDataset("class-il", 2, 2).context(), [TASK_0, TASK_1], trained_tasks=0)
     assert accuracies["nme_class_il"] == [0.0, 0.0]
+
+
+def test_the_built_in_methods_with_a_memory_of_labels_report_nme_and_der_does_not():
+    from mammoth.models import MODELS
+
+    with_memory = {name for name in MODELS.names() if accuracy_kinds("class-il", MODELS.get(name).target)[-1] == "nme_class_il"}
+    # der's memory holds examples and logits only (as the original's): no labels, no class means
+    assert {"agem", "bic", "derpp", "er", "er-ace", "gdumb", "gem", "icarl", "mer", "xder"} <= with_memory
+    assert not {"der", "sgd", "joint", "lwf", "ewc-on", "si", "slca", "ranpac", "simplecil", "l2p"} & with_memory
