@@ -332,9 +332,10 @@ def check_memory_size(buffer_size: Optional[int], memory_per_class: Optional[int
 
 def classes_seen(context: "TrainingContext", task: int) -> int:
     """The classes a memory per class holds after ``task``: those of tasks ``0..task`` in
-    class-IL, every class in domain-IL (each task shows them all again)."""
+    class-IL; in domain-IL each task's classes count again (``n_classes * (task + 1)``), as the
+    original Mammoth counts the classes seen (``models.utils.seen_classes``)."""
     if context.setting == "domain-il":
-        return context.n_classes
+        return context.n_classes * (task + 1)
     return context.task_classes(task).stop
 
 

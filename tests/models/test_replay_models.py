@@ -236,6 +236,15 @@ def test_a_memory_per_class_grows_with_the_classes_at_begin_task(make_model, mak
     assert set(model.buffer.labels[6:].tolist()) <= {2, 3}
 
 
+def test_the_classes_a_memory_per_class_counts_as_seen() -> None:
+    from hand_dataset import HandDataset
+    from mammoth.models.base import classes_seen
+
+    # class-IL: the classes of tasks 0..t; domain-IL: each task's 4 classes again, as the original counts them
+    assert [classes_seen(HandDataset("class-il", 3, 2).context(), task) for task in range(3)] == [2, 4, 6]
+    assert [classes_seen(HandDataset("domain-il", 3, 4).context(), task) for task in range(3)] == [4, 8, 12]
+
+
 def test_a_class_balanced_memory_keeps_memory_per_class_of_each_class(make_model) -> None:
     for name in ("icarl", "gem", "bic"):
         model = make_model(name, memory_per_class=3, **({"bic_epochs": 1} if name == "bic" else {}))
