@@ -36,6 +36,7 @@ from mammoth.config.schema import (
     schema_class_name,
     signature_arguments,
 )
+from mammoth.config.value_checks import exclusive_arguments_error
 from mammoth.errors import MammothError, closest_match, unknown_name_message
 from mammoth.plugins import load_plugins_once
 
@@ -274,6 +275,12 @@ class Registry:
         else one error names all that are missing."""
         missing = [f"{self.key}.{argument.name}" for argument in entry.arguments
                    if argument.name not in skip and is_missing(values.get(argument.name, argument.default))]
+        exclusive = exclusive_arguments_error(  # pairs whose arguments both default to None (a required one is "missing")
+            self.group, f"{self.kind} {entry.name!r}",
+            {argument.name: values.get(argument.name, argument.default) for argument in entry.arguments
+             if argument.default is None})
+        if exclusive is not None:
+            raise self.error_type(exclusive)
         if missing:
             plural = len(missing) > 1
             raise self.error_type(

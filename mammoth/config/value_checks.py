@@ -80,6 +80,32 @@ def check_choice(key: str, value: Any, allowed: tuple[str, ...], error_type: typ
     return value
 
 
+#: Arguments of which a method takes exactly one: a method that has both (each defaulting to
+#: None) refuses both set and neither set (``buffer_size``, a fixed total memory, or ``memory_per_class``, a memory that grows
+#: with the classes seen). The registry checks it with the required arguments (the command line
+#: refuses it, exit status 2) and :class:`mammoth.models.base.ReplayModel` when built from Python.
+EXCLUSIVE_ARGUMENTS = (("buffer_size", "memory_per_class"),)
+
+
+def exclusive_arguments_error(group: str, owner: str, values: dict[str, Any]) -> str | None:
+    """The one-line error for ``values`` (an entry's arguments, unset ones None or ``???``) that set
+    both or neither of a pair of :data:`EXCLUSIVE_ARGUMENTS`; None when each pair is set once.
+    ``group`` prefixes the keys (``model``), ``owner`` names the entry (``model 'er'``)."""
+    for pair in EXCLUSIVE_ARGUMENTS:
+        if not all(name in values for name in pair):
+            continue
+        given = [name for name in pair if values[name] is not None and values[name] != "???"]
+        keys = [f"{group}.{name}" for name in pair]
+        if len(given) > 1:
+            shown = " and ".join(f"{group}.{name}={values[name]!r}" for name in pair)
+            return (f"{shown} are both set ({owner}); allowed: one of them "
+                    f"(set the other to null, e.g. {keys[0]}=null)")
+        if not given:
+            return (f"missing value for {' or '.join(keys)} ({owner}); set one with "
+                    f"{' or '.join(f'{key}=...' for key in keys)}")
+    return None
+
+
 #: The allowed values of the ``precision`` setting (mammoth.engine.precision has their autocast dtypes).
 PRECISION_NAMES = ("fp32", "bf16", "fp16")
 

@@ -17,7 +17,7 @@ import torch
 
 from mammoth.datasets.image_files import files_change
 from mammoth.engine.distributed import is_main_process
-from mammoth.engine.evaluation import SETTING_METRICS
+from mammoth.engine.evaluation import SETTING_METRICS, accuracy_kinds
 from mammoth.errors import ConfigError
 from mammoth.files import open_nofollow, write_atomic
 
@@ -46,6 +46,8 @@ class TrainingState:
     future: dict[str, list[list[float]]] = dataclasses.field(default_factory=dict)
     #: Class-IL top-5 accuracy rows (as ``accuracies``), where every task has more than 5 classes; else empty.
     top5: list[list[float]] = dataclasses.field(default_factory=list)
+    #: The nearest-mean-of-exemplars top-5 rows (as ``top5``), for a method with a memory; else empty.
+    nme_top5: list[list[float]] = dataclasses.field(default_factory=list)
     #: The process's peak resident memory (MiB, ``getrusage`` max RSS: a process-lifetime peak) after each task.
     peak_rss_mb: list[float] = dataclasses.field(default_factory=list)
     #: On CUDA, the peak memory allocated by tensors (MiB) during each task (reset per task); else empty.
@@ -54,9 +56,10 @@ class TrainingState:
     final_test: dict[str, list[float]] = dataclasses.field(default_factory=dict)
 
     @classmethod
-    def empty(cls, setting: str) -> "TrainingState":
-        """The state before the first task."""
-        return cls(0, {kind: [] for kind in SETTING_METRICS[setting]}, [], [])
+    def empty(cls, setting: str, kinds: tuple[str, ...] | None = None) -> "TrainingState":
+        """The state before the first task, with rows for ``kinds`` (None: the setting's kinds;
+        a run passes :func:`~mammoth.engine.evaluation.accuracy_kinds` of its model)."""
+        return cls(0, {kind: [] for kind in (SETTING_METRICS[setting] if kinds is None else kinds)}, [], [])
 
 
 def save_checkpoint(path: Path, model: Any, generator: torch.Generator, state: TrainingState, config: dict,
@@ -201,7 +204,7 @@ def load_checkpoint(path: Path, model: Any, generator: torch.Generator, config: 
         )
     if dataset is not None:
         _check_same_data(path, checkpoint["data"], dataset)
-    state = _checked_state(path, checkpoint["state"], dataset)
+    state = _checked_state(path, checkpoint["state"], dataset, model)
     _check_counters(path, checkpoint["model_extra"], "model_extra", _examples_bound(dataset, state.next_task),
                     *_seen_classes_and_tasks(dataset, state.next_task))
     try:
@@ -245,19 +248,22 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _checked_state(path: Path, state: dict, dataset: Any) -> TrainingState:
-    """The loop state of a checkpoint, once its counts agree with each other (and with ``dataset``)."""
+def _checked_state(path: Path, state: dict, dataset: Any, model: Any = None) -> TrainingState:
+    """The loop state of a checkpoint, once its counts agree with each other (and with ``dataset``:
+    the accuracy kinds a run of ``model`` on it reports)."""
     def refuse(what: str) -> ConfigError:
         return ConfigError(f"checkpoint {path} is inconsistent: {what}; {RESTART}")
 
     names = [field.name for field in dataclasses.fields(TrainingState)]
+    if isinstance(state, dict) and "nme_top5" not in state:  # a checkpoint written before NME accuracy
+        state = {**state, "nme_top5": []}
     if sorted(state) != sorted(names):
         raise refuse(f"its state has the keys {', '.join(sorted(map(str, state)))}; expected {', '.join(names)}")
     next_task, accuracies = state["next_task"], state["accuracies"]
     n_tasks = None if dataset is None else dataset.n_tasks
     if isinstance(next_task, bool) or not isinstance(next_task, int) or not 0 <= next_task <= (n_tasks or next_task):
         raise refuse(f"next_task={next_task!r}; allowed: 0..{n_tasks if n_tasks is not None else 'the number of tasks'}")
-    kinds = None if dataset is None else list(SETTING_METRICS[dataset.setting])
+    kinds = None if dataset is None else list(accuracy_kinds(dataset.setting, model))
     if not isinstance(accuracies, dict) or not accuracies or (kinds is not None and sorted(accuracies) != sorted(kinds)):
         found = ", ".join(map(str, accuracies)) if isinstance(accuracies, dict) else type(accuracies).__name__
         raise refuse(f"its accuracies are of {found or 'no kind'}; expected {', '.join(kinds or ['one kind or more'])}")
@@ -285,11 +291,12 @@ def _check_measurements(state: dict, next_task: int, refuse: Any) -> None:
         values = state[key]
         if not isinstance(values, list) or len(values) not in (0, next_task) or not all(_is_number(v) and v >= 0 for v in values):
             raise refuse(f"{key} is {values!r}; expected none or {next_task} size(s) >= 0")
-    top5 = state["top5"]
     kinds = sorted(state["accuracies"])
-    if not isinstance(top5, list) or len(top5) not in (0, next_task) or not all(
-            percentages(row) and len(row) == index + 1 for index, row in enumerate(top5)):
-        raise refuse(f"top5 is {top5!r}; expected none or {next_task} row(s) of percentages")
+    for key in ("top5", "nme_top5"):
+        top5 = state[key]
+        if not isinstance(top5, list) or len(top5) not in (0, next_task) or not all(
+                percentages(row) and len(row) == index + 1 for index, row in enumerate(top5)):
+            raise refuse(f"{key} is {top5!r}; expected none or {next_task} row(s) of percentages")
     final_test = state["final_test"]
     if not isinstance(final_test, dict) or (final_test and (sorted(final_test) != kinds or not all(
             percentages(row) and len(row) == next_task for row in final_test.values()))):

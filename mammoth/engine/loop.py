@@ -15,7 +15,7 @@ from mammoth.datasets.source import DataSource
 from mammoth.engine.checkpoint import TrainingState, load_checkpoint, save_checkpoint
 from mammoth.engine.context import EpochReport, TrainingContext, build_context
 from mammoth.engine.distributed import average_batchnorm_statistics, evaluate_on_ranks, observe_on_shard
-from mammoth.engine.evaluation import evaluate_tasks, reports_top5
+from mammoth.engine.evaluation import accuracy_kinds, evaluate_tasks, reports_top5
 from mammoth.errors import TrainingError
 from mammoth.files import CHECKPOINT_NAME
 
@@ -73,7 +73,7 @@ def run_tasks(model: Any, dataset: Any, device: torch.device, run_dir: Path, see
     context = build_context(dataset, device, generator, _epoch_report(dataset.n_tasks, on_epoch_end),
                             precision=precision, channels_last=channels_last)
     model.attach(context)
-    state = TrainingState.empty(dataset.setting)
+    state = TrainingState.empty(dataset.setting, accuracy_kinds(dataset.setting, model))
     fingerprint = dataset.fingerprint()
     if resume:
         state = load_checkpoint(run_dir / CHECKPOINT_NAME, model, generator, config, dataset=dataset)
@@ -110,7 +110,7 @@ def run_tasks(model: Any, dataset: Any, device: torch.device, run_dir: Path, see
 def evaluate_after_task(model: Any, context: TrainingContext, test_sources: list[DataSource], state: TrainingState,
                         all_sources: list[DataSource] | None = None, top5: bool = False) -> None:
     """Append to ``state`` the accuracies after training ``len(test_sources)`` tasks: on the tasks
-    trained (``accuracies``, and ``top5`` when asked), and with ``all_sources`` (``eval_future``)
+    trained (``accuracies``, and ``top5`` and ``nme_top5`` when asked), and with ``all_sources`` (``eval_future``)
     on the tasks after them (``future``), scored as :func:`evaluate_tasks` scores a task not trained yet."""
     trained = len(test_sources)
     scores = evaluate_on_ranks(evaluate_tasks, model, context, all_sources or test_sources, trained_tasks=trained, top5=top5)
@@ -120,6 +120,8 @@ def evaluate_after_task(model: Any, context: TrainingContext, test_sources: list
             state.future[kind].append(scores[kind][trained:])
     if top5:
         state.top5.append(scores["top5"][:trained])
+    if "nme_top5" in scores:
+        state.nme_top5.append(scores["nme_top5"][:trained])
 
 
 def _test_sources(dataset: Any) -> list[DataSource]:

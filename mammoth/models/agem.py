@@ -50,8 +50,9 @@ class AGem(ReplayModel):
     accepts_regularizer = False  # its step projects gradients outside step(): a regulariser's term would be skipped
     supports_fp16 = False  # calls backward and steps its optimizer itself (no gradient scaling)
 
-    def __init__(self, net: MammothBackbone, dataset: Any, buffer_size: int, **kwargs: Any) -> None:
-        super().__init__(net, dataset, buffer_size=buffer_size, **kwargs)
+    def __init__(self, net: MammothBackbone, dataset: Any, buffer_size: Optional[int] = None, memory_per_class: Optional[int] = None,
+                  **kwargs: Any) -> None:
+        super().__init__(net, dataset, buffer_size=buffer_size, memory_per_class=memory_per_class, **kwargs)
         self._gradient: Optional[Tensor] = None
 
     def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> float:

@@ -31,7 +31,9 @@ import torch
 from torch import Tensor, nn
 
 from mammoth.backbones.base import MammothBackbone
-from mammoth.config.value_checks import check_choice, check_non_negative, check_positive, check_positive_int
+from mammoth.config.value_checks import (
+    check_choice, check_non_negative, check_positive, check_positive_int, exclusive_arguments_error,
+)
 from mammoth.errors import ConfigError, MammothError
 from mammoth.models.buffer import ReplayBatch, ReplayBuffer
 from mammoth.models.registry import MODELS
@@ -90,6 +92,10 @@ class ContinualModel(nn.Module):
     #: which ``compile=true`` compiles (:mod:`mammoth.engine.compiled`); a method that runs it
     #: another way (block by block) sets False and refuses compile=true.
     supports_compile: ClassVar[bool] = True
+
+    #: Whether the method keeps a memory of labelled examples (:meth:`memory_examples`): the
+    #: evaluation then also scores the nearest mean of its classes (results.json's ``nme_class_il``).
+    has_memory: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Refuse a subclass written against the old hooks, when its class is defined."""
@@ -259,6 +265,17 @@ class ContinualModel(nn.Module):
         now (0: none; a step on several processes is split over the ranks only when they divide)."""
         return 0
 
+    def memory_examples(self) -> Optional[tuple[Tensor, Tensor]]:
+        """A method with ``has_memory``: its stored examples (non-augmented, as ``not_aug_inputs``)
+        and their labels, whose class means the nearest-mean-of-exemplars evaluation computes;
+        None without a memory or while it is empty."""
+        return None
+
+    def nme_features(self, x: Tensor) -> Tensor:
+        """The features the nearest-mean-of-exemplars evaluation compares (``x`` normalised by the
+        test transform): the backbone's ``returnt="features"``."""
+        return self.net(x, returnt="features")
+
     def extra_state(self) -> dict[str, Any]:
         """What a checkpoint needs beyond ``state_dict()`` (e.g. a replay buffer); empty by default."""
         return {}
@@ -291,15 +308,41 @@ def check_milestones(key: str, milestones: Any) -> tuple[int, ...]:
     return values
 
 
-def check_memory_fits(buffer_size: int, context: "TrainingContext") -> None:
+def check_memory_fits(buffer_size: int, context: "TrainingContext", classes: int | None = None) -> None:
     """A memory of ``buffer_size`` examples must not exceed the run's training examples (all its
-    tasks'): a one-line ConfigError says a memory that holds everything is joint training."""
+    tasks'): a one-line ConfigError says a memory that holds everything is joint training. With
+    ``classes``, ``buffer_size`` is a memory per class of that many classes (``model.memory_per_class``)."""
     total = sum(len(context.task_data(task)) for task in range(context.n_tasks))
-    if buffer_size > total:
+    if classes is not None and buffer_size * classes > total:
+        raise ConfigError(
+            f"model.memory_per_class={buffer_size} keeps {buffer_size * classes} examples of {classes} classes, more "
+            f"than the {total} training examples of {context.name}; allowed: at most {total // classes} per class "
+            "(a memory that holds everything is joint training: model=joint)"
+        )
+    if classes is None and buffer_size > total:
         raise ConfigError(
             f"model.buffer_size={buffer_size} is larger than the {total} training examples of {context.name}; "
             f"allowed: at most {total} (a buffer that holds everything is joint training: model=joint)"
         )
+
+
+def check_memory_size(buffer_size: Optional[int], memory_per_class: Optional[int]) -> tuple[Optional[int], Optional[int]]:
+    """``(buffer_size, memory_per_class)`` checked: exactly one set, and a positive integer."""
+    error = exclusive_arguments_error("model", "a memory", {"buffer_size": buffer_size, "memory_per_class": memory_per_class})
+    if error is not None:
+        raise ConfigError(error)
+    if buffer_size is not None:
+        return check_positive_int("model.buffer_size", buffer_size), None
+    return None, check_positive_int("model.memory_per_class", memory_per_class)
+
+
+def classes_seen(context: "TrainingContext", task: int) -> int:
+    """The classes a memory per class holds after ``task``: those of tasks ``0..task`` in
+    class-IL; in domain-IL each task's classes count again (``n_classes * (task + 1)``), as the
+    original Mammoth counts the classes seen (``models.utils.seen_classes``)."""
+    if context.setting == "domain-il":
+        return context.n_classes * (task + 1)
+    return context.task_classes(task).stop
 
 
 # ---- shared by the rehearsal methods (er, der, derpp) ----
@@ -311,7 +354,16 @@ def regularized_methods() -> list[str]:
 
 
 class ReplayModel(ContinualModel):
-    """A ContinualModel with a reservoir :class:`ReplayBuffer` of ``buffer_size`` items.
+    """A ContinualModel with a reservoir :class:`ReplayBuffer`: ``buffer_size`` items in all, or
+    ``memory_per_class`` items per class seen (exactly one of the two).
+
+    A memory per class (PyCIL's ``fixed_memory``) grows at every :meth:`begin_task` to
+    ``memory_per_class`` times the classes seen by the end of the task (:func:`classes_seen`):
+    a reservoir keeps its items, fills the new slots with the next items offered, then samples
+    the whole stream with the larger capacity (:meth:`ReplayBuffer.grow`); a method that keeps
+    a class-balanced memory itself (iCaRL's herding, GEM) keeps :meth:`exemplars_per_class` per
+    class. A method whose memory cannot grow sets ``supports_memory_per_class = False`` and
+    refuses it in one line.
 
     ``minibatch_size`` is the replay batch size (None: that of the incoming batch);
     ``buffer_device`` is ``training`` (the buffer lives on the device of the examples it is
@@ -331,11 +383,18 @@ class ReplayModel(ContinualModel):
     #: regulariser's term is added to each (``+model/regularizer=NAME``).
     accepts_regularizer: ClassVar[bool] = True
 
+    #: Whether the method's memory can be ``memory_per_class`` examples per class seen.
+    supports_memory_per_class: ClassVar[bool] = True
+
+    #: A memory whose class means the evaluation scores (nearest-mean-of-exemplars accuracy).
+    has_memory: ClassVar[bool] = True
+
     def __init__(
         self,
         net: MammothBackbone,
         dataset: Any,
-        buffer_size: int,
+        buffer_size: Optional[int] = None,
+        memory_per_class: Optional[int] = None,
         minibatch_size: Optional[int] = None,
         buffer_device: Literal["training", "cpu"] = "training",
         regularizer: Optional[dict[str, Any]] = None,
@@ -357,13 +416,46 @@ class ReplayModel(ContinualModel):
                 self.supports_distributed = False  # type: ignore[misc]
             if not self.regularizer.supports_fp16:
                 self.supports_fp16 = False  # type: ignore[misc]
-        self.buffer_size = check_positive_int("model.buffer_size", buffer_size)
+        if memory_per_class is not None and not self.supports_memory_per_class:
+            raise ConfigError(
+                f"model.memory_per_class={memory_per_class!r} is not supported by {type(self).__name__}, whose memory "
+                "has a fixed size (docs/methods.md); allowed: model.buffer_size"
+            )
+        self.buffer_size, self.memory_per_class = check_memory_size(buffer_size, memory_per_class)
         if minibatch_size is not None:
             check_positive_int("model.minibatch_size", minibatch_size)
         self.minibatch_size = minibatch_size
         self.buffer_device = check_choice("model.buffer_device", buffer_device, BUFFER_DEVICES)
-        # seed 0 until attach() seeds it from the run's generator: building a model draws nothing
-        self.buffer = ReplayBuffer(self.buffer_size, device="cpu" if self.buffer_device == "cpu" else None, seed=0)
+        # seed 0 until attach() seeds it from the run's generator: building a model draws nothing;
+        # a memory per class starts at one class's size and grows at begin_task
+        capacity = self.buffer_size if self.buffer_size is not None else self.memory_per_class
+        self.buffer = ReplayBuffer(capacity, device="cpu" if self.buffer_device == "cpu" else None, seed=0)
+
+    def memory_capacity(self, task: int) -> int:
+        """The memory's total size while training ``task``: ``buffer_size``, or ``memory_per_class``
+        times the classes seen by the end of ``task``."""
+        if self.memory_per_class is None:
+            return self.buffer_size
+        return self.memory_per_class * classes_seen(self.context, task)
+
+    def exemplars_per_class(self, classes: int) -> int:
+        """What a class-balanced memory keeps of each of ``classes`` classes: ``memory_per_class``,
+        or ``buffer_size // classes``."""
+        return self.memory_per_class if self.memory_per_class is not None else self.buffer_size // classes
+
+    def begin_task(self, task: int) -> None:
+        """Record the task, make the optimizer and schedule; a memory per class grows to
+        :meth:`memory_capacity` (an override must call ``super().begin_task(task)``)."""
+        super().begin_task(task)
+        if self.memory_per_class is not None:
+            self.buffer.grow(self.memory_capacity(task))
+
+    def memory_examples(self) -> Optional[tuple[Tensor, Tensor]]:
+        """The stored examples (non-augmented) and their labels, for the nearest-mean-of-exemplars
+        evaluation; None while the memory is empty or stores no labels."""
+        if self.buffer.is_empty() or self.buffer.labels is None:
+            return None
+        return self.buffer.examples, self.buffer.labels
 
     def replay_rows(self, batch_size: int) -> int:
         """The rows :meth:`replay_batch` draws in a step on ``batch_size`` examples: ``minibatch_size``
@@ -396,7 +488,10 @@ class ReplayModel(ContinualModel):
         generator from the run's generator, and let the buffer gather what a step on several
         processes stores from every rank (``context.gather_shards``: the reservoir sees the whole
         batch, as in one process; nothing is gathered in one process)."""
-        check_memory_fits(self.buffer_size, context)
+        if self.memory_per_class is None:
+            check_memory_fits(self.buffer_size, context)
+        else:
+            check_memory_fits(self.memory_per_class, context, classes=classes_seen(context, context.n_tasks - 1))
         super().attach(context)
         self.buffer.generator.manual_seed(int(torch.randint(0, 2**62, (1,), generator=context.generator)))
         self.buffer.gather = context.gather_shards
@@ -435,7 +530,10 @@ class ReplayModel(ContinualModel):
         return state
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        """Restore the replay buffer (on the training device when ``buffer_device`` is ``training``) and the regulariser."""
+        """Restore the replay buffer (on the training device when ``buffer_device`` is ``training``; a
+        memory per class first grows to the saved capacity) and the regulariser."""
+        if self.memory_per_class is not None:
+            self.buffer.grow(int(state["buffer"]["capacity"]))
         self.buffer.load_state_dict(state["buffer"])
         if self.buffer_device == "training" and not self.buffer.is_empty():
             self.buffer.to(self.device)

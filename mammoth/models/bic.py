@@ -45,6 +45,7 @@ class BiC(ReplayModel):
     (lr 0.001, ``bic_epochs`` epochs) so that ``a * logit + b`` on the new classes minimises the
     held-out cross-entropy (through ``context.fit``); :meth:`forward` applies them, so the
     evaluation scores the corrected logits. The memory keeps ``buffer_size // (t + 1)`` examples
+    (with ``memory_per_class``: ``memory_per_class`` random examples of each class of the task, kept)
     of every task (as read from the task's source, with task labels). The held-out split and the
     memory's choices draw from ``context.generator``. ``wd_reg`` adds ``wd_reg * sum(theta**2)``.
     Class-IL datasets only.
@@ -57,7 +58,8 @@ class BiC(ReplayModel):
         self,
         net: MammothBackbone,
         dataset: Any,
-        buffer_size: int,
+        buffer_size: Optional[int] = None,
+        memory_per_class: Optional[int] = None,
         bic_epochs: int = 250,
         temp: float = 2.0,
         valset_split: float = 0.1,
@@ -66,7 +68,7 @@ class BiC(ReplayModel):
         **kwargs: Any,
     ) -> None:
         require_class_il("bic", dataset)
-        super().__init__(net, dataset, buffer_size=buffer_size, **kwargs)
+        super().__init__(net, dataset, buffer_size=buffer_size, memory_per_class=memory_per_class, **kwargs)
         self.bic_epochs = int(check_non_negative("model.bic_epochs", bic_epochs))
         self.temp = check_positive("model.temp", temp)
         self.valset_split = check_non_negative("model.valset_split", valset_split)
@@ -157,15 +159,28 @@ class BiC(ReplayModel):
     def build_buffer(self, task: int, data: DataSource) -> None:
         """Keep the first ``buffer_size // (task + 1)`` items of every earlier task; add as many random
         examples of this task (with labels and task labels)."""
-        per_task = self.buffer_size // (task + 1)
-        keep_first(self.buffer, per_task, by="task_labels")
-        index = torch.randperm(len(data), generator=self.context.generator)[:per_task]
+        if self.memory_per_class is not None:
+            index = self.per_class_choice(data)
+        else:
+            per_task = self.buffer_size // (task + 1)
+            keep_first(self.buffer, per_task, by="task_labels")
+            index = torch.randperm(len(data), generator=self.context.generator)[:per_task]
         device = self.context.device
         self.buffer.add(
             data.read(index, device),
             labels=data.labels[index].to(device),
             task_labels=torch.full((len(index),), task, dtype=torch.long, device=device),
         )
+
+    def per_class_choice(self, data: DataSource) -> Tensor:
+        """``memory_per_class`` random indices of each class of ``data`` (classes in increasing order,
+        each class's drawn from ``context.generator``): the task's share of a memory per class."""
+        labels = data.labels
+        chosen = []
+        for label in labels.unique():
+            members = (labels == label).nonzero().flatten()
+            chosen.append(members[torch.randperm(len(members), generator=self.context.generator)[: self.memory_per_class]])
+        return torch.cat(chosen)
 
     def forward(self, x: Tensor) -> Tensor:
         """The logits, with the newest task's classes corrected once a correction has been fitted."""

@@ -7,6 +7,12 @@ the later one wins, exactly as in the one-at-a-time algorithm.
 
 The buffer stores examples as given (non-augmented); :meth:`ReplayBuffer.sample` applies a
 transform such as ``dataset.train_transform`` to the sampled copies.
+
+A memory of ``model.memory_per_class`` examples per class grows its capacity as classes arrive
+(:meth:`ReplayBuffer.grow`): the items kept stay in their slots, the next items offered fill the
+new slots (as a reservoir that is not full yet stores every item), and once full it goes on as
+reservoir sampling of the whole stream with the larger capacity (item ``p`` replaces a slot with
+probability ``capacity / (p + 1)``).
 """
 
 from __future__ import annotations
@@ -74,6 +80,8 @@ class ReplayBuffer:
         self.generator.manual_seed(int(torch.randint(0, _DRAW_HIGH, (1,)).item()) if seed is None else seed)
         self._storage: dict[str, Tensor] = {}
         self._num_seen = 0
+        #: The filled slots: ``min(num_seen, capacity)`` unless the capacity grew (:meth:`grow`).
+        self._filled_slots = 0
         #: While set, :meth:`add` and :meth:`update` first pass every field through it (a method's
         #: buffer: ``TrainingContext.gather_shards``, which in a step on several processes returns the
         #: rows of every rank, in rank order), so every rank's buffer stays the same.
@@ -82,8 +90,24 @@ class ReplayBuffer:
     # ---- size ----
 
     def __len__(self) -> int:
-        """The number of filled slots: ``min(num_seen, capacity)``."""
-        return min(self._num_seen, self.capacity)
+        """The number of filled slots: ``min(num_seen, capacity)``, or fewer after :meth:`grow`
+        until the next items offered fill the new slots."""
+        return self._filled_slots
+
+    def grow(self, capacity: int) -> None:
+        """Raise the capacity to ``capacity`` (a memory per class, as classes arrive); the stored
+        items keep their slots and the next items offered fill the new ones. A smaller capacity
+        is refused (a method that shrinks its memory removes items itself)."""
+        check_positive_int("buffer capacity", capacity)
+        if capacity < self.capacity:
+            raise ValueError(f"ReplayBuffer.grow: capacity={capacity}; allowed: at least the current {self.capacity}")
+        if capacity == self.capacity:
+            return
+        old, self.capacity = self._storage, capacity
+        if old:
+            self._allocate({name: (value.shape[1:], value.dtype, value.device) for name, value in old.items()})
+            for name, value in old.items():
+                self._storage[name][: len(self)] = value[: len(self)]
 
     @property
     def num_seen(self) -> int:
@@ -148,10 +172,10 @@ class ReplayBuffer:
         if not self._storage:
             self._allocate({name: (value.shape[1:], value.dtype, value.device) for name, value in batch.items()})
         size = examples.shape[0]
-        start, fill = self._num_seen, min(size, max(self.capacity - self._num_seen, 0))
+        start, fill = self._filled_slots, min(size, self.capacity - self._filled_slots)
         slots = None
         if size > fill:  # items arriving at a full buffer: one draw each, the last writer wins
-            slots = replacement_slots(start + fill, size - fill, self.capacity, generator or self.generator)
+            slots = replacement_slots(self._num_seen + fill, size - fill, self.capacity, generator or self.generator)
             slots = slots.to(self.device)
         for name, value in batch.items():
             storage = self._storage[name]
@@ -161,6 +185,7 @@ class ReplayBuffer:
             if slots is not None:
                 storage.index_copy_(0, slots, value[fill:])
         self._num_seen += size
+        self._filled_slots += fill
 
     def _check_batch(self, batch: dict[str, Any]) -> None:
         for name, value in batch.items():
@@ -224,6 +249,7 @@ class ReplayBuffer:
         """Remove every item (``num_seen`` back to 0); the generator, device and capacity are kept."""
         self._storage = {}
         self._num_seen = 0
+        self._filled_slots = 0
 
     def update(self, indices: Tensor, **values: Tensor) -> None:
         """Overwrite stored fields of the filled slots ``indices`` (as :meth:`sample` returns them),
@@ -248,27 +274,34 @@ class ReplayBuffer:
         return self
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue identically: filled slots, ``num_seen``, generator state."""
+        """Everything needed to continue identically: filled slots, ``num_seen``, generator state
+        (``filled``: how many slots are filled, fewer than ``min(num_seen, capacity)`` after :meth:`grow`)."""
         return {
             "capacity": self.capacity,
             "num_seen": self._num_seen,
+            "filled": self._filled_slots,
             "generator": self.generator.get_state(),
             "fields": {name: storage[: len(self)].clone() for name, storage in self._storage.items()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict`; the capacity must be this buffer's."""
+        """Restore a :meth:`state_dict`; the capacity must be this buffer's (a memory per class
+        grows to the state's capacity first: :meth:`grow`)."""
         if state["capacity"] != self.capacity:
             raise ConfigError(
                 f"buffer capacity={state['capacity']} in the state does not match; allowed: capacity={self.capacity}"
             )
         fields = state["fields"]
-        filled = min(int(state["num_seen"]), self.capacity)
+        most = min(int(state["num_seen"]), self.capacity)
+        filled = int(state.get("filled", most))  # states written before grow() existed: min(num_seen, capacity)
+        if isinstance(state.get("filled"), bool) or not 0 <= filled <= most:
+            raise ValueError(f"buffer state: filled={state.get('filled')!r}; allowed: 0..{most} (num_seen={state['num_seen']})")
         if fields and (set(fields) - set(FIELDS) or "examples" not in fields):
             raise ValueError(f"buffer state has fields {sorted(fields)}; allowed: examples plus any of {FIELDS[1:]}")
         if any(len(value) != filled for value in fields.values()):
             raise ValueError(f"buffer state: every field must have {filled} rows (num_seen={state['num_seen']})")
         self._num_seen = int(state["num_seen"])
+        self._filled_slots = filled
         self.generator.set_state(state["generator"].cpu())
         self._storage = {}
         if fields:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -21,16 +21,18 @@ class DER(ReplayModel):
     """
 
     supports_distributed = True
+    has_memory = False  # its memory stores logits, no labels (as the original's): no class means to score
 
     def __init__(
         self,
         net: MammothBackbone,
         dataset: Any,
-        buffer_size: int,
+        buffer_size: Optional[int] = None,
+        memory_per_class: Optional[int] = None,
         alpha: float = 0.3,
         **kwargs: Any,
     ) -> None:
-        super().__init__(net, dataset, buffer_size=buffer_size, **kwargs)
+        super().__init__(net, dataset, buffer_size=buffer_size, memory_per_class=memory_per_class, **kwargs)
         self.alpha = check_non_negative("model.alpha", alpha)
 
     def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> float:

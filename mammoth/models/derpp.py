@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -26,12 +26,13 @@ class DERPP(ReplayModel):
         self,
         net: MammothBackbone,
         dataset: Any,
-        buffer_size: int,
+        buffer_size: Optional[int] = None,
+        memory_per_class: Optional[int] = None,
         alpha: float = 0.1,
         beta: float = 0.5,
         **kwargs: Any,
     ) -> None:
-        super().__init__(net, dataset, buffer_size=buffer_size, **kwargs)
+        super().__init__(net, dataset, buffer_size=buffer_size, memory_per_class=memory_per_class, **kwargs)
         self.alpha = check_non_negative("model.alpha", alpha)
         self.beta = check_non_negative("model.beta", beta)
 

@@ -3,7 +3,7 @@ Abrupt Representation Change in Online Continual Learning", ICLR 2022)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
@@ -59,7 +59,8 @@ class ErACE(ReplayModel):
         self,
         net: MammothBackbone,
         dataset: Any,
-        buffer_size: int,
+        buffer_size: Optional[int] = None,
+        memory_per_class: Optional[int] = None,
         task_free: bool = False,
         use_custom_classifier: bool = True,
         **kwargs: Any,
@@ -75,7 +76,7 @@ class ErACE(ReplayModel):
             net.classifier = CosineClassifier(classifier.in_features, classifier.out_features).to(
                 classifier.weight.device, classifier.weight.dtype
             )
-        super().__init__(net, dataset, buffer_size=buffer_size, **kwargs)
+        super().__init__(net, dataset, buffer_size=buffer_size, memory_per_class=memory_per_class, **kwargs)
         self.task_free = bool(task_free)
         self.use_custom_classifier = bool(use_custom_classifier)
         self.seen_so_far = torch.zeros(0, dtype=torch.long)

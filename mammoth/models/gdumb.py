@@ -11,7 +11,7 @@ from torch import Tensor
 from mammoth.backbones.base import MammothBackbone
 from mammoth.datasets.source import Batch, InMemorySource, empty_source
 from mammoth.models.buffer import ReplayBuffer
-from mammoth.models.base import ContinualModel, check_memory_fits
+from mammoth.models.base import ContinualModel, check_memory_fits, check_memory_size, classes_seen
 from mammoth.models.registry import register_model
 from mammoth.models.utils import require_class_il
 from mammoth.config.value_checks import check_choice, check_positive, check_positive_int
@@ -36,6 +36,14 @@ class GreedyClassBalancedMemory:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def grow(self, capacity: int) -> None:
+        """Raise the capacity to ``capacity`` (a memory per class, as classes arrive); the items stay."""
+        if capacity > self.capacity and self.examples is not None:
+            grown = self.examples.new_zeros((capacity, *self.examples.shape[1:]))
+            grown[: self.capacity] = self.examples
+            self.examples = grown
+        self.capacity = max(self.capacity, capacity)
 
     def add(self, examples: Tensor, labels: Tensor, generator: Optional[torch.Generator] = None) -> None:
         """Offer a batch, one item at a time, in order (random choices from ``generator``, else
@@ -72,12 +80,14 @@ class GreedyClassBalancedMemory:
 
     def state_dict(self) -> dict[str, Any]:
         """The stored items."""
-        return {"examples": None if self.examples is None else self.examples.clone(), "labels": list(self.labels)}
+        return {"examples": None if self.examples is None else self.examples.clone(), "labels": list(self.labels),
+                "capacity": self.capacity}
 
     def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
         """Restore :meth:`state_dict` onto ``device``."""
         self.examples = None if state["examples"] is None else state["examples"].to(device)
         self.labels = list(state["labels"])
+        self.capacity = int(state.get("capacity", self.capacity))  # states written before grow(): this capacity
 
 
 def beta_sample(alpha: float, generator: torch.Generator) -> float:
@@ -113,8 +123,9 @@ def cutmix(x: Tensor, y: Tensor, alpha: float, generator: torch.Generator,
 
 @register_model("gdumb")
 class GDumb(ContinualModel):
-    """GDumb: fills a memory of ``buffer_size`` examples, and after the last task trains the network
-    from its initial weights on the memory alone.
+    """GDumb: fills a memory of ``buffer_size`` examples (or ``memory_per_class`` per class seen,
+    grown at :meth:`begin_task`), and after the last task trains the network from its initial
+    weights on the memory alone.
 
     ``sampler`` chooses how the memory is filled. ``reservoir`` (the default) is the original
     Mammoth's: its ``models/gdumb.py`` stores every example in a reservoir ``Buffer``, so the
@@ -141,12 +152,14 @@ class GDumb(ContinualModel):
     supports_fp16 = False  # calls backward and steps its optimizer itself (no gradient scaling)
 
     trains_only_at_end = True
+    has_memory = True  # the evaluation also scores the nearest mean of the memory's classes
 
     def __init__(
         self,
         net: MammothBackbone,
         dataset: Any,
-        buffer_size: int,
+        buffer_size: Optional[int] = None,
+        memory_per_class: Optional[int] = None,
         maxlr: float = 0.05,
         minlr: float = 0.0005,
         fitting_epochs: int = 256,
@@ -156,14 +169,15 @@ class GDumb(ContinualModel):
     ) -> None:
         require_class_il("gdumb", dataset)
         super().__init__(net, dataset, **kwargs)
-        self.buffer_size = check_positive_int("model.buffer_size", buffer_size)
+        self.buffer_size, self.memory_per_class = check_memory_size(buffer_size, memory_per_class)
+        capacity = self.buffer_size if self.buffer_size is not None else self.memory_per_class  # grown at begin_task
         self.maxlr = check_positive("model.maxlr", maxlr)
         self.minlr = check_positive("model.minlr", minlr)
         self.fitting_epochs = check_positive_int("model.fitting_epochs", fitting_epochs)
         self.cutmix_alpha = None if cutmix_alpha is None else check_positive("model.cutmix_alpha", cutmix_alpha)
         self.sampler = check_choice("model.sampler", sampler, SAMPLERS)
         self.memory: ReplayBuffer | GreedyClassBalancedMemory = (
-            ReplayBuffer(self.buffer_size, seed=0) if sampler == "reservoir" else GreedyClassBalancedMemory(self.buffer_size)
+            ReplayBuffer(capacity, seed=0) if sampler == "reservoir" else GreedyClassBalancedMemory(capacity)
         )
         # The weights GDumb restarts from: the backbone's initialisation (the same on a resume,
         # which rebuilds the backbone from the same seed).
@@ -176,10 +190,19 @@ class GDumb(ContinualModel):
     def attach(self, context: TrainingContext) -> None:
         """Receive the context (the memory must fit in the run's training data); a reservoir
         memory's own generator is seeded from the run's generator."""
-        check_memory_fits(self.buffer_size, context)
+        if self.memory_per_class is None:
+            check_memory_fits(self.buffer_size, context)
+        else:
+            check_memory_fits(self.memory_per_class, context, classes=classes_seen(context, context.n_tasks - 1))
         super().attach(context)
         if isinstance(self.memory, ReplayBuffer):
             self.memory.generator.manual_seed(int(torch.randint(0, 2**62, (1,), generator=context.generator)))
+
+    def begin_task(self, task: int) -> None:
+        """Record the task; a memory per class grows to ``memory_per_class`` times the classes seen."""
+        super().begin_task(task)
+        if self.memory_per_class is not None:
+            self.memory.grow(self.memory_per_class * classes_seen(self.context, task))
 
     def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> float:
         """Offer the batch to the memory (no training step; returns 0)."""
@@ -197,6 +220,10 @@ class GDumb(ContinualModel):
         if task == self.context.n_tasks - 1 and len(self.memory):
             self.net.load_state_dict(self.initial_state)
             self.fit_memory()
+
+    def memory_examples(self) -> Optional[tuple[Tensor, Tensor]]:
+        """The memory's examples and labels (None while it is empty), for the nearest-mean evaluation."""
+        return self.memory_data() if len(self.memory) else None
 
     def memory_data(self) -> tuple[Tensor, Tensor]:
         """The stored examples and labels, in slot order."""
@@ -244,6 +271,8 @@ class GDumb(ContinualModel):
     def load_extra_state(self, state: dict[str, Any]) -> None:
         """Restore the memory."""
         if isinstance(self.memory, ReplayBuffer):
+            if self.memory_per_class is not None:
+                self.memory.grow(int(state["memory"]["capacity"]))
             self.memory.load_state_dict(state["memory"])
             if not self.memory.is_empty():
                 self.memory.to(self.device)

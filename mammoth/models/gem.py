@@ -56,7 +56,7 @@ def project_to_cone(gradient: Tensor, memories: Tensor, margin: float, eps: floa
 class Gem(ReplayModel):
     """GEM: the step's gradient may not increase the loss of any past task's memory, to first order.
 
-    After each task the memory is refilled class-balanced (``buffer_size // seen classes``
+    After each task the memory is refilled class-balanced (``buffer_size // seen classes``, or ``memory_per_class``
     random non-augmented examples per class; earlier classes keep their first ones), each
     item with its task label. Each step computes one gradient per past task on all of its
     memory; if the current gradient has a negative dot product with any of them, it is
@@ -69,9 +69,10 @@ class Gem(ReplayModel):
     accepts_regularizer = False  # its step projects gradients outside step(): a regulariser's term would be skipped
     supports_fp16 = False  # calls backward and steps its optimizer itself (no gradient scaling)
 
-    def __init__(self, net: MammothBackbone, dataset: Any, buffer_size: int, gamma: float = 0.5, **kwargs: Any) -> None:
+    def __init__(self, net: MammothBackbone, dataset: Any, buffer_size: Optional[int] = None, memory_per_class: Optional[int] = None,
+                  gamma: float = 0.5, **kwargs: Any) -> None:
         _quadprog()
-        super().__init__(net, dataset, buffer_size=buffer_size, **kwargs)
+        super().__init__(net, dataset, buffer_size=buffer_size, memory_per_class=memory_per_class, **kwargs)
         self.gamma = check_non_negative("model.gamma", gamma)
         self._memories: Optional[Tensor] = None  # one row per past task, reused every step
 
@@ -111,7 +112,7 @@ class Gem(ReplayModel):
     def end_task(self, task: int, data: DataSource) -> None:
         """Refill the memory class-balanced with random examples (drawn from the run's generator)
         of the task's classes."""
-        per_class = self.buffer_size // seen_classes(self.context, task)
+        per_class = self.exemplars_per_class(seen_classes(self.context, task))
         keep_first(self.buffer, per_class)
         labels = data.labels
         for label in labels.unique():

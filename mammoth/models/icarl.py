@@ -55,7 +55,7 @@ class ICarl(ReplayModel):
     source: float in [0, 1]), with binary cross-entropy on the logits: one-hot targets for the new classes, the sigmoid
     of the frozen previous network for the past ones, plus ``opt_wd`` times the squared norm of
     the weights (iCaRL's own weight decay; ``weight_decay`` must stay 0). After the task the
-    memory keeps ``buffer_size // seen classes`` exemplars per class (:func:`herding` on the
+    memory keeps ``buffer_size // seen classes`` (or ``memory_per_class``) exemplars per class (:func:`herding` on the
     L2-normalised ``net(x, returnt="features")`` of the task's data, read in one pass of
     ``context.batches``). :meth:`forward` predicts with the nearest
     class mean (features of the exemplars and of their horizontal flips, normalised), so the
@@ -64,14 +64,15 @@ class ICarl(ReplayModel):
 
     supports_distributed = True
 
-    def __init__(self, net: MammothBackbone, dataset: Any, buffer_size: int, opt_wd: float = 1e-5, **kwargs: Any) -> None:
+    def __init__(self, net: MammothBackbone, dataset: Any, buffer_size: Optional[int] = None, memory_per_class: Optional[int] = None,
+                  opt_wd: float = 1e-5, **kwargs: Any) -> None:
         require_class_il("icarl", dataset)
         if kwargs.get("weight_decay"):
             raise ConfigError(
                 f"model.weight_decay={kwargs['weight_decay']} has no effect with model=icarl, which has its own; "
                 "allowed: weight_decay=0 and model.opt_wd"
             )
-        super().__init__(net, dataset, buffer_size=buffer_size, **kwargs)
+        super().__init__(net, dataset, buffer_size=buffer_size, memory_per_class=memory_per_class, **kwargs)
         self.opt_wd = float(opt_wd)
         self.old_net: Optional[Frozen] = None
         self.class_means: Optional[Tensor] = None
@@ -111,8 +112,9 @@ class ICarl(ReplayModel):
                           for batch in self.context.batches(source, shuffle=False, augment=False)])
 
     def fill_memory(self, task: int, data: DataSource) -> None:
-        """Keep the first ``buffer_size // seen`` exemplars of the old classes; herd as many of each new one."""
-        per_class = self.buffer_size // class_bounds(self.context, task)[1]
+        """Keep the first :meth:`exemplars_per_class` (``buffer_size // seen``, or ``memory_per_class``)
+        exemplars of the old classes; herd as many of each new one."""
+        per_class = self.exemplars_per_class(class_bounds(self.context, task)[1])
         keep_first(self.buffer, per_class)
         features = self.features(data)
         features = features / features.norm(dim=1, keepdim=True)

@@ -44,13 +44,15 @@ class Mer(ReplayModel):
         self,
         net: MammothBackbone,
         dataset: Any,
-        buffer_size: int,
+        buffer_size: Optional[int] = None,
+        memory_per_class: Optional[int] = None,
+        *,
         beta: float,
         gamma: float,
         batch_num: int = 1,
         **kwargs: Any,
     ) -> None:
-        super().__init__(net, dataset, buffer_size=buffer_size, **kwargs)
+        super().__init__(net, dataset, buffer_size=buffer_size, memory_per_class=memory_per_class, **kwargs)
         self.beta = check_non_negative("model.beta", beta)
         self.gamma = check_non_negative("model.gamma", gamma)
         self.batch_num = check_positive_int("model.batch_num", batch_num)

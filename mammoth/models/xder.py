@@ -65,6 +65,8 @@ class XDer(ReplayModel):
     distance-preserving term (``dp_weight``, 0 by default). Class-IL datasets only.
     """
 
+    supports_memory_per_class = False  # its update counters and per-task quotas are of a fixed memory
+
     def __init__(
         self,
         net: MammothBackbone,

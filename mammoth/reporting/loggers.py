@@ -221,7 +221,7 @@ class WandbLogger(RunLogger):
         self._run.log({**task_metrics(accuracies, self.run.summary_fields), "task": task + 1})
 
     def log_results(self, results: Mapping[str, Any]) -> None:
-        for kind in ("class_il", "task_il", "domain_il"):
+        for kind in ("class_il", "task_il", "domain_il", "nme_class_il"):
             if kind in results:
                 self._run.summary.update({f"{kind}/{field}": results[kind][field] for field in FINAL_FIELDS
                                           if field in results[kind]})

@@ -24,16 +24,19 @@ RESOURCE_DIRECTIONS = {"train_seconds": "minimize", "peak_rss_mb": "minimize", "
 NOT_FOR_ONLY_AT_END = ("forgetting", "bwt", "forward_transfer")
 
 
-def optimized_metric_names(setting: str, top5: bool = False, cuda: bool = False, weighted: bool = False) -> list[str]:
+def optimized_metric_names(setting: str, top5: bool = False, cuda: bool = False, weighted: bool = False,
+                           nme: bool = False) -> list[str]:
     """The ``optimized_metric`` values of a setting: ``class_il.average`` ... ``task_il.new_accuracy``
     for class-il (``class_il.top5`` with ``top5``; ``KIND.average_weighted`` and
     ``KIND.average_incremental_weighted`` with ``weighted``: tasks of unequal size), ``domain_il.*``
-    for domain-il, then ``resources.train_seconds``, ``resources.peak_rss_mb`` (and
+    for domain-il; with ``nme`` (a class-il method with a memory) the nearest-mean accuracy's
+    ``nme_class_il.*``; then ``resources.train_seconds``, ``resources.peak_rss_mb`` (and
     ``resources.peak_cuda_mb`` with ``cuda``)."""
-    from mammoth.engine.evaluation import SETTING_METRICS  # lazy: imports torch, kept off reproduce --list
+    from mammoth.engine.evaluation import NME_KIND, SETTING_METRICS  # lazy: imports torch, kept off reproduce --list
 
-    names = [f"{kind}.{field}" for kind in SETTING_METRICS[setting] for field in METRIC_DIRECTIONS
-             if (field != "top5" or (top5 and kind == "class_il")) and (field not in WEIGHTED or weighted)]
+    kinds = (*SETTING_METRICS[setting], *((NME_KIND,) if nme and setting == "class-il" else ()))
+    names = [f"{kind}.{field}" for kind in kinds for field in METRIC_DIRECTIONS
+             if (field != "top5" or (top5 and kind in ("class_il", NME_KIND))) and (field not in WEIGHTED or weighted)]
     return names + [f"resources.{field}" for field in RESOURCE_DIRECTIONS if field != "peak_cuda_mb" or cuda]
 
 
@@ -47,19 +50,24 @@ def check_optimized_metric(name: str | None, dataset: Any, eval_future: bool = F
                            device: Any = None) -> str:
     """The metric the run returns: ``name``, or for None the setting's first average
     (``class_il.average``, ``domain_il.average``). A name the run will not report raises a one-line
-    ConfigError: one the dataset's setting lacks (listing the allowed ones), ``forward_transfer``
+    ConfigError: one the dataset's setting lacks (listing the allowed ones), ``nme_class_il.*`` of a
+    ``model`` without a memory, ``forward_transfer``
     without ``eval_future``, forgetting or a transfer of a ``model`` that trains only at the end."""
     top5 = _reports_top5(dataset)
     cuda = getattr(device, "type", device) == "cuda"
-    allowed = optimized_metric_names(dataset.setting, top5=top5, cuda=cuda, weighted=bool(getattr(dataset, "uneven_tasks", False)))
+    allowed = optimized_metric_names(dataset.setting, top5=top5, cuda=cuda, weighted=bool(getattr(dataset, "uneven_tasks", False)),
+                                     nme=bool(getattr(model, "has_memory", False)))
     if name is None:
         return allowed[0]
     field = name.split(".", 1)[-1]
     if name not in allowed:
         why = {"top5": ": top5 needs more than 5 classes per task", "peak_cuda_mb": ": the run is not on CUDA",
-               **dict.fromkeys(WEIGHTED, ": it is reported for tasks of unequal size (dataset.base_classes)")}
+               **dict.fromkeys(WEIGHTED, ": it is reported for tasks of unequal size (dataset.base_classes)")}.get(field, "")
+        if name.startswith("nme_class_il.") and not why:
+            why = (f": the nearest-mean accuracy needs a class-il method with a memory, not {type(model).__name__}"
+                   if dataset.setting == "class-il" else ": the nearest-mean accuracy is class-il only")
         raise ConfigError(
-            f"optimized_metric={name!r} is not reported for {dataset.name} ({dataset.setting}){why.get(field, '')}; "
+            f"optimized_metric={name!r} is not reported for {dataset.name} ({dataset.setting}){why}; "
             f"allowed: {', '.join(allowed)}"
         )
     if field == "forward_transfer" and not eval_future:

@@ -20,7 +20,10 @@ from mammoth.reporting.metrics import (
 
 RESULTS_NAME = "results.json"
 PLOT_NAME = "accuracy.png"
-KIND_TITLES = {"class_il": "Class-IL", "task_il": "Task-IL", "domain_il": "Domain-IL"}
+#: The accuracy kinds of results.json and their titles; ``nme_class_il`` is the Class-IL accuracy of
+#: the nearest mean of a memory's exemplars (:data:`mammoth.engine.evaluation.NME_KIND`), reported
+#: beside the classifier's by every method with a memory.
+KIND_TITLES = {"class_il": "Class-IL", "task_il": "Task-IL", "domain_il": "Domain-IL", "nme_class_il": "NME Class-IL"}
 
 
 def square_matrix(rows: list[list[float]], n_tasks: int) -> list[list[float | None]]:
@@ -67,6 +70,7 @@ class Measurements:
     random_init: dict[str, list[float]] = field(default_factory=dict)
     future: dict[str, list[list[float]]] = field(default_factory=dict)
     top5: list[list[float]] = field(default_factory=list)
+    nme_top5: list[list[float]] = field(default_factory=list)
     test_sizes: list[int] = field(default_factory=list)
     train_seconds: list[float] = field(default_factory=list)
     peak_rss_mb: list[float] = field(default_factory=list)
@@ -86,7 +90,7 @@ class Measurements:
         """The measurements of a finished run: its loop ``state``, the test sizes of ``dataset``'s
         tasks, and whether ``model`` trains only at the end."""
         return cls(
-            random_init=state.random_init, future=state.future, top5=state.top5,
+            random_init=state.random_init, future=state.future, top5=state.top5, nme_top5=state.nme_top5,
             test_sizes=[len(dataset.test_source(task)) for task in range(dataset.n_tasks)],
             train_seconds=state.train_seconds, peak_rss_mb=state.peak_rss_mb, peak_cuda_mb=state.peak_cuda_mb,
             trains_only_at_end=bool(getattr(model, "trains_only_at_end", False)),
@@ -105,9 +109,10 @@ def kind_metrics(kind: str, rows: list[list[float]], measured: Measurements) -> 
     """The metrics of one accuracy kind beside average, forgetting and bwt: ``average_incremental``,
     ``forward_transfer`` (null without ``eval_future``) and its ``random_init`` accuracies,
     ``old_accuracy`` / ``new_accuracy`` after the last task and ``_per_task``, Class-IL ``top5``
-    where reported, and for tasks of unequal size ``average_weighted`` (the accuracy on every test
-    example of the tasks seen, after the last task), its ``_per_task`` and
-    ``average_incremental_weighted`` (their mean: PyCIL's average accuracy); for a method that trains only at the end, ``forgetting``, ``bwt`` and
+    (the classifier's, and the nearest mean's in the ``nme_class_il`` block) where reported, and for
+    tasks of unequal size ``average_weighted`` (the accuracy on every test example of the tasks seen,
+    after the last task), its ``_per_task`` and ``average_incremental_weighted`` (their mean: PyCIL's
+    average accuracy); for a method that trains only at the end, ``forgetting``, ``bwt`` and
     ``forward_transfer`` are null and ``forgetting_over`` says why."""
     block: dict[str, Any] = {"average_incremental": average_incremental_accuracy(rows)}
     random_init = measured.random_init.get(kind)
@@ -122,9 +127,9 @@ def kind_metrics(kind: str, rows: list[list[float]], measured: Measurements) -> 
             weighted = weighted_average_accuracy(rows, measured.test_sizes)
             block.update(average_weighted=weighted[-1], average_weighted_per_task=weighted,
                          average_incremental_weighted=sum(weighted) / len(weighted))
-    if kind == "class_il" and measured.top5:
-        block.update(top5=sum(measured.top5[-1]) / len(measured.top5[-1]),
-                     top5_per_task=[sum(row) / len(row) for row in measured.top5])
+    top5 = {"class_il": measured.top5, "nme_class_il": measured.nme_top5}.get(kind)
+    if top5:
+        block.update(top5=sum(top5[-1]) / len(top5[-1]), top5_per_task=[sum(row) / len(row) for row in top5])
     if measured.trains_only_at_end and len(rows) > 1:
         block.update(forgetting=None, bwt=None, forward_transfer=None, forgetting_over=ONLY_AT_END_NOTE)
     else:
@@ -171,11 +176,12 @@ def format_table(accuracies: dict[str, list[list[float]]], n_tasks: int, measure
     kinds = list(accuracies)
     first = kinds[0]
     header = "after task | " + " ".join(f"{'T' + str(j + 1):>6}" for j in range(n_tasks))
-    header += " | " + " ".join(f"{KIND_TITLES[kind]:>9}" for kind in kinds)
+    widths = {kind: max(9, len(KIND_TITLES[kind])) for kind in kinds}
+    header += " | " + " ".join(f"{KIND_TITLES[kind]:>{widths[kind]}}" for kind in kinds)
     lines = [f"Accuracy (%) on each task ({KIND_TITLES[first]}) and averages", header, "-" * len(header)]
     for i, row in enumerate(accuracies[first]):
         cells = " ".join(f"{value:6.1f}" for value in row) + " " * 7 * (n_tasks - len(row))
-        averages = " ".join(f"{sum(accuracies[kind][i]) / len(accuracies[kind][i]):9.1f}" for kind in kinds)
+        averages = " ".join(f"{sum(accuracies[kind][i]) / len(accuracies[kind][i]):{widths[kind]}.1f}" for kind in kinds)
         lines.append(f"{i + 1:>10} | {cells} | {averages}")
     for kind in kinds:
         summary = {**summarise(accuracies[kind]), **kind_metrics(kind, accuracies[kind], measured or Measurements())}

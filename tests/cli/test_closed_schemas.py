@@ -179,3 +179,17 @@ def test_an_opted_in_app_composes_a_regularizer_and_its_schema_is_closed():
             compose(config_name="closed_schema_regularizer_app",
                     overrides=["model=derpp", "+model/regularizer=lider", "model.regularizer.beta_lip=0.5"])
     assert "Key 'beta_lip' not in 'LiderRegularizerConfig'" in f"{error.value}\n{error.value.__cause__}"
+
+
+def test_a_memory_of_both_sizes_or_of_neither_is_refused_before_anything_runs(workdir: Path):
+    both = run_warm_python(["-m", "mammoth", "model=er", "model.buffer_size=50", "model.memory_per_class=5",
+                            "hydra.run.dir=run"], workdir)
+    assert both.returncode == 2 and not (workdir / "run").exists()
+    assert both.stderr.strip().splitlines() == [
+        "Error: model.buffer_size=50 and model.memory_per_class=5 are both set (model 'er'); allowed: one of them "
+        "(set the other to null, e.g. model.buffer_size=null)"]
+    neither = run_warm_python(["-m", "mammoth", "model=icarl", "hydra.run.dir=run"], workdir)
+    assert neither.returncode == 2 and not (workdir / "run").exists()
+    assert neither.stderr.strip().splitlines() == [
+        "Error: missing value for model.buffer_size or model.memory_per_class (model 'icarl'); set one with "
+        "model.buffer_size=... or model.memory_per_class=..."]

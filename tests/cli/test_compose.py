@@ -66,7 +66,8 @@ def test_missing_required_values_are_named_at_once():
         resolve_run(cfg)
     assert str(error.value) == ("missing values for model.e_lambda, model.gamma (model 'ewc-on'); "
                                 "set them with model.e_lambda=... model.gamma=...")
-    with pytest.raises(ConfigError, match=r"^missing value for model.buffer_size \(model 'er'\); set it with model.buffer_size=\.\.\.$"):
+    with pytest.raises(ConfigError, match=r"^missing value for model.buffer_size or model.memory_per_class \(model 'er'\); "
+                                          r"set one with model.buffer_size=\.\.\. or model.memory_per_class=\.\.\.$"):
         resolve_run(compose_mammoth("model=er"))
     spec = resolve_run(compose_mammoth("model=ewc-on", "model.e_lambda=10", "model.gamma=1.0"))  # the data fills the backbone's
     assert (spec.model.name, spec.model.values["e_lambda"], spec.model.values["gamma"]) == ("ewc-on", 10, 1.0)
@@ -174,7 +175,7 @@ def test_argument_of_another_backbone_lists_the_selected_ones_arguments():
 
 @pytest.mark.parametrize("args, start, closest", [
     (["backbone=resnet", "backbone.deptth=34"], "unknown argument 'deptth' for backbone 'resnet' (backbone.deptth); its arguments: ", "depth"),
-    (["model=er", "model.buffersize=200"], "unknown argument 'buffersize' for model 'er' (model.buffersize); its arguments: buffer_size: int = ???", "buffer_size"),
+    (["model=er", "model.buffersize=200"], "unknown argument 'buffersize' for model 'er' (model.buffersize); its arguments: buffer_size: Optional[int] = None, memory_per_class: Optional[int] = None", "buffer_size"),
     (["-m", "model=er,der", "model.buffersize=200"], "unknown argument 'buffersize' for model 'er' (model.buffersize)", "buffer_size"),
     (["dataset.rooot=/data"], "unknown argument 'rooot' for dataset 'seq-digits' (dataset.rooot); its arguments: name: str = 'seq-digits'", "root"),
     (["seeed=3"], "seeed=3: unknown setting 'seeed'; allowed: backbone, dataset, model, seed, ", "seed"),

@@ -56,7 +56,9 @@ def test_the_values_are_checked_when_the_run_resolves():
         (("threads=0",), "threads=0 is not positive; allowed: null (torch's default) or an integer >= 1"),
         ((f"threads={(os.cpu_count() or 1) + 1}",), f"is more than the {os.cpu_count() or 1} CPU(s) of this machine"),
         (("model=sgd", "++model.buffer_size=3"), "unknown argument 'buffer_size' for model 'sgd'"),
-        (("model=er",), "missing value for model.buffer_size (model 'er')"),
+        (("model=er",), "missing value for model.buffer_size or model.memory_per_class (model 'er')"),
+        (("model=er", "model.buffer_size=5", "model.memory_per_class=2"),
+         "model.buffer_size=5 and model.memory_per_class=2 are both set (model 'er')"),
     ],
 )
 def test_bad_settings_are_refused_with_one_line(overrides, message):

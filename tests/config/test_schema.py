@@ -368,10 +368,12 @@ def test_registered_schemas_are_importable_from_the_registering_module() -> None
     from mammoth.backbones.resnet import ResNet
     from mammoth.datasets.digits import SeqDigitsDatasetConfig
     from mammoth.models.er import ErModelConfig
+    from mammoth.models.xder import XderModelConfig
 
     assert get_backbone_entry("resnet").schema is ResnetBackboneConfig
     assert ResnetBackboneConfig.__doc__ == inspect.getdoc(ResNet)
-    assert ErModelConfig().buffer_size == MISSING and SeqDigitsDatasetConfig().batch_size == 32
+    assert (ErModelConfig().buffer_size, ErModelConfig().memory_per_class) == (None, None)  # one of the two is required
+    assert XderModelConfig().buffer_size == MISSING and SeqDigitsDatasetConfig().batch_size == 32
 
 
 @dataclasses.dataclass

@@ -109,13 +109,16 @@ from mammoth.backbones import build_backbone
 from mammoth.datasets import build_dataset
 from mammoth.engine.context import build_context
 from mammoth.engine.distributed import detect_launch, is_main_process, start_process_group, stop_process_group
+from mammoth.engine.distributed import evaluate_on_ranks
+from mammoth.engine.evaluation import evaluate_tasks
 from mammoth.engine.loop import train_task
 from mammoth.models import build_model
 
 torch.set_num_threads(1)
 RUNS = {"ewc-on": {"e_lambda": 10.0, "gamma": 1.0}, "gem": {"buffer_size": 40},
         "gdumb": {"buffer_size": 40, "fitting_epochs": 2, "cutmix_alpha": None},
-        "lwf": {}, "bic": {"buffer_size": 40, "bic_epochs": 2}, "wa": {"buffer_size": 40}, "mas": {"lr": 0.01}, "ewc": {}}
+        "lwf": {}, "bic": {"buffer_size": 40, "bic_epochs": 2}, "wa": {"buffer_size": 40}, "mas": {"lr": 0.01}, "ewc": {},
+        "er:per-class": {"memory_per_class": 3}}
 launch = detect_launch()
 if launch is not None:
     start_process_group(launch)
@@ -131,7 +134,7 @@ for name, values in RUNS.items():
     torch.manual_seed(0)
     dataset = build_dataset({"name": "seq-digits", "n_epochs": 1, "batch_size": 32}, seed=0)
     net = build_backbone("mnistmlp", num_classes=dataset.n_classes, input_shape=dataset.input_shape)
-    model = build_model(name, net=net, dataset=dataset, **values)
+    model = build_model(name.split(":")[0], net=net, dataset=dataset, **values)
     context = build_context(dataset, "cpu", torch.Generator().manual_seed(0))
     model.attach(context)
     phases = {"step": [0, 0], "inner": [0, 0]}
@@ -151,6 +154,9 @@ for name, values in RUNS.items():
     for task in range(dataset.n_tasks):
         train_task(model, context, task, dataset.task_source(task))
     report[name] = {"phases": phases, "params": torch.cat([p.detach().flatten() for p in model.net.parameters()]).tolist()}
+    if name == "er:per-class":  # the grown memory, and the nearest-mean accuracy over the ranks' shards of the test data
+        scores = evaluate_on_ranks(evaluate_tasks, model, context, [dataset.test_source(t) for t in range(dataset.n_tasks)])
+        report[name].update(capacity=model.buffer.capacity, labels=model.buffer.labels.tolist(), nme=scores["nme_class_il"])
 if is_main_process():
     with open(sys.argv[1], "w") as file:
         json.dump(report, file)
@@ -211,3 +217,9 @@ def test_work_every_rank_computes_identically_runs_with_no_collective(tmp_path: 
         # float32 mnistmlp over 5 tasks: the same sums in another order (1e-7); 1e-5 leaves room
         assert largest_difference(one[name]["params"], two[name]["params"]) < 1e-5, name
     assert two["gem"]["phases"]["step"][1] == two["ewc-on"]["phases"]["step"][1]  # gem: one armed pass a step, not its memory's
+    # er with memory_per_class=3: every rank grows its buffer at the same begin_task (3 x 10 classes
+    # after the last) and stores the same items; the nearest-mean accuracy of the ranks' shards is one process's
+    per_class = ("er:per-class", one["er:per-class"], two["er:per-class"])
+    assert per_class[1]["capacity"] == per_class[2]["capacity"] == 30 and per_class[1]["labels"] == per_class[2]["labels"]
+    assert largest_difference(per_class[1]["params"], per_class[2]["params"]) < 1e-5
+    assert per_class[1]["nme"] == per_class[2]["nme"] and len(per_class[1]["nme"]) == 5

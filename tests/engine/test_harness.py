@@ -157,3 +157,17 @@ def test_domain_il_run_reports_domain_il_accuracy(tmp_path):
     matrix = results["domain_il"]["matrix"]
     assert len(matrix) == 3 and matrix[0][1] is None and matrix[2][2] is not None
     assert results["dataset"]["setting"] == "domain-il" and results["dataset"]["n_tasks"] == 3
+
+
+def test_a_domain_il_memory_per_class_grows_by_the_classes_at_every_task_and_reports_no_nme(tmp_path):
+    from fake_datasets import write_mnist
+    from mammoth.engine.checkpoint import read_checkpoint
+
+    write_mnist(tmp_path / "data", folder="MNIST", n_train=60, n_test=30)
+    cfg = compose_run(tmp_path / "run", "dataset=perm-mnist", f"dataset.root={tmp_path / 'data'}",
+                      "dataset.n_tasks=3", "model=er", "model.memory_per_class=1")
+    mammoth.run(cfg)
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert set(results) & {"class_il", "task_il", "domain_il", "nme_class_il"} == {"domain_il"}  # NME: class-IL only
+    buffer = read_checkpoint(tmp_path / "run" / "checkpoint.pt")["model_extra"]["buffer"]
+    assert buffer["capacity"] == 1 * 10 * 3 and buffer["filled"] == 30  # 10 classes counted again at each of 3 tasks

@@ -206,3 +206,28 @@ def test_the_final_test_data_is_the_benchmarks_test_split_without_the_validation
         assert torch.equal(source.labels, plain_permuted.test_source(task).labels)
         assert torch.equal(source.read(torch.arange(len(source)), "cpu"),
                            plain_permuted.test_source(task).read(torch.arange(len(source)), "cpu"))
+
+
+def test_a_method_with_a_memory_reports_the_nearest_mean_accuracy_and_resumes_it_exactly(tmp_path: Path, future_run: dict) -> None:
+    overrides = ("model=er", "model.memory_per_class=5", "eval_future=true")
+    value = mammoth.run(composing.compose_run(tmp_path / "whole", "threads=1", "dataset.n_epochs=1", "~logger", *overrides,
+                                              "optimized_metric=nme_class_il.average"))
+    whole = json.loads((tmp_path / "whole" / "results.json").read_text())
+    block = whole["nme_class_il"]
+    assert value == block["average"] and set(ACCURACY_KEYS) <= set(block)
+    assert [len(row) for row in block["matrix"]] == [5] * 5
+    assert block["random_init"] == [0.0] * 5  # the memory is empty before the first task: no class mean, nothing predicted
+    assert block["matrix"][0][1:] == [0.0] * 4  # tasks not trained yet: their classes have no exemplar
+    assert "nme_class_il" not in future_run  # sgd has no memory: no NME block, not zeros
+    mammoth.run(composing.compose_run(tmp_path / "resumed", "threads=1", "dataset.n_epochs=1", "~logger", *overrides,
+                                      "stop_after_task=2"))
+    resumed = run(tmp_path / "resumed", *overrides, "resume=true")
+    for kind in ("class_il", "task_il", "nme_class_il"):
+        assert {key: resumed[kind][key] for key in ACCURACY_KEYS} == {key: whole[kind][key] for key in ACCURACY_KEYS}
+
+
+def test_the_nearest_mean_top5_where_every_task_has_more_than_5_classes(tmp_path: Path) -> None:
+    results = run(tmp_path, "model=er", "model.buffer_size=50", "dataset.n_tasks=1", "optimized_metric=nme_class_il.top5")
+    block = results["nme_class_il"]
+    assert block["top5"] >= block["average"] > 0 and block["top5_per_task"] == [block["top5"]]
+    assert results["class_il"]["top5"] >= results["class_il"]["average"]

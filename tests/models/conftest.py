@@ -82,10 +82,10 @@ def make_net() -> Callable[..., MNISTMLP]:
 def make_model(dataset: FakeDataset) -> Callable[..., Any]:
     """``make_model(name, seed=0, **values)``: a registered method built with ``build_model`` and
     attached to a CPU context whose generator is seeded with ``seed`` (replay methods get
-    ``buffer_size=32`` unless given)."""
+    ``buffer_size=32`` unless given, or ``memory_per_class``)."""
 
     def make(name: str, seed: int = 0, **values: Any) -> Any:
-        if name in _REPLAY_METHODS:
+        if name in _REPLAY_METHODS and "memory_per_class" not in values:
             values.setdefault("buffer_size", 32)
         model = build_model(name, net=_net(seed), dataset=dataset, **values)
         model.attach(build_context(dataset, "cpu", torch.Generator().manual_seed(seed)))

@@ -357,3 +357,56 @@ def test_state_dict_of_an_empty_buffer_round_trips() -> None:
 def test_load_state_dict_refuses_another_capacity() -> None:
     with pytest.raises(ConfigError, match=r"^buffer capacity=20 in the state does not match; allowed: capacity=10"):
         ReplayBuffer(10).load_state_dict(_filled_buffer(capacity=20).state_dict())
+
+
+# ---- a growing capacity (a memory per class) ----
+
+
+def test_a_grown_reservoir_keeps_its_items_fills_the_new_slots_then_samples_the_whole_stream() -> None:
+    buffer = ReplayBuffer(4, seed=3)
+    buffer.add(torch.arange(10.0).view(10, 1), labels=torch.arange(10))
+    kept = buffer.examples.view(-1).tolist()
+    buffer.grow(7)
+    assert (buffer.capacity, len(buffer), buffer.num_seen) == (7, 4, 10)
+    assert buffer.examples.view(-1).tolist() == kept
+    buffer.add(torch.arange(10.0, 12.0).view(2, 1), labels=torch.arange(10, 12))  # two of the 3 new slots
+    assert buffer.examples.view(-1).tolist() == [*kept, 10.0, 11.0] and buffer.num_seen == 12
+    # Item 12 fills the last slot; items 13..19 are positions 13..19 of the stream: each draws j in
+    # [0, position] and replaces slot j when j < 7 (probability 7 / (position + 1)), the later one winning.
+    replay = torch.Generator()
+    replay.set_state(buffer.generator.get_state())
+    draws = torch.randint(0, 2**62, (7,), generator=replay)
+    expected = [*kept, 10.0, 11.0, 12.0]
+    for item, draw in zip(range(13, 20), draws.tolist()):
+        slot = draw % (item + 1)
+        if slot < 7:
+            expected[slot] = float(item)
+    buffer.add(torch.arange(12.0, 20.0).view(8, 1), labels=torch.arange(12, 20))
+    assert buffer.examples.view(-1).tolist() == expected and buffer.labels.tolist() == [int(v) for v in expected]
+    assert (len(buffer), buffer.num_seen) == (7, 20)
+
+
+def test_a_grown_buffer_round_trips_through_its_state() -> None:
+    buffer = ReplayBuffer(3, seed=0)
+    buffer.add(torch.arange(5.0).view(5, 1))
+    buffer.grow(6)
+    state = buffer.state_dict()
+    assert (state["capacity"], state["num_seen"], state["filled"]) == (6, 5, 3)
+    restored = ReplayBuffer(6, seed=1)
+    restored.load_state_dict(state)
+    assert (len(restored), restored.num_seen) == (3, 5) and torch.equal(restored.examples, buffer.examples)
+    restored.add(torch.tensor([[7.0]]))
+    assert restored.examples.view(-1).tolist()[3] == 7.0
+    old_state = {key: value for key, value in state.items() if key != "filled"}  # before grow() existed
+    old_state["capacity"], old_state["num_seen"] = 6, 3
+    restored.load_state_dict(old_state)
+    assert len(restored) == 3
+
+
+def test_grow_refuses_a_smaller_capacity_and_an_empty_buffer_grows_too() -> None:
+    buffer = ReplayBuffer(5, seed=0)
+    with pytest.raises(ValueError, match=r"^ReplayBuffer.grow: capacity=4; allowed: at least the current 5$"):
+        buffer.grow(4)
+    buffer.grow(8)
+    buffer.add(torch.arange(8.0))
+    assert (buffer.capacity, len(buffer)) == (8, 8)

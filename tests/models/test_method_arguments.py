@@ -9,7 +9,12 @@ import pytest
 
 from mammoth.models import MODELS
 
-REPLAY = {"buffer_size": (int, "???"), "minibatch_size": (Optional[int], None), "buffer_device": (str, "training")}
+#: A rehearsal method's memory: a fixed total (buffer_size) or a memory per class seen, one of the two.
+REPLAY = {"buffer_size": (Optional[int], None), "memory_per_class": (Optional[int], None),
+          "minibatch_size": (Optional[int], None), "buffer_device": (str, "training")}
+#: A method whose memory has a fixed size: buffer_size required (memory_per_class refused when built).
+FIXED = {"buffer_size": (int, "???"), "memory_per_class": (Optional[int], None),
+         "minibatch_size": (Optional[int], None), "buffer_device": (str, "training")}
 #: The rehearsal methods whose steps each go through step() take a regulariser (+model/regularizer=NAME).
 REGULARIZED = {**REPLAY, "regularizer": (Optional[dict[str, Any]], None)}
 #: Each method's own fields (beyond those every method has: lr, optimizer, momentum, ...).
@@ -24,13 +29,13 @@ EXPECTED = {
     "lucir": {**REGULARIZED, "lamda_base": (float, 5.0), "lamda_mr": (float, 1.0), "k_mr": (int, 2), "mr_margin": (float, 0.5),
               "fitting_epochs": (int, 20), "lr_finetune": (float, 0.01), "imprint_weights": (bool, True)},
     "er_ace": {**REGULARIZED, "task_free": (bool, False), "use_custom_classifier": (bool, True)},
-    "gdumb": {"buffer_size": (int, "???"), "maxlr": (float, 0.05), "minlr": (float, 0.0005),
+    "gdumb": {"buffer_size": (Optional[int], None), "memory_per_class": (Optional[int], None), "maxlr": (float, 0.05), "minlr": (float, 0.0005),
               "fitting_epochs": (int, 256), "cutmix_alpha": (Optional[float], 1.0),
               "sampler": (str, "reservoir")},
     "bic": {**REGULARIZED, "bic_epochs": (int, 250), "temp": (float, 2.0), "valset_split": (float, 0.1),
             "wd_reg": (Optional[float], None), "distill_after_bic": (bool, True)},
     "mer": {**REPLAY, "beta": (float, "???"), "gamma": (float, "???"), "batch_num": (int, 1)},
-    "xder": {**REGULARIZED, "alpha": (float, "???"), "beta": (float, "???"), "gamma": (float, 0.85),
+    "xder": {**FIXED, "regularizer": (Optional[dict[str, Any]], None), "alpha": (float, "???"), "beta": (float, "???"), "gamma": (float, 0.85),
              "constr_eta": (float, 0.1), "constr_margin": (float, 0.3), "past_constraint": (bool, False),
              "future_constraint": (bool, True), "align_bn": (bool, True)},
 }

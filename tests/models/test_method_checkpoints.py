@@ -26,12 +26,18 @@ def _train_two_tasks(model) -> None:
 
 
 def _required_values(name: str) -> dict:
-    """A value for every argument of ``name`` that has no default (sizes 32, other numbers 0.5)."""
+    """A value for every argument of ``name`` that has no default (sizes 32, other numbers 0.5), and
+    ``buffer_size`` 32 for a method that takes it or ``memory_per_class``."""
     values = {}
     for argument in MODELS.get(name).arguments:
-        if argument.required:
+        if argument.required or (argument.name == "buffer_size" and MODELS.get(name).argument("memory_per_class")):
             values[argument.name] = 32 if "size" in argument.name else (1 if argument.hint is int else 0.5)
     return values
+
+
+#: The methods whose memory can grow with the classes (``memory_per_class``), resumed with it too.
+PER_CLASS_METHODS = sorted(name for name in RESUMED_METHODS if MODELS.get(name).argument("memory_per_class")
+                           and getattr(MODELS.get(name).target, "supports_memory_per_class", True))
 
 
 @pytest.mark.parametrize("name", RESUMED_METHODS)
@@ -69,10 +75,11 @@ REGULARIZED = {"derpp+lider": ("derpp", {"buffer_size": 64, "regularizer": {
                    "_target_": "mammoth.models.regularizers.star.STAR", "p_lam": 1.0, "p_gamma": 0.1}})}
 
 
-def _run(name: str, run_dir, stop_after_task: int, resume: bool = False):
+def _run(name: str, run_dir, stop_after_task: int, resume: bool = False, memory_per_class: int | None = None):
     """A run of ``name`` on seq-digits (1 epoch, batches of 32, seed 7) up to ``stop_after_task`` tasks,
     built as ``mammoth.run`` builds it (torch's global generator seeded before the backbone): a
-    32-unit MLP, or a 2-block vit for the methods that need tokens."""
+    32-unit MLP, or a 2-block vit for the methods that need tokens; a memory of 64 examples, or
+    ``memory_per_class``."""
     dataset = build_dataset({"name": "seq-digits", "n_epochs": 1, "batch_size": 32}, seed=7)
     torch.manual_seed(7)
     if name in TOKEN_METHODS:
@@ -86,20 +93,28 @@ def _run(name: str, run_dir, stop_after_task: int, resume: bool = False):
         net = build_backbone("mnistmlp", num_classes=dataset.n_classes, input_shape=dataset.input_shape, hidden_sizes=[32])
         values = _required_values(name)
         values = {**values, "buffer_size": 64} if "buffer_size" in values else values
+        if memory_per_class is not None:
+            values = {**values, "buffer_size": None, "memory_per_class": memory_per_class}
     model = build_model(name, net=net, dataset=dataset, **values)
     state = run_tasks(model, dataset, torch.device("cpu"), run_dir, 7, {"model": name}, resume=resume,
                       stop_after_task=stop_after_task)
     return model, state
 
 
-@pytest.mark.parametrize("name", [*RESUMED_METHODS, *TOKEN_METHODS, *REGULARIZED])
+@pytest.mark.parametrize("name", [*RESUMED_METHODS, *TOKEN_METHODS, *REGULARIZED,
+                                  *(f"{name}:per-class" for name in PER_CLASS_METHODS)])
 def test_a_run_stopped_after_task_one_and_resumed_is_bit_exact(tmp_path, name):
+    name, _, per_class = name.partition(":")
+    memory = {"memory_per_class": 7} if per_class else {}  # 14 then 28 examples: the memory grows at task 2
     tasks = 3 if name == "ranpac" else 2
     (tmp_path / "whole").mkdir(), (tmp_path / "resumed").mkdir()
-    whole, whole_state = _run(name, tmp_path / "whole", stop_after_task=tasks)
-    _run(name, tmp_path / "resumed", stop_after_task=1)
+    whole, whole_state = _run(name, tmp_path / "whole", stop_after_task=tasks, **memory)
+    _run(name, tmp_path / "resumed", stop_after_task=1, **memory)
     torch.manual_seed(12345)  # a resumed process starts with other global random state
-    resumed, resumed_state = _run(name, tmp_path / "resumed", stop_after_task=tasks, resume=True)
+    resumed, resumed_state = _run(name, tmp_path / "resumed", stop_after_task=tasks, resume=True, **memory)
+    if per_class:  # a ReplayModel's buffer, gdumb's memory
+        capacities = [(model.buffer if hasattr(model, "buffer") else model.memory).capacity for model in (whole, resumed)]
+        assert capacities == [7 * 4, 7 * 4]
     assert resumed_state.next_task == whole_state.next_task == tasks
     assert resumed_state.accuracies == whole_state.accuracies
     # Which weights are frozen is no checkpoint state, and it changes float results: torch's matmul

@@ -22,8 +22,8 @@ OPTIMISATION = {
     "lr_milestones": (Optional[tuple[int, ...]], None), "sched_multistep_lr_gamma": (float, 0.1),
     "lr_scheduler": (str, "multisteplr"),
 }
-REPLAY = {"buffer_size": (int, "???"), "minibatch_size": (Optional[int], None), "buffer_device": (str, "training"),
-          "regularizer": (Optional[dict[str, Any]], None)}
+REPLAY = {"buffer_size": (Optional[int], None), "memory_per_class": (Optional[int], None), "minibatch_size": (Optional[int], None),
+          "buffer_device": (str, "training"), "regularizer": (Optional[dict[str, Any]], None)}
 EXPECTED_FIELDS = {
     "sgd": OPTIMISATION,
     "joint": OPTIMISATION,
@@ -46,11 +46,19 @@ def test_schema_fields_have_the_right_types_and_defaults(name: str) -> None:
     assert fields == EXPECTED_FIELDS[name]
 
 
-def test_buffer_size_is_required(make_net, dataset) -> None:
+def test_one_of_buffer_size_and_memory_per_class_is_required(make_net, dataset) -> None:
     config = OmegaConf.structured(MODELS.get("er").schema)
-    assert OmegaConf.is_missing(config, "buffer_size")
-    with pytest.raises(ConfigError, match=r"model\.buffer_size"):
+    assert (config.buffer_size, config.memory_per_class) == (None, None)
+    with pytest.raises(ConfigError) as neither:
         build_model("er", net=make_net(), dataset=dataset)
+    assert str(neither.value) == ("missing value for model.buffer_size or model.memory_per_class (model 'er'); "
+                                  "set one with model.buffer_size=... or model.memory_per_class=...")
+    with pytest.raises(ConfigError) as both:
+        build_model("er", net=make_net(), dataset=dataset, buffer_size=50, memory_per_class=5)
+    assert str(both.value) == ("model.buffer_size=50 and model.memory_per_class=5 are both set (model 'er'); "
+                               "allowed: one of them (set the other to null, e.g. model.buffer_size=null)")
+    model = build_model("er", net=make_net(), dataset=dataset, memory_per_class=5)
+    assert (model.buffer_size, model.memory_per_class, model.buffer.capacity) == (None, 5, 5)
 
 
 def test_literal_choices_are_checked_at_build_time(make_net, dataset) -> None:

@@ -217,3 +217,68 @@ def test_a_memory_larger_than_the_runs_training_data_is_refused_at_attach(make_m
     with pytest.raises(ConfigError, match=r"^model.buffer_size=33 is larger than the 32 training examples of fake"):
         make_model("gdumb", buffer_size=33)
     assert make_model("er", buffer_size=32).buffer_size == 32
+
+
+# ---- a memory per class (model.memory_per_class) ----
+
+
+def test_a_memory_per_class_grows_with_the_classes_at_begin_task(make_model, make_batch) -> None:
+    model = make_model("er", memory_per_class=3)  # begun on task 0 of the fake dataset: classes 0, 1 then 2, 3
+    assert (model.buffer_size, model.buffer.capacity) == (None, 6) and model.memory_capacity(0) == 6
+    for seed in range(4):
+        model.observe(*make_batch(0, seed=seed))
+    kept = model.buffer.examples.clone()
+    assert (len(model.buffer), model.buffer.num_seen) == (6, 32)
+    model.begin_task(1)
+    assert (model.buffer.capacity, len(model.buffer)) == (12, 6) and torch.equal(model.buffer.examples, kept)
+    model.observe(*make_batch(1, seed=0))  # 8 items: the first 6 fill the new slots, 2 go through the reservoir
+    assert len(model.buffer) == 12 and model.buffer.num_seen == 40
+    assert set(model.buffer.labels[6:].tolist()) <= {2, 3}
+
+
+def test_the_classes_a_memory_per_class_counts_as_seen() -> None:
+    from hand_dataset import HandDataset
+    from mammoth.models.base import classes_seen
+
+    # class-IL: the classes of tasks 0..t; domain-IL: each task's 4 classes again, as the original counts them
+    assert [classes_seen(HandDataset("class-il", 3, 2).context(), task) for task in range(3)] == [2, 4, 6]
+    assert [classes_seen(HandDataset("domain-il", 3, 4).context(), task) for task in range(3)] == [4, 8, 12]
+
+
+def test_a_class_balanced_memory_keeps_memory_per_class_of_each_class(make_model) -> None:
+    for name in ("icarl", "gem", "bic"):
+        model = make_model(name, memory_per_class=3, **({"bic_epochs": 1} if name == "bic" else {}))
+        for task in range(2):
+            model.begin_task(task)
+            model.end_task(task, model.context.task_data(task))
+            counts = torch.bincount(model.buffer.labels.cpu(), minlength=4).tolist()
+            assert counts == ([3, 3, 0, 0] if task == 0 else [3, 3, 3, 3]), name
+
+
+@pytest.mark.parametrize("sampler", ["reservoir", "greedy"])
+def test_gdumbs_memory_per_class_grows_with_the_classes(sampler, make_model) -> None:
+    model = make_model("gdumb", memory_per_class=3, sampler=sampler, fitting_epochs=1)
+    for task in range(2):
+        model.begin_task(task)
+        assert model.memory.capacity == 6 * (task + 1)
+        model.end_task(task, model.context.task_data(task))
+        assert len(model.memory) == 6 * (task + 1)
+    labels = model.memory_data()[1]
+    assert set(labels.tolist()) == {0, 1, 2, 3}
+    if sampler == "greedy":  # class-balanced: 3 of each class
+        assert torch.bincount(labels.cpu(), minlength=4).tolist() == [3, 3, 3, 3]
+
+
+def test_a_method_with_a_fixed_memory_refuses_a_memory_per_class(make_model) -> None:
+    with pytest.raises(ConfigError, match=r"^model.memory_per_class=3 is not supported by XDer, whose memory has a fixed "
+                                          r"size \(docs/methods.md\); allowed: model.buffer_size$"):
+        make_model("xder", buffer_size=32, memory_per_class=3, alpha=0.5, beta=0.5)
+
+
+def test_a_memory_per_class_larger_than_the_training_data_is_refused_at_attach(make_model) -> None:
+    with pytest.raises(ConfigError) as refused:
+        make_model("er", memory_per_class=9)
+    assert str(refused.value) == (
+        "model.memory_per_class=9 keeps 36 examples of 4 classes, more than the 32 training examples of fake; "
+        "allowed: at most 8 per class (a memory that holds everything is joint training: model=joint)")
+    assert make_model("er", memory_per_class=8).memory_per_class == 8

@@ -162,3 +162,24 @@ def test_domain_il_run_refuses_class_il_before_training_and_defaults_to_domain_i
 
 def test_a_run_stopped_early_returns_nan(tmp_path):
     assert math.isnan(mammoth.run(compose_run(tmp_path, "stop_after_task=1", "optimized_metric=task_il.average")))
+
+
+class WithMemory:
+    has_memory = True
+
+
+def test_the_nearest_mean_accuracy_can_be_optimized_by_a_method_with_a_memory():
+    names = optimized_metric_names("class-il", top5=True, nme=True)
+    assert [name for name in names if name.startswith("nme_class_il.")] == [
+        *(f"nme_class_il.{field}" for field in FIELDS), "nme_class_il.top5"]
+    assert check_optimized_metric("nme_class_il.average", CLASS_IL, model=WithMemory()) == "nme_class_il.average"
+    assert check_optimized_metric("nme_class_il.top5", TEN_PER_TASK, model=WithMemory()) == "nme_class_il.top5"
+    assert metric_direction("nme_class_il.forgetting") == "minimize"
+    assert optimized_value({"nme_class_il": {"average": 61.5}}, "nme_class_il.average") == 61.5
+    with pytest.raises(ConfigError) as refused:
+        check_optimized_metric("nme_class_il.average", CLASS_IL, model=OnlyAtEnd())
+    assert str(refused.value).startswith(
+        "optimized_metric='nme_class_il.average' is not reported for seq-digits (class-il): the nearest-mean "
+        "accuracy needs a class-il method with a memory, not OnlyAtEnd; allowed: class_il.average, ")
+    with pytest.raises(ConfigError, match=r"\(domain-il\): the nearest-mean accuracy is class-il only; allowed: domain_il"):
+        check_optimized_metric("nme_class_il.average", DOMAIN_IL, model=WithMemory())

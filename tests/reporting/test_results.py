@@ -78,3 +78,23 @@ def test_the_table_adds_forward_transfer_and_the_plot_the_old_and_new_curves() -
     assert [line.get_label() for line in curves.get_lines()] == ["Class-IL", "Class-IL old classes", "Class-IL new classes"]
     assert list(curves.get_lines()[1].get_xdata()) == [2, 3]  # no old classes after the first task
     assert heat.get_xlabel().endswith("forgetting 45.0  BWT -45.0  FWT 15.0  avg incr. 70.0  top-5 85.0")
+
+
+NME_ROWS = [[95.0], [70.0, 90.0], [50.0, 60.0, 80.0]]
+
+
+def test_the_nearest_mean_accuracy_is_a_block_of_its_own_with_its_own_top5() -> None:
+    measured = Measurements(top5=MEASURED.top5, nme_top5=[[100.0], [95.0, 97.0], [90.0, 92.0, 94.0]])
+    results = build_results({"class_il": ROWS, "task_il": ROWS, "nme_class_il": NME_ROWS}, 3, measured=measured)
+    block = results["nme_class_il"]
+    assert block["average"] == pytest.approx((50 + 60 + 80) / 3)
+    assert block["matrix"] == [[95.0, None, None], [70.0, 90.0, None], [50.0, 60.0, 80.0]]
+    assert block["forgetting"] == pytest.approx(((95 - 50) + (90 - 60)) / 2)
+    assert block["top5"] == pytest.approx(92.0) and block["top5_per_task"] == pytest.approx([100.0, 96.0, 92.0])
+    assert results["class_il"]["top5"] == pytest.approx(85.0) and "top5" not in results["task_il"]
+    table = format_table({"class_il": ROWS, "nme_class_il": NME_ROWS}, 3, measured).splitlines()
+    assert table[1].endswith("|  Class-IL NME Class-IL") and table[-1] == (
+        "NME Class-IL: average 63.33  forgetting 37.50  bwt -37.50")
+    curves = results_figure(results).axes[1]
+    assert [line.get_label() for line in curves.get_lines()][:3] == ["Class-IL", "Task-IL", "NME Class-IL"]
+    assert list(curves.get_lines()[2].get_ydata()) == pytest.approx([95.0, 80.0, 190 / 3])

@@ -82,3 +82,17 @@ def test_runs_of_tasks_of_unequal_size_get_the_averages_over_examples(tmp_path: 
     line = next(line for line in format_summary(rows, "sweep").splitlines() if line.startswith("| dataset.base_classes=50"))
     # (60 + 64) / 2 = 62, sample std sqrt(8) = 2.83; then 72 ± 2.83
     assert [cell.strip() for cell in line.strip("|").split("|")][6:8] == ["62.00 ± 2.83", "72.00 ± 2.83"]
+
+
+def test_the_nearest_mean_accuracy_gets_columns_of_its_own(tmp_path: Path) -> None:
+    write_results(tmp_path / "0", ["seed=0", "model=er"], {
+        "class_il": {"average": 40.0, "forgetting": 30.0, "bwt": -30.0, "top5": 70.0},
+        "nme_class_il": {"average": 55.0, "forgetting": 12.0, "bwt": -12.0, "top5": 80.0},
+    })
+    rows = gather([tmp_path])
+    assert rows[0].metrics["nme_class_il_average"] == 55.0 and rows[0].metrics["nme_class_il_top5"] == 80.0
+    assert metric_names(rows) == ["class_il_average", "class_il_forgetting", "class_il_bwt", "class_il_top5",
+                                  "nme_class_il_average", "nme_class_il_forgetting", "nme_class_il_bwt", "nme_class_il_top5"]
+    assert metric_title("nme_class_il_average") == "NME Class-IL" and metric_title("nme_class_il_top5") == "NME Class-IL top-5"
+    header = next(line for line in format_summary(rows, "sweep").splitlines() if "NME Class-IL" in line)
+    assert "| NME Class-IL |" in header and "| Class-IL |" in header
