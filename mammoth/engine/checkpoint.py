@@ -52,6 +52,13 @@ class TrainingState:
     peak_cuda_mb: list[float] = dataclasses.field(default_factory=list)
     #: With ``dataset.validation``: each kind's accuracy on the test data of every task after the last task.
     final_test: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    #: With ``dataset.stream=online``: the samples of the stream trained on at each evaluation point
+    #: (every ``dataset.eval_every`` samples and each segment's end) and the first kind's accuracy on
+    #: each task seen so far there; the samples trained on and the seconds spent training them.
+    stream_points: list[int] = dataclasses.field(default_factory=list)
+    stream_accuracies: list[list[float]] = dataclasses.field(default_factory=list)
+    stream_samples: int = 0
+    stream_seconds: float = 0.0
 
     @classmethod
     def empty(cls, setting: str) -> "TrainingState":

@@ -90,6 +90,11 @@ class ContinualModel(nn.Module):
     #: another way (block by block) sets False and refuses compile=true.
     supports_compile: ClassVar[bool] = True
 
+    #: Whether the method trains on a stream without being told where tasks change
+    #: (``dataset.task_free=true``: no :meth:`begin_task`, :meth:`training_data` or :meth:`end_task`;
+    #: :meth:`begin_stream` once instead); a method whose hooks do work at task changes refuses it.
+    supports_task_free: ClassVar[bool] = False
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Refuse a subclass written against the old hooks, when its class is defined."""
         super().__init_subclass__(**kwargs)
@@ -187,6 +192,12 @@ class ContinualModel(nn.Module):
     def begin_task(self, task: int) -> None:
         """Called first for ``task``: records it and (re-)creates the optimizer and its schedule."""
         self.current_task = task
+        self.optimizer = self.make_optimizer()
+        self.scheduler = self.make_scheduler()
+
+    def begin_stream(self) -> None:
+        """Called once before a task-free stream (``dataset.task_free=true``) instead of every
+        :meth:`begin_task`: creates the optimizer and its schedule; ``current_task`` stays 0."""
         self.optimizer = self.make_optimizer()
         self.scheduler = self.make_scheduler()
 
