@@ -157,3 +157,24 @@ def test_a_blurry_task_free_stream_resumed_at_a_segment_end_is_bit_exact(tmp_pat
     assert resumed_state.accuracies == whole_state.accuracies
     for (key, value), (_, other) in zip(whole.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(value, other), key
+
+
+def test_a_method_that_needs_task_changes_refuses_task_free() -> None:
+    from mammoth.app.runner import check_task_free
+    from mammoth.models.agem import AGem as AGEM
+
+    dataset = build_dataset({"name": "seq-digits", "stream": "online", "task_free": True})
+    with pytest.raises(ConfigError) as error:
+        check_task_free("agem", AGEM, dataset)
+    assert str(error.value) == ("model=agem does not support dataset.task_free=true (its begin_task/end_task do work at "
+                                "task changes); allowed: dataset.task_free=false, or one of der, derpp, er, er-ace, sgd")
+    check_task_free("agem", AGEM, build_dataset({"name": "seq-digits", "stream": "online"}))  # told where tasks change: runs
+
+
+def test_er_ace_refuses_a_task_free_stream_without_its_task_free_option() -> None:
+    dataset = build_dataset({"name": "seq-digits", "stream": "online", "task_free": True})
+    net = build_backbone("mnistmlp", num_classes=dataset.n_classes, input_shape=dataset.input_shape, hidden_sizes=[8])
+    model = build_model("er_ace", net=net, dataset=dataset, buffer_size=10)
+    with pytest.raises(ConfigError, match=r"^model.task_free=false is not allowed for er_ace with dataset.task_free=true "):
+        model.begin_stream()
+    assert model.optimizer is None
