@@ -78,3 +78,15 @@ def test_the_table_adds_forward_transfer_and_the_plot_the_old_and_new_curves() -
     assert [line.get_label() for line in curves.get_lines()] == ["Class-IL", "Class-IL old classes", "Class-IL new classes"]
     assert list(curves.get_lines()[1].get_xdata()) == [2, 3]  # no old classes after the first task
     assert heat.get_xlabel().endswith("forgetting 45.0  BWT -45.0  FWT 15.0  avg incr. 70.0  top-5 85.0")
+
+
+def test_an_online_run_plots_its_accuracy_over_the_stream() -> None:
+    from mammoth.reporting.metrics import stream_metrics
+
+    online = stream_metrics([10, 20, 30], [[50.0], [80.0, 40.0], [20.0, 60.0]], 30, 2.0)
+    figure = results_figure(build_results({"class_il": ROWS}, 3, online=online))
+    stream = figure.axes[2]
+    assert stream.get_title() == "anytime accuracy 50.0"
+    line = stream.get_lines()[0]
+    assert list(line.get_xdata()) == [10, 20, 30] and list(line.get_ydata()) == [50.0, 60.0, 40.0]
+    assert len(results_figure(build_results({"class_il": ROWS}, 3)).axes) == 3  # heatmap, colour bar, curves
