@@ -38,6 +38,8 @@ class Mer(ReplayModel):
     original did when its published tables were made.
     """
 
+    supports_task_free = True  # an online method: no hook does work at task changes (docs/online.md)
+
     def __init__(
         self,
         net: MammothBackbone,

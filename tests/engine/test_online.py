@@ -3,6 +3,7 @@ section, task-free hooks and resume at a segment's end."""
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -167,7 +168,7 @@ def test_a_method_that_needs_task_changes_refuses_task_free() -> None:
     with pytest.raises(ConfigError) as error:
         check_task_free("agem", AGEM, dataset)
     assert str(error.value) == ("model=agem does not support dataset.task_free=true (its begin_task/end_task do work at "
-                                "task changes); allowed: dataset.task_free=false, or one of der, derpp, er, er-ace, sgd")
+                                "task changes); allowed: dataset.task_free=false, or one of der, derpp, er, er-ace, mer, sgd")
     check_task_free("agem", AGEM, build_dataset({"name": "seq-digits", "stream": "online"}))  # told where tasks change: runs
 
 
@@ -178,3 +179,24 @@ def test_er_ace_refuses_a_task_free_stream_without_its_task_free_option() -> Non
     with pytest.raises(ConfigError, match=r"^model.task_free=false is not allowed for er_ace with dataset.task_free=true "):
         model.begin_stream()
     assert model.optimizer is None
+
+
+def test_the_methods_declaring_task_free_are_those_whose_hooks_ignore_task_changes() -> None:
+    from mammoth.models import MODELS
+    from mammoth.models.base import ContinualModel, ReplayModel
+
+    def task_hooks(cls: type) -> list[str]:
+        return [hook for hook in ("begin_task", "end_task", "training_data", "trains_after") for owner in cls.__mro__
+                if owner not in (ContinualModel, ReplayModel, object) and hook in owner.__dict__]
+
+    for name in MODELS.names():
+        method = MODELS.get(name).target
+        # l2p reads current_task (its task's classes), which a task-free stream never advances; er_ace
+        # reads it too, and refuses a task-free stream without its own task_free option (tested above)
+        own = [owner for owner in method.__mro__ if owner.__module__.startswith("mammoth.models.")
+               and owner not in (ContinualModel, ReplayModel)]
+        expected = not task_hooks(method) and (name == "er-ace" or not any(
+            "current_task" in inspect.getsource(owner) for owner in own))
+        assert method.supports_task_free == expected, name
+    assert sorted(name for name in MODELS.names() if MODELS.get(name).target.supports_task_free) == [
+        "der", "derpp", "er", "er-ace", "mer", "sgd"]
