@@ -14,7 +14,9 @@ import mammoth
 from mammoth.backbones import build_backbone
 from mammoth.config.stream import blurry_leaks, check_stream
 from mammoth.datasets import build_dataset
+from mammoth.engine.checkpoint import load_checkpoint
 from mammoth.engine.loop import run_tasks
+from mammoth.files import CHECKPOINT_NAME
 from mammoth.errors import ConfigError, DatasetError
 from mammoth.models import build_model
 from mammoth.models.sgd import SGD
@@ -200,3 +202,41 @@ def test_the_methods_declaring_task_free_are_those_whose_hooks_ignore_task_chang
         assert method.supports_task_free == expected, name
     assert sorted(name for name in MODELS.names() if MODELS.get(name).target.supports_task_free) == [
         "der", "derpp", "er", "er-ace", "mer", "sgd"]
+
+
+class Interrupted(Exception):
+    """What stops the run inside a segment, as a killed job would."""
+
+
+@pytest.mark.parametrize("task_free", [True, False])
+def test_a_stream_interrupted_inside_a_segment_resumes_bit_exact(tmp_path: Path, task_free: bool) -> None:
+    settings = {"boundaries": "blurry", "task_free": task_free, "eval_every": 100}
+    (tmp_path / "whole").mkdir(), (tmp_path / "resumed").mkdir()
+    whole, whole_state = _stream_run(tmp_path / "whole", "er", 3, **settings)
+
+    dataset = build_dataset({"name": "seq-digits", "stream": "online", "batch_size": 32, **settings}, seed=7)
+    torch.manual_seed(7)
+    net = build_backbone("mnistmlp", num_classes=dataset.n_classes, input_shape=dataset.input_shape, hidden_sizes=[32])
+    model = build_model("er", net=net, dataset=dataset, buffer_size=40)
+    observe, steps = model.observe, []
+
+    def observe_until_the_twentieth_step(*args):
+        if len(steps) == 20:  # 640 samples: inside segment 3 (segments of about 288), after the point at 608
+            raise Interrupted
+        steps.append(1)
+        return observe(*args)
+
+    model.observe = observe_until_the_twentieth_step
+    with pytest.raises(Interrupted):
+        run_tasks(model, dataset, torch.device("cpu"), tmp_path / "resumed", 7, {"model": "er"}, stop_after_task=3)
+    saved = load_checkpoint(tmp_path / "resumed" / CHECKPOINT_NAME, model, torch.Generator(), {"model": "er"}, dataset=dataset)
+    assert saved.next_task == 2 and saved.segment_steps > 0 and saved.segment_rng is not None  # inside segment 3
+    assert saved.stream_points[-1] == saved.stream_samples < 640
+    torch.manual_seed(12345)
+    resumed, resumed_state = _stream_run(tmp_path / "resumed", "er", 3, resume=True, **settings)
+    assert resumed_state.stream_points == whole_state.stream_points
+    assert resumed_state.stream_accuracies == whole_state.stream_accuracies
+    assert resumed_state.accuracies == whole_state.accuracies
+    assert resumed_state.segment_steps == 0 and resumed_state.segment_rng is None
+    for (key, value), (_, other) in zip(whole.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(value, other), key
