@@ -343,7 +343,8 @@ def record_filled_values(config: dict[str, Any], dataset: Any, model: Any = None
     """``config`` with the values the run filled in: the backbone's ``num_classes`` /
     ``input_shape`` (``???`` in the composed config), the arguments the backbone resolved itself
     (its ``resolved_arguments``: a ResNet's ``stem=auto`` as the stem it built) and the method's
-    ``lr_milestones`` (null: the dataset's default), as the backbone and the method were built with."""
+    ``lr_milestones`` (null: the dataset's default), as the backbone and the method were built with,
+    and an online stream's ``n_epochs`` (1: one pass)."""
     backbone = config.get("backbone")
     if isinstance(backbone, dict):
         for key, value in (("num_classes", dataset.n_classes), ("input_shape", list(dataset.input_shape))):
@@ -351,6 +352,8 @@ def record_filled_values(config: dict[str, Any], dataset: Any, model: Any = None
                 backbone[key] = value
         resolved = getattr(getattr(model, "net", None), "resolved_arguments", None) or {}
         backbone.update({key: value for key, value in resolved.items() if key in backbone})
+    if isinstance(config.get("dataset"), dict) and getattr(dataset, "online", False):
+        config["dataset"]["n_epochs"] = dataset.config.n_epochs  # a stream's one pass, not the benchmark's default
     method = config.get("model")
     if isinstance(method, dict) and method.get("lr_milestones", ...) is None and hasattr(model, "lr_milestones"):
         method["lr_milestones"] = list(model.lr_milestones)

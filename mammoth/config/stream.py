@@ -3,7 +3,7 @@ line with :func:`check_stream` (exit status 2) and the benchmarks check their se
 
 - ``dataset.stream``: ``tasks`` (the default: each task trained for ``dataset.n_epochs`` epochs) or
   ``online`` (one pass over the stream in mini-batches of ``dataset.batch_size``: no epochs, so a
-  ``dataset.n_epochs`` other than the benchmark's default is refused, and so is
+  ``dataset.n_epochs`` other than 1 or the benchmark's default is refused, and so is
   ``dataset.fitting_mode=iters``);
 - ``dataset.boundaries``: ``sharp`` (segment ``t`` is task ``t``'s data) or ``blurry``
   (:func:`blurry_leaks`: ``dataset.blurry_fraction`` of each task's examples go to a neighbouring
@@ -57,9 +57,9 @@ def check_stream(dataset: str, values: Mapping[str, Any], default_n_epochs: Opti
         return {"stream": stream, "boundaries": boundaries, "task_free": task_free,
                 "blurry_fraction": float(fraction), "eval_every": eval_every}
     n_epochs = values.get("n_epochs")
-    if default_n_epochs is not None and n_epochs is not None and n_epochs != default_n_epochs:
+    if default_n_epochs is not None and n_epochs is not None and n_epochs not in (1, default_n_epochs):
         raise error_type(f"dataset.n_epochs={n_epochs} is not allowed with dataset.stream=online for {dataset}: "
-                         "a stream is a single pass; allowed: leave dataset.n_epochs out")
+                         "a stream is a single pass; allowed: 1, or leave dataset.n_epochs out")
     if values.get("fitting_mode", "epochs") != "epochs":
         raise error_type(f"dataset.fitting_mode={values.get('fitting_mode')} is not allowed with "
                          "dataset.stream=online (a single pass); allowed: epochs (the default)")

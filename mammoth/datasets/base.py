@@ -272,6 +272,8 @@ class ContinualDataset:
             augmentation=self._check_augmentation(values.get("augmentation")),
             **check_stream(self.name, values, self.default_n_epochs, DatasetError),
         )
+        if self.config.stream == "online":  # one pass: the benchmark's default n_epochs is not used
+            self.config = dataclasses.replace(self.config, n_epochs=1)
         if self.config.mean is not None:  # the instance's normalisation replaces the benchmark's
             self.mean, self.std = tuple(self.config.mean), tuple(self.config.std)
         if self.config.augmentation is not None:

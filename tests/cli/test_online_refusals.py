@@ -12,7 +12,7 @@ from conftest import run_warm_python
 @pytest.mark.parametrize("overrides, line", [
     (["dataset.stream=online", "dataset.n_epochs=3"],
      "Error: dataset.n_epochs=3 is not allowed with dataset.stream=online for seq-digits: a stream is a single pass; "
-     "allowed: leave dataset.n_epochs out"),
+     "allowed: 1, or leave dataset.n_epochs out"),
     (["dataset.task_free=true"],
      "Error: dataset.task_free=true is not allowed with dataset.stream=tasks; allowed: with dataset.stream=online"),
 ])

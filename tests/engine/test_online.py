@@ -62,7 +62,7 @@ def test_sharp_segments_are_the_tasks_and_blurry_ones_leak_the_stated_fraction_s
 
 @pytest.mark.parametrize("values, line", [
     ({"stream": "online", "n_epochs": 3}, "dataset.n_epochs=3 is not allowed with dataset.stream=online for seq-digits: "
-                                          "a stream is a single pass; allowed: leave dataset.n_epochs out"),
+                                          "a stream is a single pass; allowed: 1, or leave dataset.n_epochs out"),
     ({"task_free": True}, "dataset.task_free=true is not allowed with dataset.stream=tasks; allowed: with dataset.stream=online"),
     ({"boundaries": "blurry"}, "dataset.boundaries=blurry is not allowed with dataset.stream=tasks; allowed: with dataset.stream=online"),
     ({"stream": "river"}, "dataset.stream='river' is not allowed; allowed: tasks, online"),
@@ -80,6 +80,7 @@ def test_refusals_are_one_line(values: dict, line: str) -> None:
 
 def test_the_benchmark_default_n_epochs_is_not_a_given_one() -> None:
     assert check_stream("seq-digits", {"stream": "online", "n_epochs": 5}, 5)["stream"] == "online"
+    assert check_stream("seq-digits", {"stream": "online", "n_epochs": 1}, 5)["stream"] == "online"  # as results.json records it
 
 
 def test_stream_metrics_on_a_hand_case() -> None:
@@ -103,6 +104,7 @@ def er_stream(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_an_online_run_reports_its_stream_metrics_from_its_evaluation_points(er_stream: dict) -> None:
     online = er_stream["online"]
     assert er_stream["dataset"]["stream"] == "online"
+    assert er_stream["config"]["dataset"]["n_epochs"] == 1  # one pass, not seq-digits' default 5
     assert online["samples"] == online["eval_points"][-1] == 1797 - sum(er_stream["test_sizes"])  # the training set, read once
     points, rows = online["eval_points"], online["eval_accuracies"]
     assert all(b > a for a, b in zip(points, points[1:]))
