@@ -174,6 +174,18 @@ def stopped_after_two(result: Result) -> None:
     assert not (result.directory / "results.json").exists()
 
 
+def online_section(result: Result) -> None:
+    """docs/online.md: the ``online`` section's anytime accuracy is the area under its evaluation points' curve."""
+    complete(result)
+    online = result.results()["online"]
+    points, rows = online["eval_points"], online["eval_accuracies"]
+    means = [sum(row) / len(row) for row in rows]
+    area = sum(mean * (point - before) for mean, point, before in zip(means, points, [0, *points[:-1]]))
+    assert online["anytime_accuracy"] == pytest.approx(area / points[-1], abs=1e-9)
+    assert online["samples"] == points[-1] and online["throughput"] > 0
+
+
+ONLINE_REFUSED = "python -m mammoth dataset.stream=online dataset.n_epochs=3"
 RESNET_SMALL = ("backbone.width=4",)
 def fine_tuned_on_the_buffer(epochs: int) -> Callable[[Result], None]:
     def check(result: Result) -> None:
@@ -235,6 +247,11 @@ CASES: dict[str, Case] = {
     "python -m mammoth backbone=resnt": Case(returncode=2, check=first_error_line_matches("python -m mammoth backbone=resnt")),
     "python -m mammoth backbone.depth=34": Case(returncode=2, check=first_error_line_matches("python -m mammoth backbone.depth=34")),
     UNEVEN_REFUSED: Case(returncode=2, check=first_error_line_matches(UNEVEN_REFUSED)),
+    "python -m mammoth model=er model.buffer_size=200 dataset.stream=online dataset.boundaries=blurry dataset.eval_every=500":
+        Case(extra=("threads=1",), check=online_section),
+    "python -m mammoth model=er_ace model.buffer_size=200 model.task_free=true dataset.stream=online dataset.task_free=true":
+        Case(extra=("threads=1",), check=online_section),
+    ONLINE_REFUSED: Case(extra=("threads=1",), returncode=2, check=first_error_line_matches(ONLINE_REFUSED)),
     "python -m mammoth dataset=seq-digits dataset.base_classes=4 dataset.increment=3 dataset.n_epochs=1 model=er model.buffer_size=50":
         Case(check=tasks_of(4, 3, 3)),
     "python run.py backbone=tiny-cnn backbone.channels=64": Case(check=complete),

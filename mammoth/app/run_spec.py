@@ -36,6 +36,7 @@ from mammoth.config.run_settings import RUN_CONTROL_KEYS, setting_names
 from mammoth.config.manifest import dataset_task_facts as benchmark_task_facts
 from mammoth.config.options import dataset_task_facts
 from mammoth.config.schema import DATA_FILLED_ARGUMENTS, is_missing
+from mammoth.config.stream import check_stream
 from mammoth.config.task_split import task_sizes
 from mammoth.config.value_checks import check_precision_name, check_threads
 from mammoth.errors import ConfigError, unknown_name_message
@@ -218,6 +219,8 @@ def _resolve_dataset(cfg: DictConfig, registry: Any) -> ResolvedOption | None:
     if "_target_" in cfg.dataset:
         option = _resolve_option(registry, cfg)
         check_task_split(option.entry.name, dataset_task_facts(option.entry), option.values)
+        default_epochs = next((argument.default for argument in option.entry.arguments if argument.name == "n_epochs"), None)
+        check_stream(option.entry.name, option.values, default_epochs if isinstance(default_epochs, int) else None)
         return option
     from mammoth.datasets import DatasetConfig, get_dataset_class  # lazy: imports torch, kept off the compose path
 
@@ -230,7 +233,9 @@ def _resolve_dataset(cfg: DictConfig, registry: Any) -> ResolvedOption | None:
             raise ConfigError(
                 f"unknown dataset setting {key!r} (dataset.{key}); allowed: {', '.join(allowed)}"
             )
-    check_task_split(benchmark.name, benchmark_task_facts(benchmark), OmegaConf.to_container(cfg.dataset, resolve=True))
+    values = OmegaConf.to_container(cfg.dataset, resolve=True)
+    check_task_split(benchmark.name, benchmark_task_facts(benchmark), values)
+    check_stream(benchmark.name, values, benchmark.default_n_epochs)
     return None
 
 

@@ -41,6 +41,7 @@ from mammoth.models import MODELS
 from mammoth.models.utils import evaluation_mode
 from mammoth.reporting.loggers import build_loggers, close_loggers, RunInfo
 from mammoth.reporting.optimized_metric import check_optimized_metric, optimized_value
+from mammoth.reporting.metrics import stream_metrics
 from mammoth.reporting.results import (
     build_results,
     environment_versions,
@@ -215,6 +216,7 @@ def _run(spec: RunSpec, run_dir: Path, job: JobFacts, progress: TaskProgress) ->
     # of their own; everything mammoth draws itself comes from the run's generator (seed) instead
     torch.manual_seed(spec.seed)
     dataset = build_dataset_of(spec)
+    check_task_free(spec.model.name, spec.model.entry.target, dataset)
     net, backbone_name = build_backbone_of(spec, dataset, device)
     net = distributed.synchronised_batchnorm(net, device)
     if spec.channels_last:
@@ -229,6 +231,16 @@ def _run(spec: RunSpec, run_dir: Path, job: JobFacts, progress: TaskProgress) ->
             compile_backbone(model.net)
         return _train_and_report(BuiltRun(spec, run_dir, device, dataset, model, config, title, started, job, progress),
                                  metric)
+
+
+def check_task_free(name: str, method: Any, dataset: Any) -> None:
+    """Under ``dataset.task_free=true``, a method that needs to be told where tasks change (no
+    ``supports_task_free``) is refused in one line, before anything is built or trained."""
+    if not getattr(dataset, "online", False) or not dataset.config.task_free or getattr(method, "supports_task_free", False):
+        return
+    supported = sorted(entry for entry in MODELS.names() if getattr(MODELS.get(entry).target, "supports_task_free", False))
+    raise ConfigError(f"model={name} does not support dataset.task_free=true (its begin_task/end_task do work at "
+                      f"task changes); allowed: dataset.task_free=false, or one of {', '.join(supported)}")
 
 
 def check_distributed_support(name: str, method: Any) -> None:
@@ -331,7 +343,8 @@ def record_filled_values(config: dict[str, Any], dataset: Any, model: Any = None
     """``config`` with the values the run filled in: the backbone's ``num_classes`` /
     ``input_shape`` (``???`` in the composed config), the arguments the backbone resolved itself
     (its ``resolved_arguments``: a ResNet's ``stem=auto`` as the stem it built) and the method's
-    ``lr_milestones`` (null: the dataset's default), as the backbone and the method were built with."""
+    ``lr_milestones`` (null: the dataset's default), as the backbone and the method were built with,
+    and an online stream's ``n_epochs`` (1: one pass)."""
     backbone = config.get("backbone")
     if isinstance(backbone, dict):
         for key, value in (("num_classes", dataset.n_classes), ("input_shape", list(dataset.input_shape))):
@@ -339,6 +352,8 @@ def record_filled_values(config: dict[str, Any], dataset: Any, model: Any = None
                 backbone[key] = value
         resolved = getattr(getattr(model, "net", None), "resolved_arguments", None) or {}
         backbone.update({key: value for key, value in resolved.items() if key in backbone})
+    if isinstance(config.get("dataset"), dict) and getattr(dataset, "online", False):
+        config["dataset"]["n_epochs"] = dataset.config.n_epochs  # a stream's one pass, not the benchmark's default
     method = config.get("model")
     if isinstance(method, dict) and method.get("lr_milestones", ...) is None and hasattr(model, "lr_milestones"):
         method["lr_milestones"] = list(model.lr_milestones)
@@ -419,6 +434,8 @@ def _train_and_write(built: BuiltRun, loggers: list[Any]) -> dict[str, Any] | No
         threads=torch.get_num_threads(), title=built.title,
         timings={"train_seconds": state.train_seconds, "eval_seconds": state.eval_seconds,
                  "total_seconds": time.perf_counter() - built.started},
+        **({"online": stream_metrics(state.stream_points, state.stream_accuracies, state.stream_samples,
+                                     state.stream_seconds)} if dataset.online else {}),
     )
     if not distributed.is_main_process():
         return results

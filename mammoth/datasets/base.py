@@ -23,12 +23,13 @@ from typing import Any, ClassVar, List, Optional
 import torch
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from mammoth.config.stream import DEFAULT_BLURRY_FRACTION, blurry_leaks, check_stream
 from mammoth.config.task_split import task_sizes
 from mammoth.config.user_paths import launch_path
 from mammoth.config.value_checks import check_positive_int
 from mammoth.datasets import labels as label_settings, transforms
 from mammoth.datasets.image_files import files_fingerprint
-from mammoth.datasets.source import DataSource, InMemorySource, RelabeledSource
+from mammoth.datasets.source import DataSource, InMemorySource, RelabeledSource, concat_sources
 from mammoth.errors import DatasetError
 
 #: ``augmentation`` values: what :meth:`ContinualDataset.train_transform` does before normalising.
@@ -77,6 +78,13 @@ class DatasetConfig:
     #: The training augmentation: null = the benchmark's, or none, crop-flip,
     #: random-resized-crop-flip, random-crop-flip (see ContinualDataset.train_transform).
     augmentation: Optional[str] = None
+    #: The online setting (docs/online.md, :mod:`mammoth.config.stream`): ``tasks`` (epochs per task)
+    #: or ``online`` (one pass over the stream of segments); the other four need ``online``.
+    stream: str = "tasks"
+    boundaries: str = "sharp"
+    blurry_fraction: float = DEFAULT_BLURRY_FRACTION
+    task_free: bool = False
+    eval_every: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -262,7 +270,10 @@ class ContinualDataset:
             **self._check_fitting(values.get("fitting_mode", "epochs"), values.get("n_iters")),
             **self._check_normalization(values.get("mean"), values.get("std")),
             augmentation=self._check_augmentation(values.get("augmentation")),
+            **check_stream(self.name, values, self.default_n_epochs, DatasetError),
         )
+        if self.config.stream == "online":  # one pass: the benchmark's default n_epochs is not used
+            self.config = dataclasses.replace(self.config, n_epochs=1)
         if self.config.mean is not None:  # the instance's normalisation replaces the benchmark's
             self.mean, self.std = tuple(self.config.mean), tuple(self.config.std)
         if self.config.augmentation is not None:
@@ -687,7 +698,36 @@ class ContinualDataset:
             settings["num_workers"] = self.config.num_workers
         if self.config.fitting_mode == "iters":
             settings["fitting_mode"], settings["n_iters"] = "iters", self.config.n_iters
+        if self.online:
+            settings.update(stream="online", boundaries=self.config.boundaries, task_free=self.config.task_free,
+                            eval_every=self.config.eval_every)
+            if self.config.boundaries == "blurry":
+                settings["blurry_fraction"] = self.config.blurry_fraction
         return settings
+
+    @property
+    def online(self) -> bool:
+        """Whether the run is one pass over a stream (``dataset.stream=online``)."""
+        return self.config.stream == "online"
+
+    def stream_segments(self) -> list[DataSource]:
+        """The training data of each segment of the stream (docs/online.md): with
+        ``boundaries=sharp`` task ``t``'s data; with ``blurry``, :func:`~mammoth.config.stream.blurry_leaks`
+        examples of each task, drawn from a generator seeded with the run's seed (so a resumed run
+        builds the same segments, whatever the training drew), moved to the neighbouring segment
+        and appended after its own. The harness shuffles each segment with the run's generator."""
+        sources = [self.task_source(task) for task in range(self.n_tasks)]
+        if self.config.boundaries == "sharp":
+            return sources
+        generator = torch.Generator().manual_seed(self.seed)
+        kept: list[DataSource] = []
+        moved: list[list[DataSource]] = [[] for _ in sources]
+        for source, (count, segment) in zip(sources, blurry_leaks([len(s) for s in sources], self.config.blurry_fraction)):
+            order = torch.randperm(len(source), generator=generator)
+            leaked, own = order[:count].sort().values, order[count:].sort().values
+            kept.append(source.subset(own))
+            moved[segment].append(source.subset(leaked))
+        return [concat_sources([own, *extra]) for own, extra in zip(kept, moved)]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, n_tasks={self.n_tasks}, seed={self.seed})"

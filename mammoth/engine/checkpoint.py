@@ -11,7 +11,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -54,6 +54,18 @@ class TrainingState:
     peak_cuda_mb: list[float] = dataclasses.field(default_factory=list)
     #: With ``dataset.validation``: each kind's accuracy on the test data of every task after the last task.
     final_test: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    #: With ``dataset.stream=online``: the samples of the stream trained on at each evaluation point
+    #: (every ``dataset.eval_every`` samples and each segment's end) and the first kind's accuracy on
+    #: each task seen so far there; the samples trained on and the seconds spent training them.
+    stream_points: list[int] = dataclasses.field(default_factory=list)
+    stream_accuracies: list[list[float]] = dataclasses.field(default_factory=list)
+    stream_samples: int = 0
+    stream_seconds: float = 0.0
+    #: An online stream's checkpoint inside segment ``next_task`` (docs/online.md): the steps of the
+    #: segment done and the run generator's state at the segment's start (its order is drawn again
+    #: from it); 0 and None at a segment's end.
+    segment_steps: int = 0
+    segment_rng: Optional[torch.Tensor] = None
 
     @classmethod
     def empty(cls, setting: str, kinds: tuple[str, ...] | None = None) -> "TrainingState":
@@ -205,8 +217,9 @@ def load_checkpoint(path: Path, model: Any, generator: torch.Generator, config: 
     if dataset is not None:
         _check_same_data(path, checkpoint["data"], dataset)
     state = _checked_state(path, checkpoint["state"], dataset, model)
-    _check_counters(path, checkpoint["model_extra"], "model_extra", _examples_bound(dataset, state.next_task),
-                    *_seen_classes_and_tasks(dataset, state.next_task))
+    started = state.next_task + (1 if state.segment_steps else 0)  # a checkpoint inside a segment: its data too
+    _check_counters(path, checkpoint["model_extra"], "model_extra", _examples_bound(dataset, started),
+                    *_seen_classes_and_tasks(dataset, started))
     try:
         model.load_state_dict(checkpoint["model"])
         model.load_extra_state(checkpoint["model_extra"])
@@ -278,6 +291,11 @@ def _checked_state(path: Path, state: dict, dataset: Any, model: Any = None) -> 
         if not isinstance(times, list) or len(times) != next_task or not all(_is_number(v) and v >= 0 for v in times):
             raise refuse(f"{key} is {times!r}; expected {next_task} time(s) >= 0")
     _check_measurements(state, next_task, refuse)
+    steps, rng = state["segment_steps"], state["segment_rng"]
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0 or (steps > 0) != isinstance(rng, torch.Tensor) \
+            or (steps > 0 and n_tasks is not None and next_task >= n_tasks):
+        raise refuse(f"segment_steps={steps!r} with {'a' if isinstance(rng, torch.Tensor) else 'no'} generator state; "
+                     "expected 0 and none, or a step count >= 1 inside an unfinished segment with one")
     return TrainingState(**state)
 
 

@@ -125,7 +125,7 @@ class TrainingContext:
     # ---- batches and the training loop ----
 
     def batches(self, source: DataSource, batch_size: Optional[int] = None, shuffle: bool = True,
-                augment: bool = True) -> Iterator[Batch]:
+                augment: bool = True, resume_at: Optional[tuple[int, Tensor]] = None) -> Iterator[Batch]:
         """``source`` in batches of ``batch_size`` (None: :attr:`batch_size`), in an order drawn from
         :attr:`generator` when ``shuffle``; each batch is read and moved to :attr:`device` on its
         own, and transformed with :meth:`train_transform` (``augment``) or :meth:`test_transform`.
@@ -137,13 +137,22 @@ class TrainingContext:
         batch (``dataset.draw_augmentation``), and are augmented while they are decoded
         (``source.read_augmented``, in the workers); other batches are transformed here. Every
         random draw comes from :attr:`generator` in an order that does not depend on the workers,
-        so a run is the same with any number of workers."""
+        so a run is the same with any number of workers.
+
+        ``resume_at`` ``(k, state)``: a pass resumed after its first ``k`` batches (an online
+        stream's checkpoint inside a segment): the order and draws are drawn as above, from the
+        generator's state at the pass's start, then the generator takes ``state`` (its state after
+        batch ``k``) and the batches from ``k + 1`` on follow."""
         size = self.batch_size if batch_size is None else batch_size
         count = len(source)
         order = torch.randperm(count, generator=self.generator) if shuffle else torch.arange(count)
         labels = source.labels
         chunks = [order[start : start + size] for start in range(0, count, size)]
         draws = self._draw_augmentations(chunks) if augment and self.streaming else None
+        if resume_at is not None:
+            skip, state = resume_at
+            self.generator.set_state(state)
+            chunks, draws = chunks[skip:], None if draws is None else draws[skip:]
         for indices, read in zip(chunks, self._read_batches(source, chunks, draws)):
             if draws is None:
                 not_aug_inputs = read.to(self.device, non_blocking=True)
@@ -177,7 +186,8 @@ class TrainingContext:
 
     def fit(self, step: Callable[[Batch], float], source: DataSource, epochs: int, description: str,
             batch_size: Optional[int] = None, augment: bool = True,
-            end_epoch: Optional[Callable[[int], None]] = None, iterations: Optional[int] = None) -> float:
+            end_epoch: Optional[Callable[[int], None]] = None, iterations: Optional[int] = None,
+            resume_at: Optional[tuple[int, Tensor]] = None) -> float:
         """``epochs`` passes of ``step(batch)`` (which returns the loss value) over :meth:`batches` of
         ``source``; returns the mean loss of the last epoch.
 
@@ -189,7 +199,8 @@ class TrainingContext:
         A non-finite loss raises a TrainingError naming ``description``, the epoch and the step.
         One progress bar (hidden when stderr is no terminal); after each epoch ``end_epoch(epoch)``,
         then :attr:`report` ``(description, epoch, mean loss)``. An empty source trains nothing,
-        calls nothing and returns 0.
+        calls nothing and returns 0. ``resume_at`` (one epoch only) goes to :meth:`batches`: the
+        pass continues after its first ``resume_at[0]`` steps.
         """
         if len(source) == 0:
             return 0.0
@@ -204,7 +215,8 @@ class TrainingContext:
                   leave=False) as progress:
             for epoch in range(epochs):
                 total, count = 0.0, 0
-                for number, batch in enumerate(self.batches(source, size, shuffle=True, augment=augment)):
+                for number, batch in enumerate(self.batches(source, size, shuffle=True, augment=augment, resume_at=resume_at),
+                                                start=0 if resume_at is None else resume_at[0]):
                     with self.autocast():
                         loss = step(batch)
                     if not math.isfinite(loss):
@@ -219,7 +231,7 @@ class TrainingContext:
                     progress.update()
                     if done == total_steps:
                         break
-                mean_loss = total / count
+                mean_loss = total / count if count else 0.0  # a pass resumed after its last step
                 progress.set_postfix(loss=f"{mean_loss:.3f}")
                 if end_epoch is not None:
                     end_epoch(epoch)

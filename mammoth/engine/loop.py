@@ -38,6 +38,87 @@ def train_task(model: Any, context: TrainingContext, task: int, data: DataSource
     return loss
 
 
+def train_segment(model: Any, context: TrainingContext, segment: int, data: DataSource, task_free: bool,
+                  on_step: Callable[[int], None], resume_at: tuple[int, torch.Tensor] | None = None) -> float:
+    """One segment of an online stream (``dataset.stream=online``): a single pass of ``observe``
+    over ``data`` in batches of ``context.batch_size``, in an order drawn from the run's generator,
+    then ``on_step(samples)`` after each step. Told where tasks change: ``begin_task(segment)``,
+    ``training_data``, ... ``end_task(segment, data)`` as :func:`train_task`; with ``task_free`` no
+    hook but ``observe`` (and ``end_epoch``, once per segment). ``resume_at`` continues the pass
+    after its first steps (:meth:`TrainingContext.batches`). Returns the segment's mean loss."""
+    if not task_free:
+        model.begin_task(segment)
+        data = model.training_data(segment, data)
+    observe = observe_on_shard(model, context)
+
+    def step(batch: Any) -> float:
+        loss = observe(batch)
+        on_step(len(batch.labels))
+        return loss
+
+    loss = context.fit(step, data, 1, task_description(segment, context.n_tasks), end_epoch=model.end_epoch,
+                       resume_at=resume_at)
+    average_batchnorm_statistics(model)
+    if not task_free:
+        model.end_task(segment, data)
+    return loss
+
+
+class StreamClock:
+    """The stream's evaluation points (``dataset.eval_every``) and training time: ``step(samples)``
+    after each step counts the samples and, each time a multiple of ``eval_every`` is passed,
+    evaluates on the tasks seen so far (the segment's own included) outside the training time."""
+
+    def __init__(self, model: Any, context: TrainingContext, state: TrainingState, eval_every: int | None,
+                 test_sources: list[DataSource], checkpoint: Callable[[], None] | None = None) -> None:
+        self.model, self.context, self.state, self.eval_every = model, context, state, eval_every
+        self.test_sources = test_sources
+        #: Called after each evaluation inside a segment (a checkpoint there), with ``state.segment_steps`` set.
+        self.checkpoint = checkpoint
+        self.mark = time.perf_counter()
+
+    def step(self, samples: int) -> None:
+        before = self.state.stream_samples
+        self.state.stream_samples += samples
+        if self.checkpoint is not None:
+            self.state.segment_steps += 1
+        if self.eval_every is not None and self.state.stream_samples // self.eval_every > before // self.eval_every:
+            self.pause()
+            self.evaluate()
+            if self.checkpoint is not None:
+                self.checkpoint()
+            self.mark = time.perf_counter()
+
+    def pause(self) -> None:
+        """Add the training time since the last mark to ``state.stream_seconds``."""
+        self.state.stream_seconds += time.perf_counter() - self.mark
+
+    def evaluate(self) -> None:
+        """Record an evaluation point: the first kind's accuracy on each task seen so far."""
+        scores = evaluate_on_ranks(evaluate_tasks, self.model, self.context, self.test_sources,
+                                   trained_tasks=len(self.test_sources))
+        self.record(scores[next(iter(self.state.accuracies))][: len(self.test_sources)])
+
+    def record(self, row: list[float]) -> None:
+        if self.state.stream_points and self.state.stream_points[-1] == self.state.stream_samples:
+            self.state.stream_accuracies[-1] = list(row)  # a segment's end on a multiple of eval_every
+        else:
+            self.state.stream_points.append(self.state.stream_samples)
+            self.state.stream_accuracies.append(list(row))
+
+
+def _segment_resume(state: TrainingState, generator: torch.Generator) -> tuple[int, torch.Tensor] | None:
+    """Before a segment: None, after recording the generator's state at its start in ``state``; for
+    a segment resumed from a checkpoint inside it, ``(steps done, the generator's state then)``,
+    with the generator set back to the segment's start (its order is drawn again from there)."""
+    if state.segment_steps == 0:
+        state.segment_rng = generator.get_state()
+        return None
+    resume_at = (state.segment_steps, generator.get_state())
+    generator.set_state(state.segment_rng)
+    return resume_at
+
+
 def task_description(task: int, n_tasks: int) -> str:
     """``task 2/5``: the main loop's name in progress bars, errors and epoch reports."""
     return f"task {task + 1}/{n_tasks}"
@@ -83,6 +164,13 @@ def run_tasks(model: Any, dataset: Any, device: torch.device, run_dir: Path, see
         state.future = {kind: [] for kind in state.accuracies}
     top5 = reports_top5(context)
     test_sources = [dataset.test_source(task) for task in range(state.next_task)]
+    online = bool(getattr(dataset, "online", False))
+    segments = dataset.stream_segments() if online else None
+    # checkpoints inside a segment only where resuming there is exact: a method whose hooks do nothing at
+    # task changes (its begin_task, called again on resume, only creates the optimizer)
+    mid_segment = online and bool(getattr(model, "supports_task_free", False))
+    if online and dataset.config.task_free:
+        model.begin_stream()  # on resume too: the optimizer's state is not checkpointed (docs/online.md)
     for task in range(state.next_task, dataset.n_tasks):
         if stop_after_task is not None and task >= stop_after_task:
             break
@@ -90,12 +178,23 @@ def run_tasks(model: Any, dataset: Any, device: torch.device, run_dir: Path, see
             on_task_start(task)
         started = time.perf_counter()
         _reset_peak_memory(device)
-        train_task(model, context, task, dataset.task_source(task))
+        if online:
+            resume_at = _segment_resume(state, generator)
+            clock = StreamClock(model, context, state, dataset.config.eval_every, [*test_sources, dataset.test_source(task)],
+                                checkpoint=(lambda: save_checkpoint(run_dir / CHECKPOINT_NAME, model, generator, state, config,
+                                                                    data=fingerprint)) if mid_segment else None)
+            train_segment(model, context, task, segments[task], dataset.config.task_free, clock.step, resume_at)
+            clock.pause()
+            state.segment_steps, state.segment_rng = 0, None
+        else:
+            train_task(model, context, task, dataset.task_source(task))
         _check_finite_weights(model, task, dataset.n_tasks)
         state.train_seconds.append(time.perf_counter() - started)
         started = time.perf_counter()
         test_sources.append(dataset.test_source(task))
         evaluate_after_task(model, context, test_sources, state, _test_sources(dataset) if eval_future else None, top5)
+        if online:
+            clock.record(state.accuracies[next(iter(state.accuracies))][-1])
         if final_test is not None and task == dataset.n_tasks - 1:
             state.final_test = evaluate_on_ranks(evaluate_tasks, model, context, final_test())
         state.eval_seconds.append(time.perf_counter() - started)

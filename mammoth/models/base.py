@@ -97,6 +97,11 @@ class ContinualModel(nn.Module):
     #: evaluation then also scores the nearest mean of its classes (results.json's ``nme_class_il``).
     has_memory: ClassVar[bool] = False
 
+    #: Whether the method trains on a stream without being told where tasks change
+    #: (``dataset.task_free=true``: no :meth:`begin_task`, :meth:`training_data` or :meth:`end_task`;
+    #: :meth:`begin_stream` once instead); a method whose hooks do work at task changes refuses it.
+    supports_task_free: ClassVar[bool] = False
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Refuse a subclass written against the old hooks, when its class is defined."""
         super().__init_subclass__(**kwargs)
@@ -194,6 +199,12 @@ class ContinualModel(nn.Module):
     def begin_task(self, task: int) -> None:
         """Called first for ``task``: records it and (re-)creates the optimizer and its schedule."""
         self.current_task = task
+        self.optimizer = self.make_optimizer()
+        self.scheduler = self.make_scheduler()
+
+    def begin_stream(self) -> None:
+        """Called once before a task-free stream (``dataset.task_free=true``) instead of every
+        :meth:`begin_task`: creates the optimizer and its schedule; ``current_task`` stays 0."""
         self.optimizer = self.make_optimizer()
         self.scheduler = self.make_scheduler()
 

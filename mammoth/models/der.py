@@ -35,6 +35,8 @@ class DER(ReplayModel):
         super().__init__(net, dataset, buffer_size=buffer_size, memory_per_class=memory_per_class, **kwargs)
         self.alpha = check_non_negative("model.alpha", alpha)
 
+    supports_task_free = True  # its hooks do nothing at task changes (docs/online.md)
+
     def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> float:
         """One step on CE plus the logit-matching replay term; returns the loss value."""
         outputs = self.net(inputs)

@@ -36,6 +36,8 @@ class DERPP(ReplayModel):
         self.alpha = check_non_negative("model.alpha", alpha)
         self.beta = check_non_negative("model.beta", beta)
 
+    supports_task_free = True  # its hooks do nothing at task changes (docs/online.md)
+
     def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> float:
         """One step on CE plus the logit and label replay terms; returns the loss value."""
         outputs = self.net(inputs)

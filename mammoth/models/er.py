@@ -19,6 +19,8 @@ class ER(ReplayModel):
 
     supports_distributed = True
 
+    supports_task_free = True  # its hooks do nothing at task changes (docs/online.md)
+
     def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> float:
         """One step on the batch plus a replay minibatch; returns the loss value."""
         all_inputs, all_labels = inputs, labels

@@ -81,6 +81,17 @@ class ErACE(ReplayModel):
         self.use_custom_classifier = bool(use_custom_classifier)
         self.seen_so_far = torch.zeros(0, dtype=torch.long)
 
+    #: Under dataset.task_free=true with model.task_free=true (begin_stream refuses false).
+    supports_task_free = True
+
+    def begin_stream(self) -> None:
+        """A task-free stream: refused unless ``model.task_free=true`` (without it the masking starts
+        at the second task, which a task-free stream never announces)."""
+        if not self.task_free:
+            raise ConfigError("model.task_free=false is not allowed for er_ace with dataset.task_free=true "
+                              "(it would never mask nor replay); allowed: model.task_free=true")
+        super().begin_stream()
+
     def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> float:
         """Masked cross-entropy on the batch plus, once replay starts, CE on a replay minibatch."""
         present = labels.unique()

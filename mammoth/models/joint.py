@@ -22,6 +22,7 @@ class Joint(SGD):
     """
 
     trains_only_at_end = True
+    supports_task_free = False  # it trains at the last task, which a task-free stream never announces
 
     def trains_after(self, task: int) -> bool:
         """Whether the harness trains at ``task``: only at the last task of the run."""

@@ -39,6 +39,7 @@ class Mer(ReplayModel):
     """
 
     accepts_regularizer = False  # several steps per example inside Reptile's updates: a regulariser's term has no one step
+    supports_task_free = True  # an online method: no hook does work at task changes (docs/online.md)
 
     def __init__(
         self,

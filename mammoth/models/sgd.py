@@ -14,6 +14,8 @@ class SGD(ContinualModel):
 
     supports_distributed = True
 
+    supports_task_free = True  # its hooks do nothing at task changes (docs/online.md)
+
     def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> float:
         """One cross-entropy step on ``inputs``; returns the loss value."""
         return self.step(self.loss(self.net(inputs), labels))

@@ -133,3 +133,30 @@ def weighted_average_accuracy(matrix: AccuracyMatrix, test_sizes: Sequence[int])
         examples = sum(test_sizes[: i + 1])
         averages.append(sum(row[j] * test_sizes[j] for j in range(i + 1)) / examples if examples else 0.0)
     return averages
+
+
+def stream_metrics(points: list[int], rows: list[list[float]], samples: int, seconds: float) -> dict[str, Any]:
+    """The ``online`` section of results.json (docs/online.md) from a stream's evaluation points:
+    ``points[i]`` samples trained on when ``rows[i]`` (the accuracy on each task seen then) was measured.
+
+    - ``accuracy``: the mean of the last row (accuracy after the stream);
+    - ``anytime_accuracy``: the area under the curve of the rows' means, over the samples, divided by
+      the samples: ``sum_i mean(rows[i]) * (points[i] - points[i-1]) / points[-1]`` (``points[-1]`` = 0);
+    - ``forgetting``: over the tasks of the last row but its last one, the mean of the best accuracy
+      on the task at an earlier point minus its last (0 where it never drops);
+    - ``throughput``: ``samples`` per second of training (``seconds``, evaluations left out).
+    """
+    means = [sum(row) / len(row) for row in rows]
+    widths = [point - before for point, before in zip(points, [0, *points[:-1]])]
+    last = rows[-1]
+    drops = [max(row[task] for row in rows[:-1] if len(row) > task) - last[task]
+             for task in range(len(last) - 1) if any(len(row) > task for row in rows[:-1])]
+    return {
+        "accuracy": means[-1],
+        "anytime_accuracy": sum(mean * width for mean, width in zip(means, widths)) / points[-1],
+        "forgetting": sum(max(drop, 0.0) for drop in drops) / len(drops) if drops else 0.0,
+        "throughput": samples / seconds if seconds > 0 else None,
+        "samples": samples,
+        "eval_points": points,
+        "eval_accuracies": rows,
+    }

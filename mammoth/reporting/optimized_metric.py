@@ -20,6 +20,9 @@ METRIC_DIRECTIONS = {
 WEIGHTED = ("average_weighted", "average_incremental_weighted")
 #: What ``optimized_metric`` can name in the ``resources`` section (``peak_cuda_mb`` on CUDA only).
 RESOURCE_DIRECTIONS = {"train_seconds": "minimize", "peak_rss_mb": "minimize", "peak_cuda_mb": "minimize"}
+#: What ``optimized_metric`` can name in the ``online`` section (``dataset.stream=online`` only).
+ONLINE_DIRECTIONS = {"accuracy": "maximize", "anytime_accuracy": "maximize", "forgetting": "minimize",
+                     "throughput": "maximize"}
 #: The fields a method that trains only after the last task does not report (:data:`mammoth.reporting.results.ONLY_AT_END_NOTE`).
 NOT_FOR_ONLY_AT_END = ("forgetting", "bwt", "forward_transfer")
 
@@ -43,6 +46,8 @@ def optimized_metric_names(setting: str, top5: bool = False, cuda: bool = False,
 def metric_direction(name: str) -> str:
     """``maximize`` or ``minimize``: how a sweeper should optimise ``KIND.FIELD``."""
     kind, field = name.split(".", 1)
+    if kind == "online":
+        return ONLINE_DIRECTIONS[field]
     return RESOURCE_DIRECTIONS[field] if kind == "resources" else METRIC_DIRECTIONS[field]
 
 
@@ -57,6 +62,8 @@ def check_optimized_metric(name: str | None, dataset: Any, eval_future: bool = F
     cuda = getattr(device, "type", device) == "cuda"
     allowed = optimized_metric_names(dataset.setting, top5=top5, cuda=cuda, weighted=bool(getattr(dataset, "uneven_tasks", False)),
                                      nme=bool(getattr(model, "has_memory", False)))
+    if getattr(dataset, "online", False):
+        allowed += [f"online.{field}" for field in ONLINE_DIRECTIONS]
     if name is None:
         return allowed[0]
     field = name.split(".", 1)[-1]

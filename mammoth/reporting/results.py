@@ -219,6 +219,15 @@ def metrics_line(block: dict[str, Any]) -> str:
     return "  ".join(f"{title} {block[key]:.1f}" for key, title in names.items() if isinstance(block.get(key), (int, float)))
 
 
+def _stream_curve(axes: Any, online: dict[str, Any], title: str) -> None:
+    """An online run's accuracy on the tasks seen so far at each evaluation point, over the samples."""
+    means = [sum(row) / len(row) for row in online["eval_accuracies"]]
+    axes.plot(online["eval_points"], means, marker=".", label=title)
+    axes.set(title=f"anytime accuracy {online['anytime_accuracy']:.1f}", xlabel="samples of the stream",
+             ylabel="accuracy (%)", ylim=(0, 102))
+    axes.grid(alpha=0.3)
+
+
 def results_figure(results: dict[str, Any]) -> Any:
     """The matplotlib Figure of :func:`plot_results` (not saved)."""
     import numpy as np  # lazy: numpy, with matplotlib, only where the plot is drawn
@@ -226,8 +235,9 @@ def results_figure(results: dict[str, Any]) -> Any:
 
     kinds = [kind for kind in KIND_TITLES if kind in results]
     matrix = np.array(results[kinds[0]]["matrix"], dtype=float)
-    figure = Figure(figsize=(11, 4.5))
-    heat, curves = figure.subplots(1, 2)
+    online = results.get("online")
+    figure = Figure(figsize=(16 if online else 11, 4.5))
+    heat, curves, *stream = figure.subplots(1, 3 if online else 2)
     image = heat.imshow(matrix, vmin=0, vmax=100, cmap="viridis")
     heat.set(title=f"{KIND_TITLES[kinds[0]]} accuracy (%)", xlabel="evaluated on task", ylabel="after training task")
     ticks = range(matrix.shape[0])
@@ -253,6 +263,8 @@ def results_figure(results: dict[str, Any]) -> Any:
     curves.set_xticks(range(1, matrix.shape[0] + 1))
     curves.grid(alpha=0.3)
     curves.legend(loc="lower left")
+    if online:
+        _stream_curve(stream[0], online, KIND_TITLES[kinds[0]])
     if "title" in results:
         figure.suptitle(results["title"])
     figure.tight_layout()

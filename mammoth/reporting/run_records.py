@@ -49,6 +49,8 @@ METRIC_TITLES = {
 }
 #: The ``resources`` of results.json the summary reports (a column when a job reports it).
 RESOURCE_TITLES = {"train_seconds": "train (s)", "peak_rss_mb": "peak RSS (MiB)", "peak_cuda_mb": "peak CUDA (MiB)"}
+#: The ``online`` section of an online run's results.json (docs/online.md) the summary reports.
+ONLINE_TITLES = {"anytime_accuracy": "anytime acc.", "forgetting": "online forgetting", "throughput": "samples/s"}
 
 
 @dataclass
@@ -288,7 +290,8 @@ def _final_metrics(results: dict[str, Any]) -> dict[str, float]:
     """``{"class_il_average": ..., "resources_train_seconds": ...}``: the numbers of a results document's
     accuracy blocks and ``resources`` the summary reports (a null metric is left out)."""
     metrics = {}
-    for kind, fields in [*((kind, METRIC_TITLES) for kind in KIND_TITLES), ("resources", RESOURCE_TITLES)]:
+    for kind, fields in [*((kind, METRIC_TITLES) for kind in KIND_TITLES), ("resources", RESOURCE_TITLES),
+                         ("online", ONLINE_TITLES)]:
         block = results.get(kind)
         if isinstance(block, dict):
             for metric in fields:
@@ -306,7 +309,7 @@ def _final_metrics(results: dict[str, Any]) -> dict[str, float]:
 def split_metric_name(name: str) -> tuple[str, str]:
     """``class_il_forward_transfer`` -> ``("class_il", "forward_transfer")``; ``resources_peak_rss_mb``
     -> ``("resources", "peak_rss_mb")``."""
-    for kind in (*KIND_TITLES, "resources"):
+    for kind in (*KIND_TITLES, "resources", "online"):
         if name.startswith(kind + "_"):
             return kind, name[len(kind) + 1:]
     kind, field_name = name.rsplit("_", 1)

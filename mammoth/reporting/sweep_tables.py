@@ -23,6 +23,7 @@ from mammoth.reporting.run_records import (
     COMPLETE,
     FAILED,
     METRIC_TITLES,
+    ONLINE_TITLES,
     RESOURCE_TITLES,
     RUNNING,
     STOPPED,
@@ -75,7 +76,8 @@ def metric_names(rows: Sequence[JobRow]) -> list[str]:
     kinds = [kind for kind in KIND_TITLES if any(name.startswith(kind + "_") for name in present)]
     names = [f"{kind}_{metric}" for kind in kinds or ["class_il", "task_il"] for metric in METRIC_TITLES
              if metric in ALWAYS_SHOWN or f"{kind}_{metric}" in present]
-    return names + [f"resources_{field_name}" for field_name in RESOURCE_TITLES if f"resources_{field_name}" in present]
+    return (names + [f"online_{field_name}" for field_name in ONLINE_TITLES if f"online_{field_name}" in present]
+            + [f"resources_{field_name}" for field_name in RESOURCE_TITLES if f"resources_{field_name}" in present])
 
 
 def group_rows(rows: Sequence[JobRow]) -> list[ConfigurationRow]:
@@ -139,6 +141,8 @@ def metric_title(name: str) -> str:
     if name == "wall_seconds":
         return "wall (s)"
     kind, metric = split_metric_name(name)
+    if kind == "online":
+        return ONLINE_TITLES[metric]
     return RESOURCE_TITLES[metric] if kind == "resources" else KIND_TITLES[kind] + METRIC_TITLES[metric]
 
 #: Values at least this large (in magnitude) are written in exponent notation (``1e+308``),

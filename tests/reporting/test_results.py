@@ -98,3 +98,13 @@ def test_the_nearest_mean_accuracy_is_a_block_of_its_own_with_its_own_top5() -> 
     curves = results_figure(results).axes[1]
     assert [line.get_label() for line in curves.get_lines()][:3] == ["Class-IL", "Task-IL", "NME Class-IL"]
     assert list(curves.get_lines()[2].get_ydata()) == pytest.approx([95.0, 80.0, 190 / 3])
+def test_an_online_run_plots_its_accuracy_over_the_stream() -> None:
+    from mammoth.reporting.metrics import stream_metrics
+
+    online = stream_metrics([10, 20, 30], [[50.0], [80.0, 40.0], [20.0, 60.0]], 30, 2.0)
+    figure = results_figure(build_results({"class_il": ROWS}, 3, online=online))
+    stream = figure.axes[2]
+    assert stream.get_title() == "anytime accuracy 50.0"
+    line = stream.get_lines()[0]
+    assert list(line.get_xdata()) == [10, 20, 30] and list(line.get_ydata()) == [50.0, 60.0, 40.0]
+    assert len(results_figure(build_results({"class_il": ROWS}, 3)).axes) == 3  # heatmap, colour bar, curves

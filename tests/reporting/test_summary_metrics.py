@@ -96,3 +96,17 @@ def test_the_nearest_mean_accuracy_gets_columns_of_its_own(tmp_path: Path) -> No
     assert metric_title("nme_class_il_average") == "NME Class-IL" and metric_title("nme_class_il_top5") == "NME Class-IL top-5"
     header = next(line for line in format_summary(rows, "sweep").splitlines() if "NME Class-IL" in line)
     assert "| NME Class-IL |" in header and "| Class-IL |" in header
+def test_online_runs_get_their_stream_columns(tmp_path: Path) -> None:
+    for seed, anytime in enumerate([50.0, 60.0]):
+        write_results(tmp_path / str(seed), [f"seed={seed}", "dataset.stream=online"], {
+            "class_il": {"average": 40.0, "forgetting": 5.0, "bwt": -5.0},
+            "online": {"accuracy": 40.0, "anytime_accuracy": anytime, "forgetting": 7.0, "throughput": 1000.0 + seed,
+                       "samples": 100, "eval_points": [50, 100], "eval_accuracies": [[80.0], [40.0, 40.0]]},
+        })
+    rows = gather([tmp_path])
+    assert metric_names(rows) == ["class_il_average", "class_il_forgetting", "class_il_bwt",
+                                  "online_anytime_accuracy", "online_forgetting", "online_throughput"]
+    assert [metric_title(name) for name in metric_names(rows)[3:]] == ["anytime acc.", "online forgetting", "samples/s"]
+    line = next(line for line in format_summary(rows, "sweep").splitlines() if line.startswith("| dataset.stream=online"))
+    cells = [cell.strip() for cell in line.strip("|").split("|")]
+    assert cells[-4:-1] == ["55.00 ± 7.07", "7.00 ± 0.00", "1000.50 ± 0.71"]
