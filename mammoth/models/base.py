@@ -456,10 +456,13 @@ class ReplayModel(ContinualModel):
 
     def begin_task(self, task: int) -> None:
         """Record the task, make the optimizer and schedule; a memory per class grows to
-        :meth:`memory_capacity` (an override must call ``super().begin_task(task)``)."""
+        :meth:`memory_capacity`; then the regulariser's hook (an override must call
+        ``super().begin_task(task)``)."""
         super().begin_task(task)
         if self.memory_per_class is not None:
             self.buffer.grow(self.memory_capacity(task))
+        if self.regularizer is not None:
+            self.regularizer.begin_task(self, task)
 
     def memory_examples(self) -> Optional[tuple[Tensor, Tensor]]:
         """The stored examples (non-augmented) and their labels, for the nearest-mean-of-exemplars
@@ -508,12 +511,6 @@ class ReplayModel(ContinualModel):
         self.buffer.gather = context.gather_shards
         if self.regularizer is not None:
             self.regularizer.attach(self)
-
-    def begin_task(self, task: int) -> None:
-        """The optimizer and schedule (:meth:`ContinualModel.begin_task`), then the regulariser's hook."""
-        super().begin_task(task)
-        if self.regularizer is not None:
-            self.regularizer.begin_task(self, task)
 
     def _regularized_observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> float:
         """The method's ``observe``, after the regulariser's ``before_observe`` (with a regulariser only)."""

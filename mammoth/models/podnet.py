@@ -112,18 +112,19 @@ class PODNet(ReplayModel):
     ``fc1`` at learning rate 0). Loss: ``nca_loss`` on the scores of the seen classes, plus, from
     the second task, with ``factor = sqrt(seen / new classes)``, ``factor * lambda_f_base`` times
     the cosine embedding loss of the features to the old network's and ``factor * lambda_c_base``
-    times :func:`pod_spatial_loss` of the maps. After a later task, ``buffer_size // old classes``
+    times :func:`pod_spatial_loss` of the maps. After a later task, :meth:`exemplars_per_class` of the old classes (``buffer_size // old classes``)
     exemplars of every class (the memory's and herded ones of the new classes) finetune the whole
     network but the old proxies for ``ft_epochs`` epochs at ``ft_lr`` with the same loss (cosine
     schedule; PyCIL's class-balanced finetuning); then iCaRL's herding memory is rebuilt
-    (``buffer_size // seen`` per class) and the network frozen as the next teacher. Class-IL only.
+    (``buffer_size // seen`` (or ``memory_per_class``) per class) and the network frozen as the next teacher. Class-IL only.
     """
 
     def __init__(
         self,
         net: MammothBackbone,
         dataset: Any,
-        buffer_size: int,
+        buffer_size: Optional[int] = None,
+        memory_per_class: Optional[int] = None,
         nb_proxy: int = 10,
         lambda_c_base: float = 5.0,
         lambda_f_base: float = 1.0,
@@ -140,7 +141,7 @@ class PODNet(ReplayModel):
         **kwargs: Any,
     ) -> None:
         require_class_il("podnet", dataset)
-        super().__init__(net, dataset, buffer_size=buffer_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
+        super().__init__(net, dataset, buffer_size=buffer_size, memory_per_class=memory_per_class, lr=lr, momentum=momentum, weight_decay=weight_decay,
                          lr_scheduler=lr_scheduler, lr_milestones=lr_milestones, **kwargs)
         self.nb_proxy = check_positive_int("model.nb_proxy", nb_proxy)
         self.lambda_c_base = check_non_negative("model.lambda_c_base", lambda_c_base)
@@ -221,7 +222,7 @@ class PODNet(ReplayModel):
         herding); freeze a copy of the network as the next task's teacher."""
         past = class_bounds(self.context, task)[0]
         if past > 0 and self.ft_epochs > 0:
-            self.finetune(self.balanced_set(data, self.buffer_size // past))
+            self.finetune(self.balanced_set(data, self.exemplars_per_class(past)))
         with evaluation_mode(self.net), torch.no_grad():
             self.fill_memory(task, data)
             self.old_net = Frozen(self.net)
@@ -254,7 +255,7 @@ class PODNet(ReplayModel):
             self.context.fit(step, source, self.ft_epochs, f"podnet finetuning, task {self.current_task + 1}",
                              end_epoch=self.end_epoch)
 
-    # iCaRL's herding memory, shared (buffer_size // seen exemplars per class)
+    # iCaRL's herding memory, shared (exemplars_per_class: buffer_size // seen, or memory_per_class)
     features = ICarl.features
     fill_memory = ICarl.fill_memory
 

@@ -67,7 +67,7 @@ class WA(ReplayModel):
     ``mean ||w_old|| / mean ||w_new||`` (weight aligning; biases unchanged). With
     ``clip_weights`` (the paper's weight clipping; PyCIL has none, so off by default) the
     classifier's weights are clipped to be non-negative after every step. The memory is
-    iCaRL's (herding on the normalised features, ``buffer_size // seen`` per class); the
+    iCaRL's (herding on the normalised features, ``buffer_size // seen`` (or ``memory_per_class``) per class); the
     evaluation scores the aligned classifier. Class-IL datasets only.
     """
 
@@ -77,7 +77,8 @@ class WA(ReplayModel):
         self,
         net: MammothBackbone,
         dataset: Any,
-        buffer_size: int,
+        buffer_size: Optional[int] = None,
+        memory_per_class: Optional[int] = None,
         T: float = 2.0,
         init_lr: float = 0.1,
         init_weight_decay: float = 0.0005,
@@ -90,7 +91,7 @@ class WA(ReplayModel):
         **kwargs: Any,
     ) -> None:
         require_class_il("wa", dataset)
-        super().__init__(net, dataset, buffer_size=buffer_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
+        super().__init__(net, dataset, buffer_size=buffer_size, memory_per_class=memory_per_class, lr=lr, momentum=momentum, weight_decay=weight_decay,
                          lr_milestones=lr_milestones, **kwargs)
         if not isinstance(getattr(net, "classifier", None), nn.Linear):
             raise ConfigError(
@@ -166,7 +167,7 @@ class WA(ReplayModel):
             self.old_net = Frozen(self.net)
             self.fill_memory(task, data)
 
-    # iCaRL's herding memory, shared (buffer_size // seen exemplars per class)
+    # iCaRL's herding memory, shared (exemplars_per_class: buffer_size // seen, or memory_per_class)
     features = ICarl.features
     fill_memory = ICarl.fill_memory
 
