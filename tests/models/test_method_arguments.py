@@ -16,6 +16,7 @@ EXPECTED = {
     "ewc_on": {"e_lambda": (float, "???"), "gamma": (float, "???")},
     "si": {"c": (float, "???"), "xi": (float, "???")},
     "agem": REPLAY,
+    "agem_r": REPLAY,
     "gem": {**REPLAY, "gamma": (float, 0.5)},
     "icarl": {**REPLAY, "opt_wd": (float, 1e-5)},
     "er_ace": {**REPLAY, "task_free": (bool, False), "use_custom_classifier": (bool, True)},
