@@ -25,6 +25,9 @@ class AGemR(AGem):
     have: the same there, normalised where a dataset normalises); ``end_task`` stores nothing.
     """
 
+    #: Not checked against one process on several (tests/engine/test_distributed_training.py covers agem's).
+    supports_distributed = False
+
     def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> float:
         """One step along the projected gradient, then the batch offered to the memory; returns the CE on the batch."""
         self.optimizer.zero_grad(set_to_none=True)
