@@ -139,3 +139,17 @@ def test_agem_r_is_the_originals_step_by_step(monkeypatch) -> None:
     # the reservoir replaced slots in both tasks (24 examples through 6 slots) and replay projected
     assert ours["model"].buffer.num_seen == 24
     assert sorted(set(ours["memory"][1]["labels"].tolist())) != sorted(set(ours["memory"][0]["labels"].tolist()))
+
+
+# ---- fdr ----
+
+
+def test_fdr_is_the_originals_step_by_step() -> None:
+    original = reference()["fdr"]
+    ours = run_ours("fdr", reservoir_memory)
+    assert_matches(ours, original)
+    # task 0's 6 examples, then (the original's count: buffer_size // 1 per task) all 6 kept and 6 of
+    # task 1 offered to the full reservoir
+    assert ours["memory"][0]["task_labels"].tolist() == [0] * 6
+    assert set(ours["memory"][1]["task_labels"].tolist()) == {0, 1}
+    assert ours["model"].buffer.num_seen == 12

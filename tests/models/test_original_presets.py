@@ -22,6 +22,11 @@ BEST = {
                                                      "buffer_size": 200}),
     "agem-r-seq-cifar10-200": ("seq-cifar10", "agem-r", {"lr": 0.03, "minibatch_size": 32, "batch_size": 32,
                                                          "n_epochs": 50, "buffer_size": 200}),
+    # alpha (0.5, 0.3) left out: the original's fdr never reads --alpha
+    "fdr-seq-mnist-200": ("seq-mnist", "fdr", {"lr": 0.03, "minibatch_size": 128, "batch_size": 128, "n_epochs": 1,
+                                               "buffer_size": 200}),
+    "fdr-seq-cifar10-200": ("seq-cifar10", "fdr", {"lr": 0.03, "minibatch_size": 32, "batch_size": 32, "n_epochs": 50,
+                                                   "buffer_size": 200}),
 }
 
 #: The original's argument names -> ours.
