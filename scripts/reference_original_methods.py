@@ -60,7 +60,7 @@ BUFFER_SEED = 1234
 SETTINGS: dict[str, dict[str, Any]] = {
     "agem_r": {"lr": 0.1, "buffer_size": 6, "minibatch_size": 3},
     "fdr": {"lr": 0.1, "buffer_size": 6, "minibatch_size": 3},
-    "rpc": {"lr": 0.1, "buffer_size": 6, "minibatch_size": 3},
+    "rpc": {"lr": 0.1, "buffer_size": 5, "minibatch_size": 3},  # 5: a remainder slot drawn at random
     "gss": {"lr": 0.1, "buffer_size": 6, "minibatch_size": 3, "gss_minibatch_size": 3, "batch_num": 2},
     "hal": {"lr": 0.1, "buffer_size": 6, "minibatch_size": 3, "hal_lambda": 0.1, "beta": 0.5, "gamma": 0.1},
 }
@@ -256,7 +256,7 @@ def run_original(name: str) -> dict:
     if name == "gss":
         args.gss_minibatch_size = settings["gss_minibatch_size"]
     dataset = original_dataset()
-    model = cls(tiny_original_mlp(), torch.nn.CrossEntropyLoss(), args, None, dataset=dataset)
+    model = cls(tiny_original_mlp(), torch.nn.functional.cross_entropy, args, None, dataset=dataset)  # as its datasets get_loss
     result: dict[str, Any] = {"losses": [], "memory": [], "logits": []}
     for task in range(N_TASKS):
         model.meta_begin_task(dataset)

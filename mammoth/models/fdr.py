@@ -10,6 +10,7 @@ from torch import Tensor
 
 from mammoth.models.base import ReplayModel
 from mammoth.models.registry import register_model
+from mammoth.models.utils import keep_first
 
 if TYPE_CHECKING:
     from mammoth.datasets.source import DataSource
@@ -46,13 +47,8 @@ class Fdr(ReplayModel):
     def end_task(self, task: int, data: "DataSource") -> None:
         """Cut the memory to ``buffer_size // task`` examples per earlier task and offer as many of this task's."""
         per_task = self.buffer_size // task if task > 0 else self.buffer_size
-        if task > 0 and not self.buffer.is_empty():
-            examples, logits, task_labels = self.buffer.examples, self.buffer.logits, self.buffer.task_labels
-            kept = [(task_labels == label).nonzero().flatten()[:per_task] for label in task_labels.unique()]
-            rows = torch.cat(kept)
-            examples, logits, task_labels = examples[rows].clone(), logits[rows].clone(), task_labels[rows].clone()
-            self.buffer.clear()
-            self.buffer.add(examples, logits=logits, task_labels=task_labels)
+        if task > 0:
+            keep_first(self.buffer, per_task, by="task_labels")
         counter = 0
         for batch in self.context.batches(data):
             if per_task - counter <= 0:

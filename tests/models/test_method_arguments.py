@@ -17,6 +17,7 @@ EXPECTED = {
     "si": {"c": (float, "???"), "xi": (float, "???")},
     "agem": REPLAY,
     "agem_r": REPLAY,
+    "rpc": REPLAY,
     "fdr": REPLAY,  # the original's required --alpha is never read: none here
     "gem": {**REPLAY, "gamma": (float, 0.5)},
     "icarl": {**REPLAY, "opt_wd": (float, 1e-5)},

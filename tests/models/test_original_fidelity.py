@@ -153,3 +153,28 @@ def test_fdr_is_the_originals_step_by_step() -> None:
     assert ours["memory"][0]["task_labels"].tolist() == [0] * 6
     assert set(ours["memory"][1]["task_labels"].tolist()) == {0, 1}
     assert ours["model"].buffer.num_seen == 12
+
+
+# ---- rpc ----
+
+
+def test_rpc_is_the_originals_step_by_step() -> None:
+    original = reference()["rpc"]
+    ours = run_ours("rpc", reservoir_memory)
+    assert_matches(ours, original)  # the logits are forward's: the simplex projection
+    # task 0: 2 + 2 examples and the remainder slot to a class drawn at random; task 1: task 0's
+    # classes cut to 5 // 2 = 2 each, the one free slot to a task-1 class drawn at random
+    assert sorted(ours["memory"][0]["labels"].tolist()) in ([0, 0, 0, 1, 1], [0, 0, 1, 1, 1])
+    labels = sorted(ours["memory"][1]["labels"].tolist())
+    assert labels[:4] == [0, 0, 1, 1] and labels[4] in (2, 3)
+
+
+def test_rpc_simplex_is_regular_and_centred() -> None:
+    from mammoth.models.rpc import dsimplex
+
+    vertices = dsimplex(10)
+    assert vertices.shape == (9, 10)
+    torch.testing.assert_close(vertices.norm(dim=0), torch.ones(10, dtype=torch.float64))
+    torch.testing.assert_close(vertices.sum(1), torch.zeros(9, dtype=torch.float64), atol=1e-12, rtol=0)
+    cosines = vertices.t() @ vertices  # every pair of vertices at the same angle: -1 / (C - 1)
+    torch.testing.assert_close(cosines[~torch.eye(10, dtype=torch.bool)], torch.full((90,), -1 / 9, dtype=torch.float64))

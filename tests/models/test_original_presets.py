@@ -27,6 +27,9 @@ BEST = {
                                                "buffer_size": 200}),
     "fdr-seq-cifar10-200": ("seq-cifar10", "fdr", {"lr": 0.03, "minibatch_size": 32, "batch_size": 32, "n_epochs": 50,
                                                    "buffer_size": 200}),
+    # models/config/rpc.yaml (no best_args entry)
+    "rpc-seq-cifar10-100": ("seq-cifar10", "rpc", {"lr": 0.0001, "optimizer": "adam", "batch_size": 128, "n_epochs": 5,
+                                                   "buffer_size": 100}),
 }
 
 #: The original's argument names -> ours.
