@@ -231,7 +231,7 @@ def memory_of(buffer: Any) -> dict[str, Any]:
         rows = buffer.filled_space.nonzero().flatten()
     else:
         rows = torch.arange(filled)
-    return {name: listed(getattr(buffer, name)[rows]) for name in ("examples", "labels", "logits", "task_labels")
+    return {name: listed(getattr(buffer, name)[rows]) for name in ("examples", "labels", "logits", "task_labels", "scores")
             if hasattr(buffer, name)}
 
 

@@ -18,6 +18,7 @@ EXPECTED = {
     "agem": REPLAY,
     "agem_r": REPLAY,
     "rpc": REPLAY,
+    "gss": {**REPLAY, "batch_num": (int, 1), "gss_minibatch_size": (Optional[int], None)},
     "fdr": REPLAY,  # the original's required --alpha is never read: none here
     "gem": {**REPLAY, "gamma": (float, 0.5)},
     "icarl": {**REPLAY, "opt_wd": (float, 1e-5)},

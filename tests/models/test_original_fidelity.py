@@ -178,3 +178,23 @@ def test_rpc_simplex_is_regular_and_centred() -> None:
     torch.testing.assert_close(vertices.sum(1), torch.zeros(9, dtype=torch.float64), atol=1e-12, rtol=0)
     cosines = vertices.t() @ vertices  # every pair of vertices at the same angle: -1 / (C - 1)
     torch.testing.assert_close(cosines[~torch.eye(10, dtype=torch.bool)], torch.full((90,), -1 / 9, dtype=torch.float64))
+
+
+# ---- gss ----
+
+
+def gss_memory(model: Any) -> dict[str, Tensor]:
+    """The filled slots of the gradient memory: examples, labels, scores."""
+    filled = len(model.buffer)
+    return {name: getattr(model.buffer, name)[:filled].clone() for name in ("examples", "labels", "scores")}
+
+
+def test_gss_is_the_originals_step_by_step() -> None:
+    original = reference()["gss"]
+    ours = run_ours("gss", gss_memory)
+    assert_matches(ours, original)
+    # the memory filled with the first batches' score 0.1, then examples replaced by the
+    # score-weighted draw, each with its own gradient's score
+    scores = ours["memory"][1]["scores"]
+    assert (scores != 0.1).any() and ((scores >= 0) & (scores <= 2)).all()
+    assert ours["model"].buffer.num_seen == 24

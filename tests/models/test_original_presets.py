@@ -30,6 +30,10 @@ BEST = {
     # models/config/rpc.yaml (no best_args entry)
     "rpc-seq-cifar10-100": ("seq-cifar10", "rpc", {"lr": 0.0001, "optimizer": "adam", "batch_size": 128, "n_epochs": 5,
                                                    "buffer_size": 100}),
+    "gss-seq-mnist-200": ("seq-mnist", "gss", {"lr": 0.1, "minibatch_size": 10, "gss_minibatch_size": 10, "batch_size": 128,
+                                               "batch_num": 1, "n_epochs": 1, "buffer_size": 200}),
+    "gss-seq-cifar10-200": ("seq-cifar10", "gss", {"lr": 0.03, "minibatch_size": 32, "gss_minibatch_size": 32,
+                                                   "batch_size": 32, "n_epochs": 50, "batch_num": 1, "buffer_size": 200}),
 }
 
 #: The original's argument names -> ours.
