@@ -18,6 +18,8 @@ EXPECTED = {
     "agem": REPLAY,
     "agem_r": REPLAY,
     "rpc": REPLAY,
+    "hal": {**REPLAY, "hal_lambda": (float, 0.1), "beta": (float, 0.5), "gamma": (float, 0.1), "steps_on_anchors": (int, 100),
+            "finetuning_epochs": (int, 1), "paper_anchors": (bool, False)},
     "gss": {**REPLAY, "batch_num": (int, 1), "gss_minibatch_size": (Optional[int], None)},
     "fdr": REPLAY,  # the original's required --alpha is never read: none here
     "gem": {**REPLAY, "gamma": (float, 0.5)},

@@ -198,3 +198,30 @@ def test_gss_is_the_originals_step_by_step() -> None:
     scores = ours["memory"][1]["scores"]
     assert (scores != 0.1).any() and ((scores >= 0) & (scores <= 2)).all()
     assert ours["model"].buffer.num_seen == 24
+
+
+# ---- hal ----
+
+
+def ring_memory(model: Any) -> dict[str, Tensor]:
+    """The filled slots of the ring memory, in slot order."""
+    filled = model.buffer.filled.nonzero().flatten()
+    return {"examples": model.buffer.examples[filled].clone(), "labels": model.buffer.labels[filled].clone()}
+
+
+def test_hal_is_the_originals_step_by_step() -> None:
+    original = reference()["hal"]
+    ours = run_ours("hal", ring_memory)
+    assert_matches(ours, original)
+    # one anchor per class of each task, learned over 100 steps each from a uniform draw
+    anchors = ours["model"].anchors
+    assert anchors.shape == (4, 1, 4, 4)
+    torch.testing.assert_close(anchors, torch.tensor(original["anchors"]), atol=VALUE_TOLERANCE, rtol=0)
+    # the ring keeps buffer_size // n_tasks = 3 examples of each task, the newest
+    assert ours["memory"][1]["labels"][:3].lt(2).all() and ours["memory"][1]["labels"][3:].ge(2).all()
+
+
+def test_hal_paper_anchors_keep_the_current_weights_for_the_second_term() -> None:
+    default, paper = (run_ours("hal", ring_memory, paper_anchors=value) for value in (False, True))
+    assert default["losses"][0] == paper["losses"][0]  # the same first task: anchors come at its end
+    assert (default["model"].anchors - paper["model"].anchors).abs().max() > 1e-3

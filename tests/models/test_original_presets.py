@@ -34,6 +34,11 @@ BEST = {
                                                "batch_num": 1, "n_epochs": 1, "buffer_size": 200}),
     "gss-seq-cifar10-200": ("seq-cifar10", "gss", {"lr": 0.03, "minibatch_size": 32, "gss_minibatch_size": 32,
                                                    "batch_size": 32, "n_epochs": 50, "batch_num": 1, "buffer_size": 200}),
+    "hal-seq-mnist-200": ("seq-mnist", "hal", {"lr": 0.1, "minibatch_size": 128, "batch_size": 128, "hal_lambda": 0.1,
+                                               "beta": 0.7, "gamma": 0.5, "n_epochs": 1, "buffer_size": 200}),
+    "hal-seq-cifar10-200": ("seq-cifar10", "hal", {"lr": 0.03, "minibatch_size": 32, "batch_size": 32, "n_epochs": 50,
+                                                   "hal_lambda": 0.2, "beta": 0.5, "gamma": 0.1, "steps_on_anchors": 100,
+                                                   "finetuning_epochs": 1, "buffer_size": 200}),
 }
 
 #: The original's argument names -> ours.
