@@ -1,4 +1,4 @@
-"""Reference values of the original Mammoth's ``agem_r``, ``fdr``, ``rpc``, ``gss`` and ``hal`` for the tests.
+"""Reference values of the original Mammoth's ``agem_r``, ``fdr``, ``rpc``, ``gss``, ``hal`` and ``er_ace_aer_abs`` for the tests.
 
 The script runs the ORIGINAL code unchanged (``models/<name>.py`` with its buffers,
 ``utils/buffer.py``, ``utils/gss_buffer.py``, ``utils/ring_buffer.py``, driven through its
@@ -14,7 +14,7 @@ The random draws: the original draws from numpy's and torch's global generators,
 implementation from the run's generator and the buffer's own. The original is FED THIS
 IMPLEMENTATION'S DRAWS: in the child, ``np.random.randint(0, n)`` (the reservoir's slot),
 ``np.random.choice(n, size, replace=False)`` (a replay minibatch), ``np.random.choice(a, size=1,
-p=...)`` / ``np.random.rand`` (gss's weighted replacement) and gss's ``torch.randperm`` come from
+p=...)`` / ``np.random.rand`` (gss's and ABS's weighted replacement) and gss's ``torch.randperm`` come from
 one ``torch.Generator`` seeded with :data:`BUFFER_SEED`, computed exactly as this
 implementation's buffer computes them from its generator, which the tests seed with the same
 value. The draws of ``end_task`` (the order of the task's batches, rpc's ``torch.randperm`` of
@@ -24,8 +24,10 @@ seeded with the same value there (a CPU ``torch.Generator`` and the global one g
 numbers from the same seed). Nothing else is random: no augmentation, no dropout.
 
 What is stubbed, and why: ``datasets`` (the original imports every benchmark, whose packages are
-not installed here; its ``get_dataset`` answers the number of tasks and classes), and hal's
-``get_backbone`` (it returns a copy of the tiny MLP: the spare network whose weights hal sets).
+not installed here; its ``get_dataset`` answers the number of tasks and classes; ``datasets.utils``
+for er_ace_aer_abs's type annotation), hal's ``get_backbone`` (it returns a copy of the tiny MLP:
+the spare network whose weights hal sets), and er_ace_aer_abs's ``normalization_transform`` (the
+identity, which the original derives from a dataset's transforms that the script does not have).
 
 To rerun (a few seconds on 2 CPU cores)::
 
@@ -63,7 +65,12 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "rpc": {"lr": 0.1, "buffer_size": 5, "minibatch_size": 3},  # 5: a remainder slot drawn at random
     "gss": {"lr": 0.1, "buffer_size": 6, "minibatch_size": 3, "gss_minibatch_size": 3, "batch_num": 2},
     "hal": {"lr": 0.1, "buffer_size": 6, "minibatch_size": 3, "hal_lambda": 0.1, "beta": 0.5, "gamma": 0.1},
+    # alpha 0.5: 2 of each batch of 4 offered to the memory
+    "er_ace_aer_abs": {"lr": 0.1, "buffer_size": 6, "minibatch_size": 3, "alpha_sample_insertion": 0.5,
+                       "sample_selection_strategy": "abs", "use_aer": True},
 }
+#: Epochs per task (1 unless listed): AER alternates a storing epoch and a replaying one.
+EPOCHS = {"er_ace_aer_abs": 2}
 METHODS = tuple(SETTINGS)
 
 
@@ -198,12 +205,15 @@ class FakeLoader:
 
 def original_dataset() -> Any:
     """The parts of the original's ContinualDataset the methods read."""
-    def get_offsets(task: int) -> tuple[int, int]:
+    dataset = types.SimpleNamespace(N_CLASSES=N_TASKS * CLASSES_PER_TASK, N_TASKS=N_TASKS, SETTING="class-il",
+                                    N_CLASSES_PER_TASK=CLASSES_PER_TASK, TEST_TRANSFORM=None, train_loader=None, c_task=0)
+
+    def get_offsets(task: int | None = None) -> tuple[int, int]:
+        task = dataset.c_task if task is None else task
         return task * CLASSES_PER_TASK, (task + 1) * CLASSES_PER_TASK
 
-    return types.SimpleNamespace(N_CLASSES=N_TASKS * CLASSES_PER_TASK, N_TASKS=N_TASKS, SETTING="class-il",
-                                 N_CLASSES_PER_TASK=CLASSES_PER_TASK, get_offsets=get_offsets, TEST_TRANSFORM=None,
-                                 train_loader=None)
+    dataset.get_offsets = get_offsets
+    return dataset
 
 
 def import_original(root: Path, extra_path: str | None) -> None:
@@ -212,7 +222,12 @@ def import_original(root: Path, extra_path: str | None) -> None:
     stub = types.ModuleType("datasets")
     stub.get_dataset = lambda args: original_dataset()
     stub.get_dataset_names = stub.get_dataset_config_names = lambda *args, **kwargs: []
-    sys.modules["datasets"] = stub
+    stub.__path__ = []  # a package: er_ace_aer_abs imports datasets.utils.continual_dataset for a type
+    utils = types.ModuleType("datasets.utils")
+    utils.__path__ = []
+    continual = types.ModuleType("datasets.utils.continual_dataset")
+    continual.ContinualDataset = object
+    sys.modules.update({"datasets": stub, "datasets.utils": utils, "datasets.utils.continual_dataset": continual})
 
 
 def tiny_original_mlp() -> torch.nn.Module:
@@ -231,8 +246,11 @@ def memory_of(buffer: Any) -> dict[str, Any]:
         rows = buffer.filled_space.nonzero().flatten()
     else:
         rows = torch.arange(filled)
-    return {name: listed(getattr(buffer, name)[rows]) for name in ("examples", "labels", "logits", "task_labels", "scores")
-            if hasattr(buffer, name)}
+    memory = {name: listed(getattr(buffer, name)[rows]) for name in ("examples", "labels", "logits", "task_labels", "scores")
+              if hasattr(buffer, name)}
+    if hasattr(getattr(buffer, "sample_selection_fn", None), "importance_scores"):  # ABS: the losses kept
+        memory["importance"] = listed(buffer.sample_selection_fn.importance_scores[rows])
+    return memory
 
 
 def run_original(name: str) -> dict:
@@ -251,17 +269,28 @@ def run_original(name: str) -> dict:
     cls = next(value for value in vars(module).values()
                if isinstance(value, type) and getattr(value, "NAME", None) == name)
     settings = SETTINGS[name]
+    epochs = EPOCHS.get(name, 1)
     args = Namespace(optimizer="sgd", optim_wd=0.0, optim_mom=0.0, optim_nesterov=0, label_perc=1, nowand=1,
-                     debug_mode=0, n_epochs=1, batch_size=BATCH, seed=0, dataset="fake", **settings)
+                     debug_mode=0, n_epochs=epochs, batch_size=BATCH, seed=0, dataset="fake", **settings)
     if name == "gss":
         args.gss_minibatch_size = settings["gss_minibatch_size"]
     dataset = original_dataset()
+    if name == "er_ace_aer_abs":
+        args.buffer_fitting_epochs = 0  # its default: no fitting
     model = cls(tiny_original_mlp(), torch.nn.functional.cross_entropy, args, None, dataset=dataset)  # as its datasets get_loss
+    if name == "er_ace_aer_abs":
+        model.normalization_transform = lambda x: x
     result: dict[str, Any] = {"losses": [], "memory": [], "logits": []}
     for task in range(N_TASKS):
+        dataset.c_task = task
         model.meta_begin_task(dataset)
         model.net.train()
-        result["losses"].append([float(model.meta_observe(x, y, x, epoch=0)) for x, y in batches(task)])
+        losses = []
+        for epoch in range(epochs):
+            model.meta_begin_epoch(epoch, dataset)
+            losses += [float(model.meta_observe(x, y, x, epoch=epoch, true_labels=y)) for x, y in batches(task)]
+            model.meta_end_epoch(epoch, dataset)
+        result["losses"].append(losses)
         dataset.train_loader = FakeLoader(task)
         torch.manual_seed(end_task_seed(task))
         model.meta_end_task(dataset)

@@ -18,6 +18,8 @@ EXPECTED = {
     "agem": REPLAY,
     "agem_r": REPLAY,
     "rpc": REPLAY,
+    "er_ace_aer_abs": {**REPLAY, "sample_selection_strategy": (str, "abs"), "use_aer": (bool, True),
+                       "alpha_sample_insertion": (float, 0.75)},
     "hal": {**REPLAY, "hal_lambda": (float, 0.1), "beta": (float, 0.5), "gamma": (float, 0.1), "steps_on_anchors": (int, 100),
             "finetuning_epochs": (int, 1), "paper_anchors": (bool, False)},
     "gss": {**REPLAY, "batch_num": (int, 1), "gss_minibatch_size": (Optional[int], None)},

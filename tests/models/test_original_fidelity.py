@@ -1,4 +1,4 @@
-"""agem_r, fdr, rpc, gss and hal against the ORIGINAL Mammoth's code: the same tiny MLP and initial
+"""agem_r, fdr, rpc, gss, hal and er_ace_aer_abs against the ORIGINAL Mammoth's code: the same tiny MLP and initial
 weights, the same batches, settings and random draws give the per-step losses, the memory's
 contents after each task and the probe logits that ``scripts/reference_original_methods.py``
 stored from the original's own classes (tests/models/data/original_methods_reference.json).
@@ -89,10 +89,16 @@ def run_ours(name: str, memory: Callable[[Any], dict[str, Tensor]], **values: An
     model.attach(build_context(dataset, "cpu", torch.Generator().manual_seed(0)))
     model.buffer.generator.manual_seed(script().BUFFER_SEED)
     result: dict[str, Any] = {"losses": [], "memory": [], "logits": []}
+    epochs = script().EPOCHS.get(name, 1)
+    dataset.config.n_epochs = model.context.n_epochs = epochs
     for task in range(2):
         model.begin_task(task)
         model.train()
-        result["losses"].append([model.observe(x, y, x) for x, y in script().batches(task)])
+        losses = []
+        for epoch in range(epochs):
+            losses += [model.observe(x, y, x) for x, y in script().batches(task)]
+            model.end_epoch(epoch)
+        result["losses"].append(losses)
         model.context.generator.manual_seed(script().end_task_seed(task))
         model.end_task(task, dataset.task_source(task))
         result["memory"].append(memory(model))
@@ -225,3 +231,24 @@ def test_hal_paper_anchors_keep_the_current_weights_for_the_second_term() -> Non
     default, paper = (run_ours("hal", ring_memory, paper_anchors=value) for value in (False, True))
     assert default["losses"][0] == paper["losses"][0]  # the same first task: anchors come at its end
     assert (default["model"].anchors - paper["model"].anchors).abs().max() > 1e-3
+
+
+# ---- er_ace_aer_abs ----
+
+
+def loss_memory(model: Any) -> dict[str, Tensor]:
+    """The filled slots of the loss-scored memory: examples, labels, the losses kept (``importance``)."""
+    filled = len(model.buffer)
+    return {"examples": model.buffer.examples[:filled].clone(), "labels": model.buffer.labels[:filled].clone(),
+            "importance": model.buffer.importance[:filled].clone()}
+
+
+def test_er_ace_aer_abs_is_the_originals_step_by_step() -> None:
+    original = reference()["er_ace_aer_abs"]
+    ours = run_ours("er_ace_aer_abs", loss_memory)
+    assert_matches(ours, original)
+    model = ours["model"]
+    # AER: only the first epoch of each task stores, 2 of each batch of 4 (alpha 0.5): 6 + 6 offered
+    assert model.buffer.num_seen == 12
+    # ABS replaced some of task 0's slots with task 1's examples
+    assert set(ours["memory"][1]["labels"].tolist()) & {2, 3} and set(ours["memory"][1]["labels"].tolist()) & {0, 1}
