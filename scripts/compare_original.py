@@ -60,6 +60,33 @@ RUNS: dict[str, tuple[list[str], list[str]]] = {
     # the same flags, the replay batch as the original runs it (--batch_size 1 replaces --minibatch_size)
     "mer-minibatch1": (["model=mer", "model.buffer_size=200", "model.lr=0.1", "model.minibatch_size=1", "model.beta=1",
                         "model.gamma=1", "model.batch_num=1", "dataset.batch_size=1", "dataset.n_epochs=1"], []),
+    # seq-mnist best arguments of utils/best_args.py, buffer 200 (agem_r, fdr, gss, hal); the original
+    # replays --batch_size examples (its --batch_size replaces --minibatch_size): ours with the same
+    # minibatch_size as its batch_size, so both replay the same number
+    "agem_r": (["model=agem_r", "model.buffer_size=200", "model.lr=0.1", "model.minibatch_size=10",
+                "dataset.batch_size=10", "dataset.n_epochs=1"],
+               ["--model", "agem_r", "--buffer_size", "200", "--lr", "0.1", "--minibatch_size", "128",
+                "--batch_size", "10", "--n_epochs", "1"]),
+    "fdr": (["model=fdr", "model.buffer_size=200", "model.lr=0.03", "model.minibatch_size=128",
+             "dataset.batch_size=128", "dataset.n_epochs=1"],
+            ["--model", "fdr", "--buffer_size", "200", "--lr", "0.03", "--minibatch_size", "128", "--alpha", "0.5",
+             "--batch_size", "128", "--n_epochs", "1"]),
+    "gss": (["model=gss", "model.buffer_size=200", "model.lr=0.1", "model.minibatch_size=128",
+             "model.gss_minibatch_size=10", "model.batch_num=1", "dataset.batch_size=128", "dataset.n_epochs=1"],
+            ["--model", "gss", "--buffer_size", "200", "--lr", "0.1", "--minibatch_size", "10",
+             "--gss_minibatch_size", "10", "--batch_num", "1", "--batch_size", "128", "--n_epochs", "1"]),
+    "hal": (["model=hal", "model.buffer_size=200", "model.lr=0.1", "model.minibatch_size=128", "model.hal_lambda=0.1",
+             "model.beta=0.7", "model.gamma=0.5", "dataset.batch_size=128", "dataset.n_epochs=1"],
+            ["--model", "hal", "--buffer_size", "200", "--lr", "0.1", "--minibatch_size", "128", "--hal_lambda", "0.1",
+             "--beta", "0.7", "--gamma", "0.5", "--batch_size", "128", "--n_epochs", "1"]),
+    # (er_ace_aer_abs is not here: the original has no seq-mnist arguments for it and its observe
+    # needs the noisy-label arguments --noise_rate/--noise_type to start)
+    # rpc has no seq-mnist best arguments: its models/config/rpc.yaml (seq-cifar10, buffer 100:
+    # adam, lr 1e-4, batch 128) with buffer 200 and one epoch
+    "rpc": (["model=rpc", "model.buffer_size=200", "model.optimizer=adam", "model.lr=0.0001",
+             "model.minibatch_size=128", "dataset.batch_size=128", "dataset.n_epochs=1"],
+            ["--model", "rpc", "--buffer_size", "200", "--optimizer", "adam", "--lr", "0.0001",
+             "--batch_size", "128", "--n_epochs", "1"]),
 }
 
 
