@@ -3,7 +3,10 @@
 Neither run downloads anything: the script writes synthetic MNIST-format IDX files (10 classes,
 each a fixed random pattern of blobs, drawn with random intensity, shift and noise, so that a
 class-IL MLP forgets and replay matters) under ``--data``, then runs each method with the same
-flags and seeds in both codebases and prints their final Class-IL averages.
+flags and seeds in both codebases and prints their final Class-IL averages. With
+``--fashion-mnist DIR`` it runs on the real Split Fashion-MNIST instead (DIR holds the four
+``*-ubyte.gz`` files, e.g. Debian's ``dataset-fashion-mnist`` in /usr/share/datasets/fashion-mnist),
+uncompressed into the MNIST raw layout each codebase reads as seq-mnist.
 
 To rerun (about 30 minutes on 2 CPU cores for every method and 3 seeds; the original's mer, one
 example per step, takes most of it)::
@@ -21,6 +24,7 @@ installed (open_clip, ...) must be moved out of ``/tmp/orig/datasets`` first: ke
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import re
@@ -56,6 +60,33 @@ RUNS: dict[str, tuple[list[str], list[str]]] = {
     # the same flags, the replay batch as the original runs it (--batch_size 1 replaces --minibatch_size)
     "mer-minibatch1": (["model=mer", "model.buffer_size=200", "model.lr=0.1", "model.minibatch_size=1", "model.beta=1",
                         "model.gamma=1", "model.batch_num=1", "dataset.batch_size=1", "dataset.n_epochs=1"], []),
+    # seq-mnist best arguments of utils/best_args.py, buffer 200 (agem_r, fdr, gss, hal); the original
+    # replays --batch_size examples (its --batch_size replaces --minibatch_size): ours with the same
+    # minibatch_size as its batch_size, so both replay the same number
+    "agem_r": (["model=agem_r", "model.buffer_size=200", "model.lr=0.1", "model.minibatch_size=10",
+                "dataset.batch_size=10", "dataset.n_epochs=1"],
+               ["--model", "agem_r", "--buffer_size", "200", "--lr", "0.1", "--minibatch_size", "128",
+                "--batch_size", "10", "--n_epochs", "1"]),
+    "fdr": (["model=fdr", "model.buffer_size=200", "model.lr=0.03", "model.minibatch_size=128",
+             "dataset.batch_size=128", "dataset.n_epochs=1"],
+            ["--model", "fdr", "--buffer_size", "200", "--lr", "0.03", "--minibatch_size", "128", "--alpha", "0.5",
+             "--batch_size", "128", "--n_epochs", "1"]),
+    "gss": (["model=gss", "model.buffer_size=200", "model.lr=0.1", "model.minibatch_size=128",
+             "model.gss_minibatch_size=10", "model.batch_num=1", "dataset.batch_size=128", "dataset.n_epochs=1"],
+            ["--model", "gss", "--buffer_size", "200", "--lr", "0.1", "--minibatch_size", "10",
+             "--gss_minibatch_size", "10", "--batch_num", "1", "--batch_size", "128", "--n_epochs", "1"]),
+    "hal": (["model=hal", "model.buffer_size=200", "model.lr=0.1", "model.minibatch_size=128", "model.hal_lambda=0.1",
+             "model.beta=0.7", "model.gamma=0.5", "dataset.batch_size=128", "dataset.n_epochs=1"],
+            ["--model", "hal", "--buffer_size", "200", "--lr", "0.1", "--minibatch_size", "128", "--hal_lambda", "0.1",
+             "--beta", "0.7", "--gamma", "0.5", "--batch_size", "128", "--n_epochs", "1"]),
+    # (er_ace_aer_abs is not here: the original has no seq-mnist arguments for it and its observe
+    # needs the noisy-label arguments --noise_rate/--noise_type to start)
+    # rpc has no seq-mnist best arguments: its models/config/rpc.yaml (seq-cifar10, buffer 100:
+    # adam, lr 1e-4, batch 128) with buffer 200 and one epoch
+    "rpc": (["model=rpc", "model.buffer_size=200", "model.optimizer=adam", "model.lr=0.0001",
+             "model.minibatch_size=128", "dataset.batch_size=128", "dataset.n_epochs=1"],
+            ["--model", "rpc", "--buffer_size", "200", "--optimizer", "adam", "--lr", "0.0001",
+             "--batch_size", "128", "--n_epochs", "1"]),
 }
 
 
@@ -82,10 +113,7 @@ def write_data(root: Path, n_train: int = 6000, n_test: int = 1000, seed: int = 
     if (raw / "t10k-labels-idx1-ubyte").is_file():
         return
     raw.mkdir(parents=True, exist_ok=True)
-    # the original reads <base_path>/MNIST/<class name>/raw (torchvision's MNIST, its MyMNIST subclass)
-    for reader in ("MNIST", "MyMNIST"):
-        (root / "original" / "MNIST" / reader).mkdir(parents=True, exist_ok=True)
-        (root / "original" / "MNIST" / reader / "raw").symlink_to(raw.resolve(), target_is_directory=True)
+    link_original_readers(root, raw)
     rng = np.random.default_rng(seed)
     grid = np.stack(np.meshgrid(np.arange(28), np.arange(28), indexing="ij"), -1)
     prototypes = np.zeros((10, 28, 28))
@@ -97,6 +125,33 @@ def write_data(root: Path, n_train: int = 6000, n_test: int = 1000, seed: int = 
         images, labels = synthetic_mnist(n, rng, prototypes)
         write_idx(raw / f"{prefix}-images-idx3-ubyte", 0x803, images)
         write_idx(raw / f"{prefix}-labels-idx1-ubyte", 0x801, labels)
+
+
+def link_original_readers(root: Path, raw: Path) -> None:
+    """The original reads ``<base_path>/MNIST/<class name>/raw`` (torchvision's MNIST, its MyMNIST
+    subclass): link both to ``raw`` under ``root/original``."""
+    for reader in ("MNIST", "MyMNIST"):
+        (root / "original" / "MNIST" / reader).mkdir(parents=True, exist_ok=True)
+        link = root / "original" / "MNIST" / reader / "raw"
+        if not link.is_symlink():
+            link.symlink_to(raw.resolve(), target_is_directory=True)
+
+
+def write_fashion_mnist(root: Path, source: Path) -> None:
+    """Fashion-MNIST's four ``*-ubyte.gz`` files of ``source``, uncompressed, as the MNIST raw files
+    both codebases read as seq-mnist (``root/MNIST/raw``; the original's readers linked to it)."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix in ("train", "t10k"):
+        for name in (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"):
+            if not (raw / name).is_file():
+                packed = source / f"{name}.gz"
+                if not packed.is_file():
+                    raise SystemExit(f"--fashion-mnist {source}: {packed.name} is missing (expected the four *-ubyte.gz files)")
+                partial = raw / f"{name}.partial"
+                partial.write_bytes(gzip.decompress(packed.read_bytes()))
+                partial.rename(raw / name)
+    link_original_readers(root, raw)
 
 
 def run_ours(overrides: list[str], seed: int, data: Path) -> float:
@@ -127,10 +182,19 @@ def main() -> None:
     parser.add_argument("--original", type=Path, help="an exported original Mammoth (omit: ours only)")
     parser.add_argument("--original-path", default="", help="extra PYTHONPATH for the original's packages")
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "mammoth-synthetic-mnist")
+    parser.add_argument("--fashion-mnist", type=Path, metavar="DIR",
+                        help="run on the real Fashion-MNIST (DIR holds its four *-ubyte.gz files, e.g. "
+                             "/usr/share/datasets/fashion-mnist), read as seq-mnist by both codebases, "
+                             "instead of the synthetic files; the data goes under --data")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=list(RUNS), choices=list(RUNS))
     args = parser.parse_args()
-    write_data(args.data)
+    if args.fashion_mnist is not None:
+        if args.data == parser.get_default("data"):
+            args.data = Path(tempfile.gettempdir()) / "mammoth-fashion-mnist"
+        write_fashion_mnist(args.data, args.fashion_mnist)
+    else:
+        write_data(args.data)
     for name in args.methods:
         ours_overrides, original_flags = RUNS[name]
         codebases = ["mammoth"] + (["original"] if args.original is not None and original_flags else [])

@@ -477,20 +477,22 @@ class ReplayModel(ContinualModel):
         size = self.minibatch_size if self.minibatch_size is not None else batch_size
         return min(size, len(self.buffer))
 
-    def replay_batch(self, batch_size: int, device: Optional[torch.device] = None) -> Optional[ReplayBatch]:
+    def replay_batch(self, batch_size: int, device: Optional[torch.device] = None,
+                     augment: bool = True) -> Optional[ReplayBatch]:
         """A replay minibatch of ``minibatch_size`` items, else as many as the batch observed:
         ``batch_size`` (``observe`` passes its inputs' size), or on several processes the whole
         batch's, ``context.shard.size``; on ``device`` (None: the backbone's; ``observe`` passes its
         inputs' device, which is cheaper to get); None while the buffer is empty. On several
         processes it is drawn whole on every rank (the generators stay alike) and each rank gets
         its equal part when the step is split (:attr:`~mammoth.engine.context.TrainingContext.shard`;
-        :meth:`replay_rows` says how many it draws)."""
+        :meth:`replay_rows` says how many it draws). ``augment=False``: normalised by
+        ``context.test_transform`` instead of augmented."""
         if self.buffer.is_empty():
             return None
         shard = self.context.shard
         whole = batch_size if shard is None else shard.size
         size = self.minibatch_size if self.minibatch_size is not None else whole
-        batch = self.buffer.sample(size, transform=self.context.train_transform)
+        batch = self.buffer.sample(size, transform=self.context.train_transform if augment else self.context.test_transform)
         if shard is not None:
             rows = shard.of(len(batch.indices))
             batch = ReplayBatch(*(None if value is None else rows.rows(value) for value in batch))
