@@ -145,6 +145,9 @@ class ErAceAerAbs(ReplayModel):
     per task (its only epoch is the last) AER never replays nor stores: use ``use_aer=false``.
     """
 
+    accepts_regularizer = False  # alternate replay steps: not checked with a regulariser
+    supports_memory_per_class = False  # its loss-ranked memory has a fixed size
+
     #: Per-epoch network restores and per-example selection: one process only.
     supports_distributed = False
 

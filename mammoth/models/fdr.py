@@ -3,7 +3,7 @@ function space", ICLR 2019), as the original Mammoth's ``fdr``."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -29,8 +29,16 @@ class Fdr(ReplayModel):
     ``--alpha`` is required there and never read; this method has none.
     """
 
+    accepts_regularizer = False  # two steps per batch (cross-entropy, then the function distance)
+    supports_memory_per_class = False  # buffer_size // tasks per task, as the original
+    has_memory = False  # its memory stores logits, no labels: no class means to score
+
     #: Not checked against one process on several.
     supports_distributed = False
+
+    def __init__(self, net: Any, dataset: Any, buffer_size: int, **kwargs: Any) -> None:
+        """The memory's total size is required (the original's ``--buffer_size``; no memory per class)."""
+        super().__init__(net, dataset, buffer_size=buffer_size, **kwargs)
 
     def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> float:
         """A cross-entropy step on the batch, then (once the memory holds a task) a function-distance

@@ -172,6 +172,9 @@ class Gss(ReplayModel):
     normalisation).
     """
 
+    accepts_regularizer = False  # its memory's gradient scores take extra backward passes
+    supports_memory_per_class = False  # its gradient-scored memory has a fixed size
+
     #: The memory scores each batch with its own gradients (per-example loops): one process only.
     supports_distributed = False
     #: Its scoring backward passes are not scaled.

@@ -121,6 +121,9 @@ class HAL(ReplayModel):
     the second term, as the paper describes.
     """
 
+    accepts_regularizer = False  # the anchor step adds its own gradient
+    supports_memory_per_class = False  # a ring memory of buffer_size, as the original
+
     #: Per-step weight restores and anchor steps: one process only.
     supports_distributed = False
     #: Its anchor step accumulates onto the first step's gradient and steps the optimizer itself.

@@ -99,6 +99,8 @@ class Lucir(ReplayModel):
     the classifier, BatchNorm with batch statistics and no running updates. Class-IL datasets only.
     """
 
+    accepts_regularizer = False  # its class-balanced finetuning steps its optimizer itself
+
     supports_distributed = True
     supports_fp16 = False  # the class-balanced finetuning calls backward and steps its optimizer itself
 

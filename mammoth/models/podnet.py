@@ -119,6 +119,8 @@ class PODNet(ReplayModel):
     (``buffer_size // seen`` (or ``memory_per_class``) per class) and the network frozen as the next teacher. Class-IL only.
     """
 
+    accepts_regularizer = False  # not checked with a regulariser (its finetuning steps too)
+
     def __init__(
         self,
         net: MammothBackbone,

@@ -44,6 +44,9 @@ class RPC(ReplayModel):
     non-augmented examples. Class-IL datasets only.
     """
 
+    accepts_regularizer = False  # not checked with a regulariser
+    supports_memory_per_class = False  # a class-balanced memory of buffer_size, as the original
+
     #: Not checked against one process on several.
     supports_distributed = False
 

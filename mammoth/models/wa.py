@@ -71,6 +71,8 @@ class WA(ReplayModel):
     evaluation scores the aligned classifier. Class-IL datasets only.
     """
 
+    accepts_regularizer = False  # not checked with a regulariser
+
     supports_distributed = True
 
     def __init__(
