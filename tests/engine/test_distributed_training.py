@@ -22,7 +22,7 @@ from mammoth.models.buffer import ReplayBuffer
 
 #: The methods that train on several processes as on one (docs/distributed.md).
 DISTRIBUTED_METHODS = {"agem", "bic", "der", "derpp", "er", "ewc-on", "gdumb", "gem", "icarl", "joint",
-                       "lucir", "lwf-mc",
+                       "lwf-mc",
                        "joint-cumulative", "lwf", "sgd", "si"}
 
 
