@@ -87,7 +87,22 @@ RUNS: dict[str, tuple[list[str], list[str]]] = {
              "model.minibatch_size=128", "dataset.batch_size=128", "dataset.n_epochs=1"],
             ["--model", "rpc", "--buffer_size", "200", "--optimizer", "adam", "--lr", "0.0001",
              "--batch_size", "128", "--n_epochs", "1"]),
+    # no seq-mnist best arguments in the original for lucir and lwf_mc: their seq-cifar100 ones
+    # (utils/best_args.py lucir [500]; models/config/lwf_mc.yaml lr) at seq-mnist's batch size and epochs
+    "lucir": (["model=lucir", "model.buffer_size=500", "model.lr=0.03", "model.momentum=0.9",
+               "model.lr_finetune=0.01", "model.fitting_epochs=20", "dataset.batch_size=10", "dataset.n_epochs=1"],
+              ["--model", "lucir", "--buffer_size", "500", "--lr", "0.03", "--optim_mom", "0.9",
+               "--lr_finetune", "0.01", "--fitting_epochs", "20", "--batch_size", "10", "--n_epochs", "1"]),
+    "lwf_mc": (["model=lwf_mc", "model.lr=0.03", "dataset.batch_size=10", "dataset.n_epochs=1"],
+               ["--model", "lwf_mc", "--lr", "0.03", "--batch_size", "10", "--n_epochs", "1"]),
 }
+
+#: Runs the original's main.py; without CUDA, torch.cuda.synchronize (which lucir's fit_buffer
+#: calls and which fails without a GPU) does nothing.
+LAUNCHER = ("import runpy, sys, torch\n"
+            "if not torch.cuda.is_available(): torch.cuda.synchronize = lambda *args, **kwargs: None\n"
+            "sys.argv = ['main.py'] + sys.argv[1:]\n"
+            "runpy.run_path('main.py', run_name='__main__')\n")
 
 
 def write_idx(path: Path, magic: int, array: np.ndarray) -> None:
@@ -167,7 +182,7 @@ def run_original(flags: list[str], seed: int, data: Path, original: Path, extra_
     """The original's final Class-IL average (the last line it prints) for one seed."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (extra_path, str(original)) if p),
            "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "main.py", "--dataset", "seq-mnist", "--seed", str(seed), "--base_path", f"{data}/original/",
+    command = [sys.executable, "-c", LAUNCHER, "--dataset", "seq-mnist", "--seed", str(seed), "--base_path", f"{data}/original/",
                "--num_workers", "0", "--non_verbose", "1", *flags]
     done = subprocess.run(command, cwd=original, env=env, check=True, capture_output=True, text=True)
     found = re.findall(r"Accuracy for \d+ task\(s\):\s+\[Class-IL\]: ([\d.]+) %", done.stderr + done.stdout)

@@ -6,7 +6,9 @@ ContinualModel's ``meta_begin_task`` / ``meta_observe`` / ``meta_end_task``, as 
 loop does) in a child process, on the original's own MLP (``backbone/MNISTMLP.py``, hidden size
 16, weights set by :func:`linear_weights`) and the images of :func:`task_images` (3 tasks of 2
 classes, 1x6x6, batches of 4, no augmentation), and writes every step's loss (LUCIR: its
-training steps then its class-balanced finetuning steps), the classifier after each
+training steps then its class-balanced finetuning steps; LUCIR also on the original's ResNet-18
+of width 2 on 3x16x16 images, for its BatchNorm: train mode in training, eval mode in the frozen copy
+and the herding, batch statistics without running updates in the finetuning), the classifier after each
 ``begin_task`` (the imprinted block) and each task, the memory and the logits of
 :func:`probe_images` after each task to ``tests/models/data/lucir_lwfmc_reference.json``.
 tests/models/test_lucir_lwfmc_fidelity.py builds the same network with ``backbone=mnistmlp``,
@@ -54,6 +56,11 @@ OUTPUT = Path(__file__).resolve().parents[1] / "tests" / "models" / "data" / "lu
 N_TASKS, CLASSES_PER_TASK, PER_CLASS, BATCH = 3, 2, 6, 4
 IMAGE = (1, 6, 6)
 HIDDEN = 16
+#: LUCIR also runs on a ResNet-18 of width 2 (16 features, BatchNorm) on 3x16x16 images (its last
+#: BatchNorm normalises 4 images of 2x2: 8x8 images leave it 4 values a channel, whose variance
+#: magnifies the last bit of every sum).
+RGB_IMAGE = (3, 16, 16)
+RESNET_WIDTH = 2
 #: The run generator's seed of this implementation (the finetuning's epoch orders come from it).
 GENERATOR_SEED = 5
 LUCIR_SETTINGS = {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "buffer_size": 12, "lamda_base": 5.0,
@@ -65,18 +72,18 @@ LWFMC_SETTINGS = {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "wd_reg": 0.
 # ---- what both runs share (the tests import these) ----
 
 
-def task_images(task: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The training images in [0, 1] and labels of ``task``: each class a fixed pattern plus noise."""
+def task_images(task: int, shape: tuple[int, ...] = IMAGE) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training images in [0, 1] of ``shape`` and labels of ``task``: each class a fixed pattern plus noise."""
     generator = torch.Generator().manual_seed(700 + task)
     labels = torch.arange(CLASSES_PER_TASK).repeat(PER_CLASS) + task * CLASSES_PER_TASK
-    patterns = torch.rand(N_TASKS * CLASSES_PER_TASK, *IMAGE, generator=torch.Generator().manual_seed(699))
-    images = (0.6 * patterns[labels] + 0.4 * torch.rand(len(labels), *IMAGE, generator=generator)).clamp(0, 1)
+    patterns = torch.rand(N_TASKS * CLASSES_PER_TASK, *shape, generator=torch.Generator().manual_seed(699))
+    images = (0.6 * patterns[labels] + 0.4 * torch.rand(len(labels), *shape, generator=generator)).clamp(0, 1)
     return images, labels
 
 
-def probe_images() -> torch.Tensor:
+def probe_images(shape: tuple[int, ...] = IMAGE) -> torch.Tensor:
     """Images of every class whose logits are compared after each task."""
-    return torch.cat([task_images(task)[0][:4] for task in range(N_TASKS)])
+    return torch.cat([task_images(task, shape)[0][:4] for task in range(N_TASKS)])
 
 
 def linear_weights(index: int, shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,6 +101,23 @@ def set_mlp_weights(net: torch.nn.Module) -> None:
             weight, bias = linear_weights(index, tuple(layer.weight.shape))
             layer.weight.copy_(weight)
             layer.bias.copy_(bias)
+
+
+def set_weights_by_position(net: torch.nn.Module) -> None:
+    """Every parameter, by its position in ``named_parameters()`` (the original's ResNet and this
+    implementation's list the same shapes in the same order): BatchNorm weights around 1, other
+    vectors std 0.1, the rest std 1/sqrt(fan-in); running statistics stay at their defaults."""
+    with torch.no_grad():
+        for index, (name, parameter) in enumerate(net.named_parameters()):
+            generator = torch.Generator().manual_seed(1000 + index)
+            values = torch.randn(parameter.shape, generator=generator)
+            if parameter.ndim >= 2:
+                values = values / (parameter[0].numel() ** 0.5)
+            elif name.endswith("weight"):  # a vector weight: a BatchNorm's
+                values = 1.0 + 0.1 * values
+            else:
+                values = 0.1 * values
+            parameter.copy_(values)
 
 
 def head_weights() -> list[torch.Tensor]:
@@ -167,8 +191,17 @@ def original_mlp() -> torch.nn.Module:
     return net
 
 
-def run_original_lucir() -> dict:
-    """LUCIR of the original: losses, imprinted and trained classifier blocks, memory, logits."""
+def original_resnet() -> torch.nn.Module:
+    from backbone.ResNetBlock import resnet18
+
+    net = resnet18(N_TASKS * CLASSES_PER_TASK, RESNET_WIDTH)
+    set_weights_by_position(net)
+    return net
+
+
+def run_original_lucir(kind: str) -> dict:
+    """LUCIR of the original on the MLP (``kind`` mlp) or the ResNet (resnet): losses, imprinted and
+    trained classifier blocks, memory, logits, the margin ranking loss on :func:`margin_inputs`."""
     import models.lucir as lucir_module
     from models.lucir import Lucir, lucir_batch_hard_triplet_loss
 
@@ -189,7 +222,9 @@ def run_original_lucir() -> dict:
                        lr_finetune=settings["lr_finetune"], imprint_weights=int(settings["imprint_weights"]))
     dataset = original_dataset(args)
     torch.manual_seed(0)
-    model = Lucir(original_mlp(), torch.nn.CrossEntropyLoss(), args, None, dataset=dataset)
+    shape = IMAGE if kind == "mlp" else RGB_IMAGE
+    backbone = original_mlp() if kind == "mlp" else original_resnet()
+    model = Lucir(backbone, torch.nn.CrossEntropyLoss(), args, None, dataset=dataset)
     with torch.no_grad():
         for block, values in zip(model.net.classifier.weights, head_weights()):
             block.copy_(values)
@@ -200,7 +235,7 @@ def run_original_lucir() -> dict:
     result: dict[str, Any] = {"losses": [], "imprinted": [], "blocks": [], "sigma": [], "memory_examples": [],
                               "memory_labels": [], "logits": []}
     for task in range(N_TASKS):
-        dataset.train_loader = torch.utils.data.DataLoader(TaskDataset(*task_images(task)), batch_size=BATCH)
+        dataset.train_loader = torch.utils.data.DataLoader(TaskDataset(*task_images(task, shape)), batch_size=BATCH)
         model.net.train()
         model.meta_begin_task(dataset)
         result["imprinted"].append(listed(classifier.weights[task]))
@@ -214,7 +249,7 @@ def run_original_lucir() -> dict:
         result["memory_examples"].append(listed(model.buffer.examples[:len(model.buffer)]))
         result["memory_labels"].append(model.buffer.labels[:len(model.buffer)].tolist())
         model.net.eval()
-        result["logits"].append(listed(model(probe_images())))
+        result["logits"].append(listed(model(probe_images(shape))))
     labels, scores = margin_inputs()
     result["margin_loss"] = float(lucir_batch_hard_triplet_loss(labels, scores, settings["k_mr"],
                                                                 settings["mr_margin"], 3))
@@ -257,11 +292,13 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=OUTPUT)
     arguments = parser.parse_args()
     if arguments.child:
+        torch.set_num_threads(1)  # the sums in the order the tests compute them (they use one thread too)
         import_original(arguments.original.resolve(), arguments.original_path)
         print(json.dumps({
             "source": {"repository": "aimagelab/mammoth", "commit": mirror_commit("aimagelab+mammoth"),
                        "torch": torch.__version__},
-            "lucir": {"settings": LUCIR_SETTINGS, **run_original_lucir()},
+            "lucir": {"settings": LUCIR_SETTINGS, **run_original_lucir("mlp")},
+            "lucir_resnet": {"settings": LUCIR_SETTINGS, **run_original_lucir("resnet")},
             "lwf_mc": {"settings": LWFMC_SETTINGS, **run_original_lwfmc()},
         }))
         return

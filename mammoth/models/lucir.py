@@ -79,7 +79,7 @@ class CosineClassifier(nn.Module):
 @register_model("lucir")
 class Lucir(ReplayModel):
     """LUCIR: a cosine classifier on ``net(x, returnt="features")`` (the backbone's own classifier is
-    not used), with less-forget distillation of the features, a margin ranking loss and a
+    not used, and frozen), with less-forget distillation of the features, a margin ranking loss and a
     class-balanced finetuning of the classifier on the memory after each task.
 
     Each task trains on its data joined with the memory (as iCaRL, float in [0, 1]). The step's
@@ -92,7 +92,7 @@ class Lucir(ReplayModel):
     the classifier is imprinted (``imprint_weights``): the normalised mean of each new class's
     normalised features (training transform, network in eval mode), scaled to the old blocks'
     mean row norm; only that block and ``sigma`` train with the backbone. After each task: a
-    frozen copy of the network; the memory keeps ``buffer_size // seen classes`` exemplars per
+    frozen copy of the network; the memory keeps ``buffer_size // seen classes`` (or ``memory_per_class``) exemplars per
     class by :func:`~mammoth.models.icarl.herding` on the (unnormalised) features of the task's
     data; then ``fitting_epochs`` epochs of SGD (``lr_finetune``, ``momentum``, ``weight_decay``;
     the rate divided by 10 after 10 batch steps) on the memory with the same loss, training only
@@ -101,14 +101,17 @@ class Lucir(ReplayModel):
 
     accepts_regularizer = False  # its class-balanced finetuning steps its optimizer itself
 
-    supports_distributed = True
+    #: The margin ranking loss averages over the batch's past-class examples, which the ranks' equal
+    #: shards split unequally: the mean of their means is not the batch's (measured: weights 0.03 apart).
+    supports_distributed = False
     supports_fp16 = False  # the class-balanced finetuning calls backward and steps its optimizer itself
 
     def __init__(
         self,
         net: MammothBackbone,
         dataset: Any,
-        buffer_size: int,
+        buffer_size: Optional[int] = None,
+        memory_per_class: Optional[int] = None,
         lamda_base: float = 5.0,
         lamda_mr: float = 1.0,
         k_mr: int = 2,
@@ -119,7 +122,7 @@ class Lucir(ReplayModel):
         **kwargs: Any,
     ) -> None:
         require_class_il("lucir", dataset)
-        super().__init__(net, dataset, buffer_size=buffer_size, **kwargs)
+        super().__init__(net, dataset, buffer_size=buffer_size, memory_per_class=memory_per_class, **kwargs)
         self.lamda_base = check_non_negative("model.lamda_base", lamda_base)
         self.lamda_mr = check_non_negative("model.lamda_mr", lamda_mr)
         self.k_mr = check_positive_int("model.k_mr", k_mr)
@@ -129,15 +132,17 @@ class Lucir(ReplayModel):
         self.imprint_weights = bool(imprint_weights)
         task_sizes = [len(dataset.task_classes(task)) for task in range(dataset.n_tasks)]
         self.head = CosineClassifier(net.num_features, task_sizes)
+        # the backbone's own classifier is never used: frozen, so that no trainable parameter goes
+        # without a gradient (what the ranks' gradient averaging requires)
+        net.classifier.requires_grad_(False)
         self.old_net: Optional[Frozen] = None
 
     # ---- training ----
 
     def make_optimizer(self) -> torch.optim.Optimizer:
-        """The backbone's trainable parameters (not its own ``classifier``), the current task's block
-        of the cosine classifier and ``sigma``."""
-        unused = {id(parameter) for parameter in self.net.classifier.parameters()}
-        parameters = [p for p in self.net.parameters() if p.requires_grad and id(p) not in unused]
+        """The backbone's trainable parameters (its own ``classifier`` is frozen), the current task's
+        block of the cosine classifier and ``sigma``."""
+        parameters = [p for p in self.net.parameters() if p.requires_grad]
         parameters += [self.head.weights[self.current_task], self.head.sigma]
         if self.optimizer_name == "adam":
             return torch.optim.Adam(parameters, lr=self.lr, weight_decay=self.weight_decay)
@@ -227,9 +232,9 @@ class Lucir(ReplayModel):
                           for batch in self.context.batches(source, shuffle=False, augment=False)])
 
     def fill_memory(self, task: int, data: DataSource) -> None:
-        """Keep the first ``buffer_size // seen`` exemplars of the old classes; herd as many of each
+        """Keep the first :meth:`exemplars_per_class` (``buffer_size // seen``, or ``memory_per_class``) exemplars of the old classes; herd as many of each
         new one on the unnormalised features (the original's ``fill_buffer(use_herding=True)``)."""
-        per_class = self.buffer_size // class_bounds(self.context, task)[1]
+        per_class = self.exemplars_per_class(class_bounds(self.context, task)[1])
         keep_first(self.buffer, per_class)
         features = self.features(data)
         labels, device = data.labels, self.context.device

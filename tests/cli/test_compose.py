@@ -158,8 +158,8 @@ def test_an_unknown_option_names_itself_every_allowed_name_and_the_closest(
 def test_unknown_dataset_and_model_names():
     with pytest.raises(ConfigError, match="did you mean 'seq-cifar10'"):
         prepare("dataset=seq-cifar1O")
-    with pytest.raises(ConfigError, match="unknown model 'dre'.*did you mean 'der'"):
-        prepare("-m", "model=sgd,dre")
+    with pytest.raises(ConfigError, match="unknown model 'deer'.*did you mean 'der'"):
+        prepare("-m", "model=sgd,deer")
 
 
 def test_argument_of_another_backbone_lists_the_selected_ones_arguments():

@@ -3,7 +3,7 @@ BatchNorm on 1, 2 and 3 gloo processes (torchrun), with batches that split evenl
 do not (an epoch's last batch, one smaller than the world), replay minibatches that divide and
 ones that do not (a buffer holding fewer items than the minibatch); and the work every rank
 computes identically (ewc-on's and ewc's Fisher, mas's importances, gem's memory gradients, gdumb's
-final fit, lwf's warm-up, bic's correction) runs with no collective. The second suite (``-m distributed``).
+final fit, lwf's warm-up, bic's correction; lwf-mc has none) runs with no collective. The second suite (``-m distributed``).
 
 Tolerance: 1e-12 in float64. The ranks' equal shards add the same terms as one process in another
 order (each rank's mean, then DDP's average; Chan's merge of the ranks' BatchNorm statistics), so
@@ -118,6 +118,7 @@ torch.set_num_threads(1)
 RUNS = {"ewc-on": {"e_lambda": 10.0, "gamma": 1.0}, "gem": {"buffer_size": 40},
         "gdumb": {"buffer_size": 40, "fitting_epochs": 2, "cutmix_alpha": None},
         "lwf": {}, "bic": {"buffer_size": 40, "bic_epochs": 2}, "wa": {"buffer_size": 40}, "mas": {"lr": 0.01}, "ewc": {},
+        "lwf-mc": {"wd_reg": 0.001},
         "er:per-class": {"memory_per_class": 3}}
 launch = detect_launch()
 if launch is not None:
@@ -208,7 +209,7 @@ def test_work_every_rank_computes_identically_runs_with_no_collective(tmp_path: 
     together = torchrun(["worker.py", "two.json"], tmp_path)
     assert together.returncode == 0, together.stderr[-3000:]
     one, two = (json.loads((tmp_path / name).read_text()) for name in ("one.json", "two.json"))
-    for name in ("ewc-on", "gem", "gdumb", "lwf", "bic", "wa", "mas", "ewc"):
+    for name in ("ewc-on", "gem", "gdumb", "lwf", "bic", "wa", "mas", "ewc", "lwf-mc"):
         collectives, armed = two[name]["phases"]["inner"]  # begin_task, training_data, end_task: the inner loops
         assert (collectives, armed) == (0, 0), name
         step_collectives, step_armed = two[name]["phases"]["step"]

@@ -22,7 +22,7 @@ from mammoth.models.buffer import ReplayBuffer
 
 #: The methods that train on several processes as on one (docs/distributed.md).
 DISTRIBUTED_METHODS = {"agem", "bic", "der", "derpp", "er", "ewc", "ewc-on", "gdumb", "gem", "icarl", "joint",
-                       "joint-cumulative", "lucir", "lwf", "lwf-mc", "mas", "sgd", "si", "wa"}
+                       "joint-cumulative", "lwf", "lwf-mc", "mas", "sgd", "si", "wa"}
 
 
 def begun(name: str, **values) -> torch.nn.Module:

@@ -34,7 +34,7 @@ EXPECTED = {
     "fdr": FIXED,  # the original's required --alpha is never read: none here
     "gem": {**REPLAY, "gamma": (float, 0.5)},
     "icarl": {**REGULARIZED, "opt_wd": (float, 1e-5)},
-    "lucir": {**FIXED, "lamda_base": (float, 5.0), "lamda_mr": (float, 1.0), "k_mr": (int, 2), "mr_margin": (float, 0.5),
+    "lucir": {**REPLAY, "lamda_base": (float, 5.0), "lamda_mr": (float, 1.0), "k_mr": (int, 2), "mr_margin": (float, 0.5),
               "fitting_epochs": (int, 20), "lr_finetune": (float, 0.01), "imprint_weights": (bool, True)},
     "er_ace": {**REGULARIZED, "task_free": (bool, False), "use_custom_classifier": (bool, True)},
     "gdumb": {"buffer_size": (Optional[int], None), "memory_per_class": (Optional[int], None), "maxlr": (float, 0.05), "minlr": (float, 0.0005),

@@ -246,8 +246,8 @@ def test_the_classes_a_memory_per_class_counts_as_seen() -> None:
 
 
 def test_a_class_balanced_memory_keeps_memory_per_class_of_each_class(make_model) -> None:
-    extra = {"bic": {"bic_epochs": 1}, "podnet": {"ft_epochs": 1}}
-    for name in ("icarl", "gem", "bic", "wa", "podnet"):
+    extra = {"bic": {"bic_epochs": 1}, "podnet": {"ft_epochs": 1}, "lucir": {"fitting_epochs": 1}}
+    for name in ("icarl", "gem", "bic", "wa", "podnet", "lucir"):
         model = make_model(name, memory_per_class=3, **extra.get(name, {}))
         for task in range(2):
             model.begin_task(task)
