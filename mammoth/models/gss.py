@@ -179,6 +179,7 @@ class Gss(ReplayModel):
     supports_distributed = False
     #: Its scoring backward passes are not scaled.
     supports_fp16 = False
+    supports_task_free = True  # no hook does work at task changes: the original's online method (docs/online.md)
 
     def __init__(self, net: MammothBackbone, dataset: Any, buffer_size: int, batch_num: int = 1,
                  gss_minibatch_size: Optional[int] = None, **kwargs: Any) -> None:

@@ -172,7 +172,7 @@ def test_a_method_that_needs_task_changes_refuses_task_free() -> None:
     with pytest.raises(ConfigError) as error:
         check_task_free("agem", AGEM, dataset)
     assert str(error.value) == ("model=agem does not support dataset.task_free=true (its begin_task/end_task do work at "
-                                "task changes); allowed: dataset.task_free=false, or one of der, derpp, er, er-ace, mer, sgd")
+                                "task changes); allowed: dataset.task_free=false, or one of der, derpp, er, er-ace, gss, mer, sgd")
     check_task_free("agem", AGEM, build_dataset({"name": "seq-digits", "stream": "online"}))  # told where tasks change: runs
 
 
@@ -203,7 +203,7 @@ def test_the_methods_declaring_task_free_are_those_whose_hooks_ignore_task_chang
             "current_task" in inspect.getsource(owner) for owner in own))
         assert method.supports_task_free == expected, name
     assert sorted(name for name in MODELS.names() if MODELS.get(name).target.supports_task_free) == [
-        "der", "derpp", "er", "er-ace", "mer", "sgd"]
+        "der", "derpp", "er", "er-ace", "gss", "mer", "sgd"]
 
 
 class Interrupted(Exception):

@@ -51,8 +51,10 @@ def arguments(name: str) -> dict:
     for each argument without a default (sizes 64, other numbers 0.5), as the resume tests do."""
     if name in ARGUMENTS:
         return ARGUMENTS[name]
+    memory = MODELS.get(name).argument("memory_per_class") is not None  # a memory of either size: buffer_size then
     return {argument.name: 64 if "size" in argument.name else (1 if argument.hint is int else 0.5)
-            for argument in MODELS.get(name).arguments if argument.required}
+            for argument in MODELS.get(name).arguments
+            if argument.required or (memory and argument.name == "buffer_size")}
 
 
 def tiny_network(name: str, dataset) -> torch.nn.Module:
