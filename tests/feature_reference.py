@@ -3,7 +3,6 @@ benchmark, the tiny ViT's weights and the original's recorded numbers."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -15,6 +14,7 @@ from torch import Tensor
 
 from mammoth.backbones.timm import TimmBackbone
 from mammoth.datasets.source import DataSource, InMemorySource
+from reference_tasks import PairTasks, reference_script
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE_FILE = Path(__file__).resolve().parent / "models" / "data" / "feature_methods_reference.json"
@@ -23,10 +23,7 @@ REFERENCE_FILE = Path(__file__).resolve().parent / "models" / "data" / "feature_
 @lru_cache(maxsize=1)
 def script() -> ModuleType:
     """scripts/reference_feature_methods.py as a module (its top level needs only torch)."""
-    spec = importlib.util.spec_from_file_location("reference_feature_methods", REPO / "scripts" / "reference_feature_methods.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return reference_script('reference_feature_methods')
 
 
 @lru_cache(maxsize=1)
@@ -42,27 +39,14 @@ class Config:
     n_epochs = 1
 
 
-class ImageDataset:
+class ImageDataset(PairTasks):
     """The script's benchmark: 2 class-IL tasks of 2 classes, 32x32 RGB images, no transforms."""
 
     name = "reference-images"
     n_classes = 4
     n_tasks = 2
-    setting = "class-il"
     input_shape = (3, 32, 32)
     config = Config()
-
-    def task_classes(self, task: int) -> range:
-        """Classes ``2*task`` and ``2*task + 1``."""
-        return range(2 * task, 2 * task + 2)
-
-    def train_transform(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """No augmentation (the script feeds raw images)."""
-        return x
-
-    def test_transform(self, x: Tensor) -> Tensor:
-        """No normalisation."""
-        return x
 
     def task_source(self, task: int) -> DataSource:
         """The task's images of :func:`task_images` in the script."""

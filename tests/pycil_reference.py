@@ -3,7 +3,6 @@ benchmark, the tiny network as a mammoth backbone, the batches in PyCIL's order 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -16,6 +15,7 @@ from torch import Tensor, nn
 
 from mammoth.backbones.base import MammothBackbone
 from mammoth.datasets.source import DataSource, InMemorySource
+from reference_tasks import PairTasks, reference_script
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE_FILE = Path(__file__).resolve().parent / "models" / "data" / "pycil_reference.json"
@@ -24,10 +24,7 @@ REFERENCE_FILE = Path(__file__).resolve().parent / "models" / "data" / "pycil_re
 @lru_cache(maxsize=1)
 def script() -> ModuleType:
     """scripts/reference_pycil_methods.py as a module (its top level needs only torch)."""
-    spec = importlib.util.spec_from_file_location("reference_pycil_methods", REPO / "scripts" / "reference_pycil_methods.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return reference_script('reference_pycil_methods')
 
 
 @lru_cache(maxsize=1)
@@ -52,27 +49,14 @@ class Config:
     n_epochs = 2
 
 
-class ImageDataset:
+class ImageDataset(PairTasks):
     """The script's benchmark: 2 class-IL tasks of 2 classes, 8x8 RGB images, no transforms."""
 
     name = "pycil-reference-images"
     n_classes = 4
     n_tasks = 2
-    setting = "class-il"
     input_shape = (3, 8, 8)
     config = Config()
-
-    def task_classes(self, task: int) -> range:
-        """Classes ``2*task`` and ``2*task + 1``."""
-        return range(2 * task, 2 * task + 2)
-
-    def train_transform(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """No augmentation (the script feeds the images as they are)."""
-        return x
-
-    def test_transform(self, x: Tensor) -> Tensor:
-        """No normalisation."""
-        return x
 
     def task_source(self, task: int) -> DataSource:
         """The task's images of :func:`task_images` in the script."""

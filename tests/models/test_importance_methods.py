@@ -12,7 +12,6 @@ from PyCIL's recorded terms in float64: 3e-8 apart; the tolerances leave room fo
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -28,6 +27,7 @@ from mammoth.datasets.source import Batch, DataSource, InMemorySource
 from mammoth.engine.context import build_context
 from mammoth.errors import ConfigError
 from mammoth.models import build_model
+from reference_tasks import PairTasks, reference_script
 
 REPO = Path(__file__).resolve().parents[2]
 REFERENCE_FILE = REPO / "tests" / "models" / "data" / "importance_methods_reference.json"
@@ -36,11 +36,7 @@ REFERENCE_FILE = REPO / "tests" / "models" / "data" / "importance_methods_refere
 @lru_cache(maxsize=1)
 def script() -> ModuleType:
     """scripts/reference_importance_methods.py as a module (its top level needs only torch)."""
-    spec = importlib.util.spec_from_file_location("reference_importance_methods",
-                                                  REPO / "scripts" / "reference_importance_methods.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return reference_script('reference_importance_methods')
 
 
 @lru_cache(maxsize=1)
@@ -54,20 +50,11 @@ class Config:
     n_epochs = 2
 
 
-class TinyDataset:
+class TinyDataset(PairTasks):
     """The script's benchmark: 3 class-IL tasks of 2 classes, 1x4x4 inputs, no transforms."""
 
     name, setting, n_classes, n_tasks, input_shape = "reference-tiny", "class-il", 6, 3, (1, 4, 4)
     config = Config()
-
-    def task_classes(self, task: int) -> range:
-        return range(2 * task, 2 * task + 2)
-
-    def train_transform(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        return x
-
-    def test_transform(self, x: Tensor) -> Tensor:
-        return x
 
     def task_source(self, task: int) -> DataSource:
         return InMemorySource(*script().task_data(task))

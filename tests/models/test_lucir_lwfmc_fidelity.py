@@ -26,7 +26,6 @@ instead of one the losses of 8x8 images moved by 1e-3, hence one thread and 16x1
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -41,6 +40,7 @@ from mammoth.backbones.mlp import MNISTMLP
 from mammoth.datasets.source import DataSource, InMemorySource
 from mammoth.engine.context import build_context
 from mammoth.models import build_model
+from reference_tasks import PairTasks, reference_script
 
 REPO = Path(__file__).resolve().parents[2]
 REFERENCE_FILE = Path(__file__).resolve().parent / "data" / "lucir_lwfmc_reference.json"
@@ -49,10 +49,7 @@ REFERENCE_FILE = Path(__file__).resolve().parent / "data" / "lucir_lwfmc_referen
 @lru_cache(maxsize=1)
 def script() -> ModuleType:
     """scripts/reference_lucir_lwfmc.py as a module (its top level needs only torch)."""
-    spec = importlib.util.spec_from_file_location("reference_lucir_lwfmc", REPO / "scripts" / "reference_lucir_lwfmc.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return reference_script('reference_lucir_lwfmc')
 
 
 @lru_cache(maxsize=1)
@@ -68,29 +65,16 @@ class Config:
     n_epochs = 1
 
 
-class TinyDataset:
+class TinyDataset(PairTasks):
     """The script's benchmark: 3 class-IL tasks of 2 classes, 1x6x6 images (3x16x16 with ``rgb``), no transforms."""
 
     name = "reference-tiny"
     n_classes = 6
     n_tasks = 3
-    setting = "class-il"
     config = Config()
 
     def __init__(self, rgb: bool = False) -> None:
         self.input_shape = (3, 16, 16) if rgb else (1, 6, 6)
-
-    def task_classes(self, task: int) -> range:
-        """Classes ``2*task`` and ``2*task + 1``."""
-        return range(2 * task, 2 * task + 2)
-
-    def train_transform(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """No augmentation (the script feeds raw images)."""
-        return x
-
-    def test_transform(self, x: Tensor) -> Tensor:
-        """No normalisation."""
-        return x
 
     def task_source(self, task: int) -> DataSource:
         """The task's images of :func:`task_images` in the script."""

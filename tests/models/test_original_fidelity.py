@@ -10,7 +10,6 @@ with ``end_task_seed(task)`` before each ``end_task``."""
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
@@ -24,6 +23,7 @@ from mammoth.backbones.mlp import MNISTMLP
 from mammoth.datasets.source import DataSource, InMemorySource
 from mammoth.engine.context import build_context
 from mammoth.models import build_model
+from reference_tasks import PairTasks, reference_script
 
 REPO = Path(__file__).resolve().parents[2]
 REFERENCE = Path(__file__).parent / "data" / "original_methods_reference.json"
@@ -35,11 +35,7 @@ LOSS_TOLERANCE, VALUE_TOLERANCE = 1e-5, 1e-4
 @functools.lru_cache(maxsize=1)
 def script() -> ModuleType:
     """scripts/reference_original_methods.py as a module (its top level needs only torch)."""
-    spec = importlib.util.spec_from_file_location("reference_original_methods",
-                                                  REPO / "scripts" / "reference_original_methods.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return reference_script('reference_original_methods')
 
 
 @functools.lru_cache(maxsize=1)
@@ -48,7 +44,7 @@ def reference() -> dict[str, Any]:
     return json.loads(REFERENCE.read_text())
 
 
-class TinyDataset:
+class TinyDataset(PairTasks):
     """The script's benchmark: 2 class-IL tasks of 2 classes, 1x4x4 images, no transforms."""
 
     name = "original-reference"
@@ -57,18 +53,6 @@ class TinyDataset:
 
     def __init__(self) -> None:
         self.config = SimpleNamespace(batch_size=script().BATCH, n_epochs=1)
-
-    def task_classes(self, task: int) -> range:
-        """Classes ``2*task`` and ``2*task + 1``."""
-        return range(2 * task, 2 * task + 2)
-
-    def train_transform(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """No augmentation (the script feeds raw images)."""
-        return x
-
-    def test_transform(self, x: Tensor) -> Tensor:
-        """No normalisation."""
-        return x
 
     def task_source(self, task: int) -> DataSource:
         """The task's images of the script's ``task_images``."""

@@ -21,6 +21,7 @@ from mammoth.backbones.vit import VisionTransformer
 from mammoth.datasets.source import InMemorySource
 from mammoth.engine.context import build_context
 from mammoth.models import build_model
+from reference_tasks import PairTasks
 
 REFERENCE = Path(__file__).parent / "data" / "prompt_reference.safetensors"
 #: float32 on a CPU, 6 Adam steps; our attention is torch's fused one, the original's partly a softmax by hand.
@@ -47,21 +48,12 @@ def batch(task: int, step: int, size: int) -> tuple[Tensor, Tensor]:
     return inputs, labels
 
 
-class RecipeDataset:
+class RecipeDataset(PairTasks):
     """The recipe's benchmark: 4 classes in 2 tasks, batches of 6, no augmentation."""
 
     name = "prompt-recipe"
     n_classes, n_tasks, setting = RECIPE["n_classes"], RECIPE["n_tasks"], "class-il"
     config = SimpleNamespace(batch_size=RECIPE["batch_size"], n_epochs=1)
-
-    def task_classes(self, task: int) -> range:
-        return range(2 * task, 2 * task + 2)
-
-    def train_transform(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        return x
-
-    def test_transform(self, x: Tensor) -> Tensor:
-        return x
 
     def task_source(self, task: int) -> InMemorySource:
         inputs, labels = batch(task, 0, RECIPE["batch_size"])

@@ -27,6 +27,7 @@ from mammoth.models.regularizers.lider import LiDER
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 import reference_twf_regularizers as reference  # noqa: E402
+from reference_tasks import PairTasks
 
 #: aimagelab/mammoth models/config/<model>_lider.yaml [seq-cifar100][500], with its dataset_config lider
 #: (datasets/configs/seq-cifar100/lider.yaml): preset -> (method, {our dotted key: the original's value}).
@@ -67,20 +68,11 @@ class _Config:
     n_epochs = 1
 
 
-class TinyDataset:
+class TinyDataset(PairTasks):
     """The reference's 2 tasks, with no augmentation and no normalisation (the original ran without a transform)."""
 
     name = "tiny"
     n_classes, n_tasks, setting, config = 4, 2, "class-il", _Config()
-
-    def task_classes(self, task: int) -> range:
-        return range(2 * task, 2 * task + 2)
-
-    def train_transform(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        return x
-
-    def test_transform(self, x: Tensor) -> Tensor:
-        return x
 
     def task_source(self, task: int) -> InMemorySource:
         return InMemorySource(*reference.task_images(task))
