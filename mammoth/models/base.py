@@ -34,6 +34,7 @@ from mammoth.backbones.base import MammothBackbone
 from mammoth.config.value_checks import (
     check_choice, check_non_negative, check_positive, check_positive_int, exclusive_arguments_error,
 )
+from mammoth.datasets.source import InMemorySource, concat_sources
 from mammoth.errors import ConfigError, MammothError
 from mammoth.models.buffer import ReplayBatch, ReplayBuffer
 from mammoth.models.registry import MODELS
@@ -400,6 +401,10 @@ class ReplayModel(ContinualModel):
     #: A memory whose class means the evaluation scores (nearest-mean-of-exemplars accuracy).
     has_memory: ClassVar[bool] = True
 
+    #: Whether each task trains on its data joined with the memory (iCaRL's way: icarl, lucir, wa,
+    #: podnet) rather than on a replay minibatch drawn at each step.
+    trains_on_memory: ClassVar[bool] = False
+
     def __init__(
         self,
         net: MammothBackbone,
@@ -471,9 +476,18 @@ class ReplayModel(ContinualModel):
             return None
         return self.buffer.examples, self.buffer.labels
 
+    def training_data(self, task: int, data: "DataSource") -> "DataSource":
+        """The task's data, joined with the memory's examples when :attr:`trains_on_memory`."""
+        if not self.trains_on_memory or self.buffer.is_empty():
+            return data
+        return concat_sources([data, InMemorySource(self.buffer.examples.cpu(), self.buffer.labels.cpu())])
+
     def replay_rows(self, batch_size: int) -> int:
         """The rows :meth:`replay_batch` draws in a step on ``batch_size`` examples: ``minibatch_size``
-        (else ``batch_size``), at most the buffer's items; 0 while it is empty."""
+        (else ``batch_size``), at most the buffer's items; 0 while it is empty, and 0 for a method
+        that :attr:`trains_on_memory` (no replay minibatch is split over the ranks)."""
+        if self.trains_on_memory:
+            return 0
         size = self.minibatch_size if self.minibatch_size is not None else batch_size
         return min(size, len(self.buffer))
 

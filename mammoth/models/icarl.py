@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mammoth.backbones.base import MammothBackbone
-from mammoth.datasets.source import InMemorySource, concat_sources
+from mammoth.datasets.source import InMemorySource
 from mammoth.models.utils import evaluation_mode
 from mammoth.errors import ConfigError
 from mammoth.models.base import ReplayModel
@@ -62,6 +62,8 @@ class ICarl(ReplayModel):
     evaluation scores the nearest-mean classifier. Class-IL datasets only.
     """
 
+    trains_on_memory = True  # each task trains on its data joined with the memory
+
     supports_distributed = True
 
     def __init__(self, net: MammothBackbone, dataset: Any, buffer_size: Optional[int] = None, memory_per_class: Optional[int] = None,
@@ -76,16 +78,6 @@ class ICarl(ReplayModel):
         self.opt_wd = float(opt_wd)
         self.old_net: Optional[Frozen] = None
         self.class_means: Optional[Tensor] = None
-
-    def training_data(self, task: int, data: DataSource) -> DataSource:
-        """The task's data joined with the stored exemplars."""
-        if self.buffer.is_empty():
-            return data
-        return concat_sources([data, InMemorySource(self.buffer.examples.cpu(), self.buffer.labels.cpu())])
-
-    def replay_rows(self, batch_size: int) -> int:
-        """0: no replay minibatch is split over the ranks (the memory is trained on as part of the task's data)."""
-        return 0
 
     def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> float:
         """One step on the binary cross-entropy with distilled targets for the past classes."""

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from mammoth.backbones.base import MammothBackbone
 from mammoth.config.value_checks import check_non_negative, check_positive, check_positive_int
-from mammoth.datasets.source import Batch, InMemorySource, concat_sources
+from mammoth.datasets.source import Batch, InMemorySource
 from mammoth.models.base import ReplayModel
 from mammoth.models.icarl import herding
 from mammoth.models.registry import register_model
@@ -99,6 +99,8 @@ class Lucir(ReplayModel):
     the classifier, BatchNorm with batch statistics and no running updates. Class-IL datasets only.
     """
 
+    trains_on_memory = True  # each task trains on its data joined with the memory
+
     accepts_regularizer = False  # its class-balanced finetuning steps its optimizer itself
 
     #: The margin ranking loss averages over the batch's past-class examples, which the ranks' equal
@@ -182,16 +184,6 @@ class Lucir(ReplayModel):
                 mean = F.normalize(features, p=2, dim=1).mean(dim=0)
                 rows[label - past] = (F.normalize(mean, p=2, dim=0) * scale).float()
         weight.copy_(rows.to(weight.device))
-
-    def training_data(self, task: int, data: DataSource) -> DataSource:
-        """The task's data joined with the memory."""
-        if self.buffer.is_empty():
-            return data
-        return concat_sources([data, InMemorySource(self.buffer.examples.cpu(), self.buffer.labels.cpu())])
-
-    def replay_rows(self, batch_size: int) -> int:
-        """0: the memory is trained on as part of the task's data."""
-        return 0
 
     def less_forget_weight(self, task: int) -> float:
         """``lamda_base * sqrt(task - 1)`` (0 up to the second task), the original's schedule."""

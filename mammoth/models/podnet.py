@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from mammoth.backbones.base import MammothBackbone
 from mammoth.config.value_checks import check_non_negative, check_positive, check_positive_int
-from mammoth.datasets.source import Batch, InMemorySource, concat_sources
+from mammoth.datasets.source import Batch, InMemorySource
 from mammoth.models.base import ReplayModel
 from mammoth.models.icarl import ICarl, herding
 from mammoth.models.registry import register_model
@@ -119,6 +119,8 @@ class PODNet(ReplayModel):
     (``buffer_size // seen`` (or ``memory_per_class``) per class) and the network frozen as the next teacher. Class-IL only.
     """
 
+    trains_on_memory = True  # each task trains on its data joined with the memory
+
     accepts_regularizer = False  # not checked with a regulariser (its finetuning steps too)
 
     def __init__(
@@ -180,16 +182,6 @@ class PODNet(ReplayModel):
         """The task's proxies start afresh; its optimizer and (cosine) schedule."""
         self.lsc.reset_task(task, self.context.generator)
         super().begin_task(task)
-
-    def training_data(self, task: int, data: DataSource) -> DataSource:
-        """The task's data joined with the stored exemplars."""
-        if self.buffer.is_empty():
-            return data
-        return concat_sources([data, InMemorySource(self.buffer.examples.cpu(), self.buffer.labels.cpu())])
-
-    def replay_rows(self, batch_size: int) -> int:
-        """0: the memory is trained on as part of the task's data."""
-        return 0
 
     # ---- the loss ----
 

@@ -12,7 +12,6 @@ from torch import Tensor, nn
 
 from mammoth.backbones.base import MammothBackbone
 from mammoth.config.value_checks import check_non_negative, check_positive
-from mammoth.datasets.source import InMemorySource, concat_sources
 from mammoth.errors import ConfigError
 from mammoth.models.base import ReplayModel, check_milestones
 from mammoth.models.icarl import ICarl
@@ -70,6 +69,8 @@ class WA(ReplayModel):
     iCaRL's (herding on the normalised features, ``buffer_size // seen`` (or ``memory_per_class``) per class); the
     evaluation scores the aligned classifier. Class-IL datasets only.
     """
+
+    trains_on_memory = True  # each task trains on its data joined with the memory
 
     accepts_regularizer = False  # not checked with a regulariser
 
@@ -132,16 +133,6 @@ class WA(ReplayModel):
         """The optimizer of the task; the rows of its classes start afresh (PyCIL's ``update_fc``)."""
         super().begin_task(task)
         reset_rows(self.net.classifier, self.context.task_classes(task), self.context.generator)
-
-    def training_data(self, task: int, data: DataSource) -> DataSource:
-        """The task's data joined with the stored exemplars."""
-        if self.buffer.is_empty():
-            return data
-        return concat_sources([data, InMemorySource(self.buffer.examples.cpu(), self.buffer.labels.cpu())])
-
-    def replay_rows(self, batch_size: int) -> int:
-        """0: the memory is trained on as part of the task's data."""
-        return 0
 
     def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> float:
         """One step on the cross-entropy over the seen classes (and the distillation from the second task)."""
