@@ -16,8 +16,11 @@ from mammoth.models import build_model
 #: B50 Inc10 preset -> the B0 preset whose method settings it keeps
 B0 = {"lucir-seq-cifar100-b50-inc10": "lucir-seq-cifar100-2000", "podnet-seq-cifar100-b50-inc10": "podnet-seq-cifar100-2000",
       "wa-seq-cifar100-b50-inc10": "wa-seq-cifar100-2000"}
-#: what the preset reproduces (none for wa: its paper has no B50 number and averages without the first step)
-PUBLISHED = {"lucir-seq-cifar100-b50-inc10": 63.42, "podnet-seq-cifar100-b50-inc10": 64.83}
+#: what the preset reproduces, the classifier's and the nearest mean's (none for wa: its paper has no B50
+#: number and averages without the first step)
+PUBLISHED = {"lucir-seq-cifar100-b50-inc10": (63.42, 63.12), "podnet-seq-cifar100-b50-inc10": (64.83, 64.48)}
+#: the papers' memory: 20 exemplars per class seen (wa keeps PyCIL's fixed total of 2000)
+PER_CLASS = {"lucir-seq-cifar100-b50-inc10", "podnet-seq-cifar100-b50-inc10"}
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +31,11 @@ def composed() -> dict:
 @pytest.mark.parametrize("name", sorted(B0))
 def test_preset_keeps_its_b0_settings_on_the_b50_split(composed, name: str) -> None:
     cfg, base = composed[name], composed[B0[name]]
-    assert OmegaConf.to_container(cfg.model) == OmegaConf.to_container(base.model)  # buffer_size 2000 included
+    ours_model, their_model = OmegaConf.to_container(cfg.model), OmegaConf.to_container(base.model)
+    if name in PER_CLASS:  # the papers' 20 a class where the B0 preset keeps a total of 2000
+        assert (ours_model.pop("buffer_size"), ours_model.pop("memory_per_class")) == (None, 20)
+        assert (their_model.pop("buffer_size"), their_model.pop("memory_per_class")) == (2000, None)
+    assert ours_model == their_model
     ours, theirs = OmegaConf.to_container(cfg.dataset), OmegaConf.to_container(base.dataset)
     assert (ours.pop("base_classes"), ours.pop("increment"), ours.pop("n_tasks")) == (50, 10, None)
     theirs.pop("n_tasks"), theirs.pop("base_classes"), theirs.pop("increment")
@@ -43,9 +50,10 @@ def test_preset_builds_its_method_and_names_its_published_number(composed, name:
     dataset = build_dataset(cfg.dataset)
     net = MNISTMLP(num_classes=dataset.n_classes, input_shape=(1, 2, 2), hidden_sizes=(2,))
     model = build_model(cfg.model, net=net, dataset=dataset)
-    assert (model.lr, model.buffer_size) == (0.1, 2000)
+    assert (model.lr, model.buffer_size, model.memory_per_class) == ((0.1, None, 20) if name in PER_CLASS else (0.1, 2000, None))
     if name.startswith("lucir"):
         assert [len(block) for block in model.head.weights] == [50, 10, 10, 10, 10, 10]  # a cosine block per task
     ledger = OmegaConf.to_container(cfg.ledger) if cfg.get("ledger") is not None else []
     assert [(entry["metric"], entry["value"], entry["tolerance"]) for entry in ledger] == (
-        [("class_il.average_incremental_weighted", PUBLISHED[name], 2.0)] if name in PUBLISHED else [])
+        [("class_il.average_incremental_weighted", PUBLISHED[name][0], 2.0),
+         ("nme_class_il.average_incremental_weighted", PUBLISHED[name][1], 2.0)] if name in PUBLISHED else [])
