@@ -149,7 +149,7 @@ def test_task_free_calls_no_task_hook(tmp_path: Path, task_free: bool, calls: li
     assert state.next_task == 2 and state.stream_samples == sum(len(build_dataset("seq-digits").task_source(t)) for t in range(2))
 
 
-@pytest.mark.parametrize("name", ["er", "er_ace"])
+@pytest.mark.parametrize("name", ["er", "er_ace", "gss"])
 def test_a_blurry_task_free_stream_resumed_at_a_segment_end_is_bit_exact(tmp_path: Path, name: str) -> None:
     settings = {"boundaries": "blurry", "task_free": True, "eval_every": 100}
     (tmp_path / "whole").mkdir(), (tmp_path / "resumed").mkdir()
