@@ -3,7 +3,7 @@ A-GEM", ICLR 2019)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 import torch
 from torch import Tensor
@@ -49,6 +49,8 @@ class AGem(ReplayModel):
     supports_distributed = True
     accepts_regularizer = False  # its step projects gradients outside step(): a regulariser's term would be skipped
     supports_fp16 = False  # calls backward and steps its optimizer itself (no gradient scaling)
+    #: Whether the replay minibatch is augmented (``replay_batch``'s ``augment``); agem_r's is not.
+    replay_augmented: ClassVar[bool] = True
 
     def __init__(self, net: MammothBackbone, dataset: Any, buffer_size: Optional[int] = None, memory_per_class: Optional[int] = None,
                   **kwargs: Any) -> None:
@@ -60,7 +62,7 @@ class AGem(ReplayModel):
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.loss(self.net(inputs), labels)
         self.backward(loss)
-        replay = self.replay_batch(inputs.shape[0], inputs.device)
+        replay = self.replay_batch(inputs.shape[0], inputs.device, augment=self.replay_augmented)
         if replay is not None:
             self._gradient = self.net.get_grads(out=self._gradient)
             self.optimizer.zero_grad(set_to_none=True)

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor
 
-from mammoth.models.agem import AGem, project
+from mammoth.models.agem import AGem
 from mammoth.models.registry import register_model
 
 if TYPE_CHECKING:
@@ -28,20 +28,13 @@ class AGemR(AGem):
     #: Not checked against one process on several (tests/engine/test_distributed_training.py covers agem's).
     supports_distributed = False
 
+    replay_augmented = False  # the original replays the stored images untransformed
+
     def observe(self, inputs: Tensor, labels: Tensor, not_aug_inputs: Tensor) -> float:
-        """One step along the projected gradient, then the batch offered to the memory; returns the CE on the batch."""
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = self.loss(self.net(inputs), labels)
-        self.backward(loss)
-        replay = self.replay_batch(inputs.shape[0], inputs.device, augment=False)
-        if replay is not None:
-            self._gradient = self.net.get_grads(out=self._gradient)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.backward(self.loss(self.net(replay.examples), replay.labels))
-            self.net.set_grads(project(self._gradient, self.net.flat_grads()))
-        self.optimizer.step()
+        """A-GEM's step (:meth:`AGem.observe`), then the batch offered to the memory; returns the CE on the batch."""
+        value = super().observe(inputs, labels, not_aug_inputs)
         self.buffer.add(not_aug_inputs, labels=labels)
-        return loss.item()
+        return value
 
     def end_task(self, task: int, data: "DataSource") -> None:
         """Nothing: the reservoir fills during training."""

@@ -117,10 +117,10 @@ def assert_matches(ours: dict[str, Any], original: dict[str, Any]) -> None:
 
 
 def test_agem_r_is_the_originals_step_by_step(monkeypatch) -> None:
-    import mammoth.models.agem_r as agem_r
+    import mammoth.models.agem as agem  # agem_r steps as A-GEM does, with agem's project
 
-    dots, project = [], agem_r.project
-    monkeypatch.setattr(agem_r, "project", lambda g, r: dots.append(float(g @ r)) or project(g, r))
+    dots, project = [], agem.project
+    monkeypatch.setattr(agem, "project", lambda g, r: dots.append(float(g @ r)) or project(g, r))
     original = reference()["agem_r"]
     ours = run_ours("agem_r", reservoir_memory)
     assert_matches(ours, original)
